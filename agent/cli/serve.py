@@ -1,0 +1,125 @@
+"""`edge-agent serve`: run the daemon in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from agent import API_VERSION, __version__
+from agent.cli.exit_codes import ExitCode
+from agent.cli.settings import add_config_arguments, resolve_config
+from agent.config import AgentConfig
+from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
+from agent.identity.agent_key import AgentKey, load_key_file, load_or_generate_key_file
+from agent.identity.development_pki import ensure_development_pki
+from agent.identity.files import write_public
+from agent.observability.logging import configure_logging
+from agent.server.daemon import AgentDaemon, ListenError
+from agent.server.service import AgentIdentity, AgentService
+from agent.server.tls import load_server_tls
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the agent in the foreground",
+        description="Run the agent's gRPC server until SIGTERM or SIGINT. Without a config file, "
+        "starts a development instance with a generated development PKI.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--listen", default=None, help="HOST:PORT to listen on, overriding the config (port 0: any free port)"
+    )
+    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to this file once serving")
+    parser.set_defaults(handler=run)
+
+
+def _announce_development(config: AgentConfig, created_pki: bool, created_key: bool) -> None:
+    pki = config.tls.client_ca_file.parent
+    lines = [
+        "edge-agent: DEVELOPMENT instance (no config file): not for patient data.",
+        f"  state directory:        {config.state_dir}",
+        f"  development PKI:        {pki}{' (created now)' if created_pki else ''}",
+        f"  identity key:           {config.identity.key_file}{' (created now)' if created_key else ''}",
+        "  coordinator credentials:",
+        f"    CA certificate:       {pki / 'ca.crt'}",
+        f"    client certificate:   {pki / 'coordinator.crt'}",
+        f"    client key:           {pki / 'coordinator.key'}",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _identity_key(config: AgentConfig) -> tuple[AgentKey, bool]:
+    if config.development:
+        return load_or_generate_key_file(config.identity.key_file)
+    # Production never creates keys on its own: a missing key is an
+    # installation step that was skipped, not something to paper over.
+    return load_key_file(config.identity.key_file), False
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args, listen=args.listen)
+    if args.listen and not config.development:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
+    logger = configure_logging(config.logging.level, config.logging.format)
+    created_pki = False
+    if config.development:
+        _, created_pki = ensure_development_pki(config.tls.client_ca_file.parent)
+    key, created_key = _identity_key(config)
+    tls = load_server_tls(config.tls, config.source)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if config.development:
+        _announce_development(config, created_pki, created_key)
+
+    log = logger.bind(agent_id=config.agent_id)
+    # The cache keeps CSV row counts from being rescanned on every RPC while
+    # still noticing files that change or vanish.
+    catalog = DatasetCatalog(
+        config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache(), logger=log
+    )
+    service = AgentService(
+        AgentIdentity(config.agent_id, __version__, API_VERSION, key),
+        catalog,
+        log,
+    )
+    daemon = AgentDaemon(config.server, tls, service, log)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal.received", signal=signal.Signals(signum).name)
+        daemon.request_stop()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        # The default action of SIGHUP would kill the daemon; `systemctl reload`
+        # must never do that. Datasets are re-read on every request already.
+        log.info("signal.received", signal="SIGHUP", action="nothing to reload in this version")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+
+    try:
+        state = daemon.start()
+    except ListenError as exc:
+        log.error("server.listen_failed", error=str(exc))
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
+    log.info(
+        "agent.started",
+        version=__version__,
+        fingerprint=key.fingerprint,
+        port=state.port,
+        datasets=len(catalog.specs()),
+        config=str(config.source) if config.source else "development defaults",
+        tls_certificate_expires=tls.not_after.isoformat(),
+    )
+    if args.port_file is not None:
+        write_public(args.port_file, f"{state.port}\n".encode())
+    daemon.serve_until_stopped()
+    structlog.get_logger("edge-agent").info("agent.exited", code=0)
+    return ExitCode.SUCCESS

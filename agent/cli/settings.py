@@ -1,0 +1,47 @@
+"""Which configuration a command runs with: a file, or the development defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from agent.config import AgentConfig, development_config, load_config
+from agent.config.development import DEFAULT_STATE_DIR
+
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
+
+
+class UsageError(Exception):
+    """The command line is inconsistent; reported with exit code 2."""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"agent.toml to use (default: ${CONFIG_ENV}; without either, the development defaults)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"state directory of a development instance (default: {DEFAULT_STATE_DIR}); "
+        "production takes it from the config",
+    )
+
+
+def resolve_config(args: argparse.Namespace, listen: str | None = None) -> AgentConfig:
+    config_path: Path | None = args.config
+    if config_path is None and os.environ.get(CONFIG_ENV):
+        config_path = Path(os.environ[CONFIG_ENV])
+    if config_path is not None:
+        if args.state_dir is not None:
+            raise UsageError("--state-dir is for development instances; a config file sets agent.state_dir")
+        return load_config(config_path)
+    config = development_config(
+        state_dir=args.state_dir or DEFAULT_STATE_DIR,
+        **({"listen": listen} if listen else {}),
+    )
+    return config

@@ -1,0 +1,1 @@
+"""The coordinator side: a client for agents (and later the federated training loop)."""

@@ -1,0 +1,160 @@
+"""A small typed client that dials one agent with mutual TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+class AgentRpcError(Exception):
+    """An RPC failed; carries the gRPC status code and the agent's message."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        self.method = method
+        self.code = code
+        self.details = details
+        super().__init__(f"{method}: {code.name}: {details}")
+
+
+class CredentialsError(Exception):
+    """A credentials file is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """PEM bytes: the CA that signed the agent's server certificate, and ours."""
+
+    ca_cert: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_files(cls, ca_cert: Path, cert: Path, key: Path) -> ClientCredentials:
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise CredentialsError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+        return cls(read(ca_cert, "CA certificate"), read(cert, "client certificate"), read(key, "client key"))
+
+
+def channel_options(max_message_bytes: int, server_name: str | None) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Every 30 s: below the idle timeout of common firewalls and above the
+        # agent's minimum ping interval, so it is never told "too many pings".
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+class AgentClient:
+    """Calls one agent. Every call has a deadline; failures raise AgentRpcError."""
+
+    def __init__(
+        self,
+        address: str,
+        credentials: ClientCredentials,
+        *,
+        server_name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.address = address
+        self._timeout = timeout
+        channel_credentials = grpc.ssl_channel_credentials(
+            root_certificates=credentials.ca_cert,
+            private_key=credentials.key,
+            certificate_chain=credentials.cert,
+        )
+        self._channel = grpc.secure_channel(
+            address, channel_credentials, options=channel_options(max_message_bytes, server_name)
+        )
+        self._stub = pb_grpc.AgentStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else timeout
+
+    @staticmethod
+    def _error(method: str, exc: grpc.RpcError) -> AgentRpcError:
+        # Channel-level RpcErrors are also grpc.Call objects with code() and details().
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return AgentRpcError(method, code, details or "")
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Blocks until the channel is connected (TLS handshake done) or raises."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise AgentRpcError(
+                "connect", grpc.StatusCode.UNAVAILABLE, f"no connection to {self.address} within {timeout} s"
+            ) from None
+
+    def get_info(self, timeout: float | None = None) -> pb.AgentInfo:
+        try:
+            return self._stub.GetInfo(pb.GetInfoRequest(), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("GetInfo", exc) from None
+
+    def list_datasets(self, timeout: float | None = None) -> list[pb.Dataset]:
+        try:
+            response = self._stub.ListDatasets(pb.ListDatasetsRequest(), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("ListDatasets", exc) from None
+        return list(response.datasets)
+
+    def get_dataset(self, dataset_id: str, timeout: float | None = None) -> pb.Dataset:
+        try:
+            return self._stub.GetDataset(pb.GetDatasetRequest(dataset_id=dataset_id), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("GetDataset", exc) from None
+
+    def probe_transport(self, chunks: Iterable[bytes], timeout: float | None = None) -> pb.ProbeSummary:
+        def messages() -> Iterator[pb.ProbeChunk]:
+            for data in chunks:
+                yield pb.ProbeChunk(data=data)
+
+        try:
+            return self._stub.ProbeTransport(messages(), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("ProbeTransport", exc) from None
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The health status name of `service` ("" = the whole agent), e.g. "SERVING"."""
+        try:
+            response = self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout)
+            )
+        except grpc.RpcError as exc:
+            raise self._error("Health.Check", exc) from None
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -1,0 +1,1 @@
+"""Logs (and later metrics) that operators watch the agent with."""

@@ -1,0 +1,1 @@
+"""The gRPC side of the agent: services, interceptors, TLS and lifecycle."""

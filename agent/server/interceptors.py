@@ -1,0 +1,133 @@
+"""One interceptor around every RPC: who called, how it ended, and no leaked internals.
+
+gRPC's default for an exception escaping a handler is UNKNOWN with the
+exception's text, which can carry file paths or data values to the remote
+caller. Here such an exception becomes INTERNAL with a reference id; the
+details go only to the agent's own log.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+
+from agent.server.peer import caller_identity
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _status_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    # ServicerContext.code() exists at run time (grpcio >= 1.38) but is
+    # missing from the type stubs.
+    code: grpc.StatusCode | None = getattr(context, "code")()  # noqa: B009
+    return code
+
+
+def _status_already_set(context: grpc.ServicerContext) -> bool:
+    return _status_code(context) is not None
+
+
+class RpcGuard(grpc.ServerInterceptor):
+    def __init__(self, logger: structlog.typing.FilteringBoundLogger) -> None:
+        self._logger = logger
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._guard_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._guard_unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._guard_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is None:
+            return handler
+        return grpc.stream_stream_rpc_method_handler(
+            self._guard_stream(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _admit(self, method: str, context: grpc.ServicerContext) -> str:
+        identity = caller_identity(context)
+        if identity is None:
+            # Unreachable with require_client_auth, kept so that a future
+            # listener without it cannot silently serve anonymous callers.
+            self._logger.warning("rpc.refused", method=method, peer=context.peer(), reason="no client identity")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate with an identity is required")
+        return str(identity)
+
+    def _fail_internal(self, method: str, identity: str, context: grpc.ServicerContext, exc: Exception) -> None:
+        reference = secrets.token_hex(6)
+        self._logger.error("rpc.internal_error", method=method, caller=identity, reference=reference, exc_info=exc)
+        context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error in the agent (reference {reference}); "
+            "the hospital's operators can find it in the agent log",
+        )
+
+    def _log_end(self, method: str, identity: str, context: grpc.ServicerContext, started: float) -> None:
+        code = _status_code(context) or grpc.StatusCode.OK
+        self._logger.info(
+            "rpc",
+            method=method,
+            caller=identity,
+            peer=context.peer(),
+            status=code.name,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def _guard_unary(self, method: str, behavior: Behavior) -> Behavior:
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            identity = "-"
+            try:
+                identity = self._admit(method, context)
+                return behavior(request, context)
+            except Exception as exc:
+                if _status_already_set(context):  # context.abort() was called
+                    raise
+                self._fail_internal(method, identity, context, exc)
+            finally:
+                self._log_end(method, identity, context, started)
+
+        return guarded
+
+    def _guard_stream(self, method: str, behavior: Behavior) -> Behavior:
+        def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            identity = "-"
+            try:
+                identity = self._admit(method, context)
+                yield from behavior(request, context)
+            except Exception as exc:
+                if _status_already_set(context):
+                    raise
+                self._fail_internal(method, identity, context, exc)
+            finally:
+                self._log_end(method, identity, context, started)
+
+        return guarded

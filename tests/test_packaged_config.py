@@ -1,0 +1,17 @@
+"""The example config shipped in packaging/ must stay valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_example_config_is_valid() -> None:
+    config = load_config(REPO / "packaging" / "agent.toml")
+    assert config.agent_id == "hospital-example"
+    assert config.server.listen == "0.0.0.0:7443"
+    assert config.tls.client_ca_file == Path("/etc/edge-agent/tls/coordinators-ca.crt")
+    assert config.datasets == ()
