@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
@@ -123,7 +124,8 @@ class AgentService(pb_grpc.AgentServicer):
         first: float | None = None
         last = 0.0
         for chunk in request_iterator:
-            last = self._clock().timestamp()
+            # Monotonic: a wall-clock step (NTP) must not yield negative durations.
+            last = time.monotonic()
             first = last if first is None else first
             chunks += 1
             received += len(chunk.data)

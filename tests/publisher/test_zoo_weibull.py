@@ -1,0 +1,191 @@
+"""Weibull AFT survival: hand-derived gradients against a float64 NumPy reference."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zoo_checks import (
+    Arrays,
+    assert_metrics_in_ranges,
+    check_against_reference,
+    random_parameters,
+    run,
+    session,
+)
+
+from agent.publisher.zoo import ZooModel, build_weibull_survival
+from agent.publisher.zoo.weibull import TIME_FLOOR, U_LINEAR
+
+F = 5
+L2 = 0.02
+ERROR_BOUND = 3.0
+
+
+@functools.cache
+def model(l2: float = L2) -> ZooModel:
+    return build_weibull_survival(F, l2=l2, log_time_error_bound=ERROR_BOUND)
+
+
+@functools.cache
+def grad_session(l2: float = L2) -> ort.InferenceSession:
+    return session(model(l2).grad_graph)
+
+
+@functools.cache
+def eval_session() -> ort.InferenceSession:
+    return session(model().eval_graph)
+
+
+def reference_loss(l2: float, p: Arrays, x: np.ndarray, y: np.ndarray) -> float:
+    """The documented NLL, including its linear continuation of exp(u) above U_LINEAR."""
+    log_time = math.log(max(float(y[0]), TIME_FLOOR))
+    event = min(max(float(y[1]), 0.0), 1.0)
+    log_shape = float(p["log_shape"])
+    u = math.exp(log_shape) * (log_time - float(x @ p["w"] + p["b"]))
+    cumulative_hazard = math.exp(min(u, U_LINEAR)) * (1.0 + max(u - U_LINEAR, 0.0))
+    nll = cumulative_hazard - event * (log_shape + u - log_time)
+    return nll + 0.5 * l2 * float(p["w"] @ p["w"])
+
+
+def textbook_nll(p: Arrays, x: np.ndarray, time: float, event: float) -> float:
+    """-(d log h(t) + log S(t)) for Weibull with scale exp(x.w + b), shape exp(log_shape)."""
+    scale = math.exp(float(x @ p["w"] + p["b"]))
+    shape = math.exp(float(p["log_shape"]))
+    log_hazard = math.log(shape / scale) + (shape - 1.0) * math.log(time / scale)
+    log_survival = -float((time / scale) ** shape)
+    return -(event * log_hazard + log_survival)
+
+
+def draw_example(rng: np.random.Generator) -> tuple[Arrays, np.ndarray, np.ndarray]:
+    params = random_parameters(model(), rng, scale=0.5)
+    x = rng.normal(0.0, 1.0, F).astype(np.float32)
+    y = np.array([math.exp(rng.normal(0.0, 1.0)), rng.integers(0, 2)], np.float32)
+    return params, x, y
+
+
+def with_u(params: Arrays, x: np.ndarray, time: float, u: float) -> Arrays:
+    """Parameters with ``b`` moved so that ``u = k * (log t - mu)`` takes the value ``u``."""
+    shape = math.exp(float(params["log_shape"]))
+    b = math.log(time) - u / shape - float(x.astype(np.float64) @ params["w"])
+    return {**params, "b": np.array(b, np.float32)}
+
+
+@pytest.mark.parametrize("l2", [0.0, L2])
+def test_gradients_match_finite_differences(l2: float) -> None:
+    rng = np.random.default_rng(51)
+    errors = []
+    for trial in range(25):
+        params, x, y = draw_example(rng)
+        if trial % 5 == 0:
+            y[1] = 0.5  # fractional events act as weights
+        errors.append(
+            check_against_reference(
+                model(l2), grad_session(l2), params, x, y, functools.partial(reference_loss, l2)
+            )
+        )
+    print(f"weibull l2={l2}: max relative gradient error {max(errors):.2e}")
+
+
+@pytest.mark.parametrize("u", [-50.0, -20.0, -1e-3, 5.0, 25.0, 29.9, 30.1, 40.0, 50.0])
+@pytest.mark.parametrize("event", [0.0, 1.0])
+def test_extreme_tails_stay_finite_and_accurate(u: float, event: float) -> None:
+    rng = np.random.default_rng(int(abs(u) * 10))
+    params, x, _ = draw_example(rng)
+    time = 2.5
+    params = with_u(params, x, time, u)
+    y = np.array([time, event], np.float32)
+    check_against_reference(
+        model(0.0),
+        grad_session(0.0),
+        params,
+        x,
+        y,
+        functools.partial(reference_loss, 0.0),
+        floor=1e-30,
+    )
+
+
+def test_likelihood_is_the_textbook_weibull_one() -> None:
+    rng = np.random.default_rng(61)
+    for _ in range(20):
+        params, x, y = draw_example(rng)
+        p64 = {k: v.astype(np.float64) for k, v in params.items()}
+        x64 = x.astype(np.float64)
+        time, event = float(y[0]), float(y[1])
+        expected = textbook_nll(p64, x64, time, event)
+        assert reference_loss(0.0, p64, x64, y.astype(np.float64)) == pytest.approx(expected)
+        outputs = run(grad_session(0.0), {**params, "x": x, "y": y})
+        assert float(outputs["loss"]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad_time", [0.0, -5.0, 1e-9])
+def test_times_below_the_floor_are_floored(bad_time: float) -> None:
+    params, x, _ = draw_example(np.random.default_rng(1))
+    floored = run(grad_session(), {**params, "x": x, "y": np.array([TIME_FLOOR, 1.0], np.float32)})
+    outputs = run(grad_session(), {**params, "x": x, "y": np.array([bad_time, 1.0], np.float32)})
+    for name, value in outputs.items():
+        assert np.all(np.isfinite(value)), name
+        np.testing.assert_array_equal(value, floored[name])
+
+
+def test_eval_metrics_match_numpy() -> None:
+    rng = np.random.default_rng(71)
+    low, high = model().eval_metric_ranges["neg_log_likelihood"]
+    for _ in range(25):
+        params, x, y = draw_example(rng)
+        y[0] *= np.float32(rng.choice([1e-3, 1.0, 1e3]))
+        metrics = run(eval_session(), {**params, "x": x, "y": y})
+        assert_metrics_in_ranges(model(), metrics)
+        p64 = {k: v.astype(np.float64) for k, v in params.items()}
+        x64 = x.astype(np.float64)
+        nll = reference_loss(0.0, p64, x64, y.astype(np.float64))
+        assert float(metrics["neg_log_likelihood"]) == pytest.approx(
+            min(max(nll, low), high), rel=1e-5, abs=1e-5
+        )
+        assert float(metrics["event"]) == float(y[1])
+        log_median = float(x64 @ p64["w"] + p64["b"]) + math.log(math.log(2.0)) / math.exp(
+            float(p64["log_shape"])
+        )
+        error = float(y[1]) * min(abs(math.log(float(y[0])) - log_median), ERROR_BOUND)
+        assert float(metrics["event_abs_log_time_error"]) == pytest.approx(error, abs=2e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]),
+    log_shape=st.floats(-5.0, 5.0),
+    time=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    event=st.floats(-2.0, 2.0, width=32),
+)
+def test_eval_metrics_stay_in_declared_ranges(
+    seed: int, scale: float, log_shape: float, time: float, event: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    params = random_parameters(model(), rng, scale=scale)
+    params["log_shape"] = np.array(log_shape, np.float32)
+    x = rng.normal(0.0, scale, F).astype(np.float32)
+    y = np.array([time, event], np.float32)
+    metrics = run(eval_session(), {**params, "x": x, "y": y})
+    assert_metrics_in_ranges(model(), metrics)
+
+
+def test_inference_outputs_the_median_and_scale() -> None:
+    rng = np.random.default_rng(81)
+    params = random_parameters(model(), rng, scale=0.5)
+    x = rng.normal(0.0, 1.0, (10, F)).astype(np.float32)
+    outputs = run(session(model().inference_model(params)), {"x": x})
+    mu = x.astype(np.float64) @ params["w"].astype(np.float64) + float(params["b"])
+    shape = math.exp(float(params["log_shape"]))
+    np.testing.assert_allclose(outputs["scale"], np.exp(mu), rtol=1e-5)
+    np.testing.assert_allclose(
+        outputs["median_time"], np.exp(mu) * math.log(2.0) ** (1.0 / shape), rtol=1e-5
+    )
+    survival_at_median = np.exp(-((outputs["median_time"] / np.exp(mu)) ** shape))
+    np.testing.assert_allclose(survival_at_median, 0.5, rtol=1e-4)
