@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests protos bench
+	$(BIN)/ruff check agent tests protos $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
