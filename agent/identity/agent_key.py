@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from agent.identity.files import write_private, write_public
+from agent.durable import write_private, write_public
 
 
 class KeyFileError(Exception):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.identity.files import write_private, write_public
+from agent.durable import write_private, write_public
 
 
 def _now() -> dt.datetime:

@@ -1,4 +1,4 @@
-"""Writing secrets to disk so that nothing half-written or world-readable is left."""
+"""Writing files so that nothing half-written or world-readable is left, and what was written survives a crash."""
 
 from __future__ import annotations
 
@@ -26,7 +26,17 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # The rename is only durable once the directory entry is on disk.
+    fsync_directory(path.parent)
 
 
 def write_public(path: Path, data: bytes) -> None:
     write_private(path, data, mode=0o644)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

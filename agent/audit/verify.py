@@ -1,0 +1,351 @@
+"""Checking an audit directory: chain, checkpoints, head record, file sequence.
+
+The verifier takes the writers' lock (shared) only long enough to note the
+head record and the size of every file, then checks that snapshot without
+holding up the daemon: files only grow and new files only appear after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.audit import events
+from agent.audit.canonical import GENESIS_HASH, checkpoint_statement, entry_hash, line_bytes
+from agent.audit.errors import AuditLogNotFoundError
+from agent.audit.storage import FILE_PATTERN, HEAD_FILENAME, HeadRecord, list_log_files, log_file_name, shared_lock
+from agent.identity.agent_key import fingerprint
+
+MAX_PROBLEMS = 200
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where the log is broken (or, as a notice, something to know about)."""
+
+    file: str | None
+    line: int | None
+    seq: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file or "(log)"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.seq is not None:
+            where += f" (seq {self.seq})"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    ok: bool
+    entries_checked: int
+    last_checkpoint_seq: int
+    problems: list[Problem]
+    # Not failures: crash recoveries the writer recorded, unsigned tails of files, ...
+    notices: list[Problem] = field(default_factory=list)
+    last_seq: int = 0
+    last_hash: str = GENESIS_HASH
+
+    @property
+    def first_break(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    files: list[tuple[int, Path, int]]  # (number, path, size to read)
+    head: bytes | None
+
+
+@dataclass
+class _Walk:
+    keys: dict[str, Ed25519PublicKey]
+    head: HeadRecord | None
+    problems: list[Problem] = field(default_factory=list)
+    notices: list[Problem] = field(default_factory=list)
+    expected_seq: int | None = 1
+    prev_hash: str | None = GENESIS_HASH
+    entries: int = 0
+    last_checkpoint_seq: int = 0
+    last_seq: int = 0
+    last_hash: str = GENESIS_HASH
+    last_file: str | None = None
+    last_line: int | None = None
+    # Where the head's entry and the one after it were found.
+    head_entry: tuple[str, int, str] | None = None  # (file, line, hash)
+    after_head: tuple[str, int] | None = None
+
+    def problem(self, file: str | None, line: int | None, seq: int | None, message: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(file, line, seq, message))
+        elif len(self.problems) == MAX_PROBLEMS:
+            self.problems.append(Problem(None, None, None, "too many problems; stopped listing them"))
+
+    def notice(self, file: str | None, line: int | None, seq: int | None, message: str) -> None:
+        self.notices.append(Problem(file, line, seq, message))
+
+
+def verify_log(directory: Path, trusted_public_keys: Sequence[Ed25519PublicKey]) -> VerificationResult:
+    """Verifies the log in `directory` against the agent's public key(s).
+
+    `ok` is True only when every entry is intact and chained, every
+    checkpoint is signed by a trusted key, no file is missing and the signed
+    head record names the last entry. `problems` lists, in log order, where
+    it breaks; the first one is where the chain first breaks.
+    Raises AuditLogNotFoundError when `directory` holds no log at all.
+    """
+    snapshot = _snapshot(directory)
+    keys = {fingerprint(key): key for key in trusted_public_keys}
+    head: HeadRecord | None = None
+    head_problem: str | None = None
+    if snapshot.head is not None:
+        try:
+            head = HeadRecord.parse(snapshot.head)
+        except ValueError as exc:
+            head_problem = f"the head record is unreadable: {exc}"
+    walk = _Walk(keys, head)
+
+    _check_file_numbers(walk, snapshot)
+    for position, (number, path, size) in enumerate(snapshot.files):
+        _check_file(walk, number, path, size, last=position == len(snapshot.files) - 1)
+    _check_head(walk, head, head_problem)
+    if walk.last_seq > walk.last_checkpoint_seq:
+        walk.notice(
+            None,
+            None,
+            walk.last_checkpoint_seq + 1,
+            f"entries {walk.last_checkpoint_seq + 1}..{walk.last_seq} follow the last checkpoint; "
+            "only the signed head record covers them",
+        )
+    return VerificationResult(
+        ok=not walk.problems,
+        entries_checked=walk.entries,
+        last_checkpoint_seq=walk.last_checkpoint_seq,
+        problems=walk.problems,
+        notices=walk.notices,
+        last_seq=walk.last_seq,
+        last_hash=walk.last_hash,
+    )
+
+
+def _snapshot(directory: Path) -> _Snapshot:
+    if not directory.is_dir():
+        raise AuditLogNotFoundError(f"{directory}: no such audit directory")
+    with shared_lock(directory):
+        files = [(number, path, path.stat().st_size) for number, path in list_log_files(directory)]
+        try:
+            head: bytes | None = (directory / HEAD_FILENAME).read_bytes()
+        except FileNotFoundError:
+            head = None
+    if not files and head is None:
+        raise AuditLogNotFoundError(f"{directory}: no audit log here (no audit-*.jsonl, no {HEAD_FILENAME})")
+    return _Snapshot(files, head)
+
+
+def _check_file_numbers(walk: _Walk, snapshot: _Snapshot) -> None:
+    present = {number for number, _, _ in snapshot.files}
+    highest = max(present, default=0)
+    if walk.head is not None:
+        # The head names the file of the last entry: a missing last file is a gap too.
+        match = FILE_PATTERN.match(walk.head.file)
+        if match:
+            highest = max(highest, int(match.group(1)))
+    for number in range(1, highest + 1):
+        if number not in present:
+            walk.problem(log_file_name(number), None, None, "log file missing (deleted or renamed)")
+
+
+def _check_file(walk: _Walk, number: int, path: Path, size: int, *, last: bool) -> None:
+    name = path.name
+    with path.open("rb") as handle:
+        data = handle.read(size)
+    if not data:
+        walk.notice(name, None, None, "empty log file")
+        return
+    lines = data.split(b"\n")
+    partial = lines.pop()
+    for index, raw in enumerate(lines, start=1):
+        _check_line(walk, name, index, raw)
+    if partial:
+        where = len(lines) + 1
+        if last:
+            walk.notice(
+                name,
+                where,
+                None,
+                f"incomplete last line ({len(partial)} bytes): a write was cut short by a crash; "
+                "the agent removes it and records an audit.recovered entry when it next opens the log",
+            )
+        else:
+            walk.problem(name, where, None, f"line without newline ({len(partial)} bytes) before the end of the log")
+            walk.prev_hash = None
+            walk.expected_seq = None
+
+
+def _check_line(walk: _Walk, file: str, line: int, raw: bytes) -> None:
+    try:
+        entry: Any = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        walk.problem(file, line, walk.expected_seq, f"not a valid JSON entry ({exc})")
+        walk.prev_hash = None
+        walk.expected_seq = None if walk.expected_seq is None else walk.expected_seq + 1
+        return
+    shape = _shape_error(entry)
+    if shape is not None:
+        walk.problem(file, line, walk.expected_seq, shape)
+        walk.prev_hash = None
+        walk.expected_seq = None if walk.expected_seq is None else walk.expected_seq + 1
+        return
+    seq: int = entry["seq"]
+    messages: list[str] = []
+    if line_bytes(entry) != raw + b"\n":
+        messages.append("not in the form the agent writes (edited by hand?)")
+    if entry_hash(entry) != entry["hash"]:
+        messages.append("content does not match its hash (entry edited)")
+    if walk.expected_seq is not None and seq != walk.expected_seq:
+        if seq > walk.expected_seq:
+            messages.append(f"seq {seq} where {walk.expected_seq} was expected (entries deleted?)")
+        else:
+            messages.append(
+                f"seq {seq} where {walk.expected_seq} was expected (entry inserted, reordered or replayed?)"
+            )
+    if walk.prev_hash is not None and entry["prev"] != walk.prev_hash:
+        messages.append("prev does not match the hash of the entry before it (chain broken here)")
+    if entry["kind"] == events.AUDIT_CHECKPOINT:
+        checkpoint_error = _checkpoint_error(walk, entry)
+        if checkpoint_error is not None:
+            messages.append(checkpoint_error)
+        elif not messages:
+            walk.last_checkpoint_seq = seq
+    if messages:
+        walk.problem(file, line, seq, "; ".join(messages))
+    if entry["kind"] == events.AUDIT_RECOVERED:
+        _note_recovery(walk, file, line, seq, entry)
+
+    walk.entries += 1
+    walk.prev_hash = entry["hash"]
+    walk.expected_seq = seq + 1
+    walk.last_seq = seq
+    walk.last_hash = entry["hash"]
+    walk.last_file = file
+    walk.last_line = line
+    if walk.head is not None:
+        if seq == walk.head.seq and walk.head_entry is None:
+            walk.head_entry = (file, line, entry["hash"])
+        elif seq == walk.head.seq + 1 and walk.after_head is None:
+            walk.after_head = (file, line)
+
+
+def _shape_error(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    for name, expected in (("seq", int), ("time", str), ("kind", str), ("prev", str), ("hash", str)):
+        if name not in entry:
+            return f"entry has no {name!r}"
+        if type(entry[name]) is not expected:
+            return f"entry's {name!r} is not a {expected.__name__}"
+    if entry["seq"] < 1:
+        return "entry's seq is not positive"
+    return None
+
+
+def _checkpoint_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
+    fields = {"covers_seq": int, "covers_hash": str, "signed_time": str, "signer": str, "signature": str}
+    for name, expected in fields.items():
+        if type(entry.get(name)) is not expected:
+            return f"checkpoint field {name!r} missing or mistyped"
+    if entry["covers_seq"] != entry["seq"] - 1 or entry["covers_hash"] != entry["prev"]:
+        return "checkpoint does not cover the entry before it"
+    key = walk.keys.get(entry["signer"])
+    if key is None:
+        return f"checkpoint signed by a key that is not trusted ({entry['signer']})"
+    statement = checkpoint_statement(
+        seq=entry["seq"],
+        covers_seq=entry["covers_seq"],
+        covers_hash=entry["covers_hash"],
+        time=entry["signed_time"],
+        signer=entry["signer"],
+    )
+    try:
+        key.verify(base64.b64decode(entry["signature"], validate=True), statement)
+    except (InvalidSignature, ValueError):
+        return "checkpoint signature is not valid (forged or altered checkpoint)"
+    return None
+
+
+def _note_recovery(walk: _Walk, file: str, line: int, seq: int, entry: dict[str, Any]) -> None:
+    reason = entry.get("reason")
+    message = entry.get("message") or reason
+    text = f"the agent recorded a recovery when opening the log ({reason}): {message}"
+    if reason in events.RECOVERED_NOTICE_REASONS:
+        walk.notice(file, line, seq, text)
+    else:
+        walk.problem(file, line, seq, text)
+
+
+def _check_head(walk: _Walk, head: HeadRecord | None, head_problem: str | None) -> None:
+    if head_problem is not None:
+        walk.problem(HEAD_FILENAME, None, None, head_problem)
+        return
+    if head is None:
+        walk.problem(
+            HEAD_FILENAME, None, None, "head record missing: removal of entries at the end cannot be ruled out"
+        )
+        return
+    key = walk.keys.get(head.signer)
+    if key is None:
+        walk.problem(HEAD_FILENAME, None, head.seq, f"head record signed by a key that is not trusted ({head.signer})")
+    elif not head.verify(key):
+        walk.problem(HEAD_FILENAME, None, head.seq, "head record signature is not valid (forged or altered)")
+    end = f"{walk.last_file}:{walk.last_line}" if walk.last_file else "the start"
+    if head.seq > walk.last_seq:
+        walk.problem(
+            walk.last_file,
+            walk.last_line,
+            walk.last_seq,
+            f"log truncated: it ends at seq {walk.last_seq} ({end}) but the signed head record says "
+            f"seq {head.seq} was written to {head.file}",
+        )
+        if head.last_checkpoint_seq > walk.last_checkpoint_seq:
+            walk.problem(
+                walk.last_file,
+                walk.last_line,
+                walk.last_seq,
+                f"the signed head names a checkpoint at seq {head.last_checkpoint_seq}; the last one in the "
+                f"log is at seq {walk.last_checkpoint_seq} (truncated across a checkpoint)",
+            )
+        return
+    if walk.head_entry is None:
+        walk.problem(HEAD_FILENAME, None, head.seq, f"no entry with seq {head.seq}, which the head record signs")
+        return
+    file, line, hash_ = walk.head_entry
+    if hash_ != head.hash:
+        walk.problem(file, line, head.seq, "this is not the entry the signed head record names (replaced)")
+    if file != head.file:
+        walk.problem(file, line, head.seq, f"the signed head record places this entry in {head.file} (renamed file?)")
+    if head.seq < walk.last_seq and walk.after_head is not None:
+        after_file, after_line = walk.after_head
+        walk.problem(
+            after_file,
+            after_line,
+            head.seq + 1,
+            f"entries {head.seq + 1}..{walk.last_seq} come after the last signed head record "
+            "(appended without the agent's key?)",
+        )
+    if head.last_checkpoint_seq != walk.last_checkpoint_seq and head.seq == walk.last_seq:
+        walk.problem(
+            HEAD_FILENAME,
+            None,
+            head.seq,
+            f"the signed head names a checkpoint at seq {head.last_checkpoint_seq}; "
+            f"the log's last valid checkpoint is at seq {walk.last_checkpoint_seq}",
+        )

@@ -1,0 +1,242 @@
+"""`edge-agent audit verify|show|report`: the compliance officer's tools.
+
+Exit codes: 0 intact / done; 1 the log is broken (verify) or unreadable
+(AuditDataError); 2 bad input (AuditInputError: no such directory, bad key
+file, bad time) — see USAGE_ERRORS / FAILURE_ERRORS below for agent/cli/main.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.audit.errors import AuditDataError, AuditError, AuditInputError, AuditKeyError
+from agent.audit.keys import load_public_key
+from agent.audit.query import AuditQuery, read_records, select
+from agent.audit.record import AuditRecord
+from agent.audit.report import ReportPeriod, render_html_report
+from agent.audit.verify import VerificationResult, verify_log
+from agent.cli.exit_codes import ExitCode
+from agent.cli.settings import add_config_arguments, resolve_config
+from agent.identity.agent_key import public_key_path
+
+# For agent/cli/main.py: input errors are exit 2, the rest of AuditError exit 1
+# (list USAGE_ERRORS before FAILURE_ERRORS, as main() already does).
+USAGE_ERRORS: tuple[type[Exception], ...] = (AuditInputError,)
+FAILURE_ERRORS: tuple[type[Exception], ...] = (AuditError,)
+
+_SHOW_HEADER_FIELDS = ("caller", "coordinator", "dataset")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="verify, query and report on the tamper-evident audit log",
+        description="Tools for compliance officers over the agent's audit log (docs/audit.md).",
+    )
+    commands = parser.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    verify = commands.add_parser(
+        "verify",
+        help="check the hash chain, signatures and head record",
+        description="Check that the audit log is intact: every entry chained to the one before, every checkpoint "
+        "and the head record signed by a trusted key, no file missing, nothing cut off the end. "
+        "Exit 0 only when intact; otherwise print where it breaks and exit 1.",
+    )
+    _add_location_arguments(verify)
+    verify.set_defaults(handler=run_verify)
+
+    show = commands.add_parser(
+        "show",
+        help="list entries, filtered",
+        description="List audit entries as a table (or JSON lines), filtered. Does not verify: run `audit verify`.",
+    )
+    _add_location_arguments(show, keys=False)
+    _add_time_arguments(show)
+    show.add_argument("--coordinator", help="coordinator identity (caller / coordinator field)")
+    show.add_argument("--dataset", help="dataset id")
+    show.add_argument("--package", help="package digest (sha256:... or a prefix of the hex)")
+    show.add_argument(
+        "--kind", action="append", default=[], help="event kind, e.g. rpc.decision, or a family: task (repeatable)"
+    )
+    show.add_argument("--last", type=int, default=None, metavar="N", help="only the last N matching entries")
+    show.add_argument("--json", action="store_true", help="one JSON object per line, exactly as stored")
+    show.set_defaults(handler=run_show)
+
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML report for a period",
+        description="Write an HTML report (no scripts, no network): data use by coordinator, dataset and purpose, "
+        "packages approved and rejected, denials, and the privacy budget spent per dataset over time. "
+        "The log is verified first and the result shown in the report.",
+    )
+    _add_location_arguments(report)
+    _add_time_arguments(report)
+    report.add_argument("--html", type=Path, required=True, metavar="FILE", help="where to write the report")
+    report.set_defaults(handler=run_report)
+
+
+def _add_location_arguments(parser: argparse.ArgumentParser, keys: bool = True) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="audit directory (default: audit.directory of the config)"
+    )
+    if keys:
+        parser.add_argument(
+            "--public-key",
+            type=Path,
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="trusted Ed25519 public key (PEM or OpenSSH; repeat for several, e.g. after a key rotation). "
+            "Default: the agent's identity key (.pub beside identity.key_file, else the private key's public half)",
+        )
+
+
+def _add_time_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since", type=since_time, help="from this time (ISO 8601; a date means its start; UTC if no zone)"
+    )
+    parser.add_argument("--until", type=until_time, help="before this time (a date includes that whole day)")
+
+
+def since_time(text: str) -> dt.datetime:
+    return _parse_time(text, end_of_day=False)
+
+
+def until_time(text: str) -> dt.datetime:
+    return _parse_time(text, end_of_day=True)
+
+
+def _parse_time(text: str, *, end_of_day: bool) -> dt.datetime:
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            moment = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+            return moment + dt.timedelta(days=1) if end_of_day else moment
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    if args.dir is not None:
+        return Path(args.dir)
+    return resolve_config(args).audit.directory
+
+
+def _trusted_keys(args: argparse.Namespace) -> list[Ed25519PublicKey]:
+    if args.public_key:
+        return [load_public_key(path) for path in args.public_key]
+    key_file = resolve_config(args).identity.key_file
+    public = public_key_path(key_file)
+    if public.exists():
+        return [load_public_key(public)]
+    if key_file.exists():
+        return [load_public_key(key_file)]
+    raise AuditKeyError(f"no agent key at {public} or {key_file}; pass --public-key FILE")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    result = verify_log(directory, _trusted_keys(args))
+    _print_verification(directory, result)
+    return ExitCode.SUCCESS if result.ok else ExitCode.FAILURE
+
+
+def _print_verification(directory: Path, result: VerificationResult) -> None:
+    if result.ok:
+        print(
+            f"audit log {directory}: intact — {result.entries_checked} entries, last seq {result.last_seq}, "
+            f"last signed checkpoint at seq {result.last_checkpoint_seq}"
+        )
+    else:
+        print(f"audit log {directory}: NOT INTACT — {result.entries_checked} entries read")
+        print(f"first break: {_safe(str(result.first_break))}")
+        for problem in result.problems[1:]:
+            print(f"problem: {_safe(str(problem))}")
+    for notice in result.notices:
+        print(f"notice: {_safe(str(notice))}")
+
+
+def run_show(args: argparse.Namespace) -> int:
+    query = AuditQuery(
+        since=args.since,
+        until=args.until,
+        coordinator=args.coordinator,
+        dataset=args.dataset,
+        package=args.package,
+        kinds=tuple(args.kind),
+    )
+    records: Iterable[AuditRecord] = select(read_records(_directory(args)), query)
+    if args.last is not None:
+        records = deque(records, maxlen=max(args.last, 0))
+    if args.json:
+        for record in records:
+            print(json.dumps(record.as_dict(), ensure_ascii=True))
+        return ExitCode.SUCCESS
+    print(f"{'SEQ':>7}  {'TIME (UTC)':<19}  {'KIND':<28}  {'COORDINATOR / DATASET':<40}  DETAILS")
+    for record in records:
+        who = " / ".join(str(record.get(n)) for n in _SHOW_HEADER_FIELDS if record.get(n) is not None)
+        details = " ".join(
+            f"{name}={_compact(value)}"
+            for name, value in record.fields.items()
+            if name not in _SHOW_HEADER_FIELDS and value is not None
+        )
+        time = record.time[:19].replace("T", " ")
+        print(f"{record.seq:>7}  {time:<19}  {_safe(record.kind):<28}  {_safe(who):<40}  {_safe(details)}")
+    return ExitCode.SUCCESS
+
+
+def run_report(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    verification: VerificationResult | None
+    try:
+        verification = verify_log(directory, _trusted_keys(args))
+    except AuditKeyError as exc:
+        if args.public_key:
+            raise
+        print(f"edge-agent: warning: the report will say the log was not verified: {exc}", file=sys.stderr)
+        verification = None
+    records = list(read_records(directory))
+    agent_id: str | None = None
+    if args.dir is None:
+        agent_id = resolve_config(args).agent_id
+    html = render_html_report(
+        records, ReportPeriod(args.since, args.until), agent_id=agent_id, verification=verification
+    )
+    try:
+        args.html.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise AuditDataError(f"{args.html}: cannot write the report: {exc.strerror}") from None
+    status = "not verified" if verification is None else ("intact" if verification.ok else "NOT INTACT")
+    print(f"report written to {args.html} (log {status})")
+    return ExitCode.SUCCESS if verification is None or verification.ok else ExitCode.FAILURE
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value)
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+def _safe(text: str) -> str:
+    """No terminal control sequences from coordinator-supplied strings reach the screen."""
+    return "".join(
+        ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}" for ch in text
+    )

@@ -1,0 +1,99 @@
+"""Queries over the log and the HTML report (content, chart, escaping)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from audit_fixtures import START, XSS_CALLER, XSS_CORRELATION, XSS_DATASET, write_usage_log
+
+from agent.audit import events, verify_log
+from agent.audit.chart import PALETTE
+from agent.audit.query import AuditQuery, read_records, select
+from agent.audit.report import ReportPeriod, budget_series, render_html_report
+from agent.identity.agent_key import AgentKey
+
+
+@pytest.fixture
+def usage_dir(tmp_path: Path, agent_key: AgentKey) -> Path:
+    directory = tmp_path / "audit"
+    write_usage_log(directory, agent_key)
+    return directory
+
+
+def test_every_kind_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    for kind in events.VOCABULARY:
+        assert f"`{kind.kind}`" in doc, kind.kind
+        for field in kind.fields:
+            assert f"`{field}`" in doc, (kind.kind, field)
+
+
+def test_queries_filter_by_kind_coordinator_dataset_package_and_time(usage_dir: Path) -> None:
+    records = list(read_records(usage_dir))
+
+    def find(**filters: object) -> list[int]:
+        return [r.seq for r in select(records, AuditQuery(**filters))]  # type: ignore[arg-type]
+
+    assert len(find(kinds=("rpc.decision",))) == 6
+    tasks = find(kinds=("task",))
+    assert tasks and all(records[s - 1].kind.startswith("task.") for s in tasks)
+    assert len(find(coordinator=XSS_CALLER)) == 6 + 2 * 3 - 1  # denials + finished tasks on days 0 and 3
+    assert {records[s - 1].get("dataset") for s in find(dataset="labs")} == {"labs"}
+    assert len(find(package="1212")) == len(find(package="sha256:" + "12" * 32)) > 1
+    assert find(package="3434") == find(kinds=("package.rejected_by_reviewer",))
+    day_one = find(since=START + dt.timedelta(days=1), until=START + dt.timedelta(days=2))
+    assert day_one and all(
+        START + dt.timedelta(days=1) <= records[s - 1].timestamp < START + dt.timedelta(days=2) for s in day_one
+    )
+    assert find(kinds=("rpc.decision",), dataset="labs") == []
+
+
+def test_budget_series_start_where_the_period_starts(usage_dir: Path) -> None:
+    records = list(read_records(usage_dir))
+    whole = {s.dataset: s for s in budget_series(records, ReportPeriod())}
+    assert set(whole) == {"onco", "labs", XSS_DATASET}
+    assert whole["onco"].final_level == pytest.approx(6 * 0.4) and whole["onco"].limit == 3.0
+    last_task = max(r.timestamp for r in records if r.kind == "task.finished" and r.get("dataset") == "onco")
+    later = {s.dataset: s for s in budget_series(records, ReportPeriod(start=last_task - dt.timedelta(minutes=1)))}
+    assert later["onco"].start_level == pytest.approx(5 * 0.4) and len(later["onco"].points) == 1
+
+
+def test_report_has_the_chart_and_the_tables(usage_dir: Path, agent_key: AgentKey) -> None:
+    records = list(read_records(usage_dir))
+    verification = verify_log(usage_dir, [agent_key.public_key])
+    html = render_html_report(records, ReportPeriod(), agent_id="hospital-a", verification=verification)
+    assert html.count('class="budget-line"') == 3
+    assert html.count('class="budget-limit"') == 3
+    assert '<svg id="budget-chart"' in html and 'class="legend-item"' in html
+    assert html.count('class="tick-label"') >= 6
+    for colour in PALETTE[:3]:
+        assert f'stroke="{colour}"' in html
+    for heading in ("Who used which data for what", "Packages", "Denied requests", "Privacy budget per dataset"):
+        assert heading in html
+    assert "survival-mlp" in html and "coordinator.unknown" in html and "intact" in html
+    # Self-contained: nothing fetched, nothing executed.
+    assert "<script" not in html and "<link" not in html and "<img" not in html
+    assert not re.search(r"<[^>]*\s(src|href)\s*=", html)
+    assert re.findall(r"https?://[^\"' <]+", html) == ["http://www.w3.org/2000/svg"]
+
+
+def test_report_escapes_every_value_from_the_log(usage_dir: Path) -> None:
+    html = render_html_report(list(read_records(usage_dir)), ReportPeriod())
+    for hostile in (XSS_CALLER, XSS_CORRELATION, XSS_DATASET, "<i>exfil</i>", "<not>", "<ok>"):
+        assert hostile not in html
+    assert "&lt;script&gt;alert(&quot;caller&quot;)&lt;/script&gt;" in html
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+    assert 'data-dataset="&lt;b&gt;bold&lt;/b&gt;&amp;co"' in html
+
+
+def test_report_for_a_period_without_use_still_draws_the_chart(usage_dir: Path) -> None:
+    period = ReportPeriod(START + dt.timedelta(days=60), START + dt.timedelta(days=90))
+    html = render_html_report(list(read_records(usage_dir)), period)
+    # The budget spent before the period is still shown, as flat lines.
+    assert html.count('class="budget-line"') == 3
+    assert "None in this period." in html
+    empty = render_html_report([], ReportPeriod())
+    assert "no task has spent privacy budget" in empty and 'class="budget-line"' not in empty
