@@ -1,0 +1,182 @@
+"""`edge-agent package ...` through its argparse module (the lead wires it into main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from package_builders import FEATURES
+
+from agent.cli import package as package_cli
+from agent.identity.agent_key import generate_key_file
+from agent.packages import (
+    DecisionError,
+    PackageInputError,
+    PackageStatus,
+    PackageStore,
+    UnknownPackageError,
+    verify_decision,
+)
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="edge-agent")
+    commands = parser.add_subparsers(dest="command", required=True)
+    package_cli.add_parser(commands)
+    args = parser.parse_args(list(argv))
+    return int(args.handler(args))
+
+
+def test_publisher_and_reviewer_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    publisher = generate_key_file(tmp_path / "publisher.key")
+    reviewer = generate_key_file(tmp_path / "reviewer.key")
+    stranger = generate_key_file(tmp_path / "stranger.key")
+    out = tmp_path / "weibull.zip"
+    assert (
+        run(
+            "package",
+            "build",
+            "--model",
+            "weibull",
+            "--features",
+            "age,sex,bmi",
+            "--standardise",
+            "age=61.5:12.25",
+            "--one-hot",
+            "sex=F,M",
+            "--label",
+            "time,event",
+            "--name",
+            "acme/survival",
+            "--version",
+            "0.3.0",
+            "--publisher",
+            "acme",
+            "--bound",
+            "clip_norm=0.1:5",
+            "--with-inference-model",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
+    assert run("package", "sign", "--key", str(tmp_path / "publisher.key"), str(out)) == 0
+    assert run("package", "inspect", str(out)) == 0
+    assert "acme/survival 0.3.0" in capsys.readouterr().out
+    assert run("package", "verify", str(out), "--trusted-key", str(tmp_path / "publisher.key.pub")) == 0
+    assert run("package", "verify", str(out), "--trusted-key", str(tmp_path / "stranger.key.pub")) == 1
+    assert "[unknown_key]" in capsys.readouterr().out
+
+    # The agent side: the daemon commits uploads into state_dir/packages.
+    from package_builders import NOW, trust_for
+
+    from agent.packages import PackageLimits
+
+    store = PackageStore(tmp_path / "packages")
+    stored = store.add(out.read_bytes(), trust_for(publisher), PackageLimits(), NOW, require_approval=True)
+    state = ["--state-dir", str(tmp_path)]
+    assert run("package", "pending", *state) == 0
+    assert stored.digest in capsys.readouterr().out
+    assert (
+        run(
+            "package",
+            "approve",
+            stored.digest,
+            "--reviewer-key",
+            str(tmp_path / "reviewer.key"),
+            "--reviewer",
+            "Dr. Erin Ward",
+            *state,
+        )
+        == 0
+    )
+    with pytest.raises(DecisionError):
+        run(
+            "package",
+            "approve",
+            stored.digest,
+            "--reviewer-key",
+            str(tmp_path / "reviewer.key"),
+            "--reviewer",
+            "Dr. Erin Ward",
+            *state,
+        )
+    with pytest.raises(UnknownPackageError):
+        run(
+            "package",
+            "reject",
+            "sha256:" + "1" * 64,
+            "--reason",
+            "x",
+            "--reviewer-key",
+            str(tmp_path / "reviewer.key"),
+            "--reviewer",
+            "Dr. Erin Ward",
+            *state,
+        )
+    capsys.readouterr()
+    assert run("package", "list", "--json", *state) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["status"] == PackageStatus.APPROVED.value
+    approved = store.get(stored.digest)
+    assert approved is not None and approved.decision is not None
+    verify_decision(approved.decision, reviewer.public_key)
+    assert stranger.fingerprint not in listed["signer_key_ids"]
+
+
+def test_build_from_own_graph(tmp_path: Path) -> None:
+    from agent.publisher.zoo import build_logistic_regression
+
+    model = build_logistic_regression(4)
+    grad = tmp_path / "grad.onnx"
+    grad.write_bytes(model.grad_graph.SerializeToString())
+    fields = {
+        "name": "acme/torch-export",
+        "version": "1.0.0",
+        "publisher": "acme",
+        "description": "exported",
+        "task_kinds": ["dp_gradient"],
+        "parameters": [{"name": "w", "dtype": "float32", "shape": [4]}, {"name": "b", "dtype": "float32", "shape": []}],
+        "inputs": {
+            "features": [f.to_json() for f in FEATURES],
+            "label": {"kind": "binary", "column": "outcome", "dtype": "float32", "shape": []},
+        },
+        "metrics": [],
+        "hyperparameters": {
+            "clip_norm": {"min": 0.1, "max": 10},
+            "noise_multiplier": {"min": 0.5, "max": 5},
+            "sampling_rate": {"min": 0.0001, "max": 0.1},
+            "local_steps": {"min": 1, "max": 100},
+            "learning_rate": {"min": 0.001, "max": 1},
+        },
+    }
+    (tmp_path / "fields.json").write_text(json.dumps(fields))
+    out = tmp_path / "own.zip"
+    assert (
+        run(
+            "package",
+            "build",
+            "--grad-onnx",
+            str(grad),
+            "--manifest-fields",
+            f"@{tmp_path / 'fields.json'}",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
+    fields["task_kinds"] = ["dp_evaluate"]
+    (tmp_path / "fields.json").write_text(json.dumps(fields))
+    with pytest.raises(PackageInputError, match=r"graphs\.eval"):
+        run(
+            "package",
+            "build",
+            "--grad-onnx",
+            str(grad),
+            "--manifest-fields",
+            f"@{tmp_path / 'fields.json'}",
+            "--out",
+            str(out),
+        )

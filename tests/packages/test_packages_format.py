@@ -1,0 +1,118 @@
+"""Canonical JSON, semantic versions and manifest schema messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from package_builders import manifest_and_graphs
+
+from agent.packages import PackageRejected, RejectionCode, parse_manifest
+from agent.packages.canonical import CanonicalJsonError, canonical_json, es_number, parse_strict_json
+from agent.packages.envelope import pae
+from agent.packages.semver import SemVer
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (100.0, "100"),
+        (0.5, "0.5"),
+        (1e-6, "0.000001"),
+        (1e-7, "1e-7"),
+        (1e21, "1e+21"),
+        (1e20, "100000000000000000000"),
+        (123456.789, "123456.789"),
+        (-2.5e-9, "-2.5e-9"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (0.1 + 0.2, "0.30000000000000004"),
+    ],
+)
+def test_numbers_follow_ecmascript(value: float, text: str) -> None:
+    assert es_number(value) == text
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_numbers_round_trip(value: float) -> None:
+    assert float(es_number(value)) == value
+
+
+def test_canonical_json_rules() -> None:
+    assert canonical_json({"b": [1, 2.5, None], "a": "é\n\u2028", "c": True}) == (
+        '{"a":"é\\n\u2028","b":[1,2.5,null],"c":true}'.encode()
+    )
+    for bad in (b'{"a":1,"a":2}', b"[NaN]", b"[1e999]", b"\xff"):
+        with pytest.raises(CanonicalJsonError):
+            canonical_json(parse_strict_json(bad))
+
+
+def test_dsse_pae() -> None:
+    assert pae("http://example.com/HelloWorld", b"hello world") == (
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+def test_semver_precedence() -> None:
+    ordered = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.0.1",
+        "1.10.0",
+        "2.0.0",
+    ]
+    parsed = [SemVer.parse(v) for v in ordered]
+    assert sorted(parsed) == parsed
+    assert SemVer.parse("1.0.0+build.5") == SemVer.parse("1.0.0")
+    for bad in ("1.0", "01.0.0", "1.0.0-", "v1.0.0", "1.0.0-01"):
+        with pytest.raises(ValueError):
+            SemVer.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda m: m.update(name="globex/cardio"), "name"),
+        (lambda m: m.update(version="1.0"), "version"),
+        (lambda m: m["parameters"][0].update(shape=[0]), "parameters[0].shape[0]"),
+        (lambda m: m["parameters"][1].update(name="x"), "parameters[1].name"),
+        (lambda m: m["inputs"]["features"][0]["preprocessing"].update(std=0), "inputs.features[0].preprocessing.std"),
+        (
+            lambda m: m["inputs"]["features"][1]["preprocessing"].update(categories=["F", "F"]),
+            "inputs.features[1].preprocessing.categories[1]",
+        ),
+        (lambda m: m["metrics"][0].update(range=[1, 0]), "metrics[0].range"),
+        (lambda m: m["hyperparameters"]["sampling_rate"].update(max=2), "hyperparameters.sampling_rate"),
+        (lambda m: m["hyperparameters"].pop("clip_norm"), "hyperparameters.clip_norm"),
+        (lambda m: m["graphs"]["grad"].update(file="../grad.onnx"), "graphs.grad.file"),
+        (lambda m: m.update(task_kinds=["dp_gradient", "dp_gradient"]), "task_kinds[1]"),
+        (lambda m: m.update(surprise=1), "surprise"),
+    ],
+)
+def test_schema_messages_name_the_field(edit, field: str) -> None:  # type: ignore[no-untyped-def]
+    manifest, _ = manifest_and_graphs()
+    parse_manifest(json.loads(json.dumps(manifest)))
+    edit(manifest)
+    with pytest.raises(PackageRejected) as refused:
+        parse_manifest(manifest)
+    assert refused.value.code is RejectionCode.MANIFEST_INVALID
+    assert f"manifest field {field}:" in refused.value.message
+
+
+def test_unsupported_format_version() -> None:
+    manifest, _ = manifest_and_graphs()
+    manifest["format_version"] = 2
+    with pytest.raises(PackageRejected) as refused:
+        parse_manifest(manifest)
+    assert refused.value.code is RejectionCode.UNSUPPORTED_FORMAT_VERSION
