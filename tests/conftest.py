@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.audit.log import AuditLog
 from agent.config import load_config
 from agent.coordinator.client import AgentClient, ClientCredentials
 from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
+from agent.governance.in_force import PolicyInForce
+from agent.governance.loader import load_policy
 from agent.identity.agent_key import generate_key_file, load_key_file
 from agent.identity.certificates import CertificateAuthority
 from agent.observability.logging import configure_logging
@@ -64,6 +67,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(directory)
 
 
+# Both test coordinators may use every dataset; datasets get a wildcard rule.
+DEFAULT_POLICY = f"""
+[[coordinators]]
+identity = "{COORDINATOR_URI}"
+datasets = ["*"]
+task_kinds = ["dp_gradient", "dp_local_training", "dp_evaluate"]
+
+[[coordinators]]
+identity = "cn-only-coordinator"
+datasets = ["*"]
+task_kinds = ["dp_evaluate"]
+
+[[datasets]]
+id = "*"
+epsilon_budget = 5.0
+forbidden_columns = ["patient_id"]
+"""
+
+
 def write_config(
     directory: Path,
     pki: Pki,
@@ -71,8 +93,10 @@ def write_config(
     listen: str = "127.0.0.1:0",
     extra: str = "",
     grace_seconds: float = 10.0,
+    policy: str = DEFAULT_POLICY,
 ) -> Path:
-    """A production-style agent.toml with an identity key created beforehand."""
+    """A production-style agent.toml and policy.toml, with an identity key created beforehand."""
+    (directory / "policy.toml").write_text(policy)
     state = directory / "state"
     key_file = directory / "identity.key"
     if not key_file.exists():
@@ -96,6 +120,9 @@ cert_file = "{pki.path("agent.crt")}"
 key_file = "{pki.path("agent.key")}"
 client_ca_file = "{pki.path("ca.crt")}"
 
+[governance]
+policy_file = "{directory / 'policy.toml'}"
+
 [logging]
 format = "json"
 {extra}
@@ -109,7 +136,7 @@ class RunningAgent:
     address: str
     port: int
     config_path: Path
-    daemon: AgentDaemon | None = None
+    daemon: InProcessAgent | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -117,14 +144,42 @@ class RunningAgent:
         return AgentClient(self.address, pki.credentials(who), server_name="localhost", timeout=timeout)
 
 
-def start_in_process(config_path: Path) -> tuple[AgentDaemon, int]:
+@dataclass
+class InProcessAgent:
+    daemon: AgentDaemon
+    port: int
+    audit: AuditLog
+    policy: PolicyInForce
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.audit.close()
+
+
+def start_in_process(config_path: Path) -> InProcessAgent:
+    """The real object graph of `edge-agent serve`, built in this process."""
     config = load_config(config_path)
     logger = configure_logging("warning", "json")
     key = load_key_file(config.identity.key_file)
     catalog = DatasetCatalog(config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache())
-    service = AgentService(AgentIdentity(config.agent_id, "test", "edge_agent.v1", key), catalog, logger)
+    assert config.policy_file is not None
+    policy_file = config.policy_file
+    policy = PolicyInForce(load_policy(policy_file), lambda: load_policy(policy_file))
+    audit = AuditLog.open(config.audit.directory, key, checkpoint_every=config.audit.checkpoint_every)
+    service = AgentService(
+        identity=AgentIdentity(config.agent_id, "test", "edge_agent.v1", key),
+        catalog=catalog,
+        policy=policy,
+        audit=audit,
+        logger=logger,
+    )
     daemon = AgentDaemon(config.server, load_server_tls(config.tls, config.source), service, logger)
-    return daemon, daemon.start().port
+    try:
+        port = daemon.start().port
+    except BaseException:
+        audit.close()
+        raise
+    return InProcessAgent(daemon, port, audit, policy)
 
 
 @pytest.fixture
@@ -135,11 +190,11 @@ def agent_config(tmp_path: Path, pki: Pki) -> Path:
 @pytest.fixture
 def running_agent(agent_config: Path) -> Iterator[RunningAgent]:
     """A real gRPC server with mTLS on a loopback port, in this process."""
-    daemon, port = start_in_process(agent_config)
+    agent = start_in_process(agent_config)
     try:
-        yield RunningAgent(f"127.0.0.1:{port}", port, agent_config, daemon=daemon)
+        yield RunningAgent(f"127.0.0.1:{agent.port}", agent.port, agent_config, daemon=agent)
     finally:
-        daemon.stop()
+        agent.stop()
 
 
 def spawn_agent(args: list[str], workdir: Path, timeout: float = 30.0) -> RunningAgent:

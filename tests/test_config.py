@@ -23,6 +23,9 @@ state_dir = "/var/lib/edge-agent"
 cert_file = "tls/agent.crt"
 key_file = "tls/agent.key"
 client_ca_file = "/etc/edge-agent/tls/coordinators-ca.crt"
+
+[governance]
+policy_file = "policy.toml"
 """
 
 
@@ -36,6 +39,7 @@ def test_minimal_valid_config_gets_defaults_and_resolves_relative_paths() -> Non
     assert config.server.max_message_bytes == 16 * 1024 * 1024
     assert config.logging.format == "json"
     assert config.datasets == ()
+    assert config.policy_file == Path("/etc/edge-agent/policy.toml")
     assert not config.development
 
 
@@ -89,6 +93,7 @@ path = "/srv/data/labs.csv"
         (lambda t: t + "[server]\ngrace_seconds = true\n", "server.grace_seconds", "got a boolean"),
         (lambda t: t + '[logging]\nlevel = "loud"\n', "logging.level", "must be one of"),
         (lambda t: t.split("[tls]")[0], "tls", "is required"),
+        (lambda t: t.replace('policy_file = "policy.toml"', ""), "governance.policy_file", "is required"),
         (lambda t: t.replace('key_file = "tls/agent.key"', ""), "tls.key_file", "is required"),
         (lambda t: t + '[[datasets]]\nid = "x"\n', "datasets[0].path", "is required"),
         (lambda t: t + '[[datasets]]\nid = "Upper"\npath = "/d.csv"\n', "datasets[0].id", "Upper"),
@@ -104,7 +109,7 @@ path = "/srv/data/labs.csv"
             "datasets[1].id",
             "duplicate",
         ),
-        (lambda t: t + "surprise = 1\n", "tls.surprise", "unknown key"),
+        (lambda t: t + "surprise = 1\n", "governance.surprise", "unknown key"),
         (lambda t: "datasets = 3\n" + t, "datasets", "array of tables"),
         (lambda t: t + "[agent2]\n", "agent2", "unknown key"),
     ],

@@ -57,11 +57,10 @@ id = "vanishing"
 path = "{vanishing}"
 """,
     )
-    daemon, port = start_in_process(config)
+    started = start_in_process(config)
     vanishing.unlink()
-    agent = RunningAgent(f"127.0.0.1:{port}", port, config, daemon=daemon)
-    yield agent
-    daemon.stop()
+    yield RunningAgent(f"127.0.0.1:{started.port}", started.port, config, daemon=started)
+    started.stop()
 
 
 def test_get_info_reports_identity_version_key_and_time(running_agent: RunningAgent, pki: Pki) -> None:

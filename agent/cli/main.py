@@ -14,22 +14,35 @@ import traceback
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import datasets, demo, dev_certs, keys, serve
+from agent.cli import audit, datasets, demo, dev_certs, keys, package, policy, serve
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
 from agent.config import ConfigError
 from agent.coordinator.client import AgentRpcError, CredentialsError
 from agent.datasets import DatasetError
 from agent.identity.agent_key import KeyFileError
+from agent.packages import PackageError, PackageInputError, TrustStoreError, UnknownPackageError
 
 # Errors caused by input the person can fix, reported as exit code 2.
-USAGE_ERRORS: tuple[type[Exception], ...] = (ConfigError, UsageError, KeyFileError, CredentialsError)
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    UsageError,
+    KeyFileError,
+    CredentialsError,
+    PackageInputError,
+    TrustStoreError,
+    UnknownPackageError,
+    *audit.USAGE_ERRORS,
+)
 # Errors of the environment or of the data, exit code 1.
 FAILURE_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     datasets.DatasetCommandError,
     demo.DemoError,
+    policy.PolicyReloadError,
     AgentRpcError,
+    PackageError,
+    *audit.FAILURE_ERRORS,
 )
 
 
@@ -42,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.add_parser(subparsers)
     datasets.add_parser(subparsers)
+    policy.add_parser(subparsers)
+    package.add_parser(subparsers)
+    audit.add_parser(subparsers)
     keys.add_parser(subparsers)
     dev_certs.add_parser(subparsers)
     demo.add_parser(subparsers)

@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
 from agent import API_VERSION, __version__
+from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, resolve_config
 from agent.config import AgentConfig
 from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
+from agent.durable import write_public
+from agent.governance.development import development_policy
+from agent.governance.in_force import PolicyInForce
+from agent.governance.loader import load_policy
+from agent.governance.model import Policy
+from agent.governance.status import PID_FILENAME, PolicyStatus, now_text
 from agent.identity.agent_key import AgentKey, load_key_file, load_or_generate_key_file
 from agent.identity.development_pki import ensure_development_pki
-from agent.identity.files import write_public
 from agent.observability.logging import configure_logging
 from agent.server.daemon import AgentDaemon, ListenError
 from agent.server.service import AgentIdentity, AgentService
-from agent.server.tls import load_server_tls
+from agent.server.tls import ServerTlsMaterial, load_server_tls
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +71,55 @@ def _identity_key(config: AgentConfig) -> tuple[AgentKey, bool]:
     return load_key_file(config.identity.key_file), False
 
 
+def _policy(config: AgentConfig) -> PolicyInForce:
+    policy_file = config.policy_file
+    if policy_file is None:
+        return PolicyInForce(development_policy())
+
+    def load() -> Policy:
+        return load_policy(policy_file)
+
+    return PolicyInForce(load(), load)
+
+
+class _PolicyReloader:
+    """Reloads the policy on SIGHUP, off the signal handler, one reload at a time."""
+
+    def __init__(
+        self, policy: PolicyInForce, audit: AuditLog, state_dir: Path, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        self._policy = policy
+        self._audit = audit
+        self._state_dir = state_dir
+        self._log = log
+        self._lock = threading.Lock()
+
+    def announce(self, policy: Policy) -> None:
+        self._audit.append("policy.loaded", digest=policy.digest, source=policy.source)
+        PolicyStatus(policy.digest, policy.source, now_text()).write(self._state_dir)
+        self._log.info("policy.loaded", digest=policy.digest, source=policy.source)
+
+    def reload(self) -> None:
+        with self._lock:
+            result = self._policy.reload()
+            if result.applied:
+                self.announce(result.policy)
+                return
+            # The old policy stays in force; say so everywhere someone looks.
+            self._audit.append(
+                "policy.rejected", error=result.error, digest_in_force=result.policy.digest
+            )
+            self._log.error("policy.rejected", error=result.error, digest_in_force=result.policy.digest)
+            previous = PolicyStatus.read(self._state_dir)
+            PolicyStatus(
+                result.policy.digest,
+                result.policy.source,
+                previous.loaded_at if previous else now_text(),
+                last_error=result.error,
+                last_error_at=now_text(),
+            ).write(self._state_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args, listen=args.listen)
     if args.listen and not config.development:
@@ -73,31 +130,51 @@ def run(args: argparse.Namespace) -> int:
         _, created_pki = ensure_development_pki(config.tls.client_ca_file.parent)
     key, created_key = _identity_key(config)
     tls = load_server_tls(config.tls, config.source)
+    policy = _policy(config)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if config.development:
         _announce_development(config, created_pki, created_key)
 
     log = logger.bind(agent_id=config.agent_id)
+    audit = AuditLog.open(config.audit.directory, key, checkpoint_every=config.audit.checkpoint_every)
+    try:
+        return _serve(args, config, key=key, tls=tls, policy=policy, audit=audit, log=log)
+    finally:
+        audit.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    config: AgentConfig,
+    *,
+    key: AgentKey,
+    tls: ServerTlsMaterial,
+    policy: PolicyInForce,
+    audit: AuditLog,
+    log: structlog.typing.FilteringBoundLogger,
+) -> int:
     # The cache keeps CSV row counts from being rescanned on every RPC while
     # still noticing files that change or vanish.
     catalog = DatasetCatalog(
         config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache(), logger=log
     )
     service = AgentService(
-        AgentIdentity(config.agent_id, __version__, API_VERSION, key),
-        catalog,
-        log,
+        identity=AgentIdentity(config.agent_id, __version__, API_VERSION, key),
+        catalog=catalog,
+        policy=policy,
+        audit=audit,
+        logger=log,
     )
     daemon = AgentDaemon(config.server, tls, service, log)
+    reloader = _PolicyReloader(policy, audit, config.state_dir, log)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal.received", signal=signal.Signals(signum).name)
         daemon.request_stop()
 
     def on_hangup(signum: int, frame: FrameType | None) -> None:
-        # The default action of SIGHUP would kill the daemon; `systemctl reload`
-        # must never do that. Datasets are re-read on every request already.
-        log.info("signal.received", signal="SIGHUP", action="nothing to reload in this version")
+        log.info("signal.received", signal="SIGHUP", action="reload policy")
+        threading.Thread(target=reloader.reload, name="policy-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -109,6 +186,17 @@ def run(args: argparse.Namespace) -> int:
         log.error("server.listen_failed", error=str(exc))
         print(f"edge-agent: error: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
+    pid_file = config.state_dir / PID_FILENAME
+    write_public(pid_file, f"{os.getpid()}\n".encode())
+    audit.append(
+        "agent.started",
+        version=__version__,
+        agent_id=config.agent_id,
+        fingerprint=key.fingerprint,
+        port=state.port,
+        config=str(config.source) if config.source else "development defaults",
+    )
+    reloader.announce(policy.current())
     log.info(
         "agent.started",
         version=__version__,
@@ -120,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.port_file is not None:
         write_public(args.port_file, f"{state.port}\n".encode())
-    daemon.serve_until_stopped()
-    structlog.get_logger("edge-agent").info("agent.exited", code=0)
+    try:
+        daemon.serve_until_stopped()
+    finally:
+        pid_file.unlink(missing_ok=True)
+    audit.append("agent.stopped", agent_id=config.agent_id)
+    log.info("agent.exited", code=0)
     return ExitCode.SUCCESS

@@ -5,6 +5,7 @@ from agent.config.errors import ConfigError
 from agent.config.loader import load_config, parse_config
 from agent.config.model import (
     AgentConfig,
+    AuditConfig,
     IdentityConfig,
     LoggingConfig,
     ServerConfig,
@@ -13,6 +14,7 @@ from agent.config.model import (
 
 __all__ = [
     "AgentConfig",
+    "AuditConfig",
     "ConfigError",
     "IdentityConfig",
     "LoggingConfig",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent.config.model import (
     AgentConfig,
+    AuditConfig,
     IdentityConfig,
     LoggingConfig,
     ServerConfig,
@@ -38,6 +39,7 @@ def development_config(
         ),
         identity=IdentityConfig(key_file=state_dir / "agent-identity.key"),
         logging=LoggingConfig(level="info", format=log_format),
+        audit=AuditConfig(directory=state_dir / "audit"),
         datasets=(),
         source=None,
     )

@@ -6,21 +6,20 @@ would leave the agent listening where the operator did not intend.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from agent.config.errors import ConfigError
 from agent.config.model import (
     AgentConfig,
+    AuditConfig,
     IdentityConfig,
     LoggingConfig,
     ServerConfig,
     TlsConfig,
 )
+from agent.config.toml_table import TomlTable, decode_utf8, read_toml_file
 from agent.datasets import (
     DatasetFormat,
     DatasetSpec,
@@ -34,115 +33,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
 
-class _Table:
-    """A TOML table being read; remembers which keys were used and where it is."""
-
-    def __init__(self, source: Path, prefix: str, data: Mapping[str, Any]) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.data = data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name), problem)
-
-    def _get(self, name: str, kinds: tuple[type, ...], kind_name: str) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            return None
-        value = self.data[name]
-        # bool is an int in Python; a number field given `true` is a mistake.
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.error(name, f"expected {kind_name}, got a boolean")
-        if not isinstance(value, kinds):
-            raise self.error(name, f"expected {kind_name}, got {type(value).__name__} {value!r}")
-        return value
-
-    def string(self, name: str, default: str | None = None) -> str | None:
-        value = self._get(name, (str,), "a string")
-        return default if value is None else str(value)
-
-    def required_string(self, name: str) -> str:
-        value = self.string(name)
-        if value is None:
-            raise self.error(name, "is required")
-        if not value.strip():
-            raise self.error(name, "must not be empty")
-        return value
-
-    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        value = self._get(name, (int,), "an integer")
-        if value is None:
-            return default
-        if not minimum <= value <= maximum:
-            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
-        return int(value)
-
-    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
-        value = self._get(name, (int, float), "a number")
-        if value is None:
-            return default
-        if not minimum <= value <= maximum:
-            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
-        return float(value)
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.string(name, default)
-        if value not in choices:
-            raise self.error(name, f"must be one of {', '.join(choices)}; got {value!r}")
-        return str(value)
-
-    def path(self, name: str, base: Path, default: Path | None = None) -> Path:
-        value = self.string(name)
-        if value is None:
-            if default is None:
-                raise self.error(name, "is required")
-            return default
-        if not value.strip():
-            raise self.error(name, "must not be empty")
-        # Relative paths are relative to the config file, not to whatever
-        # directory the service manager happened to start us in.
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (base / path).resolve()
-
-    def string_list(self, name: str) -> tuple[str, ...] | None:
-        value = self._get(name, (list,), "a list of strings")
-        if value is None:
-            return None
-        for index, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                raise self.error(f"{name}[{index}]", f"expected a non-empty string, got {item!r}")
-        if len(set(value)) != len(value):
-            raise self.error(name, "lists a column more than once")
-        return tuple(value)
-
-    def table(self, name: str) -> _Table:
-        value = self._get(name, (dict,), "a table")
-        return _Table(self.source, self.key(name), value or {})
-
-    def tables(self, name: str) -> list[_Table]:
-        value = self._get(name, (list,), "an array of tables ([[...]])")
-        tables = []
-        for index, item in enumerate(value or []):
-            if not isinstance(item, dict):
-                raise self.error(f"{name}[{index}]", "expected a table")
-            tables.append(_Table(self.source, f"{self.key(name)}[{index}]", item))
-        return tables
-
-    def finish(self) -> None:
-        """Rejects keys nobody asked for, suggesting the likely intended one."""
-        for name in self.data:
-            if name not in self.used:
-                close = difflib.get_close_matches(name, sorted(self.used), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                known = ", ".join(sorted(self.used))
-                raise self.error(name, f"unknown key{hint} (known keys: {known})")
-
-
-def _listen_address(table: _Table, default: str) -> str:
+def _listen_address(table: TomlTable, default: str) -> str:
     value = table.string("listen", default) or default
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -152,7 +43,7 @@ def _listen_address(table: _Table, default: str) -> str:
     return value
 
 
-def _server(table: _Table) -> ServerConfig:
+def _server(table: TomlTable) -> ServerConfig:
     d = ServerConfig()
     config = ServerConfig(
         listen=_listen_address(table, d.listen),
@@ -169,7 +60,7 @@ def _server(table: _Table) -> ServerConfig:
     return config
 
 
-def _tls(table: _Table, base: Path) -> TlsConfig:
+def _tls(table: TomlTable, base: Path) -> TlsConfig:
     config = TlsConfig(
         cert_file=table.path("cert_file", base),
         key_file=table.path("key_file", base),
@@ -179,7 +70,7 @@ def _tls(table: _Table, base: Path) -> TlsConfig:
     return config
 
 
-def _logging(table: _Table) -> LoggingConfig:
+def _logging(table: TomlTable) -> LoggingConfig:
     d = LoggingConfig()
     config = LoggingConfig(
         level=table.choice("level", d.level, LOG_LEVELS),
@@ -189,7 +80,7 @@ def _logging(table: _Table) -> LoggingConfig:
     return config
 
 
-def _dataset(table: _Table, base: Path) -> DatasetSpec:
+def _dataset(table: TomlTable, base: Path) -> DatasetSpec:
     raw_id = table.required_string("id")
     try:
         dataset_id = validate_dataset_id(raw_id)
@@ -219,7 +110,7 @@ def parse_config(text: str, source: Path) -> AgentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, None, f"not valid TOML: {exc}") from None
     base = source.parent.resolve()
-    root = _Table(source, "", data)
+    root = TomlTable(source, "", data)
 
     agent = root.table("agent")
     agent_id = agent.required_string("id")
@@ -242,6 +133,19 @@ def parse_config(text: str, source: Path) -> AgentConfig:
             "(run `edge-agent dev-certs` for a development PKI)",
         )
 
+    governance = root.table("governance")
+    # Required: an agent without a policy file would either allow nothing
+    # (useless) or something implicit (dangerous); make the operator choose.
+    policy_file = governance.path("policy_file", base)
+    governance.finish()
+
+    audit_table = root.table("audit")
+    audit = AuditConfig(
+        directory=audit_table.path("directory", base, default=state_dir / "audit"),
+        checkpoint_every=audit_table.integer("checkpoint_every", 100, 1, 1_000_000),
+    )
+    audit_table.finish()
+
     datasets = tuple(_dataset(t, base) for t in root.tables("datasets"))
     seen: set[str] = set()
     for index, spec in enumerate(datasets):
@@ -256,7 +160,9 @@ def parse_config(text: str, source: Path) -> AgentConfig:
         tls=_tls(root.table("tls"), base),
         identity=identity,
         logging=_logging(root.table("logging")),
+        audit=audit,
         datasets=datasets,
+        policy_file=policy_file,
         source=source,
     )
     root.finish()
@@ -265,16 +171,5 @@ def parse_config(text: str, source: Path) -> AgentConfig:
 
 def load_config(path: Path) -> AgentConfig:
     """Loads a config file; every failure is a ConfigError naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(path, None, "is a directory, expected a TOML file") from None
-    except PermissionError:
-        raise ConfigError(path, None, "permission denied") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, "not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    text = decode_utf8(read_toml_file(path), path)
     return parse_config(text, path)

@@ -48,6 +48,14 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # The tamper-evident log; keep it on storage that is backed up.
+    directory: Path
+    # A signed checkpoint every this many entries (and at every shutdown).
+    checkpoint_every: int = 100
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent_id: str
     state_dir: Path
@@ -55,7 +63,10 @@ class AgentConfig:
     tls: TlsConfig
     identity: IdentityConfig
     logging: LoggingConfig
+    audit: AuditConfig
     datasets: tuple[DatasetSpec, ...]
+    # policy.toml; None only for development instances (embedded policy).
+    policy_file: Path | None = None
     # The file this came from; None for the embedded development defaults.
     source: Path | None = None
 

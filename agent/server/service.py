@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import structlog
@@ -21,6 +21,9 @@ from agent.datasets import (
     UnknownDatasetError,
     row_count_bucket,
 )
+from agent.governance.decisions import Action, Decision, Outcome, Request, UsageState, decide, visible_datasets
+from agent.governance.in_force import PolicyInForce
+from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
 from agent.server.peer import caller_identity
 
@@ -39,6 +42,21 @@ UNAVAILABLE_FOR_CALLER = (
 )
 
 
+_STATUS = {
+    Outcome.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    Outcome.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Outcome.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Outcome.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Outcome.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+}
+
+
+class AuditSink(Protocol):
+    """Where security-relevant events go (the tamper-evident audit log)."""
+
+    def append(self, kind: str, **fields: Any) -> object: ...
+
+
 @dataclass(frozen=True)
 class AgentIdentity:
     agent_id: str
@@ -54,21 +72,60 @@ def _unimplemented(context: grpc.ServicerContext, what: str) -> NoReturn:
 class AgentService(pb_grpc.AgentServicer):
     def __init__(
         self,
+        *,
         identity: AgentIdentity,
         catalog: DatasetCatalog,
+        policy: PolicyInForce,
+        audit: AuditSink,
         logger: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         max_probe_bytes: int = 2 * 1024**3,
     ) -> None:
         self._identity = identity
         self._catalog = catalog
+        self._policy = policy
+        self._audit = audit
         self._logger = logger
         self._clock = clock
         self._max_probe_bytes = max_probe_bytes
 
+    # ------------------------------------------------------------ policy
+
+    def _authorize(
+        self, context: grpc.ServicerContext, method: str, action: Action, dataset_id: str | None = None
+    ) -> tuple[str, Decision]:
+        """Decides, audits the decision, and aborts the call if it is a denial."""
+        caller = caller_identity(context) or ""
+        policy = self._policy.current()
+        known = dataset_id is not None and self._catalog_has(dataset_id)
+        request = Request(caller, action, self._clock(), dataset_id=dataset_id, dataset_known=known)
+        decision = decide(request, policy, UsageState())
+        self._audit.append(
+            "rpc.decision",
+            method=method,
+            caller=caller,
+            allowed=decision.allowed,
+            outcome=decision.outcome.value,
+            rule=decision.rule,
+            reason=decision.reason,
+            dataset=dataset_id,
+            policy_digest=policy.digest,
+        )
+        if not decision.allowed:
+            context.abort(_STATUS[decision.outcome], decision.reason)
+        return caller, decision
+
+    def _catalog_has(self, dataset_id: str) -> bool:
+        try:
+            self._catalog.get(dataset_id)
+        except UnknownDatasetError:
+            return False
+        return True
+
     # ------------------------------------------------------------ info
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.AgentInfo:
+        self._authorize(context, "GetInfo", Action.GET_INFO)
         now = Timestamp()
         now.FromDatetime(self._clock())
         return pb.AgentInfo(
@@ -84,7 +141,7 @@ class AgentService(pb_grpc.AgentServicer):
 
     # ------------------------------------------------------------ datasets
 
-    def _dataset_message(self, inspection: DatasetInspection) -> pb.Dataset:
+    def _dataset_message(self, inspection: DatasetInspection, rule: DatasetRule | None) -> pb.Dataset:
         spec = inspection.spec
         message = pb.Dataset(id=spec.id, description=spec.description, format=_FORMATS[spec.format])
         if not inspection.available:
@@ -93,8 +150,12 @@ class AgentService(pb_grpc.AgentServicer):
             message.status_reason = UNAVAILABLE_FOR_CALLER
             return message
         message.status = pb.DATASET_STATUS_AVAILABLE
+        # The catalog's allow-list was applied by the inspection; the policy
+        # narrows it further (exposed columns, never the forbidden ones).
         message.columns.extend(
-            pb.Column(name=c.name, arrow_type=c.arrow_type, nullable=c.nullable) for c in inspection.columns
+            pb.Column(name=c.name, arrow_type=c.arrow_type, nullable=c.nullable)
+            for c in inspection.columns
+            if rule is not None and rule.column_visible(c.name)
         )
         if inspection.row_count is not None:
             lower, upper = row_count_bucket(inspection.row_count)
@@ -103,22 +164,33 @@ class AgentService(pb_grpc.AgentServicer):
         return message
 
     def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.ListDatasetsResponse:
-        return pb.ListDatasetsResponse(datasets=[self._dataset_message(i) for i in self._catalog.inspect_all()])
+        caller, _ = self._authorize(context, "ListDatasets", Action.LIST_DATASETS)
+        policy = self._policy.current()
+        ids = [spec.id for spec in self._catalog.specs()]
+        return pb.ListDatasetsResponse(
+            datasets=[
+                self._dataset_message(self._catalog.inspect(dataset_id), policy.dataset_rule(dataset_id))
+                for dataset_id in visible_datasets(caller, policy, self._clock(), ids)
+            ]
+        )
 
     def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
         if not request.dataset_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id is required")
+        dataset_id = request.dataset_id[:200]
+        self._authorize(context, "GetDataset", Action.GET_DATASET, dataset_id)
         try:
-            inspection = self._catalog.inspect(request.dataset_id)
-        except UnknownDatasetError:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"dataset {request.dataset_id[:100]!r} not found")
-        return self._dataset_message(inspection)
+            inspection = self._catalog.inspect(dataset_id)
+        except UnknownDatasetError:  # removed between the decision and now
+            context.abort(grpc.StatusCode.NOT_FOUND, f"dataset {dataset_id!r} not found")
+        return self._dataset_message(inspection, self._policy.current().dataset_rule(dataset_id))
 
     # ------------------------------------------------------------ transport
 
     def ProbeTransport(
         self, request_iterator: Iterator[pb.ProbeChunk], context: grpc.ServicerContext
     ) -> pb.ProbeSummary:
+        self._authorize(context, "ProbeTransport", Action.PROBE_TRANSPORT)
         chunks = 0
         received = 0
         first: float | None = None

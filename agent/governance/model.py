@@ -1,0 +1,141 @@
+"""The policy as typed, validated values (built by governance.loader)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# The dataset rule that applies to catalog datasets without a rule of their
+# own. Meant for development instances; a production policy names datasets.
+ANY_DATASET = "*"
+
+
+class TaskKind(enum.Enum):
+    DP_GRADIENT = "dp_gradient"
+    DP_LOCAL_TRAINING = "dp_local_training"
+    DP_EVALUATE = "dp_evaluate"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An inclusive range; None leaves that side open."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+
+    def describe(self) -> str:
+        low = "-inf" if self.minimum is None else f"{self.minimum:g}"
+        high = "inf" if self.maximum is None else f"{self.maximum:g}"
+        return f"[{low}, {high}]"
+
+
+@dataclass(frozen=True)
+class HyperparameterBounds:
+    clip_norm: Bounds = Bounds(minimum=0.0, maximum=None)
+    # Below ~0.5 noise a single task burns budget fast; the hospital decides.
+    noise_multiplier: Bounds = Bounds(minimum=0.5, maximum=None)
+    sampling_rate: Bounds = Bounds(minimum=0.0, maximum=1.0)
+    local_steps: Bounds = Bounds(minimum=1, maximum=1000)
+    learning_rate: Bounds = Bounds(minimum=0.0, maximum=None)
+
+
+@dataclass(frozen=True)
+class CoordinatorRule:
+    identity: str
+    # Dataset ids, or ANY_DATASET for every dataset that has a policy rule.
+    datasets: frozenset[str]
+    task_kinds: frozenset[TaskKind]
+    max_tasks_per_hour: int | None = None
+    max_tasks_per_day: int | None = None
+    valid_from: dt.datetime | None = None
+    valid_until: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRule:
+    dataset_id: str
+    # Columns coordinators may see and packages may use; None = all that are
+    # not forbidden.
+    exposed_columns: frozenset[str] | None
+    # Direct identifiers: never exposed, never usable, whatever else says.
+    forbidden_columns: frozenset[str]
+    # Columns a package may use as label, survival time or event indicator.
+    label_columns: frozenset[str] | None
+    min_cohort_size: int
+    epsilon_budget: float
+    delta: float
+    budget_group: str
+    # Purposes of use allowed by the data-use agreement; empty = not restricted.
+    purposes: frozenset[str]
+    agreement_expires: dt.date | None
+    bounds: HyperparameterBounds = HyperparameterBounds()
+
+    def column_visible(self, name: str) -> bool:
+        if name in self.forbidden_columns:
+            return False
+        return self.exposed_columns is None or name in self.exposed_columns
+
+
+@dataclass(frozen=True)
+class PublisherRule:
+    name: str
+    # "SHA256:..." fingerprint of the raw Ed25519 public key.
+    key_id: str
+    public_key: bytes
+    expires: dt.datetime | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class PackageRules:
+    require_approval: bool = True
+    # Glob patterns over package names (fnmatch); empty = any name.
+    allowed_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_concurrent_tasks: int = 2
+    task_memory_mb: int = 4096
+    task_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class Policy:
+    coordinators: Mapping[str, CoordinatorRule]
+    datasets: Mapping[str, DatasetRule]
+    publishers: tuple[PublisherRule, ...] = ()
+    packages: PackageRules = PackageRules()
+    limits: Limits = Limits()
+    # sha256 of the policy file's bytes: audit entries name the policy in force.
+    digest: str = ""
+    source: str = ""
+
+    def dataset_rule(self, dataset_id: str) -> DatasetRule | None:
+        rule = self.datasets.get(dataset_id)
+        if rule is not None:
+            return rule
+        default = self.datasets.get(ANY_DATASET)
+        if default is None:
+            return None
+        # The wildcard's budget group defaults to one group per dataset, not
+        # one shared by every dataset.
+        group = dataset_id if default.budget_group == ANY_DATASET else default.budget_group
+        return DatasetRule(
+            dataset_id=dataset_id,
+            exposed_columns=default.exposed_columns,
+            forbidden_columns=default.forbidden_columns,
+            label_columns=default.label_columns,
+            min_cohort_size=default.min_cohort_size,
+            epsilon_budget=default.epsilon_budget,
+            delta=default.delta,
+            budget_group=group,
+            purposes=default.purposes,
+            agreement_expires=default.agreement_expires,
+            bounds=default.bounds,
+        )

@@ -1,0 +1,130 @@
+"""policy.toml: the shipped example loads; every mistake names file, key and problem."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import ConfigError
+from agent.governance.loader import load_policy, parse_policy
+from agent.governance.model import TaskKind
+from agent.identity.agent_key import generate_key_file
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = Path("/etc/edge-agent/policy.toml")
+
+MINIMAL = """
+[[coordinators]]
+identity = "c1"
+datasets = ["d1"]
+task_kinds = ["dp_gradient"]
+
+[[datasets]]
+id = "d1"
+epsilon_budget = 2.0
+"""
+
+
+def parse(text: str) -> object:
+    return parse_policy(text.encode(), SOURCE)
+
+
+def test_shipped_example_policy_loads() -> None:
+    policy = load_policy(REPO / "packaging" / "policy.toml")
+    coordinator = policy.coordinators["spiffe://pharma.example/coordinator/eu-1"]
+    assert coordinator.task_kinds == frozenset(TaskKind)
+    assert coordinator.valid_until == dt.datetime(2028, 1, 1, tzinfo=dt.UTC)
+    dataset = policy.datasets["oncology-2024"]
+    assert dataset.bounds.sampling_rate.maximum == 0.05
+    assert dataset.bounds.noise_multiplier.minimum == 0.8
+    assert "patient_id" in dataset.forbidden_columns
+    assert dataset.agreement_expires == dt.date(2027, 12, 31)
+    assert policy.packages.require_approval
+    assert policy.digest.startswith("sha256:")
+
+
+def test_minimal_policy_gets_safe_defaults() -> None:
+    policy = parse_policy(MINIMAL.encode(), SOURCE)
+    rule = policy.datasets["d1"]
+    assert rule.min_cohort_size == 10
+    assert rule.delta == 1e-5
+    assert rule.budget_group == "d1"
+    assert rule.forbidden_columns == frozenset()
+    assert policy.packages.require_approval is True
+
+
+def test_publisher_keys_from_base64_and_file(tmp_path: Path) -> None:
+    key = generate_key_file(tmp_path / "pub.key")
+    raw = base64.b64encode(key.public_bytes).decode()
+    text = MINIMAL + f"""
+[[publishers]]
+name = "inline"
+public_key = "{raw}"
+expires = 2027-01-31
+
+[[publishers]]
+name = "from-file"
+public_key_file = "{tmp_path / 'other.pub'}"
+revoked = true
+"""
+    other = generate_key_file(tmp_path / "other")
+    policy = parse_policy(text.encode(), tmp_path / "policy.toml")
+    assert policy.publishers[0].key_id == key.fingerprint
+    assert policy.publishers[0].expires == dt.datetime(2027, 2, 1, tzinfo=dt.UTC)
+    assert policy.publishers[1].key_id == other.fingerprint and policy.publishers[1].revoked
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (MINIMAL.replace('task_kinds = ["dp_gradient"]', 'task_kinds = ["dp_magic"]'), "coordinators[0].task_kinds[0]",
+         "unknown task kind"),
+        (MINIMAL.replace('datasets = ["d1"]', "datasets = []"), "coordinators[0].datasets", "must list"),
+        (MINIMAL.replace('datasets = ["d1"]', 'datasets = ["d2"]'), "coordinators", "without a [[datasets]] rule"),
+        (MINIMAL.replace("epsilon_budget = 2.0", ""), "datasets[0].epsilon_budget", "is required"),
+        (MINIMAL.replace("epsilon_budget = 2.0", "epsilon_budget = -1.0"), "datasets[0].epsilon_budget", "between"),
+        (MINIMAL + "delta = 0.0\n", "datasets[0].delta", "greater than 0"),
+        (MINIMAL + 'exposed_columns = ["a"]\nforbidden_columns = ["a"]\n', "datasets[0].exposed_columns",
+         "forbidden"),
+        (MINIMAL + "min_cohort_size = 0\n", "datasets[0].min_cohort_size", "between"),
+        (MINIMAL + "[datasets.bounds]\nsampling_rate = { min = 0.5, max = 0.1 }\n",
+         "datasets[0].bounds.sampling_rate.min", "greater than max"),
+        (MINIMAL + "[datasets.bounds]\nsampling_rate = { maximum = 0.1 }\n",
+         "datasets[0].bounds.sampling_rate.maximum", "did you mean 'max'"),
+        (MINIMAL.replace('identity = "c1"', 'identity = "c1"\nvalid_from = 2027-01-01\nvalid_until = 2026-01-01'),
+         "coordinators[0].valid_until", "after valid_from"),
+        (MINIMAL.replace('identity = "c1"', 'identity = "c1"\nvalid_until = 2026-01-01T00:00:00'),
+         "coordinators[0].valid_until", "UTC offset"),
+        (MINIMAL + '[[publishers]]\nname = "p"\npublic_key = "AAAA"\n', "publishers[0].public_key", "32 bytes"),
+        (MINIMAL + '[[publishers]]\nname = "p"\n', "publishers[0].public_key", "exactly one"),
+        (MINIMAL + "[limits]\nmax_concurrent_tasks = 0\n", "limits.max_concurrent_tasks", "between"),
+        (MINIMAL + "[packages]\nrequire_approval = 1\n", "packages.require_approval", "true or false"),
+        (MINIMAL + MINIMAL.split("[[datasets]]", maxsplit=1)[0], "coordinators[1].identity", "listed twice"),
+        (MINIMAL + "[surprise]\n", "surprise", "unknown key"),
+    ],
+)
+def test_invalid_policy_names_key_and_problem(text: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as failure:
+        parse(text)
+    assert failure.value.key == key, str(failure.value)
+    assert problem in str(failure.value)
+    assert str(failure.value).startswith(str(SOURCE))
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="policy file not found"):
+        load_policy(tmp_path / "none.toml")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_are_a_policy_or_a_located_error(data: bytes) -> None:
+    try:
+        parse_policy(data, SOURCE)
+    except ConfigError as exc:
+        assert str(exc).startswith(str(SOURCE))
