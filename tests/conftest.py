@@ -17,14 +17,13 @@ import pytest
 from agent.audit.log import AuditLog
 from agent.config import load_config
 from agent.coordinator.client import AgentClient, ClientCredentials
-from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
 from agent.governance.in_force import PolicyInForce
 from agent.governance.loader import load_policy
 from agent.identity.agent_key import generate_key_file, load_key_file
 from agent.identity.certificates import CertificateAuthority
 from agent.observability.logging import configure_logging
+from agent.server.assembly import assemble_service
 from agent.server.daemon import AgentDaemon
-from agent.server.service import AgentIdentity, AgentService
 from agent.server.tls import load_server_tls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,18 +160,11 @@ def start_in_process(config_path: Path) -> InProcessAgent:
     config = load_config(config_path)
     logger = configure_logging("warning", "json")
     key = load_key_file(config.identity.key_file)
-    catalog = DatasetCatalog(config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache())
     assert config.policy_file is not None
     policy_file = config.policy_file
     policy = PolicyInForce(load_policy(policy_file), lambda: load_policy(policy_file))
     audit = AuditLog.open(config.audit.directory, key, checkpoint_every=config.audit.checkpoint_every)
-    service = AgentService(
-        identity=AgentIdentity(config.agent_id, "test", "edge_agent.v1", key),
-        catalog=catalog,
-        policy=policy,
-        audit=audit,
-        logger=logger,
-    )
+    service = assemble_service(config, key=key, policy=policy, audit=audit, logger=logger, version="test")
     daemon = AgentDaemon(config.server, load_server_tls(config.tls, config.source), service, logger)
     try:
         port = daemon.start().port

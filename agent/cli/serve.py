@@ -13,12 +13,11 @@ from types import FrameType
 
 import structlog
 
-from agent import API_VERSION, __version__
+from agent import __version__
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, resolve_config
 from agent.config import AgentConfig
-from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
 from agent.durable import write_public
 from agent.governance.development import development_policy
 from agent.governance.in_force import PolicyInForce
@@ -28,8 +27,8 @@ from agent.governance.status import PID_FILENAME, PolicyStatus, now_text
 from agent.identity.agent_key import AgentKey, load_key_file, load_or_generate_key_file
 from agent.identity.development_pki import ensure_development_pki
 from agent.observability.logging import configure_logging
+from agent.server.assembly import assemble_service
 from agent.server.daemon import AgentDaemon, ListenError
-from agent.server.service import AgentIdentity, AgentService
 from agent.server.tls import ServerTlsMaterial, load_server_tls
 
 
@@ -153,18 +152,7 @@ def _serve(
     audit: AuditLog,
     log: structlog.typing.FilteringBoundLogger,
 ) -> int:
-    # The cache keeps CSV row counts from being rescanned on every RPC while
-    # still noticing files that change or vanish.
-    catalog = DatasetCatalog(
-        config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache(), logger=log
-    )
-    service = AgentService(
-        identity=AgentIdentity(config.agent_id, __version__, API_VERSION, key),
-        catalog=catalog,
-        policy=policy,
-        audit=audit,
-        logger=log,
-    )
+    service = assemble_service(config, key=key, policy=policy, audit=audit, logger=log)
     daemon = AgentDaemon(config.server, tls, service, log)
     reloader = _PolicyReloader(policy, audit, config.state_dir, log)
 
@@ -202,7 +190,7 @@ def _serve(
         version=__version__,
         fingerprint=key.fingerprint,
         port=state.port,
-        datasets=len(catalog.specs()),
+        datasets=len(service.catalog.specs()),
         config=str(config.source) if config.source else "development defaults",
         tls_certificate_expires=tls.not_after.isoformat(),
     )

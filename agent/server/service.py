@@ -25,6 +25,7 @@ from agent.governance.decisions import Action, Decision, Outcome, Request, Usage
 from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
+from agent.packages import PackageStore
 from agent.server.peer import caller_identity
 
 CAPABILITIES = ("datasets", "health", "reflection", "transport-probe")
@@ -77,6 +78,7 @@ class AgentService(pb_grpc.AgentServicer):
         catalog: DatasetCatalog,
         policy: PolicyInForce,
         audit: AuditSink,
+        packages: PackageStore,
         logger: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         max_probe_bytes: int = 2 * 1024**3,
@@ -85,6 +87,7 @@ class AgentService(pb_grpc.AgentServicer):
         self._catalog = catalog
         self._policy = policy
         self._audit = audit
+        self._packages = packages
         self._logger = logger
         self._clock = clock
         self._max_probe_bytes = max_probe_bytes
@@ -114,6 +117,10 @@ class AgentService(pb_grpc.AgentServicer):
         if not decision.allowed:
             context.abort(_STATUS[decision.outcome], decision.reason)
         return caller, decision
+
+    @property
+    def catalog(self) -> DatasetCatalog:
+        return self._catalog
 
     def _catalog_has(self, dataset_id: str) -> bool:
         try:
