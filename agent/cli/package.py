@@ -12,15 +12,18 @@ import argparse
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, resolve_config
 from agent.durable import write_public
-from agent.identity.agent_key import load_key_file
+from agent.identity.agent_key import load_key_file, load_or_generate_key_file
 from agent.packages import (
+    DecisionKind,
     PackageInputError,
     PackageLimits,
     PackageRejected,
@@ -447,14 +450,47 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_approve(args: argparse.Namespace) -> int:
-    key = load_key_file(args.reviewer_key)
-    decision = _store(args).approve(args.digest, key, args.reviewer, datetime.now(UTC), reason=args.reason)
-    print(f"approved {decision.digest} by {decision.reviewer} ({decision.reviewer_key_id}) at {decision.time}")
-    return ExitCode.SUCCESS
+    return _review(args, DecisionKind.APPROVE)
 
 
 def run_reject(args: argparse.Namespace) -> int:
-    key = load_key_file(args.reviewer_key)
-    decision = _store(args).reject(args.digest, args.reason, key, args.reviewer, datetime.now(UTC))
-    print(f"rejected {decision.digest} by {decision.reviewer} ({decision.reviewer_key_id}) at {decision.time}")
+    return _review(args, DecisionKind.REJECT)
+
+
+_PAST = {DecisionKind.APPROVE: "approved", DecisionKind.REJECT: "rejected"}
+
+
+def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
+    """Records a signed review decision and audits it in the agent's log.
+
+    The audit log is opened first: a decision that could not be audited is not
+    taken (run this as the service user, who can write the log).
+    """
+    config = resolve_config(args)
+    reviewer_key = load_key_file(args.reviewer_key)
+    store = PackageStore(config.state_dir / "packages")
+    # A development instance may not have served yet; it creates its key as serve would.
+    if config.development:
+        agent_key, _ = load_or_generate_key_file(config.identity.key_file)
+    else:
+        agent_key = load_key_file(config.identity.key_file)
+    audit_log = AuditLog.open(config.audit.directory, agent_key, checkpoint_every=config.audit.checkpoint_every)
+    with closing(audit_log) as audit:
+        now = datetime.now(UTC)
+        if kind is DecisionKind.APPROVE:
+            decision = store.approve(args.digest, reviewer_key, args.reviewer, now, reason=args.reason)
+        else:
+            decision = store.reject(args.digest, args.reason, reviewer_key, args.reviewer, now)
+        package = store.get(decision.digest)
+        audit.append(
+            f"package.{_PAST[decision.decision]}",
+            package=decision.digest,
+            name=None if package is None else package.name,
+            version=None if package is None else package.version,
+            reviewer=decision.reviewer,
+            reviewer_key_id=decision.reviewer_key_id,
+            reason=decision.reason,
+        )
+    who = f"{decision.reviewer} ({decision.reviewer_key_id})"
+    print(f"{_PAST[decision.decision]} {decision.digest} by {who} at {decision.time}")
     return ExitCode.SUCCESS

@@ -118,7 +118,7 @@ class TomlTable:
             if not isinstance(item, str) or not item:
                 raise self.error(f"{name}[{index}]", f"expected a non-empty string, got {item!r}")
         if len(set(value)) != len(value):
-            raise self.error(name, "lists a column more than once")
+            raise self.error(name, "lists a value more than once")
         return tuple(value)
 
     def boolean(self, name: str, default: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,38 @@ class AgentClient:
             return self._stub.ProbeTransport(messages(), timeout=self._deadline(timeout))
         except grpc.RpcError as exc:
             raise self._error("ProbeTransport", exc) from None
+
+    def upload_package(
+        self, archive: bytes, chunk_bytes: int = 1024 * 1024, timeout: float | None = None
+    ) -> pb.Package:
+        """Uploads a signed package archive in chunks; the agent checks size and digest at the end."""
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be >= 1")
+
+        def messages() -> Iterator[pb.UploadPackageRequest]:
+            header = pb.PackageUploadHeader(size_bytes=len(archive), sha256=hashlib.sha256(archive).digest())
+            yield pb.UploadPackageRequest(header=header)
+            view = memoryview(archive)
+            for offset in range(0, len(archive), chunk_bytes):
+                yield pb.UploadPackageRequest(chunk=bytes(view[offset : offset + chunk_bytes]))
+
+        try:
+            return self._stub.UploadPackage(messages(), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("UploadPackage", exc) from None
+
+    def list_packages(self, timeout: float | None = None) -> list[pb.Package]:
+        try:
+            response = self._stub.ListPackages(pb.ListPackagesRequest(), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("ListPackages", exc) from None
+        return list(response.packages)
+
+    def get_package(self, digest: str, timeout: float | None = None) -> pb.Package:
+        try:
+            return self._stub.GetPackage(pb.GetPackageRequest(digest=digest), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("GetPackage", exc) from None
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health status name of `service` ("" = the whole agent), e.g. "SERVING"."""

@@ -148,6 +148,7 @@ def _publisher(table: TomlTable, base: Path) -> PublisherRule:
     if (inline is None) == (key_file is None):
         raise table.error("public_key", "give exactly one of public_key (base64 or PEM) or public_key_file")
     key_name = "public_key" if inline is not None else "public_key_file"
+    namespaces = table.string_list("namespaces")
     try:
         if inline is not None:
             text = inline
@@ -165,6 +166,7 @@ def _publisher(table: TomlTable, base: Path) -> PublisherRule:
         public_key=raw,
         expires=table.instant("expires", end_of_day=True),
         revoked=table.boolean("revoked", False),
+        namespaces=None if namespaces is None else frozenset(namespaces),
     )
     table.finish()
     return rule

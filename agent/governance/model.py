@@ -89,6 +89,8 @@ class PublisherRule:
     public_key: bytes
     expires: dt.datetime | None = None
     revoked: bool = False
+    # Manifest publishers this key may sign for; None = any.
+    namespaces: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class RejectionCode(StrEnum):
     DISALLOWED_TENSOR = "disallowed_tensor"
     GRAPH_INTERFACE_MISMATCH = "graph_interface_mismatch"
     GRADIENT_SHAPE_MISMATCH = "gradient_shape_mismatch"
+    # -- local policy -------------------------------------------------------------------
+    NAME_NOT_ALLOWED = "name_not_allowed"
     # -- store --------------------------------------------------------------------------
     ROLLBACK = "rollback"
     VERSION_CONFLICT = "version_conflict"
@@ -91,6 +93,7 @@ _PERMISSION = frozenset(
         RejectionCode.KEY_EXPIRED,
         RejectionCode.KEY_REVOKED,
         RejectionCode.KEY_NOT_AUTHORISED,
+        RejectionCode.NAME_NOT_ALLOWED,
     }
 )
 _PRECONDITION = frozenset({RejectionCode.ROLLBACK, RejectionCode.VERSION_CONFLICT})

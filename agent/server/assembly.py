@@ -10,7 +10,8 @@ from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
 from agent.governance.in_force import PolicyInForce
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore
-from agent.server.service import AgentIdentity, AgentService, AuditSink
+from agent.server.audit_sink import AuditSink
+from agent.server.service import AgentIdentity, AgentService
 
 
 def assemble_service(

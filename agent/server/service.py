@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import NoReturn
 
 import grpc
 import structlog
@@ -26,9 +26,11 @@ from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore
+from agent.server.audit_sink import AuditSink
+from agent.server.package_endpoints import PackageEndpoints
 from agent.server.peer import caller_identity
 
-CAPABILITIES = ("datasets", "health", "reflection", "transport-probe")
+CAPABILITIES = ("datasets", "health", "packages", "reflection", "transport-probe")
 
 _FORMATS = {
     DatasetFormat.PARQUET: pb.DATASET_FORMAT_PARQUET,
@@ -50,12 +52,6 @@ _STATUS = {
     Outcome.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     Outcome.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
 }
-
-
-class AuditSink(Protocol):
-    """Where security-relevant events go (the tamper-evident audit log)."""
-
-    def append(self, kind: str, **fields: Any) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class AgentService(pb_grpc.AgentServicer):
         self._catalog = catalog
         self._policy = policy
         self._audit = audit
-        self._packages = packages
+        self._packages = PackageEndpoints(packages, audit, logger, clock)
         self._logger = logger
         self._clock = clock
         self._max_probe_bytes = max_probe_bytes
@@ -217,18 +213,23 @@ class AgentService(pb_grpc.AgentServicer):
             chunks_received=chunks, bytes_received=received, seconds=0.0 if first is None else last - first
         )
 
-    # ------------------------------------------------------------ later issues
+    # ------------------------------------------------------------ packages
 
     def UploadPackage(
         self, request_iterator: Iterator[pb.UploadPackageRequest], context: grpc.ServicerContext
     ) -> pb.Package:
-        _unimplemented(context, "UploadPackage")
+        caller, _ = self._authorize(context, "UploadPackage", Action.UPLOAD_PACKAGE)
+        return self._packages.upload(caller, self._policy.current(), request_iterator, context)
 
     def ListPackages(self, request: pb.ListPackagesRequest, context: grpc.ServicerContext) -> pb.ListPackagesResponse:
-        _unimplemented(context, "ListPackages")
+        self._authorize(context, "ListPackages", Action.READ_PACKAGES)
+        return self._packages.list()
 
     def GetPackage(self, request: pb.GetPackageRequest, context: grpc.ServicerContext) -> pb.Package:
-        _unimplemented(context, "GetPackage")
+        self._authorize(context, "GetPackage", Action.READ_PACKAGES)
+        return self._packages.get(request.digest, context)
+
+    # ------------------------------------------------------------ later issues
 
     def RunTask(
         self, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
