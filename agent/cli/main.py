@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import audit, datasets, demo, dev_certs, keys, package, policy, serve
+from agent.cli import audit, budget, datasets, demo, dev_certs, keys, package, policy, serve
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
 from agent.config import ConfigError
@@ -33,6 +33,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     TrustStoreError,
     UnknownPackageError,
     *audit.USAGE_ERRORS,
+    *budget.USAGE_ERRORS,
 )
 # Errors of the environment or of the data, exit code 1.
 FAILURE_ERRORS: tuple[type[Exception], ...] = (
@@ -43,6 +44,7 @@ FAILURE_ERRORS: tuple[type[Exception], ...] = (
     AgentRpcError,
     PackageError,
     *audit.FAILURE_ERRORS,
+    *budget.FAILURE_ERRORS,
 )
 
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_parser(subparsers)
     package.add_parser(subparsers)
     audit.add_parser(subparsers)
+    budget.add_parser(subparsers)
     keys.add_parser(subparsers)
     dev_certs.add_parser(subparsers)
     demo.add_parser(subparsers)

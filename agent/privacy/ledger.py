@@ -1,0 +1,419 @@
+"""The privacy budget ledger: what every task has cost each budget group, kept in SQLite.
+
+This file is the security boundary of differential privacy: a result may leave
+the agent only once its cost is committed here. The protocol, per task:
+
+    reserve()  before any computation: refused if the group's ε, composed over
+               every committed and in-flight task plus this one, would exceed
+               the limit at the group's δ;
+    commit()   after computing, before the result is sent;
+    release()  only if the task failed before any result existed.
+
+A reservation neither committed nor released when the agent died is counted
+as spent by recover_abandoned() at start-up: nobody can tell whether its
+result left, and the ledger must never be under-charged.
+
+Every write is one BEGIN IMMEDIATE transaction (one writer at a time, across
+threads and processes) on a WAL file with synchronous=FULL, so a commit that
+returned survives a crash or power loss. Each operation opens its own
+short-lived connection: `edge-agent budget show` reads from another process,
+and a long-lived connection would pin an old WAL snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.privacy.accounting import Accountant, AccountantKind, PldAccountant
+from agent.privacy.errors import (
+    BudgetExceededError,
+    DuplicateTaskError,
+    LedgerError,
+    MechanismError,
+    TaskStateError,
+    UnknownTaskError,
+)
+from agent.privacy.mechanism import Mechanism, step_counts
+
+LEDGER_FILENAME = "privacy-ledger.sqlite"
+
+# Bumped when the layout changes: an older agent refuses a newer file rather than misread it.
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id          TEXT PRIMARY KEY NOT NULL,
+    budget_group     TEXT NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'released')),
+    sampling_rate    REAL NOT NULL,
+    noise_multiplier REAL NOT NULL,
+    steps            INTEGER NOT NULL,
+    epsilon_after    REAL NOT NULL,   -- the group's ε with this task, when reserved
+    limit_epsilon    REAL NOT NULL,
+    delta            REAL NOT NULL,
+    accountant       TEXT NOT NULL,   -- 'pld' or 'rdp': what budget show composes with by default
+    coordinator      TEXT NOT NULL,
+    dataset          TEXT NOT NULL,
+    correlation_id   TEXT NOT NULL,
+    reserved_at      TEXT NOT NULL,
+    settled_at       TEXT,
+    abandoned        INTEGER NOT NULL DEFAULT 0  -- 1: found reserved at start-up, counted as spent
+);
+CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (budget_group, state);
+"""
+
+
+class TaskState(enum.Enum):
+    RESERVED = "reserved"
+    COMMITTED = "committed"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    task_id: str
+    budget_group: str
+    mechanism: Mechanism
+    # The group's ε including this task and every other one in flight.
+    epsilon_after: float
+    limit_epsilon: float
+    delta: float
+    reserved_at: datetime
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """What GetBudget and `budget show` report for one budget group."""
+
+    budget_group: str
+    epsilon_spent: float  # committed tasks only (including abandoned ones)
+    epsilon_with_reserved: float  # committed plus tasks in flight
+    limit_epsilon: float | None  # None: no task was ever reserved and no limit given
+    delta: float | None
+    tasks_committed: int
+    tasks_reserved: int
+    last_used: datetime | None
+
+    @property
+    def epsilon_reserved(self) -> float:
+        """ε added by tasks in flight (ε is not additive: a difference of compositions)."""
+        return max(self.epsilon_with_reserved - self.epsilon_spent, 0.0)
+
+    @property
+    def epsilon_remaining(self) -> float | None:
+        if self.limit_epsilon is None:
+            return None
+        return max(self.limit_epsilon - self.epsilon_with_reserved, 0.0)
+
+
+@dataclass(frozen=True)
+class AbandonedTask:
+    """A reservation found at start-up and counted as spent; the daemon audits each one."""
+
+    task_id: str
+    budget_group: str
+    dataset: str
+    coordinator: str
+    correlation_id: str
+    reserved_at: datetime
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PrivacyLedger:
+    def __init__(
+        self,
+        path: Path,
+        accountant: Accountant | None = None,
+        *,
+        busy_timeout: float = 60.0,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        # busy_timeout: how long a write waits for another writer. Writes are
+        # tiny, but a reservation may recompute ε inside the lock (see reserve).
+        self._path = path
+        self._accountant = accountant if accountant is not None else PldAccountant()
+        self._busy_timeout = busy_timeout
+        self._clock = clock
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def accountant(self) -> Accountant:
+        return self._accountant
+
+    def reserve(
+        self,
+        budget_group: str,
+        task_id: str,
+        mechanism: Mechanism,
+        *,
+        limit_epsilon: float,
+        delta: float,
+        coordinator: str,
+        dataset: str,
+        correlation_id: str,
+    ) -> Reservation:
+        """Reserve the task's cost, or raise BudgetExceededError; the limit and δ come from the policy now."""
+        if not task_id or not budget_group:
+            raise MechanismError("a reservation needs a task id and a budget group")
+        if isinstance(limit_epsilon, bool) or not isinstance(limit_epsilon, int | float):
+            raise MechanismError(f"the ε limit must be a number, got {limit_epsilon!r}")
+        if not (math.isfinite(limit_epsilon) and limit_epsilon >= 0.0):
+            raise MechanismError(f"the ε limit must be finite and ≥ 0, got {limit_epsilon!r}")
+        # Composing can take a second or more. Do it before taking the write
+        # lock, so that other tasks' commits do not wait for it; inside the
+        # lock, recompute only if another task changed the group meanwhile.
+        with self._read() as conn:
+            seen = [] if conn is None else self._mechanisms(conn, budget_group, _ACTIVE)
+        epsilon = self._accountant.epsilon([*seen, mechanism], delta)
+        now = self._clock()
+        refused: tuple[list[Mechanism], list[Mechanism]] | None = None
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone():
+                raise DuplicateTaskError(task_id, f"task {task_id!r} already has a reservation in {self._path}")
+            active = self._mechanisms(conn, budget_group, _ACTIVE)
+            if step_counts(active) != step_counts(seen):
+                epsilon = self._accountant.epsilon([*active, mechanism], delta)
+            if epsilon > limit_epsilon:
+                refused = (self._mechanisms(conn, budget_group, (TaskState.COMMITTED,)), active)
+            else:
+                conn.execute(
+                    "INSERT INTO tasks (task_id, budget_group, state, sampling_rate, noise_multiplier, steps,"
+                    " epsilon_after, limit_epsilon, delta, accountant, coordinator, dataset, correlation_id,"
+                    " reserved_at) VALUES (?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        task_id,
+                        budget_group,
+                        mechanism.sampling_rate,
+                        mechanism.noise_multiplier,
+                        mechanism.steps,
+                        epsilon,
+                        limit_epsilon,
+                        delta,
+                        self._accountant.kind.value,
+                        coordinator,
+                        dataset,
+                        correlation_id,
+                        now.isoformat(),
+                    ),
+                )
+        if refused is not None:
+            # The refusal's figures are composed after the write lock is let go.
+            committed, active = refused
+            raise BudgetExceededError(
+                budget_group,
+                spent=self._accountant.epsilon(committed, delta),
+                with_reserved=self._accountant.epsilon(active, delta),
+                requested=epsilon,
+                limit=float(limit_epsilon),
+                delta=delta,
+            )
+        return Reservation(task_id, budget_group, mechanism, epsilon, float(limit_epsilon), delta, now)
+
+    def commit(self, task_id: str) -> None:
+        """Make the reservation spent for good; returns only once that is on disk.
+
+        Committing twice is allowed (a retry must not fail a task whose cost is
+        already recorded); committing a released task is not.
+        """
+        with self._write() as conn:
+            state = self._state(conn, task_id)
+            if state is TaskState.RELEASED:
+                raise TaskStateError(task_id, state.value, f"task {task_id!r} was released; it cannot be committed")
+            if state is TaskState.RESERVED:
+                conn.execute(
+                    "UPDATE tasks SET state = 'committed', settled_at = ? WHERE task_id = ?",
+                    (self._clock().isoformat(), task_id),
+                )
+
+    def release(self, task_id: str) -> None:
+        """Return a reservation whose result never existed. A committed cost is never refunded."""
+        with self._write() as conn:
+            state = self._state(conn, task_id)
+            if state is TaskState.COMMITTED:
+                raise TaskStateError(
+                    task_id, state.value, f"task {task_id!r} is committed; its privacy cost cannot be released"
+                )
+            if state is TaskState.RESERVED:
+                conn.execute(
+                    "UPDATE tasks SET state = 'released', settled_at = ? WHERE task_id = ?",
+                    (self._clock().isoformat(), task_id),
+                )
+
+    def recover_abandoned(self, now: datetime) -> list[AbandonedTask]:
+        """At start-up, before serving: count every reservation left by a dead agent as spent."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT task_id, budget_group, dataset, coordinator, correlation_id, reserved_at FROM tasks"
+                " WHERE state = 'reserved' ORDER BY rowid"
+            ).fetchall()
+            conn.execute(
+                "UPDATE tasks SET state = 'committed', abandoned = 1, settled_at = ? WHERE state = 'reserved'",
+                (now.isoformat(),),
+            )
+        return [
+            AbandonedTask(task_id, group, dataset, coordinator, correlation, datetime.fromisoformat(reserved_at))
+            for task_id, group, dataset, coordinator, correlation, reserved_at in rows
+        ]
+
+    def spent(self, budget_group: str, delta: float) -> float:
+        """ε of the group's committed tasks at ``delta``."""
+        with self._read() as conn:
+            committed = [] if conn is None else self._mechanisms(conn, budget_group, (TaskState.COMMITTED,))
+        return self._accountant.epsilon(committed, delta)
+
+    def status(
+        self, budget_group: str, *, limit_epsilon: float | None = None, delta: float | None = None
+    ) -> BudgetStatus:
+        """The group's figures; limit and δ default to those of its latest reservation."""
+        with self._read() as conn:
+            if conn is None:
+                committed: list[Mechanism] = []
+                active: list[Mechanism] = []
+                row = None
+            else:
+                conn.execute("BEGIN")  # one snapshot for all the reads below
+                committed = self._mechanisms(conn, budget_group, (TaskState.COMMITTED,))
+                active = self._mechanisms(conn, budget_group, _ACTIVE)
+                row = conn.execute(
+                    "SELECT limit_epsilon, delta, reserved_at FROM tasks WHERE budget_group = ?"
+                    " ORDER BY rowid DESC LIMIT 1",
+                    (budget_group,),
+                ).fetchone()
+                conn.execute("COMMIT")
+        limit = limit_epsilon if limit_epsilon is not None else (None if row is None else float(row[0]))
+        at_delta = delta if delta is not None else (None if row is None else float(row[1]))
+        # With no δ known there is no task either, and no task costs ε = 0 at any δ.
+        spent = 0.0 if at_delta is None else self._accountant.epsilon(committed, at_delta)
+        with_reserved = 0.0 if at_delta is None else self._accountant.epsilon(active, at_delta)
+        return BudgetStatus(
+            budget_group=budget_group,
+            epsilon_spent=spent,
+            epsilon_with_reserved=with_reserved,
+            limit_epsilon=limit,
+            delta=at_delta,
+            tasks_committed=len(committed),
+            tasks_reserved=len(active) - len(committed),
+            last_used=None if row is None else datetime.fromisoformat(row[2]),
+        )
+
+    def tasks_started_since(self, coordinator: str, since: datetime) -> int:
+        """Reservations by ``coordinator`` at or after ``since`` (the policy's rate limits count these)."""
+        with self._read() as conn:
+            if conn is None:
+                return 0
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM tasks WHERE coordinator = ? AND reserved_at >= ?",
+                (coordinator, since.astimezone(UTC).isoformat()),
+            ).fetchone()
+        return int(count)
+
+    def groups(self) -> list[BudgetStatus]:
+        """Status of every budget group that has ever had a reservation, sorted by name."""
+        with self._read() as conn:
+            names = [] if conn is None else [r[0] for r in conn.execute("SELECT DISTINCT budget_group FROM tasks")]
+        return [self.status(name) for name in sorted(names)]
+
+    def recorded_accountant(self) -> AccountantKind | None:
+        """The accountant of the latest reservation (the daemon's), or None for an empty ledger."""
+        with self._read() as conn:
+            row = None if conn is None else conn.execute("SELECT accountant FROM tasks ORDER BY rowid DESC").fetchone()
+        return None if row is None else AccountantKind(row[0])
+
+    # ------------------------------------------------------------------ internals
+
+    def _mechanisms(
+        self, conn: sqlite3.Connection, budget_group: str, states: tuple[TaskState, ...]
+    ) -> list[Mechanism]:
+        marks = ", ".join("?" for _ in states)
+        rows = conn.execute(
+            f"SELECT sampling_rate, noise_multiplier, steps FROM tasks WHERE budget_group = ? AND state IN ({marks})",  # noqa: S608 - only placeholders are interpolated
+            (budget_group, *(s.value for s in states)),
+        ).fetchall()
+        try:
+            return [Mechanism(float(q), float(sigma), int(k)) for q, sigma, k in rows]
+        except MechanismError as exc:
+            raise LedgerError(f"the privacy ledger {self._path} holds an invalid task: {exc}") from exc
+
+    def _state(self, conn: sqlite3.Connection, task_id: str) -> TaskState:
+        row = conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise UnknownTaskError(task_id, f"task {task_id!r} has no reservation in {self._path}")
+        return TaskState(row[0])
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        # sqlite3's messages ("database is locked") do not say which file.
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot {action} the privacy ledger {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection | None]:
+        """A read-only connection, or None before the first reservation ever (mode=ro never creates the file)."""
+        if not self._path.exists():
+            yield None
+            return
+        with self._errors("read"):
+            uri = self._path.absolute().as_uri() + "?mode=ro"
+            with closing(sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)) as conn:
+                yield conn if self._has_table(conn) else None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A connection inside a BEGIN IMMEDIATE transaction, committed (durably) on success."""
+        if not self._path.parent.is_dir():
+            # Creating the state directory is the installer's job (owner and mode matter).
+            raise LedgerError(
+                f"cannot open the privacy ledger {self._path}: directory {self._path.parent} does not exist"
+            )
+        with (
+            self._errors("write"),
+            closing(sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)) as conn,
+        ):
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a COMMIT is on disk (WAL fsynced) before commit() returns, so
+            # a result sent after commit() is never missing from the ledger.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not self._has_table(conn):
+                    # executescript() would COMMIT the IMMEDIATE transaction first.
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                yield conn
+            except BaseException:
+                # SQLite may already have rolled back (disk full); a second ROLLBACK would mask the error.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _has_table(self, conn: sqlite3.Connection) -> bool:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise LedgerError(
+                f"the privacy ledger {self._path} has schema version {version}, newer than this agent "
+                f"supports ({_SCHEMA_VERSION}); upgrade the agent"
+            )
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'").fetchone()
+        return found is not None
+
+
+# Tasks whose cost counts against the budget: committed, and reserved (in flight).
+_ACTIVE = (TaskState.COMMITTED, TaskState.RESERVED)

@@ -1,0 +1,201 @@
+"""ε from the accountants: published figures, agreement with dp-accounting's own accountant, properties."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import dp_accounting  # type: ignore[import-untyped]
+import pytest
+from dp_accounting.pld import pld_privacy_accountant  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.privacy.accounting import AccountantKind, PldAccountant, RdpAccountant, make_accountant
+from agent.privacy.errors import MechanismError
+from agent.privacy.mechanism import Mechanism, combined_noise_multiplier, step_counts
+
+# Abadi et al. / TF-Privacy MNIST settings: N=60000, batch 256, sigma 1.1, 60 epochs, delta 1e-5.
+MNIST = Mechanism.dp_local_training(256 / 60000, 1.1, int(60 * 60000 / 256))
+DELTA = 1e-5
+
+# Coarser than the default: 5x faster, still an upper bound, enough for properties.
+FAST_PLD = 1e-3
+
+
+def test_published_figure_pld() -> None:
+    assert PldAccountant().epsilon([MNIST], DELTA) == pytest.approx(2.38, abs=0.02)
+
+
+def test_published_figure_rdp() -> None:
+    assert RdpAccountant().epsilon([MNIST], DELTA) == pytest.approx(2.60, abs=0.02)
+
+
+def test_make_accountant_by_name() -> None:
+    assert make_accountant("pld").kind is AccountantKind.PLD
+    assert make_accountant(AccountantKind.RDP).kind is AccountantKind.RDP
+    with pytest.raises(MechanismError, match="unknown accountant"):
+        make_accountant("moments")
+
+
+@pytest.mark.parametrize(
+    "mechanisms",
+    [
+        [Mechanism(0.02, 1.2, 30), Mechanism(1.0, 3.0, 2)],
+        [Mechanism(0.05, 1.0, 10), Mechanism(0.01, 0.8, 50), Mechanism(0.05, 1.0, 5)],
+    ],
+)
+def test_pld_agrees_with_dp_accounting_accountant(mechanisms: list[Mechanism]) -> None:
+    """Our grouping, caching and tree composition give the ε of dp-accounting's accountant, task by task."""
+    reference = pld_privacy_accountant.PLDAccountant(value_discretization_interval=FAST_PLD)
+    for m in mechanisms:
+        gaussian = dp_accounting.GaussianDpEvent(m.noise_multiplier)
+        event = gaussian if m.sampling_rate == 1.0 else dp_accounting.PoissonSampledDpEvent(m.sampling_rate, gaussian)
+        reference.compose(event, m.steps)
+    expected = reference.get_epsilon(DELTA)
+    ours = PldAccountant(FAST_PLD).epsilon(mechanisms, DELTA)
+    assert ours == pytest.approx(expected, rel=2e-3)
+
+
+def test_rdp_agrees_with_dp_accounting_accountant() -> None:
+    mechanisms = [Mechanism(0.02, 1.2, 30), Mechanism(1.0, 3.0, 2), Mechanism(0.02, 1.2, 7)]
+    reference = dp_accounting.rdp.RdpAccountant()
+    for m in mechanisms:
+        gaussian = dp_accounting.GaussianDpEvent(m.noise_multiplier)
+        event = gaussian if m.sampling_rate == 1.0 else dp_accounting.PoissonSampledDpEvent(m.sampling_rate, gaussian)
+        reference.compose(event, m.steps)
+    assert RdpAccountant().epsilon(mechanisms, DELTA) == pytest.approx(reference.get_epsilon(DELTA), rel=1e-9)
+
+
+def test_composition_is_not_a_sum_of_epsilons() -> None:
+    accountant = RdpAccountant()
+    one = accountant.epsilon([Mechanism(0.01, 1.0, 100)], DELTA)
+    ten = accountant.epsilon([Mechanism(0.01, 1.0, 100)] * 10, DELTA)
+    assert one < ten < 10 * one
+
+
+def test_no_task_costs_nothing() -> None:
+    assert PldAccountant().epsilon([], DELTA) == 0.0
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5, math.nan, True])
+def test_delta_outside_unit_interval_is_refused(delta: float) -> None:
+    with pytest.raises(MechanismError, match="δ"):
+        RdpAccountant().epsilon([Mechanism(0.1, 1.0)], delta)
+
+
+def test_identical_steps_are_grouped_whatever_the_order() -> None:
+    a, b = Mechanism(0.01, 1.0, 4), Mechanism(0.02, 1.5, 3)
+    assert step_counts([a, b, a]) == step_counts([b, a, a]) == ((0.01, 1.0, 8), (0.02, 1.5, 3))
+    accountant = PldAccountant(FAST_PLD)
+    assert accountant.epsilon([Mechanism(0.01, 1.0, 10)], DELTA) == accountant.epsilon(
+        [Mechanism(0.01, 1.0, 4), Mechanism(0.01, 1.0, 6)], DELTA
+    )
+
+
+def test_hundreds_of_tasks_compose_fast() -> None:
+    """300 tasks in 3 settings: three self-compositions, not 300 compositions."""
+    tasks = [Mechanism.dp_local_training(0.01 * (1 + i % 3), 1.0, 10) for i in range(300)]
+    accountant = PldAccountant(FAST_PLD)
+    started = time.perf_counter()
+    cold = accountant.epsilon(tasks, DELTA)
+    one_more = accountant.epsilon([*tasks, tasks[0]], DELTA)
+    elapsed = time.perf_counter() - started
+    assert 0 < cold < one_more
+    assert elapsed < 10.0
+
+
+def test_noisy_count_on_the_same_sample_is_one_gaussian() -> None:
+    # Two releases with sigma 1 each on one sample: one Gaussian with sigma 1/sqrt(2).
+    assert combined_noise_multiplier(1.0, 1.0) == pytest.approx(1 / math.sqrt(2))
+    assert combined_noise_multiplier(2.0, None) == 2.0
+    with_count = Mechanism.dp_gradient(0.01, 1.0, count_noise_multiplier=1.0)
+    without = Mechanism.dp_gradient(0.01, 1.0)
+    accountant = RdpAccountant()
+    assert accountant.epsilon([with_count], DELTA) > accountant.epsilon([without], DELTA)
+
+
+def test_task_kinds() -> None:
+    assert Mechanism.dp_gradient(0.1, 1.0) == Mechanism(0.1, 1.0, 1)
+    assert Mechanism.dp_local_training(0.1, 1.0, 7) == Mechanism(0.1, 1.0, 7)
+    assert Mechanism.dp_evaluate(2.0) == Mechanism(1.0, 2.0, 1)
+
+
+@given(
+    q=st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0, exclude_min=True), st.just(math.nan)),
+)
+def test_sampling_rate_outside_zero_one_is_refused(q: float) -> None:
+    with pytest.raises(MechanismError, match="sampling rate"):
+        Mechanism(q, 1.0)
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, math.inf, math.nan])
+def test_noise_multiplier_must_be_positive_and_finite(sigma: float) -> None:
+    with pytest.raises(MechanismError, match="noise multiplier"):
+        Mechanism(0.1, sigma)
+    with pytest.raises(MechanismError, match="noise multiplier"):
+        Mechanism.dp_gradient(0.1, 1.0, count_noise_multiplier=sigma)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 1.5, True])
+def test_steps_must_be_a_positive_integer(steps: int) -> None:
+    with pytest.raises(MechanismError, match="steps"):
+        Mechanism(0.1, 1.0, steps)
+
+
+# ------------------------------------------------------------------ monotonicity
+# RDP costs 20-60 ms per new (q, sigma): example counts keep the folder under a minute.
+
+_rates = st.floats(min_value=1e-3, max_value=1.0)
+_sigmas = st.floats(min_value=0.5, max_value=10.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(q=_rates, sigma=_sigmas, steps=st.integers(1, 2000), more=st.integers(1, 2000))
+def test_rdp_more_steps_never_cost_less(q: float, sigma: float, steps: int, more: int) -> None:
+    accountant = RdpAccountant()
+    assert accountant.epsilon([Mechanism(q, sigma, steps + more)], DELTA) >= accountant.epsilon(
+        [Mechanism(q, sigma, steps)], DELTA
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(q=_rates, sigma=_sigmas, shrink=st.floats(min_value=0.5, max_value=1.0), steps=st.integers(1, 2000))
+def test_rdp_less_noise_never_costs_less(q: float, sigma: float, shrink: float, steps: int) -> None:
+    accountant = RdpAccountant()
+    assert accountant.epsilon([Mechanism(q, sigma * shrink, steps)], DELTA) >= accountant.epsilon(
+        [Mechanism(q, sigma, steps)], DELTA
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    history=st.lists(st.builds(Mechanism, _rates, _sigmas, st.integers(1, 500)), max_size=5),
+    extra=st.builds(Mechanism, _rates, _sigmas, st.integers(1, 500)),
+)
+def test_rdp_another_task_never_costs_less(history: list[Mechanism], extra: Mechanism) -> None:
+    accountant = RdpAccountant()
+    assert accountant.epsilon([*history, extra], DELTA) >= accountant.epsilon(history, DELTA)
+
+
+# PLD is slower (each new (q, sigma) builds a distribution): fewer examples, coarser grid.
+_pld_rates = st.floats(min_value=1e-3, max_value=0.2)
+_pld_sigmas = st.floats(min_value=0.8, max_value=4.0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(q=_pld_rates, sigma=_pld_sigmas, steps=st.integers(1, 300), more=st.integers(1, 300))
+def test_pld_more_steps_never_cost_less(q: float, sigma: float, steps: int, more: int) -> None:
+    accountant = PldAccountant(FAST_PLD)
+    assert accountant.epsilon([Mechanism(q, sigma, steps + more)], DELTA) >= accountant.epsilon(
+        [Mechanism(q, sigma, steps)], DELTA
+    )
+
+
+@settings(max_examples=8, deadline=None)
+@given(q=_pld_rates, sigma=_pld_sigmas, shrink=st.floats(min_value=0.5, max_value=0.99), steps=st.integers(1, 300))
+def test_pld_less_noise_never_costs_less(q: float, sigma: float, shrink: float, steps: int) -> None:
+    accountant = PldAccountant(FAST_PLD)
+    assert accountant.epsilon([Mechanism(q, sigma * shrink, steps)], DELTA) >= accountant.epsilon(
+        [Mechanism(q, sigma, steps)], DELTA
+    )
