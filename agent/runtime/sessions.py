@@ -1,0 +1,160 @@
+"""onnxruntime sessions for isolation wrappers, built once per package and task shape.
+
+:class:`WrapperCache` compiles a wrapper (:func:`agent.runtime.isolation.build_wrapper`)
+the first time a (package digest, graph role, interface) is used and keeps the
+``InferenceSession`` for later tasks (least recently used first out). It is an object the
+worker owns, not a module-level singleton.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from agent.packages.manifest import Manifest, TaskKind
+from agent.packages.verification import VerifiedPackage
+from agent.runtime.errors import GraphExecutionError, WrapperBuildError
+from agent.runtime.isolation import (
+    CLIP_NORM,
+    SUM,
+    GraphRole,
+    WrapperLayout,
+    X,
+    Y,
+    build_wrapper,
+    layout_for,
+    parameter_input,
+)
+from agent.runtime.rows import RowBatch
+
+Float64Array = npt.NDArray[np.float64]
+Float32Array = npt.NDArray[np.float32]
+
+
+def interface_signature(manifest: Manifest) -> tuple[object, ...]:
+    """The shapes and dtypes that fix a wrapper's inputs and outputs."""
+    return (
+        tuple((p.name, p.shape, p.dtype) for p in manifest.parameters),
+        manifest.num_features,
+        (manifest.label.dtype, manifest.label.shape),
+        tuple((m.name, m.low, m.high) for m in manifest.metrics),
+    )
+
+
+@dataclass(frozen=True)
+class WrapperKey:
+    package_digest: str
+    role: GraphRole
+    interface: tuple[object, ...]
+    intra_op_threads: int
+
+
+class CompiledWrapper:
+    """A wrapper's session: feeds parameters and rows, returns the flat float64 sum."""
+
+    def __init__(self, graph_onnx: bytes, manifest: Manifest, role: GraphRole, *, intra_op_threads: int = 1) -> None:
+        self.role = role
+        self.manifest = manifest
+        self.layout: WrapperLayout = layout_for(manifest, role)
+        model = build_wrapper(graph_onnx, manifest, role)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # onnxruntime would log run-time errors, whose text may depend on row values, to stderr;
+        # GraphExecutionError.detail keeps them for the worker to log deliberately.
+        options.log_severity_level = 4
+        try:
+            self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise WrapperBuildError(f"onnxruntime refuses the wrapped package graph ({type(exc).__name__})") from None
+
+    def clipped_sum(
+        self, parameters: Mapping[str, Float32Array], batch: RowBatch, clip_norm: float | None = None
+    ) -> Float64Array:
+        """Sum over ``batch`` of the clipped per-example results, flat, float64.
+
+        ``parameters`` must already be checked (:func:`agent.runtime.parameters.checked_parameters`);
+        ``clip_norm`` is required for gradients and ignored for metrics.
+        """
+        if batch.size == 0:
+            return np.zeros(self.layout.size, np.float64)
+        feeds: dict[str, object] = {parameter_input(name): np.asarray(value) for name, value in parameters.items()}
+        feeds[X] = batch.x
+        feeds[Y] = batch.y
+        if self.role is GraphRole.GRADIENT:
+            if clip_norm is None or not (math.isfinite(clip_norm) and clip_norm > 0.0):
+                # C / max(norm, C) is only a clip for a finite C > 0 (C = 0 would give 0/0).
+                raise ValueError("a gradient wrapper needs a finite clip_norm > 0")
+            feeds[CLIP_NORM] = np.asarray(clip_norm, np.float64)
+        try:
+            (result,) = self._session.run([SUM], feeds)
+        except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...
+            raise GraphExecutionError(
+                "the package graph failed on an example (for instance an output whose size is not its declared "
+                "parameter's or metric's)",
+                detail=str(exc)[:2000],
+            ) from None
+        return np.asarray(result, np.float64)
+
+    def unflatten(self, flat: npt.NDArray[np.floating]) -> dict[str, npt.NDArray[np.floating]]:
+        """``flat`` cut into the layout's named, shaped tensors (views)."""
+        return {
+            slot.name: flat[slot.offset : slot.offset + slot.size].reshape(slot.shape) for slot in self.layout.slots
+        }
+
+
+class WrapperCache:
+    """Compiled wrappers by (package digest, role, interface, threads); thread-safe LRU."""
+
+    def __init__(self, *, intra_op_threads: int = 1, max_entries: int = 8) -> None:
+        if intra_op_threads < 1 or max_entries < 1:
+            raise ValueError("intra_op_threads and max_entries must be >= 1")
+        self.intra_op_threads = intra_op_threads
+        self._max = max_entries
+        self._entries: OrderedDict[WrapperKey, CompiledWrapper] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, package_digest: str, graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> CompiledWrapper:
+        """The wrapper for this package graph, compiled on first use.
+
+        ``package_digest`` must identify ``graph_onnx`` and ``manifest`` (the store's
+        content address does): the cache trusts it as the key.
+        """
+        key = WrapperKey(package_digest, role, interface_signature(manifest), self.intra_op_threads)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        # Compiled outside the lock: a large package must not block other tasks' lookups.
+        compiled = CompiledWrapper(graph_onnx, manifest, role, intra_op_threads=self.intra_op_threads)
+        with self._lock:
+            self._entries[key] = compiled
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return compiled
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def for_task(self, package: VerifiedPackage, kind: TaskKind) -> CompiledWrapper:
+        """The wrapper a task kind runs: the grad graph for ``dp_gradient`` and
+        ``dp_local_training``, the eval graph for ``dp_evaluate``."""
+        if kind not in package.manifest.task_kinds:
+            raise WrapperBuildError(f"the package does not declare task kind {kind.value}")
+        if kind is TaskKind.DP_EVALUATE:
+            eval_onnx = package.eval_onnx
+            if eval_onnx is None:
+                raise WrapperBuildError("the package has no eval graph")
+            return self.get(package.digest, eval_onnx, package.manifest, GraphRole.EVALUATION)
+        return self.get(package.digest, package.grad_onnx, package.manifest, GraphRole.GRADIENT)

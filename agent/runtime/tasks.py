@@ -1,0 +1,295 @@
+"""The three task computations, as plain functions over a compiled wrapper and a row source.
+
+Each step streams one full pass of the usable rows, draws a fresh Poisson sample
+(:class:`~agent.privacy.sampling.PoissonSampler`), runs the isolation wrapper on the
+sampled rows of each batch and adds Gaussian noise (:class:`~agent.privacy.noise.GaussianNoise`)
+to the step's total. Only the noisy totals leave: no sample size, no number of clipped or
+zeroed examples, nothing per example.
+
+Noise and sensitivity (adjacency: one row added or removed, which is what the
+Poisson-subsampled Gaussian accountant assumes):
+
+* ``dp_gradient``: the clipped gradient sum has L2 sensitivity ``C``; every coordinate
+  gets ``N(0, (sigma*C)^2)``. Accounted as ``Mechanism.dp_gradient(q, sigma, count_sigma)``.
+* ``dp_local_training``: K such steps; step ``k`` updates
+  ``theta <- theta - eta * noisy_sum_k / (q * N)`` (DP-SGD normalised by the *expected*
+  batch size ``q*N``, not the random sample size, which would be a private quantity).
+  ``N`` is the number of usable rows counted in the same pass unless the caller passes a
+  public ``expected_rows``; note that the released delta scales with ``1/N``, so an exact
+  ``N`` is revealed to roughly the precision the noise allows. Returns
+  ``theta_K - theta_0``. Accounted as ``Mechanism.dp_local_training(q, sigma, K)``.
+* ``dp_evaluate``: metric ``m`` is clipped into ``[low_m, high_m]``, so one row moves its
+  sum by at most ``S_m = max(|low_m|, |high_m|)`` (not ``high_m - low_m``: removing a row
+  removes its whole value). One row moves the vector of sums ``(sum_m / S_m)`` by at most
+  ``sqrt(M)`` in L2, so metric ``m`` gets ``N(0, (sigma * sqrt(M) * S_m)^2)``: a Gaussian
+  mechanism with noise multiplier exactly ``sigma``, accounted as
+  ``Mechanism.dp_evaluate(sigma, q, count_sigma)``.
+* Optional noisy count (``count_noise_multiplier`` = ``sigma_c``): the number of sampled
+  usable rows plus ``N(0, sigma_c^2)`` (sensitivity 1). It shares the step's sample with
+  the sums, so the accountant combines both into one Gaussian
+  (``agent.privacy.mechanism.combined_noise_multiplier``).
+
+``sigma = 0`` is accepted here (tests, benchmarks); the request checks refuse it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.privacy.noise import GaussianNoise
+from agent.privacy.sampling import PoissonSampler
+from agent.runtime.errors import HyperparameterError, NoUsableRowsError, TaskCancelledError
+from agent.runtime.isolation import GraphRole
+from agent.runtime.parameters import checked_parameters
+from agent.runtime.rows import RowSource
+from agent.runtime.sessions import CompiledWrapper
+
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+
+
+def _finite(name: str, value: float, *, minimum: float, strict: bool) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < minimum or (strict and number == minimum):
+        relation = ">" if strict else ">="
+        raise HyperparameterError(name, f"must be a finite number {relation} {minimum:g}, got {value!r}")
+    return number
+
+
+def _rate(value: float) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and 0.0 < number <= 1.0):
+        raise HyperparameterError("sampling_rate", f"must lie in (0, 1], got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """``dp_gradient`` and each ``dp_local_training`` step."""
+
+    clip_norm: float
+    noise_multiplier: float
+    sampling_rate: float
+    count_noise_multiplier: float | None = None
+    """Release a noisy sample size with this noise multiplier (``None``: no count)."""
+
+    def __post_init__(self) -> None:
+        _finite("clip_norm", self.clip_norm, minimum=0.0, strict=True)
+        _finite("noise_multiplier", self.noise_multiplier, minimum=0.0, strict=False)
+        _rate(self.sampling_rate)
+        if self.count_noise_multiplier is not None:
+            _finite("count_noise_multiplier", self.count_noise_multiplier, minimum=0.0, strict=False)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    step: GradientSettings
+    local_steps: int
+    learning_rate: float
+    expected_rows: int | None = None
+    """A public row count to normalise by; ``None``: the usable rows counted in each pass."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 1:
+            raise HyperparameterError("local_steps", f"must be an integer >= 1, got {self.local_steps!r}")
+        _finite("learning_rate", self.learning_rate, minimum=0.0, strict=True)
+        if self.expected_rows is not None and self.expected_rows < 1:
+            raise HyperparameterError("expected_rows", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    noise_multiplier: float
+    sampling_rate: float = 1.0
+    count_noise_multiplier: float | None = None
+
+    def __post_init__(self) -> None:
+        _finite("noise_multiplier", self.noise_multiplier, minimum=0.0, strict=False)
+        _rate(self.sampling_rate)
+        if self.count_noise_multiplier is not None:
+            _finite("count_noise_multiplier", self.count_noise_multiplier, minimum=0.0, strict=False)
+
+
+@dataclass(frozen=True)
+class Controls:
+    """``progress(fraction)`` after each step (fraction of steps done, ending at 1.0);
+    ``cancelled()`` is polled before every batch and raises :class:`TaskCancelledError`."""
+
+    progress: Callable[[float], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Randomness:
+    """Generators for sampling and noise. Leave both ``None`` outside tests: the
+    defaults are seeded from the OS's secure randomness."""
+
+    sampling: np.random.Generator | None = None
+    noise: np.random.Generator | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class GradientRelease:
+    sums: Mapping[str, Float32Array]
+    """Noisy clipped gradient sum per parameter, in manifest order and declared shapes."""
+    noisy_count: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingRelease:
+    delta: Mapping[str, Float32Array]
+    """``theta_K - theta_0`` per parameter."""
+    steps: int
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationRelease:
+    sums: Mapping[str, float]
+    """Noisy sum of each clipped metric, in manifest order."""
+    noisy_count: float | None = None
+
+
+@dataclass
+class _Pass:
+    total: Float64Array
+    sampled: int = 0
+    usable: int = 0
+
+
+def _sampled_pass(
+    wrapper: CompiledWrapper,
+    rows: RowSource,
+    parameters: Mapping[str, Float32Array],
+    *,
+    sampler: PoissonSampler,
+    clip_norm: float | None,
+    controls: Controls,
+) -> _Pass:
+    """One pass over the usable rows with a fresh Poisson sample: the exact clipped sum."""
+    result = _Pass(np.zeros(wrapper.layout.size, np.float64))
+    for batch in rows.batches():
+        if controls.cancelled is not None and controls.cancelled():
+            raise TaskCancelledError("the task was cancelled")
+        result.usable += batch.size
+        sample = batch.select(sampler.mask(batch.size))
+        result.sampled += sample.size
+        result.total += wrapper.clipped_sum(parameters, sample, clip_norm)
+    return result
+
+
+def _require(wrapper: CompiledWrapper, role: GraphRole) -> None:
+    if wrapper.role is not role:
+        raise ValueError(f"this task needs the {role.value} wrapper, got the {wrapper.role.value} one")
+
+
+def _noisy_count(noise: GaussianNoise, count: int, multiplier: float | None) -> float | None:
+    return None if multiplier is None else noise.scalar(float(count), multiplier)
+
+
+def _float32(values: Mapping[str, npt.NDArray[np.floating]]) -> Mapping[str, Float32Array]:
+    return MappingProxyType({name: np.asarray(value, np.float32) for name, value in values.items()})
+
+
+def _report(controls: Controls, fraction: float) -> None:
+    if controls.progress is not None:
+        controls.progress(fraction)
+
+
+def dp_gradient(
+    wrapper: CompiledWrapper,
+    rows: RowSource,
+    parameters: Mapping[str, npt.ArrayLike],
+    settings: GradientSettings,
+    *,
+    controls: Controls | None = None,
+    randomness: Randomness | None = None,
+) -> GradientRelease:
+    """One noisy clipped gradient sum over one Poisson sample (DP-FedSGD)."""
+    _require(wrapper, GraphRole.GRADIENT)
+    controls = controls or Controls()
+    randomness = randomness or Randomness()
+    params = checked_parameters(wrapper.manifest, parameters)
+    sampler = PoissonSampler(settings.sampling_rate, randomness.sampling)
+    noise = GaussianNoise(randomness.noise)
+    step = _sampled_pass(wrapper, rows, params, sampler=sampler, clip_norm=settings.clip_norm, controls=controls)
+    noisy = noise.perturb(step.total, settings.noise_multiplier * settings.clip_norm)
+    count = _noisy_count(noise, step.sampled, settings.count_noise_multiplier)
+    _report(controls, 1.0)
+    return GradientRelease(_float32(wrapper.unflatten(noisy)), count)
+
+
+def dp_local_training(
+    wrapper: CompiledWrapper,
+    rows: RowSource,
+    parameters: Mapping[str, npt.ArrayLike],
+    settings: TrainingSettings,
+    *,
+    controls: Controls | None = None,
+    randomness: Randomness | None = None,
+) -> TrainingRelease:
+    """K DP-SGD steps from ``parameters``; returns the parameter delta (DP-FedAvg).
+
+    No count is released here even if ``settings.step.count_noise_multiplier`` is set.
+    """
+    _require(wrapper, GraphRole.GRADIENT)
+    controls = controls or Controls()
+    randomness = randomness or Randomness()
+    start = checked_parameters(wrapper.manifest, parameters)
+    step_settings = settings.step
+    sampler = PoissonSampler(step_settings.sampling_rate, randomness.sampling)
+    noise = GaussianNoise(randomness.noise)
+    theta0 = np.concatenate([start[slot.name].reshape(-1).astype(np.float64) for slot in wrapper.layout.slots])
+    theta = theta0.copy()
+    for k in range(settings.local_steps):
+        current = {name: value.astype(np.float32) for name, value in wrapper.unflatten(theta).items()}
+        step = _sampled_pass(
+            wrapper, rows, current, sampler=sampler, clip_norm=step_settings.clip_norm, controls=controls
+        )
+        rows_n = settings.expected_rows if settings.expected_rows is not None else step.usable
+        if rows_n == 0:
+            raise NoUsableRowsError("the dataset has no usable rows (every row holds a null in a used column)")
+        noisy = noise.perturb(step.total, step_settings.noise_multiplier * step_settings.clip_norm)
+        theta = theta - settings.learning_rate * noisy / (step_settings.sampling_rate * rows_n)
+        _report(controls, (k + 1) / settings.local_steps)
+    # The delta in float64 before the final cast: theta - theta0 in float32 would lose
+    # the low digits of small updates.
+    return TrainingRelease(_float32(wrapper.unflatten(theta - theta0)), settings.local_steps)
+
+
+def metric_sensitivities(wrapper: CompiledWrapper) -> Float64Array:
+    """``max(|low|, |high|)`` per metric: how far one row can move that metric's sum."""
+    return np.array([max(abs(m.low), abs(m.high)) for m in wrapper.manifest.metrics], np.float64)
+
+
+def dp_evaluate(
+    wrapper: CompiledWrapper,
+    rows: RowSource,
+    parameters: Mapping[str, npt.ArrayLike],
+    settings: EvaluationSettings,
+    *,
+    controls: Controls | None = None,
+    randomness: Randomness | None = None,
+) -> EvaluationRelease:
+    """Noisy sums of the clipped per-example metrics over a Poisson sample (all rows at q = 1)."""
+    _require(wrapper, GraphRole.EVALUATION)
+    controls = controls or Controls()
+    randomness = randomness or Randomness()
+    params = checked_parameters(wrapper.manifest, parameters)
+    sampler = PoissonSampler(settings.sampling_rate, randomness.sampling)
+    noise = GaussianNoise(randomness.noise)
+    step = _sampled_pass(wrapper, rows, params, sampler=sampler, clip_norm=None, controls=controls)
+    sensitivity = metric_sensitivities(wrapper)
+    # Unit-variance noise scaled per metric: std_m = sigma * sqrt(M) * S_m (see module doc).
+    unit = noise.perturb(np.zeros_like(step.total), settings.noise_multiplier * math.sqrt(len(sensitivity)))
+    noisy = step.total + unit * sensitivity
+    count = _noisy_count(noise, step.sampled, settings.count_noise_multiplier)
+    _report(controls, 1.0)
+    return EvaluationRelease(
+        MappingProxyType({slot.name: float(noisy[slot.offset]) for slot in wrapper.layout.slots}), count
+    )

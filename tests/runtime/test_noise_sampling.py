@@ -1,0 +1,59 @@
+"""Noise and Poisson sampling: distributions, secure seeding, argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.privacy.noise import GaussianNoise, secure_generator
+from agent.privacy.sampling import PoissonSampler
+
+
+@pytest.mark.parametrize("std", [0.1, 1.0, 7.5])
+def test_gaussian_noise_has_the_requested_std(std: float) -> None:
+    noise = GaussianNoise(np.random.default_rng(11))
+    draws = noise.perturb(np.zeros(40_000), std)
+    # Sample std of 40k normal draws: relative sd 1/sqrt(2 * 40k) = 0.35 %; allow 2 %.
+    assert abs(draws.std() / std - 1.0) < 0.02
+    assert abs(draws.mean()) < 5 * std / np.sqrt(draws.size)
+
+
+def test_zero_std_is_an_exact_copy_and_negative_std_is_refused() -> None:
+    values = np.array([1.0, -2.0, 3.5])
+    noise = GaussianNoise()
+    out = noise.perturb(values, 0.0)
+    assert out is not values and np.array_equal(out, values)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            noise.perturb(values, bad)
+
+
+def test_default_generators_are_seeded_independently() -> None:
+    a, b = secure_generator(), secure_generator()
+    assert not np.array_equal(a.random(8), b.random(8))
+    assert not np.array_equal(GaussianNoise().perturb(np.zeros(4), 1.0), GaussianNoise().perturb(np.zeros(4), 1.0))
+
+
+@pytest.mark.parametrize("rate", [0.001, 0.05, 0.5])
+def test_poisson_sampling_rate(rate: float) -> None:
+    n = 200_000
+    mask = PoissonSampler(rate, np.random.default_rng(5)).mask(n)
+    expected = rate * n
+    # Binomial(n, q): within 5 standard deviations.
+    assert abs(mask.sum() - expected) < 5 * np.sqrt(n * rate * (1 - rate))
+
+
+def test_poisson_rows_are_independent_of_their_position() -> None:
+    """Each position is included with probability q (no fixed-size, no stride pattern)."""
+    sampler = PoissonSampler(0.2, np.random.default_rng(9))
+    counts = np.sum([sampler.mask(50) for _ in range(4000)], axis=0)
+    assert np.all(np.abs(counts / 4000 - 0.2) < 5 * np.sqrt(0.2 * 0.8 / 4000))
+    sizes = np.array([sampler.mask(50).sum() for _ in range(2000)])
+    assert sizes.std() > 1.0  # the sample size is random, Binomial(50, 0.2): sd 2.8
+
+
+def test_rate_one_takes_every_row_and_bad_rates_are_refused() -> None:
+    assert PoissonSampler(1.0).mask(1000).all()
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            PoissonSampler(bad)
