@@ -180,22 +180,24 @@ def test_a_client_that_distrusts_the_server_refuses_it(running_agent: RunningAge
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "status"),
     [
-        lambda s: s.ListPackages(pb.ListPackagesRequest(), timeout=5),
-        lambda s: s.GetPackage(pb.GetPackageRequest(digest="sha256:00"), timeout=5),
-        lambda s: s.GetBudget(pb.GetBudgetRequest(dataset_id="x"), timeout=5),
-        lambda s: s.CancelTask(pb.CancelTaskRequest(task_id="t"), timeout=5),
-        lambda s: s.UploadPackage(iter([pb.UploadPackageRequest(chunk=b"x")]), timeout=5),
-        lambda s: list(s.RunTask(iter([pb.RunTaskRequest(spec=pb.TaskSpec())]), timeout=5)),
+        (lambda s: s.GetPackage(pb.GetPackageRequest(digest="sha256:00"), timeout=5), "INVALID_ARGUMENT"),
+        (lambda s: s.GetBudget(pb.GetBudgetRequest(dataset_id="x"), timeout=5), "NOT_FOUND"),
+        (lambda s: s.CancelTask(pb.CancelTaskRequest(), timeout=5), "INVALID_ARGUMENT"),
+        (lambda s: s.UploadPackage(iter([pb.UploadPackageRequest(chunk=b"x")]), timeout=5), "INVALID_ARGUMENT"),
+        (lambda s: list(s.RunTask(iter([pb.RunTaskRequest(spec=pb.TaskSpec())]), timeout=5)), "INVALID_ARGUMENT"),
+        (lambda s: list(s.RunTask(iter([]), timeout=5)), "INVALID_ARGUMENT"),
     ],
-    ids=["ListPackages", "GetPackage", "GetBudget", "CancelTask", "UploadPackage", "RunTask"],
+    ids=["GetPackage", "GetBudget", "CancelTask", "UploadPackage", "RunTask-empty-spec", "RunTask-no-spec"],
 )
-def test_later_rpcs_are_unimplemented(running_agent: RunningAgent, pki: Pki, call: object) -> None:
+def test_malformed_requests_get_a_clear_status(
+    running_agent: RunningAgent, pki: Pki, call: object, status: str
+) -> None:
     with _secure_channel(running_agent, pki, "coordinator") as channel, pytest.raises(grpc.RpcError) as failure:
         call(pb_grpc.AgentStub(channel))  # type: ignore[operator]
-    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not available in this agent version" in failure.value.details()
+    assert failure.value.code().name == status, failure.value.details()
+    assert failure.value.details()
 
 
 def test_transport_probe_counts_what_it_received(running_agent: RunningAgent, pki: Pki) -> None:

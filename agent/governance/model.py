@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from agent.packages.manifest import TaskKind
+
+# Re-exported: the policy speaks of the task kinds that packages offer.
+__all__ = ["ANY_DATASET", "TaskKind"]
 
 # The dataset rule that applies to catalog datasets without a rule of their
 # own. Meant for development instances; a production policy names datasets.
 ANY_DATASET = "*"
-
-
-class TaskKind(enum.Enum):
-    DP_GRADIENT = "dp_gradient"
-    DP_LOCAL_TRAINING = "dp_local_training"
-    DP_EVALUATE = "dp_evaluate"
 
 
 @dataclass(frozen=True)

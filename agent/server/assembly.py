@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import structlog
 
 from agent import API_VERSION, __version__
+from agent.audit.sink import AuditSink
 from agent.config import AgentConfig
 from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
 from agent.governance.in_force import PolicyInForce
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore
-from agent.server.audit_sink import AuditSink
+from agent.privacy.accounting import make_accountant
+from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
 from agent.server.service import AgentIdentity, AgentService
+from agent.tasks.runner import TaskRunner
+from agent.tasks.worker import WorkerPool
 
 
 def assemble_service(
@@ -28,11 +34,43 @@ def assemble_service(
     catalog = DatasetCatalog(
         config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache(), logger=logger
     )
+    packages = PackageStore(config.state_dir / "packages")
+    ledger = PrivacyLedger(config.state_dir / LEDGER_FILENAME, make_accountant("pld"))
+    _recover_abandoned_tasks(ledger, audit, logger)
+    runner = TaskRunner(
+        policy=policy,
+        catalog=catalog,
+        packages=packages,
+        ledger=ledger,
+        workers=WorkerPool(),
+        audit=audit,
+        logger=logger,
+    )
     return AgentService(
         identity=AgentIdentity(config.agent_id, version, API_VERSION, key),
         catalog=catalog,
         policy=policy,
         audit=audit,
-        packages=PackageStore(config.state_dir / "packages"),
+        packages=packages,
+        ledger=ledger,
+        runner=runner,
         logger=logger,
     )
+
+
+def _recover_abandoned_tasks(
+    ledger: PrivacyLedger, audit: AuditSink, logger: structlog.typing.FilteringBoundLogger
+) -> None:
+    """Reservations left by an agent that died mid-task count as spent: nobody knows if a result left."""
+    for task in ledger.recover_abandoned(dt.datetime.now(dt.UTC)):
+        audit.append(
+            "task.abandoned",
+            task_id=task.task_id,
+            budget_group=task.budget_group,
+            dataset=task.dataset,
+            coordinator=task.coordinator,
+            correlation_id=task.correlation_id,
+            reserved_at=task.reserved_at.isoformat(),
+            charged=True,
+        )
+        logger.warning("task.abandoned", task_id=task.task_id, dataset=task.dataset, charged=True)

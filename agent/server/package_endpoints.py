@@ -13,12 +13,13 @@ from typing import NoReturn
 
 import grpc
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.audit.sink import AuditSink
 from agent.governance.decisions import package_name_allowed
 from agent.governance.model import Policy
+from agent.governance.publishers import trust_store
 from agent.packages import (
     PackageLimits,
     PackageRejected,
@@ -27,12 +28,9 @@ from agent.packages import (
     RejectionCode,
     StagedUpload,
     StoredPackage,
-    TrustedKey,
-    TrustStore,
     VerifiedPackage,
 )
 from agent.packages.store import parse_digest
-from agent.server.audit_sink import AuditSink
 
 _STATUS = {
     PackageStatus.PENDING: pb.PACKAGE_STATUS_PENDING,
@@ -41,20 +39,6 @@ _STATUS = {
 }
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64, "int32": pb.DTYPE_INT32, "int64": pb.DTYPE_INT64}
 _ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
-
-
-def trust_store(policy: Policy) -> TrustStore:
-    """The publishers the policy in force trusts, as the package verifier wants them."""
-    return TrustStore(
-        TrustedKey.create(
-            Ed25519PublicKey.from_public_bytes(rule.public_key),
-            rule.name,
-            not_after=rule.expires,
-            revoked=rule.revoked,
-            namespaces=rule.namespaces,
-        )
-        for rule in policy.publishers
-    )
 
 
 def package_message(package: StoredPackage) -> pb.Package:

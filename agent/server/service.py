@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.audit.sink import AuditSink
 from agent.datasets import (
     DatasetCatalog,
     DatasetFormat,
@@ -26,11 +27,13 @@ from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore
-from agent.server.audit_sink import AuditSink
+from agent.privacy.ledger import PrivacyLedger
 from agent.server.package_endpoints import PackageEndpoints
 from agent.server.peer import caller_identity
+from agent.server.task_endpoints import TaskEndpoints
+from agent.tasks.runner import TaskRunner
 
-CAPABILITIES = ("datasets", "health", "packages", "reflection", "transport-probe")
+CAPABILITIES = ("budget", "datasets", "health", "packages", "reflection", "tasks", "transport-probe")
 
 _FORMATS = {
     DatasetFormat.PARQUET: pb.DATASET_FORMAT_PARQUET,
@@ -75,6 +78,8 @@ class AgentService(pb_grpc.AgentServicer):
         policy: PolicyInForce,
         audit: AuditSink,
         packages: PackageStore,
+        ledger: PrivacyLedger,
+        runner: TaskRunner,
         logger: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         max_probe_bytes: int = 2 * 1024**3,
@@ -84,6 +89,9 @@ class AgentService(pb_grpc.AgentServicer):
         self._policy = policy
         self._audit = audit
         self._packages = PackageEndpoints(packages, audit, logger, clock)
+        self._ledger = ledger
+        self._runner = runner
+        self._tasks = TaskEndpoints(runner, logger)
         self._logger = logger
         self._clock = clock
         self._max_probe_bytes = max_probe_bytes
@@ -229,15 +237,38 @@ class AgentService(pb_grpc.AgentServicer):
         self._authorize(context, "GetPackage", Action.READ_PACKAGES)
         return self._packages.get(request.digest, context)
 
-    # ------------------------------------------------------------ later issues
+    # ------------------------------------------------------------ tasks
 
     def RunTask(
         self, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.TaskEvent]:
-        _unimplemented(context, "RunTask")
+        # The policy decision needs the package and the dataset, so the runner
+        # decides (and audits) once it has read the task spec.
+        caller = caller_identity(context) or ""
+        return self._tasks.run(caller, request_iterator, context)
 
     def CancelTask(self, request: pb.CancelTaskRequest, context: grpc.ServicerContext) -> pb.CancelTaskResponse:
-        _unimplemented(context, "CancelTask")
+        caller, _ = self._authorize(context, "CancelTask", Action.CANCEL_TASK)
+        if not request.task_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "task_id is required")
+        return pb.CancelTaskResponse(cancelled=self._runner.cancel(caller, request.task_id[:100]))
 
     def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:
-        _unimplemented(context, "GetBudget")
+        if not request.dataset_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id is required")
+        dataset_id = request.dataset_id[:200]
+        self._authorize(context, "GetBudget", Action.GET_BUDGET, dataset_id)
+        rule = self._policy.current().dataset_rule(dataset_id)
+        if rule is None:  # the decision refuses datasets without a rule
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"dataset {dataset_id!r} is not released")
+        status = self._ledger.status(rule.budget_group, limit_epsilon=rule.epsilon_budget, delta=rule.delta)
+        return pb.Budget(
+            dataset_id=dataset_id,
+            budget_group=rule.budget_group,
+            epsilon_limit=rule.epsilon_budget,
+            delta=rule.delta,
+            epsilon_spent=status.epsilon_spent,
+            epsilon_reserved=status.epsilon_reserved,
+            tasks_charged=status.tasks_committed,
+            accountant=self._ledger.accountant.kind.value,
+        )

@@ -585,6 +585,10 @@ Global___GetPackageRequest: _TypeAlias = GetPackageRequest  # noqa: Y015
 
 @_typing.final
 class DPHyperparameters(_message.Message):
+    """Fields are `optional` so that a forgotten value is refused, not read as 0.
+    Which ones a task needs depends on its kind (see docs/api.md).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIP_NORM_FIELD_NUMBER: _builtins.int
@@ -594,11 +598,11 @@ class DPHyperparameters(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     RELEASE_NOISY_COUNT_FIELD_NUMBER: _builtins.int
     clip_norm: _builtins.float
-    """Per-example L2 clipping bound C."""
+    """Per-example L2 clipping bound C (dp_gradient, dp_local_training)."""
     noise_multiplier: _builtins.float
-    """Noise multiplier sigma; noise standard deviation is sigma * C."""
+    """Noise multiplier sigma; noise standard deviation is sigma * sensitivity."""
     sampling_rate: _builtins.float
-    """Poisson sampling rate q."""
+    """Poisson sampling rate q: each row is used independently with probability q."""
     local_steps: _builtins.int
     """Local steps K (dp_local_training)."""
     learning_rate: _builtins.float
@@ -608,18 +612,37 @@ class DPHyperparameters(_message.Message):
     def __init__(
         self,
         *,
-        clip_norm: _builtins.float = ...,
-        noise_multiplier: _builtins.float = ...,
-        sampling_rate: _builtins.float = ...,
-        local_steps: _builtins.int = ...,
-        learning_rate: _builtins.float = ...,
+        clip_norm: _builtins.float | None = ...,
+        noise_multiplier: _builtins.float | None = ...,
+        sampling_rate: _builtins.float | None = ...,
+        local_steps: _builtins.int | None = ...,
+        learning_rate: _builtins.float | None = ...,
         release_noisy_count: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "_local_steps", b"_local_steps", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "noise_multiplier", b"noise_multiplier", "sampling_rate", b"sampling_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_norm", b"clip_norm", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "noise_multiplier", b"noise_multiplier", "release_noisy_count", b"release_noisy_count", "sampling_rate", b"sampling_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "_local_steps", b"_local_steps", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "noise_multiplier", b"noise_multiplier", "release_noisy_count", b"release_noisy_count", "sampling_rate", b"sampling_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__clip_norm: _TypeAlias = _typing.Literal["clip_norm"]  # noqa: Y015
+    _WhichOneofArgType__clip_norm: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__local_steps: _TypeAlias = _typing.Literal["local_steps"]  # noqa: Y015
+    _WhichOneofArgType__local_steps: _TypeAlias = _typing.Literal["_local_steps", b"_local_steps"]  # noqa: Y015
+    _WhichOneofReturnType__noise_multiplier: _TypeAlias = _typing.Literal["noise_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__noise_multiplier: _TypeAlias = _typing.Literal["_noise_multiplier", b"_noise_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__sampling_rate: _TypeAlias = _typing.Literal["sampling_rate"]  # noqa: Y015
+    _WhichOneofArgType__sampling_rate: _TypeAlias = _typing.Literal["_sampling_rate", b"_sampling_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__clip_norm) -> _WhichOneofReturnType__clip_norm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__local_steps) -> _WhichOneofReturnType__local_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__noise_multiplier) -> _WhichOneofReturnType__noise_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sampling_rate) -> _WhichOneofReturnType__sampling_rate | None: ...
 
 Global___DPHyperparameters: _TypeAlias = DPHyperparameters  # noqa: Y015
 

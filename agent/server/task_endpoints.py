@@ -1,0 +1,231 @@
+"""RunTask / CancelTask / GetBudget over gRPC: messages in, events out, statuses for every refusal.
+
+The stream of one RunTask call:
+  client: TaskSpec, then chunks of the parameter tensors the agent asked for
+  agent:  TaskAccepted, TaskProgress..., TaskResultHeader, result chunks, TaskCompleted
+The privacy cost is committed to the ledger before the result header is sent.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Literal, NoReturn
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.packages.manifest import TaskKind
+from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
+from agent.tasks.spec import Hyperparameters, TaskSpecError, TaskSpecification
+from agent.tasks.tensors import DTYPES, TensorAssembler, TensorDecl, TensorError, chunks, to_wire
+from agent.tasks.worker import FailureKind, TaskFailedError
+
+_KINDS = {
+    pb.TASK_KIND_DP_GRADIENT: TaskKind.DP_GRADIENT,
+    pb.TASK_KIND_DP_LOCAL_TRAINING: TaskKind.DP_LOCAL_TRAINING,
+    pb.TASK_KIND_DP_EVALUATE: TaskKind.DP_EVALUATE,
+}
+_DTYPE_NAMES = {
+    pb.DTYPE_FLOAT32: "float32",
+    pb.DTYPE_FLOAT64: "float64",
+    pb.DTYPE_INT32: "int32",
+    pb.DTYPE_INT64: "int64",
+    pb.DTYPE_BOOL: "bool",
+}
+_DTYPE_CODES = {name: code for code, name in _DTYPE_NAMES.items()}
+_FAILURE_STATUS = {
+    FailureKind.MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailureKind.CPU_TIME: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailureKind.WALL_TIME: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    FailureKind.TASK_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.CRASHED: grpc.StatusCode.INTERNAL,
+}
+_MAX_PARAMETERS = 4096
+_MAX_LABEL = 200
+_Hyperparameter = Literal["clip_norm", "noise_multiplier", "sampling_rate", "local_steps", "learning_rate"]
+_MAX_TENSOR_BYTES = 8 * 1024**3
+
+
+def tensor_decl(header: pb.TensorHeader, where: str) -> TensorDecl:
+    dtype = _DTYPE_NAMES.get(header.dtype)
+    if dtype is None:
+        raise TaskSpecError(f"{where}.dtype: unsupported dtype {header.dtype}")
+    if any(dim < 0 for dim in header.shape):
+        raise TaskSpecError(f"{where}.shape: dimensions must be >= 0, got {list(header.shape)}")
+    if len(header.sha256) not in (0, 32):
+        raise TaskSpecError(f"{where}.sha256: must be empty or 32 bytes")
+    decl = TensorDecl(header.name, dtype, tuple(header.shape), header.sha256)
+    if decl.byte_length > _MAX_TENSOR_BYTES:
+        raise TaskSpecError(f"{where}: {decl.byte_length} bytes is more than the agent accepts for one tensor")
+    if header.byte_length != decl.byte_length:
+        raise TaskSpecError(
+            f"{where}.byte_length: {header.byte_length} does not match shape and dtype ({decl.byte_length})"
+        )
+    return decl
+
+
+def specification(message: pb.TaskSpec) -> TaskSpecification:
+    """A TaskSpec message as checked values; TaskSpecError names the field at fault."""
+    kind = _KINDS.get(message.kind)
+    if kind is None:
+        raise TaskSpecError("spec.kind: must be dp_gradient, dp_local_training or dp_evaluate")
+    if not message.package_digest:
+        raise TaskSpecError("spec.package_digest is required")
+    if not message.dataset_id:
+        raise TaskSpecError("spec.dataset_id is required")
+    if len(message.parameters) > _MAX_PARAMETERS:
+        raise TaskSpecError(f"spec.parameters: at most {_MAX_PARAMETERS} tensors")
+    hyper = message.hyperparameters
+    required: list[_Hyperparameter] = ["noise_multiplier", "sampling_rate"]
+    if kind is not TaskKind.DP_EVALUATE:
+        required.append("clip_norm")
+    if kind is TaskKind.DP_LOCAL_TRAINING:
+        required += ["local_steps", "learning_rate"]
+    for name in required:
+        if not hyper.HasField(name):
+            raise TaskSpecError(f"spec.hyperparameters.{name} is required for {kind.value}")
+    hyperparameters = Hyperparameters(
+        clip_norm=hyper.clip_norm if hyper.HasField("clip_norm") else 1.0,
+        noise_multiplier=hyper.noise_multiplier,
+        sampling_rate=hyper.sampling_rate,
+        local_steps=hyper.local_steps if kind is TaskKind.DP_LOCAL_TRAINING else 1,
+        learning_rate=hyper.learning_rate if kind is TaskKind.DP_LOCAL_TRAINING else 0.0,
+        release_noisy_count=hyper.release_noisy_count,
+    )
+    hyperparameters.check(kind)
+    for field, value in (("run_id", message.run_id), ("correlation_id", message.correlation_id),
+                         ("purpose", message.purpose)):
+        if len(value) > _MAX_LABEL:
+            raise TaskSpecError(f"spec.{field}: at most {_MAX_LABEL} characters")
+    return TaskSpecification(
+        kind=kind,
+        package_digest=message.package_digest,
+        dataset_id=message.dataset_id,
+        hyperparameters=hyperparameters,
+        parameters=tuple(tensor_decl(h, f"spec.parameters[{i}]") for i, h in enumerate(message.parameters)),
+        run_id=message.run_id,
+        round=message.round,
+        correlation_id=message.correlation_id,
+        purpose=message.purpose,
+    )
+
+
+class TaskEndpoints:
+    def __init__(self, runner: TaskRunner, logger: structlog.typing.FilteringBoundLogger) -> None:
+        self._runner = runner
+        self._logger = logger
+
+    def run(
+        self, caller: str, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.TaskEvent]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "spec":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of RunTask must be the task spec")
+        try:
+            spec = specification(first.spec)
+        except TaskSpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            admission = self._runner.admit(caller, spec)
+        except TaskRefusedError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
+        # From here on the task holds a reservation: every exit must settle it.
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        self._runner.register(admission, cancelled)
+        try:
+            yield pb.TaskEvent(
+                accepted=pb.TaskAccepted(
+                    task_id=admission.task_id,
+                    epsilon_reserved=admission.epsilon_reserved,
+                    parameters_needed=list(range(len(spec.parameters))),
+                )
+            )
+            parameters = self._receive_parameters(spec, request_iterator, context, admission)
+            yield from self._execute(admission, parameters, cancelled, context)
+        finally:
+            self._runner.settle_if_open(admission)
+
+    def _receive_parameters(
+        self,
+        spec: TaskSpecification,
+        request_iterator: Iterator[pb.RunTaskRequest],
+        context: grpc.ServicerContext,
+        admission: Admission,
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        assembler = TensorAssembler(spec.parameters)
+        try:
+            for message in request_iterator:
+                if message.WhichOneof("part") != "parameter_chunk":
+                    raise TensorError("only parameter chunks may follow the task spec")
+                chunk = message.parameter_chunk
+                if chunk.tensor_index >= len(spec.parameters):
+                    raise TensorError(f"tensor_index {chunk.tensor_index} is out of range")
+                assembler.write(chunk.tensor_index, chunk.offset, chunk.data)
+            return assembler.finish()
+        except TensorError as exc:
+            self._runner.fail(admission, "invalid_parameters", str(exc))
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def _execute(
+        self,
+        admission: Admission,
+        parameters: dict[str, npt.NDArray[np.generic]],
+        cancelled: threading.Event,
+        context: grpc.ServicerContext,
+    ) -> Iterator[pb.TaskEvent]:
+        events: queue.Queue[tuple[float, str] | TaskOutcome | TaskFailedError] = queue.Queue()
+
+        def work() -> None:
+            try:
+                events.put(
+                    self._runner.execute(
+                        admission, parameters, on_progress=lambda f, s: events.put((f, s)), cancelled=cancelled
+                    )
+                )
+            except TaskFailedError as exc:
+                events.put(exc)
+
+        threading.Thread(target=work, name=f"task-{admission.task_id}", daemon=True).start()
+        while True:
+            item = events.get()
+            if isinstance(item, TaskFailedError):
+                self._abort(context, _FAILURE_STATUS[item.kind], item.message)
+            if isinstance(item, TaskOutcome):
+                yield from self._result_events(admission, item)
+                return
+            fraction, stage = item
+            yield pb.TaskEvent(progress=pb.TaskProgress(fraction=fraction, stage=stage))
+
+    @staticmethod
+    def _result_events(admission: Admission, outcome: TaskOutcome) -> Iterator[pb.TaskEvent]:
+        headers = []
+        wires = []
+        for name, array in outcome.tensors.items():
+            dtype = str(array.dtype) if str(array.dtype) in DTYPES else "float64"
+            wire = to_wire(array, dtype)
+            wires.append(wire)
+            headers.append(
+                pb.TensorHeader(
+                    name=name, dtype=_DTYPE_CODES[dtype], shape=list(array.shape), byte_length=len(wire)
+                )
+            )
+        yield pb.TaskEvent(result_header=pb.TaskResultHeader(tensors=headers, scalars=dict(outcome.scalars)))
+        for index, wire in enumerate(wires):
+            for offset, data in chunks(wire):
+                yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
+        yield pb.TaskEvent(
+            completed=pb.TaskCompleted(
+                task_id=admission.task_id, epsilon_charged=outcome.epsilon_charged, delta=outcome.delta
+            )
+        )
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, status: grpc.StatusCode, message: str) -> NoReturn:
+        context.abort(status, message)

@@ -1,0 +1,1 @@
+"""Running tasks: admission, the privacy charge, the worker process, and the result stream."""

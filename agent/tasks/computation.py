@@ -1,0 +1,106 @@
+"""What a worker process computes for one task: prepare, then run the DP computation.
+
+Preparation (open the dataset's schema, check parameters and hyperparameters,
+build the isolation wrapper) reads no row. Its failures are TaskInputError: the
+task is refused and its reservation released. Once preparation is done the
+worker reports "computing" *before the first row is read*; from then on a
+failure may depend on the data (a hostile graph can fail on chosen rows), so
+the runner charges the reservation whatever happens next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.datasets import DatasetSpec
+from agent.datasets.errors import DatasetUnavailableError
+from agent.packages.manifest import Manifest, TaskKind
+from agent.runtime.errors import RuntimeTaskError
+from agent.runtime.isolation import GraphRole
+from agent.runtime.parameters import checked_parameters
+from agent.runtime.rows import ArrowRowSource
+from agent.runtime.sessions import CompiledWrapper
+from agent.runtime.tasks import (
+    Controls,
+    EvaluationSettings,
+    GradientSettings,
+    TrainingSettings,
+    dp_evaluate,
+    dp_gradient,
+    dp_local_training,
+)
+from agent.tasks.spec import Hyperparameters
+from agent.tasks.worker import Progress, TaskInputError
+
+# The stage the worker reports right before it reads the first row.
+COMPUTING = "computing"
+
+
+@dataclass(frozen=True, eq=False)
+class TaskJob:
+    kind: TaskKind
+    manifest: Manifest
+    grad_onnx: bytes
+    eval_onnx: bytes | None
+    dataset: DatasetSpec
+    hyperparameters: Hyperparameters
+    parameters: Mapping[str, npt.NDArray[np.generic]]
+    min_cohort_size: int
+
+    def with_parameters(self, parameters: Mapping[str, npt.NDArray[np.generic]]) -> TaskJob:
+        return replace(self, parameters=dict(parameters))
+
+
+@dataclass(frozen=True, eq=False)
+class TaskResult:
+    """Only what the task kind releases: noisy sums or a delta, and named noisy scalars."""
+
+    tensors: Mapping[str, npt.NDArray[np.generic]]
+    scalars: Mapping[str, float]
+
+
+def compute_task(job: TaskJob, progress: Progress) -> TaskResult:
+    """Runs in the worker process (see agent.tasks.worker)."""
+    hyper = job.hyperparameters
+    count_sigma = hyper.noise_multiplier if hyper.release_noisy_count else None
+    try:
+        rows = ArrowRowSource.open(job.dataset, job.manifest)
+        if job.kind is TaskKind.DP_EVALUATE:
+            if job.eval_onnx is None:
+                raise TaskInputError("the package has no eval graph")
+            wrapper = CompiledWrapper(job.eval_onnx, job.manifest, GraphRole.EVALUATION)
+        else:
+            wrapper = CompiledWrapper(job.grad_onnx, job.manifest, GraphRole.GRADIENT)
+        checked_parameters(job.manifest, job.parameters)  # refused here, before any row is read
+        parameters = job.parameters
+        step = GradientSettings(hyper.clip_norm, hyper.noise_multiplier, hyper.sampling_rate, count_sigma)
+        if job.kind is TaskKind.DP_LOCAL_TRAINING:
+            training = TrainingSettings(step, hyper.local_steps, hyper.learning_rate)
+        evaluation = EvaluationSettings(hyper.noise_multiplier, hyper.sampling_rate, count_sigma)
+    except DatasetUnavailableError:
+        # The reason names hospital paths; the coordinator gets the generic one.
+        raise TaskInputError("the dataset cannot be read at the moment") from None
+    except RuntimeTaskError as exc:
+        raise TaskInputError(str(exc)) from None
+
+    progress(0.0, COMPUTING)
+    controls = Controls(progress=lambda fraction: progress(fraction, "step"))
+    scalars: dict[str, float] = {}
+    if job.kind is TaskKind.DP_GRADIENT:
+        gradient = dp_gradient(wrapper, rows, parameters, step, controls=controls)
+        tensors: dict[str, npt.NDArray[np.generic]] = dict(gradient.sums)
+        if gradient.noisy_count is not None:
+            scalars["noisy_count"] = gradient.noisy_count
+    elif job.kind is TaskKind.DP_LOCAL_TRAINING:
+        tensors = dict(dp_local_training(wrapper, rows, parameters, training, controls=controls).delta)
+    else:
+        evaluated = dp_evaluate(wrapper, rows, parameters, evaluation, controls=controls)
+        tensors = {}
+        scalars.update(evaluated.sums)
+        if evaluated.noisy_count is not None:
+            scalars["noisy_count"] = evaluated.noisy_count
+    return TaskResult(tensors, scalars)

@@ -1,0 +1,425 @@
+"""The life of a task: admit (policy, package, budget), execute in a worker, settle the ledger.
+
+Every admitted task holds a reservation in the privacy ledger, and every path
+out of it settles that reservation exactly once:
+  result computed  -> commit (before the result is handed to the caller)
+  no result exists -> release
+  agent dies       -> the reservation is found at start-up and counted as spent
+Each step is audited: task.started, task.finished or task.failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from agent.audit.sink import AuditSink
+from agent.datasets import DatasetCatalog, DatasetSpec, UnknownDatasetError
+from agent.governance.decisions import (
+    Action,
+    Decision,
+    Outcome,
+    Request,
+    TaskRequest,
+    UsageState,
+    check_coordinator,
+    decide,
+)
+from agent.governance.in_force import PolicyInForce
+from agent.governance.publishers import trust_store
+from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
+from agent.packages.manifest import TaskKind
+from agent.privacy.errors import BudgetExceededError, PrivacyError
+from agent.privacy.ledger import PrivacyLedger
+from agent.privacy.mechanism import Mechanism
+from agent.tasks.computation import TaskJob, TaskResult, compute_task
+from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_package
+from agent.tasks.worker import FailureKind, TaskFailedError, WorkerLimits, WorkerPool
+
+_STATUS = {
+    Outcome.FORBIDDEN: "PERMISSION_DENIED",
+    Outcome.PRECONDITION: "FAILED_PRECONDITION",
+    Outcome.EXHAUSTED: "RESOURCE_EXHAUSTED",
+    Outcome.INVALID: "INVALID_ARGUMENT",
+    Outcome.NOT_FOUND: "NOT_FOUND",
+}
+
+
+class TaskRefusedError(Exception):
+    """The task may not run; ``status`` names the gRPC status, ``reason`` is safe to send."""
+
+    def __init__(self, status: str, reason: str, rule: str = "") -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Admission:
+    task_id: str
+    caller: str
+    spec: TaskSpecification
+    job_template: TaskJob
+    budget_group: str
+    epsilon_reserved: float
+    epsilon_limit: float
+    delta: float
+    limits: WorkerLimits
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    tensors: Mapping[str, npt.NDArray[np.generic]]
+    scalars: Mapping[str, float]
+    # The budget group's ε with this task counted (ε composes, it does not add up).
+    epsilon_charged: float
+    delta: float
+
+
+@dataclass
+class _Running:
+    admission: Admission
+    cancelled: threading.Event
+    # Once the worker runs, only the executing thread settles the reservation.
+    executing: bool = False
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        policy: PolicyInForce,
+        catalog: DatasetCatalog,
+        packages: PackageStore,
+        ledger: PrivacyLedger,
+        workers: WorkerPool,
+        audit: AuditSink,
+        logger: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        package_limits: PackageLimits | None = None,
+    ) -> None:
+        self._policy = policy
+        self._catalog = catalog
+        self._packages = packages
+        self._ledger = ledger
+        self._workers = workers
+        self._audit = audit
+        self._logger = logger
+        self._clock = clock
+        self._package_limits = package_limits or PackageLimits()
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self, caller: str, spec: TaskSpecification) -> Admission:
+        """Checks everything, then reserves the budget; raises TaskRefusedError (audited) otherwise."""
+        policy = self._policy.current()
+        now = self._clock()
+        # Who is asking comes first: an unknown caller learns nothing about packages or datasets.
+        coordinator = check_coordinator(caller, policy, now)
+        if isinstance(coordinator, Decision):
+            self._audit_decision(caller, spec, coordinator, policy.digest)
+            raise TaskRefusedError(_STATUS[coordinator.outcome], coordinator.reason, coordinator.rule)
+        stored = self._packages.get(spec.package_digest)
+        if stored is None:
+            raise self._refuse(caller, spec, "NOT_FOUND", f"package {spec.package_digest} is not stored on this agent",
+                               "package.unknown")
+        if stored.status is not PackageStatus.APPROVED:
+            why = "awaits review by the hospital" if stored.status is PackageStatus.PENDING else "was rejected"
+            raise self._refuse(caller, spec, "FAILED_PRECONDITION", f"package {stored.name} {stored.version} {why}",
+                               f"package.{stored.status.value}")
+        try:
+            # Verified again against the trust store in force: a key revoked since upload stops its packages.
+            verified = self._packages.open_verified(spec.package_digest, trust_store(policy), self._package_limits, now)
+            check_against_package(spec, verified.manifest, verified.eval_onnx is not None)
+        except PackageRejected as exc:
+            raise self._refuse(caller, spec, exc.code.status.value, str(exc), f"package.{exc.code.value}") from None
+        except TaskSpecError as exc:
+            raise self._refuse(caller, spec, "INVALID_ARGUMENT", str(exc), "task.package_mismatch") from None
+
+        dataset, cohort = self._dataset(spec.dataset_id)
+        manifest = verified.manifest
+        hyper = spec.hyperparameters
+        request = Request(
+            caller,
+            Action.RUN_TASK,
+            now,
+            dataset_id=spec.dataset_id,
+            dataset_known=dataset is not None,
+            task=TaskRequest(
+                kind=spec.kind,
+                package_name=manifest.name,
+                columns=frozenset(manifest.columns),
+                label_columns=frozenset(manifest.label.columns),
+                purpose=spec.purpose,
+                clip_norm=hyper.clip_norm,
+                noise_multiplier=hyper.noise_multiplier,
+                sampling_rate=hyper.sampling_rate,
+                local_steps=hyper.local_steps,
+                learning_rate=hyper.learning_rate,
+                cohort_size=cohort,
+            ),
+        )
+        decision = decide(request, policy, self._usage(caller, now))
+        self._audit_decision(caller, spec, decision, policy.digest)
+        if not decision.allowed:
+            raise TaskRefusedError(_STATUS[decision.outcome], decision.reason, decision.rule)
+        rule = policy.dataset_rule(spec.dataset_id)
+        if rule is None or dataset is None:  # decide() refuses both; kept explicit for the reader
+            raise TaskRefusedError("PERMISSION_DENIED", "dataset not released", "dataset.no_policy")
+
+        task_id = "task-" + secrets.token_hex(12)
+        try:
+            reservation = self._ledger.reserve(
+                rule.budget_group,
+                task_id,
+                _mechanism(spec),
+                limit_epsilon=rule.epsilon_budget,
+                delta=rule.delta,
+                coordinator=caller,
+                dataset=spec.dataset_id,
+                correlation_id=spec.correlation_id,
+            )
+        except BudgetExceededError as exc:
+            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), "budget.exceeded") from None
+        except PrivacyError as exc:
+            self._logger.error("ledger.reserve_failed", error=str(exc))
+            raise self._refuse(caller, spec, "UNAVAILABLE", "the privacy ledger cannot be written; try again later",
+                               "ledger.unavailable") from None
+
+        admission = Admission(
+            task_id=task_id,
+            caller=caller,
+            spec=spec,
+            job_template=TaskJob(
+                kind=spec.kind,
+                manifest=manifest,
+                grad_onnx=verified.grad_onnx,
+                eval_onnx=verified.eval_onnx,
+                dataset=dataset,
+                hyperparameters=hyper,
+                parameters={},
+                min_cohort_size=rule.min_cohort_size,
+            ),
+            budget_group=rule.budget_group,
+            epsilon_reserved=reservation.epsilon_after,
+            epsilon_limit=rule.epsilon_budget,
+            delta=rule.delta,
+            limits=WorkerLimits(
+                memory_bytes=policy.limits.task_memory_mb * 1024 * 1024,
+                cpu_seconds=policy.limits.task_seconds,
+                wall_seconds=float(policy.limits.task_seconds),
+            ),
+        )
+        self._audit.append(
+            "task.started",
+            task_id=task_id,
+            caller=caller,
+            coordinator=caller,
+            dataset=spec.dataset_id,
+            budget_group=rule.budget_group,
+            package=spec.package_digest,
+            package_name=manifest.name,
+            package_version=manifest.version.text,
+            task_kind=spec.kind.value,
+            hyperparameters=_hyperparameters(spec),
+            epsilon_reserved=reservation.epsilon_after,
+            run_id=spec.run_id,
+            round=spec.round,
+            correlation_id=spec.correlation_id,
+            purpose=spec.purpose,
+        )
+        return admission
+
+    def _audit_decision(self, caller: str, spec: TaskSpecification, decision: Decision, policy_digest: str) -> None:
+        self._audit.append(
+            "rpc.decision",
+            method="RunTask",
+            caller=caller,
+            allowed=decision.allowed,
+            outcome=decision.outcome.value,
+            rule=decision.rule,
+            reason=decision.reason,
+            dataset=spec.dataset_id,
+            package=spec.package_digest,
+            task_kind=spec.kind.value,
+            correlation_id=spec.correlation_id,
+            policy_digest=policy_digest,
+        )
+
+    def _dataset(self, dataset_id: str) -> tuple[DatasetSpec | None, int | None]:
+        try:
+            inspection = self._catalog.inspect(dataset_id)
+        except UnknownDatasetError:
+            return None, None
+        if not inspection.available:
+            return inspection.spec, None  # decide() refuses: the cohort size cannot be known now
+        return inspection.spec, inspection.row_count
+
+    def _usage(self, caller: str, now: dt.datetime) -> UsageState:
+        with self._lock:
+            running = len(self._running)
+        return UsageState(
+            tasks_last_hour=self._ledger.tasks_started_since(caller, now - dt.timedelta(hours=1)),
+            tasks_last_day=self._ledger.tasks_started_since(caller, now - dt.timedelta(days=1)),
+            running_tasks=running,
+        )
+
+    def _refuse(self, caller: str, spec: TaskSpecification, status: str, reason: str, rule: str) -> TaskRefusedError:
+        self._audit.append(
+            "task.refused",
+            caller=caller,
+            dataset=spec.dataset_id,
+            package=spec.package_digest,
+            task_kind=spec.kind.value,
+            status=status,
+            rule=rule,
+            reason=reason,
+            correlation_id=spec.correlation_id,
+        )
+        return TaskRefusedError(status, reason, rule)
+
+    # ------------------------------------------------------------ running
+
+    def register(self, admission: Admission, cancelled: threading.Event) -> None:
+        with self._lock:
+            self._running[admission.task_id] = _Running(admission, cancelled)
+
+    def cancel(self, caller: str, task_id: str) -> bool:
+        """Cancels a running task of this caller; False if there is none (finished, unknown or not theirs)."""
+        with self._lock:
+            running = self._running.get(task_id)
+        if running is None or running.admission.caller != caller:
+            return False
+        running.cancelled.set()
+        return True
+
+    def execute(
+        self,
+        admission: Admission,
+        parameters: Mapping[str, npt.NDArray[np.generic]],
+        *,
+        on_progress: Callable[[float, str], None],
+        cancelled: threading.Event,
+    ) -> TaskOutcome:
+        job = admission.job_template.with_parameters(parameters)
+        with self._lock:
+            running = self._running.get(admission.task_id)
+            if running is None:  # settled already: the call ended while parameters arrived
+                raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
+            running.executing = True
+        try:
+            result: TaskResult = self._workers.run(
+                compute_task, job, admission.limits, on_progress=on_progress, cancelled=cancelled
+            )
+        except TaskFailedError as exc:
+            # Once rows were read, whether and how the task failed may depend on them
+            # (a hostile graph can fail on chosen rows): that failure is charged.
+            self.fail(admission, exc.kind.value, exc.message, exc.detail, charge=exc.progressed)
+            raise
+        if not self._claim_settlement(admission):
+            # Released meanwhile (the call ended): this result was never paid for and must not leave.
+            raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
+        # The cost is on disk before the result exists anywhere but in this process.
+        try:
+            self._ledger.commit(admission.task_id)
+        except PrivacyError as exc:
+            # Not released either: the reservation stays and is counted as spent at the next start.
+            self._logger.error("ledger.commit_failed", task_id=admission.task_id, error=str(exc))
+            raise TaskFailedError(FailureKind.CRASHED, "the privacy ledger cannot be written; no result") from None
+        self._audit.append(
+            "task.finished",
+            task_id=admission.task_id,
+            caller=admission.caller,
+            coordinator=admission.caller,
+            dataset=admission.spec.dataset_id,
+            budget_group=admission.budget_group,
+            package=admission.spec.package_digest,
+            task_kind=admission.spec.kind.value,
+            epsilon_charged=admission.epsilon_reserved,
+            budget_epsilon_spent=admission.epsilon_reserved,
+            budget_epsilon_limit=admission.epsilon_limit,
+            delta=admission.delta,
+            released=sorted([*result.tensors, *result.scalars]),
+            correlation_id=admission.spec.correlation_id,
+        )
+        return TaskOutcome(result.tensors, result.scalars, admission.epsilon_reserved, admission.delta)
+
+    def fail(self, admission: Admission, code: str, message: str, detail: str = "", *, charge: bool = False) -> None:
+        """The task ends without a result: release its reservation (or charge it) and audit why."""
+        if not self._claim_settlement(admission):
+            return
+        try:
+            if charge:
+                self._ledger.commit(admission.task_id)
+            else:
+                self._ledger.release(admission.task_id)
+        except PrivacyError as exc:
+            # Left reserved: the next start counts it as spent.
+            self._logger.error("ledger.settle_failed", task_id=admission.task_id, error=str(exc))
+        if detail:
+            self._logger.warning("task.failed_detail", task_id=admission.task_id, detail=detail)
+        self._audit.append(
+            "task.failed",
+            task_id=admission.task_id,
+            caller=admission.caller,
+            dataset=admission.spec.dataset_id,
+            package=admission.spec.package_digest,
+            task_kind=admission.spec.kind.value,
+            code=code,
+            reason=message,
+            charged=charge,
+            epsilon_charged=admission.epsilon_reserved if charge else 0.0,
+            budget_epsilon_limit=admission.epsilon_limit,
+            correlation_id=admission.spec.correlation_id,
+        )
+
+    def settle_if_open(self, admission: Admission) -> None:
+        """The RPC is over. A task still computing is cancelled (its thread settles it); one that
+        never started computing is released here."""
+        with self._lock:
+            running = self._running.get(admission.task_id)
+            executing = running is not None and running.executing
+        if running is None:
+            return
+        running.cancelled.set()
+        if not executing:
+            self.fail(admission, "abandoned", "the call ended before the task produced a result")
+
+    def _claim_settlement(self, admission: Admission) -> bool:
+        """True for the one caller that settles this reservation; the task stops counting as running."""
+        with self._lock:
+            return self._running.pop(admission.task_id, None) is not None
+
+
+def _mechanism(spec: TaskSpecification) -> Mechanism:
+    hyper = spec.hyperparameters
+    count = hyper.noise_multiplier if hyper.release_noisy_count else None
+    if spec.kind is TaskKind.DP_LOCAL_TRAINING:
+        return Mechanism.dp_local_training(hyper.sampling_rate, hyper.noise_multiplier, hyper.local_steps, count)
+    if spec.kind is TaskKind.DP_EVALUATE:
+        return Mechanism.dp_evaluate(hyper.noise_multiplier, hyper.sampling_rate, count)
+    return Mechanism.dp_gradient(hyper.sampling_rate, hyper.noise_multiplier, count)
+
+
+def _hyperparameters(spec: TaskSpecification) -> dict[str, float | int | bool]:
+    hyper = spec.hyperparameters
+    values: dict[str, float | int | bool] = {
+        "noise_multiplier": hyper.noise_multiplier,
+        "sampling_rate": hyper.sampling_rate,
+        "release_noisy_count": hyper.release_noisy_count,
+    }
+    if spec.kind is not TaskKind.DP_EVALUATE:
+        values["clip_norm"] = hyper.clip_norm
+    if spec.kind is TaskKind.DP_LOCAL_TRAINING:
+        values |= {"local_steps": hyper.local_steps, "learning_rate": hyper.learning_rate}
+    return values

@@ -1,0 +1,104 @@
+"""Tensors on the wire: raw little-endian bytes, described by dtype and shape, sent in chunks.
+
+Incoming tensors are written straight into preallocated arrays (no per-element
+decoding, no concatenation of chunks); every byte count, offset and digest is
+checked, so a coordinator cannot make the agent allocate more than the declared
+parameters need or read past an array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+DTYPES: Mapping[str, np.dtype[np.generic]] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+    "bool": np.dtype("?"),
+}
+
+# Bounded chunks both ways: no message comes near gRPC's message-size limits.
+MAX_CHUNK_BYTES = 1024 * 1024
+
+
+class TensorError(ValueError):
+    """A tensor on the wire does not match its declaration; the message names the tensor."""
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    # sha256 of the raw bytes, if the sender gave it (checked when the tensor is complete).
+    sha256: bytes = b""
+
+    @property
+    def byte_length(self) -> int:
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+class TensorAssembler:
+    """Receives chunks of several tensors, in order, into preallocated arrays."""
+
+    def __init__(self, declared: Sequence[TensorDecl]) -> None:
+        self._declared = tuple(declared)
+        self._buffers = [np.empty(d.byte_length, dtype=np.uint8) for d in self._declared]
+        self._filled = [0] * len(self._declared)
+        self._wanted: set[int] = set(range(len(self._declared)))
+
+    def expect_only(self, indexes: set[int]) -> None:
+        """Tensors outside ``indexes`` will not be sent (the agent already holds them)."""
+        self._wanted = set(indexes)
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        if index not in self._wanted:
+            raise TensorError(f"tensor_index {index} is not one of the tensors the agent asked for")
+        declared = self._declared[index]
+        if offset != self._filled[index]:
+            raise TensorError(
+                f"tensor {declared.name!r}: chunk at offset {offset}, expected {self._filled[index]} (chunks in order)"
+            )
+        if len(data) > MAX_CHUNK_BYTES:
+            raise TensorError(f"tensor {declared.name!r}: chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
+        end = offset + len(data)
+        if end > declared.byte_length:
+            raise TensorError(f"tensor {declared.name!r}: more than the declared {declared.byte_length} bytes")
+        self._buffers[index][offset:end] = np.frombuffer(data, dtype=np.uint8)
+        self._filled[index] = end
+
+    def finish(self) -> dict[str, npt.NDArray[np.generic]]:
+        arrays: dict[str, npt.NDArray[np.generic]] = {}
+        for index in sorted(self._wanted):
+            declared = self._declared[index]
+            if self._filled[index] != declared.byte_length:
+                raise TensorError(
+                    f"tensor {declared.name!r}: received {self._filled[index]} of {declared.byte_length} bytes"
+                )
+            raw = self._buffers[index]
+            if declared.sha256 and hashlib.sha256(raw.data).digest() != declared.sha256:
+                raise TensorError(f"tensor {declared.name!r}: bytes do not match the declared sha256")
+            arrays[declared.name] = raw.view(DTYPES[declared.dtype]).reshape(declared.shape)
+        return arrays
+
+
+def to_wire(array: npt.NDArray[np.generic], dtype: str) -> memoryview:
+    """The raw little-endian bytes of ``array`` as ``dtype``, without a copy when it already is."""
+    converted = np.ascontiguousarray(array, dtype=DTYPES[dtype])
+    return converted.reshape(-1).view(np.uint8).data
+
+
+def chunks(data: memoryview, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) pieces of at most ``chunk_bytes``; at least one, so empty tensors are announced."""
+    if len(data) == 0:
+        yield 0, b""
+        return
+    for offset in range(0, len(data), chunk_bytes):
+        yield offset, bytes(data[offset : offset + chunk_bytes])
