@@ -12,6 +12,7 @@ of a fresh interpreter, and never inherits the daemon's threads or sockets.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import multiprocessing
 import multiprocessing.connection
@@ -30,6 +31,8 @@ Output = TypeVar("Output")
 
 # Imported once by the forkserver so that every worker starts warm.
 PRELOAD = ["numpy", "onnxruntime", "pyarrow", "pyarrow.dataset", "agent.tasks.computation"]
+
+_PR_SET_PDEATHSIG = 1
 
 # How often the parent checks for cancellation while waiting for the worker.
 _POLL_SECONDS = 0.05
@@ -178,7 +181,19 @@ def _death(exitcode: int | None, limits: WorkerLimits) -> TaskFailedError:
     return TaskFailedError(FailureKind.CRASHED, "the task's worker process died", f"exit code {exitcode}")
 
 
+def _die_with_parent() -> None:
+    """A worker must not outlive the daemon (SIGKILLed daemon -> forkserver exits -> we are killed)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF still ends the worker at its next send
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any, Any]) -> None:
+    _die_with_parent()
     limits = call.limits
     # Limits first, before any package byte is touched. The hard CPU limit is a
     # little above the soft one so that SIGXCPU arrives first and is reported.
