@@ -74,3 +74,20 @@ def test_development_pki_is_created_once_then_reused(tmp_path: Path) -> None:
     for private in (pki.ca_key, pki.agent_key, pki.coordinator_key):
         assert oct(private.stat().st_mode & 0o777) == "0o600"
     assert identity_from_certificate(pki.coordinator_cert.read_bytes()) == "urn:edge-agent:coordinator:dev"
+
+
+def test_a_common_name_that_looks_like_a_uri_is_not_an_identity() -> None:
+    """Before: CN="spiffe://..." without SAN URIs impersonated that SAN-URI identity."""
+    ca = CertificateAuthority.create("CA")
+    for cn in ("spiffe://pharma.example/coordinator/eu-1", "urn:edge-agent:coordinator:dev", "host:7443"):
+        with pytest.raises(PeerIdentityError, match="looks like a URI"):
+            identity_from_certificate(ca.issue_client(cn).cert_pem)
+
+
+def test_more_than_one_san_uri_is_refused() -> None:
+    ca = CertificateAuthority.create("CA")
+    cert = ca.issue_client(
+        "two-faced", uri="spiffe://pharma.example/c1", extra_uris=("spiffe://pharma.example/coordinator/eu-1",)
+    )
+    with pytest.raises(PeerIdentityError, match="2 SAN URIs"):
+        identity_from_certificate(cert.cert_pem)

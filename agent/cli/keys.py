@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
-from agent.identity.agent_key import generate_key_file, public_key_path
+from agent.identity.agent_key import KeyFileError, generate_key_file, public_key_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +24,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    key = generate_key_file(args.out, overwrite=args.force)
+    out: Path = args.out
+    # Checked first: the write goes through a temp file beside `out`, and its
+    # OSError would name that temp file instead of the path the user gave.
+    if out.is_dir():
+        raise KeyFileError(f"{out}: is a directory; --out takes the path of the key file to create")
+    try:
+        key = generate_key_file(out, overwrite=args.force)
+    except OSError as exc:
+        raise KeyFileError(f"{out}: cannot write the key: {exc.strerror or exc}") from None
     print(f"private key: {args.out}")
     print(f"public key:  {public_key_path(args.out)}")
     print(f"fingerprint: {key.fingerprint}")

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import select
 import signal
+import socket
 import sys
 import threading
+import time
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
+from typing import NoReturn
 
 import structlog
 
 from agent import __version__
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import add_config_arguments, resolve_config
+from agent.cli.settings import UsageError, add_config_arguments, resolve_config
 from agent.config import AgentConfig
+from agent.config.model import ListenAddressError, parse_listen_address
 from agent.durable import write_public
 from agent.governance.development import development_policy
 from agent.governance.in_force import PolicyInForce
@@ -41,10 +47,108 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add_config_arguments(parser)
     parser.add_argument(
-        "--listen", default=None, help="HOST:PORT to listen on, overriding the config (port 0: any free port)"
+        "--listen",
+        default=None,
+        type=_listen_argument,
+        help="HOST:PORT or [IPV6]:PORT to listen on, overriding the config (port 0: any free port)",
     )
-    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port to this file once serving")
+    parser.add_argument(
+        "--port-file",
+        type=Path,
+        default=None,
+        help="write the bound port to this file once serving; removed again on exit",
+    )
     parser.set_defaults(handler=run)
+
+
+# After the server has stopped and the audit log is closed, the process exits
+# even if a handler thread ignored its cancellation; this much time on top of
+# server.grace_seconds is allowed for gRPC to cancel and for clean-up.
+STOP_MARGIN_SECONDS = 2.0
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _listen_argument(value: str) -> str:
+    # argparse turns this into "argument --listen: ..." and exit code 2.
+    try:
+        return parse_listen_address(value)
+    except ListenAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prepare_port_file(path: Path) -> None:
+    """Checks --port-file before anything starts and removes a stale one.
+
+    A script polling the file must never read the port of an earlier run,
+    and a path that cannot be written must fail now (exit 2), not after the
+    server is already listening.
+    """
+    if path.is_dir():
+        raise UsageError(f"--port-file {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"--port-file {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--port-file {path}: directory {parent} is not writable")
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--port-file {path}: cannot remove the old file: {exc.strerror}") from None
+
+
+class _SignalInbox:
+    """SIGTERM, SIGINT and SIGHUP delivered to the main thread as data.
+
+    The Python-level handler does nothing at all: the interpreter's C handler
+    writes the signal number to a socket (signal.set_wakeup_fd) and the main
+    loop reads it. Logging or taking any lock inside a handler can deadlock
+    when the signal interrupts the main thread while it holds that lock (a
+    second Ctrl-C during a log write, for example).
+    """
+
+    def __enter__(self) -> _SignalInbox:
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._previous = {s: signal.signal(s, _record_only) for s in _SIGNALS}
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+    def wait(self, timeout: float | None) -> list[signal.Signals]:
+        """Signals received so far, waiting up to `timeout` seconds (None: forever) for the first."""
+        readable, _, _ = select.select([self._reader], [], [], timeout)
+        if not readable:
+            return []
+        wanted = {int(s) for s in _SIGNALS}
+        return [signal.Signals(b) for b in self._reader.recv(256) if b in wanted]
+
+
+def _record_only(signum: int, frame: FrameType | None) -> None:
+    """Installed so the default action (exit, KeyboardInterrupt) does not happen; see _SignalInbox."""
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Ends the process without waiting for gRPC handler threads.
+
+    Python joins thread-pool threads at exit, so one handler that ignores its
+    cancellation would keep the agent alive past server.grace_seconds. By now
+    the server has stopped and the audit log is closed; only streams need
+    flushing.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        # A closed stream or broken pipe has nothing left to save.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _announce_development(config: AgentConfig, created_pki: bool, created_key: bool) -> None:
@@ -120,6 +224,8 @@ class _PolicyReloader:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.port_file is not None:
+        _prepare_port_file(args.port_file)
     config = resolve_config(args, listen=args.listen)
     if args.listen and not config.development:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
@@ -135,11 +241,21 @@ def run(args: argparse.Namespace) -> int:
         _announce_development(config, created_pki, created_key)
 
     log = logger.bind(agent_id=config.agent_id)
-    audit = AuditLog.open(config.audit.directory, key, checkpoint_every=config.audit.checkpoint_every)
+    for warning in tls.warnings:
+        log.warning("tls.key_file_permissions", problem=warning)
+    # Every audit entry also goes to the log (journald), for operators who watch there.
+    audit_echo = log.bind(audit=True)
+    audit = AuditLog.open(
+        config.audit.directory,
+        key,
+        checkpoint_every=config.audit.checkpoint_every,
+        observer=lambda record: audit_echo.info(record.kind, **record.log_fields()),
+    )
     try:
-        return _serve(args, config, key=key, tls=tls, policy=policy, audit=audit, log=log)
+        code = _serve(args, config, key=key, tls=tls, policy=policy, audit=audit, log=log)
     finally:
         audit.close()
+    _exit_now(code)
 
 
 def _serve(
@@ -156,50 +272,89 @@ def _serve(
     daemon = AgentDaemon(config.server, tls, service, log)
     reloader = _PolicyReloader(policy, audit, config.state_dir, log)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal.received", signal=signal.Signals(signum).name)
-        daemon.request_stop()
-
-    def on_hangup(signum: int, frame: FrameType | None) -> None:
-        log.info("signal.received", signal="SIGHUP", action="reload policy")
-        threading.Thread(target=reloader.reload, name="policy-reload", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
-
-    try:
-        state = daemon.start()
-    except ListenError as exc:
-        log.error("server.listen_failed", error=str(exc))
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return ExitCode.FAILURE
-    pid_file = config.state_dir / PID_FILENAME
-    write_public(pid_file, f"{os.getpid()}\n".encode())
-    audit.append(
-        "agent.started",
-        version=__version__,
-        agent_id=config.agent_id,
-        fingerprint=key.fingerprint,
-        port=state.port,
-        config=str(config.source) if config.source else "development defaults",
-    )
-    reloader.announce(policy.current())
-    log.info(
-        "agent.started",
-        version=__version__,
-        fingerprint=key.fingerprint,
-        port=state.port,
-        datasets=len(service.catalog.specs()),
-        config=str(config.source) if config.source else "development defaults",
-        tls_certificate_expires=tls.not_after.isoformat(),
-    )
-    if args.port_file is not None:
-        write_public(args.port_file, f"{state.port}\n".encode())
-    try:
-        daemon.serve_until_stopped()
-    finally:
-        pid_file.unlink(missing_ok=True)
+    with _SignalInbox() as inbox:
+        try:
+            state = daemon.start()
+        except ListenError as exc:
+            log.error("server.listen_failed", error=str(exc))
+            print(f"edge-agent: error: {exc}", file=sys.stderr)
+            return ExitCode.FAILURE
+        pid_file = config.state_dir / PID_FILENAME
+        port_file: Path | None = args.port_file
+        try:
+            write_public(pid_file, f"{os.getpid()}\n".encode())
+            audit.append(
+                "agent.started",
+                version=__version__,
+                agent_id=config.agent_id,
+                fingerprint=key.fingerprint,
+                port=state.port,
+                config=str(config.source) if config.source else "development defaults",
+            )
+            reloader.announce(policy.current())
+            log.info(
+                "agent.started",
+                version=__version__,
+                fingerprint=key.fingerprint,
+                port=state.port,
+                datasets=len(service.catalog.specs()),
+                config=str(config.source) if config.source else "development defaults",
+                tls_certificate_expires=tls.not_after.isoformat(),
+            )
+            if port_file is not None:
+                _write_port_file(port_file, state.port, daemon)
+            _serve_until_signalled(daemon, inbox, reloader, config.server.grace_seconds, log)
+        finally:
+            daemon.finish()
+            pid_file.unlink(missing_ok=True)
+            if port_file is not None:
+                port_file.unlink(missing_ok=True)
     audit.append("agent.stopped", agent_id=config.agent_id)
     log.info("agent.exited", code=0)
     return ExitCode.SUCCESS
+
+
+def _write_port_file(path: Path, port: int, daemon: AgentDaemon) -> None:
+    try:
+        write_public(path, f"{port}\n".encode())
+    except OSError as exc:
+        # write_public's own error names its temp file; the user gave `path`.
+        daemon.stop()
+        raise UsageError(f"--port-file {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _serve_until_signalled(
+    daemon: AgentDaemon,
+    inbox: _SignalInbox,
+    reloader: _PolicyReloader,
+    grace_seconds: float,
+    log: structlog.typing.FilteringBoundLogger,
+) -> None:
+    """The main thread's loop: act on signals, drain on the first stop signal, force on the second."""
+    stopped: threading.Event | None = None
+    stop_began = 0.0
+    forced_at: float | None = None
+    while stopped is None or not stopped.is_set():
+        for received in inbox.wait(None if stopped is None else 0.1):
+            if received is signal.SIGHUP:
+                log.info("signal.received", signal=received.name, action="reload policy")
+                threading.Thread(target=reloader.reload, name="policy-reload", daemon=True).start()
+            elif stopped is None:
+                log.info("signal.received", signal=received.name, action="drain")
+                stop_began = time.monotonic()
+                stopped = daemon.begin_stop()
+            elif forced_at is None:
+                log.info("signal.received", signal=received.name, action="stop now")
+                forced_at = time.monotonic()
+                stopped = daemon.force_stop()
+        if stopped is None:
+            continue
+        now = time.monotonic()
+        if forced_at is None and now - stop_began > grace_seconds + STOP_MARGIN_SECONDS / 2:
+            # gRPC cancels leftovers at the end of the grace period; if its
+            # stop has still not completed, do not wait any longer.
+            forced_at = now
+            stopped = daemon.force_stop()
+        elif forced_at is not None and now - forced_at > STOP_MARGIN_SECONDS / 2:
+            log.warning("server.stop_incomplete", reason="gRPC did not confirm the stop; exiting anyway")
+            return

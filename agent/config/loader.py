@@ -15,9 +15,11 @@ from agent.config.model import (
     AgentConfig,
     AuditConfig,
     IdentityConfig,
+    ListenAddressError,
     LoggingConfig,
     ServerConfig,
     TlsConfig,
+    parse_listen_address,
 )
 from agent.config.toml_table import TomlTable, decode_utf8, read_toml_file
 from agent.datasets import (
@@ -35,12 +37,10 @@ LOG_FORMATS = ("json", "console")
 
 def _listen_address(table: TomlTable, default: str) -> str:
     value = table.string("listen", default) or default
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise table.error("listen", f"expected HOST:PORT (e.g. 0.0.0.0:7443), got {value!r}")
-    if host.startswith("[") != host.endswith("]"):
-        raise table.error("listen", f"unbalanced brackets in IPv6 address {value!r}")
-    return value
+    try:
+        return parse_listen_address(value)
+    except ListenAddressError as exc:
+        raise table.error("listen", str(exc)) from None
 
 
 def _server(table: TomlTable) -> ServerConfig:

@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.datasets import DatasetSpec
 
 MIB = 1024 * 1024
+
+# RFC 1123 host names (labels of letters, digits and inner hyphens).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+
+
+class ListenAddressError(Exception):
+    """A listen address that is not HOST:PORT, [IPV6]:PORT with a port in 0..65535."""
+
+
+def parse_listen_address(value: str) -> str:
+    """Checks a listen address and returns it unchanged.
+
+    The one parser for `server.listen` and `serve --listen`. gRPC itself
+    accepts far too much: port 99999 silently becomes 34463 (it wraps at
+    65536), and `::1:0` or garbage only fail later as a bare "failed to bind".
+    """
+    example = "e.g. 0.0.0.0:7443, localhost:7443 or [::1]:7443"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ListenAddressError(f"expected HOST:PORT ({example}), got {value!r}")
+    if not port.isascii() or not port.isdigit():
+        raise ListenAddressError(f"expected HOST:PORT with a numeric port ({example}), got {value!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ListenAddressError(f"port must be between 0 and 65535, got {port} in {value!r}")
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+        try:
+            ipaddress.IPv6Address(inner or "")
+        except ValueError:
+            raise ListenAddressError(f"expected [IPV6]:PORT ({example}), got {value!r}") from None
+        return value
+    if ":" in host:
+        raise ListenAddressError(f"an IPv6 address needs brackets, e.g. [::1]:{port}; got {value!r}")
+    if not _HOSTNAME.match(host):
+        raise ListenAddressError(f"{host!r} is not an IPv4 address or host name ({example})")
+    return value
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
@@ -28,7 +30,39 @@ class AgentRpcError(Exception):
 
 
 class CredentialsError(Exception):
-    """A credentials file is missing or unreadable."""
+    """A credentials file is missing, unreadable, not PEM, or the key does not match the certificate."""
+
+
+def _public_der(key: object) -> bytes | None:
+    public_bytes = getattr(key, "public_bytes", None)
+    if public_bytes is None:
+        return None
+    der: bytes = public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
+def check_credentials(ca_cert: bytes, cert: bytes, key: bytes, names: tuple[str, str, str]) -> None:
+    """Checks PEM syntax and that the key belongs to the certificate; errors name the file.
+
+    gRPC would accept all of this and fail only at the handshake, with a
+    message that names neither file.
+    """
+    ca_name, cert_name, key_name = names
+    try:
+        if not x509.load_pem_x509_certificates(ca_cert):
+            raise ValueError("no certificate")
+    except ValueError as exc:
+        raise CredentialsError(f"{ca_name}: not a PEM CA certificate ({exc})") from None
+    try:
+        chain = x509.load_pem_x509_certificates(cert)
+    except ValueError as exc:
+        raise CredentialsError(f"{cert_name}: not a PEM client certificate ({exc})") from None
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CredentialsError(f"{key_name}: not an unencrypted PEM private key ({exc})") from None
+    if _public_der(private_key.public_key()) != _public_der(chain[0].public_key()):
+        raise CredentialsError(f"{key_name}: does not match the client certificate in {cert_name}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +81,13 @@ class ClientCredentials:
             except OSError as exc:
                 raise CredentialsError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
-        return cls(read(ca_cert, "CA certificate"), read(cert, "client certificate"), read(key, "client key"))
+        credentials = cls(read(ca_cert, "CA certificate"), read(cert, "client certificate"), read(key, "client key"))
+        credentials.check((str(ca_cert), str(cert), str(key)))
+        return credentials
+
+    def check(self, names: tuple[str, str, str] = ("CA certificate", "client certificate", "client key")) -> None:
+        """Raises CredentialsError unless all three are PEM and the key matches the certificate."""
+        check_credentials(self.ca_cert, self.cert, self.key, names)
 
 
 def channel_options(max_message_bytes: int, server_name: str | None) -> list[tuple[str, int | str]]:

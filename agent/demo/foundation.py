@@ -9,7 +9,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
@@ -51,7 +54,51 @@ def _show(out: TextIO, info: pb.AgentInfo, datasets: list[pb.Dataset], health: s
             print(f"  - {column.name}: {column.arrow_type}", file=out)
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turns the first SIGTERM into KeyboardInterrupt so that `finally` blocks run.
+
+    Python's default for SIGTERM is to die on the spot, which would leave the
+    child agent running and the temp dir (with a CA private key) on disk.
+    Later signals are ignored so that they cannot cut the clean-up short.
+    Raising is all the handler does; it neither logs nor takes locks.
+    """
+    if sys.platform == "win32":  # pragma: no cover - the agent is POSIX-only
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous_int = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _stop_child(process: subprocess.Popen[bytes], out: TextIO) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = process.wait()
+    print(f"\nagent stopped on SIGTERM with exit code {code}", file=out)
+
+
 def run_foundation_demo(state_dir: Path | None = None, out: TextIO = sys.stdout) -> None:
+    with _sigterm_interrupts():
+        _run_foundation_demo(state_dir, out)
+
+
+def _run_foundation_demo(state_dir: Path | None, out: TextIO) -> None:
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as scratch:
         state = state_dir or Path(scratch) / "state"
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -82,8 +129,12 @@ def run_foundation_demo(state_dir: Path | None = None, out: TextIO = sys.stdout)
         ]
         print(f"$ edge-agent serve --state-dir {state} --listen 127.0.0.1:0", file=out, flush=True)
         with log_path.open("wb") as log:
+            # Its own session: a Ctrl-C at the terminal reaches only the demo,
+            # which then stops the agent itself, in order, before the temp
+            # dir goes away.
             process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-                command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+                command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+            )
             try:
                 port = _wait_for_port(port_file, process, timeout=30)
                 pki = DevelopmentPki(state / "dev-pki")
@@ -96,13 +147,11 @@ def run_foundation_demo(state_dir: Path | None = None, out: TextIO = sys.stdout)
                 print(f"connected to 127.0.0.1:{port} with mutual TLS as the development coordinator\n", file=out)
                 _show(out, info, datasets, health)
             finally:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        code = process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
+                try:
+                    _stop_child(process, out)
+                finally:
+                    if process.poll() is None:  # interrupted while stopping it
                         process.kill()
-                        code = process.wait()
-                    print(f"\nagent stopped on SIGTERM with exit code {code}", file=out)
+                        process.wait()
         if process.returncode != 0:
             raise DemoError(f"the agent exited with code {process.returncode}; its log:\n{log_path.read_text()}")

@@ -170,10 +170,17 @@ class CertificateAuthority:
         uri: str | None = None,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
+        extra_uris: Sequence[str] = (),
     ) -> IssuedCertificate:
-        """A coordinator certificate; its identity is the SAN URI, else the CN."""
+        """A coordinator certificate; its identity is the SAN URI, else the CN.
+
+        `extra_uris` exists for tests: the agent refuses certificates with
+        more than one SAN URI.
+        """
         now = _now()
-        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)] if uri else []
+        sans: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(u) for u in ([uri] if uri else []) + list(extra_uris)
+        ]
         return self._issue(
             common_name,
             sans,

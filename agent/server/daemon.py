@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -19,6 +23,8 @@ from agent.server.service import AgentService
 from agent.server.tls import ServerTlsMaterial
 
 AGENT_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Agent"].full_name
+
+SendResponse = Callable[[Any], None]
 
 
 class ListenError(Exception):
@@ -40,16 +46,132 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+def max_concurrent_rpcs(config: ServerConfig) -> int:
+    return config.max_workers * 4
+
+
+def max_health_watches(config: ServerConfig) -> int:
+    # Open Watch streams hold no thread but do count against gRPC's
+    # concurrency limit; capped at a quarter of it so watchers can never
+    # crowd out real calls.
+    return max(1, max_concurrent_rpcs(config) // 4)
+
+
+class _WatchSender:
+    """Delivers Watch responses from one thread, outside the health servicer's lock.
+
+    gRPC's send on a stream waits until the previous message has left, and
+    that completion is processed by the server's event thread. The stock
+    servicer sends while holding its lock, and the same event thread takes
+    that lock when a Watch closes: sending from there can deadlock the whole
+    server. Queued here, a send never happens under that lock. One thread
+    serves every watch (responses are tiny and rare), in order.
+    """
+
+    def __init__(self) -> None:
+        # None stops the thread.
+        self._queue: queue.SimpleQueue[tuple[SendResponse, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="health-watch-sender", daemon=True)
+        self._thread.start()
+
+    def submit(self, send: SendResponse, response: Any) -> None:
+        self._queue.put((send, response))
+
+    def close(self) -> None:
+        """Stops the thread after everything queued so far has been sent."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            send, response = item
+            # A send on a call that has meanwhile ended is a no-op in gRPC;
+            # anything else must not end the thread serving every watch.
+            with contextlib.suppress(Exception):
+                send(response)
+
+
+class _OneWatch:
+    """The response callback of one Watch stream; ends it at most once."""
+
+    def __init__(self, send: SendResponse, sender: _WatchSender) -> None:
+        self._send = send
+        self._sender = sender
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def __call__(self, response: Any) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            if response is None:  # None ends the stream (gRPC's non-blocking protocol)
+                self._ended = True
+            self._sender.submit(self._send, response)
+
+
+class DrainingHealthServicer(health.HealthServicer):  # type: ignore[misc]  # untyped library base
+    """The standard health service, plus: bounded Watch streams that end on shutdown.
+
+    The stock servicer keeps Watch streams open until the server stops, so
+    each one would hold shutdown for the whole grace period.
+    """
+
+    def __init__(self, max_watches: int) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._max_watches = max_watches
+        self._watch_lock = threading.Lock()
+        self._watches: set[_OneWatch] = set()
+        self._closing = False
+        self._sender = _WatchSender()
+
+    def Watch(  # noqa: N802 (gRPC method name)
+        self, request: Any, context: grpc.ServicerContext, send_response_callback: SendResponse | None = None
+    ) -> Any:
+        if send_response_callback is None:
+            # Only if someone wrapped the handler and made it blocking.
+            return super().Watch(request, context)
+        watch = _OneWatch(send_response_callback, self._sender)
+        with self._watch_lock:
+            if self._closing:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the agent is shutting down")
+            if len(self._watches) >= self._max_watches:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open health watches")
+            self._watches.add(watch)
+
+        def forget() -> None:
+            with self._watch_lock:
+                self._watches.discard(watch)
+
+        context.add_callback(forget)
+        return super().Watch(request, context, watch)
+
+    def open_watches(self) -> int:
+        with self._watch_lock:
+            return len(self._watches)
+
+    def end_watches(self) -> None:
+        """Ends every open Watch stream with OK, after it has been sent NOT_SERVING."""
+        with self._watch_lock:
+            self._closing = True
+            watches = list(self._watches)
+            self._watches.clear()
+        for watch in watches:
+            watch(None)
+        self._sender.close()
+
+
 @dataclass(frozen=True)
 class ServingState:
     port: int
 
 
 class AgentDaemon:
-    """The running agent. `start()` binds and serves; `stop()` drains and ends.
+    """The running agent. `start()` binds and serves; `begin_stop()` drains; `stop()` drains and waits.
 
-    `request_stop()` only sets a flag, so it is safe from a signal handler;
-    the thread in `serve_until_stopped()` does the actual draining.
+    No method here is meant for a signal handler: `serve` receives signals on
+    its main thread and calls these from there.
     """
 
     def __init__(
@@ -63,17 +185,16 @@ class AgentDaemon:
         self._tls = tls
         self._service = service
         self._logger = logger
-        self._stop_requested = threading.Event()
-        self._force = threading.Event()
-        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self._health = DrainingHealthServicer(max_health_watches(config))
         self._server: grpc.Server | None = None
+        self._stopped: threading.Event | None = None
 
     def start(self) -> ServingState:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._config.max_workers, thread_name_prefix="rpc"),
             interceptors=[RpcGuard(self._logger)],
             options=server_options(self._config),
-            maximum_concurrent_rpcs=self._config.max_workers * 4,
+            maximum_concurrent_rpcs=max_concurrent_rpcs(self._config),
         )
         pb_grpc.add_AgentServicer_to_server(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -99,29 +220,56 @@ class AgentDaemon:
         self._logger.info("server.listening", listen=self._config.listen, port=port)
         return ServingState(port=port)
 
-    def request_stop(self) -> None:
-        """Asks for a graceful stop; a second request cuts the grace period short."""
-        if self._stop_requested.is_set():
-            self._force.set()
-        self._stop_requested.set()
+    def begin_stop(self) -> threading.Event:
+        """Starts the graceful stop and returns at once; the event is set once the server has stopped.
 
-    def serve_until_stopped(self) -> None:
-        self._stop_requested.wait()
-        self.stop()
+        Health turns NOT_SERVING and open Watch streams receive that and then
+        end, the listener closes, in-flight calls get `server.grace_seconds`,
+        then gRPC cancels what is left. Calling it again returns the same event.
+        """
+        if self._stopped is not None:
+            return self._stopped
+        server = self._server
+        if server is None:
+            done = threading.Event()
+            done.set()
+            return done
+        grace = self._config.grace_seconds
+        self._logger.info("server.stopping", grace_seconds=grace)
+        # Watchers (load balancers, coordinators) learn first, then their
+        # streams end so that they do not hold the drain.
+        self._health.enter_graceful_shutdown()
+        self._health.end_watches()
+        self._stopped = server.stop(grace)
+        return self._stopped
+
+    def force_stop(self) -> threading.Event:
+        """Cancels every call now (a second signal); returns when gRPC has stopped."""
+        server = self._server
+        if server is None:
+            done = threading.Event()
+            done.set()
+            return done
+        self._logger.warning("server.stop_forced")
+        self._health.enter_graceful_shutdown()
+        self._health.end_watches()
+        done = server.stop(0)
+        self._stopped = done
+        return done
 
     def stop(self) -> None:
+        """Graceful stop, waiting for it (tests and embedders; `serve` uses begin_stop)."""
+        if self._server is None:
+            return
+        self.begin_stop().wait()
+        self.finish()
+
+    def finish(self) -> None:
+        """Records the end of a stop begun with begin_stop(); stops at once if none was begun (an error)."""
         server = self._server
         if server is None:
             return
+        if self._stopped is None:
+            server.stop(0).wait(self._config.grace_seconds)
         self._server = None
-        grace = self._config.grace_seconds
-        self._logger.info("server.stopping", grace_seconds=grace)
-        # Load balancers and coordinators watching health stop sending work first.
-        self._health.enter_graceful_shutdown()
-        done = server.stop(grace)
-        while not done.wait(0.2):
-            if self._force.is_set():
-                self._logger.warning("server.stop_forced")
-                server.stop(0).wait()
-                break
         self._logger.info("server.stopped")

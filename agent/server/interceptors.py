@@ -4,6 +4,11 @@ gRPC's default for an exception escaping a handler is UNKNOWN with the
 exception's text, which can carry file paths or data values to the remote
 caller. Here such an exception becomes INTERNAL with a reference id; the
 details go only to the agent's own log.
+
+A call the client cancelled, or whose deadline passed, is not a bug: the
+handler typically fails reading the request stream (grpc.RpcError) or finds
+the context inactive. Those are logged as the caller's status at info level,
+without a traceback, and never turned into INTERNAL.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from agent.server.peer import caller_identity
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
+# Handlers passed through untouched. The health service carries no data and
+# its Watch is a non-blocking handler: wrapping it in a generator would pin a
+# worker thread per open stream (a handful of watchers exhaust the pool) and
+# make every stream hold shutdown for the whole grace period.
+PASS_THROUGH_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/",)
+
 
 def _status_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
     # ServicerContext.code() exists at run time (grpcio >= 1.38) but is
@@ -30,6 +41,25 @@ def _status_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
 
 def _status_already_set(context: grpc.ServicerContext) -> bool:
     return _status_code(context) is not None
+
+
+def _ended_by_caller(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """CANCELLED or DEADLINE_EXCEEDED if the call is over from the caller's side, else None.
+
+    Best effort: a client's own deadline timer often cancels the call a moment
+    before the agent's copy of the deadline expires, which reads as CANCELLED.
+    """
+    if context.is_active():
+        return None
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _is_non_blocking(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
+    behaviors = (handler.unary_unary, handler.unary_stream, handler.stream_unary, handler.stream_stream)
+    return any(getattr(b, "experimental_non_blocking", False) for b in behaviors if b is not None)
 
 
 class RpcGuard(grpc.ServerInterceptor):
@@ -45,6 +75,10 @@ class RpcGuard(grpc.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        # A non-blocking handler (one that answers through a callback and
+        # returns at once) cannot be wrapped without turning it blocking.
+        if method.startswith(PASS_THROUGH_PREFIXES) or _is_non_blocking(handler):
+            return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._guard_unary(method, handler.unary_unary),
@@ -74,13 +108,22 @@ class RpcGuard(grpc.ServerInterceptor):
     def _admit(self, method: str, context: grpc.ServicerContext) -> str:
         identity = caller_identity(context)
         if identity is None:
-            # Unreachable with require_client_auth, kept so that a future
-            # listener without it cannot silently serve anonymous callers.
+            # With require_client_auth the chain is verified, so this is a
+            # certificate whose identity is missing or ambiguous (see
+            # agent.identity.peer), or a future listener without client auth.
             self._logger.warning("rpc.refused", method=method, peer=context.peer(), reason="no client identity")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate with an identity is required")
         return str(identity)
 
-    def _fail_internal(self, method: str, identity: str, context: grpc.ServicerContext, exc: Exception) -> None:
+    def _fail(self, method: str, identity: str, context: grpc.ServicerContext, exc: Exception) -> None:
+        """Handles an exception that escaped the handler; returns only if the caller ended the call."""
+        if _status_already_set(context):  # context.abort() was called
+            raise exc
+        if isinstance(exc, grpc.RpcError) or _ended_by_caller(context) is not None:
+            # The caller cancelled or its deadline passed (the request
+            # iterator raises RpcError then). Re-raising lets gRPC drop the
+            # call quietly; _log_end records the status.
+            raise exc
         reference = secrets.token_hex(6)
         self._logger.error("rpc.internal_error", method=method, caller=identity, reference=reference, exc_info=exc)
         context.abort(
@@ -90,7 +133,7 @@ class RpcGuard(grpc.ServerInterceptor):
         )
 
     def _log_end(self, method: str, identity: str, context: grpc.ServicerContext, started: float) -> None:
-        code = _status_code(context) or grpc.StatusCode.OK
+        code = _status_code(context) or _ended_by_caller(context) or grpc.StatusCode.OK
         self._logger.info(
             "rpc",
             method=method,
@@ -108,9 +151,7 @@ class RpcGuard(grpc.ServerInterceptor):
                 identity = self._admit(method, context)
                 return behavior(request, context)
             except Exception as exc:
-                if _status_already_set(context):  # context.abort() was called
-                    raise
-                self._fail_internal(method, identity, context, exc)
+                self._fail(method, identity, context, exc)
             finally:
                 self._log_end(method, identity, context, started)
 
@@ -124,9 +165,7 @@ class RpcGuard(grpc.ServerInterceptor):
                 identity = self._admit(method, context)
                 yield from behavior(request, context)
             except Exception as exc:
-                if _status_already_set(context):
-                    raise
-                self._fail_internal(method, identity, context, exc)
+                self._fail(method, identity, context, exc)
             finally:
                 self._log_end(method, identity, context, started)
 
