@@ -184,12 +184,14 @@ def test_a_client_that_distrusts_the_server_refuses_it(running_agent: RunningAge
     [
         (lambda s: s.GetPackage(pb.GetPackageRequest(digest="sha256:00"), timeout=5), "INVALID_ARGUMENT"),
         (lambda s: s.GetBudget(pb.GetBudgetRequest(dataset_id="x"), timeout=5), "NOT_FOUND"),
+        (lambda s: s.GetBudget(pb.GetBudgetRequest(dataset_id="../etc"), timeout=5), "INVALID_ARGUMENT"),
+        (lambda s: s.GetDataset(pb.GetDatasetRequest(dataset_id="A" * 500), timeout=5), "INVALID_ARGUMENT"),
         (lambda s: s.CancelTask(pb.CancelTaskRequest(), timeout=5), "INVALID_ARGUMENT"),
         (lambda s: s.UploadPackage(iter([pb.UploadPackageRequest(chunk=b"x")]), timeout=5), "INVALID_ARGUMENT"),
         (lambda s: list(s.RunTask(iter([pb.RunTaskRequest(spec=pb.TaskSpec())]), timeout=5)), "INVALID_ARGUMENT"),
         (lambda s: list(s.RunTask(iter([]), timeout=5)), "INVALID_ARGUMENT"),
     ],
-    ids=["GetPackage", "GetBudget", "CancelTask", "UploadPackage", "RunTask-empty-spec", "RunTask-no-spec"],
+    ids=["GetPackage", "GetBudget", "GetBudget-bad-id", "GetDataset-bad-id", "CancelTask", "UploadPackage", "RunTask-empty-spec", "RunTask-no-spec"],
 )
 def test_malformed_requests_get_a_clear_status(
     running_agent: RunningAgent, pki: Pki, call: object, status: str
@@ -244,3 +246,24 @@ def test_two_agents_cannot_share_a_port(running_agent: RunningAgent, pki: Pki, t
     config = write_config(other, pki, listen=f"127.0.0.1:{running_agent.port}")
     with pytest.raises(ListenError, match=str(running_agent.port)):
         start_in_process(config)
+
+
+@pytest.mark.parametrize(
+    ("common_name", "extra_uris"),
+    [(COORDINATOR_URI, ()), ("coordinator-eu-1", (COORDINATOR_URI, "spiffe://pharma.example/other"))],
+    ids=["uri-in-cn", "two-san-uris"],
+)
+def test_a_certificate_that_could_impersonate_a_coordinator_is_refused(
+    running_agent: RunningAgent, pki: Pki, tmp_path: Path, common_name: str, extra_uris: tuple[str, ...]
+) -> None:
+    """Signed by the trusted CA, but its identity is ambiguous: UNAUTHENTICATED, never the policy's coordinator."""
+    from agent.identity.certificates import CertificateAuthority
+
+    ca = CertificateAuthority.load(pki.path("ca.crt"), pki.path("ca.key"))
+    ca.issue_client(common_name, extra_uris=extra_uris).write(tmp_path / "spoof.crt", tmp_path / "spoof.key")
+    credentials = ClientCredentials.from_files(pki.path("ca.crt"), tmp_path / "spoof.crt", tmp_path / "spoof.key")
+    with AgentClient(running_agent.address, credentials, server_name="localhost", timeout=5) as client:
+        with pytest.raises(AgentRpcError) as failure:
+            client.get_info()
+        assert failure.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert client.health() == "SERVING"  # health carries no data and stays open to it

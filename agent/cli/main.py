@@ -13,6 +13,9 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+# Before grpc is imported: keep gRPC C-core lines out of the JSON log.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from agent import __version__
 from agent.cli import audit, budget, datasets, demo, dev_certs, keys, package, policy, serve
 from agent.cli.exit_codes import ExitCode

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from agent.datasets.errors import DuplicateDatasetError, UnknownDatasetError
+from agent.datasets.errors import DatasetRegistryError, DuplicateDatasetError, UnknownDatasetError
 from agent.datasets.inspection import DatasetInspection, InspectionCache, inspect_dataset
 from agent.datasets.registry import DatasetRegistry
 from agent.datasets.spec import DatasetSpec
@@ -55,12 +55,21 @@ class DatasetCatalog:
     def specs(self) -> list[DatasetSpec]:
         """Every dataset, sorted by id."""
         merged = dict(self._config)
-        for spec in self._registry.list():
+        try:
+            registered = self._registry.list(on_invalid=self._skip_invalid)
+        except DatasetRegistryError as exc:
+            # The configured datasets do not depend on the registry file.
+            self._log.error("dataset_registry.unreadable", error=str(exc))
+            registered = []
+        for spec in registered:
             if spec.id in merged:
                 self._warn_clash(spec)
                 continue
             merged[spec.id] = spec
         return [merged[dataset_id] for dataset_id in sorted(merged)]
+
+    def _skip_invalid(self, error: DatasetRegistryError) -> None:
+        self._log.error("dataset_registry.invalid_entry", error=str(error))
 
     def get(self, dataset_id: str) -> DatasetSpec:
         """The dataset with this id; raise UnknownDatasetError if there is none."""
@@ -68,7 +77,12 @@ class DatasetCatalog:
         if spec is not None:
             # Config datasets stay reachable even if the registry file is damaged.
             return spec
-        spec = self._registry.get(dataset_id)
+        try:
+            spec = self._registry.get(dataset_id)
+        except DatasetRegistryError as exc:
+            # A damaged entry is not served; the operator sees why in the log.
+            self._log.error("dataset_registry.invalid_entry", error=str(exc))
+            spec = None
         if spec is None:
             raise UnknownDatasetError(dataset_id)
         return spec

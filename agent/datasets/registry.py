@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,13 +89,26 @@ class DatasetRegistry:
             if cursor.rowcount == 0:
                 raise self._unknown(dataset_id)
 
-    def list(self) -> builtins.list[DatasetSpec]:
-        """All registered datasets, sorted by id."""
+    def list(self, on_invalid: Callable[[DatasetRegistryError], None] | None = None) -> builtins.list[DatasetSpec]:
+        """All registered datasets, sorted by id.
+
+        A damaged entry raises DatasetRegistryError, unless ``on_invalid`` is
+        given: then it is reported there and skipped (the daemon keeps serving
+        the other datasets).
+        """
         with self._errors("read"), self._read() as conn:
             if conn is None:
                 return []
             rows: builtins.list[_Row] = conn.execute(f"{_SELECT} ORDER BY id").fetchall()
-        return [self._to_spec(row) for row in rows]
+        specs = []
+        for row in rows:
+            try:
+                specs.append(self._to_spec(row))
+            except DatasetRegistryError as exc:
+                if on_invalid is None:
+                    raise
+                on_invalid(exc)
+        return specs
 
     def get(self, dataset_id: str) -> DatasetSpec | None:
         """The registered dataset with this id, or None."""

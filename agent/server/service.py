@@ -6,7 +6,6 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
 
 import grpc
 import structlog
@@ -22,6 +21,7 @@ from agent.datasets import (
     UnknownDatasetError,
     row_count_bucket,
 )
+from agent.datasets.spec import DATASET_ID_PATTERN
 from agent.governance.decisions import Action, Decision, Outcome, Request, UsageState, decide, visible_datasets
 from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
@@ -65,8 +65,15 @@ class AgentIdentity:
     key: AgentKey
 
 
-def _unimplemented(context: grpc.ServicerContext, what: str) -> NoReturn:
-    context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not available in this agent version yet")
+def _dataset_id(text: str, context: grpc.ServicerContext) -> str:
+    if not text:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id is required")
+    if DATASET_ID_PATTERN.fullmatch(text) is None:
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "dataset_id must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
+        )
+    return text
 
 
 class AgentService(pb_grpc.AgentServicer):
@@ -186,9 +193,7 @@ class AgentService(pb_grpc.AgentServicer):
         )
 
     def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
-        if not request.dataset_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id is required")
-        dataset_id = request.dataset_id[:200]
+        dataset_id = _dataset_id(request.dataset_id, context)
         self._authorize(context, "GetDataset", Action.GET_DATASET, dataset_id)
         try:
             inspection = self._catalog.inspect(dataset_id)
@@ -207,6 +212,8 @@ class AgentService(pb_grpc.AgentServicer):
         first: float | None = None
         last = 0.0
         for chunk in request_iterator:
+            if not context.is_active():  # cancelled, or the agent is stopping
+                break
             # Monotonic: a wall-clock step (NTP) must not yield negative durations.
             last = time.monotonic()
             first = last if first is None else first
@@ -254,9 +261,7 @@ class AgentService(pb_grpc.AgentServicer):
         return pb.CancelTaskResponse(cancelled=self._runner.cancel(caller, request.task_id[:100]))
 
     def GetBudget(self, request: pb.GetBudgetRequest, context: grpc.ServicerContext) -> pb.Budget:
-        if not request.dataset_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id is required")
-        dataset_id = request.dataset_id[:200]
+        dataset_id = _dataset_id(request.dataset_id, context)
         self._authorize(context, "GetBudget", Action.GET_BUDGET, dataset_id)
         rule = self._policy.current().dataset_rule(dataset_id)
         if rule is None:  # the decision refuses datasets without a rule

@@ -92,10 +92,31 @@ def test_config_datasets_survive_a_corrupt_registry(tmp_path: Path) -> None:
     db.write_bytes(b"garbage" * 200)
     catalog = DatasetCatalog([parquet_spec(tmp_path, "cardio", 2)], DatasetRegistry(db))
     assert catalog.inspect("cardio").row_count == 2
+    # The daemon keeps serving what the config declares and logs the broken file.
+    with capture_logs() as logs:
+        assert [spec.id for spec in catalog.specs()] == ["cardio"]
+    assert logs[0]["event"] == "dataset_registry.unreadable" and str(db) in logs[0]["error"]
     with pytest.raises(DatasetRegistryError, match=str(db)):
-        catalog.specs()
-    with pytest.raises(DatasetRegistryError):
+        DatasetRegistry(db).list()  # the operator's `dataset list` still says so
+    with pytest.raises(UnknownDatasetError):
         catalog.get("icu")
+
+
+def test_a_damaged_registry_entry_is_skipped_and_logged(tmp_path: Path, registry: DatasetRegistry) -> None:
+    import sqlite3
+
+    registry.add(parquet_spec(tmp_path, "icu", 3, source=DatasetSource.REGISTRY))
+    registry.add(parquet_spec(tmp_path, "labs", 4, source=DatasetSource.REGISTRY))
+    with sqlite3.connect(tmp_path / "datasets.sqlite") as conn:
+        conn.execute("UPDATE datasets SET format = 'excel' WHERE id = 'icu'")
+    catalog = DatasetCatalog([], registry)
+    with capture_logs() as logs:
+        assert [spec.id for spec in catalog.specs()] == ["labs"]
+        with pytest.raises(UnknownDatasetError):
+            catalog.get("icu")
+    assert {entry["event"] for entry in logs} == {"dataset_registry.invalid_entry"}
+    with pytest.raises(DatasetRegistryError, match="invalid entry 'icu'"):
+        registry.list()
 
 
 def test_inspect_all_with_and_without_cache(tmp_path: Path, registry: DatasetRegistry) -> None:
