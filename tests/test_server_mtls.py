@@ -191,7 +191,16 @@ def test_a_client_that_distrusts_the_server_refuses_it(running_agent: RunningAge
         (lambda s: list(s.RunTask(iter([pb.RunTaskRequest(spec=pb.TaskSpec())]), timeout=5)), "INVALID_ARGUMENT"),
         (lambda s: list(s.RunTask(iter([]), timeout=5)), "INVALID_ARGUMENT"),
     ],
-    ids=["GetPackage", "GetBudget", "GetBudget-bad-id", "GetDataset-bad-id", "CancelTask", "UploadPackage", "RunTask-empty-spec", "RunTask-no-spec"],
+    ids=[
+        "GetPackage",
+        "GetBudget",
+        "GetBudget-bad-id",
+        "GetDataset-bad-id",
+        "CancelTask",
+        "UploadPackage",
+        "RunTask-empty-spec",
+        "RunTask-no-spec",
+    ],
 )
 def test_malformed_requests_get_a_clear_status(
     running_agent: RunningAgent, pki: Pki, call: object, status: str
