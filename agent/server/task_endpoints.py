@@ -9,7 +9,9 @@ The privacy cost is committed to the ledger before the result header is sent.
 from __future__ import annotations
 
 import queue
+import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Literal, NoReturn
 
@@ -19,6 +21,7 @@ import numpy.typing as npt
 import structlog
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.datasets.spec import DATASET_ID_PATTERN
 from agent.packages.manifest import TaskKind
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
 from agent.tasks.spec import Hyperparameters, TaskSpecError, TaskSpecification
@@ -47,6 +50,10 @@ _FAILURE_STATUS = {
     FailureKind.CRASHED: grpc.StatusCode.INTERNAL,
 }
 _MAX_PARAMETERS = 4096
+# A RunTask client that sends nothing for this long before its upload is complete is cut off.
+UPLOAD_IDLE_SECONDS = 30.0
+_MAX_RANK = 8
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_LABEL = 200
 _Hyperparameter = Literal["clip_norm", "noise_multiplier", "sampling_rate", "local_steps", "learning_rate"]
 _MAX_TENSOR_BYTES = 8 * 1024**3
@@ -56,8 +63,13 @@ def tensor_decl(header: pb.TensorHeader, where: str) -> TensorDecl:
     dtype = _DTYPE_NAMES.get(header.dtype)
     if dtype is None:
         raise TaskSpecError(f"{where}.dtype: unsupported dtype {header.dtype}")
-    if any(dim < 0 for dim in header.shape):
-        raise TaskSpecError(f"{where}.shape: dimensions must be >= 0, got {list(header.shape)}")
+    # Bounded before any arithmetic: a shape of 40k dimensions would otherwise hold the GIL for seconds.
+    if len(header.shape) > _MAX_RANK:
+        raise TaskSpecError(f"{where}.shape: at most {_MAX_RANK} dimensions, got {len(header.shape)}")
+    if any(not 0 <= dim <= _MAX_TENSOR_BYTES for dim in header.shape):
+        raise TaskSpecError(f"{where}.shape: dimensions must be 0..{_MAX_TENSOR_BYTES}, got {list(header.shape)}")
+    if len(header.name) > _MAX_LABEL:
+        raise TaskSpecError(f"{where}.name: at most {_MAX_LABEL} characters")
     if len(header.sha256) not in (0, 32):
         raise TaskSpecError(f"{where}.sha256: must be empty or 32 bytes")
     decl = TensorDecl(header.name, dtype, tuple(header.shape), header.sha256)
@@ -75,10 +87,10 @@ def specification(message: pb.TaskSpec) -> TaskSpecification:
     kind = _KINDS.get(message.kind)
     if kind is None:
         raise TaskSpecError("spec.kind: must be dp_gradient, dp_local_training or dp_evaluate")
-    if not message.package_digest:
-        raise TaskSpecError("spec.package_digest is required")
-    if not message.dataset_id:
-        raise TaskSpecError("spec.dataset_id is required")
+    if _DIGEST.fullmatch(message.package_digest) is None:
+        raise TaskSpecError("spec.package_digest must be sha256:<64 lowercase hex digits>")
+    if DATASET_ID_PATTERN.fullmatch(message.dataset_id) is None:
+        raise TaskSpecError("spec.dataset_id must be a dataset id (a-z, 0-9, '.', '_', '-'; at most 64)")
     if len(message.parameters) > _MAX_PARAMETERS:
         raise TaskSpecError(f"spec.parameters: at most {_MAX_PARAMETERS} tensors")
     hyper = message.hyperparameters
@@ -116,29 +128,79 @@ def specification(message: pb.TaskSpec) -> TaskSpecification:
     )
 
 
+class _IdleWatchdog:
+    """Cancels a call whose client stops sending before the upload is complete.
+
+    A stalled stream would otherwise hold a server thread, and after admission
+    a budget reservation, for as long as the client likes.
+    """
+
+    def __init__(self, context: grpc.ServicerContext, idle_seconds: float) -> None:
+        self._context = context
+        self._idle_seconds = idle_seconds
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self.expired = False
+        threading.Thread(target=self._watch, name="runtask-watchdog", daemon=True).start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(timeout=min(1.0, self._idle_seconds)):
+            if time.monotonic() - self._last > self._idle_seconds:
+                self.expired = True
+                self._context.cancel()
+                return
+
+
 class TaskEndpoints:
-    def __init__(self, runner: TaskRunner, logger: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self, runner: TaskRunner, logger: structlog.typing.FilteringBoundLogger, idle_seconds: float | None = None
+    ) -> None:
         self._runner = runner
         self._logger = logger
+        self._idle_seconds = UPLOAD_IDLE_SECONDS if idle_seconds is None else idle_seconds
 
     def run(
         self, caller: str, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.TaskEvent]:
+        # Who is asking comes first: an unknown client gets nothing, not even a thread to hold.
+        try:
+            self._runner.check_caller(caller)
+        except TaskRefusedError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
+        watchdog = _IdleWatchdog(context, self._idle_seconds)
+        try:
+            yield from self._run(caller, request_iterator, context, watchdog)
+        finally:
+            watchdog.stop()
+
+    def _run(
+        self,
+        caller: str,
+        request_iterator: Iterator[pb.RunTaskRequest],
+        context: grpc.ServicerContext,
+        watchdog: _IdleWatchdog,
+    ) -> Iterator[pb.TaskEvent]:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "spec":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of RunTask must be the task spec")
+        watchdog.touch()
         try:
             spec = specification(first.spec)
         except TaskSpecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
         try:
-            admission = self._runner.admit(caller, spec)
+            admission = self._runner.admit(caller, spec, cancelled)
         except TaskRefusedError as exc:
             context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
         # From here on the task holds a reservation: every exit must settle it.
-        cancelled = threading.Event()
-        context.add_callback(cancelled.set)
-        self._runner.register(admission, cancelled)
         try:
             yield pb.TaskEvent(
                 accepted=pb.TaskAccepted(
@@ -147,7 +209,8 @@ class TaskEndpoints:
                     parameters_needed=list(range(len(spec.parameters))),
                 )
             )
-            parameters = self._receive_parameters(spec, request_iterator, context, admission)
+            parameters = self._receive_parameters(spec, request_iterator, context, admission, watchdog)
+            watchdog.stop()
             yield from self._execute(admission, parameters, cancelled, context)
         finally:
             self._runner.settle_if_open(admission)
@@ -158,10 +221,12 @@ class TaskEndpoints:
         request_iterator: Iterator[pb.RunTaskRequest],
         context: grpc.ServicerContext,
         admission: Admission,
+        watchdog: _IdleWatchdog,
     ) -> dict[str, npt.NDArray[np.generic]]:
         assembler = TensorAssembler(spec.parameters)
         try:
             for message in request_iterator:
+                watchdog.touch()
                 if message.WhichOneof("part") != "parameter_chunk":
                     raise TensorError("only parameter chunks may follow the task spec")
                 chunk = message.parameter_chunk
@@ -172,6 +237,10 @@ class TaskEndpoints:
         except TensorError as exc:
             self._runner.fail(admission, "invalid_parameters", str(exc))
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError:
+            # The client went away (or the watchdog cancelled a stalled upload).
+            self._runner.fail(admission, "abandoned", "the parameter upload stopped")
+            self._abort(context, grpc.StatusCode.CANCELLED, "the parameter upload stopped")
 
     def _execute(
         self,
@@ -191,6 +260,9 @@ class TaskEndpoints:
                 )
             except TaskFailedError as exc:
                 events.put(exc)
+            except BaseException as exc:  # a bug must end the call, not hang it
+                self._logger.exception("task.execute_failed", task_id=admission.task_id)
+                events.put(TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", repr(exc)))
 
         threading.Thread(target=work, name=f"task-{admission.task_id}", daemon=True).start()
         while True:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +35,7 @@ from agent.runtime.tasks import (
     dp_local_training,
 )
 from agent.tasks.spec import Hyperparameters
-from agent.tasks.worker import Progress, TaskInputError
+from agent.tasks.worker import Progress, Released, TaskInputError
 
 # The stage the worker reports right before it reads the first row.
 COMPUTING = "computing"
@@ -50,20 +51,16 @@ class TaskJob:
     hyperparameters: Hyperparameters
     parameters: Mapping[str, npt.NDArray[np.generic]]
     min_cohort_size: int
+    # Public row count for dp_local_training's normalisation: the lower edge of the
+    # dataset's row-count bucket, which the coordinator already sees. The exact
+    # count would change with the row added or removed and double the sensitivity.
+    normalising_rows: int = 1
 
     def with_parameters(self, parameters: Mapping[str, npt.NDArray[np.generic]]) -> TaskJob:
         return replace(self, parameters=dict(parameters))
 
 
-@dataclass(frozen=True, eq=False)
-class TaskResult:
-    """Only what the task kind releases: noisy sums or a delta, and named noisy scalars."""
-
-    tensors: Mapping[str, npt.NDArray[np.generic]]
-    scalars: Mapping[str, float]
-
-
-def compute_task(job: TaskJob, progress: Progress) -> TaskResult:
+def compute_task(job: TaskJob, progress: Progress) -> Released:
     """Runs in the worker process (see agent.tasks.worker)."""
     hyper = job.hyperparameters
     count_sigma = hyper.noise_multiplier if hyper.release_noisy_count else None
@@ -79,7 +76,9 @@ def compute_task(job: TaskJob, progress: Progress) -> TaskResult:
         parameters = job.parameters
         step = GradientSettings(hyper.clip_norm, hyper.noise_multiplier, hyper.sampling_rate, count_sigma)
         if job.kind is TaskKind.DP_LOCAL_TRAINING:
-            training = TrainingSettings(step, hyper.local_steps, hyper.learning_rate)
+            training = TrainingSettings(
+                step, hyper.local_steps, hyper.learning_rate, expected_rows=max(1, job.normalising_rows)
+            )
         evaluation = EvaluationSettings(hyper.noise_multiplier, hyper.sampling_rate, count_sigma)
     except DatasetUnavailableError:
         # The reason names hospital paths; the coordinator gets the generic one.
@@ -92,7 +91,7 @@ def compute_task(job: TaskJob, progress: Progress) -> TaskResult:
     scalars: dict[str, float] = {}
     if job.kind is TaskKind.DP_GRADIENT:
         gradient = dp_gradient(wrapper, rows, parameters, step, controls=controls)
-        tensors: dict[str, npt.NDArray[np.generic]] = dict(gradient.sums)
+        tensors: dict[str, npt.NDArray[np.floating[Any]]] = dict(gradient.sums)
         if gradient.noisy_count is not None:
             scalars["noisy_count"] = gradient.noisy_count
     elif job.kind is TaskKind.DP_LOCAL_TRAINING:
@@ -103,4 +102,4 @@ def compute_task(job: TaskJob, progress: Progress) -> TaskResult:
         scalars.update(evaluated.sums)
         if evaluated.noisy_count is not None:
             scalars["noisy_count"] = evaluated.noisy_count
-    return TaskResult(tensors, scalars)
+    return Released(tensors, scalars)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import structlog
 
 from agent.audit.sink import AuditSink
-from agent.datasets import DatasetCatalog, DatasetSpec, UnknownDatasetError
+from agent.datasets import DatasetCatalog, DatasetSpec, UnknownDatasetError, row_count_bucket
 from agent.governance.decisions import (
     Action,
     Decision,
@@ -33,15 +33,16 @@ from agent.governance.decisions import (
     decide,
 )
 from agent.governance.in_force import PolicyInForce
+from agent.governance.model import DatasetRule
 from agent.governance.publishers import trust_store
 from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
 from agent.packages.manifest import TaskKind
 from agent.privacy.errors import BudgetExceededError, PrivacyError
-from agent.privacy.ledger import PrivacyLedger
+from agent.privacy.ledger import PrivacyLedger, Reservation
 from agent.privacy.mechanism import Mechanism
-from agent.tasks.computation import TaskJob, TaskResult, compute_task
+from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_package
-from agent.tasks.worker import FailureKind, TaskFailedError, WorkerLimits, WorkerPool
+from agent.tasks.worker import FailureKind, Released, TaskFailedError, WorkerLimits, WorkerPool
 
 _STATUS = {
     Outcome.FORBIDDEN: "PERMISSION_DENIED",
@@ -50,6 +51,10 @@ _STATUS = {
     Outcome.INVALID: "INVALID_ARGUMENT",
     Outcome.NOT_FOUND: "NOT_FOUND",
 }
+
+
+# What the coordinator hears about any failure after rows were read (the details stay in the local log).
+DATA_FAILURE = "the task failed while computing on the dataset; it was charged. The hospital's log has the details"
 
 
 class TaskRefusedError(Exception):
@@ -116,12 +121,35 @@ class TaskRunner:
         self._clock = clock
         self._package_limits = package_limits or PackageLimits()
         self._running: dict[str, _Running] = {}
+        # Admitted tasks not yet settled, plus admissions in progress.
+        self._slots = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ admission
 
-    def admit(self, caller: str, spec: TaskSpecification) -> Admission:
-        """Checks everything, then reserves the budget; raises TaskRefusedError (audited) otherwise."""
+    def check_caller(self, caller: str) -> None:
+        """Before anything is read: only coordinators the policy knows may run tasks (refusals audited)."""
+        policy = self._policy.current()
+        coordinator = check_coordinator(caller, policy, self._clock())
+        if isinstance(coordinator, Decision):
+            self._audit.append(
+                "rpc.decision",
+                method="RunTask",
+                caller=caller,
+                allowed=False,
+                outcome=coordinator.outcome.value,
+                rule=coordinator.rule,
+                reason=coordinator.reason,
+                policy_digest=policy.digest,
+            )
+            raise TaskRefusedError(_STATUS[coordinator.outcome], coordinator.reason, coordinator.rule)
+
+    def admit(self, caller: str, spec: TaskSpecification, cancelled: threading.Event) -> Admission:
+        """Checks everything, then reserves the budget; raises TaskRefusedError (audited) otherwise.
+
+        The admitted task is registered as running before anything else can
+        fail, so that every later exit is settled by settle_if_open().
+        """
         policy = self._policy.current()
         now = self._clock()
         # Who is asking comes first: an unknown caller learns nothing about packages or datasets.
@@ -177,24 +205,26 @@ class TaskRunner:
         if rule is None or dataset is None:  # decide() refuses both; kept explicit for the reader
             raise TaskRefusedError("PERMISSION_DENIED", "dataset not released", "dataset.no_policy")
 
+        # The concurrency limit is claimed atomically here; decide() only saw a snapshot.
+        with self._lock:
+            refused = self._slots >= policy.limits.max_concurrent_tasks
+            if not refused:
+                self._slots += 1
+        if refused:
+            raise self._refuse(
+                caller,
+                spec,
+                "RESOURCE_EXHAUSTED",
+                f"this agent runs at most {policy.limits.max_concurrent_tasks} tasks at a time; try again later",
+                "limits.concurrent_tasks",
+            )
         task_id = "task-" + secrets.token_hex(12)
         try:
-            reservation = self._ledger.reserve(
-                rule.budget_group,
-                task_id,
-                _mechanism(spec),
-                limit_epsilon=rule.epsilon_budget,
-                delta=rule.delta,
-                coordinator=caller,
-                dataset=spec.dataset_id,
-                correlation_id=spec.correlation_id,
-            )
-        except BudgetExceededError as exc:
-            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), "budget.exceeded") from None
-        except PrivacyError as exc:
-            self._logger.error("ledger.reserve_failed", error=str(exc))
-            raise self._refuse(caller, spec, "UNAVAILABLE", "the privacy ledger cannot be written; try again later",
-                               "ledger.unavailable") from None
+            reservation = self._reserve(caller, spec, rule, task_id)
+        except BaseException:
+            with self._lock:
+                self._slots -= 1
+            raise
 
         admission = Admission(
             task_id=task_id,
@@ -209,6 +239,7 @@ class TaskRunner:
                 hyperparameters=hyper,
                 parameters={},
                 min_cohort_size=rule.min_cohort_size,
+                normalising_rows=row_count_bucket(cohort)[0] if cohort is not None else 1,
             ),
             budget_group=rule.budget_group,
             epsilon_reserved=reservation.epsilon_after,
@@ -220,6 +251,8 @@ class TaskRunner:
                 wall_seconds=float(policy.limits.task_seconds),
             ),
         )
+        with self._lock:
+            self._running[task_id] = _Running(admission, cancelled)
         self._audit.append(
             "task.started",
             task_id=task_id,
@@ -239,6 +272,25 @@ class TaskRunner:
             purpose=spec.purpose,
         )
         return admission
+
+    def _reserve(self, caller: str, spec: TaskSpecification, rule: DatasetRule, task_id: str) -> Reservation:
+        try:
+            return self._ledger.reserve(
+                rule.budget_group,
+                task_id,
+                _mechanism(spec),
+                limit_epsilon=rule.epsilon_budget,
+                delta=rule.delta,
+                coordinator=caller,
+                dataset=spec.dataset_id,
+                correlation_id=spec.correlation_id,
+            )
+        except BudgetExceededError as exc:
+            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), "budget.exceeded") from None
+        except PrivacyError as exc:
+            self._logger.error("ledger.reserve_failed", error=str(exc))
+            message = "the privacy ledger cannot be written; try again later"
+            raise self._refuse(caller, spec, "UNAVAILABLE", message, "ledger.unavailable") from None
 
     def _audit_decision(self, caller: str, spec: TaskSpecification, decision: Decision, policy_digest: str) -> None:
         self._audit.append(
@@ -267,7 +319,7 @@ class TaskRunner:
 
     def _usage(self, caller: str, now: dt.datetime) -> UsageState:
         with self._lock:
-            running = len(self._running)
+            running = self._slots
         return UsageState(
             tasks_last_hour=self._ledger.tasks_started_since(caller, now - dt.timedelta(hours=1)),
             tasks_last_day=self._ledger.tasks_started_since(caller, now - dt.timedelta(days=1)),
@@ -289,10 +341,6 @@ class TaskRunner:
         return TaskRefusedError(status, reason, rule)
 
     # ------------------------------------------------------------ running
-
-    def register(self, admission: Admission, cancelled: threading.Event) -> None:
-        with self._lock:
-            self._running[admission.task_id] = _Running(admission, cancelled)
 
     def cancel(self, caller: str, task_id: str) -> bool:
         """Cancels a running task of this caller; False if there is none (finished, unknown or not theirs)."""
@@ -318,14 +366,22 @@ class TaskRunner:
                 raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
             running.executing = True
         try:
-            result: TaskResult = self._workers.run(
+            result = self._workers.run(
                 compute_task, job, admission.limits, on_progress=on_progress, cancelled=cancelled
             )
+            check_result(result, admission)
         except TaskFailedError as exc:
             # Once rows were read, whether and how the task failed may depend on them
-            # (a hostile graph can fail on chosen rows): that failure is charged.
+            # (a hostile graph can fail on chosen rows): that failure is charged, and
+            # told only as one generic status so it carries as little as possible.
             self.fail(admission, exc.kind.value, exc.message, exc.detail, charge=exc.progressed)
+            if exc.progressed and exc.kind is not FailureKind.CANCELLED:
+                raise TaskFailedError(FailureKind.CRASHED, DATA_FAILURE, progressed=True) from None
             raise
+        except BaseException as exc:
+            # A bug here must still settle the reservation; charged, since rows may have been read.
+            self.fail(admission, "crashed", "the task failed inside the agent", repr(exc), charge=True)
+            raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", repr(exc)) from exc
         if not self._claim_settlement(admission):
             # Released meanwhile (the call ended): this result was never paid for and must not leave.
             raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
@@ -398,7 +454,33 @@ class TaskRunner:
     def _claim_settlement(self, admission: Admission) -> bool:
         """True for the one caller that settles this reservation; the task stops counting as running."""
         with self._lock:
-            return self._running.pop(admission.task_id, None) is not None
+            claimed = self._running.pop(admission.task_id, None) is not None
+            if claimed:
+                self._slots -= 1
+            return claimed
+
+
+def check_result(result: Released, admission: Admission) -> None:
+    """The worker is untrusted too: release only what the task kind declares, in declared shapes."""
+    manifest = admission.job_template.manifest
+    kind = admission.spec.kind
+    if kind is TaskKind.DP_EVALUATE:
+        expected_tensors: dict[str, tuple[int, ...]] = {}
+        expected_scalars = {metric.name for metric in manifest.metrics}
+    else:
+        expected_tensors = {p.name: p.shape for p in manifest.parameters}
+        expected_scalars = set()
+    if admission.spec.hyperparameters.release_noisy_count and kind is not TaskKind.DP_LOCAL_TRAINING:
+        expected_scalars.add("noisy_count")
+    shapes = {name: tuple(array.shape) for name, array in result.tensors.items()}
+    problems = []
+    if shapes != expected_tensors:
+        problems.append(f"tensors {shapes} != {expected_tensors}")
+    if set(result.scalars) != expected_scalars:
+        problems.append(f"scalars {sorted(result.scalars)} != {sorted(expected_scalars)}")
+    if problems:
+        raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", "; ".join(problems),
+                              progressed=True)
 
 
 def _mechanism(spec: TaskSpecification) -> Mechanism:

@@ -5,6 +5,11 @@ library. If it exhausts memory, spins, or crashes the runtime, only the worker
 dies; the daemon keeps serving and reports the task as failed. The worker is
 also the unit of cancellation: stopping a task means killing its process.
 
+The worker is as untrusted as the graph it runs: it answers the daemon only in
+a fixed format (JSON headers and raw little-endian tensor bytes), never with
+pickles, so a worker taken over through onnxruntime cannot run code in the
+daemon.
+
 Workers are forked from a forkserver that has already imported numpy,
 onnxruntime and pyarrow, so starting one costs milliseconds, not the seconds
 of a fresh interpreter, and never inherits the daemon's threads or sockets.
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -22,12 +29,18 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 Job = TypeVar("Job")
-Output = TypeVar("Output")
+
+# Result tensors may only be of these dtypes (the releases are noisy float sums).
+_RESULT_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+_MAX_HEADER_BYTES = 1024 * 1024
 
 # Imported once by the forkserver so that every worker starts warm. Each worker
 # also re-imports the parent's main script (multiprocessing's spawn.prepare;
@@ -37,6 +50,7 @@ Output = TypeVar("Output")
 PRELOAD = ["numpy", "onnxruntime", "pyarrow", "pyarrow.dataset", "agent.tasks.computation", "agent.cli.main"]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 
 # How often the parent checks for cancellation while waiting for the worker.
 _POLL_SECONDS = 0.05
@@ -81,13 +95,21 @@ class WorkerLimits:
             raise ValueError("worker time limits must be positive")
 
 
+@dataclass(frozen=True, eq=False)
+class Released:
+    """What a worker hands back: named float tensors and named scalars, nothing else."""
+
+    tensors: Mapping[str, npt.NDArray[np.floating[Any]]]
+    scalars: Mapping[str, float]
+
+
 class Progress(Protocol):
     def __call__(self, fraction: float, stage: str) -> None: ...
 
 
 @dataclass(frozen=True)
-class _Call(Generic[Job, Output]):
-    function: Callable[[Job, Progress], Output]
+class _Call(Generic[Job]):
+    function: Callable[[Job, Progress], Released]
     job: Job
     limits: WorkerLimits
 
@@ -101,13 +123,13 @@ class WorkerPool:
 
     def run(
         self,
-        function: Callable[[Job, Progress], Output],
+        function: Callable[[Job, Progress], Released],
         job: Job,
         limits: WorkerLimits,
         *,
         on_progress: Callable[[float, str], None] | None = None,
         cancelled: threading.Event | None = None,
-    ) -> Output:
+    ) -> Released:
         """``function`` must be a module-level function (it is pickled by reference)."""
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
@@ -116,8 +138,7 @@ class WorkerPool:
         process.start()
         sender.close()  # the parent must not hold the write end, or EOF never comes
         try:
-            output: Output = self._wait(process, receiver, limits, on_progress, cancelled)
-            return output
+            return self._wait(process, receiver, limits, on_progress, cancelled)
         finally:
             receiver.close()
             if process.is_alive():
@@ -131,11 +152,28 @@ class WorkerPool:
         limits: WorkerLimits,
         on_progress: Callable[[float, str], None] | None,
         cancelled: threading.Event | None,
-    ) -> Any:
+    ) -> Released:
         deadline = time.monotonic() + limits.wall_seconds
         progressed = False
         try:
             while True:
+                # Everything the worker already sent is read before a cancellation or the
+                # deadline is acted on: a worker that had begun reading rows must be known
+                # as such (it is charged).
+                if receiver.poll(_POLL_SECONDS):
+                    while True:
+                        header = self._next_header(receiver, process, limits)
+                        tag = header.get("tag")
+                        if tag == "progress":
+                            progressed = True
+                            if on_progress is not None:
+                                on_progress(_fraction(header.get("fraction")), str(header.get("stage", ""))[:100])
+                        elif tag == "result":
+                            return _read_result(header, receiver)
+                        else:
+                            raise _failure(header, limits)
+                        if not receiver.poll(0):
+                            break
                 if cancelled is not None and cancelled.is_set():
                     raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
                 if time.monotonic() >= deadline:
@@ -143,37 +181,86 @@ class WorkerPool:
                         FailureKind.WALL_TIME,
                         f"the task did not finish within {limits.wall_seconds:g} s and was stopped",
                     )
-                if not receiver.poll(_POLL_SECONDS):
-                    # A worker that died without closing its pipe (or never started) must not
-                    # leave the task waiting for the wall-clock limit.
-                    if not process.is_alive() and not receiver.poll(0):
-                        raise _death(process.exitcode, limits)
-                    continue
-                try:
-                    message = receiver.recv()
-                except (EOFError, OSError):
-                    process.join(timeout=5)
-                    raise _death(process.exitcode, limits) from None
-                tag = message[0]
-                if tag == "progress":
-                    progressed = True
-                    if on_progress is not None:
-                        on_progress(float(message[1]), str(message[2]))
-                elif tag == "result":
-                    return message[1]
-                elif tag == "refused":
-                    raise TaskFailedError(FailureKind.TASK_ERROR, str(message[1]))
-                elif tag == "memory":
-                    raise TaskFailedError(
-                        FailureKind.MEMORY,
-                        f"the task needed more than its memory limit of {limits.memory_bytes // 2**20} MiB",
-                        str(message[1]),
-                    )
-                else:
-                    raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", str(message[1]))
+                # A worker that died without closing its pipe (or never started) must not
+                # leave the task waiting for the wall-clock limit.
+                if not process.is_alive() and not receiver.poll(0):
+                    raise _death(process.exitcode, limits)
         except TaskFailedError as exc:
-            exc.progressed = progressed
+            exc.progressed = exc.progressed or progressed
             raise
+
+    @staticmethod
+    def _next_header(
+        receiver: multiprocessing.connection.Connection,
+        process: multiprocessing.process.BaseProcess,
+        limits: WorkerLimits,
+    ) -> dict[str, Any]:
+        try:
+            return _header(receiver.recv_bytes(_MAX_HEADER_BYTES))
+        except (EOFError, OSError):
+            process.join(timeout=5)
+            raise _death(process.exitcode, limits) from None
+
+
+def _failure(header: dict[str, Any], limits: WorkerLimits) -> TaskFailedError:
+    tag = header.get("tag")
+    if tag == "refused":
+        return TaskFailedError(FailureKind.TASK_ERROR, str(header.get("message", ""))[:2000])
+    if tag == "memory":
+        return TaskFailedError(
+            FailureKind.MEMORY,
+            f"the task needed more than its memory limit of {limits.memory_bytes // 2**20} MiB",
+            str(header.get("detail", "")),
+        )
+    return TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", str(header.get("detail", header)))
+
+
+class _BadMessageError(Exception):
+    pass
+
+
+def _header(data: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", "malformed worker message")
+    return header
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return 0.0
+
+
+def _read_result(header: dict[str, Any], receiver: multiprocessing.connection.Connection) -> Released:
+    """Decodes a result the worker announced; anything unexpected is a crash, never an object."""
+    try:
+        tensors: dict[str, npt.NDArray[np.floating[Any]]] = {}
+        for entry in header["tensors"]:
+            name, dtype_name, shape = entry["name"], entry["dtype"], entry["shape"]
+            if not isinstance(name, str) or dtype_name not in _RESULT_DTYPES or name in tensors:
+                raise _BadMessageError(f"tensor entry {entry!r}")
+            if not isinstance(shape, list) or len(shape) > 8 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
+            ):
+                raise _BadMessageError(f"tensor shape {shape!r}")
+            dtype = _RESULT_DTYPES[dtype_name]
+            length = math.prod(shape) * dtype.itemsize
+            data = receiver.recv_bytes(length + 1)
+            if len(data) != length:
+                raise _BadMessageError(f"tensor {name}: {len(data)} bytes, expected {length}")
+            tensors[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        scalars = header["scalars"]
+        if not isinstance(scalars, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in scalars.items()
+        ):
+            raise _BadMessageError("scalars")
+        return Released(tensors, {k: float(v) for k, v in scalars.items()})
+    except (KeyError, TypeError, _BadMessageError, EOFError, OSError) as exc:
+        raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", f"bad result: {exc}") from None
 
 
 def _death(exitcode: int | None, limits: WorkerLimits) -> TaskFailedError:
@@ -200,31 +287,55 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any, Any]) -> None:
+def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]) -> None:
     _die_with_parent()
     limits = call.limits
     # Limits first, before any package byte is touched. The hard CPU limit is a
     # little above the soft one so that SIGXCPU arrives first and is reported.
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 2))
+    # A crash must not leave a core file holding patient rows, nor let another process read our memory.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _not_dumpable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon; it stops us itself
 
+    def send(header: dict[str, Any]) -> None:
+        sender.send_bytes(json.dumps(header).encode())
+
     def progress(fraction: float, stage: str) -> None:
-        sender.send(("progress", fraction, stage))
+        send({"tag": "progress", "fraction": fraction, "stage": stage})
 
     try:
         output = call.function(call.job, progress)
+        # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
+        arrays = [(name, np.require(array, requirements="C")) for name, array in output.tensors.items()]
+        for name, array in arrays:
+            if array.dtype.str not in ("<f4", "<f8"):
+                raise TypeError(f"result tensor {name} has dtype {array.dtype}")
+        send(
+            {
+                "tag": "result",
+                "tensors": [{"name": n, "dtype": str(a.dtype), "shape": list(a.shape)} for n, a in arrays],
+                "scalars": {name: float(value) for name, value in output.scalars.items()},
+            }
+        )
+        for _, array in arrays:
+            sender.send_bytes(array.reshape(-1).view(np.uint8).data)
     except TaskInputError as exc:
-        sender.send(("refused", str(exc)))
+        send({"tag": "refused", "message": str(exc)})
     except MemoryError:
-        sender.send(("memory", "MemoryError"))
+        send({"tag": "memory", "detail": "MemoryError"})
     except Exception as exc:
-        text = traceback.format_exc()
         # onnxruntime reports allocation failures as its own exception types.
         kind = "memory" if "bad_alloc" in str(exc) or "Failed to allocate" in str(exc) else "crashed"
-        sender.send((kind, text))
-    else:
-        sender.send(("result", output))
+        send({"tag": kind, "detail": traceback.format_exc()})
     finally:
         sender.close()
     os._exit(0)  # skip interpreter teardown: nothing of the worker needs flushing
+
+
+def _not_dumpable() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0)
+    except (OSError, AttributeError):
+        return

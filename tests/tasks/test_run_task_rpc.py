@@ -29,7 +29,7 @@ from tests.packages.package_builders import good_package, new_key
 ROWS = 400
 
 
-def policy_text(publisher: AgentKey, *, budget: float = 50.0, extra_dataset: str = "") -> str:
+def policy_text(publisher: AgentKey, *, budget: float = 50.0, extra_dataset: str = "", max_concurrent: int = 4) -> str:
     key = base64.b64encode(publisher.public_bytes).decode()
     return f"""
 [[coordinators]]
@@ -63,7 +63,7 @@ public_key = "{key}"
 require_approval = false
 
 [limits]
-max_concurrent_tasks = 4
+max_concurrent_tasks = {max_concurrent}
 task_seconds = 60
 """
 
@@ -319,3 +319,131 @@ def test_only_the_owner_may_cancel(agent: Agent, pki: Pki) -> None:
     finally:
         channel.close()
     assert not response.cancelled
+
+
+def test_oversized_shapes_and_bad_ids_are_refused_at_once(agent: Agent) -> None:
+    huge = spec(agent)
+    huge.parameters.append(pb.TensorHeader(name="w", dtype=pb.DTYPE_FLOAT32, shape=[1] * 40_000, byte_length=4))
+    started = time.monotonic()
+    for message, text in (
+        (huge, "at most 8 dimensions"),
+        (pb.TaskSpec(kind=pb.TASK_KIND_DP_GRADIENT, package_digest="x" * 100_000, dataset_id="cohort"),
+         "package_digest must be"),
+        (pb.TaskSpec(kind=pb.TASK_KIND_DP_GRADIENT, package_digest=agent.package_digest, dataset_id="A" * 999),
+         "dataset_id must be"),
+    ):
+        call = agent.stub.RunTask(iter([pb.RunTaskRequest(spec=message)]), timeout=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert text in (refused.value.details() or "")
+    assert time.monotonic() - started < 5
+
+
+def test_an_unknown_client_is_refused_before_it_sends_anything(agent: Agent, pki: Pki) -> None:
+    unknown = _unknown_identity_channel(pki, agent)
+    sent_nothing = threading.Event()
+
+    def nothing() -> Iterator[pb.RunTaskRequest]:
+        sent_nothing.wait(30)  # holds the stream open without a single message
+        yield from ()
+
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            list(pb_grpc.AgentStub(unknown).RunTask(nothing(), timeout=10))
+    finally:
+        sent_nothing.set()
+        unknown.close()
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not authorised" in (refused.value.details() or "")
+
+
+def _unknown_identity_channel(pki: Pki, agent: Agent) -> grpc.Channel:
+    from agent.identity.certificates import CertificateAuthority
+
+    ca = CertificateAuthority.load(pki.path("ca.crt"), pki.path("ca.key"))
+    directory = agent.directory / "stranger"
+    directory.mkdir(exist_ok=True)
+    ca.issue_client("stranger", uri="spiffe://pharma.example/coordinator/not-in-policy").write(
+        directory / "stranger.crt", directory / "stranger.key"
+    )
+    return grpc.secure_channel(
+        agent.address,
+        grpc.ssl_channel_credentials(
+            pki.path("ca.crt").read_bytes(),
+            (directory / "stranger.key").read_bytes(),
+            (directory / "stranger.crt").read_bytes(),
+        ),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+
+
+def test_a_stalled_upload_is_cut_off_and_released(
+    tmp_path: Path, pki: Pki, publisher: AgentKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.server.task_endpoints as endpoints
+
+    monkeypatch.setattr(endpoints, "UPLOAD_IDLE_SECONDS", 1.0)
+    agent = start(tmp_path, pki, publisher)
+    stall = threading.Event()
+
+    def spec_then_silence() -> Iterator[pb.RunTaskRequest]:
+        message = spec(agent)
+        message.parameters.extend(
+            pb.TensorHeader(name=n, dtype=pb.DTYPE_FLOAT32, shape=list(a.shape), byte_length=a.nbytes)
+            for n, a in PARAMETERS
+        )
+        yield pb.RunTaskRequest(spec=message)
+        stall.wait(30)
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as cut:
+            list(agent.stub.RunTask(spec_then_silence(), timeout=30))
+        assert cut.value.code() == grpc.StatusCode.CANCELLED
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while not agent.audit("task.failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        failed = agent.audit("task.failed")[-1]
+        assert failed["charged"] is False  # no row was read: released
+        budget = agent.stub.GetBudget(pb.GetBudgetRequest(dataset_id="cohort"), timeout=30)
+        assert budget.tasks_charged == 0 and budget.epsilon_reserved == 0.0
+    finally:
+        stall.set()
+        agent.channel.close()
+        agent.process.stop()
+
+
+def test_concurrency_limit_holds_under_a_burst(tmp_path: Path, pki: Pki, publisher: AgentKey) -> None:
+    agent = start(tmp_path, pki, publisher, max_concurrent=2)
+    outcomes: list[str] = []
+    message = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=30, sampling_rate=1.0, noise_multiplier=20.0)
+
+    def attempt() -> None:
+        try:
+            run(agent, message)
+            outcomes.append("ok")
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code().name)
+
+    try:
+        threads = [threading.Thread(target=attempt) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert set(outcomes) <= {"ok", "RESOURCE_EXHAUSTED"} and "ok" in outcomes
+        # From the audit trail: never more than 2 tasks between started and finished.
+        events = sorted(
+            [(e["seq"], +1) for e in agent.audit("task.started")]
+            + [(e["seq"], -1) for e in agent.audit("task.finished") + agent.audit("task.failed")]
+        )
+        running = peak = 0
+        for _, change in events:
+            running += change
+            peak = max(peak, running)
+        assert peak <= 2
+    finally:
+        agent.channel.close()
+        agent.process.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,13 +29,14 @@ def failure(pool: WorkerPool, function: object, job: object, limits: WorkerLimit
 
 def test_result_and_progress(pool: WorkerPool) -> None:
     seen: list[tuple[float, str]] = []
-    assert pool.run(worker_jobs.add, (2, 3), LIMITS, on_progress=lambda f, s: seen.append((f, s))) == 5
+    released = pool.run(worker_jobs.add, (2, 3), LIMITS, on_progress=lambda f, s: seen.append((f, s)))
+    assert released.tensors["sum"].tolist() == [5.0] and released.scalars == {"count": 2.0}
     assert seen == [(0.5, "adding")]
 
 
 def test_each_task_gets_a_fresh_process(pool: WorkerPool) -> None:
-    first = pool.run(worker_jobs.pid, None, LIMITS)
-    second = pool.run(worker_jobs.pid, None, LIMITS)
+    first = pool.run(worker_jobs.pid, None, LIMITS).scalars["pid"]
+    second = pool.run(worker_jobs.pid, None, LIMITS).scalars["pid"]
     assert first != second and os.getpid() not in (first, second)
 
 
@@ -43,7 +45,7 @@ def test_memory_limit(pool: WorkerPool) -> None:
     caught = failure(pool, worker_jobs.allocate, 1024, limits)
     assert caught.kind is FailureKind.MEMORY and "512 MiB" in caught.message
     # The same pool keeps working afterwards.
-    assert pool.run(worker_jobs.allocate, 16, limits) == 16 * 1024 * 1024
+    assert pool.run(worker_jobs.allocate, 16, limits).scalars["bytes"] == 16 * 1024 * 1024
 
 
 def test_cpu_time_limit(pool: WorkerPool) -> None:
@@ -90,3 +92,17 @@ def test_a_dying_worker_is_reported(pool: WorkerPool) -> None:
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="64 MiB"):
         WorkerLimits(memory_bytes=1024, cpu_seconds=1, wall_seconds=1)
+
+
+def test_a_hostile_worker_cannot_send_objects_to_the_daemon(pool: WorkerPool, tmp_path: Path) -> None:
+    marker = Path("/tmp/edge-agent-pwned")
+    marker.unlink(missing_ok=True)
+    caught = failure(pool, worker_jobs.hostile_pickle, str(marker))
+    assert caught.kind is FailureKind.CRASHED
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["object_dtype", "short", "scalar_string"])
+def test_malformed_results_are_crashes(pool: WorkerPool, kind: str) -> None:
+    caught = failure(pool, worker_jobs.hostile_result, kind)
+    assert caught.kind is FailureKind.CRASHED and "bad result" in caught.detail
