@@ -33,7 +33,6 @@ from agent.governance.status import PID_FILENAME, PolicyStatus, now_text
 from agent.identity.agent_key import AgentKey, load_key_file, load_or_generate_key_file
 from agent.identity.development_pki import ensure_development_pki
 from agent.observability.logging import configure_logging
-from agent.server.assembly import assemble_service
 from agent.server.daemon import AgentDaemon, ListenError
 from agent.server.tls import ServerTlsMaterial, load_server_tls
 
@@ -268,6 +267,10 @@ def _serve(
     audit: AuditLog,
     log: structlog.typing.FilteringBoundLogger,
 ) -> int:
+    # Imported here: the service graph pulls in dp-accounting, onnxruntime and scipy
+    # (about 1.3 s), which every other edge-agent command would otherwise pay for.
+    from agent.server.assembly import assemble_service  # noqa: PLC0415 (deliberately lazy)
+
     service = assemble_service(config, key=key, policy=policy, audit=audit, logger=log)
     daemon = AgentDaemon(config.server, tls, service, log)
     reloader = _PolicyReloader(policy, audit, config.state_dir, log)

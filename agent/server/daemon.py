@@ -19,7 +19,6 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.config import ServerConfig
 from agent.server.interceptors import RpcGuard
-from agent.server.service import AgentService
 from agent.server.tls import ServerTlsMaterial
 
 AGENT_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Agent"].full_name
@@ -178,7 +177,7 @@ class AgentDaemon:
         self,
         config: ServerConfig,
         tls: ServerTlsMaterial,
-        service: AgentService,
+        service: pb_grpc.AgentServicer,
         logger: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self._config = config
