@@ -21,12 +21,17 @@ GRPCURL = (
 
 
 def grpcurl(
-    pki: Pki, agent: RunningAgent, *args: str, client: str | None = "coordinator", limit: str = "-max-time"
+    pki: Pki,
+    agent: RunningAgent,
+    *args: str,
+    client: str | None = "coordinator",
+    limit: str = "-max-time",
+    seconds: str = "10",
 ) -> subprocess.CompletedProcess[str]:
     tls = ["-cacert", str(pki.path("ca.crt")), "-servername", "localhost"]
     if client is not None:
         tls += ["-cert", str(pki.path(f"{client}.crt")), "-key", str(pki.path(f"{client}.key"))]
-    return subprocess.run([GRPCURL, *tls, limit, "10", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([GRPCURL, *tls, limit, seconds, *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +71,10 @@ def test_grpcurl_without_a_trusted_client_certificate_is_refused_at_the_handshak
 ) -> None:
     # With -connect-timeout alone grpcurl reports the dial error itself; with
     # -max-time it only says "context deadline exceeded" once time runs out.
-    result = grpcurl(pki, spawned_agent, spawned_agent.address, "list", client=client, limit="-connect-timeout")
+    # A refused handshake either fails at once or, when grpcurl keeps retrying, at the dial timeout.
+    result = grpcurl(
+        pki, spawned_agent, spawned_agent.address, "list", client=client, limit="-connect-timeout", seconds="3"
+    )
     assert result.returncode != 0
     failure = result.stderr.lower()
     # Refused while dialling (the TLS handshake), not at a later RPC step.
