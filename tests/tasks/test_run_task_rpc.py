@@ -313,12 +313,30 @@ def test_cancel_task_stops_the_worker(agent: Agent) -> None:
 
 
 def test_only_the_owner_may_cancel(agent: Agent, pki: Pki) -> None:
-    channel = secure_channel(pki, agent.address, "cn-only")
+    message = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=1000, sampling_rate=1.0, noise_multiplier=20.0)
+    computing = threading.Event()
+    errors: list[grpc.RpcError] = []
+
+    def attempt() -> None:
+        try:
+            run_task(agent.stub, message, PARAMETERS, timeout=60, on_progress=lambda f, s: computing.set())
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    assert computing.wait(timeout=30)
+    task_id = agent.audit("task.started")[-1]["task_id"]
+    other = secure_channel(pki, agent.address, "cn-only")  # another authorised coordinator
     try:
-        response = pb_grpc.AgentStub(channel).CancelTask(pb.CancelTaskRequest(task_id="task-x"), timeout=30)
+        assert not pb_grpc.AgentStub(other).CancelTask(pb.CancelTaskRequest(task_id=task_id), timeout=30).cancelled
     finally:
-        channel.close()
-    assert not response.cancelled
+        other.close()
+    time.sleep(0.3)
+    assert thread.is_alive()  # still computing
+    assert agent.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id), timeout=30).cancelled
+    thread.join(timeout=30)
+    assert errors and errors[0].code() == grpc.StatusCode.CANCELLED
 
 
 def test_oversized_shapes_and_bad_ids_are_refused_at_once(agent: Agent) -> None:
