@@ -69,6 +69,8 @@ class RejectionCode(StrEnum):
     DISALLOWED_TENSOR = "disallowed_tensor"
     GRAPH_INTERFACE_MISMATCH = "graph_interface_mismatch"
     GRADIENT_SHAPE_MISMATCH = "gradient_shape_mismatch"
+    DYNAMIC_SHAPE = "dynamic_shape"
+    DATA_DEPENDENT_INDEX = "data_dependent_index"
     # -- local policy -------------------------------------------------------------------
     NAME_NOT_ALLOWED = "name_not_allowed"
     # -- store --------------------------------------------------------------------------

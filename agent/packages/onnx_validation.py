@@ -89,9 +89,11 @@ def validate_graphs(manifest: Manifest, graphs: Mapping[str, bytes], limits: Pac
         if role == "grad":
             gradients = [(p.gradient_name, TensorProto.FLOAT, p.shape) for p in manifest.parameters]
             _check_single_example(model, "grad.onnx", single_inputs, [*gradients, ("loss", TensorProto.FLOAT, ())])
+            _check_data_independent(model, "grad.onnx")
         elif role == "eval":
             metrics = [(m.name, TensorProto.FLOAT, ()) for m in manifest.metrics]
             _check_single_example(model, "eval.onnx", single_inputs, metrics)
+            _check_data_independent(model, "eval.onnx")
         else:
             outputs = [
                 (o.name, TensorProto.INT64 if o.dtype == "int64" else TensorProto.FLOAT, o.shape)
@@ -99,6 +101,55 @@ def validate_graphs(manifest: Manifest, graphs: Mapping[str, bytes], limits: Pac
             ]
             _check_batched(model, [("x", TensorProto.FLOAT, (BATCH_DIM, num_features))], outputs)
         _run_checker(model, f"{role}.onnx")
+
+
+# Inputs that select elements: taken from data, an out-of-range value fails the run.
+_INDEX_INPUTS: Mapping[str, int] = {"Gather": 1, "GatherElements": 1}
+_INTEGER_TYPES = frozenset(
+    {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+     TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64}
+)  # fmt: skip
+
+
+def _check_data_independent(model: onnx.ModelProto, label: str) -> None:
+    """Whether the graph runs, how long it runs and how much memory it takes must not depend on a row.
+
+    A graph that sizes a tensor from a row's value (Range, Expand, Reshape, Tile,
+    ConstantOfShape, Slice), indexes with it (Gather) or divides integers by it
+    could fail or stall on chosen rows: a signal outside the noisy aggregate.
+    So every value must have a static shape, indices must be constants, and
+    integer division is refused.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        _reject(RejectionCode.ONNX_CHECK_FAILED, f"{label}: shape inference failed: {str(exc)[:_MAX_MESSAGE]}")
+    graph = inferred.graph
+    values = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    constants = {init.name for init in graph.initializer}
+    for node in graph.node:
+        for output in node.output:
+            info = values.get(output)
+            tensor = info.type.tensor_type if info is not None else None
+            if tensor is None or not tensor.HasField("shape") or not all(
+                dim.HasField("dim_value") for dim in tensor.shape.dim
+            ):
+                _reject(
+                    RejectionCode.DYNAMIC_SHAPE,
+                    f"{label}: {node.op_type} output {output!r} has no static shape; every value of a "
+                    "single-example graph must have a shape known before it runs",
+                )
+            if node.op_type in ("Div", "Mod") and tensor.elem_type in _INTEGER_TYPES:
+                _reject(RejectionCode.DATA_DEPENDENT_INDEX, f"{label}: integer {node.op_type} is not allowed")
+        index = _INDEX_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] not in constants:
+            _reject(
+                RejectionCode.DATA_DEPENDENT_INDEX,
+                f"{label}: {node.op_type} indices {node.input[index]!r} must be constants, not computed from a row",
+            )
+        # Constants propagate: a node fed only by constants (or by static shapes) yields constants.
+        if node.op_type in ("Constant", "Shape", "Size") or (node.input and all(i in constants for i in node.input)):
+            constants.update(node.output)
 
 
 def load_checked_model(data: bytes, label: str, limits: PackageLimits) -> onnx.ModelProto:

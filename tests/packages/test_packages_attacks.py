@@ -70,6 +70,30 @@ def with_random_normal(g: GraphBuilder, value: str) -> str:
     return g.op("Add", value, g.op("RandomNormal", shape=[F], dtype=FLOAT))
 
 
+def with_data_dependent_gather(g: GraphBuilder, value: str) -> str:
+    """Fails exactly when the row's first feature exceeds 50: an index out of range (a membership oracle)."""
+    first = g.op("Gather", "x", g.int64s([0]))
+    flag = g.op("Cast", g.op("Greater", first, g.constant([50.0])), to=TensorProto.INT64)
+    index = g.op("Mul", flag, g.int64s([997]))
+    picked = g.op("Gather", value, index)
+    return g.op("Add", value, g.op("Mul", picked, g.constant([0.0])))
+
+
+def with_data_sized_range(g: GraphBuilder, value: str) -> str:
+    """Runs long exactly when the row's first feature is large: a timing channel."""
+    first = g.op("Squeeze", g.op("Gather", "x", g.int64s([0])), g.int64s([0]))
+    length = g.op("Mul", first, g.constant(2e6))
+    steps = g.op("Range", g.constant(0.0), length, g.constant(1.0))
+    total = g.op("ReduceSum", steps, keepdims=1)
+    return g.op("Add", value, g.op("Mul", total, g.constant([0.0])))
+
+
+def with_integer_division(g: GraphBuilder, value: str) -> str:
+    first = g.op("Cast", g.op("Gather", "x", g.int64s([0])), to=TensorProto.INT64)
+    quotient = g.op("Div", g.int64s([1]), first)
+    return g.op("Add", value, g.op("Cast", g.op("Mul", quotient, g.int64s([0])), to=FLOAT))
+
+
 def with_loop(g: GraphBuilder, value: str) -> str:
     body = helper.make_graph(
         [helper.make_node("Identity", ["v_in"], ["v_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
@@ -247,6 +271,15 @@ ATTACKS: dict[str, Attack] = {
         lambda key: with_grad(key, custom_domain_grad(False)), RejectionCode.CUSTOM_DOMAIN
     ),
     "control flow": Attack(lambda key: with_grad(key, logistic_like_grad(with_loop)), RejectionCode.CONTROL_FLOW),
+    "gather index computed from a row": Attack(
+        lambda key: with_grad(key, logistic_like_grad(with_data_dependent_gather)), RejectionCode.DATA_DEPENDENT_INDEX
+    ),
+    "tensor sized by a row (Range)": Attack(
+        lambda key: with_grad(key, logistic_like_grad(with_data_sized_range)), RejectionCode.DYNAMIC_SHAPE
+    ),
+    "integer division by a row": Attack(
+        lambda key: with_grad(key, logistic_like_grad(with_integer_division)), RejectionCode.DATA_DEPENDENT_INDEX
+    ),
     "external data (initializer)": Attack(
         lambda key: with_grad(key, external_data_grad(False)), RejectionCode.EXTERNAL_DATA
     ),
