@@ -212,8 +212,8 @@ class AgentService(pb_grpc.AgentServicer):
         first: float | None = None
         last = 0.0
         for chunk in request_iterator:
-            if not context.is_active():  # cancelled, or the agent is stopping
-                break
+            if not context.is_active():  # cancelled, past its deadline, or the agent is stopping
+                context.abort(grpc.StatusCode.CANCELLED, "the call ended before the probe finished")
             # Monotonic: a wall-clock step (NTP) must not yield negative durations.
             last = time.monotonic()
             first = last if first is None else first
