@@ -11,6 +11,7 @@ Each step is audited: task.started, task.finished or task.failed.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -483,14 +484,35 @@ def check_result(result: Released, admission: Admission) -> None:
                               progressed=True)
 
 
+def accounting_grid(value: float, *, up: bool, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits, up or down.
+
+    Each distinct (q, sigma) costs the accountant about a second to build, so a
+    coordinator varying sigma by 1e-9 per task could make every reservation slow.
+    Accounting q rounded up and sigma rounded down is conservative (epsilon only grows)
+    and leaves at most 900 settings per decade.
+    """
+    exponent = math.floor(math.log10(value))
+    scale = 10.0 ** (digits - 1 - exponent)
+    rounded = (math.ceil(value * scale) if up else math.floor(value * scale)) / scale
+    # Float rounding must not undo the direction.
+    if up and rounded < value:
+        rounded = math.nextafter(rounded, math.inf)
+    if not up and rounded > value:
+        rounded = math.nextafter(rounded, 0.0)
+    return rounded
+
+
 def _mechanism(spec: TaskSpecification) -> Mechanism:
     hyper = spec.hyperparameters
-    count = hyper.noise_multiplier if hyper.release_noisy_count else None
+    q = min(1.0, accounting_grid(hyper.sampling_rate, up=True))
+    sigma = accounting_grid(hyper.noise_multiplier, up=False)
+    count = sigma if hyper.release_noisy_count else None
     if spec.kind is TaskKind.DP_LOCAL_TRAINING:
-        return Mechanism.dp_local_training(hyper.sampling_rate, hyper.noise_multiplier, hyper.local_steps, count)
+        return Mechanism.dp_local_training(q, sigma, hyper.local_steps, count)
     if spec.kind is TaskKind.DP_EVALUATE:
-        return Mechanism.dp_evaluate(hyper.noise_multiplier, hyper.sampling_rate, count)
-    return Mechanism.dp_gradient(hyper.sampling_rate, hyper.noise_multiplier, count)
+        return Mechanism.dp_evaluate(sigma, q, count)
+    return Mechanism.dp_gradient(q, sigma, count)
 
 
 def _hyperparameters(spec: TaskSpecification) -> dict[str, float | int | bool]:
