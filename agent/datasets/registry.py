@@ -12,7 +12,7 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from agent.datasets.errors import (
     UnknownDatasetError,
 )
 from agent.datasets.spec import DatasetFormat, DatasetSource, DatasetSpec
+from agent.durable_sqlite import read_only, write_transaction
 
 # Bumped when the table layout changes, so that an older agent refuses a file
 # written by a newer one instead of misreading it.
@@ -146,10 +147,7 @@ class DatasetRegistry:
         if not self._path.exists():
             yield None
             return
-        uri = self._path.absolute().as_uri() + "?mode=ro"
-        with closing(
-            sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
-        ) as conn:
+        with read_only(self._path, self._busy_timeout) as conn:
             if not self._has_table(conn):
                 yield None
                 return
@@ -166,26 +164,13 @@ class DatasetRegistry:
                 f"cannot create the dataset registry {self._path}: "
                 f"directory {parent} does not exist"
             )
-        with closing(
-            sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
-        ) as conn:
-            # WAL lets the daemon keep reading while the CLI writes; FULL makes
-            # a registration durable once the CLI has reported success.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not self._has_table(conn):
-                    conn.execute(_CREATE_TABLE)
-                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                yield conn
-            except BaseException:
-                # SQLite may already have rolled back on its own (e.g. disk
-                # full); a second ROLLBACK would mask the original error.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        # WAL lets the daemon keep reading while the CLI writes; FULL makes
+        # a registration durable once the CLI has reported success.
+        with write_transaction(self._path, self._busy_timeout) as conn:
+            if not self._has_table(conn):
+                conn.execute(_CREATE_TABLE)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            yield conn
 
     def _has_table(self, conn: sqlite3.Connection) -> bool:
         (version,) = conn.execute("PRAGMA user_version").fetchone()

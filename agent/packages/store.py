@@ -26,7 +26,7 @@ import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.durable import fsync_directory
+from agent.durable_sqlite import read_only, write_transaction
 from agent.identity.agent_key import AgentKey
 from agent.packages.canonical import parse_strict_json
 from agent.packages.decisions import Decision, DecisionKind, format_time, sign_decision
@@ -443,10 +444,7 @@ class PackageStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot (deferred transaction); the schema exists since __init__."""
-        with (
-            self._errors("read"),
-            closing(sqlite3.connect(self._index, timeout=self._busy_timeout, isolation_level=None)) as conn,
-        ):
+        with self._errors("read"), read_only(self._index, self._busy_timeout) as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -464,28 +462,18 @@ class PackageStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with (
             self._errors("update"),
-            closing(sqlite3.connect(self._index, timeout=self._busy_timeout, isolation_level=None)) as conn,
+            write_transaction(self._index, self._busy_timeout, "PRAGMA foreign_keys=ON") as conn,
         ):
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                (version,) = conn.execute("PRAGMA user_version").fetchone()
-                if version > _SCHEMA_VERSION:
-                    raise PackageStoreError(
-                        f"the package index {self._index} has schema version {version}, newer than this agent"
-                    )
-                if version < _SCHEMA_VERSION:
-                    for statement in _CREATE:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise PackageStoreError(
+                    f"the package index {self._index} has schema version {version}, newer than this agent"
+                )
+            if version < _SCHEMA_VERSION:
+                for statement in _CREATE:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            yield conn
 
 
 def utc_now() -> datetime:

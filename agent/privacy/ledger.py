@@ -26,11 +26,12 @@ import enum
 import math
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.durable_sqlite import read_only, write_transaction
 from agent.privacy.accounting import Accountant, AccountantKind, PldAccountant
 from agent.privacy.errors import (
     BudgetExceededError,
@@ -367,10 +368,8 @@ class PrivacyLedger:
         if not self._path.exists():
             yield None
             return
-        with self._errors("read"):
-            uri = self._path.absolute().as_uri() + "?mode=ro"
-            with closing(sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)) as conn:
-                yield conn if self._has_table(conn) else None
+        with self._errors("read"), read_only(self._path, self._busy_timeout) as conn:
+            yield conn if self._has_table(conn) else None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -380,29 +379,15 @@ class PrivacyLedger:
             raise LedgerError(
                 f"cannot open the privacy ledger {self._path}: directory {self._path.parent} does not exist"
             )
-        with (
-            self._errors("write"),
-            closing(sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)) as conn,
-        ):
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a COMMIT is on disk (WAL fsynced) before commit() returns, so
-            # a result sent after commit() is never missing from the ledger.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not self._has_table(conn):
-                    # executescript() would COMMIT the IMMEDIATE transaction first.
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                yield conn
-            except BaseException:
-                # SQLite may already have rolled back (disk full); a second ROLLBACK would mask the error.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        # synchronous=FULL: a result sent after commit() is never missing from the ledger.
+        with self._errors("write"), write_transaction(self._path, self._busy_timeout) as conn:
+            if not self._has_table(conn):
+                # executescript() would COMMIT the IMMEDIATE transaction first.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            yield conn
 
     def _has_table(self, conn: sqlite3.Connection) -> bool:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
