@@ -12,16 +12,8 @@ import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.tasks.tensors import DTYPES, TensorAssembler, TensorDecl, chunks, to_wire
-
-_DTYPE_CODES = {
-    "float32": pb.DTYPE_FLOAT32,
-    "float64": pb.DTYPE_FLOAT64,
-    "int32": pb.DTYPE_INT32,
-    "int64": pb.DTYPE_INT64,
-    "bool": pb.DTYPE_BOOL,
-}
-_DTYPE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -40,10 +32,10 @@ class TaskProtocolError(Exception):
 
 def tensor_header(name: str, array: npt.NDArray[np.generic]) -> pb.TensorHeader:
     dtype = str(array.dtype)
-    if dtype not in _DTYPE_CODES:
+    if dtype not in CODE_BY_DTYPE:
         raise ValueError(f"parameter {name!r}: dtype {dtype} cannot be sent")
     return pb.TensorHeader(
-        name=name, dtype=_DTYPE_CODES[dtype], shape=list(array.shape), byte_length=array.size * array.itemsize
+        name=name, dtype=CODE_BY_DTYPE[dtype], shape=list(array.shape), byte_length=array.size * array.itemsize
     )
 
 
@@ -117,7 +109,7 @@ def run_task(
 
 
 def _decl(header: pb.TensorHeader) -> TensorDecl:
-    dtype = _DTYPE_NAMES.get(header.dtype)
+    dtype = DTYPE_BY_CODE.get(header.dtype)
     if dtype is None or dtype not in DTYPES:
         raise TaskProtocolError(f"result tensor {header.name!r} has an unknown dtype {header.dtype}")
     return TensorDecl(header.name, dtype, tuple(header.shape))

@@ -16,6 +16,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.api.tensor_dtypes import CODE_BY_DTYPE
 from agent.audit.sink import AuditSink
 from agent.governance.decisions import package_name_allowed
 from agent.governance.model import Policy
@@ -31,14 +32,13 @@ from agent.packages import (
     VerifiedPackage,
 )
 from agent.packages.store import parse_digest
+from agent.tasks.tensors import DTYPES, TensorDecl
 
 _STATUS = {
     PackageStatus.PENDING: pb.PACKAGE_STATUS_PENDING,
     PackageStatus.APPROVED: pb.PACKAGE_STATUS_APPROVED,
     PackageStatus.REJECTED: pb.PACKAGE_STATUS_REJECTED,
 }
-_DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64, "int32": pb.DTYPE_INT32, "int64": pb.DTYPE_INT64}
-_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8}
 
 
 def package_message(package: StoredPackage) -> pb.Package:
@@ -63,15 +63,13 @@ def package_message(package: StoredPackage) -> pb.Package:
         if package.decision.reason:
             message.status_reason += f": {package.decision.reason}"
     for parameter in manifest.parameters:
-        size = 1
-        for dim in parameter.shape:
-            size *= dim
+        known = parameter.dtype in DTYPES
         message.parameters.append(
             pb.TensorHeader(
                 name=parameter.name,
-                dtype=_DTYPES.get(parameter.dtype, pb.DTYPE_UNSPECIFIED),
+                dtype=CODE_BY_DTYPE.get(parameter.dtype, pb.DTYPE_UNSPECIFIED),
                 shape=list(parameter.shape),
-                byte_length=size * _ITEMSIZE.get(parameter.dtype, 0),
+                byte_length=TensorDecl(parameter.name, parameter.dtype, parameter.shape).byte_length if known else 0,
             )
         )
     return message

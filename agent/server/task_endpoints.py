@@ -21,6 +21,7 @@ import numpy.typing as npt
 import structlog
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.datasets.spec import DATASET_ID_PATTERN
 from agent.packages.manifest import TaskKind
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
@@ -33,14 +34,6 @@ _KINDS = {
     pb.TASK_KIND_DP_LOCAL_TRAINING: TaskKind.DP_LOCAL_TRAINING,
     pb.TASK_KIND_DP_EVALUATE: TaskKind.DP_EVALUATE,
 }
-_DTYPE_NAMES = {
-    pb.DTYPE_FLOAT32: "float32",
-    pb.DTYPE_FLOAT64: "float64",
-    pb.DTYPE_INT32: "int32",
-    pb.DTYPE_INT64: "int64",
-    pb.DTYPE_BOOL: "bool",
-}
-_DTYPE_CODES = {name: code for code, name in _DTYPE_NAMES.items()}
 _FAILURE_STATUS = {
     FailureKind.MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     FailureKind.CPU_TIME: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -60,7 +53,7 @@ _MAX_TENSOR_BYTES = 8 * 1024**3
 
 
 def tensor_decl(header: pb.TensorHeader, where: str) -> TensorDecl:
-    dtype = _DTYPE_NAMES.get(header.dtype)
+    dtype = DTYPE_BY_CODE.get(header.dtype)
     if dtype is None:
         raise TaskSpecError(f"{where}.dtype: unsupported dtype {header.dtype}")
     # Bounded before any arithmetic: a shape of 40k dimensions would otherwise hold the GIL for seconds.
@@ -285,7 +278,7 @@ class TaskEndpoints:
             wires.append(wire)
             headers.append(
                 pb.TensorHeader(
-                    name=name, dtype=_DTYPE_CODES[dtype], shape=list(array.shape), byte_length=len(wire)
+                    name=name, dtype=CODE_BY_DTYPE[dtype], shape=list(array.shape), byte_length=len(wire)
                 )
             )
         yield pb.TaskEvent(result_header=pb.TaskResultHeader(tensors=headers, scalars=dict(outcome.scalars)))
