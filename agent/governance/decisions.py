@@ -55,6 +55,21 @@ class Outcome(enum.Enum):
     # The dataset does not exist in the catalog (gRPC NOT_FOUND).
     NOT_FOUND = "not_found"
 
+    @property
+    def status(self) -> str:
+        """The name of the gRPC status a refusal answers with (this module never imports grpc)."""
+        return _STATUS_NAMES[self]
+
+
+_STATUS_NAMES = {
+    Outcome.ALLOWED: "OK",
+    Outcome.FORBIDDEN: "PERMISSION_DENIED",
+    Outcome.PRECONDITION: "FAILED_PRECONDITION",
+    Outcome.EXHAUSTED: "RESOURCE_EXHAUSTED",
+    Outcome.INVALID: "INVALID_ARGUMENT",
+    Outcome.NOT_FOUND: "NOT_FOUND",
+}
+
 
 @dataclass(frozen=True)
 class Decision:

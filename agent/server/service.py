@@ -22,7 +22,7 @@ from agent.datasets import (
     row_count_bucket,
 )
 from agent.datasets.spec import DATASET_ID_PATTERN
-from agent.governance.decisions import Action, Decision, Outcome, Request, UsageState, decide, visible_datasets
+from agent.governance.decisions import Action, Decision, Request, UsageState, decide, visible_datasets
 from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
@@ -48,13 +48,6 @@ UNAVAILABLE_FOR_CALLER = (
 )
 
 
-_STATUS = {
-    Outcome.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
-    Outcome.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Outcome.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Outcome.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    Outcome.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-}
 
 
 @dataclass(frozen=True)
@@ -126,7 +119,7 @@ class AgentService(pb_grpc.AgentServicer):
             policy_digest=policy.digest,
         )
         if not decision.allowed:
-            context.abort(_STATUS[decision.outcome], decision.reason)
+            context.abort(getattr(grpc.StatusCode, decision.outcome.status), decision.reason)
         return caller, decision
 
     @property

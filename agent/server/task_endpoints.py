@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from typing import Literal, NoReturn
+from typing import Literal
 
 import grpc
 import numpy as np
@@ -229,11 +229,11 @@ class TaskEndpoints:
             return assembler.finish()
         except TensorError as exc:
             self._runner.fail(admission, "invalid_parameters", str(exc))
-            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError:
             # The client went away (or the watchdog cancelled a stalled upload).
             self._runner.fail(admission, "abandoned", "the parameter upload stopped")
-            self._abort(context, grpc.StatusCode.CANCELLED, "the parameter upload stopped")
+            context.abort(grpc.StatusCode.CANCELLED, "the parameter upload stopped")
 
     def _execute(
         self,
@@ -261,7 +261,7 @@ class TaskEndpoints:
         while True:
             item = events.get()
             if isinstance(item, TaskFailedError):
-                self._abort(context, _FAILURE_STATUS[item.kind], item.message)
+                context.abort(_FAILURE_STATUS[item.kind], item.message)
             if isinstance(item, TaskOutcome):
                 yield from self._result_events(admission, item)
                 return
@@ -290,7 +290,3 @@ class TaskEndpoints:
                 task_id=admission.task_id, epsilon_charged=outcome.epsilon_charged, delta=outcome.delta
             )
         )
-
-    @staticmethod
-    def _abort(context: grpc.ServicerContext, status: grpc.StatusCode, message: str) -> NoReturn:
-        context.abort(status, message)

@@ -26,7 +26,6 @@ from agent.datasets import DatasetCatalog, DatasetSpec, UnknownDatasetError, row
 from agent.governance.decisions import (
     Action,
     Decision,
-    Outcome,
     Request,
     TaskRequest,
     UsageState,
@@ -34,7 +33,7 @@ from agent.governance.decisions import (
     decide,
 )
 from agent.governance.in_force import PolicyInForce
-from agent.governance.model import DatasetRule
+from agent.governance.model import DatasetRule, Policy
 from agent.governance.publishers import trust_store
 from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
 from agent.packages.manifest import TaskKind
@@ -44,15 +43,6 @@ from agent.privacy.mechanism import Mechanism
 from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_package
 from agent.tasks.worker import FailureKind, Released, TaskFailedError, WorkerLimits, WorkerPool
-
-_STATUS = {
-    Outcome.FORBIDDEN: "PERMISSION_DENIED",
-    Outcome.PRECONDITION: "FAILED_PRECONDITION",
-    Outcome.EXHAUSTED: "RESOURCE_EXHAUSTED",
-    Outcome.INVALID: "INVALID_ARGUMENT",
-    Outcome.NOT_FOUND: "NOT_FOUND",
-}
-
 
 # What the coordinator hears about any failure after rows were read (the details stay in the local log).
 DATA_FAILURE = "the task failed while computing on the dataset; it was charged. The hospital's log has the details"
@@ -131,19 +121,7 @@ class TaskRunner:
     def check_caller(self, caller: str) -> None:
         """Before anything is read: only coordinators the policy knows may run tasks (refusals audited)."""
         policy = self._policy.current()
-        coordinator = check_coordinator(caller, policy, self._clock())
-        if isinstance(coordinator, Decision):
-            self._audit.append(
-                "rpc.decision",
-                method="RunTask",
-                caller=caller,
-                allowed=False,
-                outcome=coordinator.outcome.value,
-                rule=coordinator.rule,
-                reason=coordinator.reason,
-                policy_digest=policy.digest,
-            )
-            raise TaskRefusedError(_STATUS[coordinator.outcome], coordinator.reason, coordinator.rule)
+        self._refuse_unknown_caller(caller, None, policy, self._clock())
 
     def admit(self, caller: str, spec: TaskSpecification, cancelled: threading.Event) -> Admission:
         """Checks everything, then reserves the budget; raises TaskRefusedError (audited) otherwise.
@@ -153,11 +131,9 @@ class TaskRunner:
         """
         policy = self._policy.current()
         now = self._clock()
-        # Who is asking comes first: an unknown caller learns nothing about packages or datasets.
-        coordinator = check_coordinator(caller, policy, now)
-        if isinstance(coordinator, Decision):
-            self._audit_decision(caller, spec, coordinator, policy.digest)
-            raise TaskRefusedError(_STATUS[coordinator.outcome], coordinator.reason, coordinator.rule)
+        # Who is asking comes first (again: the policy may have been reloaded since
+        # check_caller): an unknown caller learns nothing about packages or datasets.
+        self._refuse_unknown_caller(caller, spec, policy, now)
         stored = self._packages.get(spec.package_digest)
         if stored is None:
             raise self._refuse(caller, spec, "NOT_FOUND", f"package {spec.package_digest} is not stored on this agent",
@@ -201,7 +177,7 @@ class TaskRunner:
         decision = decide(request, policy, self._usage(caller, now))
         self._audit_decision(caller, spec, decision, policy.digest)
         if not decision.allowed:
-            raise TaskRefusedError(_STATUS[decision.outcome], decision.reason, decision.rule)
+            raise TaskRefusedError(decision.outcome.status, decision.reason, decision.rule)
         rule = policy.dataset_rule(spec.dataset_id)
         if rule is None or dataset is None:  # decide() refuses both; kept explicit for the reader
             raise TaskRefusedError("PERMISSION_DENIED", "dataset not released", "dataset.no_policy")
@@ -293,7 +269,27 @@ class TaskRunner:
             message = "the privacy ledger cannot be written; try again later"
             raise self._refuse(caller, spec, "UNAVAILABLE", message, "ledger.unavailable") from None
 
-    def _audit_decision(self, caller: str, spec: TaskSpecification, decision: Decision, policy_digest: str) -> None:
+    def _refuse_unknown_caller(
+        self, caller: str, spec: TaskSpecification | None, policy: Policy, now: dt.datetime
+    ) -> None:
+        coordinator = check_coordinator(caller, policy, now)
+        if isinstance(coordinator, Decision):
+            self._audit_decision(caller, spec, coordinator, policy.digest)
+            raise TaskRefusedError(coordinator.outcome.status, coordinator.reason, coordinator.rule)
+
+    def _audit_decision(
+        self, caller: str, spec: TaskSpecification | None, decision: Decision, policy_digest: str
+    ) -> None:
+        task = (
+            {}
+            if spec is None
+            else {
+                "dataset": spec.dataset_id,
+                "package": spec.package_digest,
+                "task_kind": spec.kind.value,
+                "correlation_id": spec.correlation_id,
+            }
+        )
         self._audit.append(
             "rpc.decision",
             method="RunTask",
@@ -302,10 +298,7 @@ class TaskRunner:
             outcome=decision.outcome.value,
             rule=decision.rule,
             reason=decision.reason,
-            dataset=spec.dataset_id,
-            package=spec.package_digest,
-            task_kind=spec.kind.value,
-            correlation_id=spec.correlation_id,
+            **task,
             policy_digest=policy_digest,
         )
 

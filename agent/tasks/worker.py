@@ -276,13 +276,19 @@ def _death(exitcode: int | None, limits: WorkerLimits) -> TaskFailedError:
     return TaskFailedError(FailureKind.CRASHED, "the task's worker process died", f"exit code {exitcode}")
 
 
+def _prctl(option: int, value: int) -> bool:
+    """Linux prctl(2); False where it does not exist."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def _die_with_parent() -> None:
     """A worker must not outlive the daemon (SIGKILLed daemon -> forkserver exits -> we are killed)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the pipe's EOF still ends the worker at its next send
-        return
+    if not _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL):
+        return  # not Linux: the pipe's EOF still ends the worker at its next send
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -296,7 +302,7 @@ def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 2))
     # A crash must not leave a core file holding patient rows, nor let another process read our memory.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _not_dumpable()
+    _prctl(_PR_SET_DUMPABLE, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon; it stops us itself
 
     def send(header: dict[str, Any]) -> None:
@@ -333,9 +339,3 @@ def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]
         sender.close()
     os._exit(0)  # skip interpreter teardown: nothing of the worker needs flushing
 
-
-def _not_dumpable() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0)
-    except (OSError, AttributeError):
-        return
