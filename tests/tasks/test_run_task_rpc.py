@@ -168,6 +168,43 @@ def run(agent: Agent, message: pb.TaskSpec, parameters: list[tuple[str, Any]] = 
     return run_task(agent.stub, message, parameters, timeout=60)
 
 
+def burst(agent: Agent, message: pb.TaskSpec, count: int) -> list[str]:
+    """Runs ``count`` copies of a task at once; the status name of each ("ok" for a result)."""
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        try:
+            run(agent, message)
+            outcomes.append("ok")
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code().name)
+
+    threads = [threading.Thread(target=attempt) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes
+
+
+def long_task_computing(agent: Agent) -> tuple[threading.Thread, list[grpc.RpcError]]:
+    """Starts a task long enough to cancel (many steps over the whole dataset); returns once it computes."""
+    message = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=1000, sampling_rate=1.0, noise_multiplier=20.0)
+    errors: list[grpc.RpcError] = []
+    computing = threading.Event()
+
+    def attempt() -> None:
+        try:
+            run_task(agent.stub, message, PARAMETERS, timeout=60, on_progress=lambda f, s: computing.set())
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    assert computing.wait(timeout=30)
+    return thread, errors
+
+
 def test_dp_gradient_round_trip(agent: Agent) -> None:
     result = run(agent, spec(agent, release_noisy_count=True))
     assert set(result.tensors) == {"w", "b"}
@@ -260,21 +297,8 @@ def test_concurrent_tasks_never_overspend(tmp_path: Path, pki: Pki, publisher: A
     two_tasks = make_accountant("pld").epsilon([Mechanism.dp_gradient(0.5, 1.0)] * 2, 1e-5)
     three_tasks = make_accountant("pld").epsilon([Mechanism.dp_gradient(0.5, 1.0)] * 3, 1e-5)
     agent = start(tmp_path, pki, publisher, budget=round((two_tasks + three_tasks) / 2, 6))
-    outcomes: list[str] = []
-
-    def attempt() -> None:
-        try:
-            run(agent, spec(agent))
-            outcomes.append("ok")
-        except grpc.RpcError as exc:
-            outcomes.append(exc.code().name)
-
     try:
-        threads = [threading.Thread(target=attempt) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        outcomes = burst(agent, spec(agent), 8)
         assert outcomes.count("ok") <= 2 and len(outcomes) == 8
         assert set(outcomes) <= {"ok", "RESOURCE_EXHAUSTED"}
         budget = agent.stub.GetBudget(pb.GetBudgetRequest(dataset_id="cohort"), timeout=30)
@@ -285,20 +309,7 @@ def test_concurrent_tasks_never_overspend(tmp_path: Path, pki: Pki, publisher: A
 
 
 def test_cancel_task_stops_the_worker(agent: Agent) -> None:
-    # Many local steps over the whole dataset: long enough to cancel.
-    message = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=1000, sampling_rate=1.0, noise_multiplier=20.0)
-    errors: list[grpc.RpcError] = []
-    computing = threading.Event()
-
-    def attempt() -> None:
-        try:
-            run_task(agent.stub, message, PARAMETERS, timeout=60, on_progress=lambda f, s: computing.set())
-        except grpc.RpcError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=attempt)
-    thread.start()
-    assert computing.wait(timeout=30)
+    thread, errors = long_task_computing(agent)
     task_id = agent.audit("task.started")[-1]["task_id"]
     started = time.monotonic()
     assert agent.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id), timeout=30).cancelled
@@ -313,19 +324,7 @@ def test_cancel_task_stops_the_worker(agent: Agent) -> None:
 
 
 def test_only_the_owner_may_cancel(agent: Agent, pki: Pki) -> None:
-    message = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=1000, sampling_rate=1.0, noise_multiplier=20.0)
-    computing = threading.Event()
-    errors: list[grpc.RpcError] = []
-
-    def attempt() -> None:
-        try:
-            run_task(agent.stub, message, PARAMETERS, timeout=60, on_progress=lambda f, s: computing.set())
-        except grpc.RpcError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=attempt)
-    thread.start()
-    assert computing.wait(timeout=30)
+    thread, errors = long_task_computing(agent)
     task_id = agent.audit("task.started")[-1]["task_id"]
     other = secure_channel(pki, agent.address, "cn-only")  # another authorised coordinator
     try:
@@ -435,22 +434,9 @@ def test_a_stalled_upload_is_cut_off_and_released(
 
 def test_concurrency_limit_holds_under_a_burst(tmp_path: Path, pki: Pki, publisher: AgentKey) -> None:
     agent = start(tmp_path, pki, publisher, max_concurrent=2)
-    outcomes: list[str] = []
     message = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=30, sampling_rate=1.0, noise_multiplier=20.0)
-
-    def attempt() -> None:
-        try:
-            run(agent, message)
-            outcomes.append("ok")
-        except grpc.RpcError as exc:
-            outcomes.append(exc.code().name)
-
     try:
-        threads = [threading.Thread(target=attempt) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        outcomes = burst(agent, message, 8)
         assert set(outcomes) <= {"ok", "RESOURCE_EXHAUSTED"} and "ok" in outcomes
         # From the audit trail: never more than 2 tasks between started and finished.
         events = sorted(
