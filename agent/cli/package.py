@@ -19,9 +19,9 @@ from typing import Any
 
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import add_config_arguments, resolve_config
+from agent.cli.settings import add_config_arguments, identity_key, resolve_config
 from agent.durable import write_public
-from agent.identity.agent_key import load_key_file, load_or_generate_key_file
+from agent.identity.agent_key import load_key_file
 from agent.packages import (
     DecisionKind,
     PackageInputError,
@@ -470,10 +470,7 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
     reviewer_key = load_key_file(args.reviewer_key)
     store = PackageStore(config.state_dir / "packages")
     # A development instance may not have served yet; it creates its key as serve would.
-    if config.development:
-        agent_key, _ = load_or_generate_key_file(config.identity.key_file)
-    else:
-        agent_key = load_key_file(config.identity.key_file)
+    agent_key, _ = identity_key(config)
     audit_log = AuditLog.open(config.audit.directory, agent_key, checkpoint_every=config.audit.checkpoint_every)
     with closing(audit_log) as audit:
         now = datetime.now(UTC)

@@ -21,7 +21,7 @@ import structlog
 from agent import __version__
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import UsageError, add_config_arguments, resolve_config
+from agent.cli.settings import UsageError, add_config_arguments, identity_key, resolve_config
 from agent.config import AgentConfig
 from agent.config.model import ListenAddressError, parse_listen_address
 from agent.durable import write_public
@@ -30,7 +30,7 @@ from agent.governance.in_force import PolicyInForce
 from agent.governance.loader import load_policy
 from agent.governance.model import Policy
 from agent.governance.status import PID_FILENAME, PolicyStatus, now_text
-from agent.identity.agent_key import AgentKey, load_key_file, load_or_generate_key_file
+from agent.identity.agent_key import AgentKey
 from agent.identity.development_pki import ensure_development_pki
 from agent.observability.logging import configure_logging
 from agent.server.daemon import AgentDaemon, ListenError
@@ -165,14 +165,6 @@ def _announce_development(config: AgentConfig, created_pki: bool, created_key: b
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _identity_key(config: AgentConfig) -> tuple[AgentKey, bool]:
-    if config.development:
-        return load_or_generate_key_file(config.identity.key_file)
-    # Production never creates keys on its own: a missing key is an
-    # installation step that was skipped, not something to paper over.
-    return load_key_file(config.identity.key_file), False
-
-
 def _policy(config: AgentConfig) -> PolicyInForce:
     policy_file = config.policy_file
     if policy_file is None:
@@ -232,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     created_pki = False
     if config.development:
         _, created_pki = ensure_development_pki(config.tls.client_ca_file.parent)
-    key, created_key = _identity_key(config)
+    key, created_key = identity_key(config)
     tls = load_server_tls(config.tls, config.source)
     policy = _policy(config)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig, development_config, load_config
 from agent.config.development import DEFAULT_STATE_DIR
+from agent.identity.agent_key import AgentKey, load_key_file, load_or_generate_key_file
 
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
@@ -45,3 +46,15 @@ def resolve_config(args: argparse.Namespace, listen: str | None = None) -> Agent
         **({"listen": listen} if listen else {}),
     )
     return config
+
+
+def identity_key(config: AgentConfig) -> tuple[AgentKey, bool]:
+    """The agent's signing key and whether it was created just now.
+
+    A development instance creates its key on first use; production never
+    does: a missing key is an installation step that was skipped, not
+    something to paper over.
+    """
+    if config.development:
+        return load_or_generate_key_file(config.identity.key_file)
+    return load_key_file(config.identity.key_file), False
