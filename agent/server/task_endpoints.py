@@ -26,7 +26,7 @@ from agent.datasets.spec import DATASET_ID_PATTERN
 from agent.packages.manifest import TaskKind
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
 from agent.tasks.spec import Hyperparameters, TaskSpecError, TaskSpecification
-from agent.tasks.tensors import DTYPES, TensorAssembler, TensorDecl, TensorError, chunks, to_wire
+from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError, chunks, to_wire
 from agent.tasks.worker import FailureKind, TaskFailedError
 
 _KINDS = {
@@ -273,7 +273,7 @@ class TaskEndpoints:
         headers = []
         wires = []
         for name, array in outcome.tensors.items():
-            dtype = str(array.dtype) if str(array.dtype) in DTYPES else "float64"
+            dtype = str(array.dtype)  # float32 or float64: the worker protocol admits nothing else
             wire = to_wire(array, dtype)
             wires.append(wire)
             headers.append(
