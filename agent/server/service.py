@@ -35,6 +35,9 @@ from agent.tasks.runner import TaskRunner
 
 CAPABILITIES = ("budget", "datasets", "health", "packages", "reflection", "tasks", "transport-probe")
 
+# A client-streaming call that "ends" this close to its deadline ended by it.
+_DEADLINE_SLACK_SECONDS = 0.05
+
 _FORMATS = {
     DatasetFormat.PARQUET: pb.DATASET_FORMAT_PARQUET,
     DatasetFormat.ARROW_IPC: pb.DATASET_FORMAT_ARROW_IPC,
@@ -217,6 +220,14 @@ class AgentService(pb_grpc.AgentServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"a transport probe may send at most {self._max_probe_bytes} bytes",
                 )
+        # grpcio ends the request iterator normally when a cancellation or the
+        # deadline races the next read, so "the stream ended" can mean "the
+        # caller gave up": look before answering as if it had finished.
+        if not context.is_active():
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before the probe finished")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= _DEADLINE_SLACK_SECONDS:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the probe's deadline passed")
         return pb.ProbeSummary(
             chunks_received=chunks, bytes_received=received, seconds=0.0 if first is None else last - first
         )
