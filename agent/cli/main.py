@@ -17,7 +17,7 @@ from collections.abc import Sequence
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from agent import __version__
-from agent.cli import audit, budget, datasets, demo, dev_certs, keys, package, policy, serve
+from agent.cli import audit, budget, coordinate, datasets, demo, dev_certs, keys, package, policy, serve
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
 from agent.config import ConfigError
@@ -37,17 +37,19 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     UnknownPackageError,
     *audit.USAGE_ERRORS,
     *budget.USAGE_ERRORS,
+    *coordinate.USAGE_ERRORS,
 )
 # Errors of the environment or of the data, exit code 1.
 FAILURE_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     datasets.DatasetCommandError,
-    demo.DemoError,
+    *demo.FAILURE_ERRORS,
     policy.PolicyReloadError,
     AgentRpcError,
     PackageError,
     *audit.FAILURE_ERRORS,
     *budget.FAILURE_ERRORS,
+    *coordinate.FAILURE_ERRORS,
 )
 
 
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_parser(subparsers)
     keys.add_parser(subparsers)
     dev_certs.add_parser(subparsers)
+    coordinate.add_parser(subparsers)
     demo.add_parser(subparsers)
     return parser
 

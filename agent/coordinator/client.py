@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.coordinator.tasks import TaskProtocolError, TaskRun, run_task
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -221,6 +224,29 @@ class AgentClient:
             return self._stub.GetPackage(pb.GetPackageRequest(digest=digest), timeout=self._deadline(timeout))
         except grpc.RpcError as exc:
             raise self._error("GetPackage", exc) from None
+
+    def get_budget(self, dataset_id: str, timeout: float | None = None) -> pb.Budget:
+        try:
+            return self._stub.GetBudget(pb.GetBudgetRequest(dataset_id=dataset_id), timeout=self._deadline(timeout))
+        except grpc.RpcError as exc:
+            raise self._error("GetBudget", exc) from None
+
+    def run_task(
+        self,
+        spec: pb.TaskSpec,
+        parameters: Sequence[tuple[str, npt.NDArray[np.generic]]],
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[float, str], None] | None = None,
+    ) -> TaskRun:
+        """Runs one task (see agent.coordinator.tasks.run_task); a refusal or a broken
+        stream raises AgentRpcError."""
+        try:
+            return run_task(self._stub, spec, parameters, timeout=self._deadline(timeout), on_progress=on_progress)
+        except grpc.RpcError as exc:
+            raise self._error("RunTask", exc) from None
+        except TaskProtocolError as exc:
+            raise AgentRpcError("RunTask", grpc.StatusCode.INTERNAL, str(exc)) from None
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health status name of `service` ("" = the whole agent), e.g. "SERVING"."""

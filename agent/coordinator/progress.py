@@ -1,0 +1,98 @@
+"""Showing a federated run: a live progress bar on a terminal, plain lines elsewhere.
+
+Both print the same line per round, so a log file and a terminal tell one story.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agent.coordinator.report import RoundRecord, SiteTask
+
+
+def round_line(record: RoundRecord, rounds: int) -> str:
+    sites = len(record.training)
+    returned = sites - len(record.missing_sites)
+    parts = [f"round {record.round}/{rounds}", f"{returned}/{sites} sites", f"{record.seconds:.1f} s"]
+    if not record.updated:
+        parts.append("no quorum, model unchanged")
+    parts += [f"{name} {value:.3f}" for name, value in record.metrics.items()]
+    line = "  ".join(parts)
+    failures = [t for t in record.training + record.evaluation if t.status != "ok"]
+    for task in failures:
+        line += f"\n    {task.site} {task.kind}: {task.status} {task.detail}".rstrip()
+    return line
+
+
+class LineObserver:
+    """One line per round and per note: for logs, CI and pipes."""
+
+    def __init__(self, out: TextIO, rounds: int) -> None:
+        self.out = out
+        self.rounds = rounds
+
+    def __enter__(self) -> LineObserver:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.out.flush()
+
+    def note(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def task_finished(self, round_number: int, task: SiteTask) -> None:
+        pass  # a round's line lists its failures
+
+    def round_finished(self, record: RoundRecord) -> None:
+        print(round_line(record, self.rounds), file=self.out, flush=True)
+
+
+class BarObserver:
+    """A live bar of rounds and of the current round's tasks, with the round lines above it."""
+
+    def __init__(self, console: Console, rounds: int) -> None:
+        self.console = console
+        self.rounds = rounds
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._rounds_bar = self._progress.add_task("rounds", total=rounds)
+        self._done: set[int] = set()
+
+    def __enter__(self) -> BarObserver:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(message, markup=False, highlight=False)
+
+    def task_finished(self, round_number: int, task: SiteTask) -> None:
+        if task.kind == "train" and round_number not in self._done:
+            self._done.add(round_number)
+            self._progress.update(self._rounds_bar, completed=round_number, description=f"round {round_number}")
+
+    def round_finished(self, record: RoundRecord) -> None:
+        self._progress.console.print(round_line(record, self.rounds), markup=False, highlight=False)
+
+
+def observer_for(out: TextIO, rounds: int) -> LineObserver | BarObserver:
+    """A bar when ``out`` is a terminal, lines otherwise."""
+    if out.isatty():
+        return BarObserver(Console(file=out), rounds)
+    return LineObserver(out, rounds)

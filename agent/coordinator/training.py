@@ -1,0 +1,347 @@
+"""Federated training across agents: DP-FedSGD and DP-FedAvg, with federated evaluation.
+
+Each round every site gets one task at the same parameters, concurrently, each
+with its own gRPC deadline. A site that is down, slow or refuses is left out of
+that round (and reported); the model moves only when at least ``quorum`` sites
+returned. Privacy is the agents' business: they clip, add noise and charge
+their ledgers; the coordinator only averages what it is given.
+
+Averaging uses public denominators only: ``q`` times the lower edge of each
+site's row-count bucket (what ListDatasets shows), not a noisy count, which
+would cost budget. It can be off by up to the bucket width (1-2-5 steps), which
+a server-side Adam absorbs; with SGD it acts as a larger learning rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.coordinator.client import AgentClient, AgentRpcError
+from agent.coordinator.federation import Algorithm, Federation, Site, TrainingPlan
+from agent.coordinator.optimizer import Parameters, ServerOptimizer
+from agent.coordinator.report import RoundRecord, SiteSummary, SiteTask
+from agent.coordinator.study_package import StudyPackage
+from agent.coordinator.tasks import TaskRun
+
+NOISY_COUNT = "noisy_count"
+
+
+class FederationError(Exception):
+    """The run cannot go on: too few sites are usable, or too many rounds failed."""
+
+
+class RunObserver(Protocol):
+    """Where progress goes: a progress bar on a terminal, log lines elsewhere."""
+
+    def note(self, message: str) -> None: ...
+
+    def task_finished(self, round_number: int, task: SiteTask) -> None: ...
+
+    def round_finished(self, record: RoundRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReadySite:
+    site: Site
+    agent_id: str
+    # Lower edge of the dataset's row-count bucket: the public size used for weights.
+    rows_lower: int
+    # The budget group's ε before the run (GetBudget).
+    epsilon_before: float
+
+
+@dataclass
+class SiteLedger:
+    """What the run did at one site."""
+
+    rounds_contributed: int = 0
+    # The budget group's ε after the site's latest task, as the agent reported it.
+    budget_epsilon: float = 0.0
+
+
+@dataclass
+class TrainingResult:
+    parameters: Parameters
+    rounds: list[RoundRecord]
+    charged: dict[str, SiteLedger]
+    # Why the run stopped early, or "" when it ran every round.
+    stopped_early: str = ""
+    ready: list[ReadySite] = field(default_factory=list)
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, AgentRpcError):
+        return exc.code.name, exc.details
+    return type(exc).__name__, str(exc)
+
+
+class FederatedTraining:
+    def __init__(
+        self,
+        federation: Federation,
+        clients: Mapping[str, AgentClient],
+        package: StudyPackage,
+        observer: RunObserver,
+        *,
+        run_id: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.federation = federation
+        self.plan: TrainingPlan = federation.training
+        self.clients = clients
+        self.package = package
+        self.observer = observer
+        self.run_id = run_id
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * len(federation.sites)), thread_name_prefix="site")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- preparation -----------------------------------------------------------------
+
+    def prepare(self) -> tuple[list[ReadySite], list[SiteSummary]]:
+        """Checks every agent (identity, dataset columns) and uploads the package to it.
+
+        Returns the sites ready to train and a summary for each one that is not.
+        Raises FederationError when fewer than ``quorum`` are ready.
+        """
+        futures = {site.name: self._pool.submit(self._prepare_site, site) for site in self.federation.sites}
+        ready: list[ReadySite] = []
+        left_out: list[SiteSummary] = []
+        for site in self.federation.sites:
+            try:
+                ready.append(futures[site.name].result())
+            except (AgentRpcError, SiteUnsuitableError) as exc:
+                status, detail = _failure(exc) if isinstance(exc, AgentRpcError) else ("unsuitable", str(exc))
+                self.observer.note(f"{site.name} ({site.address}) is left out: {status}: {detail}")
+                left_out.append(SiteSummary(site.name, site.address, site.dataset, status=f"{status}: {detail}"))
+        if len(ready) < self.plan.quorum:
+            raise FederationError(
+                f"only {len(ready)} of {len(self.federation.sites)} agents are usable; the quorum is {self.plan.quorum}"
+            )
+        return ready, left_out
+
+    def _prepare_site(self, site: Site) -> ReadySite:
+        client = self.clients[site.name]
+        client.wait_until_ready(self.federation.connect_seconds)
+        info = client.get_info()
+        dataset = client.get_dataset(site.dataset)
+        columns = {column.name for column in dataset.columns}
+        label = self.package.manifest.label
+        needed = [f.column for f in self.package.manifest.features]
+        needed += [c for c in (label.column, label.time_column, label.event_column) if c]
+        absent = [c for c in needed if c not in columns]
+        if absent:
+            raise SiteUnsuitableError(f"dataset {site.dataset!r} does not offer column(s) {', '.join(absent)}")
+        uploaded = client.upload_package(self.package.archive)
+        if uploaded.digest != self.package.digest:
+            raise SiteUnsuitableError(f"the agent stored digest {uploaded.digest}, expected {self.package.digest}")
+        budget = client.get_budget(site.dataset)
+        return ReadySite(site, info.agent_id, max(1, int(dataset.row_count.lower)), budget.epsilon_spent)
+
+    # -- rounds ----------------------------------------------------------------------
+
+    def train(self, ready: Sequence[ReadySite], parameters: Parameters) -> TrainingResult:
+        plan = self.plan
+        optimizer = ServerOptimizer(plan.server_optimizer, plan.server_learning_rate, momentum=plan.momentum)
+        result = TrainingResult(
+            parameters=dict(parameters),
+            rounds=[],
+            charged={r.site.name: SiteLedger() for r in ready},
+            ready=list(ready),
+        )
+        failed_in_a_row = 0
+        # The evaluation of the model after round r runs beside round r + 1's training.
+        pending: _PendingEvaluation | None = None
+        kind = pb.TASK_KIND_DP_GRADIENT if plan.algorithm is Algorithm.FEDSGD else pb.TASK_KIND_DP_LOCAL_TRAINING
+        for round_number in range(1, plan.rounds + 1):
+            started = self._clock()
+            training = {r.site.name: self._submit(r.site, kind, round_number, result.parameters) for r in ready}
+            tasks, outcomes = self._collect(round_number, "train", training, started, result.charged)
+            if pending is not None:
+                self._attach_evaluation(result, pending)
+                pending = None
+            updated = len(outcomes) >= plan.quorum
+            if updated:
+                result.parameters = optimizer.step(result.parameters, self._average(ready, outcomes))
+                for name in outcomes:
+                    result.charged[name].rounds_contributed += 1
+                failed_in_a_row = 0
+            else:
+                failed_in_a_row += 1
+                self.observer.note(
+                    f"round {round_number}: only {len(outcomes)} of {len(ready)} sites returned, quorum is "
+                    f"{plan.quorum}; the model is unchanged"
+                )
+            result.rounds.append(RoundRecord(round_number, self._clock() - started, updated, tasks))
+            if failed_in_a_row >= plan.max_failed_rounds:
+                result.stopped_early = f"{failed_in_a_row} rounds in a row without a quorum"
+                self.observer.round_finished(result.rounds[-1])
+                break
+            if self._evaluates_after(round_number):
+                pending = _PendingEvaluation(
+                    len(result.rounds) - 1,
+                    {
+                        r.site.name: self._submit(r.site, pb.TASK_KIND_DP_EVALUATE, round_number, result.parameters)
+                        for r in ready
+                    },
+                    self._clock(),
+                )
+            else:
+                self.observer.round_finished(result.rounds[-1])
+        if pending is not None:
+            self._attach_evaluation(result, pending)
+        return result
+
+    def _evaluates_after(self, round_number: int) -> bool:
+        every = self.plan.evaluate_every
+        if every == 0:
+            return False
+        return round_number % every == 0 or round_number == self.plan.rounds
+
+    def _attach_evaluation(self, result: TrainingResult, pending: _PendingEvaluation) -> None:
+        """Adds the federated evaluation of the model after a round to that round's record."""
+        record = result.rounds[pending.index]
+        tasks, outcomes = self._collect(record.round, "evaluate", pending.futures, pending.started, result.charged)
+        site_metrics: dict[str, dict[str, float]] = {}
+        totals: dict[str, float] = {}
+        total_count = 0.0
+        ranges = {m.name: (m.low, m.high) for m in self.package.manifest.metrics}
+
+        def mean(metric: str, total: float, count: float) -> float:
+            # Noise can push a ratio outside the metric's range; clamping is free post-processing.
+            low, high = ranges[metric]
+            return min(high, max(low, total / max(count, 1.0)))
+
+        for name, run in outcomes.items():
+            count = run.scalars[NOISY_COUNT]
+            sums = {m: v for m, v in run.scalars.items() if m != NOISY_COUNT}
+            site_metrics[name] = {m: mean(m, v, count) for m, v in sums.items()}
+            for m, v in sums.items():
+                totals[m] = totals.get(m, 0.0) + v
+            total_count += count
+        metrics = {m: mean(m, v, total_count) for m, v in totals.items()}
+        evaluated = replace(record, evaluation=tasks, metrics=metrics, site_metrics=site_metrics)
+        result.rounds[pending.index] = evaluated
+        self.observer.round_finished(evaluated)
+
+    def _submit(self, site: Site, kind: int, round_number: int, parameters: Parameters) -> Future[TaskRun]:
+        spec = self._spec(site, kind, round_number)
+        ordered = self.package.ordered(parameters)
+        client = self.clients[site.name]
+        return self._pool.submit(client.run_task, spec, ordered, timeout=self.plan.task_deadline_seconds)
+
+    def _spec(self, site: Site, kind: int, round_number: int) -> pb.TaskSpec:
+        plan = self.plan
+        if kind == pb.TASK_KIND_DP_EVALUATE:
+            hyper = pb.DPHyperparameters(
+                noise_multiplier=plan.evaluation_noise_multiplier,
+                sampling_rate=plan.evaluation_sampling_rate,
+                release_noisy_count=True,
+            )
+            label = "evaluate"
+        else:
+            hyper = pb.DPHyperparameters(
+                clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate
+            )
+            if kind == pb.TASK_KIND_DP_LOCAL_TRAINING:
+                hyper.local_steps = plan.local_steps
+                hyper.learning_rate = plan.local_learning_rate
+            label = "train"
+        return pb.TaskSpec(
+            kind=kind,  # type: ignore[arg-type]
+            package_digest=self.package.digest,
+            dataset_id=site.dataset,
+            hyperparameters=hyper,
+            run_id=self.run_id,
+            round=round_number,
+            correlation_id=f"{self.run_id}/{round_number}/{site.name}/{label}",
+            purpose=plan.purpose,
+        )
+
+    def _collect(
+        self,
+        round_number: int,
+        kind: str,
+        futures: Mapping[str, Future[TaskRun]],
+        started: float,
+        charged: dict[str, SiteLedger],
+    ) -> tuple[tuple[SiteTask, ...], dict[str, TaskRun]]:
+        tasks: list[SiteTask] = []
+        outcomes: dict[str, TaskRun] = {}
+        for name, future in futures.items():
+            try:
+                run = future.result()
+            except (AgentRpcError, grpc.RpcError, ValueError) as exc:
+                status, detail = _failure(exc)
+                task = SiteTask(name, kind, status, self._clock() - started, detail=detail)
+            else:
+                charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.epsilon_charged)
+                problem = self._release_problem(run, kind)
+                if problem:
+                    task = SiteTask(name, kind, "INVALID_RESULT", self._clock() - started, run.epsilon_charged, problem)
+                else:
+                    outcomes[name] = run
+                    task = SiteTask(name, kind, "ok", self._clock() - started, run.epsilon_charged)
+            tasks.append(task)
+            self.observer.task_finished(round_number, task)
+        return tuple(tasks), outcomes
+
+    def _release_problem(self, run: TaskRun, kind: str) -> str:
+        """Why a result cannot be used (a broken or hostile agent), or ""."""
+        if kind == "evaluate":
+            values = list(run.scalars.values())
+            expected = {m.name for m in self.package.manifest.metrics} | {NOISY_COUNT}
+            if set(run.scalars) != expected:
+                return f"expected scalars {sorted(expected)}, got {sorted(run.scalars)}"
+        else:
+            values = []
+            for decl in self.package.manifest.parameters:
+                tensor = run.tensors.get(decl.name)
+                if tensor is None or tuple(tensor.shape) != decl.shape:
+                    return f"no tensor {decl.name!r} of shape {list(decl.shape)} in the result"
+                if not np.all(np.isfinite(tensor)):
+                    return f"tensor {decl.name!r} holds non-finite values"
+        if not all(np.isfinite(values)):
+            return "a scalar is not finite"
+        return ""
+
+    def _average(
+        self, ready: Sequence[ReadySite], outcomes: Mapping[str, TaskRun]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        """The round's update direction (a gradient: the optimizer steps against it)."""
+        weights = {r.site.name: float(r.rows_lower) for r in ready if r.site.name in outcomes}
+        if self.plan.algorithm is Algorithm.FEDSGD:
+            # Noisy clipped sums over Poisson samples of expected size q * rows.
+            scale = {name: 1.0 / (self.plan.sampling_rate * sum(weights.values())) for name in outcomes}
+        else:
+            # The weighted mean delta, negated: FedAvg's pseudo-gradient.
+            scale = {name: -weights[name] / sum(weights.values()) for name in outcomes}
+        update: dict[str, npt.NDArray[np.float64]] = {}
+        for decl in self.package.manifest.parameters:
+            total = np.zeros(decl.shape, np.float64)
+            for name, run in outcomes.items():
+                total += scale[name] * np.asarray(run.tensors[decl.name], np.float64)
+            update[decl.name] = total
+        return update
+
+
+@dataclass(frozen=True)
+class _PendingEvaluation:
+    index: int  # of the round record it belongs to
+    futures: Mapping[str, Future[TaskRun]]
+    started: float
+
+
+class SiteUnsuitableError(Exception):
+    """An agent answered, but cannot take part (dataset columns, package digest)."""
