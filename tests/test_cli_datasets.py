@@ -130,7 +130,7 @@ def test_dev_certs_creates_then_reuses(tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = cli("demo", cwd=tmp_path)
+    result = cli("demo", "--single-agent", cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "dataset cardio-demo" in result.stdout
     assert "- patient_id" not in result.stdout

@@ -60,7 +60,10 @@ def test_sigterm_stops_the_demos_agent_and_removes_its_temp_dir(tmp_path: Path) 
         "TMPDIR": str(scratch),
     }
     demo = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "agent", "demo", "--single-agent"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     child: int | None = None
     try:
@@ -85,3 +88,36 @@ def test_sigterm_stops_the_demos_agent_and_removes_its_temp_dir(tmp_path: Path) 
             demo.wait()
         if child is not None and _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_sigterm_stops_the_federated_demos_three_agents_and_removes_its_temp_dir(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "agent", "demo", "--rounds", "200"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    agents: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(agents) < 3:
+            agents = _children(demo.pid)
+            time.sleep(0.1)
+        assert len(agents) == 3, "the demo did not start three agents"
+        time.sleep(3)  # into training
+        demo.send_signal(signal.SIGTERM)
+        _, stderr = demo.communicate(timeout=60)
+        assert demo.returncode == 130, stderr
+        assert b"Traceback" not in stderr
+        assert not [pid for pid in agents if _alive(pid)], "an agent outlived the demo"
+        assert list(scratch.iterdir()) == [], "the interrupted demo left its temp dir (with a CA key) behind"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in agents:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

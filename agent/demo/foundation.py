@@ -4,38 +4,18 @@ registers a sample dataset, and shows what a coordinator sees over mTLS."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.coordinator.client import AgentClient, ClientCredentials
 from agent.datasets import DatasetFormat, DatasetRegistry, DatasetSource, DatasetSpec
+from agent.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
 from agent.demo.sample_cohort import EXPOSED_COLUMNS, write_cohort
 from agent.identity.development_pki import DevelopmentPki
-
-
-class DemoError(Exception):
-    """The demo could not run; the message says which step failed."""
-
-
-def _wait_for_port(port_file: Path, process: subprocess.Popen[bytes], timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DemoError(f"the agent exited early with code {process.returncode}")
-        text = port_file.read_text() if port_file.exists() else ""
-        if text.strip().isdigit():
-            return int(text)
-        time.sleep(0.05)
-    raise DemoError(f"the agent did not start listening within {timeout} s")
 
 
 def _show(out: TextIO, info: pb.AgentInfo, datasets: list[pb.Dataset], health: str) -> None:
@@ -54,47 +34,8 @@ def _show(out: TextIO, info: pb.AgentInfo, datasets: list[pb.Dataset], health: s
             print(f"  - {column.name}: {column.arrow_type}", file=out)
 
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turns the first SIGTERM into KeyboardInterrupt so that `finally` blocks run.
-
-    Python's default for SIGTERM is to die on the spot, which would leave the
-    child agent running and the temp dir (with a CA private key) on disk.
-    Later signals are ignored so that they cannot cut the clean-up short.
-    Raising is all the handler does; it neither logs nor takes locks.
-    """
-    if sys.platform == "win32":  # pragma: no cover - the agent is POSIX-only
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous_int = signal.getsignal(signal.SIGINT)
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-
-
-def _stop_child(process: subprocess.Popen[bytes], out: TextIO) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        code = process.wait()
-    print(f"\nagent stopped on SIGTERM with exit code {code}", file=out)
-
-
 def run_foundation_demo(state_dir: Path | None = None, out: TextIO = sys.stdout) -> None:
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         _run_foundation_demo(state_dir, out)
 
 
@@ -136,7 +77,7 @@ def _run_foundation_demo(state_dir: Path | None, out: TextIO) -> None:
                 command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
             )
             try:
-                port = _wait_for_port(port_file, process, timeout=30)
+                port = wait_for_port(port_file, process, timeout=30)
                 pki = DevelopmentPki(state / "dev-pki")
                 credentials = ClientCredentials.from_files(pki.ca_cert, pki.coordinator_cert, pki.coordinator_key)
                 with AgentClient(f"127.0.0.1:{port}", credentials, timeout=10) as client:
@@ -148,7 +89,7 @@ def _run_foundation_demo(state_dir: Path | None, out: TextIO) -> None:
                 _show(out, info, datasets, health)
             finally:
                 try:
-                    _stop_child(process, out)
+                    stop_child(process, out)
                 finally:
                     if process.poll() is None:  # interrupted while stopping it
                         process.kill()
