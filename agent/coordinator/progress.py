@@ -67,8 +67,8 @@ class BarObserver:
             console=console,
             transient=True,
         )
-        self._rounds_bar = self._progress.add_task("rounds", total=rounds)
-        self._done: set[int] = set()
+        self._rounds_bar = self._progress.add_task("rounds done: 0", total=rounds)
+        self._done = 0
 
     def __enter__(self) -> BarObserver:
         self._progress.start()
@@ -83,12 +83,12 @@ class BarObserver:
         self._progress.console.print(message, markup=False, highlight=False)
 
     def task_finished(self, round_number: int, task: SiteTask) -> None:
-        if task.kind == "train" and round_number not in self._done:
-            self._done.add(round_number)
-            self._progress.update(self._rounds_bar, completed=round_number, description=f"round {round_number}")
+        pass  # the bar moves per round; failures are listed in the round's line
 
     def round_finished(self, record: RoundRecord) -> None:
         self._progress.console.print(round_line(record, self.rounds), markup=False, highlight=False)
+        self._done = max(self._done, record.round)
+        self._progress.update(self._rounds_bar, completed=self._done, description=f"rounds done: {self._done}")
 
 
 def observer_for(out: TextIO, rounds: int) -> LineObserver | BarObserver:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from agent.audit.verify import verify_log
-from agent.coordinator.federation import load_federation
+from agent.coordinator.federation import Algorithm, load_federation
 from agent.demo.federated import (
     DEMO_PLAN,
     FederatedDemoResult,
@@ -125,7 +125,9 @@ def test_a_site_killed_mid_training_is_reported_and_the_run_finishes(tmp_path: P
 def test_the_coordinate_commands_against_running_agents(tmp_path: Path) -> None:
     setup = prepare(tmp_path / "demo")
     with running_hospitals(setup, io.StringIO()) as agents:
-        plan = dataclasses.replace(DEMO_PLAN, rounds=2, evaluate_every=1)
+        plan = dataclasses.replace(
+            DEMO_PLAN, algorithm=Algorithm.FEDAVG, rounds=2, local_steps=3, local_learning_rate=0.5, evaluate_every=1
+        )
         federation_file = tmp_path / "federation.toml"
         federation_file.write_text(federation_toml(federation_for(agents, setup.pki, plan, federation_file)))
         assert load_federation(federation_file).training == plan
@@ -142,7 +144,8 @@ def test_the_coordinate_commands_against_running_agents(tmp_path: Path) -> None:
         assert trained.returncode == 0, trained.stderr + trained.stdout
         assert "round 2/2  3/3 sites" in trained.stdout
         report = json.loads((run / "report.json").read_text())
-        assert report["algorithm"] == "fedsgd" and len(report["rounds"]) == 2
+        assert report["algorithm"] == "fedavg" and len(report["rounds"]) == 2
+        assert all(r["updated"] and r["metrics"] for r in report["rounds"])
         assert (run / "model.onnx").is_file()
 
         broken = tmp_path / "broken.toml"
