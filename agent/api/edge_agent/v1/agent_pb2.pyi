@@ -830,7 +830,10 @@ class TaskCompleted(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     epsilon_charged: _builtins.float
-    """Privacy cost committed to the ledger for this task."""
+    """The budget group's ε once this task is committed to the ledger: composed
+    over every committed task and every one still in flight (it is not this
+    task's own share; GetBudget before and after gives that).
+    """
     delta: _builtins.float
     def __init__(
         self,
