@@ -33,12 +33,12 @@ from agent.governance.decisions import (
     decide,
 )
 from agent.governance.in_force import PolicyInForce
-from agent.governance.model import DatasetRule, Policy
+from agent.governance.model import CoordinatorRule, DatasetRule, Policy
 from agent.governance.publishers import trust_store
 from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
 from agent.packages.manifest import TaskKind
-from agent.privacy.errors import BudgetExceededError, PrivacyError
-from agent.privacy.ledger import PrivacyLedger, Reservation
+from agent.privacy.errors import AccountingSettingsError, BudgetExceededError, PrivacyError, RateLimitError
+from agent.privacy.ledger import PrivacyLedger, RateLimit, Reservation
 from agent.privacy.mechanism import Mechanism
 from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_package
@@ -197,7 +197,7 @@ class TaskRunner:
             )
         task_id = "task-" + secrets.token_hex(12)
         try:
-            reservation = self._reserve(caller, spec, rule, task_id)
+            reservation = self._reserve(caller, spec, policy, rule, task_id)
         except BaseException:
             with self._lock:
                 self._slots -= 1
@@ -250,7 +250,12 @@ class TaskRunner:
         )
         return admission
 
-    def _reserve(self, caller: str, spec: TaskSpecification, rule: DatasetRule, task_id: str) -> Reservation:
+    def _reserve(
+        self, caller: str, spec: TaskSpecification, policy: Policy, rule: DatasetRule, task_id: str
+    ) -> Reservation:
+        # The rate limits are counted in the ledger's write transaction that inserts the
+        # reservation; decide() saw only a snapshot, which a burst of requests could all pass.
+        coordinator = policy.coordinators.get(caller)
         try:
             return self._ledger.reserve(
                 rule.budget_group,
@@ -261,9 +266,15 @@ class TaskRunner:
                 coordinator=caller,
                 dataset=spec.dataset_id,
                 correlation_id=spec.correlation_id,
+                rate_limits=() if coordinator is None else rate_limits(coordinator),
+                max_settings=policy.limits.max_accounting_settings,
             )
         except BudgetExceededError as exc:
             raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), "budget.exceeded") from None
+        except RateLimitError as exc:
+            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), f"coordinator.rate_{exc.per}") from None
+        except AccountingSettingsError as exc:
+            raise self._refuse(caller, spec, "FAILED_PRECONDITION", str(exc), "budget.accounting_settings") from None
         except PrivacyError as exc:
             self._logger.error("ledger.reserve_failed", error=str(exc))
             message = "the privacy ledger cannot be written; try again later"
@@ -452,6 +463,16 @@ class TaskRunner:
             if claimed:
                 self._slots -= 1
             return claimed
+
+
+def rate_limits(coordinator: CoordinatorRule) -> tuple[RateLimit, ...]:
+    """The coordinator's per-hour and per-day task limits, as the ledger counts them."""
+    limits = []
+    if coordinator.max_tasks_per_hour is not None:
+        limits.append(RateLimit(coordinator.max_tasks_per_hour, dt.timedelta(hours=1), "hour"))
+    if coordinator.max_tasks_per_day is not None:
+        limits.append(RateLimit(coordinator.max_tasks_per_day, dt.timedelta(days=1), "day"))
+    return tuple(limits)
 
 
 def check_result(result: Released, admission: Admission) -> None:
