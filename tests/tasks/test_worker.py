@@ -124,7 +124,9 @@ def test_a_kill_at_the_hard_cpu_limit_is_cpu_time(pool: WorkerPool) -> None:
 # onnxruntime and the isolation wrapper, loaded before the limits apply (as the daemon's PRELOAD does).
 @pytest.fixture(scope="module")
 def onnx_pool() -> WorkerPool:
-    return WorkerPool(preload=["tests.tasks.worker_jobs", "onnxruntime", "agent.runtime.sessions", "tests.runtime.helpers"])
+    return WorkerPool(
+        preload=["tests.tasks.worker_jobs", "onnxruntime", "agent.runtime.sessions", "tests.runtime.helpers"]
+    )
 
 
 def test_onnxruntime_out_of_memory_is_reported_as_memory(onnx_pool: WorkerPool) -> None:
