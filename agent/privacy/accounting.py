@@ -19,14 +19,16 @@ identical steps are grouped into counts (mechanism.step_counts), PLDs are cached
 per (q, sigma) and per (q, sigma, K), and the final ε is cached per multiset.
 
 A budget group's history only grows between reservations (or loses a task that
-was released), so the composed PLDs of recent histories are kept too: the
-history plus one task is the cached history composed with that task's PLD,
-one convolution however many distinct settings the history holds. Only a
-history with no usable cached part (after a restart, or a release) is composed
-from scratch, pairwise in a balanced tree. Composition is exact on the common
-discretisation grid, so both ways give the same ε up to floating-point
-rounding and tail truncation (far below the discretisation's own error; the
-tests compare them), and both are upper bounds.
+was released), so the composed PLDs of recent histories are kept too (in the
+accountant object, least recently used dropped): the history plus one task is
+the cached history composed with that task's PLD, one convolution however many
+distinct settings the history holds. K sampled steps are the K-fold
+composition of one step's discretised PLD whether composed at once or as a
+cached part plus the rest, so both ways give the same ε up to floating-point
+rounding and tail truncation (the tests compare them with a fresh
+composition). Unsampled (q = 1) settings, accounted as one exact Gaussian
+each, are composed whole onto the kept sampled history. A history with no
+cached part (after a restart) is composed from scratch in a balanced tree.
 """
 
 from __future__ import annotations
@@ -129,9 +131,17 @@ class PldAccountant(Accountant):
                 self._histories.move_to_end(counts)
                 return cached
             base, missing = _largest_part(counts, self._histories.items())
-        # Composing what is missing onto the cached part costs one convolution per
-        # setting missing; a fresh tree costs one per setting, plus self-compositions.
-        if base is not None and len(missing) < len(counts):
+        unsampled = tuple(c for c in counts if c[0] == 1.0)
+        if unsampled and len(unsampled) < len(counts):
+            # K unsampled steps are one exact Gaussian (see _build_composed), which adding
+            # steps to a cached history would lose: the sampled part is the history kept
+            # and grown, the unsampled settings are composed onto it whole.
+            pld = self._history(tuple(c for c in counts if c[0] != 1.0))
+            for q, sigma, steps in unsampled:
+                pld = pld.compose(self._composed(q, sigma, steps))
+        elif base is not None and not unsampled:
+            # Sampled steps: K steps are the K-fold composition of one step's PLD whether
+            # they are composed at once or as a cached part plus the rest.
             pld = base
             for q, sigma, steps in missing:
                 pld = pld.compose(self._composed(q, sigma, steps))
