@@ -37,6 +37,7 @@ from agent.governance.model import CoordinatorRule, DatasetRule, Policy
 from agent.governance.publishers import trust_store
 from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
 from agent.packages.manifest import TaskKind
+from agent.packages.verified_cache import VerificationCache
 from agent.privacy.errors import AccountingSettingsError, BudgetExceededError, PrivacyError, RateLimitError
 from agent.privacy.ledger import PrivacyLedger, RateLimit, Reservation
 from agent.privacy.mechanism import Mechanism
@@ -101,6 +102,7 @@ class TaskRunner:
         logger: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         package_limits: PackageLimits | None = None,
+        verified: VerificationCache | None = None,
     ) -> None:
         self._policy = policy
         self._catalog = catalog
@@ -111,6 +113,7 @@ class TaskRunner:
         self._logger = logger
         self._clock = clock
         self._package_limits = package_limits or PackageLimits()
+        self._verified = verified if verified is not None else VerificationCache()
         self._running: dict[str, _Running] = {}
         # Admitted tasks not yet settled, plus admissions in progress.
         self._slots = 0
@@ -144,7 +147,11 @@ class TaskRunner:
                                f"package.{stored.status.value}")
         try:
             # Verified again against the trust store in force: a key revoked since upload stops its packages.
-            verified = self._packages.open_verified(spec.package_digest, trust_store(policy), self._package_limits, now)
+            # (Kept verifications are keyed by the policy and trust store, and end at a key's expiry.)
+            verified = self._verified.open_verified(
+                self._packages, spec.package_digest, trust_store(policy), self._package_limits, now,
+                policy_digest=policy.digest,
+            )
             check_against_package(spec, verified.manifest, verified.eval_onnx is not None)
         except PackageRejected as exc:
             raise self._refuse(caller, spec, exc.code.status.value, str(exc), f"package.{exc.code.value}") from None
