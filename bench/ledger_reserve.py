@@ -9,6 +9,11 @@ the same accountant as the daemon would. Then ``--repeat`` more reservations are
 timed: "warm" is the daemon's steady state (the accountant served the history),
 "cold" is the first reservation after a restart (a new accountant, empty caches).
 Prints milliseconds per reservation.
+
+Measured on 2 shared cores, 100 prior tasks (before -> after keeping composed histories):
+warm 194 -> 87 ms with 1 setting, 404 -> 63 ms with 4, 1480 -> 73 ms with 16; cold
+(first reservation after a restart) unchanged: about 0.55 s, 2-3 s and 12-13 s, mostly
+building each setting's PLD (see agent/privacy/accounting.py).
 """
 
 from __future__ import annotations
