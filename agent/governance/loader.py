@@ -223,6 +223,7 @@ def parse_policy(data: bytes, source: Path) -> Policy:
         max_concurrent_tasks=limits_table.integer("max_concurrent_tasks", d.max_concurrent_tasks, 1, 256),
         task_memory_mb=limits_table.integer("task_memory_mb", d.task_memory_mb, 64, 1024 * 1024),
         task_seconds=limits_table.integer("task_seconds", d.task_seconds, 1, 7 * 86400),
+        max_accounting_settings=limits_table.integer("max_accounting_settings", d.max_accounting_settings, 1, 4096),
     )
     limits_table.finish()
     root.finish()

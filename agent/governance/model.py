@@ -103,6 +103,10 @@ class Limits:
     max_concurrent_tasks: int = 2
     task_memory_mb: int = 4096
     task_seconds: int = 3600
+    # Distinct (sampling rate, noise multiplier) pairs one budget group may be charged
+    # with: each is composed on every reservation, so an unbounded number would let a
+    # coordinator make accounting arbitrarily slow.
+    max_accounting_settings: int = 64
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,15 @@
 
 The server maps them to gRPC statuses: BudgetExceededError is
 RESOURCE_EXHAUSTED, MechanismError is INVALID_ARGUMENT, TaskStateError and
-DuplicateTaskError are FAILED_PRECONDITION, LedgerError is INTERNAL. Messages
-never contain data values, only budget figures, task ids and file names.
+DuplicateTaskError are FAILED_PRECONDITION, LedgerError is INTERNAL,
+RateLimitError is RESOURCE_EXHAUSTED, AccountingSettingsError is
+FAILED_PRECONDITION. Messages never contain data values, only budget figures,
+task ids and file names.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 
 class PrivacyError(Exception):
@@ -86,3 +90,39 @@ class BudgetExceededError(PrivacyError):
     @property
     def remaining(self) -> float:
         return max(self.limit - self.with_reserved, 0.0)
+
+
+class RateLimitError(PrivacyError):
+    """The coordinator already started as many tasks in the window as the policy allows.
+
+    ``retry_at`` is when the oldest of those tasks leaves the window, i.e. the
+    earliest moment another reservation can succeed.
+    """
+
+    def __init__(self, coordinator: str, *, maximum: int, per: str, started: int, retry_at: datetime) -> None:
+        self.coordinator = coordinator
+        self.maximum = maximum
+        self.per = per
+        self.started = started
+        self.retry_at = retry_at
+        super().__init__(
+            f"coordinator {coordinator!r} may start at most {maximum} tasks per {per}; {started} were started "
+            f"in the last {per}, the next may start at {retry_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+class AccountingSettingsError(PrivacyError):
+    """The task would add one (q, sigma) setting too many to its budget group's history.
+
+    Every distinct setting costs the accountant a PLD of its own on every
+    reservation, so their number is capped to keep reservations fast.
+    """
+
+    def __init__(self, budget_group: str, *, maximum: int) -> None:
+        self.budget_group = budget_group
+        self.maximum = maximum
+        super().__init__(
+            f"budget group {budget_group!r} has already been charged with {maximum} distinct (sampling rate, "
+            f"noise multiplier) settings, the most this agent's policy allows (limits.max_accounting_settings); "
+            f"reuse the settings of earlier tasks"
+        )

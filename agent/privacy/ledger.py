@@ -25,19 +25,21 @@ from __future__ import annotations
 import enum
 import math
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.durable_sqlite import read_only, write_transaction
 from agent.privacy.accounting import Accountant, AccountantKind, PldAccountant
 from agent.privacy.errors import (
+    AccountingSettingsError,
     BudgetExceededError,
     DuplicateTaskError,
     LedgerError,
     MechanismError,
+    RateLimitError,
     TaskStateError,
     UnknownTaskError,
 )
@@ -75,6 +77,25 @@ class TaskState(enum.Enum):
     RESERVED = "reserved"
     COMMITTED = "committed"
     RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``maximum`` reservations by one coordinator within ``window`` before now.
+
+    Every reservation counts, released ones too: the task was started.
+    ``per`` names the window in refusals ("hour", "day").
+    """
+
+    maximum: int
+    window: timedelta
+    per: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.maximum, bool) or not isinstance(self.maximum, int) or self.maximum < 0:
+            raise MechanismError(f"a rate limit must be an integer ≥ 0, got {self.maximum!r}")
+        if self.window <= timedelta(0):
+            raise MechanismError(f"a rate-limit window must be positive, got {self.window}")
 
 
 @dataclass(frozen=True)
@@ -165,10 +186,22 @@ class PrivacyLedger:
         coordinator: str,
         dataset: str,
         correlation_id: str,
+        rate_limits: Sequence[RateLimit] = (),
+        max_settings: int | None = None,
     ) -> Reservation:
-        """Reserve the task's cost, or raise BudgetExceededError; the limit and δ come from the policy now."""
+        """Reserve the task's cost; the limit and δ come from the policy now.
+
+        Raises BudgetExceededError over the ε limit, RateLimitError when
+        ``coordinator`` already started ``rate_limits[i].maximum`` tasks in its
+        window, and AccountingSettingsError when the group's in-flight and
+        committed tasks would hold more than ``max_settings`` distinct (q, sigma).
+        All are decided in the one write transaction that inserts the
+        reservation, so concurrent requests cannot pass a limit together.
+        """
         if not task_id or not budget_group:
             raise MechanismError("a reservation needs a task id and a budget group")
+        if max_settings is not None and max_settings < 1:
+            raise MechanismError(f"the number of accounting settings must be ≥ 1, got {max_settings!r}")
         if isinstance(limit_epsilon, bool) or not isinstance(limit_epsilon, int | float):
             raise MechanismError(f"the ε limit must be a number, got {limit_epsilon!r}")
         if not (math.isfinite(limit_epsilon) and limit_epsilon >= 0.0):
@@ -178,13 +211,20 @@ class PrivacyLedger:
         # lock, recompute only if another task changed the group meanwhile.
         with self._read() as conn:
             seen = [] if conn is None else self._mechanisms(conn, budget_group, _ACTIVE)
+        # Checked before composing too: composing is what the cap protects.
+        _check_settings(budget_group, seen, mechanism, max_settings)
         epsilon = self._accountant.epsilon([*seen, mechanism], delta)
-        now = self._clock()
         refused: tuple[list[Mechanism], list[Mechanism]] | None = None
         with self._write() as conn:
+            # The clock is read inside the lock: reservations are stamped in the order
+            # they are made, which the rate-limit count below relies on.
+            now = self._clock()
             if conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone():
                 raise DuplicateTaskError(task_id, f"task {task_id!r} already has a reservation in {self._path}")
+            for rate_limit in rate_limits:
+                self._check_rate(conn, coordinator, rate_limit, now)
             active = self._mechanisms(conn, budget_group, _ACTIVE)
+            _check_settings(budget_group, active, mechanism, max_settings)
             if step_counts(active) != step_counts(seen):
                 epsilon = self._accountant.epsilon([*active, mechanism], delta)
             if epsilon > limit_epsilon:
@@ -348,6 +388,26 @@ class PrivacyLedger:
         except MechanismError as exc:
             raise LedgerError(f"the privacy ledger {self._path} holds an invalid task: {exc}") from exc
 
+    @staticmethod
+    def _check_rate(conn: sqlite3.Connection, coordinator: str, rate_limit: RateLimit, now: datetime) -> None:
+        # A task reserved exactly one window ago has left it: retry_at below is then exact.
+        since = (now - rate_limit.window).astimezone(UTC).isoformat()
+        (started,) = conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE coordinator = ? AND reserved_at > ?", (coordinator, since)
+        ).fetchone()
+        if started < rate_limit.maximum:
+            return
+        # Another task may start once all but maximum - 1 of these have left the window.
+        row = conn.execute(
+            "SELECT reserved_at FROM tasks WHERE coordinator = ? AND reserved_at > ?"
+            " ORDER BY reserved_at LIMIT 1 OFFSET ?",
+            (coordinator, since, started - rate_limit.maximum),
+        ).fetchone()
+        retry_at = now if row is None else datetime.fromisoformat(row[0]) + rate_limit.window
+        raise RateLimitError(
+            coordinator, maximum=rate_limit.maximum, per=rate_limit.per, started=int(started), retry_at=retry_at
+        )
+
     def _state(self, conn: sqlite3.Connection, task_id: str) -> TaskState:
         row = conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
@@ -402,3 +462,18 @@ class PrivacyLedger:
 
 # Tasks whose cost counts against the budget: committed, and reserved (in flight).
 _ACTIVE = (TaskState.COMMITTED, TaskState.RESERVED)
+
+
+def _check_settings(
+    budget_group: str, history: list[Mechanism], mechanism: Mechanism, max_settings: int | None
+) -> None:
+    """Refuses a new (q, sigma) once the history holds ``max_settings`` of them: each costs a PLD to compose.
+
+    A task that reuses a setting is never refused here, even if a lowered cap is
+    already exceeded: it adds no accounting cost.
+    """
+    if max_settings is None:
+        return
+    settings = {(m.sampling_rate, m.noise_multiplier) for m in history}
+    if (mechanism.sampling_rate, mechanism.noise_multiplier) not in settings and len(settings) >= max_settings:
+        raise AccountingSettingsError(budget_group, maximum=max_settings)

@@ -15,6 +15,31 @@ import numpy.typing as npt
 
 from agent.privacy.noise import secure_generator
 
+# How likely a step's sample may be larger than the size its computation is padded to
+# (agent.runtime.tasks): the duration then shows an unusually large sample.
+PADDING_TAIL = 1e-9
+
+
+def padded_sample_size(population: int, rate: float, tail: float = PADDING_TAIL) -> int:
+    """A size that a Poisson sample of ``population`` rows at ``rate`` exceeds with probability ≤ ``tail``.
+
+    The sample size is Binomial(N, q). Bernstein's inequality for a sum of independent
+    Bernoulli variables, P(X - qN ≥ t) ≤ exp(-t² / (2(Nq(1-q) + t/3))), solved for the
+    tail gives t = L/3 + sqrt(L²/9 + 2 Nq(1-q) L) with L = ln(1/tail): about 6.4 standard
+    deviations plus 7 rows at the default tail. Never more than the population.
+    """
+    if isinstance(population, bool) or not isinstance(population, int) or population < 0:
+        raise ValueError(f"the population must be an integer ≥ 0, got {population!r}")
+    if not (math.isfinite(rate) and 0.0 < rate <= 1.0):
+        raise ValueError("the sampling rate must lie in (0, 1]")
+    if not 0.0 < tail < 1.0:
+        raise ValueError("the tail probability must lie in (0, 1)")
+    expected = population * rate
+    variance = expected * (1.0 - rate)
+    log_tail = math.log(1.0 / tail)
+    margin = log_tail / 3.0 + math.sqrt(log_tail * log_tail / 9.0 + 2.0 * variance * log_tail)
+    return min(population, math.ceil(expected + margin))
+
 
 class PoissonSampler:
     """Draws inclusion masks with rate ``q`` in (0, 1]; ``rng`` only for tests."""

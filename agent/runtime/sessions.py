@@ -74,6 +74,7 @@ class CompiledWrapper:
         try:
             self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            _raise_if_out_of_memory(exc)
             raise WrapperBuildError(f"onnxruntime refuses the wrapped package graph ({type(exc).__name__})") from None
 
     def clipped_sum(
@@ -97,6 +98,7 @@ class CompiledWrapper:
         try:
             (result,) = self._session.run([SUM], feeds)
         except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...
+            _raise_if_out_of_memory(exc)
             raise GraphExecutionError(
                 "the package graph failed on an example (for instance an output whose size is not its declared "
                 "parameter's or metric's)",
@@ -109,6 +111,21 @@ class CompiledWrapper:
         return {
             slot.name: flat[slot.offset : slot.offset + slot.size].reshape(slot.shape) for slot in self.layout.slots
         }
+
+
+# How onnxruntime words an allocation that failed (its arena, or C++ operator new under
+# RLIMIT_AS): it raises its generic Fail/RuntimeException types, not MemoryError.
+_ALLOCATION_FAILURES = ("Failed to allocate", "bad_alloc")
+
+
+def _raise_if_out_of_memory(exc: Exception) -> None:
+    """Re-raises onnxruntime's allocation failure as MemoryError: the worker reports it as the memory limit.
+
+    Without this it would be a graph error (or a refused graph), telling the
+    operator nothing about the limit that was hit.
+    """
+    if isinstance(exc, MemoryError) or any(marker in str(exc) for marker in _ALLOCATION_FAILURES):
+        raise MemoryError("onnxruntime could not allocate memory for the package graph") from None
 
 
 class WrapperCache:

@@ -43,11 +43,11 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.privacy.noise import GaussianNoise
-from agent.privacy.sampling import PoissonSampler
+from agent.privacy.sampling import PoissonSampler, padded_sample_size
 from agent.runtime.errors import HyperparameterError, NoUsableRowsError, TaskCancelledError
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
-from agent.runtime.rows import RowSource
+from agent.runtime.rows import RowBatch, RowSource
 from agent.runtime.sessions import CompiledWrapper
 
 Float32Array = npt.NDArray[np.float32]
@@ -119,10 +119,15 @@ class EvaluationSettings:
 @dataclass(frozen=True)
 class Controls:
     """``progress(fraction)`` after each step (fraction of steps done, ending at 1.0);
-    ``cancelled()`` is polled before every batch and raises :class:`TaskCancelledError`."""
+    ``cancelled()`` is polled before every batch and raises :class:`TaskCancelledError`.
+
+    ``pad_timing``: run the wrapper on as many rows in every step whatever the Poisson
+    sample's size (see :func:`_pad`); off only in benchmarks that measure its cost.
+    """
 
     progress: Callable[[float], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    pad_timing: bool = True
 
 
 @dataclass(frozen=True)
@@ -173,14 +178,52 @@ def _sampled_pass(
 ) -> _Pass:
     """One pass over the usable rows with a fresh Poisson sample: the exact clipped sum."""
     result = _Pass(np.zeros(wrapper.layout.size, np.float64))
+    spare: RowBatch | None = None
     for batch in rows.batches():
         if controls.cancelled is not None and controls.cancelled():
             raise TaskCancelledError("the task was cancelled")
         result.usable += batch.size
         sample = batch.select(sampler.mask(batch.size))
         result.sampled += sample.size
+        if spare is None or (spare.size == 0 and sample.size > 0):
+            # Rows to pad with: sampled ones, or zeros of the right shape (no row's values)
+            # if nothing was sampled. Copied so as not to keep the whole batch in memory.
+            source = sample if sample.size > 0 else RowBatch(np.zeros_like(batch.x[:1]), np.zeros_like(batch.y[:1]))
+            spare = RowBatch(source.x[:_PAD_CHUNK].copy(), source.y[:_PAD_CHUNK].copy())
         result.total += wrapper.clipped_sum(parameters, sample, clip_norm)
+    if controls.pad_timing and spare is not None:
+        _pad(wrapper, parameters, spare, clip_norm, padded_sample_size(result.usable, sampler.rate) - result.sampled)
     return result
+
+
+# Padding rows are run through the wrapper this many at a time (bounded memory).
+_PAD_CHUNK = 4096
+
+
+def _pad(
+    wrapper: CompiledWrapper,
+    parameters: Mapping[str, Float32Array],
+    spare: RowBatch,
+    clip_norm: float | None,
+    rows: int,
+) -> None:
+    """Runs the wrapper on ``rows`` more rows and throws the result away.
+
+    A step's duration would otherwise grow with its Poisson sample's size, which is
+    not noised: a coordinator timing the steps (progress messages arrive after each)
+    would learn it. Each step instead runs the wrapper on padded_sample_size(N, q)
+    rows, a size that depends only on the number of usable rows N (which the full
+    pass over the data reveals to a timer anyway) and on q, and that the sample
+    exceeds with probability at most 1e-9. The extra rows repeat the step's own
+    sampled rows, so they cost what sampled rows cost (validated graphs have no
+    data-dependent shapes) and make the step depend on no row outside its sample;
+    their results never reach the released sums.
+    """
+    while rows > 0:
+        count = min(rows, _PAD_CHUNK)
+        cycle = np.arange(count) % spare.size  # as many calls, of the same sizes, however few rows spare has
+        wrapper.clipped_sum(parameters, RowBatch(spare.x[cycle], spare.y[cycle]), clip_norm)  # result discarded
+        rows -= count
 
 
 def _require(wrapper: CompiledWrapper, role: GraphRole) -> None:

@@ -33,12 +33,13 @@ from agent.governance.decisions import (
     decide,
 )
 from agent.governance.in_force import PolicyInForce
-from agent.governance.model import DatasetRule, Policy
+from agent.governance.model import CoordinatorRule, DatasetRule, Policy
 from agent.governance.publishers import trust_store
 from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
 from agent.packages.manifest import TaskKind
-from agent.privacy.errors import BudgetExceededError, PrivacyError
-from agent.privacy.ledger import PrivacyLedger, Reservation
+from agent.packages.verified_cache import VerificationCache
+from agent.privacy.errors import AccountingSettingsError, BudgetExceededError, PrivacyError, RateLimitError
+from agent.privacy.ledger import PrivacyLedger, RateLimit, Reservation
 from agent.privacy.mechanism import Mechanism
 from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_package
@@ -101,6 +102,7 @@ class TaskRunner:
         logger: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         package_limits: PackageLimits | None = None,
+        verified: VerificationCache | None = None,
     ) -> None:
         self._policy = policy
         self._catalog = catalog
@@ -111,6 +113,7 @@ class TaskRunner:
         self._logger = logger
         self._clock = clock
         self._package_limits = package_limits or PackageLimits()
+        self._verified = verified if verified is not None else VerificationCache()
         self._running: dict[str, _Running] = {}
         # Admitted tasks not yet settled, plus admissions in progress.
         self._slots = 0
@@ -144,7 +147,11 @@ class TaskRunner:
                                f"package.{stored.status.value}")
         try:
             # Verified again against the trust store in force: a key revoked since upload stops its packages.
-            verified = self._packages.open_verified(spec.package_digest, trust_store(policy), self._package_limits, now)
+            # (Kept verifications are keyed by the policy and trust store, and end at a key's expiry.)
+            verified = self._verified.open_verified(
+                self._packages, spec.package_digest, trust_store(policy), self._package_limits, now,
+                policy_digest=policy.digest,
+            )
             check_against_package(spec, verified.manifest, verified.eval_onnx is not None)
         except PackageRejected as exc:
             raise self._refuse(caller, spec, exc.code.status.value, str(exc), f"package.{exc.code.value}") from None
@@ -197,7 +204,7 @@ class TaskRunner:
             )
         task_id = "task-" + secrets.token_hex(12)
         try:
-            reservation = self._reserve(caller, spec, rule, task_id)
+            reservation = self._reserve(caller, spec, policy, rule, task_id)
         except BaseException:
             with self._lock:
                 self._slots -= 1
@@ -250,7 +257,12 @@ class TaskRunner:
         )
         return admission
 
-    def _reserve(self, caller: str, spec: TaskSpecification, rule: DatasetRule, task_id: str) -> Reservation:
+    def _reserve(
+        self, caller: str, spec: TaskSpecification, policy: Policy, rule: DatasetRule, task_id: str
+    ) -> Reservation:
+        # The rate limits are counted in the ledger's write transaction that inserts the
+        # reservation; decide() saw only a snapshot, which a burst of requests could all pass.
+        coordinator = policy.coordinators.get(caller)
         try:
             return self._ledger.reserve(
                 rule.budget_group,
@@ -261,9 +273,15 @@ class TaskRunner:
                 coordinator=caller,
                 dataset=spec.dataset_id,
                 correlation_id=spec.correlation_id,
+                rate_limits=() if coordinator is None else rate_limits(coordinator),
+                max_settings=policy.limits.max_accounting_settings,
             )
         except BudgetExceededError as exc:
             raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), "budget.exceeded") from None
+        except RateLimitError as exc:
+            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), f"coordinator.rate_{exc.per}") from None
+        except AccountingSettingsError as exc:
+            raise self._refuse(caller, spec, "FAILED_PRECONDITION", str(exc), "budget.accounting_settings") from None
         except PrivacyError as exc:
             self._logger.error("ledger.reserve_failed", error=str(exc))
             message = "the privacy ledger cannot be written; try again later"
@@ -452,6 +470,16 @@ class TaskRunner:
             if claimed:
                 self._slots -= 1
             return claimed
+
+
+def rate_limits(coordinator: CoordinatorRule) -> tuple[RateLimit, ...]:
+    """The coordinator's per-hour and per-day task limits, as the ledger counts them."""
+    limits = []
+    if coordinator.max_tasks_per_hour is not None:
+        limits.append(RateLimit(coordinator.max_tasks_per_hour, dt.timedelta(hours=1), "hour"))
+    if coordinator.max_tasks_per_day is not None:
+        limits.append(RateLimit(coordinator.max_tasks_per_day, dt.timedelta(days=1), "day"))
+    return tuple(limits)
 
 
 def check_result(result: Released, admission: Admission) -> None:

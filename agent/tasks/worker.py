@@ -55,6 +55,11 @@ _PR_SET_DUMPABLE = 4
 # How often the parent checks for cancellation while waiting for the worker.
 _POLL_SECONDS = 0.05
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+# Encoded before the task runs: after a MemoryError there may be no memory to encode it.
+_MEMORY_HEADER = json.dumps({"tag": "memory", "detail": "MemoryError"}).encode()
+
 
 class FailureKind(enum.Enum):
     MEMORY = "memory"  # the address-space limit was hit
@@ -155,14 +160,19 @@ class WorkerPool:
     ) -> Released:
         deadline = time.monotonic() + limits.wall_seconds
         progressed = False
+        # The worker's CPU time as last seen alive: tells a kill at the hard CPU limit
+        # from one by the kernel's out-of-memory killer (both are SIGKILL).
+        cpu_seen: float | None = None
         try:
             while True:
+                cpu_now = _cpu_seconds(process.pid)
+                cpu_seen = cpu_seen if cpu_now is None else cpu_now
                 # Everything the worker already sent is read before a cancellation or the
                 # deadline is acted on: a worker that had begun reading rows must be known
                 # as such (it is charged).
                 if receiver.poll(_POLL_SECONDS):
                     while True:
-                        header = self._next_header(receiver, process, limits)
+                        header = self._next_header(receiver, process, limits, cpu_seen)
                         tag = header.get("tag")
                         if tag == "progress":
                             progressed = True
@@ -184,7 +194,7 @@ class WorkerPool:
                 # A worker that died without closing its pipe (or never started) must not
                 # leave the task waiting for the wall-clock limit.
                 if not process.is_alive() and not receiver.poll(0):
-                    raise _death(process.exitcode, limits)
+                    raise _death(process.exitcode, limits, cpu_seen)
         except TaskFailedError as exc:
             exc.progressed = exc.progressed or progressed
             raise
@@ -194,12 +204,13 @@ class WorkerPool:
         receiver: multiprocessing.connection.Connection,
         process: multiprocessing.process.BaseProcess,
         limits: WorkerLimits,
+        cpu_seen: float | None,
     ) -> dict[str, Any]:
         try:
             return _header(receiver.recv_bytes(_MAX_HEADER_BYTES))
         except (EOFError, OSError):
             process.join(timeout=5)
-            raise _death(process.exitcode, limits) from None
+            raise _death(process.exitcode, limits, cpu_seen) from None
 
 
 def _failure(header: dict[str, Any], limits: WorkerLimits) -> TaskFailedError:
@@ -207,11 +218,7 @@ def _failure(header: dict[str, Any], limits: WorkerLimits) -> TaskFailedError:
     if tag == "refused":
         return TaskFailedError(FailureKind.TASK_ERROR, str(header.get("message", ""))[:2000])
     if tag == "memory":
-        return TaskFailedError(
-            FailureKind.MEMORY,
-            f"the task needed more than its memory limit of {limits.memory_bytes // 2**20} MiB",
-            str(header.get("detail", "")),
-        )
+        return _memory_failure(limits, str(header.get("detail", "")))
     return TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", str(header.get("detail", header)))
 
 
@@ -263,17 +270,53 @@ def _read_result(header: dict[str, Any], receiver: multiprocessing.connection.Co
         raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", f"bad result: {exc}") from None
 
 
-def _death(exitcode: int | None, limits: WorkerLimits) -> TaskFailedError:
-    if exitcode in {-signal.SIGXCPU, -signal.SIGKILL}:
-        # The kernel sends SIGXCPU at the soft CPU limit and SIGKILL at the hard one.
-        return TaskFailedError(
-            FailureKind.CPU_TIME, f"the task used more than its CPU-time limit of {limits.cpu_seconds} s"
-        )
+def _memory_failure(limits: WorkerLimits, detail: str) -> TaskFailedError:
+    return TaskFailedError(
+        FailureKind.MEMORY,
+        f"the task needed more than its memory limit (address space) of {limits.memory_bytes // 2**20} MiB",
+        detail,
+    )
+
+
+def _death(exitcode: int | None, limits: WorkerLimits, cpu_seen: float | None = None) -> TaskFailedError:
+    """Why a worker died without saying so, from its exit status and the CPU time it was last seen with."""
+    cpu_failure = TaskFailedError(
+        FailureKind.CPU_TIME, f"the task used more than its CPU-time limit of {limits.cpu_seconds} s"
+    )
+    if exitcode == -signal.SIGXCPU:
+        # The kernel sends SIGXCPU at the soft CPU limit, and only for it.
+        return cpu_failure
+    if exitcode == -signal.SIGKILL:
+        # SIGKILL comes at the hard CPU limit (soft + 2 s) if SIGXCPU did not end the
+        # worker, and from the kernel's out-of-memory killer (the daemon's own kills,
+        # on cancellation or the wall clock, are reported before the worker is reaped).
+        # A worker last seen below its soft CPU limit cannot have reached the hard one.
+        if cpu_seen is None:
+            return TaskFailedError(FailureKind.CRASHED, "the task's worker process died", "killed by SIGKILL")
+        if cpu_seen >= limits.cpu_seconds:
+            return cpu_failure
+        return _memory_failure(limits, f"killed by SIGKILL after {cpu_seen:.2f} s of CPU: out-of-memory killer")
     if exitcode is not None and exitcode < 0:
         return TaskFailedError(
             FailureKind.CRASHED, "the task's worker process died", f"killed by {signal.Signals(-exitcode).name}"
         )
     return TaskFailedError(FailureKind.CRASHED, "the task's worker process died", f"exit code {exitcode}")
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User plus system CPU time of a live process, from /proc (None where that is not readable).
+
+    The worker is the forkserver's child, not ours, so wait4's rusage is not available.
+    """
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        # After the command name: state is field 3 of proc(5), utime 14 and stime 15.
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -330,7 +373,7 @@ def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]
     except TaskInputError as exc:
         send({"tag": "refused", "message": str(exc)})
     except MemoryError:
-        send({"tag": "memory", "detail": "MemoryError"})
+        sender.send_bytes(_MEMORY_HEADER)
     except Exception as exc:
         # onnxruntime reports allocation failures as its own exception types.
         kind = "memory" if "bad_alloc" in str(exc) or "Failed to allocate" in str(exc) else "crashed"

@@ -107,6 +107,7 @@ revoked = true
         (MINIMAL + '[[publishers]]\nname = "p"\npublic_key = "AAAA"\nnamespaces = [""]\n',
          "publishers[0].namespaces[0]", "non-empty string"),
         (MINIMAL + "[limits]\nmax_concurrent_tasks = 0\n", "limits.max_concurrent_tasks", "between"),
+        (MINIMAL + "[limits]\nmax_accounting_settings = 0\n", "limits.max_accounting_settings", "between"),
         (MINIMAL + "[packages]\nrequire_approval = 1\n", "packages.require_approval", "true or false"),
         (MINIMAL + MINIMAL.split("[[datasets]]", maxsplit=1)[0], "coordinators[1].identity", "listed twice"),
         (MINIMAL + "[surprise]\n", "surprise", "unknown key"),

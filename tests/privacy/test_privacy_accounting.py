@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import dp_accounting  # type: ignore[import-untyped]
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from agent.privacy.accounting import AccountantKind, PldAccountant, RdpAccountant, make_accountant
 from agent.privacy.errors import MechanismError
-from agent.privacy.mechanism import Mechanism, combined_noise_multiplier, step_counts
+from agent.privacy.mechanism import Mechanism, StepCounts, combined_noise_multiplier, step_counts
 
 # Abadi et al. / TF-Privacy MNIST settings: N=60000, batch 256, sigma 1.1, 60 epochs, delta 1e-5.
 MNIST = Mechanism.dp_local_training(256 / 60000, 1.1, int(60 * 60000 / 256))
@@ -199,3 +200,52 @@ def test_pld_less_noise_never_costs_less(q: float, sigma: float, shrink: float, 
     assert accountant.epsilon([Mechanism(q, sigma * shrink, steps)], DELTA) >= accountant.epsilon(
         [Mechanism(q, sigma, steps)], DELTA
     )
+
+
+class CountingPld(PldAccountant):
+    """Counts compositions from scratch, to show which ε came from a cached history."""
+
+    def __init__(self) -> None:
+        super().__init__(FAST_PLD)
+        self.fresh_compositions = 0
+
+    def fresh(self, counts: StepCounts) -> Any:
+        self.fresh_compositions += 1
+        return super().fresh(counts)
+
+
+_MIX = [
+    Mechanism(0.02, 1.2, 30),
+    Mechanism(1.0, 3.0, 2),
+    Mechanism(0.05, 1.0, 10),
+    Mechanism(0.01, 0.8, 50),
+    Mechanism.dp_gradient(0.004, 1.1),
+]
+
+
+def test_a_growing_history_is_composed_incrementally_with_the_fresh_epsilon() -> None:
+    """What a ledger does: one more task per reservation, now and then one released."""
+    accountant = CountingPld()
+    history: list[Mechanism] = []
+    for i in range(10):
+        history.append(_MIX[(3 * i) % len(_MIX)])
+        if i == 6:
+            history.pop(2)  # a release: the history shrinks to one no longer cached
+        incremental = accountant.epsilon(history, DELTA)
+        fresh = PldAccountant(FAST_PLD).epsilon(history, DELTA)
+        assert incremental == pytest.approx(fresh, rel=1e-5)
+    # Only the first history was composed from scratch: every later one, the one after
+    # the release too, grew a kept history of its sampled tasks (the unsampled q = 1
+    # setting, one exact Gaussian, is composed onto it whole).
+    assert accountant.fresh_compositions == 1
+
+
+@settings(max_examples=5, deadline=None)
+@given(order=st.lists(st.integers(0, len(_MIX) - 1), min_size=2, max_size=6))
+def test_any_order_of_tasks_gives_the_fresh_epsilon(order: list[int]) -> None:
+    accountant = PldAccountant(FAST_PLD)
+    history = [_MIX[i] for i in order]
+    for end in range(1, len(history) + 1):
+        accountant.epsilon(history[:end], DELTA)
+    fresh = PldAccountant(FAST_PLD).epsilon(history, DELTA)
+    assert accountant.epsilon(history, DELTA) == pytest.approx(fresh, rel=1e-5)

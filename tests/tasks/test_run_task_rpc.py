@@ -29,13 +29,21 @@ from tests.packages.package_builders import good_package, new_key
 ROWS = 400
 
 
-def policy_text(publisher: AgentKey, *, budget: float = 50.0, extra_dataset: str = "", max_concurrent: int = 4) -> str:
+def policy_text(
+    publisher: AgentKey,
+    *,
+    budget: float = 50.0,
+    extra_dataset: str = "",
+    max_concurrent: int = 4,
+    extra_coordinator: str = "",
+) -> str:
     key = base64.b64encode(publisher.public_bytes).decode()
     return f"""
 [[coordinators]]
 identity = "{COORDINATOR_URI}"
 datasets = ["cohort", "tiny"]
 task_kinds = ["dp_gradient", "dp_local_training", "dp_evaluate"]
+{extra_coordinator}
 
 [[coordinators]]
 identity = "cn-only-coordinator"
@@ -448,6 +456,33 @@ def test_concurrency_limit_holds_under_a_burst(tmp_path: Path, pki: Pki, publish
             running += change
             peak = max(peak, running)
         assert peak <= 2
+    finally:
+        agent.channel.close()
+        agent.process.stop()
+
+
+def test_rate_limit_holds_under_a_burst(tmp_path: Path, pki: Pki, publisher: AgentKey) -> None:
+    agent = start(tmp_path, pki, publisher, max_concurrent=16, extra_coordinator="max_tasks_per_hour = 3")
+    try:
+        errors: list[grpc.RpcError] = []
+        start_together = threading.Barrier(12)
+
+        def attempt() -> None:
+            start_together.wait()
+            try:
+                run(agent, spec(agent))
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=attempt) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(errors) == 9
+        assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all("at most 3 tasks per hour" in (e.details() or "") for e in errors)
+        assert len(agent.audit("task.started")) == 3
     finally:
         agent.channel.close()
         agent.process.stop()

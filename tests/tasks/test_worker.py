@@ -106,3 +106,40 @@ def test_a_hostile_worker_cannot_send_objects_to_the_daemon(pool: WorkerPool, tm
 def test_malformed_results_are_crashes(pool: WorkerPool, kind: str) -> None:
     caught = failure(pool, worker_jobs.hostile_result, kind)
     assert caught.kind is FailureKind.CRASHED and "bad result" in caught.detail
+
+
+def test_a_kill_below_the_cpu_limit_is_memory_not_cpu_time(pool: WorkerPool) -> None:
+    # SIGKILL with little CPU used: the kernel's out-of-memory killer, not the hard CPU limit.
+    caught = failure(pool, worker_jobs.kill_self, None)
+    assert caught.kind is FailureKind.MEMORY and "2048 MiB" in caught.message
+    assert "CPU" not in caught.message
+
+
+def test_a_kill_at_the_hard_cpu_limit_is_cpu_time(pool: WorkerPool) -> None:
+    limits = WorkerLimits(memory_bytes=LIMITS.memory_bytes, cpu_seconds=1, wall_seconds=30)
+    caught = failure(pool, worker_jobs.spin_past_sigxcpu, 20.0, limits)
+    assert caught.kind is FailureKind.CPU_TIME and "CPU-time limit of 1 s" in caught.message
+
+
+# onnxruntime and the isolation wrapper, loaded before the limits apply (as the daemon's PRELOAD does).
+@pytest.fixture(scope="module")
+def onnx_pool() -> WorkerPool:
+    return WorkerPool(
+        preload=["tests.tasks.worker_jobs", "onnxruntime", "agent.runtime.sessions", "tests.runtime.helpers"]
+    )
+
+
+def test_onnxruntime_out_of_memory_is_reported_as_memory(onnx_pool: WorkerPool) -> None:
+    limits = WorkerLimits(memory_bytes=2048 * 1024**2, cpu_seconds=30, wall_seconds=60)
+    # Each example expands to 200M x 4 float32: 3.2 GB, over the 2 GiB address space.
+    caught = failure(onnx_pool, worker_jobs.graph_memory_hog, 200_000_000, limits)
+    assert caught.kind is FailureKind.MEMORY, caught.detail
+    assert "memory limit (address space) of 2048 MiB" in caught.message
+    # Within the limit the same graph runs.
+    assert set(onnx_pool.run(worker_jobs.graph_memory_hog, 1000, limits).tensors) == {"sum"}
+
+
+def test_onnxruntime_cpu_hog_is_reported_as_cpu_time(onnx_pool: WorkerPool) -> None:
+    limits = WorkerLimits(memory_bytes=LIMITS.memory_bytes, cpu_seconds=1, wall_seconds=60)
+    caught = failure(onnx_pool, worker_jobs.graph_cpu_hog, 1000, limits)
+    assert caught.kind is FailureKind.CPU_TIME and "CPU-time limit of 1 s" in caught.message

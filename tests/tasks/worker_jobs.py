@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import time
 from typing import Any
 
@@ -80,3 +81,70 @@ def hostile_result(kind: str, progress: Progress) -> Released:
     sender.send_bytes(json.dumps(headers[kind]).encode())
     sender.send_bytes(b"\0" * 8)
     os._exit(0)
+
+
+def kill_self(_: None, progress: Progress) -> Released:
+    """What the kernel's out-of-memory killer does: SIGKILL, long before any CPU limit."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)
+    return Released({}, {})
+
+
+def spin_past_sigxcpu(seconds: float, progress: Progress) -> Released:
+    """A worker that survives the soft CPU limit is SIGKILLed at the hard one."""
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    return spin(seconds, progress)
+
+
+def _wrapper(nodes: list[Any]) -> Any:
+    from agent.runtime.isolation import GraphRole
+    from agent.runtime.sessions import CompiledWrapper
+    from tests.runtime.helpers import hostile_manifest, single_example_graph
+
+    return CompiledWrapper(single_example_graph(nodes, check=False), hostile_manifest(), GraphRole.GRADIENT)
+
+
+def _run_wrapper(nodes: list[Any], rows: int) -> Released:
+    from agent.runtime.rows import RowBatch
+    from tests.runtime.helpers import F, hostile_params
+
+    wrapper = _wrapper(nodes)
+    x = np.ones((rows, F), np.float32)
+    total = wrapper.clipped_sum(hostile_params(np.random.default_rng(0)), RowBatch(x, np.ones(rows, np.float32)), 1.0)
+    return Released({"sum": total}, {})
+
+
+def graph_memory_hog(expanded_rows: int, progress: Progress) -> Released:
+    """A per-example graph that expands each row to ``expanded_rows`` copies, run by onnxruntime."""
+    from tests.runtime.helpers import F, const, node, zero_loss
+
+    nodes = [
+        const("shape", [expanded_rows, F], np.int64),
+        node("Expand", ["x", "shape"], "copies"),
+        const("axis0", [0], np.int64),
+        node("ReduceSum", ["copies", "axis0"], "grad_w", keepdims=0),
+        node("ReduceSum", ["x"], "grad_b", keepdims=0),
+        *zero_loss(),
+    ]
+    progress(0.0, "computing")
+    return _run_wrapper(nodes, 2)
+
+
+def graph_cpu_hog(rows: int, progress: Progress) -> Released:
+    """A per-example graph that multiplies two 1000x1000 matrices built from the row, run by onnxruntime."""
+    from tests.runtime.helpers import F, const, node, zero_loss
+
+    nodes = [
+        const("repeats", [1000 * 1000 // F], np.int64),
+        const("rows", [1000, 1000], np.int64),
+        node("Tile", ["x", "repeats"], "wide"),
+        node("Reshape", ["wide", "rows"], "square"),
+        node("MatMul", ["square", "square"], "p1"),
+        node("MatMul", ["p1", "square"], "p2"),
+        node("ReduceSum", ["p2"], "total", keepdims=0),
+        node("Mul", ["x", "total"], "grad_w"),
+        node("ReduceSum", ["x"], "grad_b", keepdims=0),
+        *zero_loss(),
+    ]
+    progress(0.0, "computing")
+    return _run_wrapper(nodes, rows)
