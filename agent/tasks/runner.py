@@ -46,6 +46,7 @@ from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_pac
 from agent.tasks.worker import FailureKind, Released, TaskFailedError, WorkerLimits, WorkerPool
 
 # What the coordinator hears about any failure after rows were read (the details stay in the local log).
+RESOURCE_FAILURES = frozenset({FailureKind.MEMORY, FailureKind.CPU_TIME, FailureKind.WALL_TIME})
 DATA_FAILURE = "the task failed while computing on the dataset; it was charged. The hospital's log has the details"
 
 
@@ -384,9 +385,14 @@ class TaskRunner:
             check_result(result, admission)
         except TaskFailedError as exc:
             # Once rows were read, whether and how the task failed may depend on them
-            # (a hostile graph can fail on chosen rows): that failure is charged, and
-            # told only as one generic status so it carries as little as possible.
+            # (a hostile graph can fail on chosen rows): that failure is charged, and a
+            # graph failure is told only as one generic status. Resource limits keep
+            # their status (the contract's RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED):
+            # with static shapes and the same number of rows per step, memory and time
+            # depend on the package and the dataset's size, not on row values.
             self.fail(admission, exc.kind.value, exc.message, exc.detail, charge=exc.progressed)
+            if exc.progressed and exc.kind in RESOURCE_FAILURES:
+                raise TaskFailedError(exc.kind, f"{exc.message}; it was charged", progressed=True) from None
             if exc.progressed and exc.kind is not FailureKind.CANCELLED:
                 raise TaskFailedError(FailureKind.CRASHED, DATA_FAILURE, progressed=True) from None
             raise
