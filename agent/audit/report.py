@@ -66,7 +66,7 @@ def budget_series(
 
     The cumulative value is the ledger's own figure (`budget_epsilon_spent`)
     when the entry carries it, otherwise the running sum of `epsilon_charged`
-    (basic composition: an upper bound of what a tighter accountant reports).
+    (each task's share of the composed ε: the shares add up to the ledger's total).
     Limits: `budgets[dataset]` when given, else the last `budget_epsilon_limit` logged.
     """
     by_dataset: dict[str, BudgetSeries] = {}

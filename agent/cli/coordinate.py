@@ -108,7 +108,8 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             print(
                 f"{site.site}: ε {site.epsilon_spent:.3f} of {site.epsilon_limit:g} spent "
-                f"(this run added {site.epsilon_added:.3f}); {site.rounds_contributed} rounds contributed"
+                f"(this run added {site.epsilon_added:.3f}; its tasks' shares {site.epsilon_charged_by_run:.3f}); "
+                f"{site.rounds_contributed} rounds contributed"
             )
     if outcome.model_path is not None:
         print(f"model: {outcome.model_path}")

@@ -24,8 +24,8 @@ class SiteTask:
     kind: str
     status: str
     seconds: float
-    # The budget group's ε once this task was counted, as the agent reported it.
-    budget_epsilon: float = 0.0
+    # This task's share of the budget group's ε, as the agent reported it.
+    epsilon_charged: float = 0.0
     detail: str = ""
 
 
@@ -58,6 +58,8 @@ class SiteSummary:
     # From the agent's GetBudget before and after the run (None if it could not be asked).
     # Their difference is what the run added, exactly so if nobody else used the budget meanwhile.
     epsilon_spent_before: float | None = None
+    # The sum of the run's task shares, as the agent reported them per task.
+    epsilon_charged_by_run: float = 0.0
     # The budget group's ε after the site's last task in this run, as its agent reported it
     # (a lower bound of what it has spent when the final GetBudget could not be asked).
     epsilon_last_reported: float = 0.0

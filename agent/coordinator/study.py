@@ -106,6 +106,7 @@ def _summary(client: AgentClient, ready: ReadySite, result: TrainingResult) -> S
         agent_id=ready.agent_id,
         rounds_contributed=result.charged[site.name].rounds_contributed,
         epsilon_spent_before=ready.epsilon_before,
+        epsilon_charged_by_run=result.charged[site.name].epsilon,
         epsilon_last_reported=result.charged[site.name].budget_epsilon,
     )
     try:

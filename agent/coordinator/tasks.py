@@ -21,9 +21,11 @@ class TaskRun:
     task_id: str
     tensors: Mapping[str, npt.NDArray[np.generic]]
     scalars: Mapping[str, float]
+    # This task's share of the budget group's ε, and the group's ε with it counted.
     epsilon_charged: float
     delta: float
     progress: tuple[tuple[float, str], ...]
+    budget_epsilon_spent: float = 0.0
 
 
 class TaskProtocolError(Exception):
@@ -63,9 +65,7 @@ def run_task(
         for index in indexes:
             array = parameters[index][1]
             for offset, data in chunks(to_wire(array, str(array.dtype))):
-                yield pb.RunTaskRequest(
-                    parameter_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data)
-                )
+                yield pb.RunTaskRequest(parameter_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
 
     call = stub.RunTask(requests(), timeout=timeout)
     progress: list[tuple[float, str]] = []
@@ -99,6 +99,7 @@ def run_task(
                     scalars=scalars,
                     epsilon_charged=event.completed.epsilon_charged,
                     delta=event.completed.delta,
+                    budget_epsilon_spent=event.completed.budget_epsilon_spent,
                     progress=tuple(progress),
                 )
         raise TaskProtocolError("the agent ended the task stream without a result")

@@ -64,6 +64,8 @@ class SiteLedger:
     """What the run did at one site."""
 
     rounds_contributed: int = 0
+    # Sum of the tasks' shares of the budget group's ε, as the agent reported them.
+    epsilon: float = 0.0
     # The budget group's ε after the site's latest task, as the agent reported it.
     budget_epsilon: float = 0.0
 
@@ -286,7 +288,8 @@ class FederatedTraining:
                 status, detail = _failure(exc)
                 task = SiteTask(name, kind, status, self._clock() - started, detail=detail)
             else:
-                charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.epsilon_charged)
+                charged[name].epsilon += run.epsilon_charged
+                charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.budget_epsilon_spent)
                 problem = self._release_problem(run, kind)
                 if problem:
                     task = SiteTask(name, kind, "INVALID_RESULT", self._clock() - started, run.epsilon_charged, problem)

@@ -108,6 +108,12 @@ class Reservation:
     limit_epsilon: float
     delta: float
     reserved_at: datetime
+    # The same without this task: after - before is this task's share of the group's ε.
+    epsilon_before: float = 0.0
+
+    @property
+    def epsilon_share(self) -> float:
+        return max(0.0, self.epsilon_after - self.epsilon_before)
 
 
 @dataclass(frozen=True)
@@ -261,7 +267,9 @@ class PrivacyLedger:
                 limit=float(limit_epsilon),
                 delta=delta,
             )
-        return Reservation(task_id, budget_group, mechanism, epsilon, float(limit_epsilon), delta, now)
+        # Outside the lock; the accountant keeps the group's composed history, so this is cheap.
+        before = self._accountant.epsilon(active, delta) if active else 0.0
+        return Reservation(task_id, budget_group, mechanism, epsilon, float(limit_epsilon), delta, now, before)
 
     def commit(self, task_id: str) -> None:
         """Make the reservation spent for good; returns only once that is on disk.

@@ -287,6 +287,9 @@ class TaskEndpoints:
                 yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
         yield pb.TaskEvent(
             completed=pb.TaskCompleted(
-                task_id=admission.task_id, epsilon_charged=outcome.epsilon_charged, delta=outcome.delta
+                task_id=admission.task_id,
+                epsilon_charged=outcome.epsilon_charged,
+                delta=outcome.delta,
+                budget_epsilon_spent=outcome.budget_epsilon_spent,
             )
         )

@@ -67,7 +67,9 @@ class Admission:
     spec: TaskSpecification
     job_template: TaskJob
     budget_group: str
+    # The group's ε with this task counted, and this task's share of it (after - before).
     epsilon_reserved: float
+    epsilon_share: float
     epsilon_limit: float
     delta: float
     limits: WorkerLimits
@@ -77,8 +79,10 @@ class Admission:
 class TaskOutcome:
     tensors: Mapping[str, npt.NDArray[np.generic]]
     scalars: Mapping[str, float]
-    # The budget group's ε with this task counted (ε composes, it does not add up).
+    # This task's share of the group's ε: how much committing it raised the composed ε.
     epsilon_charged: float
+    # The budget group's ε with this task counted (ε composes, it does not add up).
+    budget_epsilon_spent: float
     delta: float
 
 
@@ -228,6 +232,7 @@ class TaskRunner:
             ),
             budget_group=rule.budget_group,
             epsilon_reserved=reservation.epsilon_after,
+            epsilon_share=reservation.epsilon_share,
             epsilon_limit=rule.epsilon_budget,
             delta=rule.delta,
             limits=WorkerLimits(
@@ -419,14 +424,16 @@ class TaskRunner:
             budget_group=admission.budget_group,
             package=admission.spec.package_digest,
             task_kind=admission.spec.kind.value,
-            epsilon_charged=admission.epsilon_reserved,
+            epsilon_charged=admission.epsilon_share,
             budget_epsilon_spent=admission.epsilon_reserved,
             budget_epsilon_limit=admission.epsilon_limit,
             delta=admission.delta,
             released=sorted([*result.tensors, *result.scalars]),
             correlation_id=admission.spec.correlation_id,
         )
-        return TaskOutcome(result.tensors, result.scalars, admission.epsilon_reserved, admission.delta)
+        return TaskOutcome(
+            result.tensors, result.scalars, admission.epsilon_share, admission.epsilon_reserved, admission.delta
+        )
 
     def fail(self, admission: Admission, code: str, message: str, detail: str = "", *, charge: bool = False) -> None:
         """The task ends without a result: release its reservation (or charge it) and audit why."""
@@ -452,7 +459,8 @@ class TaskRunner:
             code=code,
             reason=message,
             charged=charge,
-            epsilon_charged=admission.epsilon_reserved if charge else 0.0,
+            epsilon_charged=admission.epsilon_share if charge else 0.0,
+            budget_epsilon_spent=admission.epsilon_reserved if charge else None,
             budget_epsilon_limit=admission.epsilon_limit,
             correlation_id=admission.spec.correlation_id,
         )

@@ -70,6 +70,8 @@ def test_every_ledger_shows_the_epsilon_the_coordinator_reports(demo: tuple[Fede
         assert site["epsilon_spent_before"] == 0.0
         assert site["epsilon_added"] == pytest.approx(site["epsilon_spent"], abs=1e-12)
         assert site["epsilon_last_reported"] == pytest.approx(site["epsilon_spent"], rel=1e-9)
+        # Each task's share is how much it raised the composed ε: the shares add up to it.
+        assert site["epsilon_charged_by_run"] == pytest.approx(site["epsilon_spent"], rel=1e-6)
         assert 0 < site["epsilon_spent"] <= site["epsilon_limit"]
         assert site["rounds_contributed"] == 12
 

@@ -828,23 +828,27 @@ class TaskCompleted(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     EPSILON_CHARGED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
+    BUDGET_EPSILON_SPENT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     epsilon_charged: _builtins.float
-    """The budget group's ε once this task is committed to the ledger: composed
-    over every committed task and every one still in flight (it is not this
-    task's own share; GetBudget before and after gives that).
+    """This task's share of its budget group's ε: how much reserving it raised
+    the group's composed ε (with the other tasks then committed or in flight).
+    Shares of consecutive tasks add up to the group's total.
     """
     delta: _builtins.float
+    budget_epsilon_spent: _builtins.float
+    """The budget group's ε with this task counted (composed, not added up)."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         epsilon_charged: _builtins.float = ...,
         delta: _builtins.float = ...,
+        budget_epsilon_spent: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon_charged", b"epsilon_charged", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_epsilon_spent", b"budget_epsilon_spent", "delta", b"delta", "epsilon_charged", b"epsilon_charged", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
