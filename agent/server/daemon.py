@@ -219,6 +219,11 @@ class AgentDaemon:
         self._logger.info("server.listening", listen=self._config.listen, port=port)
         return ServingState(port=port)
 
+    @property
+    def serving(self) -> bool:
+        """True from a successful start() until finish(); the watchdog pings only while it is."""
+        return self._server is not None
+
     def begin_stop(self) -> threading.Event:
         """Starts the graceful stop and returns at once; the event is set once the server has stopped.
 
