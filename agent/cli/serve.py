@@ -20,6 +20,7 @@ import structlog
 
 from agent import __version__
 from agent.audit.log import AuditLog
+from agent.audit.record import AuditRecord
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError, add_config_arguments, identity_key, resolve_config
 from agent.config import AgentConfig
@@ -33,6 +34,9 @@ from agent.governance.status import PID_FILENAME, PolicyStatus, now_text
 from agent.identity.agent_key import AgentKey
 from agent.identity.development_pki import ensure_development_pki
 from agent.observability.logging import configure_logging
+from agent.observability.metrics import AgentMetrics, MetricsListenError, serve_metrics
+from agent.privacy.accounting import make_accountant
+from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
 from agent.server.daemon import AgentDaemon, ListenError
 from agent.server.systemd_notify import NotifySocketError, SystemdNotifier, WatchdogPacer
 from agent.server.tls import ServerTlsMaterial, load_server_tls
@@ -253,14 +257,19 @@ def run(args: argparse.Namespace) -> int:
         log.warning("tls.key_file_permissions", problem=warning)
     # Every audit entry also goes to the log (journald), for operators who watch there.
     audit_echo = log.bind(audit=True)
+    metrics = AgentMetrics()
+
+    def observe(record: AuditRecord) -> None:
+        audit_echo.info(record.kind, **record.log_fields())
+        metrics.observe_audit(record)
+
     audit = AuditLog.open(
-        config.audit.directory,
-        key,
-        checkpoint_every=config.audit.checkpoint_every,
-        observer=lambda record: audit_echo.info(record.kind, **record.log_fields()),
+        config.audit.directory, key, checkpoint_every=config.audit.checkpoint_every, observer=observe
     )
     try:
-        code = _serve(args, config, key=key, tls=tls, policy=policy, audit=audit, log=log, notifier=notifier)
+        code = _serve(
+            args, config, key=key, tls=tls, policy=policy, audit=audit, log=log, notifier=notifier, metrics=metrics
+        )
     finally:
         audit.close()
     _exit_now(code)
@@ -276,22 +285,28 @@ def _serve(
     audit: AuditLog,
     log: structlog.typing.FilteringBoundLogger,
     notifier: SystemdNotifier,
+    metrics: AgentMetrics,
 ) -> int:
     # Imported here: the service graph pulls in dp-accounting, onnxruntime and scipy
     # (about 1.3 s), which every other edge-agent command would otherwise pay for.
     from agent.server.assembly import assemble_service  # noqa: PLC0415 (deliberately lazy)
 
     service = assemble_service(config, key=key, policy=policy, audit=audit, logger=log)
-    daemon = AgentDaemon(config.server, tls, service, log)
+    daemon = AgentDaemon(config.server, tls, service, log, rpc_observer=metrics.observe_rpc)
+    # A reader of the daemon's ledger file, as `edge-agent budget show` is.
+    metrics.watch_budgets(PrivacyLedger(config.state_dir / LEDGER_FILENAME, make_accountant("pld")).groups)
     reloader = _PolicyReloader(policy, audit, config.state_dir, log, notifier)
 
     with _SignalInbox() as inbox:
         try:
+            metrics_listener = serve_metrics(config.metrics.listen, metrics.registry) if config.metrics.listen else None
             state = daemon.start()
-        except ListenError as exc:
+        except (ListenError, MetricsListenError) as exc:
             log.error("server.listen_failed", error=str(exc))
             print(f"edge-agent: error: {exc}", file=sys.stderr)
             return ExitCode.FAILURE
+        if metrics_listener is not None:
+            log.info("metrics.listening", listen=config.metrics.listen, port=metrics_listener.port)
         pid_file = config.state_dir / PID_FILENAME
         port_file: Path | None = args.port_file
         try:
@@ -321,6 +336,8 @@ def _serve(
             _serve_until_signalled(daemon, inbox, reloader, config.server.grace_seconds, log, notifier=notifier)
         finally:
             daemon.finish()
+            if metrics_listener is not None:
+                metrics_listener.close()
             pid_file.unlink(missing_ok=True)
             if port_file is not None:
                 port_file.unlink(missing_ok=True)
