@@ -59,6 +59,11 @@ lintian: $(DEB)
 	@command -v lintian >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null
 	lintian --fail-on error $(DEB)
 
+# The .deb in a booted Debian container under systemd-nspawn (root only;
+# exits 3 with the reason where this machine cannot boot one).
+integration: $(DEB)
+	bash tests/integration/run.sh $(DEB)
+
 # Regenerate agent/api from protos/ after editing a .proto.
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
