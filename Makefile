@@ -48,7 +48,8 @@ $(DEB_STAMP): $(STAMP)
 deb: $(DEB)
 
 $(DEB): $(DEB_STAMP) pyproject.toml $(wildcard packaging/* packaging/scripts/* systemd/*) docs/operations.md $(shell git ls-files agent)
-	rm -rf build/deb
+	# build/lib is setuptools' own staging: a module deleted from agent/ must not linger there.
+	rm -rf build/deb build/lib build/bdist.*
 	mkdir -p build/deb/doc
 	$(BIN)/python -m pip wheel --quiet --wheel-dir build/deb/wheels .
 	gzip -9n -c packaging/changelog > build/deb/doc/changelog.Debian.gz

@@ -184,7 +184,8 @@ C systemctl start edge-agent.service || fail "systemctl start"
 status=$(unit_prop StatusText)
 echo "StatusText: $status"
 case "$status" in "serving on port $PORT"*) ;; *) fail "READY status: $status" ;; esac
-C systemctl status edge-agent.service --no-pager -n 0 | head -n 5
+C systemctl status edge-agent.service --no-pager -n 0 >"$RUN/status.txt" || true
+head -n 5 "$RUN/status.txt"
 
 step "coordinator on the host: GetInfo and health over mutual TLS"
 seen=$(cd "$REPO" && "$PYTHON" tests/integration/coordinator.py "127.0.0.1:$PORT" "$PKI") || fail "coordinator calls"
@@ -216,7 +217,10 @@ restarted() {
     [ "$pid" != 0 ] && [ "$pid" != "$frozen" ] && [ "$(unit_prop SubState)" = running ]
 }
 wait_for 60 "restart after a watchdog timeout" restarted
-C journalctl -u edge-agent --no-pager | grep -q "Watchdog timeout" || fail "no watchdog timeout in the journal"
+# Read whole, then searched: `journalctl | grep -q` fails under pipefail when
+# grep exits at the first match and journalctl gets SIGPIPE.
+journal=$(C journalctl -u edge-agent --no-pager)
+grep -q "Watchdog timeout" <<<"$journal" || fail "no watchdog timeout in the journal"
 echo "NRestarts=$(unit_prop NRestarts); new MainPID $(unit_prop MainPID)"
 seen=$(cd "$REPO" && "$PYTHON" tests/integration/coordinator.py "127.0.0.1:$PORT" "$PKI") || fail "calls after restart"
 [[ $seen == *'"health": "SERVING"'* ]] || fail "health after restart"
@@ -226,8 +230,9 @@ step "systemctl stop: drains and exits 0"
 C systemctl stop edge-agent.service
 [ "$(unit_prop Result)" = success ] || fail "stop result: $(unit_prop Result)"
 [ "$(unit_prop ExecMainStatus)" = 0 ] || fail "exit status $(unit_prop ExecMainStatus)"
-C journalctl -u edge-agent --no-pager -o cat | grep -q '"event": "server.stopping"' || fail "no drain in the log"
-C journalctl -u edge-agent --no-pager -o cat | grep -q '"event": "agent.exited"' || fail "no clean exit in the log"
+journal=$(C journalctl -u edge-agent --no-pager -o cat)
+grep -q '"event": "server.stopping"' <<<"$journal" || fail "no drain in the log"
+grep -q '"event": "agent.exited"' <<<"$journal" || fail "no clean exit in the log"
 echo "drained (server.stopping ... agent.exited), exit status 0"
 
 # ------------------------------------------------------------ purge
