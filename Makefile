@@ -57,7 +57,7 @@ $(DEB): $(DEB_STAMP) pyproject.toml $(wildcard packaging/* packaging/scripts/* s
 	@ls -l $@
 
 lintian: $(DEB)
-	@command -v lintian >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null
+	@command -v lintian >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null; }
 	lintian --fail-on error $(DEB)
 
 # The .deb in a booted Debian container under systemd-nspawn (root only;
