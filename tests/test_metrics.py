@@ -96,6 +96,14 @@ def test_tasks_are_counted_by_kind_and_outcome_with_durations() -> None:
     assert AgentMetrics().registry.get_sample_value("edge_agent_tasks_total", labels) is None
 
 
+def test_an_unreadable_ledger_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILENAME
+    path.write_bytes(b"this is not an SQLite database, not even close" * 100)
+    metrics = AgentMetrics()
+    metrics.watch_budgets(PrivacyLedger(path, make_accountant("pld")).groups)
+    assert metrics.registry.get_sample_value("edge_agent_privacy_ledger_readable") == 0.0
+
+
 def test_metrics_listen_is_validated_and_optional(tmp_path: Path, pki: Pki) -> None:
     assert load_config(write_config(tmp_path, pki)).metrics.listen is None
     config = write_config(tmp_path, pki, extra='[metrics]\nlisten = "127.0.0.1:99999"\n')

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.audit.record import AuditRecord
+from agent.privacy.errors import PrivacyError
 from agent.privacy.ledger import BudgetStatus
 
 # Tasks run from well under a second to the policy's task_seconds limit.
@@ -108,12 +109,25 @@ class LedgerCollector(Collector):
         limit = GaugeMetricFamily(
             "edge_agent_privacy_epsilon_limit", "ε budget of the group's latest task", labels=["budget_group"]
         )
-        for status in self._groups():
+        readable = GaugeMetricFamily(
+            "edge_agent_privacy_ledger_readable", "1 if the privacy ledger could be read for this scrape, else 0"
+        )
+        try:
+            groups = list(self._groups())
+        except PrivacyError:
+            # A scrape must not fail (or print a trace) because the ledger is
+            # busy or damaged; the daemon logs ledger errors where they matter.
+            groups = []
+            readable.add_metric([], 0.0)
+        else:
+            readable.add_metric([], 1.0)
+        for status in groups:
             spent.add_metric([status.budget_group], status.epsilon_spent)
             if status.limit_epsilon is not None:
                 limit.add_metric([status.budget_group], status.limit_epsilon)
         yield spent
         yield limit
+        yield readable
 
 
 @dataclass
