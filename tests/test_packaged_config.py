@@ -15,3 +15,4 @@ def test_shipped_example_config_is_valid() -> None:
     assert config.server.listen == "0.0.0.0:7443"
     assert config.tls.client_ca_file == Path("/etc/edge-agent/tls/coordinators-ca.crt")
     assert config.datasets == ()
+    assert config.metrics.listen == "127.0.0.1:9464"

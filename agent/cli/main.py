@@ -17,7 +17,7 @@ from collections.abc import Sequence
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from agent import __version__
-from agent.cli import audit, budget, coordinate, datasets, demo, dev_certs, keys, package, policy, serve
+from agent.cli import audit, budget, coordinate, datasets, demo, dev_certs, doctor, keys, package, policy, serve
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
 from agent.config import ConfigError
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.add_parser(subparsers)
+    doctor.add_parser(subparsers)
     datasets.add_parser(subparsers)
     policy.add_parser(subparsers)
     package.add_parser(subparsers)

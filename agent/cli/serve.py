@@ -20,6 +20,7 @@ import structlog
 
 from agent import __version__
 from agent.audit.log import AuditLog
+from agent.audit.record import AuditRecord
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError, add_config_arguments, identity_key, resolve_config
 from agent.config import AgentConfig
@@ -33,7 +34,11 @@ from agent.governance.status import PID_FILENAME, PolicyStatus, now_text
 from agent.identity.agent_key import AgentKey
 from agent.identity.development_pki import ensure_development_pki
 from agent.observability.logging import configure_logging
+from agent.observability.metrics import AgentMetrics, MetricsListenError, serve_metrics
+from agent.privacy.accounting import make_accountant
+from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
 from agent.server.daemon import AgentDaemon, ListenError
+from agent.server.systemd_notify import NotifySocketError, SystemdNotifier, WatchdogPacer
 from agent.server.tls import ServerTlsMaterial, load_server_tls
 
 
@@ -180,18 +185,25 @@ class _PolicyReloader:
     """Reloads the policy on SIGHUP, off the signal handler, one reload at a time."""
 
     def __init__(
-        self, policy: PolicyInForce, audit: AuditLog, state_dir: Path, log: structlog.typing.FilteringBoundLogger
+        self,
+        policy: PolicyInForce,
+        audit: AuditLog,
+        state_dir: Path,
+        log: structlog.typing.FilteringBoundLogger,
+        notifier: SystemdNotifier,
     ) -> None:
         self._policy = policy
         self._audit = audit
         self._state_dir = state_dir
         self._log = log
+        self._notifier = notifier
         self._lock = threading.Lock()
 
     def announce(self, policy: Policy) -> None:
         self._audit.append("policy.loaded", digest=policy.digest, source=policy.source)
         PolicyStatus(policy.digest, policy.source, now_text()).write(self._state_dir)
         self._log.info("policy.loaded", digest=policy.digest, source=policy.source)
+        self._notifier.status(f"serving; policy {policy.digest[:16]} loaded at {now_text()}")
 
     def reload(self) -> None:
         with self._lock:
@@ -204,6 +216,9 @@ class _PolicyReloader:
                 "policy.rejected", error=result.error, digest_in_force=result.policy.digest
             )
             self._log.error("policy.rejected", error=result.error, digest_in_force=result.policy.digest)
+            self._notifier.status(
+                f"serving; new policy REJECTED, {result.policy.digest[:16]} stays in force: {result.error}"
+            )
             previous = PolicyStatus.read(self._state_dir)
             PolicyStatus(
                 result.policy.digest,
@@ -217,6 +232,12 @@ class _PolicyReloader:
 def run(args: argparse.Namespace) -> int:
     if args.port_file is not None:
         _prepare_port_file(args.port_file)
+    # Read before any worker process is spawned, and removed from the
+    # environment, so that only this process speaks to systemd.
+    try:
+        notifier = SystemdNotifier.from_environment(os.environ)
+    except NotifySocketError as exc:
+        raise UsageError(str(exc)) from None
     config = resolve_config(args, listen=args.listen)
     if args.listen and not config.development:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
@@ -236,14 +257,19 @@ def run(args: argparse.Namespace) -> int:
         log.warning("tls.key_file_permissions", problem=warning)
     # Every audit entry also goes to the log (journald), for operators who watch there.
     audit_echo = log.bind(audit=True)
+    metrics = AgentMetrics()
+
+    def observe(record: AuditRecord) -> None:
+        audit_echo.info(record.kind, **record.log_fields())
+        metrics.observe_audit(record)
+
     audit = AuditLog.open(
-        config.audit.directory,
-        key,
-        checkpoint_every=config.audit.checkpoint_every,
-        observer=lambda record: audit_echo.info(record.kind, **record.log_fields()),
+        config.audit.directory, key, checkpoint_every=config.audit.checkpoint_every, observer=observe
     )
     try:
-        code = _serve(args, config, key=key, tls=tls, policy=policy, audit=audit, log=log)
+        code = _serve(
+            args, config, key=key, tls=tls, policy=policy, audit=audit, log=log, notifier=notifier, metrics=metrics
+        )
     finally:
         audit.close()
     _exit_now(code)
@@ -258,22 +284,29 @@ def _serve(
     policy: PolicyInForce,
     audit: AuditLog,
     log: structlog.typing.FilteringBoundLogger,
+    notifier: SystemdNotifier,
+    metrics: AgentMetrics,
 ) -> int:
     # Imported here: the service graph pulls in dp-accounting, onnxruntime and scipy
     # (about 1.3 s), which every other edge-agent command would otherwise pay for.
     from agent.server.assembly import assemble_service  # noqa: PLC0415 (deliberately lazy)
 
     service = assemble_service(config, key=key, policy=policy, audit=audit, logger=log)
-    daemon = AgentDaemon(config.server, tls, service, log)
-    reloader = _PolicyReloader(policy, audit, config.state_dir, log)
+    daemon = AgentDaemon(config.server, tls, service, log, rpc_observer=metrics.observe_rpc)
+    # A reader of the daemon's ledger file, as `edge-agent budget show` is.
+    metrics.watch_budgets(PrivacyLedger(config.state_dir / LEDGER_FILENAME, make_accountant("pld")).groups)
+    reloader = _PolicyReloader(policy, audit, config.state_dir, log, notifier)
 
     with _SignalInbox() as inbox:
         try:
+            metrics_listener = serve_metrics(config.metrics.listen, metrics.registry) if config.metrics.listen else None
             state = daemon.start()
-        except ListenError as exc:
+        except (ListenError, MetricsListenError) as exc:
             log.error("server.listen_failed", error=str(exc))
             print(f"edge-agent: error: {exc}", file=sys.stderr)
             return ExitCode.FAILURE
+        if metrics_listener is not None:
+            log.info("metrics.listening", listen=config.metrics.listen, port=metrics_listener.port)
         pid_file = config.state_dir / PID_FILENAME
         port_file: Path | None = args.port_file
         try:
@@ -298,9 +331,13 @@ def _serve(
             )
             if port_file is not None:
                 _write_port_file(port_file, state.port, daemon)
-            _serve_until_signalled(daemon, inbox, reloader, config.server.grace_seconds, log)
+            # READY only now: the port is bound and the policy is in force.
+            notifier.ready(f"serving on port {state.port}; policy {policy.current().digest[:16]}")
+            _serve_until_signalled(daemon, inbox, reloader, config.server.grace_seconds, log, notifier=notifier)
         finally:
             daemon.finish()
+            if metrics_listener is not None:
+                metrics_listener.close()
             pid_file.unlink(missing_ok=True)
             if port_file is not None:
                 port_file.unlink(missing_ok=True)
@@ -324,18 +361,27 @@ def _serve_until_signalled(
     reloader: _PolicyReloader,
     grace_seconds: float,
     log: structlog.typing.FilteringBoundLogger,
+    *,
+    notifier: SystemdNotifier,
 ) -> None:
-    """The main thread's loop: act on signals, drain on the first stop signal, force on the second."""
+    """The main thread's loop: act on signals, drain on the first stop signal, force on the second.
+
+    It is also the one place that pings systemd's watchdog: a hung loop or a
+    frozen process stops pinging and systemd restarts the agent.
+    """
     stopped: threading.Event | None = None
     stop_began = 0.0
     forced_at: float | None = None
+    pacer = WatchdogPacer(notifier, time.monotonic())
     while stopped is None or not stopped.is_set():
-        for received in inbox.wait(None if stopped is None else 0.1):
+        pacer.tick(time.monotonic(), daemon.serving)
+        for received in inbox.wait(pacer.timeout(time.monotonic(), None if stopped is None else 0.1)):
             if received is signal.SIGHUP:
                 log.info("signal.received", signal=received.name, action="reload policy")
                 threading.Thread(target=reloader.reload, name="policy-reload", daemon=True).start()
             elif stopped is None:
                 log.info("signal.received", signal=received.name, action="drain")
+                notifier.stopping(f"draining in-flight calls for up to {grace_seconds:g} s")
                 stop_began = time.monotonic()
                 stopped = daemon.begin_stop()
             elif forced_at is None:

@@ -17,6 +17,7 @@ from agent.config.model import (
     IdentityConfig,
     ListenAddressError,
     LoggingConfig,
+    MetricsConfig,
     ServerConfig,
     TlsConfig,
     parse_listen_address,
@@ -56,6 +57,17 @@ def _server(table: TomlTable) -> ServerConfig:
             "min_client_ping_interval_seconds", d.min_client_ping_interval_seconds, 1.0, 3600.0
         ),
     )
+    table.finish()
+    return config
+
+
+def _metrics(table: TomlTable) -> MetricsConfig:
+    # An absent table or an empty listen means no metrics listener.
+    value = table.string("listen", "") or ""
+    try:
+        config = MetricsConfig(listen=parse_listen_address(value) if value else None)
+    except ListenAddressError as exc:
+        raise table.error("listen", str(exc)) from None
     table.finish()
     return config
 
@@ -163,6 +175,7 @@ def parse_config(text: str, source: Path) -> AgentConfig:
         audit=audit,
         datasets=datasets,
         policy_file=policy_file,
+        metrics=_metrics(root.table("metrics")),
         source=source,
     )
     root.finish()

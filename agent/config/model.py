@@ -95,6 +95,14 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # HOST:PORT of the Prometheus /metrics listener (plain HTTP, no
+    # authentication: keep it on loopback or a management network); None:
+    # no listener. The packaged agent.toml sets 127.0.0.1:9464.
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent_id: str
     state_dir: Path
@@ -106,6 +114,7 @@ class AgentConfig:
     datasets: tuple[DatasetSpec, ...]
     # policy.toml; None only for development instances (embedded policy).
     policy_file: Path | None = None
+    metrics: MetricsConfig = MetricsConfig()
     # The file this came from; None for the embedded development defaults.
     source: Path | None = None
 

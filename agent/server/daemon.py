@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.config import ServerConfig
-from agent.server.interceptors import RpcGuard
+from agent.server.interceptors import RpcGuard, RpcObserver
 from agent.server.tls import ServerTlsMaterial
 
 AGENT_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Agent"].full_name
@@ -179,8 +179,10 @@ class AgentDaemon:
         tls: ServerTlsMaterial,
         service: pb_grpc.AgentServicer,
         logger: structlog.typing.FilteringBoundLogger,
+        rpc_observer: RpcObserver | None = None,
     ) -> None:
         self._config = config
+        self._rpc_observer = rpc_observer
         self._tls = tls
         self._service = service
         self._logger = logger
@@ -191,7 +193,7 @@ class AgentDaemon:
     def start(self) -> ServingState:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._config.max_workers, thread_name_prefix="rpc"),
-            interceptors=[RpcGuard(self._logger)],
+            interceptors=[RpcGuard(self._logger, self._rpc_observer)],
             options=server_options(self._config),
             maximum_concurrent_rpcs=max_concurrent_rpcs(self._config),
         )
@@ -218,6 +220,11 @@ class AgentDaemon:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._logger.info("server.listening", listen=self._config.listen, port=port)
         return ServingState(port=port)
+
+    @property
+    def serving(self) -> bool:
+        """True from a successful start() until finish(); the watchdog pings only while it is."""
+        return self._server is not None
 
     def begin_stop(self) -> threading.Event:
         """Starts the graceful stop and returns at once; the event is set once the server has stopped.

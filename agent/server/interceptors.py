@@ -24,6 +24,8 @@ import structlog
 from agent.server.peer import caller_identity
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
+# Told of every finished call: method, status code name, seconds (metrics).
+RpcObserver = Callable[[str, str, float], None]
 
 # Handlers passed through untouched. The health service carries no data and
 # its Watch is a non-blocking handler: wrapping it in a generator would pin a
@@ -63,8 +65,9 @@ def _is_non_blocking(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
 
 
 class RpcGuard(grpc.ServerInterceptor):
-    def __init__(self, logger: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, logger: structlog.typing.FilteringBoundLogger, observer: RpcObserver | None = None) -> None:
         self._logger = logger
+        self._observer = observer
 
     def intercept_service(
         self,
@@ -134,14 +137,17 @@ class RpcGuard(grpc.ServerInterceptor):
 
     def _log_end(self, method: str, identity: str, context: grpc.ServicerContext, started: float) -> None:
         code = _status_code(context) or _ended_by_caller(context) or grpc.StatusCode.OK
+        seconds = time.perf_counter() - started
         self._logger.info(
             "rpc",
             method=method,
             caller=identity,
             peer=context.peer(),
             status=code.name,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(seconds * 1000, 3),
         )
+        if self._observer is not None:
+            self._observer(method, code.name, seconds)
 
     def _guard_unary(self, method: str, behavior: Behavior) -> Behavior:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
