@@ -20,7 +20,8 @@ A graph the compiler cannot batch raises :class:`~agent.runtime.batching.Batchin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.packages.manifest import Manifest
 from agent.runtime.batching import BATCH_DIM, BatchedGraph, BatchingRefused, Emitter, batch_graph, check_layout
 from agent.runtime.errors import WrapperBuildError
-from agent.runtime.isolation import CLIP_NORM, SUM, GraphRole, X, Y, layout_for, parameter_input
+from agent.runtime.isolation import CLIP_NORM, SUM, GraphRole, WrapperLayout, X, Y, layout_for, parameter_input
 from agent.runtime.namespace import AGENT_PREFIX
 
 DOUBLE = TensorProto.DOUBLE
@@ -86,16 +87,118 @@ def _flat_rows(emitter: Emitter, batched: BatchedGraph, names: Iterable[tuple[st
     return emitter.op("Cast", [joined], to=DOUBLE)
 
 
-def _clip_rows(emitter: Emitter, g: str) -> str:
-    """``sum_i clip(g_i)`` over the rows of ``g`` ``[N, P]``: the security-relevant tail."""
+# fl32(p) is infinite exactly when |p| >= 2^128 * (1 - 2^-25) (round to nearest even).
+_FLOAT32_OVERFLOW = 2.0**128 * (1.0 - 2.0**-25)
+
+
+@dataclass(frozen=True)
+class _Outer:
+    """A gradient the compiled graph computes per row as the outer product ``u_i v_i^T``:
+    ``MatMul([N, F, 1], [N, 1, H])``, both operands batched."""
+
+    u: str
+    v: str
+    rows: int
+    cols: int
+
+
+def _outer_product(batched: BatchedGraph, name: str, size: int) -> _Outer | None:
+    """Whether package output ``name`` is such an outer product (through Identity nodes)."""
+    producers = {output: node for node in batched.nodes for output in node.output}
+    node = producers.get(batched.outputs.get(name, ""))
+    while node is not None and node.op_type == "Identity":
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "MatMul" or len(node.input) != 2:
+        return None
+    u, v = (batched.layout.get(value) for value in node.input)
+    if u is None or v is None or not (u[0] and v[0]) or len(u[1]) != 2 or len(v[1]) != 2:
+        return None
+    (rows, one_u), (one_v, cols) = u[1], v[1]
+    if one_u != 1 or one_v != 1 or rows * cols != size:
+        return None
+    return _Outer(node.input[0], node.input[1], rows, cols)
+
+
+def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout) -> str:
+    """``sum_i clip(g_i)`` over the rows: the security-relevant tail, in float64.
+
+    Per row: the global L2 norm over all gradients, zero if any value is NaN or infinite,
+    scale ``C / max(norm, C)``; then the scaled rows are summed (the only operation across
+    rows, and it is the agent's). A gradient that is a per-row outer product ``u_i v_i^T``
+    (a weight gradient) is not materialised: its squared norm is ``|u_i|^2 |v_i|^2``
+    exactly, it is non-finite exactly when ``u_i`` or ``v_i`` is or when the largest
+    product overflows float32 (as the materialised float32 product would), and its
+    clipped sum is ``(s * U)^T V``, one matrix product.
+    """
     zero = emitter.constant(np.array(0.0, np.float64))
-    squares = _reduce(emitter, "ReduceSumSquare", g, [1], keepdims=1)  # [N, 1], one per row
+    squares: list[str] = []
+    overflows: list[str] = []
+    pieces: list[tuple[str, str | None]] = []
+    for slot in layout.slots:
+        name = f"grad_{slot.name}"
+        outer = _outer_product(batched, name, slot.size)
+        if outer is None:
+            dense = emitter.op("Cast", [_rows(emitter, batched, name, slot.size)], to=DOUBLE)
+            squares.append(_reduce(emitter, "ReduceSumSquare", dense, [1], keepdims=1))
+            pieces.append((dense, None))
+            continue
+        u = emitter.op("Cast", [emitter.op("Reshape", [outer.u, emitter.ints([0, outer.rows])])], to=DOUBLE)
+        v = emitter.op("Cast", [emitter.op("Reshape", [outer.v, emitter.ints([0, outer.cols])])], to=DOUBLE)
+        squares.append(
+            emitter.op(
+                "Mul",
+                [
+                    _reduce(emitter, "ReduceSumSquare", u, [1], keepdims=1),
+                    _reduce(emitter, "ReduceSumSquare", v, [1], keepdims=1),
+                ],
+            )
+        )
+        largest = emitter.op(
+            "Mul",
+            [
+                _reduce(emitter, "ReduceMax", emitter.op("Abs", [u]), [1], keepdims=1),
+                _reduce(emitter, "ReduceMax", emitter.op("Abs", [v]), [1], keepdims=1),
+            ],
+        )
+        overflows.append(
+            emitter.op("GreaterOrEqual", [largest, emitter.constant(np.array(_FLOAT32_OVERFLOW, np.float64))])
+        )
+        pieces.append((u, v))
+    total = squares[0] if len(squares) == 1 else emitter.op("Sum", squares)  # [N, 1]
     # NaN or +-Inf anywhere in a row makes its sum of squares NaN or Inf.
-    bad = emitter.op("Or", [emitter.op("IsNaN", [squares]), emitter.op("IsInf", [squares])])
-    safe = emitter.op("Where", [bad, zero, g])  # Where, not a multiply: 0 * NaN is NaN
-    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, squares])])
-    scale = emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])  # min(1, C / norm)
-    return _reduce(emitter, "ReduceSum", emitter.op("Mul", [safe, scale]), [0], keepdims=0)
+    bad = emitter.op("Or", [emitter.op("IsNaN", [total]), emitter.op("IsInf", [total])])
+    for overflow in overflows:
+        bad = emitter.op("Or", [bad, overflow])
+    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
+    # min(1, C / norm) as C / max(norm, C); 0 for a bad row.
+    scale = emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
+    weights = emitter.op("Transpose", [scale], perm=[1, 0])  # [1, N]
+    sums: list[str] = []
+    for first, second in pieces:
+        # Where, not a multiply: 0 * NaN is NaN.
+        safe = emitter.op("Where", [bad, zero, first])
+        if second is None:
+            summed = emitter.op("MatMul", [weights, safe])  # [1, size]
+        else:
+            scaled = emitter.op("Mul", [safe, scale])
+            summed = emitter.op(
+                "MatMul",
+                [emitter.op("Transpose", [scaled], perm=[1, 0]), emitter.op("Where", [bad, zero, second])],
+            )
+        sums.append(emitter.op("Reshape", [summed, emitter.ints([-1])]))
+    return sums[0] if len(sums) == 1 else emitter.op("Concat", sums, axis=0)
+
+
+def _live(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
+    """``nodes`` that the ``outputs`` depend on (a materialised gradient the tail replaced
+    by its factors is not computed at all)."""
+    needed = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    return kept[::-1]
 
 
 def _metric_rows(emitter: Emitter, m: str, manifest: Manifest) -> str:
@@ -141,8 +244,7 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
         for name, source in feeds.items()
     ]
     if role is GraphRole.GRADIENT:
-        flat = _flat_rows(emitter, batched, [(f"grad_{slot.name}", slot.size) for slot in layout.slots])
-        result = _clip_rows(emitter, flat)
+        result = _clip_rows(emitter, batched, layout)
     else:
         flat = _flat_rows(emitter, batched, [(slot.name, 1) for slot in layout.slots])
         result = _metric_rows(emitter, flat, manifest)
@@ -157,7 +259,7 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))
     graph = helper.make_graph(
-        [*head, *batched.nodes, *emitter.nodes],
+        _live([*head, *batched.nodes, *emitter.nodes], [SUM]),
         AGENT_PREFIX + "batched_wrapper",
         inputs,
         [helper.make_tensor_value_info(SUM, DOUBLE, [layout.size])],
