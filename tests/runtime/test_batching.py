@@ -15,8 +15,11 @@ import logging
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
+from agent.packages.manifest import Manifest
 from agent.publisher.packaging import zoo_graphs
+from agent.runtime.batched_wrapper import build_batched_wrapper
 from agent.runtime.batching import RULES, BatchingRefused
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowBatch
@@ -117,7 +120,7 @@ NAIVE_MIXERS: dict[str, list[onnx.NodeProto]] = {
     "logsoftmax_default": [node("LogSoftmax", ["x"], "grad_w")],
     "argmax_axis0": [
         node("ArgMax", ["x"], "i", axis=0, keepdims=1),
-        node("Cast", ["i"], "f", to=onnx.TensorProto.FLOAT),
+        node("Cast", ["i"], "f", to=TensorProto.FLOAT),
         node("Mul", ["x", "f"], "grad_w"),
     ],
     # Reshape to [-1] / Flatten(axis=0): naively one long row of all rows.
@@ -142,9 +145,9 @@ NAIVE_MIXERS: dict[str, list[onnx.NodeProto]] = {
     # Shape of x: naively [N, F], so N would leak into the value.
     "shape_trick": [
         node("Shape", ["x"], "shape"),
-        node("Cast", ["shape"], "fs", to=onnx.TensorProto.FLOAT),
+        node("Cast", ["shape"], "fs", to=TensorProto.FLOAT),
         node("Size", ["x"], "size"),
-        node("Cast", ["size"], "fsize", to=onnx.TensorProto.FLOAT),
+        node("Cast", ["size"], "fsize", to=TensorProto.FLOAT),
         node("Mul", ["x", "fs"], "t"),
         node("Mul", ["t", "fsize"], "grad_w"),
     ],
@@ -158,7 +161,7 @@ NAIVE_MIXERS: dict[str, list[onnx.NodeProto]] = {
     ],
     "split_concat": [
         _i64("sizes", [1, 3]),
-        onnx.helper.make_node("Split", ["x", "sizes"], ["p", "q"], axis=0),
+        helper.make_node("Split", ["x", "sizes"], ["p", "q"], axis=0),
         node("Concat", ["q", "p"], "grad_w", axis=-1),
     ],
     # A parameter of higher rank broadcast against a row vector: naively into the batch axis.
@@ -219,7 +222,7 @@ NAIVE_MIXERS: dict[str, list[onnx.NodeProto]] = {
         node("Where", ["pos", "g", "w"], "grad_w"),
     ],
     "onehot_from_label": [
-        node("Cast", ["y"], "yi", to=onnx.TensorProto.INT64),
+        node("Cast", ["y"], "yi", to=TensorProto.INT64),
         _i64("a0", [0]),
         node("Unsqueeze", ["yi", "a0"], "y1"),
         _i64("depth", [F]),
@@ -346,3 +349,82 @@ def test_unbatched_gradients_are_copied_into_every_row() -> None:
     np.testing.assert_allclose(
         fast.clipped_sum(params, RowBatch(x, y), 0.5), scan.clipped_sum(params, RowBatch(x, y), 0.5), rtol=1e-9
     )
+
+
+# -- the factored tail: outer-product gradients are clipped without being materialised -------
+
+OUTER_CASE = CASES[2]  # MLP 5-(8, 6)-3: W1 [5, 8], b1 [8], W2 [8, 6], b2 [6], Wout [6, 3], bout [3]
+
+
+def _outer_graph(scale: float) -> bytes:
+    """grad_W1 = outer(x, v) with v = scale * [x, x[:3]]; grad_b1 = v; other gradients are
+    the (row-independent) parameters themselves."""
+    model = OUTER_CASE.build()
+    params = [(p.name, list(p.shape)) for p in model.parameters]
+    nodes = [
+        _i64("a0", [0]),
+        _i64("a1", [1]),
+        _i64("st", [0]),
+        _i64("en", [3]),
+        const("k", scale),
+        node("Slice", ["x", "st", "en"], "head"),
+        node("Concat", ["x", "head"], "xx", axis=0),
+        node("Mul", ["xx", "k"], "v"),
+        node("Unsqueeze", ["x", "a1"], "col"),
+        node("Unsqueeze", ["v", "a0"], "row"),
+        node("MatMul", ["col", "row"], "outer"),
+        node("Identity", ["outer"], "grad_W1"),
+        node("Identity", ["v"], "grad_b1"),
+        *(node("Identity", [name], f"grad_{name}") for name, _ in params if name not in ("W1", "b1")),
+        const("loss", 0.0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outer",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in params]
+        + [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [5]),
+            helper.make_tensor_value_info("y", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info(f"grad_{name}", TensorProto.FLOAT, shape) for name, shape in params]
+        + [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e19])
+def test_outer_product_gradients_match_scan_on_special_values(scale: float) -> None:
+    """NaN, +-Inf, float32 overflow of the product (1e19 * 1e20), huge and tiny rows: the
+    factored tail zeroes and clips exactly the rows the Scan wrapper does."""
+    model = OUTER_CASE.build()
+    graph = _outer_graph(scale)
+    manifest = manifest_for(model)
+    rng = np.random.default_rng(3)
+    params = random_parameters(model, rng)
+    x = rng.normal(size=(12, 5)).astype(np.float32)
+    x[1, 2] = np.nan
+    x[2, 0] = np.inf
+    x[3, 4] = -np.inf
+    x[4] = 1e20  # product 1e40 (scale 1e19) overflows float32; at scale 1, norm ~1e40 in float64
+    x[5] = 1e-30
+    x[6] = 3e18
+    y = np.zeros(12, np.int64)
+    fast = CompiledWrapper(graph, manifest, GraphRole.GRADIENT, mode=RuntimeMode.BATCHED)
+    scan = CompiledWrapper(graph, manifest, GraphRole.GRADIENT, mode=RuntimeMode.SCAN)
+    # The outer product really is factored: no [N, 5, 8] MatMul is left in the wrapper.
+    built = onnx.load_from_string(fast_model_bytes(graph, manifest))
+    assert not any(n.op_type == "MatMul" and n.output[0] == "package::outer" for n in built.graph.node)
+    for clip in (0.5, 1e30):
+        expected = scan.clipped_sum(params, RowBatch(x, y), clip)
+        got = fast.clipped_sum(params, RowBatch(x, y), clip)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(expected).max())))
+        # Each row moves the sum by at most C.
+        for i in range(x.shape[0]):
+            keep = np.arange(x.shape[0]) != i
+            without = fast.clipped_sum(params, RowBatch(x[keep], y[keep]), clip)
+            assert np.linalg.norm(got - without) <= clip * (1 + 1e-9)
+
+
+def fast_model_bytes(graph: bytes, manifest: Manifest) -> bytes:
+    return build_batched_wrapper(graph, manifest, GraphRole.GRADIENT).SerializeToString()
