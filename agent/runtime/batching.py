@@ -654,7 +654,11 @@ def batch_graph(model: onnx.ModelProto, batched_inputs: frozenset[str], batch_si
                 raise BatchingRefused(f"{node.op_type}: output without a static shape")
             output_shapes.append(found[1])
         view = NodeView(node, tuple(operands), tuple(output_shapes), MappingProxyType(constants))
-        flags = rule(emitter, view)
+        try:
+            flags = rule(emitter, view)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            # A malformed attribute or an unexpected shape: refuse rather than guess.
+            raise BatchingRefused(f"{node.op_type}: cannot batch ({type(exc).__name__})") from None
         batched.update(name for name, flag in zip(node.output, flags, strict=True) if flag)
     missing = [name for name, value in package.outputs.items() if value not in shapes]
     if missing:
