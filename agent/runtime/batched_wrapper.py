@@ -37,6 +37,13 @@ DOUBLE = TensorProto.DOUBLE
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
 ROW_INPUTS = frozenset({"x", "y"})
+ROWS_PER_RUN = 256
+"""Rows per run of a batched wrapper (the session layer feeds at most this many)."""
+MAX_BATCHED_BYTES = 512 * 1024 * 1024
+"""Upper bound on the batched values of one run (float64-sized, all alive at once, which
+overestimates onnxruntime's reuse of buffers). The Scan path holds one row's values; a
+graph with large per-example values would make the batched run a memory risk instead,
+so it is refused and runs in Scan."""
 
 
 def _load(data: bytes) -> onnx.ModelProto:
@@ -243,6 +250,9 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
         helper.make_node("Identity", [source], [batched.inputs[name]], name=f"{AGENT_PREFIX}feed::{name}")
         for name, source in feeds.items()
     ]
+    batched_elements = sum(math.prod(shape) for is_batched, shape in batched.layout.values() if is_batched)
+    if batched_elements * ROWS_PER_RUN * 8 > MAX_BATCHED_BYTES:
+        raise BatchingRefused(f"per-example values of {batched_elements} elements are too large to batch")
     if role is GraphRole.GRADIENT:
         result = _clip_rows(emitter, batched, layout)
     else:

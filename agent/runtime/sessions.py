@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from agent.packages.manifest import Manifest, TaskKind
 from agent.packages.verification import VerifiedPackage
-from agent.runtime.batched_wrapper import build_batched_wrapper
+from agent.runtime.batched_wrapper import ROWS_PER_RUN, build_batched_wrapper
 from agent.runtime.batching import BatchingRefused
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
 from agent.runtime.isolation import (
@@ -64,11 +64,6 @@ class RuntimeMode(StrEnum):
     SCAN = "scan"
     BATCHED = "batched"
     """The compiled batch or :class:`~agent.runtime.batching.BatchingRefused`."""
-
-
-BATCH_ROWS = 256
-"""Rows per run of a batched wrapper: bounds its memory (N x parameters floats per
-intermediate) and is the batch size at which its throughput was measured."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +140,8 @@ class CompiledWrapper:
                 (result,) = self._session.run([SUM], feeds)
             else:
                 result = np.zeros(self.layout.size, np.float64)
-                for start in range(0, batch.size, BATCH_ROWS):
-                    rows = slice(start, start + BATCH_ROWS)
+                for start in range(0, batch.size, ROWS_PER_RUN):
+                    rows = slice(start, start + ROWS_PER_RUN)
                     (part,) = self._session.run([SUM], feeds | {X: batch.x[rows], Y: batch.y[rows]})
                     result += part
         except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...

@@ -526,3 +526,21 @@ def test_each_operator_rule_matches_the_single_example_graph(name: str) -> None:
     batched = Batched(graph)
     assert_rows_close(batched.run(params, x, y), row_by_row(graph, params, x, y))
     assert_isolated(batched, params, x, y)
+
+
+def test_graphs_with_large_per_example_values_run_in_scan() -> None:
+    """256 rows of a 400k-element per-example value would be ~800 MB: refused, Scan instead."""
+    graph = single_example_graph(
+        _with_b(
+            [
+                _i64("s", [F, 100_000]),
+                _i64("one", [1]),
+                node("Unsqueeze", ["x", "one"], "col"),
+                node("Expand", ["col", "s"], "big"),
+                node("ReduceMean", ["big"], "grad_w", axes=[1], keepdims=0),
+            ]
+        )
+    )
+    with pytest.raises(BatchingRefused, match="too large"):
+        CompiledWrapper(graph, hostile_manifest(), GraphRole.GRADIENT, mode=RuntimeMode.BATCHED)
+    assert CompiledWrapper(graph, hostile_manifest(), GraphRole.GRADIENT).mode is RuntimeMode.SCAN
