@@ -544,3 +544,32 @@ def test_graphs_with_large_per_example_values_run_in_scan() -> None:
     with pytest.raises(BatchingRefused, match="too large"):
         CompiledWrapper(graph, hostile_manifest(), GraphRole.GRADIENT, mode=RuntimeMode.BATCHED)
     assert CompiledWrapper(graph, hostile_manifest(), GraphRole.GRADIENT).mode is RuntimeMode.SCAN
+
+
+def test_declared_shapes_the_compiler_cannot_confirm_are_refused() -> None:
+    """A package may declare value infos for values ONNX cannot infer (here a Tile whose
+    repeats come from a parameter). The rules take ranks and shapes from them, and a
+    declaration could lie; the layout check infers the batched graph without the
+    package's declarations and refuses what it cannot confirm (even a true one, as here)."""
+    nodes = [
+        const("minus_big", -1e30),
+        node("Greater", ["b", "minus_big"], "true"),
+        node("Cast", ["true"], "one", to=TensorProto.INT64),
+        node("Add", ["one", "one"], "two"),
+        _i64("a0", [0]),
+        node("Unsqueeze", ["two", "a0"], "repeats"),
+        node("Tile", ["x", "repeats"], "tiled"),  # [2F] at run time
+        _i64("s", [2, F]),
+        node("Reshape", ["tiled", "s"], "m"),
+        node("ReduceSum", ["m", "a0"], "grad_w", keepdims=0),
+    ]
+    model = onnx.load_from_string(single_example_graph(_with_b(nodes), check=False))
+    model.graph.value_info.extend(
+        [
+            helper.make_tensor_value_info("repeats", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("tiled", TensorProto.FLOAT, [2 * F]),
+        ]
+    )
+    graph = model.SerializeToString()
+    with pytest.raises(BatchingRefused, match="layout check"):
+        Batched(graph)
