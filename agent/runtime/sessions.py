@@ -1,5 +1,11 @@
 """onnxruntime sessions for isolation wrappers, built once per package and task shape.
 
+Two wrappers compute the same clipped sums (:class:`RuntimeMode`): the agent's compiled
+batch of the package graph (:mod:`agent.runtime.batched_wrapper`, fast) and the ``Scan``
+over rows (:mod:`agent.runtime.isolation`, the reference). ``AUTO`` takes the compiled
+batch when the batching compiler accepts the graph and otherwise falls back to ``Scan``,
+logging the compiler's reason (also kept in :attr:`CompiledWrapper.fallback_reason`).
+
 :class:`WrapperCache` compiles a wrapper (:func:`agent.runtime.isolation.build_wrapper`)
 the first time a (package digest, graph role, interface) is used and keeps the
 ``InferenceSession`` for later tasks (least recently used first out). It is an object the
@@ -8,11 +14,13 @@ worker owns, not a module-level singleton.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +28,8 @@ import onnxruntime as ort
 
 from agent.packages.manifest import Manifest, TaskKind
 from agent.packages.verification import VerifiedPackage
+from agent.runtime.batched_wrapper import ROWS_PER_RUN, build_batched_wrapper
+from agent.runtime.batching import BatchingRefused
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
 from agent.runtime.isolation import (
     CLIP_NORM,
@@ -48,22 +58,53 @@ def interface_signature(manifest: Manifest) -> tuple[object, ...]:
     )
 
 
+class RuntimeMode(StrEnum):
+    AUTO = "auto"
+    """The compiled batch if the compiler accepts the graph, else ``Scan``."""
+    SCAN = "scan"
+    BATCHED = "batched"
+    """The compiled batch or :class:`~agent.runtime.batching.BatchingRefused`."""
+
+
 @dataclass(frozen=True)
 class WrapperKey:
     package_digest: str
     role: GraphRole
     interface: tuple[object, ...]
     intra_op_threads: int
+    mode: RuntimeMode = RuntimeMode.AUTO
 
 
 class CompiledWrapper:
     """A wrapper's session: feeds parameters and rows, returns the flat float64 sum."""
 
-    def __init__(self, graph_onnx: bytes, manifest: Manifest, role: GraphRole, *, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        graph_onnx: bytes,
+        manifest: Manifest,
+        role: GraphRole,
+        *,
+        intra_op_threads: int = 1,
+        mode: RuntimeMode = RuntimeMode.AUTO,
+    ) -> None:
         self.role = role
         self.manifest = manifest
         self.layout: WrapperLayout = layout_for(manifest, role)
-        model = build_wrapper(graph_onnx, manifest, role)
+        self.fallback_reason: str | None = None
+        """Why ``AUTO`` runs the ``Scan`` wrapper (``None``: it runs the compiled batch)."""
+        self.mode = RuntimeMode.SCAN
+        """The wrapper in use: ``BATCHED`` or ``SCAN``."""
+        if mode is not RuntimeMode.SCAN:
+            try:
+                model = build_batched_wrapper(graph_onnx, manifest, role)
+                self.mode = RuntimeMode.BATCHED
+            except BatchingRefused as refused:
+                if mode is RuntimeMode.BATCHED:
+                    raise
+                self.fallback_reason = str(refused)
+                logging.getLogger(__name__).info("batching compiler refused the graph, using Scan: %s", refused)
+        if self.mode is RuntimeMode.SCAN:
+            model = build_wrapper(graph_onnx, manifest, role)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -96,7 +137,14 @@ class CompiledWrapper:
                 raise ValueError("a gradient wrapper needs a finite clip_norm > 0")
             feeds[CLIP_NORM] = np.asarray(clip_norm, np.float64)
         try:
-            (result,) = self._session.run([SUM], feeds)
+            if self.mode is RuntimeMode.SCAN:
+                (result,) = self._session.run([SUM], feeds)
+            else:
+                result = np.zeros(self.layout.size, np.float64)
+                for start in range(0, batch.size, ROWS_PER_RUN):
+                    rows = slice(start, start + ROWS_PER_RUN)
+                    (part,) = self._session.run([SUM], feeds | {X: batch.x[rows], Y: batch.y[rows]})
+                    result += part
         except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...
             _raise_if_out_of_memory(exc)
             raise GraphExecutionError(
@@ -131,10 +179,13 @@ def _raise_if_out_of_memory(exc: Exception) -> None:
 class WrapperCache:
     """Compiled wrappers by (package digest, role, interface, threads); thread-safe LRU."""
 
-    def __init__(self, *, intra_op_threads: int = 1, max_entries: int = 8) -> None:
+    def __init__(
+        self, *, intra_op_threads: int = 1, max_entries: int = 8, mode: RuntimeMode = RuntimeMode.AUTO
+    ) -> None:
         if intra_op_threads < 1 or max_entries < 1:
             raise ValueError("intra_op_threads and max_entries must be >= 1")
         self.intra_op_threads = intra_op_threads
+        self.mode = mode
         self._max = max_entries
         self._entries: OrderedDict[WrapperKey, CompiledWrapper] = OrderedDict()
         self._lock = threading.Lock()
@@ -145,14 +196,14 @@ class WrapperCache:
         ``package_digest`` must identify ``graph_onnx`` and ``manifest`` (the store's
         content address does): the cache trusts it as the key.
         """
-        key = WrapperKey(package_digest, role, interface_signature(manifest), self.intra_op_threads)
+        key = WrapperKey(package_digest, role, interface_signature(manifest), self.intra_op_threads, self.mode)
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 return found
         # Compiled outside the lock: a large package must not block other tasks' lookups.
-        compiled = CompiledWrapper(graph_onnx, manifest, role, intra_op_threads=self.intra_op_threads)
+        compiled = CompiledWrapper(graph_onnx, manifest, role, intra_op_threads=self.intra_op_threads, mode=self.mode)
         with self._lock:
             self._entries[key] = compiled
             self._entries.move_to_end(key)

@@ -1,0 +1,326 @@
+"""The batched wrapper: the agent's compiled batch of a single-example graph plus its clipping.
+
+Same interface as the ``Scan`` wrapper (:func:`agent.runtime.isolation.build_wrapper`):
+inputs ``agent::param::<p>``, ``agent::x`` ``[N, F]``, ``agent::y`` ``[N, *label]``
+(and ``agent::clip_norm``), output ``agent::sum`` float64 ``[layout size]``; the same
+numbers up to float rounding. Instead of a ``Scan`` it contains the package graph
+rewritten by :func:`agent.runtime.batching.batch_graph` (row i of every value depends
+only on row i), followed by the agent's tail on the ``[N, P]`` per-example results:
+
+* gradients: per row, in float64, the global L2 norm over all parameters; a row with
+  any NaN or infinity becomes zeros; each row scaled by ``C / max(norm, C)``; the rows
+  summed (the only operation across rows, and it is the agent's);
+* metrics: per row and metric, non-finite becomes 0, then clamped into ``[low, high]``;
+  summed over rows.
+
+A graph the compiler cannot batch raises :class:`~agent.runtime.batching.BatchingRefused`
+(the session layer then builds the ``Scan`` wrapper).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from agent.packages.manifest import Manifest
+from agent.runtime.batching import BATCH_DIM, BatchedGraph, BatchingRefused, Emitter, batch_graph, check_layout
+from agent.runtime.errors import WrapperBuildError
+from agent.runtime.isolation import CLIP_NORM, SUM, GraphRole, WrapperLayout, X, Y, layout_for, parameter_input
+from agent.runtime.namespace import AGENT_PREFIX
+
+DOUBLE = TensorProto.DOUBLE
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+ROW_INPUTS = frozenset({"x", "y"})
+ROWS_PER_RUN = 256
+"""Rows per run of a batched wrapper (the session layer feeds at most this many)."""
+MAX_BATCHED_BYTES = 512 * 1024 * 1024
+"""Upper bound on the batched values of one run (float64-sized, all alive at once, which
+overestimates onnxruntime's reuse of buffers). The Scan path holds one row's values; a
+graph with large per-example values would make the batched run a memory risk instead,
+so it is refused and runs in Scan."""
+
+
+def _load(data: bytes) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends on hostile bytes
+        raise WrapperBuildError(f"the package graph is not an ONNX model ({type(exc).__name__})") from None
+    return model
+
+
+def _batch_size(emitter: Emitter, x: str) -> list[onnx.NodeProto]:
+    """Nodes defining ``emitter.batch_size`` = ``Shape(x)[0:1]`` (placed before everything)."""
+    shape, zero, one = (AGENT_PREFIX + name for name in ("rows_shape", "rows_start", "rows_end"))
+    return [
+        helper.make_node("Shape", [x], [shape], name=shape),
+        helper.make_node("Constant", [], [zero], name=zero, value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Constant", [], [one], name=one, value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node("Slice", [shape, zero, one], [emitter.batch_size], name=emitter.batch_size),
+    ]
+
+
+def _reduce(emitter: Emitter, op: str, value: str, axes: list[int], keepdims: int) -> str:
+    """A reduction in the attribute or input form the opset requires."""
+    if emitter.opset >= (13 if op == "ReduceSum" else 18):
+        return emitter.op(op, [value, emitter.ints(axes)], keepdims=keepdims)
+    return emitter.op(op, [value], axes=axes, keepdims=keepdims)
+
+
+def _rows(emitter: Emitter, batched: BatchedGraph, name: str, size: int) -> str:
+    """Package output ``name`` as ``[N, size]`` (an unbatched output is copied into every row)."""
+    value = batched.outputs.get(name)
+    if value is None:
+        raise WrapperBuildError(f"the package graph has no output {name!r}")
+    if math.prod(batched.output_shapes[name]) != size:
+        # The Scan wrapper fails such a graph at run time; keep that behaviour there.
+        raise BatchingRefused(f"output {name!r} does not have {size} elements")
+    if name in batched.batched_outputs:
+        return emitter.op("Reshape", [value, emitter.ints([0, size])])
+    flat = emitter.op("Reshape", [value, emitter.ints([1, size])])
+    return emitter.op("Expand", [flat, emitter.op("Concat", [emitter.batch_size, emitter.ints([size])], axis=0)])
+
+
+def _flat_rows(emitter: Emitter, batched: BatchedGraph, names: Iterable[tuple[str, int]]) -> str:
+    pieces = [_rows(emitter, batched, name, size) for name, size in names]
+    joined = pieces[0] if len(pieces) == 1 else emitter.op("Concat", pieces, axis=1)
+    # float64 from here on, as in the Scan wrapper.
+    return emitter.op("Cast", [joined], to=DOUBLE)
+
+
+# fl32(p) is infinite exactly when |p| >= 2^128 * (1 - 2^-25) (round to nearest even).
+_FLOAT32_OVERFLOW = 2.0**128 * (1.0 - 2.0**-25)
+
+
+@dataclass(frozen=True)
+class _Outer:
+    """A gradient the compiled graph computes per row as the outer product ``u_i v_i^T``:
+    ``MatMul([N, F, 1], [N, 1, H])``, both operands batched."""
+
+    u: str
+    v: str
+    rows: int
+    cols: int
+
+
+def _outer_product(batched: BatchedGraph, name: str, size: int) -> _Outer | None:
+    """Whether package output ``name`` is such an outer product (through Identity nodes)."""
+    producers = {output: node for node in batched.nodes for output in node.output}
+    node = producers.get(batched.outputs.get(name, ""))
+    while node is not None and node.op_type == "Identity":
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "MatMul" or len(node.input) != 2:
+        return None
+    u, v = (batched.layout.get(value) for value in node.input)
+    if u is None or v is None or not (u[0] and v[0]) or len(u[1]) != 2 or len(v[1]) != 2:
+        return None
+    (rows, one_u), (one_v, cols) = u[1], v[1]
+    if one_u != 1 or one_v != 1 or rows * cols != size:
+        return None
+    return _Outer(node.input[0], node.input[1], rows, cols)
+
+
+def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout) -> str:
+    """``sum_i clip(g_i)`` over the rows: the security-relevant tail, in float64.
+
+    Per row: the global L2 norm over all gradients, zero if any value is NaN or infinite,
+    scale ``C / max(norm, C)``; then the scaled rows are summed (the only operation across
+    rows, and it is the agent's). A gradient that is a per-row outer product ``u_i v_i^T``
+    (a weight gradient) is not materialised: its squared norm is ``|u_i|^2 |v_i|^2``
+    exactly, it is non-finite exactly when ``u_i`` or ``v_i`` is or when the largest
+    product overflows float32 (as the materialised float32 product would), and its
+    clipped sum is ``(s * U)^T V``, one matrix product.
+    """
+    zero = emitter.constant(np.array(0.0, np.float64))
+    squares: list[str] = []
+    overflows: list[str] = []
+    pieces: list[tuple[str, str | None]] = []
+    for slot in layout.slots:
+        name = f"grad_{slot.name}"
+        outer = _outer_product(batched, name, slot.size)
+        if outer is None:
+            dense = emitter.op("Cast", [_rows(emitter, batched, name, slot.size)], to=DOUBLE)
+            squares.append(_reduce(emitter, "ReduceSumSquare", dense, [1], keepdims=1))
+            pieces.append((dense, None))
+            continue
+        u = emitter.op("Cast", [emitter.op("Reshape", [outer.u, emitter.ints([0, outer.rows])])], to=DOUBLE)
+        v = emitter.op("Cast", [emitter.op("Reshape", [outer.v, emitter.ints([0, outer.cols])])], to=DOUBLE)
+        squares.append(
+            emitter.op(
+                "Mul",
+                [
+                    _reduce(emitter, "ReduceSumSquare", u, [1], keepdims=1),
+                    _reduce(emitter, "ReduceSumSquare", v, [1], keepdims=1),
+                ],
+            )
+        )
+        largest = emitter.op(
+            "Mul",
+            [
+                _reduce(emitter, "ReduceMax", emitter.op("Abs", [u]), [1], keepdims=1),
+                _reduce(emitter, "ReduceMax", emitter.op("Abs", [v]), [1], keepdims=1),
+            ],
+        )
+        overflows.append(
+            emitter.op("GreaterOrEqual", [largest, emitter.constant(np.array(_FLOAT32_OVERFLOW, np.float64))])
+        )
+        pieces.append((u, v))
+    total = squares[0] if len(squares) == 1 else emitter.op("Sum", squares)  # [N, 1]
+    # NaN or +-Inf anywhere in a row makes its sum of squares NaN or Inf.
+    bad = emitter.op("Or", [emitter.op("IsNaN", [total]), emitter.op("IsInf", [total])])
+    for overflow in overflows:
+        bad = emitter.op("Or", [bad, overflow])
+    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
+    # min(1, C / norm) as C / max(norm, C); 0 for a bad row.
+    scale = emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
+    weights = emitter.op("Transpose", [scale], perm=[1, 0])  # [1, N]
+    sums: list[str] = []
+    for first, second in pieces:
+        # Where, not a multiply: 0 * NaN is NaN.
+        safe = emitter.op("Where", [bad, zero, first])
+        if second is None:
+            summed = emitter.op("MatMul", [weights, safe])  # [1, size]
+        else:
+            scaled = emitter.op("Mul", [safe, scale])
+            summed = emitter.op(
+                "MatMul",
+                [emitter.op("Transpose", [scaled], perm=[1, 0]), emitter.op("Where", [bad, zero, second])],
+            )
+        sums.append(emitter.op("Reshape", [summed, emitter.ints([-1])]))
+    return sums[0] if len(sums) == 1 else emitter.op("Concat", sums, axis=0)
+
+
+def _live(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
+    """``nodes`` that the ``outputs`` depend on (a materialised gradient the tail replaced
+    by its factors is not computed at all)."""
+    needed = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    return kept[::-1]
+
+
+def _metric_rows(emitter: Emitter, m: str, manifest: Manifest) -> str:
+    zero = emitter.constant(np.array(0.0, np.float64))
+    low = emitter.constant(np.array([metric.low for metric in manifest.metrics], np.float64))
+    high = emitter.constant(np.array([metric.high for metric in manifest.metrics], np.float64))
+    bad = emitter.op("Or", [emitter.op("IsNaN", [m]), emitter.op("IsInf", [m])])
+    finite = emitter.op("Where", [bad, zero, m])
+    clamped = emitter.op("Min", [emitter.op("Max", [finite, low]), high])
+    return _reduce(emitter, "ReduceSum", clamped, [0], keepdims=0)
+
+
+def _checked(model: onnx.ModelProto, batched: BatchedGraph) -> onnx.ModelProto:
+    check_layout(model, batched.layout)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError, ...
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BatchingRefused(f"the batched graph fails onnx.checker: {first_line[:300]}") from None
+    return model
+
+
+def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> onnx.ModelProto:
+    """The checked batched wrapper for the package's grad (or eval) graph.
+
+    Raises :class:`BatchingRefused` when the compiler cannot batch the graph, and
+    :class:`WrapperBuildError` when the graph does not fit the manifest at all.
+    """
+    package_model = _load(graph_onnx)
+    layout = layout_for(manifest, role)
+    if layout.size == 0:
+        raise WrapperBuildError("the manifest declares nothing for this graph to produce")
+    feeds = {p.name: parameter_input(p.name) for p in manifest.parameters} | {"x": X, "y": Y}
+    declared = {value.name for value in package_model.graph.input}
+    if declared != set(feeds):
+        raise WrapperBuildError(f"the package graph's inputs {sorted(declared)[:20]} differ from the manifest's")
+    emitter = Emitter(0, AGENT_PREFIX + "rows", AGENT_PREFIX + "tail::")
+    batched = batch_graph(package_model, ROW_INPUTS, emitter.batch_size)
+    emitter.opset = batched.opset
+    head = _batch_size(emitter, X)
+    head += [
+        helper.make_node("Identity", [source], [batched.inputs[name]], name=f"{AGENT_PREFIX}feed::{name}")
+        for name, source in feeds.items()
+    ]
+    batched_elements = sum(math.prod(shape) for is_batched, shape in batched.layout.values() if is_batched)
+    if batched_elements * ROWS_PER_RUN * 8 > MAX_BATCHED_BYTES:
+        raise BatchingRefused(f"per-example values of {batched_elements} elements are too large to batch")
+    if role is GraphRole.GRADIENT:
+        result = _clip_rows(emitter, batched, layout)
+    else:
+        flat = _flat_rows(emitter, batched, [(slot.name, 1) for slot in layout.slots])
+        result = _metric_rows(emitter, flat, manifest)
+    emitter.op("Identity", [result], SUM)
+
+    label = INT64 if manifest.label.dtype == "int64" else FLOAT
+    inputs = [helper.make_tensor_value_info(parameter_input(p.name), FLOAT, list(p.shape)) for p in manifest.parameters]
+    inputs += [
+        helper.make_tensor_value_info(X, FLOAT, [BATCH_DIM, manifest.num_features]),
+        helper.make_tensor_value_info(Y, label, [BATCH_DIM, *manifest.label.shape]),
+    ]
+    if role is GraphRole.GRADIENT:
+        inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))
+    graph = helper.make_graph(
+        _live([*head, *batched.nodes, *emitter.nodes], [SUM]),
+        AGENT_PREFIX + "batched_wrapper",
+        inputs,
+        [helper.make_tensor_value_info(SUM, DOUBLE, [layout.size])],
+        initializer=list(batched.initializers),
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", batched.opset)],
+        ir_version=max(package_model.ir_version, 7),
+        producer_name="edge-agent.runtime.batched_wrapper",
+    )
+    return _checked(model, batched)
+
+
+def build_per_row_model(graph_onnx: bytes) -> onnx.ModelProto:
+    """The batched package graph alone, for differential tests and inspection.
+
+    Inputs: the package's own, with ``x`` and ``y`` given a leading batch axis. Outputs:
+    the package's, each ``[N, *shape]`` (an unbatched output copied into every row), so
+    that row i can be compared with the single-example graph run on row i.
+    """
+    package_model = _load(graph_onnx)
+    emitter = Emitter(0, AGENT_PREFIX + "rows", AGENT_PREFIX + "tail::")
+    batched = batch_graph(package_model, ROW_INPUTS, emitter.batch_size)
+    emitter.opset = batched.opset
+    head = _batch_size(emitter, "x")
+    inputs: list[onnx.ValueInfoProto] = []
+    for value in package_model.graph.input:
+        tensor = value.type.tensor_type
+        dims: list[int | str] = [d.dim_value for d in tensor.shape.dim]
+        if value.name in ROW_INPUTS:
+            dims.insert(0, BATCH_DIM)
+        inputs.append(helper.make_tensor_value_info(value.name, tensor.elem_type, dims))
+        head.append(helper.make_node("Identity", [value.name], [batched.inputs[value.name]]))
+    outputs: list[onnx.ValueInfoProto] = []
+    for value in package_model.graph.output:
+        name, shape = value.name, batched.output_shapes[value.name]
+        source = batched.outputs[name]
+        if name not in batched.batched_outputs:
+            target = emitter.op("Concat", [emitter.batch_size, emitter.ints(shape)], axis=0)
+            source = emitter.op("Expand", [emitter.op("Unsqueeze", [source, emitter.ints([0])]), target])
+        emitter.op("Identity", [source], name)
+        outputs.append(helper.make_tensor_value_info(name, value.type.tensor_type.elem_type, [BATCH_DIM, *shape]))
+    graph = helper.make_graph(
+        [*head, *batched.nodes, *emitter.nodes],
+        AGENT_PREFIX + "per_row",
+        inputs,
+        outputs,
+        initializer=list(batched.initializers),
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", batched.opset)], ir_version=max(package_model.ir_version, 7)
+    )
+    return _checked(model, batched)
