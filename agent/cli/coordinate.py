@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.cli.exit_codes import ExitCode
+from agent.cli.settings import UsageError
 from agent.coordinator.client import AgentClient, AgentRpcError
 from agent.coordinator.federation import Federation, Site, load_federation
 from agent.coordinator.progress import observer_for
@@ -67,7 +68,10 @@ def _describe(client: AgentClient, site: Site, connect_seconds: float) -> str:
     except AgentRpcError as exc:
         return f"{site.name} ({site.address}): UNUSABLE: {exc.code.name}: {exc.details}"
     upper = dataset.row_count.upper or "inf"
-    fmt = pb.DatasetFormat.Name(dataset.format).removeprefix("DATASET_FORMAT_").lower()
+    try:
+        fmt = pb.DatasetFormat.Name(dataset.format).removeprefix("DATASET_FORMAT_").lower()
+    except ValueError:  # a newer agent's format
+        fmt = f"format {dataset.format}"
     return (
         f"{site.name} ({site.address}): agent {info.agent_id} {info.version}, {health}, we are "
         f"{info.caller_identity}\n  dataset {dataset.id}: {fmt}, rows in [{dataset.row_count.lower}, {upper}), "
@@ -95,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
     federation: Federation = load_federation(args.federation)
     if args.rounds is not None:
         if not 1 <= args.rounds <= 100_000:
-            raise FederationError(f"--rounds must be between 1 and 100000, got {args.rounds}")
+            raise UsageError(f"--rounds must be between 1 and 100000, got {args.rounds}")
         federation = dataclasses.replace(
             federation, training=dataclasses.replace(federation.training, rounds=args.rounds)
         )

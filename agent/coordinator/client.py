@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.coordinator.tasks import TaskProtocolError, TaskRun, run_task
+from agent.tasks.tensors import TensorDecl
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -238,11 +239,19 @@ class AgentClient:
         *,
         timeout: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
+        expected: Sequence[TensorDecl] | None = None,
     ) -> TaskRun:
         """Runs one task (see agent.coordinator.tasks.run_task); a refusal or a broken
         stream raises AgentRpcError."""
         try:
-            return run_task(self._stub, spec, parameters, timeout=self._deadline(timeout), on_progress=on_progress)
+            return run_task(
+                self._stub,
+                spec,
+                parameters,
+                timeout=self._deadline(timeout),
+                on_progress=on_progress,
+                expected=expected,
+            )
         except grpc.RpcError as exc:
             raise self._error("RunTask", exc) from None
         except TaskProtocolError as exc:

@@ -161,11 +161,16 @@ def parse_federation(text: str, source: Path) -> Federation:
     if not site_tables:
         raise root.error("agents", "list at least one agent as [[agents]] with name, address and dataset")
     sites = tuple(_site(table) for table in site_tables)
-    seen: set[str] = set()
+    names: set[str] = set()
+    addresses: set[str] = set()
     for index, site in enumerate(sites):
-        if site.name in seen:
+        if site.name in names:
             raise ConfigError(source, f"agents[{index}].name", f"{site.name!r} is listed twice")
-        seen.add(site.name)
+        if site.address in addresses:
+            # One agent twice would count twice in the quorum and in the average.
+            raise ConfigError(source, f"agents[{index}].address", f"{site.address!r} is listed twice")
+        names.add(site.name)
+        addresses.add(site.address)
     training = _training(root.table("training"), len(sites))
     root.finish()
     return Federation(

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from agent.coordinator.federation import ServerOptimizerKind
 
 Parameters = dict[str, npt.NDArray[np.float32]]
+OptimizerState = tuple[dict[str, npt.NDArray[np.float64]], dict[str, npt.NDArray[np.float64]], int]
 
 
 class ServerOptimizer:
@@ -43,6 +44,13 @@ class ServerOptimizer:
         self._first: dict[str, npt.NDArray[np.float64]] = {}
         self._second: dict[str, npt.NDArray[np.float64]] = {}
         self._steps = 0
+
+    def state(self) -> OptimizerState:
+        """A copy of the moments, to undo a step whose result is refused."""
+        return dict(self._first), dict(self._second), self._steps
+
+    def restore(self, state: OptimizerState) -> None:
+        self._first, self._second, self._steps = dict(state[0]), dict(state[1]), state[2]
 
     def step(
         self, parameters: Mapping[str, npt.NDArray[np.float32]], gradient: Mapping[str, npt.NDArray[np.floating]]

@@ -59,9 +59,31 @@ def run_study(
     """
     run_id = run_id or new_run_id(federation)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    package.check_exportable()  # before any ε is spent
     out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = out_dir / REPORT_FILE
+
+    def report(result: TrainingResult, sites: list[SiteSummary], model: Path | None) -> RunReport:
+        written = RunReport(
+            federation=federation.name,
+            run_id=run_id,
+            algorithm=federation.training.algorithm.value,
+            package_name=f"{package.manifest.name} {package.manifest.version}",
+            package_digest=package.digest,
+            started_at=started_at,
+            finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            plan={k: (v.value if hasattr(v, "value") else v) for k, v in asdict(federation.training).items()},
+            rounds=tuple(result.rounds),
+            sites=tuple(sites),
+            model_file=str(model) if model else "",
+            extra={**(extra or {}), **({"stopped_early": result.stopped_early} if result.stopped_early else {})},
+        )
+        written.write(report_path)
+        return written
+
     clients = open_clients(federation)
     training = FederatedTraining(federation, clients, package, observer, run_id=run_id)
+    left_out: list[SiteSummary] = []
     try:
         ready, left_out = training.prepare()
         observer.note(
@@ -70,6 +92,16 @@ def run_study(
         )
         result = training.train(ready, package.initial_parameters())
         summaries = [_summary(clients[r.site.name], r, result) for r in ready]
+    except BaseException as exc:
+        # Every site may already have spent ε: what happened must be on record.
+        partial = training.result
+        if partial is not None:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            partial.stopped_early = partial.stopped_early or f"interrupted ({reason})"
+            sites = [_summary(None, r, partial) for r in partial.ready]
+            report(partial, sites + left_out, None)
+            observer.note(f"the run stopped early; its report so far is in {report_path}")
+        raise
     finally:
         training.close()
         for client in clients.values():
@@ -78,26 +110,12 @@ def run_study(
     if package.inference_model is not None:
         model_path = out_dir / MODEL_FILE
         package.export(result.parameters, model_path)
-    report = RunReport(
-        federation=federation.name,
-        run_id=run_id,
-        algorithm=federation.training.algorithm.value,
-        package_name=f"{package.manifest.name} {package.manifest.version}",
-        package_digest=package.digest,
-        started_at=started_at,
-        finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        plan={k: (v.value if hasattr(v, "value") else v) for k, v in asdict(federation.training).items()},
-        rounds=tuple(result.rounds),
-        sites=tuple(summaries + left_out),
-        model_file=str(model_path) if model_path else "",
-        extra={**(extra or {}), **({"stopped_early": result.stopped_early} if result.stopped_early else {})},
-    )
-    report_path = out_dir / REPORT_FILE
-    report.write(report_path)
-    return StudyOutcome(report, result, report_path, model_path)
+    written = report(result, summaries + left_out, model_path)
+    return StudyOutcome(written, result, report_path, model_path)
 
 
-def _summary(client: AgentClient, ready: ReadySite, result: TrainingResult) -> SiteSummary:
+def _summary(client: AgentClient | None, ready: ReadySite, result: TrainingResult) -> SiteSummary:
+    """What the run did at one site, with its budget from GetBudget (unless ``client`` is None)."""
     site = ready.site
     base = SiteSummary(
         site=site.name,
@@ -109,6 +127,8 @@ def _summary(client: AgentClient, ready: ReadySite, result: TrainingResult) -> S
         epsilon_charged_by_run=result.charged[site.name].epsilon,
         epsilon_last_reported=result.charged[site.name].budget_epsilon,
     )
+    if client is None:
+        return dataclasses.replace(base, status="run interrupted; budget not read")
     try:
         budget = client.get_budget(site.dataset)
     except AgentRpcError as exc:

@@ -16,12 +16,14 @@ import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
+from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.durable import write_public
 from agent.packages.archive import read_archive
 from agent.packages.errors import PackageRejected
 from agent.packages.limits import PackageLimits
 from agent.packages.manifest import Manifest
 from agent.publisher.packaging import inspect_package
+from agent.tasks.tensors import TensorDecl
 
 Parameters = dict[str, npt.NDArray[np.float32]]
 
@@ -59,6 +61,25 @@ class StudyPackage:
     def ordered(self, parameters: Mapping[str, npt.NDArray[np.float32]]) -> list[tuple[str, npt.NDArray[np.generic]]]:
         """``parameters`` in the manifest's order, as RunTask wants them."""
         return [(p.name, parameters[p.name]) for p in self.manifest.parameters]
+
+    def result_declarations(self, kind: int) -> list[TensorDecl]:
+        """The tensors an honest agent returns for a task kind: every parameter's shape for
+        training (sums or deltas), none for evaluation (scalars only)."""
+        if kind == pb.TASK_KIND_DP_EVALUATE:
+            return []
+        return [TensorDecl(p.name, p.dtype, p.shape) for p in self.manifest.parameters]
+
+    def check_exportable(self) -> None:
+        """Raises StudyPackageError now if the trained parameters could not be exported later."""
+        if self.inference_model is None:
+            return
+        names = {init.name for init in _parse(self.inference_model).graph.initializer}
+        missing = {p.name for p in self.manifest.parameters} - names
+        if missing:
+            raise StudyPackageError(
+                f"model.onnx of {self.manifest.name} has no initializer for {', '.join(sorted(missing))}; "
+                "the trained model could not be exported"
+            )
 
     def initial_parameters(self) -> Parameters:
         """The initializers of ``model.onnx`` named like the parameters; zeros otherwise.

@@ -48,8 +48,13 @@ def run_task(
     *,
     timeout: float | None,
     on_progress: Callable[[float, str], None] | None = None,
+    expected: Sequence[TensorDecl] | None = None,
 ) -> TaskRun:
-    """Runs one task; ``parameters`` in the package's order. Raises grpc.RpcError on a refusal."""
+    """Runs one task; ``parameters`` in the package's order. Raises grpc.RpcError on a refusal.
+
+    With ``expected``, a result header that declares other tensors is a TaskProtocolError
+    before any memory is set aside for it (a hostile agent could declare terabytes).
+    """
     message = pb.TaskSpec()
     message.CopyFrom(spec)
     del message.parameters[:]
@@ -83,7 +88,17 @@ def run_task(
                 if on_progress is not None:
                     on_progress(event.progress.fraction, event.progress.stage)
             elif kind == "result_header":
-                assembler = TensorAssembler([_decl(h) for h in event.result_header.tensors])
+                declared = [_decl(h) for h in event.result_header.tensors]
+                if expected is not None and [(d.name, d.dtype, d.shape) for d in declared] != [
+                    (e.name, e.dtype, e.shape) for e in expected
+                ]:
+                    raise TaskProtocolError(
+                        "the result declares "
+                        + (", ".join(f"{d.name}{list(d.shape)}" for d in declared) or "no tensors")
+                        + ", not the package's "
+                        + (", ".join(f"{e.name}{list(e.shape)}" for e in expected) or "none")
+                    )
+                assembler = TensorAssembler(declared)
                 scalars = dict(event.result_header.scalars)
             elif kind == "result_chunk":
                 if assembler is None:

@@ -20,7 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -31,6 +30,7 @@ from agent.coordinator.optimizer import Parameters, ServerOptimizer
 from agent.coordinator.report import RoundRecord, SiteSummary, SiteTask
 from agent.coordinator.study_package import StudyPackage
 from agent.coordinator.tasks import TaskRun
+from agent.tasks.tensors import TensorDecl
 
 NOISY_COUNT = "noisy_count"
 
@@ -55,6 +55,8 @@ class ReadySite:
     agent_id: str
     # Lower edge of the dataset's row-count bucket: the public size used for weights.
     rows_lower: int
+    # Its upper edge (0 for the open top bucket): bounds what an honest gradient sum can be.
+    rows_upper: int
     # The budget group's ε before the run (GetBudget).
     epsilon_before: float
 
@@ -105,6 +107,7 @@ class FederatedTraining:
         self.run_id = run_id
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * len(federation.sites)), thread_name_prefix="site")
+        self.result: TrainingResult | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -127,6 +130,16 @@ class FederatedTraining:
                 status, detail = _failure(exc) if isinstance(exc, AgentRpcError) else ("unsuitable", str(exc))
                 self.observer.note(f"{site.name} ({site.address}) is left out: {status}: {detail}")
                 left_out.append(SiteSummary(site.name, site.address, site.dataset, status=f"{status}: {detail}"))
+        seen: dict[str, str] = {}
+        for candidate in list(ready):
+            other = seen.setdefault(candidate.agent_id, candidate.site.name)
+            if other != candidate.site.name:
+                # Two entries dialling one agent would count it twice in the quorum and the average.
+                ready.remove(candidate)
+                where = candidate.site
+                detail = f"agent {candidate.agent_id} is also listed as {other}"
+                self.observer.note(f"{where.name} ({where.address}) is left out: {detail}")
+                left_out.append(SiteSummary(where.name, where.address, where.dataset, status=f"duplicate: {detail}"))
         if len(ready) < self.plan.quorum:
             raise FederationError(
                 f"only {len(ready)} of {len(self.federation.sites)} agents are usable; the quorum is {self.plan.quorum}"
@@ -145,11 +158,18 @@ class FederatedTraining:
         absent = [c for c in needed if c not in columns]
         if absent:
             raise SiteUnsuitableError(f"dataset {site.dataset!r} does not offer column(s) {', '.join(absent)}")
-        uploaded = client.upload_package(self.package.archive)
+        # An upload can be large and the link slow: it gets a task's deadline, not a short call's.
+        uploaded = client.upload_package(self.package.archive, timeout=self.plan.task_deadline_seconds)
         if uploaded.digest != self.package.digest:
             raise SiteUnsuitableError(f"the agent stored digest {uploaded.digest}, expected {self.package.digest}")
         budget = client.get_budget(site.dataset)
-        return ReadySite(site, info.agent_id, max(1, int(dataset.row_count.lower)), budget.epsilon_spent)
+        return ReadySite(
+            site,
+            info.agent_id,
+            max(1, int(dataset.row_count.lower)),
+            int(dataset.row_count.upper),
+            budget.epsilon_spent,
+        )
 
     # -- rounds ----------------------------------------------------------------------
 
@@ -162,42 +182,53 @@ class FederatedTraining:
             charged={r.site.name: SiteLedger() for r in ready},
             ready=list(ready),
         )
+        # Kept here so that a run cut short (Ctrl-C, a bug) can still be reported.
+        self.result = result
         failed_in_a_row = 0
+        by_name = {r.site.name: r for r in ready}
         # The evaluation of the model after round r runs beside round r + 1's training.
         pending: _PendingEvaluation | None = None
         kind = pb.TASK_KIND_DP_GRADIENT if plan.algorithm is Algorithm.FEDSGD else pb.TASK_KIND_DP_LOCAL_TRAINING
         for round_number in range(1, plan.rounds + 1):
             started = self._clock()
             training = {r.site.name: self._submit(r.site, kind, round_number, result.parameters) for r in ready}
-            tasks, outcomes = self._collect(round_number, "train", training, started, result.charged)
+            tasks, outcomes = self._collect(round_number, "train", training, result.charged, by_name)
             if pending is not None:
                 self._attach_evaluation(result, pending)
                 pending = None
             updated = len(outcomes) >= plan.quorum
             if updated:
-                result.parameters = optimizer.step(result.parameters, self._average(ready, outcomes))
-                for name in outcomes:
-                    result.charged[name].rounds_contributed += 1
-                failed_in_a_row = 0
+                state = optimizer.state()
+                stepped = optimizer.step(result.parameters, self._average(ready, outcomes))
+                updated = all(bool(np.all(np.isfinite(value))) for value in stepped.values())
+                if updated:
+                    result.parameters = stepped
+                    for name in outcomes:
+                        result.charged[name].rounds_contributed += 1
+                    failed_in_a_row = 0
+                else:
+                    optimizer.restore(state)
+                    self.observer.note(f"round {round_number}: the update overflowed; the model is unchanged")
             else:
-                failed_in_a_row += 1
                 self.observer.note(
                     f"round {round_number}: only {len(outcomes)} of {len(ready)} sites returned, quorum is "
                     f"{plan.quorum}; the model is unchanged"
                 )
+            if not updated:
+                failed_in_a_row += 1
             result.rounds.append(RoundRecord(round_number, self._clock() - started, updated, tasks))
             if failed_in_a_row >= plan.max_failed_rounds:
-                result.stopped_early = f"{failed_in_a_row} rounds in a row without a quorum"
+                result.stopped_early = f"{failed_in_a_row} rounds in a row without an update (quorum or overflow)"
                 self.observer.round_finished(result.rounds[-1])
                 break
-            if self._evaluates_after(round_number):
+            # ε is not spent on evaluating a model that did not move (except the final one).
+            if self._evaluates_after(round_number) and (updated or round_number == plan.rounds):
                 pending = _PendingEvaluation(
                     len(result.rounds) - 1,
                     {
                         r.site.name: self._submit(r.site, pb.TASK_KIND_DP_EVALUATE, round_number, result.parameters)
                         for r in ready
                     },
-                    self._clock(),
                 )
             else:
                 self.observer.round_finished(result.rounds[-1])
@@ -214,7 +245,8 @@ class FederatedTraining:
     def _attach_evaluation(self, result: TrainingResult, pending: _PendingEvaluation) -> None:
         """Adds the federated evaluation of the model after a round to that round's record."""
         record = result.rounds[pending.index]
-        tasks, outcomes = self._collect(record.round, "evaluate", pending.futures, pending.started, result.charged)
+        by_name = {r.site.name: r for r in result.ready}
+        tasks, outcomes = self._collect(record.round, "evaluate", pending.futures, result.charged, by_name)
         site_metrics: dict[str, dict[str, float]] = {}
         totals: dict[str, float] = {}
         total_count = 0.0
@@ -237,11 +269,27 @@ class FederatedTraining:
         result.rounds[pending.index] = evaluated
         self.observer.round_finished(evaluated)
 
-    def _submit(self, site: Site, kind: int, round_number: int, parameters: Parameters) -> Future[TaskRun]:
+    def _submit(self, site: Site, kind: int, round_number: int, parameters: Parameters) -> Future[_Outcome]:
         spec = self._spec(site, kind, round_number)
         ordered = self.package.ordered(parameters)
         client = self.clients[site.name]
-        return self._pool.submit(client.run_task, spec, ordered, timeout=self.plan.task_deadline_seconds)
+        expected = self.package.result_declarations(kind)
+        return self._pool.submit(self._timed, client, spec, ordered, expected)
+
+    def _timed(
+        self,
+        client: AgentClient,
+        spec: pb.TaskSpec,
+        ordered: list[tuple[str, npt.NDArray[np.generic]]],
+        expected: Sequence[TensorDecl],
+    ) -> _Outcome:
+        """Runs in a pool thread: the task and its own duration; any failure becomes a value."""
+        started = self._clock()
+        try:
+            run = client.run_task(spec, ordered, timeout=self.plan.task_deadline_seconds, expected=expected)
+        except Exception as exc:  # a broken or hostile agent must not end the run
+            return _Outcome(None, exc, self._clock() - started)
+        return _Outcome(run, None, self._clock() - started)
 
     def _spec(self, site: Site, kind: int, round_number: int) -> pb.TaskSpec:
         plan = self.plan
@@ -275,32 +323,32 @@ class FederatedTraining:
         self,
         round_number: int,
         kind: str,
-        futures: Mapping[str, Future[TaskRun]],
-        started: float,
+        futures: Mapping[str, Future[_Outcome]],
         charged: dict[str, SiteLedger],
+        ready: Mapping[str, ReadySite],
     ) -> tuple[tuple[SiteTask, ...], dict[str, TaskRun]]:
         tasks: list[SiteTask] = []
         outcomes: dict[str, TaskRun] = {}
         for name, future in futures.items():
-            try:
-                run = future.result()
-            except (AgentRpcError, grpc.RpcError, ValueError) as exc:
-                status, detail = _failure(exc)
-                task = SiteTask(name, kind, status, self._clock() - started, detail=detail)
+            outcome = future.result()
+            run = outcome.run
+            if run is None:
+                status, detail = _failure(outcome.error) if outcome.error else ("UNKNOWN", "")
+                task = SiteTask(name, kind, status, outcome.seconds, detail=detail)
             else:
-                charged[name].epsilon += run.epsilon_charged
-                charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.budget_epsilon_spent)
-                problem = self._release_problem(run, kind)
+                problem = self._release_problem(run, kind, ready[name])
                 if problem:
-                    task = SiteTask(name, kind, "INVALID_RESULT", self._clock() - started, run.epsilon_charged, problem)
+                    task = SiteTask(name, kind, "INVALID_RESULT", outcome.seconds, detail=problem)
                 else:
+                    charged[name].epsilon += run.epsilon_charged
+                    charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.budget_epsilon_spent)
                     outcomes[name] = run
-                    task = SiteTask(name, kind, "ok", self._clock() - started, run.epsilon_charged)
+                    task = SiteTask(name, kind, "ok", outcome.seconds, run.epsilon_charged)
             tasks.append(task)
             self.observer.task_finished(round_number, task)
         return tuple(tasks), outcomes
 
-    def _release_problem(self, run: TaskRun, kind: str) -> str:
+    def _release_problem(self, run: TaskRun, kind: str, site: ReadySite) -> str:
         """Why a result cannot be used (a broken or hostile agent), or ""."""
         if kind == "evaluate":
             values = list(run.scalars.values())
@@ -315,8 +363,17 @@ class FederatedTraining:
                     return f"no tensor {decl.name!r} of shape {list(decl.shape)} in the result"
                 if not np.all(np.isfinite(tensor)):
                     return f"tensor {decl.name!r} holds non-finite values"
-        if not all(np.isfinite(values)):
-            return "a scalar is not finite"
+        if not all(np.isfinite([*values, run.epsilon_charged, run.budget_epsilon_spent])):
+            return "a scalar or the reported ε is not finite"
+        if kind == "train" and self.plan.algorithm is Algorithm.FEDSGD and site.rows_upper:
+            # A sum of at most rows_upper clipped gradients plus noise: anything far beyond
+            # (6 standard deviations of the noise's norm) no honest agent sends.
+            size = sum(int(np.prod(d.shape)) for d in self.package.manifest.parameters)
+            plan = self.plan
+            bound = site.rows_upper * plan.clip_norm + 6 * plan.noise_multiplier * plan.clip_norm * np.sqrt(size)
+            norm = float(np.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in run.tensors.values())))
+            if norm > bound:
+                return f"the gradient sum's norm {norm:.4g} exceeds what {site.rows_upper} clipped rows can give"
         return ""
 
     def _average(
@@ -340,10 +397,18 @@ class FederatedTraining:
 
 
 @dataclass(frozen=True)
+class _Outcome:
+    """One task as its pool thread saw it: a result or an error, and how long it took."""
+
+    run: TaskRun | None
+    error: BaseException | None
+    seconds: float
+
+
+@dataclass(frozen=True)
 class _PendingEvaluation:
     index: int  # of the round record it belongs to
-    futures: Mapping[str, Future[TaskRun]]
-    started: float
+    futures: Mapping[str, Future[_Outcome]]
 
 
 class SiteUnsuitableError(Exception):

@@ -208,7 +208,8 @@ def federation_toml(federation: Federation) -> str:
     lines = [
         "# The demo's federation file: run it again with",
         "#   edge-agent coordinate train federation.toml --package package.zip --out run",
-        "# while the agents are up (edge-agent demo --keep-running).",
+        "# against agents started from the hospital directories (edge-agent serve --config",
+        "# <hospital>/agent.toml) after updating the addresses below to their new ports.",
         "[federation]",
         f'name = "{federation.name}"',
         f'ca_file = "{federation.ca_file}"',
@@ -336,7 +337,9 @@ def running_hospitals(setup: DemoSetup, out: TextIO) -> Iterator[list[HospitalAg
         for index in range(len(HOSPITALS)):
             agents.append(start_hospital(index, setup.root, setup.cohorts, setup.pki, setup.publisher))
         for agent in agents:
-            agent.port = wait_for_port(agent.directory / "port", agent.process, timeout=60)
+            agent.port = wait_for_port(
+                agent.directory / "port", agent.process, timeout=60, name=f"agent {agent.name}", log=agent.log_path
+            )
         yield agents
     finally:
         _stop_all(agents, out)

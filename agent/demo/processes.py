@@ -17,21 +17,26 @@ class DemoError(Exception):
     """The demo could not run; the message says which step failed."""
 
 
-def wait_for_port(port_file: Path, process: subprocess.Popen[bytes], timeout: float) -> int:
+def wait_for_port(
+    port_file: Path, process: subprocess.Popen[bytes], timeout: float, name: str = "the agent", log: Path | None = None
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DemoError(f"the agent exited early with code {process.returncode}")
+            tail = ""
+            if log is not None and log.exists():
+                tail = "; the end of its log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise DemoError(f"{name} exited early with code {process.returncode}{tail}")
         text = port_file.read_text() if port_file.exists() else ""
         if text.strip().isdigit():
             return int(text)
         time.sleep(0.05)
-    raise DemoError(f"the agent did not start listening within {timeout} s")
+    raise DemoError(f"{name} did not start listening within {timeout} s")
 
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Turns the first SIGTERM into KeyboardInterrupt so that `finally` blocks run.
+    """Turns the first SIGTERM or SIGINT into KeyboardInterrupt so that `finally` blocks run.
 
     Python's default for SIGTERM is to die on the spot, which would leave the
     child agent running and the temp dir (with a CA private key) on disk.
@@ -47,7 +52,8 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous_int = signal.getsignal(signal.SIGINT)
+    # SIGINT too: a second Ctrl-C during the clean-up must not cut it short.
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield

@@ -108,17 +108,23 @@ def test_the_exported_model_is_a_working_onnx_model(demo: tuple[FederatedDemoRes
 
 def test_a_site_killed_mid_training_is_reported_and_the_run_finishes(tmp_path: Path) -> None:
     out = io.StringIO()
-    plan = dataclasses.replace(DEMO_PLAN, rounds=5, evaluate_every=5, task_deadline_seconds=20.0)
-    result = run_federated_demo(out, workdir=tmp_path, plan=plan, kill_after_round=("northside-screening", 2))
+    plan = dataclasses.replace(DEMO_PLAN, rounds=5, evaluate_every=2, task_deadline_seconds=20.0)
+    result = run_federated_demo(out, workdir=tmp_path, plan=plan, kill_after_round=("northside-screening", 1))
     report = result.outcome.report
-    assert [r.missing_sites for r in report.rounds[:2]] == [(), ()]
-    for record in report.rounds[2:]:
+    assert report.rounds[0].missing_sites == ()
+    for record in report.rounds[1:]:
         assert record.missing_sites == ("northside-screening",)
         assert record.updated  # quorum 2 of 3
     lost = next(s for s in report.sites if s.site == "northside-screening")
-    assert lost.rounds_contributed == 2
+    assert lost.rounds_contributed == 1
     assert lost.status.startswith("budget not read: UNAVAILABLE")
     assert lost.epsilon_spent is None and lost.epsilon_last_reported > 0
+    # Evaluated after every second round and after the last, each on its own round.
+    assert [r.round for r in report.rounds if r.metrics] == [2, 4, 5]
+    assert {t.site for t in report.rounds[3].evaluation if t.status == "ok"} == {
+        "st-marys-oncology",
+        "riverside-general",
+    }
     text = out.getvalue()
     assert "northside-screening train: UNAVAILABLE" in text
     assert result.federated.accuracy > result.majority.accuracy

@@ -60,6 +60,7 @@ def test_a_good_file_with_defaults_and_relative_paths(tmp_path: Path) -> None:
         (('algorithm = "fedavg"', 'algorithm = "fedprox"'), "training.algorithm", "must be one of fedsgd, fedavg"),
         (("momentum = 0.9", "momentum = 1.5"), "training.momentum", "must be between 0.0 and 0.999"),
         (('name = "b"', 'name = "a"'), "agents[1].name", "'a' is listed twice"),
+        (('address = "[::1]:7443"', 'address = "10.0.0.1:7443"'), "agents[1].address", "is listed twice"),
         (('name = "c"', 'name = "c d"'), "agents[2].name", "must be 1-64 letters"),
         (('address = "10.0.0.1:7443"', 'address = "10.0.0.1"'), "agents[0].address", "expected host:port"),
         (('dataset = "other"', 'datasets = "other"'), "agents[2].dataset", "is required"),
