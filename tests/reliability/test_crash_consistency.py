@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import pyarrow.parquet as pq
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.coordinator.tasks import run_task
-from tests.conftest import Pki, spawn_agent, stop_agent, write_config
+from tests.conftest import Pki, spawn_agent, stop_agent
 from tests.packages.package_builders import good_package, new_key
 from tests.tasks.test_crash_recovery import audit_kinds, worker_processes
-from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_table, policy_text, secure_channel
+from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_config, secure_channel
 
 CYCLES = int(os.environ.get("CRASH_CYCLES", "5"))
 SEED = int(os.environ.get("CRASH_SEED", str(random.SystemRandom().randrange(2**32))))
@@ -136,19 +135,7 @@ def test_random_sigkills_under_load_lose_nothing(tmp_path: Path, pki: Pki) -> No
     rng = random.Random(SEED)
     print(f"CRASH_SEED={SEED} CRASH_CYCLES={CYCLES}")
     publisher = new_key()
-    data = tmp_path / "data"
-    data.mkdir()
-    pq.write_table(cohort_table(400), data / "cohort.parquet")
-    pq.write_table(cohort_table(5), data / "tiny.parquet")
-    config = write_config(
-        tmp_path,
-        pki,
-        policy=policy_text(publisher, budget=100.0, max_concurrent=4),
-        extra=(
-            f'\n[[datasets]]\nid = "cohort"\npath = "{data / "cohort.parquet"}"\n'
-            f'\n[[datasets]]\nid = "tiny"\npath = "{data / "tiny.parquet"}"\n'
-        ),
-    )
+    config = cohort_config(tmp_path, pki, publisher, budget=100.0, max_concurrent=4)
     seen = Observed()
     agent = spawn_agent(["--config", str(config)], tmp_path)
     from agent.coordinator.client import AgentClient

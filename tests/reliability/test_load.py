@@ -8,32 +8,18 @@ import asyncio
 import os
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from agent.coordinator.client import AgentClient
-from tests.conftest import Pki, spawn_agent, stop_agent, write_config
+from tests.conftest import Pki, spawn_agent, stop_agent
 from tests.packages.package_builders import good_package, new_key
 from tests.reliability.loadgen import LoadPlan, run_load
-from tests.tasks.test_run_task_rpc import cohort_table, policy_text
+from tests.tasks.test_run_task_rpc import cohort_config
 
 SECONDS = float(os.environ.get("LOAD_SECONDS", "12"))
 
 
 def test_concurrent_coordinators_get_deliberate_answers_within_budget(tmp_path: Path, pki: Pki) -> None:
     publisher = new_key()
-    data = tmp_path / "data"
-    data.mkdir()
-    pq.write_table(cohort_table(400), data / "cohort.parquet")
-    pq.write_table(cohort_table(5), data / "tiny.parquet")
-    config = write_config(
-        tmp_path,
-        pki,
-        policy=policy_text(publisher, budget=3.0, max_concurrent=4),
-        extra=(
-            f'\n[[datasets]]\nid = "cohort"\npath = "{data / "cohort.parquet"}"\n'
-            f'\n[[datasets]]\nid = "tiny"\npath = "{data / "tiny.parquet"}"\n'
-        ),
-    )
+    config = cohort_config(tmp_path, pki, publisher, budget=3.0, max_concurrent=4)
     agent = spawn_agent(["--config", str(config)], tmp_path)
     assert agent.process is not None
     try:

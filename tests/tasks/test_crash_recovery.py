@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import grpc
-import pyarrow.parquet as pq
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.coordinator.client import AgentClient
 from agent.coordinator.tasks import run_task
-from tests.conftest import Pki, spawn_agent, stop_agent, write_config
+from tests.conftest import Pki, spawn_agent, stop_agent
 from tests.packages.package_builders import good_package, new_key
-from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_table, policy_text, secure_channel
+from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_config, secure_channel
 
 
 def audit_kinds(directory: Path) -> list[dict[str, object]]:
@@ -69,19 +68,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigkill_mid_task_never_undercharges(tmp_path: Path, pki: Pki) -> None:
     publisher = new_key()
-    data = tmp_path / "data"
-    data.mkdir()
-    pq.write_table(cohort_table(400), data / "cohort.parquet")
-    pq.write_table(cohort_table(5), data / "tiny.parquet")
-    config = write_config(
-        tmp_path,
-        pki,
-        policy=policy_text(publisher),
-        extra=(
-            f'\n[[datasets]]\nid = "cohort"\npath = "{data / "cohort.parquet"}"\n'
-            f'\n[[datasets]]\nid = "tiny"\npath = "{data / "tiny.parquet"}"\n'
-        ),
-    )
+    config = cohort_config(tmp_path, pki, publisher)
     agent = spawn_agent(["--config", str(config)], tmp_path)
     assert agent.process is not None
     with AgentClient(agent.address, pki.credentials(), server_name="localhost", timeout=30) as client:
@@ -134,7 +121,9 @@ def test_sigkill_mid_task_never_undercharges(tmp_path: Path, pki: Pki) -> None:
         assert stop_agent(restarted) == 0
     verified = subprocess.run(
         [sys.executable, "-m", "agent", "audit", "verify", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     # The log was cut mid-write at worst; verify reports that as a recovered truncation, not tampering.
     assert verified.returncode == 0, verified.stdout + verified.stderr

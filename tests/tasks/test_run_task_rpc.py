@@ -114,12 +114,13 @@ def secure_channel(pki: Pki, address: str, who: str = "coordinator") -> grpc.Cha
     )
 
 
-def start(directory: Path, pki: Pki, publisher: AgentKey, **policy: Any) -> Agent:
+def cohort_config(directory: Path, pki: Pki, publisher: AgentKey, **policy: Any) -> Path:
+    """agent.toml and policy.toml for an agent with the "cohort" (ROWS rows) and "tiny" (5) datasets."""
     data = directory / "data"
     data.mkdir(parents=True)
     pq.write_table(cohort_table(ROWS), data / "cohort.parquet")
     pq.write_table(cohort_table(5), data / "tiny.parquet")
-    config = write_config(
+    return write_config(
         directory,
         pki,
         policy=policy_text(publisher, **policy),
@@ -128,6 +129,10 @@ def start(directory: Path, pki: Pki, publisher: AgentKey, **policy: Any) -> Agen
             f'\n[[datasets]]\nid = "tiny"\npath = "{data / "tiny.parquet"}"\n'
         ),
     )
+
+
+def start(directory: Path, pki: Pki, publisher: AgentKey, **policy: Any) -> Agent:
+    config = cohort_config(directory, pki, publisher, **policy)
     process = start_in_process(config)
     address = f"127.0.0.1:{process.port}"
     channel = secure_channel(pki, address)
