@@ -57,13 +57,16 @@ demo: $(STAMP)
 	$(BIN)/edge-agent demo
 
 # Longer runs than `make test` does: the atheris harnesses for 10 minutes each
-# with random seeds, and the property-based RPC fuzzing with many more examples.
+# with random seeds.
 fuzz: $(STAMP)
 	$(BIN)/python fuzz/package_verifier.py -max_total_time=600 -rss_limit_mb=2048
 	$(BIN)/python fuzz/task_request.py -max_total_time=600 -rss_limit_mb=2048
 
+# The long reliability profile: many more fuzzing examples, 50 kill cycles, 5 minutes of load.
 soak: $(STAMP)
-	HYPOTHESIS_PROFILE=soak $(BIN)/pytest tests/fuzz -p no:cacheprovider
+	HYPOTHESIS_PROFILE=soak $(BIN)/pytest tests/fuzz -p no:cacheprovider --timeout 7200
+	CRASH_CYCLES=50 $(BIN)/pytest tests/reliability/test_crash_consistency.py -s --timeout 3600
+	$(BIN)/python bench/load.py --seconds 300
 
 $(DEB_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,deb]"
