@@ -249,3 +249,14 @@ def test_any_order_of_tasks_gives_the_fresh_epsilon(order: list[int]) -> None:
         accountant.epsilon(history[:end], DELTA)
     fresh = PldAccountant(FAST_PLD).epsilon(history, DELTA)
     assert accountant.epsilon(history, DELTA) == pytest.approx(fresh, rel=1e-5)
+
+
+def test_a_grown_history_replaces_the_part_it_grew_from() -> None:
+    """Memory: one group's long history keeps one composed PLD, not every prefix of it."""
+    accountant = CountingPld()
+    history: list[Mechanism] = []
+    for _ in range(12):
+        history.append(Mechanism.dp_gradient(0.02, 1.1))
+        accountant.epsilon(history, DELTA)
+    assert accountant.kept_histories == 1
+    assert accountant.fresh_compositions == 1
