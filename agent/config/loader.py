@@ -7,7 +7,6 @@ would leave the agent listening where the operator did not intend.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from agent.config.errors import ConfigError
@@ -117,12 +116,8 @@ def _dataset(table: TomlTable, base: Path) -> DatasetSpec:
 
 def parse_config(text: str, source: Path) -> AgentConfig:
     """Parses and validates config text; `source` names the file in errors."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+    root = TomlTable.parse(text, source)
     base = source.parent.resolve()
-    root = TomlTable(source, "", data)
 
     agent = root.table("agent")
     agent_id = agent.required_string("id")
@@ -137,7 +132,7 @@ def parse_config(text: str, source: Path) -> AgentConfig:
     identity = IdentityConfig(key_file=identity_table.path("key_file", base, default=state_dir / "agent-identity.key"))
     identity_table.finish()
 
-    if "tls" not in data:
+    if "tls" not in root.data:
         raise ConfigError(
             source,
             "tls",

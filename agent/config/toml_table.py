@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,15 @@ class TomlTable:
         self.prefix = prefix
         self.data = data
         self.used: set[str] = set()
+
+    @classmethod
+    def parse(cls, text: str, source: Path) -> TomlTable:
+        """The root table of a TOML document; a syntax error is a ConfigError naming ``source``."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+        return cls(source, "", data)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name

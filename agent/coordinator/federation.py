@@ -22,7 +22,6 @@ file and key; relative paths are relative to the file)::
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -142,12 +141,8 @@ def _training(table: TomlTable, site_count: int) -> TrainingPlan:
 
 def parse_federation(text: str, source: Path) -> Federation:
     """Parses and checks a federation file's text; errors name `source` and the key."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+    root = TomlTable.parse(text, source)
     base = source.parent.resolve()
-    root = TomlTable(source, "", data)
     header = root.table("federation")
     name = header.required_string("name")
     ca_file = header.path("ca_file", base)

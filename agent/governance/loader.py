@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import tomllib
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -173,11 +172,7 @@ def _publisher(table: TomlTable, base: Path) -> PublisherRule:
 
 
 def parse_policy(data: bytes, source: Path) -> Policy:
-    try:
-        document = tomllib.loads(decode_utf8(data, source))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, None, f"not valid TOML: {exc}") from None
-    root = TomlTable(source, "", document)
+    root = TomlTable.parse(decode_utf8(data, source), source)
     base = source.parent.resolve()
 
     coordinators: dict[str, CoordinatorRule] = {}
