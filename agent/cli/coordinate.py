@@ -14,10 +14,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
-from agent.coordinator.client import AgentClient, AgentRpcError
+from agent.coordinator.client import AgentClient, AgentRpcError, dataset_format_name
 from agent.coordinator.federation import Federation, Site, load_federation
 from agent.coordinator.progress import observer_for
 from agent.coordinator.study import open_clients, run_study
@@ -68,10 +67,7 @@ def _describe(client: AgentClient, site: Site, connect_seconds: float) -> str:
     except AgentRpcError as exc:
         return f"{site.name} ({site.address}): UNUSABLE: {exc.code.name}: {exc.details}"
     upper = dataset.row_count.upper or "inf"
-    try:
-        fmt = pb.DatasetFormat.Name(dataset.format).removeprefix("DATASET_FORMAT_").lower()
-    except ValueError:  # a newer agent's format
-        fmt = f"format {dataset.format}"
+    fmt = dataset_format_name(dataset.format)
     return (
         f"{site.name} ({site.address}): agent {info.agent_id} {info.version}, {health}, we are "
         f"{info.caller_identity}\n  dataset {dataset.id}: {fmt}, rows in [{dataset.row_count.lower}, {upper}), "

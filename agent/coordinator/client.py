@@ -23,6 +23,14 @@ from agent.tasks.tensors import TensorDecl
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
+def dataset_format_name(code: int) -> str:
+    """``parquet``, ``arrow_ipc`` or ``csv`` for a DatasetFormat code; a newer agent's code as a number."""
+    try:
+        return pb.DatasetFormat.Name(code).removeprefix("DATASET_FORMAT_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"format {code}"
+
+
 class AgentRpcError(Exception):
     """An RPC failed; carries the gRPC status code and the agent's message."""
 

@@ -56,6 +56,13 @@ class Cohorts:
     train_y: Array
     test_x: Array
     test_y: Array
+    # Per feature, over the pooled training cases: the package's standardisation constants.
+    feature_mean: Array
+    feature_std: Array
+
+    def standardised(self, x: Array) -> Array:
+        """``x`` as the agent feeds it to the graph (the package's declared standardisation)."""
+        return (x - self.feature_mean) / self.feature_std
 
     def site_table(self, index: int) -> pa.Table:
         x, y = self.sites[index]
@@ -104,4 +111,6 @@ def split_cohorts(seed: int = 7, test_fraction: float = 0.25, hospitals: Sequenc
         train_y=y[train_idx],
         test_x=x[test],
         test_y=y[test],
+        feature_mean=x[train_idx].mean(axis=0),
+        feature_std=x[train_idx].std(axis=0),
     )

@@ -168,11 +168,9 @@ def build_demo_package(cohorts: Cohorts, publisher: AgentKey) -> bytes:
     # Standardisation constants are part of the signed package. Here they come from
     # the pooled training data for brevity; a real study takes them from published
     # reference values or a DP mean/variance query, never from raw pooled records.
-    mean = cohorts.train_x.mean(axis=0)
-    std = cohorts.train_x.std(axis=0)
     features = [
         FeatureColumn(name, "float64", "standardise", float(m), float(s))
-        for name, m, s in zip(cohorts.feature_columns, mean, std, strict=True)
+        for name, m, s in zip(cohorts.feature_columns, cohorts.feature_mean, cohorts.feature_std, strict=True)
     ]
     model = build_logistic_regression(len(features), loss_bound=4.0)
     fields = zoo_manifest_fields(
@@ -262,10 +260,8 @@ def score_onnx(model_path: Path, cohorts: Cohorts) -> Scores:
     import onnxruntime as ort  # noqa: PLC0415 (heavy; only the demo's summary needs it here)
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    mean = cohorts.train_x.mean(axis=0)
-    std = cohorts.train_x.std(axis=0)
     # The agent standardises before the graph; the exported graph takes standardised x.
-    x = ((cohorts.test_x - mean) / std).astype(np.float32)
+    x = cohorts.standardised(cohorts.test_x).astype(np.float32)
     (probability,) = session.run(None, {"x": x})
     p = np.asarray(probability, np.float64)
     return Scores(float(np.mean((p > 0.5) == (cohorts.test_y > 0.5))), _auc(cohorts.test_y, p))
@@ -274,10 +270,8 @@ def score_onnx(model_path: Path, cohorts: Cohorts) -> Scores:
 def centralized_baseline(cohorts: Cohorts) -> Scores:
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 (optional dependency)
 
-    mean = cohorts.train_x.mean(axis=0)
-    std = cohorts.train_x.std(axis=0)
-    model = LogisticRegression(max_iter=2000).fit((cohorts.train_x - mean) / std, cohorts.train_y)
-    p = model.predict_proba((cohorts.test_x - mean) / std)[:, 1]
+    model = LogisticRegression(max_iter=2000).fit(cohorts.standardised(cohorts.train_x), cohorts.train_y)
+    p = model.predict_proba(cohorts.standardised(cohorts.test_x))[:, 1]
     return Scores(float(np.mean((p > 0.5) == (cohorts.test_y > 0.5))), _auc(cohorts.test_y, p))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.coordinator.client import AgentClient, ClientCredentials
+from agent.coordinator.client import AgentClient, ClientCredentials, dataset_format_name
 from agent.datasets import DatasetFormat, DatasetRegistry, DatasetSource, DatasetSpec
 from agent.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
 from agent.demo.sample_cohort import EXPOSED_COLUMNS, write_cohort
@@ -27,7 +27,7 @@ def _show(out: TextIO, info: pb.AgentInfo, datasets: list[pb.Dataset], health: s
     print(f"  health:           {health}", file=out)
     for dataset in datasets:
         upper = dataset.row_count.upper or "inf"
-        fmt = pb.DatasetFormat.Name(dataset.format).removeprefix("DATASET_FORMAT_").lower()
+        fmt = dataset_format_name(dataset.format)
         print(f"dataset {dataset.id}: {fmt}, rows in [{dataset.row_count.lower}, {upper})", file=out)
         print(f"  {dataset.description}", file=out)
         for column in dataset.columns:

@@ -10,7 +10,6 @@ Bounded in time and in requests; loopback only. Used by tests/reliability/test_l
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -197,6 +196,3 @@ async def run_load(
             await channel.close()
     return report
 
-
-def median_ms(values: list[float]) -> float:
-    return statistics.median(values) * 1000 if values else float("nan")
