@@ -13,17 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.coordinator.client import AgentClient  # noqa: E402
 from bench.rpc_latency import make_pki  # noqa: E402
-from tests.conftest import spawn_agent, stop_agent, write_config  # noqa: E402
+from tests.conftest import spawn_agent, stop_agent  # noqa: E402
 from tests.packages.package_builders import good_package, new_key  # noqa: E402
 from tests.reliability.loadgen import LoadPlan, run_load  # noqa: E402
-from tests.tasks.test_run_task_rpc import cohort_table, policy_text  # noqa: E402
+from tests.tasks.test_run_task_rpc import cohort_config  # noqa: E402
 
 
 def main() -> None:
@@ -37,14 +35,7 @@ def main() -> None:
         work = Path(temp)
         pki = make_pki(work / "pki")
         publisher = new_key()
-        (work / "data").mkdir()
-        pq.write_table(cohort_table(400), work / "data" / "cohort.parquet")
-        config = write_config(
-            work,
-            pki,
-            policy=policy_text(publisher, budget=args.budget, max_concurrent=4),
-            extra=f'\n[[datasets]]\nid = "cohort"\npath = "{work / "data" / "cohort.parquet"}"\n',
-        )
+        config = cohort_config(work, pki, publisher, budget=args.budget, max_concurrent=4)
         agent = spawn_agent(["--config", str(config)], work)
         assert agent.process is not None
         try:
