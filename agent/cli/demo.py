@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
+from agent.cli.settings import UsageError
 from agent.demo.processes import DemoError
 
 __all__ = ["FAILURE_ERRORS", "DemoError", "add_parser"]
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from agent.demo.federated import DEMO_PLAN, run_federated_demo  # noqa: PLC0415
 
     if args.rounds is not None and not 1 <= args.rounds <= 10_000:
-        raise DemoError(f"--rounds must be between 1 and 10000, got {args.rounds}")
+        raise UsageError(f"--rounds must be between 1 and 10000, got {args.rounds}")
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
-        raise DemoError(f"--workdir {args.workdir} is not empty; give a new or empty directory")
+        raise UsageError(f"--workdir {args.workdir} is not empty; give a new or empty directory")
     plan = DEMO_PLAN if args.rounds is None else dataclasses.replace(DEMO_PLAN, rounds=args.rounds)
     try:
         run_federated_demo(workdir=args.workdir, plan=plan)
