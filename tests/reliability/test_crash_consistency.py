@@ -142,43 +142,51 @@ def test_random_sigkills_under_load_lose_nothing(tmp_path: Path, pki: Pki) -> No
 
     with AgentClient(agent.address, pki.credentials(), server_name="localhost", timeout=30) as client:
         digest = client.upload_package(good_package(publisher)).digest
-    kills = {"daemon": 0, "worker": 0}
-    for cycle in range(CYCLES):
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=task_load, args=(agent.address, pki, digest, stop, seen), daemon=True)
-            for _ in range(3)
-        ]
-        threads.append(
-            threading.Thread(
-                target=upload_load, args=(agent.address, pki, publisher, 1000 * (cycle + 1), stop, seen), daemon=True
+    try:
+        kills = {"daemon": 0, "worker": 0}
+        for cycle in range(CYCLES):
+            stop = threading.Event()
+            threads = [
+                threading.Thread(target=task_load, args=(agent.address, pki, digest, stop, seen), daemon=True)
+                for _ in range(3)
+            ]
+            threads.append(
+                threading.Thread(
+                    target=upload_load,
+                    args=(agent.address, pki, publisher, 1000 * (cycle + 1), stop, seen),
+                    daemon=True,
+                )
             )
-        )
-        for thread in threads:
-            thread.start()
-        # Let at least one task finish in this cycle (the first one warms the worker up),
-        # then kill at a random moment in the middle of the next ones.
-        before = seen.results
-        deadline = time.monotonic() + 60
-        while seen.results == before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))
-        assert agent.process is not None
-        if cycle % 2 == 1:
-            workers = [pid for pid in worker_processes(agent.process.pid) if pid != agent.process.pid]
-            if workers:
-                os.kill(rng.choice(workers), signal.SIGKILL)
-                kills["worker"] += 1
-            time.sleep(rng.uniform(0.1, 1.0))
-        os.kill(agent.process.pid, signal.SIGKILL)
-        agent.process.wait(timeout=10)
-        kills["daemon"] += 1
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        agent = spawn_agent(["--config", str(config)], tmp_path)
-        check_consistency(tmp_path, config, agent.address, pki, seen)
-    assert stop_agent(agent) == 0
+            for thread in threads:
+                thread.start()
+            # Let at least one task finish in this cycle (the first one warms the worker up),
+            # then kill at a random moment in the middle of the next ones.
+            before = seen.results
+            deadline = time.monotonic() + 60
+            while seen.results == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+            assert agent.process is not None
+            if cycle % 2 == 1:
+                workers = [pid for pid in worker_processes(agent.process.pid) if pid != agent.process.pid]
+                if workers:
+                    os.kill(rng.choice(workers), signal.SIGKILL)
+                    kills["worker"] += 1
+                time.sleep(rng.uniform(0.1, 1.0))
+            os.kill(agent.process.pid, signal.SIGKILL)
+            agent.process.wait(timeout=10)
+            kills["daemon"] += 1
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+            agent = spawn_agent(["--config", str(config)], tmp_path)
+            check_consistency(tmp_path, config, agent.address, pki, seen)
+        assert stop_agent(agent) == 0
+    finally:
+        # A failed or timed-out run must not leave its agent serving.
+        if agent.process is not None and agent.process.poll() is None:
+            agent.process.kill()
+            agent.process.wait()
     check_report = {
         "seed": SEED,
         "cycles": CYCLES,
