@@ -84,8 +84,9 @@ def _reserve_in_child(path: Path, start: multiprocessing.synchronize.Barrier, in
 def test_8_processes_against_a_budget_for_5(tmp_path: Path) -> None:
     path = tmp_path / LEDGER_FILENAME
     limit = limit_for_exactly(5, Mechanism.dp_local_training(0.02, 1.0, 20), RdpAccountant())
-    # The daemon creates the ledger once at start; the processes then race to reserve.
-    PrivacyLedger(path, RdpAccountant())
+    # The daemon creates the ledger once at start (its recovery is the first write);
+    # the processes then race to reserve.
+    PrivacyLedger(path, RdpAccountant()).recover_abandoned(datetime.now(UTC))
     start = FORK.Barrier(8)
     children = [FORK.Process(target=_reserve_in_child, args=(path, start, i, limit)) for i in range(8)]
     for child in children:
