@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 import structlog
@@ -20,6 +20,12 @@ from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.config import ServerConfig
 from agent.server.interceptors import RpcGuard, RpcObserver
 from agent.server.tls import ServerTlsMaterial
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
 
 AGENT_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Agent"].full_name
 
@@ -278,4 +284,6 @@ class AgentDaemon:
         if self._stopped is None:
             server.stop(0).wait(self._config.grace_seconds)
         self._server = None
+        if isinstance(self._service, _Closable):
+            self._service.close()
         self._logger.info("server.stopped")

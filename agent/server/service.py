@@ -101,6 +101,10 @@ class AgentService(pb_grpc.AgentServicer):
 
     # ------------------------------------------------------------ policy
 
+    def close(self) -> None:
+        """The server has stopped: warm task workers are not needed any more."""
+        self._runner.close()
+
     def _authorize(
         self, context: grpc.ServicerContext, method: str, action: Action, dataset_id: str | None = None
     ) -> tuple[str, Decision]:

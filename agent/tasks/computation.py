@@ -35,7 +35,7 @@ from agent.runtime.tasks import (
     dp_local_training,
 )
 from agent.tasks.spec import Hyperparameters
-from agent.tasks.worker import Progress, Released, TaskInputError
+from agent.tasks.worker import Progress, Released, TaskInputError, WorkerMemory
 
 # The stage the worker reports right before it reads the first row.
 COMPUTING = "computing"
@@ -60,8 +60,13 @@ class TaskJob:
         return replace(self, parameters=dict(parameters))
 
 
-def compute_task(job: TaskJob, progress: Progress) -> Released:
-    """Runs in the worker process (see agent.tasks.worker)."""
+def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Released:
+    """Runs in the worker process (see agent.tasks.worker).
+
+    A warm worker serves one run's tasks of one package, so the compiled wrapper is
+    kept in its memory by role: building it (graph checks, batching compiler,
+    onnxruntime session) costs far more than a small task's computation.
+    """
     hyper = job.hyperparameters
     count_sigma = hyper.noise_multiplier if hyper.release_noisy_count else None
     try:
@@ -69,9 +74,14 @@ def compute_task(job: TaskJob, progress: Progress) -> Released:
         if job.kind is TaskKind.DP_EVALUATE:
             if job.eval_onnx is None:
                 raise TaskInputError("the package has no eval graph")
-            wrapper = CompiledWrapper(job.eval_onnx, job.manifest, GraphRole.EVALUATION)
+            eval_onnx = job.eval_onnx
+            wrapper = memory.get_or_create(
+                GraphRole.EVALUATION, lambda: CompiledWrapper(eval_onnx, job.manifest, GraphRole.EVALUATION)
+            )
         else:
-            wrapper = CompiledWrapper(job.grad_onnx, job.manifest, GraphRole.GRADIENT)
+            wrapper = memory.get_or_create(
+                GraphRole.GRADIENT, lambda: CompiledWrapper(job.grad_onnx, job.manifest, GraphRole.GRADIENT)
+            )
         checked_parameters(job.manifest, job.parameters)  # refused here, before any row is read
         parameters = job.parameters
         step = GradientSettings(hyper.clip_norm, hyper.noise_multiplier, hyper.sampling_rate, count_sigma)

@@ -124,6 +124,10 @@ class TaskRunner:
         self._slots = 0
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Ends the warm workers waiting for a run's next task."""
+        self._workers.close()
+
     # ------------------------------------------------------------ admission
 
     def check_caller(self, caller: str) -> None:
@@ -377,7 +381,6 @@ class TaskRunner:
         on_progress: Callable[[float, str], None],
         cancelled: threading.Event,
     ) -> TaskOutcome:
-        job = admission.job_template.with_parameters(parameters)
         with self._lock:
             running = self._running.get(admission.task_id)
             if running is None:  # settled already: the call ended while parameters arrived
@@ -385,7 +388,13 @@ class TaskRunner:
             running.executing = True
         try:
             result = self._workers.run(
-                compute_task, job, admission.limits, on_progress=on_progress, cancelled=cancelled
+                compute_task,
+                admission.job_template,
+                admission.limits,
+                tensors=parameters,
+                reuse_key=_reuse_key(admission),
+                on_progress=on_progress,
+                cancelled=cancelled,
             )
             check_result(result, admission)
         except TaskFailedError as exc:
@@ -484,6 +493,17 @@ class TaskRunner:
             if claimed:
                 self._slots -= 1
             return claimed
+
+
+def _reuse_key(admission: Admission) -> tuple[str, ...] | None:
+    """Tasks of one run, by one coordinator, of one package on one dataset share a warm worker.
+
+    Without a run id there is no run to keep a worker for.
+    """
+    spec = admission.spec
+    if not spec.run_id:
+        return None
+    return (admission.caller, spec.run_id, spec.package_digest, spec.dataset_id, spec.kind.value)
 
 
 def rate_limits(coordinator: CoordinatorRule) -> tuple[RateLimit, ...]:

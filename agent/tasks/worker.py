@@ -22,21 +22,36 @@ import enum
 import json
 import math
 import multiprocessing
-import multiprocessing.connection
 import os
+import pickle
 import resource
 import signal
+import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from multiprocessing.connection import Connection
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.tasks.shared_memory import (
+    SharedMemoryError,
+    TensorSlot,
+    frozen_region,
+    layout,
+    map_frozen,
+    map_shipped,
+    ship,
+)
+
 Job = TypeVar("Job")
+Job_contra = TypeVar("Job_contra", contravariant=True)
+T = TypeVar("T")
 
 # Result tensors may only be of these dtypes (the releases are noisy float sums).
 _RESULT_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
@@ -51,6 +66,9 @@ PRELOAD = ["numpy", "onnxruntime", "pyarrow", "pyarrow.dataset", "agent.tasks.co
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
+
+# A worker still running this long after SIGXCPU (which it may ignore) is killed.
+_HARD_CPU_MARGIN = 2
 
 # How often the parent checks for cancellation while waiting for the worker.
 _POLL_SECONDS = 0.05
@@ -112,61 +130,225 @@ class Progress(Protocol):
     def __call__(self, fraction: float, stage: str) -> None: ...
 
 
+class WorkerMemory:
+    """What a warm worker keeps between the tasks it runs (compiled graphs), by key."""
+
+    def __init__(self) -> None:
+        self._items: dict[Hashable, object] = {}
+
+    def get_or_create(self, key: Hashable, create: Callable[[], T]) -> T:
+        if key not in self._items:
+            self._items[key] = create()
+        return self._items[key]  # type: ignore[return-value]
+
+
+class WorkerFunction(Protocol[Job_contra]):
+    def __call__(self, job: Job_contra, progress: Progress, memory: WorkerMemory, /) -> Released: ...
+
+
 @dataclass(frozen=True)
-class _Call(Generic[Job]):
-    function: Callable[[Job, Progress], Released]
-    job: Job
-    limits: WorkerLimits
+class _Order:
+    """One task for a worker, pickled by the daemon (the worker never pickles anything back)."""
+
+    function: Callable[..., Released]
+    job: object
+    cpu_seconds: int
+    slots: tuple[TensorSlot, ...]
+    regions: int
+
+
+class _Worker:
+    """The daemon's handle of one worker process: its process, its socket, what it may be reused for."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, connection: Connection, memory_bytes: int):
+        self.process = process
+        self.connection = connection
+        self.memory_bytes = memory_bytes
+        self.idle_since = time.monotonic()
+
+    def stop(self) -> None:
+        self.connection.close()
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
 
 
 class WorkerPool:
-    """Starts workers from one forkserver; ``run`` blocks the calling thread until the task ends."""
+    """Starts workers from one forkserver; ``run`` blocks the calling thread until the task ends.
 
-    def __init__(self, preload: list[str] | None = None) -> None:
+    A task given a ``reuse_key`` leaves its worker warm afterwards: the next task
+    with the same key (the next round of the same run) finds its graph compiled
+    and its session built. Any failure, cancellation or limit ends the worker; an
+    idle worker ends after ``idle_seconds``, and at most ``warm_workers`` wait.
+    """
+
+    def __init__(
+        self, preload: list[str] | None = None, *, warm_workers: int = 4, idle_seconds: float = 300.0
+    ) -> None:
+        if warm_workers < 0 or idle_seconds <= 0:
+            raise ValueError("warm_workers must be >= 0 and idle_seconds > 0")
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(PRELOAD if preload is None else preload)
+        self._warm_workers = warm_workers
+        self._idle_seconds = idle_seconds
+        self._idle: OrderedDict[Hashable, _Worker] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reaper: threading.Timer | None = None
 
     def run(
         self,
-        function: Callable[[Job, Progress], Released],
+        function: WorkerFunction[Job],
         job: Job,
         limits: WorkerLimits,
         *,
+        tensors: Mapping[str, npt.NDArray[Any]] | None = None,
+        reuse_key: Hashable | None = None,
         on_progress: Callable[[float, str], None] | None = None,
         cancelled: threading.Event | None = None,
     ) -> Released:
-        """``function`` must be a module-level function (it is pickled by reference)."""
-        receiver, sender = self._context.Pipe(duplex=False)
+        """``function`` must be a module-level function (it is pickled by reference).
+
+        ``tensors`` are handed over in shared memory and given to the job with
+        ``job.with_parameters`` in the worker.
+        """
+        worker = self._take(reuse_key, limits) if reuse_key is not None else None
+        if worker is None:
+            worker = self._start(limits)
+        kept = False
+        try:
+            cpu_start = _cpu_seconds(worker.process.pid)
+            self._send(worker, function, job, limits, tensors)
+            result = self._wait(worker, limits, on_progress, cancelled, cpu_start)
+            if reuse_key is not None:
+                kept = self._keep(reuse_key, worker)
+            return result
+        finally:
+            if not kept:
+                worker.stop()
+
+    def close(self) -> None:
+        """Ends every waiting worker; running tasks end their own."""
+        with self._lock:
+            self._closed = True
+            idle = list(self._idle.values())
+            self._idle.clear()
+            if self._reaper is not None:
+                self._reaper.cancel()
+        for worker in idle:
+            worker.stop()
+
+    @property
+    def warm(self) -> int:
+        """How many workers wait for a next task."""
+        with self._lock:
+            return len(self._idle)
+
+    def _start(self, limits: WorkerLimits) -> _Worker:
+        ours, theirs = self._context.Pipe(duplex=True)  # a socket pair: descriptors can pass
         process = self._context.Process(
-            target=_worker_main, args=(sender, _Call(function, job, limits)), name="edge-agent-task", daemon=True
+            target=_worker_main, args=(theirs, limits.memory_bytes), name="edge-agent-task", daemon=True
         )
         process.start()
-        sender.close()  # the parent must not hold the write end, or EOF never comes
+        theirs.close()  # only the worker holds its end, or EOF never comes
+        return _Worker(process, ours, limits.memory_bytes)
+
+    def _take(self, key: Hashable, limits: WorkerLimits) -> _Worker | None:
+        with self._lock:
+            worker = self._idle.pop(key, None)
+        if worker is None:
+            return None
+        if worker.memory_bytes != limits.memory_bytes or not worker.process.is_alive():
+            worker.stop()
+            return None
+        return worker
+
+    def _keep(self, key: Hashable, worker: _Worker) -> bool:
+        if self._warm_workers == 0:
+            return False
+        worker.idle_since = time.monotonic()
+        evicted: list[_Worker] = []
+        with self._lock:
+            if self._closed:
+                return False
+            replaced = self._idle.pop(key, None)
+            if replaced is not None:
+                evicted.append(replaced)
+            self._idle[key] = worker
+            while len(self._idle) > self._warm_workers:
+                evicted.append(self._idle.popitem(last=False)[1])
+            if self._reaper is None:
+                self._schedule_reaper()
+        for old in evicted:
+            old.stop()
+        return True
+
+    def _schedule_reaper(self) -> None:
+        self._reaper = threading.Timer(min(self._idle_seconds, 30.0), self._reap)
+        self._reaper.daemon = True
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        expired: list[_Worker] = []
+        now = time.monotonic()
+        with self._lock:
+            for key, worker in list(self._idle.items()):
+                if now - worker.idle_since >= self._idle_seconds:
+                    expired.append(self._idle.pop(key))
+            self._reaper = None
+            if self._idle and not self._closed:
+                self._schedule_reaper()
+        for worker in expired:
+            worker.stop()
+
+    @staticmethod
+    def _send(
+        worker: _Worker,
+        function: WorkerFunction[Job],
+        job: Job,
+        limits: WorkerLimits,
+        tensors: Mapping[str, npt.NDArray[Any]] | None,
+    ) -> None:
+        shipment = ship(tensors) if tensors else None
+        order = _Order(
+            function=function,
+            job=job,
+            cpu_seconds=limits.cpu_seconds,
+            slots=tuple(shipment.slots) if shipment else (),
+            regions=len(shipment.fds) if shipment else 0,
+        )
         try:
-            return self._wait(process, receiver, limits, on_progress, cancelled)
+            worker.connection.send_bytes(pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL))
+            if shipment and shipment.fds:
+                socket.send_fds(_socket(worker.connection), [b"F"], shipment.fds)
+        except OSError:
+            pass  # the worker is gone: _wait reports why it died
         finally:
-            receiver.close()
-            if process.is_alive():
-                process.kill()
-            process.join()
+            if shipment:
+                shipment.close()
 
     def _wait(
         self,
-        process: multiprocessing.process.BaseProcess,
-        receiver: multiprocessing.connection.Connection,
+        worker: _Worker,
         limits: WorkerLimits,
         on_progress: Callable[[float, str], None] | None,
         cancelled: threading.Event | None,
+        cpu_start: float | None,
     ) -> Released:
+        process, receiver = worker.process, worker.connection
         deadline = time.monotonic() + limits.wall_seconds
         progressed = False
-        # The worker's CPU time as last seen alive: tells a kill at the hard CPU limit
-        # from one by the kernel's out-of-memory killer (both are SIGKILL).
+        # The CPU this task used, as last seen: tells a kill at the CPU limit from one by
+        # the kernel's out-of-memory killer (both are SIGKILL), and stops a worker that
+        # got past SIGXCPU (a warm worker's hard limit cannot be lowered per task).
         cpu_seen: float | None = None
         try:
             while True:
                 cpu_now = _cpu_seconds(process.pid)
-                cpu_seen = cpu_seen if cpu_now is None else cpu_now
+                if cpu_now is not None and cpu_start is not None:
+                    cpu_seen = cpu_now - cpu_start
+                    if cpu_seen >= limits.cpu_seconds + _HARD_CPU_MARGIN:
+                        process.kill()
                 # Everything the worker already sent is read before a cancellation or the
                 # deadline is acted on: a worker that had begun reading rows must be known
                 # as such (it is charged).
@@ -191,7 +373,7 @@ class WorkerPool:
                         FailureKind.WALL_TIME,
                         f"the task did not finish within {limits.wall_seconds:g} s and was stopped",
                     )
-                # A worker that died without closing its pipe (or never started) must not
+                # A worker that died without closing its socket (or never started) must not
                 # leave the task waiting for the wall-clock limit.
                 if not process.is_alive() and not receiver.poll(0):
                     raise _death(process.exitcode, limits, cpu_seen)
@@ -201,7 +383,7 @@ class WorkerPool:
 
     @staticmethod
     def _next_header(
-        receiver: multiprocessing.connection.Connection,
+        receiver: Connection,
         process: multiprocessing.process.BaseProcess,
         limits: WorkerLimits,
         cpu_seen: float | None,
@@ -242,32 +424,50 @@ def _fraction(value: object) -> float:
     return 0.0
 
 
-def _read_result(header: dict[str, Any], receiver: multiprocessing.connection.Connection) -> Released:
-    """Decodes a result the worker announced; anything unexpected is a crash, never an object."""
+def _read_result(header: dict[str, Any], receiver: Connection) -> Released:
+    """Decodes a result the worker announced; anything unexpected is a crash, never an object.
+
+    The tensors arrive in one sealed shared-memory region (see agent.tasks.shared_memory)
+    whose descriptor follows the header.
+    """
     try:
-        tensors: dict[str, npt.NDArray[np.floating[Any]]] = {}
+        entries: list[tuple[str, str, tuple[int, ...]]] = []
         for entry in header["tensors"]:
             name, dtype_name, shape = entry["name"], entry["dtype"], entry["shape"]
-            if not isinstance(name, str) or dtype_name not in _RESULT_DTYPES or name in tensors:
+            if not isinstance(name, str) or dtype_name not in _RESULT_DTYPES or name in {e[0] for e in entries}:
                 raise _BadMessageError(f"tensor entry {entry!r}")
             if not isinstance(shape, list) or len(shape) > 8 or not all(
                 isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
             ):
                 raise _BadMessageError(f"tensor shape {shape!r}")
-            dtype = _RESULT_DTYPES[dtype_name]
-            length = math.prod(shape) * dtype.itemsize
-            data = receiver.recv_bytes(length + 1)
-            if len(data) != length:
-                raise _BadMessageError(f"tensor {name}: {len(data)} bytes, expected {length}")
-            tensors[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+            entries.append((name, _RESULT_DTYPES[dtype_name].str, tuple(shape)))
         scalars = header["scalars"]
         if not isinstance(scalars, dict) or not all(
             isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in scalars.items()
         ):
             raise _BadMessageError("scalars")
+        tensors: dict[str, npt.NDArray[np.floating[Any]]] = {}
+        if entries:
+            slots, size = layout(entries)
+            _, fds, _, _ = socket.recv_fds(_socket(receiver), 1, 1)
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise _BadMessageError("no result region")
+            mapped = map_frozen(fds[0], size)
+            for slot in slots:
+                count = math.prod(slot.shape)
+                tensors[slot.name] = np.frombuffer(
+                    mapped, dtype=np.dtype(slot.dtype), count=count, offset=slot.offset
+                ).reshape(slot.shape)
         return Released(tensors, {k: float(v) for k, v in scalars.items()})
-    except (KeyError, TypeError, _BadMessageError, EOFError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, _BadMessageError, SharedMemoryError, EOFError, OSError) as exc:
         raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", f"bad result: {exc}") from None
+
+
+def _socket(connection: Connection) -> socket.socket:
+    """The connection's socket, for passing descriptors (the Connection keeps the descriptor)."""
+    return socket.socket(fileno=os.dup(connection.fileno()))
 
 
 def _memory_failure(limits: WorkerLimits, detail: str) -> TaskFailedError:
@@ -336,18 +536,45 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]) -> None:
+def _worker_main(connection: Connection, memory_bytes: int) -> None:
     _die_with_parent()
-    limits = call.limits
-    # Limits first, before any package byte is touched. The hard CPU limit is a
-    # little above the soft one so that SIGXCPU arrives first and is reported.
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 2))
+    # Limits first, before any package byte is touched. CPU time is limited per task
+    # (see _set_cpu_limit); the hard limit stays where it is so that it can be raised
+    # again for the next task, and the daemon kills a worker that ignores SIGXCPU.
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     # A crash must not leave a core file holding patient rows, nor let another process read our memory.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _prctl(_PR_SET_DUMPABLE, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon; it stops us itself
+    memory = WorkerMemory()
+    while True:
+        try:
+            # From the daemon, which is trusted; nothing is ever unpickled the other way.
+            order: _Order = pickle.loads(connection.recv_bytes())  # noqa: S301
+            tensors: dict[str, npt.NDArray[Any]] = {}
+            if order.regions:
+                _, fds, _, _ = socket.recv_fds(_socket(connection), 1, order.regions)
+                tensors = map_shipped(order.slots, fds)
+        except (EOFError, OSError):
+            break  # the daemon let us go (idle, shutdown) or is gone
+        _set_cpu_limit(order.cpu_seconds)
+        _perform(connection, order, tensors, memory)
+        del tensors
+    os._exit(0)  # skip interpreter teardown: nothing of the worker needs flushing
 
+
+def _set_cpu_limit(cpu_seconds: int) -> None:
+    """SIGXCPU once this task has used ``cpu_seconds`` of CPU (on top of earlier tasks')."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = math.ceil(usage.ru_utime + usage.ru_stime)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used + cpu_seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _perform(sender: Connection, order: _Order, tensors: dict[str, npt.NDArray[Any]], memory: WorkerMemory) -> None:
     def send(header: dict[str, Any]) -> None:
         sender.send_bytes(json.dumps(header).encode())
 
@@ -355,12 +582,15 @@ def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]
         send({"tag": "progress", "fraction": fraction, "stage": stage})
 
     try:
-        output = call.function(call.job, progress)
+        job = order.job.with_parameters(tensors) if order.slots else order.job  # type: ignore[attr-defined]
+        output = order.function(job, progress, memory)
+        del job
         # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
         arrays = [(name, np.require(array, requirements="C")) for name, array in output.tensors.items()]
         for name, array in arrays:
             if array.dtype.str not in ("<f4", "<f8"):
                 raise TypeError(f"result tensor {name} has dtype {array.dtype}")
+        region = frozen_region([array for _, array in arrays]) if arrays else None
         send(
             {
                 "tag": "result",
@@ -368,8 +598,12 @@ def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]
                 "scalars": {name: float(value) for name, value in output.scalars.items()},
             }
         )
-        for _, array in arrays:
-            sender.send_bytes(array.reshape(-1).view(np.uint8).data)
+        if region is not None:
+            fd, _ = region
+            try:
+                socket.send_fds(_socket(sender), [b"R"], [fd])
+            finally:
+                os.close(fd)
     except TaskInputError as exc:
         send({"tag": "refused", "message": str(exc)})
     except MemoryError:
@@ -378,7 +612,3 @@ def _worker_main(sender: multiprocessing.connection.Connection, call: _Call[Any]
         # onnxruntime reports allocation failures as its own exception types.
         kind = "memory" if "bad_alloc" in str(exc) or "Failed to allocate" in str(exc) else "crashed"
         send({"tag": kind, "detail": traceback.format_exc()})
-    finally:
-        sender.close()
-    os._exit(0)  # skip interpreter teardown: nothing of the worker needs flushing
-

@@ -12,7 +12,7 @@ from agent.datasets.spec import DatasetFormat, DatasetSpec
 from agent.packages.manifest import TaskKind, parse_manifest
 from agent.tasks.computation import COMPUTING, TaskJob, compute_task
 from agent.tasks.spec import Hyperparameters
-from agent.tasks.worker import TaskInputError
+from agent.tasks.worker import TaskInputError, WorkerMemory
 from tests.packages.package_builders import manifest_and_graphs
 from tests.tasks.test_run_task_rpc import cohort_table
 
@@ -45,8 +45,10 @@ def test_local_training_moves_by_at_most_eta_c_over_qn_when_one_row_is_removed(t
     # A public normaliser equal to the row count: a row's removal must not also rescale every other row
     # (normalising by the counted rows moved the delta by twice the bound).
     kind = TaskKind.DP_LOCAL_TRAINING
-    with_row = compute_task(job(tmp_path / "all.parquet", kind, hyper, parameters, rows=400), _quiet)
-    without = compute_task(job(tmp_path / "without_one.parquet", kind, hyper, parameters, rows=400), _quiet)
+    with_row = compute_task(job(tmp_path / "all.parquet", kind, hyper, parameters, rows=400), _quiet, WorkerMemory())
+    without = compute_task(
+        job(tmp_path / "without_one.parquet", kind, hyper, parameters, rows=400), _quiet, WorkerMemory()
+    )
     difference = np.sqrt(sum(float(np.sum((with_row.tensors[n] - without.tensors[n]) ** 2)) for n in ("w", "b")))
     bound = hyper.learning_rate * hyper.clip_norm / (hyper.sampling_rate * 400)
     assert 0 < difference <= bound * (1 + 1e-5)
@@ -58,10 +60,10 @@ def test_preparation_errors_are_refusals_before_any_row_is_read(tmp_path: Path) 
     stages: list[str] = []
     bad = job(tmp_path / "c.parquet", TaskKind.DP_GRADIENT, hyper, {"w": np.zeros(3, np.float32)})
     with pytest.raises(TaskInputError, match="parameter"):
-        compute_task(bad, lambda fraction, stage: stages.append(stage))
+        compute_task(bad, lambda fraction, stage: stages.append(stage), WorkerMemory())
     missing = job(tmp_path / "nope.parquet", TaskKind.DP_GRADIENT, hyper, {})
     with pytest.raises(TaskInputError, match="cannot be read"):
-        compute_task(missing, lambda fraction, stage: stages.append(stage))
+        compute_task(missing, lambda fraction, stage: stages.append(stage), WorkerMemory())
     assert COMPUTING not in stages
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from agent.tasks.shared_memory import SharedRegion
 from agent.tasks.worker import FailureKind, TaskFailedError, WorkerLimits, WorkerPool
 from tests.tasks import worker_jobs
 
@@ -21,9 +25,11 @@ def pool() -> WorkerPool:
     return WorkerPool(preload=["tests.tasks.worker_jobs"])
 
 
-def failure(pool: WorkerPool, function: object, job: object, limits: WorkerLimits = LIMITS) -> TaskFailedError:
+def failure(
+    pool: WorkerPool, function: object, job: object, limits: WorkerLimits = LIMITS, **options: Any
+) -> TaskFailedError:
     with pytest.raises(TaskFailedError) as caught:
-        pool.run(function, job, limits)  # type: ignore[arg-type]
+        pool.run(function, job, limits, **options)  # type: ignore[arg-type]
     return caught.value
 
 
@@ -143,3 +149,121 @@ def test_onnxruntime_cpu_hog_is_reported_as_cpu_time(onnx_pool: WorkerPool) -> N
     limits = WorkerLimits(memory_bytes=LIMITS.memory_bytes, cpu_seconds=1, wall_seconds=60)
     caught = failure(onnx_pool, worker_jobs.graph_cpu_hog, 1000, limits)
     assert caught.kind is FailureKind.CPU_TIME and "CPU-time limit of 1 s" in caught.message
+
+
+# ---------------------------------------------------------------- warm workers and shared memory
+
+
+def test_a_run_keeps_its_worker_warm() -> None:
+    pool = WorkerPool(preload=["tests.tasks.worker_jobs"], warm_workers=2)
+    try:
+        first = pool.run(worker_jobs.remember, None, LIMITS, reuse_key="run-a").scalars
+        second = pool.run(worker_jobs.remember, None, LIMITS, reuse_key="run-a").scalars
+        other = pool.run(worker_jobs.remember, None, LIMITS, reuse_key="run-b").scalars
+        assert (first["count"], second["count"], other["count"]) == (1, 2, 1)
+        assert first["pid"] == second["pid"] != other["pid"]
+        # Without a key, or with other memory limits, a task gets a fresh worker.
+        assert pool.run(worker_jobs.remember, None, LIMITS).scalars["count"] == 1
+        bigger = WorkerLimits(memory_bytes=LIMITS.memory_bytes * 2, cpu_seconds=30, wall_seconds=30)
+        assert pool.run(worker_jobs.remember, None, bigger, reuse_key="run-a").scalars["count"] == 1
+    finally:
+        pool.close()
+    assert pool.warm == 0
+
+
+def test_at_most_warm_workers_wait_and_the_oldest_goes_first() -> None:
+    pool = WorkerPool(preload=["tests.tasks.worker_jobs"], warm_workers=1)
+    try:
+        pid_a = pool.run(worker_jobs.remember, None, LIMITS, reuse_key="a").scalars["pid"]
+        pool.run(worker_jobs.remember, None, LIMITS, reuse_key="b")
+        assert pool.warm == 1
+        assert pool.run(worker_jobs.remember, None, LIMITS, reuse_key="a").scalars["pid"] != pid_a
+        _wait_gone(int(pid_a))
+    finally:
+        pool.close()
+
+
+def test_an_idle_worker_ends() -> None:
+    pool = WorkerPool(preload=["tests.tasks.worker_jobs"], idle_seconds=0.3)
+    try:
+        pid = pool.run(worker_jobs.remember, None, LIMITS, reuse_key="a").scalars["pid"]
+        _wait_gone(int(pid))
+        assert pool.warm == 0
+        assert pool.run(worker_jobs.remember, None, LIMITS, reuse_key="a").scalars["count"] == 1
+    finally:
+        pool.close()
+
+
+def test_a_failed_task_does_not_leave_its_worker_warm() -> None:
+    pool = WorkerPool(preload=["tests.tasks.worker_jobs"])
+    try:
+        with pytest.raises(TaskFailedError):
+            pool.run(worker_jobs.explode, "x", LIMITS, reuse_key="a")  # type: ignore[arg-type]
+        assert pool.warm == 0
+        with pytest.raises(TaskFailedError):
+            pool.run(worker_jobs.refuse, "no", LIMITS, reuse_key="a")  # type: ignore[arg-type]
+        assert pool.warm == 0
+    finally:
+        pool.close()
+
+
+def test_cpu_time_is_limited_per_task_in_a_warm_worker() -> None:
+    pool = WorkerPool(preload=["tests.tasks.worker_jobs"])
+    limits = WorkerLimits(memory_bytes=LIMITS.memory_bytes, cpu_seconds=1, wall_seconds=30)
+    try:
+        # Three tasks of 0.6 s CPU each: together over the limit, each within it.
+        for _ in range(3):
+            pool.run(worker_jobs.spin, 0.6, limits, reuse_key="a")  # type: ignore[arg-type]
+        caught = failure(pool, worker_jobs.spin, 10.0, limits)
+        assert caught.kind is FailureKind.CPU_TIME
+        with pytest.raises(TaskFailedError) as warm:
+            pool.run(worker_jobs.spin_past_sigxcpu, 20.0, limits, reuse_key="a")  # type: ignore[arg-type]
+        assert warm.value.kind is FailureKind.CPU_TIME
+    finally:
+        pool.close()
+
+
+def test_tensors_arrive_byte_exact_and_read_only(pool: WorkerPool) -> None:
+    rng = np.random.default_rng(7)
+    tensors = {
+        "w": rng.standard_normal((300, 7)).astype(np.float32),
+        "b": rng.standard_normal(5),
+        "empty": np.zeros((0, 3), np.float32),
+        "strided": rng.standard_normal((10, 10)).astype(np.float32)[:, ::2],
+    }
+    released = pool.run(worker_jobs.echo_tensors, worker_jobs.TensorJob(), LIMITS, tensors=tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(released.tensors[name], array.astype(np.float64))
+        assert released.tensors[name].shape == array.shape
+    assert released.scalars["writable"] == 0.0
+    # And the worker cannot change them.
+    caught = failure(pool, worker_jobs.write_tensors, worker_jobs.TensorJob(), LIMITS, tensors=tensors)
+    assert caught.kind is FailureKind.CRASHED and "read-only" in caught.detail
+
+
+def test_tensors_received_into_shared_memory_are_handed_over_without_a_copy(pool: WorkerPool) -> None:
+    region = SharedRegion(4096)
+    weights = region.array(128, np.float32, (16, 4))
+    weights[...] = np.arange(64, dtype=np.float32).reshape(16, 4)
+    released = pool.run(worker_jobs.echo_tensors, worker_jobs.TensorJob(), LIMITS, tensors={"w": weights})
+    np.testing.assert_array_equal(released.tensors["w"], weights)
+    # The worker could not resize the daemon's region under it.
+    assert fcntl.fcntl(region.fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+
+
+def test_a_result_region_the_worker_could_still_change_is_refused(pool: WorkerPool) -> None:
+    caught = failure(pool, worker_jobs.unsealed_result, None)
+    assert caught.kind is FailureKind.CRASHED and "not sealed" in caught.detail
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} is still running")
