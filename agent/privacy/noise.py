@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -27,20 +28,73 @@ def secure_generator() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64DXSM(secrets.randbits(SEED_BITS)))
 
 
+class NoiseReserve:
+    """Standard normal draws made ahead of time, each block handed out once.
+
+    Drawing the noise for a large model takes as long as the rest of a small
+    task (about 20 ns per value here: 0.5 s for 25M parameters). The draws do not
+    depend on the data or the parameters, so a warm worker draws the next task's
+    block while it waits for that task. Every block comes from its own freshly
+    seeded generator and is given out at most once; a task that finds no block of
+    its size draws on the spot.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._block: npt.NDArray[np.float64] | None = None
+        self._filling: threading.Thread | None = None
+
+    def take(self, size: int) -> npt.NDArray[np.float64]:
+        """``size`` standard normal values, never handed out before."""
+        with self._lock:
+            filling, self._filling = self._filling, None
+        if filling is not None:
+            filling.join()
+        with self._lock:
+            block, self._block = self._block, None
+        if block is None or block.size != size:
+            block = secure_generator().standard_normal(size)
+        return block
+
+    def refill(self, size: int) -> None:
+        """Starts drawing a block of ``size`` values in the background (replacing an unused one)."""
+        with self._lock:
+            if self._filling is not None:
+                return
+
+            def fill() -> None:
+                block = secure_generator().standard_normal(size)
+                with self._lock:
+                    self._block = block
+
+            self._block = None
+            self._filling = threading.Thread(target=fill, name="noise-reserve", daemon=True)
+            self._filling.start()
+
+
 class GaussianNoise:
     """Adds centred Gaussian noise. Pass ``rng`` only in tests; production uses the
-    secure default."""
+    secure default (from ``reserve`` when given, see NoiseReserve)."""
 
-    def __init__(self, rng: np.random.Generator | None = None) -> None:
-        self._rng = rng if rng is not None else secure_generator()
+    def __init__(self, rng: np.random.Generator | None = None, reserve: NoiseReserve | None = None) -> None:
+        self._rng = rng
+        self._reserve = reserve if rng is None else None
 
     def perturb(self, values: npt.NDArray[np.float64], std: float) -> npt.NDArray[np.float64]:
         """``values + N(0, std^2)`` element-wise, as a new float64 array (``std`` = 0: a copy)."""
         if not (math.isfinite(std) and std >= 0.0):
             raise ValueError("the noise standard deviation must be finite and >= 0")
-        result = np.array(values, dtype=np.float64, copy=True)
-        if std > 0.0:
-            result += self._rng.normal(0.0, std, result.shape)
+        if std == 0.0:
+            return np.array(values, dtype=np.float64, copy=True)
+        if self._rng is not None:
+            return np.asarray(values, dtype=np.float64) + self._rng.normal(0.0, std, np.shape(values))
+        if self._reserve is not None:
+            result = self._reserve.take(int(np.size(values))).reshape(np.shape(values))
+        else:
+            result = secure_generator().standard_normal(np.shape(values))
+        # In place on the fresh draw: no second array of the model's size.
+        result *= std
+        result += values
         return result
 
     def scalar(self, value: float, std: float) -> float:

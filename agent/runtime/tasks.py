@@ -42,7 +42,7 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
-from agent.privacy.noise import GaussianNoise
+from agent.privacy.noise import GaussianNoise, NoiseReserve
 from agent.privacy.sampling import PoissonSampler, padded_sample_size
 from agent.runtime.errors import HyperparameterError, NoUsableRowsError, TaskCancelledError
 from agent.runtime.isolation import GraphRole
@@ -137,6 +137,8 @@ class Randomness:
 
     sampling: np.random.Generator | None = None
     noise: np.random.Generator | None = None
+    # Secure noise drawn ahead of time (a warm worker's); ignored when ``noise`` is given.
+    normals: NoiseReserve | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,7 +261,7 @@ def dp_gradient(
     randomness = randomness or Randomness()
     params = checked_parameters(wrapper.manifest, parameters)
     sampler = PoissonSampler(settings.sampling_rate, randomness.sampling)
-    noise = GaussianNoise(randomness.noise)
+    noise = GaussianNoise(randomness.noise, randomness.normals)
     step = _sampled_pass(wrapper, rows, params, sampler=sampler, clip_norm=settings.clip_norm, controls=controls)
     noisy = noise.perturb(step.total, settings.noise_multiplier * settings.clip_norm)
     count = _noisy_count(noise, step.sampled, settings.count_noise_multiplier)
@@ -286,7 +288,7 @@ def dp_local_training(
     start = checked_parameters(wrapper.manifest, parameters)
     step_settings = settings.step
     sampler = PoissonSampler(step_settings.sampling_rate, randomness.sampling)
-    noise = GaussianNoise(randomness.noise)
+    noise = GaussianNoise(randomness.noise, randomness.normals)
     theta0 = np.concatenate([start[slot.name].reshape(-1).astype(np.float64) for slot in wrapper.layout.slots])
     theta = theta0.copy()
     for k in range(settings.local_steps):
@@ -325,7 +327,7 @@ def dp_evaluate(
     randomness = randomness or Randomness()
     params = checked_parameters(wrapper.manifest, parameters)
     sampler = PoissonSampler(settings.sampling_rate, randomness.sampling)
-    noise = GaussianNoise(randomness.noise)
+    noise = GaussianNoise(randomness.noise, randomness.normals)
     step = _sampled_pass(wrapper, rows, params, sampler=sampler, clip_norm=None, controls=controls)
     sensitivity = metric_sensitivities(wrapper)
     # Unit-variance noise scaled per metric: std_m = sigma * sqrt(M) * S_m (see module doc).

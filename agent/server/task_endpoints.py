@@ -216,7 +216,7 @@ class TaskEndpoints:
         admission: Admission,
         watchdog: _IdleWatchdog,
     ) -> dict[str, npt.NDArray[np.generic]]:
-        assembler = TensorAssembler(spec.parameters)
+        assembler = TensorAssembler(spec.parameters, shared=True)
         try:
             for message in request_iterator:
                 watchdog.touch()

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
 from agent.packages.manifest import Manifest, TaskKind
+from agent.privacy.noise import NoiseReserve
 from agent.runtime.errors import RuntimeTaskError
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
@@ -29,6 +30,7 @@ from agent.runtime.tasks import (
     Controls,
     EvaluationSettings,
     GradientSettings,
+    Randomness,
     TrainingSettings,
     dp_evaluate,
     dp_gradient,
@@ -39,6 +41,8 @@ from agent.tasks.worker import Progress, Released, TaskInputError, WorkerMemory
 
 # The stage the worker reports right before it reads the first row.
 COMPUTING = "computing"
+# Larger models draw their noise on the spot: a block drawn ahead costs 8 bytes per value.
+MAX_RESERVED_NOISE = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,18 +102,24 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
 
     progress(0.0, COMPUTING)
     controls = Controls(progress=lambda fraction: progress(fraction, "step"))
+    # The noise for a model of this size is drawn ahead, while the worker waits for the next round.
+    reserve = memory.get_or_create("noise", NoiseReserve)
+    randomness = Randomness(normals=reserve)
     scalars: dict[str, float] = {}
     if job.kind is TaskKind.DP_GRADIENT:
-        gradient = dp_gradient(wrapper, rows, parameters, step, controls=controls)
+        gradient = dp_gradient(wrapper, rows, parameters, step, controls=controls, randomness=randomness)
         tensors: dict[str, npt.NDArray[np.floating[Any]]] = dict(gradient.sums)
         if gradient.noisy_count is not None:
             scalars["noisy_count"] = gradient.noisy_count
     elif job.kind is TaskKind.DP_LOCAL_TRAINING:
-        tensors = dict(dp_local_training(wrapper, rows, parameters, training, controls=controls).delta)
+        trained = dp_local_training(wrapper, rows, parameters, training, controls=controls, randomness=randomness)
+        tensors = dict(trained.delta)
     else:
-        evaluated = dp_evaluate(wrapper, rows, parameters, evaluation, controls=controls)
+        evaluated = dp_evaluate(wrapper, rows, parameters, evaluation, controls=controls, randomness=randomness)
         tensors = {}
         scalars.update(evaluated.sums)
         if evaluated.noisy_count is not None:
             scalars["noisy_count"] = evaluated.noisy_count
+    if job.kind is not TaskKind.DP_EVALUATE and wrapper.layout.size <= MAX_RESERVED_NOISE:
+        reserve.refill(wrapper.layout.size)
     return Released(tensors, scalars)

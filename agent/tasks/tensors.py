@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.tasks.shared_memory import SharedRegion, layout
+
 DTYPES: Mapping[str, np.dtype[np.generic]] = {
     "float32": np.dtype("<f4"),
     "float64": np.dtype("<f8"),
@@ -46,17 +48,39 @@ class TensorDecl:
 
 
 class TensorAssembler:
-    """Receives chunks of several tensors, in order, into preallocated arrays."""
+    """Receives chunks of several tensors, in order, into preallocated arrays.
 
-    def __init__(self, declared: Sequence[TensorDecl]) -> None:
+    With ``shared=True`` the arrays live in one memfd-backed region, so that a task
+    worker can map them without a copy (agent.tasks.shared_memory).
+    """
+
+    def __init__(self, declared: Sequence[TensorDecl], *, shared: bool = False) -> None:
         self._declared = tuple(declared)
-        self._buffers = [np.empty(d.byte_length, dtype=np.uint8) for d in self._declared]
+        self._shared = shared
         self._filled = [0] * len(self._declared)
         self._wanted: set[int] = set(range(len(self._declared)))
+        self._allocated: dict[int, npt.NDArray[np.uint8]] | None = None
 
     def expect_only(self, indexes: set[int]) -> None:
         """Tensors outside ``indexes`` will not be sent (the agent already holds them)."""
+        if self._allocated is not None:
+            raise RuntimeError("expect_only must come before the first chunk")
         self._wanted = set(indexes)
+
+    @property
+    def _buffers(self) -> dict[int, npt.NDArray[np.uint8]]:
+        # Allocated on first use, for the wanted tensors only.
+        if self._allocated is None:
+            wanted = sorted(self._wanted)
+            if self._shared:
+                slots, size = layout([(str(i), "u1", (self._declared[i].byte_length,)) for i in wanted])
+                region = SharedRegion(size)
+                self._allocated = {
+                    i: region.array(slot.offset, "u1", slot.shape) for i, slot in zip(wanted, slots, strict=True)
+                }
+            else:
+                self._allocated = {i: np.empty(self._declared[i].byte_length, dtype=np.uint8) for i in wanted}
+        return self._allocated
 
     def write(self, index: int, offset: int, data: bytes) -> None:
         if index not in self._wanted:

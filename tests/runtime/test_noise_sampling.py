@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.privacy.noise import GaussianNoise, secure_generator
+from agent.privacy.noise import GaussianNoise, NoiseReserve, secure_generator
 from agent.privacy.sampling import PoissonSampler
 
 
@@ -32,6 +32,38 @@ def test_default_generators_are_seeded_independently() -> None:
     a, b = secure_generator(), secure_generator()
     assert not np.array_equal(a.random(8), b.random(8))
     assert not np.array_equal(GaussianNoise().perturb(np.zeros(4), 1.0), GaussianNoise().perturb(np.zeros(4), 1.0))
+
+
+def test_a_reserved_block_is_handed_out_once() -> None:
+    reserve = NoiseReserve()
+    reserve.refill(50_000)
+    first = reserve.take(50_000)
+    # Nothing refilled since: the next take draws afresh instead of repeating the block.
+    second = reserve.take(50_000)
+    assert first is not second and not np.array_equal(first, second)
+    for block in (first, second):
+        assert abs(block.std() - 1.0) < 0.02 and abs(block.mean()) < 5 / np.sqrt(block.size)
+
+
+def test_a_reserved_block_of_another_size_is_not_used() -> None:
+    reserve = NoiseReserve()
+    reserve.refill(1000)
+    assert reserve.take(10).shape == (10,)
+    # The unmatched block was dropped, not kept for later.
+    assert reserve.take(1000) is not None and reserve.take(1000).shape == (1000,)
+
+
+def test_noise_from_a_reserve_has_the_requested_std_and_keeps_the_values() -> None:
+    reserve = NoiseReserve()
+    values = np.linspace(-3.0, 3.0, 40_000)
+    reserve.refill(values.size)
+    noisy = GaussianNoise(reserve=reserve).perturb(values, 2.5)
+    assert noisy is not values and values[0] == -3.0
+    assert abs((noisy - values).std() / 2.5 - 1.0) < 0.02
+    # Two perturbations never share their noise.
+    reserve.refill(values.size)
+    again = GaussianNoise(reserve=reserve).perturb(values, 2.5)
+    assert not np.array_equal(noisy, again)
 
 
 @pytest.mark.parametrize("rate", [0.001, 0.05, 0.5])
