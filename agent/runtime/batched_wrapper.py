@@ -250,15 +250,21 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
         helper.make_node("Identity", [source], [batched.inputs[name]], name=f"{AGENT_PREFIX}feed::{name}")
         for name, source in feeds.items()
     ]
-    batched_elements = sum(math.prod(shape) for is_batched, shape in batched.layout.values() if is_batched)
-    if batched_elements * ROWS_PER_RUN * 8 > MAX_BATCHED_BYTES:
-        raise BatchingRefused(f"per-example values of {batched_elements} elements are too large to batch")
     if role is GraphRole.GRADIENT:
         result = _clip_rows(emitter, batched, layout)
     else:
         flat = _flat_rows(emitter, batched, [(slot.name, 1) for slot in layout.slots])
         result = _metric_rows(emitter, flat, manifest)
     emitter.op("Identity", [result], SUM)
+    nodes = _live([*head, *batched.nodes, *emitter.nodes], [SUM])
+    # Only what is computed counts: a weight gradient the tail takes as its factors
+    # (u, v) is never materialised, however large the weight.
+    computed = {name for node in nodes for name in (*node.input, *node.output)}
+    batched_elements = sum(
+        math.prod(shape) for name, (is_batched, shape) in batched.layout.items() if is_batched and name in computed
+    )
+    if batched_elements * ROWS_PER_RUN * 8 > MAX_BATCHED_BYTES:
+        raise BatchingRefused(f"per-example values of {batched_elements} elements are too large to batch")
 
     label = INT64 if manifest.label.dtype == "int64" else FLOAT
     inputs = [helper.make_tensor_value_info(parameter_input(p.name), FLOAT, list(p.shape)) for p in manifest.parameters]
@@ -269,7 +275,7 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))
     graph = helper.make_graph(
-        _live([*head, *batched.nodes, *emitter.nodes], [SUM]),
+        nodes,
         AGENT_PREFIX + "batched_wrapper",
         inputs,
         [helper.make_tensor_value_info(SUM, DOUBLE, [layout.size])],

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 from agent.packages.manifest import Manifest
 from agent.publisher.packaging import zoo_graphs
+from agent.publisher.zoo.mlp import build_mlp_classifier
 from agent.runtime.batched_wrapper import build_batched_wrapper
 from agent.runtime.batching import RULES, BatchingRefused
 from agent.runtime.isolation import GraphRole
@@ -544,6 +545,22 @@ def test_graphs_with_large_per_example_values_run_in_scan() -> None:
     with pytest.raises(BatchingRefused, match="too large"):
         CompiledWrapper(graph, hostile_manifest(), GraphRole.GRADIENT, mode=RuntimeMode.BATCHED)
     assert CompiledWrapper(graph, hostile_manifest(), GraphRole.GRADIENT).mode is RuntimeMode.SCAN
+
+
+def test_wide_weight_gradients_are_batched_because_they_are_never_materialised() -> None:
+    """A 2048 x 512 weight: 256 materialised per-row gradients would be 2 GB, but the tail
+    takes them as their factors, so only the small activations count against the limit."""
+    model = build_mlp_classifier(4, (2048, 512))
+    graphs = zoo_graphs(model)
+    manifest = manifest_for(model, graphs)
+    rng = np.random.default_rng(5)
+    params = random_parameters(model, rng)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 40).astype(np.int64)
+    fast = CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT, mode=RuntimeMode.BATCHED)
+    scan = CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT, mode=RuntimeMode.SCAN)
+    expected = scan.clipped_sum(params, RowBatch(x, y), 0.5)
+    np.testing.assert_allclose(fast.clipped_sum(params, RowBatch(x, y), 0.5), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_declared_shapes_the_compiler_cannot_confirm_are_refused() -> None:
