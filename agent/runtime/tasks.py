@@ -179,7 +179,8 @@ def _sampled_pass(
     controls: Controls,
 ) -> _Pass:
     """One pass over the usable rows with a fresh Poisson sample: the exact clipped sum."""
-    result = _Pass(np.zeros(wrapper.layout.size, np.float64))
+    total: Float64Array | None = None
+    result = _Pass(np.zeros(0, np.float64))
     spare: RowBatch | None = None
     for batch in rows.batches():
         if controls.cancelled is not None and controls.cancelled():
@@ -192,7 +193,14 @@ def _sampled_pass(
             # if nothing was sampled. Copied so as not to keep the whole batch in memory.
             source = sample if sample.size > 0 else RowBatch(np.zeros_like(batch.x[:1]), np.zeros_like(batch.y[:1]))
             spare = RowBatch(source.x[:_PAD_CHUNK].copy(), source.y[:_PAD_CHUNK].copy())
-        result.total += wrapper.clipped_sum(parameters, sample, clip_norm)
+        summed = wrapper.clipped_sum(parameters, sample, clip_norm)
+        # The first batch's sum is the running total: for a large model a zeroed array
+        # and an addition of its size would cost as much as the graph itself.
+        if total is None:
+            total = summed
+        else:
+            total += summed
+    result.total = total if total is not None else np.zeros(wrapper.layout.size, np.float64)
     if controls.pad_timing and spare is not None:
         _pad(wrapper, parameters, spare, clip_norm, padded_sample_size(result.usable, sampler.rate) - result.sampled)
     return result
