@@ -21,6 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 SEED_BITS = 256
+# Noise for larger arrays is drawn and added in slices of this many values (32 MB).
+IN_PLACE_SLICE = 4 * 1024 * 1024
+# Reserved blocks (drawn ahead) only for models up to this many values: 8 bytes each.
+MAX_RESERVED_SIZE = 32 * 1024 * 1024
 
 
 def secure_generator() -> np.random.Generator:
@@ -96,6 +100,31 @@ class GaussianNoise:
         result *= std
         result += values
         return result
+
+    def perturb_in_place(self, values: npt.NDArray[np.float64], std: float) -> npt.NDArray[np.float64]:
+        """``values += N(0, std^2)`` element-wise and returns ``values``.
+
+        For the sums a task owns: a model too large for a reserved block gets its noise
+        drawn and added a slice at a time, so no second array of its size exists.
+        """
+        if not (values.dtype == np.float64 and values.flags.c_contiguous and values.flags.writeable):
+            raise ValueError("perturb_in_place needs a writable C-contiguous float64 array")
+        if self._rng is not None or (self._reserve is not None and values.size <= MAX_RESERVED_SIZE):
+            values[...] = self.perturb(values, std)
+            return values
+        if not (math.isfinite(std) and std >= 0.0):
+            raise ValueError("the noise standard deviation must be finite and >= 0")
+        if std == 0.0:
+            return values
+        flat = values.reshape(-1)
+        generator = secure_generator()
+        draw = np.empty(min(IN_PLACE_SLICE, flat.size), np.float64)
+        for start in range(0, flat.size, IN_PLACE_SLICE):
+            piece = draw[: min(IN_PLACE_SLICE, flat.size - start)]
+            generator.standard_normal(out=piece)
+            piece *= std
+            flat[start : start + piece.size] += piece
+        return values
 
     def scalar(self, value: float, std: float) -> float:
         """``value + N(0, std^2)``."""

@@ -271,7 +271,7 @@ def dp_gradient(
     sampler = PoissonSampler(settings.sampling_rate, randomness.sampling)
     noise = GaussianNoise(randomness.noise, randomness.normals)
     step = _sampled_pass(wrapper, rows, params, sampler=sampler, clip_norm=settings.clip_norm, controls=controls)
-    noisy = noise.perturb(step.total, settings.noise_multiplier * settings.clip_norm)
+    noisy = noise.perturb_in_place(step.total, settings.noise_multiplier * settings.clip_norm)
     count = _noisy_count(noise, step.sampled, settings.count_noise_multiplier)
     _report(controls, 1.0)
     return GradientRelease(_float32(wrapper.unflatten(noisy)), count)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
 from agent.packages.manifest import Manifest, TaskKind
-from agent.privacy.noise import NoiseReserve
+from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve
 from agent.runtime.errors import RuntimeTaskError
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
@@ -41,8 +41,6 @@ from agent.tasks.worker import Progress, Released, TaskInputError, WorkerMemory
 
 # The stage the worker reports right before it reads the first row.
 COMPUTING = "computing"
-# Larger models draw their noise on the spot: a block drawn ahead costs 8 bytes per value.
-MAX_RESERVED_NOISE = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +118,6 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
         scalars.update(evaluated.sums)
         if evaluated.noisy_count is not None:
             scalars["noisy_count"] = evaluated.noisy_count
-    if job.kind is not TaskKind.DP_EVALUATE and wrapper.layout.size <= MAX_RESERVED_NOISE:
+    if job.kind is not TaskKind.DP_EVALUATE and wrapper.layout.size <= MAX_RESERVED_SIZE:
         reserve.refill(wrapper.layout.size)
     return Released(tensors, scalars)

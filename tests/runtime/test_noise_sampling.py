@@ -66,6 +66,20 @@ def test_noise_from_a_reserve_has_the_requested_std_and_keeps_the_values() -> No
     assert not np.array_equal(noisy, again)
 
 
+def test_in_place_noise_for_large_arrays_is_added_slice_by_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.privacy.noise.IN_PLACE_SLICE", 1000)
+    values = np.linspace(-1.0, 1.0, 10_500)
+    original = values.copy()
+    noisy = GaussianNoise().perturb_in_place(values, 3.0)
+    assert noisy is values
+    added = values - original
+    assert abs(added.std() / 3.0 - 1.0) < 0.05 and abs(added.mean()) < 5 * 3.0 / np.sqrt(added.size)
+    # Every slice got its own draws (a repeated slice would show as equal differences).
+    assert not np.array_equal(added[:1000], added[1000:2000])
+    with pytest.raises(ValueError, match="writable"):
+        GaussianNoise().perturb_in_place(np.zeros(4, np.float32), 1.0)
+
+
 @pytest.mark.parametrize("rate", [0.001, 0.05, 0.5])
 def test_poisson_sampling_rate(rate: float) -> None:
     n = 200_000
