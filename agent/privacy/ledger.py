@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import structlog
+
 from agent.durable_sqlite import read_only, write_transaction
 from agent.privacy.accounting import Accountant, AccountantKind, PldAccountant
 from agent.privacy.errors import (
@@ -165,6 +167,7 @@ class PrivacyLedger:
         *,
         busy_timeout: float = 60.0,
         clock: Callable[[], datetime] = _utc_now,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         # busy_timeout: how long a write waits for another writer. Writes are
         # tiny, but a reservation may recompute ε inside the lock (see reserve).
@@ -172,6 +175,7 @@ class PrivacyLedger:
         self._accountant = accountant if accountant is not None else PldAccountant()
         self._busy_timeout = busy_timeout
         self._clock = clock
+        self._logger = logger if logger is not None else structlog.get_logger(__name__)
 
     @property
     def path(self) -> Path:
@@ -269,6 +273,9 @@ class PrivacyLedger:
             )
         # Outside the lock; the accountant keeps the group's composed history, so this is cheap.
         before = self._accountant.epsilon(active, delta) if active else 0.0
+        # A federated run reserves the same mechanism every round: compose the group's
+        # next history while this task computes, so that the next round finds its ε.
+        self._accountant.speculate(budget_group, [*active, mechanism], mechanism, delta)
         return Reservation(task_id, budget_group, mechanism, epsilon, float(limit_epsilon), delta, now, before)
 
     def commit(self, task_id: str) -> None:
@@ -289,6 +296,8 @@ class PrivacyLedger:
 
     def release(self, task_id: str) -> None:
         """Return a reservation whose result never existed. A committed cost is never refunded."""
+        retry: tuple[str, list[Mechanism], Mechanism, float] | None = None
+        unreadable: LedgerError | None = None
         with self._write() as conn:
             state = self._state(conn, task_id)
             if state is TaskState.COMMITTED:
@@ -300,6 +309,32 @@ class PrivacyLedger:
                     "UPDATE tasks SET state = 'released', settled_at = ? WHERE task_id = ?",
                     (self._clock().isoformat(), task_id),
                 )
+                group, q, sigma, steps, delta = conn.execute(
+                    "SELECT budget_group, sampling_rate, noise_multiplier, steps, delta FROM tasks WHERE task_id = ?",
+                    (task_id,),
+                ).fetchone()
+                # Read in the transaction: the group's history as this release leaves it.
+                # Only for a speculation, so an unreadable task must not fail the release.
+                try:
+                    mechanism = _mechanism(self._path, q, sigma, steps)
+                    retry = (group, self._mechanisms(conn, group, _ACTIVE), mechanism, float(delta))
+                except LedgerError as exc:
+                    unreadable = exc
+        if unreadable is not None:
+            self._logger.warning("ledger.speculation_skipped", task_id=task_id, error=str(unreadable))
+        if retry is not None:
+            # A failed task is often retried: compose the shrunk history plus the same task,
+            # outside the write lock.
+            group, history, mechanism, delta = retry
+            self._accountant.speculate(group, history, mechanism, delta)
+
+    def close(self) -> None:
+        """Stops the accountant's background compositions (waiting for a running one).
+
+        The accountant is closed with the ledger, also one passed in; both stay usable,
+        computing every ε on demand.
+        """
+        self._accountant.close()
 
     def recover_abandoned(self, now: datetime) -> list[AbandonedTask]:
         """At start-up, before serving: count every reservation left by a dead agent as spent."""
@@ -391,10 +426,7 @@ class PrivacyLedger:
             f"SELECT sampling_rate, noise_multiplier, steps FROM tasks WHERE budget_group = ? AND state IN ({marks})",  # noqa: S608 - only placeholders are interpolated
             (budget_group, *(s.value for s in states)),
         ).fetchall()
-        try:
-            return [Mechanism(float(q), float(sigma), int(k)) for q, sigma, k in rows]
-        except MechanismError as exc:
-            raise LedgerError(f"the privacy ledger {self._path} holds an invalid task: {exc}") from exc
+        return [_mechanism(self._path, q, sigma, k) for q, sigma, k in rows]
 
     @staticmethod
     def _check_rate(conn: sqlite3.Connection, coordinator: str, rate_limit: RateLimit, now: datetime) -> None:
@@ -466,6 +498,14 @@ class PrivacyLedger:
             )
         found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'").fetchone()
         return found is not None
+
+
+def _mechanism(path: Path, q: float, sigma: float, steps: int) -> Mechanism:
+    """A task's mechanism as read from the ledger at ``path`` (SQLite may hand a REAL back as an int)."""
+    try:
+        return Mechanism(float(q), float(sigma), int(steps))
+    except MechanismError as exc:
+        raise LedgerError(f"the privacy ledger {path} holds an invalid task: {exc}") from exc
 
 
 # Tasks whose cost counts against the budget: committed, and reserved (in flight).

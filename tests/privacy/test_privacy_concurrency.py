@@ -67,6 +67,7 @@ def test_32_threads_against_a_budget_for_5(tmp_path: Path, accountant: Accountan
     assert len(outcomes) == 32
     assert outcomes.count(True) == 5
     status = ledger.status(GROUP)
+    ledger.close()  # no background composition outlives the test
     assert status.tasks_committed + status.tasks_reserved == 5
     assert status.epsilon_with_reserved <= limit
 
