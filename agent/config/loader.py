@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent.config.errors import ConfigError
 from agent.config.model import (
+    MIN_MESSAGE_BYTES,
     AgentConfig,
     AuditConfig,
     IdentityConfig,
@@ -47,7 +48,7 @@ def _server(table: TomlTable) -> ServerConfig:
     d = ServerConfig()
     config = ServerConfig(
         listen=_listen_address(table, d.listen),
-        max_message_bytes=table.integer("max_message_bytes", d.max_message_bytes, 4096, 2**31 - 1),
+        max_message_bytes=_max_message_bytes(table, d.max_message_bytes),
         max_workers=table.integer("max_workers", d.max_workers, 1, 1024),
         grace_seconds=table.number("grace_seconds", d.grace_seconds, 0.0, 3600.0),
         keepalive_time_seconds=table.number("keepalive_time_seconds", d.keepalive_time_seconds, 1.0, 86400.0),
@@ -55,9 +56,25 @@ def _server(table: TomlTable) -> ServerConfig:
         min_client_ping_interval_seconds=table.number(
             "min_client_ping_interval_seconds", d.min_client_ping_interval_seconds, 1.0, 3600.0
         ),
+        stream_idle_seconds=table.number("stream_idle_seconds", d.stream_idle_seconds, 1.0, 86400.0),
+        parameter_cache_mb=table.integer("parameter_cache_mb", d.parameter_cache_mb, 0, 1024 * 1024),
+        parameter_cache_idle_seconds=table.number(
+            "parameter_cache_idle_seconds", d.parameter_cache_idle_seconds, 1.0, 7 * 86400.0
+        ),
     )
     table.finish()
     return config
+
+
+def _max_message_bytes(table: TomlTable, default: int) -> int:
+    value = table.integer("max_message_bytes", default, 1, 2**31 - 1)
+    if value < MIN_MESSAGE_BYTES:
+        raise table.error(
+            "max_message_bytes",
+            f"must be at least {MIN_MESSAGE_BYTES} (2 MiB): tensors and packages travel in chunks of up to "
+            f"1 MiB plus framing; got {value}",
+        )
+    return value
 
 
 def _metrics(table: TomlTable) -> MetricsConfig:

@@ -10,6 +10,9 @@ from pathlib import Path
 from agent.datasets import DatasetSpec
 
 MIB = 1024 * 1024
+# Tensors and packages travel in chunks of up to 1 MiB; a message limit below
+# this would refuse the protocol's own messages.
+MIN_MESSAGE_BYTES = 2 * MIB
 
 # RFC 1123 host names (labels of letters, digits and inner hyphens).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -63,6 +66,14 @@ class ServerConfig:
     keepalive_timeout_seconds: float = 20.0
     # Coordinators may ping this often without being told "too many pings".
     min_client_ping_interval_seconds: float = 10.0
+    # A RunTask stream on which nothing moves for this long (a parameter upload
+    # that stops, a coordinator that stops reading its events or result) is cut
+    # off: it would otherwise hold a server thread, and a budget reservation.
+    stream_idle_seconds: float = 30.0
+    # Parameters kept per (coordinator, run, package) so that the next task of
+    # the run is not sent them again; 0 disables. Runs idle this long are dropped.
+    parameter_cache_mb: int = 2048
+    parameter_cache_idle_seconds: float = 1800.0
 
 
 @dataclass(frozen=True)

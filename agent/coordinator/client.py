@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.tasks import TaskProtocolError, TaskRun, run_task
+from agent.coordinator.tasks import ParameterSet, TaskCallError, TaskProtocolError, TaskRun, run_task
 from agent.tasks.tensors import TensorDecl
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -243,25 +243,34 @@ class AgentClient:
     def run_task(
         self,
         spec: pb.TaskSpec,
-        parameters: Sequence[tuple[str, npt.NDArray[np.generic]]],
+        parameters: Sequence[tuple[str, npt.NDArray[np.generic]]] | ParameterSet,
         *,
         timeout: float | None = None,
+        stall_seconds: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
         expected: Sequence[TensorDecl] | None = None,
     ) -> TaskRun:
-        """Runs one task (see agent.coordinator.tasks.run_task); a refusal or a broken
-        stream raises AgentRpcError."""
+        """Runs one task (see agent.coordinator.tasks.run_task); a refusal, a broken or stalled
+        stream raises AgentRpcError.
+
+        With ``stall_seconds`` the call is cancelled once nothing has moved for that
+        long, and ``timeout`` is an optional overall cap; without it, ``timeout``
+        (or the client's default) is a plain deadline.
+        """
         try:
             return run_task(
                 self._stub,
                 spec,
                 parameters,
-                timeout=self._deadline(timeout),
+                timeout=timeout if stall_seconds else self._deadline(timeout),
+                stall_seconds=stall_seconds,
                 on_progress=on_progress,
                 expected=expected,
             )
         except grpc.RpcError as exc:
             raise self._error("RunTask", exc) from None
+        except TaskCallError as exc:
+            raise AgentRpcError("RunTask", exc.code, str(exc)) from None
         except TaskProtocolError as exc:
             raise AgentRpcError("RunTask", grpc.StatusCode.INTERNAL, str(exc)) from None
 

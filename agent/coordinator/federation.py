@@ -30,6 +30,9 @@ from agent.config.errors import ConfigError
 from agent.config.toml_table import TomlTable, decode_utf8, read_toml_file
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Agents repeat a working task's progress every 10 s; a shorter stall limit would
+# cut off tasks that are merely busy.
+MIN_STALL_SECONDS = 15.0
 
 
 class Algorithm(StrEnum):
@@ -74,8 +77,12 @@ class TrainingPlan:
     # A round updates the model only with results from at least this many sites
     # (the federation file's default is a majority of its agents).
     quorum: int = 1
-    # Each task's gRPC deadline: a slower site is left out of that round.
-    task_deadline_seconds: float = 120.0
+    # A task on which nothing moved for this long (no event from the agent, no
+    # parameter chunk taken by the transport) is cancelled and its site left out
+    # of the round. Agents repeat their progress every 10 s while they work.
+    task_stall_seconds: float = 60.0
+    # An optional overall cap per task, however much it moves; None: no cap.
+    task_deadline_seconds: float | None = None
     # The run stops after this many rounds in a row without a quorum.
     max_failed_rounds: int = 3
     # Recorded in every agent's audit log; checked against data-use agreements.
@@ -129,7 +136,8 @@ def _training(table: TomlTable, site_count: int) -> TrainingPlan:
         ),
         evaluation_sampling_rate=table.number("evaluation_sampling_rate", default.evaluation_sampling_rate, 1e-9, 1.0),
         quorum=table.integer("quorum", site_count // 2 + 1, 1, 10_000),
-        task_deadline_seconds=table.number("task_deadline_seconds", default.task_deadline_seconds, 0.1, 86_400.0),
+        task_stall_seconds=table.number("task_stall_seconds", default.task_stall_seconds, MIN_STALL_SECONDS, 86_400.0),
+        task_deadline_seconds=table.optional_number("task_deadline_seconds", 0.1, 7 * 86_400.0),
         max_failed_rounds=table.integer("max_failed_rounds", default.max_failed_rounds, 1, 100_000),
         purpose=table.string("purpose", default.purpose) or "",
     )

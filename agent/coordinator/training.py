@@ -1,9 +1,15 @@
 """Federated training across agents: DP-FedSGD and DP-FedAvg, with federated evaluation.
 
-Each round every site gets one task at the same parameters, concurrently, each
-with its own gRPC deadline. A site that is down, slow or refuses is left out of
-that round (and reported); the model moves only when at least ``quorum`` sites
-returned. Privacy is the agents' business: they clip, add noise and charge
+Each round every site gets one task at the same parameters, concurrently. A
+task on which nothing moves for ``task_stall_seconds`` (or that exceeds the
+optional overall ``task_deadline_seconds``) is cancelled; a site that is down,
+stalled or refuses is left out of that round (and reported); the model moves
+only when at least ``quorum`` sites returned.
+
+Parameters are hashed once per set of values, and an agent keeps the last
+parameters of the run: the evaluation of a model and the next round's
+training share them, so the evaluation starts once a site's training has
+taken the parameters, and is then not sent them again. Privacy is the agents' business: they clip, add noise and charge
 their ledgers; the coordinator only averages what it is given.
 
 Averaging uses public denominators only: ``q`` times the lower edge of each
@@ -14,6 +20,7 @@ a server-side Adam absorbs; with SGD it acts as a larger learning rate.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,10 +36,12 @@ from agent.coordinator.federation import Algorithm, Federation, Site, TrainingPl
 from agent.coordinator.optimizer import Parameters, ServerOptimizer
 from agent.coordinator.report import RoundRecord, SiteSummary, SiteTask
 from agent.coordinator.study_package import StudyPackage
-from agent.coordinator.tasks import TaskRun
+from agent.coordinator.tasks import ParameterSet, TaskRun
 from agent.tasks.tensors import TensorDecl
 
 NOISY_COUNT = "noisy_count"
+# A package upload without task_deadline_seconds: uploads are one call, not a stream that reports progress.
+PACKAGE_UPLOAD_SECONDS = 600.0
 
 
 class FederationError(Exception):
@@ -107,9 +116,11 @@ class FederatedTraining:
         self.run_id = run_id
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * len(federation.sites)), thread_name_prefix="site")
+        self._closed = threading.Event()
         self.result: TrainingResult | None = None
 
     def close(self) -> None:
+        self._closed.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- preparation -----------------------------------------------------------------
@@ -159,7 +170,9 @@ class FederatedTraining:
         if absent:
             raise SiteUnsuitableError(f"dataset {site.dataset!r} does not offer column(s) {', '.join(absent)}")
         # An upload can be large and the link slow: it gets a task's deadline, not a short call's.
-        uploaded = client.upload_package(self.package.archive, timeout=self.plan.task_deadline_seconds)
+        uploaded = client.upload_package(
+            self.package.archive, timeout=self.plan.task_deadline_seconds or PACKAGE_UPLOAD_SECONDS
+        )
         if uploaded.digest != self.package.digest:
             raise SiteUnsuitableError(f"the agent stored digest {uploaded.digest}, expected {self.package.digest}")
         budget = client.get_budget(site.dataset)
@@ -186,12 +199,23 @@ class FederatedTraining:
         self.result = result
         failed_in_a_row = 0
         by_name = {r.site.name: r for r in ready}
-        # The evaluation of the model after round r runs beside round r + 1's training.
+        # Wire bytes and sha256 once per set of values, for every site and task that sends it.
+        prepared = ParameterSet.of(self.package.ordered(result.parameters))
+        # The round record whose model (the current parameters) is still to be evaluated.
+        evaluate: int | None = None
         pending: _PendingEvaluation | None = None
         kind = pb.TASK_KIND_DP_GRADIENT if plan.algorithm is Algorithm.FEDSGD else pb.TASK_KIND_DP_LOCAL_TRAINING
         for round_number in range(1, plan.rounds + 1):
             started = self._clock()
-            training = {r.site.name: self._submit(r.site, kind, round_number, result.parameters) for r in ready}
+            taken = {r.site.name: threading.Event() for r in ready}
+            training = {
+                r.site.name: self._submit(r.site, kind, round_number, prepared, taken=taken[r.site.name]) for r in ready
+            }
+            if evaluate is not None:
+                # The evaluated model is this round's starting point: each site's evaluation waits
+                # until its training has taken the parameters, so that the agent holds them.
+                pending = self._evaluation(evaluate, result, ready, prepared, after=taken)
+                evaluate = None
             tasks, outcomes = self._collect(round_number, "train", training, result.charged, by_name)
             if pending is not None:
                 self._attach_evaluation(result, pending)
@@ -203,6 +227,7 @@ class FederatedTraining:
                 updated = all(bool(np.all(np.isfinite(value))) for value in stepped.values())
                 if updated:
                     result.parameters = stepped
+                    prepared = ParameterSet.of(self.package.ordered(stepped))
                     for name in outcomes:
                         result.charged[name].rounds_contributed += 1
                     failed_in_a_row = 0
@@ -223,18 +248,36 @@ class FederatedTraining:
                 break
             # ε is not spent on evaluating a model that did not move (except the final one).
             if self._evaluates_after(round_number) and (updated or round_number == plan.rounds):
-                pending = _PendingEvaluation(
-                    len(result.rounds) - 1,
-                    {
-                        r.site.name: self._submit(r.site, pb.TASK_KIND_DP_EVALUATE, round_number, result.parameters)
-                        for r in ready
-                    },
-                )
+                evaluate = len(result.rounds) - 1
             else:
                 self.observer.round_finished(result.rounds[-1])
-        if pending is not None:
-            self._attach_evaluation(result, pending)
+        if evaluate is not None:
+            self._attach_evaluation(result, self._evaluation(evaluate, result, ready, prepared, after=None))
         return result
+
+    def _evaluation(
+        self,
+        index: int,
+        result: TrainingResult,
+        ready: Sequence[ReadySite],
+        prepared: ParameterSet,
+        *,
+        after: Mapping[str, threading.Event] | None,
+    ) -> _PendingEvaluation:
+        round_number = result.rounds[index].round
+        return _PendingEvaluation(
+            index,
+            {
+                r.site.name: self._submit(
+                    r.site,
+                    pb.TASK_KIND_DP_EVALUATE,
+                    round_number,
+                    prepared,
+                    after=after[r.site.name] if after is not None else None,
+                )
+                for r in ready
+            },
+        )
 
     def _evaluates_after(self, round_number: int) -> bool:
         every = self.plan.evaluate_every
@@ -269,27 +312,54 @@ class FederatedTraining:
         result.rounds[pending.index] = evaluated
         self.observer.round_finished(evaluated)
 
-    def _submit(self, site: Site, kind: int, round_number: int, parameters: Parameters) -> Future[_Outcome]:
+    def _submit(
+        self,
+        site: Site,
+        kind: int,
+        round_number: int,
+        prepared: ParameterSet,
+        *,
+        taken: threading.Event | None = None,
+        after: threading.Event | None = None,
+    ) -> Future[_Outcome]:
+        """Starts one task in the pool. ``taken`` is set once the agent has the parameters (its
+        first progress) or the task ended; the task waits for ``after`` before it starts."""
         spec = self._spec(site, kind, round_number)
-        ordered = self.package.ordered(parameters)
         client = self.clients[site.name]
         expected = self.package.result_declarations(kind)
-        return self._pool.submit(self._timed, client, spec, ordered, expected)
+        return self._pool.submit(self._timed, client, spec, prepared, expected, taken, after)
 
-    def _timed(
+    def _timed(  # noqa: PLR0917 (one pool task's inputs)
         self,
         client: AgentClient,
         spec: pb.TaskSpec,
-        ordered: list[tuple[str, npt.NDArray[np.generic]]],
+        prepared: ParameterSet,
         expected: Sequence[TensorDecl],
+        taken: threading.Event | None,
+        after: threading.Event | None,
     ) -> _Outcome:
         """Runs in a pool thread: the task and its own duration; any failure becomes a value."""
-        started = self._clock()
         try:
-            run = client.run_task(spec, ordered, timeout=self.plan.task_deadline_seconds, expected=expected)
-        except Exception as exc:  # a broken or hostile agent must not end the run
-            return _Outcome(None, exc, self._clock() - started)
-        return _Outcome(run, None, self._clock() - started)
+            if after is not None:
+                while not after.wait(timeout=1.0):
+                    if self._closed.is_set():
+                        return _Outcome(None, FederationError("the run was stopped"), 0.0)
+            started = self._clock()
+            try:
+                run = client.run_task(
+                    spec,
+                    prepared,
+                    timeout=self.plan.task_deadline_seconds,
+                    stall_seconds=self.plan.task_stall_seconds,
+                    expected=expected,
+                    on_progress=(lambda _fraction, _stage: taken.set()) if taken is not None else None,
+                )
+            except Exception as exc:  # a broken or hostile agent must not end the run
+                return _Outcome(None, exc, self._clock() - started)
+            return _Outcome(run, None, self._clock() - started)
+        finally:
+            if taken is not None:
+                taken.set()
 
     def _spec(self, site: Site, kind: int, round_number: int) -> pb.TaskSpec:
         plan = self.plan

@@ -226,6 +226,8 @@ def federation_toml(federation: Federation) -> str:
         ]
     lines.append("[training]")
     for key, value in vars(plan).items():
+        if value is None:  # an optional key left out (TOML has no null)
+            continue
         lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,7 @@ from agent.privacy.accounting import make_accountant
 from agent.privacy.errors import PrivacyError
 from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
 from agent.server.service import AgentIdentity, AgentService
+from agent.tasks.parameter_cache import ParameterCache
 from agent.tasks.runner import TaskRunner
 from agent.tasks.worker import WorkerPool
 
@@ -59,6 +60,10 @@ def assemble_service(
         ledger=ledger,
         runner=runner,
         logger=logger,
+        stream_idle_seconds=config.server.stream_idle_seconds,
+        parameter_cache=ParameterCache(
+            config.server.parameter_cache_mb * 1024 * 1024, config.server.parameter_cache_idle_seconds
+        ),
     )
 
 

@@ -31,6 +31,7 @@ from agent.privacy.ledger import PrivacyLedger
 from agent.server.package_endpoints import PackageEndpoints
 from agent.server.peer import caller_identity
 from agent.server.task_endpoints import TaskEndpoints
+from agent.tasks.parameter_cache import ParameterCache
 from agent.tasks.runner import TaskRunner
 
 CAPABILITIES = ("budget", "datasets", "health", "packages", "reflection", "tasks", "transport-probe")
@@ -86,6 +87,8 @@ class AgentService(pb_grpc.AgentServicer):
         logger: structlog.typing.FilteringBoundLogger,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         max_probe_bytes: int = 2 * 1024**3,
+        stream_idle_seconds: float = 30.0,
+        parameter_cache: ParameterCache | None = None,
     ) -> None:
         self._identity = identity
         self._catalog = catalog
@@ -94,7 +97,7 @@ class AgentService(pb_grpc.AgentServicer):
         self._packages = PackageEndpoints(packages, audit, logger, clock)
         self._ledger = ledger
         self._runner = runner
-        self._tasks = TaskEndpoints(runner, logger)
+        self._tasks = TaskEndpoints(runner, logger, stream_idle_seconds, parameter_cache)
         self._logger = logger
         self._clock = clock
         self._max_probe_bytes = max_probe_bytes
@@ -102,8 +105,9 @@ class AgentService(pb_grpc.AgentServicer):
     # ------------------------------------------------------------ policy
 
     def close(self) -> None:
-        """The server has stopped: warm task workers are not needed any more."""
+        """The server has stopped: warm task workers and kept parameters are not needed any more."""
         self._runner.close()
+        self._tasks.close()
 
     def _authorize(
         self, context: grpc.ServicerContext, method: str, action: Action, dataset_id: str | None = None

@@ -4,15 +4,20 @@ The stream of one RunTask call:
   client: TaskSpec, then chunks of the parameter tensors the agent asked for
   agent:  TaskAccepted, TaskProgress..., TaskResultHeader, result chunks, TaskCompleted
 The privacy cost is committed to the ledger before the result header is sent.
+
+The agent asks only for tensors it does not hold already for the caller's run
+(agent.tasks.parameter_cache). Whenever it waits for the client (the spec, the
+upload, a send of an event or result chunk) and nothing moves for
+``stream_idle_seconds``, the call is cut off with a status saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Literal
 
 import grpc
@@ -24,6 +29,8 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.datasets.spec import DATASET_ID_PATTERN
 from agent.packages.manifest import TaskKind
+from agent.tasks.idle_timer import IdleTimer
+from agent.tasks.parameter_cache import ParameterCache, RunKey
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
 from agent.tasks.spec import Hyperparameters, TaskSpecError, TaskSpecification
 from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError, chunks, to_wire
@@ -43,8 +50,11 @@ _FAILURE_STATUS = {
     FailureKind.CRASHED: grpc.StatusCode.INTERNAL,
 }
 _MAX_PARAMETERS = 4096
-# A RunTask client that sends nothing for this long before its upload is complete is cut off.
-UPLOAD_IDLE_SECONDS = 30.0
+# While a task is prepared or computes, its latest progress is repeated this often: a
+# coordinator can then tell a long step from a dead stream.
+PROGRESS_HEARTBEAT_SECONDS = 10.0
+# The stage of the repeated progress before the worker reported any.
+PREPARING = "preparing"
 _MAX_RANK = 8
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_LABEL = 200
@@ -121,42 +131,142 @@ def specification(message: pb.TaskSpec) -> TaskSpecification:
     )
 
 
-class _IdleWatchdog:
-    """Cancels a call whose client stops sending before the upload is complete.
+_Phase = Literal["spec", "upload", "events", "result"]
+_CUT_OFF: dict[_Phase, str] = {
+    "spec": "no data for {seconds} s: the agent waited for the task spec and cut the call off",
+    "upload": "no data for {seconds} s during the parameter upload: the agent cut the task off; it was not charged",
+    "events": (
+        "no data for {seconds} s: the task's events were not read and the agent cut the call off; "
+        "the task was cancelled (charged if it had begun reading rows)"
+    ),
+    "result": (
+        "no data for {seconds} s: the result was not read and the agent cut the call off; the task was charged"
+    ),
+}
 
-    A stalled stream would otherwise hold a server thread, and after admission
-    a budget reservation, for as long as the client likes.
+
+def _cancel_with_status(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """Ends the call from another thread with a status the peer can read.
+
+    The servicer thread is blocked inside gRPC (waiting for a message, or for a
+    send to complete) and cannot abort() itself; the public cancel() would send
+    a bare CANCELLED that does not say why. The call under the context can
+    cancel with a status; where it cannot (another gRPC build), the bare cancel.
+    """
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    cancel = getattr(call, "cancel", None)
+    if callable(cancel):
+        # A private interface: any failure falls back to the public one.
+        with contextlib.suppress(Exception):
+            cancel(code.value[0], details)
+            return
+    context.cancel()
+
+
+class _StreamWatch:
+    """Cuts off a RunTask call on which nothing moved for ``idle_seconds`` while the agent waits for its client.
+
+    A stalled stream would otherwise hold a server thread, and before the
+    result a budget reservation, for as long as the client likes. Paused while
+    the agent itself works (admission, computing).
     """
 
-    def __init__(self, context: grpc.ServicerContext, idle_seconds: float) -> None:
+    def __init__(
+        self, context: grpc.ServicerContext, idle_seconds: float, logger: structlog.typing.FilteringBoundLogger
+    ) -> None:
         self._context = context
-        self._idle_seconds = idle_seconds
-        self._last = time.monotonic()
-        self._done = threading.Event()
-        self.expired = False
-        threading.Thread(target=self._watch, name="runtask-watchdog", daemon=True).start()
+        self._logger = logger
+        self.phase: _Phase = "spec"
+        self.task_id = ""
+        self._timer = IdleTimer(idle_seconds, self._cut_off, name="runtask-watchdog")
+
+    @property
+    def fired(self) -> bool:
+        return self._timer.fired
+
+    def message(self) -> str:
+        return _CUT_OFF[self.phase].format(seconds=f"{self._timer.seconds:g}")
 
     def touch(self) -> None:
-        self._last = time.monotonic()
+        self._timer.touch()
+
+    def pause(self) -> None:
+        self._timer.pause()
+
+    def resume(self, phase: _Phase) -> None:
+        self.phase = phase
+        self._timer.resume()
 
     def stop(self) -> None:
-        self._done.set()
+        self._timer.stop()
 
-    def _watch(self) -> None:
-        while not self._done.wait(timeout=min(1.0, self._idle_seconds)):
-            if time.monotonic() - self._last > self._idle_seconds:
-                self.expired = True
-                self._context.cancel()
-                return
+    def _cut_off(self) -> None:
+        self._logger.warning("task.stream_idle", task_id=self.task_id, phase=self.phase, seconds=self._timer.seconds)
+        _cancel_with_status(self._context, grpc.StatusCode.DEADLINE_EXCEEDED, self.message())
+
+
+def receive_tensors(
+    assembler: TensorAssembler,
+    count: int,
+    messages: Iterable[pb.RunTaskRequest],
+    on_message: Callable[[], None] = lambda: None,
+) -> dict[str, npt.NDArray[np.generic]]:
+    """Reads parameter chunks into ``assembler`` until the client half-closes; TensorError names the fault."""
+    for message in messages:
+        on_message()
+        if message.WhichOneof("part") != "parameter_chunk":
+            raise TensorError("only parameter chunks may follow the task spec")
+        chunk = message.parameter_chunk
+        if chunk.tensor_index >= count:
+            raise TensorError(f"tensor_index {chunk.tensor_index} is out of range")
+        assembler.write(chunk.tensor_index, chunk.offset, chunk.data)
+    return assembler.finish()
+
+
+def result_events(task_id: str, outcome: TaskOutcome) -> Iterator[pb.TaskEvent]:
+    """TaskResultHeader, the result tensors in chunks of at most MAX_CHUNK_BYTES, TaskCompleted."""
+    headers = []
+    wires = []
+    for name, array in outcome.tensors.items():
+        dtype = str(array.dtype)  # float32 or float64: the worker protocol admits nothing else
+        wire = to_wire(array, dtype)
+        wires.append(wire)
+        headers.append(
+            pb.TensorHeader(name=name, dtype=CODE_BY_DTYPE[dtype], shape=list(array.shape), byte_length=len(wire))
+        )
+    yield pb.TaskEvent(result_header=pb.TaskResultHeader(tensors=headers, scalars=dict(outcome.scalars)))
+    for index, wire in enumerate(wires):
+        for offset, data in chunks(wire):
+            yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
+    yield pb.TaskEvent(
+        completed=pb.TaskCompleted(
+            task_id=task_id,
+            epsilon_charged=outcome.epsilon_charged,
+            delta=outcome.delta,
+            budget_epsilon_spent=outcome.budget_epsilon_spent,
+        )
+    )
 
 
 class TaskEndpoints:
     def __init__(
-        self, runner: TaskRunner, logger: structlog.typing.FilteringBoundLogger, idle_seconds: float | None = None
+        self,
+        runner: TaskRunner,
+        logger: structlog.typing.FilteringBoundLogger,
+        idle_seconds: float = 30.0,
+        parameter_cache: ParameterCache | None = None,
+        *,
+        heartbeat_seconds: float = PROGRESS_HEARTBEAT_SECONDS,
     ) -> None:
         self._runner = runner
         self._logger = logger
-        self._idle_seconds = UPLOAD_IDLE_SECONDS if idle_seconds is None else idle_seconds
+        self._idle_seconds = idle_seconds
+        self._cache = parameter_cache
+        self._heartbeat_seconds = heartbeat_seconds
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
 
     def run(
         self, caller: str, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
@@ -166,23 +276,28 @@ class TaskEndpoints:
             self._runner.check_caller(caller)
         except TaskRefusedError as exc:
             context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
-        watchdog = _IdleWatchdog(context, self._idle_seconds)
+        watch = _StreamWatch(context, self._idle_seconds, self._logger)
         try:
-            yield from self._run(caller, request_iterator, context, watchdog)
+            yield from self._run(caller, request_iterator, context, watch)
         finally:
-            watchdog.stop()
+            watch.stop()
 
     def _run(
         self,
         caller: str,
         request_iterator: Iterator[pb.RunTaskRequest],
         context: grpc.ServicerContext,
-        watchdog: _IdleWatchdog,
+        watch: _StreamWatch,
     ) -> Iterator[pb.TaskEvent]:
-        first = next(request_iterator, None)
+        try:
+            first = next(request_iterator, None)
+        except grpc.RpcError:
+            # Cut off by the watch, or the client went away: nothing was admitted.
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED if watch.fired else grpc.StatusCode.CANCELLED,
+                          watch.message() if watch.fired else "the client went away before sending the task spec")
         if first is None or first.WhichOneof("part") != "spec":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of RunTask must be the task spec")
-        watchdog.touch()
+        watch.pause()  # checking the spec and admitting the task is the agent's own work
         try:
             spec = specification(first.spec)
         except TaskSpecError as exc:
@@ -193,47 +308,66 @@ class TaskEndpoints:
             admission = self._runner.admit(caller, spec, cancelled)
         except TaskRefusedError as exc:
             context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
+        watch.task_id = admission.task_id
         # From here on the task holds a reservation: every exit must settle it.
         try:
+            key = RunKey.of(caller, spec.run_id, spec.package_digest)
+            held = self._cache.lookup(key, spec.parameters) if self._cache is not None else {}
+            needed = [index for index in range(len(spec.parameters)) if index not in held]
+            watch.resume("upload")
             yield pb.TaskEvent(
                 accepted=pb.TaskAccepted(
                     task_id=admission.task_id,
                     epsilon_reserved=admission.epsilon_reserved,
-                    parameters_needed=list(range(len(spec.parameters))),
+                    parameters_needed=needed,
                 )
             )
-            parameters = self._receive_parameters(spec, request_iterator, context, admission, watchdog)
-            watchdog.stop()
-            yield from self._execute(admission, parameters, cancelled, context)
+            received = self._receive_parameters(
+                spec, needed=needed, request_iterator=request_iterator, context=context, admission=admission,
+                watch=watch,
+            )
+            watch.pause()
+            parameters = {
+                decl.name: held[index] if index in held else received[decl.name]
+                for index, decl in enumerate(spec.parameters)
+            }
+            # Kept before the first progress event: a coordinator that starts the run's next
+            # task once this one reports progress finds these parameters held.
+            if self._cache is not None:
+                self._cache.store(key, spec.parameters, parameters)
+            yield from self._execute(admission, parameters, cancelled, context, watch)
         finally:
             self._runner.settle_if_open(admission)
 
     def _receive_parameters(
         self,
         spec: TaskSpecification,
+        *,
+        needed: Collection[int],
         request_iterator: Iterator[pb.RunTaskRequest],
         context: grpc.ServicerContext,
         admission: Admission,
-        watchdog: _IdleWatchdog,
+        watch: _StreamWatch,
     ) -> dict[str, npt.NDArray[np.generic]]:
         assembler = TensorAssembler(spec.parameters, shared=True)
+        assembler.expect_only(set(needed))
         try:
-            for message in request_iterator:
-                watchdog.touch()
-                if message.WhichOneof("part") != "parameter_chunk":
-                    raise TensorError("only parameter chunks may follow the task spec")
-                chunk = message.parameter_chunk
-                if chunk.tensor_index >= len(spec.parameters):
-                    raise TensorError(f"tensor_index {chunk.tensor_index} is out of range")
-                assembler.write(chunk.tensor_index, chunk.offset, chunk.data)
-            return assembler.finish()
+            received = receive_tensors(assembler, len(spec.parameters), request_iterator, watch.touch)
         except TensorError as exc:
+            if not context.is_active():
+                # The call ended under the upload (a message over the size limit ends
+                # the request stream early): the client has its status already.
+                self._runner.fail(admission, "abandoned", f"the call ended during the parameter upload: {exc}")
+                context.abort(grpc.StatusCode.CANCELLED, "the call ended during the parameter upload")
             self._runner.fail(admission, "invalid_parameters", str(exc))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError:
-            # The client went away (or the watchdog cancelled a stalled upload).
+            if watch.fired:
+                self._runner.fail(admission, "stalled", watch.message())
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, watch.message())
             self._runner.fail(admission, "abandoned", "the parameter upload stopped")
             context.abort(grpc.StatusCode.CANCELLED, "the parameter upload stopped")
+        return received
 
     def _execute(
         self,
@@ -241,6 +375,7 @@ class TaskEndpoints:
         parameters: dict[str, npt.NDArray[np.generic]],
         cancelled: threading.Event,
         context: grpc.ServicerContext,
+        watch: _StreamWatch,
     ) -> Iterator[pb.TaskEvent]:
         events: queue.Queue[tuple[float, str] | TaskOutcome | TaskFailedError] = queue.Queue()
 
@@ -258,38 +393,23 @@ class TaskEndpoints:
                 events.put(TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", repr(exc)))
 
         threading.Thread(target=work, name=f"task-{admission.task_id}", daemon=True).start()
+        latest = (0.0, PREPARING)
         while True:
-            item = events.get()
+            try:
+                item = events.get(timeout=self._heartbeat_seconds)
+            except queue.Empty:
+                item = latest
             if isinstance(item, TaskFailedError):
                 context.abort(_FAILURE_STATUS[item.kind], item.message)
             if isinstance(item, TaskOutcome):
-                yield from self._result_events(admission, item)
+                watch.resume("result")
+                for event in result_events(admission.task_id, item):
+                    yield event
+                    watch.touch()  # resumed: the previous message has been sent
                 return
+            latest = item
             fraction, stage = item
+            watch.resume("events")
             yield pb.TaskEvent(progress=pb.TaskProgress(fraction=fraction, stage=stage))
+            watch.pause()
 
-    @staticmethod
-    def _result_events(admission: Admission, outcome: TaskOutcome) -> Iterator[pb.TaskEvent]:
-        headers = []
-        wires = []
-        for name, array in outcome.tensors.items():
-            dtype = str(array.dtype)  # float32 or float64: the worker protocol admits nothing else
-            wire = to_wire(array, dtype)
-            wires.append(wire)
-            headers.append(
-                pb.TensorHeader(
-                    name=name, dtype=CODE_BY_DTYPE[dtype], shape=list(array.shape), byte_length=len(wire)
-                )
-            )
-        yield pb.TaskEvent(result_header=pb.TaskResultHeader(tensors=headers, scalars=dict(outcome.scalars)))
-        for index, wire in enumerate(wires):
-            for offset, data in chunks(wire):
-                yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
-        yield pb.TaskEvent(
-            completed=pb.TaskCompleted(
-                task_id=admission.task_id,
-                epsilon_charged=outcome.epsilon_charged,
-                delta=outcome.delta,
-                budget_epsilon_spent=outcome.budget_epsilon_spent,
-            )
-        )

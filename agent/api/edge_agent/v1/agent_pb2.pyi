@@ -379,7 +379,9 @@ class TensorHeader(_message.Message):
     """Must equal product(shape) * itemsize(dtype)."""
     sha256: _builtins.bytes
     """SHA-256 of the raw little-endian bytes; lets either side skip a tensor
-    the other already holds.
+    the other already holds. Checked on arrival when set: a parameter the
+    agent receives with a sha256 may be reused by later tasks of the same
+    run_id, package and coordinator; one without is always sent.
     """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -734,7 +736,9 @@ class TaskAccepted(_message.Message):
     @_builtins.property
     def parameters_needed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Indexes into TaskSpec.parameters the agent does not hold yet; the client
-        streams exactly these tensors next.
+        streams exactly these tensors next. The agent holds a tensor when an
+        earlier task of the same coordinator, run_id and package sent one with
+        the same name, dtype, shape and sha256; may be empty.
         """
 
     def __init__(
@@ -754,6 +758,10 @@ Global___TaskAccepted: _TypeAlias = TaskAccepted  # noqa: Y015
 
 @_typing.final
 class TaskProgress(_message.Message):
+    """Repeated (same fraction and stage) at least every 10 s while the task is
+    prepared or computes; stage "preparing" before the first real one.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FRACTION_FIELD_NUMBER: _builtins.int

@@ -1,0 +1,107 @@
+"""The reference coordinator against a real agent: a model's evaluation and the next round's
+training share one upload of its parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.coordinator.client import AgentClient
+from agent.coordinator.federation import Federation, Site, TrainingPlan
+from agent.coordinator.report import RoundRecord, SiteTask
+from agent.coordinator.study_package import StudyPackage
+from agent.coordinator.tasks import ParameterSet, TaskRun
+from agent.coordinator.training import FederatedTraining
+from agent.tasks.tensors import TensorDecl
+from tests.conftest import Pki
+from tests.packages.package_builders import good_package, new_key
+from tests.tasks.test_run_task_rpc import start
+
+
+class RecordingClient(AgentClient):
+    """The product client, noting which parameters each task really sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[str, int, tuple[str, ...]]] = []
+
+    def run_task(
+        self,
+        spec: pb.TaskSpec,
+        parameters: Sequence[tuple[str, npt.NDArray[np.generic]]] | ParameterSet,
+        *,
+        timeout: float | None = None,
+        stall_seconds: float | None = None,
+        on_progress: Callable[[float, str], None] | None = None,
+        expected: Sequence[TensorDecl] | None = None,
+    ) -> TaskRun:
+        run = super().run_task(
+            spec, parameters, timeout=timeout, stall_seconds=stall_seconds, on_progress=on_progress, expected=expected
+        )
+        kind = "evaluate" if spec.kind == pb.TASK_KIND_DP_EVALUATE else "train"
+        self.sent.append((kind, spec.round, run.parameters_sent))
+        return run
+
+
+class Quiet:
+    def note(self, message: str) -> None:
+        pass
+
+    def task_finished(self, round_number: int, task: SiteTask) -> None:
+        pass
+
+    def round_finished(self, record: RoundRecord) -> None:
+        pass
+
+
+def test_an_evaluation_reuses_the_parameters_the_next_round_sent(tmp_path: Path, pki: Pki) -> None:
+    publisher = new_key()
+    agent = start(tmp_path, pki, publisher)
+    plan = TrainingPlan(
+        rounds=3,
+        noise_multiplier=8.0,
+        sampling_rate=0.5,
+        evaluate_every=1,
+        evaluation_noise_multiplier=20.0,
+        quorum=1,
+        task_stall_seconds=60.0,
+        purpose="research",
+    )
+    federation = Federation(
+        name="reuse",
+        ca_file=pki.path("ca.crt"),
+        cert_file=pki.path("coordinator.crt"),
+        key_file=pki.path("coordinator.key"),
+        server_name="localhost",
+        connect_seconds=10.0,
+        sites=(Site("hospital", agent.address, "cohort"),),
+        training=plan,
+        source=tmp_path / "federation.toml",
+    )
+    client = RecordingClient(agent.address, pki.credentials(), server_name="localhost", timeout=30)
+    package = StudyPackage.from_archive(good_package(publisher))
+    training = FederatedTraining(federation, {"hospital": client}, package, Quiet(), run_id="reuse-1")
+    try:
+        ready, _ = training.prepare()
+        result = training.train(ready, package.initial_parameters())
+    finally:
+        training.close()
+        client.close()
+        agent.channel.close()
+        agent.process.stop()
+    assert [r.updated for r in result.rounds] == [True, True, True]
+    everything = ("w", "b")
+    assert sorted(client.sent) == [
+        ("evaluate", 1, ()),  # the model after round 1 went to the agent with round 2's training
+        ("evaluate", 2, ()),
+        ("evaluate", 3, everything),  # no round after the last: sent for the evaluation itself
+        ("train", 1, everything),
+        ("train", 2, everything),  # every round moves every parameter
+        ("train", 3, everything),
+    ]
+    assert all(r.metrics for r in result.rounds)
