@@ -58,6 +58,8 @@ def _server(table: TomlTable) -> ServerConfig:
         ),
         stream_idle_seconds=table.number("stream_idle_seconds", d.stream_idle_seconds, 1.0, 86400.0),
         parameter_cache_mb=table.integer("parameter_cache_mb", d.parameter_cache_mb, 0, 1024 * 1024),
+        warm_workers=table.integer("warm_workers", d.warm_workers, 0, 64),
+        warm_worker_idle_seconds=table.number("warm_worker_idle_seconds", d.warm_worker_idle_seconds, 1.0, 86400.0),
         parameter_cache_idle_seconds=table.number(
             "parameter_cache_idle_seconds", d.parameter_cache_idle_seconds, 1.0, 7 * 86400.0
         ),

@@ -74,6 +74,10 @@ class ServerConfig:
     # the run is not sent them again; 0 disables. Runs idle this long are dropped.
     parameter_cache_mb: int = 2048
     parameter_cache_idle_seconds: float = 1800.0
+    # Task workers kept warm between the tasks of a run (compiled graph and
+    # onnxruntime session ready), at most this many, each for this long idle.
+    warm_workers: int = 4
+    warm_worker_idle_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

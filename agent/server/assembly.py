@@ -47,7 +47,9 @@ def assemble_service(
         catalog=catalog,
         packages=packages,
         ledger=ledger,
-        workers=WorkerPool(),
+        workers=WorkerPool(
+            warm_workers=config.server.warm_workers, idle_seconds=config.server.warm_worker_idle_seconds
+        ),
         audit=audit,
         logger=logger,
     )

@@ -429,9 +429,13 @@ def test_transport_settings_have_defaults_and_are_checked() -> None:
         2048,
         1800.0,
     )
+    assert (server.warm_workers, server.warm_worker_idle_seconds) == (4, 300.0)
     changed = parse_config(
-        CONFIG + "stream_idle_seconds = 5\nparameter_cache_mb = 0\nparameter_cache_idle_seconds = 60\n", source
+        CONFIG + "stream_idle_seconds = 5\nparameter_cache_mb = 0\nparameter_cache_idle_seconds = 60\n"
+        "warm_workers = 0\nwarm_worker_idle_seconds = 10\n",
+        source,
     ).server
+    assert (changed.warm_workers, changed.warm_worker_idle_seconds) == (0, 10.0)
     assert (changed.stream_idle_seconds, changed.parameter_cache_mb, changed.parameter_cache_idle_seconds) == (
         5.0,
         0,
@@ -443,6 +447,8 @@ def test_transport_settings_have_defaults_and_are_checked() -> None:
         ("parameter_cache_mb = -1", "server.parameter_cache_mb", "between 0 and"),
         ("parameter_cache_idle_seconds = 0", "server.parameter_cache_idle_seconds", "between 1.0 and"),
         ("max_message_bytes = 65536", "server.max_message_bytes", "at least 2097152 (2 MiB): tensors"),
+        ("warm_workers = -1", "server.warm_workers", "between 0 and 64"),
+        ("warm_worker_idle_seconds = 0", "server.warm_worker_idle_seconds", "between 1.0 and"),
     ):
         with pytest.raises(ConfigError) as refused:
             parse_config(CONFIG + line + "\n", source)
