@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.tasks import ParameterSet, TaskCallError, TaskProtocolError, TaskRun, run_task
+from agent.coordinator.tasks import FastRunTask, ParameterSet, TaskCallError, TaskProtocolError, TaskRun, run_task
 from agent.tasks.tensors import TensorDecl
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -141,6 +141,7 @@ class AgentClient:
             address, channel_credentials, options=channel_options(max_message_bytes, server_name)
         )
         self._stub = pb_grpc.AgentStub(self._channel)
+        self._run_task = FastRunTask.on(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> AgentClient:
@@ -259,7 +260,7 @@ class AgentClient:
         """
         try:
             return run_task(
-                self._stub,
+                self._run_task,
                 spec,
                 parameters,
                 timeout=timeout if stall_seconds else self._deadline(timeout),

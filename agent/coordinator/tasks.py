@@ -7,16 +7,26 @@ import queue
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
+from agent.api.chunk_codec import ChunkView, encode_parameter_chunk, run_task_callable
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.tasks.idle_timer import IdleTimer
-from agent.tasks.tensors import DTYPES, MAX_CHUNK_BYTES, TensorAssembler, TensorDecl, TensorError, chunks, to_wire
+from agent.tasks.tensors import (
+    DTYPES,
+    MAX_CHUNK_BYTES,
+    TensorAssembler,
+    TensorDecl,
+    TensorError,
+    chunk_views,
+    to_wire,
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,19 @@ class ParameterSet:
         return sum(len(tensor.wire) for tensor in self.tensors)
 
 
+@dataclass(frozen=True)
+class FastRunTask:
+    """RunTask on a channel with the chunk codecs of agent.api.chunk_codec (no copies per chunk)."""
+
+    call: Callable[..., Any]
+
+    @classmethod
+    def on(cls, channel: grpc.Channel) -> FastRunTask:
+        return cls(run_task_callable(channel))
+
+
 def run_task(
-    stub: pb_grpc.AgentStub,
+    stub: pb_grpc.AgentStub | FastRunTask,
     spec: pb.TaskSpec,
     parameters: Sequence[tuple[str, npt.NDArray[np.generic]]] | ParameterSet,
     *,
@@ -119,9 +140,13 @@ def run_task(
     message.CopyFrom(spec)
     del message.parameters[:]
     message.parameters.extend(tensor.header for tensor in outgoing.tensors)
-    upload = _Upload(outgoing)
+    fast = isinstance(stub, FastRunTask)
+    upload = _Upload(outgoing, fast=fast)
     started = time.monotonic()
-    call = stub.RunTask(upload.requests(message), timeout=timeout)
+    if isinstance(stub, FastRunTask):
+        call = stub.call(upload.requests(message), timeout=timeout)
+    else:
+        call = stub.RunTask(upload.requests(message), timeout=timeout)  # type: ignore[arg-type]
 
     def cut_off() -> None:
         call.cancel()
@@ -147,13 +172,14 @@ def run_task(
 class _Upload:
     """The request side of one call: the spec, then the tensors the agent asks for."""
 
-    def __init__(self, outgoing: ParameterSet) -> None:
+    def __init__(self, outgoing: ParameterSet, *, fast: bool) -> None:
         self.outgoing = outgoing
+        self.fast = fast
         self.needed: queue.Queue[list[int] | None] = queue.Queue()
         self.sent: list[str] = []
         self.moved: Callable[[], None] = lambda: None
 
-    def requests(self, spec: pb.TaskSpec) -> Iterator[pb.RunTaskRequest]:
+    def requests(self, spec: pb.TaskSpec) -> Iterator[pb.RunTaskRequest | bytes]:
         yield pb.RunTaskRequest(spec=spec)
         # The agent says which tensors it needs once it has admitted the task.
         indexes = self.needed.get()
@@ -162,14 +188,18 @@ class _Upload:
         for index in indexes:
             tensor = self.outgoing.tensors[index]
             self.sent.append(tensor.name)
-            for offset, data in chunks(tensor.wire):
-                yield pb.RunTaskRequest(parameter_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
+            for offset, data in chunk_views(tensor.wire):
+                if self.fast:
+                    yield encode_parameter_chunk(index, offset, data)
+                else:
+                    chunk = pb.TensorChunk(tensor_index=index, offset=offset, data=bytes(data))
+                    yield pb.RunTaskRequest(parameter_chunk=chunk)
                 # Resumed only once gRPC has sent the previous message.
                 self.moved()
 
 
 def _read_events(
-    call: Iterator[pb.TaskEvent],
+    call: Iterator[pb.TaskEvent | ChunkView],
     upload: _Upload,
     watch: IdleTimer | None,
     on_progress: Callable[[float, str], None] | None,
@@ -182,6 +212,11 @@ def _read_events(
     for event in call:
         if watch is not None:
             watch.touch()
+        if isinstance(event, ChunkView):
+            if assembler is None:
+                raise TaskProtocolError("a result chunk arrived before the result header")
+            assembler.write(event.tensor_index, event.offset, event.data)
+            continue
         kind = event.WhichOneof("event")
         if kind == "accepted":
             task_id = event.accepted.task_id

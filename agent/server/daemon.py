@@ -15,6 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agent.api.chunk_codec import add_agent_service
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.config import ServerConfig
@@ -203,7 +204,7 @@ class AgentDaemon:
             options=server_options(self._config),
             maximum_concurrent_rpcs=max_concurrent_rpcs(self._config),
         )
-        pb_grpc.add_AgentServicer_to_server(self._service, server)
+        add_agent_service(self._service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (AGENT_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -11,6 +11,7 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.api.chunk_codec import ChunkView
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.audit.sink import AuditSink
@@ -258,9 +259,9 @@ class AgentService(pb_grpc.AgentServicer):
 
     # ------------------------------------------------------------ tasks
 
-    def RunTask(
-        self, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.TaskEvent]:
+    def RunTask(  # type: ignore[override]  # the chunk codecs (agent.api.chunk_codec), see add_agent_service
+        self, request_iterator: Iterator[pb.RunTaskRequest | ChunkView], context: grpc.ServicerContext
+    ) -> Iterator[pb.TaskEvent | bytes]:
         # The policy decision needs the package and the dataset, so the runner
         # decides (and audits) once it has read the task spec.
         caller = caller_identity(context) or ""

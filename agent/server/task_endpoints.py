@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from agent.api.chunk_codec import ChunkView, encode_result_chunk
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.datasets.spec import DATASET_ID_PATTERN
@@ -33,7 +34,7 @@ from agent.tasks.idle_timer import IdleTimer
 from agent.tasks.parameter_cache import ParameterCache, RunKey
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
 from agent.tasks.spec import Hyperparameters, TaskSpecError, TaskSpecification
-from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError, chunks, to_wire
+from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError, chunk_views, to_wire
 from agent.tasks.worker import FailureKind, TaskFailedError
 
 _KINDS = {
@@ -208,23 +209,30 @@ class _StreamWatch:
 def receive_tensors(
     assembler: TensorAssembler,
     count: int,
-    messages: Iterable[pb.RunTaskRequest],
+    messages: Iterable[pb.RunTaskRequest | ChunkView],
     on_message: Callable[[], None] = lambda: None,
 ) -> dict[str, npt.NDArray[np.generic]]:
     """Reads parameter chunks into ``assembler`` until the client half-closes; TensorError names the fault."""
     for message in messages:
         on_message()
-        if message.WhichOneof("part") != "parameter_chunk":
+        if isinstance(message, ChunkView):
+            chunk: ChunkView | pb.TensorChunk = message
+        elif message.WhichOneof("part") == "parameter_chunk":
+            chunk = message.parameter_chunk
+        else:
             raise TensorError("only parameter chunks may follow the task spec")
-        chunk = message.parameter_chunk
         if chunk.tensor_index >= count:
             raise TensorError(f"tensor_index {chunk.tensor_index} is out of range")
         assembler.write(chunk.tensor_index, chunk.offset, chunk.data)
     return assembler.finish()
 
 
-def result_events(task_id: str, outcome: TaskOutcome) -> Iterator[pb.TaskEvent]:
-    """TaskResultHeader, the result tensors in chunks of at most MAX_CHUNK_BYTES, TaskCompleted."""
+def result_events(task_id: str, outcome: TaskOutcome) -> Iterator[pb.TaskEvent | bytes]:
+    """TaskResultHeader, the result tensors in chunks of at most MAX_CHUNK_BYTES, TaskCompleted.
+
+    Chunks come already encoded (agent.api.chunk_codec): one copy of the tensor's
+    memory instead of three; the RunTask handler's serializer passes bytes through.
+    """
     headers = []
     wires = []
     for name, array in outcome.tensors.items():
@@ -236,8 +244,8 @@ def result_events(task_id: str, outcome: TaskOutcome) -> Iterator[pb.TaskEvent]:
         )
     yield pb.TaskEvent(result_header=pb.TaskResultHeader(tensors=headers, scalars=dict(outcome.scalars)))
     for index, wire in enumerate(wires):
-        for offset, data in chunks(wire):
-            yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=index, offset=offset, data=data))
+        for offset, data in chunk_views(wire):
+            yield encode_result_chunk(index, offset, data)
     yield pb.TaskEvent(
         completed=pb.TaskCompleted(
             task_id=task_id,
@@ -269,8 +277,8 @@ class TaskEndpoints:
             self._cache.close()
 
     def run(
-        self, caller: str, request_iterator: Iterator[pb.RunTaskRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.TaskEvent]:
+        self, caller: str, request_iterator: Iterator[pb.RunTaskRequest | ChunkView], context: grpc.ServicerContext
+    ) -> Iterator[pb.TaskEvent | bytes]:
         # Who is asking comes first: an unknown client gets nothing, not even a thread to hold.
         try:
             self._runner.check_caller(caller)
@@ -285,17 +293,17 @@ class TaskEndpoints:
     def _run(
         self,
         caller: str,
-        request_iterator: Iterator[pb.RunTaskRequest],
+        request_iterator: Iterator[pb.RunTaskRequest | ChunkView],
         context: grpc.ServicerContext,
         watch: _StreamWatch,
-    ) -> Iterator[pb.TaskEvent]:
+    ) -> Iterator[pb.TaskEvent | bytes]:
         try:
             first = next(request_iterator, None)
         except grpc.RpcError:
             # Cut off by the watch, or the client went away: nothing was admitted.
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED if watch.fired else grpc.StatusCode.CANCELLED,
                           watch.message() if watch.fired else "the client went away before sending the task spec")
-        if first is None or first.WhichOneof("part") != "spec":
+        if not isinstance(first, pb.RunTaskRequest) or first.WhichOneof("part") != "spec":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of RunTask must be the task spec")
         watch.pause()  # checking the spec and admitting the task is the agent's own work
         try:
@@ -344,7 +352,7 @@ class TaskEndpoints:
         spec: TaskSpecification,
         *,
         needed: Collection[int],
-        request_iterator: Iterator[pb.RunTaskRequest],
+        request_iterator: Iterator[pb.RunTaskRequest | ChunkView],
         context: grpc.ServicerContext,
         admission: Admission,
         watch: _StreamWatch,
@@ -354,6 +362,10 @@ class TaskEndpoints:
         try:
             received = receive_tensors(assembler, len(spec.parameters), request_iterator, watch.touch)
         except TensorError as exc:
+            if watch.fired:
+                # Cut off by the watch: the request stream may end rather than fail.
+                self._runner.fail(admission, "stalled", watch.message())
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, watch.message())
             if not context.is_active():
                 # The call ended under the upload (a message over the size limit ends
                 # the request stream early): the client has its status already.
@@ -376,7 +388,7 @@ class TaskEndpoints:
         cancelled: threading.Event,
         context: grpc.ServicerContext,
         watch: _StreamWatch,
-    ) -> Iterator[pb.TaskEvent]:
+    ) -> Iterator[pb.TaskEvent | bytes]:
         events: queue.Queue[tuple[float, str] | TaskOutcome | TaskFailedError] = queue.Queue()
 
         def work() -> None:

@@ -82,7 +82,7 @@ class TensorAssembler:
                 self._allocated = {i: np.empty(self._declared[i].byte_length, dtype=np.uint8) for i in wanted}
         return self._allocated
 
-    def write(self, index: int, offset: int, data: bytes) -> None:
+    def write(self, index: int, offset: int, data: bytes | memoryview) -> None:
         if index not in self._wanted:
             raise TensorError(f"tensor_index {index} is not one of the tensors the agent asked for")
         declared = self._declared[index]
@@ -117,6 +117,15 @@ def to_wire(array: npt.NDArray[np.generic], dtype: str) -> memoryview:
     """The raw little-endian bytes of ``array`` as ``dtype``, without a copy when it already is."""
     converted = np.ascontiguousarray(array, dtype=DTYPES[dtype])
     return converted.reshape(-1).view(np.uint8).data
+
+
+def chunk_views(data: memoryview, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[tuple[int, memoryview]]:
+    """(offset, view) pieces of at most ``chunk_bytes``, without copies; at least one."""
+    if len(data) == 0:
+        yield 0, data
+        return
+    for offset in range(0, len(data), chunk_bytes):
+        yield offset, data[offset : offset + chunk_bytes]
 
 
 def chunks(data: memoryview, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:

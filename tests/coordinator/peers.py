@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from agent.api.chunk_codec import add_agent_service
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from tests.conftest import Pki
@@ -50,7 +51,7 @@ def serving(servicer: pb_grpc.AgentServicer, pki: Pki, max_message_bytes: int = 
             ("grpc.max_receive_message_length", max_message_bytes),
         ],
     )
-    pb_grpc.add_AgentServicer_to_server(servicer, server)
+    add_agent_service(servicer, server)
     credentials = grpc.ssl_server_credentials(
         [(pki.path("agent.key").read_bytes(), pki.path("agent.crt").read_bytes())],
         root_certificates=pki.path("ca.crt").read_bytes(),
