@@ -64,7 +64,7 @@ $(FLOWER_STAMP): bench/flower_requirements.txt
 
 # DP-SGD throughput: compiled batch vs Scan wrapper vs Opacus, 1 and 2 threads (~5 min).
 # Round latency with negligible compute, edge-agent vs Flower, and a large result stream
-# (~15 min on the shared 2-core machine; Flower's rounds are capped at 5 for time).
+# (15 min measured on the shared 2-core machine, Flower capped at 5 timed rounds; make bench 17 min in all).
 bench: $(BENCH_STAMP) $(FLOWER_STAMP)
 	$(BENCH_VENV)/bin/python -W ignore::UserWarning bench/dp_throughput.py
 	$(BENCH_VENV)/bin/python bench/round_latency.py --flower-rounds 5
