@@ -1,0 +1,1 @@
+"""Flower apps for bench/round_latency.py: FedAvg rounds whose clients do no work."""
