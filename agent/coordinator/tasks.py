@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import time
@@ -155,8 +156,15 @@ def run_task(
     if stall_seconds:
         watch = IdleTimer(stall_seconds, cut_off, name="runtask-stall")
         upload.moved = watch.touch
+    finished = False
     try:
-        return _read_events(call, upload, watch, on_progress, expected)
+        run = _read_events(call, upload, watch, on_progress, expected)
+        # The agent ends the stream right after TaskCompleted: reading that end (instead
+        # of cancelling) lets the call finish OK, so the agent does not log a success as a
+        # cancelled call. The result is in hand whatever the end brings.
+        with contextlib.suppress(grpc.RpcError):
+            finished = next(iter(call), None) is None
+        return run
     except grpc.RpcError as exc:
         raise _call_error(exc, watch, timeout, time.monotonic() - started) from None
     except TensorError as exc:
@@ -165,7 +173,7 @@ def run_task(
         if watch is not None:
             watch.stop()
         upload.needed.put(None)  # unblocks the request generator if the task was refused
-        if isinstance(call, grpc.Future):
+        if isinstance(call, grpc.Future) and not finished:
             call.cancel()
 
 
