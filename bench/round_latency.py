@@ -76,7 +76,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from agent.api.edge_agent.v1 import agent_pb2 as pb  # noqa: E402
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc  # noqa: E402
 from agent.coordinator.client import AgentClient, AgentRpcError, ClientCredentials, channel_options  # noqa: E402
-from agent.coordinator.tasks import TaskProtocolError, run_task  # noqa: E402
+from agent.coordinator.tasks import ParameterSet, TaskProtocolError, run_task  # noqa: E402
 from agent.demo.processes import wait_for_port  # noqa: E402
 from agent.identity.agent_key import AgentKey, generate_key_file  # noqa: E402
 from agent.identity.development_pki import DEV_COORDINATOR_URI, DevelopmentPki, ensure_development_pki  # noqa: E402
@@ -448,7 +448,7 @@ class RoundSeries:
     load: float = math.nan  # mean 1-minute load average while it ran
 
 
-def _timed_task(client: AgentClient, spec: pb.TaskSpec, weights: npt.NDArray[np.float32], timeout: float
+def _timed_task(client: AgentClient, spec: pb.TaskSpec, weights: ParameterSet, timeout: float
                 ) -> tuple[npt.NDArray[np.float32], TaskTimes, float]:
     times = TaskTimes(time.perf_counter())
 
@@ -459,8 +459,8 @@ def _timed_task(client: AgentClient, spec: pb.TaskSpec, weights: npt.NDArray[np.
         elif fraction >= 1.0:
             times.computed = now
 
-    expected = [TensorDecl("W", "float32", tuple(weights.shape))]
-    run = client.run_task(spec, [("W", weights)], timeout=timeout, on_progress=progress, expected=expected)
+    expected = [TensorDecl("W", "float32", tuple(weights.tensors[0].header.shape))]
+    run = client.run_task(spec, weights, timeout=timeout, on_progress=progress, expected=expected)
     times.end = time.perf_counter()
     return np.asarray(run.tensors["W"], np.float32), times, run.budget_epsilon_spent
 
@@ -473,8 +473,10 @@ def agent_rounds(clients: Sequence[AgentClient], digest: str, package: Package, 
     with ThreadPoolExecutor(len(clients), thread_name_prefix="site") as pool:
         for number in range(1, warmup + rounds + 1):
             started = time.perf_counter()
+            # Converted and hashed once per round for all sites, as FederatedTraining does.
+            outgoing = ParameterSet.of([("W", weights)])
             futures = [
-                pool.submit(_timed_task, client, task_spec(digest, run_id, number, f"site{i}"), weights, timeout)
+                pool.submit(_timed_task, client, task_spec(digest, run_id, number, f"site{i}"), outgoing, timeout)
                 for i, client in enumerate(clients)
             ]
             try:

@@ -69,8 +69,12 @@ from agent.privacy.errors import MechanismError
 from agent.privacy.mechanism import Mechanism, StepCounts, step_counts
 from agent.privacy.pld_epsilon import epsilon_for_delta
 
-# dp-accounting's own default; coarser is faster and still an upper bound.
-DEFAULT_PLD_DISCRETIZATION = 1e-4
+# Losses are rounded up to multiples of this (pessimistic: ε stays an upper bound).
+# dp-accounting's default is 1e-4; 1e-3 makes every composition 8-15x cheaper (it
+# is on every task's path) and costs little: measured, ε unchanged to 4 digits for
+# 30-200 steps at q = 0.5, σ = 3, +0.06 % after 1,000 steps at q = 0.01, σ = 1.1 and
+# +0.37 % (2.3905 for 2.3817) after the 14,062 steps of the MNIST benchmark.
+DEFAULT_PLD_DISCRETIZATION = 1e-3
 
 _ADJACENCY = NeighboringRelation.ADD_OR_REMOVE_ONE
 
