@@ -77,6 +77,7 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb  # noqa: E402
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc  # noqa: E402
 from agent.coordinator.client import AgentClient, AgentRpcError, ClientCredentials, channel_options  # noqa: E402
 from agent.coordinator.tasks import ParameterSet, TaskProtocolError, run_task  # noqa: E402
+from agent.demo.federated import agent_toml  # noqa: E402
 from agent.demo.processes import wait_for_port  # noqa: E402
 from agent.identity.agent_key import AgentKey, generate_key_file  # noqa: E402
 from agent.identity.development_pki import DEV_COORDINATOR_URI, DevelopmentPki, ensure_development_pki  # noqa: E402
@@ -294,37 +295,6 @@ task_seconds = {task_seconds}
 """
 
 
-def agent_toml(name: str, directory: Path, pki: DevelopmentPki, data: Path) -> str:
-    return f"""[agent]
-id = "{name}"
-state_dir = "{directory / "state"}"
-
-[identity]
-key_file = "{directory / "identity.key"}"
-
-[server]
-listen = "127.0.0.1:0"
-grace_seconds = 5
-
-[tls]
-cert_file = "{pki.agent_cert}"
-key_file = "{pki.agent_key}"
-client_ca_file = "{pki.ca_cert}"
-
-[governance]
-policy_file = "{directory / "policy.toml"}"
-
-[logging]
-format = "json"
-
-[[datasets]]
-id = "{DATASET}"
-path = "{data}"
-format = "parquet"
-description = "synthetic rows for bench/round_latency.py"
-"""
-
-
 @dataclass
 class AgentProcess:
     name: str
@@ -362,7 +332,8 @@ def start_agent(
         policy_text(publisher, min_cohort=min(10, rows), memory_mb=memory_mb, task_seconds=task_seconds)
     )
     config = directory / "agent.toml"
-    config.write_text(agent_toml(name, directory, pki, data))
+    config.write_text(agent_toml(name, directory, pki, data, "synthetic rows for bench/round_latency.py",
+                                 dataset_id=DATASET))
     with (directory / "agent.log").open("wb") as log:
         process = subprocess.Popen(
             serve_command(config, directory / "port"), stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -133,7 +133,10 @@ task_seconds = 120
 """
 
 
-def agent_toml(name: str, directory: Path, pki: DevelopmentPki, data: Path, description: str) -> str:
+def agent_toml(
+    name: str, directory: Path, pki: DevelopmentPki, data: Path, description: str, *, dataset_id: str = DATASET_ID
+) -> str:
+    """A site's agent.toml: its own state, identity key and policy, the development PKI, one Parquet dataset."""
     return f"""[agent]
 id = "{name}"
 state_dir = "{directory / "state"}"
@@ -157,10 +160,10 @@ policy_file = "{directory / "policy.toml"}"
 format = "json"
 
 [[datasets]]
-id = "{DATASET_ID}"
+id = "{dataset_id}"
 path = "{data}"
 format = "parquet"
-description = "Breast fine-needle aspirates at {name} ({description})"
+description = "{description}"
 """
 
 
@@ -241,7 +244,8 @@ def start_hospital(index: int, root: Path, cohorts: Cohorts, pki: DevelopmentPki
     generate_key_file(directory / "identity.key")
     (directory / "policy.toml").write_text(policy_text(publisher))
     config = directory / "agent.toml"
-    config.write_text(agent_toml(hospital.name, directory, pki, data, hospital.description))
+    description = f"Breast fine-needle aspirates at {hospital.name} ({hospital.description})"
+    config.write_text(agent_toml(hospital.name, directory, pki, data, description))
     log_path = directory / "agent.log"
     command = [sys.executable, "-m", "agent", "serve", "--config", str(config), "--port-file", str(directory / "port")]
     with log_path.open("wb") as log:
