@@ -25,6 +25,8 @@ from __future__ import annotations
 import enum
 import math
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -176,6 +178,7 @@ class PrivacyLedger:
         self._busy_timeout = busy_timeout
         self._clock = clock
         self._logger = logger if logger is not None else structlog.get_logger(__name__)
+        self._next = _NextMechanism()
 
     @property
     def path(self) -> Path:
@@ -273,9 +276,9 @@ class PrivacyLedger:
             )
         # Outside the lock; the accountant keeps the group's composed history, so this is cheap.
         before = self._accountant.epsilon(active, delta) if active else 0.0
-        # A federated run reserves the same mechanism every round: compose the group's
-        # next history while this task computes, so that the next round finds its ε.
-        self._accountant.speculate(budget_group, [*active, mechanism], mechanism, delta)
+        # A federated run repeats its tasks every round: compose the group's next history
+        # while this task computes, so that the next reservation finds its ε.
+        self._accountant.speculate(budget_group, [*active, mechanism], self._next.after(budget_group, mechanism), delta)
         return Reservation(task_id, budget_group, mechanism, epsilon, float(limit_epsilon), delta, now, before)
 
     def commit(self, task_id: str) -> None:
@@ -498,6 +501,44 @@ class PrivacyLedger:
             )
         found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'").fetchone()
         return found is not None
+
+
+class _NextMechanism:
+    """Guesses a budget group's next task from the order of its past ones, for speculation.
+
+    A federated run repeats the same tasks every round, but a group does not
+    always see the same mechanism twice in a row: with evaluation every round it
+    alternates training and evaluation steps. The guess is the mechanism that
+    followed this one last time in the group, else the same one again. Only a
+    guess: a wrong one costs a background composition, never a wrong ε.
+    """
+
+    def __init__(self, groups: int = 256, per_group: int = 16) -> None:
+        # Bounded: a coordinator sweeping settings, or many groups, must not grow these without end.
+        self._groups = groups
+        self._per_group = per_group
+        self._lock = threading.Lock()
+        # Per group (least recently used first): its last mechanism and, per mechanism, its last follower.
+        self._last: OrderedDict[str, Mechanism] = OrderedDict()
+        self._followers: OrderedDict[str, OrderedDict[Mechanism, Mechanism]] = OrderedDict()
+
+    def after(self, group: str, mechanism: Mechanism) -> Mechanism:
+        """Records that ``mechanism`` was just reserved in ``group``; returns the guess for the next one."""
+        with self._lock:
+            followers = self._followers.pop(group, None) or OrderedDict()
+            previous = self._last.pop(group, None)
+            if previous is not None:
+                followers.pop(previous, None)
+                followers[previous] = mechanism
+                while len(followers) > self._per_group:
+                    followers.popitem(last=False)
+            self._followers[group] = followers
+            self._last[group] = mechanism
+            while len(self._last) > self._groups:
+                self._last.popitem(last=False)
+            while len(self._followers) > self._groups:
+                self._followers.popitem(last=False)
+            return followers.get(mechanism, mechanism)
 
 
 def _mechanism(path: Path, q: float, sigma: float, steps: int) -> Mechanism:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.privacy.accounting import PldAccountant
-from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger, Reservation
+from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger, Reservation, _NextMechanism
 from agent.privacy.mechanism import Mechanism, StepCounts, step_counts
 from tests.privacy.test_privacy_accounting import DELTA, FAST_PLD
 
@@ -82,6 +84,54 @@ def test_the_next_round_composes_nothing_on_the_callers_thread(
         assert reservation.epsilon_after > reservation.epsilon_before
     speculated = accountant.computed_elsewhere(here)
     assert step_counts([OTHER, *[ROUND] * 6]) in speculated
+
+
+def test_training_and_evaluation_in_turn_compose_nothing_on_the_callers_thread(
+    ledger: PrivacyLedger, accountant: ThreadCountingPld
+) -> None:
+    """With evaluation every round the group's tasks alternate: the guess is what followed last time."""
+    here = threading.current_thread()
+    evaluation = Mechanism.dp_evaluate(4.0)
+    tasks = [mechanism for _ in range(5) for mechanism in (ROUND, evaluation)]
+    for index, mechanism in enumerate(tasks):
+        accountant.wait_for_speculation()
+        before = len(accountant.computed_on(here))
+        reserve(ledger, f"t{index}", mechanism)
+        ledger.commit(f"t{index}")
+        # The first training and evaluation teach the order; the second training is the
+        # last reservation that composes its own ε.
+        if index > 2:
+            assert accountant.computed_on(here)[before:] == [], index
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    period=st.lists(
+        st.builds(Mechanism, st.sampled_from([0.01, 0.02, 1.0]), st.sampled_from([1.0, 2.0]), st.integers(1, 3)),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    ),
+    repeats=st.integers(2, 4),
+)
+def test_the_guess_follows_any_repeated_sequence_of_distinct_tasks(period: list[Mechanism], repeats: int) -> None:
+    guesses = _NextMechanism()
+    sequence = period * repeats
+    for index, mechanism in enumerate(sequence[:-1]):
+        guess = guesses.after("cohort", mechanism)
+        # Once every step of the period has been followed once, every guess is right.
+        if index >= len(period):
+            assert guess == sequence[index + 1]
+    assert guesses.after("other", period[0]) == period[0]  # nothing known: the same again
+
+
+def test_the_guesses_are_bounded() -> None:
+    guesses = _NextMechanism(groups=4, per_group=3)
+    for group in range(10):
+        for steps in range(1, 10):
+            guesses.after(f"g{group}", Mechanism(0.01, 1.0, steps))
+    assert len(guesses._last) == len(guesses._followers) == 4
+    assert all(len(followers) == 3 for followers in guesses._followers.values())
 
 
 def test_the_reserved_epsilon_is_that_of_a_fresh_composition(
