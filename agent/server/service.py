@@ -106,9 +106,11 @@ class AgentService(pb_grpc.AgentServicer):
     # ------------------------------------------------------------ policy
 
     def close(self) -> None:
-        """The server has stopped: warm task workers and kept parameters are not needed any more."""
+        """The server has stopped: warm task workers, kept parameters and background
+        compositions are not needed any more."""
         self._runner.close()
         self._tasks.close()
+        self._ledger.close()
 
     def _authorize(
         self, context: grpc.ServicerContext, method: str, action: Action, dataset_id: str | None = None
