@@ -22,12 +22,16 @@ round's computation and network), after ``--prior`` such rounds. Prints the medi
 reservation time of the N rounds after the prior ones, for (q, sigma) = (0.01, 1.1)
 and (0.5, 3.0).
 
-Measured with --rounds 20 --prior 100 --pause-ms 20 on 2 cores shared with other
-jobs (load 2-6; median of 5 interleaved runs), ms per reservation for (0.01, 1.1)
-and (0.5, 3.0): before 33 and 83; vectorised ε for δ 24 and 48; plus speculative
-composition 4.1 and 23. For (0.5, 3.0) composing the next history takes ~50 ms,
-more than the 20 ms pause, so the reservation waits for the rest of it; with
---pause-ms 50 it is 4.4 ms. With no pause at all it is never slower than before.
+Measured with --rounds 20 --prior 100 --pause-ms 20 on 2 cores (load average about 1
+with this running; median of 3 interleaved runs), ms per reservation for (0.01, 1.1) and
+(0.5, 3.0): before 29 and 77; with the vectorised ε for δ 22 and 43; with speculative
+composition too 3.3 and 15. For (0.5, 3.0) composing the next history takes ~50 ms,
+more than the 20 ms pause, so the reservation waits for the rest of it (4.4 ms with
+--pause-ms 50). Under load 2-6 from other jobs: 33 and 83 before, 4.1 and 23 after.
+With no pause at all it is not slower than before, and the table above (settings
+changing every reservation, no pause) went from 54 / 59 to 41 / 49 ms warm.
+These figures are at dp-accounting's discretisation of 1e-4; the agent now uses 1e-3
+(agent.privacy.accounting), which makes each composition 8-15x cheaper again.
 """
 
 from __future__ import annotations
