@@ -135,28 +135,25 @@ def _fast_chunk(buffer: bytes, outer_tag: int) -> ChunkView | None:
 
 def decode_request(buffer: bytes) -> pb.RunTaskRequest | ChunkView:
     """A RunTaskRequest, with a parameter chunk as a ChunkView."""
-    return _fast_chunk(buffer, _REQUEST_CHUNK_TAG) or _parsed_request(buffer)
+    fast = _fast_chunk(buffer, _REQUEST_CHUNK_TAG)
+    if fast is not None:
+        return fast
+    message = pb.RunTaskRequest.FromString(buffer)
+    return _view(message.parameter_chunk) if message.WhichOneof("part") == "parameter_chunk" else message
 
 
 def decode_event(buffer: bytes) -> pb.TaskEvent | ChunkView:
     """A TaskEvent, with a result chunk as a ChunkView."""
-    return _fast_chunk(buffer, _EVENT_CHUNK_TAG) or _parsed_event(buffer)
-
-
-def _parsed_request(buffer: bytes) -> pb.RunTaskRequest | ChunkView:
-    message = pb.RunTaskRequest.FromString(buffer)
-    if message.WhichOneof("part") == "parameter_chunk":
-        chunk = message.parameter_chunk
-        return ChunkView(chunk.tensor_index, chunk.offset, memoryview(chunk.data))
-    return message
-
-
-def _parsed_event(buffer: bytes) -> pb.TaskEvent | ChunkView:
+    fast = _fast_chunk(buffer, _EVENT_CHUNK_TAG)
+    if fast is not None:
+        return fast
     message = pb.TaskEvent.FromString(buffer)
-    if message.WhichOneof("event") == "result_chunk":
-        chunk = message.result_chunk
-        return ChunkView(chunk.tensor_index, chunk.offset, memoryview(chunk.data))
-    return message
+    return _view(message.result_chunk) if message.WhichOneof("event") == "result_chunk" else message
+
+
+def _view(chunk: pb.TensorChunk) -> ChunkView:
+    """A chunk protobuf parsed (a form the fast path leaves to it), as a ChunkView."""
+    return ChunkView(chunk.tensor_index, chunk.offset, memoryview(chunk.data))
 
 
 class _Registrations:
