@@ -122,54 +122,51 @@ def location(array: npt.NDArray[Any]) -> tuple[_RegionMap, int] | None:
 
 @dataclass
 class Shipment:
-    """Tensors ready to be handed to a worker: slots, one read-only descriptor per region."""
+    """Tensors ready to be handed to a worker: slots, one read-only descriptor per region.
+
+    The descriptors are the shipment's own (reopened or duplicated), so a region copied
+    into for the shipment lives on through them alone.
+    """
 
     slots: list[TensorSlot]
     fds: list[int]
-    # Regions copied into for arrays that were not shared yet: kept alive until the handover.
-    _keep: list[SharedRegion]
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
-        self._keep = []
 
 
 def ship(tensors: Mapping[str, npt.NDArray[Any]]) -> Shipment:
     """Describes ``tensors`` by region and offset; arrays not in shared memory are copied into one."""
-    regions: dict[int, tuple[_RegionMap, int]] = {}
-    slots: list[TensorSlot] = []
-    unshared: list[tuple[str, npt.NDArray[Any]]] = []
     placed: list[tuple[str, npt.NDArray[Any], _RegionMap, int]] = []
+    unshared: list[tuple[str, npt.NDArray[Any]]] = []
     for name, array in tensors.items():
         found = location(array)
         if found is None:
             unshared.append((name, array))
         else:
             placed.append((name, array, *found))
-    keep: list[SharedRegion] = []
     if unshared:
         copy_slots, size = layout([(name, array.dtype.str, tuple(array.shape)) for name, array in unshared])
         region = SharedRegion(size)
-        for slot, (_, array) in zip(copy_slots, unshared, strict=True):
-            region.array(slot.offset, array.dtype, array.shape)[...] = array
-        keep.append(region)
-        mapped = region._map
         for slot, (name, array) in zip(copy_slots, unshared, strict=True):
-            placed.append((name, array, mapped, slot.offset))
+            region.array(slot.offset, array.dtype, array.shape)[...] = array
+            placed.append((name, array, region._map, slot.offset))
+    slots: list[TensorSlot] = []
     fds: list[int] = []
+    index_of: dict[int, int] = {}  # id of a region's mapping -> its descriptor's index
     try:
         for name, array, mapped, offset in placed:
-            index = regions.setdefault(id(mapped), (mapped, len(regions)))[1]
-            if index == len(fds):
+            if id(mapped) not in index_of:
+                index_of[id(mapped)] = len(fds)
                 fds.append(_read_only_descriptor(mapped.fd))
-            slots.append(TensorSlot(name, array.dtype.str, tuple(array.shape), index, offset))
+            slots.append(TensorSlot(name, array.dtype.str, tuple(array.shape), index_of[id(mapped)], offset))
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    return Shipment(slots, fds, keep)
+    return Shipment(slots, fds)
 
 
 def _read_only_descriptor(fd: int) -> int:
@@ -206,19 +203,16 @@ def map_shipped(slots: Sequence[TensorSlot], fds: Sequence[int]) -> dict[str, np
 
 def frozen_region(arrays: Sequence[npt.NDArray[Any]]) -> tuple[int, int]:
     """Worker side: one sealed memfd holding ``arrays`` packed by :func:`layout`; (fd, size)."""
-    _, size = layout([(str(i), a.dtype.str, tuple(a.shape)) for i, a in enumerate(arrays)])
+    slots, size = layout([(str(i), a.dtype.str, tuple(a.shape)) for i, a in enumerate(arrays)])
     size = max(ALIGNMENT, size)
     fd = os.memfd_create("edge-agent-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
         with mmap.mmap(fd, size) as mapped:
-            offset = 0
-            for array in arrays:
-                length = array.nbytes
-                target = np.frombuffer(mapped, dtype=np.uint8, count=length, offset=offset)
+            for slot, array in zip(slots, arrays, strict=True):
+                target = np.frombuffer(mapped, dtype=np.uint8, count=array.nbytes, offset=slot.offset)
                 target[...] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-                del target
-                offset += _aligned(length)
+                del target  # the mapping cannot close while an array views it
         # F_SEAL_WRITE needs every writable mapping gone (the with-block closed ours).
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _FROZEN_SEALS)
     except BaseException:
