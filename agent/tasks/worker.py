@@ -320,7 +320,8 @@ class WorkerPool:
         try:
             worker.connection.send_bytes(pickle.dumps(order, protocol=pickle.HIGHEST_PROTOCOL))
             if shipment and shipment.fds:
-                socket.send_fds(_socket(worker.connection), [b"F"], shipment.fds)
+                with _socket(worker.connection) as channel:
+                    socket.send_fds(channel, [b"F"], shipment.fds)
         except OSError:
             pass  # the worker is gone: _wait reports why it died
         finally:
@@ -449,7 +450,8 @@ def _read_result(header: dict[str, Any], receiver: Connection) -> Released:
         tensors: dict[str, npt.NDArray[np.floating[Any]]] = {}
         if entries:
             slots, size = layout(entries)
-            _, fds, _, _ = socket.recv_fds(_socket(receiver), 1, 1)
+            with _socket(receiver) as channel:
+                _, fds, _, _ = socket.recv_fds(channel, 1, 1)
             if len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
@@ -466,7 +468,8 @@ def _read_result(header: dict[str, Any], receiver: Connection) -> Released:
 
 
 def _socket(connection: Connection) -> socket.socket:
-    """The connection's socket, for passing descriptors (the Connection keeps the descriptor)."""
+    """The connection's socket, for passing descriptors: a duplicate to close after use
+    (the Connection keeps its own descriptor)."""
     return socket.socket(fileno=os.dup(connection.fileno()))
 
 
@@ -553,7 +556,8 @@ def _worker_main(connection: Connection, memory_bytes: int) -> None:
             order: _Order = pickle.loads(connection.recv_bytes())  # noqa: S301
             tensors: dict[str, npt.NDArray[Any]] = {}
             if order.regions:
-                _, fds, _, _ = socket.recv_fds(_socket(connection), 1, order.regions)
+                with _socket(connection) as channel:
+                    _, fds, _, _ = socket.recv_fds(channel, 1, order.regions)
                 tensors = map_shipped(order.slots, fds)
         except (EOFError, OSError):
             break  # the daemon let us go (idle, shutdown) or is gone
@@ -601,7 +605,8 @@ def _perform(sender: Connection, order: _Order, tensors: dict[str, npt.NDArray[A
         if region is not None:
             fd, _ = region
             try:
-                socket.send_fds(_socket(sender), [b"R"], [fd])
+                with _socket(sender) as channel:
+                    socket.send_fds(channel, [b"R"], [fd])
             finally:
                 os.close(fd)
     except TaskInputError as exc:
