@@ -32,6 +32,11 @@ def secure_generator() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64DXSM(secrets.randbits(SEED_BITS)))
 
 
+def _check_std(std: float) -> None:
+    if not (math.isfinite(std) and std >= 0.0):
+        raise ValueError("the noise standard deviation must be finite and >= 0")
+
+
 class NoiseReserve:
     """Standard normal draws made ahead of time, each block handed out once.
 
@@ -86,8 +91,7 @@ class GaussianNoise:
 
     def perturb(self, values: npt.NDArray[np.float64], std: float) -> npt.NDArray[np.float64]:
         """``values + N(0, std^2)`` element-wise, as a new float64 array (``std`` = 0: a copy)."""
-        if not (math.isfinite(std) and std >= 0.0):
-            raise ValueError("the noise standard deviation must be finite and >= 0")
+        _check_std(std)
         if std == 0.0:
             return np.array(values, dtype=np.float64, copy=True)
         if self._rng is not None:
@@ -109,12 +113,11 @@ class GaussianNoise:
         """
         if not (values.dtype == np.float64 and values.flags.c_contiguous and values.flags.writeable):
             raise ValueError("perturb_in_place needs a writable C-contiguous float64 array")
+        _check_std(std)
+        if std == 0.0:
+            return values
         if self._rng is not None or (self._reserve is not None and values.size <= MAX_RESERVED_SIZE):
             values[...] = self.perturb(values, std)
-            return values
-        if not (math.isfinite(std) and std >= 0.0):
-            raise ValueError("the noise standard deviation must be finite and >= 0")
-        if std == 0.0:
             return values
         flat = values.reshape(-1)
         generator = secure_generator()
