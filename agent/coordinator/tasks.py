@@ -141,8 +141,7 @@ def run_task(
     message.CopyFrom(spec)
     del message.parameters[:]
     message.parameters.extend(tensor.header for tensor in outgoing.tensors)
-    fast = isinstance(stub, FastRunTask)
-    upload = _Upload(outgoing, fast=fast)
+    upload = _Upload(outgoing, fast=isinstance(stub, FastRunTask))
     started = time.monotonic()
     if isinstance(stub, FastRunTask):
         call = stub.call(upload.requests(message), timeout=timeout)
