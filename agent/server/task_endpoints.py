@@ -215,15 +215,13 @@ def receive_tensors(
     """Reads parameter chunks into ``assembler`` until the client half-closes; TensorError names the fault."""
     for message in messages:
         on_message()
-        if isinstance(message, ChunkView):
-            chunk: ChunkView | pb.TensorChunk = message
-        elif message.WhichOneof("part") == "parameter_chunk":
-            chunk = message.parameter_chunk
-        else:
+        # The RunTask codec (agent.api.chunk_codec) decodes every parameter chunk,
+        # canonical or not, as a ChunkView: any other message is out of place here.
+        if not isinstance(message, ChunkView):
             raise TensorError("only parameter chunks may follow the task spec")
-        if chunk.tensor_index >= count:
-            raise TensorError(f"tensor_index {chunk.tensor_index} is out of range")
-        assembler.write(chunk.tensor_index, chunk.offset, chunk.data)
+        if message.tensor_index >= count:
+            raise TensorError(f"tensor_index {message.tensor_index} is out of range")
+        assembler.write(message.tensor_index, message.offset, message.data)
     return assembler.finish()
 
 

@@ -120,18 +120,10 @@ def to_wire(array: npt.NDArray[np.generic], dtype: str) -> memoryview:
 
 
 def chunk_views(data: memoryview, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[tuple[int, memoryview]]:
-    """(offset, view) pieces of at most ``chunk_bytes``, without copies; at least one."""
+    """(offset, view) pieces of at most ``chunk_bytes``, without copies; at least one, so
+    empty tensors are announced."""
     if len(data) == 0:
         yield 0, data
         return
     for offset in range(0, len(data), chunk_bytes):
         yield offset, data[offset : offset + chunk_bytes]
-
-
-def chunks(data: memoryview, chunk_bytes: int = MAX_CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) pieces of at most ``chunk_bytes``; at least one, so empty tensors are announced."""
-    if len(data) == 0:
-        yield 0, b""
-        return
-    for offset in range(0, len(data), chunk_bytes):
-        yield offset, bytes(data[offset : offset + chunk_bytes])

@@ -20,7 +20,7 @@ from agent.config.errors import ConfigError
 from agent.coordinator.client import AgentClient, AgentRpcError
 from agent.coordinator.federation import parse_federation
 from agent.coordinator.tasks import TaskRun
-from agent.tasks.tensors import TensorDecl, chunks, to_wire
+from agent.tasks.tensors import TensorDecl, chunk_views, to_wire
 from tests.conftest import Pki
 from tests.coordinator.peers import MIB, ScriptedAgent, serving
 
@@ -49,8 +49,8 @@ def result_header() -> pb.TaskEvent:
 
 
 def result_chunks(chunk_bytes: int) -> Iterator[pb.TaskEvent]:
-    for offset, data in chunks(to_wire(RESULT, "float32"), chunk_bytes):
-        yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=0, offset=offset, data=data))
+    for offset, data in chunk_views(to_wire(RESULT, "float32"), chunk_bytes):
+        yield pb.TaskEvent(result_chunk=pb.TensorChunk(tensor_index=0, offset=offset, data=bytes(data)))
 
 
 COMPLETED = pb.TaskEvent(completed=pb.TaskCompleted(task_id="t-1", epsilon_charged=0.1, delta=1e-5))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from agent.tasks.tensors import MAX_CHUNK_BYTES, TensorAssembler, TensorDecl, TensorError, chunks, to_wire
+from agent.tasks.tensors import MAX_CHUNK_BYTES, TensorAssembler, TensorDecl, TensorError, chunk_views, to_wire
 
 DTYPE_NAMES = ["float32", "float64", "int32", "int64"]
 
@@ -29,7 +29,7 @@ def test_round_trip_any_shape_and_chunk_size(
     wire = to_wire(array, dtype)
     declared = TensorDecl("w", dtype, tuple(shape), hashlib.sha256(wire).digest())
     assembler = TensorAssembler([declared])
-    for offset, piece in chunks(wire, chunk):
+    for offset, piece in chunk_views(wire, chunk):
         assembler.write(0, offset, piece)
     received = assembler.finish()["w"]
     assert received.shape == tuple(shape) and received.dtype == np.dtype(dtype)
@@ -78,4 +78,4 @@ def test_only_requested_tensors_are_expected() -> None:
 
 
 def test_empty_tensor_is_still_one_chunk() -> None:
-    assert list(chunks(memoryview(b""))) == [(0, b"")]
+    assert list(chunk_views(memoryview(b""))) == [(0, b"")]
