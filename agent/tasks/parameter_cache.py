@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.tasks.shared_memory import owner
 from agent.tasks.tensors import TensorDecl
 
 Array = npt.NDArray[np.generic]
@@ -70,12 +71,7 @@ def retained_bytes(arrays: Iterable[Array]) -> int:
 
 
 def _owner(array: Array) -> tuple[object, int]:
-    base: object = array
-    while True:
-        parent = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
-        if parent is None:
-            break
-        base = parent
+    base = owner(array)
     if isinstance(base, np.ndarray):
         return base, int(base.nbytes)
     try:

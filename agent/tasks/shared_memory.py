@@ -107,14 +107,22 @@ def layout(entries: Sequence[tuple[str, str, tuple[int, ...]]]) -> tuple[list[Te
     return slots, offset
 
 
+def owner(array: npt.NDArray[Any]) -> object:
+    """The object at the root of an array's chain of bases and views: what holding it keeps alive."""
+    base: object = array
+    while True:
+        parent = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+        if parent is None:
+            return base
+        base = parent
+
+
 def location(array: npt.NDArray[Any]) -> tuple[_RegionMap, int] | None:
     """The region and byte offset of a C-contiguous array that views a SharedRegion, else None."""
     if not array.flags.c_contiguous:
         return None
-    base: object = array
-    while base is not None and not isinstance(base, _RegionMap):
-        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
-    if base is None:
+    base = owner(array)
+    if not isinstance(base, _RegionMap):
         return None
     start = np.frombuffer(base, dtype=np.uint8, count=0).ctypes.data if len(base) else 0
     return base, array.ctypes.data - start
