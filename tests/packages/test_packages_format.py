@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import given
@@ -108,6 +109,23 @@ def test_schema_messages_name_the_field(edit, field: str) -> None:  # type: igno
         parse_manifest(manifest)
     assert refused.value.code is RejectionCode.MANIFEST_INVALID
     assert f"manifest field {field}:" in refused.value.message
+
+
+def test_parameters_are_limited_to_a_gibibyte_of_float32() -> None:
+    manifest, _ = manifest_and_graphs()
+    # 2^28 elements in all (1 GiB of float32) is the most a package may declare.
+    manifest["parameters"][0].update(shape=[2**14, 2**14 - 1])
+    manifest["parameters"][1].update(shape=[2**14])
+    assert sum(math.prod(p["shape"]) for p in manifest["parameters"]) == 2**28
+    parse_manifest(json.loads(json.dumps(manifest)))
+    manifest["parameters"][1].update(shape=[2**14 + 1])
+    with pytest.raises(PackageRejected) as refused:
+        parse_manifest(manifest)
+    assert "manifest field parameters: more than 268435456 elements in total" in refused.value.message
+    manifest["parameters"][1].update(shape=[2**28 + 1])
+    with pytest.raises(PackageRejected) as refused:
+        parse_manifest(manifest)
+    assert "manifest field parameters[1].shape[0]:" in refused.value.message
 
 
 def test_unsupported_format_version() -> None:
