@@ -140,11 +140,17 @@ class CompiledWrapper:
             if self.mode is RuntimeMode.SCAN:
                 (result,) = self._session.run([SUM], feeds)
             else:
-                result = np.zeros(self.layout.size, np.float64)
-                for start in range(0, batch.size, ROWS_PER_RUN):
-                    rows = slice(start, start + ROWS_PER_RUN)
-                    (part,) = self._session.run([SUM], feeds | {X: batch.x[rows], Y: batch.y[rows]})
+                runs = (
+                    self._session.run([SUM], feeds | {X: batch.x[rows], Y: batch.y[rows]})[0]
+                    for rows in (slice(start, start + ROWS_PER_RUN) for start in range(0, batch.size, ROWS_PER_RUN))
+                )
+                # The first run's output is the running total: a zeroed array and an addition
+                # of the model's size would cost as much as a small batch's graph.
+                result = np.require(next(runs), np.float64, ["C", "W"])
+                for part in runs:
                     result += part
+            if np.shape(result) != (self.layout.size,):
+                raise ValueError(f"the sum has shape {list(np.shape(result))}, the layout {self.layout.size} values")
         except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...
             _raise_if_out_of_memory(exc)
             raise GraphExecutionError(
@@ -152,7 +158,7 @@ class CompiledWrapper:
                 "parameter's or metric's)",
                 detail=str(exc)[:2000],
             ) from None
-        return np.asarray(result, np.float64)
+        return np.require(result, np.float64, ["C", "W"])
 
     def unflatten(self, flat: npt.NDArray[np.floating]) -> dict[str, npt.NDArray[np.floating]]:
         """``flat`` cut into the layout's named, shaped tensors (views)."""
