@@ -116,8 +116,13 @@ class GaussianNoise:
         _check_std(std)
         if std == 0.0:
             return values
-        if self._rng is not None or (self._reserve is not None and values.size <= MAX_RESERVED_SIZE):
+        if self._rng is not None:
             values[...] = self.perturb(values, std)
+            return values
+        if self._reserve is not None and values.size <= MAX_RESERVED_SIZE:
+            block = self._reserve.take(values.size).reshape(values.shape)
+            block *= std
+            values += block
             return values
         flat = values.reshape(-1)
         generator = secure_generator()

@@ -66,6 +66,21 @@ def test_noise_from_a_reserve_has_the_requested_std_and_keeps_the_values() -> No
     assert not np.array_equal(noisy, again)
 
 
+def test_in_place_noise_from_a_reserve_is_added_to_the_same_array_and_used_once() -> None:
+    reserve = NoiseReserve()
+    values = np.linspace(-1.0, 1.0, 40_000)
+    original = values.copy()
+    reserve.refill(values.size)
+    noisy = GaussianNoise(reserve=reserve).perturb_in_place(values, 2.5)
+    assert noisy is values
+    added = values - original
+    assert abs(added.std() / 2.5 - 1.0) < 0.02 and abs(added.mean()) < 5 * 2.5 / np.sqrt(added.size)
+    # The block was consumed: the next task's noise is not the same draws again.
+    second = original.copy()
+    GaussianNoise(reserve=reserve).perturb_in_place(second, 2.5)
+    assert not np.array_equal(second - original, added)
+
+
 def test_in_place_noise_for_large_arrays_is_added_slice_by_slice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("agent.privacy.noise.IN_PLACE_SLICE", 1000)
     values = np.linspace(-1.0, 1.0, 10_500)
