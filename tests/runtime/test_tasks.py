@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.publisher.packaging import zoo_graphs
 from agent.publisher.zoo import build_logistic_regression, build_mlp_classifier
 from agent.runtime.errors import HyperparameterError, NoUsableRowsError, ParameterError, TaskCancelledError
 from agent.runtime.isolation import GraphRole
+from agent.runtime.parameters import checked_parameters
 from agent.runtime.rows import ArrayRowSource, RowBatch
 from agent.runtime.sessions import CompiledWrapper, WrapperCache
 from agent.runtime.tasks import (
@@ -195,6 +198,31 @@ def test_bad_parameters_name_the_parameter(params: dict[str, np.ndarray], name: 
     with pytest.raises(ParameterError) as caught:
         dp_gradient(grad, ArrayRowSource(x, y), params, GradientSettings(1.0, 1.0, 1.0))
     assert caught.value.name == name and words in str(caught.value)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-FLOAT32_MAX, FLOAT32_MAX, width=32),
+            st.sampled_from([FLOAT32_MAX, -FLOAT32_MAX, float("nan"), float("inf"), float("-inf")]),
+        ),
+        min_size=F,
+        max_size=F,
+    )
+)
+def test_parameters_are_refused_exactly_when_a_value_is_not_finite(values: list[float]) -> None:
+    """The check sums in float64 instead of building a mask: extreme finite values
+    (which would overflow a float32 sum) pass, and +inf beside -inf is still caught."""
+    grad, _ = logistic()
+    w = np.array(values, np.float32)
+    if np.all(np.isfinite(w)):
+        assert np.array_equal(checked_parameters(grad.manifest, {**start(), "w": w})["w"], w)
+    else:
+        with pytest.raises(ParameterError, match="NaN or infinite"):
+            checked_parameters(grad.manifest, {**start(), "w": w})
 
 
 def test_bad_hyperparameters_are_typed_errors() -> None:
