@@ -60,6 +60,10 @@ class TensorAssembler:
         self._filled = [0] * len(self._declared)
         self._wanted: set[int] = set(range(len(self._declared)))
         self._allocated: dict[int, npt.NDArray[np.uint8]] | None = None
+        # Shared mode: the region and each tensor's offset in it, for writes through its descriptor.
+        self._region: tuple[SharedRegion, dict[int, int]] | None = None
+        # Hashed as the chunks arrive (in order), while they are in the CPU's cache.
+        self._hashes = {i: hashlib.sha256() for i, decl in enumerate(self._declared) if decl.sha256}
 
     def expect_only(self, indexes: set[int]) -> None:
         """Tensors outside ``indexes`` will not be sent (the agent already holds them)."""
@@ -75,6 +79,7 @@ class TensorAssembler:
             if self._shared:
                 slots, size = layout([(str(i), "u1", (self._declared[i].byte_length,)) for i in wanted])
                 region = SharedRegion(size)
+                self._region = (region, {i: slot.offset for i, slot in zip(wanted, slots, strict=True)})
                 self._allocated = {
                     i: region.array(slot.offset, "u1", slot.shape) for i, slot in zip(wanted, slots, strict=True)
                 }
@@ -95,7 +100,16 @@ class TensorAssembler:
         end = offset + len(data)
         if end > declared.byte_length:
             raise TensorError(f"tensor {declared.name!r}: more than the declared {declared.byte_length} bytes")
-        self._buffers[index][offset:end] = np.frombuffer(data, dtype=np.uint8)
+        if index in self._hashes:
+            self._hashes[index].update(data)
+        buffers = self._buffers  # allocated on the first chunk
+        if self._region is not None:
+            # Through the descriptor: the kernel fills the pages, where writing through the
+            # mapping would fault them in one at a time (twice the cost).
+            region, start = self._region
+            region.write(start[index] + offset, data)
+        else:
+            buffers[index][offset:end] = np.frombuffer(data, dtype=np.uint8)
         self._filled[index] = end
 
     def finish(self) -> dict[str, npt.NDArray[np.generic]]:
@@ -107,7 +121,7 @@ class TensorAssembler:
                     f"tensor {declared.name!r}: received {self._filled[index]} of {declared.byte_length} bytes"
                 )
             raw = self._buffers[index]
-            if declared.sha256 and hashlib.sha256(raw.data).digest() != declared.sha256:
+            if index in self._hashes and self._hashes[index].digest() != declared.sha256:
                 raise TensorError(f"tensor {declared.name!r}: bytes do not match the declared sha256")
             arrays[declared.name] = raw.view(DTYPES[declared.dtype]).reshape(declared.shape)
         return arrays

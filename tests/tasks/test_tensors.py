@@ -20,15 +20,17 @@ DTYPE_NAMES = ["float32", "float64", "int32", "int64"]
     dtype=st.sampled_from(DTYPE_NAMES),
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9),
     chunk=st.integers(1, 64),
+    shared=st.booleans(),
     data=st.data(),
 )
 def test_round_trip_any_shape_and_chunk_size(
-    dtype: str, shape: tuple[int, ...], chunk: int, data: st.DataObject
+    dtype: str, shape: tuple[int, ...], chunk: int, shared: bool, data: st.DataObject
 ) -> None:
     array = data.draw(hnp.arrays(np.dtype(dtype), shape))
     wire = to_wire(array, dtype)
     declared = TensorDecl("w", dtype, tuple(shape), hashlib.sha256(wire).digest())
-    assembler = TensorAssembler([declared])
+    # shared: written through the memfd's descriptor, read back through its mapping.
+    assembler = TensorAssembler([declared], shared=shared)
     for offset, piece in chunk_views(wire, chunk):
         assembler.write(0, offset, piece)
     received = assembler.finish()["w"]
@@ -57,10 +59,11 @@ def test_every_violation_names_the_tensor() -> None:
     with pytest.raises(TensorError, match="tensor_index 7"):
         unknown.write(7, 0, b"")
 
-    digest = TensorAssembler([TensorDecl("w", "float32", (4,), hashlib.sha256(b"other").digest())])
-    digest.write(0, 0, wire)
-    with pytest.raises(TensorError, match="'w': bytes do not match the declared sha256"):
-        digest.finish()
+    for shared in (False, True):
+        digest = TensorAssembler([TensorDecl("w", "float32", (4,), hashlib.sha256(b"other").digest())], shared=shared)
+        digest.write(0, 0, wire)
+        with pytest.raises(TensorError, match="'w': bytes do not match the declared sha256"):
+            digest.finish()
 
     huge = TensorAssembler([TensorDecl("big", "float32", (MAX_CHUNK_BYTES,))])
     with pytest.raises(TensorError, match="exceeds"):

@@ -251,6 +251,15 @@ def test_tensors_received_into_shared_memory_are_handed_over_without_a_copy(pool
     assert fcntl.fcntl(region.fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
 
 
+def test_a_shared_region_is_written_through_its_descriptor_within_its_bounds() -> None:
+    region = SharedRegion(4096)
+    region.write(64, b"\x01\x02\x03")
+    assert bytes(region.array(64, np.uint8, (3,))) == b"\x01\x02\x03"
+    for offset, size in ((4095, 2), (-1, 1), (4097, 0)):
+        with pytest.raises(ValueError, match="do not fit"):
+            region.write(offset, b"\0" * size)
+
+
 def test_a_result_region_the_worker_could_still_change_is_refused(pool: WorkerPool) -> None:
     caught = failure(pool, worker_jobs.unsealed_result, None)
     assert caught.kind is FailureKind.CRASHED and "not sealed" in caught.detail
