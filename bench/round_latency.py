@@ -2,7 +2,7 @@
 
     make bench                  # after dp_throughput.py, with --flower-rounds 5 (time)
     .venv-bench/bin/python bench/round_latency.py [--sizes 10k 1M 25M] [--rounds 20] [--warmup 2]
-        [--flower-rounds N] [--rows 24] [--skip-agent] [--skip-flower] [--skip-stream]
+        [--flower-rounds N] [--rows 24] [--skip-agent] [--skip-flower] [--skip-stream] [--skip-floor]
         [--stream-sizes 250M 50M] [--workdir DIR]
 
 1. **edge-agent**: three agents as `edge-agent serve` processes on loopback, mutual TLS,
@@ -22,6 +22,11 @@
    are summed and W moves by a small step, so every round sends new parameters, as
    training would. ``--warmup`` rounds are reported apart from the ``--rounds`` timed,
    and each task's time is split at the worker's progress events.
+   Printed beside the round: its median minus the slowest task's computing phase
+   (rows and DP noise), i.e. what transport, admission, durability and hand-over add.
+   **Floor**: the same bytes each way through raw grpcio with mutual TLS between three
+   echo-server processes (bench/grpc_floor.py), same sizes and rounds, in this run:
+   what no agent built on grpcio can go below on this machine.
 2. **stream**: a fresh agent daemon (so that its peak RSS is this test's) returns one
    float32 gradient of ``--stream-sizes[0]`` (250M: 1 GB) through RunTask to a separate
    coordinator process (so that its peak RSS is its own), which times the result from
@@ -72,6 +77,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from grpc_floor import floor_rounds  # noqa: E402
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb  # noqa: E402
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc  # noqa: E402
@@ -414,6 +420,9 @@ class RoundSeries:
     seconds: list[float] = field(default_factory=list)
     warmup: list[float] = field(default_factory=list)
     tasks: list[TaskTimes] = field(default_factory=list)  # timed rounds only
+    # Timed rounds minus their slowest task's computing phase (rows and DP noise): the
+    # transport, admission, durability and hand-over that a round costs on top.
+    overhead: list[float] = field(default_factory=list)
     epsilon: float = 0.0
     error: str = ""
     load: float = math.nan  # mean 1-minute load average while it ran
@@ -465,6 +474,9 @@ def agent_rounds(clients: Sequence[AgentClient], digest: str, package: Package, 
             else:
                 series.seconds.append(elapsed)
                 series.tasks += [times for _, times, _ in results]
+                computing = [times.computed - times.computing for _, times, _ in results]
+                if all(math.isfinite(value) for value in computing):
+                    series.overhead.append(elapsed - max(computing))
             series.epsilon = max(epsilon for _, _, epsilon in results)
     return series
 
@@ -481,7 +493,7 @@ def phase_line(series: RoundSeries) -> str:
     return (
         f"per task, median ms: {before} call -> computing (parameter upload, admission and ledger reservation, "
         f"worker start, wrapper build) + {computing} computing (rows, noise) + {after} result (worker -> daemon, "
-        "ledger commit, result stream)"
+        f"ledger commit, result stream); round minus its slowest computing phase: {median_ms(series.overhead)}"
     )
 
 
@@ -801,6 +813,7 @@ class Results:
     logs_name_fallback: list[str] = field(default_factory=list)
     flower: dict[str, dict[int, FlowerSeries]] = field(default_factory=dict)
     flower_note: str = ""
+    floor: dict[int, list[float]] = field(default_factory=dict)  # raw grpcio with mTLS (grpc_floor.py)
     stream: list[StreamOutcome] = field(default_factory=list)
 
 
@@ -858,6 +871,8 @@ def report(results: Results) -> None:
         print(f"  (agent logs that say so: {names})")
     settings = list(results.flower)
     header = f"{'model':>6} | {'edge-agent s/round median / p90':>31}"
+    if results.floor:
+        header += f" | {'raw grpcio mTLS floor':>21} | {'above':>6}"
     for setting in settings:
         header += f" | {'Flower ' + setting + ' median / p90':>28} | {'ratio':>6}"
     print("\n" + header + "\n" + "-" * len(header))
@@ -865,12 +880,19 @@ def report(results: Results) -> None:
         series = results.agent.get(parameters)
         ours = stats(series.seconds) if series is not None else None
         row = f"{size_label(parameters):>6} | {cell(ours, 3):>31}"
+        if results.floor:
+            floor = stats(results.floor.get(parameters, []))
+            above = f"{ours[0] / floor[0]:.1f}x" if floor and ours else "-"
+            row += f" | {cell(floor, 3):>21} | {above:>6}"
         for setting in settings:
             theirs = stats(results.flower[setting][parameters].seconds)
             ratio = f"{theirs[0] / ours[0]:.1f}x" if theirs and ours else "-"
             row += f" | {cell(theirs):>28} | {ratio:>6}"
         print(row)
     print("ratio = Flower median / edge-agent median; median and p90 over the timed rounds")
+    if results.floor:
+        print("raw grpcio mTLS floor: bench/grpc_floor.py in this run, 3 echo servers, the same bytes each way in "
+              "1 MiB messages, nothing hashed, stored or computed; above = edge-agent median / floor median")
     for parameters, agent in results.agent.items():
         warm = ", ".join(f"{s:.2f}" for s in agent.warmup)
         failed = f"; FAILED {agent.error}" if agent.error else ""
@@ -906,6 +928,7 @@ def main() -> None:
     parser.add_argument("--skip-agent", action="store_true", help="no edge-agent rounds")
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true", help="no raw grpcio rounds (bench/grpc_floor.py)")
     parser.add_argument("--stream-sizes", nargs="+", default=["250M", "50M"],
                         help="float32 parameters of the streamed result; the next is tried if one fails")
     parser.add_argument("--task-timeout", type=float, default=600.0, help="gRPC deadline of one task, seconds")
@@ -939,6 +962,9 @@ def main() -> None:
         publisher = generate_key_file(work / "publisher.key")
         if not args.skip_agent:
             edge_agent_part(args, work, pki, publisher, results=results, log=log)
+        if not args.skip_floor:
+            log("  raw grpcio floor ...")
+            results.floor = floor_rounds(pki, results.sizes, args.rounds, args.warmup)
         if not args.skip_stream:
             log("  stream test ...")
             results.stream = stream_test(work / "stream", pki, publisher,
