@@ -15,9 +15,11 @@ result left, and the ledger must never be under-charged.
 
 Every write is one BEGIN IMMEDIATE transaction (one writer at a time, across
 threads and processes) on a WAL file with synchronous=FULL, so a commit that
-returned survives a crash or power loss. Each operation opens its own
-short-lived connection: `edge-agent budget show` reads from another process,
-and a long-lived connection would pin an old WAL snapshot.
+returned survives a crash or power loss. Connections are reused across
+operations (opening one per operation cost more than the operation), but none
+is ever left inside a transaction: `edge-agent budget show` reads, and the CLI
+may write, from another process, and an open read transaction would pin an old
+WAL snapshot.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.durable_sqlite import read_only, write_transaction
+from agent.durable_sqlite import ReusedConnections
 from agent.privacy.accounting import Accountant, AccountantKind, PldAccountant
 from agent.privacy.errors import (
     AccountingSettingsError,
@@ -179,6 +181,7 @@ class PrivacyLedger:
         self._clock = clock
         self._logger = logger if logger is not None else structlog.get_logger(__name__)
         self._next = _NextMechanism()
+        self._connections = ReusedConnections(path, busy_timeout)
 
     @property
     def path(self) -> Path:
@@ -332,12 +335,14 @@ class PrivacyLedger:
             self._accountant.speculate(group, history, mechanism, delta)
 
     def close(self) -> None:
-        """Stops the accountant's background compositions (waiting for a running one).
+        """Stops the accountant's background compositions (waiting for a running one)
+        and closes the ledger's connections.
 
         The accountant is closed with the ledger, also one passed in; both stay usable,
-        computing every ε on demand.
+        computing every ε on demand and opening a connection per operation.
         """
         self._accountant.close()
+        self._connections.close()
 
     def recover_abandoned(self, now: datetime) -> list[AbandonedTask]:
         """At start-up, before serving: count every reservation left by a dead agent as spent."""
@@ -398,14 +403,23 @@ class PrivacyLedger:
 
     def tasks_started_since(self, coordinator: str, since: datetime) -> int:
         """Reservations by ``coordinator`` at or after ``since`` (the policy's rate limits count these)."""
+        (count,) = self.tasks_started_since_each(coordinator, (since,))
+        return count
+
+    def tasks_started_since_each(self, coordinator: str, sinces: Sequence[datetime]) -> tuple[int, ...]:
+        """tasks_started_since() for each of ``sinces``, counted in one query (one snapshot)."""
+        if not sinces:
+            return ()
         with self._read() as conn:
             if conn is None:
-                return 0
-            (count,) = conn.execute(
-                "SELECT COUNT(*) FROM tasks WHERE coordinator = ? AND reserved_at >= ?",
-                (coordinator, since.astimezone(UTC).isoformat()),
+                return tuple(0 for _ in sinces)
+            # TOTAL() is 0.0, not NULL, when the coordinator has no task.
+            columns = ", ".join("TOTAL(reserved_at >= ?)" for _ in sinces)
+            row = conn.execute(
+                f"SELECT {columns} FROM tasks WHERE coordinator = ?",  # noqa: S608 - only placeholders are interpolated
+                (*(since.astimezone(UTC).isoformat() for since in sinces), coordinator),
             ).fetchone()
-        return int(count)
+        return tuple(int(count) for count in row)
 
     def groups(self) -> list[BudgetStatus]:
         """Status of every budget group that has ever had a reservation, sorted by name."""
@@ -416,7 +430,11 @@ class PrivacyLedger:
     def recorded_accountant(self) -> AccountantKind | None:
         """The accountant of the latest reservation (the daemon's), or None for an empty ledger."""
         with self._read() as conn:
-            row = None if conn is None else conn.execute("SELECT accountant FROM tasks ORDER BY rowid DESC").fetchone()
+            row = (
+                None
+                if conn is None
+                else conn.execute("SELECT accountant FROM tasks ORDER BY rowid DESC LIMIT 1").fetchone()
+            )
         return None if row is None else AccountantKind(row[0])
 
     # ------------------------------------------------------------------ internals
@@ -471,7 +489,7 @@ class PrivacyLedger:
         if not self._path.exists():
             yield None
             return
-        with self._errors("read"), read_only(self._path, self._busy_timeout) as conn:
+        with self._errors("read"), self._connections.read() as conn:
             yield conn if self._has_table(conn) else None
 
     @contextmanager
@@ -483,7 +501,7 @@ class PrivacyLedger:
                 f"cannot open the privacy ledger {self._path}: directory {self._path.parent} does not exist"
             )
         # synchronous=FULL: a result sent after commit() is never missing from the ledger.
-        with self._errors("write"), write_transaction(self._path, self._busy_timeout) as conn:
+        with self._errors("write"), self._connections.write() as conn:
             if not self._has_table(conn):
                 # executescript() would COMMIT the IMMEDIATE transaction first.
                 for statement in _SCHEMA.split(";"):

@@ -342,11 +342,10 @@ class TaskRunner:
     def _usage(self, caller: str, now: dt.datetime) -> UsageState:
         with self._lock:
             running = self._slots
-        return UsageState(
-            tasks_last_hour=self._ledger.tasks_started_since(caller, now - dt.timedelta(hours=1)),
-            tasks_last_day=self._ledger.tasks_started_since(caller, now - dt.timedelta(days=1)),
-            running_tasks=running,
+        last_hour, last_day = self._ledger.tasks_started_since_each(
+            caller, (now - dt.timedelta(hours=1), now - dt.timedelta(days=1))
         )
+        return UsageState(tasks_last_hour=last_hour, tasks_last_day=last_day, running_tasks=running)
 
     def _refuse(self, caller: str, spec: TaskSpecification, status: str, reason: str, rule: str) -> TaskRefusedError:
         self._audit.append(
