@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,8 @@ class HeadRecord:
         )
 
     def to_bytes(self) -> bytes:
-        return canonical_bytes(asdict(self)) + b"\n"
+        # Not asdict(): it deep-copies every field, and this runs at every append.
+        return canonical_bytes({name: getattr(self, name) for name in self.__dataclass_fields__}) + b"\n"
 
     def verify(self, public_key: Ed25519PublicKey) -> bool:
         try:
@@ -159,10 +160,14 @@ class HeadRecord:
         return head
 
 
+def head_path(directory: Path) -> Path:
+    return directory / HEAD_FILENAME
+
+
 def read_head(directory: Path) -> HeadRecord | None:
     """The head record, None when absent; raises ValueError when unreadable."""
     try:
-        data = (directory / HEAD_FILENAME).read_bytes()
+        data = head_path(directory).read_bytes()
     except FileNotFoundError:
         return None
     return HeadRecord.parse(data)
