@@ -21,8 +21,10 @@ a caller that answers an RPC afterwards never answers for an unrecorded act.
 a crash part-way leaves a torn last line, repaired at the next open like any
 other. A crash after the write but before the head is renamed leaves more than
 one entry after the signed head, which is recorded as `unsigned_entries`
-(an error, as today for anything beyond one entry): a batch buys speed with
-that cost, never with a weaker check.
+(an error, as for anything beyond one entry): a batch buys speed with that
+cost, never with a weaker check. A checkpoint is never batched with the entry
+before it, so `append` keeps the one-entry crash window it always had; the
+daemon writes every entry with `append`.
 """
 
 from __future__ import annotations
@@ -241,8 +243,14 @@ class AuditLog:
             for kind, stored in checked:
                 records.append(self._stage(tail, batch, kind, stored))
                 if tail.seq - tail.last_checkpoint_seq >= self._checkpoint_every:
-                    self._stage_checkpoint(tail, batch)
-            self._flush(tail, batch)
+                    # The entries so far get their own head first: a crash before the
+                    # checkpoint's head then leaves one unsigned entry (a notice), as it
+                    # did when every entry was written on its own.
+                    self._flush(tail, batch)
+                    batch = _Batch()
+                    self._write_checkpoint(tail)
+            if batch.lines:
+                self._flush(tail, batch)
             return records
 
     def checkpoint(self) -> None:

@@ -134,6 +134,33 @@ def test_a_crash_after_a_whole_batch_but_before_its_head_is_not_passed_off_as_a_
     assert not verify_log(log_dir, [agent_key.public_key]).ok
 
 
+def test_an_append_that_brings_a_checkpoint_leaves_one_unsigned_entry_at_most(
+    log_dir: Path, agent_key: AgentKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry gets its own head before the checkpoint is written: a crash in between is a notice."""
+    log = AuditLog.open(log_dir, agent_key, checkpoint_every=3)
+    log.append("test.one")
+    log.append("test.two")
+    real_head = audit_log_module.write_head
+    heads: list[int] = []
+
+    def crash_at_the_checkpoints_head(directory: Path, head: Any) -> None:
+        heads.append(head.seq)
+        if len(heads) == 2:
+            raise KeyboardInterrupt("power cut")
+        real_head(directory, head)
+
+    monkeypatch.setattr(audit_log_module, "write_head", crash_at_the_checkpoints_head)
+    with pytest.raises(KeyboardInterrupt):
+        log.append("test.three")
+    monkeypatch.undo()
+    assert heads == [3, 4]  # the entry's head was written, then the checkpoint's was cut off
+
+    AuditLog.open(log_dir, agent_key).close()
+    assert recovered(log_dir) == [events.RECOVERED_HEAD_BEHIND]
+    assert verify_log(log_dir, [agent_key.public_key]).ok
+
+
 # ------------------------------------------------------------ the remembered tail
 
 
