@@ -52,6 +52,9 @@ class NoiseReserve:
         self._lock = threading.Lock()
         self._block: npt.NDArray[np.float64] | None = None
         self._filling: threading.Thread | None = None
+        # A used block given back: the next draw of its size overwrites it instead of
+        # faulting in fresh pages (for a large model, as costly as the draw itself).
+        self._spare: npt.NDArray[np.float64] | None = None
 
     def take(self, size: int) -> npt.NDArray[np.float64]:
         """``size`` standard normal values, never handed out before."""
@@ -65,14 +68,23 @@ class NoiseReserve:
             block = secure_generator().standard_normal(size)
         return block
 
+    def give_back(self, block: npt.NDArray[np.float64]) -> None:
+        """A block taken and used: its memory may hold the next draw (every value is drawn afresh)."""
+        if block.dtype == np.float64 and block.flags.c_contiguous and block.flags.writeable and block.base is None:
+            with self._lock:
+                self._spare = block
+
     def refill(self, size: int) -> None:
         """Starts drawing a block of ``size`` values in the background (replacing an unused one)."""
         with self._lock:
             if self._filling is not None:
                 return
 
+            spare, self._spare = self._spare, None
+            target = spare if spare is not None and spare.size == size else np.empty(size, np.float64)
+
             def fill() -> None:
-                block = secure_generator().standard_normal(size)
+                block = secure_generator().standard_normal(out=target)
                 with self._lock:
                     self._block = block
 
@@ -120,9 +132,10 @@ class GaussianNoise:
             values[...] = self.perturb(values, std)
             return values
         if self._reserve is not None and values.size <= MAX_RESERVED_SIZE:
-            block = self._reserve.take(values.size).reshape(values.shape)
+            block = self._reserve.take(values.size)
             block *= std
-            values += block
+            values += block.reshape(values.shape)
+            self._reserve.give_back(block)
             return values
         flat = values.reshape(-1)
         generator = secure_generator()

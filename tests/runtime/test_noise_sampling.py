@@ -81,6 +81,23 @@ def test_in_place_noise_from_a_reserve_is_added_to_the_same_array_and_used_once(
     assert not np.array_equal(second - original, added)
 
 
+def test_a_block_given_back_holds_the_next_draw_all_of_it_fresh() -> None:
+    reserve = NoiseReserve()
+    reserve.refill(10_000)
+    first = reserve.take(10_000)
+    drawn = first.copy()
+    reserve.give_back(first)
+    reserve.refill(10_000)
+    second = reserve.take(10_000)
+    assert second is first  # the same memory, no fresh pages
+    assert not np.any(second == drawn)  # every value drawn again
+    assert abs(second.std() - 1.0) < 0.05
+    # A block of another size, or a view, is not kept.
+    reserve.give_back(second[:10])
+    reserve.refill(10_000)
+    assert reserve.take(10_000) is not second
+
+
 def test_in_place_noise_for_large_arrays_is_added_slice_by_slice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("agent.privacy.noise.IN_PLACE_SLICE", 1000)
     values = np.linspace(-1.0, 1.0, 10_500)
