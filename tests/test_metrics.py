@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,7 +19,11 @@ from agent.observability.metrics import AgentMetrics
 from agent.privacy.accounting import make_accountant
 from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
 from agent.privacy.mechanism import Mechanism
+from agent.tasks.parameter_cache import ParameterCache, RunKey
+from agent.tasks.tensors import TensorDecl
+from agent.tasks.worker import WorkerLimits, WorkerPool
 from tests.conftest import Pki, spawn_agent, stop_agent, write_config
+from tests.tasks import worker_jobs
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -72,6 +78,10 @@ def test_a_running_agent_serves_rpc_package_and_budget_metrics(tmp_path: Path, p
     spent = samples[("edge_agent_privacy_epsilon_spent", (("budget_group", "cohort"),))]
     assert 0 < spent < 8.0
     assert samples[("edge_agent_privacy_epsilon_limit", (("budget_group", "cohort"),))] == 8.0
+    # Reuse is reported from the start, before any task ran.
+    assert samples[("edge_agent_task_workers_started_total", ())] == 0.0
+    assert samples[("edge_agent_parameter_cache_hits_total", ())] == 0.0
+    assert samples[("edge_agent_parameter_cache_bytes", ())] == 0.0
 
 
 def _record(seq: int, kind: str, **fields: object) -> AuditRecord:
@@ -109,3 +119,30 @@ def test_metrics_listen_is_validated_and_optional(tmp_path: Path, pki: Pki) -> N
     config = write_config(tmp_path, pki, extra='[metrics]\nlisten = "127.0.0.1:99999"\n')
     with pytest.raises(ConfigError, match=r"metrics\.listen"):
         load_config(config)
+
+
+def test_warm_worker_reuse_and_parameter_cache_hits_are_counted() -> None:
+    metrics = AgentMetrics()
+    pool = WorkerPool(preload=["tests.tasks.worker_jobs"])
+    cache = ParameterCache(1 << 20, 60.0, sweep_in_background=False)
+    metrics.watch_reuse(pool.stats, cache.stats)
+    limits = WorkerLimits(memory_bytes=512 * 1024 * 1024, cpu_seconds=30, wall_seconds=30)
+    try:
+        for _ in range(3):
+            pool.run(worker_jobs.add, (1, 2), limits, reuse_key="run-1")
+        key = RunKey.of("coordinator", "run-1", "sha256:package")
+        weights = np.arange(8, dtype=np.float32)
+        declared = [TensorDecl("w", "float32", (8,), hashlib.sha256(weights.tobytes()).digest())]
+        assert cache.lookup(key, declared) == {}
+        cache.store(key, declared, {"w": weights})
+        assert list(cache.lookup(key, declared)) == [0]
+        r = metrics.registry
+        assert r.get_sample_value("edge_agent_task_workers_started_total") == 1
+        assert r.get_sample_value("edge_agent_task_workers_reused_total") == 2
+        assert r.get_sample_value("edge_agent_task_workers_warm") == 1
+        assert r.get_sample_value("edge_agent_parameter_cache_hits_total") == 1
+        assert r.get_sample_value("edge_agent_parameter_cache_misses_total") == 1
+        assert r.get_sample_value("edge_agent_parameter_cache_hit_bytes_total") == 32
+        assert r.get_sample_value("edge_agent_parameter_cache_bytes") == cache.held_bytes > 0
+    finally:
+        pool.close()

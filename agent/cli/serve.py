@@ -291,7 +291,7 @@ def _serve(
     # (about 1.3 s), which every other edge-agent command would otherwise pay for.
     from agent.server.assembly import assemble_service  # noqa: PLC0415 (deliberately lazy)
 
-    service = assemble_service(config, key=key, policy=policy, audit=audit, logger=log)
+    service = assemble_service(config, key=key, policy=policy, audit=audit, logger=log, metrics=metrics)
     daemon = AgentDaemon(config.server, tls, service, log, rpc_observer=metrics.observe_rpc)
     # A reader of the daemon's ledger file, as `edge-agent budget show` is.
     metrics.watch_budgets(PrivacyLedger(config.state_dir / LEDGER_FILENAME, make_accountant("pld")).groups)

@@ -8,7 +8,10 @@ and an agent, never share counters. Figures come from three places:
   rejections are already audited at exactly one place each, so counting them
   there needs no hooks in the task runner or the package endpoints;
 - ε spent is read from the privacy ledger at scrape time (LedgerCollector),
-  so it is right even for tasks settled by another process or an earlier run.
+  so it is right even for tasks settled by another process or an earlier run;
+- warm-worker reuse and the parameter cache are read from their own counts at
+  scrape time (ReuseCollector): whether a run's rounds really skip the worker
+  start and the parameter upload.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.audit.record import AuditRecord
 from agent.privacy.errors import PrivacyError
 from agent.privacy.ledger import BudgetStatus
+
+if TYPE_CHECKING:  # the task modules import numpy; `serve` imports this module before any of that
+    from agent.tasks.parameter_cache import CacheStats
+    from agent.tasks.worker import WorkerStats
 
 # Tasks run from well under a second to the policy's task_seconds limit.
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -94,6 +102,43 @@ class AgentMetrics:
     def watch_budgets(self, groups: Callable[[], Iterable[BudgetStatus]]) -> None:
         """Reports ε per budget group from `groups()` (normally PrivacyLedger.groups) at every scrape."""
         self.registry.register(LedgerCollector(groups))
+
+
+    def watch_reuse(self, workers: Callable[[], WorkerStats], parameters: Callable[[], CacheStats] | None) -> None:
+        """Reports warm-worker reuse (WorkerPool.stats) and the parameter cache (ParameterCache.stats)."""
+        self.registry.register(ReuseCollector(workers, parameters))
+
+
+class ReuseCollector(Collector):
+    def __init__(self, workers: Callable[[], WorkerStats], parameters: Callable[[], CacheStats] | None) -> None:
+        self._workers = workers
+        self._parameters = parameters
+
+    def collect(self) -> Iterator[Metric]:
+        workers = self._workers()
+        yield CounterMetricFamily(
+            "edge_agent_task_workers_started", "Task worker processes started", value=workers.started
+        )
+        yield CounterMetricFamily(
+            "edge_agent_task_workers_reused",
+            "Tasks run by a warm worker of the same run (graph and session already built)",
+            value=workers.reused,
+        )
+        yield GaugeMetricFamily("edge_agent_task_workers_warm", "Warm workers waiting for a run's next task",
+                                value=workers.warm)
+        if self._parameters is None:
+            return
+        cache = self._parameters()
+        yield CounterMetricFamily(
+            "edge_agent_parameter_cache_hits", "Parameter tensors a task found held (not sent again)", value=cache.hits
+        )
+        yield CounterMetricFamily(
+            "edge_agent_parameter_cache_misses", "Parameter tensors a task had to receive", value=cache.misses
+        )
+        yield CounterMetricFamily(
+            "edge_agent_parameter_cache_hit_bytes", "Bytes of parameters not sent again", value=cache.hit_bytes
+        )
+        yield GaugeMetricFamily("edge_agent_parameter_cache_bytes", "Bytes of parameters held", value=cache.held_bytes)
 
 
 class LedgerCollector(Collector):

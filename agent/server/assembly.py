@@ -14,6 +14,7 @@ from agent.config import AgentConfig
 from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
 from agent.governance.in_force import PolicyInForce
 from agent.identity.agent_key import AgentKey
+from agent.observability.metrics import AgentMetrics
 from agent.packages import PackageStore
 from agent.privacy.accounting import make_accountant
 from agent.privacy.errors import PrivacyError
@@ -32,6 +33,7 @@ def assemble_service(
     audit: AuditSink,
     logger: structlog.typing.FilteringBoundLogger,
     version: str = __version__,
+    metrics: AgentMetrics | None = None,
 ) -> AgentService:
     # The cache keeps CSV row counts from being rescanned on every RPC while
     # still noticing files that change or vanish.
@@ -42,14 +44,18 @@ def assemble_service(
     ledger = PrivacyLedger(config.state_dir / LEDGER_FILENAME, make_accountant("pld"))
     _recover_abandoned_tasks(ledger, audit, logger)
     warm_ledger_in_background(ledger, logger)
+    workers = WorkerPool(warm_workers=config.server.warm_workers, idle_seconds=config.server.warm_worker_idle_seconds)
+    parameter_cache = ParameterCache(
+        config.server.parameter_cache_mb * 1024 * 1024, config.server.parameter_cache_idle_seconds
+    )
+    if metrics is not None:
+        metrics.watch_reuse(workers.stats, parameter_cache.stats)
     runner = TaskRunner(
         policy=policy,
         catalog=catalog,
         packages=packages,
         ledger=ledger,
-        workers=WorkerPool(
-            warm_workers=config.server.warm_workers, idle_seconds=config.server.warm_worker_idle_seconds
-        ),
+        workers=workers,
         audit=audit,
         logger=logger,
     )
@@ -63,9 +69,7 @@ def assemble_service(
         runner=runner,
         logger=logger,
         stream_idle_seconds=config.server.stream_idle_seconds,
-        parameter_cache=ParameterCache(
-            config.server.parameter_cache_mb * 1024 * 1024, config.server.parameter_cache_idle_seconds
-        ),
+        parameter_cache=parameter_cache,
     )
 
 

@@ -49,6 +49,23 @@ class RunKey:
         return cls(caller, run_id, package_digest)
 
 
+@dataclass(frozen=True)
+class CacheStats:
+    """Parameter tensors found held (hits) or sent again (misses) since start, and bytes held now."""
+
+    hits: int
+    misses: int
+    hit_bytes: int
+    held_bytes: int
+
+
+@dataclass
+class _Counts:
+    hits: int = 0
+    misses: int = 0
+    hit_bytes: int = 0
+
+
 @dataclass
 class _Run:
     tensors: dict[str, tuple[TensorDecl, Array]]
@@ -104,6 +121,7 @@ class ParameterCache:
         self.idle_seconds = idle_seconds
         self._clock = clock
         self._runs: OrderedDict[RunKey, _Run] = OrderedDict()
+        self._counts = _Counts()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -129,24 +147,37 @@ class ParameterCache:
         A tensor matches only if name, dtype, shape and the declared sha256 all
         equal what was received; a declaration without sha256 never matches.
         """
-        if key is None:
-            return {}
         now = self._clock()
         with self._lock:
-            run = self._runs.get(key)
-            if run is None:
-                return {}
-            if now - run.last_used > self.idle_seconds:
-                del self._runs[key]
-                return {}
-            run.last_used = now
-            self._runs.move_to_end(key)
-            hits: dict[int, Array] = {}
-            for index, decl in enumerate(declared):
-                held = run.tensors.get(decl.name)
-                if decl.sha256 and held is not None and held[0] == decl:
-                    hits[index] = held[1]
-            return hits
+            hits = self._held(key, declared, now)
+            self._counts.hits += len(hits)
+            self._counts.misses += len(declared) - len(hits)
+            self._counts.hit_bytes += sum(declared[index].byte_length for index in hits)
+        return hits
+
+    def stats(self) -> CacheStats:
+        """Counts since start and what is held now, for the metrics endpoint."""
+        held = self.held_bytes
+        with self._lock:
+            return CacheStats(self._counts.hits, self._counts.misses, self._counts.hit_bytes, held)
+
+    def _held(self, key: RunKey | None, declared: Sequence[TensorDecl], now: float) -> dict[int, Array]:
+        if key is None:
+            return {}
+        run = self._runs.get(key)
+        if run is None:
+            return {}
+        if now - run.last_used > self.idle_seconds:
+            del self._runs[key]
+            return {}
+        run.last_used = now
+        self._runs.move_to_end(key)
+        hits: dict[int, Array] = {}
+        for index, decl in enumerate(declared):
+            held = run.tensors.get(decl.name)
+            if decl.sha256 and held is not None and held[0] == decl:
+                hits[index] = held[1]
+        return hits
 
     def store(self, key: RunKey | None, declared: Sequence[TensorDecl], arrays: Mapping[str, Array]) -> None:
         """Remembers the run's parameters, replacing what it held before.

@@ -106,6 +106,15 @@ class TaskInputError(Exception):
 
 
 @dataclass(frozen=True)
+class WorkerStats:
+    """Worker processes started, tasks that found a warm one, and how many wait now."""
+
+    started: int
+    reused: int
+    warm: int
+
+
+@dataclass(frozen=True)
 class WorkerLimits:
     memory_bytes: int
     cpu_seconds: int
@@ -194,6 +203,7 @@ class WorkerPool:
         self._idle: OrderedDict[Hashable, _Worker] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._counts = {"started": 0, "reused": 0}
         self._reaper: threading.Timer | None = None
 
     def run(
@@ -215,6 +225,11 @@ class WorkerPool:
         worker = self._take(reuse_key, limits) if reuse_key is not None else None
         if worker is None:
             worker = self._start(limits)
+            counter = "started"
+        else:
+            counter = "reused"
+        with self._lock:
+            self._counts[counter] += 1
         kept = False
         try:
             cpu_start = _cpu_seconds(worker.process.pid)
@@ -243,6 +258,11 @@ class WorkerPool:
         """How many workers wait for a next task."""
         with self._lock:
             return len(self._idle)
+
+    def stats(self) -> WorkerStats:
+        """Counts since start, for the metrics endpoint."""
+        with self._lock:
+            return WorkerStats(started=self._counts["started"], reused=self._counts["reused"], warm=len(self._idle))
 
     def _start(self, limits: WorkerLimits) -> _Worker:
         ours, theirs = self._context.Pipe(duplex=True)  # a socket pair: descriptors can pass
