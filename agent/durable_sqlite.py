@@ -87,6 +87,7 @@ class ReusedConnections:
         self._idle: list[sqlite3.Connection] = []
         # A forked child must not use its parent's connections (SQLite forbids it).
         self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
         self._closed = False
 
     @contextmanager
@@ -132,7 +133,10 @@ class ReusedConnections:
     def _take(self, *, create: bool) -> sqlite3.Connection | None:
         with self._lock:
             if self._pid != os.getpid():
-                # Inherited across fork: dropped without closing (closing would touch the parent's locks).
+                # Inherited across fork: never used, and kept referenced so that the garbage
+                # collector never closes them here either (SQLite forbids using a connection
+                # across fork(), closing included).
+                self._inherited.extend(self._idle)
                 self._idle = []
                 self._pid = os.getpid()
             conn = self._idle.pop() if self._idle else None

@@ -15,6 +15,7 @@ runs on it. bench/round_latency.py runs it in the same process for its table.
 from __future__ import annotations
 
 import argparse
+import select
 import statistics
 import subprocess
 import sys
@@ -79,9 +80,11 @@ def floor_rounds(pki: DevelopmentPki, sizes: Sequence[int], rounds: int, warmup:
     try:
         ports = []
         for server in servers:
-            line = server.stdout.readline() if server.stdout else b""
+            # An echo server that hangs before printing its port must not hang the bench.
+            ready, _, _ = select.select([server.stdout], [], [], 60) if server.stdout else ([], [], [])
+            line = server.stdout.readline() if ready and server.stdout else b""
             if not line.strip():
-                raise RuntimeError("an echo server did not start")
+                raise RuntimeError("an echo server did not start within 60 s")
             ports.append(int(line))
         client = ClientCredentials.from_files(pki.ca_cert, pki.coordinator_cert, pki.coordinator_key)
         credentials = grpc.ssl_channel_credentials(
@@ -90,34 +93,42 @@ def floor_rounds(pki: DevelopmentPki, sizes: Sequence[int], rounds: int, warmup:
         # The coordinator's own options (AgentClient's default message limit, keepalive).
         options = channel_options(16 * 1024 * 1024, "localhost")
         channels = [grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) for port in ports]
-        calls = [
-            channel.stream_stream(METHOD, request_serializer=_same, response_deserializer=_same) for channel in channels
-        ]
-        results: dict[int, list[float]] = {}
-        with futures.ThreadPoolExecutor(len(calls)) as pool:
-            for parameters in sizes:
-                payload = bytes(4 * parameters)
-                pieces = [payload[start : start + CHUNK] for start in range(0, len(payload), CHUNK)]
-
-                def one(call: grpc.StreamStreamMultiCallable, pieces: list[bytes] = pieces) -> int:
-                    return sum(len(reply) for reply in call(iter(pieces), timeout=600))
-
-                seconds = []
-                for number in range(warmup + rounds):
-                    started = time.perf_counter()
-                    echoed = list(pool.map(one, calls))
-                    if echoed != [len(payload)] * len(calls):
-                        raise RuntimeError(f"echo returned {echoed} bytes, sent {len(payload)}")
-                    if number >= warmup:
-                        seconds.append(time.perf_counter() - started)
-                results[parameters] = seconds
-        for channel in channels:
-            channel.close()
-        return results
+        try:
+            return _timed_rounds(channels, sizes, rounds, warmup)
+        finally:
+            for channel in channels:
+                channel.close()
     finally:
         for server in servers:
             server.kill()
             server.wait()
+
+
+def _timed_rounds(
+    channels: Sequence[grpc.Channel], sizes: Sequence[int], rounds: int, warmup: int
+) -> dict[int, list[float]]:
+    calls = [
+        channel.stream_stream(METHOD, request_serializer=_same, response_deserializer=_same) for channel in channels
+    ]
+    results: dict[int, list[float]] = {}
+    with futures.ThreadPoolExecutor(len(calls)) as pool:
+        for parameters in sizes:
+            payload = bytes(4 * parameters)
+            pieces = [payload[start : start + CHUNK] for start in range(0, len(payload), CHUNK)]
+
+            def one(call: grpc.StreamStreamMultiCallable, pieces: list[bytes] = pieces) -> int:
+                return sum(len(reply) for reply in call(iter(pieces), timeout=600))
+
+            seconds = []
+            for number in range(warmup + rounds):
+                started = time.perf_counter()
+                echoed = list(pool.map(one, calls))
+                if echoed != [len(payload)] * len(calls):
+                    raise RuntimeError(f"echo returned {echoed} bytes, sent {len(payload)}")
+                if number >= warmup:
+                    seconds.append(time.perf_counter() - started)
+            results[parameters] = seconds
+    return results
 
 
 def main() -> None:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 
 class AuditSink(Protocol):
     def append(self, kind: str, **fields: Any) -> object: ...
-
-    def append_many(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> object:
-        """Appends (kind, fields) pairs in order, durably, as one write."""
-        ...

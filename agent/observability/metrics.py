@@ -103,14 +103,13 @@ class AgentMetrics:
         """Reports ε per budget group from `groups()` (normally PrivacyLedger.groups) at every scrape."""
         self.registry.register(LedgerCollector(groups))
 
-
-    def watch_reuse(self, workers: Callable[[], WorkerStats], parameters: Callable[[], CacheStats] | None) -> None:
+    def watch_reuse(self, workers: Callable[[], WorkerStats], parameters: Callable[[], CacheStats]) -> None:
         """Reports warm-worker reuse (WorkerPool.stats) and the parameter cache (ParameterCache.stats)."""
         self.registry.register(ReuseCollector(workers, parameters))
 
 
 class ReuseCollector(Collector):
-    def __init__(self, workers: Callable[[], WorkerStats], parameters: Callable[[], CacheStats] | None) -> None:
+    def __init__(self, workers: Callable[[], WorkerStats], parameters: Callable[[], CacheStats]) -> None:
         self._workers = workers
         self._parameters = parameters
 
@@ -124,10 +123,9 @@ class ReuseCollector(Collector):
             "Tasks run by a warm worker of the same run (graph and session already built)",
             value=workers.reused,
         )
-        yield GaugeMetricFamily("edge_agent_task_workers_warm", "Warm workers waiting for a run's next task",
-                                value=workers.warm)
-        if self._parameters is None:
-            return
+        yield GaugeMetricFamily(
+            "edge_agent_task_workers_warm", "Warm workers waiting for a run's next task", value=workers.warm
+        )
         cache = self._parameters()
         yield CounterMetricFamily(
             "edge_agent_parameter_cache_hits", "Parameter tensors a task found held (not sent again)", value=cache.hits

@@ -55,6 +55,8 @@ class NoiseReserve:
         # A used block given back: the next draw of its size overwrites it instead of
         # faulting in fresh pages (for a large model, as costly as the draw itself).
         self._spare: npt.NDArray[np.float64] | None = None
+        # The block take() last handed out: the only one give_back() accepts.
+        self._lent: npt.NDArray[np.float64] | None = None
 
     def take(self, size: int) -> npt.NDArray[np.float64]:
         """``size`` standard normal values, never handed out before."""
@@ -66,12 +68,17 @@ class NoiseReserve:
             block, self._block = self._block, None
         if block is None or block.size != size:
             block = secure_generator().standard_normal(size)
+        with self._lock:
+            self._lent = block
         return block
 
     def give_back(self, block: npt.NDArray[np.float64]) -> None:
-        """A block taken and used: its memory may hold the next draw (every value is drawn afresh)."""
-        if block.dtype == np.float64 and block.flags.c_contiguous and block.flags.writeable and block.base is None:
-            with self._lock:
+        """The block take() last returned, used up: its memory may hold the next draw (every value
+        drawn afresh). Anything else, or the same block twice, is ignored: a block still in use
+        must never be drawn into."""
+        with self._lock:
+            if block is self._lent:
+                self._lent = None
                 self._spare = block
 
     def refill(self, size: int) -> None:

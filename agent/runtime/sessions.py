@@ -146,11 +146,10 @@ class CompiledWrapper:
                 )
                 # The first run's output is the running total: a zeroed array and an addition
                 # of the model's size would cost as much as a small batch's graph.
-                result = np.require(next(runs), np.float64, ["C", "W"])
+                result = self._checked(next(runs))
                 for part in runs:
-                    result += part
-            if np.shape(result) != (self.layout.size,):
-                raise ValueError(f"the sum has shape {list(np.shape(result))}, the layout {self.layout.size} values")
+                    result += self._checked(part)
+            return self._checked(result)
         except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...
             _raise_if_out_of_memory(exc)
             raise GraphExecutionError(
@@ -158,7 +157,13 @@ class CompiledWrapper:
                 "parameter's or metric's)",
                 detail=str(exc)[:2000],
             ) from None
-        return np.require(result, np.float64, ["C", "W"])
+
+    def _checked(self, output: npt.ArrayLike) -> Float64Array:
+        # A later run's output of the wrong shape would broadcast into every coordinate.
+        array = np.asarray(output)
+        if array.shape != (self.layout.size,):
+            raise ValueError(f"an output has shape {list(array.shape)}, the layout {self.layout.size} values")
+        return np.require(array, np.float64, ["C", "W"])
 
     def unflatten(self, flat: npt.NDArray[np.floating]) -> dict[str, npt.NDArray[np.floating]]:
         """``flat`` cut into the layout's named, shaped tensors (views)."""

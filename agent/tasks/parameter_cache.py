@@ -131,8 +131,7 @@ class ParameterCache:
 
     @property
     def held_bytes(self) -> int:
-        with self._lock:
-            return sum(run.retained_bytes for run in self._runs.values())
+        return self.stats().held_bytes
 
     def runs(self) -> list[RunKey]:
         """Least recently used first."""
@@ -157,8 +156,8 @@ class ParameterCache:
 
     def stats(self) -> CacheStats:
         """Counts since start and what is held now, for the metrics endpoint."""
-        held = self.held_bytes
         with self._lock:
+            held = sum(run.retained_bytes for run in self._runs.values())
             return CacheStats(self._counts.hits, self._counts.misses, self._counts.hit_bytes, held)
 
     def _held(self, key: RunKey | None, declared: Sequence[TensorDecl], now: float) -> dict[int, Array]:

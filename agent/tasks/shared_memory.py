@@ -93,9 +93,10 @@ class SharedRegion:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Copies ``data`` in at ``offset`` through the descriptor (no page faults in this process)."""
-        if offset < 0 or offset + len(data) > self.size:
-            raise ValueError(f"{len(data)} bytes at offset {offset} do not fit a region of {self.size}")
-        _write_fully(self.fd, memoryview(data).cast("B"), offset)
+        view = memoryview(data).cast("B")
+        if offset < 0 or offset + view.nbytes > self.size:
+            raise ValueError(f"{view.nbytes} bytes at offset {offset} do not fit a region of {self.size}")
+        _write_fully(self.fd, view, offset)
 
     def seal_size(self) -> None:
         """No one holding the descriptor may resize the region any more."""

@@ -100,8 +100,6 @@ class TensorAssembler:
         end = offset + len(data)
         if end > declared.byte_length:
             raise TensorError(f"tensor {declared.name!r}: more than the declared {declared.byte_length} bytes")
-        if index in self._hashes:
-            self._hashes[index].update(data)
         buffers = self._buffers  # allocated on the first chunk
         if self._region is not None:
             # Through the descriptor: the kernel fills the pages, where writing through the
@@ -110,6 +108,8 @@ class TensorAssembler:
             region.write(start[index] + offset, data)
         else:
             buffers[index][offset:end] = np.frombuffer(data, dtype=np.uint8)
+        if index in self._hashes:
+            self._hashes[index].update(data)
         self._filled[index] = end
 
     def finish(self) -> dict[str, npt.NDArray[np.generic]]:

@@ -114,6 +114,12 @@ class WorkerStats:
     warm: int
 
 
+@dataclass
+class _Counts:
+    started: int = 0
+    reused: int = 0
+
+
 @dataclass(frozen=True)
 class WorkerLimits:
     memory_bytes: int
@@ -203,7 +209,7 @@ class WorkerPool:
         self._idle: OrderedDict[Hashable, _Worker] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
-        self._counts = {"started": 0, "reused": 0}
+        self._counts = _Counts()
         self._reaper: threading.Timer | None = None
 
     def run(
@@ -223,13 +229,13 @@ class WorkerPool:
         ``job.with_parameters`` in the worker.
         """
         worker = self._take(reuse_key, limits) if reuse_key is not None else None
+        with self._lock:
+            if worker is None:
+                self._counts.started += 1
+            else:
+                self._counts.reused += 1
         if worker is None:
             worker = self._start(limits)
-            counter = "started"
-        else:
-            counter = "reused"
-        with self._lock:
-            self._counts[counter] += 1
         kept = False
         try:
             cpu_start = _cpu_seconds(worker.process.pid)
@@ -262,7 +268,7 @@ class WorkerPool:
     def stats(self) -> WorkerStats:
         """Counts since start, for the metrics endpoint."""
         with self._lock:
-            return WorkerStats(started=self._counts["started"], reused=self._counts["reused"], warm=len(self._idle))
+            return WorkerStats(self._counts.started, self._counts.reused, warm=len(self._idle))
 
     def _start(self, limits: WorkerLimits) -> _Worker:
         ours, theirs = self._context.Pipe(duplex=True)  # a socket pair: descriptors can pass

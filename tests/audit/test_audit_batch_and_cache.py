@@ -161,6 +161,25 @@ def test_an_append_that_brings_a_checkpoint_leaves_one_unsigned_entry_at_most(
     assert verify_log(log_dir, [agent_key.public_key]).ok
 
 
+def test_nothing_changed_on_disk_means_the_tail_is_not_read_again(
+    log_dir: Path, agent_key: AgentKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of the remembered tail: a second append of ours neither re-reads nor re-verifies."""
+    log = AuditLog.open(log_dir, agent_key)
+    log.append("test.one")
+
+    def not_again(*args: object) -> None:
+        raise AssertionError("the tail was read again although nothing changed")
+
+    monkeypatch.setattr(AuditLog, "_read_tail", not_again)
+    monkeypatch.setattr(AuditLog, "_reconcile_head", not_again)
+    log.append("test.two")
+    monkeypatch.undo()
+    log.close()
+    assert [e["kind"] for e in entries(log_dir)][-3:] == ["test.one", "test.two", "audit.checkpoint"]
+    assert_verifies(log_dir, agent_key)
+
+
 # ------------------------------------------------------------ the remembered tail
 
 

@@ -92,10 +92,20 @@ def test_a_block_given_back_holds_the_next_draw_all_of_it_fresh() -> None:
     assert second is first  # the same memory, no fresh pages
     assert not np.any(second == drawn)  # every value drawn again
     assert abs(second.std() - 1.0) < 0.05
-    # A block of another size, or a view, is not kept.
+    # Only the block last taken is kept, once: a view of it, or a block still in use elsewhere, never is.
     reserve.give_back(second[:10])
     reserve.refill(10_000)
-    assert reserve.take(10_000) is not second
+    third = reserve.take(10_000)
+    assert third is not second
+    reserve.give_back(second)  # no longer the block lent
+    reserve.give_back(third)
+    reserve.give_back(third)  # twice: the second is ignored
+    reserve.refill(10_000)
+    assert reserve.take(10_000) is third
+    # A block of another size is drawn into fresh memory.
+    reserve.give_back(third)
+    reserve.refill(5_000)
+    assert reserve.take(5_000).size == 5_000
 
 
 def test_in_place_noise_for_large_arrays_is_added_slice_by_slice(monkeypatch: pytest.MonkeyPatch) -> None:

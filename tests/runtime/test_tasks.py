@@ -11,11 +11,17 @@ from hypothesis import strategies as st
 
 from agent.publisher.packaging import zoo_graphs
 from agent.publisher.zoo import build_logistic_regression, build_mlp_classifier
-from agent.runtime.errors import HyperparameterError, NoUsableRowsError, ParameterError, TaskCancelledError
+from agent.runtime.errors import (
+    GraphExecutionError,
+    HyperparameterError,
+    NoUsableRowsError,
+    ParameterError,
+    TaskCancelledError,
+)
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
 from agent.runtime.rows import ArrayRowSource, RowBatch
-from agent.runtime.sessions import CompiledWrapper, WrapperCache
+from agent.runtime.sessions import CompiledWrapper, RuntimeMode, WrapperCache
 from agent.runtime.tasks import (
     Controls,
     EvaluationSettings,
@@ -198,6 +204,29 @@ def test_bad_parameters_name_the_parameter(params: dict[str, np.ndarray], name: 
     with pytest.raises(ParameterError) as caught:
         dp_gradient(grad, ArrayRowSource(x, y), params, GradientSettings(1.0, 1.0, 1.0))
     assert caught.value.name == name and words in str(caught.value)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (F,)])
+def test_a_graph_output_of_the_wrong_shape_is_a_graph_error(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's later run returning a scalar would otherwise be added to every coordinate."""
+    grad = CompiledWrapper(zoo_graphs(build_logistic_regression(F))["grad"], logistic()[0].manifest, GraphRole.GRADIENT)
+    assert grad.mode is RuntimeMode.BATCHED
+    x, y = data(600)  # three runs of the batched wrapper
+    session = grad._session
+    real_run = session.run
+    calls = []
+
+    def run(outputs: list[str], feeds: dict[str, object]) -> list[np.ndarray]:
+        calls.append(1)
+        (result,) = real_run(outputs, feeds)
+        return [result if len(calls) == 1 else np.zeros(shape)]
+
+    monkeypatch.setattr(session, "run", run)
+    with pytest.raises(GraphExecutionError, match="failed on an example") as caught:
+        grad.clipped_sum(start(), RowBatch(x, y), 1.0)
+    assert "an output has shape" in caught.value.detail
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -258,6 +258,23 @@ def test_a_shared_region_is_written_through_its_descriptor_within_its_bounds() -
     for offset, size in ((4095, 2), (-1, 1), (4097, 0)):
         with pytest.raises(ValueError, match="do not fit"):
             region.write(offset, b"\0" * size)
+    # Counted in bytes, not items: 1000 float64 are 8000 bytes, and the memfd must not grow.
+    with pytest.raises(ValueError, match="8000 bytes"):
+        region.write(0, memoryview(np.zeros(1000)))
+    assert os.fstat(region.fd).st_size == 4096
+
+
+def test_region_writes_go_on_after_short_writes_and_stop_when_nothing_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real_pwrite(fd, bytes(data[:3]), offset))
+    region = SharedRegion(4096)
+    region.write(10, bytes(range(100)))
+    assert bytes(region.array(10, np.uint8, (100,))) == bytes(range(100))
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
+    with pytest.raises(OSError, match="stopped at offset 20"):
+        region.write(20, b"abc")
 
 
 def test_a_result_region_the_worker_could_still_change_is_refused(pool: WorkerPool) -> None:
