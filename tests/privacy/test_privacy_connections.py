@@ -134,13 +134,16 @@ def test_a_forked_child_does_not_use_its_parents_connections(tmp_path: Path) -> 
 
 def test_started_counts_for_several_windows_agree_with_one_window_at_a_time(tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    ledger = PrivacyLedger(tmp_path / LEDGER_FILENAME, RdpAccountant())
+    clock = [now - timedelta(hours=2)]
+    ledger = PrivacyLedger(tmp_path / LEDGER_FILENAME, RdpAccountant(), clock=lambda: clock[0])
     windows = (now - timedelta(hours=1), now - timedelta(days=1), now + timedelta(hours=1))
     assert ledger.tasks_started_since_each("c", windows) == (0, 0, 0)
+    reserve(ledger, "two-hours-ago")  # in the day's window, not the hour's
+    clock[0] = now
     for index in range(3):
         reserve(ledger, f"t{index}")
     reserve(ledger, "other", coordinator="someone-else")
     counts = ledger.tasks_started_since_each("c", windows)
-    assert counts == tuple(ledger.tasks_started_since("c", since) for since in windows) == (3, 3, 0)
+    assert counts == tuple(ledger.tasks_started_since("c", since) for since in windows) == (3, 4, 0)
     assert ledger.tasks_started_since_each("c", ()) == ()
     ledger.close()
