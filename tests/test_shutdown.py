@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.audit.log import AuditLog
+from agent.audit.verify import verify_log
 from agent.config import load_config
 from agent.coordinator.client import AgentRpcError
 from agent.governance.in_force import PolicyInForce
@@ -298,6 +299,24 @@ def test_signals_during_start_up_and_idle_stop_cleanly(tmp_path: Path, pki: Pki)
         agent.process.send_signal(signal.SIGINT)
     assert _wait(agent.process, timeout=15) == 0
     assert "Traceback" not in agent.log_path.read_text()
+
+
+def test_signals_repeated_until_the_agent_exits_leave_a_log_that_verifies(tmp_path: Path, pki: Pki) -> None:
+    """The demo signalled each agent twice; one died between its final checkpoint and the head."""
+    config = write_config(tmp_path, pki)
+    agent = spawn_agent(["--config", str(config)], tmp_path)
+    assert agent.process is not None and agent.log_path is not None
+    agent.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while agent.process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            agent.process.send_signal(signal.SIGTERM)
+        time.sleep(0.0005)
+    assert _wait(agent.process, timeout=5) == 0, agent.log_path.read_text()
+    loaded = load_config(config)
+    verdict = verify_log(loaded.audit.directory, [load_key_file(loaded.identity.key_file).public_key])
+    assert verdict.ok, verdict.first_break
+    assert verdict.notices == []
 
 
 def test_while_draining_health_check_is_refused_and_the_in_flight_call_finishes(tmp_path: Path, pki: Pki) -> None:

@@ -108,21 +108,24 @@ class _SignalInbox:
     writes the signal number to a socket (signal.set_wakeup_fd) and the main
     loop reads it. Logging or taking any lock inside a handler can deadlock
     when the signal interrupts the main thread while it holds that lock (a
-    second Ctrl-C during a log write, for example).
+    second Ctrl-C during a log write, for example). Leaving the inbox means the
+    agent is stopping: the signals are then ignored, not restored to their defaults.
     """
 
     def __enter__(self) -> _SignalInbox:
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-        self._previous = {s: signal.signal(s, _record_only) for s in _SIGNALS}
+        for signum in _SIGNALS:
+            signal.signal(signum, _record_only)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        # The agent is stopping once the inbox closes: stop signals are ignored from here on
+        # (see _ignore_stop_signals), not handed back to their defaults even for an instant.
+        _ignore_stop_signals()
         signal.set_wakeup_fd(self._previous_fd)
         self._reader.close()
         self._writer.close()
@@ -138,6 +141,14 @@ class _SignalInbox:
 
 def _record_only(signum: int, frame: FrameType | None) -> None:
     """Installed so the default action (exit, KeyboardInterrupt) does not happen; see _SignalInbox."""
+
+
+def _ignore_stop_signals() -> None:
+    """The agent is past its stop: a repeated SIGTERM or Ctrl-C (systemd and a shell may both send
+    one) must not kill it between an audit entry and its signed head, which would leave the log
+    ending in an unsigned entry. SIGKILL still ends it at once."""
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _exit_now(code: int) -> NoReturn:
@@ -271,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
             args, config, key=key, tls=tls, policy=policy, audit=audit, log=log, notifier=notifier, metrics=metrics
         )
     finally:
+        _ignore_stop_signals()
         audit.close()
     _exit_now(code)
 
