@@ -414,11 +414,13 @@ class _KillAfterRound:
 
 
 def _stop_all(agents: Sequence[HospitalAgent], out: TextIO) -> None:
+    # All at once, so that they drain in parallel; each is signalled once (a second signal
+    # would only ask it to stop without waiting for its calls).
     for agent in agents:
         if agent.process.poll() is None:
             agent.process.terminate()
     for agent in agents:
-        stop_child(agent.process, io.StringIO())
+        stop_child(agent.process, io.StringIO(), signalled=True)
     if agents:
         codes = ", ".join(f"{a.name} {a.process.returncode}" for a in agents)
         print(f"\nagents stopped (exit codes: {codes})", file=out)

@@ -62,10 +62,12 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_int)
 
 
-def stop_child(process: subprocess.Popen[bytes], out: TextIO) -> None:
+def stop_child(process: subprocess.Popen[bytes], out: TextIO, *, signalled: bool = False) -> None:
+    """SIGTERM (unless ``signalled`` already), then SIGKILL after 30 s."""
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    if not signalled:
+        process.send_signal(signal.SIGTERM)
     try:
         code = process.wait(timeout=30)
     except subprocess.TimeoutExpired:
