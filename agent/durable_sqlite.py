@@ -84,6 +84,7 @@ class ReusedConnections:
         self._path = path
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
+        self._switching = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         # A forked child must not use its parent's connections (SQLite forbids it).
         self._pid = os.getpid()
@@ -147,7 +148,13 @@ class ReusedConnections:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            _durable_wal(conn)
+            # Switching a new file to WAL takes an exclusive lock without waiting on the busy
+            # timeout: threads opening their first connections at once would see "database is
+            # locked". One at a time, and only if the file is not in WAL mode already.
+            with self._switching:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
         except BaseException:
             conn.close()
             raise
