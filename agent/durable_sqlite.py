@@ -34,7 +34,10 @@ def write_transaction(path: Path, busy_timeout: float, *pragmas: str) -> Iterato
 
 
 def _durable_wal(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Switching a file to WAL takes an exclusive lock without waiting on the busy timeout
+    # (concurrent openers would see "database is locked"); a file in WAL mode stays so.
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
 
 
@@ -148,13 +151,10 @@ class ReusedConnections:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            # Switching a new file to WAL takes an exclusive lock without waiting on the busy
-            # timeout: threads opening their first connections at once would see "database is
-            # locked". One at a time, and only if the file is not in WAL mode already.
+            # One at a time: threads opening their first connections to a new file at once
+            # would each try to switch it to WAL (see _durable_wal).
             with self._switching:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+                _durable_wal(conn)
         except BaseException:
             conn.close()
             raise
