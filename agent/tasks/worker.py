@@ -262,8 +262,7 @@ class WorkerPool:
     @property
     def warm(self) -> int:
         """How many workers wait for a next task."""
-        with self._lock:
-            return len(self._idle)
+        return self.stats().warm
 
     def stats(self) -> WorkerStats:
         """Counts since start, for the metrics endpoint."""
