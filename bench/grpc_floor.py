@@ -116,7 +116,7 @@ def _timed_rounds(
             payload = bytes(4 * parameters)
             pieces = [payload[start : start + CHUNK] for start in range(0, len(payload), CHUNK)]
 
-            def one(call: grpc.StreamStreamMultiCallable, pieces: list[bytes] = pieces) -> int:
+            def one(call: grpc.StreamStreamMultiCallable[bytes, bytes], pieces: list[bytes] = pieces) -> int:
                 return sum(len(reply) for reply in call(iter(pieces), timeout=600))
 
             seconds = []

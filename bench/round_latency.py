@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -159,25 +159,39 @@ def vm_kib(pid: int | str, key: str) -> int | None:
     return None
 
 
-class LoadSampler:
-    """Samples the 1-minute load average every 2 s while a part of the bench runs."""
+class Poller:
+    """Calls ``sample()`` every ``period`` seconds on a thread of its own while the with-block runs."""
 
-    def __init__(self) -> None:
-        self.samples: list[float] = [os.getloadavg()[0]]
+    def __init__(self, period: float) -> None:
+        self._period = period
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(2.0):
-            self.samples.append(os.getloadavg()[0])
+    def sample(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> LoadSampler:
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self.sample()
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class LoadSampler(Poller):
+    """Samples the 1-minute load average every 2 s while a part of the bench runs."""
+
+    def __init__(self) -> None:
+        super().__init__(2.0)
+        self.samples: list[float] = [os.getloadavg()[0]]
+
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
 
     @property
     def mean(self) -> float:
@@ -588,30 +602,20 @@ def _descendants(pid: int) -> dict[int, int]:
     return depth
 
 
-class PeakWatch:
-    """Polls the daemon and its task workers (the forkserver's children) for VmHWM."""
+class PeakWatch(Poller):
+    """Polls the daemon's task workers (the forkserver's children) for VmHWM every 20 ms."""
 
     def __init__(self, daemon_pid: int) -> None:
+        super().__init__(0.02)
         self.daemon_pid = daemon_pid
         self.worker_kib: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PeakWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            for pid, depth in _descendants(self.daemon_pid).items():
-                if depth == 2:  # daemon -> forkserver -> worker
-                    peak = vm_kib(pid, "VmHWM")
-                    if peak is not None and (self.worker_kib is None or peak > self.worker_kib):
-                        self.worker_kib = peak
+    def sample(self) -> None:
+        for pid, depth in _descendants(self.daemon_pid).items():
+            if depth == 2:  # daemon -> forkserver -> worker
+                peak = vm_kib(pid, "VmHWM")
+                if peak is not None and (self.worker_kib is None or peak > self.worker_kib):
+                    self.worker_kib = peak
 
 
 @dataclass
