@@ -77,7 +77,8 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from grpc_floor import floor_rounds  # noqa: E402
+from grpc_floor import FloorSeries, floor_rounds  # noqa: E402
+from process_tree import descendants, tree_cpu_seconds, vm_kib  # noqa: E402
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb  # noqa: E402
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc  # noqa: E402
@@ -146,17 +147,6 @@ def matrix_shape(parameters: int) -> tuple[int, int]:
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def vm_kib(pid: int | str, key: str) -> int | None:
-    """``VmHWM``/``VmRSS`` of a live process in KiB (None once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 class Poller:
@@ -440,6 +430,7 @@ class RoundSeries:
     epsilon: float = 0.0
     error: str = ""
     load: float = math.nan  # mean 1-minute load average while it ran
+    cpu_per_round: float = math.nan  # CPU seconds of the bench, agents and workers per timed round
 
 
 def _timed_task(client: AgentClient, spec: pb.TaskSpec, weights: ParameterSet, timeout: float
@@ -465,7 +456,10 @@ def agent_rounds(clients: Sequence[AgentClient], digest: str, package: Package, 
     weights = np.random.default_rng(0).standard_normal(package.shape, dtype=np.float32)
     run_id = f"round-latency-{size_label(package.parameters)}-{os.getpid()}"
     with ThreadPoolExecutor(len(clients), thread_name_prefix="site") as pool:
+        cpu_start = math.nan
         for number in range(1, warmup + rounds + 1):
+            if number == warmup + 1:
+                cpu_start = tree_cpu_seconds(os.getpid())
             started = time.perf_counter()
             # Converted and hashed once per round for all sites, as FederatedTraining does.
             outgoing = ParameterSet.of([("W", weights)])
@@ -492,6 +486,7 @@ def agent_rounds(clients: Sequence[AgentClient], digest: str, package: Package, 
                 if all(math.isfinite(value) for value in computing):
                     series.overhead.append(elapsed - max(computing))
             series.epsilon = max(epsilon for _, _, epsilon in results)
+    series.cpu_per_round = (tree_cpu_seconds(os.getpid()) - cpu_start) / rounds
     return series
 
 
@@ -583,25 +578,6 @@ def stream_coordinator(address: str, pki_dir: Path, digest: str, parameters: int
     return report
 
 
-def _descendants(pid: int) -> dict[int, int]:
-    """pid -> depth below ``pid`` for its live descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    depth: dict[int, int] = {}
-    for child in parents:
-        level, current = 0, child
-        while current in parents and current != pid and level < 8:
-            current, level = parents[current], level + 1
-        if current == pid and child != pid:
-            depth[child] = level
-    return depth
-
-
 class PeakWatch(Poller):
     """Polls the daemon's task workers (the forkserver's children) for VmHWM every 20 ms."""
 
@@ -611,7 +587,7 @@ class PeakWatch(Poller):
         self.worker_kib: int | None = None
 
     def sample(self) -> None:
-        for pid, depth in _descendants(self.daemon_pid).items():
+        for pid, depth in descendants(self.daemon_pid).items():
             if depth == 2:  # daemon -> forkserver -> worker
                 peak = vm_kib(pid, "VmHWM")
                 if peak is not None and (self.worker_kib is None or peak > self.worker_kib):
@@ -817,7 +793,7 @@ class Results:
     logs_name_fallback: list[str] = field(default_factory=list)
     flower: dict[str, dict[int, FlowerSeries]] = field(default_factory=dict)
     flower_note: str = ""
-    floor: dict[int, list[float]] = field(default_factory=dict)  # raw grpcio with mTLS (grpc_floor.py)
+    floor: dict[int, FloorSeries] = field(default_factory=dict)  # raw grpcio with mTLS (grpc_floor.py)
     stream: list[StreamOutcome] = field(default_factory=list)
 
 
@@ -864,6 +840,17 @@ def flower_part(args: argparse.Namespace, work: Path, results: Results, log: Cal
         )
 
 
+def cpu_line(agent: RoundSeries, floor: FloorSeries | None) -> str:
+    """CPU per round against the cores: a round that needs more CPU than the cores give
+    in its wall time is CPU-bound, and no saving in waiting can make it shorter."""
+    cores = os.cpu_count() or 1
+    line = (f"CPU per timed round, every process (bench, agents, workers): {agent.cpu_per_round * 1000:.0f} ms, "
+            f"so at least {agent.cpu_per_round * 1000 / cores:.0f} ms of wall time on {cores} cores")
+    if floor is not None:
+        line += f"; raw grpcio floor: {floor.cpu_per_round * 1000:.0f} ms"
+    return line
+
+
 def report(results: Results) -> None:
     print()
     for parameters, package in results.packages.items():
@@ -885,7 +872,7 @@ def report(results: Results) -> None:
         ours = stats(series.seconds) if series is not None else None
         row = f"{size_label(parameters):>6} | {cell(ours, 3):>31}"
         if results.floor:
-            floor = stats(results.floor.get(parameters, []))
+            floor = stats(results.floor[parameters].seconds) if parameters in results.floor else None
             above = f"{ours[0] / floor[0]:.1f}x" if floor and ours else "-"
             row += f" | {cell(floor, 3):>21} | {above:>6}"
         for setting in settings:
@@ -903,6 +890,7 @@ def report(results: Results) -> None:
         print(f"  edge-agent {size_label(parameters):>4}: {len(agent.seconds)} timed rounds, warm-up {warm} s; "
               f"load average {agent.load:.1f}; ε spent per site so far {agent.epsilon:.2f}{failed}")
         print(f"    {phase_line(agent)}")
+        print(f"    {cpu_line(agent, results.floor.get(parameters))}")
     for setting in settings:
         for parameters, flower in results.flower[setting].items():
             warm = ", ".join(f"{s:.2f}" for s in flower.warmup)
