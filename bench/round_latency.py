@@ -27,6 +27,10 @@
    **Floor**: the same bytes each way through raw grpcio with mutual TLS between three
    echo-server processes (bench/grpc_floor.py), same sizes and rounds, in this run:
    what no agent built on grpcio can go below on this machine.
+   **CPU per round**: user + system time of every process (this one, the agents, their
+   workers; the floor's client and servers) over the timed rounds, from /proc. Divided
+   by the cores it is a lower bound on the round: when the median is close to it, the
+   round is CPU-bound and only less CPU, not less waiting, makes it shorter.
 2. **stream**: a fresh agent daemon (so that its peak RSS is this test's) returns one
    float32 gradient of ``--stream-sizes[0]`` (250M: 1 GB) through RunTask to a separate
    coordinator process (so that its peak RSS is its own), which times the result from
