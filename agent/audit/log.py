@@ -34,6 +34,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -461,14 +462,8 @@ class AuditLog:
     def _flush(self, tail: _Tail, batch: _Batch) -> None:
         """Writes the staged lines (one write and fsync per file), then one signed head for the last."""
         self._seen = None
-        start = 0
-        while start < len(batch.lines):
-            name = batch.lines[start][0]
-            end = start
-            while end < len(batch.lines) and batch.lines[end][0] == name:
-                end += 1
-            append_durably(self._directory / name, b"".join(data for _, data in batch.lines[start:end]))
-            start = end
+        for name, lines in itertools.groupby(batch.lines, key=lambda line: line[0]):
+            append_durably(self._directory / name, b"".join(data for _, data in lines))
         last_file, last_line = batch.lines[-1]
         head = self._write_head(tail, last_file, batch.time)
         self._seen = _Seen(dataclasses.replace(tail), last_line, head)
@@ -480,17 +475,9 @@ class AuditLog:
         """Signs and writes the head record; returns its bytes as written."""
         unsigned = HeadRecord(tail.seq, tail.hash, file, tail.last_checkpoint_seq, time, self._fingerprint, "")
         signature = base64.b64encode(self._signer.sign(unsigned.statement())).decode("ascii")
-        head = dataclasses.replace(unsigned, signature=signature)
-        write_head(self._directory, head)
-        return head.to_bytes()
+        return write_head(self._directory, dataclasses.replace(unsigned, signature=signature))
 
     def _write_checkpoint(self, tail: _Tail) -> AuditRecord:
-        batch = _Batch()
-        record = self._stage_checkpoint(tail, batch)
-        self._flush(tail, batch)
-        return record
-
-    def _stage_checkpoint(self, tail: _Tail, batch: _Batch) -> AuditRecord:
         time = format_time(self._clock())
         signer = self._fingerprint
         statement = checkpoint_statement(
@@ -503,7 +490,7 @@ class AuditLog:
             "signer": signer,
             "signature": base64.b64encode(self._signer.sign(statement)).decode("ascii"),
         }
-        return self._stage(tail, batch, events.AUDIT_CHECKPOINT, fields)
+        return self._write(tail, events.AUDIT_CHECKPOINT, fields)
 
 
 def _checked_fields(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:

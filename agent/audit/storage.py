@@ -173,20 +173,22 @@ def read_head(directory: Path) -> HeadRecord | None:
     return HeadRecord.parse(data)
 
 
-def write_head(directory: Path, head: HeadRecord) -> None:
-    """Atomically replaces the head record (temp file, fsync, rename, fsync the directory)."""
+def write_head(directory: Path, head: HeadRecord) -> bytes:
+    """Atomically replaces the head record (temp file, fsync, rename, fsync the directory); returns its bytes."""
+    data = head.to_bytes()
     fd, tmp = tempfile.mkstemp(prefix=f".{HEAD_FILENAME}.", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(head.to_bytes())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, LOG_FILE_MODE)
-        os.replace(tmp, directory / HEAD_FILENAME)
+        os.replace(tmp, head_path(directory))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_directory(directory)
+    return data
 
 
 @contextlib.contextmanager

@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.audit import events
 from agent.audit.canonical import GENESIS_HASH, checkpoint_statement, entry_hash, line_bytes
 from agent.audit.errors import AuditLogNotFoundError
-from agent.audit.storage import FILE_PATTERN, HEAD_FILENAME, HeadRecord, list_log_files, log_file_name, shared_lock
+from agent.audit.storage import (
+    FILE_PATTERN,
+    HEAD_FILENAME,
+    HeadRecord,
+    head_path,
+    list_log_files,
+    log_file_name,
+    shared_lock,
+)
 from agent.identity.agent_key import fingerprint
 
 MAX_PROBLEMS = 200
@@ -143,7 +151,7 @@ def _snapshot(directory: Path) -> _Snapshot:
     with shared_lock(directory):
         files = [(number, path, path.stat().st_size) for number, path in list_log_files(directory)]
         try:
-            head: bytes | None = (directory / HEAD_FILENAME).read_bytes()
+            head: bytes | None = head_path(directory).read_bytes()
         except FileNotFoundError:
             head = None
     if not files and head is None:
