@@ -139,17 +139,17 @@ class CompiledWrapper:
         try:
             if self.mode is RuntimeMode.SCAN:
                 (result,) = self._session.run([SUM], feeds)
-            else:
-                runs = (
-                    self._session.run([SUM], feeds | {X: batch.x[rows], Y: batch.y[rows]})[0]
-                    for rows in (slice(start, start + ROWS_PER_RUN) for start in range(0, batch.size, ROWS_PER_RUN))
-                )
-                # The first run's output is the running total: a zeroed array and an addition
-                # of the model's size would cost as much as a small batch's graph.
-                result = self._checked(next(runs))
-                for part in runs:
-                    result += self._checked(part)
-            return self._checked(result)
+                return self._checked(result)
+            runs = (
+                self._session.run([SUM], feeds | {X: batch.x[rows], Y: batch.y[rows]})[0]
+                for rows in (slice(start, start + ROWS_PER_RUN) for start in range(0, batch.size, ROWS_PER_RUN))
+            )
+            # The first run's output is the running total: a zeroed array and an addition
+            # of the model's size would cost as much as a small batch's graph.
+            total = self._checked(next(runs))
+            for part in runs:
+                total += self._checked(part)
+            return total
         except Exception as exc:  # onnxruntime's Fail, RuntimeException, InvalidArgument...
             _raise_if_out_of_memory(exc)
             raise GraphExecutionError(
