@@ -229,11 +229,6 @@ class WorkerPool:
         ``job.with_parameters`` in the worker.
         """
         worker = self._take(reuse_key, limits) if reuse_key is not None else None
-        with self._lock:
-            if worker is None:
-                self._counts.started += 1
-            else:
-                self._counts.reused += 1
         if worker is None:
             worker = self._start(limits)
         kept = False
@@ -276,6 +271,8 @@ class WorkerPool:
         )
         process.start()
         theirs.close()  # only the worker holds its end, or EOF never comes
+        with self._lock:
+            self._counts.started += 1
         return _Worker(process, ours, limits.memory_bytes)
 
     def _take(self, key: Hashable, limits: WorkerLimits) -> _Worker | None:
@@ -286,6 +283,8 @@ class WorkerPool:
         if worker.memory_bytes != limits.memory_bytes or not worker.process.is_alive():
             worker.stop()
             return None
+        with self._lock:
+            self._counts.reused += 1
         return worker
 
     def _keep(self, key: Hashable, worker: _Worker) -> bool:
