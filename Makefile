@@ -23,10 +23,12 @@ BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
 FLOWER_VENV := .venv-flower
 FLOWER_STAMP := $(FLOWER_VENV)/.installed-stamp
 
-$(STAMP): pyproject.toml
+# Both distributions of this repository: the daemon (edge-agent) and the sponsor's
+# tools (edge-agent-sponsor, sponsor/), which the tests and the demo use.
+$(STAMP): pyproject.toml sponsor/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -e "./sponsor[demo]"
 	touch $(STAMP)
 
 test: tools lint typecheck pytest
@@ -40,7 +42,7 @@ tools:
 	  else echo "make: systemd-analyze is missing: install the Debian package 'systemd'" >&2; exit 1; fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests protos $(wildcard bench) $(wildcard fuzz)
+	$(BIN)/ruff check agent sponsor tests protos $(wildcard bench) $(wildcard fuzz)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -48,11 +50,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-$(BENCH_STAMP): pyproject.toml
+$(BENCH_STAMP): pyproject.toml sponsor/pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0 opacus==1.6.0
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e .
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -e ./sponsor
 	touch $(BENCH_STAMP)
 
 $(FLOWER_STAMP): bench/flower_requirements.txt
@@ -70,7 +72,7 @@ bench: $(BENCH_STAMP) $(FLOWER_STAMP)
 	$(BENCH_VENV)/bin/python bench/round_latency.py --flower-rounds 5
 
 demo: $(STAMP)
-	$(BIN)/edge-agent demo
+	$(BIN)/edge-sponsor demo
 
 # Longer runs than `make test` does: the atheris harnesses for 10 minutes each
 # with random seeds.

@@ -35,12 +35,12 @@ import pyarrow.parquet as pq
 from agent.datasets.spec import DatasetFormat, DatasetSpec
 from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.manifest import parse_manifest
-from agent.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
-from agent.publisher.zoo import build_mlp_classifier
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import ArrowRowSource, RowBatch
 from agent.runtime.sessions import WrapperCache
 from agent.runtime.tasks import GradientSettings, dp_gradient
+from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
+from edge_sponsor.publisher.zoo import build_mlp_classifier
 
 FEATURES = 30
 ROW_GROUP = 100_000

@@ -41,11 +41,11 @@ import numpy as np
 
 from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.manifest import Manifest, parse_manifest
-from agent.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
-from agent.publisher.zoo import ZooModel, build_mlp_classifier
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowBatch
 from agent.runtime.sessions import CompiledWrapper, RuntimeMode
+from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
+from edge_sponsor.publisher.zoo import ZooModel, build_mlp_classifier
 
 CLIP = 1.0
 SIGMA = 1.1

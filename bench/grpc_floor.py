@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 from process_tree import tree_cpu_seconds  # noqa: E402
 
-from agent.coordinator.client import ClientCredentials, channel_options  # noqa: E402
 from agent.identity.development_pki import DevelopmentPki, ensure_development_pki  # noqa: E402
+from edge_sponsor.coordinator.client import ClientCredentials, channel_options  # noqa: E402
 
 CHUNK = 1 << 20
 METHOD = "/bench.Echo/Stream"

@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.coordinator.client import AgentClient  # noqa: E402
 from bench.rpc_latency import make_pki  # noqa: E402
+from edge_sponsor.coordinator.client import AgentClient  # noqa: E402
 from tests.conftest import spawn_agent, stop_agent  # noqa: E402
 from tests.packages.package_builders import good_package, new_key  # noqa: E402
 from tests.reliability.loadgen import LoadPlan, run_load  # noqa: E402

@@ -86,27 +86,27 @@ from process_tree import descendants, tree_cpu_seconds, vm_kib  # noqa: E402
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb  # noqa: E402
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc  # noqa: E402
-from agent.coordinator.client import AgentClient, AgentRpcError, ClientCredentials, channel_options  # noqa: E402
-from agent.coordinator.tasks import ParameterSet, TaskProtocolError, run_task  # noqa: E402
-from agent.demo.federated import agent_toml  # noqa: E402
-from agent.demo.processes import wait_for_port  # noqa: E402
 from agent.identity.agent_key import AgentKey, generate_key_file  # noqa: E402
 from agent.identity.development_pki import DEV_COORDINATOR_URI, DevelopmentPki, ensure_development_pki  # noqa: E402
 from agent.packages.canonical import canonical_json, parse_strict_json  # noqa: E402
 from agent.packages.errors import PackageRejected  # noqa: E402
 from agent.packages.manifest import parse_manifest  # noqa: E402
-from agent.publisher.packaging import (  # noqa: E402
+from agent.runtime.isolation import GraphRole  # noqa: E402
+from agent.runtime.sessions import CompiledWrapper  # noqa: E402
+from agent.tasks.tensors import TensorDecl  # noqa: E402
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials, channel_options  # noqa: E402
+from edge_sponsor.coordinator.tasks import ParameterSet, TaskProtocolError, run_task  # noqa: E402
+from edge_sponsor.demo.federated import agent_toml  # noqa: E402
+from edge_sponsor.demo.processes import wait_for_port  # noqa: E402
+from edge_sponsor.publisher.packaging import (  # noqa: E402
     FeatureColumn,
     assemble_package,
     complete_manifest,
     zoo_graphs,
     zoo_manifest_fields,
 )
-from agent.publisher.zoo.graph import FLOAT, GraphBuilder, clipped, outer_product  # noqa: E402
-from agent.publisher.zoo.spec import LabelSpec, ParameterSpec, ZooModel, zero_parameters  # noqa: E402
-from agent.runtime.isolation import GraphRole  # noqa: E402
-from agent.runtime.sessions import CompiledWrapper  # noqa: E402
-from agent.tasks.tensors import TensorDecl  # noqa: E402
+from edge_sponsor.publisher.zoo.graph import FLOAT, GraphBuilder, clipped, outer_product  # noqa: E402
+from edge_sponsor.publisher.zoo.spec import LabelSpec, ParameterSpec, ZooModel, zero_parameters  # noqa: E402
 
 FEATURES = 4
 DATASET = "bench"
@@ -531,7 +531,7 @@ class _TimedEvents:
 
 
 class _TimedStub:
-    """Just enough of AgentStub for agent.coordinator.tasks.run_task, with event times."""
+    """Just enough of AgentStub for edge_sponsor.coordinator.tasks.run_task, with event times."""
 
     def __init__(self, stub: pb_grpc.AgentStub, marks: dict[str, float]) -> None:
         self._stub = stub

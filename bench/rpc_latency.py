@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "packages"))
 
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc  # noqa: E402
-from agent.coordinator.client import AgentClient  # noqa: E402
-from agent.coordinator.tasks import run_task  # noqa: E402
 from agent.identity.certificates import CertificateAuthority  # noqa: E402
+from edge_sponsor.coordinator.client import AgentClient  # noqa: E402
+from edge_sponsor.coordinator.tasks import run_task  # noqa: E402
 from tests.conftest import COORDINATOR_URI, Pki, start_in_process, write_config  # noqa: E402
 from tests.packages.package_builders import good_package, new_key  # noqa: E402
 from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_table, policy_text, secure_channel, spec  # noqa: E402

@@ -25,8 +25,8 @@ with atheris.instrument_imports(include=["agent"]):
     from agent.packages.limits import PackageLimits
     from agent.packages.trust import TrustedKey
     from agent.packages.verification import verify_package
-    from agent.publisher.packaging import FeatureColumn, build_package, zoo_graphs, zoo_manifest_fields
-    from agent.publisher.zoo.logistic import build_logistic_regression
+    from edge_sponsor.publisher.packaging import FeatureColumn, build_package, zoo_graphs, zoo_manifest_fields
+    from edge_sponsor.publisher.zoo.logistic import build_logistic_regression
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 

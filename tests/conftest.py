@@ -16,7 +16,6 @@ import pytest
 
 from agent.audit.log import AuditLog
 from agent.config import load_config
-from agent.coordinator.client import AgentClient, ClientCredentials
 from agent.governance.in_force import PolicyInForce
 from agent.governance.loader import load_policy
 from agent.identity.agent_key import generate_key_file, load_key_file
@@ -25,6 +24,7 @@ from agent.observability.logging import configure_logging
 from agent.server.assembly import assemble_service
 from agent.server.daemon import AgentDaemon
 from agent.server.tls import load_server_tls
+from edge_sponsor.coordinator.client import AgentClient, ClientCredentials
 
 REPO = Path(__file__).resolve().parent.parent
 COORDINATOR_URI = "spiffe://pharma.example/coordinator/eu-1"

@@ -127,13 +127,3 @@ def test_dev_certs_creates_then_reuses(tmp_path: Path) -> None:
     assert first.returncode == 0 and first.stdout.startswith("created")
     second = cli("dev-certs", "--out", str(tmp_path / "pki"), cwd=tmp_path)
     assert second.returncode == 0 and second.stdout.startswith("existing")
-
-
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = cli("demo", "--single-agent", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "dataset cardio-demo" in result.stdout
-    assert "- patient_id" not in result.stdout
-    assert "- age: int32" in result.stdout
-    assert "health:           SERVING" in result.stdout
-    assert "exit code 0" in result.stdout

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.coordinator.client import ClientCredentials, CredentialsError
+from edge_sponsor.coordinator.client import ClientCredentials, CredentialsError
 from tests.conftest import Pki
 
 

@@ -1,4 +1,4 @@
-"""`edge-agent demo` as a real process, including being killed half-way."""
+"""`edge-sponsor demo` as a real process, including being killed half-way."""
 
 from __future__ import annotations
 
@@ -47,6 +47,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def test_single_agent_demo_runs_end_to_end(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_sponsor", "demo", "--single-agent"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "dataset cardio-demo" in result.stdout
+    assert "- patient_id" not in result.stdout
+    assert "- age: int32" in result.stdout
+    assert "health:           SERVING" in result.stdout
+    assert "exit code 0" in result.stdout
+
+
 def test_sigterm_stops_the_demos_agent_and_removes_its_temp_dir(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -60,7 +78,7 @@ def test_sigterm_stops_the_demos_agent_and_removes_its_temp_dir(tmp_path: Path) 
         "TMPDIR": str(scratch),
     }
     demo = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--single-agent"],
+        [sys.executable, "-m", "edge_sponsor", "demo", "--single-agent"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -95,7 +113,7 @@ def test_sigterm_stops_the_federated_demos_three_agents_and_removes_its_temp_dir
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--rounds", "200"],
+        [sys.executable, "-m", "edge_sponsor", "demo", "--rounds", "200"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

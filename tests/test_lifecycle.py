@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.coordinator.client import AgentClient, ClientCredentials
+from edge_sponsor.coordinator.client import AgentClient, ClientCredentials
 from tests.conftest import Pki, RunningAgent, spawn_agent, stop_agent, write_config
 
 

@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.audit.record import AuditRecord
 from agent.config import ConfigError, load_config
-from agent.coordinator.client import AgentRpcError
 from agent.observability.metrics import AgentMetrics
 from agent.privacy.accounting import make_accountant
 from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
@@ -22,6 +21,7 @@ from agent.privacy.mechanism import Mechanism
 from agent.tasks.parameter_cache import ParameterCache, RunKey
 from agent.tasks.tensors import TensorDecl
 from agent.tasks.worker import WorkerLimits, WorkerPool
+from edge_sponsor.coordinator.client import AgentRpcError
 from tests.conftest import Pki, spawn_agent, stop_agent, write_config
 from tests.tasks import worker_jobs
 

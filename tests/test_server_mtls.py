@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
 from agent.identity.agent_key import load_key_file
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
 from tests.conftest import COORDINATOR_URI, Pki, RunningAgent, start_in_process, write_config
 
 

@@ -29,7 +29,6 @@ from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.audit.log import AuditLog
 from agent.audit.verify import verify_log
 from agent.config import load_config
-from agent.coordinator.client import AgentRpcError
 from agent.governance.in_force import PolicyInForce
 from agent.governance.loader import load_policy
 from agent.identity.agent_key import load_key_file
@@ -37,6 +36,7 @@ from agent.observability.logging import _processors
 from agent.server.assembly import assemble_service
 from agent.server.daemon import AgentDaemon, max_health_watches
 from agent.server.tls import load_server_tls
+from edge_sponsor.coordinator.client import AgentRpcError
 from tests.conftest import Pki, RunningAgent, spawn_agent, write_config
 
 

@@ -1,27 +1,25 @@
-"""Entry point of the `edge-agent` command: parse, dispatch, turn errors into messages.
+"""Entry point of the `edge-agent` command: the hospital's commands.
 
-No traceback reaches the person at the terminal: known errors print one line
-naming the file, key or value at fault; anything unexpected prints a short
-message and, with EDGE_AGENT_DEBUG=1, the traceback.
+The sponsor's tools (reference coordinator, demo, package build and sign) are
+the `edge-sponsor` command of the separate edge-agent-sponsor distribution;
+nothing here imports them, so that the daemon's install does not carry them.
+Errors become one line and an exit code in agent.cli.dispatch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import traceback
 from collections.abc import Sequence
 
 # Before grpc is imported: keep gRPC C-core lines out of the JSON log.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from agent import __version__
-from agent.cli import audit, budget, coordinate, datasets, demo, dev_certs, doctor, keys, package, policy, serve
-from agent.cli.exit_codes import ExitCode
+from agent.cli import audit, budget, datasets, dev_certs, doctor, keys, package, policy, serve
+from agent.cli.dispatch import run_command
 from agent.cli.settings import UsageError
 from agent.config import ConfigError
-from agent.coordinator.client import AgentRpcError, CredentialsError
 from agent.datasets import DatasetError
 from agent.identity.agent_key import KeyFileError
 from agent.packages import PackageError, PackageInputError, TrustStoreError, UnknownPackageError
@@ -31,25 +29,20 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     UsageError,
     KeyFileError,
-    CredentialsError,
     PackageInputError,
     TrustStoreError,
     UnknownPackageError,
     *audit.USAGE_ERRORS,
     *budget.USAGE_ERRORS,
-    *coordinate.USAGE_ERRORS,
 )
 # Errors of the environment or of the data, exit code 1.
 FAILURE_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     datasets.DatasetCommandError,
-    *demo.FAILURE_ERRORS,
     policy.PolicyReloadError,
-    AgentRpcError,
     PackageError,
     *audit.FAILURE_ERRORS,
     *budget.FAILURE_ERRORS,
-    *coordinate.FAILURE_ERRORS,
 )
 
 
@@ -69,35 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_parser(subparsers)
     keys.add_parser(subparsers)
     dev_certs.add_parser(subparsers)
-    coordinate.add_parser(subparsers)
-    demo.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except USAGE_ERRORS as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except FAILURE_ERRORS as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return ExitCode.FAILURE
-    except KeyboardInterrupt:
-        print("edge-agent: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"edge-agent: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return ExitCode.FAILURE
-    except Exception as exc:
-        if os.environ.get("EDGE_AGENT_DEBUG"):
-            traceback.print_exc()
-        print(
-            f"edge-agent: internal error ({type(exc).__name__}: {exc}); "
-            "rerun with EDGE_AGENT_DEBUG=1 for details and report it",
-            file=sys.stderr,
-        )
-        return ExitCode.FAILURE
+    return run_command(build_parser(), argv, usage_errors=USAGE_ERRORS, failure_errors=FAILURE_ERRORS)

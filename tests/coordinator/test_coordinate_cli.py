@@ -1,4 +1,4 @@
-"""Bad input to `edge-agent coordinate` and `edge-agent demo`: exit 2, one line naming what is wrong,
+"""Bad input to `edge-sponsor coordinate` and `edge-sponsor demo`: exit 2, one line naming what is wrong,
 nothing started and no traceback."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tests.coordinator.test_federation_file import GOOD
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "edge_sponsor", *args], capture_output=True, text=True, timeout=120, check=False
     )
 
 

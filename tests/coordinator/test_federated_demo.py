@@ -15,8 +15,9 @@ import onnxruntime as ort
 import pytest
 
 from agent.audit.verify import verify_log
-from agent.coordinator.federation import Algorithm, load_federation
-from agent.demo.federated import (
+from agent.identity.agent_key import load_key_file
+from edge_sponsor.coordinator.federation import Algorithm, load_federation
+from edge_sponsor.demo.federated import (
     DEMO_PLAN,
     FederatedDemoResult,
     federation_for,
@@ -25,12 +26,11 @@ from agent.demo.federated import (
     run_federated_demo,
     running_hospitals,
 )
-from agent.identity.agent_key import load_key_file
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "edge_sponsor", *args], capture_output=True, text=True, timeout=300, check=False
     )
 
 

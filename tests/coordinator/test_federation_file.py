@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.config.errors import ConfigError
-from agent.coordinator.federation import Algorithm, ServerOptimizerKind, load_federation, parse_federation
+from edge_sponsor.coordinator.federation import Algorithm, ServerOptimizerKind, load_federation, parse_federation
 
 GOOD = """
 [federation]

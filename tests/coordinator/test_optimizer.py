@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.coordinator.federation import ServerOptimizerKind
-from agent.coordinator.optimizer import ServerOptimizer
+from edge_sponsor.coordinator.federation import ServerOptimizerKind
+from edge_sponsor.coordinator.optimizer import ServerOptimizer
 
 
 def params() -> dict[str, np.ndarray]:

@@ -11,13 +11,13 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.coordinator.client import AgentClient
-from agent.coordinator.federation import Federation, Site, TrainingPlan
-from agent.coordinator.report import RoundRecord, SiteTask
-from agent.coordinator.study_package import StudyPackage
-from agent.coordinator.tasks import ParameterSet, TaskRun
-from agent.coordinator.training import FederatedTraining
 from agent.tasks.tensors import TensorDecl
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
+from edge_sponsor.coordinator.report import RoundRecord, SiteTask
+from edge_sponsor.coordinator.study_package import StudyPackage
+from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
+from edge_sponsor.coordinator.training import FederatedTraining
 from tests.conftest import Pki
 from tests.packages.package_builders import good_package, new_key
 from tests.tasks.test_run_task_rpc import start

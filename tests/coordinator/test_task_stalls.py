@@ -17,10 +17,10 @@ import pytest
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.config.errors import ConfigError
-from agent.coordinator.client import AgentClient, AgentRpcError
-from agent.coordinator.federation import parse_federation
-from agent.coordinator.tasks import TaskRun
 from agent.tasks.tensors import TensorDecl, chunk_views, to_wire
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
+from edge_sponsor.coordinator.federation import parse_federation
+from edge_sponsor.coordinator.tasks import TaskRun
 from tests.conftest import Pki
 from tests.coordinator.peers import MIB, ScriptedAgent, serving
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agent.coordinator.client import AgentRpcError
+from edge_sponsor.coordinator.client import AgentRpcError
 from tests.conftest import COORDINATOR_URI, Pki, RunningAgent, spawn_agent, start_in_process, stop_agent, write_config
 
 POLICY = f"""

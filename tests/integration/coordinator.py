@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from agent.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
 
 
 def main(address: str, pki: Path) -> int:

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore, TrustedKey, TrustStore
 from agent.packages.archive import MANIFEST, SIGNATURES, write_archive
-from agent.publisher.packaging import (
+from edge_sponsor.publisher.packaging import (
     FeatureColumn,
     assemble_package,
     complete_manifest,
     zoo_graphs,
     zoo_manifest_fields,
 )
-from agent.publisher.zoo import ZooModel, build_logistic_regression
+from edge_sponsor.publisher.zoo import ZooModel, build_logistic_regression
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 FEATURES = (

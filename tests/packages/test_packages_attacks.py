@@ -35,9 +35,9 @@ from agent.identity.agent_key import AgentKey
 from agent.packages import PackageLimits, PackageRejected, PackageStore, RejectionCode, TrustStore, verify_package
 from agent.packages.canonical import canonical_json
 from agent.packages.envelope import parse_envelope
-from agent.publisher.packaging import assemble_package, complete_manifest
-from agent.publisher.zoo import build_linear_regression
-from agent.publisher.zoo.graph import FLOAT, GraphBuilder, linear_score
+from edge_sponsor.publisher.packaging import assemble_package, complete_manifest
+from edge_sponsor.publisher.zoo import build_linear_regression
+from edge_sponsor.publisher.zoo.graph import FLOAT, GraphBuilder, linear_score
 
 F = NUM_FEATURES
 

@@ -1,4 +1,4 @@
-"""`edge-agent package ...` through its argparse module (the lead wires it into main)."""
+"""`edge-sponsor package build|sign` and `edge-agent package ...` through their argparse modules."""
 
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ from agent.packages import (
     UnknownPackageError,
     verify_decision,
 )
+from edge_sponsor.cli import package as sponsor_package_cli
 
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="edge-agent")
+    # Building and signing are the publisher's command (edge-sponsor), the rest the agent's.
+    publisher = argv[1] in ("build", "sign")
+    parser = argparse.ArgumentParser(prog="edge-sponsor" if publisher else "edge-agent")
     commands = parser.add_subparsers(dest="command", required=True)
-    package_cli.add_parser(commands)
+    (sponsor_package_cli if publisher else package_cli).add_parser(commands)
     args = parser.parse_args(list(argv))
     return int(args.handler(args))
 
@@ -127,7 +130,7 @@ def test_publisher_and_reviewer_flow(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_build_from_own_graph(tmp_path: Path) -> None:
-    from agent.publisher.zoo import build_logistic_regression
+    from edge_sponsor.publisher.zoo import build_logistic_regression
 
     model = build_logistic_regression(4)
     grad = tmp_path / "grad.onnx"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from package_builders import NOW, canonical_rezip, good_package, members_of, new_key, trust_for
 
 from agent.packages import PackageLimits, PackageRejected, verify_package
-from agent.publisher.packaging import sign_package
+from edge_sponsor.publisher.packaging import sign_package
 
 KEY = new_key()
 TRUST = trust_for(KEY)

@@ -25,8 +25,9 @@ from agent.packages import (
     verify_package,
 )
 from agent.packages.decisions import DecisionKind
-from agent.publisher.packaging import inspect_package, sign_package
-from agent.publisher.zoo import build_logistic_regression, build_mlp_classifier, build_weibull_survival
+from agent.packages.inspection import inspect_package
+from edge_sponsor.publisher.packaging import sign_package
+from edge_sponsor.publisher.zoo import build_logistic_regression, build_mlp_classifier, build_weibull_survival
 
 LIMITS = PackageLimits()
 MODELS = {

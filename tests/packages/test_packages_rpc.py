@@ -25,9 +25,9 @@ from test_packages_attacks import ATTACKS
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.client import AgentClient, AgentRpcError
 from agent.identity.agent_key import AgentKey, generate_key_file
 from agent.packages import PackageLimits, PackageStore, RejectionCode
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 
 # Attacks that need no special trust store or limits replay as they are.
@@ -196,7 +196,7 @@ def test_publisher_key_state_comes_from_policy(
 def test_name_outside_allowed_names_is_refused(shared_agent: Agent, pki: Pki, publisher: AgentKey) -> None:
     from package_builders import manifest_and_graphs
 
-    from agent.publisher.packaging import assemble_package
+    from edge_sponsor.publisher.packaging import assemble_package
 
     manifest, graphs = manifest_and_graphs(name="acme/oncology-model")
     with shared_agent.client(pki) as client, pytest.raises(AgentRpcError) as refused:

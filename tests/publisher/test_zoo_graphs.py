@@ -23,7 +23,7 @@ from zoo_checks import (
     to_float64,
 )
 
-from agent.publisher.zoo import (
+from edge_sponsor.publisher.zoo import (
     IR_VERSION,
     OPSET_VERSION,
     ZooModel,

@@ -18,7 +18,7 @@ from zoo_checks import (
     session,
 )
 
-from agent.publisher.zoo import ZooModel, build_linear_regression
+from edge_sponsor.publisher.zoo import ZooModel, build_linear_regression
 
 F = 6
 L2 = 0.05

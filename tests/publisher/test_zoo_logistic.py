@@ -18,7 +18,7 @@ from zoo_checks import (
     session,
 )
 
-from agent.publisher.zoo import ZooModel, build_logistic_regression
+from edge_sponsor.publisher.zoo import ZooModel, build_logistic_regression
 
 F = 5
 L2 = 0.1

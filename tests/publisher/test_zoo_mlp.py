@@ -18,7 +18,7 @@ from zoo_checks import (
     session,
 )
 
-from agent.publisher.zoo import ZooModel, build_mlp_classifier
+from edge_sponsor.publisher.zoo import ZooModel, build_mlp_classifier
 
 F = 4
 

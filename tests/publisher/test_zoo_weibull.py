@@ -19,8 +19,8 @@ from zoo_checks import (
     session,
 )
 
-from agent.publisher.zoo import ZooModel, build_weibull_survival
-from agent.publisher.zoo.weibull import TIME_FLOOR, U_LINEAR
+from edge_sponsor.publisher.zoo import ZooModel, build_weibull_survival
+from edge_sponsor.publisher.zoo.weibull import TIME_FLOOR, U_LINEAR
 
 F = 5
 L2 = 0.02

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from agent.publisher.zoo import ZooModel
+from edge_sponsor.publisher.zoo import ZooModel
 
 # The operator allow-list of the brief; every zoo graph must stay inside it.
 ALLOWED_OPS = frozenset(

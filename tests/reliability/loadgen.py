@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.client import ClientCredentials
+from edge_sponsor.coordinator.client import ClientCredentials
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.tasks import run_task
+from edge_sponsor.coordinator.tasks import run_task
 from tests.conftest import Pki, spawn_agent, stop_agent
 from tests.packages.package_builders import good_package, new_key
 from tests.tasks.test_crash_recovery import audit_kinds, worker_processes
@@ -77,7 +77,7 @@ def task_load(address: str, pki: Pki, digest: str, stop: threading.Event, seen: 
 
 
 def upload_load(address: str, pki: Pki, publisher: object, first: int, stop: threading.Event, seen: Observed) -> None:
-    from agent.coordinator.client import AgentClient, AgentRpcError
+    from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 
     version = first
     with AgentClient(address, pki.credentials(), server_name="localhost", timeout=30) as client:
@@ -138,7 +138,7 @@ def test_random_sigkills_under_load_lose_nothing(tmp_path: Path, pki: Pki) -> No
     config = cohort_config(tmp_path, pki, publisher, budget=100.0, max_concurrent=4)
     seen = Observed()
     agent = spawn_agent(["--config", str(config)], tmp_path)
-    from agent.coordinator.client import AgentClient
+    from edge_sponsor.coordinator.client import AgentClient
 
     with AgentClient(agent.address, pki.credentials(), server_name="localhost", timeout=30) as client:
         digest = client.upload_package(good_package(publisher)).digest

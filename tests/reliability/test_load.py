@@ -8,7 +8,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from agent.coordinator.client import AgentClient
+from edge_sponsor.coordinator.client import AgentClient
 from tests.conftest import Pki, spawn_agent, stop_agent
 from tests.packages.package_builders import good_package, new_key
 from tests.reliability.loadgen import LoadPlan, run_load

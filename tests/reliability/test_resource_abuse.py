@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.coordinator.client import AgentClient
-from agent.coordinator.tasks import run_task
 from agent.identity.agent_key import AgentKey
-from agent.publisher.zoo.graph import FLOAT, GraphBuilder
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.tasks import run_task
+from edge_sponsor.publisher.zoo.graph import FLOAT, GraphBuilder
 from tests.conftest import Pki
 from tests.packages.package_builders import new_key, with_grad
 from tests.tasks.test_run_task_rpc import PARAMETERS, Agent, policy_text, run, spec, start

@@ -13,15 +13,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.manifest import Manifest, parse_manifest
-from agent.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
-from agent.publisher.zoo import (
+from agent.runtime.sessions import WrapperCache
+from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
+from edge_sponsor.publisher.zoo import (
     ZooModel,
     build_linear_regression,
     build_logistic_regression,
     build_mlp_classifier,
     build_weibull_survival,
 )
-from agent.runtime.sessions import WrapperCache
 
 Arrays = dict[str, np.ndarray]
 

@@ -18,13 +18,13 @@ import pytest
 from onnx import TensorProto, helper
 
 from agent.packages.manifest import Manifest
-from agent.publisher.packaging import zoo_graphs
-from agent.publisher.zoo.mlp import build_mlp_classifier
 from agent.runtime.batched_wrapper import build_batched_wrapper
 from agent.runtime.batching import RULES, BatchingRefused
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowBatch
 from agent.runtime.sessions import CompiledWrapper, RuntimeMode
+from edge_sponsor.publisher.packaging import zoo_graphs
+from edge_sponsor.publisher.zoo.mlp import build_mlp_classifier
 from tests.runtime.batching_helpers import Batched, assert_isolated, assert_rows_close, row_by_row
 from tests.runtime.helpers import (
     CASES,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.publisher.packaging import zoo_graphs
-from agent.publisher.zoo import build_mlp_classifier
+from edge_sponsor.publisher.packaging import zoo_graphs
+from edge_sponsor.publisher.zoo import build_mlp_classifier
 from tests.runtime.batching_helpers import Batched, assert_isolated, assert_rows_close, row_by_row
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "torch_export"

@@ -9,8 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.publisher.packaging import zoo_graphs
-from agent.publisher.zoo import build_logistic_regression, build_mlp_classifier
 from agent.runtime.errors import (
     GraphExecutionError,
     HyperparameterError,
@@ -33,6 +31,8 @@ from agent.runtime.tasks import (
     dp_local_training,
     metric_sensitivities,
 )
+from edge_sponsor.publisher.packaging import zoo_graphs
+from edge_sponsor.publisher.zoo import build_logistic_regression, build_mlp_classifier
 from tests.runtime.helpers import manifest_for
 
 F = 4

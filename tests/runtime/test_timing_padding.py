@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from scipy import stats  # type: ignore[import-untyped]
 
 from agent.privacy.sampling import PADDING_TAIL, padded_sample_size
-from agent.publisher.packaging import zoo_graphs
-from agent.publisher.zoo import build_mlp_classifier
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import ArrayRowSource, RowBatch
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, GradientSettings, Randomness, _sampled_pass, dp_gradient
+from edge_sponsor.publisher.packaging import zoo_graphs
+from edge_sponsor.publisher.zoo import build_mlp_classifier
 from tests.runtime.helpers import manifest_for
 
 

@@ -13,12 +13,12 @@ import onnx
 import pytest
 
 from agent.packages.manifest import TaskKind
-from agent.publisher.packaging import zoo_graphs
 from agent.runtime.isolation import GraphRole, build_wrapper
 from agent.runtime.namespace import AGENT_PREFIX, PACKAGE_PREFIX
 from agent.runtime.rows import ArrayRowSource, RowBatch
 from agent.runtime.sessions import RuntimeMode, WrapperCache
 from agent.runtime.tasks import EvaluationSettings, GradientSettings, Randomness, dp_evaluate, dp_gradient
+from edge_sponsor.publisher.packaging import zoo_graphs
 from tests.runtime.helpers import (
     CASES,
     Case,

@@ -20,8 +20,8 @@ import grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.client import AgentClient
-from agent.coordinator.tasks import run_task
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.tasks import run_task
 from tests.conftest import Pki, spawn_agent, stop_agent
 from tests.packages.package_builders import good_package, new_key
 from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_config, secure_channel

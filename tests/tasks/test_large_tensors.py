@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.coordinator.client import AgentClient
 from agent.server.task_endpoints import receive_tensors, result_events, tensor_decl
 from agent.tasks.runner import TaskOutcome
 from agent.tasks.tensors import MAX_CHUNK_BYTES, TensorAssembler, TensorDecl
+from edge_sponsor.coordinator.client import AgentClient
 from tests.conftest import Pki
 from tests.coordinator.peers import ScriptedAgent, serving
 

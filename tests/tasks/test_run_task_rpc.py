@@ -19,10 +19,10 @@ import pytest
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.tasks import TaskRun, run_task
 from agent.identity.agent_key import AgentKey
 from agent.privacy.accounting import make_accountant
 from agent.privacy.mechanism import Mechanism
+from edge_sponsor.coordinator.tasks import TaskRun, run_task
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 from tests.packages.package_builders import good_package, new_key
 
@@ -136,7 +136,7 @@ def start(directory: Path, pki: Pki, publisher: AgentKey, **policy: Any) -> Agen
     process = start_in_process(config)
     address = f"127.0.0.1:{process.port}"
     channel = secure_channel(pki, address)
-    from agent.coordinator.client import AgentClient
+    from edge_sponsor.coordinator.client import AgentClient
 
     with AgentClient(address, pki.credentials(), server_name="localhost", timeout=30) as client:
         digest = client.upload_package(good_package(publisher)).digest

@@ -24,11 +24,11 @@ import pytest
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.config import ConfigError, parse_config
-from agent.coordinator.client import AgentClient, AgentRpcError
-from agent.coordinator.tasks import ParameterSet, TaskCallError, TaskRun, run_task
 from agent.identity.agent_key import AgentKey
-from agent.publisher.zoo.mlp import build_mlp_classifier
 from agent.tasks.tensors import to_wire
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
+from edge_sponsor.coordinator.tasks import ParameterSet, TaskCallError, TaskRun, run_task
+from edge_sponsor.publisher.zoo.mlp import build_mlp_classifier
 from tests.conftest import Pki, start_in_process
 from tests.packages.package_builders import NUM_FEATURES, good_package, new_key
 from tests.tasks.test_run_task_rpc import (

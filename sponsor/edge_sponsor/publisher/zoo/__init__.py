@@ -18,12 +18,12 @@ functions and no external data, and passes ``onnx.checker.check_model(full_check
 The loss, gradient and parametrisation of each model are documented in its module.
 """
 
-from agent.publisher.zoo.graph import IR_VERSION, OPSET_VERSION
-from agent.publisher.zoo.linear import build_linear_regression
-from agent.publisher.zoo.logistic import build_logistic_regression
-from agent.publisher.zoo.mlp import build_mlp_classifier
-from agent.publisher.zoo.spec import LabelSpec, ParameterSpec, ZooModel
-from agent.publisher.zoo.weibull import build_weibull_survival
+from edge_sponsor.publisher.zoo.graph import IR_VERSION, OPSET_VERSION
+from edge_sponsor.publisher.zoo.linear import build_linear_regression
+from edge_sponsor.publisher.zoo.logistic import build_logistic_regression
+from edge_sponsor.publisher.zoo.mlp import build_mlp_classifier
+from edge_sponsor.publisher.zoo.spec import LabelSpec, ParameterSpec, ZooModel
+from edge_sponsor.publisher.zoo.weibull import build_weibull_survival
 
 __all__ = [
     "IR_VERSION",

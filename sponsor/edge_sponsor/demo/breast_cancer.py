@@ -81,7 +81,7 @@ def _load() -> tuple[Array, Array, list[str]]:
         from sklearn.datasets import load_breast_cancer  # noqa: PLC0415 (optional dependency)
     except ImportError:
         raise DemoDataError(
-            "the federated demo needs scikit-learn for its dataset: pip install 'edge-agent[demo]'"
+            "the federated demo needs scikit-learn for its dataset: pip install 'edge-agent-sponsor[demo]'"
         ) from None
     data = load_breast_cancer()
     # scikit-learn codes malignant as 0; the clinical convention is positive = disease.

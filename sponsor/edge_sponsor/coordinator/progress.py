@@ -11,7 +11,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.coordinator.report import RoundRecord, SiteTask
+from edge_sponsor.coordinator.report import RoundRecord, SiteTask
 
 
 def round_line(record: RoundRecord, rounds: int) -> str:

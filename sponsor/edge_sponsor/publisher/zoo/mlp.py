@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from agent.publisher.zoo.graph import (
+from edge_sponsor.publisher.zoo.graph import (
     FLOAT,
     INT64,
     GraphBuilder,
@@ -48,7 +48,7 @@ from agent.publisher.zoo.graph import (
     plus_weight_decay,
     with_weight_decay,
 )
-from agent.publisher.zoo.spec import (
+from edge_sponsor.publisher.zoo.spec import (
     FloatArray,
     LabelSpec,
     ParameterSpec,

@@ -1,4 +1,4 @@
-"""`edge-agent demo`: the guided tour that `make demo` runs."""
+"""`edge-sponsor demo`: the guided tour that `make demo` runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
-from agent.demo.processes import DemoError
+from edge_sponsor.demo.processes import DemoError
 
 __all__ = ["FAILURE_ERRORS", "DemoError", "add_parser"]
 
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Start three development agents as separate processes, each with its hospital's share "
         "of a real breast-cancer dataset, train a logistic regression with DP-FedSGD over mutual TLS, and "
         "compare it on held-out cases with a centralized non-private model. Needs scikit-learn "
-        "(pip install 'edge-agent[demo]').",
+        "(pip install 'edge-agent-sponsor[demo]').",
     )
     parser.add_argument(
         "--workdir",
@@ -39,12 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     if args.single_agent:
-        from agent.demo.foundation import run_foundation_demo  # noqa: PLC0415
+        from edge_sponsor.demo.foundation import run_foundation_demo  # noqa: PLC0415
 
         run_foundation_demo()
         return ExitCode.SUCCESS
-    from agent.demo.breast_cancer import DemoDataError  # noqa: PLC0415
-    from agent.demo.federated import DEMO_PLAN, run_federated_demo  # noqa: PLC0415
+    from edge_sponsor.demo.breast_cancer import DemoDataError  # noqa: PLC0415
+    from edge_sponsor.demo.federated import DEMO_PLAN, run_federated_demo  # noqa: PLC0415
 
     if args.rounds is not None and not 1 <= args.rounds <= 10_000:
         raise UsageError(f"--rounds must be between 1 and 10000, got {args.rounds}")

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
-from agent.coordinator.federation import Federation
-from agent.coordinator.report import RunReport, SiteSummary
-from agent.coordinator.study_package import StudyPackage
-from agent.coordinator.training import FederatedTraining, ReadySite, RunObserver, TrainingResult
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
+from edge_sponsor.coordinator.federation import Federation
+from edge_sponsor.coordinator.report import RunReport, SiteSummary
+from edge_sponsor.coordinator.study_package import StudyPackage
+from edge_sponsor.coordinator.training import FederatedTraining, ReadySite, RunObserver, TrainingResult
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"

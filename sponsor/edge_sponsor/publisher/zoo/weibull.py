@@ -43,7 +43,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from agent.publisher.zoo.graph import (
+from edge_sponsor.publisher.zoo.graph import (
     FLOAT,
     GraphBuilder,
     clipped,
@@ -51,7 +51,7 @@ from agent.publisher.zoo.graph import (
     plus_weight_decay,
     with_weight_decay,
 )
-from agent.publisher.zoo.spec import (
+from edge_sponsor.publisher.zoo.spec import (
     FloatArray,
     LabelSpec,
     ParameterSpec,

@@ -17,8 +17,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
-from agent.coordinator.tasks import FastRunTask, ParameterSet, TaskCallError, TaskProtocolError, TaskRun, run_task
 from agent.tasks.tensors import TensorDecl
+from edge_sponsor.coordinator.tasks import (
+    FastRunTask,
+    ParameterSet,
+    TaskCallError,
+    TaskProtocolError,
+    TaskRun,
+    run_task,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -251,7 +258,7 @@ class AgentClient:
         on_progress: Callable[[float, str], None] | None = None,
         expected: Sequence[TensorDecl] | None = None,
     ) -> TaskRun:
-        """Runs one task (see agent.coordinator.tasks.run_task); a refusal, a broken or stalled
+        """Runs one task (see edge_sponsor.coordinator.tasks.run_task); a refusal, a broken or stalled
         stream raises AgentRpcError.
 
         With ``stall_seconds`` the call is cancelled once nothing has moved for that

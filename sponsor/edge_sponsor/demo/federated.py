@@ -2,7 +2,7 @@
 
 Starts three agents as separate `edge-agent serve` processes on loopback ports,
 each with its own production-style agent.toml, policy.toml, identity key and
-a hospital's share of the Wisconsin breast-cancer data (agent.demo.breast_cancer).
+a hospital's share of the Wisconsin breast-cancer data (edge_sponsor.demo.breast_cancer).
 A publisher signs a logistic-regression package; the coordinator dials the
 agents with mutual TLS, uploads it and trains with DP-FedSGD; then the demo scores
 the exported ONNX model on the held-out cohort beside a non-private model trained
@@ -30,18 +30,18 @@ import numpy.typing as npt
 import pyarrow.parquet as pq
 
 from agent.audit.verify import verify_log
-from agent.coordinator.federation import Algorithm, Federation, ServerOptimizerKind, Site, TrainingPlan
-from agent.coordinator.progress import observer_for
-from agent.coordinator.report import RoundRecord, SiteTask
-from agent.coordinator.study import StudyOutcome, run_study
-from agent.coordinator.study_package import StudyPackage
-from agent.coordinator.training import RunObserver
-from agent.demo.breast_cancer import HOSPITALS, LABEL, RECORD_ID, Cohorts, split_cohorts
-from agent.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
 from agent.identity.agent_key import AgentKey, generate_key_file, load_key_file
 from agent.identity.development_pki import DEV_COORDINATOR_URI, DevelopmentPki, ensure_development_pki
-from agent.publisher.packaging import FeatureColumn, build_package, zoo_graphs, zoo_manifest_fields
-from agent.publisher.zoo.logistic import build_logistic_regression
+from edge_sponsor.coordinator.federation import Algorithm, Federation, ServerOptimizerKind, Site, TrainingPlan
+from edge_sponsor.coordinator.progress import observer_for
+from edge_sponsor.coordinator.report import RoundRecord, SiteTask
+from edge_sponsor.coordinator.study import StudyOutcome, run_study
+from edge_sponsor.coordinator.study_package import StudyPackage
+from edge_sponsor.coordinator.training import RunObserver
+from edge_sponsor.demo.breast_cancer import HOSPITALS, LABEL, RECORD_ID, Cohorts, split_cohorts
+from edge_sponsor.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
+from edge_sponsor.publisher.packaging import FeatureColumn, build_package, zoo_graphs, zoo_manifest_fields
+from edge_sponsor.publisher.zoo.logistic import build_logistic_regression
 
 DATASET_ID = "breast-cancer"
 PURPOSE = "breast-cancer-malignancy-model"
@@ -208,7 +208,7 @@ def federation_toml(federation: Federation) -> str:
     plan = federation.training
     lines = [
         "# The demo's federation file: run it again with",
-        "#   edge-agent coordinate train federation.toml --package package.zip --out run",
+        "#   edge-sponsor coordinate train federation.toml --package package.zip --out run",
         "# against agents started from the hospital directories (edge-agent serve --config",
         "# <hospital>/agent.toml) after updating the addresses below to their new ports.",
         "[federation]",

@@ -1,12 +1,15 @@
-"""Building, signing and inspecting Edge Agent packages (publisher side).
+"""Building and signing Edge Agent packages (publisher side).
 
 * :func:`zoo_manifest_fields` + :func:`build_package`: a package from a zoo model and
   the dataset columns it reads;
 * :func:`build_package` alone: from any single-example gradient ONNX file (for example
   exported from PyTorch) and the manifest fields written by hand;
 * :func:`sign_package`: add an Ed25519 signature to the envelope (the manifest and
-  graphs are untouched; signing twice with one key replaces the earlier signature);
-* :func:`inspect_package`: what a package says about itself, without trusting it.
+  graphs are untouched; signing twice with one key replaces the earlier signature).
+
+What a package says about itself, without trusting it, is
+:func:`agent.packages.inspection.inspect_package` (the hospital's `edge-agent package
+inspect` reads it too).
 
 ``build_package`` runs the same manifest and ONNX validation as the agent, so a
 package that builds here is refused by an agent only for reasons of trust or policy.
@@ -33,11 +36,10 @@ from agent.packages.manifest import (
     FORMAT_VERSION,
     GRAPH_FILES,
     LabelKind,
-    Manifest,
     parse_manifest,
 )
 from agent.packages.onnx_validation import validate_graphs
-from agent.publisher.zoo import ZooModel
+from edge_sponsor.publisher.zoo import ZooModel
 
 DEFAULT_HYPERPARAMETERS: Mapping[str, Mapping[str, float]] = {
     "clip_norm": {"min": 0.001, "max": 1000.0},
@@ -230,29 +232,3 @@ def sign_package(archive: bytes, key: AgentKey, limits: PackageLimits | None = N
     members = {MANIFEST: contents.manifest, SIGNATURES: envelope.with_signature(key).to_bytes()}
     members.update({GRAPH_FILES[role]: data for role, data in contents.graphs.items()})
     return write_archive(members)
-
-
-@dataclass(frozen=True)
-class PackageSummary:
-    """What a package claims, read without any trust decision."""
-
-    digest: str
-    size: int
-    manifest: Manifest
-    signature_key_ids: tuple[str, ...]
-
-
-def inspect_package(archive: bytes, limits: PackageLimits | None = None) -> PackageSummary:
-    """Reads the archive and the manifest (format, schema); checks no signature or graph."""
-    contents = read_archive(archive, limits or PackageLimits())
-    envelope = parse_envelope(contents.envelope)
-    try:
-        manifest = parse_manifest(parse_strict_json(contents.manifest))
-    except CanonicalJsonError as exc:
-        raise PackageRejected(RejectionCode.MANIFEST_INVALID, f"manifest.json is not valid JSON: {exc}") from None
-    return PackageSummary(
-        digest="sha256:" + hashlib.sha256(archive).hexdigest(),
-        size=len(archive),
-        manifest=manifest,
-        signature_key_ids=tuple(s.keyid for s in envelope.signatures),
-    )

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.coordinator.client import AgentClient, ClientCredentials, dataset_format_name
 from agent.datasets import DatasetFormat, DatasetRegistry, DatasetSource, DatasetSpec
-from agent.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
-from agent.demo.sample_cohort import EXPOSED_COLUMNS, write_cohort
 from agent.identity.development_pki import DevelopmentPki
+from edge_sponsor.coordinator.client import AgentClient, ClientCredentials, dataset_format_name
+from edge_sponsor.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
+from edge_sponsor.demo.sample_cohort import EXPOSED_COLUMNS, write_cohort
 
 
 def _show(out: TextIO, info: pb.AgentInfo, datasets: list[pb.Dataset], health: str) -> None:

@@ -20,9 +20,9 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.durable import write_public
 from agent.packages.archive import read_archive
 from agent.packages.errors import PackageRejected
+from agent.packages.inspection import inspect_package
 from agent.packages.limits import PackageLimits
 from agent.packages.manifest import Manifest
-from agent.publisher.packaging import inspect_package
 from agent.tasks.tensors import TensorDecl
 
 Parameters = dict[str, npt.NDArray[np.float32]]

@@ -10,7 +10,7 @@ written in the overflow-free softplus form, plus optional weight decay on ``w`` 
 
 Its gradient uses ``dloss/dz = sigmoid(z) - y``, evaluated as
 ``(1 - y) * sigmoid(z) - y * sigmoid(-z)`` with both sigmoids built from ``Exp`` (see
-:func:`~agent.publisher.zoo.graph.logistic_pair`) so that a confidently right prediction
+:func:`~edge_sponsor.publisher.zoo.graph.logistic_pair`) so that a confidently right prediction
 (say ``z = 20, y = 1``) keeps its tiny gradient instead of rounding it to zero::
 
     grad_w = dloss/dz * x + l2 * w        grad_b = dloss/dz
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from agent.publisher.zoo.graph import (
+from edge_sponsor.publisher.zoo.graph import (
     FLOAT,
     GraphBuilder,
     clipped,
@@ -36,7 +36,7 @@ from agent.publisher.zoo.graph import (
     plus_weight_decay,
     with_weight_decay,
 )
-from agent.publisher.zoo.spec import (
+from edge_sponsor.publisher.zoo.spec import (
     FloatArray,
     LabelSpec,
     ParameterSpec,

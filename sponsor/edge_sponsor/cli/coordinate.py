@@ -1,4 +1,4 @@
-"""`edge-agent coordinate`: the reference coordinator (docs/coordinator.md).
+"""`edge-sponsor coordinate`: the reference coordinator (docs/coordinator.md).
 
 ``check`` dials every agent of a federation file and shows what it offers;
 ``train`` runs a federated DP study and writes model.onnx and report.json.
@@ -16,12 +16,12 @@ from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
-from agent.coordinator.client import AgentClient, AgentRpcError, dataset_format_name
-from agent.coordinator.federation import Federation, Site, load_federation
-from agent.coordinator.progress import observer_for
-from agent.coordinator.study import open_clients, run_study
-from agent.coordinator.study_package import StudyPackage, StudyPackageError
-from agent.coordinator.training import FederationError
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, dataset_format_name
+from edge_sponsor.coordinator.federation import Federation, Site, load_federation
+from edge_sponsor.coordinator.progress import observer_for
+from edge_sponsor.coordinator.study import open_clients, run_study
+from edge_sponsor.coordinator.study_package import StudyPackage, StudyPackageError
+from edge_sponsor.coordinator.training import FederationError
 
 USAGE_ERRORS: tuple[type[Exception], ...] = (StudyPackageError,)
 FAILURE_ERRORS: tuple[type[Exception], ...] = (FederationError,)
@@ -116,6 +116,6 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"report: {outcome.report_path}")
     stopped = outcome.result.stopped_early
     if stopped:
-        print(f"edge-agent: error: the run stopped early: {stopped}", file=sys.stderr)
+        print(f"edge-sponsor: error: the run stopped early: {stopped}", file=sys.stderr)
         return ExitCode.FAILURE
     return ExitCode.SUCCESS

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from agent.coordinator.federation import ServerOptimizerKind
+from edge_sponsor.coordinator.federation import ServerOptimizerKind
 
 Parameters = dict[str, npt.NDArray[np.float32]]
 OptimizerState = tuple[dict[str, npt.NDArray[np.float64]], dict[str, npt.NDArray[np.float64]], int]

@@ -31,13 +31,13 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.coordinator.client import AgentClient, AgentRpcError
-from agent.coordinator.federation import Algorithm, Federation, Site, TrainingPlan
-from agent.coordinator.optimizer import Parameters, ServerOptimizer
-from agent.coordinator.report import RoundRecord, SiteSummary, SiteTask
-from agent.coordinator.study_package import StudyPackage
-from agent.coordinator.tasks import ParameterSet, TaskRun
 from agent.tasks.tensors import TensorDecl
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
+from edge_sponsor.coordinator.federation import Algorithm, Federation, Site, TrainingPlan
+from edge_sponsor.coordinator.optimizer import Parameters, ServerOptimizer
+from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
+from edge_sponsor.coordinator.study_package import StudyPackage
+from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
 NOISY_COUNT = "noisy_count"
 # A package upload without task_deadline_seconds: uploads are one call, not a stream that reports progress.
