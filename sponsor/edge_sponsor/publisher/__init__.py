@@ -1,4 +1,4 @@
 """Publisher tooling: model builders and packaging for Edge Agent packages.
 
-Needs the ``publisher`` extra (``onnx``); the daemon itself never imports this package.
+Part of the edge-agent-sponsor distribution; the daemon itself never imports this package.
 """
