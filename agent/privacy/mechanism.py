@@ -94,6 +94,25 @@ def combined_noise_multiplier(*noise_multipliers: float | None) -> float:
     return 1.0 / math.sqrt(sum(1.0 / (s * s) for s in sigmas))
 
 
+def accounting_grid(value: float, *, up: bool, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits, up or down.
+
+    Each distinct (q, sigma) costs the accountant about a second to build, so a
+    coordinator varying sigma by 1e-9 per task could make every reservation slow.
+    Accounting q rounded up and sigma rounded down is conservative (epsilon only grows)
+    and leaves at most 900 settings per decade.
+    """
+    exponent = math.floor(math.log10(value))
+    scale = 10.0 ** (digits - 1 - exponent)
+    rounded = (math.ceil(value * scale) if up else math.floor(value * scale)) / scale
+    # Float rounding must not undo the direction.
+    if up and rounded < value:
+        rounded = math.nextafter(rounded, math.inf)
+    if not up and rounded > value:
+        rounded = math.nextafter(rounded, 0.0)
+    return rounded
+
+
 def step_counts(mechanisms: Iterable[Mechanism]) -> StepCounts:
     """The canonical, order-free form of a list of mechanisms: identical steps grouped as counts.
 

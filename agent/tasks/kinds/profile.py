@@ -1,0 +1,176 @@
+"""What a task kind is: the ``TaskProfile`` every kind module defines.
+
+A profile is a frozen dataclass. Its *class* says what the kind is: its name (in
+manifests, policies, the CLI, audit entries and metrics), its number on the wire
+(``edge_agent.v1.TaskKind``), the package graph it runs, the mechanism it is
+accounted as, the shape of what it releases and how the worker computes it. An
+*instance* holds one task's hyperparameters: parsed once from the wire by
+:meth:`TaskProfile.from_wire`, then handed unchanged to governance (the policy's
+bounds), the ledger (:meth:`TaskProfile.mechanism`), the audit log
+(:meth:`TaskProfile.audit_fields`) and the worker (:meth:`TaskProfile.compute`).
+A kind and its hyperparameters travel as one value, so they cannot disagree.
+
+The hyperparameters the policy bounds are the fields annotated with their
+declaration (``clip_norm: Annotated[float, CLIP_NORM]``, see
+:mod:`agent.tasks.kinds.hyperparameters`); every list of them (required wire
+fields, policy bounds, package ranges, audit fields, CLI options) is read from
+those annotations.
+
+Adding a kind: write ``agent/tasks/kinds/<name>.py`` with one subclass (class
+attributes, fields, :meth:`accounted_as`, :meth:`release`, :meth:`compute`), add it
+to ``PROFILES`` in :mod:`agent.tasks.kinds.registry`, and give its name and number
+to the contract: a value of ``TaskKind`` in ``protos/edge_agent/v1/agent.proto`` and
+a member of the manifest's ``TaskKind`` (tests check both against the registry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.packages.manifest import Manifest, ParameterDecl
+from agent.privacy.mechanism import Mechanism, accounting_grid
+from agent.runtime.isolation import GraphRole
+from agent.runtime.rows import RowSource
+from agent.runtime.sessions import CompiledWrapper
+from agent.runtime.tasks import Controls, Randomness
+from agent.tasks.errors import TaskSpecError
+from agent.tasks.kinds.hyperparameters import Hyperparameter
+from agent.tasks.worker import Released
+
+NOISY_COUNT = "noisy_count"
+"""The scalar a task with ``release_noisy_count`` releases: its sample's size plus noise."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a task of a kind may hand back: these tensors in these shapes, these scalars, nothing else."""
+
+    tensors: tuple[ParameterDecl, ...]
+    scalars: frozenset[str]
+
+
+@dataclass(frozen=True, eq=False)
+class Computation:
+    """What the worker has prepared, without reading a row, when a profile computes."""
+
+    wrapper: CompiledWrapper
+    rows: RowSource
+    parameters: Mapping[str, npt.NDArray[np.generic]]
+    controls: Controls
+    randomness: Randomness
+    # A public row count to normalise by: the lower edge of the dataset's row-count
+    # bucket, which the coordinator already sees (the exact count would change with
+    # the row added or removed).
+    normalising_rows: int
+
+
+class TaskProfile(ABC):
+    """One task kind; subclasses are frozen, keyword-only dataclasses whose fields are its hyperparameters."""
+
+    # Every subclass is a dataclass (dataclasses.fields reads this).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    name: ClassVar[str]
+    """The kind's name in manifests, policies, the CLI and audit entries (``dp_gradient``)."""
+    wire: ClassVar[int]
+    """Its value of ``edge_agent.v1.TaskKind``."""
+    graph: ClassVar[GraphRole]
+    """The package graph it runs."""
+
+    # Every kind releases Poisson-subsampled sums with Gaussian noise (agent.privacy.mechanism),
+    # and may release its sample's size with the same noise multiplier.
+    noise_multiplier: float
+    sampling_rate: float
+    release_noisy_count: bool
+
+    @classmethod
+    def declared(cls) -> tuple[Hyperparameter, ...]:
+        """The hyperparameters the kind takes, in field order: each field annotated with one."""
+        return _declared(cls)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, float], *, release_noisy_count: bool = False) -> Self:
+        """The profile with these values, by hyperparameter name; not checked (see :meth:`from_wire`)."""
+        known = {hyperparameter.name for hyperparameter in cls.declared()}
+        if set(values) != known:
+            raise TaskSpecError(f"{cls.name} takes {', '.join(sorted(known))}; got {', '.join(sorted(values))}")
+        arguments: dict[str, Any] = {**values, "release_noisy_count": release_noisy_count}
+        return cls(**arguments)
+
+    @classmethod
+    def from_wire(cls, message: pb.DPHyperparameters) -> Self:
+        """The hyperparameters a TaskSpec sent for this kind; TaskSpecError names a missing or senseless one.
+
+        Fields the kind does not take are ignored, as the contract says.
+        """
+        declared = cls.declared()
+        present = {field.name for field, _ in message.ListFields()}
+        for hyperparameter in declared:
+            if hyperparameter.name not in present:
+                raise TaskSpecError(f"spec.hyperparameters.{hyperparameter.name} is required for {cls.name}")
+        values = {h.name: h.checked(getattr(message, h.name)) for h in declared}
+        return cls.from_values(values, release_noisy_count=message.release_noisy_count)
+
+    def to_wire(self) -> pb.DPHyperparameters:
+        """The message :meth:`from_wire` reads back as this profile."""
+        message = pb.DPHyperparameters(release_noisy_count=self.release_noisy_count)
+        for name, value in self.values().items():
+            setattr(message, name, value)
+        return message
+
+    def values(self) -> dict[str, float]:
+        """The declared hyperparameters' values, by name, in field order."""
+        return {hyperparameter.name: getattr(self, hyperparameter.name) for hyperparameter in self.declared()}
+
+    def audit_fields(self) -> dict[str, float | int | bool]:
+        """What the audit log records of the task's settings: every field."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @property
+    def count_noise_multiplier(self) -> float | None:
+        """The noisy count's noise multiplier, or None when the task releases no count."""
+        return self.noise_multiplier if self.release_noisy_count else None
+
+    def mechanism(self) -> Mechanism:
+        """What the ledger charges for the task.
+
+        Accounted on the grid of :func:`accounting_grid`: q rounded up and sigma
+        down (epsilon only grows), so that a coordinator cannot make every
+        reservation slow with settings that differ by 1e-9.
+        """
+        q = min(1.0, accounting_grid(self.sampling_rate, up=True))
+        sigma = accounting_grid(self.noise_multiplier, up=False)
+        return self.accounted_as(q, sigma, sigma if self.release_noisy_count else None)
+
+    @abstractmethod
+    def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
+        """The kind's mechanism at these (accounting) values of q, sigma and the count's sigma."""
+
+    @abstractmethod
+    def release(self, manifest: Manifest) -> Release:
+        """What an honest worker returns for this task on a package with ``manifest``."""
+
+    @abstractmethod
+    def compute(self, computation: Computation) -> Released:
+        """Runs in the worker process, after it reported "computing": from here on rows are read."""
+
+
+@functools.cache
+def _declared(profile: type[TaskProfile]) -> tuple[Hyperparameter, ...]:
+    hints = typing.get_type_hints(profile, include_extras=True)
+    declared = []
+    for field in dataclasses.fields(profile):
+        for note in getattr(hints[field.name], "__metadata__", ()):
+            if isinstance(note, Hyperparameter):
+                declared.append(note)
+    return tuple(declared)
