@@ -15,8 +15,9 @@ from agent.datasets import DatasetCatalog, DatasetRegistry, UnknownDatasetError
 from agent.governance.decisions import Action, Request, TaskRequest, UsageState, decide
 from agent.governance.development import development_policy
 from agent.governance.loader import load_policy
-from agent.governance.model import Policy, TaskKind
+from agent.governance.model import Policy
 from agent.governance.status import PID_FILENAME, PolicyStatus
+from agent.tasks.kinds import registry
 
 
 class PolicyReloadError(Exception):
@@ -45,16 +46,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     explain.add_argument("--policy", type=Path, default=None, help="policy file (default: the config's)")
     explain.add_argument("--coordinator", required=True, help="coordinator identity (certificate SAN URI or CN)")
     explain.add_argument("--dataset", default=None, help="dataset id")
-    explain.add_argument("--task", choices=[k.value for k in TaskKind], default=None, help="task kind")
+    explain.add_argument("--task", choices=registry.names(), default=None, help="task kind")
     explain.add_argument("--package", default="", help="package name the task would run")
     explain.add_argument("--purpose", default="", help="declared purpose of use")
     explain.add_argument("--columns", default="", help="comma-separated dataset columns the package reads")
     explain.add_argument("--label-columns", default="", help="comma-separated columns used as label/time/event")
-    explain.add_argument("--clip-norm", type=float, default=1.0)
-    explain.add_argument("--noise-multiplier", type=float, default=1.0)
-    explain.add_argument("--sampling-rate", type=float, default=0.01)
-    explain.add_argument("--local-steps", type=int, default=1)
-    explain.add_argument("--learning-rate", type=float, default=0.1)
+    # One option per hyperparameter any kind takes; a kind reads only its own.
+    for hyperparameter in registry.hyperparameters():
+        explain.add_argument(
+            hyperparameter.option, type=int if hyperparameter.integer else float, default=hyperparameter.example
+        )
     explain.add_argument("--cohort-size", type=int, default=None, help="rows (default: counted from the dataset)")
     explain.add_argument("--at", default=None, help="ISO date-time to decide at (default: now)")
     explain.set_defaults(handler=run_explain)
@@ -112,19 +113,15 @@ def run_explain(args: argparse.Namespace) -> int:
             known = False
     task = None
     action = Action.GET_DATASET if args.dataset else Action.GET_INFO
-    if args.task:
+    profile = registry.by_name(args.task) if args.task else None
+    if profile is not None:
         action = Action.RUN_TASK
         task = TaskRequest(
-            kind=TaskKind(args.task),
+            profile=profile.from_values({h.name: getattr(args, h.name) for h in profile.declared()}),
             package_name=args.package,
             columns=_columns(args.columns) | _columns(args.label_columns),
             label_columns=_columns(args.label_columns),
             purpose=args.purpose,
-            clip_norm=args.clip_norm,
-            noise_multiplier=args.noise_multiplier,
-            sampling_rate=args.sampling_rate,
-            local_steps=args.local_steps,
-            learning_rate=args.learning_rate,
             cohort_size=cohort,
         )
     request = Request(args.coordinator, action, now, dataset_id=args.dataset, task=task, dataset_known=known)

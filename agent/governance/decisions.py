@@ -18,8 +18,8 @@ from agent.governance.model import (
     CoordinatorRule,
     DatasetRule,
     Policy,
-    TaskKind,
 )
+from agent.tasks.kinds.profile import TaskProfile
 
 
 class Action(enum.Enum):
@@ -84,18 +84,14 @@ class Decision:
 
 @dataclass(frozen=True)
 class TaskRequest:
-    kind: TaskKind
+    # The kind and its hyperparameters, as parsed from the wire.
+    profile: TaskProfile
     package_name: str
     # Every dataset column the package reads (features, label, time, event).
     columns: frozenset[str]
     # The subset used as label, survival time or event.
     label_columns: frozenset[str]
     purpose: str
-    clip_norm: float
-    noise_multiplier: float
-    sampling_rate: float
-    local_steps: int
-    learning_rate: float
     # Rows in the dataset; None when it cannot be known (fails closed).
     cohort_size: int | None
 
@@ -190,11 +186,11 @@ def _decide_task(
     task = request.task
     if task is None:
         return _deny(Outcome.INVALID, "request.task_missing", "a task request must describe the task")
-    if task.kind not in coordinator.task_kinds:
+    if task.profile.name not in coordinator.task_kinds:
         return _deny(
             Outcome.FORBIDDEN,
             "coordinator.task_kind_not_allowed",
-            f"coordinator {request.coordinator!r} may not run {task.kind.value} tasks",
+            f"coordinator {request.coordinator!r} may not run {task.profile.name} tasks",
         )
     named = package_name_allowed(task.package_name, policy)
     if not named.allowed:
@@ -230,18 +226,11 @@ def _decide_task(
                 f"in dataset {dataset.dataset_id!r}",
             )
     where = f"dataset {dataset.dataset_id!r}"
-    checks = [
-        ("clip_norm", task.clip_norm, dataset.bounds.clip_norm),
-        ("noise_multiplier", task.noise_multiplier, dataset.bounds.noise_multiplier),
-        ("sampling_rate", task.sampling_rate, dataset.bounds.sampling_rate),
-    ]
-    if task.kind is TaskKind.DP_LOCAL_TRAINING:
-        checks += [
-            ("local_steps", float(task.local_steps), dataset.bounds.local_steps),
-            ("learning_rate", task.learning_rate, dataset.bounds.learning_rate),
-        ]
-    for name, value, bounds in checks:
-        denial = _check_bounds(name, value, bounds, where)
+    # Only the hyperparameters the task's kind takes (dp_evaluate has no clipping norm).
+    values = task.profile.values()
+    for declared in task.profile.declared():
+        bounds = dataset.bounds.get(declared.name, declared.policy_default)
+        denial = _check_bounds(declared.name, values[declared.name], bounds, where)
         if denial is not None:
             return denial
     if task.cohort_size is None:

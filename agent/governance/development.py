@@ -13,9 +13,9 @@ from agent.governance.model import (
     DatasetRule,
     PackageRules,
     Policy,
-    TaskKind,
 )
 from agent.identity.development_pki import DEV_COORDINATOR_URI
+from agent.tasks.kinds import registry
 
 
 def development_policy() -> Policy:
@@ -24,7 +24,7 @@ def development_policy() -> Policy:
             DEV_COORDINATOR_URI: CoordinatorRule(
                 identity=DEV_COORDINATOR_URI,
                 datasets=frozenset({ANY_DATASET}),
-                task_kinds=frozenset(TaskKind),
+                task_kinds=frozenset(registry.names()),
             )
         },
         datasets={

@@ -17,17 +17,15 @@ from agent.governance.model import (
     Bounds,
     CoordinatorRule,
     DatasetRule,
-    HyperparameterBounds,
     Limits,
     PackageRules,
     Policy,
     PublisherRule,
-    TaskKind,
 )
 from agent.identity.agent_key import fingerprint
+from agent.tasks.kinds import registry
 
 DEFAULT_MIN_COHORT = 10
-_TASK_KINDS = {kind.value: kind for kind in TaskKind}
 
 
 def _names(table: TomlTable, name: str) -> frozenset[str] | None:
@@ -35,14 +33,13 @@ def _names(table: TomlTable, name: str) -> frozenset[str] | None:
     return None if values is None else frozenset(values)
 
 
-def _task_kinds(table: TomlTable) -> frozenset[TaskKind]:
+def _task_kinds(table: TomlTable) -> frozenset[str]:
     values = table.string_list("task_kinds") or ()
-    kinds = set()
+    known = registry.names()
     for index, value in enumerate(values):
-        if value not in _TASK_KINDS:
-            raise table.error(f"task_kinds[{index}]", f"unknown task kind {value!r}; known: {', '.join(_TASK_KINDS)}")
-        kinds.add(_TASK_KINDS[value])
-    return frozenset(kinds)
+        if value not in known:
+            raise table.error(f"task_kinds[{index}]", f"unknown task kind {value!r}; known: {', '.join(known)}")
+    return frozenset(values)
 
 
 def _coordinator(table: TomlTable) -> CoordinatorRule:
@@ -80,15 +77,12 @@ def _bounds(table: TomlTable, name: str, default: Bounds, lowest: float, highest
     return bounds
 
 
-def _hyperparameter_bounds(table: TomlTable) -> HyperparameterBounds:
-    d = HyperparameterBounds()
-    bounds = HyperparameterBounds(
-        clip_norm=_bounds(table, "clip_norm", d.clip_norm, 0.0, 1e6),
-        noise_multiplier=_bounds(table, "noise_multiplier", d.noise_multiplier, 0.0, 1e6),
-        sampling_rate=_bounds(table, "sampling_rate", d.sampling_rate, 0.0, 1.0),
-        local_steps=_bounds(table, "local_steps", d.local_steps, 1, 1e6),
-        learning_rate=_bounds(table, "learning_rate", d.learning_rate, 0.0, 1e6),
-    )
+def _hyperparameter_bounds(table: TomlTable) -> dict[str, Bounds]:
+    """One optional ``{ min, max }`` per hyperparameter some task kind takes; unset sides keep its default."""
+    bounds = {
+        declared.name: _bounds(table, declared.name, declared.policy_default, *declared.policy_range)
+        for declared in registry.hyperparameters()
+    }
     table.finish()
     return bounds
 

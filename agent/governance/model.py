@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-from agent.packages.manifest import TaskKind
-
-# Re-exported: the policy speaks of the task kinds that packages offer.
-__all__ = ["ANY_DATASET", "TaskKind"]
+from dataclasses import dataclass, field
 
 # The dataset rule that applies to catalog datasets without a rule of their
 # own. Meant for development instances; a production policy names datasets.
@@ -33,21 +28,12 @@ class Bounds:
 
 
 @dataclass(frozen=True)
-class HyperparameterBounds:
-    clip_norm: Bounds = Bounds(minimum=0.0, maximum=None)
-    # Below ~0.5 noise a single task burns budget fast; the hospital decides.
-    noise_multiplier: Bounds = Bounds(minimum=0.5, maximum=None)
-    sampling_rate: Bounds = Bounds(minimum=0.0, maximum=1.0)
-    local_steps: Bounds = Bounds(minimum=1, maximum=1000)
-    learning_rate: Bounds = Bounds(minimum=0.0, maximum=None)
-
-
-@dataclass(frozen=True)
 class CoordinatorRule:
     identity: str
     # Dataset ids, or ANY_DATASET for every dataset that has a policy rule.
     datasets: frozenset[str]
-    task_kinds: frozenset[TaskKind]
+    # Names of the task kinds it may run (agent.tasks.kinds.registry).
+    task_kinds: frozenset[str]
     max_tasks_per_hour: int | None = None
     max_tasks_per_day: int | None = None
     valid_from: dt.datetime | None = None
@@ -71,7 +57,9 @@ class DatasetRule:
     # Purposes of use allowed by the data-use agreement; empty = not restricted.
     purposes: frozenset[str]
     agreement_expires: dt.date | None
-    bounds: HyperparameterBounds = HyperparameterBounds()
+    # The range of each hyperparameter, by name ([datasets.bounds.<name>]); one not named
+    # here is held to its declared default (agent.tasks.kinds.hyperparameters).
+    bounds: Mapping[str, Bounds] = field(default_factory=dict)
 
     def column_visible(self, name: str) -> bool:
         if name in self.forbidden_columns:

@@ -29,19 +29,15 @@ from agent.api.chunk_codec import ChunkView, encode_result_chunk
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.datasets.spec import DATASET_ID_PATTERN
-from agent.packages.manifest import TaskKind
+from agent.tasks.errors import TaskSpecError
 from agent.tasks.idle_timer import IdleTimer
+from agent.tasks.kinds import registry
 from agent.tasks.parameter_cache import ParameterCache, RunKey
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
-from agent.tasks.spec import Hyperparameters, TaskSpecError, TaskSpecification
+from agent.tasks.spec import TaskSpecification
 from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError, chunk_views, to_wire
 from agent.tasks.worker import FailureKind, TaskFailedError
 
-_KINDS = {
-    pb.TASK_KIND_DP_GRADIENT: TaskKind.DP_GRADIENT,
-    pb.TASK_KIND_DP_LOCAL_TRAINING: TaskKind.DP_LOCAL_TRAINING,
-    pb.TASK_KIND_DP_EVALUATE: TaskKind.DP_EVALUATE,
-}
 _FAILURE_STATUS = {
     FailureKind.MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     FailureKind.CPU_TIME: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -59,7 +55,6 @@ PREPARING = "preparing"
 _MAX_RANK = 8
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_LABEL = 200
-_Hyperparameter = Literal["clip_norm", "noise_multiplier", "sampling_rate", "local_steps", "learning_rate"]
 _MAX_TENSOR_BYTES = 8 * 1024**3
 
 
@@ -88,48 +83,36 @@ def tensor_decl(header: pb.TensorHeader, where: str) -> TensorDecl:
 
 def specification(message: pb.TaskSpec) -> TaskSpecification:
     """A TaskSpec message as checked values; TaskSpecError names the field at fault."""
-    kind = _KINDS.get(message.kind)
-    if kind is None:
-        raise TaskSpecError("spec.kind: must be dp_gradient, dp_local_training or dp_evaluate")
+    profile = registry.by_wire(message.kind)
+    if profile is None:
+        raise TaskSpecError(f"spec.kind: must be {_one_of(registry.names())}")
     if _DIGEST.fullmatch(message.package_digest) is None:
         raise TaskSpecError("spec.package_digest must be sha256:<64 lowercase hex digits>")
     if DATASET_ID_PATTERN.fullmatch(message.dataset_id) is None:
         raise TaskSpecError("spec.dataset_id must be a dataset id (a-z, 0-9, '.', '_', '-'; at most 64)")
     if len(message.parameters) > _MAX_PARAMETERS:
         raise TaskSpecError(f"spec.parameters: at most {_MAX_PARAMETERS} tensors")
-    hyper = message.hyperparameters
-    required: list[_Hyperparameter] = ["noise_multiplier", "sampling_rate"]
-    if kind is not TaskKind.DP_EVALUATE:
-        required.append("clip_norm")
-    if kind is TaskKind.DP_LOCAL_TRAINING:
-        required += ["local_steps", "learning_rate"]
-    for name in required:
-        if not hyper.HasField(name):
-            raise TaskSpecError(f"spec.hyperparameters.{name} is required for {kind.value}")
-    hyperparameters = Hyperparameters(
-        clip_norm=hyper.clip_norm if hyper.HasField("clip_norm") else 1.0,
-        noise_multiplier=hyper.noise_multiplier,
-        sampling_rate=hyper.sampling_rate,
-        local_steps=hyper.local_steps if kind is TaskKind.DP_LOCAL_TRAINING else 1,
-        learning_rate=hyper.learning_rate if kind is TaskKind.DP_LOCAL_TRAINING else 0.0,
-        release_noisy_count=hyper.release_noisy_count,
-    )
-    hyperparameters.check(kind)
+    task = profile.from_wire(message.hyperparameters)
     for field, value in (("run_id", message.run_id), ("correlation_id", message.correlation_id),
                          ("purpose", message.purpose)):
         if len(value) > _MAX_LABEL:
             raise TaskSpecError(f"spec.{field}: at most {_MAX_LABEL} characters")
     return TaskSpecification(
-        kind=kind,
+        profile=task,
         package_digest=message.package_digest,
         dataset_id=message.dataset_id,
-        hyperparameters=hyperparameters,
         parameters=tuple(tensor_decl(h, f"spec.parameters[{i}]") for i, h in enumerate(message.parameters)),
         run_id=message.run_id,
         round=message.round,
         correlation_id=message.correlation_id,
         purpose=message.purpose,
     )
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    *others, last = names
+    return f"{', '.join(others)} or {last}" if others else last
 
 
 _Phase = Literal["spec", "upload", "events", "result"]

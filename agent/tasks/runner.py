@@ -11,7 +11,6 @@ Each step is audited: task.started, task.finished or task.failed.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from agent.audit.events import RpcDecision, TaskAbout, TaskFailed, TaskFinished, TaskRefused, TaskStarted
 from agent.audit.sink import AuditSink
 from agent.datasets import DatasetCatalog, DatasetSpec, UnknownDatasetError, row_count_bucket
 from agent.governance.decisions import (
@@ -35,14 +35,14 @@ from agent.governance.decisions import (
 from agent.governance.in_force import PolicyInForce
 from agent.governance.model import CoordinatorRule, DatasetRule, Policy
 from agent.governance.publishers import trust_store
-from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore
-from agent.packages.manifest import TaskKind
+from agent.packages import PackageLimits, PackageRejected, PackageStatus, PackageStore, VerifiedPackage
+from agent.packages.manifest import Manifest
 from agent.packages.verified_cache import VerificationCache
 from agent.privacy.errors import AccountingSettingsError, BudgetExceededError, PrivacyError, RateLimitError
 from agent.privacy.ledger import PrivacyLedger, RateLimit, Reservation
-from agent.privacy.mechanism import Mechanism
 from agent.tasks.computation import TaskJob, compute_task
-from agent.tasks.spec import TaskSpecError, TaskSpecification, check_against_package
+from agent.tasks.errors import TaskSpecError
+from agent.tasks.spec import TaskSpecification, check_against_package
 from agent.tasks.worker import FailureKind, Released, TaskFailedError, WorkerLimits, WorkerPool
 
 # What the coordinator hears about any failure after rows were read (the details stay in the local log).
@@ -73,6 +73,8 @@ class Admission:
     epsilon_limit: float
     delta: float
     limits: WorkerLimits
+    # What each of the task's audit events says of it.
+    about: TaskAbout
 
 
 @dataclass(frozen=True)
@@ -138,14 +140,35 @@ class TaskRunner:
     def admit(self, caller: str, spec: TaskSpecification, cancelled: threading.Event) -> Admission:
         """Checks everything, then reserves the budget; raises TaskRefusedError (audited) otherwise.
 
-        The admitted task is registered as running before anything else can
-        fail, so that every later exit is settled by settle_if_open().
+        The steps, in order: who is asking, the package, the policy's decision, a
+        concurrency slot, the budget, and registration. The admitted task is
+        registered as running before anything else can fail, so that every later
+        exit is settled by settle_if_open().
         """
         policy = self._policy.current()
         now = self._clock()
         # Who is asking comes first (again: the policy may have been reloaded since
         # check_caller): an unknown caller learns nothing about packages or datasets.
         self._refuse_unknown_caller(caller, spec, policy, now)
+        verified = self._verified_package(caller, spec, policy, now)
+        dataset, rule, cohort = self._decide(caller, spec, verified.manifest, policy, now)
+        self._claim_slot(caller, spec, policy)
+        task_id = "task-" + secrets.token_hex(12)
+        try:
+            reservation = self._reserve(caller, spec, policy, rule, task_id)
+        except BaseException:
+            with self._lock:
+                self._slots -= 1
+            raise
+        job = _job_template(spec, verified, dataset, rule, cohort)
+        return self._register(
+            task_id, caller, spec, cancelled=cancelled, job=job, rule=rule, policy=policy, reservation=reservation
+        )
+
+    def _verified_package(
+        self, caller: str, spec: TaskSpecification, policy: Policy, now: dt.datetime
+    ) -> VerifiedPackage:
+        """The task's package, approved, verified against the trust store in force, and fitting the request."""
         stored = self._packages.get(spec.package_digest)
         if stored is None:
             raise self._refuse(caller, spec, "NOT_FOUND", f"package {spec.package_digest} is not stored on this agent",
@@ -161,15 +184,18 @@ class TaskRunner:
                 self._packages, spec.package_digest, trust_store(policy), self._package_limits, now,
                 policy_digest=policy.digest,
             )
-            check_against_package(spec, verified.manifest, verified.eval_onnx is not None)
+            check_against_package(spec, verified.manifest)
         except PackageRejected as exc:
             raise self._refuse(caller, spec, exc.code.status.value, str(exc), f"package.{exc.code.value}") from None
         except TaskSpecError as exc:
             raise self._refuse(caller, spec, "INVALID_ARGUMENT", str(exc), "task.package_mismatch") from None
+        return verified
 
+    def _decide(
+        self, caller: str, spec: TaskSpecification, manifest: Manifest, policy: Policy, now: dt.datetime
+    ) -> tuple[DatasetSpec, DatasetRule, int | None]:
+        """The policy's decision (audited); the dataset, its rule and its row count when allowed."""
         dataset, cohort = self._dataset(spec.dataset_id)
-        manifest = verified.manifest
-        hyper = spec.hyperparameters
         request = Request(
             caller,
             Action.RUN_TASK,
@@ -177,16 +203,11 @@ class TaskRunner:
             dataset_id=spec.dataset_id,
             dataset_known=dataset is not None,
             task=TaskRequest(
-                kind=spec.kind,
+                profile=spec.profile,
                 package_name=manifest.name,
                 columns=frozenset(manifest.columns),
                 label_columns=frozenset(manifest.label.columns),
                 purpose=spec.purpose,
-                clip_norm=hyper.clip_norm,
-                noise_multiplier=hyper.noise_multiplier,
-                sampling_rate=hyper.sampling_rate,
-                local_steps=hyper.local_steps,
-                learning_rate=hyper.learning_rate,
                 cohort_size=cohort,
             ),
         )
@@ -197,8 +218,10 @@ class TaskRunner:
         rule = policy.dataset_rule(spec.dataset_id)
         if rule is None or dataset is None:  # decide() refuses both; kept explicit for the reader
             raise TaskRefusedError("PERMISSION_DENIED", "dataset not released", "dataset.no_policy")
+        return dataset, rule, cohort
 
-        # The concurrency limit is claimed atomically here; decide() only saw a snapshot.
+    def _claim_slot(self, caller: str, spec: TaskSpecification, policy: Policy) -> None:
+        """The concurrency limit is claimed atomically here; decide() only saw a snapshot."""
         with self._lock:
             refused = self._slots >= policy.limits.max_concurrent_tasks
             if not refused:
@@ -211,29 +234,26 @@ class TaskRunner:
                 f"this agent runs at most {policy.limits.max_concurrent_tasks} tasks at a time; try again later",
                 "limits.concurrent_tasks",
             )
-        task_id = "task-" + secrets.token_hex(12)
-        try:
-            reservation = self._reserve(caller, spec, policy, rule, task_id)
-        except BaseException:
-            with self._lock:
-                self._slots -= 1
-            raise
 
+    def _register(
+        self,
+        task_id: str,
+        caller: str,
+        spec: TaskSpecification,
+        *,
+        cancelled: threading.Event,
+        job: TaskJob,
+        rule: DatasetRule,
+        policy: Policy,
+        reservation: Reservation,
+    ) -> Admission:
+        """The admitted task, registered as running (settle_if_open settles it from now on) and audited."""
+        manifest = job.manifest
         admission = Admission(
             task_id=task_id,
             caller=caller,
             spec=spec,
-            job_template=TaskJob(
-                kind=spec.kind,
-                manifest=manifest,
-                grad_onnx=verified.grad_onnx,
-                eval_onnx=verified.eval_onnx,
-                dataset=dataset,
-                hyperparameters=hyper,
-                parameters={},
-                min_cohort_size=rule.min_cohort_size,
-                normalising_rows=row_count_bucket(cohort)[0] if cohort is not None else 1,
-            ),
+            job_template=job,
             budget_group=rule.budget_group,
             epsilon_reserved=reservation.epsilon_after,
             epsilon_share=reservation.epsilon_share,
@@ -244,26 +264,30 @@ class TaskRunner:
                 cpu_seconds=policy.limits.task_seconds,
                 wall_seconds=float(policy.limits.task_seconds),
             ),
+            about=TaskAbout(
+                task_id=task_id,
+                coordinator=caller,
+                dataset=spec.dataset_id,
+                budget_group=rule.budget_group,
+                package_digest=spec.package_digest,
+                package_name=manifest.name,
+                package_version=manifest.version.text,
+                task_kind=spec.kind.value,
+                purpose=spec.purpose,
+                run_id=spec.run_id,
+                round=spec.round,
+                correlation_id=spec.correlation_id,
+            ),
         )
         with self._lock:
             self._running[task_id] = _Running(admission, cancelled)
-        self._audit.append(
-            "task.started",
-            task_id=task_id,
-            caller=caller,
-            coordinator=caller,
-            dataset=spec.dataset_id,
-            budget_group=rule.budget_group,
-            package=spec.package_digest,
-            package_name=manifest.name,
-            package_version=manifest.version.text,
-            task_kind=spec.kind.value,
-            hyperparameters=_hyperparameters(spec),
-            epsilon_reserved=reservation.epsilon_after,
-            run_id=spec.run_id,
-            round=spec.round,
-            correlation_id=spec.correlation_id,
-            purpose=spec.purpose,
+        self._audit.record(
+            TaskStarted(
+                **admission.about,
+                hyperparameters=_hyperparameters(spec),
+                epsilon_reserved=reservation.epsilon_after,
+                delta=rule.delta,
+            )
         )
         return admission
 
@@ -277,7 +301,7 @@ class TaskRunner:
             return self._ledger.reserve(
                 rule.budget_group,
                 task_id,
-                _mechanism(spec),
+                spec.profile.mechanism(),
                 limit_epsilon=rule.epsilon_budget,
                 delta=rule.delta,
                 coordinator=caller,
@@ -308,26 +332,20 @@ class TaskRunner:
     def _audit_decision(
         self, caller: str, spec: TaskSpecification | None, decision: Decision, policy_digest: str
     ) -> None:
-        task = (
-            {}
-            if spec is None
-            else {
-                "dataset": spec.dataset_id,
-                "package": spec.package_digest,
-                "task_kind": spec.kind.value,
-                "correlation_id": spec.correlation_id,
-            }
-        )
-        self._audit.append(
-            "rpc.decision",
-            method="RunTask",
-            caller=caller,
-            allowed=decision.allowed,
-            outcome=decision.outcome.value,
-            rule=decision.rule,
-            reason=decision.reason,
-            **task,
-            policy_digest=policy_digest,
+        self._audit.record(
+            RpcDecision(
+                method="RunTask",
+                coordinator=caller,
+                allowed=decision.allowed,
+                outcome=decision.outcome.value,
+                rule=decision.rule,
+                reason=decision.reason,
+                dataset=None if spec is None else spec.dataset_id,
+                package_digest=None if spec is None else spec.package_digest,
+                task_kind=None if spec is None else spec.kind.value,
+                correlation_id=None if spec is None else spec.correlation_id,
+                policy_digest=policy_digest,
+            )
         )
 
     def _dataset(self, dataset_id: str) -> tuple[DatasetSpec | None, int | None]:
@@ -348,16 +366,20 @@ class TaskRunner:
         return UsageState(tasks_last_hour=last_hour, tasks_last_day=last_day, running_tasks=running)
 
     def _refuse(self, caller: str, spec: TaskSpecification, status: str, reason: str, rule: str) -> TaskRefusedError:
-        self._audit.append(
-            "task.refused",
-            caller=caller,
-            dataset=spec.dataset_id,
-            package=spec.package_digest,
-            task_kind=spec.kind.value,
-            status=status,
-            rule=rule,
-            reason=reason,
-            correlation_id=spec.correlation_id,
+        self._audit.record(
+            TaskRefused(
+                coordinator=caller,
+                dataset=spec.dataset_id,
+                package_digest=spec.package_digest,
+                task_kind=spec.kind.value,
+                purpose=spec.purpose,
+                run_id=spec.run_id,
+                round=spec.round,
+                status=status,
+                rule=rule,
+                reason=reason,
+                correlation_id=spec.correlation_id,
+            )
         )
         return TaskRefusedError(status, reason, rule)
 
@@ -423,21 +445,15 @@ class TaskRunner:
             # Not released either: the reservation stays and is counted as spent at the next start.
             self._logger.error("ledger.commit_failed", task_id=admission.task_id, error=str(exc))
             raise TaskFailedError(FailureKind.CRASHED, "the privacy ledger cannot be written; no result") from None
-        self._audit.append(
-            "task.finished",
-            task_id=admission.task_id,
-            caller=admission.caller,
-            coordinator=admission.caller,
-            dataset=admission.spec.dataset_id,
-            budget_group=admission.budget_group,
-            package=admission.spec.package_digest,
-            task_kind=admission.spec.kind.value,
-            epsilon_charged=admission.epsilon_share,
-            budget_epsilon_spent=admission.epsilon_reserved,
-            budget_epsilon_limit=admission.epsilon_limit,
-            delta=admission.delta,
-            released=sorted([*result.tensors, *result.scalars]),
-            correlation_id=admission.spec.correlation_id,
+        self._audit.record(
+            TaskFinished(
+                **admission.about,
+                epsilon_charged=admission.epsilon_share,
+                budget_epsilon_spent=admission.epsilon_reserved,
+                budget_epsilon_limit=admission.epsilon_limit,
+                delta=admission.delta,
+                released=tuple(sorted([*result.tensors, *result.scalars])),
+            )
         )
         return TaskOutcome(
             result.tensors, result.scalars, admission.epsilon_share, admission.epsilon_reserved, admission.delta
@@ -451,26 +467,23 @@ class TaskRunner:
             if charge:
                 self._ledger.commit(admission.task_id)
             else:
-                self._ledger.release(admission.task_id)
+                self._ledger.refund(admission.task_id)
         except PrivacyError as exc:
             # Left reserved: the next start counts it as spent.
             self._logger.error("ledger.settle_failed", task_id=admission.task_id, error=str(exc))
         if detail:
             self._logger.warning("task.failed_detail", task_id=admission.task_id, detail=detail)
-        self._audit.append(
-            "task.failed",
-            task_id=admission.task_id,
-            caller=admission.caller,
-            dataset=admission.spec.dataset_id,
-            package=admission.spec.package_digest,
-            task_kind=admission.spec.kind.value,
-            code=code,
-            reason=message,
-            charged=charge,
-            epsilon_charged=admission.epsilon_share if charge else 0.0,
-            budget_epsilon_spent=admission.epsilon_reserved if charge else None,
-            budget_epsilon_limit=admission.epsilon_limit,
-            correlation_id=admission.spec.correlation_id,
+        self._audit.record(
+            TaskFailed(
+                **admission.about,
+                failure=code,
+                reason=message,
+                charged=charge,
+                epsilon_charged=admission.epsilon_share if charge else 0.0,
+                budget_epsilon_spent=admission.epsilon_reserved if charge else None,
+                budget_epsilon_limit=admission.epsilon_limit,
+                delta=admission.delta,
+            )
         )
 
     def settle_if_open(self, admission: Admission) -> None:
@@ -502,7 +515,7 @@ def _reuse_key(admission: Admission) -> tuple[str, ...] | None:
     spec = admission.spec
     if not spec.run_id:
         return None
-    return (admission.caller, spec.run_id, spec.package_digest, spec.dataset_id, spec.kind.value)
+    return (admission.caller, spec.run_id, spec.package_digest, spec.dataset_id, spec.profile.name)
 
 
 def rate_limits(coordinator: CoordinatorRule) -> tuple[RateLimit, ...]:
@@ -515,18 +528,26 @@ def rate_limits(coordinator: CoordinatorRule) -> tuple[RateLimit, ...]:
     return tuple(limits)
 
 
+def _job_template(
+    spec: TaskSpecification, verified: VerifiedPackage, dataset: DatasetSpec, rule: DatasetRule, cohort: int | None
+) -> TaskJob:
+    """What the worker is sent for the task, less the parameters (they arrive after admission)."""
+    return TaskJob(
+        profile=spec.profile,
+        manifest=verified.manifest,
+        graph=verified.graphs[spec.profile.graph.value],
+        dataset=dataset,
+        parameters={},
+        min_cohort_size=rule.min_cohort_size,
+        normalising_rows=row_count_bucket(cohort)[0] if cohort is not None else 1,
+    )
+
+
 def check_result(result: Released, admission: Admission) -> None:
     """The worker is untrusted too: release only what the task kind declares, in declared shapes."""
-    manifest = admission.job_template.manifest
-    kind = admission.spec.kind
-    if kind is TaskKind.DP_EVALUATE:
-        expected_tensors: dict[str, tuple[int, ...]] = {}
-        expected_scalars = {metric.name for metric in manifest.metrics}
-    else:
-        expected_tensors = {p.name: p.shape for p in manifest.parameters}
-        expected_scalars = set()
-    if admission.spec.hyperparameters.release_noisy_count and kind is not TaskKind.DP_LOCAL_TRAINING:
-        expected_scalars.add("noisy_count")
+    expected = admission.spec.profile.release(admission.job_template.manifest)
+    expected_tensors = {p.name: p.shape for p in expected.tensors}
+    expected_scalars = set(expected.scalars)
     shapes = {name: tuple(array.shape) for name, array in result.tensors.items()}
     problems = []
     if shapes != expected_tensors:
@@ -538,46 +559,5 @@ def check_result(result: Released, admission: Admission) -> None:
                               progressed=True)
 
 
-def accounting_grid(value: float, *, up: bool, digits: int = 3) -> float:
-    """``value`` rounded to ``digits`` significant digits, up or down.
-
-    Each distinct (q, sigma) costs the accountant about a second to build, so a
-    coordinator varying sigma by 1e-9 per task could make every reservation slow.
-    Accounting q rounded up and sigma rounded down is conservative (epsilon only grows)
-    and leaves at most 900 settings per decade.
-    """
-    exponent = math.floor(math.log10(value))
-    scale = 10.0 ** (digits - 1 - exponent)
-    rounded = (math.ceil(value * scale) if up else math.floor(value * scale)) / scale
-    # Float rounding must not undo the direction.
-    if up and rounded < value:
-        rounded = math.nextafter(rounded, math.inf)
-    if not up and rounded > value:
-        rounded = math.nextafter(rounded, 0.0)
-    return rounded
-
-
-def _mechanism(spec: TaskSpecification) -> Mechanism:
-    hyper = spec.hyperparameters
-    q = min(1.0, accounting_grid(hyper.sampling_rate, up=True))
-    sigma = accounting_grid(hyper.noise_multiplier, up=False)
-    count = sigma if hyper.release_noisy_count else None
-    if spec.kind is TaskKind.DP_LOCAL_TRAINING:
-        return Mechanism.dp_local_training(q, sigma, hyper.local_steps, count)
-    if spec.kind is TaskKind.DP_EVALUATE:
-        return Mechanism.dp_evaluate(sigma, q, count)
-    return Mechanism.dp_gradient(q, sigma, count)
-
-
 def _hyperparameters(spec: TaskSpecification) -> dict[str, float | int | bool]:
-    hyper = spec.hyperparameters
-    values: dict[str, float | int | bool] = {
-        "noise_multiplier": hyper.noise_multiplier,
-        "sampling_rate": hyper.sampling_rate,
-        "release_noisy_count": hyper.release_noisy_count,
-    }
-    if spec.kind is not TaskKind.DP_EVALUATE:
-        values["clip_norm"] = hyper.clip_norm
-    if spec.kind is TaskKind.DP_LOCAL_TRAINING:
-        values |= {"local_steps": hyper.local_steps, "learning_rate": hyper.learning_rate}
-    return values
+    return spec.profile.audit_fields()

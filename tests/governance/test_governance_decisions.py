@@ -23,12 +23,13 @@ from agent.governance.model import (
     Bounds,
     CoordinatorRule,
     DatasetRule,
-    HyperparameterBounds,
     Limits,
     PackageRules,
     Policy,
-    TaskKind,
 )
+from agent.tasks.kinds.dp_gradient import DpGradient
+from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.profile import TaskProfile
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 COORD = "spiffe://pharma.example/coordinator/eu-1"
@@ -38,7 +39,7 @@ def make_policy(**changes: object) -> Policy:
     coordinator = CoordinatorRule(
         identity=COORD,
         datasets=frozenset({"onco"}),
-        task_kinds=frozenset({TaskKind.DP_GRADIENT, TaskKind.DP_EVALUATE, TaskKind.DP_LOCAL_TRAINING}),
+        task_kinds=frozenset({"dp_gradient", "dp_evaluate", "dp_local_training"}),
         max_tasks_per_hour=10,
         max_tasks_per_day=50,
         valid_from=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
@@ -55,13 +56,13 @@ def make_policy(**changes: object) -> Policy:
         budget_group="onco-patients",
         purposes=frozenset({"oncology-research"}),
         agreement_expires=dt.date(2026, 12, 31),
-        bounds=HyperparameterBounds(
-            clip_norm=Bounds(0.01, 10.0),
-            noise_multiplier=Bounds(0.8, None),
-            sampling_rate=Bounds(0.0, 0.1),
-            local_steps=Bounds(1, 20),
-            learning_rate=Bounds(0.0, 1.0),
-        ),
+        bounds={
+            "clip_norm": Bounds(0.01, 10.0),
+            "noise_multiplier": Bounds(0.8, None),
+            "sampling_rate": Bounds(0.0, 0.1),
+            "local_steps": Bounds(1, 20),
+            "learning_rate": Bounds(0.0, 1.0),
+        },
     )
     base = Policy(
         coordinators={COORD: coordinator},
@@ -73,21 +74,24 @@ def make_policy(**changes: object) -> Policy:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def task(**changes: object) -> TaskRequest:
+HYPERPARAMETERS = {"clip_norm": 1.0, "noise_multiplier": 1.1, "sampling_rate": 0.01, "local_steps": 5,
+                   "learning_rate": 0.1}
+
+
+def task(kind: type[TaskProfile] = DpGradient, **changes: object) -> TaskRequest:
+    """A compliant request of ``kind``; a change to a hyperparameter the kind does not take is dropped."""
+    values = HYPERPARAMETERS | {name: v for name, v in changes.items() if name in HYPERPARAMETERS}
+    taken = {h.name for h in kind.declared()}
     base = TaskRequest(
-        kind=TaskKind.DP_GRADIENT,
+        profile=kind.from_values({name: v for name, v in values.items() if name in taken}),
         package_name="acme/cardio",
         columns=frozenset({"age", "stage", "event"}),
         label_columns=frozenset({"event"}),
         purpose="oncology-research",
-        clip_norm=1.0,
-        noise_multiplier=1.1,
-        sampling_rate=0.01,
-        local_steps=5,
-        learning_rate=0.1,
         cohort_size=500,
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    others = {name: v for name, v in changes.items() if name not in HYPERPARAMETERS}
+    return dataclasses.replace(base, **others)  # type: ignore[arg-type]
 
 
 def run(t: TaskRequest | None = None, policy: Policy | None = None, state: UsageState | None = None,
@@ -157,7 +161,7 @@ def test_data_use_agreement_expiry() -> None:
 
 
 def test_task_kind_not_granted() -> None:
-    policy = with_coordinator(task_kinds=frozenset({TaskKind.DP_EVALUATE}))
+    policy = with_coordinator(task_kinds=frozenset({"dp_evaluate"}))
     assert run(policy=policy) == (Outcome.FORBIDDEN, "coordinator.task_kind_not_allowed")
 
 
@@ -202,9 +206,9 @@ def test_hyperparameter_bounds(field: str, value: float, rule: str) -> None:
 
 def test_local_training_bounds_apply_only_to_local_training() -> None:
     assert run(task(local_steps=100))[0] is Outcome.ALLOWED
-    assert run(task(kind=TaskKind.DP_LOCAL_TRAINING, local_steps=100)) == (
+    assert run(task(DpLocalTraining, local_steps=100)) == (
         Outcome.PRECONDITION, "dataset.bounds.local_steps")
-    assert run(task(kind=TaskKind.DP_LOCAL_TRAINING, learning_rate=5.0)) == (
+    assert run(task(DpLocalTraining, learning_rate=5.0)) == (
         Outcome.PRECONDITION, "dataset.bounds.learning_rate")
 
 

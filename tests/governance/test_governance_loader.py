@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError
 from agent.governance.loader import load_policy, parse_policy
-from agent.governance.model import TaskKind
 from agent.identity.agent_key import generate_key_file
+from agent.tasks.kinds import registry
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = Path("/etc/edge-agent/policy.toml")
@@ -37,11 +37,11 @@ def parse(text: str) -> object:
 def test_shipped_example_policy_loads() -> None:
     policy = load_policy(REPO / "packaging" / "policy.toml")
     coordinator = policy.coordinators["spiffe://pharma.example/coordinator/eu-1"]
-    assert coordinator.task_kinds == frozenset(TaskKind)
+    assert coordinator.task_kinds == frozenset(registry.names())
     assert coordinator.valid_until == dt.datetime(2028, 1, 1, tzinfo=dt.UTC)
     dataset = policy.datasets["oncology-2024"]
-    assert dataset.bounds.sampling_rate.maximum == 0.05
-    assert dataset.bounds.noise_multiplier.minimum == 0.8
+    assert dataset.bounds["sampling_rate"].maximum == 0.05
+    assert dataset.bounds["noise_multiplier"].minimum == 0.8
     assert "patient_id" in dataset.forbidden_columns
     assert dataset.agreement_expires == dt.date(2027, 12, 31)
     assert policy.packages.require_approval

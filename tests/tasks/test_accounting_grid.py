@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.tasks.runner import accounting_grid
+from agent.privacy.mechanism import accounting_grid
 
 
 @given(st.floats(min_value=1e-9, max_value=1e3, allow_nan=False, allow_infinity=False))
