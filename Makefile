@@ -99,6 +99,9 @@ $(DEB): $(DEB_STAMP) pyproject.toml $(wildcard packaging/* packaging/scripts/* s
 	rm -rf build/deb build/lib build/bdist.*
 	mkdir -p build/deb/doc
 	$(BIN)/python -m pip wheel --quiet --wheel-dir build/deb/wheels .
+	# The hospital's install is the daemon only: not the sponsor's tools (sponsor/) nor their dependencies.
+	@! ls build/deb/wheels | grep -iE '^(edge_agent_sponsor|rich|scikit_learn)-' || \
+	  { echo "make: build/deb/wheels carries the sponsor's tools or their dependencies" >&2; exit 1; }
 	gzip -9n -c packaging/changelog > build/deb/doc/changelog.Debian.gz
 	EDGE_AGENT_VERSION=$(VERSION) $(BIN)/nfpm package --config packaging/nfpm.yaml --packager deb --target $@
 	@ls -l $@
