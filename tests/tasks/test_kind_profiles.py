@@ -1,0 +1,130 @@
+"""Each kind's hyperparameters: parsed once from the wire, checked there, and the same values
+everywhere after (the ledger's mechanism, the audit fields, the release's shape)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.packages.manifest import parse_manifest
+from agent.privacy.mechanism import Mechanism, accounting_grid
+from agent.tasks.errors import TaskSpecError
+from agent.tasks.kinds import registry
+from agent.tasks.kinds.dp_evaluate import DpEvaluate
+from agent.tasks.kinds.dp_gradient import DpGradient
+from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.profile import NOISY_COUNT, TaskProfile
+from tests.packages.package_builders import manifest_and_graphs
+
+# What a request must satisfy whatever the policy says (written out here, independently of the declarations).
+ACCEPTED: dict[str, Callable[[float], bool]] = {
+    "clip_norm": lambda v: math.isfinite(v) and v > 0,
+    "noise_multiplier": lambda v: math.isfinite(v) and v > 0,
+    "sampling_rate": lambda v: 0 < v <= 1,
+    "local_steps": lambda v: 1 <= v <= 100_000,
+    "learning_rate": lambda v: math.isfinite(v) and v > 0,
+}
+INTEGERS = {"local_steps"}
+VALID = {
+    "clip_norm": st.floats(1e-6, 1e6),
+    "noise_multiplier": st.floats(1e-3, 1e3),
+    "sampling_rate": st.floats(1e-6, 1.0, exclude_min=True),
+    "local_steps": st.integers(1, 100_000),
+    "learning_rate": st.floats(1e-6, 10.0),
+}
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+ANY_STEPS = st.integers(0, 2**32 - 1)
+
+
+def test_every_hyperparameter_is_covered_here() -> None:
+    assert {h.name for h in registry.hyperparameters()} == set(ACCEPTED) == set(VALID)
+
+
+@st.composite
+def profiles(draw: st.DrawFn, kinds: tuple[type[TaskProfile], ...] = registry.PROFILES) -> TaskProfile:
+    kind = draw(st.sampled_from(kinds))
+    values = {h.name: draw(VALID[h.name]) for h in kind.declared()}
+    return kind.from_values(values, release_noisy_count=draw(st.booleans()))
+
+
+@given(profiles())
+def test_what_is_sent_is_what_is_parsed(profile: TaskProfile) -> None:
+    assert type(profile).from_wire(profile.to_wire()) == profile
+
+
+@given(
+    kind=st.sampled_from(registry.PROFILES),
+    sent=st.fixed_dictionaries({name: ANY_STEPS if name in INTEGERS else ANY_FLOAT for name in ACCEPTED}),
+)
+def test_a_value_is_accepted_exactly_when_it_makes_sense(kind: type[TaskProfile], sent: dict[str, float]) -> None:
+    taken = [h.name for h in kind.declared()]
+    wrong = [name for name in taken if not ACCEPTED[name](sent[name])]
+    message = pb.DPHyperparameters(**sent)  # type: ignore[arg-type]
+    if wrong:
+        with pytest.raises(TaskSpecError, match=rf"^hyperparameters\.{wrong[0]} must be"):
+            kind.from_wire(message)
+    else:
+        # Values of hyperparameters the kind does not take are ignored.
+        assert kind.from_wire(message).values() == {name: sent[name] for name in taken}
+
+
+@pytest.mark.parametrize("kind", registry.PROFILES, ids=registry.names())
+def test_each_hyperparameter_the_kind_takes_is_required(kind: type[TaskProfile]) -> None:
+    complete = {h.name: 1 if h.name in INTEGERS else 0.5 for h in kind.declared()}
+    for missing in complete:
+        sent = {name: value for name, value in complete.items() if name != missing}
+        with pytest.raises(TaskSpecError, match=rf"spec\.hyperparameters\.{missing} is required for {kind.name}$"):
+            kind.from_wire(pb.DPHyperparameters(**sent))  # type: ignore[arg-type]
+
+
+def test_each_kind_takes_its_own_hyperparameters() -> None:
+    assert [h.name for h in DpGradient.declared()] == ["clip_norm", "noise_multiplier", "sampling_rate"]
+    assert [h.name for h in DpLocalTraining.declared()] == [
+        "clip_norm", "noise_multiplier", "sampling_rate", "local_steps", "learning_rate"
+    ]
+    # Metrics are clipped to their declared ranges: no clipping norm.
+    assert [h.name for h in DpEvaluate.declared()] == ["noise_multiplier", "sampling_rate"]
+
+
+def test_from_values_wants_exactly_the_kinds_hyperparameters() -> None:
+    with pytest.raises(TaskSpecError, match="dp_evaluate takes noise_multiplier, sampling_rate"):
+        DpEvaluate.from_values({"noise_multiplier": 1.0, "sampling_rate": 0.5, "clip_norm": 1.0})
+
+
+@given(profiles())
+def test_the_audit_fields_are_the_profiles_fields(profile: TaskProfile) -> None:
+    assert profile.audit_fields() == {**profile.values(), "release_noisy_count": profile.release_noisy_count}
+
+
+@given(profiles())
+def test_the_mechanism_is_accounted_on_the_grid(profile: TaskProfile) -> None:
+    q = min(1.0, accounting_grid(profile.sampling_rate, up=True))
+    sigma = accounting_grid(profile.noise_multiplier, up=False)
+    count = sigma if profile.release_noisy_count else None
+    expected = {
+        DpGradient: lambda: Mechanism.dp_gradient(q, sigma, count),
+        DpLocalTraining: lambda: Mechanism.dp_local_training(q, sigma, profile.values()["local_steps"], count),
+        DpEvaluate: lambda: Mechanism.dp_evaluate(sigma, q, count),
+    }[type(profile)]()
+    assert profile.mechanism() == expected
+
+
+@given(profiles())
+def test_the_release_is_declared_by_the_package(profile: TaskProfile) -> None:
+    manifest = parse_manifest(manifest_and_graphs()[0])
+    release = profile.release(manifest)
+    parameters = {p.name: p.shape for p in manifest.parameters}
+    metrics = {metric.name for metric in manifest.metrics}
+    count = {NOISY_COUNT} if profile.release_noisy_count else set()
+    if isinstance(profile, DpEvaluate):
+        assert (release.tensors, release.scalars) == ((), metrics | count)
+    elif isinstance(profile, DpLocalTraining):
+        # Only the delta leaves; a count, if asked for, is charged but not released.
+        assert ({p.name: p.shape for p in release.tensors}, release.scalars) == (parameters, set())
+    else:
+        assert ({p.name: p.shape for p in release.tensors}, release.scalars) == (parameters, count)
