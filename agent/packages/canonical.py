@@ -50,14 +50,6 @@ def parse_strict_json(data: bytes) -> Any:
         raise CanonicalJsonError(f"not valid JSON ({type(exc).__name__})") from None
 
 
-def is_canonical(data: bytes) -> bool:
-    """Whether ``data`` is strict JSON and already in canonical form."""
-    try:
-        return canonical_json(parse_strict_json(data)) == data
-    except CanonicalJsonError:
-        return False
-
-
 def es_number(value: float) -> str:
     """ECMAScript Number::toString of a finite double (RFC 8785 section 3.2.2.3)."""
     if not math.isfinite(value):

@@ -612,8 +612,3 @@ def _hyperparameters(obj: _Obj) -> dict[str, Bounds]:
         result[name] = Bounds(low, high)
     obj.finish()
     return result
-
-
-def feature_json_for(column: str, dtype: str, preprocessing: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Convenience for publishers: one ``inputs.features`` entry."""
-    return {"column": column, "dtype": dtype, "preprocessing": dict(preprocessing or {"kind": "none"})}

@@ -153,10 +153,6 @@ class DrainingHealthServicer(health.HealthServicer):  # type: ignore[misc]  # un
         context.add_callback(forget)
         return super().Watch(request, context, watch)
 
-    def open_watches(self) -> int:
-        with self._watch_lock:
-            return len(self._watches)
-
     def end_watches(self) -> None:
         """Ends every open Watch stream with OK, after it has been sent NOT_SERVING."""
         with self._watch_lock:

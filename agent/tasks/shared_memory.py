@@ -98,10 +98,6 @@ class SharedRegion:
             raise ValueError(f"{view.nbytes} bytes at offset {offset} do not fit a region of {self.size}")
         _write_fully(self.fd, view, offset)
 
-    def seal_size(self) -> None:
-        """No one holding the descriptor may resize the region any more."""
-        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _RESIZE_SEALS)
-
 
 def layout(entries: Sequence[tuple[str, str, tuple[int, ...]]]) -> tuple[list[TensorSlot], int]:
     """Slots for tensors packed into one region (region index 0), and the region's size."""
