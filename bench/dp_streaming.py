@@ -37,7 +37,7 @@ from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.manifest import parse_manifest
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import ArrowRowSource, RowBatch
-from agent.runtime.sessions import WrapperCache
+from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import GradientSettings, dp_gradient
 from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
 from edge_sponsor.publisher.zoo import build_mlp_classifier
@@ -98,7 +98,7 @@ def child(directory: Path, headroom_mb: int, limit_mb: int | None, rate: float, 
         label_columns=["label"],
     )
     manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, graphs))))
-    wrapper = WrapperCache().get("sha256:bench", graphs["grad"], manifest, GraphRole.GRADIENT)
+    wrapper = CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT)
     source = ArrowRowSource.open(
         DatasetSpec("bench", directory / "cohort.parquet", DatasetFormat.PARQUET), manifest, batch_size=batch_size
     )

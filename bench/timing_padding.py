@@ -27,11 +27,11 @@ from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.manifest import parse_manifest
 from agent.privacy.sampling import padded_sample_size
 from agent.runtime.isolation import GraphRole
-from agent.runtime.rows import ArrayRowSource
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, GradientSettings, dp_gradient
 from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
 from edge_sponsor.publisher.zoo import build_mlp_classifier
+from tests.runtime.helpers import ArrayRowSource
 
 
 def main() -> None:

@@ -48,10 +48,6 @@ class Decision:
     reason: str
     signature: bytes
 
-    @property
-    def decided_at(self) -> datetime:
-        return datetime.fromisoformat(self.time)
-
     def statement(self) -> bytes:
         return decision_statement(
             self.digest,

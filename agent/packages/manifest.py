@@ -391,7 +391,7 @@ def parse_manifest(value: Any) -> Manifest:
         if used.count(column) > 1:
             _fail("inputs", f"column {column!r} is used more than once")
 
-    metrics = _metrics(top.get("metrics"), {p.gradient_name for p in parameters})
+    metrics = _metrics(top.get("metrics"))
     graphs = _graphs(_Obj(top.get("graphs"), "graphs"))
     if TaskKind.DP_EVALUATE in kinds and "eval" not in graphs:
         _fail("task_kinds", "dp_evaluate needs an eval graph (graphs.eval)")
@@ -530,7 +530,7 @@ def _label(obj: _Obj) -> LabelDecl:
     return label
 
 
-def _metrics(value: Any, gradient_names: set[str]) -> tuple[MetricDecl, ...]:
+def _metrics(value: Any) -> tuple[MetricDecl, ...]:
     items = _array(value, "metrics", min_items=0, max_items=MAX_METRICS)
     result: list[MetricDecl] = []
     for index, item in enumerate(items):

@@ -123,10 +123,6 @@ class StagedUpload:
         self.received = 0
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def write(self, chunk: bytes) -> None:
         """Appends ``chunk``; refuses (and aborts) beyond the declared size."""
         if self._closed:

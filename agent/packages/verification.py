@@ -57,22 +57,6 @@ class VerifiedPackage:
     graphs: Mapping[str, bytes]
     """Graph role (``grad``, ``eval``, ``model``) -> ONNX bytes."""
 
-    @property
-    def grad_onnx(self) -> bytes:
-        return self.graphs["grad"]
-
-    @property
-    def eval_onnx(self) -> bytes | None:
-        return self.graphs.get("eval")
-
-    @property
-    def model_onnx(self) -> bytes | None:
-        return self.graphs.get("model")
-
-    @property
-    def manifest_digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.manifest_bytes).hexdigest()
-
 
 def read_package_bytes(path: Path, limits: PackageLimits) -> bytes:
     """Reads at most the archive limit from ``path`` (``OSError`` if unreadable)."""

@@ -98,16 +98,3 @@ def _scan_options(dataset: ds.Dataset) -> ds.FragmentScanOptions | None:
     if isinstance(dataset, ds.FileSystemDataset) and isinstance(dataset.format, ds.ParquetFileFormat):
         return ds.ParquetFragmentScanOptions(pre_buffer=False)
     return None
-
-
-class ArrayRowSource:
-    """Rows already preprocessed in memory (tests, benchmarks), served in batches."""
-
-    def __init__(self, x: npt.NDArray[np.float32], y: npt.NDArray[Any], *, batch_size: int = DEFAULT_BATCH_SIZE):
-        self._whole = RowBatch(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y))
-        self._batch_size = batch_size
-
-    def batches(self) -> Iterator[RowBatch]:
-        for start in range(0, self._whole.size, self._batch_size):
-            end = start + self._batch_size
-            yield RowBatch(self._whole.x[start:end], self._whole.y[start:end])

@@ -6,28 +6,22 @@ over rows (:mod:`agent.runtime.isolation`, the reference). ``AUTO`` takes the co
 batch when the batching compiler accepts the graph and otherwise falls back to ``Scan``,
 logging the compiler's reason (also kept in :attr:`CompiledWrapper.fallback_reason`).
 
-:class:`WrapperCache` compiles a wrapper (:func:`agent.runtime.isolation.build_wrapper`)
-the first time a (package digest, graph role, interface) is used and keeps the
-``InferenceSession`` for later tasks (least recently used first out). It is an object the
-worker owns, not a module-level singleton.
+A task worker builds one :class:`CompiledWrapper` for the graph its task runs and keeps
+it while it stays warm for the run's next tasks (agent.tasks.worker).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from agent.packages.manifest import Manifest, TaskKind
-from agent.packages.verification import VerifiedPackage
+from agent.packages.manifest import Manifest
 from agent.runtime.batched_wrapper import ROWS_PER_RUN, build_batched_wrapper
 from agent.runtime.batching import BatchingRefused
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
@@ -48,31 +42,12 @@ Float64Array = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 
 
-def interface_signature(manifest: Manifest) -> tuple[object, ...]:
-    """The shapes and dtypes that fix a wrapper's inputs and outputs."""
-    return (
-        tuple((p.name, p.shape, p.dtype) for p in manifest.parameters),
-        manifest.num_features,
-        (manifest.label.dtype, manifest.label.shape),
-        tuple((m.name, m.low, m.high) for m in manifest.metrics),
-    )
-
-
 class RuntimeMode(StrEnum):
     AUTO = "auto"
     """The compiled batch if the compiler accepts the graph, else ``Scan``."""
     SCAN = "scan"
     BATCHED = "batched"
     """The compiled batch or :class:`~agent.runtime.batching.BatchingRefused`."""
-
-
-@dataclass(frozen=True)
-class WrapperKey:
-    package_digest: str
-    role: GraphRole
-    interface: tuple[object, ...]
-    intra_op_threads: int
-    mode: RuntimeMode = RuntimeMode.AUTO
 
 
 class CompiledWrapper:
@@ -185,55 +160,3 @@ def _raise_if_out_of_memory(exc: Exception) -> None:
     """
     if isinstance(exc, MemoryError) or any(marker in str(exc) for marker in _ALLOCATION_FAILURES):
         raise MemoryError("onnxruntime could not allocate memory for the package graph") from None
-
-
-class WrapperCache:
-    """Compiled wrappers by (package digest, role, interface, threads); thread-safe LRU."""
-
-    def __init__(
-        self, *, intra_op_threads: int = 1, max_entries: int = 8, mode: RuntimeMode = RuntimeMode.AUTO
-    ) -> None:
-        if intra_op_threads < 1 or max_entries < 1:
-            raise ValueError("intra_op_threads and max_entries must be >= 1")
-        self.intra_op_threads = intra_op_threads
-        self.mode = mode
-        self._max = max_entries
-        self._entries: OrderedDict[WrapperKey, CompiledWrapper] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, package_digest: str, graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> CompiledWrapper:
-        """The wrapper for this package graph, compiled on first use.
-
-        ``package_digest`` must identify ``graph_onnx`` and ``manifest`` (the store's
-        content address does): the cache trusts it as the key.
-        """
-        key = WrapperKey(package_digest, role, interface_signature(manifest), self.intra_op_threads, self.mode)
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found
-        # Compiled outside the lock: a large package must not block other tasks' lookups.
-        compiled = CompiledWrapper(graph_onnx, manifest, role, intra_op_threads=self.intra_op_threads, mode=self.mode)
-        with self._lock:
-            self._entries[key] = compiled
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-        return compiled
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def for_task(self, package: VerifiedPackage, kind: TaskKind) -> CompiledWrapper:
-        """The wrapper a task kind runs: the grad graph for ``dp_gradient`` and
-        ``dp_local_training``, the eval graph for ``dp_evaluate``."""
-        if kind not in package.manifest.task_kinds:
-            raise WrapperBuildError(f"the package does not declare task kind {kind.value}")
-        if kind is TaskKind.DP_EVALUATE:
-            eval_onnx = package.eval_onnx
-            if eval_onnx is None:
-                raise WrapperBuildError("the package has no eval graph")
-            return self.get(package.digest, eval_onnx, package.manifest, GraphRole.EVALUATION)
-        return self.get(package.digest, package.grad_onnx, package.manifest, GraphRole.GRADIENT)

@@ -53,10 +53,6 @@ class SystemdNotifier:
             address = "\0" + raw_address[1:] if raw_address.startswith("@") else raw_address
         return cls(address=address, watchdog_seconds=_watchdog_seconds(values, pid))
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, *assignments: str) -> bool:
         """Sends KEY=VALUE lines as one datagram; False if not under systemd or the send failed.
 

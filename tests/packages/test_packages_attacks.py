@@ -32,7 +32,15 @@ from package_builders import (
 )
 
 from agent.identity.agent_key import AgentKey
-from agent.packages import PackageLimits, PackageRejected, PackageStore, RejectionCode, TrustStore, verify_package
+from agent.packages import (
+    PackageLimits,
+    PackageRejected,
+    PackageStore,
+    PackageStoreError,
+    RejectionCode,
+    TrustStore,
+    verify_package,
+)
 from agent.packages.canonical import canonical_json
 from agent.packages.envelope import parse_envelope
 from edge_sponsor.publisher.packaging import assemble_package, complete_manifest
@@ -348,7 +356,8 @@ def test_truncated_and_oversized_uploads(publisher_key: AgentKey, trust: TrustSt
         for start in range(0, len(archive), 1000):
             staged.write(archive[start : start + 1000])
     assert beyond.value.code is RejectionCode.UPLOAD_EXCEEDS_DECLARED_SIZE
-    assert staged.closed
+    with pytest.raises(PackageStoreError, match="already finished or aborted"):
+        staged.write(b"more")
     assert_store_empty(store)
 
     with store.begin_upload(len(archive), "sha256:" + "0" * 64, limits) as staged:

@@ -59,11 +59,11 @@ def test_build_sign_verify_store_review(
     assert verified.signer_key_ids == (publisher_key.fingerprint,)
     assert verified.manifest.num_features == 4
     assert [p.name for p in verified.manifest.parameters] == [p.name for p in model.parameters]
-    assert verified.grad_onnx == model.grad_graph.SerializeToString()
+    assert verified.graphs["grad"] == model.grad_graph.SerializeToString()
     assert inspect_package(archive).digest == verified.digest
 
     # The verified graph bytes load and run in onnxruntime.
-    session = ort.InferenceSession(verified.grad_onnx, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(verified.graphs["grad"], providers=["CPUExecutionProvider"])
     feeds = {p.name: np.zeros(p.shape, np.float32) for p in model.parameters}
     feeds["x"] = np.ones(4, np.float32)
     feeds["y"] = np.asarray(

@@ -7,8 +7,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper
 
-from agent.runtime.batched_wrapper import build_per_row_model
+from agent.runtime.batched_wrapper import ROW_INPUTS, _batch_size, _checked, _load
+from agent.runtime.batching import BATCH_DIM, Emitter, batch_graph
+from agent.runtime.namespace import AGENT_PREFIX
 
 Arrays = dict[str, np.ndarray]
 
@@ -30,6 +33,48 @@ def row_by_row(graph: bytes, params: Mapping[str, np.ndarray], x: np.ndarray, y:
     names = output_names(graph)
     runs = [session.run(names, {**params, "x": x[i], "y": np.asarray(y[i])}) for i in range(x.shape[0])]
     return [np.stack([np.asarray(run[k]) for run in runs]) for k in range(len(names))]
+
+
+def build_per_row_model(graph_onnx: bytes) -> onnx.ModelProto:
+    """The agent's batched package graph alone, for the differential tests.
+
+    Inputs: the package's own, with ``x`` and ``y`` given a leading batch axis. Outputs:
+    the package's, each ``[N, *shape]`` (an unbatched output copied into every row), so
+    that row i can be compared with the single-example graph run on row i.
+    """
+    package_model = _load(graph_onnx)
+    emitter = Emitter(0, AGENT_PREFIX + "rows", AGENT_PREFIX + "tail::")
+    batched = batch_graph(package_model, ROW_INPUTS, emitter.batch_size)
+    emitter.opset = batched.opset
+    head = _batch_size(emitter, "x")
+    inputs: list[onnx.ValueInfoProto] = []
+    for value in package_model.graph.input:
+        tensor = value.type.tensor_type
+        dims: list[int | str] = [d.dim_value for d in tensor.shape.dim]
+        if value.name in ROW_INPUTS:
+            dims.insert(0, BATCH_DIM)
+        inputs.append(helper.make_tensor_value_info(value.name, tensor.elem_type, dims))
+        head.append(helper.make_node("Identity", [value.name], [batched.inputs[value.name]]))
+    outputs: list[onnx.ValueInfoProto] = []
+    for value in package_model.graph.output:
+        name, shape = value.name, batched.output_shapes[value.name]
+        source = batched.outputs[name]
+        if name not in batched.batched_outputs:
+            target = emitter.op("Concat", [emitter.batch_size, emitter.ints(shape)], axis=0)
+            source = emitter.op("Expand", [emitter.op("Unsqueeze", [source, emitter.ints([0])]), target])
+        emitter.op("Identity", [source], name)
+        outputs.append(helper.make_tensor_value_info(name, value.type.tensor_type.elem_type, [BATCH_DIM, *shape]))
+    graph = helper.make_graph(
+        [*head, *batched.nodes, *emitter.nodes],
+        AGENT_PREFIX + "per_row",
+        inputs,
+        outputs,
+        initializer=list(batched.initializers),
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", batched.opset)], ir_version=max(package_model.ir_version, 7)
+    )
+    return _checked(model, batched)
 
 
 class Batched:

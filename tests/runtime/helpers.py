@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.manifest import Manifest, parse_manifest
-from agent.runtime.sessions import WrapperCache
+from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch
 from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
 from edge_sponsor.publisher.zoo import (
     ZooModel,
@@ -156,5 +157,14 @@ def hostile_params(rng: np.random.Generator) -> Arrays:
     return {"w": rng.normal(size=F).astype(np.float32), "b": np.array(rng.normal(), np.float32)}
 
 
-def fresh_cache() -> WrapperCache:
-    return WrapperCache(intra_op_threads=1)
+class ArrayRowSource:
+    """Rows already preprocessed in memory, served in batches (the agent reads datasets: agent.runtime.rows)."""
+
+    def __init__(self, x: npt.NDArray[np.float32], y: npt.NDArray[Any], *, batch_size: int = DEFAULT_BATCH_SIZE):
+        self._whole = RowBatch(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y))
+        self._batch_size = batch_size
+
+    def batches(self) -> Iterator[RowBatch]:
+        for start in range(0, self._whole.size, self._batch_size):
+            end = start + self._batch_size
+            yield RowBatch(self._whole.x[start:end], self._whole.y[start:end])

@@ -18,8 +18,8 @@ from agent.runtime.errors import (
 )
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
-from agent.runtime.rows import ArrayRowSource, RowBatch
-from agent.runtime.sessions import CompiledWrapper, RuntimeMode, WrapperCache
+from agent.runtime.rows import RowBatch
+from agent.runtime.sessions import CompiledWrapper, RuntimeMode
 from agent.runtime.tasks import (
     Controls,
     EvaluationSettings,
@@ -33,10 +33,9 @@ from agent.runtime.tasks import (
 )
 from edge_sponsor.publisher.packaging import zoo_graphs
 from edge_sponsor.publisher.zoo import build_logistic_regression, build_mlp_classifier
-from tests.runtime.helpers import manifest_for
+from tests.runtime.helpers import ArrayRowSource, manifest_for
 
 F = 4
-CACHE = WrapperCache()
 
 
 def logistic() -> tuple[CompiledWrapper, CompiledWrapper]:
@@ -44,8 +43,8 @@ def logistic() -> tuple[CompiledWrapper, CompiledWrapper]:
     graphs = zoo_graphs(model)
     manifest = manifest_for(model, graphs)
     return (
-        CACHE.get("sha256:logistic", graphs["grad"], manifest, GraphRole.GRADIENT),
-        CACHE.get("sha256:logistic", graphs["eval"], manifest, GraphRole.EVALUATION),
+        CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT),
+        CompiledWrapper(graphs["eval"], manifest, GraphRole.EVALUATION),
     )
 
 
@@ -100,7 +99,7 @@ def test_local_training_normalises_by_the_expected_batch_size() -> None:
 def test_local_training_noise_scale_is_eta_sigma_c_over_qn() -> None:
     model = build_mlp_classifier(8, (32,), 2)
     graphs = zoo_graphs(model)
-    grad = CACHE.get("sha256:mlp", graphs["grad"], manifest_for(model, graphs), GraphRole.GRADIENT)
+    grad = CompiledWrapper(graphs["grad"], manifest_for(model, graphs), GraphRole.GRADIENT)
     params = model.init_parameters(np.random.default_rng(0))
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(20, 8)).astype(np.float32), rng.integers(0, 2, 20)

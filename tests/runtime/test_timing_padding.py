@@ -16,12 +16,12 @@ from scipy import stats  # type: ignore[import-untyped]
 
 from agent.privacy.sampling import PADDING_TAIL, padded_sample_size
 from agent.runtime.isolation import GraphRole
-from agent.runtime.rows import ArrayRowSource, RowBatch
+from agent.runtime.rows import RowBatch
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, GradientSettings, Randomness, _sampled_pass, dp_gradient
 from edge_sponsor.publisher.packaging import zoo_graphs
 from edge_sponsor.publisher.zoo import build_mlp_classifier
-from tests.runtime.helpers import manifest_for
+from tests.runtime.helpers import ArrayRowSource, manifest_for
 
 
 @settings(max_examples=200, deadline=None)

@@ -12,15 +12,15 @@ import numpy as np
 import onnx
 import pytest
 
-from agent.packages.manifest import TaskKind
 from agent.runtime.isolation import GraphRole, build_wrapper
 from agent.runtime.namespace import AGENT_PREFIX, PACKAGE_PREFIX
-from agent.runtime.rows import ArrayRowSource, RowBatch
-from agent.runtime.sessions import RuntimeMode, WrapperCache
+from agent.runtime.rows import RowBatch
+from agent.runtime.sessions import CompiledWrapper, RuntimeMode
 from agent.runtime.tasks import EvaluationSettings, GradientSettings, Randomness, dp_evaluate, dp_gradient
 from edge_sponsor.publisher.packaging import zoo_graphs
 from tests.runtime.helpers import (
     CASES,
+    ArrayRowSource,
     Case,
     clipped_sum_reference,
     data_for,
@@ -52,7 +52,7 @@ def test_gradient_sum_matches_numpy_reference(case: Case, mode: RuntimeMode) -> 
     clip_norm = float(np.median(norms))  # about half of the examples are clipped
     expected = clipped_sum_reference(per_example, clip_norm)
 
-    wrapper = WrapperCache(mode=mode).get("sha256:" + case.name, graphs["grad"], manifest, GraphRole.GRADIENT)
+    wrapper = CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT, mode=mode)
     assert wrapper.mode is mode
     rtol, atol = TOLERANCE[mode]
     got = wrapper.clipped_sum(params, RowBatch(x, y), clip_norm)
@@ -81,7 +81,7 @@ def test_metric_sums_match_numpy_reference(case: Case, mode: RuntimeMode) -> Non
     per_example = per_example_outputs(graphs["eval"], params, x, y, [m.name for m in manifest.metrics])
     expected = metric_sum_reference(per_example, [(m.low, m.high) for m in manifest.metrics])
 
-    wrapper = WrapperCache(mode=mode).get("sha256:" + case.name, graphs["eval"], manifest, GraphRole.EVALUATION)
+    wrapper = CompiledWrapper(graphs["eval"], manifest, GraphRole.EVALUATION, mode=mode)
     assert wrapper.mode is mode
     np.testing.assert_allclose(wrapper.clipped_sum(params, RowBatch(x, y)), expected, rtol=1e-6, atol=1e-5)
     release = dp_evaluate(wrapper, ArrayRowSource(x, y, batch_size=10), params, EvaluationSettings(0.0))
@@ -108,20 +108,6 @@ def test_wrapper_names_live_in_two_namespaces_and_pass_the_checker() -> None:
             assert all(name.startswith(PACKAGE_PREFIX) for name in node.input if name)
 
 
-def test_cache_builds_once_per_package_and_role() -> None:
-    model = CASES[0].build()
-    graphs = zoo_graphs(model)
-    manifest = manifest_for(model, graphs)
-    cache = WrapperCache(max_entries=2)
-    first = cache.get("sha256:a", graphs["grad"], manifest, GraphRole.GRADIENT)
-    assert cache.get("sha256:a", graphs["grad"], manifest, GraphRole.GRADIENT) is first
-    evaluation = cache.get("sha256:a", graphs["eval"], manifest, GraphRole.EVALUATION)
-    assert evaluation is not first and evaluation.role is GraphRole.EVALUATION
-    cache.get("sha256:b", graphs["grad"], manifest, GraphRole.GRADIENT)
-    assert len(cache) == 2
-    assert cache.get("sha256:a", graphs["grad"], manifest, GraphRole.GRADIENT) is not first  # evicted
-
-
 def test_noise_is_added_with_std_sigma_c() -> None:
     """Empirical std of the released sum around the exact sum, over 2000 coordinates x 4 draws."""
     model = CASES[3].build()
@@ -130,7 +116,7 @@ def test_noise_is_added_with_std_sigma_c() -> None:
     rng = np.random.default_rng(3)
     params = random_parameters(model, rng)
     x, y = data_for(CASES[3], model, rng, 16)
-    wrapper = WrapperCache().get("sha256:m", graphs["grad"], manifest, GraphRole.GRADIENT)
+    wrapper = CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT)
     exact = wrapper.clipped_sum(params, RowBatch(x, y), 0.5)
     sigma, clip = 1.3, 0.5
     residuals = []
@@ -148,15 +134,3 @@ def test_noise_is_added_with_std_sigma_c() -> None:
     # The sample std of n normal draws has relative sd ~ 1/sqrt(2n) ~ 0.45 %; allow 3 %.
     assert abs(np.std(sample) / (sigma * clip) - 1.0) < 0.03
     assert abs(np.mean(sample)) < 5 * sigma * clip / np.sqrt(sample.size)
-
-
-def test_task_kind_picks_the_graph() -> None:
-    from agent.packages.limits import PackageLimits
-    from agent.packages.verification import verify_package
-    from tests.packages.package_builders import NOW, good_package, new_key, trust_for
-
-    key = new_key()
-    package = verify_package(good_package(key), trust_for(key), PackageLimits(), NOW)
-    cache = WrapperCache()
-    assert cache.for_task(package, TaskKind.DP_EVALUATE).role is GraphRole.EVALUATION
-    assert cache.for_task(package, TaskKind.DP_LOCAL_TRAINING) is cache.for_task(package, TaskKind.DP_GRADIENT)
