@@ -19,6 +19,7 @@ from agent.identity.agent_key import load_key_file
 from agent.packages import PackageInputError, PackageLimits, package_digest
 from agent.packages.canonical import CanonicalJsonError, parse_strict_json
 from agent.packages.verification import read_package_bytes
+from agent.tasks.kinds import registry
 from edge_sponsor.publisher import zoo
 from edge_sponsor.publisher.packaging import (
     DEFAULT_HYPERPARAMETERS,
@@ -93,7 +94,7 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     zoo.add_argument("--version", help="semantic version, e.g. 1.0.0")
     zoo.add_argument("--publisher", help="publisher id (lowercase), the prefix of the name")
     zoo.add_argument("--description", default=None)
-    zoo.add_argument("--task-kinds", default="dp_gradient,dp_local_training,dp_evaluate")
+    zoo.add_argument("--task-kinds", default=",".join(registry.names()))
     zoo.add_argument(
         "--bound",
         action="append",

@@ -16,13 +16,13 @@ import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
-from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.durable import write_public
 from agent.packages.archive import read_archive
 from agent.packages.errors import PackageRejected
 from agent.packages.inspection import inspect_package
 from agent.packages.limits import PackageLimits
 from agent.packages.manifest import Manifest
+from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
 
 Parameters = dict[str, npt.NDArray[np.float32]]
@@ -62,12 +62,10 @@ class StudyPackage:
         """``parameters`` in the manifest's order, as RunTask wants them."""
         return [(p.name, parameters[p.name]) for p in self.manifest.parameters]
 
-    def result_declarations(self, kind: int) -> list[TensorDecl]:
-        """The tensors an honest agent returns for a task kind: every parameter's shape for
-        training (sums or deltas), none for evaluation (scalars only)."""
-        if kind == pb.TASK_KIND_DP_EVALUATE:
-            return []
-        return [TensorDecl(p.name, p.dtype, p.shape) for p in self.manifest.parameters]
+    def result_declarations(self, task: TaskProfile) -> list[TensorDecl]:
+        """The tensors an honest agent returns for ``task``, as its kind declares them: every
+        parameter's shape for training (sums or deltas), none for evaluation (scalars only)."""
+        return [TensorDecl(p.name, p.dtype, p.shape) for p in task.release(self.manifest).tensors]
 
     def check_exportable(self) -> None:
         """Raises StudyPackageError now if the trained parameters could not be exported later."""

@@ -31,6 +31,10 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.tasks.kinds.dp_evaluate import DpEvaluate
+from agent.tasks.kinds.dp_gradient import DpGradient
+from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from edge_sponsor.coordinator.federation import Algorithm, Federation, Site, TrainingPlan
@@ -204,12 +208,13 @@ class FederatedTraining:
         # The round record whose model (the current parameters) is still to be evaluated.
         evaluate: int | None = None
         pending: _PendingEvaluation | None = None
-        kind = pb.TASK_KIND_DP_GRADIENT if plan.algorithm is Algorithm.FEDSGD else pb.TASK_KIND_DP_LOCAL_TRAINING
+        task = self._training_task()
         for round_number in range(1, plan.rounds + 1):
             started = self._clock()
             taken = {r.site.name: threading.Event() for r in ready}
             training = {
-                r.site.name: self._submit(r.site, kind, round_number, prepared, taken=taken[r.site.name]) for r in ready
+                r.site.name: self._submit(r.site, task, "train", round_number, prepared, taken=taken[r.site.name])
+                for r in ready
             }
             if evaluate is not None:
                 # The evaluated model is this round's starting point: each site's evaluation waits
@@ -270,7 +275,8 @@ class FederatedTraining:
             {
                 r.site.name: self._submit(
                     r.site,
-                    pb.TASK_KIND_DP_EVALUATE,
+                    self._evaluation_task(),
+                    "evaluate",
                     round_number,
                     prepared,
                     after=after[r.site.name] if after is not None else None,
@@ -315,18 +321,20 @@ class FederatedTraining:
     def _submit(
         self,
         site: Site,
-        kind: int,
+        task: TaskProfile,
+        label: str,
         round_number: int,
         prepared: ParameterSet,
         *,
         taken: threading.Event | None = None,
         after: threading.Event | None = None,
     ) -> Future[_Outcome]:
-        """Starts one task in the pool. ``taken`` is set once the agent has the parameters (its
-        first progress) or the task ended; the task waits for ``after`` before it starts."""
-        spec = self._spec(site, kind, round_number)
+        """Starts one task in the pool (``label`` names it in its correlation id). ``taken`` is set once
+        the agent has the parameters (its first progress) or the task ended; the task waits for
+        ``after`` before it starts."""
+        spec = self._spec(site, task, label, round_number)
         client = self.clients[site.name]
-        expected = self.package.result_declarations(kind)
+        expected = self.package.result_declarations(task)
         return self._pool.submit(self._timed, client, spec, prepared, expected, taken, after)
 
     def _timed(  # noqa: PLR0917 (one pool task's inputs)
@@ -361,28 +369,37 @@ class FederatedTraining:
             if taken is not None:
                 taken.set()
 
-    def _spec(self, site: Site, kind: int, round_number: int) -> pb.TaskSpec:
+    def _training_task(self) -> TaskProfile:
+        """The plan's training task: a gradient sum (FedSGD) or local DP-SGD steps (FedAvg)."""
         plan = self.plan
-        if kind == pb.TASK_KIND_DP_EVALUATE:
-            hyper = pb.DPHyperparameters(
-                noise_multiplier=plan.evaluation_noise_multiplier,
-                sampling_rate=plan.evaluation_sampling_rate,
-                release_noisy_count=True,
-            )
-            label = "evaluate"
-        else:
-            hyper = pb.DPHyperparameters(
+        if plan.algorithm is Algorithm.FEDSGD:
+            return DpGradient(
                 clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate
             )
-            if kind == pb.TASK_KIND_DP_LOCAL_TRAINING:
-                hyper.local_steps = plan.local_steps
-                hyper.learning_rate = plan.local_learning_rate
-            label = "train"
+        return DpLocalTraining(
+            clip_norm=plan.clip_norm,
+            noise_multiplier=plan.noise_multiplier,
+            sampling_rate=plan.sampling_rate,
+            local_steps=plan.local_steps,
+            learning_rate=plan.local_learning_rate,
+        )
+
+    def _evaluation_task(self) -> DpEvaluate:
+        """The plan's evaluation task; its noisy count weighs each site's metrics."""
+        plan = self.plan
+        return DpEvaluate(
+            noise_multiplier=plan.evaluation_noise_multiplier,
+            sampling_rate=plan.evaluation_sampling_rate,
+            release_noisy_count=True,
+        )
+
+    def _spec(self, site: Site, task: TaskProfile, label: str, round_number: int) -> pb.TaskSpec:
+        plan = self.plan
         return pb.TaskSpec(
-            kind=kind,  # type: ignore[arg-type]
+            kind=task.wire,  # type: ignore[arg-type]
             package_digest=self.package.digest,
             dataset_id=site.dataset,
-            hyperparameters=hyper,
+            hyperparameters=task.to_wire(),
             run_id=self.run_id,
             round=round_number,
             correlation_id=f"{self.run_id}/{round_number}/{site.name}/{label}",

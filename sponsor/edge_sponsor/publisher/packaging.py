@@ -39,6 +39,7 @@ from agent.packages.manifest import (
     parse_manifest,
 )
 from agent.packages.onnx_validation import validate_graphs
+from agent.tasks.kinds import registry
 from edge_sponsor.publisher.zoo import ZooModel
 
 DEFAULT_HYPERPARAMETERS: Mapping[str, Mapping[str, float]] = {
@@ -48,7 +49,7 @@ DEFAULT_HYPERPARAMETERS: Mapping[str, Mapping[str, float]] = {
     "local_steps": {"min": 1, "max": 1000},
     "learning_rate": {"min": 1e-6, "max": 10.0},
 }
-ALL_TASK_KINDS = ("dp_gradient", "dp_local_training", "dp_evaluate")
+ALL_TASK_KINDS = registry.names()
 
 
 @dataclass(frozen=True)
