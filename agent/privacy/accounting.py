@@ -19,7 +19,7 @@ identical steps are grouped into counts (mechanism.step_counts), PLDs are cached
 per (q, sigma) and per (q, sigma, K), and the final ε is cached per multiset.
 
 A budget group's history only grows between reservations (or loses a task that
-was released), so the composed PLDs of recent histories are kept too (in the
+was refunded), so the composed PLDs of recent histories are kept too (in the
 accountant object, least recently used dropped): the history plus one task is
 the cached history composed with that task's PLD, one convolution however many
 distinct settings the history holds. K sampled steps are the K-fold
@@ -34,7 +34,7 @@ cached part (after a restart) is composed from scratch in a balanced tree.
 vectorised copy of dp-accounting's Python loop (same answer, 5-10x faster).
 
 Speculation. A federated run reserves the same mechanism every round, so the
-ledger tells the accountant after each reservation (or release) what a group's
+ledger tells the accountant after each reservation (or refund) what a group's
 history now is and which mechanism will likely come next; the accountant
 composes history + mechanism in a background thread while the round computes,
 and the next reservation finds its ε cached. One background thread for the

@@ -7,9 +7,12 @@ the agent only once its cost is committed here. The protocol, per task:
                every committed and in-flight task plus this one, would exceed
                the limit at the group's δ;
     commit()   after computing, before the result is sent;
-    release()  only if the task failed before any result existed.
+    refund()   only if the task failed before any result existed.
 
-A reservation neither committed nor released when the agent died is counted
+("Release" is kept for what a task publishes; giving a reservation back is a
+refund: in flight, it already counted against the group's limit.)
+
+A reservation neither committed nor refunded when the agent died is counted
 as spent by recover_abandoned() at start-up: nobody can tell whether its
 result left, and the ledger must never be under-charged.
 
@@ -82,14 +85,16 @@ CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (budget_group, state);
 class TaskState(enum.Enum):
     RESERVED = "reserved"
     COMMITTED = "committed"
-    RELEASED = "released"
+    # Stored as 'released', its name before refund() was release(): the schema's CHECK
+    # constraint and existing ledgers hold that string, so it stays (no migration).
+    REFUNDED = "released"
 
 
 @dataclass(frozen=True)
 class RateLimit:
     """At most ``maximum`` reservations by one coordinator within ``window`` before now.
 
-    Every reservation counts, released ones too: the task was started.
+    Every reservation counts, refunded ones too: the task was started.
     ``per`` names the window in refusals ("hour", "day").
     """
 
@@ -288,29 +293,38 @@ class PrivacyLedger:
         """Make the reservation spent for good; returns only once that is on disk.
 
         Committing twice is allowed (a retry must not fail a task whose cost is
-        already recorded); committing a released task is not.
+        already recorded); committing a refunded task is not.
         """
         with self._write() as conn:
             state = self._state(conn, task_id)
-            if state is TaskState.RELEASED:
-                raise TaskStateError(task_id, state.value, f"task {task_id!r} was released; it cannot be committed")
+            if state is TaskState.REFUNDED:
+                raise TaskStateError(task_id, state.value, f"task {task_id!r} was refunded; it cannot be committed")
             if state is TaskState.RESERVED:
                 conn.execute(
                     "UPDATE tasks SET state = 'committed', settled_at = ? WHERE task_id = ?",
                     (self._clock().isoformat(), task_id),
                 )
 
-    def release(self, task_id: str) -> None:
-        """Return a reservation whose result never existed. A committed cost is never refunded."""
+    def refund(self, task_id: str) -> None:
+        """Gives back a reservation whose result never existed. A committed cost is never refunded.
+
+        Refunding twice is allowed, like committing twice.
+
+        Raises:
+            UnknownTaskError: ``task_id`` has no reservation.
+            TaskStateError: the task is committed.
+            LedgerError: the ledger cannot be read or written.
+        """
         retry: tuple[str, list[Mechanism], Mechanism, float] | None = None
         unreadable: LedgerError | None = None
         with self._write() as conn:
             state = self._state(conn, task_id)
             if state is TaskState.COMMITTED:
                 raise TaskStateError(
-                    task_id, state.value, f"task {task_id!r} is committed; its privacy cost cannot be released"
+                    task_id, state.value, f"task {task_id!r} is committed; its privacy cost cannot be refunded"
                 )
             if state is TaskState.RESERVED:
+                # 'released' is TaskState.REFUNDED's stored string (see TaskState).
                 conn.execute(
                     "UPDATE tasks SET state = 'released', settled_at = ? WHERE task_id = ?",
                     (self._clock().isoformat(), task_id),
@@ -319,8 +333,8 @@ class PrivacyLedger:
                     "SELECT budget_group, sampling_rate, noise_multiplier, steps, delta FROM tasks WHERE task_id = ?",
                     (task_id,),
                 ).fetchone()
-                # Read in the transaction: the group's history as this release leaves it.
-                # Only for a speculation, so an unreadable task must not fail the release.
+                # Read in the transaction: the group's history as this refund leaves it.
+                # Only for a speculation, so an unreadable task must not fail the refund.
                 try:
                     mechanism = _mechanism(self._path, q, sigma, steps)
                     retry = (group, self._mechanisms(conn, group, _ACTIVE), mechanism, float(delta))

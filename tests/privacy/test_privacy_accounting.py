@@ -223,18 +223,18 @@ _MIX = [
 
 
 def test_a_growing_history_is_composed_incrementally_with_the_fresh_epsilon() -> None:
-    """What a ledger does: one more task per reservation, now and then one released."""
+    """What a ledger does: one more task per reservation, now and then one refunded."""
     accountant = CountingPld()
     history: list[Mechanism] = []
     for i in range(10):
         history.append(_MIX[(3 * i) % len(_MIX)])
         if i == 6:
-            history.pop(2)  # a release: the history shrinks to one no longer cached
+            history.pop(2)  # a refund: the history shrinks to one no longer cached
         incremental = accountant.epsilon(history, DELTA)
         fresh = PldAccountant(FAST_PLD).epsilon(history, DELTA)
         assert incremental == pytest.approx(fresh, rel=1e-5)
     # Only the first history was composed from scratch: every later one, the one after
-    # the release too, grew a kept history of its sampled tasks (the unsampled q = 1
+    # the refund too, grew a kept history of its sampled tasks (the unsampled q = 1
     # setting, one exact Gaussian, is composed onto it whole).
     assert accountant.fresh_compositions == 1
 

@@ -119,7 +119,7 @@ def _reserve_commit_forever(path: Path, marker: Path, prefix: str, seed: int) ->
             GROUP, task_id, CHEAP, limit_epsilon=1e9, delta=DELTA, coordinator="c", dataset="d", correlation_id=""
         )
         if rng.random() < 0.2:
-            ledger.release(task_id)  # failed before any result existed
+            ledger.refund(task_id)  # failed before any result existed
             continue
         ledger.commit(task_id)
         os.write(fd, f"{task_id}\n".encode())

@@ -63,7 +63,7 @@ def test_threads_and_another_process_write_one_ledger_and_leave_no_snapshot_open
                 if index % 4:
                     ledger.commit(f"{name}-{index}")
                 else:
-                    ledger.release(f"{name}-{index}")
+                    ledger.refund(f"{name}-{index}")
         except BaseException as exc:
             errors.append(exc)
 

@@ -1,4 +1,4 @@
-"""The ledger's protocol: reserve, commit, release, refusal, recovery after a crash, file errors."""
+"""The ledger's protocol: reserve, commit, refund, refusal, recovery after a crash, file errors."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_empty_ledger_has_spent_nothing_and_creates_no_file(ledger: PrivacyLedge
     assert not ledger.path.exists()
 
 
-def test_reserve_commit_release_lifecycle(ledger: PrivacyLedger) -> None:
+def test_reserve_commit_refund_lifecycle(ledger: PrivacyLedger) -> None:
     assert reserve(ledger, "t1") == pytest.approx(epsilon_of(1))
     assert reserve(ledger, "t2") == pytest.approx(epsilon_of(2))
     ledger.commit("t1")
@@ -72,7 +72,7 @@ def test_reserve_commit_release_lifecycle(ledger: PrivacyLedger) -> None:
     assert status.epsilon_remaining == pytest.approx(10.0 - epsilon_of(2))
     assert status.last_used == T0 + timedelta(minutes=2)
 
-    ledger.release("t2")
+    ledger.refund("t2")
     status = ledger.status("cohort")
     assert status.epsilon_with_reserved == pytest.approx(epsilon_of(1))
     assert (status.tasks_committed, status.tasks_reserved) == (1, 0)
@@ -97,8 +97,8 @@ def test_refusal_carries_spent_reserved_and_remaining(ledger: PrivacyLedger) -> 
     # A refused task leaves no trace in the ledger (the audit log records the refusal).
     with pytest.raises(UnknownTaskError):
         ledger.commit("t3")
-    # Releasing the in-flight task makes room again.
-    ledger.release("t2")
+    # Refunding the in-flight task makes room again.
+    ledger.refund("t2")
     reserve(ledger, "t3", limit)
 
 
@@ -122,27 +122,42 @@ def test_limit_and_delta_come_from_the_policy_at_each_reservation(ledger: Privac
     assert status.epsilon_spent == pytest.approx(RdpAccountant().epsilon([TASK], 1e-6))
 
 
-def test_commit_is_idempotent_but_a_committed_cost_is_never_released(ledger: PrivacyLedger) -> None:
+def test_commit_is_idempotent_but_a_committed_cost_is_never_refunded(ledger: PrivacyLedger) -> None:
     reserve(ledger, "t1")
     ledger.commit("t1")
     ledger.commit("t1")
-    with pytest.raises(TaskStateError, match="cannot be released") as refused:
-        ledger.release("t1")
+    with pytest.raises(TaskStateError, match="cannot be refunded") as refused:
+        ledger.refund("t1")
     assert refused.value.state == "committed"
     assert ledger.status("cohort").tasks_committed == 1
 
 
-def test_a_released_task_cannot_be_committed(ledger: PrivacyLedger) -> None:
+def test_a_refunded_task_cannot_be_committed(ledger: PrivacyLedger) -> None:
     reserve(ledger, "t1")
-    ledger.release("t1")
-    ledger.release("t1")
-    with pytest.raises(TaskStateError, match="released"):
+    ledger.refund("t1")
+    ledger.refund("t1")
+    with pytest.raises(TaskStateError, match="refunded"):
         ledger.commit("t1")
+
+
+def test_a_task_released_before_the_rename_reads_as_refunded(ledger: PrivacyLedger) -> None:
+    """release() became refund() without a migration: existing ledgers hold 'released', and still mean it."""
+    reserve(ledger, "t1")
+    reserve(ledger, "t2")
+    with sqlite3.connect(ledger.path) as conn:
+        # What release() wrote before the rename.
+        conn.execute("UPDATE tasks SET state = 'released', settled_at = ? WHERE task_id = 't2'", (T0.isoformat(),))
+    status = ledger.status("cohort")
+    assert (status.tasks_committed, status.tasks_reserved) == (0, 1)
+    assert status.epsilon_with_reserved == pytest.approx(epsilon_of(1))
+    ledger.refund("t2")
+    with pytest.raises(TaskStateError, match="refunded"):
+        ledger.commit("t2")
 
 
 def test_task_ids_are_never_reused(ledger: PrivacyLedger) -> None:
     reserve(ledger, "t1")
-    ledger.release("t1")
+    ledger.refund("t1")
     with pytest.raises(DuplicateTaskError):
         reserve(ledger, "t1")
 
@@ -151,7 +166,7 @@ def test_unknown_task(ledger: PrivacyLedger) -> None:
     with pytest.raises(UnknownTaskError):
         ledger.commit("nope")
     with pytest.raises(UnknownTaskError):
-        ledger.release("nope")
+        ledger.refund("nope")
 
 
 @pytest.mark.parametrize("limit", [-1.0, float("inf"), float("nan")])
@@ -167,7 +182,7 @@ def test_abandoned_reservations_count_as_spent(tmp_path: Path) -> None:
     before_crash.commit("done")
     reserve(before_crash, "in-flight")
     reserve(before_crash, "failed")
-    before_crash.release("failed")
+    before_crash.refund("failed")
     # The agent dies here. At start-up, nobody can tell whether "in-flight"'s result left.
     after_restart = PrivacyLedger(path, RdpAccountant())
     restart = datetime(2026, 3, 2, tzinfo=UTC)

@@ -125,7 +125,7 @@ def test_refusal_says_when_the_next_task_may_start(tmp_path: Path) -> None:
     assert (error.maximum, error.started, error.per) == (5, 5, "hour")
     assert error.retry_at == T0 + timedelta(minutes=1, hours=1)
     assert "at most 5 tasks per hour" in str(error) and "2026-03-01 13:01:00 UTC" in str(error)
-    # Released tasks were started all the same; other coordinators have their own count.
+    # Refunded tasks were started all the same; other coordinators have their own count.
     reserve(ledger, "other", coordinator="someone-else")
     # Once the oldest task leaves the window, exactly one more may start.
     clock.now, clock.step = error.retry_at, timedelta(0)
@@ -134,11 +134,11 @@ def test_refusal_says_when_the_next_task_may_start(tmp_path: Path) -> None:
         reserve(ledger, "t7")
 
 
-def test_released_tasks_count_as_started(tmp_path: Path) -> None:
+def test_refunded_tasks_count_as_started(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / LEDGER_FILENAME, RdpAccountant(), clock=Clock())
     limit = (RateLimit(2, timedelta(days=1), "day"),)
     reserve(ledger, "t1", rate_limits=limit)
-    ledger.release("t1")
+    ledger.refund("t1")
     reserve(ledger, "t2", rate_limits=limit)
     with pytest.raises(RateLimitError, match="per day"):
         reserve(ledger, "t3", rate_limits=limit)
@@ -177,8 +177,8 @@ def test_accounting_settings_are_capped_per_group(tmp_path: Path) -> None:
     reserve(ledger, "again", mechanism=task(1), rate_limits=(), max_settings=3)
     reserve(ledger, "steps", mechanism=Mechanism.dp_local_training(0.01, 1.0, 7), rate_limits=(), max_settings=3)
     reserve(ledger, "elsewhere", mechanism=task(3), group="other", rate_limits=(), max_settings=3)
-    # A released task gives its setting back (its cost was never spent, so it is not composed).
-    ledger.release("t2")
+    # A refunded task gives its setting back (its cost was never spent, so it is not composed).
+    ledger.refund("t2")
     reserve(ledger, "t3", mechanism=task(3), rate_limits=(), max_settings=3)
     # A lowered cap refuses new settings but not the ones already charged.
     reserve(ledger, "t4", mechanism=task(0), rate_limits=(), max_settings=1)

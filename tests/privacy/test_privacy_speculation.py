@@ -190,7 +190,7 @@ def test_a_reservation_waits_for_the_speculation_of_its_history(tmp_path: Path) 
     assert results[0].epsilon_before == first.epsilon_after
 
 
-def test_a_release_speculates_the_retry(ledger: PrivacyLedger, accountant: ThreadCountingPld) -> None:
+def test_a_refund_speculates_the_retry(ledger: PrivacyLedger, accountant: ThreadCountingPld) -> None:
     here = threading.current_thread()
     for i in range(3):
         reserve(ledger, f"t{i}", ROUND)
@@ -198,9 +198,9 @@ def test_a_release_speculates_the_retry(ledger: PrivacyLedger, accountant: Threa
     reserve(ledger, "a", OTHER)
     reserve(ledger, "b", ROUND)
     reserve(ledger, "c", ROUND)
-    ledger.release("a")
+    ledger.refund("a")
     # The history is now 4 x ROUND, which no reservation had; retrying b would make it 5.
-    ledger.release("b")
+    ledger.refund("b")
     accountant.wait_for_speculation()
     assert step_counts([ROUND] * 5) in accountant.computed_elsewhere(here)
     before = len(accountant.computed_on(here))
@@ -291,14 +291,15 @@ def test_concurrent_reservations_record_the_epsilon_of_their_history(
         assert stored[end - 1][1] == pytest.approx(fresh.epsilon(history, DELTA), rel=1e-6)
 
 
-def test_an_unreadable_history_does_not_fail_a_release(ledger: PrivacyLedger) -> None:
-    """The release reads the group's history only to speculate: a broken row elsewhere is logged, not raised."""
+def test_an_unreadable_history_does_not_fail_a_refund(ledger: PrivacyLedger) -> None:
+    """The refund reads the group's history only to speculate: a broken row elsewhere is logged, not raised."""
     reserve(ledger, "broken", ROUND)
     reserve(ledger, "failed", ROUND)
     with sqlite3.connect(ledger.path) as conn:
         conn.execute("UPDATE tasks SET steps = 0 WHERE task_id = 'broken'")
     with structlog.testing.capture_logs() as logs:
-        ledger.release("failed")
+        ledger.refund("failed")
     assert [entry["event"] for entry in logs] == ["ledger.speculation_skipped"]
     with sqlite3.connect(ledger.path) as conn:
+        # Refunded is stored as 'released', as before the rename (see TaskState).
         assert conn.execute("SELECT state FROM tasks WHERE task_id = 'failed'").fetchone() == ("released",)
