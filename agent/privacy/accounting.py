@@ -33,16 +33,16 @@ cached part (after a restart) is composed from scratch in a balanced tree.
 ε for δ of a composed PLD is computed by agent/privacy/pld_epsilon.py, a
 vectorised copy of dp-accounting's Python loop (same answer, 5-10x faster).
 
-Speculation. A federated run reserves the same mechanism every round, so the
-ledger tells the accountant after each reservation (or refund) what a group's
-history now is and which mechanism will likely come next; the accountant
-composes history + mechanism in a background thread while the round computes,
-and the next reservation finds its ε cached. One background thread for the
-whole accountant (compositions are CPU-bound and the daemon may have 2 cores),
-at most one pending speculation per group (a newer one replaces it), no thread
-at all when idle, none after close(). Every ε, speculative or not, is computed
-at most once at a time: a request for an ε being computed waits for it
-instead of composing it a second time.
+Speculation. A federated run reserves the same tasks every round, so the ledger
+tells the accountant after each reservation (or refund) what a group's history
+now is; the accountant guesses which mechanism will likely come next
+(_NextMechanism) and composes history + mechanism in a background thread while
+the round computes, and the next reservation finds its ε cached. One background
+thread for the whole accountant (compositions are CPU-bound and the daemon may
+have 2 cores), at most one pending speculation per group (a newer one replaces
+it), no thread at all when idle, none after close(). Every ε, speculative or
+not, is computed at most once at a time: a request for an ε being computed
+waits for it instead of composing it a second time.
 """
 
 from __future__ import annotations
@@ -100,24 +100,65 @@ class Accountant(abc.ABC):
         self._wanted: OrderedDict[str, tuple[StepCounts, StepCounts, float]] = OrderedDict()
         self._speculator: threading.Thread | None = None
         self._closed = False
+        # Which mechanism each slot reserves after which; has a lock of its own.
+        self._next = _NextMechanism()
 
     def epsilon(self, mechanisms: Iterable[Mechanism], delta: float) -> float:
-        """ε such that running all ``mechanisms`` is (ε, δ)-DP; 0.0 for none."""
+        """The ε of running all of ``mechanisms``, composed, at ``delta``.
+
+        Args:
+            mechanisms: the tasks, in any order (ε depends only on their multiset).
+            delta: the target δ, in (0, 1).
+
+        Returns:
+            An upper bound ε ≥ 0 such that running them all is (ε, δ)-DP; 0.0 for none.
+            Computed once per multiset and δ and then cached; a composition that a
+            speculation (or another thread) is computing is waited for, not repeated.
+
+        Raises:
+            MechanismError: ``delta`` is not a number in (0, 1). An error of dp-accounting
+                while composing propagates unchanged.
+        """
         return self.epsilon_of_counts(step_counts(mechanisms), delta)
 
     def epsilon_of_counts(self, counts: StepCounts, delta: float) -> float:
+        """epsilon() of the mechanisms whose canonical form (mechanism.step_counts) is ``counts``."""
         _check_delta(delta)
         if not counts:
             return 0.0
         return self._once((counts, float(delta)), lambda: self._cached_epsilon(counts, float(delta)))
 
-    def speculate(self, slot: str, history: Sequence[Mechanism], mechanism: Mechanism, delta: float) -> None:
-        """Compose ``history`` + ``mechanism`` in the background, for a reservation expected soon.
+    def speculate_next(self, slot: str, history: Sequence[Mechanism], reserved: Mechanism, delta: float) -> None:
+        """Precomposes in the background the ε that ``slot``'s next reservation will likely ask for.
 
-        ``slot`` names whose history it is (the budget group): a newer speculation
-        for the slot replaces one not started yet. Returns at once; does nothing
-        once the accountant is closed. Failures are logged, never raised: the
-        caller has just written the ledger, and its task must go on.
+        The next task is guessed from the order of the slot's past reservations
+        (what followed ``reserved`` last time, else ``reserved`` again); then
+        ``history`` + ``reserved`` + the guess is composed as speculate() does.
+        A wrong guess costs a background composition, never a wrong ε.
+
+        Args:
+            slot: whose history it is (the budget group).
+            history: the slot's tasks before ``reserved``, committed and in flight.
+            reserved: the task just reserved in ``slot``.
+            delta: the δ at which the slot's ε is composed.
+
+        Returns at once, and raises nothing (see speculate()).
+        """
+        self.speculate(slot, [*history, reserved], self._next.after(slot, reserved), delta)
+
+    def speculate(self, slot: str, history: Sequence[Mechanism], mechanism: Mechanism, delta: float) -> None:
+        """Composes ``history`` + ``mechanism`` in the background, for a reservation expected soon.
+
+        Args:
+            slot: whose history it is (the budget group); a newer speculation for the
+                slot replaces one not started yet.
+            history: the slot's tasks, committed and in flight.
+            mechanism: the task expected next.
+            delta: the δ at which the slot's ε is composed.
+
+        Returns at once; does nothing once the accountant is closed. Raises nothing:
+        failures are logged, because the caller has just written the ledger and its
+        task must go on, and a speculation only saves time.
         """
         try:
             _check_delta(delta)
@@ -135,7 +176,10 @@ class Accountant(abc.ABC):
             self._logger.exception("privacy.speculation_failed", slot=slot)
 
     def close(self) -> None:
-        """Drops pending speculations and waits for the running one; ε is still computed on demand."""
+        """Drops pending speculations and waits for the running one; ε is still computed on demand.
+
+        Speculations asked for afterwards are ignored.
+        """
         with self._lock:
             self._closed = True
             self._wanted.clear()
@@ -201,6 +245,44 @@ class Accountant(abc.ABC):
             except Exception:
                 # A speculation only saves time: the reservation computes its ε itself.
                 self._logger.exception("privacy.speculation_failed", slot=slot, settings=len(counts))
+
+
+class _NextMechanism:
+    """Guesses a budget group's next task from the order of its past ones, for speculation.
+
+    A federated run repeats the same tasks every round, but a group does not
+    always see the same mechanism twice in a row: with evaluation every round it
+    alternates training and evaluation steps. The guess is the mechanism that
+    followed this one last time in the group, else the same one again. Only a
+    guess: a wrong one costs a background composition, never a wrong ε.
+    """
+
+    def __init__(self, groups: int = 256, per_group: int = 16) -> None:
+        # Bounded: a coordinator sweeping settings, or many groups, must not grow these without end.
+        self._groups = groups
+        self._per_group = per_group
+        self._lock = threading.Lock()
+        # Per group (least recently used first): its last mechanism and, per mechanism, its last follower.
+        self._last: OrderedDict[str, Mechanism] = OrderedDict()
+        self._followers: OrderedDict[str, OrderedDict[Mechanism, Mechanism]] = OrderedDict()
+
+    def after(self, group: str, mechanism: Mechanism) -> Mechanism:
+        """Records that ``mechanism`` was just reserved in ``group``; returns the guess for the next one."""
+        with self._lock:
+            followers = self._followers.pop(group, None) or OrderedDict()
+            previous = self._last.pop(group, None)
+            if previous is not None:
+                followers.pop(previous, None)
+                followers[previous] = mechanism
+                while len(followers) > self._per_group:
+                    followers.popitem(last=False)
+            self._followers[group] = followers
+            self._last[group] = mechanism
+            while len(self._last) > self._groups:
+                self._last.popitem(last=False)
+            while len(self._followers) > self._groups:
+                self._followers.popitem(last=False)
+            return followers.get(mechanism, mechanism)
 
 
 def _check_delta(delta: float) -> None:

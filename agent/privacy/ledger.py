@@ -30,8 +30,6 @@ from __future__ import annotations
 import enum
 import math
 import sqlite3
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -185,7 +183,6 @@ class PrivacyLedger:
         self._busy_timeout = busy_timeout
         self._clock = clock
         self._logger = logger if logger is not None else structlog.get_logger(__name__)
-        self._next = _NextMechanism()
         self._connections = ReusedConnections(path, busy_timeout)
 
     @property
@@ -210,46 +207,61 @@ class PrivacyLedger:
         rate_limits: Sequence[RateLimit] = (),
         max_settings: int | None = None,
     ) -> Reservation:
-        """Reserve the task's cost; the limit and δ come from the policy now.
+        """Reserves a task's privacy cost in its budget group, before the task reads any row.
 
-        Raises BudgetExceededError over the ε limit, RateLimitError when
-        ``coordinator`` already started ``rate_limits[i].maximum`` tasks in its
-        window, and AccountingSettingsError when the group's in-flight and
-        committed tasks would hold more than ``max_settings`` distinct (q, sigma).
-        All are decided in the one write transaction that inserts the
-        reservation, so concurrent requests cannot pass a limit together.
+        Args:
+            budget_group: the group whose ε the task is charged to.
+            task_id: the task's id; never reused, not even after a refund.
+            mechanism: what the task will release.
+            limit_epsilon: the group's ε limit, from the policy now; finite, ≥ 0.
+            delta: the δ at which the group's ε is composed and held to the limit, in (0, 1).
+            coordinator: who asked; rate limits count per coordinator.
+            dataset: recorded with the reservation.
+            correlation_id: recorded with the reservation.
+            rate_limits: the most tasks ``coordinator`` may start per window.
+            max_settings: the most distinct (q, sigma) the group's committed and
+                in-flight tasks may hold; None for no cap.
+
+        Returns:
+            The reservation, with the group's ε (committed and in flight) with and without this task.
+
+        Raises:
+            MechanismError: an argument is invalid; nothing was written.
+            DuplicateTaskError: ``task_id`` already has a reservation.
+            RateLimitError: ``coordinator`` already started ``maximum`` tasks in one window.
+            AccountingSettingsError: the group would hold more than ``max_settings`` settings.
+            BudgetExceededError: the group's ε with this task would be above ``limit_epsilon``.
+            LedgerError: the ledger cannot be read or written.
+
+        The four refusals are decided in the one write transaction that inserts the
+        reservation, so concurrent reservations cannot pass a limit together.
         """
-        if not task_id or not budget_group:
-            raise MechanismError("a reservation needs a task id and a budget group")
-        if max_settings is not None and max_settings < 1:
-            raise MechanismError(f"the number of accounting settings must be ≥ 1, got {max_settings!r}")
-        if isinstance(limit_epsilon, bool) or not isinstance(limit_epsilon, int | float):
-            raise MechanismError(f"the ε limit must be a number, got {limit_epsilon!r}")
-        if not (math.isfinite(limit_epsilon) and limit_epsilon >= 0.0):
-            raise MechanismError(f"the ε limit must be finite and ≥ 0, got {limit_epsilon!r}")
-        # Composing can take a second or more. Do it before taking the write
-        # lock, so that other tasks' commits do not wait for it; inside the
-        # lock, recompute only if another task changed the group meanwhile.
+        _check_request(budget_group, task_id, limit_epsilon, max_settings)
+        # Composing can take a second or more: the accountant composes the group's
+        # history as read now, before the write lock, so that other tasks' commits do
+        # not wait for it. The settings cap is checked first: composing is what it protects.
         with self._read() as conn:
             seen = [] if conn is None else self._mechanisms(conn, budget_group, _ACTIVE)
-        # Checked before composing too: composing is what the cap protects.
         _check_settings(budget_group, seen, mechanism, max_settings)
         epsilon = self._accountant.epsilon([*seen, mechanism], delta)
-        refused: tuple[list[Mechanism], list[Mechanism]] | None = None
+        # Set only if the task is refused: the group's committed tasks, for the refusal's figures.
+        refused_committed: list[Mechanism] | None = None
         with self._write() as conn:
             # The clock is read inside the lock: reservations are stamped in the order
-            # they are made, which the rate-limit count below relies on.
+            # they are made, which the rate-limit count relies on.
             now = self._clock()
             if conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone():
                 raise DuplicateTaskError(task_id, f"task {task_id!r} already has a reservation in {self._path}")
             for rate_limit in rate_limits:
                 self._check_rate(conn, coordinator, rate_limit, now)
+            # Other tasks may have changed the group since ``seen`` was read: everything
+            # decided from it is decided again on the history this transaction holds.
             active = self._mechanisms(conn, budget_group, _ACTIVE)
             _check_settings(budget_group, active, mechanism, max_settings)
             if step_counts(active) != step_counts(seen):
                 epsilon = self._accountant.epsilon([*active, mechanism], delta)
             if epsilon > limit_epsilon:
-                refused = (self._mechanisms(conn, budget_group, (TaskState.COMMITTED,)), active)
+                refused_committed = self._mechanisms(conn, budget_group, (TaskState.COMMITTED,))
             else:
                 conn.execute(
                     "INSERT INTO tasks (task_id, budget_group, state, sampling_rate, noise_multiplier, steps,"
@@ -271,22 +283,19 @@ class PrivacyLedger:
                         now.isoformat(),
                     ),
                 )
-        if refused is not None:
-            # The refusal's figures are composed after the write lock is let go.
-            committed, active = refused
+        # Whatever is composed from here on is composed after the write lock is let go.
+        if refused_committed is not None:
             raise BudgetExceededError(
                 budget_group,
-                spent=self._accountant.epsilon(committed, delta),
+                spent=self._accountant.epsilon(refused_committed, delta),
                 with_reserved=self._accountant.epsilon(active, delta),
                 requested=epsilon,
                 limit=float(limit_epsilon),
                 delta=delta,
             )
-        # Outside the lock; the accountant keeps the group's composed history, so this is cheap.
+        # Cheap: the accountant keeps the group's composed history.
         before = self._accountant.epsilon(active, delta) if active else 0.0
-        # A federated run repeats its tasks every round: compose the group's next history
-        # while this task computes, so that the next reservation finds its ε.
-        self._accountant.speculate(budget_group, [*active, mechanism], self._next.after(budget_group, mechanism), delta)
+        self._accountant.speculate_next(budget_group, active, mechanism, delta)
         return Reservation(task_id, budget_group, mechanism, epsilon, float(limit_epsilon), delta, now, before)
 
     def commit(self, task_id: str) -> None:
@@ -535,44 +544,6 @@ class PrivacyLedger:
         return found is not None
 
 
-class _NextMechanism:
-    """Guesses a budget group's next task from the order of its past ones, for speculation.
-
-    A federated run repeats the same tasks every round, but a group does not
-    always see the same mechanism twice in a row: with evaluation every round it
-    alternates training and evaluation steps. The guess is the mechanism that
-    followed this one last time in the group, else the same one again. Only a
-    guess: a wrong one costs a background composition, never a wrong ε.
-    """
-
-    def __init__(self, groups: int = 256, per_group: int = 16) -> None:
-        # Bounded: a coordinator sweeping settings, or many groups, must not grow these without end.
-        self._groups = groups
-        self._per_group = per_group
-        self._lock = threading.Lock()
-        # Per group (least recently used first): its last mechanism and, per mechanism, its last follower.
-        self._last: OrderedDict[str, Mechanism] = OrderedDict()
-        self._followers: OrderedDict[str, OrderedDict[Mechanism, Mechanism]] = OrderedDict()
-
-    def after(self, group: str, mechanism: Mechanism) -> Mechanism:
-        """Records that ``mechanism`` was just reserved in ``group``; returns the guess for the next one."""
-        with self._lock:
-            followers = self._followers.pop(group, None) or OrderedDict()
-            previous = self._last.pop(group, None)
-            if previous is not None:
-                followers.pop(previous, None)
-                followers[previous] = mechanism
-                while len(followers) > self._per_group:
-                    followers.popitem(last=False)
-            self._followers[group] = followers
-            self._last[group] = mechanism
-            while len(self._last) > self._groups:
-                self._last.popitem(last=False)
-            while len(self._followers) > self._groups:
-                self._followers.popitem(last=False)
-            return followers.get(mechanism, mechanism)
-
-
 def _mechanism(path: Path, q: float, sigma: float, steps: int) -> Mechanism:
     """A task's mechanism as read from the ledger at ``path`` (SQLite may hand a REAL back as an int)."""
     try:
@@ -583,6 +554,18 @@ def _mechanism(path: Path, q: float, sigma: float, steps: int) -> Mechanism:
 
 # Tasks whose cost counts against the budget: committed, and reserved (in flight).
 _ACTIVE = (TaskState.COMMITTED, TaskState.RESERVED)
+
+
+def _check_request(budget_group: str, task_id: str, limit_epsilon: float, max_settings: int | None) -> None:
+    """reserve()'s arguments that the mechanism and the accountant do not check themselves."""
+    if not task_id or not budget_group:
+        raise MechanismError("a reservation needs a task id and a budget group")
+    if max_settings is not None and max_settings < 1:
+        raise MechanismError(f"the number of accounting settings must be ≥ 1, got {max_settings!r}")
+    if isinstance(limit_epsilon, bool) or not isinstance(limit_epsilon, int | float):
+        raise MechanismError(f"the ε limit must be a number, got {limit_epsilon!r}")
+    if not (math.isfinite(limit_epsilon) and limit_epsilon >= 0.0):
+        raise MechanismError(f"the ε limit must be finite and ≥ 0, got {limit_epsilon!r}")
 
 
 def _check_settings(

@@ -17,8 +17,8 @@ import structlog.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.privacy.accounting import PldAccountant
-from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger, Reservation, _NextMechanism
+from agent.privacy.accounting import PldAccountant, _NextMechanism
+from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger, Reservation
 from agent.privacy.mechanism import Mechanism, StepCounts, step_counts
 from tests.privacy.test_privacy_accounting import DELTA, FAST_PLD
 
