@@ -24,8 +24,10 @@ LEGEND_ROW = 24
 LEGEND_COLUMNS = 2
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
+# A demo or a short study runs for minutes: its axis needs ticks in seconds.
 _TIME_STEPS = (
-    [dt.timedelta(minutes=m) for m in (1, 5, 10, 15, 30)]
+    [dt.timedelta(seconds=s) for s in (1, 5, 10, 15, 30)]
+    + [dt.timedelta(minutes=m) for m in (1, 5, 10, 15, 30)]
     + [dt.timedelta(hours=h) for h in (1, 2, 3, 6, 12)]
     + [dt.timedelta(days=d) for d in (1, 2, 7, 14, 30, 61, 91, 182, 365, 730, 1461, 3652)]
 )
@@ -86,7 +88,7 @@ def render_budget_chart(series: Sequence[BudgetSeries], start: dt.datetime, end:
     # X axis: time ticks.
     time_step = next((s for s in _TIME_STEPS if (end - start) / s <= 8), _TIME_STEPS[-1])
     tick = _first_tick(start, time_step)
-    label_format = "%Y-%m-%d" if time_step >= dt.timedelta(days=1) else "%m-%d %H:%M"
+    label_format = _tick_format(start, end, time_step)
     while tick <= end:
         x = x_of(tick)
         out.append(f'<line class="tick" x1="{x:.1f}" y1="{PLOT_BOTTOM}" x2="{x:.1f}" y2="{PLOT_BOTTOM + 5}"/>')
@@ -99,7 +101,7 @@ def render_budget_chart(series: Sequence[BudgetSeries], start: dt.datetime, end:
         f'<line class="axis" x1="{PLOT_LEFT}" y1="{PLOT_TOP}" x2="{PLOT_LEFT}" y2="{PLOT_BOTTOM}"/>'
         f'<line class="axis" x1="{PLOT_LEFT}" y1="{PLOT_BOTTOM}" x2="{PLOT_RIGHT}" y2="{PLOT_BOTTOM}"/>'
         f'<text class="axis-label" x="{(PLOT_LEFT + PLOT_RIGHT) / 2:.0f}" y="{PLOT_BOTTOM + 40}" '
-        f'text-anchor="middle">time (UTC)</text>'
+        f'text-anchor="middle">{escape(_axis_label(start, end, time_step))}</text>'
         f'<text class="axis-label" transform="translate(18 {(PLOT_TOP + PLOT_BOTTOM) / 2:.0f}) rotate(-90)" '
         f'text-anchor="middle">cumulative ε spent</text>'
     )
@@ -144,6 +146,23 @@ def render_budget_chart(series: Sequence[BudgetSeries], start: dt.datetime, end:
         )
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _tick_format(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> str:
+    """Tick labels as precise as the step, without repeating a date the whole axis shares."""
+    if step >= dt.timedelta(days=1):
+        return "%Y-%m-%d"
+    same_day = start.date() == end.date()
+    if step >= dt.timedelta(minutes=1):
+        return "%H:%M" if same_day else "%m-%d %H:%M"
+    return "%H:%M:%S" if same_day else "%m-%d %H:%M:%S"
+
+
+def _axis_label(start: dt.datetime, end: dt.datetime, step: dt.timedelta) -> str:
+    """The time axis's title; it carries the date when the ticks show only times of one day."""
+    if step < dt.timedelta(days=1) and start.date() == end.date():
+        return f"time (UTC) on {start.date().isoformat()}"
+    return "time (UTC)"
 
 
 def _nice_step(raw: float) -> float:

@@ -194,7 +194,7 @@ class AuditLog:
                 if final_checkpoint:
                     with self._file_lock():
                         tail = self._prepare()
-                        if tail.kind != events.AUDIT_CHECKPOINT:
+                        if tail.kind != events.AuditCheckpoint.kind:
                             self._write_checkpoint(tail)
             finally:
                 self._release()
@@ -218,6 +218,13 @@ class AuditLog:
         return self._directory
 
     # ------------------------------------------------------------ writing
+
+    def record(self, event: events.AuditEvent) -> AuditRecord:
+        """Appends one event of the vocabulary (agent.audit.events), durably, and returns it.
+
+        This is how the agent writes; `append` is the storage primitive below it.
+        """
+        return self.append(event.kind, **event.fields())
 
     def append(self, kind: str, **fields: Any) -> AuditRecord:
         """Appends one entry, durably, and returns it.
@@ -258,7 +265,7 @@ class AuditLog:
         """Writes a signed checkpoint now (unless the log already ends with one)."""
         with self._locked():
             tail = self._prepare()
-            if tail.kind != events.AUDIT_CHECKPOINT:
+            if tail.kind != events.AuditCheckpoint.kind:
                 self._write_checkpoint(tail)
 
     # ------------------------------------------------------------ internals
@@ -291,9 +298,9 @@ class AuditLog:
         tail.names = names
         head_problem = self._reconcile_head(tail)
         if repaired is not None:
-            self._write(tail, events.AUDIT_RECOVERED, repaired)
+            self._write(tail, repaired)
         if head_problem is not None:
-            self._write(tail, events.AUDIT_RECOVERED, head_problem)
+            self._write(tail, head_problem)
         return tail
 
     def _unchanged(self, seen: _Seen, names: tuple[str, ...]) -> bool:
@@ -323,7 +330,7 @@ class AuditLog:
             return False
         return head == seen.head
 
-    def _repair_partial_line(self, files: list[tuple[int, Path]]) -> dict[str, Any] | None:
+    def _repair_partial_line(self, files: list[tuple[int, Path]]) -> events.AuditRecovered | None:
         for _, path in reversed(files):
             if path.stat().st_size == 0:
                 continue
@@ -334,17 +341,17 @@ class AuditLog:
                 handle.truncate(end.complete_size)
                 handle.flush()
                 os.fsync(handle.fileno())
-            return {
-                "reason": events.RECOVERED_PARTIAL_LINE,
-                "severity": "notice",
-                "file": path.name,
-                "offset": end.complete_size,
-                "discarded_bytes": len(end.partial),
-                "discarded_sha256": hashlib.sha256(end.partial).hexdigest(),
-                "discarded_preview": end.partial[:120].decode("ascii", errors="backslashreplace"),
-                "message": "an entry was cut short (crash or power loss while writing); "
+            return events.AuditRecovered(
+                condition=events.RECOVERED_PARTIAL_LINE,
+                severity="notice",
+                file=path.name,
+                offset=end.complete_size,
+                discarded_bytes=len(end.partial),
+                discarded_sha256=hashlib.sha256(end.partial).hexdigest(),
+                discarded_preview=end.partial[:120].decode("ascii", errors="backslashreplace"),
+                message="an entry was cut short (crash or power loss while writing); "
                 "its bytes were removed and this entry records it",
-            }
+            )
         return None
 
     def _read_tail(self, files: list[tuple[int, Path]]) -> _Tail:
@@ -363,7 +370,7 @@ class AuditLog:
         return _Tail(0, GENESIS_HASH, None, current_index, current_size, 0)
 
     def _last_checkpoint_seq(self, tail: _Tail, files: list[tuple[int, Path]]) -> int:
-        if tail.kind == events.AUDIT_CHECKPOINT:
+        if tail.kind == events.AuditCheckpoint.kind:
             return tail.seq
         try:
             head = read_head(self._directory)
@@ -385,7 +392,7 @@ class AuditLog:
                 return last
         return 0
 
-    def _reconcile_head(self, tail: _Tail) -> dict[str, Any] | None:
+    def _reconcile_head(self, tail: _Tail) -> events.AuditRecovered | None:
         """Compares the signed head with the log's end; any disagreement is recorded."""
         try:
             head = read_head(self._directory)
@@ -427,10 +434,10 @@ class AuditLog:
             f"{tail.seq - head.seq} entries follow the signed head record; at most one can come from a crash",
         )
 
-    def _write(self, tail: _Tail, kind: str, fields: Mapping[str, Any]) -> AuditRecord:
-        """Appends one entry after `tail` and advances `tail` in place."""
+    def _write(self, tail: _Tail, event: events.AuditEvent) -> AuditRecord:
+        """Appends the log's own entry after `tail` and advances `tail` in place."""
         batch = _Batch()
-        record = self._stage(tail, batch, kind, fields)
+        record = self._stage(tail, batch, event.kind, _checked_fields(event.kind, event.fields()))
         self._flush(tail, batch)
         return record
 
@@ -452,7 +459,7 @@ class AuditLog:
         tail.hash = entry["hash"]
         tail.kind = kind
         tail.file_size += len(data)
-        if kind == events.AUDIT_CHECKPOINT:
+        if kind == events.AuditCheckpoint.kind:
             tail.last_checkpoint_seq = tail.seq
         batch.time = entry["time"]
         record = AuditRecord.from_entry(entry, file=name)
@@ -483,14 +490,14 @@ class AuditLog:
         statement = checkpoint_statement(
             seq=tail.seq + 1, covers_seq=tail.seq, covers_hash=tail.hash, time=time, signer=signer
         )
-        fields = {
-            "covers_seq": tail.seq,
-            "covers_hash": tail.hash,
-            "signed_time": time,
-            "signer": signer,
-            "signature": base64.b64encode(self._signer.sign(statement)).decode("ascii"),
-        }
-        return self._write(tail, events.AUDIT_CHECKPOINT, fields)
+        checkpoint = events.AuditCheckpoint(
+            covers_seq=tail.seq,
+            covers_hash=tail.hash,
+            signed_time=time,
+            signer=signer,
+            signature=base64.b64encode(self._signer.sign(statement)).decode("ascii"),
+        )
+        return self._write(tail, checkpoint)
 
 
 def _checked_fields(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -521,17 +528,17 @@ def _parse_tail_entry(path: Path, line: bytes) -> dict[str, Any]:
     return entry
 
 
-def _head_event(reason: str, tail: _Tail, head: HeadRecord | None, message: str) -> dict[str, Any]:
-    return {
-        "reason": reason,
-        "severity": "notice" if reason in events.RECOVERED_NOTICE_REASONS else "error",
-        "log_seq": tail.seq,
-        "log_hash": tail.hash,
-        "head_seq": head.seq if head else None,
-        "head_hash": head.hash if head else None,
-        "head_file": head.file if head else None,
-        "message": message,
-    }
+def _head_event(condition: str, tail: _Tail, head: HeadRecord | None, message: str) -> events.AuditRecovered:
+    return events.AuditRecovered(
+        condition=condition,
+        severity="notice" if condition in events.RECOVERED_NOTICE_REASONS else "error",
+        log_seq=tail.seq,
+        log_hash=tail.hash,
+        head_seq=head.seq if head else None,
+        head_hash=head.hash if head else None,
+        head_file=head.file if head else None,
+        message=message,
+    )
 
 
 class _FileLock:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.audit import events
 from agent.audit.errors import AuditDataError, AuditLogNotFoundError
+from agent.audit.events import Role, value, with_role
 from agent.audit.record import AuditRecord, parse_time
 from agent.audit.storage import list_log_files
 
@@ -51,7 +51,9 @@ class AuditQuery:
     dataset: str | None = None
     # A package digest, "sha256:<hex>" or a prefix of it (with or without "sha256:").
     package: str | None = None
-    # Kinds; "task" matches task.started, task.finished and task.failed.
+    # A run id (the coordinator's, for one training or study).
+    run: str | None = None
+    # Kinds; a family ("task") matches each of its kinds (task.started, task.finished, ...).
     kinds: tuple[str, ...] = ()
 
     def matches(self, record: AuditRecord) -> bool:
@@ -66,25 +68,27 @@ class AuditQuery:
                 return False
         if self.kinds and not any(record.kind == k or record.kind.startswith(k.rstrip(".*") + ".") for k in self.kinds):
             return False
-        if self.coordinator is not None and not _any_equal(record, events.COORDINATOR_FIELDS, self.coordinator):
-            return False
-        if self.dataset is not None and not _any_equal(record, events.DATASET_FIELDS, self.dataset):
-            return False
-        return self.package is None or _package_matches(record, self.package)
+        wanted = (
+            (Role.COORDINATOR, self.coordinator, _equal),
+            (Role.DATASET, self.dataset, _equal),
+            (Role.RUN, self.run, _equal),
+            (Role.PACKAGE, self.package, _digest_prefix),
+        )
+        return all(
+            target is None or any(test(value(record, field), target) for field in with_role(role))
+            for role, target, test in wanted
+        )
 
 
 def select(records: Iterable[AuditRecord], query: AuditQuery) -> Iterator[AuditRecord]:
     return (record for record in records if query.matches(record))
 
 
-def _any_equal(record: AuditRecord, names: tuple[str, ...], wanted: str) -> bool:
-    return any(record.get(name) == wanted for name in names)
+def _equal(found: Any, wanted: str) -> bool:
+    return isinstance(found, str) and found == wanted
 
 
-def _package_matches(record: AuditRecord, wanted: str) -> bool:
+def _digest_prefix(found: Any, wanted: str) -> bool:
+    """`wanted` is a digest or a prefix of its hex, with or without "sha256:"."""
     wanted = wanted.lower().removeprefix("sha256:")
-    for name in events.PACKAGE_FIELDS:
-        value = record.get(name)
-        if isinstance(value, str) and wanted and value.lower().removeprefix("sha256:").startswith(wanted):
-            return True
-    return False
+    return isinstance(found, str) and bool(wanted) and found.lower().removeprefix("sha256:").startswith(wanted)

@@ -4,6 +4,12 @@ No scripts, no external resources: inline CSS and an inline SVG chart, so
 the file can be archived, mailed and opened offline. Every value that comes
 from the log is escaped — coordinators choose some of them (ids, correlation
 ids, package names).
+
+Entries are read through the audit vocabulary (agent.audit.events): columns
+are its fields, headed by their labels, and logs written by earlier versions
+are read under the names they used. An entry about a task's end is completed
+from the task's task.started entry (older versions wrote purpose and package
+only there).
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import datetime as dt
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 from agent.audit import events
 from agent.audit.chart import PALETTE, BudgetSeries, chart_height, render_budget_chart
+from agent.audit.events import Field
 from agent.audit.record import AuditRecord, parse_time
 from agent.audit.verify import VerificationResult
 
@@ -45,54 +52,90 @@ class ReportPeriod:
         return f"{start} to {end}"
 
 
-def _time(record: AuditRecord) -> dt.datetime | None:
-    try:
-        return parse_time(record.time)
-    except ValueError:
-        return None
+@dataclass(frozen=True)
+class Entry:
+    """One audit entry with its fields under the vocabulary's current names."""
+
+    kind: str
+    seq: int
+    time: str
+    moment: dt.datetime | None
+    fields: Mapping[str, Any]
+
+    def __getitem__(self, field: Field) -> Any:
+        return self.fields.get(field.name)
+
+    @classmethod
+    def of(cls, record: AuditRecord) -> Entry:
+        try:
+            moment: dt.datetime | None = parse_time(record.time)
+        except ValueError:
+            moment = None
+        return cls(record.kind, record.seq, record.time, moment, events.normalised(record))
+
+    def naming_package(self, names: Mapping[str, tuple[Any, Any]]) -> Entry:
+        """This entry, with the package's name and version from the log's uploads when it names only the digest."""
+        found = names.get(self[events.PACKAGE_DIGEST])
+        if found is None or self[events.PACKAGE_NAME] is not None:
+            return self
+        fields = {**self.fields, events.PACKAGE_NAME.name: found[0], events.PACKAGE_VERSION.name: found[1]}
+        return Entry(self.kind, self.seq, self.time, self.moment, fields)
+
+    def completed_by(self, started: Entry | None) -> Entry:
+        """This entry, with the fields it lacks taken from the task's task.started entry."""
+        if started is None:
+            return self
+        fields = dict(started.fields)
+        fields.update({name: found for name, found in self.fields.items() if found is not None})
+        return Entry(self.kind, self.seq, self.time, self.moment, fields)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def _number(found: Any) -> float | None:
+    if isinstance(found, bool) or not isinstance(found, int | float):
         return None
-    result = float(value)
+    result = float(found)
     return result if math.isfinite(result) else None
 
 
 def budget_series(
     records: Iterable[AuditRecord], period: ReportPeriod, budgets: Mapping[str, float] | None = None
 ) -> list[BudgetSeries]:
-    """Cumulative ε per dataset from task.finished entries, over the whole log up to the period's end.
+    """Cumulative ε per dataset from task.finished and charged task.failed entries, up to the period's end.
 
     The cumulative value is the ledger's own figure (`budget_epsilon_spent`)
     when the entry carries it, otherwise the running sum of `epsilon_charged`
     (each task's share of the composed ε: the shares add up to the ledger's total).
     Limits: `budgets[dataset]` when given, else the last `budget_epsilon_limit` logged.
     """
+    return _budget_series([Entry.of(r) for r in records], period, budgets)
+
+
+def _budget_series(
+    entries: Sequence[Entry], period: ReportPeriod, budgets: Mapping[str, float] | None
+) -> list[BudgetSeries]:
     by_dataset: dict[str, BudgetSeries] = {}
-    for record in records:
-        if record.kind != events.TASK_FINISHED:
+    for entry in entries:
+        charged = _number(entry[events.EPSILON_CHARGED]) or 0.0
+        if entry.kind != events.TaskFinished.kind and not (entry.kind == events.TaskFailed.kind and charged > 0):
             continue
-        dataset = record.get("dataset")
-        moment = _time(record)
-        if not isinstance(dataset, str) or moment is None:
+        dataset = entry[events.DATASET]
+        if not isinstance(dataset, str) or entry.moment is None:
             continue
-        if period.end is not None and moment >= period.end:
+        if period.end is not None and entry.moment >= period.end:
             continue
         series = by_dataset.setdefault(dataset, BudgetSeries(dataset))
-        group = record.get("budget_group")
+        group = entry[events.BUDGET_GROUP]
         if isinstance(group, str):
             series.group = group
-        limit = _number(record.get("budget_epsilon_limit"))
+        limit = _number(entry[events.BUDGET_EPSILON_LIMIT])
         if limit is not None:
             series.limit = limit
-        charged = _number(record.get("epsilon_charged")) or 0.0
-        ledger = _number(record.get("budget_epsilon_spent"))
+        ledger = _number(entry[events.BUDGET_EPSILON_SPENT])
         level = ledger if ledger is not None else series.final_level + charged
-        if period.start is not None and moment < period.start:
+        if period.start is not None and entry.moment < period.start:
             series.start_level = level
         else:
-            series.points.append((moment, level))
+            series.points.append((entry.moment, level))
     for dataset, limit in (budgets or {}).items():
         by_dataset.setdefault(dataset, BudgetSeries(dataset)).limit = limit
     return [by_dataset[name] for name in sorted(by_dataset)]
@@ -111,12 +154,13 @@ header p{margin:4px 0 0;color:#4a5568}
 #budget-chart .tick,#budget-chart .axis{stroke:#1d2430;stroke-width:1}
 #budget-chart text{font-size:12px;fill:#1d2430}
 #budget-chart .axis-label{font-size:13px;font-weight:600}
-main{padding:8px 32px 48px;max-width:1200px}
+main{padding:8px 32px 48px;max-width:1800px}
 h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d9dee7;padding-bottom:4px}
 table{border-collapse:collapse;width:100%;margin:6px 0 12px;font-size:13px}
-th,td{border:1px solid #d9dee7;padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #d9dee7;padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#f3f5f9;white-space:nowrap}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.time{white-space:nowrap}
 .status-ok{color:#1b7a32;font-weight:600}
 .status-bad{color:#b3261e;font-weight:600}
 .empty{color:#6b7280;font-style:italic}
@@ -134,32 +178,39 @@ def render_html_report(
     generated_at: dt.datetime | None = None,
 ) -> str:
     """The report for `period`. Pass the whole log: budgets spent before the period count."""
-    everything = list(records)
+    everything = [Entry.of(r) for r in records]
+    names = {
+        e[events.PACKAGE_DIGEST]: (e[events.PACKAGE_NAME], e[events.PACKAGE_VERSION])
+        for e in everything
+        if e[events.PACKAGE_NAME] is not None and e[events.PACKAGE_DIGEST] is not None
+    }
+    everything = [e.naming_package(names) for e in everything]
     generated = generated_at or dt.datetime.now(dt.UTC)
-    in_period = [r for r in everything if (moment := _time(r)) is not None and period.contains(moment)]
-    series = budget_series(everything, period, budgets)
+    in_period = [e for e in everything if e.moment is not None and period.contains(e.moment)]
+    series = _budget_series(everything, period, budgets)
     chart_start, chart_end = _chart_range(period, in_period, series, generated)
 
-    finished = [r for r in in_period if r.kind == events.TASK_FINISHED]
-    failed = [r for r in in_period if r.kind == events.TASK_FAILED]
-    denials = [r for r in in_period if r.kind == events.RPC_DECISION and r.get("allowed") is False]
-    package_kinds = (
-        events.PACKAGE_APPROVED,
-        events.PACKAGE_REJECTED_BY_REVIEWER,
-        events.PACKAGE_REJECTED,
-        events.PACKAGE_VERIFIED,
-        events.PACKAGE_UPLOADED,
-    )
-    packages = [r for r in in_period if r.kind in package_kinds]
-    operations = (
-        events.AGENT_STARTED,
-        events.AGENT_STOPPED,
-        events.POLICY_LOADED,
-        events.POLICY_REJECTED,
-        events.CONFIG_CHANGED,
-        events.AUDIT_RECOVERED,
-    )
-    lifecycle = [r for r in in_period if r.kind in operations]
+    started = {e[events.TASK_ID]: e for e in everything if e.kind == events.TaskStarted.kind}
+    ends = (events.TaskFinished.kind, events.TaskFailed.kind, events.TaskRefused.kind)
+    tasks = [e.completed_by(started.get(e[events.TASK_ID])) for e in in_period if e.kind in ends]
+    denials = [e for e in in_period if e.kind == events.RpcDecision.kind and e[events.ALLOWED] is False]
+    refusals = [e for e in in_period if e.kind in (events.TaskRefused.kind, events.PackageRefused.kind)]
+    package_kinds = {
+        events.PackageUploaded.kind,
+        events.PackageRefused.kind,
+        events.PackageApproved.kind,
+        events.PackageRejected.kind,
+    }
+    packages = [e for e in in_period if e.kind in package_kinds]
+    operations = {
+        events.AgentStarted.kind,
+        events.AgentStopped.kind,
+        events.PolicyLoaded.kind,
+        events.PolicyRejected.kind,
+        events.TaskAbandoned.kind,
+        events.AuditRecovered.kind,
+    }
+    lifecycle = [e for e in in_period if e.kind in operations]
 
     title = "Edge Agent audit report" + (f" — {agent_id}" if agent_id else "")
     parts = [
@@ -172,17 +223,12 @@ def render_html_report(
         f'<section id="budget-chart-section" style="height:{chart_height(len(series))}px">',
         render_budget_chart(series, chart_start, chart_end),
         "</section><main>",
-        _summary(
-            in_period=in_period,
-            finished=finished,
-            failed=failed,
-            denials=denials,
-            packages=packages,
-            verification=verification,
-        ),
+        _summary(in_period, tasks, packages, denials, verification),
         _budget_table(series),
-        _data_use_table(finished),
-        _tasks_table(finished, failed),
+        _data_use_table(tasks),
+        _runs_table(tasks),
+        _tasks_table(tasks),
+        _refusals_table(refusals),
         _packages_table(packages),
         _denials_table(denials),
         _lifecycle_table(lifecycle),
@@ -192,9 +238,9 @@ def render_html_report(
 
 
 def _chart_range(
-    period: ReportPeriod, in_period: Sequence[AuditRecord], series: Sequence[BudgetSeries], generated: dt.datetime
+    period: ReportPeriod, in_period: Sequence[Entry], series: Sequence[BudgetSeries], generated: dt.datetime
 ) -> tuple[dt.datetime, dt.datetime]:
-    times = [m for r in in_period if (m := _time(r)) is not None]
+    times = [e.moment for e in in_period if e.moment is not None]
     times += [moment for s in series for moment, _ in s.points]
     start = period.start or (min(times) if times else generated - dt.timedelta(days=1))
     end = period.end or (max(times) if times else generated)
@@ -206,37 +252,83 @@ def _when(text: str) -> str:
     return text[:19].replace("T", " ") + "Z" if len(text) >= 19 else text
 
 
-def _e(value: Any) -> str:
-    if value is None:
+def _e(found: Any) -> str:
+    if found is None:
         return '<span class="empty">—</span>'
-    if isinstance(value, float):
-        return escape(f"{value:.6g}")
-    if isinstance(value, dict | list):
-        return f"<code>{escape(json.dumps(value, sort_keys=True))}</code>"
-    return escape(str(value))
+    if isinstance(found, float):
+        return escape(f"{found:.6g}")
+    if isinstance(found, dict | list):
+        return f"<code>{escape(json.dumps(found, sort_keys=True))}</code>"
+    return escape(str(found))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: frozenset[int] = frozenset()) -> str:
+@dataclass(frozen=True)
+class Column:
+    """A report column: its header and how to read its cell from an entry."""
+
+    label: str
+    cell: Callable[[Entry], Any]
+    style: str = ""  # "num" (right-aligned, never wrapped) or "time" (never wrapped)
+
+
+def field(item: Field, style: str = "") -> Column:
+    """The column of one vocabulary field, headed by its label."""
+    return Column(item.label, lambda entry: entry[item], style)
+
+
+TIME = Column("Time", lambda entry: _when(entry.time), "time")
+EVENT = Column("Event", lambda entry: entry.kind)
+
+
+def _package(entry: Entry) -> str | None:
+    """The package as a reader knows it: name and version, and the digest's start to tell builds apart."""
+    name, version, digest = entry[events.PACKAGE_NAME], entry[events.PACKAGE_VERSION], entry[events.PACKAGE_DIGEST]
+    label = " ".join(str(part) for part in (name, version) if part is not None)
+    if isinstance(digest, str):
+        short = digest[: len("sha256:") + 8] + "…"
+        label = f"{label} ({short})" if label else short
+    return label or None
+
+
+def _outcome(entry: Entry) -> str:
+    return entry.kind.removeprefix("task.")
+
+
+def _why(entry: Entry) -> str | None:
+    """Why a task failed or was refused, as recorded."""
+    parts = [entry[events.FAILURE] or entry[events.STATUS], entry[events.RULE]]
+    code = " ".join(str(part) for part in parts if part)
+    reason = entry[events.REASON]
+    if reason is None:
+        return code or None
+    return f"{code}: {reason}" if code else str(reason)
+
+
+PACKAGE = Column("Package", _package)
+
+
+def _table(columns: Sequence[Column], entries: Sequence[Entry]) -> str:
+    return _grid([c.label for c in columns], [[(c.cell(e), c.style) for c in columns] for e in entries])
+
+
+def _grid(headers: Sequence[str], rows: Sequence[Sequence[tuple[Any, str]]]) -> str:
     if not rows:
         return '<p class="empty">None in this period.</p>'
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="num">{_e(cell)}</td>' if index in numeric else f"<td>{_e(cell)}</td>"
-            for index, cell in enumerate(row)
+            f'<td class="{style}">{_e(cell)}</td>' if style else f"<td>{_e(cell)}</td>" for cell, style in row
         )
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _summary(
-    *,
-    in_period: Sequence[AuditRecord],
-    finished: Sequence[AuditRecord],
-    failed: Sequence[AuditRecord],
-    denials: Sequence[AuditRecord],
-    packages: Sequence[AuditRecord],
+    in_period: Sequence[Entry],
+    tasks: Sequence[Entry],
+    packages: Sequence[Entry],
+    denials: Sequence[Entry],
     verification: VerificationResult | None,
 ) -> str:
     if verification is None:
@@ -249,14 +341,29 @@ def _summary(
     else:
         first = verification.first_break
         status = f'<span class="status-bad">NOT INTACT</span>: {escape(str(first))}'
-    approved = sum(1 for r in packages if r.kind == events.PACKAGE_APPROVED)
-    refused = sum(1 for r in packages if r.kind in (events.PACKAGE_REJECTED, events.PACKAGE_REJECTED_BY_REVIEWER))
+
+    def count(items: Sequence[Entry], kind: str) -> int:
+        return sum(1 for e in items if e.kind == kind)
+
     rows = [
         ("Log integrity", status),
         ("Entries in period", escape(str(len(in_period)))),
-        ("Tasks finished / failed", escape(f"{len(finished)} / {len(failed)}")),
-        ("Packages approved / rejected", escape(f"{approved} / {refused}")),
-        ("Requests denied", escape(str(len(denials)))),
+        (
+            "Tasks finished / failed / refused",
+            escape(
+                f"{count(tasks, events.TaskFinished.kind)} / {count(tasks, events.TaskFailed.kind)} / "
+                f"{count(tasks, events.TaskRefused.kind)}"
+            ),
+        ),
+        (
+            "Packages uploaded / refused at upload",
+            escape(f"{count(packages, events.PackageUploaded.kind)} / {count(packages, events.PackageRefused.kind)}"),
+        ),
+        (
+            "Packages approved / rejected by reviewers",
+            escape(f"{count(packages, events.PackageApproved.kind)} / {count(packages, events.PackageRejected.kind)}"),
+        ),
+        ("Requests denied by policy", escape(str(len(denials)))),
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<h2>Summary</h2><table>{body}</table>"
@@ -267,91 +374,154 @@ def _budget_table(series: Sequence[BudgetSeries]) -> str:
     for item in series:
         in_period = item.final_level - item.start_level
         remaining = None if item.limit is None else item.limit - item.final_level
-        rows.append((item.dataset, item.group, item.start_level, in_period, item.final_level, item.limit, remaining))
-    return "<h2>Privacy budget per dataset</h2>" + _table(
-        ("Dataset", "Budget group", "ε before period", "ε in period", "ε at end", "ε limit", "ε remaining"),
-        rows,
-        frozenset({2, 3, 4, 5, 6}),
+        numbers = (item.start_level, in_period, item.final_level, item.limit, remaining)
+        rows.append([(item.dataset, ""), (item.group, ""), *((n, "num") for n in numbers)])
+    return "<h2>Privacy budget per dataset</h2>" + _grid(
+        ("Dataset", "Budget group", "ε before period", "ε in period", "ε at end", "ε limit", "ε remaining"), rows
     )
 
 
-def _data_use_table(finished: Sequence[AuditRecord]) -> str:
-    groups: dict[tuple[str, str, str, str], list[AuditRecord]] = defaultdict(list)
-    for record in finished:
-        coordinator, dataset, purpose, kind = (
-            "—" if record.get(name) is None else str(record.get(name))
-            for name in ("coordinator", "dataset", "purpose", "task_kind")
-        )
-        groups[(coordinator, dataset, purpose, kind)].append(record)
+def _charged(entries: Iterable[Entry]) -> float:
+    return sum(_number(e[events.EPSILON_CHARGED]) or 0.0 for e in entries)
+
+
+def _data_use_table(tasks: Sequence[Entry]) -> str:
+    keys = (events.COORDINATOR, events.DATASET, events.PURPOSE, events.TASK_KIND)
+    groups: dict[tuple[str, ...], list[Entry]] = defaultdict(list)
+    for entry in tasks:
+        if entry.kind != events.TaskRefused.kind:
+            groups[tuple("—" if entry[k] is None else str(entry[k]) for k in keys)].append(entry)
+    rows = [
+        [
+            *((part, "") for part in key),
+            (len(items), "num"),
+            (_charged(items), "num"),
+            (_when(items[0].time), "time"),
+            (_when(items[-1].time), "time"),
+        ]
+        for key, items in sorted(groups.items())
+    ]
+    return "<h2>Who used which data for what</h2>" + _grid(
+        (*(k.label for k in keys), "Tasks", "ε charged", "First", "Last"), rows
+    )
+
+
+def _runs_table(tasks: Sequence[Entry]) -> str:
+    runs: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    for entry in tasks:
+        run = entry[events.RUN_ID]
+        if run is not None:
+            runs[(str(entry[events.COORDINATOR]), str(run))].append(entry)
     rows = []
-    for (coordinator, dataset, purpose, kind), items in sorted(groups.items()):
-        epsilon = sum(_number(r.get("epsilon_charged")) or 0.0 for r in items)
+    for (coordinator, run), items in sorted(runs.items(), key=lambda pair: pair[1][0].seq):
+        first = items[0]
+        rounds = {e[events.ROUND] for e in items if e[events.ROUND] is not None}
+        kinds = sorted({str(e[events.TASK_KIND]) for e in items if e[events.TASK_KIND] is not None})
+        outcomes = [
+            sum(1 for e in items if e.kind == kind)
+            for kind in (events.TaskFinished.kind, events.TaskFailed.kind, events.TaskRefused.kind)
+        ]
         rows.append(
-            (coordinator, dataset, purpose, kind, len(items), epsilon, _when(items[0].time), _when(items[-1].time))
+            [
+                (run, ""),
+                (coordinator, ""),
+                (first[events.DATASET], ""),
+                (_package(first), ""),
+                (first[events.PURPOSE], ""),
+                (", ".join(kinds), ""),
+                (len(rounds), "num"),
+                (" / ".join(str(n) for n in outcomes), "num"),
+                (_charged(items), "num"),
+                (_when(first.time), "time"),
+                (_when(items[-1].time), "time"),
+            ]
         )
-    return "<h2>Who used which data for what</h2>" + _table(
-        ("Coordinator", "Dataset", "Purpose", "Task kind", "Tasks", "ε charged", "First", "Last"),
-        rows,
-        frozenset({4, 5}),
+    headers = (
+        events.RUN_ID.label,
+        events.COORDINATOR.label,
+        events.DATASET.label,
+        PACKAGE.label,
+        events.PURPOSE.label,
+        "Kinds",
+        "Rounds",
+        "Finished / failed / refused",
+        "ε charged",
+        "First",
+        "Last",
     )
+    return "<h2>Runs</h2>" + _grid(headers, rows)
 
 
-def _tasks_table(finished: Sequence[AuditRecord], failed: Sequence[AuditRecord]) -> str:
-    rows = [
-        (
-            _when(r.time),
-            "finished" if r.kind == events.TASK_FINISHED else "failed",
-            r.get("coordinator"),
-            r.get("dataset"),
-            r.get("package_digest"),
-            r.get("task_kind"),
-            r.get("epsilon_charged"),
-            r.get("delta"),
-            r.get("correlation_id"),
-            r.get("error"),
-        )
-        for r in sorted([*finished, *failed], key=lambda r: r.seq)
-    ]
-    return "<h2>Tasks</h2>" + _table(
-        ("Time", "Outcome", "Coordinator", "Dataset", "Package", "Kind", "ε", "δ", "Correlation id", "Error"),
-        rows,
-        frozenset({6, 7}),
+def _tasks_table(tasks: Sequence[Entry]) -> str:
+    columns = (
+        TIME,
+        Column("Outcome", _outcome),
+        field(events.COORDINATOR),
+        field(events.DATASET),
+        PACKAGE,
+        field(events.TASK_KIND),
+        field(events.PURPOSE),
+        field(events.RUN_ID),
+        field(events.ROUND, "num"),
+        field(events.EPSILON_CHARGED, "num"),
+        field(events.DELTA, "num"),
+        field(events.CORRELATION_ID),
+        Column("Error / reason", _why),
     )
+    return "<h2>Tasks</h2>" + _table(columns, sorted(tasks, key=lambda e: e.seq))
 
 
-def _packages_table(packages: Sequence[AuditRecord]) -> str:
-    rows = [
-        (
-            _when(r.time),
-            r.kind.removeprefix("package."),
-            r.get("package_name"),
-            r.get("package_version"),
-            r.get("package_digest"),
-            r.get("reviewer") or r.get("caller") or r.get("publisher"),
-            r.get("comment") or r.get("reason"),
-        )
-        for r in packages
-    ]
-    return "<h2>Packages</h2>" + _table(("Time", "Event", "Name", "Version", "Digest", "By", "Comment / reason"), rows)
+def _refusals_table(refusals: Sequence[Entry]) -> str:
+    columns = (
+        TIME,
+        Column("What", lambda e: "package upload" if e.kind == events.PackageRefused.kind else "task"),
+        field(events.COORDINATOR),
+        field(events.DATASET),
+        PACKAGE,
+        field(events.STATUS),
+        field(events.RULE),
+        field(events.REASON),
+    )
+    return "<h2>Refused tasks and uploads</h2>" + _table(columns, refusals)
 
 
-def _denials_table(denials: Sequence[AuditRecord]) -> str:
+def _packages_table(packages: Sequence[Entry]) -> str:
+    columns = (
+        TIME,
+        Column("Event", lambda e: e.kind.removeprefix("package.")),
+        field(events.PACKAGE_NAME),
+        field(events.PACKAGE_VERSION),
+        field(events.PACKAGE_DIGEST),
+        Column("By", lambda e: e[events.REVIEWER] or e[events.COORDINATOR]),
+        Column("Status / reason", lambda e: e[events.PACKAGE_STATUS] or e[events.REASON]),
+    )
+    return "<h2>Packages</h2>" + _table(columns, packages)
+
+
+def _denials_table(denials: Sequence[Entry]) -> str:
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    for r in denials:
-        counts[(str(r.get("rule")), str(r.get("caller")))] += 1
-    by_rule = _table(("Rule", "Caller", "Denials"), [(*key, n) for key, n in sorted(counts.items())], frozenset({2}))
-    rows = [
-        (_when(r.time), r.get("caller"), r.get("method"), r.get("dataset"), r.get("rule"), r.get("reason"))
-        for r in denials
-    ]
-    return (
-        "<h2>Denied requests</h2>" + by_rule + _table(("Time", "Caller", "Method", "Dataset", "Rule", "Reason"), rows)
+    for entry in denials:
+        counts[(str(entry[events.RULE]), str(entry[events.COORDINATOR]))] += 1
+    by_rule = _grid(
+        (events.RULE.label, events.COORDINATOR.label, "Denials"),
+        [[(rule, ""), (who, ""), (n, "num")] for (rule, who), n in sorted(counts.items())],
     )
+    columns = (
+        TIME,
+        field(events.COORDINATOR),
+        field(events.METHOD),
+        field(events.DATASET),
+        PACKAGE,
+        field(events.RULE),
+        field(events.REASON),
+    )
+    return "<h2>Denied requests</h2>" + by_rule + _table(columns, denials)
 
 
-def _lifecycle_table(lifecycle: Sequence[AuditRecord]) -> str:
-    rows = []
-    for r in lifecycle:
-        details = {k: v for k, v in r.fields.items() if v is not None}
-        rows.append((_when(r.time), r.kind, details))
-    return "<h2>Agent, policy and log events</h2>" + _table(("Time", "Event", "Details"), rows)
+def _lifecycle_table(lifecycle: Sequence[Entry]) -> str:
+    columns = (
+        TIME,
+        EVENT,
+        Column("Details", lambda e: {k: v for k, v in e.fields.items() if v is not None}),
+    )
+    return "<h2>Agent, policy and log events</h2>" + _table(columns, lifecycle)

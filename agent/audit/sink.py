@@ -1,9 +1,11 @@
-"""What the gRPC layer needs of the audit log: somewhere to append security-relevant events."""
+"""What the rest of the agent needs of the audit log: somewhere to record events of the vocabulary."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
+
+from agent.audit.events import AuditEvent
 
 
 class AuditSink(Protocol):
-    def append(self, kind: str, **fields: Any) -> object: ...
+    def record(self, event: AuditEvent) -> object: ...

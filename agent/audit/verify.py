@@ -228,7 +228,7 @@ def _check_line(walk: _Walk, file: str, line: int, raw: bytes) -> None:
             )
     if walk.prev_hash is not None and entry["prev"] != walk.prev_hash:
         messages.append("prev does not match the hash of the entry before it (chain broken here)")
-    if entry["kind"] == events.AUDIT_CHECKPOINT:
+    if entry["kind"] == events.AuditCheckpoint.kind:
         checkpoint_error = _checkpoint_error(walk, entry)
         if checkpoint_error is not None:
             messages.append(checkpoint_error)
@@ -236,7 +236,7 @@ def _check_line(walk: _Walk, file: str, line: int, raw: bytes) -> None:
             walk.last_checkpoint_seq = seq
     if messages:
         walk.problem(file, line, seq, "; ".join(messages))
-    if entry["kind"] == events.AUDIT_RECOVERED:
+    if entry["kind"] == events.AuditRecovered.kind:
         _note_recovery(walk, file, line, seq, entry)
 
     walk.entries += 1
@@ -291,10 +291,11 @@ def _checkpoint_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
 
 
 def _note_recovery(walk: _Walk, file: str, line: int, seq: int, entry: dict[str, Any]) -> None:
-    reason = entry.get("reason")
-    message = entry.get("message") or reason
-    text = f"the agent recorded a recovery when opening the log ({reason}): {message}"
-    if reason in events.RECOVERED_NOTICE_REASONS:
+    # Versions before 0.2 wrote the condition as `reason`.
+    condition = entry.get("condition", entry.get("reason"))
+    message = entry.get("message") or condition
+    text = f"the agent recorded a recovery when opening the log ({condition}): {message}"
+    if condition in events.RECOVERED_NOTICE_REASONS:
         walk.notice(file, line, seq, text)
     else:
         walk.problem(file, line, seq, text)

@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.audit import events
 from agent.audit.errors import AuditDataError, AuditError, AuditInputError, AuditKeyError
 from agent.audit.keys import load_public_key
 from agent.audit.query import AuditQuery, read_records, select
@@ -33,7 +34,9 @@ from agent.identity.agent_key import public_key_path
 USAGE_ERRORS: tuple[type[Exception], ...] = (AuditInputError,)
 FAILURE_ERRORS: tuple[type[Exception], ...] = (AuditError,)
 
-_SHOW_HEADER_FIELDS = ("caller", "coordinator", "dataset")
+# The column `audit show` gives who asked and about which dataset, in every kind.
+_SHOW_HEADER_FIELDS = (*events.with_role(events.Role.COORDINATOR), *events.with_role(events.Role.DATASET))
+_SHOW_HEADER_NAMES = frozenset(f.name for f in _SHOW_HEADER_FIELDS)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,8 +67,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show.add_argument("--coordinator", help="coordinator identity (caller / coordinator field)")
     show.add_argument("--dataset", help="dataset id")
     show.add_argument("--package", help="package digest (sha256:... or a prefix of the hex)")
+    show.add_argument("--run", help="run id (a coordinator's training or study)")
     show.add_argument(
-        "--kind", action="append", default=[], help="event kind, e.g. rpc.decision, or a family: task (repeatable)"
+        "--kind",
+        action="append",
+        default=[],
+        type=_kind,
+        help="event kind, e.g. rpc.decision, or a family: task (repeatable); docs/audit.md lists them",
     )
     show.add_argument("--last", type=int, default=None, metavar="N", help="only the last N matching entries")
     show.add_argument("--json", action="store_true", help="one JSON object per line, exactly as stored")
@@ -106,6 +114,15 @@ def _add_time_arguments(parser: argparse.ArgumentParser) -> None:
         "--since", type=since_time, help="from this time (ISO 8601; a date means its start; UTC if no zone)"
     )
     parser.add_argument("--until", type=until_time, help="before this time (a date includes that whole day)")
+
+
+def _kind(text: str) -> str:
+    if text in events.KINDS or text.rstrip(".*") in events.FAMILIES:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown event kind {text!r}; kinds: {', '.join(sorted(events.KINDS))}; "
+        f"families: {', '.join(sorted(events.FAMILIES))}"
+    )
 
 
 def since_time(text: str) -> dt.datetime:
@@ -181,6 +198,7 @@ def run_show(args: argparse.Namespace) -> int:
         coordinator=args.coordinator,
         dataset=args.dataset,
         package=args.package,
+        run=args.run,
         kinds=tuple(args.kind),
     )
     records: Iterable[AuditRecord] = select(read_records(_directory(args)), query)
@@ -192,11 +210,12 @@ def run_show(args: argparse.Namespace) -> int:
         return ExitCode.SUCCESS
     print(f"{'SEQ':>7}  {'TIME (UTC)':<19}  {'KIND':<28}  {'COORDINATOR / DATASET':<40}  DETAILS")
     for record in records:
-        who = " / ".join(str(record.get(n)) for n in _SHOW_HEADER_FIELDS if record.get(n) is not None)
+        fields = events.normalised(record)
+        who = " / ".join(str(fields[f.name]) for f in _SHOW_HEADER_FIELDS if fields.get(f.name) is not None)
         details = " ".join(
             f"{name}={_compact(value)}"
-            for name, value in record.fields.items()
-            if name not in _SHOW_HEADER_FIELDS and value is not None
+            for name, value in fields.items()
+            if name not in _SHOW_HEADER_NAMES and value is not None
         )
         time = record.time[:19].replace("T", " ")
         print(f"{record.seq:>7}  {time:<19}  {_safe(record.kind):<28}  {_safe(who):<40}  {_safe(details)}")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.audit import events
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, identity_key, resolve_config
@@ -235,14 +236,16 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
         else:
             decision = store.reject(args.digest, args.reason, reviewer_key, args.reviewer, now)
         package = store.get(decision.digest)
-        audit.append(
-            f"package.{_PAST[decision.decision]}",
-            package=decision.digest,
-            name=None if package is None else package.name,
-            version=None if package is None else package.version,
-            reviewer=decision.reviewer,
-            reviewer_key_id=decision.reviewer_key_id,
-            reason=decision.reason,
+        event = events.PackageApproved if decision.decision is DecisionKind.APPROVE else events.PackageRejected
+        audit.record(
+            event(
+                package_digest=decision.digest,
+                package_name=None if package is None else package.name,
+                package_version=None if package is None else package.version,
+                reviewer=decision.reviewer,
+                reviewer_key_id=decision.reviewer_key_id,
+                reason=decision.reason,
+            )
         )
     who = f"{decision.reviewer} ({decision.reviewer_key_id})"
     print(f"{_PAST[decision.decision]} {decision.digest} by {who} at {decision.time}")

@@ -19,6 +19,7 @@ from typing import NoReturn
 import structlog
 
 from agent import __version__
+from agent.audit.events import AgentStarted, AgentStopped, PolicyLoaded, PolicyRejected
 from agent.audit.log import AuditLog
 from agent.audit.record import AuditRecord
 from agent.cli.exit_codes import ExitCode
@@ -211,7 +212,7 @@ class _PolicyReloader:
         self._lock = threading.Lock()
 
     def announce(self, policy: Policy) -> None:
-        self._audit.append("policy.loaded", digest=policy.digest, source=policy.source)
+        self._audit.record(PolicyLoaded(policy_digest=policy.digest, source=policy.source))
         PolicyStatus(policy.digest, policy.source, now_text()).write(self._state_dir)
         self._log.info("policy.loaded", digest=policy.digest, source=policy.source)
         self._notifier.status(f"serving; policy {policy.digest[:16]} loaded at {now_text()}")
@@ -223,9 +224,7 @@ class _PolicyReloader:
                 self.announce(result.policy)
                 return
             # The old policy stays in force; say so everywhere someone looks.
-            self._audit.append(
-                "policy.rejected", error=result.error, digest_in_force=result.policy.digest
-            )
+            self._audit.record(PolicyRejected(reason=result.error, policy_digest=result.policy.digest))
             self._log.error("policy.rejected", error=result.error, digest_in_force=result.policy.digest)
             self._notifier.status(
                 f"serving; new policy REJECTED, {result.policy.digest[:16]} stays in force: {result.error}"
@@ -323,13 +322,14 @@ def _serve(
         port_file: Path | None = args.port_file
         try:
             write_public(pid_file, f"{os.getpid()}\n".encode())
-            audit.append(
-                "agent.started",
-                version=__version__,
-                agent_id=config.agent_id,
-                fingerprint=key.fingerprint,
-                port=state.port,
-                config=str(config.source) if config.source else "development defaults",
+            audit.record(
+                AgentStarted(
+                    version=__version__,
+                    agent_id=config.agent_id,
+                    fingerprint=key.fingerprint,
+                    port=state.port,
+                    config=str(config.source) if config.source else "development defaults",
+                )
             )
             reloader.announce(policy.current())
             log.info(
@@ -353,7 +353,7 @@ def _serve(
             pid_file.unlink(missing_ok=True)
             if port_file is not None:
                 port_file.unlink(missing_ok=True)
-    audit.append("agent.stopped", agent_id=config.agent_id)
+    audit.record(AgentStopped(agent_id=config.agent_id))
     log.info("agent.exited", code=0)
     return ExitCode.SUCCESS
 

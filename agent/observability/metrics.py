@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.audit import events
 from agent.audit.record import AuditRecord
 from agent.privacy.errors import PrivacyError
 from agent.privacy.ledger import BudgetStatus
@@ -38,7 +39,11 @@ if TYPE_CHECKING:  # the task modules import numpy; `serve` imports this module 
 # Tasks run from well under a second to the policy's task_seconds limit.
 TASK_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 # Audit kinds that end a task, and the outcome label each gives.
-_TASK_ENDS = {"task.finished": "succeeded", "task.failed": "failed", "task.refused": "refused"}
+_TASK_ENDS = {
+    events.TaskFinished.kind: "succeeded",
+    events.TaskFailed.kind: "failed",
+    events.TaskRefused.kind: "refused",
+}
 
 
 class MetricsListenError(Exception):
@@ -85,19 +90,19 @@ class AgentMetrics:
 
     def observe_audit(self, record: AuditRecord) -> None:
         kind = record.kind
-        if kind == "task.started":
+        if kind == events.TaskStarted.kind:
             with self._lock:
-                self._started[str(record.get("task_id"))] = self.clock()
+                self._started[str(events.value(record, events.TASK_ID))] = self.clock()
         elif kind in _TASK_ENDS:
-            task_kind = str(record.get("task_kind", "unknown"))
+            task_kind = str(events.value(record, events.TASK_KIND) or "unknown")
             outcome = _TASK_ENDS[kind]
             self.tasks.labels(kind=task_kind, outcome=outcome).inc()
             with self._lock:
-                started = self._started.pop(str(record.get("task_id")), None)
+                started = self._started.pop(str(events.value(record, events.TASK_ID)), None)
             if started is not None:
                 self.task_seconds.labels(kind=task_kind, outcome=outcome).observe(self.clock() - started)
-        elif kind == "package.refused":
-            self.package_rejections.labels(code=str(record.get("code", "unknown"))).inc()
+        elif kind == events.PackageRefused.kind:
+            self.package_rejections.labels(code=str(events.value(record, events.RULE) or "unknown")).inc()
 
     def watch_budgets(self, groups: Callable[[], Iterable[BudgetStatus]]) -> None:
         """Reports ε per budget group from `groups()` (normally PrivacyLedger.groups) at every scrape."""

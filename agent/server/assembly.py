@@ -9,6 +9,7 @@ import time
 import structlog
 
 from agent import API_VERSION, __version__
+from agent.audit.events import TaskAbandoned
 from agent.audit.sink import AuditSink
 from agent.config import AgentConfig
 from agent.datasets import DatasetCatalog, DatasetRegistry, InspectionCache
@@ -102,14 +103,15 @@ def _recover_abandoned_tasks(
 ) -> None:
     """Reservations left by an agent that died mid-task count as spent: nobody knows if a result left."""
     for task in ledger.recover_abandoned(dt.datetime.now(dt.UTC)):
-        audit.append(
-            "task.abandoned",
-            task_id=task.task_id,
-            budget_group=task.budget_group,
-            dataset=task.dataset,
-            coordinator=task.coordinator,
-            correlation_id=task.correlation_id,
-            reserved_at=task.reserved_at.isoformat(),
-            charged=True,
+        audit.record(
+            TaskAbandoned(
+                task_id=task.task_id,
+                coordinator=task.coordinator,
+                dataset=task.dataset,
+                budget_group=task.budget_group,
+                reserved_at=task.reserved_at.isoformat(),
+                charged=True,
+                correlation_id=task.correlation_id,
+            )
         )
         logger.warning("task.abandoned", task_id=task.task_id, dataset=task.dataset, charged=True)

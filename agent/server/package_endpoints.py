@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.tensor_dtypes import CODE_BY_DTYPE
+from agent.audit.events import PackageRefused, PackageUploaded
 from agent.audit.sink import AuditSink
 from agent.governance.decisions import package_name_allowed
 from agent.governance.model import Policy
@@ -117,17 +118,18 @@ class PackageEndpoints:
                 )
             except PackageRejected as exc:
                 self._refuse(context, caller, exc, received)
-        self._audit.append(
-            "package.uploaded",
-            caller=caller,
-            package=stored.digest,
-            name=stored.name,
-            version=stored.version,
-            publisher=stored.manifest.publisher,
-            signer_key_ids=list(stored.signer_key_ids),
-            status=stored.status.value,
-            size=stored.size,
-            policy_digest=policy.digest,
+        self._audit.record(
+            PackageUploaded(
+                coordinator=caller,
+                package_digest=stored.digest,
+                package_name=stored.name,
+                package_version=stored.version,
+                publisher=stored.manifest.publisher,
+                signer_key_ids=tuple(stored.signer_key_ids),
+                package_status=stored.status.value,
+                size_bytes=stored.size,
+                policy_digest=policy.digest,
+            )
         )
         return package_message(stored)
 
@@ -184,8 +186,14 @@ class PackageEndpoints:
     def _refuse(
         self, context: grpc.ServicerContext, caller: str, exc: PackageRejected, received: int = 0
     ) -> NoReturn:
-        self._audit.append(
-            "package.refused", caller=caller, code=exc.code.value, reason=exc.message, bytes_received=received
+        self._audit.record(
+            PackageRefused(
+                coordinator=caller,
+                status=exc.code.status.value,
+                rule=exc.code.value,
+                reason=exc.message,
+                bytes_received=received,
+            )
         )
         self._logger.info("package.refused", caller=caller, code=exc.code.value, reason=exc.message)
         # str(exc) is "<code>: <message>": the code is stable, the message names what is at fault.

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agent.api.chunk_codec import ChunkView
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.audit.events import RpcDecision
 from agent.audit.sink import AuditSink
 from agent.datasets import (
     DatasetCatalog,
@@ -121,16 +122,17 @@ class AgentService(pb_grpc.AgentServicer):
         known = dataset_id is not None and self._catalog_has(dataset_id)
         request = Request(caller, action, self._clock(), dataset_id=dataset_id, dataset_known=known)
         decision = decide(request, policy, UsageState())
-        self._audit.append(
-            "rpc.decision",
-            method=method,
-            caller=caller,
-            allowed=decision.allowed,
-            outcome=decision.outcome.value,
-            rule=decision.rule,
-            reason=decision.reason,
-            dataset=dataset_id,
-            policy_digest=policy.digest,
+        self._audit.record(
+            RpcDecision(
+                method=method,
+                coordinator=caller,
+                allowed=decision.allowed,
+                outcome=decision.outcome.value,
+                rule=decision.rule,
+                reason=decision.reason,
+                dataset=dataset_id,
+                policy_digest=policy.digest,
+            )
         )
         if not decision.allowed:
             context.abort(getattr(grpc.StatusCode, decision.outcome.status), decision.reason)

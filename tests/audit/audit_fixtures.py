@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.audit import AuditLog
+from agent.audit import AuditLog, events
 from agent.audit.canonical import entry_hash, line_bytes
 from agent.identity.agent_key import AgentKey
 
@@ -102,62 +102,110 @@ XSS_DATASET = "<b>bold</b>&co"
 
 
 def write_usage_log(directory: Path, key: AgentKey) -> None:
-    """A week of use: two datasets spending budget, denials, packages, with hostile strings."""
+    """A week of use: two datasets spending budget, denials, packages, with hostile strings.
+
+    Written with the vocabulary's typed events, as the daemon writes them.
+    """
     clock = SteppingClock(START, dt.timedelta(hours=2))
+    coordinator = "spiffe://pharma.example/coordinator/eu-1"
     with AuditLog.open(directory, key, checkpoint_every=10, clock=clock) as log:
-        log.append("agent.started", version="1.0", agent_id="hospital-a", fingerprint=key.fingerprint, port=7443)
-        log.append("policy.loaded", digest="sha256:" + "ab" * 32, source="/etc/edge-agent/policy.toml")
-        log.append(
-            "package.approved",
-            package_name="survival-mlp",
-            package_version="1.2.0",
-            package_digest="sha256:" + "12" * 32,
-            reviewer="dr.officer",
-            comment="reviewed <ok>",
+        log.record(
+            events.AgentStarted(
+                version="1.0", agent_id="hospital-a", fingerprint=key.fingerprint, port=7443, config="agent.toml"
+            )
         )
-        log.append(
-            "package.rejected_by_reviewer",
-            package_name="<i>exfil</i>",
-            package_version="0.1",
-            package_digest="sha256:" + "34" * 32,
-            reviewer="dr.officer",
-            comment="asks for identifiers",
+        log.record(events.PolicyLoaded(policy_digest="sha256:" + "ab" * 32, source="/etc/edge-agent/policy.toml"))
+        log.record(
+            events.PackageApproved(
+                package_name="survival-mlp",
+                package_version="1.2.0",
+                package_digest="sha256:" + "12" * 32,
+                reviewer="dr.officer",
+                reviewer_key_id="SHA256:reviewer",
+                reason="reviewed <ok>",
+            )
+        )
+        log.record(
+            events.PackageRejected(
+                package_name="<i>exfil</i>",
+                package_version="0.1",
+                package_digest="sha256:" + "34" * 32,
+                reviewer="dr.officer",
+                reviewer_key_id="SHA256:reviewer",
+                reason="asks for identifiers",
+            )
         )
         for day in range(6):
             for dataset, limit, eps in (("onco", 3.0, 0.4), ("labs", 1.0, 0.15), (XSS_DATASET, 2.0, 0.2)):
                 if dataset == XSS_DATASET and day % 2:
                     continue
-                log.append(
-                    "task.started",
+                about = events.TaskAbout(
                     task_id=f"t{day}{dataset}",
-                    coordinator="spiffe://pharma.example/coordinator/eu-1",
+                    coordinator=coordinator if day % 3 else XSS_CALLER,
                     dataset=dataset,
+                    budget_group=dataset,
                     package_digest="sha256:" + "12" * 32,
-                    task_kind="dp_gradient",
-                )
-                log.append(
-                    "task.finished",
-                    task_id=f"t{day}{dataset}",
-                    coordinator="spiffe://pharma.example/coordinator/eu-1" if day % 3 else XSS_CALLER,
-                    dataset=dataset,
-                    package_digest="sha256:" + "12" * 32,
+                    package_name="survival-mlp",
+                    package_version="1.2.0",
                     task_kind="dp_gradient",
                     purpose="survival model",
-                    hyperparameters={"sigma": 1.1, "q": 0.01, "clip": 1.0, "steps": 100},
-                    epsilon_charged=eps,
-                    delta=1e-5,
-                    budget_epsilon_limit=limit,
-                    budget_group=dataset,
+                    run_id=f"run-{dataset}",
+                    round=day,
                     correlation_id=XSS_CORRELATION if day == 2 else f"run-{day}",
                 )
-            log.append(
-                "rpc.decision",
-                method="StartTask",
-                caller=XSS_CALLER,
-                allowed=False,
-                outcome="forbidden",
-                rule="coordinator.unknown",
-                reason="coordinator <not> in policy",
-                dataset="onco",
+                log.record(
+                    events.TaskStarted(
+                        **about,
+                        hyperparameters={"noise_multiplier": 1.1, "sampling_rate": 0.01, "clip_norm": 1.0},
+                        epsilon_reserved=eps * (day + 1),
+                        delta=1e-5,
+                    )
+                )
+                log.record(
+                    events.TaskFinished(
+                        **about,
+                        epsilon_charged=eps,
+                        budget_epsilon_spent=eps * (day + 1) if dataset != XSS_DATASET else eps * (day // 2 + 1),
+                        budget_epsilon_limit=limit,
+                        delta=1e-5,
+                        released=("weights",),
+                    )
+                )
+            log.record(
+                events.RpcDecision(
+                    method="StartTask",
+                    coordinator=XSS_CALLER,
+                    allowed=False,
+                    outcome="forbidden",
+                    rule="coordinator.unknown",
+                    reason="coordinator <not> in policy",
+                    dataset="onco",
+                    policy_digest="sha256:" + "ab" * 32,
+                )
             )
-        log.append("task.failed", task_id="tx", coordinator="c", dataset="labs", error="worker ran out of memory")
+        failed = events.TaskAbout(
+            task_id="tx",
+            coordinator="c",
+            dataset="labs",
+            budget_group="labs",
+            package_digest="sha256:" + "12" * 32,
+            package_name="survival-mlp",
+            package_version="1.2.0",
+            task_kind="dp_gradient",
+            purpose=None,
+            run_id=None,
+            round=None,
+            correlation_id=None,
+        )
+        log.record(
+            events.TaskFailed(
+                **failed,
+                failure="memory",
+                reason="worker ran out of memory",
+                charged=False,
+                epsilon_charged=0.0,
+                budget_epsilon_spent=None,
+                budget_epsilon_limit=1.0,
+                delta=1e-5,
+            )
+        )

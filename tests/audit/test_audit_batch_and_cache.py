@@ -31,7 +31,7 @@ def files(directory: Path) -> dict[str, bytes]:
 
 
 def recovered(directory: Path) -> list[str]:
-    return [e["reason"] for e in entries(directory) if e["kind"] == events.AUDIT_RECOVERED]
+    return [e["condition"] for e in entries(directory) if e["kind"] == events.AuditRecovered.kind]
 
 
 def assert_verifies(directory: Path, key: AgentKey) -> None:
@@ -57,7 +57,7 @@ def test_append_many_writes_exactly_what_appends_one_by_one_would(tmp_path: Path
     assert files(together) == files(one_by_one)
     assert records == singles
     assert len(list_log_files(together)) > 1
-    assert any(e["kind"] == events.AUDIT_CHECKPOINT for e in entries(together))
+    assert any(e["kind"] == events.AuditCheckpoint.kind for e in entries(together))
     assert_verifies(together, agent_key)
 
 

@@ -26,11 +26,11 @@ def entries(directory: Path) -> list[dict[str, object]]:
 
 def test_entries_are_chained_and_checkpoints_signed(log_dir: Path, agent_key: AgentKey) -> None:
     log = AuditLog.open(log_dir, agent_key, checkpoint_every=3, clock=SteppingClock())
-    first = log.append(events.AGENT_STARTED, version="1.0", agent_id="a")
-    second = log.append(events.RPC_DECISION, caller="c", allowed=False, reason="no", rule="r", dataset=None)
+    first = log.append(events.AgentStarted.kind, version="1.0", agent_id="a")
+    second = log.append(events.RpcDecision.kind, caller="c", allowed=False, reason="no", rule="r", dataset=None)
     assert first.seq == 1 and first.prev == "0" * 64
     assert second.prev == first.hash and second.fields["dataset"] is None
-    log.append(events.AGENT_STOPPED, agent_id="a")
+    log.append(events.AgentStopped.kind, agent_id="a")
     log.close()
     log.close()  # idempotent
     kinds = [e["kind"] for e in entries(log_dir)]
@@ -154,9 +154,9 @@ def test_a_half_written_line_is_repaired_and_recorded(log_dir: Path, agent_key: 
     log = AuditLog.open(log_dir, agent_key)
     log.append("agent.started")
     log.close()
-    recovered = [e for e in entries(log_dir) if e["kind"] == events.AUDIT_RECOVERED]
+    recovered = [e for e in entries(log_dir) if e["kind"] == events.AuditRecovered.kind]
     assert len(recovered) == 1
-    assert recovered[0]["reason"] == "partial_line" and recovered[0]["discarded_bytes"] == len(torn)
+    assert recovered[0]["condition"] == "partial_line" and recovered[0]["discarded_bytes"] == len(torn)
     assert recovered[0]["seq"] == last_seq + 1
     result = verify_log(log_dir, [agent_key.public_key])
     assert result.ok, result.problems
@@ -184,8 +184,8 @@ def test_the_writer_does_not_launder_a_truncated_log(log_dir: Path, agent_key: A
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:-3]))
     AuditLog.open(log_dir, agent_key).close()
-    recovered = [e for e in entries(log_dir) if e["kind"] == events.AUDIT_RECOVERED]
-    assert [e["reason"] for e in recovered] == ["log_truncated"]
+    recovered = [e for e in entries(log_dir) if e["kind"] == events.AuditRecovered.kind]
+    assert [e["condition"] for e in recovered] == ["log_truncated"]
     result = verify_log(log_dir, [agent_key.public_key])
     assert not result.ok
     assert "log_truncated" in result.problems[0].message
