@@ -28,9 +28,10 @@ from edge_sponsor.demo.federated import (
 )
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, program: str = "edge_sponsor") -> subprocess.CompletedProcess[str]:
+    """`edge-sponsor ARGS`, or with ``program="agent"`` the hospital's `edge-agent ARGS`."""
     return subprocess.run(
-        [sys.executable, "-m", "edge_sponsor", *args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", program, *args], capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -61,7 +62,7 @@ def test_every_ledger_shows_the_epsilon_the_coordinator_reports(demo: tuple[Fede
     assert len(report["sites"]) == 3
     for site, agent in zip(report["sites"], result.agents, strict=True):
         assert site["site"] == agent.name
-        shown = cli("budget", "show", "--config", str(agent.directory / "agent.toml"), "--json")
+        shown = cli("budget", "show", "--config", str(agent.directory / "agent.toml"), "--json", program="agent")
         assert shown.returncode == 0, shown.stderr
         groups = {g["budget_group"]: g for g in json.loads(shown.stdout)["groups"]}
         ledger = groups["breast-cancer"]
