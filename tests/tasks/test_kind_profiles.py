@@ -83,9 +83,10 @@ def test_each_hyperparameter_the_kind_takes_is_required(kind: type[TaskProfile])
 
 
 def test_each_kind_takes_its_own_hyperparameters() -> None:
-    assert [h.name for h in DpGradient.declared()] == ["clip_norm", "noise_multiplier", "sampling_rate"]
+    # Every kind takes noise_multiplier and sampling_rate (TaskProfile's fields), then its own.
+    assert [h.name for h in DpGradient.declared()] == ["noise_multiplier", "sampling_rate", "clip_norm"]
     assert [h.name for h in DpLocalTraining.declared()] == [
-        "clip_norm", "noise_multiplier", "sampling_rate", "local_steps", "learning_rate"
+        "noise_multiplier", "sampling_rate", "clip_norm", "local_steps", "learning_rate"
     ]
     # Metrics are clipped to their declared ranges: no clipping norm.
     assert [h.name for h in DpEvaluate.declared()] == ["noise_multiplier", "sampling_rate"]

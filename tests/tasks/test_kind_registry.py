@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated
 
 import pytest
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.cli.main import main
-from agent.governance.decisions import Action, Outcome, Request, TaskRequest, UsageState, decide
+from agent.governance.decisions import Action, Request, TaskRequest, UsageState, decide
 from agent.governance.loader import parse_policy
 from agent.governance.model import Bounds
 from agent.packages.manifest import GRAPH_FILES, HYPERPARAMETERS, Manifest, TaskKind
@@ -22,9 +22,10 @@ from agent.runtime.isolation import GraphRole
 from agent.server.task_endpoints import specification
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds import registry
-from agent.tasks.kinds.hyperparameters import NOISE_MULTIPLIER, SAMPLING_RATE, Hyperparameter
+from agent.tasks.kinds.hyperparameters import Hyperparameter, Requirement
 from agent.tasks.kinds.profile import NOISY_COUNT, Computation, Release, TaskProfile
 from agent.tasks.worker import Released
+from tests.governance.test_governance_loader import MINIMAL
 
 
 def test_the_manifest_and_the_wire_name_exactly_the_registered_kinds() -> None:
@@ -53,35 +54,24 @@ def test_every_kind_runs_a_graph_of_the_package_format_and_packages_can_bound_it
 
 def test_every_field_but_the_count_switch_is_a_declared_hyperparameter() -> None:
     for profile in registry.PROFILES:
-        fields = [field.name for field in dataclasses.fields(profile)]
-        assert fields == [h.name for h in profile.declared()] + ["release_noisy_count"], profile.name
+        fields = {field.name for field in dataclasses.fields(profile)}
+        assert fields == {h.name for h in profile.declared()} | {"release_noisy_count"}, profile.name
 
 
 # -- a new kind, defined here: one module's worth of code ----------------------------------------
 
 MAX_ROWS_PER_UNIT = Hyperparameter(
-    name="max_rows_per_unit",
-    integer=True,
-    valid=lambda value: 1 <= value <= 1000,
-    must_be="1..1000",
-    policy_default=Bounds(minimum=1, maximum=100),
-    policy_range=(1, 1000),
-    example=10,
+    "max_rows_per_unit", Requirement(lambda value: 1 <= value <= 1000, "1..1000"), Bounds(1, 100), (1, 1000),
+    example=10, integer=True,
 )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DpUnitCount(TaskProfile):
+class DpUnitCount(TaskProfile, name="dp_unit_count", wire=99, graph=GraphRole.EVALUATION):
     """A noisy count of the sampled units (a minimal kind: it exists only in this test)."""
 
-    name: ClassVar[str] = "dp_unit_count"
-    wire: ClassVar[int] = 99
-    graph: ClassVar[GraphRole] = GraphRole.EVALUATION
-
-    noise_multiplier: Annotated[float, NOISE_MULTIPLIER]
-    sampling_rate: Annotated[float, SAMPLING_RATE]
+    # With noise_multiplier, sampling_rate and release_noisy_count, as every kind.
     max_rows_per_unit: Annotated[int, MAX_ROWS_PER_UNIT]
-    release_noisy_count: bool = True
 
     def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
         return Mechanism.dp_evaluate(noise_multiplier, sampling_rate)
@@ -99,19 +89,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "PROFILES", (*registry.PROFILES, DpUnitCount))
 
 
-POLICY = """
-[[coordinators]]
-identity = "c1"
-datasets = ["d1"]
-task_kinds = ["dp_unit_count"]
-
-[[datasets]]
-id = "d1"
-epsilon_budget = 2.0
-
-[datasets.bounds]
-max_rows_per_unit = { max = 5 }
-"""
+POLICY = MINIMAL.replace('"dp_gradient"', '"dp_unit_count"') + "[datasets.bounds]\nmax_rows_per_unit = { max = 5 }\n"
 
 
 @pytest.mark.usefixtures("registered")
@@ -141,7 +119,7 @@ def test_the_policy_loader_and_governance_take_a_registered_kind_and_bound_its_h
     assert policy.coordinators["c1"].task_kinds == {"dp_unit_count"}
     assert policy.datasets["d1"].bounds["max_rows_per_unit"] == Bounds(1, 5)
 
-    def decision(rows: int) -> tuple[Outcome, str]:
+    def decision(rows: int) -> tuple[bool, str]:
         task = TaskRequest(
             profile=DpUnitCount(noise_multiplier=2.0, sampling_rate=0.5, max_rows_per_unit=rows),
             package_name="acme/counts",
@@ -152,10 +130,10 @@ def test_the_policy_loader_and_governance_take_a_registered_kind_and_bound_its_h
         )
         now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         made = decide(Request("c1", Action.RUN_TASK, now, dataset_id="d1", task=task), policy, UsageState())
-        return made.outcome, made.rule
+        return made.allowed, made.rule
 
-    assert decision(5) == (Outcome.ALLOWED, "task.allowed")
-    assert decision(6) == (Outcome.PRECONDITION, "dataset.bounds.max_rows_per_unit")
+    assert decision(5) == (True, "task.allowed")
+    assert decision(6) == (False, "dataset.bounds.max_rows_per_unit")
 
 
 @pytest.mark.usefixtures("registered")
@@ -172,7 +150,7 @@ def test_the_cli_offers_a_registered_kind_and_its_hyperparameters(
 
 
 def test_the_profile_derives_its_audit_fields_and_mechanism() -> None:
-    counted = DpUnitCount(noise_multiplier=2.0, sampling_rate=0.5, max_rows_per_unit=4)
+    counted = DpUnitCount(noise_multiplier=2.0, sampling_rate=0.5, max_rows_per_unit=4, release_noisy_count=True)
     assert counted.audit_fields() == {
         "noise_multiplier": 2.0, "sampling_rate": 0.5, "max_rows_per_unit": 4, "release_noisy_count": True
     }

@@ -6,27 +6,19 @@ Each metric is clipped into its declared range, so the kind takes no clipping no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import Manifest
 from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.runtime.tasks import EvaluationSettings, dp_evaluate
-from agent.tasks.kinds.hyperparameters import NOISE_MULTIPLIER, SAMPLING_RATE
 from agent.tasks.kinds.profile import NOISY_COUNT, Computation, Release, TaskProfile
 from agent.tasks.worker import Released
 
 
 @dataclass(frozen=True, kw_only=True)
-class DpEvaluate(TaskProfile):
-    name: ClassVar[str] = "dp_evaluate"
-    wire: ClassVar[int] = pb.TASK_KIND_DP_EVALUATE
-    graph: ClassVar[GraphRole] = GraphRole.EVALUATION
-
-    noise_multiplier: Annotated[float, NOISE_MULTIPLIER]
-    sampling_rate: Annotated[float, SAMPLING_RATE]
-    release_noisy_count: bool = False
+class DpEvaluate(TaskProfile, name="dp_evaluate", wire=pb.TASK_KIND_DP_EVALUATE, graph=GraphRole.EVALUATION):
+    # No hyperparameters of its own: noise_multiplier, sampling_rate and release_noisy_count, as every kind.
 
     def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
         return Mechanism.dp_evaluate(noise_multiplier, sampling_rate, count)
@@ -37,14 +29,7 @@ class DpEvaluate(TaskProfile):
 
     def compute(self, computation: Computation) -> Released:
         settings = EvaluationSettings(self.noise_multiplier, self.sampling_rate, self.count_noise_multiplier)
-        evaluated = dp_evaluate(
-            computation.wrapper,
-            computation.rows,
-            computation.parameters,
-            settings,
-            controls=computation.controls,
-            randomness=computation.randomness,
-        )
+        evaluated = computation.run(dp_evaluate, settings)
         scalars = dict(evaluated.sums)
         if evaluated.noisy_count is not None:
             scalars[NOISY_COUNT] = evaluated.noisy_count

@@ -19,25 +19,35 @@ from agent.tasks.errors import TaskSpecError
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """What a value must satisfy whatever the policy says, and the words that say so."""
+
+    holds: Callable[[float], bool]
+    words: str
+
+
+POSITIVE = Requirement(lambda value: math.isfinite(value) and value > 0, "a positive number")
+RATE = Requirement(lambda value: 0 < value <= 1, "in (0, 1]")
+
+
+@dataclass(frozen=True)
 class Hyperparameter:
     """One hyperparameter; ``name`` is its field on the wire (DPHyperparameters), in policies and in manifests."""
 
     name: str
-    integer: bool
-    # What a value must satisfy whatever the policy says, and the words that say so.
-    valid: Callable[[float], bool]
-    must_be: str
+    requirement: Requirement
     # The bound a policy applies when it names none (the hospital narrows or widens it).
     policy_default: Bounds
     # The range a policy file may give as min or max.
     policy_range: tuple[float, float]
     # A typical value: the default of ``edge-agent policy explain``.
     example: float
+    integer: bool = False
 
     def checked(self, value: float) -> float:
         """``value`` itself; TaskSpecError if no policy could make it sensible."""
-        if not self.valid(value):
-            raise TaskSpecError(f"hyperparameters.{self.name} must be {self.must_be}, got {value!r}")
+        if not self.requirement.holds(value):
+            raise TaskSpecError(f"hyperparameters.{self.name} must be {self.requirement.words}, got {value!r}")
         return value
 
     @property
@@ -46,45 +56,13 @@ class Hyperparameter:
         return "--" + self.name.replace("_", "-")
 
 
-def positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
-
-
-def rate(value: float) -> bool:
-    return 0 < value <= 1
-
-
-CLIP_NORM = Hyperparameter(
-    name="clip_norm",
-    integer=False,
-    valid=positive,
-    must_be="a positive number",
-    policy_default=Bounds(minimum=0.0, maximum=None),
-    policy_range=(0.0, 1e6),
-    example=1.0,
-)
+CLIP_NORM = Hyperparameter("clip_norm", POSITIVE, Bounds(0.0, None), (0.0, 1e6), example=1.0)
 """The L2 bound C on one example's contribution."""
 
-NOISE_MULTIPLIER = Hyperparameter(
-    name="noise_multiplier",
-    integer=False,
-    # sigma = 0 would release exact sums: no differential privacy at all.
-    valid=positive,
-    must_be="a positive number",
-    # Below ~0.5 noise a single task burns budget fast; the hospital decides.
-    policy_default=Bounds(minimum=0.5, maximum=None),
-    policy_range=(0.0, 1e6),
-    example=1.0,
-)
+# sigma = 0 would release exact sums: no differential privacy at all. Below ~0.5 a single
+# task burns budget fast, hence the default bound; the hospital decides.
+NOISE_MULTIPLIER = Hyperparameter("noise_multiplier", POSITIVE, Bounds(0.5, None), (0.0, 1e6), example=1.0)
 """sigma: the noise's standard deviation relative to the release's L2 sensitivity."""
 
-SAMPLING_RATE = Hyperparameter(
-    name="sampling_rate",
-    integer=False,
-    valid=rate,
-    must_be="in (0, 1]",
-    policy_default=Bounds(minimum=0.0, maximum=1.0),
-    policy_range=(0.0, 1.0),
-    example=0.01,
-)
+SAMPLING_RATE = Hyperparameter("sampling_rate", RATE, Bounds(0.0, 1.0), (0.0, 1.0), example=0.01)
 """q: the probability that each row is in a step's Poisson sample."""

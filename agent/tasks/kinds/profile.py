@@ -10,17 +10,21 @@ bounds), the ledger (:meth:`TaskProfile.mechanism`), the audit log
 (:meth:`TaskProfile.audit_fields`) and the worker (:meth:`TaskProfile.compute`).
 A kind and its hyperparameters travel as one value, so they cannot disagree.
 
-The hyperparameters the policy bounds are the fields annotated with their
-declaration (``clip_norm: Annotated[float, CLIP_NORM]``, see
-:mod:`agent.tasks.kinds.hyperparameters`); every list of them (required wire
-fields, policy bounds, package ranges, audit fields, CLI options) is read from
-those annotations.
+Every kind takes ``noise_multiplier`` and ``sampling_rate`` (fields of the base) and
+adds its own. Each such field is annotated with its declaration
+(``clip_norm: Annotated[float, CLIP_NORM]``, see :mod:`agent.tasks.kinds.hyperparameters`);
+every list of them (required wire fields, policy bounds, package ranges, audit
+fields, CLI options) is read from those annotations.
 
-Adding a kind: write ``agent/tasks/kinds/<name>.py`` with one subclass (class
-attributes, fields, :meth:`accounted_as`, :meth:`release`, :meth:`compute`), add it
-to ``PROFILES`` in :mod:`agent.tasks.kinds.registry`, and give its name and number
-to the contract: a value of ``TaskKind`` in ``protos/edge_agent/v1/agent.proto`` and
-a member of the manifest's ``TaskKind`` (tests check both against the registry).
+Adding a kind: write ``agent/tasks/kinds/<name>.py`` with one subclass (its name,
+wire number and graph as class keywords, its own hyperparameter fields,
+:meth:`TaskProfile.accounted_as`, :meth:`TaskProfile.release`,
+:meth:`TaskProfile.compute`), add it to ``PROFILES`` in
+:mod:`agent.tasks.kinds.registry`, and give its name and number to the contracts: a
+value of ``TaskKind`` in ``protos/edge_agent/v1/agent.proto`` and a member of the
+manifest's ``TaskKind`` (tests check both against the registry). A hyperparameter no
+kind took before also needs its field in ``DPHyperparameters`` and, for packages to
+bound it, in the manifest format.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,11 +48,30 @@ from agent.runtime.rows import RowSource
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, Randomness
 from agent.tasks.errors import TaskSpecError
-from agent.tasks.kinds.hyperparameters import Hyperparameter
+from agent.tasks.kinds.hyperparameters import NOISE_MULTIPLIER, SAMPLING_RATE, Hyperparameter
 from agent.tasks.worker import Released
 
 NOISY_COUNT = "noisy_count"
 """The scalar a task with ``release_noisy_count`` releases: its sample's size plus noise."""
+
+_Settings_contra = TypeVar("_Settings_contra", contravariant=True)
+_Result_co = TypeVar("_Result_co", covariant=True)
+
+
+class RuntimeComputation(Protocol[_Settings_contra, _Result_co]):
+    """The shape of the computations in agent.runtime.tasks (``dp_gradient(wrapper, rows, parameters, settings)``)."""
+
+    def __call__(
+        self,
+        wrapper: CompiledWrapper,
+        rows: RowSource,
+        parameters: Mapping[str, npt.ArrayLike],
+        settings: _Settings_contra,
+        /,
+        *,
+        controls: Controls | None = ...,
+        randomness: Randomness | None = ...,
+    ) -> _Result_co: ...
 
 
 @dataclass(frozen=True)
@@ -73,12 +96,22 @@ class Computation:
     # the row added or removed).
     normalising_rows: int
 
+    def run(
+        self, computation: RuntimeComputation[_Settings_contra, _Result_co], settings: _Settings_contra
+    ) -> _Result_co:
+        """``computation`` with ``settings`` on the prepared wrapper, rows and parameters."""
+        return computation(
+            self.wrapper, self.rows, self.parameters, settings, controls=self.controls, randomness=self.randomness
+        )
 
+
+@dataclass(frozen=True, kw_only=True)
 class TaskProfile(ABC):
-    """One task kind; subclasses are frozen, keyword-only dataclasses whose fields are its hyperparameters."""
+    """One task kind; subclasses are frozen, keyword-only dataclasses that add the kind's own hyperparameters.
 
-    # Every subclass is a dataclass (dataclasses.fields reads this).
-    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    A subclass names its kind in the class statement:
+    ``class DpGradient(TaskProfile, name="dp_gradient", wire=pb.TASK_KIND_DP_GRADIENT, graph=GraphRole.GRADIENT)``.
+    """
 
     name: ClassVar[str]
     """The kind's name in manifests, policies, the CLI and audit entries (``dp_gradient``)."""
@@ -89,9 +122,16 @@ class TaskProfile(ABC):
 
     # Every kind releases Poisson-subsampled sums with Gaussian noise (agent.privacy.mechanism),
     # and may release its sample's size with the same noise multiplier.
-    noise_multiplier: float
-    sampling_rate: float
-    release_noisy_count: bool
+    noise_multiplier: Annotated[float, NOISE_MULTIPLIER]
+    sampling_rate: Annotated[float, SAMPLING_RATE]
+    release_noisy_count: bool = False
+
+    def __init_subclass__(cls, *, name: str, wire: int, graph: GraphRole, **kwargs: Any) -> None:
+        # Keywords, not class attributes: a kind cannot be defined without them.
+        super().__init_subclass__(**kwargs)
+        cls.name = name
+        cls.wire = wire
+        cls.graph = graph
 
     @classmethod
     def declared(cls) -> tuple[Hyperparameter, ...]:
