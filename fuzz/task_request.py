@@ -20,7 +20,7 @@ with atheris.instrument_imports(include=["agent"]):
 
     from agent.api.edge_agent.v1 import agent_pb2 as pb
     from agent.server.task_endpoints import specification, tensor_decl
-    from agent.tasks.spec import TaskSpecError
+    from agent.tasks.errors import TaskSpecError
     from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError
 
 
