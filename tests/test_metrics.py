@@ -95,7 +95,7 @@ def test_tasks_are_counted_by_kind_and_outcome_with_durations() -> None:
     now[0] = 102.5
     metrics.observe_audit(_record(2, "task.finished", task_id="a", task_kind="dp_gradient"))
     metrics.observe_audit(_record(3, "task.refused", task_kind="dp_evaluate", status="PERMISSION_DENIED"))
-    metrics.observe_audit(_record(4, "package.refused", code="bad_signature"))
+    metrics.observe_audit(_record(4, "package.refused", rule="bad_signature"))
     r = metrics.registry
     assert r.get_sample_value("edge_agent_tasks_total", {"kind": "dp_gradient", "outcome": "succeeded"}) == 1
     assert r.get_sample_value("edge_agent_tasks_total", {"kind": "dp_evaluate", "outcome": "refused"}) == 1

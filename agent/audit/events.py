@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, TypedDict
 
+from agent.refusal import Refusal
+
 if typing.TYPE_CHECKING:
     from agent.audit.record import AuditRecord
 
@@ -103,12 +105,17 @@ FAILURE = Field(
 )
 CHARGED = Field("charged", "whether the task's ε stays charged", "Charged")
 RESERVED_AT = Field("reserved_at", "when the abandoned reservation was made", "Reserved at")
-STATUS = Field("status", "the gRPC status the caller was told", "Status")
 RULE = Field("rule", "id of the rule or check that decided (docs/policy.md, docs/packages.md)", "Rule", was=("code",))
 REASON = Field("reason", "why, in words", "Reason", was=("error",))
 METHOD = Field("method", "the RPC's name", "Method")
 ALLOWED = Field("allowed", "whether the policy allowed the call", "Allowed")
-OUTCOME = Field("outcome", "the decision's outcome", "Outcome")
+OUTCOME = Field(
+    "outcome",
+    "`allowed`, or the refusal the caller was told: " + ", ".join(f"`{r.value}`" for r in Refusal)
+    + " (0.1 wrote refused tasks' and uploads' gRPC status name as `status`)",
+    "Outcome",
+    was=("status",),
+)
 POLICY_DIGEST = Field(
     "policy_digest", "sha256 of the policy file in force", "Policy", was=("digest", "digest_in_force")
 )
@@ -242,7 +249,7 @@ class PackageRefused(AuditEvent):
     kind = "package.refused"
     when = "an upload was refused by an automatic check (size, digest, signature, trust, graph, name); nothing stored"
     coordinator: Annotated[str, COORDINATOR]
-    status: Annotated[str, STATUS]
+    outcome: Annotated[str, OUTCOME]
     rule: Annotated[str, RULE]
     reason: Annotated[str, REASON]
     bytes_received: Annotated[int, BYTES_RECEIVED]
@@ -286,7 +293,7 @@ class TaskRefused(AuditEvent):
     purpose: Annotated[str | None, PURPOSE] = None
     run_id: Annotated[str | None, RUN_ID] = None
     round: Annotated[int | None, ROUND] = None
-    status: Annotated[str, STATUS]
+    outcome: Annotated[str, OUTCOME]
     rule: Annotated[str, RULE]
     reason: Annotated[str, REASON]
     correlation_id: Annotated[str | None, CORRELATION_ID] = None

@@ -296,7 +296,7 @@ def _outcome(entry: Entry) -> str:
 
 def _why(entry: Entry) -> str | None:
     """Why a task failed or was refused, as recorded."""
-    parts = [entry[events.FAILURE] or entry[events.STATUS], entry[events.RULE]]
+    parts = [entry[events.FAILURE] or entry[events.OUTCOME], entry[events.RULE]]
     code = " ".join(str(part) for part in parts if part)
     reason = entry[events.REASON]
     if reason is None:
@@ -478,7 +478,7 @@ def _refusals_table(refusals: Sequence[Entry]) -> str:
         field(events.COORDINATOR),
         field(events.DATASET),
         PACKAGE,
-        field(events.STATUS),
+        field(events.OUTCOME),
         field(events.RULE),
         field(events.REASON),
     )

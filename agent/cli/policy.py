@@ -126,7 +126,7 @@ def run_explain(args: argparse.Namespace) -> int:
         )
     request = Request(args.coordinator, action, now, dataset_id=args.dataset, task=task, dataset_known=known)
     decision = decide(request, policy, UsageState())
-    verdict = "ALLOWED" if decision.allowed else f"REFUSED ({decision.outcome.value})"
+    verdict = "ALLOWED" if decision.allowed else f"REFUSED ({decision.outcome})"
     print(f"{verdict} by rule {decision.rule}: {decision.reason}")
     print(f"policy: {policy.source} ({policy.digest})")
     return ExitCode.SUCCESS if decision.allowed else ExitCode.FAILURE

@@ -19,6 +19,7 @@ from agent.governance.model import (
     DatasetRule,
     Policy,
 )
+from agent.refusal import Refusal
 from agent.tasks.kinds.profile import TaskProfile
 
 
@@ -41,45 +42,21 @@ _AGENT_ACTIONS = frozenset(
 _DATASET_ACTIONS = frozenset({Action.GET_DATASET, Action.GET_BUDGET, Action.RUN_TASK})
 
 
-class Outcome(enum.Enum):
-    ALLOWED = "allowed"
-    # Who is asking may not do this at all (gRPC PERMISSION_DENIED).
-    FORBIDDEN = "forbidden"
-    # Allowed in principle, but not in the current state or with these values
-    # (gRPC FAILED_PRECONDITION).
-    PRECONDITION = "precondition"
-    # A quota is used up for now (gRPC RESOURCE_EXHAUSTED).
-    EXHAUSTED = "exhausted"
-    # The request is incomplete (gRPC INVALID_ARGUMENT).
-    INVALID = "invalid"
-    # The dataset does not exist in the catalog (gRPC NOT_FOUND).
-    NOT_FOUND = "not_found"
-
-    @property
-    def status(self) -> str:
-        """The name of the gRPC status a refusal answers with (this module never imports grpc)."""
-        return _STATUS_NAMES[self]
-
-
-_STATUS_NAMES = {
-    Outcome.ALLOWED: "OK",
-    Outcome.FORBIDDEN: "PERMISSION_DENIED",
-    Outcome.PRECONDITION: "FAILED_PRECONDITION",
-    Outcome.EXHAUSTED: "RESOURCE_EXHAUSTED",
-    Outcome.INVALID: "INVALID_ARGUMENT",
-    Outcome.NOT_FOUND: "NOT_FOUND",
-}
-
-
 @dataclass(frozen=True)
 class Decision:
-    outcome: Outcome
+    # None: allowed. Otherwise the refusal the caller is told.
+    refusal: Refusal | None
     reason: str
     rule: str
 
     @property
     def allowed(self) -> bool:
-        return self.outcome is Outcome.ALLOWED
+        return self.refusal is None
+
+    @property
+    def outcome(self) -> str:
+        """As the audit log records it: `allowed`, or the refusal's value."""
+        return "allowed" if self.refusal is None else self.refusal.value
 
 
 @dataclass(frozen=True)
@@ -118,30 +95,30 @@ class UsageState:
 
 
 def _allow(rule: str, reason: str = "allowed by policy") -> Decision:
-    return Decision(Outcome.ALLOWED, reason, rule)
+    return Decision(None, reason, rule)
 
 
-def _deny(outcome: Outcome, rule: str, reason: str) -> Decision:
-    return Decision(outcome, reason, rule)
+def _deny(refusal: Refusal, rule: str, reason: str) -> Decision:
+    return Decision(refusal, reason, rule)
 
 
 def check_coordinator(coordinator: str, policy: Policy, now: dt.datetime) -> CoordinatorRule | Decision:
     rule = policy.coordinators.get(coordinator)
     if rule is None:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "coordinator.unknown",
             f"coordinator {coordinator!r} is not authorised by this agent's policy",
         )
     if rule.valid_from is not None and now < rule.valid_from:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "coordinator.not_yet_valid",
             f"coordinator {coordinator!r} is authorised only from {rule.valid_from.isoformat()}",
         )
     if rule.valid_until is not None and now >= rule.valid_until:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "coordinator.expired",
             f"the authorisation of coordinator {coordinator!r} ended at {rule.valid_until.isoformat()}",
         )
@@ -152,7 +129,7 @@ def package_name_allowed(name: str, policy: Policy) -> Decision:
     patterns = policy.packages.allowed_names
     if patterns and not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
         return _deny(
-            Outcome.FORBIDDEN, "package.name_not_allowed", f"package {name!r} is not on this agent's allowed list"
+            Refusal.FORBIDDEN, "package.name_not_allowed", f"package {name!r} is not on this agent's allowed list"
         )
     return _allow("package.name_allowed")
 
@@ -173,7 +150,7 @@ def visible_datasets(coordinator: str, policy: Policy, now: dt.datetime, dataset
 def _check_bounds(name: str, value: float, bounds: Bounds, where: str) -> Decision | None:
     if not bounds.contains(value):
         return _deny(
-            Outcome.PRECONDITION,
+            Refusal.PRECONDITION,
             f"dataset.bounds.{name}",
             f"{name} = {value:g} is outside the range {bounds.describe()} that {where} allows",
         )
@@ -185,10 +162,10 @@ def _decide_task(
 ) -> Decision:
     task = request.task
     if task is None:
-        return _deny(Outcome.INVALID, "request.task_missing", "a task request must describe the task")
+        return _deny(Refusal.INVALID, "request.task_missing", "a task request must describe the task")
     if task.profile.name not in coordinator.task_kinds:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "coordinator.task_kind_not_allowed",
             f"coordinator {request.coordinator!r} may not run {task.profile.name} tasks",
         )
@@ -197,7 +174,7 @@ def _decide_task(
         return named
     if dataset.purposes and task.purpose not in dataset.purposes:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "dataset.purpose_not_allowed",
             f"purpose {task.purpose!r} is not allowed for dataset {dataset.dataset_id!r}; "
             f"allowed: {', '.join(sorted(dataset.purposes))}",
@@ -205,14 +182,14 @@ def _decide_task(
     forbidden = sorted(task.columns & dataset.forbidden_columns)
     if forbidden:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "dataset.forbidden_column",
             f"columns {', '.join(forbidden)} of dataset {dataset.dataset_id!r} may never be used",
         )
     hidden = sorted(c for c in task.columns if not dataset.column_visible(c))
     if hidden:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "dataset.column_not_exposed",
             f"columns {', '.join(hidden)} are not exposed by dataset {dataset.dataset_id!r}",
         )
@@ -220,7 +197,7 @@ def _decide_task(
         not_labels = sorted(task.label_columns - dataset.label_columns)
         if not_labels:
             return _deny(
-                Outcome.FORBIDDEN,
+                Refusal.FORBIDDEN,
                 "dataset.label_column_not_allowed",
                 f"columns {', '.join(not_labels)} may not be used as label, time or event "
                 f"in dataset {dataset.dataset_id!r}",
@@ -235,33 +212,33 @@ def _decide_task(
             return denial
     if task.cohort_size is None:
         return _deny(
-            Outcome.PRECONDITION,
+            Refusal.PRECONDITION,
             "dataset.cohort_unknown",
             f"the size of dataset {dataset.dataset_id!r} cannot be determined now",
         )
     if task.cohort_size < dataset.min_cohort_size:
         # The threshold is policy and may be told; the actual size is not.
         return _deny(
-            Outcome.PRECONDITION,
+            Refusal.PRECONDITION,
             "dataset.min_cohort",
             f"dataset {dataset.dataset_id!r} has fewer rows than the minimum cohort size "
             f"of {dataset.min_cohort_size}",
         )
     if coordinator.max_tasks_per_hour is not None and state.tasks_last_hour >= coordinator.max_tasks_per_hour:
         return _deny(
-            Outcome.EXHAUSTED,
+            Refusal.EXHAUSTED,
             "coordinator.rate_hour",
             f"coordinator {request.coordinator!r} may start at most {coordinator.max_tasks_per_hour} tasks per hour",
         )
     if coordinator.max_tasks_per_day is not None and state.tasks_last_day >= coordinator.max_tasks_per_day:
         return _deny(
-            Outcome.EXHAUSTED,
+            Refusal.EXHAUSTED,
             "coordinator.rate_day",
             f"coordinator {request.coordinator!r} may start at most {coordinator.max_tasks_per_day} tasks per day",
         )
     if state.running_tasks >= policy.limits.max_concurrent_tasks:
         return _deny(
-            Outcome.EXHAUSTED,
+            Refusal.EXHAUSTED,
             "limits.concurrent_tasks",
             f"this agent runs at most {policy.limits.max_concurrent_tasks} tasks at a time; try again later",
         )
@@ -280,7 +257,7 @@ def decide(request: Request, policy: Policy, state: UsageState) -> Decision:
     if request.action is Action.UPLOAD_PACKAGE:
         if not coordinator.task_kinds:
             return _deny(
-                Outcome.FORBIDDEN,
+                Refusal.FORBIDDEN,
                 "coordinator.no_tasks",
                 f"coordinator {request.coordinator!r} may not run tasks, so it may not upload packages",
             )
@@ -289,27 +266,27 @@ def decide(request: Request, policy: Policy, state: UsageState) -> Decision:
         return _allow("coordinator.may_upload")
 
     if request.action not in _DATASET_ACTIONS:  # a new Action without a rule is refused
-        return _deny(Outcome.FORBIDDEN, "action.unknown", f"no policy rule covers {request.action.value}")
+        return _deny(Refusal.FORBIDDEN, "action.unknown", f"no policy rule covers {request.action.value}")
     if not request.dataset_id:
-        return _deny(Outcome.INVALID, "request.dataset_missing", "dataset_id is required")
+        return _deny(Refusal.INVALID, "request.dataset_missing", "dataset_id is required")
     if not request.dataset_known:
-        return _deny(Outcome.NOT_FOUND, "dataset.unknown", f"dataset {request.dataset_id!r} not found")
+        return _deny(Refusal.NOT_FOUND, "dataset.unknown", f"dataset {request.dataset_id!r} not found")
     dataset = policy.dataset_rule(request.dataset_id)
     if dataset is None:
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "dataset.no_policy",
             f"dataset {request.dataset_id!r} is not released for federated use by this agent's policy",
         )
     if not _coordinator_may_use(coordinator, request.dataset_id):
         return _deny(
-            Outcome.FORBIDDEN,
+            Refusal.FORBIDDEN,
             "coordinator.dataset_not_allowed",
             f"coordinator {request.coordinator!r} may not use dataset {request.dataset_id!r}",
         )
     if dataset.agreement_expires is not None and request.now.date() > dataset.agreement_expires:
         return _deny(
-            Outcome.PRECONDITION,
+            Refusal.PRECONDITION,
             "dataset.agreement_expired",
             f"the data-use agreement for dataset {request.dataset_id!r} expired on "
             f"{dataset.agreement_expires.isoformat()}",

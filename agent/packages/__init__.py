@@ -7,7 +7,8 @@ Public entry points (see ``docs/package-format.md``):
 * :class:`PackageStore` (staged uploads, rollback protection, signed review decisions);
 * :class:`PackageLimits`, :class:`RejectionCode`.
 
-This package never imports grpc; ``RejectionCode.status`` names the gRPC status to use.
+This package never imports grpc; ``RejectionCode.refusal`` says what the uploader is told
+(agent.server.status maps it to a gRPC status).
 """
 
 from agent.packages.decisions import Approval, Decision, DecisionKind, verify_decision
@@ -18,7 +19,6 @@ from agent.packages.errors import (
     PackageRejected,
     PackageStoreError,
     RejectionCode,
-    Status,
     UnknownPackageError,
 )
 from agent.packages.limits import PackageLimits
@@ -44,7 +44,6 @@ __all__ = [
     "PackageStoreError",
     "RejectionCode",
     "StagedUpload",
-    "Status",
     "StoredPackage",
     "TaskKind",
     "TrustStore",

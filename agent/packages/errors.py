@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from agent.refusal import Refusal
+
 
 class PackageError(Exception):
     """Base of every error raised by :mod:`agent.packages` and the publisher tools."""
-
-
-class Status(StrEnum):
-    """gRPC status names (strings: this package never imports grpc)."""
-
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    PERMISSION_DENIED = "PERMISSION_DENIED"
-    FAILED_PRECONDITION = "FAILED_PRECONDITION"
 
 
 class RejectionCode(StrEnum):
@@ -78,16 +72,17 @@ class RejectionCode(StrEnum):
     VERSION_CONFLICT = "version_conflict"
 
     @property
-    def status(self) -> Status:
-        """The gRPC status an RPC should answer with."""
-        if self in _PERMISSION:
-            return Status.PERMISSION_DENIED
+    def refusal(self) -> Refusal:
+        """What the uploader is told: untrusted signers and names are forbidden, a conflict with the
+        store is a precondition, anything else is a malformed package."""
+        if self in _FORBIDDEN:
+            return Refusal.FORBIDDEN
         if self in _PRECONDITION:
-            return Status.FAILED_PRECONDITION
-        return Status.INVALID_ARGUMENT
+            return Refusal.PRECONDITION
+        return Refusal.INVALID
 
 
-_PERMISSION = frozenset(
+_FORBIDDEN = frozenset(
     {
         RejectionCode.UNSIGNED,
         RejectionCode.SIGNATURE_INVALID,

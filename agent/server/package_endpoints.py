@@ -33,6 +33,7 @@ from agent.packages import (
     VerifiedPackage,
 )
 from agent.packages.store import parse_digest
+from agent.server.status import refuse
 from agent.tasks.tensors import DTYPES, TensorDecl
 
 _STATUS = {
@@ -189,7 +190,7 @@ class PackageEndpoints:
         self._audit.record(
             PackageRefused(
                 coordinator=caller,
-                status=exc.code.status.value,
+                outcome=exc.code.refusal.value,
                 rule=exc.code.value,
                 reason=exc.message,
                 bytes_received=received,
@@ -197,7 +198,7 @@ class PackageEndpoints:
         )
         self._logger.info("package.refused", caller=caller, code=exc.code.value, reason=exc.message)
         # str(exc) is "<code>: <message>": the code is stable, the message names what is at fault.
-        context.abort(getattr(grpc.StatusCode, exc.code.status.value), str(exc))
+        refuse(context, exc.code.refusal, str(exc))
 
 
 def _check_name(verified: VerifiedPackage, policy: Policy) -> None:

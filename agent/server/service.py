@@ -32,6 +32,7 @@ from agent.packages import PackageStore
 from agent.privacy.ledger import PrivacyLedger
 from agent.server.package_endpoints import PackageEndpoints
 from agent.server.peer import caller_identity
+from agent.server.status import refuse
 from agent.server.task_endpoints import TaskEndpoints
 from agent.tasks.parameter_cache import ParameterCache
 from agent.tasks.runner import TaskRunner
@@ -127,15 +128,15 @@ class AgentService(pb_grpc.AgentServicer):
                 method=method,
                 coordinator=caller,
                 allowed=decision.allowed,
-                outcome=decision.outcome.value,
+                outcome=decision.outcome,
                 rule=decision.rule,
                 reason=decision.reason,
                 dataset=dataset_id,
                 policy_digest=policy.digest,
             )
         )
-        if not decision.allowed:
-            context.abort(getattr(grpc.StatusCode, decision.outcome.status), decision.reason)
+        if decision.refusal is not None:
+            refuse(context, decision.refusal, decision.reason)
         return caller, decision
 
     @property

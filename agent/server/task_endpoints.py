@@ -29,6 +29,7 @@ from agent.api.chunk_codec import ChunkView, encode_result_chunk
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.datasets.spec import DATASET_ID_PATTERN
+from agent.server.status import refuse
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.idle_timer import IdleTimer
 from agent.tasks.kinds import registry
@@ -264,7 +265,7 @@ class TaskEndpoints:
         try:
             self._runner.check_caller(caller)
         except TaskRefusedError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
+            refuse(context, exc.refusal, exc.reason)
         watch = _StreamWatch(context, self._idle_seconds, self._logger)
         try:
             yield from self._run(caller, request_iterator, context, watch)
@@ -296,7 +297,7 @@ class TaskEndpoints:
         try:
             admission = self._runner.admit(caller, spec, cancelled)
         except TaskRefusedError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.status), exc.reason)
+            refuse(context, exc.refusal, exc.reason)
         watch.task_id = admission.task_id
         # From here on the task holds a reservation: every exit must settle it.
         try:

@@ -2,7 +2,7 @@
 
 Preparation (open the dataset's schema, check parameters and hyperparameters,
 build the isolation wrapper) reads no row. Its failures are TaskInputError: the
-task is refused and its reservation released. Once preparation is done the
+task is refused and its reservation refunded. Once preparation is done the
 worker reports "computing" *before the first row is read*; from then on a
 failure may depend on the data (a hostile graph can fail on chosen rows), so
 the runner charges the reservation whatever happens next.

@@ -3,9 +3,10 @@
 Every admitted task holds a reservation in the privacy ledger, and every path
 out of it settles that reservation exactly once:
   result computed  -> commit (before the result is handed to the caller)
-  no result exists -> release
+  no result exists -> refund
   agent dies       -> the reservation is found at start-up and counted as spent
-Each step is audited: task.started, task.finished or task.failed.
+Each step is audited: task.started, then task.finished or task.failed (or
+task.refused for a task refused before it was admitted).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from agent.packages.manifest import Manifest
 from agent.packages.verified_cache import VerificationCache
 from agent.privacy.errors import AccountingSettingsError, BudgetExceededError, PrivacyError, RateLimitError
 from agent.privacy.ledger import PrivacyLedger, RateLimit, Reservation
+from agent.refusal import Refusal
 from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.spec import TaskSpecification, check_against_package
@@ -51,11 +53,11 @@ DATA_FAILURE = "the task failed while computing on the dataset; it was charged. 
 
 
 class TaskRefusedError(Exception):
-    """The task may not run; ``status`` names the gRPC status, ``reason`` is safe to send."""
+    """The task may not run: ``refusal`` is what the caller is told, ``reason`` is safe to send."""
 
-    def __init__(self, status: str, reason: str, rule: str = "") -> None:
+    def __init__(self, refusal: Refusal, reason: str, rule: str = "") -> None:
         super().__init__(reason)
-        self.status = status
+        self.refusal = refusal
         self.reason = reason
         self.rule = rule
 
@@ -171,12 +173,16 @@ class TaskRunner:
         """The task's package, approved, verified against the trust store in force, and fitting the request."""
         stored = self._packages.get(spec.package_digest)
         if stored is None:
-            raise self._refuse(caller, spec, "NOT_FOUND", f"package {spec.package_digest} is not stored on this agent",
-                               "package.unknown")
+            raise self._refuse(
+                caller, spec, Refusal.NOT_FOUND, f"package {spec.package_digest} is not stored on this agent",
+                "package.unknown",
+            )
         if stored.status is not PackageStatus.APPROVED:
             why = "awaits review by the hospital" if stored.status is PackageStatus.PENDING else "was rejected"
-            raise self._refuse(caller, spec, "FAILED_PRECONDITION", f"package {stored.name} {stored.version} {why}",
-                               f"package.{stored.status.value}")
+            raise self._refuse(
+                caller, spec, Refusal.PRECONDITION, f"package {stored.name} {stored.version} {why}",
+                f"package.{stored.status.value}",
+            )
         try:
             # Verified again against the trust store in force: a key revoked since upload stops its packages.
             # (Kept verifications are keyed by the policy and trust store, and end at a key's expiry.)
@@ -186,9 +192,9 @@ class TaskRunner:
             )
             check_against_package(spec, verified.manifest)
         except PackageRejected as exc:
-            raise self._refuse(caller, spec, exc.code.status.value, str(exc), f"package.{exc.code.value}") from None
+            raise self._refuse(caller, spec, exc.code.refusal, str(exc), f"package.{exc.code.value}") from None
         except TaskSpecError as exc:
-            raise self._refuse(caller, spec, "INVALID_ARGUMENT", str(exc), "task.package_mismatch") from None
+            raise self._refuse(caller, spec, Refusal.INVALID, str(exc), "task.package_mismatch") from None
         return verified
 
     def _decide(
@@ -213,11 +219,11 @@ class TaskRunner:
         )
         decision = decide(request, policy, self._usage(caller, now))
         self._audit_decision(caller, spec, decision, policy.digest)
-        if not decision.allowed:
-            raise TaskRefusedError(decision.outcome.status, decision.reason, decision.rule)
+        if decision.refusal is not None:
+            raise TaskRefusedError(decision.refusal, decision.reason, decision.rule)
         rule = policy.dataset_rule(spec.dataset_id)
         if rule is None or dataset is None:  # decide() refuses both; kept explicit for the reader
-            raise TaskRefusedError("PERMISSION_DENIED", "dataset not released", "dataset.no_policy")
+            raise TaskRefusedError(Refusal.FORBIDDEN, "dataset not released", "dataset.no_policy")
         return dataset, rule, cohort
 
     def _claim_slot(self, caller: str, spec: TaskSpecification, policy: Policy) -> None:
@@ -230,7 +236,7 @@ class TaskRunner:
             raise self._refuse(
                 caller,
                 spec,
-                "RESOURCE_EXHAUSTED",
+                Refusal.EXHAUSTED,
                 f"this agent runs at most {policy.limits.max_concurrent_tasks} tasks at a time; try again later",
                 "limits.concurrent_tasks",
             )
@@ -272,7 +278,7 @@ class TaskRunner:
                 package_digest=spec.package_digest,
                 package_name=manifest.name,
                 package_version=manifest.version.text,
-                task_kind=spec.kind.value,
+                task_kind=spec.profile.name,
                 purpose=spec.purpose,
                 run_id=spec.run_id,
                 round=spec.round,
@@ -284,7 +290,7 @@ class TaskRunner:
         self._audit.record(
             TaskStarted(
                 **admission.about,
-                hyperparameters=_hyperparameters(spec),
+                hyperparameters=spec.profile.audit_fields(),
                 epsilon_reserved=reservation.epsilon_after,
                 delta=rule.delta,
             )
@@ -311,23 +317,23 @@ class TaskRunner:
                 max_settings=policy.limits.max_accounting_settings,
             )
         except BudgetExceededError as exc:
-            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), "budget.exceeded") from None
+            raise self._refuse(caller, spec, Refusal.EXHAUSTED, str(exc), "budget.exceeded") from None
         except RateLimitError as exc:
-            raise self._refuse(caller, spec, "RESOURCE_EXHAUSTED", str(exc), f"coordinator.rate_{exc.per}") from None
+            raise self._refuse(caller, spec, Refusal.EXHAUSTED, str(exc), f"coordinator.rate_{exc.per}") from None
         except AccountingSettingsError as exc:
-            raise self._refuse(caller, spec, "FAILED_PRECONDITION", str(exc), "budget.accounting_settings") from None
+            raise self._refuse(caller, spec, Refusal.PRECONDITION, str(exc), "budget.accounting_settings") from None
         except PrivacyError as exc:
             self._logger.error("ledger.reserve_failed", error=str(exc))
             message = "the privacy ledger cannot be written; try again later"
-            raise self._refuse(caller, spec, "UNAVAILABLE", message, "ledger.unavailable") from None
+            raise self._refuse(caller, spec, Refusal.UNAVAILABLE, message, "ledger.unavailable") from None
 
     def _refuse_unknown_caller(
         self, caller: str, spec: TaskSpecification | None, policy: Policy, now: dt.datetime
     ) -> None:
         coordinator = check_coordinator(caller, policy, now)
-        if isinstance(coordinator, Decision):
+        if isinstance(coordinator, Decision) and coordinator.refusal is not None:
             self._audit_decision(caller, spec, coordinator, policy.digest)
-            raise TaskRefusedError(coordinator.outcome.status, coordinator.reason, coordinator.rule)
+            raise TaskRefusedError(coordinator.refusal, coordinator.reason, coordinator.rule)
 
     def _audit_decision(
         self, caller: str, spec: TaskSpecification | None, decision: Decision, policy_digest: str
@@ -337,12 +343,12 @@ class TaskRunner:
                 method="RunTask",
                 coordinator=caller,
                 allowed=decision.allowed,
-                outcome=decision.outcome.value,
+                outcome=decision.outcome,
                 rule=decision.rule,
                 reason=decision.reason,
                 dataset=None if spec is None else spec.dataset_id,
                 package_digest=None if spec is None else spec.package_digest,
-                task_kind=None if spec is None else spec.kind.value,
+                task_kind=None if spec is None else spec.profile.name,
                 correlation_id=None if spec is None else spec.correlation_id,
                 policy_digest=policy_digest,
             )
@@ -365,23 +371,25 @@ class TaskRunner:
         )
         return UsageState(tasks_last_hour=last_hour, tasks_last_day=last_day, running_tasks=running)
 
-    def _refuse(self, caller: str, spec: TaskSpecification, status: str, reason: str, rule: str) -> TaskRefusedError:
+    def _refuse(
+        self, caller: str, spec: TaskSpecification, refusal: Refusal, reason: str, rule: str
+    ) -> TaskRefusedError:
         self._audit.record(
             TaskRefused(
                 coordinator=caller,
                 dataset=spec.dataset_id,
                 package_digest=spec.package_digest,
-                task_kind=spec.kind.value,
+                task_kind=spec.profile.name,
                 purpose=spec.purpose,
                 run_id=spec.run_id,
                 round=spec.round,
-                status=status,
+                outcome=refusal.value,
                 rule=rule,
                 reason=reason,
                 correlation_id=spec.correlation_id,
             )
         )
-        return TaskRefusedError(status, reason, rule)
+        return TaskRefusedError(refusal, reason, rule)
 
     # ------------------------------------------------------------ running
 
@@ -436,13 +444,13 @@ class TaskRunner:
             self.fail(admission, "crashed", "the task failed inside the agent", repr(exc), charge=True)
             raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", repr(exc)) from exc
         if not self._claim_settlement(admission):
-            # Released meanwhile (the call ended): this result was never paid for and must not leave.
+            # Refunded meanwhile (the call ended): this result was never paid for and must not leave.
             raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
         # The cost is on disk before the result exists anywhere but in this process.
         try:
             self._ledger.commit(admission.task_id)
         except PrivacyError as exc:
-            # Not released either: the reservation stays and is counted as spent at the next start.
+            # Not refunded either: the reservation stays and is counted as spent at the next start.
             self._logger.error("ledger.commit_failed", task_id=admission.task_id, error=str(exc))
             raise TaskFailedError(FailureKind.CRASHED, "the privacy ledger cannot be written; no result") from None
         self._audit.record(
@@ -460,7 +468,7 @@ class TaskRunner:
         )
 
     def fail(self, admission: Admission, code: str, message: str, detail: str = "", *, charge: bool = False) -> None:
-        """The task ends without a result: release its reservation (or charge it) and audit why."""
+        """The task ends without a result: refund its reservation (or charge it) and audit why."""
         if not self._claim_settlement(admission):
             return
         try:
@@ -488,7 +496,7 @@ class TaskRunner:
 
     def settle_if_open(self, admission: Admission) -> None:
         """The RPC is over. A task still computing is cancelled (its thread settles it); one that
-        never started computing is released here."""
+        never started computing is refunded here."""
         with self._lock:
             running = self._running.get(admission.task_id)
             executing = running is not None and running.executing
@@ -557,7 +565,3 @@ def check_result(result: Released, admission: Admission) -> None:
     if problems:
         raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", "; ".join(problems),
                               progressed=True)
-
-
-def _hyperparameters(spec: TaskSpecification) -> dict[str, float | int | bool]:
-    return spec.profile.audit_fields()

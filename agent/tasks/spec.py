@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.packages.manifest import Manifest, TaskKind
+from agent.packages.manifest import Manifest
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
@@ -26,11 +26,6 @@ class TaskSpecification:
     round: int
     correlation_id: str
     purpose: str
-
-    @property
-    def kind(self) -> TaskKind:
-        """The kind's name as packages declare it (and audit entries record it)."""
-        return TaskKind(self.profile.name)
 
 
 def check_against_package(spec: TaskSpecification, manifest: Manifest) -> None:

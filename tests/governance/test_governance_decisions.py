@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from agent.governance.decisions import (
     Action,
-    Outcome,
     Request,
     TaskRequest,
     UsageState,
@@ -27,6 +26,7 @@ from agent.governance.model import (
     PackageRules,
     Policy,
 )
+from agent.refusal import Refusal
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
 from agent.tasks.kinds.profile import TaskProfile
@@ -95,13 +95,13 @@ def task(kind: type[TaskProfile] = DpGradient, **changes: object) -> TaskRequest
 
 
 def run(t: TaskRequest | None = None, policy: Policy | None = None, state: UsageState | None = None,
-        coordinator: str = COORD, now: dt.datetime = NOW, dataset: str = "onco") -> tuple[Outcome, str]:
+        coordinator: str = COORD, now: dt.datetime = NOW, dataset: str = "onco") -> tuple[Refusal | None, str]:
     decision = decide(
         Request(coordinator, Action.RUN_TASK, now, dataset_id=dataset, task=t or task()),
         policy or make_policy(),
         state or UsageState(),
     )
-    return decision.outcome, decision.rule
+    return decision.refusal, decision.rule
 
 
 def with_coordinator(**changes: object) -> Policy:
@@ -117,36 +117,36 @@ def with_dataset(**changes: object) -> Policy:
 
 
 def test_a_compliant_task_is_allowed() -> None:
-    assert run() == (Outcome.ALLOWED, "task.allowed")
+    assert run() == (None, "task.allowed")
 
 
 def test_unknown_coordinator_is_forbidden_for_every_action() -> None:
     for action in Action:
         decision = decide(Request("spiffe://evil/x", action, NOW, dataset_id="onco", task=task()),
                           make_policy(), UsageState())
-        assert (decision.outcome, decision.rule) == (Outcome.FORBIDDEN, "coordinator.unknown")
+        assert (decision.refusal, decision.rule) == (Refusal.FORBIDDEN, "coordinator.unknown")
 
 
 def test_coordinator_validity_period() -> None:
-    assert run(now=dt.datetime(2025, 12, 31, tzinfo=dt.UTC)) == (Outcome.FORBIDDEN, "coordinator.not_yet_valid")
-    assert run(now=dt.datetime(2027, 1, 1, tzinfo=dt.UTC)) == (Outcome.FORBIDDEN, "coordinator.expired")
-    assert run(now=dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC))[0] is Outcome.ALLOWED
+    assert run(now=dt.datetime(2025, 12, 31, tzinfo=dt.UTC)) == (Refusal.FORBIDDEN, "coordinator.not_yet_valid")
+    assert run(now=dt.datetime(2027, 1, 1, tzinfo=dt.UTC)) == (Refusal.FORBIDDEN, "coordinator.expired")
+    assert run(now=dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC))[0] is None
 
 
 def test_dataset_not_granted_to_coordinator() -> None:
     policy = with_coordinator(datasets=frozenset({"other"}))
-    assert run(policy=policy) == (Outcome.FORBIDDEN, "coordinator.dataset_not_allowed")
+    assert run(policy=policy) == (Refusal.FORBIDDEN, "coordinator.dataset_not_allowed")
 
 
 def test_dataset_without_policy_rule_is_not_released() -> None:
-    assert run(dataset="labs") == (Outcome.FORBIDDEN, "dataset.no_policy")
+    assert run(dataset="labs") == (Refusal.FORBIDDEN, "dataset.no_policy")
 
 
 def test_unknown_dataset_is_not_found_only_for_authorised_coordinators() -> None:
     policy = make_policy()
     known = decide(Request(COORD, Action.GET_DATASET, NOW, dataset_id="ghost", dataset_known=False), policy,
                    UsageState())
-    assert (known.outcome, known.rule) == (Outcome.NOT_FOUND, "dataset.unknown")
+    assert (known.refusal, known.rule) == (Refusal.NOT_FOUND, "dataset.unknown")
     stranger = decide(Request("x", Action.GET_DATASET, NOW, dataset_id="ghost", dataset_known=False), policy,
                       UsageState())
     assert stranger.rule == "coordinator.unknown"
@@ -155,40 +155,40 @@ def test_unknown_dataset_is_not_found_only_for_authorised_coordinators() -> None
 def test_data_use_agreement_expiry() -> None:
     after = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     policy = with_coordinator(valid_until=None)
-    assert run(policy=policy, now=after) == (Outcome.PRECONDITION, "dataset.agreement_expired")
+    assert run(policy=policy, now=after) == (Refusal.PRECONDITION, "dataset.agreement_expired")
     decision = decide(Request(COORD, Action.GET_BUDGET, after, dataset_id="onco"), policy, UsageState())
     assert decision.rule == "dataset.agreement_expired"
 
 
 def test_task_kind_not_granted() -> None:
     policy = with_coordinator(task_kinds=frozenset({"dp_evaluate"}))
-    assert run(policy=policy) == (Outcome.FORBIDDEN, "coordinator.task_kind_not_allowed")
+    assert run(policy=policy) == (Refusal.FORBIDDEN, "coordinator.task_kind_not_allowed")
 
 
 def test_package_name_not_allowed() -> None:
-    assert run(task(package_name="other/model")) == (Outcome.FORBIDDEN, "package.name_not_allowed")
-    assert run(policy=make_policy(packages=PackageRules(allowed_names=())))[0] is Outcome.ALLOWED
+    assert run(task(package_name="other/model")) == (Refusal.FORBIDDEN, "package.name_not_allowed")
+    assert run(policy=make_policy(packages=PackageRules(allowed_names=())))[0] is None
 
 
 def test_purpose_must_be_allowed() -> None:
-    assert run(task(purpose="marketing")) == (Outcome.FORBIDDEN, "dataset.purpose_not_allowed")
-    assert run(task(purpose="")) == (Outcome.FORBIDDEN, "dataset.purpose_not_allowed")
-    assert run(task(purpose="anything"), policy=with_dataset(purposes=frozenset()))[0] is Outcome.ALLOWED
+    assert run(task(purpose="marketing")) == (Refusal.FORBIDDEN, "dataset.purpose_not_allowed")
+    assert run(task(purpose="")) == (Refusal.FORBIDDEN, "dataset.purpose_not_allowed")
+    assert run(task(purpose="anything"), policy=with_dataset(purposes=frozenset()))[0] is None
 
 
 def test_forbidden_columns_are_refused_even_if_exposed() -> None:
     policy = with_dataset(exposed_columns=None)
     assert run(task(columns=frozenset({"age", "patient_id"})), policy=policy) == (
-        Outcome.FORBIDDEN, "dataset.forbidden_column")
+        Refusal.FORBIDDEN, "dataset.forbidden_column")
 
 
 def test_columns_outside_the_allow_list_are_refused() -> None:
-    assert run(task(columns=frozenset({"age", "postcode"}))) == (Outcome.FORBIDDEN, "dataset.column_not_exposed")
+    assert run(task(columns=frozenset({"age", "postcode"}))) == (Refusal.FORBIDDEN, "dataset.column_not_exposed")
 
 
 def test_label_columns_are_restricted() -> None:
     t = task(columns=frozenset({"age", "stage"}), label_columns=frozenset({"stage"}))
-    assert run(t) == (Outcome.FORBIDDEN, "dataset.label_column_not_allowed")
+    assert run(t) == (Refusal.FORBIDDEN, "dataset.label_column_not_allowed")
 
 
 @pytest.mark.parametrize(
@@ -201,21 +201,21 @@ def test_label_columns_are_restricted() -> None:
     ],
 )
 def test_hyperparameter_bounds(field: str, value: float, rule: str) -> None:
-    assert run(task(**{field: value})) == (Outcome.PRECONDITION, rule)
+    assert run(task(**{field: value})) == (Refusal.PRECONDITION, rule)
 
 
 def test_local_training_bounds_apply_only_to_local_training() -> None:
-    assert run(task(local_steps=100))[0] is Outcome.ALLOWED
+    assert run(task(local_steps=100))[0] is None
     assert run(task(DpLocalTraining, local_steps=100)) == (
-        Outcome.PRECONDITION, "dataset.bounds.local_steps")
+        Refusal.PRECONDITION, "dataset.bounds.local_steps")
     assert run(task(DpLocalTraining, learning_rate=5.0)) == (
-        Outcome.PRECONDITION, "dataset.bounds.learning_rate")
+        Refusal.PRECONDITION, "dataset.bounds.learning_rate")
 
 
 def test_minimum_cohort_size() -> None:
-    assert run(task(cohort_size=19)) == (Outcome.PRECONDITION, "dataset.min_cohort")
-    assert run(task(cohort_size=20))[0] is Outcome.ALLOWED
-    assert run(task(cohort_size=None)) == (Outcome.PRECONDITION, "dataset.cohort_unknown")
+    assert run(task(cohort_size=19)) == (Refusal.PRECONDITION, "dataset.min_cohort")
+    assert run(task(cohort_size=20))[0] is None
+    assert run(task(cohort_size=None)) == (Refusal.PRECONDITION, "dataset.cohort_unknown")
 
 
 def test_minimum_cohort_reason_does_not_reveal_the_actual_size() -> None:
@@ -225,10 +225,10 @@ def test_minimum_cohort_reason_does_not_reveal_the_actual_size() -> None:
 
 
 def test_rate_limits_and_concurrency() -> None:
-    assert run(state=UsageState(tasks_last_hour=10)) == (Outcome.EXHAUSTED, "coordinator.rate_hour")
-    assert run(state=UsageState(tasks_last_hour=9, tasks_last_day=50)) == (Outcome.EXHAUSTED, "coordinator.rate_day")
-    assert run(state=UsageState(running_tasks=2)) == (Outcome.EXHAUSTED, "limits.concurrent_tasks")
-    assert run(state=UsageState(tasks_last_hour=9, tasks_last_day=49, running_tasks=1))[0] is Outcome.ALLOWED
+    assert run(state=UsageState(tasks_last_hour=10)) == (Refusal.EXHAUSTED, "coordinator.rate_hour")
+    assert run(state=UsageState(tasks_last_hour=9, tasks_last_day=50)) == (Refusal.EXHAUSTED, "coordinator.rate_day")
+    assert run(state=UsageState(running_tasks=2)) == (Refusal.EXHAUSTED, "limits.concurrent_tasks")
+    assert run(state=UsageState(tasks_last_hour=9, tasks_last_day=49, running_tasks=1))[0] is None
 
 
 def test_run_task_without_a_task_is_invalid() -> None:
@@ -253,7 +253,7 @@ def test_wildcard_dataset_rule_covers_unlisted_datasets_with_their_own_budget_gr
     assert rule is not None and rule.dataset_id == "labs" and rule.budget_group == "labs"
     everything = with_coordinator(datasets=frozenset({ANY_DATASET}))
     everything = dataclasses.replace(everything, datasets={ANY_DATASET: wildcard})
-    assert run(policy=everything, dataset="labs")[0] is Outcome.ALLOWED
+    assert run(policy=everything, dataset="labs")[0] is None
 
 
 def test_visible_datasets_filters_by_coordinator_grants() -> None:

@@ -83,7 +83,7 @@ def test_listing_shows_only_granted_datasets_and_exposed_columns(governed: Runni
     assert [c.name for c in datasets[0].columns] == ["age", "stage", "event"]
     entry = decisions(governed.config_path.parent)[-1]
     assert entry["method"] == "ListDatasets" and entry["allowed"] is True
-    assert entry["caller"] == COORDINATOR_URI and entry["rule"] == "coordinator.authorised"
+    assert entry["coordinator"] == COORDINATOR_URI and entry["rule"] == "coordinator.authorised"
 
 
 def test_dataset_not_granted_is_refused_and_audited_with_its_rule(governed: RunningAgent, pki: Pki) -> None:
@@ -118,7 +118,7 @@ def test_expired_coordinator_is_refused_everywhere(governed: RunningAgent, pki: 
             with pytest.raises(AgentRpcError) as failure:
                 call()
             assert failure.value.code == grpc.StatusCode.PERMISSION_DENIED
-    rules = {e["rule"] for e in decisions(governed.config_path.parent) if e["caller"] == "cn-only-coordinator"}
+    rules = {e["rule"] for e in decisions(governed.config_path.parent) if e["coordinator"] == "cn-only-coordinator"}
     assert rules == {"coordinator.expired"}
 
 
@@ -159,7 +159,7 @@ def test_sighup_applies_a_valid_policy_and_keeps_the_old_one_on_a_broken_file(tm
         while time.monotonic() < deadline and not any(e["kind"] == "policy.rejected" for e in audit_entries(tmp_path)):
             time.sleep(0.1)
         rejected = [e for e in audit_entries(tmp_path) if e["kind"] == "policy.rejected"]
-        assert rejected and "surprise" in rejected[0]["error"]
+        assert rejected and "surprise" in rejected[0]["reason"]
         with agent.client(pki) as client:
             assert client.get_info().agent_id == "hospital-test"
 
@@ -175,7 +175,7 @@ def test_sighup_applies_a_valid_policy_and_keeps_the_old_one_on_a_broken_file(tm
     finally:
         assert stop_agent(agent) == 0
     loaded = [e for e in audit_entries(tmp_path) if e["kind"] == "policy.loaded"]
-    assert len(loaded) == 2 and loaded[0]["digest"] != loaded[1]["digest"]
+    assert len(loaded) == 2 and loaded[0]["policy_digest"] != loaded[1]["policy_digest"]
 
 
 def test_policy_check_and_explain_cli(tmp_path: Path, pki: Pki) -> None:

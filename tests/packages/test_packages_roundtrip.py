@@ -26,6 +26,7 @@ from agent.packages import (
 )
 from agent.packages.decisions import DecisionKind
 from agent.packages.inspection import inspect_package
+from agent.refusal import Refusal
 from edge_sponsor.publisher.packaging import sign_package
 from edge_sponsor.publisher.zoo import build_logistic_regression, build_mlp_classifier, build_weibull_survival
 
@@ -111,7 +112,7 @@ def test_commit_is_idempotent_and_rollback_protected(
         with pytest.raises(PackageRejected) as refused:
             store.add(good_package(publisher_key, version=older), trust, LIMITS, NOW, require_approval=True)
         assert refused.value.code is RejectionCode.ROLLBACK
-        assert refused.value.code.status.value == "FAILED_PRECONDITION"
+        assert refused.value.code.refusal is Refusal.PRECONDITION
 
     # Same version, different bytes (here: build metadata only differs in precedence-neutral ways).
     with pytest.raises(PackageRejected) as conflict:

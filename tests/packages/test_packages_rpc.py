@@ -27,6 +27,7 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.identity.agent_key import AgentKey, generate_key_file
 from agent.packages import PackageLimits, PackageStore, RejectionCode
+from agent.server.status import status_code
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 
@@ -136,10 +137,10 @@ def test_build_sign_upload_approve_round_trip(tmp_path: Path, pki: Pki, publishe
             assert fetched.status == pb.PACKAGE_STATUS_APPROVED
             assert "Dr. Compliance" in fetched.status_reason
         uploads = agent.audit("package.uploaded")
-        assert (uploads[0]["package"], uploads[0]["status"], uploads[0]["caller"]) == (
+        assert (uploads[0]["package_digest"], uploads[0]["package_status"], uploads[0]["coordinator"]) == (
             uploaded.digest, "pending", COORDINATOR_URI
         )
-        assert [e["package"] for e in agent.audit("package.approved")] == [uploaded.digest]
+        assert [e["package_digest"] for e in agent.audit("package.approved")] == [uploaded.digest]
     finally:
         agent.process.stop()
 
@@ -164,11 +165,11 @@ def test_attack_over_grpc_is_refused_audited_and_leaves_nothing(
     with shared_agent.client(pki) as client, pytest.raises(AgentRpcError) as refused:
         client.upload_package(attack.build(publisher))
     status, details = code_of(refused)
-    assert status.name == attack.code.status.value
+    assert status == status_code(attack.code.refusal)
     assert details.startswith(f"{attack.code.value}: ")
     assert str(shared_agent.directory) not in details and "/tmp" not in details  # no agent paths leak
     assert_store_empty(shared_agent.store)
-    assert shared_agent.audit("package.refused")[-1]["code"] == attack.code.value
+    assert shared_agent.audit("package.refused")[-1]["rule"] == attack.code.value
 
 
 @pytest.mark.parametrize(

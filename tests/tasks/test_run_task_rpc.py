@@ -331,7 +331,7 @@ def test_cancel_task_stops_the_worker(agent: Agent) -> None:
     assert errors and errors[0].code() == grpc.StatusCode.CANCELLED
     failed = agent.audit("task.failed")[-1]
     # It had read rows: the cancelled task is charged (when it stopped could depend on them).
-    assert failed["task_id"] == task_id and failed["code"] == "cancelled" and failed["charged"] is True
+    assert failed["task_id"] == task_id and failed["failure"] == "cancelled" and failed["charged"] is True
     assert agent.stub.GetBudget(pb.GetBudgetRequest(dataset_id="cohort"), timeout=30).tasks_charged == 1
     assert not agent.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id), timeout=30).cancelled
 

@@ -302,7 +302,7 @@ def test_a_stalled_upload_is_cut_off_with_a_reason_and_released(tmp_path: Path, 
         assert "no data for 1 s during the parameter upload" in (cut.value.details() or "")
         assert wait_for(lambda: bool(agent.audit("task.failed")))
         failed = agent.audit("task.failed")[-1]
-        assert failed["code"] == "stalled" and failed["charged"] is False
+        assert failed["failure"] == "stalled" and failed["charged"] is False
         assert "no data for 1 s" in failed["reason"]
         assert (budget(agent).tasks_charged, budget(agent).epsilon_reserved) == (0, 0.0)
         assert run_task(agent.stub, quiet(agent), PARAMETERS, timeout=60).task_id  # still serving
