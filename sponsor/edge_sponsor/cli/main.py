@@ -15,47 +15,22 @@ from collections.abc import Sequence
 # would otherwise print gRPC C-core lines to the terminal.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from agent import __version__
-from agent.cli.dispatch import run_command
-from agent.cli.settings import UsageError
-from agent.config import ConfigError
-from agent.datasets import DatasetError
-from agent.identity.agent_key import KeyFileError
-from agent.packages import PackageError, PackageInputError
+from agent.cli.dispatch import program_parser, run_command
 from edge_sponsor.cli import coordinate, demo, package
 from edge_sponsor.coordinator.client import AgentRpcError, CredentialsError
 
-# Errors caused by input the person can fix, reported as exit code 2.
-USAGE_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError,
-    UsageError,
-    KeyFileError,
-    CredentialsError,
-    PackageInputError,
-    *coordinate.USAGE_ERRORS,
-)
-# Errors of the environment, of the data or of a remote agent, exit code 1.
-FAILURE_ERRORS: tuple[type[Exception], ...] = (
-    DatasetError,
-    AgentRpcError,
-    PackageError,
-    *coordinate.FAILURE_ERRORS,
-    *demo.FAILURE_ERRORS,
-)
+# Beyond agent.cli.dispatch's common ones: input the person can fix, exit code 2 ...
+USAGE_ERRORS: tuple[type[Exception], ...] = (CredentialsError, *coordinate.USAGE_ERRORS)
+# ... and errors of the environment, of the data or of a remote agent, exit code 1.
+FAILURE_ERRORS: tuple[type[Exception], ...] = (AgentRpcError, *coordinate.FAILURE_ERRORS, *demo.FAILURE_ERRORS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-sponsor",
-        description="Edge Agent's sponsor tools: reference coordinator, package publishing, demo.",
+    return program_parser(
+        "edge-sponsor",
+        "Edge Agent's sponsor tools: reference coordinator, package publishing, demo.",
+        [coordinate.add_parser, package.add_parser, demo.add_parser],
     )
-    # One version for both distributions: edge-agent-sponsor requires edge-agent of its own version.
-    parser.add_argument("--version", action="version", version=f"edge-sponsor {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    coordinate.add_parser(subparsers)
-    package.add_parser(subparsers)
-    demo.add_parser(subparsers)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
