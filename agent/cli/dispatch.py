@@ -1,9 +1,10 @@
 """The frame of `edge-agent` and the sponsor's `edge-sponsor`: the top-level parser, and
 running a command with its errors turned into one line and an exit code.
 
-Shared so that both programs report errors the same way: no traceback reaches the person at the terminal; known
-errors print one line naming the file, key or value at fault; anything
-unexpected prints a short message and, with EDGE_AGENT_DEBUG=1, the traceback.
+Shared so that both programs report errors the same way: no traceback reaches
+the person at the terminal; known errors print one line naming the file, key or
+value at fault; anything unexpected prints a short message and, with
+EDGE_AGENT_DEBUG=1, the traceback.
 """
 
 from __future__ import annotations
