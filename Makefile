@@ -120,4 +120,4 @@ protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(FLOWER_VENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(FLOWER_VENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info sponsor/*.egg-info
