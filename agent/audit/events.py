@@ -23,7 +23,7 @@ import enum
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypedDict
+from typing import Annotated, Any, ClassVar, Protocol, TypedDict
 
 from agent.refusal import Refusal
 
@@ -111,7 +111,8 @@ METHOD = Field("method", "the RPC's name", "Method")
 ALLOWED = Field("allowed", "whether the policy allowed the call", "Allowed")
 OUTCOME = Field(
     "outcome",
-    "`allowed`, or the refusal the caller was told: " + ", ".join(f"`{r.value}`" for r in Refusal)
+    "`allowed`, or the refusal the caller was told: "
+    + ", ".join(f"`{r.value}`" for r in Refusal)
     + " (0.1 wrote refused tasks' and uploads' gRPC status name as `status`)",
     "Outcome",
     was=("status",),
@@ -212,6 +213,22 @@ class PolicyRejected(AuditEvent):
     policy_digest: Annotated[str, POLICY_DIGEST]
 
 
+class Judgement(Protocol):
+    """A policy decision as the log records it (agent.governance.decisions.Decision)."""
+
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class RpcDecision(AuditEvent):
     kind = "rpc.decision"
@@ -227,6 +244,33 @@ class RpcDecision(AuditEvent):
     task_kind: Annotated[str | None, TASK_KIND] = None
     correlation_id: Annotated[str | None, CORRELATION_ID] = None
     policy_digest: Annotated[str, POLICY_DIGEST]
+
+    @classmethod
+    def of(
+        cls,
+        decision: Judgement,
+        *,
+        method: str,
+        coordinator: str,
+        policy_digest: str,
+        dataset: str | None = None,
+        package_digest: str | None = None,
+        task_kind: str | None = None,
+        correlation_id: str | None = None,
+    ) -> RpcDecision:
+        return cls(
+            method=method,
+            coordinator=coordinator,
+            allowed=decision.allowed,
+            outcome=decision.outcome,
+            rule=decision.rule,
+            reason=decision.reason,
+            dataset=dataset,
+            package_digest=package_digest,
+            task_kind=task_kind,
+            correlation_id=correlation_id,
+            policy_digest=policy_digest,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,9 +300,9 @@ class PackageRefused(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PackageApproved(AuditEvent):
-    kind = "package.approved"
-    when = "a reviewer approved a package for local use (`package approve`)"
+class ReviewerDecisionEvent(AuditEvent):
+    """What a reviewer's signed decision on a package records."""
+
     package_digest: Annotated[str, PACKAGE_DIGEST]
     package_name: Annotated[str | None, PACKAGE_NAME]
     package_version: Annotated[str | None, PACKAGE_VERSION]
@@ -268,15 +312,24 @@ class PackageApproved(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PackageRejected(AuditEvent):
+class PackageApproved(ReviewerDecisionEvent):
+    kind = "package.approved"
+    when = "a reviewer approved a package for local use (`package approve`)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageRejected(ReviewerDecisionEvent):
     kind = "package.rejected"
     when = "a reviewer rejected a package (`package reject`)"
-    package_digest: Annotated[str, PACKAGE_DIGEST]
-    package_name: Annotated[str | None, PACKAGE_NAME]
-    package_version: Annotated[str | None, PACKAGE_VERSION]
-    reviewer: Annotated[str, REVIEWER]
-    reviewer_key_id: Annotated[str, REVIEWER_KEY_ID]
-    reason: Annotated[str | None, REASON]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageApprovalHonoured(ReviewerDecisionEvent):
+    kind = "package.approval_honoured"
+    when = (
+        "the agent first accepted a listed reviewer's signed approval for a task (once per approval; also one "
+        "restored from a backup or written without `package approve`)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -421,6 +474,7 @@ EVENTS: tuple[type[AuditEvent], ...] = (
     PackageRefused,
     PackageApproved,
     PackageRejected,
+    PackageApprovalHonoured,
     TaskRefused,
     TaskStarted,
     TaskFinished,

@@ -124,15 +124,8 @@ class AgentService(pb_grpc.AgentServicer):
         request = Request(caller, action, self._clock(), dataset_id=dataset_id, dataset_known=known)
         decision = decide(request, policy, UsageState())
         self._audit.record(
-            RpcDecision(
-                method=method,
-                coordinator=caller,
-                allowed=decision.allowed,
-                outcome=decision.outcome,
-                rule=decision.rule,
-                reason=decision.reason,
-                dataset=dataset_id,
-                policy_digest=policy.digest,
+            RpcDecision.of(
+                decision, method=method, coordinator=caller, dataset=dataset_id, policy_digest=policy.digest
             )
         )
         if decision.refusal is not None:

@@ -24,6 +24,7 @@ import structlog
 from agent.audit.events import RpcDecision, TaskAbout, TaskFailed, TaskFinished, TaskRefused, TaskStarted
 from agent.audit.sink import AuditSink
 from agent.datasets import DatasetCatalog, DatasetSpec, UnknownDatasetError, row_count_bucket
+from agent.governance.approvals import approval_in_force, honour
 from agent.governance.decisions import (
     Action,
     Decision,
@@ -177,7 +178,17 @@ class TaskRunner:
                 caller, spec, Refusal.NOT_FOUND, f"package {spec.package_digest} is not stored on this agent",
                 "package.unknown",
             )
-        if stored.status is not PackageStatus.APPROVED:
+        if policy.packages.require_approval:
+            # A listed reviewer's signature decides, not the store's status column: whoever can write
+            # the state directory can edit that with one SQL UPDATE.
+            review = approval_in_force(self._packages, stored, policy.reviewers)
+            if review.approval is None:
+                raise self._refuse(
+                    caller, spec, Refusal.PRECONDITION, f"package {stored.name} {stored.version} {review.reason}",
+                    review.rule,
+                )
+            honour(self._packages, stored, review.approval, self._audit, now)
+        elif stored.status is not PackageStatus.APPROVED:
             why = "awaits review by the hospital" if stored.status is PackageStatus.PENDING else "was rejected"
             raise self._refuse(
                 caller, spec, Refusal.PRECONDITION, f"package {stored.name} {stored.version} {why}",
@@ -339,13 +350,10 @@ class TaskRunner:
         self, caller: str, spec: TaskSpecification | None, decision: Decision, policy_digest: str
     ) -> None:
         self._audit.record(
-            RpcDecision(
+            RpcDecision.of(
+                decision,
                 method="RunTask",
                 coordinator=caller,
-                allowed=decision.allowed,
-                outcome=decision.outcome,
-                rule=decision.rule,
-                reason=decision.reason,
                 dataset=None if spec is None else spec.dataset_id,
                 package_digest=None if spec is None else spec.package_digest,
                 task_kind=None if spec is None else spec.profile.name,

@@ -115,26 +115,21 @@ def write_usage_log(directory: Path, key: AgentKey) -> None:
             )
         )
         log.record(events.PolicyLoaded(policy_digest="sha256:" + "ab" * 32, source="/etc/edge-agent/policy.toml"))
-        log.record(
-            events.PackageApproved(
-                package_name="survival-mlp",
-                package_version="1.2.0",
-                package_digest="sha256:" + "12" * 32,
-                reviewer="dr.officer",
-                reviewer_key_id="SHA256:reviewer",
-                reason="reviewed <ok>",
-            )
+        reviewed = (
+            (events.PackageApproved, "survival-mlp", "1.2.0", "12", "reviewed <ok>"),
+            (events.PackageRejected, "<i>exfil</i>", "0.1", "34", "asks for identifiers"),
         )
-        log.record(
-            events.PackageRejected(
-                package_name="<i>exfil</i>",
-                package_version="0.1",
-                package_digest="sha256:" + "34" * 32,
-                reviewer="dr.officer",
-                reviewer_key_id="SHA256:reviewer",
-                reason="asks for identifiers",
+        for decision, name, version, digest, reason in reviewed:
+            log.record(
+                decision(
+                    package_name=name,
+                    package_version=version,
+                    package_digest="sha256:" + digest * 32,
+                    reviewer="dr.officer",
+                    reviewer_key_id="SHA256:reviewer",
+                    reason=reason,
+                )
             )
-        )
         for day in range(6):
             for dataset, limit, eps in (("onco", 3.0, 0.4), ("labs", 1.0, 0.15), (XSS_DATASET, 2.0, 0.2)):
                 if dataset == XSS_DATASET and day % 2:
