@@ -21,6 +21,7 @@ from agent.governance.model import (
     PackageRules,
     Policy,
     PublisherRule,
+    ReviewerRule,
 )
 from agent.identity.agent_key import fingerprint
 from agent.tasks.kinds import registry
@@ -134,25 +135,30 @@ def parse_public_key(text: str) -> bytes:
     return raw
 
 
-def _publisher(table: TomlTable, base: Path) -> PublisherRule:
-    name = table.required_string("name")
+def _public_key(table: TomlTable, base: Path) -> bytes:
+    """The table's raw Ed25519 key, from ``public_key`` (base64 or PEM) or ``public_key_file``."""
     inline = table.string("public_key")
     key_file = table.string("public_key_file")
     if (inline is None) == (key_file is None):
         raise table.error("public_key", "give exactly one of public_key (base64 or PEM) or public_key_file")
     key_name = "public_key" if inline is not None else "public_key_file"
-    namespaces = table.string_list("namespaces")
     try:
         if inline is not None:
             text = inline
         else:
             path = table.path("public_key_file", base)
             text = path.read_text(encoding="utf-8")
-        raw = parse_public_key(text)
+        return parse_public_key(text)
     except OSError as exc:
         raise table.error(key_name, f"cannot read {key_file}: {exc.strerror}") from None
     except ValueError as exc:
         raise table.error(key_name, f"not an Ed25519 public key: {exc}") from None
+
+
+def _publisher(table: TomlTable, base: Path) -> PublisherRule:
+    name = table.required_string("name")
+    namespaces = table.string_list("namespaces")
+    raw = _public_key(table, base)
     rule = PublisherRule(
         name=name,
         key_id=fingerprint(Ed25519PublicKey.from_public_bytes(raw)),
@@ -163,6 +169,21 @@ def _publisher(table: TomlTable, base: Path) -> PublisherRule:
     )
     table.finish()
     return rule
+
+
+def _reviewer(table: TomlTable, base: Path) -> ReviewerRule:
+    name = table.required_string("name")
+    raw = _public_key(table, base)
+    table.finish()
+    return ReviewerRule(name=name, key_id=fingerprint(Ed25519PublicKey.from_public_bytes(raw)), public_key=raw)
+
+
+def _unique_keys(key_ids: list[str], section: str, source: Path) -> None:
+    seen: set[str] = set()
+    for index, key_id in enumerate(key_ids):
+        if key_id in seen:
+            raise ConfigError(source, f"{section}[{index}]", f"key {key_id} is listed twice")
+        seen.add(key_id)
 
 
 def parse_policy(data: bytes, source: Path) -> Policy:
@@ -193,11 +214,9 @@ def parse_policy(data: bytes, source: Path) -> Policy:
             )
 
     publishers = tuple(_publisher(t, base) for t in root.tables("publishers"))
-    seen_keys: set[str] = set()
-    for index, publisher in enumerate(publishers):
-        if publisher.key_id in seen_keys:
-            raise ConfigError(source, f"publishers[{index}]", f"key {publisher.key_id} is listed twice")
-        seen_keys.add(publisher.key_id)
+    _unique_keys([p.key_id for p in publishers], "publishers", source)
+    reviewers = tuple(_reviewer(t, base) for t in root.tables("reviewers"))
+    _unique_keys([r.key_id for r in reviewers], "reviewers", source)
 
     packages_table = root.table("packages")
     packages = PackageRules(
@@ -220,6 +239,7 @@ def parse_policy(data: bytes, source: Path) -> Policy:
         coordinators=coordinators,
         datasets=datasets,
         publishers=publishers,
+        reviewers=reviewers,
         packages=packages,
         limits=limits,
         digest="sha256:" + hashlib.sha256(data).hexdigest(),

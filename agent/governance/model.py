@@ -80,6 +80,16 @@ class PublisherRule:
 
 
 @dataclass(frozen=True)
+class ReviewerRule:
+    """A compliance officer whose signed package decisions the agent honours."""
+
+    name: str
+    # "SHA256:..." fingerprint of the raw Ed25519 public key.
+    key_id: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
 class PackageRules:
     require_approval: bool = True
     # Glob patterns over package names (fnmatch); empty = any name.
@@ -102,6 +112,8 @@ class Policy:
     coordinators: Mapping[str, CoordinatorRule]
     datasets: Mapping[str, DatasetRule]
     publishers: tuple[PublisherRule, ...] = ()
+    # Whose signed approvals and rejections count when packages.require_approval is set.
+    reviewers: tuple[ReviewerRule, ...] = ()
     packages: PackageRules = PackageRules()
     limits: Limits = Limits()
     # sha256 of the policy file's bytes: audit entries name the policy in force.

@@ -2,7 +2,7 @@
 
 Layout under ``root`` (the agent passes ``state_dir / "packages"``)::
 
-    index.sqlite              packages and decisions (WAL, synchronous=FULL)
+    index.sqlite              packages, decisions, honoured approvals (WAL, synchronous=FULL)
     blobs/sha256/<hex>        verified archives, named by the sha256 of their bytes
     staging/upload-*.part     uploads in progress (locked by their writer)
 
@@ -16,6 +16,7 @@ write lock, so a concurrent committer's blob is never mistaken for debris).
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import fcntl
@@ -52,7 +53,8 @@ from agent.packages.semver import SemVer
 from agent.packages.trust import TrustStore
 from agent.packages.verification import VerifiedPackage, verify_package
 
-_SCHEMA_VERSION = 1
+# 2: the honoured table (opening a version 1 index adds it).
+_SCHEMA_VERSION = 2
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _CREATE = (
     """CREATE TABLE IF NOT EXISTS packages (
@@ -71,6 +73,13 @@ _CREATE = (
         id       INTEGER PRIMARY KEY AUTOINCREMENT,
         digest   TEXT NOT NULL REFERENCES packages (digest),
         decision TEXT NOT NULL
+    )""",
+    # Approvals the daemon has let a task run on (by signature), so that each is audited once
+    # when first honoured, also one restored from a backup or written without `package approve`.
+    """CREATE TABLE IF NOT EXISTS honoured (
+        signature   TEXT PRIMARY KEY NOT NULL,
+        digest      TEXT NOT NULL,
+        honoured_at TEXT NOT NULL
     )""",
 )
 _SELECT = "SELECT digest, version, size, status, uploaded_at, signer_key_ids, manifest FROM packages"
@@ -395,6 +404,36 @@ class PackageStore:
             )
             conn.execute("UPDATE packages SET status = ? WHERE digest = ?", (status.value, digest))
         return decision
+
+    def decisions(self, digest: str) -> builtins.list[Decision]:
+        """Every decision recorded for ``digest``, oldest first, as stored (not verified)."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT decision FROM decisions WHERE digest = ? ORDER BY id", (digest,)).fetchall()
+        try:
+            return [Decision.from_json(json.loads(text)) for (text,) in rows]
+        except (ValueError, DecisionError) as exc:
+            message = f"the package index {self._index} holds a damaged decision on {digest}: {exc}"
+            raise PackageStoreError(message) from exc
+
+    def cache_status(self, digest: str, status: PackageStatus) -> None:
+        """Sets the status column to what the reviewers' signatures say. The column is only a
+        cache for listings when the policy requires approval; a rejection stays final."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE packages SET status = ? WHERE digest = ? AND status != 'rejected'", (status.value, digest)
+            )
+
+    def honour(self, approval: Decision, now: datetime, first_time: Callable[[], object]) -> None:
+        """Notes that a task runs on ``approval``; calls ``first_time`` (which audits it) the first
+        time only, inside the same transaction, so the note is kept only if ``first_time`` returns."""
+        signature = base64.b64encode(approval.signature).decode("ascii")
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO honoured (signature, digest, honoured_at) VALUES (?, ?, ?)",
+                (signature, approval.digest, format_time(now)),
+            )
+            if cursor.rowcount == 1:
+                first_time()
 
     # -- internals --------------------------------------------------------------------
 
