@@ -21,11 +21,18 @@ from agent.audit import events
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, identity_key, resolve_config
+from agent.config import AgentConfig
+from agent.governance.approvals import approval_in_force, listed_reviewer, review
+from agent.governance.development import development_policy
+from agent.governance.loader import load_policy
+from agent.governance.model import Policy
 from agent.identity.agent_key import load_key_file
 from agent.packages import (
+    DecisionError,
     DecisionKind,
     PackageLimits,
     PackageRejected,
+    PackageStatus,
     PackageStore,
     StoredPackage,
     TrustedKey,
@@ -165,16 +172,26 @@ def run_verify(args: argparse.Namespace) -> int:
 # -- agent side ----------------------------------------------------------------------
 
 
-def _store(args: argparse.Namespace) -> PackageStore:
-    return PackageStore(resolve_config(args).state_dir / "packages")
+def _policy(config: AgentConfig) -> Policy:
+    return development_policy() if config.policy_file is None else load_policy(config.policy_file)
 
 
-def _package_json(package: StoredPackage) -> dict[str, Any]:
+def _status(store: PackageStore, package: StoredPackage, policy: Policy) -> tuple[PackageStatus, tuple[str, ...]]:
+    """The status the agent acts on, and the stored decisions it ignores (why, in words). When the
+    policy requires approval, the reviewers' signatures say, not the store's status column."""
+    if not policy.packages.require_approval:
+        return package.status, ()
+    found = review(package, store.decisions(package.digest), policy.reviewers)
+    return found.status, found.ignored
+
+
+def _package_json(package: StoredPackage, status: PackageStatus, ignored: tuple[str, ...]) -> dict[str, Any]:
     return {
         "digest": package.digest,
         "name": package.name,
         "version": package.version,
-        "status": package.status.value,
+        "status": status.value,
+        "ignored_decisions": list(ignored),
         "size": package.size,
         "uploaded_at": package.uploaded_at.isoformat(),
         "signer_key_ids": list(package.signer_key_ids),
@@ -184,16 +201,20 @@ def _package_json(package: StoredPackage) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    store = _store(args)
-    packages = store.pending() if args.only_pending else store.list()
+    config = resolve_config(args)
+    store = PackageStore(config.state_dir / "packages")
+    policy = _policy(config)
+    listed = [(p, *_status(store, p, policy)) for p in store.list()]
+    if args.only_pending:
+        listed = [entry for entry in listed if entry[1] is PackageStatus.PENDING]
     if args.json:
-        print(json.dumps([_package_json(p) for p in packages], indent=2, sort_keys=True))
+        print(json.dumps([_package_json(*entry) for entry in listed], indent=2, sort_keys=True))
         return ExitCode.SUCCESS
-    if not packages:
+    if not listed:
         print("no packages awaiting review" if args.only_pending else "no packages")
         return ExitCode.SUCCESS
-    for package in packages:
-        print(f"{package.digest}  {package.status.value.upper()}  uploaded {package.uploaded_at:%Y-%m-%d %H:%M}Z")
+    for package, status, ignored in listed:
+        print(f"{package.digest}  {status.value.upper()}  uploaded {package.uploaded_at:%Y-%m-%d %H:%M}Z")
         print("\n".join(_summary_lines(package.manifest)))
         print(f"  signed by:   {', '.join(package.signer_key_ids)}")
         if package.decision is not None:
@@ -202,6 +223,8 @@ def run_list(args: argparse.Namespace) -> int:
                 f"  decision:    {d.decision.value} by {d.reviewer} ({d.reviewer_key_id}) at {d.time}"
                 + (f": {d.reason}" if d.reason else "")
             )
+        for problem in ignored:
+            print(f"  ignored:     {problem}")
         print()
     return ExitCode.SUCCESS
 
@@ -225,7 +248,21 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
     """
     config = resolve_config(args)
     reviewer_key = load_key_file(args.reviewer_key)
+    policy = _policy(config)
+    # Refused rather than warned about: the agent ignores a decision by an unlisted key, and
+    # recording it would show a decision in listings that no task honours.
+    if listed_reviewer(reviewer_key.public_bytes, policy.reviewers) is None:
+        raise DecisionError(
+            f"the reviewer key {reviewer_key.fingerprint} is not listed in the policy ({policy.source}), so the "
+            "agent would ignore this decision: add it under [[reviewers]] (name, public_key) and reload the "
+            "policy, or sign with a listed reviewer's key"
+        )
     store = PackageStore(config.state_dir / "packages")
+    stored = store.get(args.digest)
+    if stored is not None and policy.packages.require_approval:
+        # An approval no listed reviewer signed (e.g. from before reviewers were listed) returns to
+        # pending first, so that a listed reviewer can approve it now.
+        approval_in_force(store, stored, policy.reviewers)
     # A development instance may not have served yet; it creates its key as serve would.
     agent_key, _ = identity_key(config)
     audit_log = AuditLog.open(config.audit.directory, agent_key, checkpoint_every=config.audit.checkpoint_every)

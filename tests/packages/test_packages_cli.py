@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from agent.packages import (
     verify_decision,
 )
 from edge_sponsor.cli import package as sponsor_package_cli
+from tests.conftest import DEFAULT_POLICY, Pki, write_config
 
 
 def run(*argv: str) -> int:
@@ -32,7 +35,7 @@ def run(*argv: str) -> int:
     return int(args.handler(args))
 
 
-def test_publisher_and_reviewer_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_publisher_and_reviewer_flow(tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
     publisher = generate_key_file(tmp_path / "publisher.key")
     reviewer = generate_key_file(tmp_path / "reviewer.key")
     stranger = generate_key_file(tmp_path / "stranger.key")
@@ -77,11 +80,24 @@ def test_publisher_and_reviewer_flow(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     from agent.packages import PackageLimits
 
-    store = PackageStore(tmp_path / "packages")
+    # A production agent whose policy lists the reviewer's key (not the stranger's).
+    listed = base64.b64encode(reviewer.public_bytes).decode()
+    agent = tmp_path / "agent"
+    (agent / "state").mkdir(parents=True)
+    config = write_config(
+        agent, pki, policy=DEFAULT_POLICY + f'\n[[reviewers]]\nname = "Erin Ward"\npublic_key = "{listed}"\n'
+    )
+    store = PackageStore(agent / "state" / "packages")
     stored = store.add(out.read_bytes(), trust_for(publisher), PackageLimits(), NOW, require_approval=True)
-    state = ["--state-dir", str(tmp_path)]
+    state = ["--config", str(config)]
     assert run("package", "pending", *state) == 0
     assert stored.digest in capsys.readouterr().out
+    with pytest.raises(DecisionError, match=re.escape(f"{stranger.fingerprint} is not listed in the policy")):
+        run(
+            "package", "approve", stored.digest, "--reviewer-key", str(tmp_path / "stranger.key"),
+            "--reviewer", "Mallory", *state,
+        )
+    assert store.decisions(stored.digest) == []
     assert (
         run(
             "package",

@@ -111,7 +111,10 @@ def code_of(exc: pytest.ExceptionInfo[AgentRpcError]) -> tuple[grpc.StatusCode, 
 
 
 def test_build_sign_upload_approve_round_trip(tmp_path: Path, pki: Pki, publisher: AgentKey) -> None:
-    agent = start(tmp_path / "agent", pki, policy_text(publisher))
+    reviewer = tmp_path / "reviewer.key"
+    listed = base64.b64encode(generate_key_file(reviewer).public_bytes).decode()
+    reviewers = f'[[reviewers]]\nname = "Compliance"\npublic_key = "{listed}"\n'
+    agent = start(tmp_path / "agent", pki, policy_text(publisher, publisher_extra=reviewers))
     try:
         archive = good_package(publisher)
         with agent.client(pki) as client:
@@ -124,8 +127,6 @@ def test_build_sign_upload_approve_round_trip(tmp_path: Path, pki: Pki, publishe
             assert client.upload_package(archive).digest == uploaded.digest
             assert [p.digest for p in client.list_packages()] == [uploaded.digest]
 
-            reviewer = tmp_path / "reviewer.key"
-            generate_key_file(reviewer)
             env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_CONFIG"}
             approved = subprocess.run(
                 [sys.executable, "-m", "agent", "package", "approve", uploaded.digest, "--config",
