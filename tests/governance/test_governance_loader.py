@@ -106,6 +106,11 @@ revoked = true
          "publishers[0].namespaces", "a list of strings"),
         (MINIMAL + '[[publishers]]\nname = "p"\npublic_key = "AAAA"\nnamespaces = [""]\n',
          "publishers[0].namespaces[0]", "non-empty string"),
+        (MINIMAL + '[[reviewers]]\nname = "r"\n', "reviewers[0].public_key", "exactly one"),
+        (MINIMAL + '[[reviewers]]\npublic_key = "AAAA"\n', "reviewers[0].name", "required"),
+        (MINIMAL + '[[reviewers]]\nname = "r"\npublic_key = "AAAA"\n', "reviewers[0].public_key", "32 bytes"),
+        (MINIMAL + '[[reviewers]]\nname = "r"\npublic_key_file = "/nonexistent/r.pub"\n',
+         "reviewers[0].public_key_file", "cannot read"),
         (MINIMAL + "[limits]\nmax_concurrent_tasks = 0\n", "limits.max_concurrent_tasks", "between"),
         (MINIMAL + "[limits]\nmax_accounting_settings = 0\n", "limits.max_accounting_settings", "between"),
         (MINIMAL + "[packages]\nrequire_approval = 1\n", "packages.require_approval", "true or false"),
@@ -119,6 +124,33 @@ def test_invalid_policy_names_key_and_problem(text: str, key: str, problem: str)
     assert failure.value.key == key, str(failure.value)
     assert problem in str(failure.value)
     assert str(failure.value).startswith(str(SOURCE))
+
+
+def test_reviewer_keys_from_base64_and_file(tmp_path: Path) -> None:
+    inline = generate_key_file(tmp_path / "inline.key")
+    from_file = generate_key_file(tmp_path / "ward")
+    text = MINIMAL + f"""
+[[reviewers]]
+name = "inline"
+public_key = "{base64.b64encode(inline.public_bytes).decode()}"
+
+[[reviewers]]
+name = "Dr. Ward"
+public_key_file = "{tmp_path / 'ward.pub'}"
+"""
+    policy = parse_policy(text.encode(), tmp_path / "policy.toml")
+    assert [(r.name, r.key_id, r.public_key) for r in policy.reviewers] == [
+        ("inline", inline.fingerprint, inline.public_bytes),
+        ("Dr. Ward", from_file.fingerprint, from_file.public_bytes),
+    ]
+    assert parse_policy(MINIMAL.encode(), SOURCE).reviewers == ()
+    twice = text + f'\n[[reviewers]]\nname = "again"\npublic_key_file = "{tmp_path / "ward.pub"}"\n'
+    with pytest.raises(ConfigError, match="listed twice") as failure:
+        parse_policy(twice.encode(), tmp_path / "policy.toml")
+    assert failure.value.key == "reviewers[2]"
+    with pytest.raises(ConfigError, match="unknown key") as failure:
+        parse_policy((text + "revoked = true\n").encode(), tmp_path / "policy.toml")
+    assert failure.value.key == "reviewers[1].revoked"
 
 
 def test_missing_policy_file(tmp_path: Path) -> None:

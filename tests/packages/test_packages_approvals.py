@@ -32,6 +32,8 @@ from package_builders import NOW, good_package, new_key, trust_for
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.governance.approvals import MISSING_RULE, REJECTED_RULE, Review, review
+from agent.governance.model import ReviewerRule
 from agent.identity.agent_key import AgentKey, generate_key_file, load_key_file
 from agent.packages import PackageLimits, PackageStatus, PackageStore
 from edge_sponsor.coordinator.client import AgentClient
@@ -283,3 +285,45 @@ def test_upgrade_keeps_only_approvals_a_listed_reviewer_signed(tmp_path: Path, p
         assert hospital.run(unlisted.digest) > 0
     finally:
         close(hospital)
+
+
+def test_review_counts_only_valid_decisions_by_listed_keys_and_rejection_wins(
+    store: PackageStore, publisher_key: AgentKey, reviewer_key: AgentKey
+) -> None:
+    """The rules of agent.governance.approvals.review, on real signatures in a real store."""
+    listed = (ReviewerRule(REVIEWER, reviewer_key.fingerprint, reviewer_key.public_bytes),)
+    first, second = (
+        store.add(good_package(publisher_key, version=v), trust_for(publisher_key), PackageLimits(), NOW, True)
+        for v in ("1.0.0", "1.1.0")
+    )
+
+    def review_of(digest: str) -> Review:
+        stored = store.get(digest)
+        assert stored is not None
+        return review(stored, store.decisions(digest), listed)
+
+    assert (review_of(first.digest).status, review_of(first.digest).rule) == (PackageStatus.PENDING, MISSING_RULE)
+    approval = store.approve(first.digest, reviewer_key, REVIEWER, NOW)
+    assert review_of(first.digest).approval == approval
+    assert review_of(first.digest).ignored == ()
+    # Another package's approval, copied into this package's decisions, does not count.
+    store.cache_status(second.digest, PackageStatus.APPROVED)
+    with sqlite3.connect(store.root / "index.sqlite") as conn:
+        conn.execute(
+            "INSERT INTO decisions (digest, decision) VALUES (?, ?)", (second.digest, json.dumps(approval.to_json()))
+        )
+    copied = review_of(second.digest)
+    assert copied.status is PackageStatus.PENDING and "about another package" in copied.ignored[0]
+    # Nobody is listed: the same valid approval no longer counts.
+    stored = store.get(first.digest)
+    assert stored is not None and review(stored, store.decisions(first.digest), ()).approval is None
+    # A listed reviewer's rejection wins over the earlier approval, whatever the status column says.
+    store.reject(first.digest, "withdrawn", reviewer_key, REVIEWER, NOW)
+    with sqlite3.connect(store.root / "index.sqlite") as conn:
+        conn.execute("UPDATE packages SET status = 'approved' WHERE digest = ?", (first.digest,))
+    assert (review_of(first.digest).status, review_of(first.digest).rule) == (PackageStatus.REJECTED, REJECTED_RULE)
+    # And the cache never undoes a rejection.
+    store.cache_status(first.digest, PackageStatus.REJECTED)
+    store.cache_status(first.digest, PackageStatus.APPROVED)
+    stored = store.get(first.digest)
+    assert stored is not None and stored.status is PackageStatus.REJECTED
