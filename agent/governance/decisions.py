@@ -2,7 +2,11 @@
 
 Every denial names the rule that denied it. Reasons are sent to the remote
 coordinator and written to the audit log, so they say what is refused and
-why in the policy's terms, and never anything about hospital internals.
+why in the policy's terms, and never anything about hospital internals. The
+one exception: a dataset the caller may not see is refused as NOT_FOUND with
+the words used for a dataset that does not exist (``Decision.told``), so that
+no coordinator learns which datasets exist; the audit log keeps the true rule
+and reason.
 """
 
 from __future__ import annotations
@@ -46,12 +50,20 @@ _DATASET_ACTIONS = frozenset({Action.GET_DATASET, Action.GET_BUDGET, Action.RUN_
 class Decision:
     # None: allowed. Otherwise the refusal the caller is told.
     refusal: Refusal | None
+    # Why, in the policy's terms: always audited, and told to the caller unless `told` is set.
     reason: str
     rule: str
+    # What the caller is told instead, where the reason would reveal what it may not know.
+    told: str | None = None
 
     @property
     def allowed(self) -> bool:
         return self.refusal is None
+
+    @property
+    def message(self) -> str:
+        """What the caller is told."""
+        return self.reason if self.told is None else self.told
 
     @property
     def outcome(self) -> str:
@@ -100,6 +112,17 @@ def _allow(rule: str, reason: str = "allowed by policy") -> Decision:
 
 def _deny(refusal: Refusal, rule: str, reason: str) -> Decision:
     return Decision(refusal, reason, rule)
+
+
+def dataset_not_found(dataset_id: str) -> str:
+    """What a caller hears of a dataset that does not exist, or that it may not see: the same words."""
+    return f"dataset {dataset_id!r} not found"
+
+
+def _hidden(rule: str, reason: str, dataset_id: str) -> Decision:
+    """A refusal of a dataset the caller may not see: told as NOT_FOUND, byte for byte what a
+    nonexistent id gets, so that its existence is not revealed; the audit log keeps `reason`."""
+    return Decision(Refusal.NOT_FOUND, reason, rule, told=dataset_not_found(dataset_id))
 
 
 def check_coordinator(coordinator: str, policy: Policy, now: dt.datetime) -> CoordinatorRule | Decision:
@@ -270,19 +293,19 @@ def decide(request: Request, policy: Policy, state: UsageState) -> Decision:
     if not request.dataset_id:
         return _deny(Refusal.INVALID, "request.dataset_missing", "dataset_id is required")
     if not request.dataset_known:
-        return _deny(Refusal.NOT_FOUND, "dataset.unknown", f"dataset {request.dataset_id!r} not found")
+        return _deny(Refusal.NOT_FOUND, "dataset.unknown", dataset_not_found(request.dataset_id))
     dataset = policy.dataset_rule(request.dataset_id)
     if dataset is None:
-        return _deny(
-            Refusal.FORBIDDEN,
+        return _hidden(
             "dataset.no_policy",
             f"dataset {request.dataset_id!r} is not released for federated use by this agent's policy",
+            request.dataset_id,
         )
     if not _coordinator_may_use(coordinator, request.dataset_id):
-        return _deny(
-            Refusal.FORBIDDEN,
+        return _hidden(
             "coordinator.dataset_not_allowed",
             f"coordinator {request.coordinator!r} may not use dataset {request.dataset_id!r}",
+            request.dataset_id,
         )
     if dataset.agreement_expires is not None and request.now.date() > dataset.agreement_expires:
         return _deny(

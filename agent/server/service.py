@@ -24,7 +24,15 @@ from agent.datasets import (
     row_count_bucket,
 )
 from agent.datasets.spec import DATASET_ID_PATTERN
-from agent.governance.decisions import Action, Decision, Request, UsageState, decide, visible_datasets
+from agent.governance.decisions import (
+    Action,
+    Decision,
+    Request,
+    UsageState,
+    dataset_not_found,
+    decide,
+    visible_datasets,
+)
 from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
@@ -129,7 +137,7 @@ class AgentService(pb_grpc.AgentServicer):
             )
         )
         if decision.refusal is not None:
-            refuse(context, decision.refusal, decision.reason)
+            refuse(context, decision.refusal, decision.message)
         return caller, decision
 
     @property
@@ -201,7 +209,7 @@ class AgentService(pb_grpc.AgentServicer):
         try:
             inspection = self._catalog.inspect(dataset_id)
         except UnknownDatasetError:  # removed between the decision and now
-            context.abort(grpc.StatusCode.NOT_FOUND, f"dataset {dataset_id!r} not found")
+            context.abort(grpc.StatusCode.NOT_FOUND, dataset_not_found(dataset_id))
         return self._dataset_message(inspection, self._policy.current().dataset_rule(dataset_id))
 
     # ------------------------------------------------------------ transport
@@ -275,8 +283,8 @@ class AgentService(pb_grpc.AgentServicer):
         dataset_id = _dataset_id(request.dataset_id, context)
         self._authorize(context, "GetBudget", Action.GET_BUDGET, dataset_id)
         rule = self._policy.current().dataset_rule(dataset_id)
-        if rule is None:  # the decision refuses datasets without a rule
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"dataset {dataset_id!r} is not released")
+        if rule is None:  # the decision refuses datasets without a rule (reloaded since: told the same way)
+            context.abort(grpc.StatusCode.NOT_FOUND, dataset_not_found(dataset_id))
         status = self._ledger.status(rule.budget_group, limit_epsilon=rule.epsilon_budget, delta=rule.delta)
         return pb.Budget(
             dataset_id=dataset_id,

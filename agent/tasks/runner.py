@@ -32,6 +32,7 @@ from agent.governance.decisions import (
     TaskRequest,
     UsageState,
     check_coordinator,
+    dataset_not_found,
     decide,
 )
 from agent.governance.in_force import PolicyInForce
@@ -231,10 +232,10 @@ class TaskRunner:
         decision = decide(request, policy, self._usage(caller, now))
         self._audit_decision(caller, spec, decision, policy.digest)
         if decision.refusal is not None:
-            raise TaskRefusedError(decision.refusal, decision.reason, decision.rule)
+            raise TaskRefusedError(decision.refusal, decision.message, decision.rule)
         rule = policy.dataset_rule(spec.dataset_id)
         if rule is None or dataset is None:  # decide() refuses both; kept explicit for the reader
-            raise TaskRefusedError(Refusal.FORBIDDEN, "dataset not released", "dataset.no_policy")
+            raise TaskRefusedError(Refusal.NOT_FOUND, dataset_not_found(spec.dataset_id), "dataset.no_policy")
         return dataset, rule, cohort
 
     def _claim_slot(self, caller: str, spec: TaskSpecification, policy: Policy) -> None:
@@ -344,7 +345,7 @@ class TaskRunner:
         coordinator = check_coordinator(caller, policy, now)
         if isinstance(coordinator, Decision) and coordinator.refusal is not None:
             self._audit_decision(caller, spec, coordinator, policy.digest)
-            raise TaskRefusedError(coordinator.refusal, coordinator.reason, coordinator.rule)
+            raise TaskRefusedError(coordinator.refusal, coordinator.message, coordinator.rule)
 
     def _audit_decision(
         self, caller: str, spec: TaskSpecification | None, decision: Decision, policy_digest: str

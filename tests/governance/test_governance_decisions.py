@@ -134,12 +134,22 @@ def test_coordinator_validity_period() -> None:
 
 
 def test_dataset_not_granted_to_coordinator() -> None:
+    # Told as NOT_FOUND, like a dataset that does not exist: its existence is not revealed.
     policy = with_coordinator(datasets=frozenset({"other"}))
-    assert run(policy=policy) == (Refusal.FORBIDDEN, "coordinator.dataset_not_allowed")
+    assert run(policy=policy) == (Refusal.NOT_FOUND, "coordinator.dataset_not_allowed")
 
 
 def test_dataset_without_policy_rule_is_not_released() -> None:
-    assert run(dataset="labs") == (Refusal.FORBIDDEN, "dataset.no_policy")
+    assert run(dataset="labs") == (Refusal.NOT_FOUND, "dataset.no_policy")
+
+
+def test_a_hidden_dataset_is_told_in_the_words_of_a_missing_one_and_audited_with_the_truth() -> None:
+    hidden = decide(Request(COORD, Action.GET_DATASET, NOW, dataset_id="labs"), make_policy(), UsageState())
+    missing = decide(Request(COORD, Action.GET_DATASET, NOW, dataset_id="labs", dataset_known=False),
+                     make_policy(), UsageState())
+    assert (hidden.refusal, hidden.message) == (missing.refusal, missing.message) == (
+        Refusal.NOT_FOUND, "dataset 'labs' not found")
+    assert "not released" in hidden.reason  # what the audit log records
 
 
 def test_unknown_dataset_is_not_found_only_for_authorised_coordinators() -> None:

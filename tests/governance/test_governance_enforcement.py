@@ -89,11 +89,13 @@ def test_listing_shows_only_granted_datasets_and_exposed_columns(governed: Runni
 def test_dataset_not_granted_is_refused_and_audited_with_its_rule(governed: RunningAgent, pki: Pki) -> None:
     with governed.client(pki) as client, pytest.raises(AgentRpcError) as failure:
         client.get_dataset("labs")
-    assert failure.value.code == grpc.StatusCode.PERMISSION_DENIED
-    assert "may not use dataset 'labs'" in failure.value.details
+    # Told like a dataset that does not exist (tests/governance/test_dataset_visibility.py).
+    assert failure.value.code == grpc.StatusCode.NOT_FOUND
+    assert failure.value.details == "dataset 'labs' not found"
     entry = decisions(governed.config_path.parent)[-1]
     assert entry["allowed"] is False
     assert entry["rule"] == "coordinator.dataset_not_allowed"
+    assert "may not use dataset 'labs'" in entry["reason"]
     assert entry["dataset"] == "labs"
     assert entry["policy_digest"].startswith("sha256:")
 
@@ -101,7 +103,7 @@ def test_dataset_not_granted_is_refused_and_audited_with_its_rule(governed: Runn
 def test_dataset_without_policy_rule_is_refused(governed: RunningAgent, pki: Pki) -> None:
     with governed.client(pki) as client, pytest.raises(AgentRpcError) as failure:
         client.get_dataset("unreleased")
-    assert failure.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert failure.value.code == grpc.StatusCode.NOT_FOUND
     assert decisions(governed.config_path.parent)[-1]["rule"] == "dataset.no_policy"
 
 
