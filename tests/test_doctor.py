@@ -50,11 +50,25 @@ def test_a_ready_installation_passes_with_one_line_per_check(tmp_path: Path, pki
     result = _doctor(capsys, _installation(tmp_path, pki))
     assert result.returncode == 0, result.stdout + result.stderr
     checks = _lines(result)
-    for name in ("config", "policy", "identity", "tls", "client-ca", "dataset", "state", "audit", "disk", "clock"):
+    for name in ("config", "policy", "memory", "identity", "tls", "client-ca", "dataset", "state", "audit", "disk",
+                 "clock"):
         assert name in checks, result.stdout
         assert not any(line.startswith("FAIL") for line in checks[name]), checks[name]
     assert "cohort:" in checks["dataset"][0] and "2 columns" in checks["dataset"][0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_task_memory_limit_below_what_a_worker_needs_to_start_fails(
+    tmp_path: Path, pki: Pki, capsys: Capture
+) -> None:
+    # Measured by starting a real worker: with 1024 MiB every task would fail (issue 19).
+    config = _installation(tmp_path, pki)
+    with (tmp_path / "policy.toml").open("a") as policy:
+        policy.write("\n[limits]\ntask_memory_mb = 1024\n")
+    result = _doctor(capsys, config)
+    assert result.returncode == 1
+    memory = _lines(result)["memory"][0]
+    assert memory.startswith("FAIL") and "task_memory_mb = 1024 is below the" in memory, memory
 
 
 def test_failures_name_what_is_at_fault_and_exit_non_zero(tmp_path: Path, pki: Pki, capsys: Capture) -> None:

@@ -28,8 +28,10 @@ from agent.config import AgentConfig, ConfigError
 from agent.datasets import DatasetCatalog, DatasetError, DatasetRegistry
 from agent.datasets.inspection import inspect_dataset
 from agent.governance.loader import load_policy
+from agent.governance.model import Limits, Policy
 from agent.identity.agent_key import KeyFileError, load_key_file
 from agent.server.tls import load_server_tls
+from agent.tasks.worker import WorkerPool, worker_startup_bytes
 
 # No certificate of a running installation can predate this project; a clock
 # before it is a machine that booted without a clock source.
@@ -62,6 +64,15 @@ class DoctorLimits:
     min_free_bytes: int = 1024 * 1024 * 1024
 
 
+def measure_worker_startup() -> int | None:
+    """Starts one task worker the way the agent does and measures what it holds before any task work."""
+    pool = WorkerPool(warm_workers=0)
+    try:
+        return worker_startup_bytes(pool)
+    finally:
+        pool.close()
+
+
 @dataclass
 class Doctor:
     """Runs the checks in order; later checks that need a valid config are skipped when it is not."""
@@ -70,6 +81,8 @@ class Doctor:
     now: dt.datetime
     logs_directory: Path
     results: list[CheckResult] = field(default_factory=list)
+    # Bytes of address space a task worker holds before any task work (None: unknown).
+    worker_startup: Callable[[], int | None] = measure_worker_startup
 
     def run(self, resolve: Callable[[], AgentConfig]) -> list[CheckResult]:
         try:
@@ -79,7 +92,9 @@ class Doctor:
             return self.results
         source = str(config.source) if config.source else "development defaults"
         self._add("config", Status.OK, f"{source}: valid (agent id {config.agent_id})")
-        self._policy(config)
+        policy = self._policy(config)
+        if policy is not None:
+            self._task_memory(policy.limits)
         self._identity(config)
         self._tls(config)
         self._datasets(config)
@@ -100,16 +115,41 @@ class Doctor:
     def _add(self, name: str, status: Status, detail: str) -> None:
         self.results.append(CheckResult(name, status, detail))
 
-    def _policy(self, config: AgentConfig) -> None:
+    def _policy(self, config: AgentConfig) -> Policy | None:
         if config.policy_file is None:
             self._add("policy", Status.WARN, "development instance: the embedded development policy")
-            return
+            return None
         try:
             policy = load_policy(config.policy_file)
         except ConfigError as exc:
             self._add("policy", Status.FAIL, str(exc))
-            return
+            return None
         self._add("policy", Status.OK, f"{config.policy_file}: valid (digest {policy.digest[:16]})")
+        return policy
+
+    def _task_memory(self, limits: Limits) -> None:
+        # A limit below what a worker holds once forked fails every task, each reported
+        # to the coordinator as RESOURCE_EXHAUSTED: better found here than by them.
+        configured = f"task_memory_mb = {limits.task_memory_mb}"
+        startup = self.worker_startup()
+        if startup is None:
+            self._add("memory", Status.WARN, f"{configured}; could not start a task worker to measure its needs")
+            return
+        needed_mb = -(-startup // 2**20)
+        if limits.task_memory_mb <= needed_mb:
+            self._add(
+                "memory",
+                Status.FAIL,
+                f"{configured} is below the {needed_mb} MiB of address space a task worker holds before any "
+                "task work: every task would fail; raise it in the policy's [limits]",
+            )
+            return
+        self._add(
+            "memory",
+            Status.OK,
+            f"{configured}; a task worker holds {needed_mb} MiB before any task work, "
+            f"{limits.task_memory_mb - needed_mb} MiB are left for a task",
+        )
 
     def _identity(self, config: AgentConfig) -> None:
         try:

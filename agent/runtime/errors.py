@@ -79,5 +79,9 @@ class NoUsableRowsError(RuntimeTaskError):
     """A training step saw no row without nulls: the update cannot be normalised."""
 
 
+class CohortTooSmallError(RuntimeTaskError):
+    """A pass over the dataset found fewer usable rows than the policy's minimum cohort size."""
+
+
 class TaskCancelledError(RuntimeTaskError):
     """The cancellation callback asked the task to stop; nothing is released."""

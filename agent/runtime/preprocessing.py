@@ -107,9 +107,8 @@ def _decoded(column: Any) -> Any:
     return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
 
 
-def drop_rows_with_nulls(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.RecordBatch:
-    """``batch`` without the rows holding a null in any of ``columns`` (the package
-    format promises such rows are not fed to a graph)."""
+def _usable(batch: pa.RecordBatch, columns: tuple[str, ...]) -> Any:
+    """A boolean mask of the rows without a null in any of ``columns``; None when every row is."""
     valid: Any = None
     for name in columns:
         column = _decoded(batch.column(name))
@@ -117,7 +116,20 @@ def drop_rows_with_nulls(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.
             continue
         ok = pc.is_valid(column)
         valid = ok if valid is None else pc.and_(valid, ok)
+    return valid
+
+
+def drop_rows_with_nulls(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.RecordBatch:
+    """``batch`` without the rows holding a null in any of ``columns`` (the package
+    format promises such rows are not fed to a graph)."""
+    valid = _usable(batch, columns)
     return batch if valid is None else batch.filter(valid)
+
+
+def count_usable(batch: pa.RecordBatch, columns: tuple[str, ...]) -> int:
+    """How many rows :func:`drop_rows_with_nulls` keeps, from the columns' validity alone."""
+    valid = _usable(batch, columns)
+    return batch.num_rows if valid is None else int(valid.true_count)
 
 
 def _float64(column: Any) -> npt.NDArray[np.float64]:

@@ -9,7 +9,9 @@ manifest's columns, at most ``batch_size`` rows per batch, one batch at a time a
 without read-ahead: memory is bounded by the batch (and by the files' Parquet row
 groups, which Arrow decodes whole), never by the dataset. Rows holding a null in any
 used column are dropped before preprocessing (``docs/package-format.md``: such rows
-are not fed to a graph); the rows that remain are the dataset's *usable* rows.
+are not fed to a graph); the rows that remain are the dataset's *usable* rows, which
+:meth:`ArrowRowSource.count_usable` counts and :class:`MinimumRows` holds to the policy's
+minimum cohort size.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from agent.datasets.inspection import open_dataset
 from agent.datasets.spec import DatasetSpec
 from agent.packages.manifest import Manifest
-from agent.runtime.preprocessing import check_schema, to_arrays
+from agent.runtime.errors import CohortTooSmallError
+from agent.runtime.preprocessing import check_schema, count_usable, to_arrays
 
 DEFAULT_BATCH_SIZE = 16_384
 
@@ -77,7 +81,18 @@ class ArrowRowSource:
         return cls(open_dataset(spec), manifest, batch_size=batch_size)
 
     def batches(self) -> Iterator[RowBatch]:
-        records = self._dataset.to_batches(
+        for record_batch in self._records():
+            x, y = to_arrays(record_batch, self._manifest)
+            if x.shape[0] > 0:
+                yield RowBatch(x, y)
+
+    def count_usable(self) -> int:
+        """How many rows a pass would yield now: a scan of the used columns' validity,
+        with nothing preprocessed and nothing fed to a graph."""
+        return sum(count_usable(batch, self._manifest.columns) for batch in self._records())
+
+    def _records(self) -> Iterator[pa.RecordBatch]:
+        return self._dataset.to_batches(
             columns=list(self._manifest.columns),
             batch_size=self._batch_size,
             batch_readahead=0,
@@ -85,10 +100,29 @@ class ArrowRowSource:
             fragment_scan_options=_scan_options(self._dataset),
             use_threads=False,
         )
-        for record_batch in records:
-            x, y = to_arrays(record_batch, self._manifest)
-            if x.shape[0] > 0:
-                yield RowBatch(x, y)
+
+
+class MinimumRows:
+    """A row source whose every pass must find at least ``minimum`` usable rows.
+
+    The task checks the minimum cohort before it computes (compute_task, refunded);
+    this check holds it for every later pass too, in case the files change while
+    the task runs (each pass reads them afresh). It raises after the pass's last
+    batch, before the caller can use what the pass summed; by then rows were read,
+    so the task is charged.
+    """
+
+    def __init__(self, rows: RowSource, minimum: int) -> None:
+        self._rows = rows
+        self._minimum = minimum
+
+    def batches(self) -> Iterator[RowBatch]:
+        usable = 0
+        for batch in self._rows.batches():
+            usable += batch.size
+            yield batch
+        if usable < self._minimum:
+            raise CohortTooSmallError(f"a pass found fewer usable rows than the minimum cohort size of {self._minimum}")
 
 
 def _scan_options(dataset: ds.Dataset) -> ds.FragmentScanOptions | None:

@@ -1,11 +1,15 @@
 """What a worker process computes for one task: prepare, then run the DP computation.
 
 Preparation (open the dataset's schema, check parameters and hyperparameters,
-build the isolation wrapper) reads no row. Its failures are TaskInputError: the
-task is refused and its reservation refunded. Once preparation is done the
-worker reports "computing" *before the first row is read*; from then on a
-failure may depend on the data (a hostile graph can fail on chosen rows), so
-the runner charges the reservation whatever happens next.
+build the isolation wrapper) reads no row value. Its failures are TaskInputError:
+the task is refused and its reservation refunded. Its last step counts the rows
+the task can use (no null in a column the package reads) and refuses the task
+below the policy's minimum cohort size: here, where the rows are read and after
+the coordinator's parameter upload, not at admission (the file may have changed
+since; the admission check counted every row). Once preparation is done the
+worker reports "computing" *before the first row is fed to a graph*; from then
+on a failure may depend on the data (a hostile graph can fail on chosen rows),
+so the runner charges the reservation whatever happens next.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
@@ -22,7 +27,7 @@ from agent.packages.manifest import Manifest
 from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve
 from agent.runtime.errors import RuntimeTaskError
 from agent.runtime.parameters import checked_parameters
-from agent.runtime.rows import ArrowRowSource
+from agent.runtime.rows import ArrowRowSource, MinimumRows
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, Randomness
 from agent.tasks.kinds.profile import Computation, TaskProfile
@@ -30,6 +35,8 @@ from agent.tasks.worker import Progress, Released, TaskInputError, WorkerMemory
 
 # The stage the worker reports right before it reads the first row.
 COMPUTING = "computing"
+# The policy rule a task with too few usable rows breaks, as at admission (agent.governance.decisions).
+MIN_COHORT_RULE = "dataset.min_cohort"
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,10 +48,13 @@ class TaskJob:
     graph: bytes
     dataset: DatasetSpec
     parameters: Mapping[str, npt.NDArray[np.generic]]
+    # The policy's minimum, applied to the rows this task can use (see compute_task).
     min_cohort_size: int
     # Public row count for dp_local_training's normalisation: the lower edge of the
     # dataset's row-count bucket, which the coordinator already sees. The exact
-    # count would change with the row added or removed and double the sensitivity.
+    # count would change with the row added or removed and double the sensitivity;
+    # so would the usable-row count, which is why it is not used here either (with
+    # many rows skipped for nulls the steps are smaller, never less private).
     normalising_rows: int = 1
 
     def with_parameters(self, parameters: Mapping[str, npt.NDArray[np.generic]]) -> TaskJob:
@@ -63,18 +73,30 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
         rows = ArrowRowSource.open(job.dataset, job.manifest)
         wrapper = memory.get_or_create(role, lambda: CompiledWrapper(job.graph, job.manifest, role))
         checked_parameters(job.manifest, job.parameters)  # refused here, before any row is read
-    except DatasetUnavailableError:
+        usable = rows.count_usable()
+    except (DatasetUnavailableError, OSError, pa.ArrowException):
         # The reason names hospital paths; the coordinator gets the generic one.
         raise TaskInputError("the dataset cannot be read at the moment") from None
     except RuntimeTaskError as exc:
         raise TaskInputError(str(exc)) from None
+    if usable < job.min_cohort_size:
+        # Refunded: nothing was computed. The message is the same for 0 and for
+        # min_cohort_size - 1 usable rows; why telling the threshold's side is
+        # acceptable is in docs/security.md ("A cohort minimum counts the rows a task can use").
+        raise TaskInputError(
+            f"dataset {job.dataset.id!r} has fewer rows usable by this package (no null in the columns "
+            f"it reads) than the minimum cohort size of {job.min_cohort_size}",
+            rule=MIN_COHORT_RULE,
+        )
 
     progress(0.0, COMPUTING)
     controls = Controls(progress=lambda fraction: progress(fraction, "step"))
     # The noise for a model of this size is drawn ahead, while the worker waits for the next round.
     reserve = memory.get_or_create("noise", NoiseReserve)
+    # Every later pass is held to the minimum as well (the files are read afresh by each).
+    checked_rows = MinimumRows(rows, job.min_cohort_size)
     computation = Computation(
-        wrapper, rows, job.parameters, controls, Randomness(normals=reserve), job.normalising_rows
+        wrapper, checked_rows, job.parameters, controls, Randomness(normals=reserve), job.normalising_rows
     )
     released = job.profile.compute(computation)
     # A kind that released model-sized tensors draws model-sized noise again next round.

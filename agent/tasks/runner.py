@@ -442,7 +442,8 @@ class TaskRunner:
             # their status (the contract's RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED):
             # with static shapes and the same number of rows per step, memory and time
             # depend on the package and the dataset's size, not on row values.
-            self.fail(admission, exc.kind.value, exc.message, exc.detail, charge=exc.progressed)
+            # A refusal names its rule (dataset.min_cohort at read time); other failures their kind.
+            self.fail(admission, exc.rule or exc.kind.value, exc.message, exc.detail, charge=exc.progressed)
             if exc.progressed and exc.kind in RESOURCE_FAILURES:
                 raise TaskFailedError(exc.kind, f"{exc.message}; it was charged", progressed=True) from None
             if exc.progressed and exc.kind is not FailureKind.CANCELLED:

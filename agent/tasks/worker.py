@@ -17,13 +17,16 @@ of a fresh interpreter, and never inherits the daemon's threads or sockets.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
+import errno
 import json
 import math
 import multiprocessing
 import os
 import pickle
+import re
 import resource
 import signal
 import socket
@@ -77,6 +80,12 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Encoded before the task runs: after a MemoryError there may be no memory to encode it.
 _MEMORY_HEADER = json.dumps({"tag": "memory", "detail": "MemoryError"}).encode()
+_RULE_ID = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+
+# Address space a worker needs beyond what it holds when forked, before any task work:
+# its first threads' stacks and thread-local data (measured: with less than about 12 MiB
+# glibc aborts thread creation with exit code 127, which no handler can report).
+STARTUP_HEADROOM_BYTES = 64 * 1024 * 1024
 
 
 class FailureKind(enum.Enum):
@@ -91,7 +100,9 @@ class FailureKind(enum.Enum):
 class TaskFailedError(Exception):
     """The task produced no result. ``message`` is safe to send to the coordinator."""
 
-    def __init__(self, kind: FailureKind, message: str, detail: str = "", *, progressed: bool = False) -> None:
+    def __init__(
+        self, kind: FailureKind, message: str, detail: str = "", *, progressed: bool = False, rule: str = ""
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -99,10 +110,19 @@ class TaskFailedError(Exception):
         self.detail = detail
         # Whether the computation had reported progress (begun its real work) before it failed.
         self.progressed = progressed
+        # The rule a refused input broke (TaskInputError.rule), for the audit log; "" when none.
+        self.rule = rule
 
 
 class TaskInputError(Exception):
-    """Raised by a computation for input it refuses; the message is sent to the coordinator as is."""
+    """Raised by a computation for input it refuses; the message is sent to the coordinator as is.
+
+    ``rule`` names the policy rule that refused it (e.g. ``dataset.min_cohort``) for the audit log.
+    """
+
+    def __init__(self, message: str, rule: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -423,7 +443,10 @@ class WorkerPool:
 def _failure(header: dict[str, Any], limits: WorkerLimits) -> TaskFailedError:
     tag = header.get("tag")
     if tag == "refused":
-        return TaskFailedError(FailureKind.TASK_ERROR, str(header.get("message", ""))[:2000])
+        rule = header.get("rule")
+        # The worker is untrusted: only a short rule id reaches the audit log.
+        rule = rule if isinstance(rule, str) and _RULE_ID.fullmatch(rule) else ""
+        return TaskFailedError(FailureKind.TASK_ERROR, str(header.get("message", ""))[:2000], rule=rule)
     if tag == "memory":
         return _memory_failure(limits, str(header.get("detail", "")))
     return TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", str(header.get("detail", header)))
@@ -498,9 +521,11 @@ def _socket(connection: Connection) -> socket.socket:
 
 
 def _memory_failure(limits: WorkerLimits, detail: str) -> TaskFailedError:
+    # The setting is named: the hospital's operators can raise it in the policy.
     return TaskFailedError(
         FailureKind.MEMORY,
-        f"the task needed more than its memory limit (address space) of {limits.memory_bytes // 2**20} MiB",
+        f"the task needed more than its memory limit (address space) of {limits.memory_bytes // 2**20} MiB "
+        "(task_memory_mb in the agent's policy)",
         detail,
     )
 
@@ -563,8 +588,44 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def address_space_bytes() -> int | None:
+    """This process's address space (VmSize), what RLIMIT_AS limits; None where /proc cannot tell."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[0]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def report_address_space(job: object, progress: Progress, memory: WorkerMemory) -> Released:
+    """A job that only measures: the address space a worker holds once it has taken an order
+    (the forkserver's preloaded libraries), which is what it needs before any task work."""
+    return Released({}, {"address_space_bytes": float(address_space_bytes() or 0)})
+
+
+def worker_startup_bytes(pool: WorkerPool) -> int | None:
+    """The address space a task worker of ``pool`` needs to start: what it holds before any
+    task work, measured by running :func:`report_address_space` in one, plus
+    STARTUP_HEADROOM_BYTES (None where it cannot be measured). A task_memory_mb below it
+    fails every task."""
+    generous = WorkerLimits(memory_bytes=1 << 40, cpu_seconds=30, wall_seconds=120.0)
+    try:
+        released = pool.run(report_address_space, None, generous)
+    except TaskFailedError:
+        return None
+    measured = int(released.scalars.get("address_space_bytes", 0.0))
+    return measured + STARTUP_HEADROOM_BYTES if measured else None
+
+
 def _worker_main(connection: Connection, memory_bytes: int) -> None:
     _die_with_parent()
+    held = address_space_bytes()
+    if held is not None and held + STARTUP_HEADROOM_BYTES > memory_bytes:
+        # Below what the forked libraries already hold (plus a first thread's needs) the
+        # worker would die unexplained, in a mapping or in glibc: say so instead.
+        detail = f"a worker holds {held // 2**20} MiB of address space before any task work"
+        connection.send_bytes(json.dumps({"tag": "memory", "detail": detail}).encode())
+        os._exit(0)
     # Limits first, before any package byte is touched. CPU time is limited per task
     # (see _set_cpu_limit); the hard limit stays where it is so that it can be raised
     # again for the next task, and the daemon kills a worker that ignores SIGXCPU.
@@ -583,12 +644,23 @@ def _worker_main(connection: Connection, memory_bytes: int) -> None:
                 with _socket(connection) as channel:
                     _, fds, _, _ = socket.recv_fds(channel, 1, order.regions)
                 tensors = map_shipped(order.slots, fds)
-        except (EOFError, OSError):
+        except MemoryError:
+            _send_quietly(connection, _MEMORY_HEADER)
+            break
+        except (EOFError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+                # Mapping the parameters hit the address-space limit: a memory failure, not a goodbye.
+                _send_quietly(connection, _MEMORY_HEADER)
             break  # the daemon let us go (idle, shutdown) or is gone
         _set_cpu_limit(order.cpu_seconds)
         _perform(connection, order, tensors, memory)
         del tensors
     os._exit(0)  # skip interpreter teardown: nothing of the worker needs flushing
+
+
+def _send_quietly(connection: Connection, header: bytes) -> None:
+    with contextlib.suppress(OSError):  # the daemon is gone: nobody to tell
+        connection.send_bytes(header)
 
 
 def _set_cpu_limit(cpu_seconds: int) -> None:
@@ -634,7 +706,7 @@ def _perform(sender: Connection, order: _Order, tensors: dict[str, npt.NDArray[A
             finally:
                 os.close(fd)
     except TaskInputError as exc:
-        send({"tag": "refused", "message": str(exc)})
+        send({"tag": "refused", "message": str(exc), "rule": exc.rule})
     except MemoryError:
         sender.send_bytes(_MEMORY_HEADER)
     except Exception as exc:
