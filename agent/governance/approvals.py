@@ -100,11 +100,7 @@ def honour(store: PackageStore, package: StoredPackage, approval: Decision, audi
     """A task is let through on ``approval``: the first time, audit it (``package approve`` audits
     its own approvals, but one restored from a backup or written to the store otherwise was not)."""
     event = PackageApprovalHonoured(
-        package_digest=package.digest,
-        package_name=package.name,
-        package_version=package.version,
-        reviewer=approval.reviewer,
-        reviewer_key_id=approval.reviewer_key_id,
-        reason=approval.reason,
+        package_digest=package.digest, package_name=package.name, package_version=package.version,
+        reviewer=approval.reviewer, reviewer_key_id=approval.reviewer_key_id, reason=approval.reason,
     )
     store.honour(approval, now, lambda: audit.record(event))

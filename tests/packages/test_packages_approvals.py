@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pyarrow.parquet as pq
 import pytest
 from package_builders import NOW, good_package, new_key, trust_for
 
@@ -38,38 +37,10 @@ from agent.identity.agent_key import AgentKey, generate_key_file, load_key_file
 from agent.packages import PackageLimits, PackageStatus, PackageStore
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.tasks import run_task
-from tests.conftest import COORDINATOR_URI, Pki, RunningAgent, spawn_agent, stop_agent, write_config
-from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_table, secure_channel
+from tests.conftest import Pki, RunningAgent, spawn_agent, stop_agent
+from tests.tasks.test_run_task_rpc import PARAMETERS, cohort_config, secure_channel
 
 REVIEWER = "Dr. Compliance"
-
-
-def policy_text(publisher: AgentKey, reviewer: AgentKey) -> str:
-    return f"""
-[[coordinators]]
-identity = "{COORDINATOR_URI}"
-datasets = ["cohort"]
-task_kinds = ["dp_gradient"]
-
-[[datasets]]
-id = "cohort"
-epsilon_budget = 50.0
-min_cohort_size = 20
-
-[[publishers]]
-name = "Acme Pharma"
-public_key = "{base64.b64encode(publisher.public_bytes).decode()}"
-
-[[reviewers]]
-name = "{REVIEWER}"
-public_key = "{base64.b64encode(reviewer.public_bytes).decode()}"
-
-[packages]
-require_approval = true
-
-[limits]
-task_seconds = 60
-"""
 
 
 @dataclass
@@ -98,13 +69,9 @@ class Hospital:
 
     def run(self, digest: str) -> float:
         """Runs a dp_gradient task; the ε it was charged."""
-        spec = pb.TaskSpec(
-            kind=pb.TASK_KIND_DP_GRADIENT,
-            package_digest=digest,
-            dataset_id="cohort",
-            hyperparameters=pb.DPHyperparameters(clip_norm=1.0, noise_multiplier=1.0, sampling_rate=0.5),
-            purpose="research",
-        )
+        hyperparameters = pb.DPHyperparameters(clip_norm=1.0, noise_multiplier=1.0, sampling_rate=0.5)
+        spec = pb.TaskSpec(kind=pb.TASK_KIND_DP_GRADIENT, package_digest=digest, dataset_id="cohort",
+                           hyperparameters=hyperparameters, purpose="research")
         return run_task(pb_grpc.AgentStub(self.channel), spec, PARAMETERS, timeout=60).epsilon_charged
 
     def refused(self, digest: str) -> tuple[grpc.StatusCode, str]:
@@ -140,17 +107,20 @@ class Hospital:
 
 
 def prepare(directory: Path, pki: Pki, publisher: AgentKey) -> tuple[Path, Path]:
-    """agent.toml, policy.toml, the cohort dataset and the reviewers' keys; the listed key's file first."""
+    """The agent of tests/tasks/test_run_task_rpc.py (dataset "cohort"), with approval required and
+    one listed reviewer; the listed reviewer's key file, then an unlisted one."""
     directory.mkdir(parents=True, exist_ok=True)
     reviewer_key, stranger_key = directory / "reviewer.key", directory / "stranger.key"
     reviewer = generate_key_file(reviewer_key)
     generate_key_file(stranger_key)
-    pq.write_table(cohort_table(400), directory / "cohort.parquet")
-    write_config(
-        directory,
-        pki,
-        policy=policy_text(publisher, reviewer),
-        extra=f'\n[[datasets]]\nid = "cohort"\npath = "{directory / "cohort.parquet"}"\n',
+    cohort_config(directory, pki, publisher)
+    policy = directory / "policy.toml"
+    text = policy.read_text()
+    assert "require_approval = false" in text
+    listed = base64.b64encode(reviewer.public_bytes).decode()
+    policy.write_text(
+        text.replace("require_approval = false", "require_approval = true")
+        + f'\n[[reviewers]]\nname = "{REVIEWER}"\npublic_key = "{listed}"\n'
     )
     (directory / "state").mkdir(exist_ok=True)
     return reviewer_key, stranger_key
