@@ -19,7 +19,8 @@ from agent.identity.agent_key import AgentKey
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.tasks import run_task
 from tests.conftest import Pki, start_in_process
-from tests.packages.package_builders import good_package, new_key
+from tests.packages.package_builders import good_package
+from tests.tasks import test_run_task_rpc as rpc
 from tests.tasks.test_run_task_rpc import PARAMETERS, Agent, cohort_config, cohort_table, secure_channel, spec
 
 # The ids, all 4 characters so that the messages can be compared byte for byte once
@@ -31,10 +32,7 @@ NOT_GRANTED, NO_POLICY, NONEXISTENT = "tiny", "hide", "nope"
 RULES = {NOT_GRANTED: "coordinator.dataset_not_allowed", NO_POLICY: "dataset.no_policy",
          NONEXISTENT: "dataset.unknown"}
 
-
-@pytest.fixture(scope="module")
-def publisher() -> AgentKey:
-    return new_key()
+publisher = rpc.publisher
 
 
 @pytest.fixture

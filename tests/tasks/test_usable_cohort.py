@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.identity.agent_key import AgentKey
 from agent.packages.manifest import parse_manifest
 from agent.runtime.errors import CohortTooSmallError
 from agent.runtime.rows import ArrowRowSource, MinimumRows, RowBatch
@@ -30,25 +29,16 @@ from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.tensors import chunk_views
 from agent.tasks.worker import TaskInputError, WorkerMemory
 from edge_sponsor.coordinator.tasks import ParameterSet
-from tests.conftest import Pki
-from tests.packages.package_builders import manifest_and_graphs, new_key
+from tests.packages.package_builders import manifest_and_graphs
+from tests.tasks import test_run_task_rpc as rpc
 from tests.tasks.test_computation import job
-from tests.tasks.test_run_task_rpc import PARAMETERS, ROWS, Agent, cohort_table, run, spec, start
+from tests.tasks.test_run_task_rpc import PARAMETERS, ROWS, Agent, cohort_table, run, spec
 
 MINIMUM = 20  # the "cohort" dataset's min_cohort_size in test_run_task_rpc's policy
 
-
-@pytest.fixture(scope="module")
-def publisher() -> AgentKey:
-    return new_key()
-
-
-@pytest.fixture
-def agent(tmp_path: Path, pki: Pki, publisher: AgentKey) -> Iterator[Agent]:
-    started = start(tmp_path, pki, publisher)
-    yield started
-    started.channel.close()
-    started.process.stop()
+# The real agent of test_run_task_rpc: "cohort" (400 rows, min_cohort_size 20) and the package.
+publisher = rpc.publisher
+agent = rpc.agent
 
 
 def with_bmi_measured(rows: int, measured: int) -> pa.Table:
