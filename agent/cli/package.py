@@ -250,8 +250,10 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
     reviewer_key = load_key_file(args.reviewer_key)
     policy = _policy(config)
     # Refused rather than warned about: the agent ignores a decision by an unlisted key, and
-    # recording it would show a decision in listings that no task honours.
-    if listed_reviewer(reviewer_key.public_bytes, policy.reviewers) is None:
+    # recording it would show a decision in listings that no task honours. Without required
+    # approval the store's status alone still decides, as before, and any key may record it.
+    required = policy.packages.require_approval
+    if required and listed_reviewer(reviewer_key.public_bytes, policy.reviewers) is None:
         raise DecisionError(
             f"the reviewer key {reviewer_key.fingerprint} is not listed in the policy ({policy.source}), so the "
             "agent would ignore this decision: add it under [[reviewers]] (name, public_key) and reload the "
@@ -259,7 +261,7 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
         )
     store = PackageStore(config.state_dir / "packages")
     stored = store.get(args.digest)
-    if stored is not None and policy.packages.require_approval:
+    if stored is not None and required:
         # An approval no listed reviewer signed (e.g. from before reviewers were listed) returns to
         # pending first, so that a listed reviewer can approve it now.
         approval_in_force(store, stored, policy.reviewers)
