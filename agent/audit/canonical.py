@@ -24,6 +24,7 @@ RESERVED_KEYS = frozenset(HEADER_KEYS + TRAILER_KEYS)
 
 CHECKPOINT_STATEMENT_PREFIX = b"edge-agent audit checkpoint v1\n"
 HEAD_STATEMENT_PREFIX = b"edge-agent audit head v1\n"
+KEY_ROTATION_STATEMENT_PREFIX = b"edge-agent audit key rotation v1\n"
 
 
 def canonical_bytes(value: Mapping[str, Any]) -> bytes:
@@ -63,6 +64,22 @@ def head_statement(*, seq: int, hash: str, file: str, last_checkpoint_seq: int, 
             "hash": hash,
             "last_checkpoint_seq": last_checkpoint_seq,
             "seq": seq,
+            "signer": signer,
+            "time": time,
+        }
+    )
+
+
+def key_rotation_statement(
+    *, seq: int, covers_seq: int, covers_hash: str, time: str, signer: str, new_signer: str
+) -> bytes:
+    """What the old key signs when it hands the log over: the chain up to `covers_seq`, and its successor."""
+    return KEY_ROTATION_STATEMENT_PREFIX + canonical_bytes(
+        {
+            "covers_hash": covers_hash,
+            "covers_seq": covers_seq,
+            "new_signer": new_signer,
+            "rotation_seq": seq,
             "signer": signer,
             "time": time,
         }

@@ -131,10 +131,13 @@ COVERS_HASH = Field("covers_hash", "hash of that entry", "Covers hash")
 SIGNED_TIME = Field("signed_time", "the time inside the signed statement", "Signed")
 SIGNER = Field("signer", "fingerprint of the signing key", "Signer")
 SIGNATURE = Field("signature", "base64 Ed25519 signature", "Signature")
+SIGNER_PUBLIC_KEY = Field("signer_public_key", "the signing key itself: base64 of its 32 raw bytes", "Signer key")
+NEW_SIGNER = Field("new_signer", "fingerprint of the key that signs the log from this entry on", "New signer")
+NEW_PUBLIC_KEY = Field("new_public_key", "that key itself: base64 of its 32 raw bytes", "New key")
 CONDITION = Field(
     "condition",
     "what the log found when opened: `partial_line`, `head_behind` (notices after a crash); "
-    "`head_missing`, `head_invalid`, `head_mismatch`, `log_truncated`, `unsigned_entries` (errors)",
+    "`head_missing`, `head_invalid`, `head_mismatch`, `log_truncated`, `unsigned_entries`, `signer_changed` (errors)",
     "Condition",
     was=("reason",),
 )
@@ -161,6 +164,9 @@ RECOVERED_HEAD_INVALID = "head_invalid"
 RECOVERED_HEAD_MISMATCH = "head_mismatch"
 RECOVERED_LOG_TRUNCATED = "log_truncated"
 RECOVERED_UNSIGNED_ENTRIES = "unsigned_entries"
+# The head is signed by another key than the writer's: the identity key was
+# replaced without `edge-agent keys rotate`, or the log re-signed by someone else.
+RECOVERED_SIGNER_CHANGED = "signer_changed"
 RECOVERED_NOTICE_REASONS = frozenset({RECOVERED_PARTIAL_LINE, RECOVERED_HEAD_BEHIND})
 
 
@@ -463,6 +469,24 @@ class AuditRecovered(AuditEvent):
     head_file: Annotated[str | None, HEAD_FILE] = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class AuditKeyRotated(AuditEvent):
+    kind = "audit.key_rotated"
+    when = (
+        "the identity key was replaced (`edge-agent keys rotate`): signed by the old key over the chain so far "
+        "and the new key's fingerprint; from here on the new key signs (written by the log itself)"
+    )
+    covers_seq: Annotated[int, COVERS_SEQ]
+    covers_hash: Annotated[str, COVERS_HASH]
+    signed_time: Annotated[str, SIGNED_TIME]
+    signer: Annotated[str, SIGNER]
+    signer_public_key: Annotated[str, SIGNER_PUBLIC_KEY]
+    new_signer: Annotated[str, NEW_SIGNER]
+    new_public_key: Annotated[str, NEW_PUBLIC_KEY]
+    signature: Annotated[str, SIGNATURE]
+    reason: Annotated[str | None, REASON] = None
+
+
 # The vocabulary: every kind the agent writes. A new kind is a class above and a line here.
 EVENTS: tuple[type[AuditEvent], ...] = (
     AgentStarted,
@@ -482,6 +506,7 @@ EVENTS: tuple[type[AuditEvent], ...] = (
     TaskAbandoned,
     AuditCheckpoint,
     AuditRecovered,
+    AuditKeyRotated,
 )
 
 

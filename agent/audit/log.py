@@ -50,6 +50,7 @@ from agent.audit.canonical import (
     RESERVED_KEYS,
     checkpoint_statement,
     entry_hash,
+    key_rotation_statement,
     line_bytes,
     normalise_field,
 )
@@ -268,6 +269,40 @@ class AuditLog:
             if tail.kind != events.AuditCheckpoint.kind:
                 self._write_checkpoint(tail)
 
+    def rotate_key(self, new_signer: AgentKey, *, reason: str | None = None) -> AuditRecord:
+        """Hands the log over to `new_signer`: an `audit.key_rotated` entry signed by the current key.
+
+        The head that names the entry is already signed by the new key, and so is
+        everything this log writes afterwards. The verifier accepts a change of
+        signer only through such an entry (docs/audit.md, key rotation).
+        """
+        with self._locked():
+            tail = self._prepare()
+            time = format_time(self._clock())
+            statement = key_rotation_statement(
+                seq=tail.seq + 1,
+                covers_seq=tail.seq,
+                covers_hash=tail.hash,
+                time=time,
+                signer=self._fingerprint,
+                new_signer=new_signer.fingerprint,
+            )
+            rotation = events.AuditKeyRotated(
+                covers_seq=tail.seq,
+                covers_hash=tail.hash,
+                signed_time=time,
+                signer=self._fingerprint,
+                signer_public_key=base64.b64encode(self._signer.public_bytes).decode("ascii"),
+                new_signer=new_signer.fingerprint,
+                new_public_key=base64.b64encode(new_signer.public_bytes).decode("ascii"),
+                signature=base64.b64encode(self._signer.sign(statement)).decode("ascii"),
+                reason=reason,
+            )
+            self._signer = new_signer
+            self._fingerprint = new_signer.fingerprint
+            self._public_key = new_signer.public_key
+            return self._write(tail, rotation)
+
     # ------------------------------------------------------------ internals
 
     def _locked(self) -> _BothLocks:
@@ -404,7 +439,17 @@ class AuditLog:
             return _head_event(
                 events.RECOVERED_HEAD_MISSING, tail, None, "the head record is missing although the log has entries"
             )
-        if head.signer == self._fingerprint and not head.verify(self._public_key):
+        if head.signer != self._fingerprint:
+            # Signing on would vouch for a history some other key wrote (a swapped key, a
+            # re-signed log); a legitimate change of key leaves a head signed by the new key.
+            return _head_event(
+                events.RECOVERED_SIGNER_CHANGED,
+                tail,
+                head,
+                f"the head record is signed by {head.signer}, not by this agent's key {self._fingerprint}: "
+                "the identity key was replaced without `edge-agent keys rotate`, or the log re-signed",
+            )
+        if not head.verify(self._public_key):
             return _head_event(events.RECOVERED_HEAD_INVALID, tail, head, "the head record's signature is invalid")
         if head.seq == tail.seq:
             if head.hash == tail.hash:

@@ -8,6 +8,7 @@ holding up the daemon: files only grow and new files only appear after it.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.audit import events
-from agent.audit.canonical import GENESIS_HASH, checkpoint_statement, entry_hash, line_bytes
+from agent.audit.canonical import (
+    GENESIS_HASH,
+    checkpoint_statement,
+    entry_hash,
+    key_rotation_statement,
+    line_bytes,
+)
 from agent.audit.errors import AuditLogNotFoundError
 from agent.audit.storage import (
     FILE_PATTERN,
@@ -53,6 +60,37 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """Whom the log must be signed by.
+
+    `anchors` are the fingerprints trusted outright: the key pinned in agent.toml,
+    or keys the person verifying names. `keys` are public keys to check signatures
+    with; having a key does not make it trusted (a .pub file in the state directory
+    is whatever its last writer put there). The log's signers form a chain, one
+    key at a time, each new key introduced by an `audit.key_rotated` entry signed
+    by the one before; the log is trusted when an anchor is in that chain.
+    `described` says what the anchors are, for messages.
+    """
+
+    anchors: frozenset[str]
+    keys: tuple[Ed25519PublicKey, ...]
+    described: str = "a trusted key"
+
+    @classmethod
+    def of_keys(cls, keys: Sequence[Ed25519PublicKey], described: str = "a trusted key") -> Trust:
+        return cls(frozenset(fingerprint(key) for key in keys), tuple(keys), described)
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """A change of signer the log announced with a valid `audit.key_rotated` entry."""
+
+    seq: int
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
 class VerificationResult:
     ok: bool
     entries_checked: int
@@ -62,6 +100,9 @@ class VerificationResult:
     notices: list[Problem] = field(default_factory=list)
     last_seq: int = 0
     last_hash: str = GENESIS_HASH
+    # The keys that signed the log, in order, and where one handed over to the next.
+    signers: tuple[str, ...] = ()
+    key_changes: tuple[KeyChange, ...] = ()
 
     @property
     def first_break(self) -> Problem | None:
@@ -91,6 +132,15 @@ class _Walk:
     # Where the head's entry and the one after it were found.
     head_entry: tuple[str, int, str] | None = None  # (file, line, hash)
     after_head: tuple[str, int] | None = None
+    # The key expected to sign here (None until the first valid signature), and the chain so far.
+    signer: str | None = None
+    signers: list[str] = field(default_factory=list)
+    key_changes: list[KeyChange] = field(default_factory=list)
+
+    def signed_by(self, signer: str) -> None:
+        if self.signer is None:
+            self.signer = signer
+            self.signers.append(signer)
 
     def problem(self, file: str | None, line: int | None, seq: int | None, message: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -102,17 +152,20 @@ class _Walk:
         self.notices.append(Problem(file, line, seq, message))
 
 
-def verify_log(directory: Path, trusted_public_keys: Sequence[Ed25519PublicKey]) -> VerificationResult:
-    """Verifies the log in `directory` against the agent's public key(s).
+def verify_log(directory: Path, trusted: Trust | Sequence[Ed25519PublicKey]) -> VerificationResult:
+    """Verifies the log in `directory` against the agent's key (a Trust, or public keys trusted outright).
 
     `ok` is True only when every entry is intact and chained, every
-    checkpoint is signed by a trusted key, no file is missing and the signed
-    head record names the last entry. `problems` lists, in log order, where
-    it breaks; the first one is where the chain first breaks.
+    checkpoint and the head are signed by the log's key at that point, a
+    change of key happens only through a valid `audit.key_rotated` entry, a
+    trusted key is among the signers, no file is missing and the signed head
+    record names the last entry. `problems` lists, in log order, where it
+    breaks; the first one is where the chain first breaks.
     Raises AuditLogNotFoundError when `directory` holds no log at all.
     """
+    trust = trusted if isinstance(trusted, Trust) else Trust.of_keys(trusted)
     snapshot = _snapshot(directory)
-    keys = {fingerprint(key): key for key in trusted_public_keys}
+    keys = {fingerprint(key): key for key in trust.keys} | _rotated_keys(snapshot)
     head: HeadRecord | None = None
     head_problem: str | None = None
     if snapshot.head is not None:
@@ -126,6 +179,7 @@ def verify_log(directory: Path, trusted_public_keys: Sequence[Ed25519PublicKey])
     for position, (number, path, size) in enumerate(snapshot.files):
         _check_file(walk, number, path, size, last=position == len(snapshot.files) - 1)
     _check_head(walk, head, head_problem)
+    _check_anchor(walk, trust)
     if walk.last_seq > walk.last_checkpoint_seq:
         walk.notice(
             None,
@@ -142,6 +196,8 @@ def verify_log(directory: Path, trusted_public_keys: Sequence[Ed25519PublicKey])
         notices=walk.notices,
         last_seq=walk.last_seq,
         last_hash=walk.last_hash,
+        signers=tuple(walk.signers),
+        key_changes=tuple(walk.key_changes),
     )
 
 
@@ -157,6 +213,31 @@ def _snapshot(directory: Path) -> _Snapshot:
     if not files and head is None:
         raise AuditLogNotFoundError(f"{directory}: no audit log here (no audit-*.jsonl, no {HEAD_FILENAME})")
     return _Snapshot(files, head)
+
+
+def _rotated_keys(snapshot: _Snapshot) -> dict[str, Ed25519PublicKey]:
+    """The public keys that audit.key_rotated entries carry, by fingerprint.
+
+    Read ahead because the checkpoints before a rotation are signed by the key it
+    retires, which may be written nowhere else. Keys, not trust: a fingerprint is
+    the hash of its key, and who may sign where is decided by the walk.
+    """
+    found: dict[str, Ed25519PublicKey] = {}
+    for _, path, size in snapshot.files:
+        with path.open("rb") as handle:
+            data = handle.read(size)
+        for raw in data.split(b"\n"):
+            if b'"kind":"audit.key_rotated"' not in raw:
+                continue
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue  # reported by the walk
+            for name in ("signer_public_key", "new_public_key"):
+                key = _raw_public_key(entry.get(name)) if isinstance(entry, dict) else None
+                if key is not None:
+                    found[fingerprint(key)] = key
+    return found
 
 
 def _check_file_numbers(walk: _Walk, snapshot: _Snapshot) -> None:
@@ -234,6 +315,10 @@ def _check_line(walk: _Walk, file: str, line: int, raw: bytes) -> None:
             messages.append(checkpoint_error)
         elif not messages:
             walk.last_checkpoint_seq = seq
+    if entry["kind"] == events.AuditKeyRotated.kind:
+        rotation_error = _rotation_error(walk, entry)
+        if rotation_error is not None:
+            messages.append(rotation_error)
     if messages:
         walk.problem(file, line, seq, "; ".join(messages))
     if entry["kind"] == events.AuditRecovered.kind:
@@ -273,6 +358,9 @@ def _checkpoint_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
             return f"checkpoint field {name!r} missing or mistyped"
     if entry["covers_seq"] != entry["seq"] - 1 or entry["covers_hash"] != entry["prev"]:
         return "checkpoint does not cover the entry before it"
+    changed = _signer_change_error("checkpoint", walk, entry["signer"])
+    if changed is not None:
+        return changed
     key = walk.keys.get(entry["signer"])
     if key is None:
         return f"checkpoint signed by a key that is not trusted ({entry['signer']})"
@@ -287,7 +375,77 @@ def _checkpoint_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
         key.verify(base64.b64decode(entry["signature"], validate=True), statement)
     except (InvalidSignature, ValueError):
         return "checkpoint signature is not valid (forged or altered checkpoint)"
+    walk.signed_by(entry["signer"])
     return None
+
+
+def _signer_change_error(what: str, walk: _Walk, signer: str) -> str | None:
+    if walk.signer is None or signer == walk.signer:
+        return None
+    return (
+        f"{what} signed by {signer}, but the log is signed by {walk.signer} up to here: a new key must be "
+        f"introduced by an {events.AuditKeyRotated.kind} entry signed by the old one (key swapped?)"
+    )
+
+
+def _rotation_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
+    """Checks an audit.key_rotated entry; when valid, its new key signs from here on."""
+    fields = ("covers_hash", "signed_time", "signer", "signer_public_key", "new_signer", "new_public_key", "signature")
+    for name in fields:
+        if type(entry.get(name)) is not str:
+            return f"key rotation field {name!r} missing or mistyped"
+    if type(entry.get("covers_seq")) is not int:
+        return "key rotation field 'covers_seq' missing or mistyped"
+    if entry["covers_seq"] != entry["seq"] - 1 or entry["covers_hash"] != entry["prev"]:
+        return "key rotation does not cover the entry before it"
+    old = _raw_public_key(entry["signer_public_key"])
+    new = _raw_public_key(entry["new_public_key"])
+    if old is None or fingerprint(old) != entry["signer"]:
+        return f"key rotation: signer_public_key is not the key {entry['signer']}"
+    if new is None or fingerprint(new) != entry["new_signer"]:
+        return f"key rotation: new_public_key is not the key {entry['new_signer']}"
+    changed = _signer_change_error("key rotation", walk, entry["signer"])
+    if changed is not None:
+        return changed
+    statement = key_rotation_statement(
+        seq=entry["seq"],
+        covers_seq=entry["covers_seq"],
+        covers_hash=entry["covers_hash"],
+        time=entry["signed_time"],
+        signer=entry["signer"],
+        new_signer=entry["new_signer"],
+    )
+    try:
+        old.verify(base64.b64decode(entry["signature"], validate=True), statement)
+    except (InvalidSignature, ValueError):
+        return "key rotation signature is not valid (forged or altered rotation)"
+    walk.signed_by(entry["signer"])
+    walk.key_changes.append(KeyChange(entry["seq"], entry["signer"], entry["new_signer"]))
+    walk.signer = entry["new_signer"]
+    walk.signers.append(entry["new_signer"])
+    return None
+
+
+def _raw_public_key(text: object) -> Ed25519PublicKey | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _check_anchor(walk: _Walk, trust: Trust) -> None:
+    """The chain of signers must reach a trusted key: a consistent log signed by another key is a forgery."""
+    if not walk.signers or trust.anchors.intersection(walk.signers):
+        return
+    walk.problem(
+        None,
+        None,
+        None,
+        f"the log is signed by {' then '.join(walk.signers)}, not by {trust.described}: the identity key was "
+        "swapped and the log re-signed, or the wrong key was given",
+    )
 
 
 def _note_recovery(walk: _Walk, file: str, line: int, seq: int, entry: dict[str, Any]) -> None:
@@ -311,10 +469,15 @@ def _check_head(walk: _Walk, head: HeadRecord | None, head_problem: str | None) 
         )
         return
     key = walk.keys.get(head.signer)
-    if key is None:
+    changed = _signer_change_error("head record", walk, head.signer)
+    if changed is not None:
+        walk.problem(HEAD_FILENAME, None, head.seq, changed)
+    elif key is None:
         walk.problem(HEAD_FILENAME, None, head.seq, f"head record signed by a key that is not trusted ({head.signer})")
     elif not head.verify(key):
         walk.problem(HEAD_FILENAME, None, head.seq, "head record signature is not valid (forged or altered)")
+    else:
+        walk.signed_by(head.signer)
     end = f"{walk.last_file}:{walk.last_line}" if walk.last_file else "the start"
     if head.seq > walk.last_seq:
         walk.problem(

@@ -16,18 +16,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent.audit import events
 from agent.audit.errors import AuditDataError, AuditError, AuditInputError, AuditKeyError
 from agent.audit.keys import load_public_key
 from agent.audit.query import AuditQuery, read_records, select
 from agent.audit.record import AuditRecord
 from agent.audit.report import ReportPeriod, render_html_report
-from agent.audit.verify import VerificationResult, verify_log
+from agent.audit.verify import Trust, VerificationResult, verify_log
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, resolve_config
-from agent.identity.agent_key import public_key_path
+from agent.identity.agent_key import fingerprint, public_key_path
 
 # For agent/cli/main.py: input errors are exit 2, the rest of AuditError exit 1
 # (list USAGE_ERRORS before FAILURE_ERRORS, as main() already does).
@@ -104,8 +102,9 @@ def _add_location_arguments(parser: argparse.ArgumentParser, keys: bool = True) 
             action="append",
             default=[],
             metavar="FILE",
-            help="trusted Ed25519 public key (PEM or OpenSSH; repeat for several, e.g. after a key rotation). "
-            "Default: the agent's identity key (.pub beside identity.key_file, else the private key's public half)",
+            help="trusted Ed25519 public key (PEM or OpenSSH; repeatable), instead of the config's. "
+            "Default: the key [identity] pinned_fingerprint names in agent.toml; without a pin, the .pub beside "
+            "identity.key_file (else the private key's public half)",
         )
 
 
@@ -154,16 +153,44 @@ def _directory(args: argparse.Namespace) -> Path:
     return resolve_config(args).audit.directory
 
 
-def _trusted_keys(args: argparse.Namespace) -> list[Ed25519PublicKey]:
+def _trust(args: argparse.Namespace) -> Trust:
+    """Whom the log must be signed by: --public-key, else the pin in agent.toml, else the key file beside the log."""
     if args.public_key:
-        return [load_public_key(path) for path in args.public_key]
-    key_file = resolve_config(args).identity.key_file
+        keys = [load_public_key(path) for path in args.public_key]
+        given = ", ".join(f"{fingerprint(key)} ({path})" for key, path in zip(keys, args.public_key, strict=True))
+        return Trust.of_keys(keys, f"the key given with --public-key: {given}")
+    config = resolve_config(args)
+    key_file = config.identity.key_file
     public = public_key_path(key_file)
-    if public.exists():
-        return [load_public_key(public)]
-    if key_file.exists():
-        return [load_public_key(key_file)]
-    raise AuditKeyError(f"no agent key at {public} or {key_file}; pass --public-key FILE")
+    pinned = config.identity.pinned_fingerprint
+    # The .pub, as before pinning; the private key's public half when the .pub is missing or (pinned)
+    # not the pinned key. Either is only a key to check signatures with when a pin decides the trust.
+    material = [load_public_key(public)] if public.exists() else []
+    if key_file.exists() and (not material or (pinned is not None and fingerprint(material[0]) != pinned)):
+        try:
+            material.append(load_public_key(key_file))
+        except AuditKeyError:
+            if not material:
+                raise
+    if pinned is not None:
+        if not material:
+            raise AuditKeyError(
+                f"the pinned key {pinned}: no public key at {public} or {key_file} to check it with; "
+                "pass --public-key FILE"
+            )
+        return Trust(
+            frozenset({pinned}),
+            tuple(material),
+            f"the pinned key {pinned} ([identity] pinned_fingerprint in {config.source})",
+        )
+    if not material:
+        raise AuditKeyError(f"no agent key at {public} or {key_file}; pass --public-key FILE")
+    where = public if public.exists() else key_file
+    return Trust.of_keys(
+        material[:1],
+        f"the key in {where}, {fingerprint(material[0])} (NOT pinned: whoever can write the state directory can "
+        "replace that file; set [identity] pinned_fingerprint in agent.toml, docs/audit.md)",
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -171,8 +198,12 @@ def _trusted_keys(args: argparse.Namespace) -> list[Ed25519PublicKey]:
 
 def run_verify(args: argparse.Namespace) -> int:
     directory = _directory(args)
-    result = verify_log(directory, _trusted_keys(args))
+    trust = _trust(args)
+    result = verify_log(directory, trust)
     _print_verification(directory, result)
+    print(f"verified against: {trust.described}")
+    for change in result.key_changes:
+        print(f"key rotated at seq {change.seq}: {change.old} -> {change.new} (signed by the old key)")
     return ExitCode.SUCCESS if result.ok else ExitCode.FAILURE
 
 
@@ -226,7 +257,7 @@ def run_report(args: argparse.Namespace) -> int:
     directory = _directory(args)
     verification: VerificationResult | None
     try:
-        verification = verify_log(directory, _trusted_keys(args))
+        verification = verify_log(directory, _trust(args))
     except AuditKeyError as exc:
         if args.public_key:
             raise

@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import add_config_arguments, resolve_config
+from agent.cli.settings import IdentityMismatchError, add_config_arguments, check_identity_pin, resolve_config
 from agent.config import AgentConfig, ConfigError
 from agent.datasets import DatasetCatalog, DatasetError, DatasetRegistry
 from agent.datasets.inspection import inspect_dataset
@@ -157,7 +157,24 @@ class Doctor:
         except KeyFileError as exc:
             self._add("identity", Status.FAIL, str(exc))
             return
-        self._add("identity", Status.OK, f"{config.identity.key_file}: fingerprint {key.fingerprint}")
+        try:
+            check_identity_pin(config, key)
+        except IdentityMismatchError as exc:
+            self._add("identity", Status.FAIL, str(exc))
+            return
+        detail = f"{config.identity.key_file}: fingerprint {key.fingerprint}"
+        if config.identity.pinned_fingerprint is not None:
+            self._add("identity", Status.OK, f"{detail}, pinned in {config.source}")
+        elif config.development:
+            self._add("identity", Status.OK, detail)
+        else:
+            # Still starts (installs from before pinning), but a swapped key and a re-signed audit log would pass.
+            self._add(
+                "identity",
+                Status.WARN,
+                f'{detail}, NOT pinned: add pinned_fingerprint = "{key.fingerprint}" to [identity] in '
+                f"{config.source} (docs/operations.md)",
+            )
 
     def _tls(self, config: AgentConfig) -> None:
         try:

@@ -14,5 +14,9 @@ class ExitCode(IntEnum):
     FAILURE = 1
     # Bad command line, bad config or policy file, bad key file: nothing was started or changed.
     USAGE = 2
+    # `serve`: the identity key is not the one agent.toml pins. Not a typo to fix
+    # and retry: the key file was replaced, so systemd must not restart in a loop
+    # (RestartPreventExitStatus=3) and monitoring can tell it from the rest.
+    IDENTITY_MISMATCH = 3
     # Interrupted by Ctrl-C in an interactive command.
     INTERRUPTED = 130

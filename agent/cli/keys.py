@@ -1,12 +1,19 @@
-"""`edge-agent keys generate`: create an Ed25519 key pair."""
+"""`edge-agent keys generate|rotate`: create an Ed25519 key pair; hand the audit log over to a new identity key."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from agent.audit.log import AuditLog
+from agent.audit.storage import read_head
 from agent.cli.exit_codes import ExitCode
-from agent.identity.agent_key import KeyFileError, generate_key_file, public_key_path
+from agent.cli.settings import add_config_arguments, check_identity_pin, resolve_config
+from agent.config import AgentConfig
+from agent.durable import fsync_directory
+from agent.identity.agent_key import AgentKey, KeyFileError, generate_key_file, load_key_file, public_key_path
+from agent.state_lock import lock_state_directory
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,6 +29,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     generate.add_argument("--force", action="store_true", help="overwrite an existing key (destroys it)")
     generate.set_defaults(handler=run_generate)
 
+    rotate = keys.add_parser(
+        "rotate",
+        help="replace the agent's identity key, recording the change in the audit log",
+        description="Replace identity.key_file with a new key. The audit log gets an audit.key_rotated entry "
+        "signed by the old key that names the new one, so `audit verify` accepts the change of signer. "
+        "The agent must be stopped. Afterwards set [identity] pinned_fingerprint in agent.toml to the new "
+        "fingerprint (the agent refuses to start until the pin and the key agree).",
+    )
+    add_config_arguments(rotate)
+    rotate.add_argument("--reason", default=None, help="why, recorded in the audit entry (e.g. 'yearly rotation')")
+    rotate.set_defaults(handler=run_rotate)
+
 
 def run_generate(args: argparse.Namespace) -> int:
     out: Path = args.out
@@ -36,4 +55,64 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"private key: {args.out}")
     print(f"public key:  {public_key_path(args.out)}")
     print(f"fingerprint: {key.fingerprint}")
+    print(f'pin it (as root) in agent.toml\'s [identity] table: pinned_fingerprint = "{key.fingerprint}"')
     return ExitCode.SUCCESS
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    key_file = config.identity.key_file
+    # A daemon still running would go on signing with the old key after the hand-over.
+    lock = lock_state_directory(config.state_dir, "keys rotate")
+    try:
+        old = load_key_file(key_file)
+        # Rotating away from a key that is not the pinned one would launder a swapped key.
+        check_identity_pin(config, old)
+        new, seq = _rotate(config, old, args.reason)
+    finally:
+        lock.release()
+    print(f"old fingerprint: {old.fingerprint}")
+    print(f"new fingerprint: {new.fingerprint}")
+    print(f"identity key:    {key_file} (public key {public_key_path(key_file)})")
+    if seq is not None:
+        print(f"recorded in the audit log {config.audit.directory} at seq {seq} (audit.key_rotated)")
+    else:
+        print("finished a rotation that was interrupted after the audit log recorded it")
+    where = config.source or "agent.toml"
+    print(f'next, as root: set pinned_fingerprint = "{new.fingerprint}" in [identity] of {where}, then start the agent')
+    return ExitCode.SUCCESS
+
+
+def _rotate(config: AgentConfig, old: AgentKey, reason: str | None) -> tuple[AgentKey, int | None]:
+    """Writes the new key beside the old, records the hand-over, then puts the new key in place.
+
+    Returns the new key and the seq of the audit entry (None when an interrupted
+    rotation is finished). Order matters for a crash: the new key is on disk
+    before the log names it, and the key file is replaced only after the log
+    has recorded the change, so a rerun finds `<key>.new` and finishes.
+    """
+    key_file = config.identity.key_file
+    staged = key_file.with_name(key_file.name + ".new")
+    if staged.exists():
+        pending = load_key_file(staged)
+        head = read_head(config.audit.directory)
+        if head is not None and head.signer == pending.fingerprint:
+            _install(staged, key_file)
+            return pending, None
+    try:
+        new = generate_key_file(staged, overwrite=True)
+    except OSError as exc:
+        raise KeyFileError(f"{staged}: cannot write the new key: {exc.strerror or exc}") from None
+    with AuditLog.open(config.audit.directory, old, checkpoint_every=config.audit.checkpoint_every) as log:
+        record = log.rotate_key(new, reason=reason)
+    _install(staged, key_file)
+    return new, record.seq
+
+
+def _install(staged: Path, key_file: Path) -> None:
+    # Each rename is atomic; a rerun after a crash between them finds the private key still staged.
+    staged_public = public_key_path(staged)
+    if staged_public.exists():
+        os.replace(staged_public, public_key_path(key_file))
+    os.replace(staged, key_file)
+    fsync_directory(key_file.parent)

@@ -17,7 +17,9 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from agent.cli import audit, budget, datasets, dev_certs, doctor, keys, package, policy, serve
 from agent.cli.dispatch import program_parser, run_command
+from agent.cli.settings import IdentityMismatchError
 from agent.packages import TrustStoreError, UnknownPackageError
+from agent.state_lock import StateDirectoryBusyError
 
 # Beyond agent.cli.dispatch's common ones: input the person can fix, exit code 2 ...
 USAGE_ERRORS: tuple[type[Exception], ...] = (
@@ -30,6 +32,8 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
 FAILURE_ERRORS: tuple[type[Exception], ...] = (
     datasets.DatasetCommandError,
     policy.PolicyReloadError,
+    StateDirectoryBusyError,
+    IdentityMismatchError,
     *audit.FAILURE_ERRORS,
     *budget.FAILURE_ERRORS,
 )

@@ -17,6 +17,7 @@ from agent.governance.development import development_policy
 from agent.governance.loader import load_policy
 from agent.governance.model import Policy
 from agent.governance.status import PID_FILENAME, PolicyStatus
+from agent.state_lock import lock_holder
 from agent.tasks.kinds import registry
 
 
@@ -138,10 +139,23 @@ def run_reload(args: argparse.Namespace) -> int:
         raise UsageError("a development instance runs on its built-in policy; there is no file to reload")
     policy = load_policy(config.policy_file)  # refuse early, with the same message the agent would log
     pid_file = config.state_dir / PID_FILENAME
+    # Only the process holding the state directory is the agent: agent.pid may be left over by one
+    # that was killed, and its PID reused by something else by now.
+    holder = lock_holder(config.state_dir)
+    if holder is None:
+        raise PolicyReloadError(
+            f"{config.state_dir}: no running agent found (no process holds the state directory; "
+            "is `edge-agent serve` running?)"
+        )
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
-        raise PolicyReloadError(f"{pid_file}: no running agent found (is `edge-agent serve` running?)") from None
+        pid = None
+    if pid is None or pid != holder.pid:
+        raise PolicyReloadError(
+            f"{config.state_dir} is held by {holder}, which is not serving yet (or is not an agent); "
+            f"{pid_file} names {pid if pid is not None else 'no process'}. Retry once it serves"
+        )
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:

@@ -23,7 +23,14 @@ from agent.audit.events import AgentStarted, AgentStopped, PolicyLoaded, PolicyR
 from agent.audit.log import AuditLog
 from agent.audit.record import AuditRecord
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import UsageError, add_config_arguments, identity_key, resolve_config
+from agent.cli.settings import (
+    IdentityMismatchError,
+    UsageError,
+    add_config_arguments,
+    check_identity_pin,
+    identity_key,
+    resolve_config,
+)
 from agent.config import AgentConfig
 from agent.config.model import ListenAddressError, parse_listen_address
 from agent.durable import write_public
@@ -41,6 +48,7 @@ from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
 from agent.server.daemon import AgentDaemon, ListenError
 from agent.server.systemd_notify import NotifySocketError, SystemdNotifier, WatchdogPacer
 from agent.server.tls import ServerTlsMaterial, load_server_tls
+from agent.state_lock import lock_state_directory
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -252,17 +260,33 @@ def run(args: argparse.Namespace) -> int:
     if args.listen and not config.development:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
     logger = configure_logging(config.logging.level, config.logging.format)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Before anything is read or written: a second daemon on this directory stops here
+    # (StateDirectoryBusyError, exit 1). Held until the process exits.
+    lock_state_directory(config.state_dir, "serve")
     created_pki = False
     if config.development:
         _, created_pki = ensure_development_pki(config.tls.client_ca_file.parent)
     key, created_key = identity_key(config)
+    try:
+        check_identity_pin(config, key)
+    except IdentityMismatchError as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return ExitCode.IDENTITY_MISMATCH
     tls = load_server_tls(config.tls, config.source)
     policy = _policy(config)
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if config.development:
         _announce_development(config, created_pki, created_key)
 
     log = logger.bind(agent_id=config.agent_id)
+    if config.identity.pinned_fingerprint is None and not config.development:
+        # Installs from before pinning keep working; the journal says what to add.
+        log.warning(
+            "identity.not_pinned",
+            fingerprint=key.fingerprint,
+            config=str(config.source),
+            fix=f'add pinned_fingerprint = "{key.fingerprint}" to [identity] in {config.source}',
+        )
     for warning in tls.warnings:
         log.warning("tls.key_file_permissions", problem=warning)
     # Every audit entry also goes to the log (journald), for operators who watch there.

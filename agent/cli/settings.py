@@ -17,6 +17,10 @@ class UsageError(Exception):
     """The command line is inconsistent; reported with exit code 2."""
 
 
+class IdentityMismatchError(Exception):
+    """The identity key is not the one agent.toml pins: replaced, or the pin not updated after a rotation."""
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -58,3 +62,19 @@ def identity_key(config: AgentConfig) -> tuple[AgentKey, bool]:
     if config.development:
         return load_or_generate_key_file(config.identity.key_file)
     return load_key_file(config.identity.key_file), False
+
+
+def check_identity_pin(config: AgentConfig, key: AgentKey) -> None:
+    """Raises IdentityMismatchError unless `key` is the key [identity] pinned_fingerprint names (if it names one).
+
+    The pin lives in agent.toml, outside the state directory: whoever can write
+    the state directory can replace the key file, but not the pin.
+    """
+    pinned = config.identity.pinned_fingerprint
+    if pinned is None or key.fingerprint == pinned:
+        return
+    raise IdentityMismatchError(
+        f"{config.identity.key_file}: the identity key's fingerprint is {key.fingerprint}, but {config.source} "
+        f'pins [identity] pinned_fingerprint = "{pinned}": the key file was replaced, or the pin was not '
+        'updated after `edge-agent keys rotate` (docs/operations.md, "Rotating the identity key")'
+    )

@@ -34,6 +34,8 @@ from agent.datasets import (
 AGENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
+# agent.identity.agent_key.fingerprint: SHA256 of the raw key, unpadded base64.
+FINGERPRINT_PATTERN = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
 def _listen_address(table: TomlTable, default: str) -> str:
@@ -88,6 +90,19 @@ def _metrics(table: TomlTable) -> MetricsConfig:
         raise table.error("listen", str(exc)) from None
     table.finish()
     return config
+
+
+def _pinned_fingerprint(table: TomlTable) -> str | None:
+    value = table.string("pinned_fingerprint")
+    if value is None:
+        return None
+    if not FINGERPRINT_PATTERN.match(value):
+        raise table.error(
+            "pinned_fingerprint",
+            f"expected the key's fingerprint as `edge-agent keys generate` prints it (SHA256: and 43 base64 "
+            f"characters); got {value!r}",
+        )
+    return value
 
 
 def _tls(table: TomlTable, base: Path) -> TlsConfig:
@@ -148,7 +163,10 @@ def parse_config(text: str, source: Path) -> AgentConfig:
     agent.finish()
 
     identity_table = root.table("identity")
-    identity = IdentityConfig(key_file=identity_table.path("key_file", base, default=state_dir / "agent-identity.key"))
+    identity = IdentityConfig(
+        key_file=identity_table.path("key_file", base, default=state_dir / "agent-identity.key"),
+        pinned_fingerprint=_pinned_fingerprint(identity_table),
+    )
     identity_table.finish()
 
     if "tls" not in root.data:

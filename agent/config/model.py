@@ -92,6 +92,10 @@ class TlsConfig:
 class IdentityConfig:
     # Ed25519 key that identifies this agent and signs its audit checkpoints.
     key_file: Path
+    # The key's fingerprint as agent.toml pins it, outside the state directory:
+    # the daemon refuses any other key and `audit verify` trusts only this one.
+    # None: not pinned (installs that predate pinning): serve warns, doctor reports it.
+    pinned_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
