@@ -440,14 +440,20 @@ class TaskAbandoned(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditCheckpoint(AuditEvent):
-    kind = "audit.checkpoint"
-    when = "signed statement of the chain so far (written by the log itself)"
+class ChainStatement(AuditEvent):
+    """An entry the agent's key signs over the chain up to the entry before it."""
+
     covers_seq: Annotated[int, COVERS_SEQ]
     covers_hash: Annotated[str, COVERS_HASH]
     signed_time: Annotated[str, SIGNED_TIME]
     signer: Annotated[str, SIGNER]
     signature: Annotated[str, SIGNATURE]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditCheckpoint(ChainStatement):
+    kind = "audit.checkpoint"
+    when = "signed statement of the chain so far (written by the log itself)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,20 +476,12 @@ class AuditRecovered(AuditEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditKeyRotated(AuditEvent):
+class AuditKeyRotated(ChainStatement):
     kind = "audit.key_rotated"
-    when = (
-        "the identity key was replaced (`edge-agent keys rotate`): signed by the old key over the chain so far "
-        "and the new key's fingerprint; from here on the new key signs (written by the log itself)"
-    )
-    covers_seq: Annotated[int, COVERS_SEQ]
-    covers_hash: Annotated[str, COVERS_HASH]
-    signed_time: Annotated[str, SIGNED_TIME]
-    signer: Annotated[str, SIGNER]
+    when = "the identity key changed (`keys rotate`): the old key signs the chain so far and names the new one"
     signer_public_key: Annotated[str, SIGNER_PUBLIC_KEY]
     new_signer: Annotated[str, NEW_SIGNER]
     new_public_key: Annotated[str, NEW_PUBLIC_KEY]
-    signature: Annotated[str, SIGNATURE]
     reason: Annotated[str | None, REASON] = None
 
 

@@ -351,32 +351,20 @@ def _shape_error(entry: Any) -> str | None:
     return None
 
 
-def _checkpoint_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
-    fields = {"covers_seq": int, "covers_hash": str, "signed_time": str, "signer": str, "signature": str}
+# The fields a checkpoint and a key rotation share (agent.audit.events.ChainStatement), and a rotation's own.
+_STATEMENT_FIELDS = {"covers_seq": int, "covers_hash": str, "signed_time": str, "signer": str, "signature": str}
+_ROTATION_FIELDS = {**_STATEMENT_FIELDS, "signer_public_key": str, "new_signer": str, "new_public_key": str}
+
+
+def _statement_error(walk: _Walk, entry: dict[str, Any], what: str, fields: dict[str, type]) -> str | None:
+    """What checkpoints and key rotations have in common: typed fields, covering the entry before,
+    signed by the log's key at this point (a new key comes only through a key rotation)."""
     for name, expected in fields.items():
         if type(entry.get(name)) is not expected:
-            return f"checkpoint field {name!r} missing or mistyped"
+            return f"{what} field {name!r} missing or mistyped"
     if entry["covers_seq"] != entry["seq"] - 1 or entry["covers_hash"] != entry["prev"]:
-        return "checkpoint does not cover the entry before it"
-    changed = _signer_change_error("checkpoint", walk, entry["signer"])
-    if changed is not None:
-        return changed
-    key = walk.keys.get(entry["signer"])
-    if key is None:
-        return f"checkpoint signed by a key that is not trusted ({entry['signer']})"
-    statement = checkpoint_statement(
-        seq=entry["seq"],
-        covers_seq=entry["covers_seq"],
-        covers_hash=entry["covers_hash"],
-        time=entry["signed_time"],
-        signer=entry["signer"],
-    )
-    try:
-        key.verify(base64.b64decode(entry["signature"], validate=True), statement)
-    except (InvalidSignature, ValueError):
-        return "checkpoint signature is not valid (forged or altered checkpoint)"
-    walk.signed_by(entry["signer"])
-    return None
+        return f"{what} does not cover the entry before it"
+    return _signer_change_error(what, walk, entry["signer"])
 
 
 def _signer_change_error(what: str, walk: _Walk, signer: str) -> str | None:
@@ -388,36 +376,53 @@ def _signer_change_error(what: str, walk: _Walk, signer: str) -> str | None:
     )
 
 
+def _statement(entry: dict[str, Any]) -> bytes:
+    """The bytes a checkpoint's or a key rotation's signature covers, rebuilt from the entry."""
+    chain: dict[str, Any] = {
+        "seq": entry["seq"],
+        "covers_seq": entry["covers_seq"],
+        "covers_hash": entry["covers_hash"],
+        "time": entry["signed_time"],
+        "signer": entry["signer"],
+    }
+    if entry["kind"] == events.AuditKeyRotated.kind:
+        return key_rotation_statement(**chain, new_signer=entry["new_signer"])
+    return checkpoint_statement(**chain)
+
+
+def _signature_valid(key: Ed25519PublicKey, signature: str, statement: bytes) -> bool:
+    try:
+        key.verify(base64.b64decode(signature, validate=True), statement)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _checkpoint_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
+    error = _statement_error(walk, entry, "checkpoint", _STATEMENT_FIELDS)
+    if error is not None:
+        return error
+    key = walk.keys.get(entry["signer"])
+    if key is None:
+        return f"checkpoint signed by a key that is not trusted ({entry['signer']})"
+    if not _signature_valid(key, entry["signature"], _statement(entry)):
+        return "checkpoint signature is not valid (forged or altered checkpoint)"
+    walk.signed_by(entry["signer"])
+    return None
+
+
 def _rotation_error(walk: _Walk, entry: dict[str, Any]) -> str | None:
     """Checks an audit.key_rotated entry; when valid, its new key signs from here on."""
-    fields = ("covers_hash", "signed_time", "signer", "signer_public_key", "new_signer", "new_public_key", "signature")
-    for name in fields:
-        if type(entry.get(name)) is not str:
-            return f"key rotation field {name!r} missing or mistyped"
-    if type(entry.get("covers_seq")) is not int:
-        return "key rotation field 'covers_seq' missing or mistyped"
-    if entry["covers_seq"] != entry["seq"] - 1 or entry["covers_hash"] != entry["prev"]:
-        return "key rotation does not cover the entry before it"
+    error = _statement_error(walk, entry, "key rotation", _ROTATION_FIELDS)
+    if error is not None:
+        return error
     old = _raw_public_key(entry["signer_public_key"])
     new = _raw_public_key(entry["new_public_key"])
     if old is None or fingerprint(old) != entry["signer"]:
         return f"key rotation: signer_public_key is not the key {entry['signer']}"
     if new is None or fingerprint(new) != entry["new_signer"]:
         return f"key rotation: new_public_key is not the key {entry['new_signer']}"
-    changed = _signer_change_error("key rotation", walk, entry["signer"])
-    if changed is not None:
-        return changed
-    statement = key_rotation_statement(
-        seq=entry["seq"],
-        covers_seq=entry["covers_seq"],
-        covers_hash=entry["covers_hash"],
-        time=entry["signed_time"],
-        signer=entry["signer"],
-        new_signer=entry["new_signer"],
-    )
-    try:
-        old.verify(base64.b64decode(entry["signature"], validate=True), statement)
-    except (InvalidSignature, ValueError):
+    if not _signature_valid(old, entry["signature"], _statement(entry)):
         return "key rotation signature is not valid (forged or altered rotation)"
     walk.signed_by(entry["signer"])
     walk.key_changes.append(KeyChange(entry["seq"], entry["signer"], entry["new_signer"]))

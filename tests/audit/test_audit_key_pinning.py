@@ -189,7 +189,7 @@ def test_a_rotation_not_signed_by_the_current_key_is_refused(
     log_dir: Path, agent_key: AgentKey, other_key: AgentKey
 ) -> None:
     write_log(log_dir, agent_key, 7, checkpoint_every=5)
-    forge_rotation(log_dir, other_key, other_key.fingerprint + "x", other_key.public_bytes)
+    forge_rotation(log_dir, agent_key, other_key.fingerprint + "x", other_key.public_bytes)
     messages = " | ".join(p.message for p in verify_log(log_dir, pinned(agent_key)).problems)
     assert "new_public_key is not the key" in messages
     write_log(log_dir / "b", agent_key, 7, checkpoint_every=5)
