@@ -95,7 +95,10 @@ def _rotate(config: AgentConfig, old: AgentKey, reason: str | None) -> tuple[Age
     staged = key_file.with_name(key_file.name + ".new")
     if staged.exists():
         pending = load_key_file(staged)
-        head = read_head(config.audit.directory)
+        try:
+            head = read_head(config.audit.directory)
+        except ValueError:
+            head = None  # an unreadable head: AuditLog.open below records it
         if head is not None and head.signer == pending.fingerprint:
             _install(staged, key_file)
             return pending, None

@@ -239,6 +239,24 @@ def test_doctor_fails_a_key_that_is_not_the_pinned_one_and_warns_without_a_pin(t
     assert status is Status.FAIL and key.fingerprint in detail and str(config) in detail
 
 
+def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path, pki: Pki) -> None:
+    config = write_config(tmp_path, pki)
+    key_file = tmp_path / "identity.key"
+    old = load_key_file(key_file)
+    pin(config, old.fingerprint)
+    # What `keys rotate` had done when it was killed: the new key staged, the log handed over to it.
+    staged = generate_key_file(key_file.with_name("identity.key.new"))
+    with AuditLog.open(tmp_path / "state" / "audit", old) as log:
+        log.rotate_key(staged)
+    rerun = run_cli("keys", "rotate", "--config", str(config))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "finished a rotation that was interrupted" in rerun.stdout
+    assert load_key_file(key_file).fingerprint == staged.fingerprint
+    assert load_public_key(public_key_path(key_file)) == staged.public_key
+    result = verify_log(tmp_path / "state" / "audit", pinned(staged))
+    assert result.ok and len(result.key_changes) == 1
+
+
 # ------------------------------------------------------------ end to end: real files, real daemon
 
 
