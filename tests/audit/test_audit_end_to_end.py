@@ -10,6 +10,8 @@ log files themselves.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -25,6 +27,7 @@ from federated_scenario import RUN_ID, Scenario, run_scenario
 from agent.audit import events
 from agent.audit.query import read_records
 from agent.audit.record import AuditRecord
+from agent.cli.main import main
 from agent.identity.development_pki import DEV_COORDINATOR_URI
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "audit-v0.1"
@@ -128,6 +131,11 @@ class _Tables(HTMLParser):
             self._text.append(data)
 
 
+@pytest.fixture(scope="module")
+def tables(log: Log, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, str]]]:
+    return report(log, tmp_path_factory.mktemp("report"))
+
+
 def report(log: Log, tmp_path: Path) -> dict[str, list[dict[str, str]]]:
     """The report `edge-agent audit report` writes, as each section's last table: rows by column header."""
     html = tmp_path / "report.html"
@@ -167,8 +175,7 @@ def check_row(row: dict[str, str], record: AuditRecord) -> None:
             assert (row[field.label] != EMPTY) == (found is not None), (record.kind, field.name, row)
 
 
-def test_the_report_shows_every_task_value_the_log_has(log: Log, tmp_path: Path) -> None:
-    tables = report(log, tmp_path)
+def test_the_report_shows_every_task_value_the_log_has(log: Log, tables: dict[str, list[dict[str, str]]]) -> None:
     rows = tables["Tasks"]
     ends = completed_task_ends(log)
     assert [row["Outcome"] for row in rows] == [end.kind.removeprefix("task.") for end in ends]
@@ -187,8 +194,7 @@ def test_the_report_shows_every_task_value_the_log_has(log: Log, tmp_path: Path)
     assert run["Run"] == RUN_ID and int(run["Rounds"]) >= 3 and run["Package"] != EMPTY
 
 
-def test_the_report_shows_every_package_event_and_refusal(log: Log, tmp_path: Path) -> None:
-    tables = report(log, tmp_path)
+def test_the_report_shows_every_package_event_and_refusal(log: Log, tables: dict[str, list[dict[str, str]]]) -> None:
     packages = tables["Packages"]
     records = [r for r in read_records(log.directory) if r.kind.startswith("package.")]
     assert [row["Event"] for row in packages] == [r.kind.removeprefix("package.") for r in records]
@@ -205,9 +211,12 @@ def test_the_report_shows_every_package_event_and_refusal(log: Log, tmp_path: Pa
 
 
 def shown(log: Log, *filters: str) -> list[int]:
-    done = edge_agent("audit", "show", "--dir", str(log.directory), "--json", *filters)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line)["seq"] for line in done.stdout.splitlines()]
+    """`edge-agent audit show --json` with these filters, run in this process (the report runs as a command)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["audit", "show", "--dir", str(log.directory), "--json", *filters])
+    assert code == 0
+    return [json.loads(line)["seq"] for line in out.getvalue().splitlines()]
 
 
 def test_audit_show_finds_every_entry_about_a_package_coordinator_dataset_and_run(log: Log) -> None:
