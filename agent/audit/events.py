@@ -99,7 +99,9 @@ DELTA = Field("delta", "the budget group's δ", "δ")
 RELEASED = Field("released", "names of the tensors and metrics sent to the coordinator", "Released")
 FAILURE = Field(
     "failure",
-    "how the task failed: `crashed`, `memory`, `cpu_time`, `wall_time`, `cancelled`, `abandoned`",
+    "how the task failed: a worker limit (`memory`, `cpu_time`, `wall_time`), the call ended (`cancelled`, "
+    "`abandoned`, `stalled`), the computation refused its input (`task_error`, or the rule that refused the "
+    "rows it read, e.g. `dataset.min_cohort`), or `crashed`",
     "Failure",
     was=("code",),
 )
