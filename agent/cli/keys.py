@@ -6,8 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
+from agent.audit.errors import AuditLogNotFoundError
 from agent.audit.log import AuditLog
-from agent.audit.storage import read_head
+from agent.audit.verify import Trust, verify_log
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import add_config_arguments, check_identity_pin, resolve_config
 from agent.config import AgentConfig
@@ -95,13 +96,15 @@ def _rotate(config: AgentConfig, old: AgentKey, reason: str | None) -> tuple[Age
     staged = key_file.with_name(key_file.name + ".new")
     if staged.exists():
         pending = load_key_file(staged)
-        try:
-            head = read_head(config.audit.directory)
-        except ValueError:
-            head = None  # an unreadable head: AuditLog.open below records it
-        if head is not None and head.signer == pending.fingerprint:
-            _install(staged, key_file)
-            return pending, None
+        if not _handed_over(config, old, pending):
+            # Whoever can write the state directory can leave a key here and a log signed by it:
+            # only a hand-over the current key signed may put a staged key in place.
+            raise KeyFileError(
+                f"{staged}: a staged key that the audit log {config.audit.directory} does not show the current "
+                f"key ({old.fingerprint}) handing over to; keep it for investigation, move it away, then rotate again"
+            )
+        _install(staged, key_file)
+        return pending, None
     try:
         new = generate_key_file(staged, overwrite=True)
     except OSError as exc:
@@ -110,6 +113,17 @@ def _rotate(config: AgentConfig, old: AgentKey, reason: str | None) -> tuple[Age
         record = log.rotate_key(new, reason=reason)
     _install(staged, key_file)
     return new, record.seq
+
+
+def _handed_over(config: AgentConfig, old: AgentKey, pending: AgentKey) -> bool:
+    """True when the log verifies from the current key and its last change of signer is to `pending`."""
+    trust = Trust(frozenset({old.fingerprint}), (old.public_key, pending.public_key), "the current identity key")
+    try:
+        result = verify_log(config.audit.directory, trust)
+    except AuditLogNotFoundError:
+        return False
+    last = result.key_changes[-1] if result.key_changes else None
+    return result.ok and last is not None and (last.old, last.new) == (old.fingerprint, pending.fingerprint)
 
 
 def _install(staged: Path, key_file: Path) -> None:

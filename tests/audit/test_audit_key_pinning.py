@@ -257,6 +257,23 @@ def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path,
     assert result.ok and len(result.key_changes) == 1
 
 
+def test_a_staged_key_the_log_does_not_hand_over_to_is_never_installed(tmp_path: Path, pki: Pki) -> None:
+    """Someone who can write the state directory plants `<key>.new` and a log signed by it."""
+    config = write_config(tmp_path, pki)
+    key_file = tmp_path / "identity.key"
+    old = load_key_file(key_file)
+    pin(config, old.fingerprint)
+    audit = tmp_path / "state" / "audit"
+    write_log(audit, old, 12)
+    planted = generate_key_file(key_file.with_name("identity.key.new"))
+    resign_log(audit, planted, flip_port)
+    refused = run_cli("keys", "rotate", "--config", str(config))
+    assert refused.returncode == 2, refused.stdout
+    assert "identity.key.new" in refused.stderr and "does not show the current key" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert load_key_file(key_file).fingerprint == old.fingerprint
+
+
 # ------------------------------------------------------------ end to end: real files, real daemon
 
 
