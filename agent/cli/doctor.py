@@ -172,8 +172,8 @@ class Doctor:
             self._add(
                 "identity",
                 Status.WARN,
-                f'{detail}, NOT pinned: add pinned_fingerprint = "{key.fingerprint}" to [identity] in '
-                f"{config.source} (docs/operations.md)",
+                f'{detail}, NOT pinned: run `edge-agent keys pin --config {config.source}` as root (it writes '
+                f'pinned_fingerprint = "{key.fingerprint}" into [identity])',
             )
 
     def _tls(self, config: AgentConfig) -> None:

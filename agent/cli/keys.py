@@ -10,9 +10,9 @@ from agent.audit.errors import AuditLogNotFoundError
 from agent.audit.log import AuditLog
 from agent.audit.verify import Trust, verify_log
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import add_config_arguments, check_identity_pin, resolve_config
-from agent.config import AgentConfig
-from agent.durable import fsync_directory
+from agent.cli.settings import UsageError, add_config_arguments, check_identity_pin, resolve_config
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.durable import fsync_directory, write_private
 from agent.identity.agent_key import AgentKey, KeyFileError, generate_key_file, load_key_file, public_key_path
 from agent.state_lock import lock_state_directory
 
@@ -29,6 +29,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     generate.add_argument("--out", type=Path, required=True, help="path of the private key to write")
     generate.add_argument("--force", action="store_true", help="overwrite an existing key (destroys it)")
     generate.set_defaults(handler=run_generate)
+
+    pin = keys.add_parser(
+        "pin",
+        help="pin the identity key's fingerprint in agent.toml (run as root)",
+        description="Write [identity] pinned_fingerprint for the key at identity.key_file into the config file, "
+        "which lives outside the state directory: from then on the agent refuses to start with any other key "
+        "and `audit verify` trusts only this one. Run it once after `keys generate`, and with --replace after "
+        "`keys rotate`. Comments and layout of the file are kept.",
+    )
+    add_config_arguments(pin)
+    pin.add_argument("--replace", action="store_true", help="replace a pin already there (after `keys rotate`)")
+    pin.set_defaults(handler=run_pin)
 
     rotate = keys.add_parser(
         "rotate",
@@ -56,8 +68,64 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"private key: {args.out}")
     print(f"public key:  {public_key_path(args.out)}")
     print(f"fingerprint: {key.fingerprint}")
-    print(f'pin it (as root) in agent.toml\'s [identity] table: pinned_fingerprint = "{key.fingerprint}"')
+    print("pin it, as root: edge-agent keys pin --config <the agent.toml whose identity.key_file this is>")
     return ExitCode.SUCCESS
+
+
+def run_pin(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    if config.source is None:
+        raise UsageError("keys pin needs the agent's config file: pass --config FILE (a development instance has none)")
+    key = load_key_file(config.identity.key_file)
+    pinned = config.identity.pinned_fingerprint
+    if pinned == key.fingerprint:
+        print(f"{config.source}: already pins {key.fingerprint}")
+        return ExitCode.SUCCESS
+    if pinned is not None and not args.replace:
+        raise UsageError(
+            f'{config.source}: [identity] pinned_fingerprint is "{pinned}", but {config.identity.key_file} is '
+            f"{key.fingerprint}; pass --replace only if the key was rotated with `edge-agent keys rotate`"
+        )
+    _write_pin(config.source, key.fingerprint)
+    print(f"{config.source}: [identity] pinned_fingerprint = \"{key.fingerprint}\"")
+    return ExitCode.SUCCESS
+
+
+def _write_pin(source: Path, fingerprint: str) -> None:
+    """Sets the pin in [identity], keeping every other line, the file's mode and its owner.
+
+    The file must still load and pin what was meant; otherwise it is put back as it was.
+    """
+    original = source.read_bytes()
+    lines = original.decode("utf-8").splitlines(keepends=True)
+    line = f'pinned_fingerprint = "{fingerprint}"\n'
+    table = None
+    for index, text in enumerate(lines):
+        stripped = text.strip()
+        if stripped.startswith("["):
+            table = stripped
+        elif table == "[identity]" and stripped.split("=", 1)[0].strip() == "pinned_fingerprint":
+            lines[index] = line
+            break
+    else:
+        header = next((i for i, text in enumerate(lines) if text.strip() == "[identity]"), None)
+        if header is None:
+            lines += ["\n" if lines and not lines[-1].endswith("\n") else "", "\n[identity]\n", line]
+        else:
+            lines.insert(header + 1, line)
+    status = source.stat()
+    write_private(source, "".join(lines).encode("utf-8"), mode=status.st_mode & 0o777)
+    os.chown(source, status.st_uid, status.st_gid)
+    try:
+        loaded = load_config(source)
+    except ConfigError:
+        write_private(source, original, mode=status.st_mode & 0o777)
+        os.chown(source, status.st_uid, status.st_gid)
+        raise
+    if loaded.identity.pinned_fingerprint != fingerprint:
+        write_private(source, original, mode=status.st_mode & 0o777)
+        os.chown(source, status.st_uid, status.st_gid)
+        raise UsageError(f"{source}: could not set [identity] pinned_fingerprint; set it by hand: {line.strip()}")
 
 
 def run_rotate(args: argparse.Namespace) -> int:

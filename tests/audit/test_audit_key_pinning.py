@@ -257,6 +257,26 @@ def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path,
     assert result.ok and len(result.key_changes) == 1
 
 
+def test_keys_pin_writes_the_pin_into_the_config_file_and_keeps_the_rest(tmp_path: Path, pki: Pki) -> None:
+    config = write_config(tmp_path, pki)
+    config.write_text("# the hospital's own comment\n" + config.read_text())
+    config.chmod(0o640)
+    key = load_key_file(tmp_path / "identity.key")
+    pinned_now = run_cli("keys", "pin", "--config", str(config))
+    assert pinned_now.returncode == 0, pinned_now.stderr
+    assert load_config(config).identity.pinned_fingerprint == key.fingerprint
+    assert config.read_text().startswith("# the hospital's own comment\n") and config.stat().st_mode & 0o777 == 0o640
+    assert "already pins" in run_cli("keys", "pin", "--config", str(config)).stdout
+    # A different key (a swap, or a rotation) is never pinned over an existing pin by accident.
+    generate_key_file(tmp_path / "identity.key", overwrite=True)
+    refused = run_cli("keys", "pin", "--config", str(config))
+    assert refused.returncode == 2 and "--replace" in refused.stderr and str(config) in refused.stderr
+    assert load_config(config).identity.pinned_fingerprint == key.fingerprint
+    replaced = run_cli("keys", "pin", "--config", str(config), "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert load_config(config).identity.pinned_fingerprint == load_key_file(tmp_path / "identity.key").fingerprint
+
+
 def test_a_staged_key_the_log_does_not_hand_over_to_is_never_installed(tmp_path: Path, pki: Pki) -> None:
     """Someone who can write the state directory plants `<key>.new` and a log signed by it."""
     config = write_config(tmp_path, pki)

@@ -170,6 +170,8 @@ forbidden_columns = ["patient_id"]
 EOF
 }
 policy cohort >"$ROOT/etc/edge-agent/policy.toml"
+# As an operator does once the key exists: the pin lives in /etc, outside the state directory.
+C edge-agent keys pin --config /etc/edge-agent/agent.toml >/dev/null || fail "keys pin"
 # The shipped WatchdogSec=30s would make the freeze test wait ~35 s; the
 # mechanism is the same with a shorter period.
 mkdir -p "$ROOT/etc/systemd/system/edge-agent.service.d"
@@ -234,6 +236,9 @@ journal=$(C journalctl -u edge-agent --no-pager -o cat)
 grep -q '"event": "server.stopping"' <<<"$journal" || fail "no drain in the log"
 grep -q '"event": "agent.exited"' <<<"$journal" || fail "no clean exit in the log"
 echo "drained (server.stopping ... agent.exited), exit status 0"
+verified=$(C edge-agent audit verify --config /etc/edge-agent/agent.toml) || { echo "$verified"; fail "audit verify"; }
+grep -q "the pinned key" <<<"$verified" || fail "audit verify did not check against the pinned key: $verified"
+echo "audit log intact, verified against the pinned key"
 
 # ------------------------------------------------------------ purge
 step "dpkg --purge: user, files, state and units removed"
