@@ -15,8 +15,10 @@ Accepted Arrow types (dictionary-encoded columns are judged by their value type)
 * labels: ``binary`` numeric or bool, ``regression`` numeric, ``class_index`` integer,
   ``survival`` numeric time and numeric or bool event (``y = (time, event)``).
 
-NaN is a value, not a null: it reaches the graph, whose non-finite results the wrapper
-zeroes. Nulls never reach a graph (:func:`drop_rows_with_nulls`).
+A missing value never reaches a graph (:func:`drop_rows_with_nulls`): a null, and in a
+floating column NaN or an infinity too, which is how pandas, Spark and R often write a
+value that was not measured. So the rows a task can use, which the cohort minimum
+counts, are the rows that contribute something.
 """
 
 from __future__ import annotations
@@ -108,26 +110,30 @@ def _decoded(column: Any) -> Any:
 
 
 def _usable(batch: pa.RecordBatch, columns: tuple[str, ...]) -> Any:
-    """A boolean mask of the rows without a null in any of ``columns``; None when every row is."""
+    """A boolean mask of the rows with a value (not null, and finite if floating) in every one of
+    ``columns``; None when every row has."""
     valid: Any = None
     for name in columns:
         column = _decoded(batch.column(name))
-        if column.null_count == 0:
+        if pa.types.is_floating(column.type):
+            ok = pc.fill_null(pc.is_finite(column), False)
+        elif column.null_count == 0:
             continue
-        ok = pc.is_valid(column)
+        else:
+            ok = pc.is_valid(column)
         valid = ok if valid is None else pc.and_(valid, ok)
     return valid
 
 
 def drop_rows_with_nulls(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.RecordBatch:
-    """``batch`` without the rows holding a null in any of ``columns`` (the package
-    format promises such rows are not fed to a graph)."""
+    """``batch`` without the rows missing a value (null, or NaN/infinite if floating) in any of
+    ``columns`` (the package format promises such rows are not fed to a graph)."""
     valid = _usable(batch, columns)
     return batch if valid is None else batch.filter(valid)
 
 
 def count_usable(batch: pa.RecordBatch, columns: tuple[str, ...]) -> int:
-    """How many rows :func:`drop_rows_with_nulls` keeps, from the columns' validity alone."""
+    """How many rows :func:`drop_rows_with_nulls` keeps."""
     valid = _usable(batch, columns)
     return batch.num_rows if valid is None else int(valid.true_count)
 

@@ -146,6 +146,17 @@ def test_the_count_is_the_rows_a_pass_yields(tmp_path: Path) -> None:
     assert rows.count_usable() == sum(batch.size for batch in rows.batches()) > 0
 
 
+def test_a_float_written_as_nan_or_infinity_is_missing_like_a_null(tmp_path: Path) -> None:
+    """pandas, Spark and R often write an unmeasured float as NaN: such a row is not usable, as a null is not."""
+    table = cohort_table(300)
+    bmi = [v if i < 50 else (float("nan") if i % 2 else float("inf")) for i, v in enumerate(table["bmi"].to_pylist())]
+    table = table.set_column(table.schema.get_field_index("bmi"), "bmi", pa.array(bmi, pa.float32()))
+    pq.write_table(table, tmp_path / "nan.parquet", row_group_size=64)
+    manifest = parse_manifest(manifest_and_graphs()[0])
+    rows = ArrowRowSource(ds.dataset(tmp_path / "nan.parquet"), manifest, batch_size=50)
+    assert rows.count_usable() == sum(batch.size for batch in rows.batches()) == 50
+
+
 class _Shrinking:
     """Rows whose second pass finds fewer rows than the first (files replaced mid-task)."""
 
