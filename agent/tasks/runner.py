@@ -34,6 +34,7 @@ from agent.governance.decisions import (
     check_coordinator,
     dataset_not_found,
     decide,
+    visible_datasets,
 )
 from agent.governance.in_force import PolicyInForce
 from agent.governance.model import CoordinatorRule, DatasetRule, Policy
@@ -213,7 +214,12 @@ class TaskRunner:
         self, caller: str, spec: TaskSpecification, manifest: Manifest, policy: Policy, now: dt.datetime
     ) -> tuple[DatasetSpec, DatasetRule, int | None]:
         """The policy's decision (audited); the dataset, its rule and its row count when allowed."""
-        dataset, cohort = self._dataset(spec.dataset_id)
+        # A dataset the caller may not see is not read before the refusal: how long reading its files
+        # takes would tell a hidden dataset from an absent one.
+        if visible_datasets(caller, policy, now, [spec.dataset_id]):
+            dataset, cohort = self._dataset(spec.dataset_id)
+        else:
+            dataset, cohort = self._catalogued(spec.dataset_id), None
         request = Request(
             caller,
             Action.RUN_TASK,
@@ -362,6 +368,13 @@ class TaskRunner:
                 policy_digest=policy_digest,
             )
         )
+
+    def _catalogued(self, dataset_id: str) -> DatasetSpec | None:
+        """The dataset's declaration, without reading its files."""
+        try:
+            return self._catalog.get(dataset_id)
+        except UnknownDatasetError:
+            return None
 
     def _dataset(self, dataset_id: str) -> tuple[DatasetSpec | None, int | None]:
         try:

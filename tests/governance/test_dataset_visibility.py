@@ -7,6 +7,8 @@ dataset id; the audit log keeps the true rule. Real agent, real mTLS, real audit
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -91,3 +93,19 @@ def test_the_list_shows_only_the_visible_datasets(agent: Agent) -> None:
 def test_a_granted_dataset_is_still_served(agent: Agent) -> None:
     assert agent.stub.GetDataset(pb.GetDatasetRequest(dataset_id="cohort"), timeout=30).id == "cohort"
     assert agent.stub.GetBudget(pb.GetBudgetRequest(dataset_id="cohort"), timeout=30).epsilon_limit == 50.0
+
+
+def test_a_dataset_not_visible_is_not_read_before_the_refusal(agent: Agent, tmp_path: Path) -> None:
+    """How long reading a dataset takes would tell it from an absent one: a hidden dataset's file
+    is not opened before the refusal. Seen in its access time, set to the epoch beforehand."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"x")
+    os.utime(probe, (0, time.time()))
+    probe.read_bytes()
+    if probe.stat().st_atime == 0:
+        pytest.skip("this filesystem does not record access times (noatime)")
+    hidden = tmp_path / "data" / "hide.parquet"
+    os.utime(hidden, (0, time.time()))
+    code, details = told(calls(agent, NO_POLICY)["RunTask"])
+    assert (code, details) == (grpc.StatusCode.NOT_FOUND, f"dataset {NO_POLICY!r} not found")
+    assert hidden.stat().st_atime == 0
