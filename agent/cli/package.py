@@ -20,7 +20,7 @@ from typing import Any
 from agent.audit import events
 from agent.audit.log import AuditLog
 from agent.cli.exit_codes import ExitCode
-from agent.cli.settings import add_config_arguments, identity_key, resolve_config
+from agent.cli.settings import add_config_arguments, check_identity_pin, identity_key, resolve_config
 from agent.config import AgentConfig
 from agent.governance.approvals import approval_in_force, listed_reviewer, review
 from agent.governance.development import development_policy
@@ -247,6 +247,10 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
     taken (run this as the service user, who can write the log).
     """
     config = resolve_config(args)
+    # A development instance may not have served yet; it creates its key as serve would. The
+    # decision's audit entry is signed with it: never with a key that is not the pinned one.
+    agent_key, _ = identity_key(config)
+    check_identity_pin(config, agent_key)
     reviewer_key = load_key_file(args.reviewer_key)
     policy = _policy(config)
     # Refused rather than warned about: the agent ignores a decision by an unlisted key, and
@@ -265,8 +269,6 @@ def _review(args: argparse.Namespace, kind: DecisionKind) -> int:
         # An approval no listed reviewer signed (e.g. from before reviewers were listed) returns to
         # pending first, so that a listed reviewer can approve it now.
         approval_in_force(store, stored, policy.reviewers)
-    # A development instance may not have served yet; it creates its key as serve would.
-    agent_key, _ = identity_key(config)
     audit_log = AuditLog.open(config.audit.directory, agent_key, checkpoint_every=config.audit.checkpoint_every)
     with closing(audit_log) as audit:
         now = datetime.now(UTC)

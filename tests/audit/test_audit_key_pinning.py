@@ -239,6 +239,27 @@ def test_doctor_fails_a_key_that_is_not_the_pinned_one_and_warns_without_a_pin(t
     assert status is Status.FAIL and key.fingerprint in detail and str(config) in detail
 
 
+def test_a_reviewer_decision_is_not_signed_with_a_key_that_is_not_the_pinned_one(tmp_path: Path, pki: Pki) -> None:
+    config = write_config(tmp_path, pki)
+    pin(config, load_key_file(tmp_path / "identity.key").fingerprint)
+    generate_key_file(tmp_path / "identity.key", overwrite=True)  # swapped in the state directory
+    reviewer = generate_key_file(tmp_path / "reviewer.key")
+    refused = run_cli(
+        "package",
+        "approve",
+        "sha256:" + "ab" * 32,
+        "--config",
+        str(config),
+        "--reviewer-key",
+        str(tmp_path / "reviewer.key"),
+        "--reviewer",
+        "Dr. Officer",
+    )
+    assert refused.returncode == 1 and "pinned_fingerprint" in refused.stderr and "Traceback" not in refused.stderr
+    assert reviewer.fingerprint not in refused.stdout
+    assert not (tmp_path / "state" / "audit").exists() or not list((tmp_path / "state" / "audit").glob("audit-*"))
+
+
 def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path, pki: Pki) -> None:
     config = write_config(tmp_path, pki)
     key_file = tmp_path / "identity.key"
