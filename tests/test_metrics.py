@@ -126,7 +126,8 @@ def test_warm_worker_reuse_and_parameter_cache_hits_are_counted() -> None:
     pool = WorkerPool(preload=["tests.tasks.worker_jobs"])
     cache = ParameterCache(1 << 20, 60.0, sweep_in_background=False)
     metrics.watch_reuse(pool.stats, cache.stats)
-    limits = WorkerLimits(memory_bytes=512 * 1024 * 1024, cpu_seconds=30, wall_seconds=30)
+    # Ample: a worker forked from a forkserver another test started with the daemon's imports holds ~1.6 GiB.
+    limits = WorkerLimits(memory_bytes=4 * 1024**3, cpu_seconds=30, wall_seconds=30)
     try:
         for _ in range(3):
             pool.run(worker_jobs.add, (1, 2), limits, reuse_key="run-1")

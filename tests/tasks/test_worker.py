@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent.tasks.shared_memory import SharedRegion
-from agent.tasks.worker import FailureKind, TaskFailedError, WorkerLimits, WorkerPool
+from agent.tasks.worker import FailureKind, TaskFailedError, WorkerLimits, WorkerPool, worker_startup_bytes
 from tests.tasks import worker_jobs
 
 LIMITS = WorkerLimits(memory_bytes=2 * 1024**3, cpu_seconds=30, wall_seconds=30)
@@ -47,9 +47,14 @@ def test_each_task_gets_a_fresh_process(pool: WorkerPool) -> None:
 
 
 def test_memory_limit(pool: WorkerPool) -> None:
-    limits = WorkerLimits(memory_bytes=512 * 1024**2, cpu_seconds=30, wall_seconds=30)
+    # What a worker holds depends on what the (process-wide) forkserver imported, which depends
+    # on the tests before: the limit is set above that, with room for 16 MiB but not 1 GiB.
+    startup = worker_startup_bytes(pool)
+    assert startup is not None
+    mib = startup // 2**20 + 256
+    limits = WorkerLimits(memory_bytes=mib * 2**20, cpu_seconds=30, wall_seconds=30)
     caught = failure(pool, worker_jobs.allocate, 1024, limits)
-    assert caught.kind is FailureKind.MEMORY and "512 MiB" in caught.message
+    assert caught.kind is FailureKind.MEMORY and f"{mib} MiB" in caught.message
     # The same pool keeps working afterwards.
     assert pool.run(worker_jobs.allocate, 16, limits).scalars["bytes"] == 16 * 1024 * 1024
 
