@@ -22,10 +22,6 @@ class AuditRecord:
     file: str | None = field(default=None, compare=False)
     line: int | None = field(default=None, compare=False)
 
-    @property
-    def timestamp(self) -> dt.datetime:
-        return parse_time(self.time)
-
     def get(self, name: str, default: Any = None) -> Any:
         return self.fields.get(name, default)
 

@@ -424,13 +424,9 @@ class PrivacyLedger:
             last_used=None if row is None else datetime.fromisoformat(row[2]),
         )
 
-    def tasks_started_since(self, coordinator: str, since: datetime) -> int:
-        """Reservations by ``coordinator`` at or after ``since`` (the policy's rate limits count these)."""
-        (count,) = self.tasks_started_since_each(coordinator, (since,))
-        return count
-
     def tasks_started_since_each(self, coordinator: str, sinces: Sequence[datetime]) -> tuple[int, ...]:
-        """tasks_started_since() for each of ``sinces``, counted in one query (one snapshot)."""
+        """For each of ``sinces``, the reservations by ``coordinator`` at or after it (the policy's rate
+        limits count these), counted in one query (one snapshot)."""
         if not sinces:
             return ()
         with self._read() as conn:

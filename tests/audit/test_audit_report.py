@@ -12,7 +12,7 @@ from audit_fixtures import START, XSS_CALLER, XSS_CORRELATION, XSS_DATASET, writ
 from agent.audit import events, verify_log
 from agent.audit.chart import PALETTE, BudgetSeries, render_budget_chart
 from agent.audit.query import AuditQuery, read_records, select
-from agent.audit.record import AuditRecord
+from agent.audit.record import AuditRecord, parse_time
 from agent.audit.report import ReportPeriod, budget_series, render_html_report
 from agent.identity.agent_key import AgentKey
 
@@ -86,7 +86,7 @@ def test_queries_filter_by_kind_coordinator_dataset_package_and_time(usage_dir: 
     assert find(package="3434") == find(kinds=("package.rejected",))
     day_one = find(since=START + dt.timedelta(days=1), until=START + dt.timedelta(days=2))
     assert day_one and all(
-        START + dt.timedelta(days=1) <= records[s - 1].timestamp < START + dt.timedelta(days=2) for s in day_one
+        START + dt.timedelta(days=1) <= parse_time(records[s - 1].time) < START + dt.timedelta(days=2) for s in day_one
     )
     assert find(kinds=("rpc.decision",), dataset="labs") == []
 
@@ -96,7 +96,7 @@ def test_budget_series_start_where_the_period_starts(usage_dir: Path) -> None:
     whole = {s.dataset: s for s in budget_series(records, ReportPeriod())}
     assert set(whole) == {"onco", "labs", XSS_DATASET}
     assert whole["onco"].final_level == pytest.approx(6 * 0.4) and whole["onco"].limit == 3.0
-    last_task = max(r.timestamp for r in records if r.kind == "task.finished" and r.get("dataset") == "onco")
+    last_task = max(parse_time(r.time) for r in records if r.kind == "task.finished" and r.get("dataset") == "onco")
     later = {s.dataset: s for s in budget_series(records, ReportPeriod(start=last_task - dt.timedelta(minutes=1)))}
     assert later["onco"].start_level == pytest.approx(5 * 0.4) and len(later["onco"].points) == 1
 

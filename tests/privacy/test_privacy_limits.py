@@ -80,7 +80,7 @@ def test_32_threads_against_a_rate_limit_of_5(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(outcomes) == ["refused"] * 27 + ["reserved"] * 5
-    assert ledger.tasks_started_since("c", T0) == 5
+    assert ledger.tasks_started_since_each("c", (T0,)) == (5,)
 
 
 def _reserve_in_child(path: Path, start: multiprocessing.synchronize.Barrier, index: int) -> None:
@@ -111,7 +111,8 @@ def test_8_processes_against_a_rate_limit_of_5(tmp_path: Path) -> None:
     codes = [child.exitcode for child in children]
     assert all(code is not None and code >= 100 for code in codes), codes
     assert sum(code - 100 for code in codes if code is not None) == 5
-    assert PrivacyLedger(path, RdpAccountant()).tasks_started_since("c", datetime.now(UTC) - timedelta(hours=1)) == 5
+    reopened = PrivacyLedger(path, RdpAccountant())
+    assert reopened.tasks_started_since_each("c", (datetime.now(UTC) - timedelta(hours=1),)) == (5,)
 
 
 def test_refusal_says_when_the_next_task_may_start(tmp_path: Path) -> None:
