@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Protocol, TypedDict
 
 from agent.refusal import Refusal
+from agent.tasks.failure import FailureKind
 
 if typing.TYPE_CHECKING:
     from agent.audit.record import AuditRecord
@@ -99,9 +100,7 @@ DELTA = Field("delta", "the budget group's δ", "δ")
 RELEASED = Field("released", "names of the tensors and metrics sent to the coordinator", "Released")
 FAILURE = Field(
     "failure",
-    "how the task failed: a worker limit (`memory`, `cpu_time`, `wall_time`), the call ended (`cancelled`, "
-    "`abandoned`, `stalled`), the computation refused its input (`task_error`, or the rule that refused the "
-    "rows it read, e.g. `dataset.min_cohort`), or `crashed`",
+    "how the task failed: " + ", ".join(f"`{kind.value}`" for kind in FailureKind) + " (agent/tasks/failure.py)",
     "Failure",
     was=("code",),
 )
@@ -420,6 +419,7 @@ class TaskFailed(AdmittedTaskEvent):
     kind = "task.failed"
     when = "an admitted task ended without a result; says whether its reservation stays charged"
     failure: Annotated[str, FAILURE]
+    rule: Annotated[str | None, RULE]
     reason: Annotated[str, REASON]
     charged: Annotated[bool, CHARGED]
     epsilon_charged: Annotated[float, EPSILON_CHARGED]
@@ -564,10 +564,18 @@ def value(record: AuditRecord, field: Field) -> Any:
     if known is not None and field not in known:
         return None
     for old in field.was:
-        # An older name is read only where the kind has no current field of that name.
-        if old in fields and (known is None or all(other.name != old for other in known)):
+        # An older name is read only where the kind has no current field of that name, and, where
+        # two of its fields once had it (task.failed's `failure` and `rule` were both `code` in
+        # different kinds), by the first of them.
+        if old in fields and (known is None or _first_to_claim(known, old) is field):
             return fields[old]
     return None
+
+
+def _first_to_claim(known: tuple[Field, ...], old: str) -> Field | None:
+    if any(item.name == old for item in known):
+        return None
+    return next((item for item in known if old in item.was), None)
 
 
 def normalised(record: AuditRecord) -> dict[str, Any]:

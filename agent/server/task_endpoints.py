@@ -31,13 +31,14 @@ from agent.api.tensor_dtypes import CODE_BY_DTYPE, DTYPE_BY_CODE
 from agent.datasets.spec import DATASET_ID_PATTERN
 from agent.server.status import refuse
 from agent.tasks.errors import TaskSpecError
+from agent.tasks.failure import FailureKind
 from agent.tasks.idle_timer import IdleTimer
 from agent.tasks.kinds import registry
 from agent.tasks.parameter_cache import ParameterCache, RunKey
 from agent.tasks.runner import Admission, TaskOutcome, TaskRefusedError, TaskRunner
 from agent.tasks.spec import TaskSpecification
 from agent.tasks.tensors import TensorAssembler, TensorDecl, TensorError, chunk_views, to_wire
-from agent.tasks.worker import FailureKind, TaskFailedError
+from agent.tasks.worker import TaskFailedError
 
 _FAILURE_STATUS = {
     FailureKind.MEMORY: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -46,6 +47,9 @@ _FAILURE_STATUS = {
     FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
     FailureKind.TASK_ERROR: grpc.StatusCode.FAILED_PRECONDITION,
     FailureKind.CRASHED: grpc.StatusCode.INTERNAL,
+    FailureKind.ABANDONED: grpc.StatusCode.CANCELLED,
+    FailureKind.STALLED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailureKind.INVALID_PARAMETERS: grpc.StatusCode.INVALID_ARGUMENT,
 }
 _MAX_PARAMETERS = 4096
 # While a task is prepared or computes, its latest progress is repeated this often: a
@@ -346,20 +350,21 @@ class TaskEndpoints:
         except TensorError as exc:
             if watch.fired:
                 # Cut off by the watch: the request stream may end rather than fail.
-                self._runner.fail(admission, "stalled", watch.message())
+                self._runner.fail(admission, FailureKind.STALLED, watch.message())
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, watch.message())
             if not context.is_active():
                 # The call ended under the upload (a message over the size limit ends
                 # the request stream early): the client has its status already.
-                self._runner.fail(admission, "abandoned", f"the call ended during the parameter upload: {exc}")
+                ended = f"the call ended during the parameter upload: {exc}"
+                self._runner.fail(admission, FailureKind.ABANDONED, ended)
                 context.abort(grpc.StatusCode.CANCELLED, "the call ended during the parameter upload")
-            self._runner.fail(admission, "invalid_parameters", str(exc))
+            self._runner.fail(admission, FailureKind.INVALID_PARAMETERS, str(exc))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError:
             if watch.fired:
-                self._runner.fail(admission, "stalled", watch.message())
+                self._runner.fail(admission, FailureKind.STALLED, watch.message())
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, watch.message())
-            self._runner.fail(admission, "abandoned", "the parameter upload stopped")
+            self._runner.fail(admission, FailureKind.ABANDONED, "the parameter upload stopped")
             context.abort(grpc.StatusCode.CANCELLED, "the parameter upload stopped")
         return received
 

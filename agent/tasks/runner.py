@@ -47,8 +47,9 @@ from agent.privacy.ledger import PrivacyLedger, RateLimit, Reservation
 from agent.refusal import Refusal
 from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.errors import TaskSpecError
+from agent.tasks.failure import FailureKind
 from agent.tasks.spec import TaskSpecification, check_against_package
-from agent.tasks.worker import FailureKind, Released, TaskFailedError, WorkerLimits, WorkerPool
+from agent.tasks.worker import Released, TaskFailedError, WorkerLimits, WorkerPool
 
 # What the coordinator hears about any failure after rows were read (the details stay in the local log).
 RESOURCE_FAILURES = frozenset({FailureKind.MEMORY, FailureKind.CPU_TIME, FailureKind.WALL_TIME})
@@ -455,8 +456,7 @@ class TaskRunner:
             # their status (the contract's RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED):
             # with static shapes and the same number of rows per step, memory and time
             # depend on the package and the dataset's size, not on row values.
-            # A refusal names its rule (dataset.min_cohort at read time); other failures their kind.
-            self.fail(admission, exc.rule or exc.kind.value, exc.message, exc.detail, charge=exc.progressed)
+            self.fail(admission, exc.kind, exc.message, exc.detail, charge=exc.progressed, rule=exc.rule)
             if exc.progressed and exc.kind in RESOURCE_FAILURES:
                 raise TaskFailedError(exc.kind, f"{exc.message}; it was charged", progressed=True) from None
             if exc.progressed and exc.kind is not FailureKind.CANCELLED:
@@ -464,7 +464,7 @@ class TaskRunner:
             raise
         except BaseException as exc:
             # A bug here must still settle the reservation; charged, since rows may have been read.
-            self.fail(admission, "crashed", "the task failed inside the agent", repr(exc), charge=True)
+            self.fail(admission, FailureKind.CRASHED, "the task failed inside the agent", repr(exc), charge=True)
             raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", repr(exc)) from exc
         if not self._claim_settlement(admission):
             # Refunded meanwhile (the call ended): this result was never paid for and must not leave.
@@ -490,8 +490,18 @@ class TaskRunner:
             result.tensors, result.scalars, admission.epsilon_share, admission.epsilon_reserved, admission.delta
         )
 
-    def fail(self, admission: Admission, code: str, message: str, detail: str = "", *, charge: bool = False) -> None:
-        """The task ends without a result: refund its reservation (or charge it) and audit why."""
+    def fail(
+        self,
+        admission: Admission,
+        kind: FailureKind,
+        message: str,
+        detail: str = "",
+        *,
+        charge: bool = False,
+        rule: str = "",
+    ) -> None:
+        """The task ends without a result: refund its reservation (or charge it) and audit why
+        (``rule``: the rule that refused the rows it read, e.g. dataset.min_cohort)."""
         if not self._claim_settlement(admission):
             return
         try:
@@ -507,7 +517,8 @@ class TaskRunner:
         self._audit.record(
             TaskFailed(
                 **admission.about,
-                failure=code,
+                failure=kind.value,
+                rule=rule or None,
                 reason=message,
                 charged=charge,
                 epsilon_charged=admission.epsilon_share if charge else 0.0,
@@ -527,7 +538,7 @@ class TaskRunner:
             return
         running.cancelled.set()
         if not executing:
-            self.fail(admission, "abandoned", "the call ended before the task produced a result")
+            self.fail(admission, FailureKind.ABANDONED, "the call ended before the task produced a result")
 
     def _claim_settlement(self, admission: Admission) -> bool:
         """True for the one caller that settles this reservation; the task stops counting as running."""

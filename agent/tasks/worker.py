@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import enum
 import errno
 import json
 import math
@@ -42,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from agent.tasks.failure import FailureKind
 from agent.tasks.shared_memory import (
     SharedMemoryError,
     TensorSlot,
@@ -86,15 +86,6 @@ _RULE_ID = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 # its first threads' stacks and thread-local data (measured: with less than about 12 MiB
 # glibc aborts thread creation with exit code 127, which no handler can report).
 STARTUP_HEADROOM_BYTES = 64 * 1024 * 1024
-
-
-class FailureKind(enum.Enum):
-    MEMORY = "memory"  # the address-space limit was hit
-    CPU_TIME = "cpu_time"  # the CPU-time limit was hit
-    WALL_TIME = "wall_time"  # the wall-clock limit was hit
-    CANCELLED = "cancelled"  # CancelTask or the client went away
-    TASK_ERROR = "task_error"  # the computation refused its input (message is safe to show)
-    CRASHED = "crashed"  # anything else: the worker died or raised unexpectedly
 
 
 class TaskFailedError(Exception):

@@ -196,6 +196,7 @@ def write_usage_log(directory: Path, key: AgentKey) -> None:
             events.TaskFailed(
                 **failed,
                 failure="memory",
+                rule=None,
                 reason="worker ran out of memory",
                 charged=False,
                 epsilon_charged=0.0,

@@ -68,6 +68,13 @@ def test_a_field_is_read_under_the_name_an_older_version_wrote() -> None:
     )
     assert events.value(started, events.PACKAGE_VERSION) is None
     assert events.value(started, events.AGENT_VERSION) == "0.1.0"
+    # 0.1's `code` was a failure in task.failed and a rule in package.refused.
+    failed = AuditRecord.from_entry({"seq": 1, "time": "t", "kind": "task.failed", "prev": "", "hash": "", "code": "x"})
+    assert (events.value(failed, events.FAILURE), events.value(failed, events.RULE)) == ("x", None)
+    refused = AuditRecord.from_entry(
+        {"seq": 1, "time": "t", "kind": "package.refused", "prev": "", "hash": "", "code": "y"}
+    )
+    assert (events.value(refused, events.RULE), events.value(refused, events.FAILURE)) == ("y", None)
 
 
 def test_queries_filter_by_kind_coordinator_dataset_package_and_time(usage_dir: Path) -> None:

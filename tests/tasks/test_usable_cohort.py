@@ -65,7 +65,8 @@ def assert_nothing_charged(agent: Agent) -> None:
     budget = agent.stub.GetBudget(pb.GetBudgetRequest(dataset_id="cohort"), timeout=30)
     assert (budget.tasks_charged, budget.epsilon_spent, budget.epsilon_reserved) == (0, 0.0, 0.0)
     failed = agent.audit("task.failed")[-1]
-    assert (failed["failure"], failed["charged"], failed["epsilon_charged"]) == (MIN_COHORT_RULE, False, 0.0)
+    assert (failed["failure"], failed["rule"]) == ("task_error", MIN_COHORT_RULE)
+    assert (failed["charged"], failed["epsilon_charged"]) == (False, 0.0)
 
 
 def test_a_package_reading_a_mostly_null_column_is_refused_and_not_charged(agent: Agent) -> None:
