@@ -99,33 +99,36 @@ def _write_pin(source: Path, fingerprint: str) -> None:
     original = source.read_bytes()
     lines = original.decode("utf-8").splitlines(keepends=True)
     line = f'pinned_fingerprint = "{fingerprint}"\n'
-    table = None
+    table, header = None, None
     for index, text in enumerate(lines):
         stripped = text.strip()
         if stripped.startswith("["):
             table = stripped
+            header = index if table == "[identity]" else header
         elif table == "[identity]" and stripped.split("=", 1)[0].strip() == "pinned_fingerprint":
             lines[index] = line
             break
     else:
-        header = next((i for i, text in enumerate(lines) if text.strip() == "[identity]"), None)
         if header is None:
             lines += ["\n" if lines and not lines[-1].endswith("\n") else "", "\n[identity]\n", line]
         else:
             lines.insert(header + 1, line)
     status = source.stat()
-    write_private(source, "".join(lines).encode("utf-8"), mode=status.st_mode & 0o777)
-    os.chown(source, status.st_uid, status.st_gid)
+    _rewrite(source, "".join(lines).encode("utf-8"), status)
     try:
         loaded = load_config(source)
     except ConfigError:
-        write_private(source, original, mode=status.st_mode & 0o777)
-        os.chown(source, status.st_uid, status.st_gid)
+        _rewrite(source, original, status)
         raise
     if loaded.identity.pinned_fingerprint != fingerprint:
-        write_private(source, original, mode=status.st_mode & 0o777)
-        os.chown(source, status.st_uid, status.st_gid)
+        _rewrite(source, original, status)
         raise UsageError(f"{source}: could not set [identity] pinned_fingerprint; set it by hand: {line.strip()}")
+
+
+def _rewrite(source: Path, data: bytes, status: os.stat_result) -> None:
+    """Replaces the file atomically with `data`, with the mode and owner it had (`status`)."""
+    write_private(source, data, mode=status.st_mode & 0o777)
+    os.chown(source, status.st_uid, status.st_gid)
 
 
 def run_rotate(args: argparse.Namespace) -> int:
