@@ -20,6 +20,7 @@ from agent.datasets import (
     DatasetSpecError,
     DuplicateDatasetError,
     guess_format,
+    identifier_like,
     inspect_dataset,
     validate_dataset_id,
 )
@@ -50,7 +51,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add.add_argument(
         "--columns",
         default=None,
-        help="comma-separated allow-list of columns coordinators may see and use (default: all)",
+        help="comma-separated allow-list of the columns coordinators may see and packages may read; "
+        "with --all-columns: the identifier-like columns to expose as well",
+    )
+    add.add_argument(
+        "--all-columns",
+        action="store_true",
+        help="expose every column the files have now, except the privacy unit and the columns that look "
+        "like identifiers (name those in --columns to expose them); columns added to the files later "
+        "are not exposed",
+    )
+    add.add_argument(
+        "--privacy-unit",
+        default=None,
+        metavar="COLUMN",
+        help="column naming the person each row belongs to (e.g. patient_id): privacy is then per person, "
+        "however many rows a person has. Never exposed. Without it each row counts as one person",
     )
     add_config_arguments(add)
     add.set_defaults(handler=run_add)
@@ -102,17 +118,29 @@ def run_add(args: argparse.Namespace) -> int:
     if not path.exists():
         raise DatasetCommandError(f"{path}: no such file or directory")
     fmt = DatasetFormat.parse(args.format) if args.format else guess_format(path)
+    if any(declared.id == dataset_id for declared in config.datasets):
+        raise DuplicateDatasetError(dataset_id, f"dataset {dataset_id!r} is already declared in {config.source}")
+    unit = args.privacy_unit.strip() if args.privacy_unit is not None else None
+    if unit == "":
+        raise DatasetSpecError("--privacy-unit: empty column name")
+    named = _parse_columns(args.columns)
+    # Everything the files hold but the unit column (and the checks of the unit column itself).
+    whole = inspect_dataset(
+        DatasetSpec(id=dataset_id, path=path, format=fmt, source=DatasetSource.REGISTRY, privacy_unit=unit)
+    )
+    if not whole.available:
+        # Refuse now rather than register something every coordinator would see as broken.
+        raise DatasetCommandError(f"dataset {dataset_id!r} not added: {whole.reason}")
+    columns = _exposed_columns(dataset_id, whole, named, all_columns=args.all_columns, unit=unit)
     spec = DatasetSpec(
         id=dataset_id,
         path=path,
         format=fmt,
         description=args.description,
-        columns=_parse_columns(args.columns),
+        columns=columns,
         source=DatasetSource.REGISTRY,
+        privacy_unit=unit,
     )
-    if any(declared.id == dataset_id for declared in config.datasets):
-        raise DuplicateDatasetError(dataset_id, f"dataset {dataset_id!r} is already declared in {config.source}")
-    # Refuse now rather than register something every coordinator would see as broken.
     inspection = inspect_dataset(spec)
     if not inspection.available:
         raise DatasetCommandError(f"dataset {dataset_id!r} not added: {inspection.reason}")
@@ -122,7 +150,78 @@ def run_add(args: argparse.Namespace) -> int:
         f"added dataset {dataset_id!r}: {fmt.value}, {inspection.row_count} rows, "
         f"{len(inspection.columns)} columns exposed"
     )
+    print(_unit_line(inspection))
+    _warn_identifiers(inspection)
     return ExitCode.SUCCESS
+
+
+def _exposed_columns(
+    dataset_id: str,
+    whole: DatasetInspection,
+    named: tuple[str, ...] | None,
+    *,
+    all_columns: bool,
+    unit: str | None,
+) -> tuple[str, ...]:
+    """The allow-list to register: named columns, or (--all-columns) every column now in the files.
+
+    Always an explicit list, so that a column added to the files later is not exposed
+    without the operator saying so.
+    """
+    available = [c.name for c in whole.columns]
+    if unit is not None and named is not None and unit in named:
+        raise DatasetSpecError(
+            f"--columns: {unit!r} is the privacy unit (--privacy-unit) and can never be exposed; "
+            "remove it from --columns"
+        )
+    if not all_columns:
+        if named is None:
+            flagged = identifier_like(available)
+            hint = f"; these look like identifiers: {', '.join(flagged)}" if flagged else ""
+            raise DatasetCommandError(
+                f"dataset {dataset_id!r} not added: say which columns coordinators may see and packages may "
+                f"read, with --columns a,b,... (or --all-columns). The columns of {whole.spec.path} are: "
+                f"{', '.join(available)}{hint}"
+            )
+        return named
+    acknowledged = set(named or ())
+    unknown = sorted(acknowledged - set(available))
+    if unknown:
+        raise DatasetSpecError(f"--columns: not a column of {whole.spec.path}: {', '.join(unknown)}")
+    held_back = [name for name in identifier_like(available) if name not in acknowledged]
+    exposed = tuple(name for name in available if name not in held_back)
+    if held_back:
+        print(
+            "not exposed (they look like identifiers; name them in --columns to expose them): "
+            + ", ".join(held_back)
+        )
+    if not exposed:
+        raise DatasetCommandError(
+            f"dataset {dataset_id!r} not added: every column of {whole.spec.path} looks like an identifier; "
+            "name the columns to expose with --columns"
+        )
+    return exposed
+
+
+def _unit_line(inspection: DatasetInspection) -> str:
+    unit = inspection.spec.privacy_unit
+    if unit is None:
+        return (
+            "privacy unit: none declared: each row counts as one person, so a person with several rows is "
+            "protected less (declare one with `edge-agent dataset add ... --privacy-unit COLUMN`)"
+        )
+    count = "" if inspection.unit_count is None else f", {inspection.unit_count} units"
+    return f"privacy unit: {unit} (never exposed{count})"
+
+
+def _warn_identifiers(inspection: DatasetInspection) -> None:
+    flagged = identifier_like(c.name for c in inspection.columns)
+    if flagged:
+        print(
+            f"warning: dataset {inspection.spec.id!r} exposes columns that look like identifiers: "
+            f"{', '.join(flagged)}",
+            file=sys.stderr,
+        )
 
 
 def _as_dict(inspection: DatasetInspection) -> dict[str, object]:
@@ -136,8 +235,11 @@ def _as_dict(inspection: DatasetInspection) -> dict[str, object]:
         "available": inspection.available,
         "reason": inspection.reason,
         "row_count": inspection.row_count,
+        "privacy_unit": spec.privacy_unit,
+        "unit_count": inspection.unit_count,
         "columns": [{"name": c.name, "arrow_type": c.arrow_type, "nullable": c.nullable} for c in inspection.columns],
         "exposed_columns": list(spec.columns) if spec.columns is not None else None,
+        "identifier_like_columns": list(identifier_like(c.name for c in inspection.columns)),
     }
 
 
@@ -150,7 +252,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not inspections:
         print("no datasets (add one with `edge-agent dataset add ID PATH`)")
         return ExitCode.SUCCESS
-    rows = [("ID", "FORMAT", "SOURCE", "STATUS", "ROWS", "COLUMNS", "PATH")]
+    rows = [("ID", "FORMAT", "SOURCE", "STATUS", "ROWS", "UNITS", "COLUMNS", "PATH")]
     for i in inspections:
         rows.append(
             (
@@ -159,6 +261,8 @@ def run_list(args: argparse.Namespace) -> int:
                 i.spec.source.value,
                 "available" if i.available else "UNAVAILABLE",
                 "-" if i.row_count is None else str(i.row_count),
+                # Rows stand for units where none is declared; "=rows" says so.
+                "-" if i.units is None else (str(i.units) if i.spec.privacy_unit else "=rows"),
                 str(len(i.columns)) if i.available else "-",
                 str(i.spec.path),
             )
@@ -187,12 +291,17 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"status:      {'available' if inspection.available else 'UNAVAILABLE: ' + inspection.reason}")
     if inspection.available:
         print(f"rows:        {inspection.row_count}")
-        exposure = "all columns" if spec.columns is None else "allow-list"
+        print(_unit_line(inspection))
+        if spec.columns is None:
+            exposure = "ALL columns of the files are exposed (no column list declared)"
+        else:
+            exposure = "allow-list"
         print(f"columns ({len(inspection.columns)}, {exposure}):")
         width = max((len(c.name) for c in inspection.columns), default=0)
         for column in inspection.columns:
             nullable = "" if column.nullable else "  not null"
             print(f"  {column.name.ljust(width)}  {column.arrow_type}{nullable}")
+        _warn_identifiers(inspection)
     return ExitCode.SUCCESS if inspection.available else ExitCode.FAILURE
 
 

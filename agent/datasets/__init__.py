@@ -14,6 +14,7 @@ from agent.datasets.errors import (
     UnknownDatasetError,
 )
 from agent.datasets.files import DataFile, list_data_files, scan_data_files
+from agent.datasets.identifiers import identifier_like, looks_like_identifier
 from agent.datasets.inspection import (
     ColumnInfo,
     DatasetInspection,
@@ -21,6 +22,7 @@ from agent.datasets.inspection import (
     inspect_dataset,
     open_dataset,
     row_count_bucket,
+    unit_type_supported,
 )
 from agent.datasets.registry import DatasetRegistry
 from agent.datasets.spec import (
@@ -52,10 +54,13 @@ __all__ = [
     "UnknownDatasetError",
     "format_from_name",
     "guess_format",
+    "identifier_like",
     "inspect_dataset",
     "list_data_files",
+    "looks_like_identifier",
     "open_dataset",
     "row_count_bucket",
     "scan_data_files",
+    "unit_type_supported",
     "validate_dataset_id",
 ]

@@ -12,8 +12,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from agent.datasets.errors import DatasetUnavailableError
@@ -37,6 +39,9 @@ class DatasetInspection:
     ``reason`` explains an unavailable dataset to an operator and is empty
     otherwise; ``columns`` and ``row_count`` are only filled in when available.
     ``row_count`` is exact: release it off-site only through row_count_bucket.
+    ``unit_count`` is the number of distinct values of the privacy-unit column
+    (None when no unit is declared); exact too, released only bucketed.
+    ``columns`` never includes the unit column.
     """
 
     spec: DatasetSpec
@@ -44,6 +49,13 @@ class DatasetInspection:
     reason: str = ""
     columns: tuple[ColumnInfo, ...] = ()
     row_count: int | None = None
+    unit_count: int | None = None
+
+    @property
+    def units(self) -> int | None:
+        """How many units (patients) the dataset holds: the distinct unit values when a
+        unit is declared, else the rows (each row its own unit). None when unavailable."""
+        return self.unit_count if self.spec.privacy_unit is not None else self.row_count
 
     def __post_init__(self) -> None:
         if self.available and self.reason:
@@ -56,7 +68,7 @@ class DatasetInspection:
         return cls(spec=spec, available=False, reason=reason)
 
 
-def open_dataset(spec: DatasetSpec) -> ds.Dataset:
+def open_dataset(spec: DatasetSpec, *, with_unit: bool = False) -> ds.Dataset:
     """Open ``spec`` as a pyarrow dataset restricted to its exposed columns.
 
     The returned dataset's schema is the allow-list projection of the file
@@ -64,10 +76,15 @@ def open_dataset(spec: DatasetSpec) -> ds.Dataset:
     expose. Directories are read with hive partitioning (``key=value`` path
     segments become columns); hidden and ``_``-prefixed entries are ignored.
 
+    The privacy-unit column is never part of the projection, except with
+    ``with_unit=True``: then it is added as the last column, for the agent's
+    own grouping of rows by unit (the worker's row source). Nothing built on
+    such a dataset may hand the column to a package.
+
     Raises DatasetUnavailableError when the files are missing, unreadable or
-    not of the declared format, or when an allow-listed column is missing.
+    not of the declared format, or when an allow-listed or the unit column is missing.
     """
-    return _open_files(spec, _scan(spec))
+    return _open_files(spec, _scan(spec), with_unit=with_unit)
 
 
 def inspect_dataset(spec: DatasetSpec) -> DatasetInspection:
@@ -243,12 +260,13 @@ def _scan(spec: DatasetSpec) -> tuple[DataFile, ...]:
     return files
 
 
-def _open_files(spec: DatasetSpec, files: tuple[DataFile, ...]) -> ds.Dataset:
+def _open_all(spec: DatasetSpec, files: tuple[DataFile, ...]) -> ds.Dataset:
+    """Every column of the files, unit column included: for the agent's own checks only."""
     # scan_data_files returns the path itself only when it is a plain file;
     # deciding from the scan avoids a second stat that could disagree with it.
     directory = len(files) != 1 or files[0].path != spec.path
     try:
-        dataset = ds.dataset(
+        return ds.dataset(
             [str(f.path) for f in files],
             format=_FORMATS[spec.format](),
             partitioning=ds.HivePartitioning.discover() if directory else None,
@@ -257,17 +275,33 @@ def _open_files(spec: DatasetSpec, files: tuple[DataFile, ...]) -> ds.Dataset:
     except (pa.ArrowException, OSError) as exc:
         raise DatasetUnavailableError(_arrow_reason(spec, exc)) from exc
 
-    if spec.columns is None:
-        return dataset
+
+def _open_files(spec: DatasetSpec, files: tuple[DataFile, ...], *, with_unit: bool = False) -> ds.Dataset:
+    return _project(spec, _open_all(spec, files), with_unit=with_unit)
+
+
+def _project(spec: DatasetSpec, dataset: ds.Dataset, *, with_unit: bool = False) -> ds.Dataset:
     schema = dataset.schema
-    missing = [name for name in spec.columns if schema.get_field_index(name) < 0]
-    if missing:
-        raise DatasetUnavailableError(
-            f"exposed column(s) {', '.join(repr(m) for m in missing)} not found in {spec.path}"
-        )
+    unit = spec.privacy_unit
+    if unit is not None and schema.get_field_index(unit) < 0:
+        raise DatasetUnavailableError(f"privacy unit column {unit!r} not found in {spec.path}")
+    if spec.columns is None:
+        if unit is None:
+            return dataset
+        allowed = {name for name in schema.names if name != unit}
+    else:
+        missing = [name for name in spec.columns if schema.get_field_index(name) < 0]
+        if missing:
+            raise DatasetUnavailableError(
+                f"exposed column(s) {', '.join(repr(m) for m in missing)} not found in {spec.path}"
+            )
+        allowed = set(spec.columns)
     # File schema order, not allow-list order: coordinators see the columns as
     # the data holder laid them out.
-    exposed = pa.schema([field for field in schema if field.name in spec.columns])
+    fields = [field for field in schema if field.name in allowed]
+    if with_unit and unit is not None:
+        fields.append(schema.field(unit))
+    exposed = pa.schema(fields)
     # pyarrow-stubs declare replace_schema as returning None; at run time it
     # returns the new dataset (the original is left unchanged).
     projected: ds.Dataset = dataset.replace_schema(exposed)  # type: ignore[func-returns-value,assignment]
@@ -275,7 +309,11 @@ def _open_files(spec: DatasetSpec, files: tuple[DataFile, ...]) -> ds.Dataset:
 
 
 def _inspect_files(spec: DatasetSpec, files: tuple[DataFile, ...]) -> DatasetInspection:
-    dataset = _open_files(spec, files)
+    everything = _open_all(spec, files)
+    # The unit is checked file by file first, so that a problem with it names the file at fault
+    # (the projection sees only the schema pyarrow took from the first file).
+    unit_count = None if spec.privacy_unit is None else _count_units(spec, spec.privacy_unit, everything)
+    dataset = _project(spec, everything)
     try:
         # Reads every Parquet/IPC footer (so one corrupt file among many is
         # caught here) and checks the structure of every CSV row.
@@ -287,5 +325,91 @@ def _inspect_files(spec: DatasetSpec, files: tuple[DataFile, ...]) -> DatasetIns
         for field in dataset.schema
     )
     return DatasetInspection(
-        spec=spec, available=True, reason="", columns=columns, row_count=row_count
+        spec=spec, available=True, reason="", columns=columns, row_count=row_count, unit_count=unit_count
     )
+
+
+def unit_type_supported(arrow_type: pa.DataType) -> bool:
+    """Whether a column of this type can identify units: exact, hashable values only.
+
+    Floats are refused because 1.0 and 1.0000000001 (or NaN and NaN) make
+    equality a poor identity; lists, structs and maps are not single values.
+    """
+    if pa.types.is_dictionary(arrow_type):
+        return unit_type_supported(arrow_type.value_type)
+    return bool(
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_binary(arrow_type)
+        or pa.types.is_large_binary(arrow_type)
+        or pa.types.is_fixed_size_binary(arrow_type)
+    )
+
+
+# Uniques of recent batches are merged into the running set of distinct units once
+# they hold this many values more than the set itself (amortises the merge).
+_MERGE_SLACK = 1 << 20
+
+
+def _count_units(spec: DatasetSpec, unit: str, dataset: ds.Dataset) -> int:
+    """Distinct values of the unit column, checking its type in every file and that it has no null.
+
+    Reads the unit column only, one batch at a time. Memory is bounded by the
+    distinct unit values themselves (at most twice over, plus _MERGE_SLACK
+    values of not yet merged batch uniques, plus one batch of the one column),
+    never by the rows: a dataset of 10^8 rows over 10^6 patients holds about
+    10^6 values here.
+    """
+    first: tuple[str, pa.DataType] | None = None
+    distinct: pa.Array[Any] | None = None
+    pending: list[pa.Array[Any]] = []
+    pending_size = 0
+    try:
+        for fragment in dataset.get_fragments():
+            where = fragment.path
+            physical = fragment.physical_schema
+            index = physical.get_field_index(unit)
+            if index < 0:
+                raise DatasetUnavailableError(f"privacy unit column {unit!r} not found in {where}")
+            arrow_type = physical.field(index).type
+            if not unit_type_supported(arrow_type):
+                raise DatasetUnavailableError(
+                    f"privacy unit column {unit!r} in {where} has type {arrow_type}, which cannot identify "
+                    "units; use an integer, string or binary column (floats, lists, structs and maps are refused)"
+                )
+            if first is None:
+                first = (where, arrow_type)
+            elif arrow_type != first[1]:
+                raise DatasetUnavailableError(
+                    f"privacy unit column {unit!r} has type {arrow_type} in {where} but {first[1]} in {first[0]}; "
+                    "the unit column must have one type in every file"
+                )
+            for batch in fragment.to_batches(columns=[unit]):
+                values = batch.column(0)
+                if values.null_count:
+                    raise DatasetUnavailableError(
+                        f"privacy unit column {unit!r} has empty (null) values in {where}; every row must "
+                        "name its unit"
+                    )
+                if pa.types.is_dictionary(values.type):
+                    # Dictionaries differ between batches; their values do not.
+                    values = values.dictionary_decode()
+                uniques = pc.unique(values)
+                pending.append(uniques)
+                pending_size += len(uniques)
+                if pending_size > (0 if distinct is None else len(distinct)) + _MERGE_SLACK:
+                    distinct = _merge(distinct, pending)
+                    pending, pending_size = [], 0
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetUnavailableError(_arrow_reason(spec, exc)) from exc
+    distinct = _merge(distinct, pending)
+    return 0 if distinct is None else len(distinct)
+
+
+def _merge(distinct: pa.Array[Any] | None, pending: list[pa.Array[Any]]) -> pa.Array[Any] | None:
+    chunks = ([] if distinct is None else [distinct]) + pending
+    if not chunks:
+        return None
+    merged: pa.Array[Any] = pc.unique(pa.concat_arrays(chunks))
+    return merged

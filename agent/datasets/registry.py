@@ -26,8 +26,10 @@ from agent.datasets.spec import DatasetFormat, DatasetSource, DatasetSpec
 from agent.durable_sqlite import read_only, write_transaction
 
 # Bumped when the table layout changes, so that an older agent refuses a file
-# written by a newer one instead of misreading it.
-_SCHEMA_VERSION = 1
+# written by a newer one instead of misreading it. Version 2 added
+# privacy_unit: an agent of version 1 would serve such a dataset row by row,
+# silently dropping the unit, so it must refuse the file instead.
+_SCHEMA_VERSION = 2
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -36,13 +38,16 @@ CREATE TABLE IF NOT EXISTS datasets (
     format      TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '',
     columns     TEXT,
-    added_at    TEXT NOT NULL
+    added_at    TEXT NOT NULL,
+    privacy_unit TEXT
 )
 """
 
-_SELECT = "SELECT id, path, format, description, columns FROM datasets"
+# Version 1 files lack the column; they are migrated by the next write, and read
+# before that as if every entry had none (each row its own unit, as before).
+_MIGRATE_TO_2 = "ALTER TABLE datasets ADD COLUMN privacy_unit TEXT"
 
-_Row = tuple[str, str, str, str, str | None]
+_Row = tuple[str, str, str, str, str | None, str | None]
 
 
 class DatasetRegistry:
@@ -69,8 +74,8 @@ class DatasetRegistry:
                     spec.id, f"dataset {spec.id!r} is already registered in {self._path}"
                 )
             conn.execute(
-                "INSERT INTO datasets (id, path, format, description, columns, added_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO datasets (id, path, format, description, columns, added_at, privacy_unit)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     spec.id,
                     str(spec.path),
@@ -78,6 +83,7 @@ class DatasetRegistry:
                     spec.description,
                     columns,
                     datetime.now(UTC).isoformat(),
+                    spec.privacy_unit,
                 ),
             )
 
@@ -100,7 +106,7 @@ class DatasetRegistry:
         with self._errors("read"), self._read() as conn:
             if conn is None:
                 return []
-            rows: builtins.list[_Row] = conn.execute(f"{_SELECT} ORDER BY id").fetchall()
+            rows: builtins.list[_Row] = conn.execute(f"{_select(conn)} ORDER BY id").fetchall()
         specs = []
         for row in rows:
             try:
@@ -116,7 +122,7 @@ class DatasetRegistry:
         with self._errors("read"), self._read() as conn:
             if conn is None:
                 return None
-            row: _Row | None = conn.execute(f"{_SELECT} WHERE id = ?", (dataset_id,)).fetchone()
+            row: _Row | None = conn.execute(f"{_select(conn)} WHERE id = ?", (dataset_id,)).fetchone()
         return None if row is None else self._to_spec(row)
 
     # ------------------------------------------------------------------ internals
@@ -170,6 +176,11 @@ class DatasetRegistry:
             if not self._has_table(conn):
                 conn.execute(_CREATE_TABLE)
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif not _has_privacy_unit(conn):
+                # In the same transaction as the write: a crash leaves the file
+                # either wholly version 1 or wholly version 2.
+                conn.execute(_MIGRATE_TO_2)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             yield conn
 
     def _has_table(self, conn: sqlite3.Connection) -> bool:
@@ -185,7 +196,7 @@ class DatasetRegistry:
         return found is not None
 
     def _to_spec(self, row: _Row) -> DatasetSpec:
-        dataset_id, path, fmt, description, columns_json = row
+        dataset_id, path, fmt, description, columns_json, privacy_unit = row
         try:
             columns = None if columns_json is None else _parse_columns(columns_json)
             return DatasetSpec(
@@ -195,6 +206,7 @@ class DatasetRegistry:
                 description=description,
                 columns=columns,
                 source=DatasetSource.REGISTRY,
+                privacy_unit=privacy_unit,
             )
         except (ValueError, TypeError, DatasetSpecError) as exc:
             # Only a hand-edited or damaged file gets here: add() validated
@@ -202,6 +214,19 @@ class DatasetRegistry:
             raise DatasetRegistryError(
                 f"the dataset registry {self._path} holds an invalid entry {dataset_id!r}: {exc}"
             ) from exc
+
+
+def _has_privacy_unit(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "privacy_unit" for row in conn.execute("PRAGMA table_info(datasets)"))
+
+
+_SELECT = "SELECT id, path, format, description, columns, privacy_unit FROM datasets"
+# A read-only connection cannot migrate a version 1 file; it reads NULL instead.
+_SELECT_V1 = "SELECT id, path, format, description, columns, NULL FROM datasets"
+
+
+def _select(conn: sqlite3.Connection) -> str:
+    return _SELECT if _has_privacy_unit(conn) else _SELECT_V1
 
 
 def _parse_columns(text: str) -> tuple[str, ...]:

@@ -65,7 +65,15 @@ class DatasetSpec:
     """A dataset the agent may compute on.
 
     ``columns`` is an allow-list of the columns exposed to packages and
-    coordinators; None exposes every column of the files.
+    coordinators; None exposes every column of the files except the unit
+    column (kept for config files that predate explicit exposure; the CLI
+    asks for ``--columns`` or ``--all-columns``).
+
+    ``privacy_unit`` names the column whose value identifies the person a row
+    belongs to (e.g. ``patient_id``): the unit that differential privacy
+    protects. None: each row is its own unit. The unit column is read by the
+    agent only (to group and sample rows by unit) and is never exposed: it may
+    not be in ``columns``.
     """
 
     id: str
@@ -74,9 +82,14 @@ class DatasetSpec:
     description: str = ""
     columns: tuple[str, ...] | None = None
     source: DatasetSource = DatasetSource.CONFIG
+    privacy_unit: str | None = None
 
     def __post_init__(self) -> None:
         validate_dataset_id(self.id)
+        if self.privacy_unit is not None and (not isinstance(self.privacy_unit, str) or not self.privacy_unit):
+            raise DatasetSpecError(
+                f"dataset {self.id!r}: privacy_unit must be a non-empty column name, got {self.privacy_unit!r}"
+            )
         if not self.path.is_absolute():
             # A relative path would resolve against whatever directory the
             # daemon or the CLI happens to run in, so the two could disagree.
@@ -102,6 +115,13 @@ class DatasetSpec:
                 raise DatasetSpecError(
                     f"dataset {self.id!r}: column(s) listed more than once: "
                     + ", ".join(duplicates)
+                )
+            if self.privacy_unit is not None and self.privacy_unit in columns:
+                # The unit column identifies a person: exposing it would hand
+                # coordinators the very link that unit-level privacy protects.
+                raise DatasetSpecError(
+                    f"dataset {self.id!r}: column {self.privacy_unit!r} is the privacy unit and can never "
+                    "be exposed; remove it from the exposed columns"
                 )
 
 

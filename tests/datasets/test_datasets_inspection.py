@@ -18,6 +18,7 @@ from agent.datasets import (
     DatasetInspection,
     DatasetSpec,
     DatasetUnavailableError,
+    InspectionCache,
     inspect_dataset,
     open_dataset,
 )
@@ -253,3 +254,73 @@ def test_inspection_invariants(tmp_path: Path) -> None:
         DatasetInspection(spec=spec, available=False)
     with pytest.raises(ValueError, match="cannot have"):
         DatasetInspection(spec=spec, available=True, reason="oops")
+
+
+# ------------------------------------------------------------ the privacy unit
+
+
+def _visits(tmp_path: Path) -> Path:
+    directory = tmp_path / "visits"
+    directory.mkdir()
+    pq.write_table(pa.table({"patient_id": [1, 1, 2], "age": [60, 61, 70]}), directory / "a.parquet")
+    pq.write_table(pa.table({"patient_id": [2, 3], "age": [71, 50]}), directory / "b.parquet")
+    return directory
+
+
+def test_the_unit_column_is_counted_and_never_listed_or_opened(tmp_path: Path) -> None:
+    spec = DatasetSpec(id="visits", path=_visits(tmp_path), format=DatasetFormat.PARQUET, privacy_unit="patient_id")
+    inspection = inspect_dataset(spec)
+    assert inspection.available, inspection.reason
+    assert (inspection.row_count, inspection.unit_count, inspection.units) == (5, 3, 3)
+    assert [c.name for c in inspection.columns] == ["age"]
+    assert open_dataset(spec).schema.names == ["age"]
+    # Only the agent's own row source asks for it, as the last column.
+    assert open_dataset(spec, with_unit=True).schema.names == ["age", "patient_id"]
+    explicit = DatasetSpec(
+        id="visits", path=spec.path, format=DatasetFormat.PARQUET, columns=("age",), privacy_unit="patient_id"
+    )
+    assert open_dataset(explicit).schema.names == ["age"]
+
+
+def test_units_are_rows_when_no_unit_is_declared(tmp_path: Path) -> None:
+    inspection = inspect_dataset(DatasetSpec(id="visits", path=_visits(tmp_path), format=DatasetFormat.PARQUET))
+    assert inspection.unit_count is None and inspection.units == inspection.row_count == 5
+    assert [c.name for c in inspection.columns] == ["patient_id", "age"]
+
+
+def test_dictionary_and_string_units_are_counted_across_batches(tmp_path: Path) -> None:
+    ids = pa.array([f"p{i % 7}" for i in range(1000)]).dictionary_encode()
+    pq.write_table(pa.table({"pid": ids, "x": list(range(1000))}), tmp_path / "d.parquet", row_group_size=64)
+    spec = DatasetSpec(id="d", path=tmp_path / "d.parquet", format=DatasetFormat.PARQUET, privacy_unit="pid")
+    assert inspect_dataset(spec).unit_count == 7
+
+
+def test_unit_counting_merges_many_batches_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.datasets.inspection as inspection_module
+
+    # A tiny merge slack forces the running set to be merged many times over.
+    monkeypatch.setattr(inspection_module, "_MERGE_SLACK", 3)
+    pq.write_table(
+        pa.table({"pid": [i % 50 for i in range(2000)], "x": list(range(2000))}),
+        tmp_path / "m.parquet", row_group_size=37,
+    )
+    spec = DatasetSpec(id="m", path=tmp_path / "m.parquet", format=DatasetFormat.PARQUET, privacy_unit="pid")
+    assert inspect_dataset(spec).unit_count == 50
+
+
+def test_the_inspection_cache_key_includes_the_unit(tmp_path: Path) -> None:
+    path = _visits(tmp_path)
+    cache = InspectionCache()
+    plain = cache.inspect(DatasetSpec(id="visits", path=path, format=DatasetFormat.PARQUET, columns=("age",)))
+    unit = cache.inspect(
+        DatasetSpec(id="visits", path=path, format=DatasetFormat.PARQUET, columns=("age",), privacy_unit="patient_id")
+    )
+    assert plain.unit_count is None and unit.unit_count == 3
+
+
+def test_a_csv_unit_with_a_missing_value_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "v.csv").write_text("patient_id,age\n1,60\n,61\n")
+    spec = DatasetSpec(id="v", path=tmp_path / "v.csv", format=DatasetFormat.CSV, privacy_unit="patient_id")
+    inspection = inspect_dataset(spec)
+    assert not inspection.available
+    assert "'patient_id'" in inspection.reason and "v.csv" in inspection.reason and "null" in inspection.reason

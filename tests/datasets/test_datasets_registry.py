@@ -98,7 +98,7 @@ def test_file_is_wal_with_expected_table(tmp_path: Path) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(datasets)")]
-        assert columns == ["id", "path", "format", "description", "columns", "added_at"]
+        assert columns == ["id", "path", "format", "description", "columns", "added_at", "privacy_unit"]
         (added_at,) = conn.execute("SELECT added_at FROM datasets").fetchone()
         assert added_at.endswith("+00:00")
     finally:
@@ -203,3 +203,49 @@ def test_reader_sees_consistent_snapshots_while_another_process_writes(tmp_path:
     # At least one read landed mid-way, so the test did exercise overlap.
     assert len(set(seen)) >= 2
     assert len(registry.list()) == count
+
+
+def test_privacy_unit_round_trips(tmp_path: Path) -> None:
+    registry = DatasetRegistry(tmp_path / "datasets.sqlite")
+    registry.add(spec("visits", tmp_path, columns=("age",), privacy_unit="patient_id"))
+    registry.add(spec("labs", tmp_path, columns=("hb",)))
+    got = {s.id: s for s in registry.list()}
+    assert got["visits"].privacy_unit == "patient_id"
+    assert got["labs"].privacy_unit is None
+
+
+_V1_TABLE = """
+CREATE TABLE datasets (
+    id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, format TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '', columns TEXT, added_at TEXT NOT NULL
+)
+"""
+
+
+def test_a_version_1_registry_reads_without_unit_and_is_migrated_by_the_next_write(tmp_path: Path) -> None:
+    db = tmp_path / "datasets.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute(_V1_TABLE)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO datasets VALUES ('old', ?, 'parquet', '', '[\"age\"]', '2025-01-01T00:00:00+00:00')",
+        (str(tmp_path / "old.parquet"),),
+    )
+    conn.commit()
+    conn.close()
+    registry = DatasetRegistry(db)
+    # Read-only: the file is not touched by reading.
+    assert [(s.id, s.privacy_unit, s.columns) for s in registry.list()] == [("old", None, ("age",))]
+    assert registry.get("old") is not None
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    conn.close()
+
+    registry.add(spec("new", tmp_path, columns=("age",), privacy_unit="patient_id"))
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    finally:
+        conn.close()
+    got = {s.id: s.privacy_unit for s in registry.list()}
+    assert got == {"old": None, "new": "patient_id"}

@@ -22,6 +22,7 @@ from agent.datasets import (
     UnknownDatasetError,
     guess_format,
     list_data_files,
+    looks_like_identifier,
     validate_dataset_id,
 )
 
@@ -197,3 +198,25 @@ def test_errors_survive_pickling_across_processes() -> None:
         assert type(copy) is type(error)
         assert copy.dataset_id == "icu"
         assert str(copy) == "custom message"
+
+
+def test_the_privacy_unit_can_never_be_an_exposed_column(tmp_path: Path) -> None:
+    with pytest.raises(DatasetSpecError, match="'patient_id' is the privacy unit and can never be exposed"):
+        DatasetSpec(
+            id="visits", path=tmp_path / "v.parquet", format=DatasetFormat.PARQUET,
+            columns=("age", "patient_id"), privacy_unit="patient_id",
+        )
+    with pytest.raises(DatasetSpecError, match="privacy_unit must be a non-empty column name"):
+        DatasetSpec(id="visits", path=tmp_path / "v.parquet", format=DatasetFormat.PARQUET, privacy_unit="")
+
+
+@pytest.mark.parametrize(
+    ("name", "flagged"),
+    [
+        ("patient_id", True), ("PatientID", True), ("mrn", True), ("date_of_birth", True), ("dob", True),
+        ("zip_code", True), ("EmailAddress", True), ("nhs_number", True), ("home_phone", True),
+        ("age", False), ("side", False), ("stage", False), ("adobe_score", False), ("time_to_event", False),
+    ],
+)
+def test_identifier_like_names(name: str, flagged: bool) -> None:
+    assert looks_like_identifier(name) is flagged
