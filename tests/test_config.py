@@ -112,6 +112,21 @@ path = "/srv/data/labs.csv"
             "datasets[1].id",
             "duplicate",
         ),
+        (
+            lambda t: t + '[[datasets]]\nid = "x"\npath = "/d.csv"\ncolumns = ["a", "pid"]\nprivacy_unit = "pid"\n',
+            "datasets[0].columns",
+            "'pid', the privacy_unit",
+        ),
+        (
+            lambda t: t + '[[datasets]]\nid = "x"\npath = "/d.csv"\nprivacy_unit = ""\n',
+            "datasets[0].privacy_unit",
+            "must name a column",
+        ),
+        (
+            lambda t: t + '[[datasets]]\nid = "x"\npath = "/d.csv"\nprivacy_unit = 3\n',
+            "datasets[0].privacy_unit",
+            "expected a string",
+        ),
         (lambda t: t + "surprise = 1\n", "governance.surprise", "unknown key"),
         (lambda t: "datasets = 3\n" + t, "datasets", "array of tables"),
         (lambda t: t + "[agent2]\n", "agent2", "unknown key"),
@@ -151,3 +166,14 @@ def test_arbitrary_text_is_either_a_config_or_a_config_error(text: str) -> None:
         parse_config(text, SOURCE)
     except ConfigError as exc:
         assert str(exc).startswith(str(SOURCE))
+
+
+def test_a_dataset_declares_its_privacy_unit() -> None:
+    config = parse_config(
+        VALID + '[[datasets]]\nid = "visits"\npath = "/v.parquet"\ncolumns = ["age"]\nprivacy_unit = "patient_id"\n',
+        SOURCE,
+    )
+    assert config.datasets[0].privacy_unit == "patient_id"
+    assert config.datasets[0].columns == ("age",)
+    plain = parse_config(VALID + '[[datasets]]\nid = "labs"\npath = "/l.csv"\n', SOURCE)
+    assert plain.datasets[0].privacy_unit is None and plain.datasets[0].columns is None

@@ -137,13 +137,26 @@ def _dataset(table: TomlTable, base: Path) -> DatasetSpec:
         fmt = DatasetFormat.parse(raw_format) if raw_format else guess_format(path)
     except DatasetSpecError as exc:
         raise table.error("format", str(exc)) from None
-    spec = DatasetSpec(
-        id=dataset_id,
-        path=path,
-        format=fmt,
-        description=table.string("description", "") or "",
-        columns=table.string_list("columns"),
-    )
+    columns = table.string_list("columns")
+    unit = table.string("privacy_unit")
+    if unit is not None and not unit.strip():
+        raise table.error("privacy_unit", "must name a column (e.g. \"patient_id\") or be left out")
+    if unit is not None and columns is not None and unit in columns:
+        raise table.error(
+            "columns",
+            f"lists {unit!r}, the privacy_unit: the unit column identifies a person and can never be exposed",
+        )
+    try:
+        spec = DatasetSpec(
+            id=dataset_id,
+            path=path,
+            format=fmt,
+            description=table.string("description", "") or "",
+            columns=columns,
+            privacy_unit=unit,
+        )
+    except DatasetSpecError as exc:
+        raise table.error("columns", str(exc)) from None
     table.finish()
     return spec
 

@@ -23,7 +23,8 @@ class DatasetCatalog:
     declaration and must not be shadowed from the command line.
 
     ``cache`` is optional so that one-shot callers (CLI) inspect directly; the
-    daemon passes one so CSV row counts are not recomputed on every RPC.
+    daemon passes one so CSV row counts are not recomputed on every RPC, and
+    ``report_exposure`` so that config datasets exposing every column are logged once.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class DatasetCatalog:
         cache: InspectionCache | None = None,
         *,
         logger: FilteringBoundLogger | None = None,
+        report_exposure: bool = False,
     ) -> None:
         by_id: dict[str, DatasetSpec] = {}
         for spec in config_specs:
@@ -51,6 +53,23 @@ class DatasetCatalog:
         # otherwise flood the log with the same warning.
         self._warned_clashes: set[str] = set()
         self._warned_lock = threading.Lock()
+        if report_exposure:
+            self._report_exposure()
+
+    def _report_exposure(self) -> None:
+        """Warn, once (the daemon asks at start-up), of config datasets that expose every column.
+
+        Kept working for config files written before exposure was explicit, but an
+        operator should see that a column added to the files later is exposed too.
+        """
+        for spec in self._config.values():
+            if spec.columns is None:
+                self._log.warning(
+                    "dataset.all_columns_exposed",
+                    dataset_id=spec.id,
+                    path=str(spec.path),
+                    advice="list the exposed columns in the dataset's `columns` in agent.toml",
+                )
 
     def specs(self) -> list[DatasetSpec]:
         """Every dataset, sorted by id."""

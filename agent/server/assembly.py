@@ -39,7 +39,11 @@ def assemble_service(
     # The cache keeps CSV row counts from being rescanned on every RPC while
     # still noticing files that change or vanish.
     catalog = DatasetCatalog(
-        config.datasets, DatasetRegistry(config.dataset_registry_file), InspectionCache(), logger=logger
+        config.datasets,
+        DatasetRegistry(config.dataset_registry_file),
+        InspectionCache(),
+        logger=logger,
+        report_exposure=True,
     )
     packages = PackageStore(config.state_dir / "packages")
     ledger = PrivacyLedger(config.state_dir / LEDGER_FILENAME, make_accountant("pld"))

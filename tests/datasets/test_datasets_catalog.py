@@ -168,3 +168,19 @@ def test_inspect_all_drops_cache_entries_of_removed_datasets(
     (after,) = catalog.inspect_all()
     assert after == before
     assert after is not before
+
+
+def test_the_daemon_warns_once_of_config_datasets_exposing_every_column(
+    tmp_path: Path, registry: DatasetRegistry
+) -> None:
+    everything = parquet_spec(tmp_path, "icu", 3)
+    listed = parquet_spec(tmp_path, "labs", 3, columns=("x",))
+    with capture_logs() as logs:
+        catalog = DatasetCatalog([everything, listed], registry, report_exposure=True)
+        catalog.specs()
+        catalog.inspect_all()
+    warnings = [entry for entry in logs if entry["event"] == "dataset.all_columns_exposed"]
+    assert [w["dataset_id"] for w in warnings] == ["icu"]
+    with capture_logs() as logs:
+        DatasetCatalog([everything], registry)  # the CLI's catalog: no report
+    assert logs == []
