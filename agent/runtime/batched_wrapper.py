@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.packages.manifest import Manifest
 from agent.runtime.batching import BATCH_DIM, BatchedGraph, BatchingRefused, Emitter, batch_graph, check_layout
+from agent.runtime.contribution import FLOAT32_OVERFLOW
 from agent.runtime.errors import WrapperBuildError
 from agent.runtime.isolation import CLIP_NORM, SUM, GraphRole, WrapperLayout, X, Y, layout_for, parameter_input
 from agent.runtime.namespace import AGENT_PREFIX
@@ -39,6 +40,13 @@ INT64 = TensorProto.INT64
 ROW_INPUTS = frozenset({"x", "y"})
 ROWS_PER_RUN = 256
 """Rows per run of a batched wrapper (the session layer feeds at most this many)."""
+# With units=True, the agent's description of a run of whole privacy units
+# (agent.runtime.contribution.RunUnits):
+UNIT = AGENT_PREFIX + "unit"
+"""int64 ``[N]``: each row's unit number within the run."""
+UNIT_ROWS = AGENT_PREFIX + "unit_rows"
+"""int64 ``[G, k]``: each unit's rows, padded with ``N``."""
+
 MAX_BATCHED_BYTES = 512 * 1024 * 1024
 """Upper bound on the batched values of one run (float64-sized, all alive at once, which
 overestimates onnxruntime's reuse of buffers). The Scan path holds one row's values; a
@@ -94,8 +102,6 @@ def _flat_rows(emitter: Emitter, batched: BatchedGraph, names: Iterable[tuple[st
     return emitter.op("Cast", [joined], to=DOUBLE)
 
 
-# fl32(p) is infinite exactly when |p| >= 2^128 * (1 - 2^-25) (round to nearest even).
-_FLOAT32_OVERFLOW = 2.0**128 * (1.0 - 2.0**-25)
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ def _outer_product(batched: BatchedGraph, name: str, size: int) -> _Outer | None
     return _Outer(node.input[0], node.input[1], rows, cols)
 
 
-def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout) -> str:
+def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *, units: bool = False) -> str:
     """``sum_i clip(g_i)`` over the rows: the security-relevant tail, in float64.
 
     Per row: the global L2 norm over all gradients, zero if any value is NaN or infinite,
@@ -136,11 +142,15 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout) -
     exactly, it is non-finite exactly when ``u_i`` or ``v_i`` is or when the largest
     product overflows float32 (as the materialised float32 product would), and its
     clipped sum is ``(s * U)^T V``, one matrix product.
+
+    With ``units`` the scale is the row's privacy unit's (:func:`_unit_scale`): the sum is
+    over units of each unit's clipped gradient sum, a bad row counting as zeros.
     """
     zero = emitter.constant(np.array(0.0, np.float64))
     squares: list[str] = []
     overflows: list[str] = []
     pieces: list[tuple[str, str | None]] = []
+    widths: list[tuple[int, int]] = []
     for slot in layout.slots:
         name = f"grad_{slot.name}"
         outer = _outer_product(batched, name, slot.size)
@@ -148,6 +158,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout) -
             dense = emitter.op("Cast", [_rows(emitter, batched, name, slot.size)], to=DOUBLE)
             squares.append(_reduce(emitter, "ReduceSumSquare", dense, [1], keepdims=1))
             pieces.append((dense, None))
+            widths.append((slot.size, 0))
             continue
         u = emitter.op("Cast", [emitter.op("Reshape", [outer.u, emitter.ints([0, outer.rows])])], to=DOUBLE)
         v = emitter.op("Cast", [emitter.op("Reshape", [outer.v, emitter.ints([0, outer.cols])])], to=DOUBLE)
@@ -168,32 +179,102 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout) -
             ],
         )
         overflows.append(
-            emitter.op("GreaterOrEqual", [largest, emitter.constant(np.array(_FLOAT32_OVERFLOW, np.float64))])
+            emitter.op("GreaterOrEqual", [largest, emitter.constant(np.array(FLOAT32_OVERFLOW, np.float64))])
         )
         pieces.append((u, v))
+        widths.append((outer.rows, outer.cols))
     total = squares[0] if len(squares) == 1 else emitter.op("Sum", squares)  # [N, 1]
     # NaN or +-Inf anywhere in a row makes its sum of squares NaN or Inf.
     bad = emitter.op("Or", [emitter.op("IsNaN", [total]), emitter.op("IsInf", [total])])
     for overflow in overflows:
         bad = emitter.op("Or", [bad, overflow])
-    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
-    # min(1, C / norm) as C / max(norm, C); 0 for a bad row.
-    scale = emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
+    # Where, not a multiply: 0 * NaN is NaN.
+    safe = [
+        (emitter.op("Where", [bad, zero, first]), None if second is None else emitter.op("Where", [bad, zero, second]))
+        for first, second in pieces
+    ]
+    if units:
+        row_norms = [
+            emitter.op("Sqrt", [emitter.op("Where", [bad, zero, square])]) for square in squares
+        ]  # [N, 1] per piece
+        scale = _unit_scale(emitter, _unit_squares(emitter, safe, widths, row_norms))
+    else:
+        norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
+        # min(1, C / norm) as C / max(norm, C); 0 for a bad row.
+        scale = emitter.op(
+            "Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])]
+        )
     weights = emitter.op("Transpose", [scale], perm=[1, 0])  # [1, N]
     sums: list[str] = []
-    for first, second in pieces:
-        # Where, not a multiply: 0 * NaN is NaN.
-        safe = emitter.op("Where", [bad, zero, first])
+    for first, second in safe:
         if second is None:
-            summed = emitter.op("MatMul", [weights, safe])  # [1, size]
+            summed = emitter.op("MatMul", [weights, first])  # [1, size]
         else:
-            scaled = emitter.op("Mul", [safe, scale])
-            summed = emitter.op(
-                "MatMul",
-                [emitter.op("Transpose", [scaled], perm=[1, 0]), emitter.op("Where", [bad, zero, second])],
-            )
+            scaled = emitter.op("Mul", [first, scale])
+            summed = emitter.op("MatMul", [emitter.op("Transpose", [scaled], perm=[1, 0]), second])
         sums.append(emitter.op("Reshape", [summed, emitter.ints([-1])]))
     return sums[0] if len(sums) == 1 else emitter.op("Concat", sums, axis=0)
+
+
+def _by_unit(emitter: Emitter, values: str, width: int) -> str:
+    """``[G, k, width]``: the rows of ``values`` ``[N, width]`` of each unit (:data:`UNIT_ROWS`),
+    a unit with fewer than ``k`` rows padded with rows of zeros."""
+    padded = emitter.op("Concat", [values, emitter.constant(np.zeros((1, width), np.float64))], axis=0)
+    return emitter.op("Gather", [padded, UNIT_ROWS], axis=0)
+
+
+# How far the computed squared norm of a unit's summed piece may fall below its true value,
+# relative to (Σ_i ‖g_i‖)² over the unit's rows: rounding in the k-by-k Gram sums, the dot
+# products of r and c values and the final reduction, each at most n·2^-53 relative to
+# the sum of absolute terms (Higham, "Accuracy and Stability", §3.1), with room to spare.
+# Without it, rows built to cancel could make a large unit sum measure as small.
+def _rounding_margin(rows: int, cols: int) -> float:
+    return float(rows + cols + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
+
+
+def _unit_squares(
+    emitter: Emitter,
+    pieces: Sequence[tuple[str, str | None]],
+    widths: Sequence[tuple[int, int]],
+    row_norms: Sequence[str],
+) -> str:
+    """``[G, 1]``: for each unit, an upper bound on ``‖Σ_{i∈unit} g_i‖²``, its summed gradient's
+    squared norm (``pieces`` with bad rows already zeroed, of ``widths`` values per row;
+    ``row_norms`` ``[N, 1]`` each row's norm of each piece, zero for bad rows).
+
+    A dense piece is summed over the unit's rows, then squared. An outer-product piece's
+    unit sum ``U_gᵀ V_g`` is never materialised: its squared Frobenius norm is
+    ``Σ_{i,j} (U_g U_gᵀ ⊙ V_g V_gᵀ)_{ij}``, two ``k x k`` Gram matrices per unit. Each
+    piece's value is raised by :func:`_rounding_margin` times ``(Σ_i ‖g_i‖)²``: clipping by
+    an upper bound keeps the unit's contribution within ``C`` whatever the rounding.
+    """
+    squares: list[str] = []
+    for (first, second), (first_width, second_width), row_norm in zip(pieces, widths, row_norms, strict=True):
+        if second is None:
+            summed = _reduce(emitter, "ReduceSum", _by_unit(emitter, first, first_width), [1], keepdims=0)  # [G, s]
+            square = _reduce(emitter, "ReduceSumSquare", summed, [1], keepdims=1)
+        else:
+            grams = []
+            for factor, width in ((first, first_width), (second, second_width)):
+                stacked = _by_unit(emitter, factor, width)  # [G, k, width]
+                grams.append(emitter.op("MatMul", [stacked, emitter.op("Transpose", [stacked], perm=[0, 2, 1])]))
+            per_row = _reduce(emitter, "ReduceSum", emitter.op("Mul", grams), [2], keepdims=0)  # [G, k]
+            square = _reduce(emitter, "ReduceSum", per_row, [1], keepdims=1)
+        bound = _reduce(emitter, "ReduceSum", _by_unit(emitter, row_norm, 1), [1], keepdims=0)  # [G, 1]
+        margin = emitter.constant(np.array(_rounding_margin(first_width, second_width), np.float64))
+        squares.append(emitter.op("Add", [square, emitter.op("Mul", [margin, emitter.op("Mul", [bound, bound])])]))
+    return squares[0] if len(squares) == 1 else emitter.op("Sum", squares)
+
+
+def _unit_scale(emitter: Emitter, squares: str) -> str:
+    """``[N, 1]``: each row's unit's clipping scale ``C / max(‖Σ_{i∈unit} g_i‖, C)`` from the
+    units' squared norms ``[G, 1]`` (:func:`_unit_squares`); a unit whose squared norm is not
+    finite gets scale 0. Each row takes its unit's scale (:data:`UNIT`)."""
+    zero = emitter.constant(np.array(0.0, np.float64))
+    bad = emitter.op("Or", [emitter.op("IsNaN", [squares]), emitter.op("IsInf", [squares])])
+    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, squares])])
+    scale = emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
+    return emitter.op("Gather", [scale, UNIT], axis=0)  # [N, 1]
 
 
 def _live(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
@@ -208,13 +289,20 @@ def _live(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.
     return kept[::-1]
 
 
-def _metric_rows(emitter: Emitter, m: str, manifest: Manifest) -> str:
+def _metric_rows(emitter: Emitter, m: str, manifest: Manifest, *, units: bool = False) -> str:
+    """Sum over rows of each metric, made finite and clamped into its range; with
+    ``units``, each row weighted by one over its unit's row count (the sum of the units' means)."""
     zero = emitter.constant(np.array(0.0, np.float64))
     low = emitter.constant(np.array([metric.low for metric in manifest.metrics], np.float64))
     high = emitter.constant(np.array([metric.high for metric in manifest.metrics], np.float64))
     bad = emitter.op("Or", [emitter.op("IsNaN", [m]), emitter.op("IsInf", [m])])
     finite = emitter.op("Where", [bad, zero, m])
     clamped = emitter.op("Min", [emitter.op("Max", [finite, low]), high])
+    if units:
+        sums = _reduce(emitter, "ReduceSum", _by_unit(emitter, clamped, len(manifest.metrics)), [1], keepdims=0)
+        listed = emitter.op("Cast", [emitter.op("Less", [UNIT_ROWS, emitter.batch_size])], to=DOUBLE)
+        rows = _reduce(emitter, "ReduceSum", listed, [1], keepdims=1)  # [G, 1]
+        clamped = emitter.op("Div", [sums, rows])
     return _reduce(emitter, "ReduceSum", clamped, [0], keepdims=0)
 
 
@@ -228,8 +316,15 @@ def _checked(model: onnx.ModelProto, batched: BatchedGraph) -> onnx.ModelProto:
     return model
 
 
-def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> onnx.ModelProto:
+def build_batched_wrapper(
+    graph_onnx: bytes, manifest: Manifest, role: GraphRole, *, units: bool = False
+) -> onnx.ModelProto:
     """The checked batched wrapper for the package's grad (or eval) graph.
+
+    With ``units``, rows are grouped by privacy unit (inputs :data:`UNIT`, and for
+    gradients :data:`PAIR_FIRST` and :data:`PAIR_SECOND`) and the sum is over units: a
+    unit's gradient rows summed, then clipped; a unit's metrics averaged
+    (:mod:`agent.runtime.contribution` has the rules).
 
     Raises :class:`BatchingRefused` when the compiler cannot batch the graph, and
     :class:`WrapperBuildError` when the graph does not fit the manifest at all.
@@ -251,11 +346,10 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
         for name, source in feeds.items()
     ]
     if role is GraphRole.GRADIENT:
-        result = _clip_rows(emitter, batched, layout)
+        emitter.op("Identity", [_clip_rows(emitter, batched, layout, units=units)], SUM)
     else:
         flat = _flat_rows(emitter, batched, [(slot.name, 1) for slot in layout.slots])
-        result = _metric_rows(emitter, flat, manifest)
-    emitter.op("Identity", [result], SUM)
+        emitter.op("Identity", [_metric_rows(emitter, flat, manifest, units=units)], SUM)
     nodes = _live([*head, *batched.nodes, *emitter.nodes], [SUM])
     # Only what is computed counts: a weight gradient the tail takes as its factors
     # (u, v) is never materialised, however large the weight.
@@ -272,6 +366,13 @@ def build_batched_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole
         helper.make_tensor_value_info(X, FLOAT, [BATCH_DIM, manifest.num_features]),
         helper.make_tensor_value_info(Y, label, [BATCH_DIM, *manifest.label.shape]),
     ]
+    if units and role is GraphRole.GRADIENT:
+        inputs += [
+            helper.make_tensor_value_info(UNIT, INT64, [BATCH_DIM]),
+            helper.make_tensor_value_info(UNIT_ROWS, INT64, ["G", "K"]),
+        ]
+    elif units:
+        inputs.append(helper.make_tensor_value_info(UNIT_ROWS, INT64, ["G", "K"]))
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))
     graph = helper.make_graph(

@@ -46,6 +46,8 @@ X = AGENT_PREFIX + "x"
 Y = AGENT_PREFIX + "y"
 CLIP_NORM = AGENT_PREFIX + "clip_norm"
 SUM = AGENT_PREFIX + "sum"
+UNIT_END = AGENT_PREFIX + "unit_end"
+"""With ``units=True``: bool ``[N]``, true on the last row of each privacy unit (a unit's rows are contiguous)."""
 
 
 class GraphRole(StrEnum):
@@ -174,6 +176,79 @@ def _metric_tail(body: _Body, m: str, state_in: str, manifest: Manifest) -> str:
     return body.op("Add", state_in, body.op("Min", body.op("Max", finite, low), high))
 
 
+def _unit_clip_tail(body: _Body, g: str, total_in: str, partial_in: str, end: str) -> tuple[str, str]:
+    """``(total, partial)`` after one row of a unit: the row (zeros if non-finite) joins the
+    unit's partial sum; on the unit's last row the partial sum is clipped like one example
+    in :func:`_clip_tail` and added to the total, and the partial sum starts again at zero."""
+    zero = body.constant(np.array(0.0, np.float64))
+    row_squares = body.op("ReduceSumSquare", g, keepdims=0)
+    row_bad = body.op("Or", body.op("IsNaN", row_squares), body.op("IsInf", row_squares))
+    partial = body.op("Add", partial_in, body.op("Where", row_bad, zero, g))
+    squares = body.op("ReduceSumSquare", partial, keepdims=0)
+    bad = body.op("Or", body.op("IsNaN", squares), body.op("IsInf", squares))
+    norm = body.op("Sqrt", body.op("Where", bad, zero, squares))
+    scale = body.op("Div", CLIP_NORM, body.op("Max", norm, CLIP_NORM))
+    clipped = body.op("Mul", body.op("Where", bad, zero, partial), scale)
+    total = body.op("Add", total_in, body.op("Where", end, clipped, zero))
+    return total, body.op("Where", end, zero, partial)
+
+
+def _unit_metric_tail(body: _Body, m: str, total_in: str, end: str, manifest: Manifest) -> tuple[str, str, str]:
+    """``(total, partial, count)`` after one row of a unit: the row's clamped metrics join
+    the unit's partial sum (:data:`_PARTIAL_IN`) and row count (:data:`_COUNT_IN`); on the
+    unit's last row the unit's mean is added to the total."""
+    zero = body.constant(np.array(0.0, np.float64))
+    partial = body.op("Add", _PARTIAL_IN, _metric_tail(body, m, zero, manifest))
+    count = body.op("Add", _COUNT_IN, body.constant(np.array(1.0, np.float64)))
+    total = body.op("Add", total_in, body.op("Where", end, body.op("Div", partial, count), zero))
+    return total, body.op("Where", end, zero, partial), body.op("Where", end, zero, count)
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """A value the Scan carries from row to row besides the running sum."""
+
+    name_in: str
+    name_out: str
+    size: int
+
+
+def _example_tail(
+    package: NamespacedGraph, manifest: Manifest, role: GraphRole, *, units: bool
+) -> tuple[_Body, list[_Carried]]:
+    """The agent's nodes after the package's, from its outputs to ``state_out`` (and the
+    carried values' outputs)."""
+    layout = layout_for(manifest, role)
+    tail = _Body()
+    carried: list[tuple[str, str, int]] = []
+    if role is GraphRole.GRADIENT:
+        flat = _flat_outputs(tail, package, [(f"grad_{slot.name}", slot.size) for slot in layout.slots])
+        if units:
+            result, partial = _unit_clip_tail(tail, flat, _STATE_IN, _PARTIAL_IN, _END_ROW)
+            carried.append((_PARTIAL_IN, partial, layout.size))
+        else:
+            result = _clip_tail(tail, flat, _STATE_IN)
+    else:
+        flat = _flat_outputs(tail, package, [(slot.name, 1) for slot in layout.slots])
+        if units:
+            result, partial, count = _unit_metric_tail(tail, flat, _STATE_IN, _END_ROW, manifest)
+            carried += [(_PARTIAL_IN, partial, layout.size), (_COUNT_IN, count, 1)]
+        else:
+            result = _metric_tail(tail, flat, _STATE_IN, manifest)
+    tail.nodes.append(helper.make_node("Identity", [result], [_STATE_OUT], name=_STATE_OUT))
+    values = []
+    for index, (name_in, value, size) in enumerate(carried):
+        name_out = f"{AGENT_PREFIX}carried_{index}"
+        tail.nodes.append(helper.make_node("Identity", [value], [name_out], name=name_out))
+        values.append(_Carried(name_in, name_out, size))
+    return tail, values
+
+
+_STATE_IN, _STATE_OUT = AGENT_PREFIX + "state_in", AGENT_PREFIX + "state_out"
+_PARTIAL_IN, _COUNT_IN = AGENT_PREFIX + "partial_in", AGENT_PREFIX + "count_in"
+_X_ROW, _Y_ROW, _END_ROW = AGENT_PREFIX + "x_row", AGENT_PREFIX + "y_row", AGENT_PREFIX + "end_row"
+
+
 def _load(data: bytes) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
@@ -191,13 +266,17 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
-def build_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> onnx.ModelProto:
+def build_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole, *, units: bool = False) -> onnx.ModelProto:
     """The checked wrapper model for the package's grad (or eval) graph.
 
     Inputs: ``agent::param::<p>`` (float32, declared shape) for every parameter,
     ``agent::x`` float32 ``[N, F]``, ``agent::y`` (label dtype) ``[N, *label shape]`` and,
     for gradients, ``agent::clip_norm`` float64 scalar (> 0). Output: ``agent::sum``,
     float64 ``[size of the layout]``.
+
+    With ``units``, rows are grouped by privacy unit (input ``agent::unit_end``, see
+    :data:`UNIT_END`) and the sum is over units, as :mod:`agent.runtime.contribution`
+    describes: a unit's gradient rows are summed, then clipped; a unit's metrics are averaged.
     """
     package_model = _load(graph_onnx)
     opset = _default_opset(package_model)
@@ -206,10 +285,8 @@ def build_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> onn
     if layout.size == 0:
         raise WrapperBuildError("the manifest declares nothing for this graph to produce")
 
-    state_in, state_out = AGENT_PREFIX + "state_in", AGENT_PREFIX + "state_out"
-    x_row, y_row = AGENT_PREFIX + "x_row", AGENT_PREFIX + "y_row"
     # The package's declared inputs are the only package:: values the agent defines.
-    feeds = {p.name: parameter_input(p.name) for p in manifest.parameters} | {"x": x_row, "y": y_row}
+    feeds = {p.name: parameter_input(p.name) for p in manifest.parameters} | {"x": _X_ROW, "y": _Y_ROW}
     if set(package.inputs) != set(feeds):
         raise WrapperBuildError(
             f"the package graph's inputs {sorted(package.inputs)[:20]} differ from the manifest's {sorted(feeds)[:20]}"
@@ -218,55 +295,64 @@ def build_wrapper(graph_onnx: bytes, manifest: Manifest, role: GraphRole) -> onn
         helper.make_node("Identity", [source], [package.inputs[name]], name=f"{AGENT_PREFIX}feed::{name}")
         for name, source in feeds.items()
     ]
-    tail = _Body()
-    if role is GraphRole.GRADIENT:
-        flat = _flat_outputs(tail, package, [(f"grad_{slot.name}", slot.size) for slot in layout.slots])
-        result = _clip_tail(tail, flat, state_in)
-    else:
-        flat = _flat_outputs(tail, package, [(slot.name, 1) for slot in layout.slots])
-        result = _metric_tail(tail, flat, state_in, manifest)
-    tail.nodes.append(helper.make_node("Identity", [result], [state_out], name=state_out))
+    tail, carried = _example_tail(package, manifest, role, units=units)
 
     label = _label_type(manifest)
     label_shape = list(manifest.label.shape)
+    row_inputs = [
+        helper.make_tensor_value_info(_X_ROW, FLOAT, [manifest.num_features]),
+        helper.make_tensor_value_info(_Y_ROW, label, label_shape),
+    ]
+    if units:
+        row_inputs.append(helper.make_tensor_value_info(_END_ROW, TensorProto.BOOL, []))
     scan_body = helper.make_graph(
         [*head, *package.nodes, *tail.nodes],
         AGENT_PREFIX + "example",
         [
-            helper.make_tensor_value_info(state_in, DOUBLE, [layout.size]),
-            helper.make_tensor_value_info(x_row, FLOAT, [manifest.num_features]),
-            helper.make_tensor_value_info(y_row, label, label_shape),
+            helper.make_tensor_value_info(_STATE_IN, DOUBLE, [layout.size]),
+            *(helper.make_tensor_value_info(value.name_in, DOUBLE, [value.size]) for value in carried),
+            *row_inputs,
         ],
-        [helper.make_tensor_value_info(state_out, DOUBLE, [layout.size])],
+        [
+            helper.make_tensor_value_info(_STATE_OUT, DOUBLE, [layout.size]),
+            *(helper.make_tensor_value_info(value.name_out, DOUBLE, [value.size]) for value in carried),
+        ],
         initializer=list(package.initializers),
     )
-    zeros = helper.make_node(
-        "ConstantOfShape",
-        [AGENT_PREFIX + "state_shape"],
-        [AGENT_PREFIX + "state_zero"],
-        value=numpy_helper.from_array(np.zeros(1, np.float64)),
-    )
+    initial: list[onnx.NodeProto] = []
+    initializers = []
+    starts: list[str] = []
+    for index, size in enumerate([layout.size, *(value.size for value in carried)]):
+        shape, zero = f"{AGENT_PREFIX}state_shape_{index}", f"{AGENT_PREFIX}state_zero_{index}"
+        initializers.append(numpy_helper.from_array(np.array([size], np.int64), shape))
+        initial.append(
+            helper.make_node("ConstantOfShape", [shape], [zero], value=numpy_helper.from_array(np.zeros(1, np.float64)))
+        )
+        starts.append(zero)
+    scanned = [X, Y, UNIT_END] if units else [X, Y]
     scan = helper.make_node(
         "Scan",
-        [AGENT_PREFIX + "state_zero", X, Y],
-        [SUM],
+        [*starts, *scanned],
+        [SUM, *(f"{AGENT_PREFIX}final_{i}" for i in range(len(carried)))],
         name=AGENT_PREFIX + "scan",
         body=scan_body,
-        num_scan_inputs=2,
+        num_scan_inputs=len(scanned),
     )
     inputs = [helper.make_tensor_value_info(parameter_input(p.name), FLOAT, list(p.shape)) for p in manifest.parameters]
     inputs += [
         helper.make_tensor_value_info(X, FLOAT, ["N", manifest.num_features]),
         helper.make_tensor_value_info(Y, label, ["N", *label_shape]),
     ]
+    if units:
+        inputs.append(helper.make_tensor_value_info(UNIT_END, TensorProto.BOOL, ["N"]))
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))
     graph = helper.make_graph(
-        [zeros, scan],
+        [*initial, scan],
         AGENT_PREFIX + "wrapper",
         inputs,
         [helper.make_tensor_value_info(SUM, DOUBLE, [layout.size])],
-        initializer=[numpy_helper.from_array(np.array([layout.size], np.int64), AGENT_PREFIX + "state_shape")],
+        initializer=initializers,
     )
     model = helper.make_model(
         graph,

@@ -28,6 +28,7 @@ import pyarrow.dataset as ds
 from agent.datasets.inspection import open_dataset
 from agent.datasets.spec import DatasetSpec
 from agent.packages.manifest import Manifest
+from agent.runtime.contribution import check_unit_starts, unit_sizes
 from agent.runtime.errors import CohortTooSmallError
 from agent.runtime.preprocessing import check_schema, count_usable, to_arrays
 
@@ -36,22 +37,48 @@ DEFAULT_BATCH_SIZE = 16_384
 
 @dataclass(frozen=True, eq=False)
 class RowBatch:
-    """Usable rows, preprocessed: ``x`` float32 ``[n, F]``, ``y`` ``[n, *label shape]``."""
+    """Usable rows, preprocessed: ``x`` float32 ``[n, F]``, ``y`` ``[n, *label shape]``.
+
+    ``unit_starts``: for a dataset with a privacy unit, the offsets (int64, increasing,
+    the first 0) where each unit's rows begin; a unit's rows are contiguous and a batch
+    holds whole units. ``None``: every row is its own unit.
+    """
 
     x: npt.NDArray[np.float32]
     y: npt.NDArray[Any]
+    unit_starts: npt.NDArray[np.int64] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2 or self.x.dtype != np.float32 or self.y.shape[:1] != self.x.shape[:1]:
             raise ValueError("a row batch needs x float32 [n, F] and y with the same first dimension")
+        if self.unit_starts is not None:
+            check_unit_starts(self.unit_starts, self.size)
 
     @property
     def size(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def units(self) -> int:
+        """Privacy units in the batch (rows, when no unit is declared)."""
+        return self.size if self.unit_starts is None else int(self.unit_starts.size)
+
+    def unit_sizes(self) -> npt.NDArray[np.int64]:
+        """Rows per unit."""
+        if self.unit_starts is None:
+            return np.ones(self.size, np.int64)
+        return unit_sizes(self.unit_starts, self.size)
+
     def select(self, mask: npt.NDArray[np.bool_]) -> RowBatch:
-        """The rows where ``mask`` is true (a Poisson sample of this batch)."""
-        return RowBatch(np.ascontiguousarray(self.x[mask]), np.ascontiguousarray(self.y[mask]))
+        """The units where ``mask`` (one value per unit) is true, with all their rows: a
+        Poisson sample of this batch."""
+        if self.unit_starts is None:
+            return RowBatch(np.ascontiguousarray(self.x[mask]), np.ascontiguousarray(self.y[mask]))
+        sizes = self.unit_sizes()
+        rows = np.repeat(mask, sizes)
+        kept = sizes[mask]
+        starts = np.concatenate(([0], np.cumsum(kept)[:-1])).astype(np.int64) if kept.size else np.zeros(0, np.int64)
+        return RowBatch(np.ascontiguousarray(self.x[rows]), np.ascontiguousarray(self.y[rows]), starts)
 
 
 class RowSource(Protocol):

@@ -19,15 +19,23 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import onnxruntime as ort
 
 from agent.packages.manifest import Manifest
-from agent.runtime.batched_wrapper import ROWS_PER_RUN, build_batched_wrapper
+from agent.runtime.batched_wrapper import (
+    ROWS_PER_RUN,
+    UNIT,
+    UNIT_ROWS,
+    build_batched_wrapper,
+)
 from agent.runtime.batching import BatchingRefused
+from agent.runtime.contribution import RunUnits, unit_sizes
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
 from agent.runtime.isolation import (
     CLIP_NORM,
     SUM,
+    UNIT_END,
     GraphRole,
     WrapperLayout,
     X,
@@ -65,6 +73,12 @@ class CompiledWrapper:
         self.role = role
         self.manifest = manifest
         self.layout: WrapperLayout = layout_for(manifest, role)
+        self._graph = graph_onnx
+        self._intra_op_threads = intra_op_threads
+        # Built on the first batch grouped by privacy unit (see _unit_sum).
+        self._unit_batched: ort.InferenceSession | None = None
+        self._unit_batched_refused = False
+        self._unit_scan: ort.InferenceSession | None = None
         self.fallback_reason: str | None = None
         """Why ``AUTO`` runs the ``Scan`` wrapper (``None``: it runs the compiled batch)."""
         self.mode = RuntimeMode.SCAN
@@ -80,23 +94,15 @@ class CompiledWrapper:
                 logging.getLogger(__name__).info("batching compiler refused the graph, using Scan: %s", refused)
         if self.mode is RuntimeMode.SCAN:
             model = build_wrapper(graph_onnx, manifest, role)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # onnxruntime would log run-time errors, whose text may depend on row values, to stderr;
-        # GraphExecutionError.detail keeps them for the worker to log deliberately.
-        options.log_severity_level = 4
-        try:
-            self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            _raise_if_out_of_memory(exc)
-            raise WrapperBuildError(f"onnxruntime refuses the wrapped package graph ({type(exc).__name__})") from None
+        self._session = _session(model, intra_op_threads)
 
     def clipped_sum(
         self, parameters: Mapping[str, Float32Array], batch: RowBatch, clip_norm: float | None = None
     ) -> Float64Array:
         """Sum over ``batch`` of the clipped per-example results, flat, float64.
+
+        For a batch grouped by privacy unit (``batch.unit_starts``), the sum over units of
+        each unit's bounded contribution (:mod:`agent.runtime.contribution`).
 
         ``parameters`` must already be checked (:func:`agent.runtime.parameters.checked_parameters`);
         ``clip_norm`` is required for gradients and ignored for metrics.
@@ -112,6 +118,8 @@ class CompiledWrapper:
                 raise ValueError("a gradient wrapper needs a finite clip_norm > 0")
             feeds[CLIP_NORM] = np.asarray(clip_norm, np.float64)
         try:
+            if batch.unit_starts is not None:
+                return self._unit_sum(feeds, batch, clip_norm)
             if self.mode is RuntimeMode.SCAN:
                 (result,) = self._session.run([SUM], feeds)
                 return self._checked(result)
@@ -133,6 +141,74 @@ class CompiledWrapper:
                 detail=str(exc)[:2000],
             ) from None
 
+    @property
+    def unit_mode(self) -> RuntimeMode:
+        """The wrapper that sums batches grouped by privacy unit: the compiled batch
+        (``BATCHED``) when the compiler accepts the graph with the unit tail, else ``SCAN``.
+        A unit of more than ROWS_PER_RUN rows is always summed by ``SCAN``."""
+        return RuntimeMode.BATCHED if self._unit_batched_session() is not None else RuntimeMode.SCAN
+
+    def _unit_batched_session(self) -> ort.InferenceSession | None:
+        if self.mode is RuntimeMode.BATCHED and self._unit_batched is None and not self._unit_batched_refused:
+            try:
+                model = build_batched_wrapper(self._graph, self.manifest, self.role, units=True)
+            except BatchingRefused as refused:
+                logging.getLogger(__name__).info("per-unit sums run in Scan: %s", refused)
+                self._unit_batched_refused = True
+            else:
+                self._unit_batched = _session(model, self._intra_op_threads)
+        return self._unit_batched
+
+    def _unit_sum(self, feeds: dict[str, object], batch: RowBatch, clip_norm: float | None) -> Float64Array:
+        """Sum over whole units (rows grouped by ``batch.unit_starts``) of their bounded contributions.
+
+        The compiled batch takes runs of whole units of at most ROWS_PER_RUN rows; a larger
+        unit, or every unit when the graph only runs in Scan, goes to the Scan wrapper,
+        which carries one unit's partial sum from row to row.
+        """
+        if batch.unit_starts is None:
+            raise ValueError("the batch is not grouped by unit")
+        starts = batch.unit_starts
+        sizes = unit_sizes(starts, batch.size)
+        batched = self._unit_batched_session()
+        limit = ROWS_PER_RUN if batched is not None else batch.size
+        shared = {name: value for name, value in feeds.items() if name not in (X, Y)}
+        total = np.zeros(self.layout.size, np.float64)
+        first = 0
+        while first < sizes.size:
+            last, rows = first + 1, int(sizes[first])
+            while last < sizes.size and rows + sizes[last] <= limit:
+                rows += int(sizes[last])
+                last += 1
+            begin = int(starts[first])
+            run_starts = (starts[first:last] - begin).astype(np.int64)
+            run = shared | {X: batch.x[begin : begin + rows], Y: batch.y[begin : begin + rows]}
+            if batched is not None and rows <= ROWS_PER_RUN:
+                total += self._unit_batched_sum(batched, run, run_starts, rows)
+            else:
+                total += self._unit_scan_sum(run, run_starts, rows)
+            first = last
+        return total
+
+    def _unit_batched_sum(
+        self, session: ort.InferenceSession, feeds: dict[str, object], unit_starts: npt.NDArray[np.int64], rows: int
+    ) -> Float64Array:
+        units = RunUnits.of(unit_starts, rows)
+        feeds = feeds | {UNIT_ROWS: units.unit_rows}
+        if self.role is GraphRole.GRADIENT:
+            feeds[UNIT] = units.unit
+        (result,) = session.run([SUM], feeds)
+        return self._checked(result)
+
+    def _unit_scan_sum(self, feeds: dict[str, object], unit_starts: npt.NDArray[np.int64], rows: int) -> Float64Array:
+        if self._unit_scan is None:
+            model = build_wrapper(self._graph, self.manifest, self.role, units=True)
+            self._unit_scan = _session(model, self._intra_op_threads)
+        end = np.zeros(rows, np.bool_)
+        end[np.append(unit_starts[1:], rows) - 1] = True
+        (result,) = self._unit_scan.run([SUM], feeds | {UNIT_END: end})
+        return self._checked(result)
+
     def _checked(self, output: npt.ArrayLike) -> Float64Array:
         # A later run's output of the wrong shape would broadcast into every coordinate.
         array = np.asarray(output)
@@ -145,6 +221,21 @@ class CompiledWrapper:
         return {
             slot.name: flat[slot.offset : slot.offset + slot.size].reshape(slot.shape) for slot in self.layout.slots
         }
+
+
+def _session(model: onnx.ModelProto, intra_op_threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # onnxruntime would log run-time errors, whose text may depend on row values, to stderr;
+    # GraphExecutionError.detail keeps them for the worker to log deliberately.
+    options.log_severity_level = 4
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        _raise_if_out_of_memory(exc)
+        raise WrapperBuildError(f"onnxruntime refuses the wrapped package graph ({type(exc).__name__})") from None
 
 
 # How onnxruntime words an allocation that failed (its arena, or C++ operator new under
