@@ -57,7 +57,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         explain.add_argument(
             hyperparameter.option, type=int if hyperparameter.integer else float, default=hyperparameter.example
         )
-    explain.add_argument("--cohort-size", type=int, default=None, help="rows (default: counted from the dataset)")
+    explain.add_argument(
+        "--cohort-size",
+        type=int,
+        default=None,
+        help="units: patients where the dataset declares a privacy unit, else rows (default: counted from the dataset)",
+    )
+    explain.add_argument(
+        "--privacy-unit",
+        default=None,
+        metavar="COLUMN",
+        help="the dataset's privacy-unit column (default: as the dataset declares it)",
+    )
     explain.add_argument("--at", default=None, help="ISO date-time to decide at (default: now)")
     explain.set_defaults(handler=run_explain)
 
@@ -106,10 +117,12 @@ def run_explain(args: argparse.Namespace) -> int:
         now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
     known = True
     cohort = args.cohort_size
+    unit = args.privacy_unit
     if catalog is not None and args.dataset:
         try:
             inspection = catalog.inspect(args.dataset)
-            cohort = cohort if cohort is not None else inspection.row_count
+            cohort = cohort if cohort is not None else inspection.units
+            unit = unit if unit is not None else inspection.spec.privacy_unit
         except UnknownDatasetError:
             known = False
     task = None
@@ -124,6 +137,7 @@ def run_explain(args: argparse.Namespace) -> int:
             label_columns=_columns(args.label_columns),
             purpose=args.purpose,
             cohort_size=cohort,
+            privacy_unit=unit,
         )
     request = Request(args.coordinator, action, now, dataset_id=args.dataset, task=task, dataset_known=known)
     decision = decide(request, policy, UsageState())

@@ -81,8 +81,11 @@ class TaskRequest:
     # The subset used as label, survival time or event.
     label_columns: frozenset[str]
     purpose: str
-    # Rows in the dataset; None when it cannot be known (fails closed).
+    # Units in the dataset (patients where a unit is declared, else rows); None when
+    # it cannot be known (fails closed).
     cohort_size: int | None
+    # The dataset's privacy-unit column; None when it declares none (each row its own unit).
+    privacy_unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,12 +212,22 @@ def _decide_task(
             "dataset.forbidden_column",
             f"columns {', '.join(forbidden)} of dataset {dataset.dataset_id!r} may never be used",
         )
-    hidden = sorted(c for c in task.columns if not dataset.column_visible(c))
+    # The unit column is never exposed, whatever the rule says; refused in the words used for any
+    # column not exposed, so that the refusal does not tell which column is the unit.
+    hidden = sorted(c for c in task.columns if not dataset.column_visible(c) or c == task.privacy_unit)
     if hidden:
         return _deny(
             Refusal.FORBIDDEN,
             "dataset.column_not_exposed",
             f"columns {', '.join(hidden)} are not exposed by dataset {dataset.dataset_id!r}",
+        )
+    if dataset.require_privacy_unit and task.privacy_unit is None:
+        return _deny(
+            Refusal.PRECONDITION,
+            "dataset.privacy_unit",
+            f"dataset {dataset.dataset_id!r} declares no privacy unit, which this agent's policy requires: "
+            "the hospital declares one with `edge-agent dataset add ID PATH --privacy-unit COLUMN` "
+            "(or privacy_unit in agent.toml)",
         )
     if dataset.label_columns is not None:
         not_labels = sorted(task.label_columns - dataset.label_columns)
@@ -244,8 +257,8 @@ def _decide_task(
         return _deny(
             Refusal.PRECONDITION,
             "dataset.min_cohort",
-            f"dataset {dataset.dataset_id!r} has fewer rows than the minimum cohort size "
-            f"of {dataset.min_cohort_size}",
+            f"dataset {dataset.dataset_id!r} has fewer units (patients, or rows where no unit is declared) "
+            f"than the minimum cohort size of {dataset.min_cohort_size}",
         )
     if coordinator.max_tasks_per_hour is not None and state.tasks_last_hour >= coordinator.max_tasks_per_hour:
         return _deny(

@@ -14,6 +14,8 @@ from agent.config.errors import ConfigError
 from agent.config.toml_table import TomlTable, decode_utf8, read_toml_file
 from agent.governance.model import (
     ANY_DATASET,
+    DEFAULT_MAX_ROWS_PER_UNIT,
+    MAX_ROWS_PER_UNIT_RANGE,
     Bounds,
     CoordinatorRule,
     DatasetRule,
@@ -116,6 +118,8 @@ def _dataset(table: TomlTable) -> DatasetRule:
         purposes=_names(table, "purposes") or frozenset(),
         agreement_expires=table.date("agreement_expires"),
         bounds=_hyperparameter_bounds(table.table("bounds")),
+        require_privacy_unit=table.boolean("require_privacy_unit", False),
+        max_rows_per_unit=table.integer("max_rows_per_unit", DEFAULT_MAX_ROWS_PER_UNIT, *MAX_ROWS_PER_UNIT_RANGE),
     )
     table.finish()
     return rule

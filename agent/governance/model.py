@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 # own. Meant for development instances; a production policy names datasets.
 ANY_DATASET = "*"
 
+# max_rows_per_unit: the default, and the range the policy file may set.
+DEFAULT_MAX_ROWS_PER_UNIT = 64
+MAX_ROWS_PER_UNIT_RANGE = (1, 10_000)
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -60,6 +64,13 @@ class DatasetRule:
     # The range of each hyperparameter, by name ([datasets.bounds.<name>]); one not named
     # here is held to its declared default (agent.tasks.kinds.hyperparameters).
     bounds: Mapping[str, Bounds] = field(default_factory=dict)
+    # Tasks only on datasets that declare a privacy unit (a patient column): without
+    # one every row counts as a person, and a patient with k rows is protected at
+    # about k times the ε the ledger states.
+    require_privacy_unit: bool = False
+    # The most rows of one unit a task reads (the agent picks which, at random): bounds
+    # how far one patient's many rows can steer a unit's clipped contribution, and the work.
+    max_rows_per_unit: int = DEFAULT_MAX_ROWS_PER_UNIT
 
     def column_visible(self, name: str) -> bool:
         if name in self.forbidden_columns:
@@ -142,4 +153,6 @@ class Policy:
             purposes=default.purposes,
             agreement_expires=default.agreement_expires,
             bounds=default.bounds,
+            require_privacy_unit=default.require_privacy_unit,
+            max_rows_per_unit=default.max_rows_per_unit,
         )

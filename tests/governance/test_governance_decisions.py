@@ -292,3 +292,29 @@ def test_decisions_are_total_and_denials_name_a_rule(
     if action is Action.RUN_TASK and decision.allowed:
         assert coordinator == COORD and dataset == "onco" and hour < 10 and running < 2
         assert cohort is not None and cohort >= 20 and 0.01 <= clip <= 10.0
+
+
+def test_a_dataset_without_a_privacy_unit_is_refused_where_the_policy_requires_one() -> None:
+    policy = with_dataset(require_privacy_unit=True)
+    decision = decide(Request(COORD, Action.RUN_TASK, NOW, dataset_id="onco", task=task()), policy, UsageState())
+    assert (decision.refusal, decision.rule) == (Refusal.PRECONDITION, "dataset.privacy_unit")
+    assert "'onco'" in decision.message and "--privacy-unit COLUMN" in decision.message
+    assert run(task(privacy_unit="patient_id"), policy=policy) == (None, "task.allowed")
+    # Not required: a dataset without a unit keeps working row by row.
+    assert run(task()) == (None, "task.allowed")
+
+
+def test_the_privacy_unit_column_is_never_readable_and_the_refusal_does_not_name_it_as_the_unit() -> None:
+    # Even a rule exposing every column does not expose the unit column.
+    policy = with_dataset(exposed_columns=None, forbidden_columns=frozenset())
+    t = task(columns=frozenset({"age", "mrn"}), privacy_unit="mrn")
+    decision = decide(Request(COORD, Action.RUN_TASK, NOW, dataset_id="onco", task=t), policy, UsageState())
+    assert (decision.refusal, decision.rule) == (Refusal.FORBIDDEN, "dataset.column_not_exposed")
+    assert decision.message == "columns mrn are not exposed by dataset 'onco'"
+    assert "unit" not in decision.message
+
+
+def test_the_minimum_cohort_counts_units() -> None:
+    decision = decide(Request(COORD, Action.RUN_TASK, NOW, dataset_id="onco", task=task(cohort_size=5)),
+                      make_policy(), UsageState())
+    assert decision.rule == "dataset.min_cohort" and "fewer units" in decision.reason

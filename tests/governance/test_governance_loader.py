@@ -46,6 +46,8 @@ def test_shipped_example_policy_loads() -> None:
     assert dataset.agreement_expires == dt.date(2027, 12, 31)
     assert policy.packages.require_approval
     assert policy.digest.startswith("sha256:")
+    assert dataset.require_privacy_unit is True
+    assert dataset.max_rows_per_unit == 64
 
 
 def test_minimal_policy_gets_safe_defaults() -> None:
@@ -56,6 +58,16 @@ def test_minimal_policy_gets_safe_defaults() -> None:
     assert rule.budget_group == "d1"
     assert rule.forbidden_columns == frozenset()
     assert policy.packages.require_approval is True
+    assert rule.require_privacy_unit is False
+    assert rule.max_rows_per_unit == 64
+
+
+def test_the_wildcard_rule_copies_the_unit_settings() -> None:
+    text = MINIMAL.replace('id = "d1"', 'id = "*"').replace('datasets = ["d1"]', 'datasets = ["*"]')
+    policy = parse_policy((text + "require_privacy_unit = true\nmax_rows_per_unit = 8\n").encode(), SOURCE)
+    rule = policy.dataset_rule("visits")
+    assert rule is not None
+    assert (rule.require_privacy_unit, rule.max_rows_per_unit) == (True, 8)
 
 
 def test_publisher_keys_from_base64_and_file(tmp_path: Path) -> None:
@@ -116,6 +128,14 @@ revoked = true
         (MINIMAL + "[packages]\nrequire_approval = 1\n", "packages.require_approval", "true or false"),
         (MINIMAL + MINIMAL.split("[[datasets]]", maxsplit=1)[0], "coordinators[1].identity", "listed twice"),
         (MINIMAL + "[surprise]\n", "surprise", "unknown key"),
+        (MINIMAL + "max_rows_per_unit = 0\n", "datasets[0].max_rows_per_unit", "between 1 and 10000, got 0"),
+        (MINIMAL + "max_rows_per_unit = -3\n", "datasets[0].max_rows_per_unit", "between 1 and 10000, got -3"),
+        (MINIMAL + "max_rows_per_unit = 10001\n", "datasets[0].max_rows_per_unit", "between 1 and 10000, got 10001"),
+        (MINIMAL + 'max_rows_per_unit = "ten"\n', "datasets[0].max_rows_per_unit",
+         "expected an integer, got str 'ten'"),
+        (MINIMAL + "max_rows_per_unit = 2.5\n", "datasets[0].max_rows_per_unit", "expected an integer"),
+        (MINIMAL + "max_rows_per_unit = true\n", "datasets[0].max_rows_per_unit", "got a boolean"),
+        (MINIMAL + 'require_privacy_unit = "yes"\n', "datasets[0].require_privacy_unit", "true or false"),
     ],
 )
 def test_invalid_policy_names_key_and_problem(text: str, key: str, problem: str) -> None:
