@@ -56,6 +56,7 @@ class TaskJob:
     # so would the usable-row count, which is why it is not used here either (with
     # many rows skipped for nulls the steps are smaller, never less private).
     normalising_rows: int = 1
+    max_rows_per_unit: int = 64
 
     def with_parameters(self, parameters: Mapping[str, npt.NDArray[np.generic]]) -> TaskJob:
         return replace(self, parameters=dict(parameters))

@@ -573,7 +573,12 @@ def rate_limits(coordinator: CoordinatorRule) -> tuple[RateLimit, ...]:
 def _job_template(
     spec: TaskSpecification, verified: VerifiedPackage, dataset: DatasetSpec, rule: DatasetRule, cohort: int | None
 ) -> TaskJob:
-    """What the worker is sent for the task, less the parameters (they arrive after admission)."""
+    """What the worker is sent for the task, less the parameters (they arrive after admission).
+
+    ``cohort`` is the dataset's unit count (patients where a unit is declared, rows
+    otherwise); the normalisation uses the lower edge of its bucket, which the
+    coordinator already sees, so one unit more or less does not move it.
+    """
     return TaskJob(
         profile=spec.profile,
         manifest=verified.manifest,
@@ -582,6 +587,7 @@ def _job_template(
         parameters={},
         min_cohort_size=rule.min_cohort_size,
         normalising_rows=row_count_bucket(cohort)[0] if cohort is not None else 1,
+        max_rows_per_unit=rule.max_rows_per_unit,
     )
 
 
