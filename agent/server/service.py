@@ -190,6 +190,8 @@ class AgentService(pb_grpc.AgentServicer):
             lower, upper = row_count_bucket(inspection.row_count)
             message.row_count.lower = lower
             message.row_count.upper = upper
+        message.privacy_unit_declared = spec.privacy_unit is not None
+        _set_units(message.unit_count, inspection)
         return message
 
     def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.ListDatasetsResponse:
@@ -286,7 +288,7 @@ class AgentService(pb_grpc.AgentServicer):
         if rule is None:  # the decision refuses datasets without a rule (reloaded since: told the same way)
             context.abort(grpc.StatusCode.NOT_FOUND, dataset_not_found(dataset_id))
         status = self._ledger.status(rule.budget_group, limit_epsilon=rule.epsilon_budget, delta=rule.delta)
-        return pb.Budget(
+        budget = pb.Budget(
             dataset_id=dataset_id,
             budget_group=rule.budget_group,
             epsilon_limit=rule.epsilon_budget,
@@ -296,3 +298,18 @@ class AgentService(pb_grpc.AgentServicer):
             tasks_charged=status.tasks_committed,
             accountant=self._ledger.accountant.kind.value,
         )
+        try:
+            inspection = self._catalog.inspect(dataset_id)
+        except UnknownDatasetError:
+            # Removed from the registry since the decision: the budget stands, the units are unknown.
+            return budget
+        budget.privacy_unit_declared = inspection.spec.privacy_unit is not None
+        _set_units(budget.unit_count, inspection)
+        return budget
+
+
+def _set_units(bucket: pb.RowCountBucket, inspection: DatasetInspection) -> None:
+    """The dataset's units (patients, or rows where no unit is declared), bucketed; unset when unknown."""
+    units = inspection.units if inspection.available else None
+    if units is not None:
+        bucket.lower, bucket.upper = row_count_bucket(units)

@@ -279,18 +279,29 @@ class Dataset(_message.Message):
     STATUS_REASON_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
     ROW_COUNT_FIELD_NUMBER: _builtins.int
+    PRIVACY_UNIT_DECLARED_FIELD_NUMBER: _builtins.int
+    UNIT_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     description: _builtins.str
     format: Global___DatasetFormat.ValueType
     status: Global___DatasetStatus.ValueType
     status_reason: _builtins.str
     """Why the dataset is unavailable, worded for an operator; empty otherwise."""
+    privacy_unit_declared: _builtins.bool
+    """Whether the dataset declares a privacy unit (a patient column): privacy is then
+    per patient, however many rows a patient has. The unit column's name and values
+    are never sent, and it is never in `columns`.
+    """
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
         """Only the columns that the agent's policy exposes."""
 
     @_builtins.property
     def row_count(self) -> Global___RowCountBucket: ...
+    @_builtins.property
+    def unit_count(self) -> Global___RowCountBucket:
+        """Units (patients), bucketed like row_count; equal to row_count when no unit is declared."""
+
     def __init__(
         self,
         *,
@@ -301,10 +312,12 @@ class Dataset(_message.Message):
         status_reason: _builtins.str = ...,
         columns: _abc.Iterable[Global___Column] | None = ...,
         row_count: Global___RowCountBucket | None = ...,
+        privacy_unit_declared: _builtins.bool = ...,
+        unit_count: Global___RowCountBucket | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["row_count", b"row_count"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["row_count", b"row_count", "unit_count", b"unit_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "description", b"description", "format", b"format", "id", b"id", "row_count", b"row_count", "status", b"status", "status_reason", b"status_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "description", b"description", "format", b"format", "id", b"id", "privacy_unit_declared", b"privacy_unit_declared", "row_count", b"row_count", "status", b"status", "status_reason", b"status_reason", "unit_count", b"unit_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -972,6 +985,8 @@ class Budget(_message.Message):
     EPSILON_RESERVED_FIELD_NUMBER: _builtins.int
     TASKS_CHARGED_FIELD_NUMBER: _builtins.int
     ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    PRIVACY_UNIT_DECLARED_FIELD_NUMBER: _builtins.int
+    UNIT_COUNT_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     budget_group: _builtins.str
     """Datasets over the same patients share one budget group."""
@@ -983,6 +998,16 @@ class Budget(_message.Message):
     tasks_charged: _builtins.int
     accountant: _builtins.str
     """"pld" or "rdp"."""
+    privacy_unit_declared: _builtins.bool
+    """ε above is per unit: per patient when the dataset declares a privacy unit,
+    per row otherwise (then a patient with k rows is protected at about k·ε).
+    """
+    @_builtins.property
+    def unit_count(self) -> Global___RowCountBucket:
+        """Units (patients) in the dataset, bucketed like Dataset.row_count; unset while
+        the dataset cannot be inspected.
+        """
+
     def __init__(
         self,
         *,
@@ -994,10 +1019,12 @@ class Budget(_message.Message):
         epsilon_reserved: _builtins.float = ...,
         tasks_charged: _builtins.int = ...,
         accountant: _builtins.str = ...,
+        privacy_unit_declared: _builtins.bool = ...,
+        unit_count: Global___RowCountBucket | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["unit_count", b"unit_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountant", b"accountant", "budget_group", b"budget_group", "dataset_id", b"dataset_id", "delta", b"delta", "epsilon_limit", b"epsilon_limit", "epsilon_reserved", b"epsilon_reserved", "epsilon_spent", b"epsilon_spent", "tasks_charged", b"tasks_charged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountant", b"accountant", "budget_group", b"budget_group", "dataset_id", b"dataset_id", "delta", b"delta", "epsilon_limit", b"epsilon_limit", "epsilon_reserved", b"epsilon_reserved", "epsilon_spent", b"epsilon_spent", "privacy_unit_declared", b"privacy_unit_declared", "tasks_charged", b"tasks_charged", "unit_count", b"unit_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
