@@ -1,4 +1,5 @@
-"""Poisson subsampling: each row joins the sample independently with probability ``q``.
+"""Poisson subsampling: each row (each privacy unit, with all its rows, when the dataset
+declares one) joins the sample independently with probability ``q``.
 
 This is the sampling the accountant's subsampled-Gaussian analysis assumes (batch size
 random, ``Binomial(N, q)``); a fixed-size shuffle would need a different analysis. The
@@ -30,15 +31,30 @@ def padded_sample_size(population: int, rate: float, tail: float = PADDING_TAIL)
     """
     if isinstance(population, bool) or not isinstance(population, int) or population < 0:
         raise ValueError(f"the population must be an integer ≥ 0, got {population!r}")
+    return padded_row_count(population, population, 1, rate, tail)
+
+
+def padded_row_count(rows: int, squared_sizes: int, largest: int, rate: float, tail: float = PADDING_TAIL) -> int:
+    """A row count that a Poisson sample of whole units exceeds with probability ≤ ``tail``.
+
+    Units of ``n_g`` rows join independently with probability ``q``: the sample's row count
+    ``Σ n_g B_g`` has mean ``q Σ n_g``, variance ``q(1-q) Σ n_g²`` (``squared_sizes``) and
+    terms of at most ``largest`` rows. Bernstein's inequality gives
+    ``t = L·m/3 + sqrt((L·m/3)² + 2·v·L)`` with ``L = ln(1/tail)`` and ``m = largest``;
+    with one row per unit this is :func:`padded_sample_size`. Never more than ``rows``.
+    """
+    for name, value in (("rows", rows), ("squared_sizes", squared_sizes), ("largest", largest)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer ≥ 0, got {value!r}")
     if not (math.isfinite(rate) and 0.0 < rate <= 1.0):
         raise ValueError("the sampling rate must lie in (0, 1]")
     if not 0.0 < tail < 1.0:
         raise ValueError("the tail probability must lie in (0, 1)")
-    expected = population * rate
-    variance = expected * (1.0 - rate)
+    variance = squared_sizes * rate * (1.0 - rate)
     log_tail = math.log(1.0 / tail)
-    margin = log_tail / 3.0 + math.sqrt(log_tail * log_tail / 9.0 + 2.0 * variance * log_tail)
-    return min(population, math.ceil(expected + margin))
+    third = log_tail * largest / 3.0
+    margin = third + math.sqrt(third * third + 2.0 * variance * log_tail)
+    return min(rows, math.ceil(rows * rate + margin))
 
 
 class PoissonSampler:

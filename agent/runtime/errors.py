@@ -75,6 +75,10 @@ class ColumnTypeError(ColumnError):
     """The column's Arrow type cannot feed the declared dtype or preprocessing."""
 
 
+class PrivacyUnitError(RuntimeTaskError):
+    """The dataset's privacy-unit column cannot group its rows (missing, null, or of a type without exact equality)."""
+
+
 class NoUsableRowsError(RuntimeTaskError):
     """A training step saw no row without nulls: the update cannot be normalised."""
 

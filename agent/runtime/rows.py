@@ -146,10 +146,12 @@ class MinimumRows:
     def batches(self) -> Iterator[RowBatch]:
         usable = 0
         for batch in self._rows.batches():
-            usable += batch.size
+            usable += batch.units
             yield batch
         if usable < self._minimum:
-            raise CohortTooSmallError(f"a pass found fewer usable rows than the minimum cohort size of {self._minimum}")
+            raise CohortTooSmallError(
+                f"a pass found fewer usable rows (or privacy units) than the minimum cohort size of {self._minimum}"
+            )
 
 
 def _scan_options(dataset: ds.Dataset) -> ds.FragmentScanOptions | None:

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.privacy.noise import GaussianNoise, NoiseReserve
-from agent.privacy.sampling import PoissonSampler, padded_sample_size
+from agent.privacy.sampling import PoissonSampler, padded_row_count
 from agent.runtime.errors import HyperparameterError, NoUsableRowsError, TaskCancelledError
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
@@ -166,7 +166,16 @@ class EvaluationRelease:
 class _Pass:
     total: Float64Array
     sampled: int = 0
+    """Units sampled (rows, when the dataset declares no unit)."""
     usable: int = 0
+    """Units read."""
+    rows_sampled: int = 0
+    rows_usable: int = 0
+    squared_sizes: int = 0
+    """Σ over the units read of (rows)²."""
+    largest: int = 0
+    grouped: bool = False
+    """Whether the rows came grouped by privacy unit."""
 
 
 def _sampled_pass(
@@ -185,14 +194,21 @@ def _sampled_pass(
     for batch in rows.batches():
         if controls.cancelled is not None and controls.cancelled():
             raise TaskCancelledError("the task was cancelled")
-        result.usable += batch.size
-        sample = batch.select(sampler.mask(batch.size))
-        result.sampled += sample.size
+        sizes = batch.unit_sizes()
+        result.usable += batch.units
+        result.rows_usable += batch.size
+        result.squared_sizes += int(np.sum(sizes * sizes))
+        result.largest = max(result.largest, int(sizes.max(initial=0)))
+        # Units (all their rows) join the sample, not rows.
+        sample = batch.select(sampler.mask(batch.units))
+        result.sampled += sample.units
+        result.rows_sampled += sample.size
         if spare is None or (spare.size == 0 and sample.size > 0):
             # Rows to pad with: sampled ones, or zeros of the right shape (no row's values)
             # if nothing was sampled. Copied so as not to keep the whole batch in memory.
             source = sample if sample.size > 0 else RowBatch(np.zeros_like(batch.x[:1]), np.zeros_like(batch.y[:1]))
             spare = RowBatch(source.x[:_PAD_CHUNK].copy(), source.y[:_PAD_CHUNK].copy())
+        result.grouped = batch.unit_starts is not None
         summed = wrapper.clipped_sum(parameters, sample, clip_norm)
         # The first batch's sum is the running total: for a large model a zeroed array
         # and an addition of its size would cost as much as the graph itself.
@@ -202,7 +218,8 @@ def _sampled_pass(
             total += summed
     result.total = total if total is not None else np.zeros(wrapper.layout.size, np.float64)
     if controls.pad_timing and spare is not None:
-        _pad(wrapper, parameters, spare, clip_norm, padded_sample_size(result.usable, sampler.rate) - result.sampled)
+        padded = padded_row_count(result.rows_usable, result.squared_sizes, result.largest, sampler.rate)
+        _pad(wrapper, parameters, spare, clip_norm, padded - result.rows_sampled, grouped=result.grouped)
     return result
 
 
@@ -216,23 +233,27 @@ def _pad(
     spare: RowBatch,
     clip_norm: float | None,
     rows: int,
+    *,
+    grouped: bool = False,
 ) -> None:
     """Runs the wrapper on ``rows`` more rows and throws the result away.
 
     A step's duration would otherwise grow with its Poisson sample's size, which is
     not noised: a coordinator timing the steps (progress messages arrive after each)
-    would learn it. Each step instead runs the wrapper on padded_sample_size(N, q)
-    rows, a size that depends only on the number of usable rows N (which the full
-    pass over the data reveals to a timer anyway) and on q, and that the sample
-    exceeds with probability at most 1e-9. The extra rows repeat the step's own
-    sampled rows, so they cost what sampled rows cost (validated graphs have no
+    would learn it. Each step instead runs the wrapper on padded_row_count(...) rows, a
+    size that depends only on the usable rows N (which the full pass over the data
+    reveals to a timer anyway), on q and, with privacy units, on the sum of squared unit
+    sizes and the largest unit, and that the sample exceeds with probability at most 1e-9.
+    The extra rows repeat the step's own sampled rows, so they cost what sampled rows cost (validated graphs have no
     data-dependent shapes) and make the step depend on no row outside its sample;
     their results never reach the released sums.
     """
     while rows > 0:
         count = min(rows, _PAD_CHUNK)
         cycle = np.arange(count) % spare.size  # as many calls, of the same sizes, however few rows spare has
-        wrapper.clipped_sum(parameters, RowBatch(spare.x[cycle], spare.y[cycle]), clip_norm)  # result discarded
+        # Grouped rows are padded as units of one row each: through the same (per-unit) wrapper.
+        units = np.arange(count, dtype=np.int64) if grouped else None
+        wrapper.clipped_sum(parameters, RowBatch(spare.x[cycle], spare.y[cycle], units), clip_norm)  # discarded
         rows -= count
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
+from agent.datasets.inspection import open_dataset
 from agent.packages.manifest import Manifest
 from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve
 from agent.runtime.errors import RuntimeTaskError
@@ -30,6 +32,7 @@ from agent.runtime.parameters import checked_parameters
 from agent.runtime.rows import ArrowRowSource, MinimumRows
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, Randomness
+from agent.runtime.unit_rows import UnitRowSource
 from agent.tasks.kinds.profile import Computation, TaskProfile
 from agent.tasks.worker import Progress, Released, TaskInputError, WorkerMemory
 
@@ -54,9 +57,15 @@ class TaskJob:
     # dataset's row-count bucket, which the coordinator already sees. The exact
     # count would change with the row added or removed and double the sensitivity;
     # so would the usable-row count, which is why it is not used here either (with
-    # many rows skipped for nulls the steps are smaller, never less private).
+    # many rows skipped for nulls the steps are smaller, never less private). With a
+    # privacy unit: the lower edge of the unit-count bucket.
     normalising_rows: int = 1
+    # With a privacy unit: how many of one unit's rows the task reads at most (the policy's
+    # max_rows_per_unit), where the task may spill rows grouped by unit, and how much
+    # memory grouping them may hold (agent.runtime.unit_rows).
     max_rows_per_unit: int = 64
+    scratch_dir: Path | None = None
+    grouping_bytes: int = 256 * 1024 * 1024
 
     def with_parameters(self, parameters: Mapping[str, npt.NDArray[np.generic]]) -> TaskJob:
         return replace(self, parameters=dict(parameters))
@@ -70,11 +79,24 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
     onnxruntime session) costs far more than a small task's computation.
     """
     role = job.profile.graph
+    unit = job.dataset.privacy_unit
     try:
-        rows = ArrowRowSource.open(job.dataset, job.manifest)
+        rows: ArrowRowSource | UnitRowSource
+        if unit is None:
+            rows = ArrowRowSource.open(job.dataset, job.manifest)
+        else:
+            rows = UnitRowSource(
+                open_dataset(job.dataset, with_unit=True),
+                job.manifest,
+                unit,
+                max_rows_per_unit=job.max_rows_per_unit,
+                memory_bytes=job.grouping_bytes,
+                scratch=job.scratch_dir,
+            )
         wrapper = memory.get_or_create(role, lambda: CompiledWrapper(job.graph, job.manifest, role))
         checked_parameters(job.manifest, job.parameters)  # refused here, before any row is read
-        usable = rows.count_usable()
+        # Reads the rows (grouped by unit, when declared) but feeds none to a graph.
+        usable = rows.count_usable() if isinstance(rows, ArrowRowSource) else rows.prepare()
     except (DatasetUnavailableError, OSError, pa.ArrowException):
         # The reason names hospital paths; the coordinator gets the generic one.
         raise TaskInputError("the dataset cannot be read at the moment") from None
@@ -82,10 +104,11 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
         raise TaskInputError(str(exc)) from None
     if usable < job.min_cohort_size:
         # Refunded: nothing was computed. The message is the same for 0 and for
-        # min_cohort_size - 1 usable rows; why telling the threshold's side is
+        # min_cohort_size - 1 usable units; why telling the threshold's side is
         # acceptable is in docs/security.md ("A cohort minimum counts the rows a task can use").
+        counted = "rows" if unit is None else "patients (privacy units) with rows"
         raise TaskInputError(
-            f"dataset {job.dataset.id!r} has fewer rows usable by this package (no null in the columns "
+            f"dataset {job.dataset.id!r} has fewer {counted} usable by this package (no null in the columns "
             f"it reads) than the minimum cohort size of {job.min_cohort_size}",
             rule=MIN_COHORT_RULE,
         )
@@ -99,7 +122,11 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
     computation = Computation(
         wrapper, checked_rows, job.parameters, controls, Randomness(normals=reserve), job.normalising_rows
     )
-    released = job.profile.compute(computation)
+    try:
+        released = job.profile.compute(computation)
+    finally:
+        if isinstance(rows, UnitRowSource):
+            rows.close()
     # A kind that released model-sized tensors draws model-sized noise again next round.
     if released.tensors and wrapper.layout.size <= MAX_RESERVED_SIZE:
         reserve.refill(wrapper.layout.size)
