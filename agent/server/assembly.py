@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import structlog
 
@@ -63,6 +65,7 @@ def assemble_service(
         workers=workers,
         audit=audit,
         logger=logger,
+        scratch=_fresh_scratch(config.state_dir / "scratch"),
     )
     return AgentService(
         identity=AgentIdentity(config.agent_id, version, API_VERSION, key),
@@ -119,3 +122,11 @@ def _recover_abandoned_tasks(
             )
         )
         logger.warning("task.abandoned", task_id=task.task_id, dataset=task.dataset, charged=True)
+
+
+def _fresh_scratch(directory: Path) -> Path:
+    """The tasks' scratch directory, emptied: what a previous run left there (a worker killed
+    with the daemon) is rows of patients that no task will read again."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -116,7 +118,11 @@ class TaskRunner:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         package_limits: PackageLimits | None = None,
         verified: VerificationCache | None = None,
+        scratch: Path | None = None,
     ) -> None:
+        # Where a task may spill a dataset's rows grouped by privacy unit: one private
+        # directory per task inside it, removed when the task ends however it ends.
+        self._scratch = scratch
         self._policy = policy
         self._catalog = catalog
         self._packages = packages
@@ -214,7 +220,7 @@ class TaskRunner:
     def _decide(
         self, caller: str, spec: TaskSpecification, manifest: Manifest, policy: Policy, now: dt.datetime
     ) -> tuple[DatasetSpec, DatasetRule, int | None]:
-        """The policy's decision (audited); the dataset, its rule and its row count when allowed."""
+        """The policy's decision (audited); the dataset, its rule and its unit count when allowed."""
         # A dataset the caller may not see is not read before the refusal: how long reading its files
         # takes would tell a hidden dataset from an absent one.
         if visible_datasets(caller, policy, now, [spec.dataset_id]):
@@ -234,6 +240,7 @@ class TaskRunner:
                 label_columns=frozenset(manifest.label.columns),
                 purpose=spec.purpose,
                 cohort_size=cohort,
+                privacy_unit=dataset.privacy_unit if dataset is not None else None,
             ),
         )
         decision = decide(request, policy, self._usage(caller, now))
@@ -384,7 +391,8 @@ class TaskRunner:
             return None, None
         if not inspection.available:
             return inspection.spec, None  # decide() refuses: the cohort size cannot be known now
-        return inspection.spec, inspection.row_count
+        # Patients where the dataset declares a unit, else rows: what cohort minimums and buckets count.
+        return inspection.spec, inspection.units
 
     def _usage(self, caller: str, now: dt.datetime) -> UsageState:
         with self._lock:
@@ -416,6 +424,15 @@ class TaskRunner:
 
     # ------------------------------------------------------------ running
 
+    def _task_scratch(self, task_id: str) -> Path | None:
+        """A fresh private directory for one task's spilled rows (None: the worker uses the system's)."""
+        if self._scratch is None:
+            return None
+        self._scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory = self._scratch / task_id
+        directory.mkdir(mode=0o700)
+        return directory
+
     def cancel(self, caller: str, task_id: str) -> bool:
         """Cancels a running task of this caller; False if there is none (finished, unknown or not theirs)."""
         with self._lock:
@@ -438,10 +455,17 @@ class TaskRunner:
             if running is None:  # settled already: the call ended while parameters arrived
                 raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
             running.executing = True
+        scratch = self._task_scratch(admission.task_id)
+        job = replace(
+            admission.job_template,
+            scratch_dir=scratch,
+            # Grouping by unit holds up to about three copies of what it groups.
+            grouping_bytes=max(16 * 1024 * 1024, admission.limits.memory_bytes // 8),
+        )
         try:
             result = self._workers.run(
                 compute_task,
-                admission.job_template,
+                job,
                 admission.limits,
                 tensors=parameters,
                 reuse_key=_reuse_key(admission),
@@ -466,6 +490,10 @@ class TaskRunner:
             # A bug here must still settle the reservation; charged, since rows may have been read.
             self.fail(admission, FailureKind.CRASHED, "the task failed inside the agent", repr(exc), charge=True)
             raise TaskFailedError(FailureKind.CRASHED, "the task failed inside the agent", repr(exc)) from exc
+        finally:
+            # The worker has ended (or is done with this task): nothing may read the spilled rows now.
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         if not self._claim_settlement(admission):
             # Refunded meanwhile (the call ended): this result was never paid for and must not leave.
             raise TaskFailedError(FailureKind.CANCELLED, "the task was cancelled")
