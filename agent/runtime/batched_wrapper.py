@@ -194,9 +194,8 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
         for first, second in pieces
     ]
     if units:
-        row_norms = [
-            emitter.op("Sqrt", [emitter.op("Where", [bad, zero, square])]) for square in squares
-        ]  # [N, 1] per piece
+        per_piece = squares[0] if len(squares) == 1 else emitter.op("Concat", squares, axis=1)  # [N, pieces]
+        row_norms = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, per_piece])])
         scale = _unit_scale(emitter, _unit_squares(emitter, safe, widths, row_norms))
     else:
         norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
@@ -216,11 +215,9 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
     return sums[0] if len(sums) == 1 else emitter.op("Concat", sums, axis=0)
 
 
-def _by_unit(emitter: Emitter, values: str, width: int) -> str:
-    """``[G, k, width]``: the rows of ``values`` ``[N, width]`` of each unit (:data:`UNIT_ROWS`),
-    a unit with fewer than ``k`` rows padded with rows of zeros."""
-    padded = emitter.op("Concat", [values, emitter.constant(np.zeros((1, width), np.float64))], axis=0)
-    return emitter.op("Gather", [padded, UNIT_ROWS], axis=0)
+def _slice_last(emitter: Emitter, value: str, start: int, end: int) -> str:
+    """``value[..., start:end]``."""
+    return emitter.op("Slice", [value, emitter.ints([start]), emitter.ints([end]), emitter.ints([-1])])
 
 
 # How far the computed squared norm of a unit's summed piece may fall below its true value,
@@ -228,42 +225,58 @@ def _by_unit(emitter: Emitter, values: str, width: int) -> str:
 # products of r and c values and the final reduction, each at most n·2^-53 relative to
 # the sum of absolute terms (Higham, "Accuracy and Stability", §3.1), with room to spare.
 # Without it, rows built to cancel could make a large unit sum measure as small.
-def _rounding_margin(rows: int, cols: int) -> float:
-    return float(rows + cols + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
+def _rounding_margin(widths: Sequence[tuple[int, int]]) -> float:
+    return float(max(rows + cols for rows, cols in widths) + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
 
 
 def _unit_squares(
     emitter: Emitter,
     pieces: Sequence[tuple[str, str | None]],
     widths: Sequence[tuple[int, int]],
-    row_norms: Sequence[str],
+    row_norms: str,
 ) -> str:
     """``[G, 1]``: for each unit, an upper bound on ``‖Σ_{i∈unit} g_i‖²``, its summed gradient's
     squared norm (``pieces`` with bad rows already zeroed, of ``widths`` values per row;
-    ``row_norms`` ``[N, 1]`` each row's norm of each piece, zero for bad rows).
+    ``row_norms`` ``[N, pieces]`` each row's norm of each piece, zero for bad rows).
 
-    A dense piece is summed over the unit's rows, then squared. An outer-product piece's
-    unit sum ``U_gᵀ V_g`` is never materialised: its squared Frobenius norm is
-    ``Σ_{i,j} (U_g U_gᵀ ⊙ V_g V_gᵀ)_{ij}``, two ``k x k`` Gram matrices per unit. Each
-    piece's value is raised by :func:`_rounding_margin` times ``(Σ_i ‖g_i‖)²``: clipping by
-    an upper bound keeps the unit's contribution within ``C`` whatever the rounding.
+    Every value a unit needs is gathered at once, as ``[G, k, width]`` (each unit's rows,
+    :data:`UNIT_ROWS`, padded with rows of zeros). The dense pieces are summed over the
+    unit's rows, then squared. An outer-product piece's unit sum ``U_gᵀ V_g`` is never
+    materialised: its squared Frobenius norm is ``Σ_{i,j} (U_g U_gᵀ ⊙ V_g V_gᵀ)_{ij}``, two
+    ``k x k`` Gram matrices per unit. Each piece's value is raised by
+    :func:`_rounding_margin` times ``(Σ_i ‖g_i‖)²``: clipping by an upper bound keeps the
+    unit's contribution within ``C`` whatever the rounding.
     """
+    dense = [(first, width) for (first, second), (width, _) in zip(pieces, widths, strict=True) if second is None]
+    factors = [
+        column
+        for (first, second), (rows, cols) in zip(pieces, widths, strict=True)
+        if second is not None
+        for column in ((first, rows), (second, cols))
+    ]
+    columns = [*dense, *factors, (row_norms, len(pieces))]
+    total = sum(width for _, width in columns)
+    joined = emitter.op("Concat", [value for value, _ in columns], axis=1)
+    padded = emitter.op("Concat", [joined, emitter.constant(np.zeros((1, total), np.float64))], axis=0)
+    grouped = emitter.op("Gather", [padded, UNIT_ROWS], axis=0)  # [G, k, total]
+    offsets = np.cumsum([0, *(width for _, width in columns)])
     squares: list[str] = []
-    for (first, second), (first_width, second_width), row_norm in zip(pieces, widths, row_norms, strict=True):
-        if second is None:
-            summed = _reduce(emitter, "ReduceSum", _by_unit(emitter, first, first_width), [1], keepdims=0)  # [G, s]
-            square = _reduce(emitter, "ReduceSumSquare", summed, [1], keepdims=1)
-        else:
-            grams = []
-            for factor, width in ((first, first_width), (second, second_width)):
-                stacked = _by_unit(emitter, factor, width)  # [G, k, width]
-                grams.append(emitter.op("MatMul", [stacked, emitter.op("Transpose", [stacked], perm=[0, 2, 1])]))
-            per_row = _reduce(emitter, "ReduceSum", emitter.op("Mul", grams), [2], keepdims=0)  # [G, k]
-            square = _reduce(emitter, "ReduceSum", per_row, [1], keepdims=1)
-        bound = _reduce(emitter, "ReduceSum", _by_unit(emitter, row_norm, 1), [1], keepdims=0)  # [G, 1]
-        margin = emitter.constant(np.array(_rounding_margin(first_width, second_width), np.float64))
-        squares.append(emitter.op("Add", [square, emitter.op("Mul", [margin, emitter.op("Mul", [bound, bound])])]))
-    return squares[0] if len(squares) == 1 else emitter.op("Sum", squares)
+    dense_width = sum(width for _, width in dense)
+    if dense:
+        summed = _reduce(emitter, "ReduceSum", _slice_last(emitter, grouped, 0, dense_width), [1], keepdims=0)
+        squares.append(_reduce(emitter, "ReduceSumSquare", summed, [1], keepdims=1))
+    for index in range(len(dense), len(dense) + len(factors), 2):
+        grams = []
+        for position in (index, index + 1):
+            stacked = _slice_last(emitter, grouped, int(offsets[position]), int(offsets[position + 1]))
+            grams.append(emitter.op("MatMul", [stacked, emitter.op("Transpose", [stacked], perm=[0, 2, 1])]))
+        per_row = _reduce(emitter, "ReduceSum", emitter.op("Mul", grams), [2], keepdims=0)  # [G, k]
+        squares.append(_reduce(emitter, "ReduceSum", per_row, [1], keepdims=1))
+    norms = _slice_last(emitter, grouped, int(offsets[-2]), int(offsets[-1]))  # [G, k, pieces]
+    bounds = _reduce(emitter, "ReduceSum", norms, [1], keepdims=0)  # [G, pieces]: Σ_i ‖g_i‖ per piece
+    margin = emitter.constant(np.array(_rounding_margin(widths), np.float64))
+    squares.append(emitter.op("Mul", [margin, _reduce(emitter, "ReduceSumSquare", bounds, [1], keepdims=1)]))
+    return emitter.op("Sum", squares)
 
 
 def _unit_scale(emitter: Emitter, squares: str) -> str:
@@ -299,7 +312,11 @@ def _metric_rows(emitter: Emitter, m: str, manifest: Manifest, *, units: bool = 
     finite = emitter.op("Where", [bad, zero, m])
     clamped = emitter.op("Min", [emitter.op("Max", [finite, low]), high])
     if units:
-        sums = _reduce(emitter, "ReduceSum", _by_unit(emitter, clamped, len(manifest.metrics)), [1], keepdims=0)
+        padded = emitter.op(
+            "Concat", [clamped, emitter.constant(np.zeros((1, len(manifest.metrics)), np.float64))], axis=0
+        )
+        grouped = emitter.op("Gather", [padded, UNIT_ROWS], axis=0)  # [G, k, M]: each unit's rows, zero-padded
+        sums = _reduce(emitter, "ReduceSum", grouped, [1], keepdims=0)
         listed = emitter.op("Cast", [emitter.op("Less", [UNIT_ROWS, emitter.batch_size])], to=DOUBLE)
         rows = _reduce(emitter, "ReduceSum", listed, [1], keepdims=1)  # [G, 1]
         clamped = emitter.op("Div", [sums, rows])

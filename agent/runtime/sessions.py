@@ -109,6 +109,15 @@ class CompiledWrapper:
         """
         if batch.size == 0:
             return np.zeros(self.layout.size, np.float64)
+        if batch.unit_starts is not None:
+            # A unit of one row is bounded exactly as a row: those go through the per-row wrapper.
+            alone = np.repeat(batch.unit_sizes() == 1, batch.unit_sizes())
+            if alone.all():
+                batch = RowBatch(batch.x, batch.y)
+            elif alone.any():
+                rows = RowBatch(np.ascontiguousarray(batch.x[alone]), np.ascontiguousarray(batch.y[alone]))
+                grouped = batch.select(batch.unit_sizes() > 1)
+                return self.clipped_sum(parameters, rows, clip_norm) + self.clipped_sum(parameters, grouped, clip_norm)
         feeds: dict[str, object] = {parameter_input(name): np.asarray(value) for name, value in parameters.items()}
         feeds[X] = batch.x
         feeds[Y] = batch.y
