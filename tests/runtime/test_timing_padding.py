@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats  # type: ignore[import-untyped]
 
-from agent.privacy.sampling import PADDING_TAIL, padded_sample_size
+from agent.privacy.sampling import PADDING_TAIL, padded_row_count, padded_sample_size
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowBatch
 from agent.runtime.sessions import CompiledWrapper
@@ -136,3 +136,51 @@ def test_step_durations_no_longer_tell_an_empty_sample_from_a_full_one() -> None
     # Without padding the empty sample is many times faster; with it, the two are alike.
     assert plain_empty < plain_full / 3
     assert 0.5 < padded_empty / padded_full < 2.0
+
+
+# Units of 1 to 6 rows, in batches of whole units: a dataset with a privacy unit.
+UNIT_SIZES = np.random.default_rng(5).integers(1, 7, 4000)
+UNIT_ROWS = int(UNIT_SIZES.sum())
+
+
+class GroupedRows:
+    """X and Y (cut to the units' rows) in batches of 500 whole units."""
+
+    def batches(self) -> Iterator[RowBatch]:
+        ends = np.cumsum(UNIT_SIZES)
+        for first in range(0, UNIT_SIZES.size, 500):
+            sizes = UNIT_SIZES[first : first + 500]
+            begin = int(ends[first] - UNIT_SIZES[first])
+            starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+            end = begin + int(sizes.sum())
+            yield RowBatch(X[begin:end], Y[begin:end], starts)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, RATE, 0.06])
+def test_grouped_rows_run_on_a_padded_row_count_whatever_units_were_sampled(fraction: float) -> None:
+    assert UNIT_ROWS <= ROWS
+    wrapper, parameters = mlp()
+    counting = CountingWrapper(wrapper)
+    step = _sampled_pass(
+        counting,  # type: ignore[arg-type]
+        GroupedRows(),
+        parameters,
+        sampler=RiggedSampler(RATE, fraction),  # type: ignore[arg-type]
+        clip_norm=1.0,
+        controls=Controls(pad_timing=True),
+    )
+    assert step.usable == UNIT_SIZES.size  # units, not rows
+    expected = padded_row_count(UNIT_ROWS, int(np.sum(UNIT_SIZES**2)), int(UNIT_SIZES.max()), RATE)
+    assert counting.rows == expected
+
+
+def test_a_poisson_sample_of_units_exceeds_the_padded_row_count_rarely() -> None:
+    """Bernstein's bound, checked by simulation at a tail large enough to observe."""
+    sizes = np.random.default_rng(6).integers(1, 11, 300)
+    tail = 1e-3
+    padded = padded_row_count(int(sizes.sum()), int(np.sum(sizes**2)), int(sizes.max()), 0.2, tail)
+    draws = np.random.default_rng(7).random((200_000, sizes.size)) < 0.2
+    exceeded = float(np.mean(draws.astype(np.int64) @ sizes > padded))
+    assert exceeded <= tail
+    # One row per unit is the binomial case.
+    assert padded_row_count(5000, 5000, 1, 0.1) == padded_sample_size(5000, 0.1)
