@@ -156,6 +156,7 @@ id = "cohort"
 path = "/srv/research/cohort.csv"
 format = "csv"
 columns = ["age", "outcome"]
+privacy_unit = "patient_id"
 EOF
 policy() {  # policy DATASET-GRANTED
     cat <<EOF
