@@ -83,6 +83,23 @@ PURPOSE = Field("purpose", "the purpose the coordinator declared for the task", 
 RUN_ID = Field("run_id", "the coordinator's id for a run of tasks (one training or study)", "Run", Role.RUN)
 ROUND = Field("round", "the round of the run this task belongs to", "Round")
 CORRELATION_ID = Field("correlation_id", "the coordinator's own id for the request", "Correlation id")
+PRIVACY_UNIT = Field(
+    "privacy_unit",
+    "the dataset's privacy unit column (e.g. `patient_id`): ε protects all of one unit's rows together; null "
+    "(or absent: logs written before units existed): none declared, each row is its own unit and ε is per row",
+    "Privacy unit",
+)
+MAX_ROWS_PER_UNIT = Field(
+    "max_rows_per_unit",
+    "the most rows of one unit a task reads (the policy's `max_rows_per_unit`); null where no unit is declared",
+    "Max rows per unit",
+)
+UNIT_COUNT = Field(
+    "unit_count",
+    "the dataset's units at admission (patients, or rows where no unit is declared), bucketed as `[lower, upper)` "
+    "like the row counts coordinators see",
+    "Units",
+)
 HYPERPARAMETERS = Field(
     "hyperparameters", "object: the task's privacy and training settings (σ, q, C, steps, …)", "Hyperparameters"
 )
@@ -375,6 +392,10 @@ class AdmittedTaskEvent(AuditEvent):
     run_id: Annotated[str | None, RUN_ID]
     round: Annotated[int | None, ROUND]
     correlation_id: Annotated[str | None, CORRELATION_ID]
+    # What one unit of ε protects; absent from logs of versions before the privacy unit (read as null).
+    privacy_unit: Annotated[str | None, PRIVACY_UNIT] = None
+    max_rows_per_unit: Annotated[int | None, MAX_ROWS_PER_UNIT] = None
+    unit_count: Annotated[tuple[int, int] | None, UNIT_COUNT] = None
 
 
 class TaskAbout(TypedDict):
@@ -392,6 +413,9 @@ class TaskAbout(TypedDict):
     run_id: str | None
     round: int | None
     correlation_id: str | None
+    privacy_unit: str | None
+    max_rows_per_unit: int | None
+    unit_count: tuple[int, int] | None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -174,7 +174,8 @@ class TaskRunner:
             raise
         job = _job_template(spec, verified, dataset, rule, cohort)
         return self._register(
-            task_id, caller, spec, cancelled=cancelled, job=job, rule=rule, policy=policy, reservation=reservation
+            task_id, caller, spec, cancelled=cancelled, job=job, rule=rule, policy=policy, reservation=reservation,
+            units=cohort,
         )
 
     def _verified_package(
@@ -278,9 +279,16 @@ class TaskRunner:
         rule: DatasetRule,
         policy: Policy,
         reservation: Reservation,
+        units: int | None,
     ) -> Admission:
-        """The admitted task, registered as running (settle_if_open settles it from now on) and audited."""
+        """The admitted task, registered as running (settle_if_open settles it from now on) and audited.
+
+        ``units``: the dataset's unit count at admission (patients, or rows where no unit is declared).
+        """
         manifest = job.manifest
+        # A compliance officer reads from each task entry what its ε protects: a whole patient (the
+        # unit column, named here because the log stays at the hospital) or a single row.
+        unit = job.dataset.privacy_unit
         admission = Admission(
             task_id=task_id,
             caller=caller,
@@ -309,6 +317,9 @@ class TaskRunner:
                 run_id=spec.run_id,
                 round=spec.round,
                 correlation_id=spec.correlation_id,
+                privacy_unit=unit,
+                max_rows_per_unit=job.max_rows_per_unit if unit is not None else None,
+                unit_count=row_count_bucket(units) if units is not None else None,
             ),
         )
         with self._lock:

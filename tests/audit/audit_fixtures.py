@@ -147,6 +147,10 @@ def write_usage_log(directory: Path, key: AgentKey) -> None:
                     run_id=f"run-{dataset}",
                     round=day,
                     correlation_id=XSS_CORRELATION if day == 2 else f"run-{day}",
+                    # onco declares its patients; labs and the XSS dataset are counted row by row.
+                    privacy_unit="patient_id" if dataset == "onco" else None,
+                    max_rows_per_unit=64 if dataset == "onco" else None,
+                    unit_count=(1000, 2000) if dataset == "onco" else (5000, 10000),
                 )
                 log.record(
                     events.TaskStarted(
@@ -191,6 +195,9 @@ def write_usage_log(directory: Path, key: AgentKey) -> None:
             run_id=None,
             round=None,
             correlation_id=None,
+            privacy_unit=None,
+            max_rows_per_unit=None,
+            unit_count=None,
         )
         log.record(
             events.TaskFailed(
