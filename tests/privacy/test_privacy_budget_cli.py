@@ -6,9 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from agent.cli import budget
+from agent.datasets import DatasetFormat, DatasetRegistry, DatasetSource, DatasetSpec
 from agent.privacy.accounting import RdpAccountant
 from agent.privacy.errors import LedgerError
 from agent.privacy.ledger import LEDGER_FILENAME, PrivacyLedger
@@ -72,3 +75,41 @@ def test_damaged_ledger_is_a_failure_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match=str(damaged)) as failure:
         run("show", "--ledger", str(damaged))
     assert isinstance(failure.value, budget.FAILURE_ERRORS)
+
+
+def test_show_says_what_epsilon_is_counted_per(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Per patient for a dataset that declares a privacy unit, per row (and the k·ε warning) for one that does not."""
+    data = tmp_path / "data"
+    data.mkdir()
+    # 30 patients with 1 to 3 rows each (60 rows); 25 rows, one per row-unit.
+    patients = [f"p{i}" for i in range(30) for _ in range(1 + i % 3)]
+    pq.write_table(pa.table({"patient_id": patients, "age": [1.0] * len(patients)}), data / "visits.parquet")
+    pq.write_table(pa.table({"age": [1.0] * 25}), data / "labs.parquet")
+    registry = DatasetRegistry(tmp_path / "datasets.sqlite")
+    registry.add(DatasetSpec("visits", data / "visits.parquet", DatasetFormat.PARQUET, columns=("age",),
+                             source=DatasetSource.REGISTRY, privacy_unit="patient_id"))
+    registry.add(DatasetSpec("labs", data / "labs.parquet", DatasetFormat.PARQUET, columns=("age",),
+                             source=DatasetSource.REGISTRY))
+    ledger = PrivacyLedger(tmp_path / LEDGER_FILENAME, RdpAccountant())
+    for group in ("visits", "labs"):  # the development policy gives each dataset its own group
+        ledger.reserve(group, f"t-{group}", Mechanism.dp_gradient(0.1, 1.0), limit_epsilon=8.0, delta=1e-6,
+                       coordinator="c", dataset=group, correlation_id="r")
+        ledger.commit(f"t-{group}")
+
+    assert run("show", "--state-dir", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    visits = next(line for line in out.splitlines() if "visits / visits" in line)
+    labs = next(line for line in out.splitlines() if "labs / labs" in line)
+    assert "ε per patient (privacy unit patient_id, at most 64 rows of each read; 20 to 49 patients)" in visits
+    assert "ε per row (20 to 49 rows)" in labs and "a patient with k rows is protected only at about k·ε" in labs
+
+    assert run("show", "--state-dir", str(tmp_path), "--json") == 0
+    groups = {g["budget_group"]: g for g in json.loads(capsys.readouterr().out)["groups"]}
+    assert groups["visits"]["datasets"] == [
+        {"dataset": "visits", "privacy_unit": "patient_id", "epsilon_per": "unit", "max_rows_per_unit": 64,
+         "unit_count": [20, 50]}
+    ]
+    assert groups["labs"]["datasets"] == [
+        {"dataset": "labs", "privacy_unit": None, "epsilon_per": "row", "max_rows_per_unit": None,
+         "unit_count": [20, 50]}
+    ]
