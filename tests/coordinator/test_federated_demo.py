@@ -75,6 +75,12 @@ def test_every_ledger_shows_the_epsilon_the_coordinator_reports(demo: tuple[Fede
         assert site["epsilon_charged_by_run"] == pytest.approx(site["epsilon_spent"], rel=1e-6)
         assert 0 < site["epsilon_spent"] <= site["epsilon_limit"]
         assert site["rounds_contributed"] == 12
+        # The demo's datasets declare patient_id: the ε reported and the ledger's are per patient.
+        assert site["epsilon_per"] == "patient" and 0 < site["units_lower"] < site["units_upper"]
+        assert site["units_described"].startswith("ε per patient (privacy unit declared; patients in [")
+        (dataset,) = ledger["datasets"]
+        assert (dataset["dataset"], dataset["epsilon_per"]) == ("breast-cancer", "unit")
+        assert dataset["unit_count"] == [site["units_lower"], site["units_upper"]]
 
 
 def test_every_audit_log_verifies_and_names_the_run(demo: tuple[FederatedDemoResult, str]) -> None:
@@ -145,6 +151,7 @@ def test_the_coordinate_commands_against_running_agents(tmp_path: Path) -> None:
         assert checked.returncode == 0, checked.stderr
         assert checked.stdout.count("SERVING") == 3
         assert "we are urn:edge-agent:coordinator:dev" in checked.stdout
+        assert checked.stdout.count("ε per patient (privacy unit declared; patients in [") == 3
 
         run = tmp_path / "run"
         trained = cli(
@@ -152,6 +159,7 @@ def test_the_coordinate_commands_against_running_agents(tmp_path: Path) -> None:
         )
         assert trained.returncode == 0, trained.stderr + trained.stdout
         assert "round 2/2  3/3 sites" in trained.stdout
+        assert trained.stdout.count("rounds contributed; ε per patient (privacy unit declared; patients in [") == 3
         report = json.loads((run / "report.json").read_text())
         assert report["algorithm"] == "fedavg" and len(report["rounds"]) == 2
         assert all(r["updated"] and r["metrics"] for r in report["rounds"])

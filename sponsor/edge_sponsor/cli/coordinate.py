@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
-from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, dataset_format_name
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units, dataset_format_name
 from edge_sponsor.coordinator.federation import Federation, Site, load_federation
 from edge_sponsor.coordinator.progress import observer_for
 from edge_sponsor.coordinator.study import open_clients, run_study
@@ -71,7 +71,7 @@ def _describe(client: AgentClient, site: Site, connect_seconds: float) -> str:
     return (
         f"{site.name} ({site.address}): agent {info.agent_id} {info.version}, {health}, we are "
         f"{info.caller_identity}\n  dataset {dataset.id}: {fmt}, rows in [{dataset.row_count.lower}, {upper}), "
-        f"{len(dataset.columns)} columns"
+        f"{len(dataset.columns)} columns\n  {Units.of_dataset(dataset).describe()}"
     )
 
 
@@ -109,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
             print(
                 f"{site.site}: ε {site.epsilon_spent:.3f} of {site.epsilon_limit:g} spent "
                 f"(this run added {site.epsilon_added:.3f}; its tasks' shares {site.epsilon_charged_by_run:.3f}); "
-                f"{site.rounds_contributed} rounds contributed"
+                f"{site.rounds_contributed} rounds contributed; {site.units_described}"
             )
     if outcome.model_path is not None:
         print(f"model: {outcome.model_path}")

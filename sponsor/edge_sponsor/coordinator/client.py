@@ -30,6 +30,50 @@ from edge_sponsor.coordinator.tasks import (
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
+@dataclass(frozen=True)
+class Units:
+    """What a site's ε protects, and how many such units its dataset holds, as the agent told it.
+
+    ``privacy_unit_declared``: the dataset names a unit column (a patient id), so ε is per
+    patient, all of a patient's rows together; otherwise each row is its own unit and ε is
+    per row. ``lower``/``upper``: the units (patients, or rows), bucketed as [lower, upper);
+    ``upper`` 0 is the open top bucket, and both are None when the agent did not say (an agent
+    from before units existed, or a dataset it cannot read now).
+    """
+
+    privacy_unit_declared: bool
+    lower: int | None
+    upper: int | None
+
+    @classmethod
+    def of_dataset(cls, dataset: pb.Dataset) -> Units:
+        # An agent from before units existed sends no unit_count: its ε was per row, and its units are its rows.
+        bucket = dataset.unit_count if dataset.HasField("unit_count") else dataset.row_count
+        known = dataset.HasField("unit_count") or dataset.HasField("row_count")
+        return cls(dataset.privacy_unit_declared, *_edges(bucket, known))
+
+    @classmethod
+    def of_budget(cls, budget: pb.Budget) -> Units:
+        return cls(budget.privacy_unit_declared, *_edges(budget.unit_count, budget.HasField("unit_count")))
+
+    @property
+    def epsilon_per(self) -> str:
+        """``patient`` or ``row``: what one unit of the site's ε protects."""
+        return "patient" if self.privacy_unit_declared else "row"
+
+    def describe(self) -> str:
+        """The units in words, for a person reading a coordinator's output."""
+        count = "" if self.lower is None else f"in [{self.lower}, {self.upper or 'inf'})"
+        if self.privacy_unit_declared:
+            return f"ε per patient (privacy unit declared; patients {count})" if count else "ε per patient"
+        rows = f"; rows {count}" if count else ""
+        return f"ε per row (no privacy unit: a patient with k rows is protected only at about k·ε{rows})"
+
+
+def _edges(bucket: pb.RowCountBucket, known: bool) -> tuple[int | None, int | None]:
+    return (int(bucket.lower), int(bucket.upper)) if known else (None, None)
+
+
 def dataset_format_name(code: int) -> str:
     """``parquet``, ``arrow_ipc`` or ``csv`` for a DatasetFormat code; a newer agent's code as a number."""
     try:

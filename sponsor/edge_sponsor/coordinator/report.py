@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.durable import write_public
+from edge_sponsor.coordinator.client import Units
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,18 @@ class SiteSummary:
     epsilon_limit: float | None = None
     delta: float | None = None
     accountant: str = ""
+    # From the same GetBudget: what the site's ε protects ("patient" where its dataset declares a
+    # privacy unit, "row" where it does not; "" when not read) and its units, bucketed as [lower, upper).
+    epsilon_per: str = ""
+    units_lower: int | None = None
+    units_upper: int | None = None
+
+    @property
+    def units_described(self) -> str:
+        """What the site's ε protects, in words (the unit and the units' bucket)."""
+        if not self.epsilon_per:
+            return "what ε is counted per was not reported"
+        return Units(self.epsilon_per == "patient", self.units_lower, self.units_upper).describe()
 
     @property
     def epsilon_added(self) -> float | None:
@@ -98,6 +111,7 @@ class RunReport:
             raw["missing_sites"] = list(record.missing_sites)
         for site, raw in zip(self.sites, data["sites"], strict=True):
             raw["epsilon_added"] = site.epsilon_added
+            raw["units_described"] = site.units_described
         return data
 
     def write(self, path: Path) -> None:

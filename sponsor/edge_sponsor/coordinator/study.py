@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials, Units
 from edge_sponsor.coordinator.federation import Federation
 from edge_sponsor.coordinator.report import RunReport, SiteSummary
 from edge_sponsor.coordinator.study_package import StudyPackage
@@ -133,6 +133,7 @@ def _summary(client: AgentClient | None, ready: ReadySite, result: TrainingResul
         budget = client.get_budget(site.dataset)
     except AgentRpcError as exc:
         return dataclasses.replace(base, status=f"budget not read: {exc.code.name}: {exc.details}")
+    units = Units.of_budget(budget)
     return dataclasses.replace(
         base,
         budget_group=budget.budget_group,
@@ -140,4 +141,7 @@ def _summary(client: AgentClient | None, ready: ReadySite, result: TrainingResul
         epsilon_limit=budget.epsilon_limit,
         delta=budget.delta,
         accountant=budget.accountant,
+        epsilon_per=units.epsilon_per,
+        units_lower=units.lower,
+        units_upper=units.upper,
     )

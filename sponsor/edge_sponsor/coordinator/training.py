@@ -36,7 +36,7 @@ from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
-from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units
 from edge_sponsor.coordinator.federation import Algorithm, Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters, ServerOptimizer
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
@@ -66,10 +66,12 @@ class RunObserver(Protocol):
 class ReadySite:
     site: Site
     agent_id: str
-    # Lower edge of the dataset's row-count bucket: the public size used for weights.
-    rows_lower: int
-    # Its upper edge (0 for the open top bucket): bounds what an honest gradient sum can be.
-    rows_upper: int
+    # Lower edge of the dataset's unit-count bucket (patients where a privacy unit is declared, else
+    # rows): the public size used for weights, as the agent normalises and samples by unit.
+    units_lower: int
+    # Its upper edge (0 for the open top bucket): bounds what an honest gradient sum can be, one
+    # clipped sum per unit.
+    units_upper: int
     # The budget group's ε before the run (GetBudget).
     epsilon_before: float
 
@@ -180,11 +182,12 @@ class FederatedTraining:
         if uploaded.digest != self.package.digest:
             raise SiteUnsuitableError(f"the agent stored digest {uploaded.digest}, expected {self.package.digest}")
         budget = client.get_budget(site.dataset)
+        units = Units.of_dataset(dataset)
         return ReadySite(
             site,
             info.agent_id,
-            max(1, int(dataset.row_count.lower)),
-            int(dataset.row_count.upper),
+            max(1, units.lower or 0),
+            units.upper or 0,
             budget.epsilon_spent,
         )
 
@@ -452,24 +455,24 @@ class FederatedTraining:
                     return f"tensor {decl.name!r} holds non-finite values"
         if not all(np.isfinite([*values, run.epsilon_charged, run.budget_epsilon_spent])):
             return "a scalar or the reported ε is not finite"
-        if kind == "train" and self.plan.algorithm is Algorithm.FEDSGD and site.rows_upper:
-            # A sum of at most rows_upper clipped gradients plus noise: anything far beyond
+        if kind == "train" and self.plan.algorithm is Algorithm.FEDSGD and site.units_upper:
+            # A sum of at most units_upper clipped gradients (one per unit) plus noise: anything far beyond
             # (6 standard deviations of the noise's norm) no honest agent sends.
             size = sum(int(np.prod(d.shape)) for d in self.package.manifest.parameters)
             plan = self.plan
-            bound = site.rows_upper * plan.clip_norm + 6 * plan.noise_multiplier * plan.clip_norm * np.sqrt(size)
+            bound = site.units_upper * plan.clip_norm + 6 * plan.noise_multiplier * plan.clip_norm * np.sqrt(size)
             norm = float(np.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in run.tensors.values())))
             if norm > bound:
-                return f"the gradient sum's norm {norm:.4g} exceeds what {site.rows_upper} clipped rows can give"
+                return f"the gradient sum's norm {norm:.4g} exceeds what {site.units_upper} clipped units can give"
         return ""
 
     def _average(
         self, ready: Sequence[ReadySite], outcomes: Mapping[str, TaskRun]
     ) -> dict[str, npt.NDArray[np.float64]]:
         """The round's update direction (a gradient: the optimizer steps against it)."""
-        weights = {r.site.name: float(r.rows_lower) for r in ready if r.site.name in outcomes}
+        weights = {r.site.name: float(r.units_lower) for r in ready if r.site.name in outcomes}
         if self.plan.algorithm is Algorithm.FEDSGD:
-            # Noisy clipped sums over Poisson samples of expected size q * rows.
+            # Noisy clipped sums over Poisson samples of expected size q * units (one clipped sum per unit).
             scale = {name: 1.0 / (self.plan.sampling_rate * sum(weights.values())) for name in outcomes}
         else:
             # The weighted mean delta, negated: FedAvg's pseudo-gradient.

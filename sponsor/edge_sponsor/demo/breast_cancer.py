@@ -22,7 +22,8 @@ import numpy.typing as npt
 import pyarrow as pa
 
 LABEL = "malignant"
-RECORD_ID = "record_id"
+# One row per patient (each fine-needle aspirate is a different woman): the privacy unit.
+PATIENT_ID = "patient_id"
 
 Array = npt.NDArray[np.float64]
 
@@ -66,7 +67,7 @@ class Cohorts:
 
     def site_table(self, index: int) -> pa.Table:
         x, y = self.sites[index]
-        columns: dict[str, Any] = {RECORD_ID: [f"{HOSPITALS[index].name}-{i:05d}" for i in range(len(y))]}
+        columns: dict[str, Any] = {PATIENT_ID: [f"{HOSPITALS[index].name}-{i:05d}" for i in range(len(y))]}
         columns.update({name: x[:, j] for j, name in enumerate(self.feature_columns)})
         columns[LABEL] = y.astype(np.float32)
         return pa.table(columns)

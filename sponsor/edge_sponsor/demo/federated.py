@@ -38,7 +38,7 @@ from edge_sponsor.coordinator.report import RoundRecord, SiteTask
 from edge_sponsor.coordinator.study import StudyOutcome, run_study
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.training import RunObserver
-from edge_sponsor.demo.breast_cancer import HOSPITALS, LABEL, RECORD_ID, Cohorts, split_cohorts
+from edge_sponsor.demo.breast_cancer import HOSPITALS, LABEL, PATIENT_ID, Cohorts, split_cohorts
 from edge_sponsor.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
 from edge_sponsor.publisher.packaging import FeatureColumn, build_package, zoo_graphs, zoo_manifest_fields
 from edge_sponsor.publisher.zoo.logistic import build_logistic_regression
@@ -115,7 +115,9 @@ id = "{DATASET_ID}"
 epsilon_budget = {EPSILON_BUDGET}
 delta = {DELTA}
 min_cohort_size = 50
-forbidden_columns = ["{RECORD_ID}"]
+# Tasks count, sample and protect patients: the dataset must declare its patient column.
+require_privacy_unit = true
+forbidden_columns = ["{PATIENT_ID}"]
 label_columns = ["{LABEL}"]
 purposes = ["{PURPOSE}"]
 
@@ -164,6 +166,7 @@ id = "{dataset_id}"
 path = "{data}"
 format = "parquet"
 description = "{description}"
+privacy_unit = "{PATIENT_ID}"
 """
 
 

@@ -13,7 +13,7 @@ from typing import TextIO
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.datasets import DatasetFormat, DatasetRegistry, DatasetSource, DatasetSpec
 from agent.identity.development_pki import DevelopmentPki
-from edge_sponsor.coordinator.client import AgentClient, ClientCredentials, dataset_format_name
+from edge_sponsor.coordinator.client import AgentClient, ClientCredentials, Units, dataset_format_name
 from edge_sponsor.demo.processes import DemoError, sigterm_interrupts, stop_child, wait_for_port
 from edge_sponsor.demo.sample_cohort import EXPOSED_COLUMNS, write_cohort
 
@@ -29,6 +29,7 @@ def _show(out: TextIO, info: pb.AgentInfo, datasets: list[pb.Dataset], health: s
         upper = dataset.row_count.upper or "inf"
         fmt = dataset_format_name(dataset.format)
         print(f"dataset {dataset.id}: {fmt}, rows in [{dataset.row_count.lower}, {upper})", file=out)
+        print(f"  {Units.of_dataset(dataset).describe()}", file=out)
         print(f"  {dataset.description}", file=out)
         for column in dataset.columns:
             print(f"  - {column.name}: {column.arrow_type}", file=out)
@@ -52,6 +53,7 @@ def _run_foundation_demo(state_dir: Path | None, out: TextIO) -> None:
                 description="Synthetic cardiovascular cohort (demo); patient_id is not exposed",
                 columns=EXPOSED_COLUMNS,
                 source=DatasetSource.REGISTRY,
+                privacy_unit="patient_id",
             )
         )
         port_file = Path(scratch) / "port"
