@@ -224,7 +224,7 @@ def render_html_report(
         render_budget_chart(series, chart_start, chart_end),
         "</section><main>",
         _summary(in_period, tasks, packages, denials, verification),
-        _budget_table(series),
+        _budget_table(series, _last_task_per_dataset(everything, period)),
         _data_use_table(tasks),
         _runs_table(tasks),
         _tasks_table(tasks),
@@ -369,15 +369,71 @@ def _summary(
     return f"<h2>Summary</h2><table>{body}</table>"
 
 
-def _budget_table(series: Sequence[BudgetSeries]) -> str:
+def _bucket(found: Any) -> str | None:
+    """A logged [lower, upper) count bucket in words; None when the entry has none."""
+    if not isinstance(found, list | tuple) or len(found) != 2 or not all(_number(n) is not None for n in found):
+        return None
+    lower, upper = (int(n) for n in found)
+    return f"{lower:,} to {upper - 1:,}" if lower else f"fewer than {upper:,}"
+
+
+def protects(entry: Entry) -> str | None:
+    """What one unit of the task's ε protects, in words; None for entries about no admitted task."""
+    if entry.kind not in (events.TaskStarted.kind, events.TaskFinished.kind, events.TaskFailed.kind):
+        return None
+    unit, bucket = entry[events.PRIVACY_UNIT], _bucket(entry[events.UNIT_COUNT])
+    if isinstance(unit, str):
+        rows = entry[events.MAX_ROWS_PER_UNIT]
+        cap = f", at most {rows} rows of each read" if isinstance(rows, int) else ""
+        count = f"; {bucket} patients" if bucket else ""
+        return f"per patient (unit {unit}{cap}{count})"
+    # No unit declared, or a log from before units existed (then every task was accounted per row).
+    count = f" ({bucket} rows)" if bucket else ""
+    return f"per row{count}: no privacy unit; a patient with k rows is protected only at about k·ε"
+
+
+def _last_task_per_dataset(entries: Sequence[Entry], period: ReportPeriod) -> Mapping[str, Entry]:
+    """Per dataset, its last admitted task up to the period's end: what its ε is counted per."""
+    last: dict[str, Entry] = {}
+    for entry in entries:
+        dataset = entry[events.DATASET]
+        if protects(entry) is None or not isinstance(dataset, str) or entry.moment is None:
+            continue
+        if period.end is None or entry.moment < period.end:
+            last[dataset] = entry
+    return last
+
+
+def _budget_table(series: Sequence[BudgetSeries], last_task: Mapping[str, Entry]) -> str:
     rows = []
     for item in series:
         in_period = item.final_level - item.start_level
         remaining = None if item.limit is None else item.limit - item.final_level
         numbers = (item.start_level, in_period, item.final_level, item.limit, remaining)
-        rows.append([(item.dataset, ""), (item.group, ""), *((n, "num") for n in numbers)])
-    return "<h2>Privacy budget per dataset</h2>" + _grid(
-        ("Dataset", "Budget group", "ε before period", "ε in period", "ε at end", "ε limit", "ε remaining"), rows
+        task = last_task.get(item.dataset)
+        unit = None if task is None else protects(task)
+        rows.append([(item.dataset, ""), (item.group, ""), *((n, "num") for n in numbers), (unit, "")])
+    note = (
+        "<p>ε is counted per privacy unit. Where a dataset declares one (a patient id), ε bounds what the "
+        "results can reveal about a whole patient, all of their rows together. Where it declares none, each "
+        "row is its own unit: ε is per row, and a patient with k rows is protected only at about k·ε.</p>"
+    )
+    return (
+        "<h2>Privacy budget per dataset</h2>"
+        + note
+        + _grid(
+            (
+                "Dataset",
+                "Budget group",
+                "ε before period",
+                "ε in period",
+                "ε at end",
+                "ε limit",
+                "ε remaining",
+                "ε is counted",
+            ),
+            rows,
+        )
     )
 
 
@@ -464,6 +520,7 @@ def _tasks_table(tasks: Sequence[Entry]) -> str:
         field(events.RUN_ID),
         field(events.ROUND, "num"),
         field(events.EPSILON_CHARGED, "num"),
+        Column("ε is counted", protects),
         field(events.DELTA, "num"),
         field(events.CORRELATION_ID),
         Column("Error / reason", _why),

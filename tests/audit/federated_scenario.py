@@ -6,6 +6,8 @@ first hospital, a coordinator uploads a tampered package (refused), asks for a
 purpose the policy does not allow (denied), walks away from an admitted task
 before sending its parameters (failed, refunded), a reviewer rejects the package with `edge-agent package reject`,
 and the next task with it is refused. The agents are stopped with SIGTERM.
+Each hospital's dataset declares its privacy unit (`patient_id`, as the demo's
+agent.toml does), so every task entry says that its ε is per patient.
 
 tests/fixtures/audit-v0.1/ holds the log the same scenario left with version
 0.1 of the agent (its imports then pointed at agent.coordinator, agent.demo).

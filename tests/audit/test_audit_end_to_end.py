@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,8 @@ class Log:
     directory: Path
     public_key: Path
     package_digest: str
+    # Whether the agent that wrote it knew privacy units (0.1 did not: every task was accounted per row).
+    units_known: bool
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +69,12 @@ def log(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if request.param == "written now":
         scenario: Scenario = request.getfixturevalue("scenario")
         hospital = scenario.hospital
-        return Log(hospital / "state" / "audit", hospital / "identity.key.pub", scenario.package_digest)
+        return Log(hospital / "state" / "audit", hospital / "identity.key.pub", scenario.package_digest, True)
     # A copy: verifying takes a lock file in the directory.
     copy = tmp_path_factory.mktemp("v0.1")
     shutil.copytree(FIXTURE, copy, dirs_exist_ok=True)
     uploaded = [r for r in read_records(copy / "audit") if r.kind == "package.uploaded"]
-    return Log(copy / "audit", copy / "agent.pub", str(uploaded[0].get("package")))
+    return Log(copy / "audit", copy / "agent.pub", str(uploaded[0].get("package")), False)
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
@@ -192,6 +195,27 @@ def test_the_report_shows_every_task_value_the_log_has(log: Log, tables: dict[st
     assert all(EMPTY not in row.values() for row in use), use
     (run,) = tables["Runs"]
     assert run["Run"] == RUN_ID and int(run["Rounds"]) >= 3 and run["Package"] != EMPTY
+
+
+def test_the_report_says_what_epsilon_protects(log: Log, tables: dict[str, list[dict[str, str]]]) -> None:
+    """Per patient where the dataset declares its patient column (the demo's hospitals now do); per row, with
+    the k·ε warning, for the tasks of an agent that did not know units."""
+    per_patient = re.compile(
+        r"^per patient \(unit patient_id, at most 64 rows of each read; [0-9,]+ to [0-9,]+ patients\)$"
+    )
+    per_row = "per row: no privacy unit; a patient with k rows is protected only at about k·ε"
+    admitted = [row for row in tables["Tasks"] if row["Outcome"] != "refused"]
+    assert admitted
+    for row in admitted:
+        if log.units_known:
+            assert per_patient.match(row["ε is counted"]), row
+        else:
+            assert row["ε is counted"] == per_row, row
+    # Refused tasks were never admitted: nothing was counted for them.
+    assert all(row["ε is counted"] == EMPTY for row in tables["Tasks"] if row["Outcome"] == "refused")
+    (budget,) = tables["Privacy budget per dataset"]
+    assert budget["Dataset"] == "breast-cancer"
+    assert per_patient.match(budget["ε is counted"]) if log.units_known else budget["ε is counted"] == per_row
 
 
 def test_the_report_shows_every_package_event_and_refusal(log: Log, tables: dict[str, list[dict[str, str]]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,14 @@ def test_a_run_of_a_few_minutes_gets_time_labels_in_seconds() -> None:
     # Over several days the ticks are dates and the axis names no single day.
     week = render_budget_chart(series, start, start + dt.timedelta(days=6))
     assert re.findall(r'text-anchor="middle">(2026-03-0\d)</text>', week) and "time (UTC)<" in week
+
+
+def test_report_says_what_each_datasets_epsilon_is_counted_per(usage_dir: Path) -> None:
+    html = render_html_report(list(read_records(usage_dir)), ReportPeriod())
+    per_patient = "per patient (unit patient_id, at most 64 rows of each read; 1,000 to 1,999 patients)"
+    per_row = "per row (5,000 to 9,999 rows): no privacy unit; a patient with k rows is protected only at about k·ε"
+    budget = html[html.index("Privacy budget per dataset") : html.index("Who used which data for what")]
+    assert escape(per_patient) in budget and escape(per_row) in budget
+    tasks = html[html.index("<h2>Tasks</h2>") : html.index("Refused tasks and uploads")]
+    # onco's 6 days of tasks, started and finished, are reported by their end entry: 6 rows each.
+    assert tasks.count(escape(per_patient)) == 6 and tasks.count(escape(per_row)) == 6 + 3
