@@ -40,12 +40,15 @@ INT64 = TensorProto.INT64
 ROW_INPUTS = frozenset({"x", "y"})
 ROWS_PER_RUN = 256
 """Rows per run of a batched wrapper (the session layer feeds at most this many)."""
-# With units=True, the agent's description of a run of whole privacy units
-# (agent.runtime.contribution.RunUnits):
+# With units=True the agent lays a run of whole privacy units out in blocks of BLOCK rows
+# (agent.runtime.contribution.UnitBlocks): no unit crosses a block, and rows that fill a
+# block up are padding rows whose results count as zeros.
 UNIT = AGENT_PREFIX + "unit"
-"""int64 ``[N]``: each row's unit number within the run."""
-UNIT_ROWS = AGENT_PREFIX + "unit_rows"
-"""int64 ``[G, k]``: each unit's rows, padded with ``N``."""
+"""int64 ``[N]``: each row's unit number within the run (any number for padding rows)."""
+REAL_ROW = AGENT_PREFIX + "real_row"
+"""bool ``[N]``: false on the padding rows."""
+BLOCK = AGENT_PREFIX + "block"
+"""int64 ``[1]``: rows per block; ``N`` is a multiple of it."""
 
 MAX_BATCHED_BYTES = 512 * 1024 * 1024
 """Upper bound on the batched values of one run (float64-sized, all alive at once, which
@@ -188,6 +191,9 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
     bad = emitter.op("Or", [emitter.op("IsNaN", [total]), emitter.op("IsInf", [total])])
     for overflow in overflows:
         bad = emitter.op("Or", [bad, overflow])
+    if units:
+        # The padding rows that fill the blocks up count as zeros.
+        bad = emitter.op("Or", [bad, emitter.op("Reshape", [emitter.op("Not", [REAL_ROW]), emitter.ints([-1, 1])])])
     # Where, not a multiply: 0 * NaN is NaN.
     safe = [
         (emitter.op("Where", [bad, zero, first]), None if second is None else emitter.op("Where", [bad, zero, second]))
@@ -215,11 +221,6 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
     return sums[0] if len(sums) == 1 else emitter.op("Concat", sums, axis=0)
 
 
-def _slice_last(emitter: Emitter, value: str, start: int, end: int) -> str:
-    """``value[..., start:end]``."""
-    return emitter.op("Slice", [value, emitter.ints([start]), emitter.ints([end]), emitter.ints([-1])])
-
-
 # How far the computed squared norm of a unit's summed piece may fall below its true value,
 # relative to (Σ_i ‖g_i‖)² over the unit's rows: rounding in the k-by-k Gram sums, the dot
 # products of r and c values and the final reduction, each at most n·2^-53 relative to
@@ -229,65 +230,73 @@ def _rounding_margin(widths: Sequence[tuple[int, int]]) -> float:
     return float(max(rows + cols for rows, cols in widths) + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
 
 
+def _blocks(emitter: Emitter, values: str, width: int) -> str:
+    """``values`` ``[N, width]`` as ``[N / BLOCK, BLOCK, width]``."""
+    shape = emitter.op("Concat", [emitter.ints([-1]), BLOCK, emitter.ints([width])], axis=0)
+    return emitter.op("Reshape", [values, shape])
+
+
+def _gram(emitter: Emitter, stacked: str) -> str:
+    """``[blocks, B, B]``: the dot products of the rows of each block of ``stacked`` ``[blocks, B, w]``."""
+    return emitter.op("MatMul", [stacked, emitter.op("Transpose", [stacked], perm=[0, 2, 1])])
+
+
+def _same_unit(emitter: Emitter) -> str:
+    """``[N / BLOCK, BLOCK, BLOCK]`` float64: 1 where two rows of a block belong to one unit.
+
+    A matrix product with it sums over each row's unit: no unit crosses a block."""
+    column_shape = emitter.op("Concat", [emitter.ints([-1]), BLOCK, emitter.ints([1])], axis=0)
+    column = emitter.op("Reshape", [UNIT, column_shape])
+    row = emitter.op("Reshape", [UNIT, emitter.op("Concat", [emitter.ints([-1, 1]), BLOCK], axis=0)])
+    return emitter.op("Cast", [emitter.op("Equal", [column, row])], to=DOUBLE)
+
+
 def _unit_squares(
     emitter: Emitter,
     pieces: Sequence[tuple[str, str | None]],
     widths: Sequence[tuple[int, int]],
     row_norms: str,
 ) -> str:
-    """``[G, 1]``: for each unit, an upper bound on ``‖Σ_{i∈unit} g_i‖²``, its summed gradient's
-    squared norm (``pieces`` with bad rows already zeroed, of ``widths`` values per row;
-    ``row_norms`` ``[N, pieces]`` each row's norm of each piece, zero for bad rows).
+    """``[N, 1]``: for each row, an upper bound on ``‖Σ_{i∈unit} g_i‖²``, the squared norm of
+    its unit's summed gradient (``pieces`` with bad and padding rows zeroed, of ``widths``
+    values per row; ``row_norms`` ``[N, pieces]`` each row's norm of each piece, zero likewise).
 
-    Every value a unit needs is gathered at once, as ``[G, k, width]`` (each unit's rows,
-    :data:`UNIT_ROWS`, padded with rows of zeros). The dense pieces are summed over the
-    unit's rows, then squared. An outer-product piece's unit sum ``U_gᵀ V_g`` is never
-    materialised: its squared Frobenius norm is ``Σ_{i,j} (U_g U_gᵀ ⊙ V_g V_gᵀ)_{ij}``, two
-    ``k x k`` Gram matrices per unit. Each piece's value is raised by
-    :func:`_rounding_margin` times ``(Σ_i ‖g_i‖)²``: clipping by an upper bound keeps the
-    unit's contribution within ``C`` whatever the rounding.
+    Within a block, with ``S`` its "same unit" mask (:func:`_same_unit`): the dense pieces'
+    part is ``Σ_{i,j∈g} d_i·d_j``, their Gram matrix ``D Dᵀ`` masked by ``S``; an
+    outer-product piece's unit sum ``U_gᵀ V_g`` is never materialised: its squared Frobenius
+    norm is ``Σ_{i,j∈g} (U Uᵀ)_{ij} (V Vᵀ)_{ij}``, from the block's two Gram matrices masked
+    by ``S``. The total is raised by :func:`_rounding_margin` times
+    ``Σ_pieces (Σ_{i∈g} ‖g_i‖)²``: clipping by an upper bound keeps the unit's contribution
+    within ``C`` whatever the rounding.
     """
-    dense = [(first, width) for (first, second), (width, _) in zip(pieces, widths, strict=True) if second is None]
-    factors = [
-        column
-        for (first, second), (rows, cols) in zip(pieces, widths, strict=True)
-        if second is not None
-        for column in ((first, rows), (second, cols))
-    ]
-    columns = [*dense, *factors, (row_norms, len(pieces))]
-    total = sum(width for _, width in columns)
-    joined = emitter.op("Concat", [value for value, _ in columns], axis=1)
-    padded = emitter.op("Concat", [joined, emitter.constant(np.zeros((1, total), np.float64))], axis=0)
-    grouped = emitter.op("Gather", [padded, UNIT_ROWS], axis=0)  # [G, k, total]
-    offsets = np.cumsum([0, *(width for _, width in columns)])
-    squares: list[str] = []
-    dense_width = sum(width for _, width in dense)
+    same = _same_unit(emitter)
+    products: list[str] = []
+    dense = [(first, rows) for (first, second), (rows, _) in zip(pieces, widths, strict=True) if second is None]
     if dense:
-        summed = _reduce(emitter, "ReduceSum", _slice_last(emitter, grouped, 0, dense_width), [1], keepdims=0)
-        squares.append(_reduce(emitter, "ReduceSumSquare", summed, [1], keepdims=1))
-    for index in range(len(dense), len(dense) + len(factors), 2):
-        grams = []
-        for position in (index, index + 1):
-            stacked = _slice_last(emitter, grouped, int(offsets[position]), int(offsets[position + 1]))
-            grams.append(emitter.op("MatMul", [stacked, emitter.op("Transpose", [stacked], perm=[0, 2, 1])]))
-        per_row = _reduce(emitter, "ReduceSum", emitter.op("Mul", grams), [2], keepdims=0)  # [G, k]
-        squares.append(_reduce(emitter, "ReduceSum", per_row, [1], keepdims=1))
-    norms = _slice_last(emitter, grouped, int(offsets[-2]), int(offsets[-1]))  # [G, k, pieces]
-    bounds = _reduce(emitter, "ReduceSum", norms, [1], keepdims=0)  # [G, pieces]: Σ_i ‖g_i‖ per piece
+        # Dense pieces together: Σ_{i,j∈g} d_i·d_j, one Gram matrix of their concatenation.
+        joined = dense[0][0] if len(dense) == 1 else emitter.op("Concat", [value for value, _ in dense], axis=1)
+        products.append(_gram(emitter, _blocks(emitter, joined, sum(width for _, width in dense))))
+    for (first, second), (rows, cols) in zip(pieces, widths, strict=True):
+        if second is not None:
+            left, right = _gram(emitter, _blocks(emitter, first, rows)), _gram(emitter, _blocks(emitter, second, cols))
+            products.append(emitter.op("Mul", [left, right]))
+    masked = emitter.op("Mul", [same, products[0] if len(products) == 1 else emitter.op("Sum", products)])
+    squares = [emitter.op("MatMul", [same, _reduce(emitter, "ReduceSum", masked, [2], keepdims=1)])]  # [blocks, B, 1]
+    bounds = emitter.op("MatMul", [same, _blocks(emitter, row_norms, len(pieces))])  # Σ_{i∈g} ‖g_i‖ per piece
     margin = emitter.constant(np.array(_rounding_margin(widths), np.float64))
-    squares.append(emitter.op("Mul", [margin, _reduce(emitter, "ReduceSumSquare", bounds, [1], keepdims=1)]))
-    return emitter.op("Sum", squares)
+    squares.append(emitter.op("Mul", [margin, _reduce(emitter, "ReduceSumSquare", bounds, [2], keepdims=1)]))
+    total = squares[0] if len(squares) == 1 else emitter.op("Sum", squares)
+    return emitter.op("Reshape", [total, emitter.ints([-1, 1])])
 
 
 def _unit_scale(emitter: Emitter, squares: str) -> str:
     """``[N, 1]``: each row's unit's clipping scale ``C / max(‖Σ_{i∈unit} g_i‖, C)`` from the
-    units' squared norms ``[G, 1]`` (:func:`_unit_squares`); a unit whose squared norm is not
-    finite gets scale 0. Each row takes its unit's scale (:data:`UNIT`)."""
+    squared norms ``[N, 1]`` (:func:`_unit_squares`); a unit whose squared norm is not finite
+    gets scale 0."""
     zero = emitter.constant(np.array(0.0, np.float64))
     bad = emitter.op("Or", [emitter.op("IsNaN", [squares]), emitter.op("IsInf", [squares])])
     norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, squares])])
-    scale = emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
-    return emitter.op("Gather", [scale, UNIT], axis=0)  # [N, 1]
+    return emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
 
 
 def _live(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
@@ -312,14 +321,14 @@ def _metric_rows(emitter: Emitter, m: str, manifest: Manifest, *, units: bool = 
     finite = emitter.op("Where", [bad, zero, m])
     clamped = emitter.op("Min", [emitter.op("Max", [finite, low]), high])
     if units:
-        padded = emitter.op(
-            "Concat", [clamped, emitter.constant(np.zeros((1, len(manifest.metrics)), np.float64))], axis=0
-        )
-        grouped = emitter.op("Gather", [padded, UNIT_ROWS], axis=0)  # [G, k, M]: each unit's rows, zero-padded
-        sums = _reduce(emitter, "ReduceSum", grouped, [1], keepdims=0)
-        listed = emitter.op("Cast", [emitter.op("Less", [UNIT_ROWS, emitter.batch_size])], to=DOUBLE)
-        rows = _reduce(emitter, "ReduceSum", listed, [1], keepdims=1)  # [G, 1]
-        clamped = emitter.op("Div", [sums, rows])
+        one = emitter.constant(np.array(1.0, np.float64))
+        # Each real row weighs one over its unit's real rows: the sum of the units' means.
+        real = emitter.op("Reshape", [emitter.op("Cast", [REAL_ROW], to=DOUBLE), emitter.ints([-1, 1])])  # [N, 1]
+        unit_rows = emitter.op("MatMul", [_same_unit(emitter), _blocks(emitter, real, 1)])  # [blocks, B, 1]
+        # Padding rows (all of unit -1 in a block, none real) divide 0 by 1.
+        counted = emitter.op("Max", [emitter.op("Reshape", [unit_rows, emitter.ints([-1, 1])]), one])
+        weight = emitter.op("Div", [real, counted])
+        clamped = emitter.op("Mul", [clamped, weight])
     return _reduce(emitter, "ReduceSum", clamped, [0], keepdims=0)
 
 
@@ -383,13 +392,12 @@ def build_batched_wrapper(
         helper.make_tensor_value_info(X, FLOAT, [BATCH_DIM, manifest.num_features]),
         helper.make_tensor_value_info(Y, label, [BATCH_DIM, *manifest.label.shape]),
     ]
-    if units and role is GraphRole.GRADIENT:
+    if units:
         inputs += [
             helper.make_tensor_value_info(UNIT, INT64, [BATCH_DIM]),
-            helper.make_tensor_value_info(UNIT_ROWS, INT64, ["G", "K"]),
+            helper.make_tensor_value_info(REAL_ROW, TensorProto.BOOL, [BATCH_DIM]),
+            helper.make_tensor_value_info(BLOCK, INT64, [1]),
         ]
-    elif units:
-        inputs.append(helper.make_tensor_value_info(UNIT_ROWS, INT64, ["G", "K"]))
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))
     graph = helper.make_graph(

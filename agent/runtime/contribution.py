@@ -55,23 +55,74 @@ def unit_sizes(unit_starts: IndexArray, rows: int) -> IndexArray:
 
 
 @dataclass(frozen=True, eq=False)
-class RunUnits:
-    """How the rows of one run are grouped, as the compiled per-unit wrapper takes it.
+class UnitBlocks:
+    """A run of whole units laid out in blocks of ``block`` rows, as the compiled per-unit
+    wrapper takes it: no unit crosses a block; the rows that fill a block up are padding.
 
-    ``unit`` ``[N]``: each row's unit number. ``unit_rows`` ``[G, k]``: each unit's rows,
-    padded with ``N`` (``k``: the run's largest unit).
+    ``order`` ``[blocks·block]``: for each position, the run's row placed there, or -1 for
+    padding. ``unit``: each position's unit number (-1 for padding). Units are packed
+    first-fit by decreasing size (few padding rows) into blocks of the largest unit's
+    size, or twice that when it costs less: every position costs a row of the package
+    graph, and each row's share of its block's Gram matrices grows with the block.
     """
 
+    order: IndexArray
     unit: IndexArray
-    unit_rows: IndexArray
+    block: int
+
+    @property
+    def real(self) -> npt.NDArray[np.bool_]:
+        return self.order >= 0
 
     @classmethod
-    def of(cls, unit_starts: IndexArray, rows: int) -> RunUnits:
+    def of(cls, unit_starts: IndexArray, rows: int) -> UnitBlocks:
         check_unit_starts(unit_starts, rows)
         sizes = unit_sizes(unit_starts, rows)
-        unit = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
-        unit_rows = np.full((sizes.size, int(sizes.max(initial=1))), rows, np.int64)
-        # Row r of unit g sits at column r - start(g).
-        every_row = np.arange(rows, dtype=np.int64)
-        unit_rows[unit, every_row - unit_starts[unit]] = every_row
-        return cls(unit, unit_rows)
+        largest = int(sizes.max(initial=1))
+        if np.all(sizes == largest):  # units of one size: one per block, in order, no padding
+            every_row = np.arange(rows, dtype=np.int64)
+            return cls(every_row, np.repeat(np.arange(sizes.size, dtype=np.int64), sizes), largest)
+        # Blocks of the largest unit's size, unless packing wastes much: then twice that.
+        block, bins = largest, _first_fit_decreasing(sizes, largest)
+        if len(bins) * largest > 1.25 * rows:
+            wider = _first_fit_decreasing(sizes, 2 * largest)
+            if len(wider) * 2 * largest * (1.0 + 2 * largest / _GRAM_ROWS) < len(bins) * largest * (
+                1.0 + largest / _GRAM_ROWS
+            ):
+                block, bins = 2 * largest, wider
+        # Each unit's first position: its block's start plus the sizes placed before it there.
+        members = np.array([member for members in bins for member in members], np.int64)
+        block_of = np.repeat(np.arange(len(bins), dtype=np.int64), [len(packed) for packed in bins])
+        member_sizes = sizes[members]
+        before = np.concatenate(([0], np.cumsum(member_sizes)[:-1]))
+        first_in_block = np.concatenate(([0], np.flatnonzero(np.diff(block_of)) + 1))
+        within = before - np.repeat(before[first_in_block], np.diff(np.append(first_in_block, members.size)))
+        steps = np.arange(rows, dtype=np.int64) - np.repeat(before, member_sizes)  # row index within its unit
+        destination = np.repeat(block_of * block + within, member_sizes) + steps
+        order = np.full(len(bins) * block, -1, np.int64)
+        unit = np.full(len(bins) * block, -1, np.int64)
+        order[destination] = np.repeat(unit_starts[members], member_sizes) + steps
+        unit[destination] = np.repeat(members, member_sizes)
+        return cls(order, unit, block)
+
+
+# A block of this many rows doubles each row's cost (measured on the bench MLP: a row of
+# the package graph costs about as much as its share of 48 rows' Gram matrices).
+_GRAM_ROWS = 48.0
+
+
+def _first_fit_decreasing(sizes: IndexArray, block: int) -> list[list[int]]:
+    """Units (indices into ``sizes``) packed into blocks of ``block`` rows."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for member in np.argsort(-sizes, kind="stable"):
+        size = int(sizes[member])
+        for index, room in enumerate(free):
+            if size <= room:
+                bins[index].append(int(member))
+                free[index] -= size
+                break
+        else:
+            bins.append([int(member)])
+            free.append(block - size)
+    return bins

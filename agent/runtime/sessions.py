@@ -24,13 +24,14 @@ import onnxruntime as ort
 
 from agent.packages.manifest import Manifest
 from agent.runtime.batched_wrapper import (
+    BLOCK,
+    REAL_ROW,
     ROWS_PER_RUN,
     UNIT,
-    UNIT_ROWS,
     build_batched_wrapper,
 )
 from agent.runtime.batching import BatchingRefused
-from agent.runtime.contribution import RunUnits, unit_sizes
+from agent.runtime.contribution import UnitBlocks, unit_sizes
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
 from agent.runtime.isolation import (
     CLIP_NORM,
@@ -109,15 +110,9 @@ class CompiledWrapper:
         """
         if batch.size == 0:
             return np.zeros(self.layout.size, np.float64)
-        if batch.unit_starts is not None:
-            # A unit of one row is bounded exactly as a row: those go through the per-row wrapper.
-            alone = np.repeat(batch.unit_sizes() == 1, batch.unit_sizes())
-            if alone.all():
-                batch = RowBatch(batch.x, batch.y)
-            elif alone.any():
-                rows = RowBatch(np.ascontiguousarray(batch.x[alone]), np.ascontiguousarray(batch.y[alone]))
-                grouped = batch.select(batch.unit_sizes() > 1)
-                return self.clipped_sum(parameters, rows, clip_norm) + self.clipped_sum(parameters, grouped, clip_norm)
+        if batch.unit_starts is not None and batch.units == batch.size:
+            # Units of one row each are bounded exactly as rows: the per-row wrapper does it.
+            batch = RowBatch(batch.x, batch.y)
         feeds: dict[str, object] = {parameter_input(name): np.asarray(value) for name, value in parameters.items()}
         feeds[X] = batch.x
         feeds[Y] = batch.y
@@ -183,13 +178,13 @@ class CompiledWrapper:
         limit = ROWS_PER_RUN if batched is not None else batch.size
         shared = {name: value for name, value in feeds.items() if name not in (X, Y)}
         total = np.zeros(self.layout.size, np.float64)
+        ends = np.cumsum(sizes)
         first = 0
         while first < sizes.size:
-            last, rows = first + 1, int(sizes[first])
-            while last < sizes.size and rows + sizes[last] <= limit:
-                rows += int(sizes[last])
-                last += 1
             begin = int(starts[first])
+            # Whole units up to `limit` rows from here, and at least one.
+            last = max(first + 1, int(np.searchsorted(ends, begin + limit, side="right")))
+            rows = int(ends[last - 1]) - begin
             run_starts = (starts[first:last] - begin).astype(np.int64)
             run = shared | {X: batch.x[begin : begin + rows], Y: batch.y[begin : begin + rows]}
             if batched is not None and rows <= ROWS_PER_RUN:
@@ -202,10 +197,18 @@ class CompiledWrapper:
     def _unit_batched_sum(
         self, session: ort.InferenceSession, feeds: dict[str, object], unit_starts: npt.NDArray[np.int64], rows: int
     ) -> Float64Array:
-        units = RunUnits.of(unit_starts, rows)
-        feeds = feeds | {UNIT_ROWS: units.unit_rows}
-        if self.role is GraphRole.GRADIENT:
-            feeds[UNIT] = units.unit
+        blocks = UnitBlocks.of(unit_starts, rows)
+        x, y = np.asarray(feeds[X]), np.asarray(feeds[Y])
+        # Position -1 (padding) takes the appended row of zeros; the graph counts it as zeros.
+        x = np.concatenate([x, np.zeros_like(x[:1])])[blocks.order]
+        y = np.concatenate([y, np.zeros_like(y[:1])])[blocks.order]
+        feeds = feeds | {
+            X: x,
+            Y: y,
+            UNIT: blocks.unit,
+            REAL_ROW: blocks.real,
+            BLOCK: np.array([blocks.block], np.int64),
+        }
         (result,) = session.run([SUM], feeds)
         return self._checked(result)
 

@@ -45,6 +45,10 @@ from tests.runtime.unit_graphs import (
 
 C = 0.75
 SLACK = 1e-9  # relative: float64 rounding of the clip, far below any release's noise
+# For graphs whose per-row values are float32 matrix products: the compiled batch's float32
+# kernels round a row's gradient differently with other rows beside it (per row already,
+# unit or not), so the neighbour without one unit is computed with other roundings.
+BATCH_ROUNDING_SLACK = 1e-6
 RTOL = 1e-6
 SPECIALS = (np.nan, np.inf, -np.inf, 3e38, -3e38, 1e20, 40.0, 33.0, 1e-45, 0.0)
 
@@ -87,9 +91,10 @@ def test_removing_one_unit_moves_the_clipped_gradient_sum_by_at_most_c(name: str
     for mode, wrapper in wrappers(name, GraphRole.GRADIENT).items():
         full = wrapper.clipped_sum(case.params, unit_batch(x, y, sizes), C)
         assert np.all(np.isfinite(full)), mode
+        slack = BATCH_ROUNDING_SLACK if case.float32_products and mode is RuntimeMode.BATCHED else SLACK
         for unit in range(len(sizes)):
             moved = np.linalg.norm(full - wrapper.clipped_sum(case.params, without_unit(x, y, sizes, unit), C))
-            assert moved <= C * (1 + SLACK), f"{mode}: unit {unit} of {sizes} moves the sum by {moved / C:.6g} C"
+            assert moved <= C * (1 + slack), f"{mode}: unit {unit} of {sizes} moves the sum by {moved / C:.6g} C"
         _assert_close(full, expected, C, f"{mode} against the per-unit reference", loose=case.float32_products)
         results[mode] = full
     if RuntimeMode.BATCHED in results:
