@@ -61,9 +61,10 @@ class UnitBlocks:
 
     ``order`` ``[blocks·block]``: for each position, the run's row placed there, or -1 for
     padding. ``unit``: each position's unit number (-1 for padding). Units are packed
-    first-fit by decreasing size (few padding rows) into blocks of the largest unit's
-    size, or twice that when it costs less: every position costs a row of the package
-    graph, and each row's share of its block's Gram matrices grows with the block.
+    first-fit by decreasing size (few padding rows) into blocks of the size, among the
+    largest unit's and a few larger ones, that costs least: every position costs a row of
+    the package graph, each row's share of its block's Gram matrices grows with the block,
+    and every block adds small matrix products of its own.
     """
 
     order: IndexArray
@@ -76,22 +77,33 @@ class UnitBlocks:
 
     @classmethod
     def of(cls, unit_starts: IndexArray, rows: int) -> UnitBlocks:
+        """The layout of least estimated cost among a few block sizes (see the class doc)."""
         check_unit_starts(unit_starts, rows)
         sizes = unit_sizes(unit_starts, rows)
         largest = int(sizes.max(initial=1))
         if np.all(sizes == largest):  # units of one size: one per block, in order, no padding
             every_row = np.arange(rows, dtype=np.int64)
             return cls(every_row, np.repeat(np.arange(sizes.size, dtype=np.int64), sizes), largest)
-        # Blocks of the largest unit's size, unless packing wastes much: then twice that.
-        block, bins = largest, _first_fit_decreasing(sizes, largest)
-        if len(bins) * largest > 1.25 * rows:
-            wider = _first_fit_decreasing(sizes, 2 * largest)
-            if len(wider) * 2 * largest * (1.0 + 2 * largest / _GRAM_ROWS) < len(bins) * largest * (
-                1.0 + largest / _GRAM_ROWS
-            ):
-                block, bins = 2 * largest, wider
+        best: tuple[float, UnitBlocks] | None = None
+        for block in sorted({largest, *(size for size in _BLOCK_SIZES if size > largest)}):
+            layout = cls.packed(unit_starts, rows, block)
+            blocks = layout.order.size // block
+            cost = layout.order.size * (1.0 + block / _GRAM_ROWS) + blocks * _BLOCK_ROWS
+            if best is None or cost < best[0]:
+                best = (cost, layout)
+        if best is None:
+            raise ValueError("no block size")  # unreachable: the largest unit's size is a candidate
+        return best[1]
+
+    @classmethod
+    def packed(cls, unit_starts: IndexArray, rows: int, block: int) -> UnitBlocks:
+        """Units packed first-fit by decreasing size into blocks of ``block`` rows (at least the largest unit)."""
+        sizes = unit_sizes(unit_starts, rows)
+        if block < int(sizes.max(initial=1)):
+            raise ValueError(f"a block of {block} rows cannot hold a unit of {int(sizes.max())}")
+        bins = _first_fit_decreasing(sizes, block)
         # Each unit's first position: its block's start plus the sizes placed before it there.
-        members = np.array([member for members in bins for member in members], np.int64)
+        members = np.array([member for packed in bins for member in packed], np.int64)
         block_of = np.repeat(np.arange(len(bins), dtype=np.int64), [len(packed) for packed in bins])
         member_sizes = sizes[members]
         before = np.concatenate(([0], np.cumsum(member_sizes)[:-1]))
@@ -106,8 +118,12 @@ class UnitBlocks:
         return cls(order, unit, block)
 
 
-# A block of this many rows doubles each row's cost (measured on the bench MLP: a row of
-# the package graph costs about as much as its share of 48 rows' Gram matrices).
+# Block sizes tried beside the largest unit's.
+_BLOCK_SIZES = (8, 16, 32)
+# The cost model, in rows of the package graph (measured on the bench MLP): a position
+# costs one row plus its share of the block's Gram matrices (block / _GRAM_ROWS rows), and
+# each block's small matrix products cost _BLOCK_ROWS rows more.
+_BLOCK_ROWS = 1.0
 _GRAM_ROWS = 48.0
 
 

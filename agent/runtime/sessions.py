@@ -199,14 +199,16 @@ class CompiledWrapper:
     ) -> Float64Array:
         blocks = UnitBlocks.of(unit_starts, rows)
         x, y = np.asarray(feeds[X]), np.asarray(feeds[Y])
-        # Position -1 (padding) takes the appended row of zeros; the graph counts it as zeros.
-        x = np.concatenate([x, np.zeros_like(x[:1])])[blocks.order]
-        y = np.concatenate([y, np.zeros_like(y[:1])])[blocks.order]
+        real = blocks.real
+        if not real.all() or np.any(blocks.order != np.arange(rows)):
+            # Position -1 (padding) takes the appended row of zeros; the graph counts it as zeros.
+            x = np.concatenate([x, np.zeros_like(x[:1])])[blocks.order]
+            y = np.concatenate([y, np.zeros_like(y[:1])])[blocks.order]
         feeds = feeds | {
             X: x,
             Y: y,
             UNIT: blocks.unit,
-            REAL_ROW: blocks.real,
+            REAL_ROW: real,
             BLOCK: np.array([blocks.block], np.int64),
         }
         (result,) = session.run([SUM], feeds)
