@@ -79,6 +79,8 @@ class CompiledWrapper:
         # Built on the first batch grouped by privacy unit (see _unit_sum).
         self._unit_batched: ort.InferenceSession | None = None
         self._unit_batched_refused = False
+        # Whether a unit may have more rows than a compiled run holds (set_max_rows_per_unit).
+        self._units_in_scan = False
         self._unit_scan: ort.InferenceSession | None = None
         self.fallback_reason: str | None = None
         """Why ``AUTO`` runs the ``Scan`` wrapper (``None``: it runs the compiled batch)."""
@@ -110,9 +112,6 @@ class CompiledWrapper:
         """
         if batch.size == 0:
             return np.zeros(self.layout.size, np.float64)
-        if batch.unit_starts is not None and batch.units == batch.size:
-            # Units of one row each are bounded exactly as rows: the per-row wrapper does it.
-            batch = RowBatch(batch.x, batch.y)
         feeds: dict[str, object] = {parameter_input(name): np.asarray(value) for name, value in parameters.items()}
         feeds[X] = batch.x
         feeds[Y] = batch.y
@@ -145,6 +144,15 @@ class CompiledWrapper:
                 detail=str(exc)[:2000],
             ) from None
 
+    def set_max_rows_per_unit(self, rows: int) -> None:
+        """The most rows a unit of this task's dataset can have (the policy's cap, public).
+
+        Where a unit may have more rows than one compiled run holds, every unit is summed by
+        the Scan wrapper: which wrapper runs, and so what a row costs, must not depend on
+        which units a step sampled (a coordinator times the steps).
+        """
+        self._units_in_scan = rows > ROWS_PER_RUN
+
     @property
     def unit_mode(self) -> RuntimeMode:
         """The wrapper that sums batches grouped by privacy unit: the compiled batch
@@ -153,6 +161,8 @@ class CompiledWrapper:
         return RuntimeMode.BATCHED if self._unit_batched_session() is not None else RuntimeMode.SCAN
 
     def _unit_batched_session(self) -> ort.InferenceSession | None:
+        if self._units_in_scan:
+            return None
         if self.mode is RuntimeMode.BATCHED and self._unit_batched is None and not self._unit_batched_refused:
             try:
                 model = build_batched_wrapper(self._graph, self.manifest, self.role, units=True)
@@ -166,9 +176,10 @@ class CompiledWrapper:
     def _unit_sum(self, feeds: dict[str, object], batch: RowBatch, clip_norm: float | None) -> Float64Array:
         """Sum over whole units (rows grouped by ``batch.unit_starts``) of their bounded contributions.
 
-        The compiled batch takes runs of whole units of at most ROWS_PER_RUN rows; a larger
-        unit, or every unit when the graph only runs in Scan, goes to the Scan wrapper,
-        which carries one unit's partial sum from row to row.
+        The compiled batch takes runs of whole units of at most ROWS_PER_RUN rows; when the
+        graph only runs in Scan, or a unit may be larger than a run, every unit goes to the
+        Scan wrapper, which carries one unit's partial sum from row to row. (A unit larger
+        than the cap reaches here only in tests; it, too, goes to Scan.)
         """
         if batch.unit_starts is None:
             raise ValueError("the batch is not grouped by unit")

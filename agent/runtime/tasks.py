@@ -123,11 +123,14 @@ class Controls:
 
     ``pad_timing``: run the wrapper on as many rows in every step whatever the Poisson
     sample's size (see :func:`_pad`); off only in benchmarks that measure its cost.
+    ``max_rows_per_unit``: for rows grouped by privacy unit, the cap on a unit's rows.
     """
 
     progress: Callable[[float], None] | None = None
     cancelled: Callable[[], bool] | None = None
     pad_timing: bool = True
+    max_rows_per_unit: int = 1
+    """The public cap on a unit's rows (the policy's), which the padded size is computed from."""
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,6 @@ class _Pass:
     """Units read."""
     rows_sampled: int = 0
     rows_usable: int = 0
-    squared_sizes: int = 0
-    """Σ over the units read of (rows)²."""
-    largest: int = 0
     grouped: bool = False
     """Whether the rows came grouped by privacy unit."""
 
@@ -194,11 +194,8 @@ def _sampled_pass(
     for batch in rows.batches():
         if controls.cancelled is not None and controls.cancelled():
             raise TaskCancelledError("the task was cancelled")
-        sizes = batch.unit_sizes()
         result.usable += batch.units
         result.rows_usable += batch.size
-        result.squared_sizes += int(np.sum(sizes * sizes))
-        result.largest = max(result.largest, int(sizes.max(initial=0)))
         # Units (all their rows) join the sample, not rows.
         sample = batch.select(sampler.mask(batch.units))
         result.sampled += sample.units
@@ -218,7 +215,10 @@ def _sampled_pass(
             total += summed
     result.total = total if total is not None else np.zeros(wrapper.layout.size, np.float64)
     if controls.pad_timing and spare is not None:
-        padded = padded_row_count(result.rows_usable, result.squared_sizes, result.largest, sampler.rate)
+        # From the rows read (which a timer of the full pass sees anyway) and the public cap on
+        # a unit's rows, never from the sizes of actual units: Σ n² ≤ cap · Σ n.
+        cap = controls.max_rows_per_unit if result.grouped else 1
+        padded = padded_row_count(result.rows_usable, cap * result.rows_usable, cap, sampler.rate)
         _pad(wrapper, parameters, spare, clip_norm, padded - result.rows_sampled, grouped=result.grouped)
     return result
 
@@ -242,8 +242,8 @@ def _pad(
     not noised: a coordinator timing the steps (progress messages arrive after each)
     would learn it. Each step instead runs the wrapper on padded_row_count(...) rows, a
     size that depends only on the usable rows N (which the full pass over the data
-    reveals to a timer anyway), on q and, with privacy units, on the sum of squared unit
-    sizes and the largest unit, and that the sample exceeds with probability at most 1e-9.
+    reveals to a timer anyway), on q and, with privacy units, on the policy's cap on a
+    unit's rows, and that the sample exceeds with probability at most 1e-9.
     The extra rows repeat the step's own sampled rows, so they cost what sampled rows cost (validated graphs have no
     data-dependent shapes) and make the step depend on no row outside its sample;
     their results never reach the released sums.
@@ -251,7 +251,8 @@ def _pad(
     while rows > 0:
         count = min(rows, _PAD_CHUNK)
         cycle = np.arange(count) % spare.size  # as many calls, of the same sizes, however few rows spare has
-        # Grouped rows are padded as units of one row each: through the same (per-unit) wrapper.
+        # Grouped rows are padded as units of one row each, through the same per-unit wrapper as
+        # the sample (a unit's rows cost what a row costs there, up to how they share blocks).
         units = np.arange(count, dtype=np.int64) if grouped else None
         wrapper.clipped_sum(parameters, RowBatch(spare.x[cycle], spare.y[cycle], units), clip_norm)  # discarded
         rows -= count

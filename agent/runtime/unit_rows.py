@@ -16,9 +16,12 @@ Memory. The files need not be sorted by unit. When the usable rows fit in
 hash of its unit so that every row of a unit lands in the same partition and a partition
 holds about ``memory_bytes / 2``; then each partition in turn is read, sorted by unit,
 capped and preprocessed into arrays saved beside it, and the raw partition file deleted. A
-pass maps one partition's arrays at a time. Peak memory is one partition plus one record
-batch, whatever the dataset's size; the disk holds the used columns of the usable rows
-(inside the agent's state directory, removed when the task ends).
+partition is read batch by batch and capped as it grows, so one patient with millions of
+rows needs only ``max_rows_per_unit`` of them in memory. A pass maps one partition's
+arrays at a time. Peak memory is about ``memory_bytes`` plus one record batch, whatever
+the dataset's size (at most 512 partitions are written at once: beyond 256 times the grouping
+memory a partition is larger, and still capped as it is read); the disk holds the used
+columns of the usable rows (inside the agent's state directory, removed when the task ends).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pyarrow import ipc
 
+from agent.datasets.inspection import unit_type_supported
 from agent.packages.manifest import Manifest
 from agent.runtime.errors import PrivacyUnitError
 from agent.runtime.preprocessing import check_schema, drop_rows_with_nulls, features, labels
@@ -48,9 +52,8 @@ from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch
 
 # The column holding each row's random key (never a dataset column: agent:: names are reserved).
 _ORDER = "agent::order"
-# A unit column's values must be one of these to be grouped by (equality must be exact).
-_UNIT_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-               pa.types.is_large_binary)
+# Raw partitions written at once: each holds an open file (the service allows 16384).
+_MAX_PARTITIONS = 512
 MAX_ROWS_PER_UNIT = 10_000
 """The largest ``max_rows_per_unit`` the agent accepts (the policy's range)."""
 
@@ -95,9 +98,7 @@ class UnitRowSource:
         if dataset.schema.get_field_index(unit_column) < 0:
             raise PrivacyUnitError(f"the privacy-unit column {unit_column!r} is missing")
         unit_type = dataset.schema.field(unit_column).type
-        if pa.types.is_dictionary(unit_type):
-            unit_type = unit_type.value_type
-        if not any(accepts(unit_type) for accepts in _UNIT_TYPES):
+        if not unit_type_supported(unit_type):
             raise PrivacyUnitError(
                 f"the privacy-unit column {unit_column!r} has type {unit_type}; "
                 "a unit must be an integer, a string or binary"
@@ -118,8 +119,6 @@ class UnitRowSource:
         """Rows kept: at most ``max_rows_per_unit`` of each unit (after :meth:`prepare`)."""
         self.largest_unit = 0
         """Rows of the unit with the most kept rows (after :meth:`prepare`)."""
-        self.sum_of_squared_sizes = 0
-        """Σ over units of (kept rows)², which bounds how far a sample's row count spreads."""
 
     def prepare(self) -> int:
         """Reads the dataset once and groups it; returns the number of units. Call once, before :meth:`batches`."""
@@ -135,7 +134,7 @@ class UnitRowSource:
                 # Too large to group in memory: spill by unit, with partitions of about memory / 2.
                 rows = sum(part.num_rows for part in held)
                 estimate = self._dataset.count_rows() * held_bytes / max(1, rows)
-                partitions = max(2, math.ceil(2 * estimate / self._memory))
+                partitions = min(_MAX_PARTITIONS, max(2, math.ceil(2 * estimate / self._memory)))
                 self._groups = self._partition(partitions, itertools.chain(held, tables))
                 return self.units
         self._groups = [self._group(pa.concat_tables(held))] if held else []
@@ -195,29 +194,17 @@ class UnitRowSource:
             yield table.append_column(_ORDER, pa.array(self._rng.random(table.num_rows)))
 
     def _group(self, table: pa.Table) -> _Group:
-        """Sorts by (unit, key), keeps each unit's first ``max_rows_per_unit`` rows, preprocesses."""
-        ordered = table.sort_by([(self._unit, "ascending"), (_ORDER, "ascending")])
-        unit = ordered.column(self._unit).combine_chunks()
-        rows = ordered.num_rows
-        changes = np.asarray(pc.not_equal(unit[1:], unit[:-1]), dtype=np.bool_) if rows > 1 else np.zeros(0, np.bool_)
-        starts = np.concatenate(([0], np.flatnonzero(changes) + 1)).astype(np.int64)
-        sizes = np.diff(np.append(starts, rows))
-        rank = np.arange(rows) - np.repeat(starts, sizes)
-        kept = rank < self._cap
-        kept_sizes = np.minimum(sizes, self._cap)
-        capped = ordered.filter(pa.array(kept))
+        """Keeps each unit's ``max_rows_per_unit`` rows of smallest key, grouped, and preprocesses them."""
+        capped = self._cap_rows(table).combine_chunks()
+        starts = _unit_starts(capped.column(self._unit))
+        sizes = np.diff(np.append(starts, capped.num_rows))
         self.units += int(starts.size)
-        self.rows += int(kept_sizes.sum())
-        self.largest_unit = max(self.largest_unit, int(kept_sizes.max(initial=0)))
-        self.sum_of_squared_sizes += int(np.sum(kept_sizes.astype(np.int64) ** 2))
-        batch = capped.combine_chunks().to_batches()[0] if capped.num_rows else None
-        if batch is None:
-            raise PrivacyUnitError("no usable rows")  # unreachable: every unit keeps one row
-        return _Group(
-            features(batch, self._manifest),
-            labels(batch, self._manifest),
-            np.concatenate(([0], np.cumsum(kept_sizes)[:-1])).astype(np.int64),
-        )
+        self.rows += int(sizes.sum())
+        self.largest_unit = max(self.largest_unit, int(sizes.max(initial=0)))
+        batches = capped.to_batches()
+        if not batches:
+            raise PrivacyUnitError("no usable rows")  # unreachable: only tables with rows are grouped
+        return _Group(features(batches[0], self._manifest), labels(batches[0], self._manifest), starts)
 
     def _partition(self, partitions: int, tables: Iterator[pa.Table]) -> list[_Group | Path]:
         """Spills rows to ``partitions`` files by a keyed hash of their unit, then groups each file."""
@@ -239,13 +226,43 @@ class UnitRowSource:
                 writer.close()
         groups: list[_Group | Path] = []
         for index in sorted(writers):
-            with pa.memory_map(str(paths[index])) as source:
-                table = ipc.open_file(source).read_all()
-            group = self._group(table)
-            del table
+            group = self._group(self._capped_partition(paths[index]))
             paths[index].unlink()
             groups.append(_save(group, self._directory / f"group-{index}"))
         return groups
+
+    def _capped_partition(self, path: Path) -> pa.Table:
+        """A partition's rows, at most ``max_rows_per_unit`` of each unit (the smallest keys),
+        read batch by batch: one unit with a great many rows never needs all of them in memory."""
+        held: list[pa.Table] = []
+        held_bytes = 0
+        with pa.memory_map(str(path)) as source:
+            reader = ipc.open_file(source)
+            for index in range(reader.num_record_batches):
+                batch = pa.Table.from_batches([reader.get_batch(index)])
+                held.append(batch)
+                held_bytes += batch.nbytes
+                if held_bytes > self._memory // 4:
+                    kept = self._cap_rows(pa.concat_tables(held))
+                    held, held_bytes = [kept], kept.nbytes
+            return self._cap_rows(pa.concat_tables(held)) if held else reader.schema.empty_table()
+
+    def _cap_rows(self, table: pa.Table) -> pa.Table:
+        """The rows of ``table`` with one of their unit's ``max_rows_per_unit`` smallest keys,
+        sorted by unit and key."""
+        ordered = table.sort_by([(self._unit, "ascending"), (_ORDER, "ascending")])
+        starts = _unit_starts(ordered.column(self._unit))
+        rank = np.arange(ordered.num_rows) - np.repeat(starts, np.diff(np.append(starts, ordered.num_rows)))
+        return ordered.filter(pa.array(rank < self._cap))
+
+
+def _unit_starts(unit: pa.ChunkedArray[Any] | pa.Array[Any]) -> npt.NDArray[np.int64]:
+    """Where each unit's rows begin in a column sorted by unit."""
+    values = unit.combine_chunks() if isinstance(unit, pa.ChunkedArray) else unit
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    changes = np.asarray(pc.not_equal(values[1:], values[:-1]), dtype=np.bool_)
+    return np.concatenate(([0], np.flatnonzero(changes) + 1)).astype(np.int64)
 
 
 def _partition_of(unit: pa.ChunkedArray[Any], key: bytes, partitions: int) -> npt.NDArray[np.int64]:

@@ -27,7 +27,7 @@ from agent.datasets.errors import DatasetUnavailableError
 from agent.datasets.inspection import open_dataset
 from agent.packages.manifest import Manifest
 from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve
-from agent.runtime.errors import RuntimeTaskError
+from agent.runtime.errors import PrivacyUnitError, RuntimeTaskError
 from agent.runtime.parameters import checked_parameters
 from agent.runtime.rows import ArrowRowSource, MinimumRows
 from agent.runtime.sessions import CompiledWrapper
@@ -100,6 +100,12 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
     except (DatasetUnavailableError, OSError, pa.ArrowException):
         # The reason names hospital paths; the coordinator gets the generic one.
         raise TaskInputError("the dataset cannot be read at the moment") from None
+    except PrivacyUnitError:
+        # The detail names the unit column, which coordinators are never told; the operator
+        # sees it in `edge-agent dataset show` (the same check refuses the dataset there).
+        raise TaskInputError(
+            f"dataset {job.dataset.id!r}: its privacy-unit column cannot group the rows at the moment"
+        ) from None
     except RuntimeTaskError as exc:
         raise TaskInputError(str(exc)) from None
     if usable < job.min_cohort_size:
@@ -114,7 +120,9 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
         )
 
     progress(0.0, COMPUTING)
-    controls = Controls(progress=lambda fraction: progress(fraction, "step"))
+    cap = job.max_rows_per_unit if unit is not None else 1
+    wrapper.set_max_rows_per_unit(cap)
+    controls = Controls(progress=lambda fraction: progress(fraction, "step"), max_rows_per_unit=cap)
     # The noise for a model of this size is drawn ahead, while the worker waits for the next round.
     reserve = memory.get_or_create("noise", NoiseReserve)
     # Every later pass is held to the minimum as well (the files are read afresh by each).

@@ -141,6 +141,7 @@ def test_step_durations_no_longer_tell_an_empty_sample_from_a_full_one() -> None
 # Units of 1 to 6 rows, in batches of whole units: a dataset with a privacy unit.
 UNIT_SIZES = np.random.default_rng(5).integers(1, 7, 4000)
 UNIT_ROWS = int(UNIT_SIZES.sum())
+CAP = 8  # the policy's max_rows_per_unit: above every unit's size
 
 
 class GroupedRows:
@@ -167,11 +168,11 @@ def test_grouped_rows_run_on_a_padded_row_count_whatever_units_were_sampled(frac
         parameters,
         sampler=RiggedSampler(RATE, fraction),  # type: ignore[arg-type]
         clip_norm=1.0,
-        controls=Controls(pad_timing=True),
+        controls=Controls(pad_timing=True, max_rows_per_unit=CAP),
     )
     assert step.usable == UNIT_SIZES.size  # units, not rows
-    expected = padded_row_count(UNIT_ROWS, int(np.sum(UNIT_SIZES**2)), int(UNIT_SIZES.max()), RATE)
-    assert counting.rows == expected
+    # From the rows read and the public cap, never from the units' actual sizes.
+    assert counting.rows == padded_row_count(UNIT_ROWS, CAP * UNIT_ROWS, CAP, RATE)
 
 
 def test_a_poisson_sample_of_units_exceeds_the_padded_row_count_rarely() -> None:

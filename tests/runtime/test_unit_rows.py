@@ -206,3 +206,72 @@ def test_the_cohort_minimum_counts_patients_and_refuses_before_computing(tmp_pat
         compute_task(job, lambda fraction, stage: stages.append(stage), WorkerMemory())
     assert refused.value.rule == MIN_COHORT_RULE
     assert stages == []  # refused before "computing": refunded, nothing read by a graph
+
+
+def test_one_patient_with_most_rows_is_capped_while_its_partition_is_read(tmp_path, model_and_manifest) -> None:
+    """Spilled by unit with a tiny grouping memory: the dominant patient's partition is capped
+    batch by batch, and the result is the same as grouping in memory."""
+    _, _, manifest = model_and_manifest
+    rng = np.random.default_rng(7)
+    frame = _frame(rng, patients=300, most_rows=3)
+    crowd = pd.DataFrame({f"f{i}": rng.normal(size=20_000) for i in range(FEATURES)})
+    crowd["label"] = 1.0
+    crowd["patient_id"] = "p-everywhere"
+    frame = pd.concat([frame, crowd]).sample(frac=1.0, random_state=2).reset_index(drop=True)
+    spec = _write(frame, tmp_path / "data", files=5)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    options = {"memory_bytes": 96 * 1024, "scratch": scratch, "max_rows_per_unit": 4, "batch_size": 1000}
+    with _source(spec, manifest, **options) as source:
+        assert source.prepare() == 301
+        assert source.largest_unit == 4
+        assert source.rows == int(np.minimum(frame.groupby("patient_id").size(), 4).sum())
+
+
+def test_fixed_size_binary_units_group_rows(tmp_path, model_and_manifest) -> None:
+    _, _, manifest = model_and_manifest
+    ids = [bytes([i % 7]) * 16 for i in range(40)]
+    table = pa.table({**{f"f{i}": np.arange(40, dtype=np.float64) for i in range(FEATURES)}, "label": [0.0] * 40})
+    table = table.append_column("patient_uuid", pa.array(ids, pa.binary(16)))
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "a.parquet")
+    spec = DatasetSpec(
+        id="uuids",
+        path=tmp_path / "data",
+        format=DatasetFormat.PARQUET,
+        columns=(*(f"f{i}" for i in range(FEATURES)), "label"),
+        privacy_unit="patient_uuid",
+    )
+    source = UnitRowSource(
+        open_dataset(spec, with_unit=True), manifest, "patient_uuid", max_rows_per_unit=64, memory_bytes=2**26
+    )
+    assert source.prepare() == 7
+
+
+def test_a_refusal_about_the_unit_column_does_not_name_it(tmp_path, model_and_manifest) -> None:
+    model, graphs, manifest = model_and_manifest
+    table = pa.table({**{f"f{i}": [0.1, 0.2, 0.3] for i in range(FEATURES)}, "label": [0.0, 1.0, 0.0]})
+    table = table.append_column("secret_mrn", pa.array(["a", None, "b"]))
+    (tmp_path / "data").mkdir()
+    pq.write_table(table, tmp_path / "data" / "a.parquet")
+    spec = DatasetSpec(
+        id="nulls",
+        path=tmp_path / "data",
+        format=DatasetFormat.PARQUET,
+        columns=(*(f"f{i}" for i in range(FEATURES)), "label"),
+        privacy_unit="secret_mrn",
+    )
+    job = _job(spec, graphs, manifest, random_parameters(model, np.random.default_rng(0)))
+    with pytest.raises(TaskInputError) as refused:
+        compute_task(job, lambda fraction, stage: None, WorkerMemory())
+    assert "privacy-unit column" in str(refused.value)
+    assert "secret_mrn" not in str(refused.value)
+
+
+def test_which_wrapper_bounds_units_depends_on_the_public_cap_only(model_and_manifest) -> None:
+    _, graphs, manifest = model_and_manifest
+    wrapper = CompiledWrapper(graphs["grad"], manifest, GraphRole.GRADIENT)
+    wrapper.set_max_rows_per_unit(64)
+    assert wrapper.unit_mode is RuntimeMode.BATCHED
+    wrapper.set_max_rows_per_unit(257)  # a unit could exceed a compiled run: every unit goes to Scan
+    assert wrapper.unit_mode is RuntimeMode.SCAN
