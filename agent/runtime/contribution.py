@@ -61,10 +61,10 @@ class UnitBlocks:
 
     ``order`` ``[blocks·block]``: for each position, the run's row placed there, or -1 for
     padding. ``unit``: each position's unit number (-1 for padding). Units are packed
-    first-fit by decreasing size (few padding rows) into blocks of the size, among the
-    largest unit's and a few larger ones, that costs least: every position costs a row of
-    the package graph, each row's share of its block's Gram matrices grows with the block,
-    and every block adds small matrix products of its own.
+    largest first (few padding rows) into blocks of 16 rows, or of the largest unit's size
+    where that is more: every position costs a row of the package graph, each row's share
+    of its block's Gram matrices grows with the block, and every block adds small matrix
+    products of its own.
     """
 
     order: IndexArray
@@ -81,64 +81,72 @@ class UnitBlocks:
         check_unit_starts(unit_starts, rows)
         sizes = unit_sizes(unit_starts, rows)
         largest = int(sizes.max(initial=1))
-        if np.all(sizes == largest):  # units of one size: one per block, in order, no padding
-            every_row = np.arange(rows, dtype=np.int64)
-            return cls(every_row, np.repeat(np.arange(sizes.size, dtype=np.int64), sizes), largest)
-        best: tuple[float, UnitBlocks] | None = None
-        for block in sorted({largest, *(size for size in _BLOCK_SIZES if size > largest)}):
-            layout = cls.packed(unit_starts, rows, block)
-            blocks = layout.order.size // block
-            cost = layout.order.size * (1.0 + block / _GRAM_ROWS) + blocks * _BLOCK_ROWS
-            if best is None or cost < best[0]:
-                best = (cost, layout)
-        if best is None:
-            raise ValueError("no block size")  # unreachable: the largest unit's size is a candidate
-        return best[1]
+        # Units of one size fill blocks of a multiple of it exactly.
+        uniform = bool(np.all(sizes == largest))
+        block = largest * max(1, _BLOCK // largest) if uniform else max(largest, _BLOCK)
+        return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
 
     @classmethod
     def packed(cls, unit_starts: IndexArray, rows: int, block: int) -> UnitBlocks:
-        """Units packed first-fit by decreasing size into blocks of ``block`` rows (at least the largest unit)."""
+        """Units packed largest first into blocks of ``block`` rows (at least the largest unit)."""
+        check_unit_starts(unit_starts, rows)
         sizes = unit_sizes(unit_starts, rows)
         if block < int(sizes.max(initial=1)):
             raise ValueError(f"a block of {block} rows cannot hold a unit of {int(sizes.max())}")
-        bins = _first_fit_decreasing(sizes, block)
-        # Each unit's first position: its block's start plus the sizes placed before it there.
-        members = np.array([member for packed in bins for member in packed], np.int64)
-        block_of = np.repeat(np.arange(len(bins), dtype=np.int64), [len(packed) for packed in bins])
+        return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
+
+    @classmethod
+    def _laid_out(cls, unit_starts: IndexArray, sizes: IndexArray, placed: IndexArray, block: int) -> UnitBlocks:
+        """Units block by block (``placed``: each unit's block), each after those placed before it."""
+        rows = int(sizes.sum())
+        blocks = int(placed.max(initial=-1)) + 1
+        members = np.lexsort((np.arange(sizes.size), placed)).astype(np.int64)
         member_sizes = sizes[members]
+        block_of = placed[members]
         before = np.concatenate(([0], np.cumsum(member_sizes)[:-1]))
         first_in_block = np.concatenate(([0], np.flatnonzero(np.diff(block_of)) + 1))
         within = before - np.repeat(before[first_in_block], np.diff(np.append(first_in_block, members.size)))
         steps = np.arange(rows, dtype=np.int64) - np.repeat(before, member_sizes)  # row index within its unit
         destination = np.repeat(block_of * block + within, member_sizes) + steps
-        order = np.full(len(bins) * block, -1, np.int64)
-        unit = np.full(len(bins) * block, -1, np.int64)
+        order = np.full(blocks * block, -1, np.int64)
+        unit = np.full(blocks * block, -1, np.int64)
         order[destination] = np.repeat(unit_starts[members], member_sizes) + steps
         unit[destination] = np.repeat(members, member_sizes)
         return cls(order, unit, block)
 
 
-# Block sizes tried beside the largest unit's.
-_BLOCK_SIZES = (8, 16, 32)
-# The cost model, in rows of the package graph (measured on the bench MLP): a position
-# costs one row plus its share of the block's Gram matrices (block / _GRAM_ROWS rows), and
-# each block's small matrix products cost _BLOCK_ROWS rows more.
-_BLOCK_ROWS = 1.0
-_GRAM_ROWS = 48.0
+# Rows per block where units are smaller: fewer would make many tiny matrix products, more
+# would make each row's share of its block's Gram matrices costly (measured on the bench MLP).
+_BLOCK = 16
 
 
-def _first_fit_decreasing(sizes: IndexArray, block: int) -> list[list[int]]:
-    """Units (indices into ``sizes``) packed into blocks of ``block`` rows."""
-    bins: list[list[int]] = []
-    free: list[int] = []
-    for member in np.argsort(-sizes, kind="stable"):
-        size = int(sizes[member])
-        for index, room in enumerate(free):
-            if size <= room:
-                bins[index].append(int(member))
-                free[index] -= size
+def _first_fit_decreasing(sizes: IndexArray, block: int) -> IndexArray:
+    """Each unit's block when packed into blocks of ``block`` rows, largest units first.
+
+    Blocks are filled one at a time, each with the largest units that still fit (by size
+    class, so the work grows with blocks times distinct sizes, not with units squared);
+    units of one size keep their order.
+    """
+    placed = np.zeros(sizes.size, np.int64)
+    if sizes.size and np.all(sizes == sizes[0]):
+        return np.arange(sizes.size, dtype=np.int64) // max(1, block // int(sizes[0]))
+    classes = [int(size) for size in np.unique(sizes)[::-1]]
+    members = {size: np.flatnonzero(sizes == size) for size in classes}
+    left = {size: int(members[size].size) for size in classes}
+    taken = dict.fromkeys(classes, 0)
+    remaining, current = int(sizes.size), 0
+    while remaining:
+        room = block
+        for size in classes:
+            if size > room or not left[size]:
+                continue
+            count = min(left[size], room // size)
+            placed[members[size][taken[size] : taken[size] + count]] = current
+            taken[size] += count
+            left[size] -= count
+            remaining -= count
+            room -= count * size
+            if room == 0:
                 break
-        else:
-            bins.append([int(member)])
-            free.append(block - size)
-    return bins
+        current += 1
+    return placed
