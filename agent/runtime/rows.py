@@ -124,7 +124,7 @@ class ArrowRowSource:
             batch_size=self._batch_size,
             batch_readahead=0,
             fragment_readahead=0,
-            fragment_scan_options=_scan_options(self._dataset),
+            fragment_scan_options=scan_options(self._dataset),
             use_threads=False,
         )
 
@@ -154,7 +154,8 @@ class MinimumRows:
             )
 
 
-def _scan_options(dataset: ds.Dataset) -> ds.FragmentScanOptions | None:
+def scan_options(dataset: ds.Dataset) -> ds.FragmentScanOptions | None:
+    """How to scan ``dataset`` one batch at a time (Parquet without reading whole files ahead)."""
     # Parquet's pre-buffering coalesces the reads of a whole file up front (measured: a
     # 32 MB file fully buffered before the first 4096-row batch); without it, reads follow
     # the batches.

@@ -18,10 +18,12 @@ holds about ``memory_bytes / 2``; then each partition in turn is read, sorted by
 capped and preprocessed into arrays saved beside it, and the raw partition file deleted. A
 partition is read batch by batch and capped as it grows, so one patient with millions of
 rows needs only ``max_rows_per_unit`` of them in memory. A pass maps one partition's
-arrays at a time. Peak memory is about ``memory_bytes`` plus one record batch, whatever
-the dataset's size (at most 512 partitions are written at once: beyond 256 times the grouping
-memory a partition is larger, and still capped as it is read); the disk holds the used
-columns of the usable rows (inside the agent's state directory, removed when the task ends).
+arrays at a time. Memory does not grow with the dataset (at most 512 partitions are
+written at once: beyond 256 times the grouping memory a partition is larger, and still
+capped as it is read); measured by ``bench/unit_grouping_memory.py``, grouping holds about
+four times ``memory_bytes`` above what the worker held before, as the sorts and the
+preprocessed arrays copy what they work on. The disk holds the used columns of the usable
+rows (inside the agent's state directory, removed when the task ends).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from agent.datasets.inspection import unit_type_supported
 from agent.packages.manifest import Manifest
 from agent.runtime.errors import PrivacyUnitError
 from agent.runtime.preprocessing import check_schema, drop_rows_with_nulls, features, labels
-from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch
+from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch, scan_options
 
 # The column holding each row's random key (never a dataset column: agent:: names are reserved).
 _ORDER = "agent::order"
@@ -179,7 +181,12 @@ class UnitRowSource:
         """Usable rows with their unit and random key, one record batch at a time."""
         columns = [*self._manifest.columns, self._unit]
         for batch in self._dataset.to_batches(
-            columns=columns, batch_size=self._batch_size, batch_readahead=0, fragment_readahead=0, use_threads=False
+            columns=columns,
+            batch_size=self._batch_size,
+            batch_readahead=0,
+            fragment_readahead=0,
+            fragment_scan_options=scan_options(self._dataset),
+            use_threads=False,
         ):
             usable = drop_rows_with_nulls(batch, self._manifest.columns)
             if usable.num_rows == 0:
@@ -215,11 +222,15 @@ class UnitRowSource:
         try:
             for table in tables:
                 assignment = _partition_of(table.column(self._unit), key, partitions)
-                for index in np.unique(assignment):
-                    part = table.filter(pa.array(assignment == index))
-                    writer = writers.get(int(index))
+                # One sort by partition, then a slice per partition present (not a filter per partition).
+                order = np.argsort(assignment, kind="stable")
+                ordered = table.take(order)
+                present, firsts, counts = np.unique(assignment[order], return_index=True, return_counts=True)
+                for index, first, count in zip(present.tolist(), firsts.tolist(), counts.tolist(), strict=True):
+                    part = ordered.slice(first, count)
+                    writer = writers.get(index)
                     if writer is None:
-                        writer = writers[int(index)] = ipc.new_file(str(paths[int(index)]), part.schema)
+                        writer = writers[index] = ipc.new_file(str(paths[index]), part.schema)
                     writer.write_table(part)
         finally:
             for writer in writers.values():
