@@ -247,15 +247,19 @@ class UnitRowSource:
         read batch by batch: one unit with a great many rows never needs all of them in memory."""
         held: list[pa.Table] = []
         held_bytes = 0
+        # Capped again only once what is held has doubled since (or reached memory / 4):
+        # capping sorts everything held, and for small units removes little.
+        threshold = self._memory // 4
         with pa.memory_map(str(path)) as source:
             reader = ipc.open_file(source)
             for index in range(reader.num_record_batches):
                 batch = pa.Table.from_batches([reader.get_batch(index)])
                 held.append(batch)
                 held_bytes += batch.nbytes
-                if held_bytes > self._memory // 4:
+                if held_bytes > threshold:
                     kept = self._cap_rows(pa.concat_tables(held))
                     held, held_bytes = [kept], kept.nbytes
+                    threshold = max(self._memory // 4, 2 * held_bytes)
             return self._cap_rows(pa.concat_tables(held)) if held else reader.schema.empty_table()
 
     def _cap_rows(self, table: pa.Table) -> pa.Table:
