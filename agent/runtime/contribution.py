@@ -61,10 +61,10 @@ class UnitBlocks:
 
     ``order`` ``[blocks·block]``: for each position, the run's row placed there, or -1 for
     padding. ``unit``: each position's unit number (-1 for padding). Units are packed
-    largest first (few padding rows) into blocks of 16 rows, or of the largest unit's size
-    where that is more: every position costs a row of the package graph, each row's share
-    of its block's Gram matrices grows with the block, and every block adds small matrix
-    products of its own.
+    largest first (few padding rows) into blocks of the largest unit's size or of 16 rows,
+    whichever costs less (units of one size: blocks of a multiple of it): every position
+    costs a row of the package graph, each row's share of its block's Gram matrices grows
+    with the block, and every block adds small matrix products of its own.
     """
 
     order: IndexArray
@@ -81,10 +81,19 @@ class UnitBlocks:
         check_unit_starts(unit_starts, rows)
         sizes = unit_sizes(unit_starts, rows)
         largest = int(sizes.max(initial=1))
-        # Units of one size fill blocks of a multiple of it exactly.
-        uniform = bool(np.all(sizes == largest))
-        block = largest * max(1, _BLOCK // largest) if uniform else max(largest, _BLOCK)
-        return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
+        if np.all(sizes == largest):  # units of one size fill blocks of a multiple of it exactly
+            block = largest * max(1, _BLOCK // largest)
+            return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
+        best: tuple[float, int, IndexArray] | None = None
+        for block in sorted({largest, max(largest, _BLOCK)}):
+            placed = _first_fit_decreasing(sizes, block)
+            blocks = int(placed.max(initial=-1)) + 1
+            cost = blocks * block * (1.0 + block / _GRAM_ROWS) + blocks * _BLOCK_ROWS
+            if best is None or cost < best[0]:
+                best = (cost, block, placed)
+        if best is None:
+            raise ValueError("no block size")  # unreachable: the set above is never empty
+        return cls._laid_out(unit_starts, sizes, best[2], best[1])
 
     @classmethod
     def packed(cls, unit_starts: IndexArray, rows: int, block: int) -> UnitBlocks:
@@ -118,6 +127,11 @@ class UnitBlocks:
 # Rows per block where units are smaller: fewer would make many tiny matrix products, more
 # would make each row's share of its block's Gram matrices costly (measured on the bench MLP).
 _BLOCK = 16
+# The cost model between blocks of the largest unit's size and of _BLOCK rows, in rows of
+# the package graph: a position costs one row plus its share of the block's Gram matrices
+# (block / _GRAM_ROWS rows), and each block's small matrix products _BLOCK_ROWS rows more.
+_GRAM_ROWS = 48.0
+_BLOCK_ROWS = 3.0
 
 
 def _first_fit_decreasing(sizes: IndexArray, block: int) -> IndexArray:
@@ -127,26 +141,27 @@ def _first_fit_decreasing(sizes: IndexArray, block: int) -> IndexArray:
     class, so the work grows with blocks times distinct sizes, not with units squared);
     units of one size keep their order.
     """
-    placed = np.zeros(sizes.size, np.int64)
     if sizes.size and np.all(sizes == sizes[0]):
         return np.arange(sizes.size, dtype=np.int64) // max(1, block // int(sizes[0]))
-    classes = [int(size) for size in np.unique(sizes)[::-1]]
-    members = {size: np.flatnonzero(sizes == size) for size in classes}
-    left = {size: int(members[size].size) for size in classes}
-    taken = dict.fromkeys(classes, 0)
-    remaining, current = int(sizes.size), 0
+    by_size: dict[int, list[int]] = {}
+    for member, size in enumerate(sizes.tolist()):
+        by_size.setdefault(size, []).append(member)
+    classes = sorted(by_size, reverse=True)
+    placed = [0] * sizes.size
+    remaining, current = sizes.size, 0
     while remaining:
         room = block
         for size in classes:
-            if size > room or not left[size]:
+            waiting = by_size[size]
+            if size > room or not waiting:
                 continue
-            count = min(left[size], room // size)
-            placed[members[size][taken[size] : taken[size] + count]] = current
-            taken[size] += count
-            left[size] -= count
+            count = min(len(waiting), room // size)
+            for member in waiting[:count]:
+                placed[member] = current
+            del waiting[:count]
             remaining -= count
             room -= count * size
             if room == 0:
                 break
         current += 1
-    return placed
+    return np.array(placed, np.int64)
