@@ -154,6 +154,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
     overflows: list[str] = []
     pieces: list[tuple[str, str | None]] = []
     widths: list[tuple[int, int]] = []
+    roots: list[tuple[str, str | None]] = []
     for slot in layout.slots:
         name = f"grad_{slot.name}"
         outer = _outer_product(batched, name, slot.size)
@@ -162,6 +163,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
             squares.append(_reduce(emitter, "ReduceSumSquare", dense, [1], keepdims=1))
             pieces.append((dense, None))
             widths.append((slot.size, 0))
+            roots.append((_root(batched, batched.outputs[name]), None))
             continue
         u = emitter.op("Cast", [emitter.op("Reshape", [outer.u, emitter.ints([0, outer.rows])])], to=DOUBLE)
         v = emitter.op("Cast", [emitter.op("Reshape", [outer.v, emitter.ints([0, outer.cols])])], to=DOUBLE)
@@ -186,6 +188,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
         )
         pieces.append((u, v))
         widths.append((outer.rows, outer.cols))
+        roots.append((_root(batched, outer.u), _root(batched, outer.v)))
     total = squares[0] if len(squares) == 1 else emitter.op("Sum", squares)  # [N, 1]
     # NaN or +-Inf anywhere in a row makes its sum of squares NaN or Inf.
     bad = emitter.op("Or", [emitter.op("IsNaN", [total]), emitter.op("IsInf", [total])])
@@ -202,7 +205,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
     if units:
         per_piece = squares[0] if len(squares) == 1 else emitter.op("Concat", squares, axis=1)  # [N, pieces]
         row_norms = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, per_piece])])
-        scale = _unit_scale(emitter, _unit_squares(emitter, safe, widths, row_norms))
+        scale = _unit_scale(emitter, _unit_squares(emitter, safe, widths, roots, row_norms))
     else:
         norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
         # min(1, C / norm) as C / max(norm, C); 0 for a bad row.
@@ -251,35 +254,64 @@ def _same_unit(emitter: Emitter) -> str:
     return emitter.op("Cast", [emitter.op("Equal", [column, row])], to=DOUBLE)
 
 
+def _root(batched: BatchedGraph, value: str) -> str:
+    """The value ``value`` reshapes: followed up through Identity, Reshape, (Un)Squeeze and
+    Flatten, which keep each row's elements in order. Two pieces with one root hold the
+    same values in every row (a bias gradient is its weight gradient's second factor)."""
+    producers = {output: node for node in batched.nodes for output in node.output}
+    node = producers.get(value)
+    while node is not None and node.op_type in ("Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"):
+        value = node.input[0]
+        node = producers.get(value)
+    return value
+
+
 def _unit_squares(
     emitter: Emitter,
     pieces: Sequence[tuple[str, str | None]],
     widths: Sequence[tuple[int, int]],
+    roots: Sequence[tuple[str, str | None]],
     row_norms: str,
 ) -> str:
     """``[N, 1]``: for each row, an upper bound on ``‖Σ_{i∈unit} g_i‖²``, the squared norm of
     its unit's summed gradient (``pieces`` with bad and padding rows zeroed, of ``widths``
-    values per row; ``row_norms`` ``[N, pieces]`` each row's norm of each piece, zero likewise).
+    values per row, each the reshaped ``roots``; ``row_norms`` ``[N, pieces]`` each row's
+    norm of each piece, zero likewise).
 
-    Within a block, with ``S`` its "same unit" mask (:func:`_same_unit`): the dense pieces'
-    part is ``Σ_{i,j∈g} d_i·d_j``, their Gram matrix ``D Dᵀ`` masked by ``S``; an
+    Within a block, with ``S`` its "same unit" mask (:func:`_same_unit`): a dense piece's
+    part is ``Σ_{i,j∈g} d_i·d_j``, its Gram matrix ``D Dᵀ`` masked by ``S``; an
     outer-product piece's unit sum ``U_gᵀ V_g`` is never materialised: its squared Frobenius
     norm is ``Σ_{i,j∈g} (U Uᵀ)_{ij} (V Vᵀ)_{ij}``, from the block's two Gram matrices masked
-    by ``S``. The total is raised by :func:`_rounding_margin` times
+    by ``S``. A Gram matrix is computed once per root (a bias gradient reuses its weight
+    gradient's factor's); dense pieces without a factor of their own share one, of their
+    concatenation. The total is raised by :func:`_rounding_margin` times
     ``Σ_pieces (Σ_{i∈g} ‖g_i‖)²``: clipping by an upper bound keeps the unit's contribution
     within ``C`` whatever the rounding.
     """
     same = _same_unit(emitter)
+    grams: dict[str, str] = {}
+
+    def gram(value: str, root: str, width: int) -> str:
+        if root not in grams:
+            grams[root] = _gram(emitter, _blocks(emitter, value, width))
+        return grams[root]
+
     products: list[str] = []
-    dense = [(first, rows) for (first, second), (rows, _) in zip(pieces, widths, strict=True) if second is None]
-    if dense:
-        # Dense pieces together: Σ_{i,j∈g} d_i·d_j, one Gram matrix of their concatenation.
-        joined = dense[0][0] if len(dense) == 1 else emitter.op("Concat", [value for value, _ in dense], axis=1)
-        products.append(_gram(emitter, _blocks(emitter, joined, sum(width for _, width in dense))))
-    for (first, second), (rows, cols) in zip(pieces, widths, strict=True):
-        if second is not None:
-            left, right = _gram(emitter, _blocks(emitter, first, rows)), _gram(emitter, _blocks(emitter, second, cols))
-            products.append(emitter.op("Mul", [left, right]))
+    for (first, second), (rows, cols), (first_root, second_root) in zip(pieces, widths, roots, strict=True):
+        if second is not None and second_root is not None:
+            products.append(emitter.op("Mul", [gram(first, first_root, rows), gram(second, second_root, cols)]))
+    alone = [
+        (first, rows)
+        for (first, second), (rows, _), (root, _) in zip(pieces, widths, roots, strict=True)
+        if second is None and root not in grams
+    ]
+    products += [
+        grams[root] for (_, second), (root, _) in zip(pieces, roots, strict=True) if second is None and root in grams
+    ]
+    if alone:
+        # The other dense pieces together: Σ_{i,j∈g} d_i·d_j, one Gram matrix of their concatenation.
+        joined = alone[0][0] if len(alone) == 1 else emitter.op("Concat", [value for value, _ in alone], axis=1)
+        products.append(_gram(emitter, _blocks(emitter, joined, sum(width for _, width in alone))))
     masked = emitter.op("Mul", [same, products[0] if len(products) == 1 else emitter.op("Sum", products)])
     squares = [emitter.op("MatMul", [same, _reduce(emitter, "ReduceSum", masked, [2], keepdims=1)])]  # [blocks, B, 1]
     bounds = emitter.op("MatMul", [same, _blocks(emitter, row_norms, len(pieces))])  # Σ_{i∈g} ‖g_i‖ per piece
