@@ -168,3 +168,45 @@ class ArrayRowSource:
         for start in range(0, self._whole.size, self._batch_size):
             end = start + self._batch_size
             yield RowBatch(self._whole.x[start:end], self._whole.y[start:end])
+
+
+def int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
+    return const(name, values, np.int64)
+
+
+def outer_gradient_graph(scale: float) -> bytes:
+    """A gradient graph for the MLP 5-(8, 6)-3: grad_W1 = outer(x, v) with
+    v = scale * [x, x[:3]] (the compiled batch takes it as its factors and never
+    materialises it), grad_b1 = v, and every other gradient the (row-independent)
+    parameter itself."""
+    model = build_mlp_classifier(5, (8, 6), 3, activation="tanh")
+    params = [(p.name, list(p.shape)) for p in model.parameters]
+    nodes = [
+        int64_constant("a0", [0]),
+        int64_constant("a1", [1]),
+        int64_constant("st", [0]),
+        int64_constant("en", [3]),
+        const("k", scale),
+        node("Slice", ["x", "st", "en"], "head"),
+        node("Concat", ["x", "head"], "xx", axis=0),
+        node("Mul", ["xx", "k"], "v"),
+        node("Unsqueeze", ["x", "a1"], "col"),
+        node("Unsqueeze", ["v", "a0"], "row"),
+        node("MatMul", ["col", "row"], "outer"),
+        node("Identity", ["outer"], "grad_W1"),
+        node("Identity", ["v"], "grad_b1"),
+        *(node("Identity", [name], f"grad_{name}") for name, _ in params if name not in ("W1", "b1")),
+        const("loss", 0.0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outer",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in params]
+        + [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [5]),
+            helper.make_tensor_value_info("y", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info(f"grad_{name}", TensorProto.FLOAT, shape) for name, shape in params]
+        + [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()

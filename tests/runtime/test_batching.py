@@ -36,6 +36,7 @@ from tests.runtime.helpers import (
     hostile_params,
     manifest_for,
     node,
+    outer_gradient_graph,
     random_parameters,
     single_example_graph,
     zero_loss,
@@ -357,48 +358,12 @@ def test_unbatched_gradients_are_copied_into_every_row() -> None:
 OUTER_CASE = CASES[2]  # MLP 5-(8, 6)-3: W1 [5, 8], b1 [8], W2 [8, 6], b2 [6], Wout [6, 3], bout [3]
 
 
-def _outer_graph(scale: float) -> bytes:
-    """grad_W1 = outer(x, v) with v = scale * [x, x[:3]]; grad_b1 = v; other gradients are
-    the (row-independent) parameters themselves."""
-    model = OUTER_CASE.build()
-    params = [(p.name, list(p.shape)) for p in model.parameters]
-    nodes = [
-        _i64("a0", [0]),
-        _i64("a1", [1]),
-        _i64("st", [0]),
-        _i64("en", [3]),
-        const("k", scale),
-        node("Slice", ["x", "st", "en"], "head"),
-        node("Concat", ["x", "head"], "xx", axis=0),
-        node("Mul", ["xx", "k"], "v"),
-        node("Unsqueeze", ["x", "a1"], "col"),
-        node("Unsqueeze", ["v", "a0"], "row"),
-        node("MatMul", ["col", "row"], "outer"),
-        node("Identity", ["outer"], "grad_W1"),
-        node("Identity", ["v"], "grad_b1"),
-        *(node("Identity", [name], f"grad_{name}") for name, _ in params if name not in ("W1", "b1")),
-        const("loss", 0.0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "outer",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in params]
-        + [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [5]),
-            helper.make_tensor_value_info("y", TensorProto.INT64, []),
-        ],
-        [helper.make_tensor_value_info(f"grad_{name}", TensorProto.FLOAT, shape) for name, shape in params]
-        + [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-
-
 @pytest.mark.parametrize("scale", [1.0, 1e19])
 def test_outer_product_gradients_match_scan_on_special_values(scale: float) -> None:
     """NaN, +-Inf, float32 overflow of the product (1e19 * 1e20), huge and tiny rows: the
     factored tail zeroes and clips exactly the rows the Scan wrapper does."""
     model = OUTER_CASE.build()
-    graph = _outer_graph(scale)
+    graph = outer_gradient_graph(scale)
     manifest = manifest_for(model)
     rng = np.random.default_rng(3)
     params = random_parameters(model, rng)

@@ -39,6 +39,7 @@ from tests.runtime.helpers import (
     hostile_params,
     manifest_for,
     node,
+    outer_gradient_graph,
     random_parameters,
     single_example_graph,
     zero_loss,
@@ -234,42 +235,6 @@ def _mlp() -> ZooModel:
     return build_mlp_classifier(inputs, hidden, classes, activation="tanh")
 
 
-def outer_graph(scale: float) -> bytes:
-    """grad_W1 = outer(x, v) with v = scale * [x, x[:3]]: the batched path takes it as its
-    factors (x, v) and never materialises it; grad_b1 = v; the others are the parameters."""
-    model = _mlp()
-    params = [(p.name, list(p.shape)) for p in model.parameters]
-    nodes = [
-        _i64("a0", [0]),
-        _i64("a1", [1]),
-        _i64("st", [0]),
-        _i64("en", [3]),
-        const("k", scale),
-        node("Slice", ["x", "st", "en"], "head"),
-        node("Concat", ["x", "head"], "xx", axis=0),
-        node("Mul", ["xx", "k"], "v"),
-        node("Unsqueeze", ["x", "a1"], "col"),
-        node("Unsqueeze", ["v", "a0"], "row"),
-        node("MatMul", ["col", "row"], "outer"),
-        node("Identity", ["outer"], "grad_W1"),
-        node("Identity", ["v"], "grad_b1"),
-        *(node("Identity", [name], f"grad_{name}") for name, _ in params if name not in ("W1", "b1")),
-        const("loss", 0.0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "outer",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in params]
-        + [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [OUTER_MODEL[0]]),
-            helper.make_tensor_value_info("y", TensorProto.INT64, []),
-        ],
-        [helper.make_tensor_value_info(f"grad_{name}", TensorProto.FLOAT, shape) for name, shape in params]
-        + [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-
-
 def _hostile(name: str, nodes: list[onnx.NodeProto]) -> GraphCase:
     return GraphCase(
         name,
@@ -290,7 +255,13 @@ def gradient_cases() -> dict[str, GraphCase]:
     for scale in (1.0, 1e19):
         name = f"outer_product_x{scale:g}"
         cases[name] = GraphCase(
-            name, GraphRole.GRADIENT, outer_graph(scale), manifest_for(mlp), mlp_params, _classes(OUTER_MODEL[2]), True
+            name,
+            GraphRole.GRADIENT,
+            outer_gradient_graph(scale),
+            manifest_for(mlp),
+            mlp_params,
+            _classes(OUTER_MODEL[2]),
+            True,
         )
     name = "hostile/cancelling_outer"
     cases[name] = GraphCase(
