@@ -1,7 +1,14 @@
-"""`edge-agent dataset ...` and other CLI commands, run as a user would."""
+"""`edge-agent dataset ...` and other CLI commands, run as a user would.
+
+Most calls run the CLI's entry point in this process (`cli`): every new process pays the
+CLI's imports, seconds each. `keys generate` and `dev-certs` run as real processes
+(`cli_process`), which also proves the module entry point works.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -16,11 +23,27 @@ import pytest
 from agent.cli.main import main
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_CONFIG"}
     return subprocess.run(
         [sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=cwd, timeout=60, env=env
     )
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``edge-agent ARGS`` through the entry point, in this process, from ``cwd``."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["edge-agent", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -119,17 +142,17 @@ def test_config_and_state_dir_together_is_a_usage_error(tmp_path: Path, capsys: 
 
 
 def test_keys_generate_writes_a_key_pair(tmp_path: Path) -> None:
-    result = cli("keys", "generate", "--out", str(tmp_path / "id.key"), cwd=tmp_path)
+    result = cli_process("keys", "generate", "--out", str(tmp_path / "id.key"), cwd=tmp_path)
     assert result.returncode == 0
     assert "fingerprint: SHA256:" in result.stdout
-    again = cli("keys", "generate", "--out", str(tmp_path / "id.key"), cwd=tmp_path)
+    again = cli_process("keys", "generate", "--out", str(tmp_path / "id.key"), cwd=tmp_path)
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
 
 
 def test_dev_certs_creates_then_reuses(tmp_path: Path) -> None:
-    first = cli("dev-certs", "--out", str(tmp_path / "pki"), cwd=tmp_path)
+    first = cli_process("dev-certs", "--out", str(tmp_path / "pki"), cwd=tmp_path)
     assert first.returncode == 0 and first.stdout.startswith("created")
-    second = cli("dev-certs", "--out", str(tmp_path / "pki"), cwd=tmp_path)
+    second = cli_process("dev-certs", "--out", str(tmp_path / "pki"), cwd=tmp_path)
     assert second.returncode == 0 and second.stdout.startswith("existing")
 
 
