@@ -85,7 +85,8 @@ class UnitBlocks:
             block = largest * max(1, _BLOCK // largest)
             return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
         best: tuple[float, int, IndexArray] | None = None
-        for block in sorted({largest, max(largest, _BLOCK)}):
+        # Blocks of fewer than 8 rows make many tiny products: never cheaper than 16 rows.
+        for block in sorted({max(largest, _BLOCK)} | ({largest} if largest >= 8 else set())):
             placed = _first_fit_decreasing(sizes, block)
             blocks = int(placed.max(initial=-1)) + 1
             cost = blocks * block * (1.0 + block / _GRAM_ROWS) + blocks * _BLOCK_ROWS
