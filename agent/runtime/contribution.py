@@ -25,6 +25,7 @@ clipped sum is each row scaled by its unit's scale. Tests hold the two to the sa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,19 @@ def check_unit_starts(unit_starts: IndexArray, rows: int) -> None:
 def unit_sizes(unit_starts: IndexArray, rows: int) -> IndexArray:
     """Rows per unit."""
     return np.diff(np.append(unit_starts, rows)).astype(np.int64)
+
+
+def whole_unit_spans(unit_starts: IndexArray, rows: int, limit: int) -> Iterator[tuple[int, int, int, int]]:
+    """Consecutive runs of whole units, each of at most ``limit`` rows unless one unit alone
+    has more, in order: ``(first unit, last unit + 1, first row, last row + 1)`` of each."""
+    ends = np.append(unit_starts[1:], rows)
+    first = 0
+    while first < unit_starts.size:
+        begin = int(unit_starts[first])
+        # The last unit that still ends within `limit` rows of this run's start (at least one).
+        last = max(first + 1, int(np.searchsorted(ends, begin + limit, side="right")))
+        yield first, last, begin, int(ends[last - 1])
+        first = last
 
 
 @dataclass(frozen=True, eq=False)

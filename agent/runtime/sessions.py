@@ -31,7 +31,7 @@ from agent.runtime.batched_wrapper import (
     build_batched_wrapper,
 )
 from agent.runtime.batching import BatchingRefused
-from agent.runtime.contribution import UnitBlocks, unit_sizes
+from agent.runtime.contribution import UnitBlocks, whole_unit_spans
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
 from agent.runtime.isolation import (
     CLIP_NORM,
@@ -184,25 +184,18 @@ class CompiledWrapper:
         if batch.unit_starts is None:
             raise ValueError("the batch is not grouped by unit")
         starts = batch.unit_starts
-        sizes = unit_sizes(starts, batch.size)
         batched = self._unit_batched_session()
         limit = ROWS_PER_RUN if batched is not None else batch.size
         shared = {name: value for name, value in feeds.items() if name not in (X, Y)}
         total = np.zeros(self.layout.size, np.float64)
-        ends = np.cumsum(sizes)
-        first = 0
-        while first < sizes.size:
-            begin = int(starts[first])
-            # Whole units up to `limit` rows from here, and at least one.
-            last = max(first + 1, int(np.searchsorted(ends, begin + limit, side="right")))
-            rows = int(ends[last - 1]) - begin
+        for first, last, begin, end in whole_unit_spans(starts, batch.size, limit):
+            rows = end - begin
             run_starts = (starts[first:last] - begin).astype(np.int64)
-            run = shared | {X: batch.x[begin : begin + rows], Y: batch.y[begin : begin + rows]}
+            run = shared | {X: batch.x[begin:end], Y: batch.y[begin:end]}
             if batched is not None and rows <= ROWS_PER_RUN:
                 total += self._unit_batched_sum(batched, run, run_starts, rows)
             else:
                 total += self._unit_scan_sum(run, run_starts, rows)
-            first = last
         return total
 
     def _unit_batched_sum(

@@ -48,6 +48,7 @@ from pyarrow import ipc
 
 from agent.datasets.inspection import unit_type_supported
 from agent.packages.manifest import Manifest
+from agent.runtime.contribution import whole_unit_spans
 from agent.runtime.errors import PrivacyUnitError
 from agent.runtime.preprocessing import check_schema, drop_rows_with_nulls, features, labels
 from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch, scan_options
@@ -149,19 +150,12 @@ class UnitRowSource:
         for stored in self._groups:
             group = stored if isinstance(stored, _Group) else _load(stored)
             starts = group.unit_starts
-            ends = np.append(starts[1:], group.rows)
-            first = 0
-            while first < starts.size:
-                begin = int(starts[first])
-                # The last unit that still ends within batch_size rows of this batch's start (at least one).
-                last = max(first + 1, int(np.searchsorted(ends, begin + self._batch_size, side="right")))
-                end = int(ends[last - 1])
+            for first, last, begin, end in whole_unit_spans(starts, group.rows, self._batch_size):
                 yield RowBatch(
                     np.ascontiguousarray(group.x[begin:end]),
                     np.ascontiguousarray(group.y[begin:end]),
                     (starts[first:last] - begin).astype(np.int64),
                 )
-                first = last
             del group
 
     def close(self) -> None:
