@@ -47,6 +47,7 @@ import pyarrow.dataset as ds
 from pyarrow import ipc
 
 from agent.datasets.inspection import unit_type_supported
+from agent.governance.model import MAX_ROWS_PER_UNIT_RANGE
 from agent.packages.manifest import Manifest
 from agent.runtime.contribution import whole_unit_spans
 from agent.runtime.errors import PrivacyUnitError
@@ -57,8 +58,6 @@ from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch, scan_options
 _ORDER = "agent::order"
 # Raw partitions written at once: each holds an open file (the service allows 16384).
 _MAX_PARTITIONS = 512
-MAX_ROWS_PER_UNIT = 10_000
-"""The largest ``max_rows_per_unit`` the agent accepts (the policy's range)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,8 +92,9 @@ class UnitRowSource:
         batch_size: int = DEFAULT_BATCH_SIZE,
         rng: np.random.Generator | None = None,
     ) -> None:
-        if isinstance(max_rows_per_unit, bool) or not 1 <= max_rows_per_unit <= MAX_ROWS_PER_UNIT:
-            raise ValueError(f"max_rows_per_unit must lie in [1, {MAX_ROWS_PER_UNIT}], got {max_rows_per_unit!r}")
+        low, high = MAX_ROWS_PER_UNIT_RANGE
+        if isinstance(max_rows_per_unit, bool) or not low <= max_rows_per_unit <= high:
+            raise ValueError(f"max_rows_per_unit must lie in [{low}, {high}], got {max_rows_per_unit!r}")
         if batch_size < 1 or memory_bytes < 1:
             raise ValueError("batch_size and memory_bytes must be >= 1")
         check_schema(dataset.schema, manifest)

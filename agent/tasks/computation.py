@@ -25,6 +25,7 @@ import pyarrow as pa
 from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
 from agent.datasets.inspection import open_dataset
+from agent.governance.model import DEFAULT_MAX_ROWS_PER_UNIT
 from agent.packages.manifest import Manifest
 from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve
 from agent.runtime.errors import PrivacyUnitError, RuntimeTaskError
@@ -63,7 +64,7 @@ class TaskJob:
     # With a privacy unit: how many of one unit's rows the task reads at most (the policy's
     # max_rows_per_unit), where the task may spill rows grouped by unit, and how much
     # memory grouping them may hold (agent.runtime.unit_rows).
-    max_rows_per_unit: int = 64
+    max_rows_per_unit: int = DEFAULT_MAX_ROWS_PER_UNIT
     scratch_dir: Path | None = None
     grouping_bytes: int = 256 * 1024 * 1024
 
