@@ -111,15 +111,6 @@ class UnitBlocks:
         return cls._laid_out(unit_starts, sizes, best[2], best[1])
 
     @classmethod
-    def packed(cls, unit_starts: IndexArray, rows: int, block: int) -> UnitBlocks:
-        """Units packed largest first into blocks of ``block`` rows (at least the largest unit)."""
-        check_unit_starts(unit_starts, rows)
-        sizes = unit_sizes(unit_starts, rows)
-        if block < int(sizes.max(initial=1)):
-            raise ValueError(f"a block of {block} rows cannot hold a unit of {int(sizes.max())}")
-        return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
-
-    @classmethod
     def _laid_out(cls, unit_starts: IndexArray, sizes: IndexArray, placed: IndexArray, block: int) -> UnitBlocks:
         """Units block by block (``placed``: each unit's block), each after those placed before it."""
         rows = int(sizes.sum())

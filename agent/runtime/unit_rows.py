@@ -118,10 +118,6 @@ class UnitRowSource:
         self._directory: Path | None = None
         self.units = 0
         """Units with at least one usable row (after :meth:`prepare`)."""
-        self.rows = 0
-        """Rows kept: at most ``max_rows_per_unit`` of each unit (after :meth:`prepare`)."""
-        self.largest_unit = 0
-        """Rows of the unit with the most kept rows (after :meth:`prepare`)."""
 
     def prepare(self) -> int:
         """Reads the dataset once and groups it; returns the number of units. Call once, before :meth:`batches`."""
@@ -198,10 +194,7 @@ class UnitRowSource:
         """Keeps each unit's ``max_rows_per_unit`` rows of smallest key, grouped, and preprocesses them."""
         capped = self._cap_rows(table).combine_chunks()
         starts = _unit_starts(capped.column(self._unit))
-        sizes = np.diff(np.append(starts, capped.num_rows))
         self.units += int(starts.size)
-        self.rows += int(sizes.sum())
-        self.largest_unit = max(self.largest_unit, int(sizes.max(initial=0)))
         batches = capped.to_batches()
         if not batches:
             raise PrivacyUnitError("no usable rows")  # unreachable: only tables with rows are grouped

@@ -89,7 +89,7 @@ def test_rows_are_grouped_by_patient_across_unsorted_files(tmp_path, model_and_m
     frame = _frame(np.random.default_rng(0), patients=300, most_rows=6)
     with _source(_write(frame, tmp_path / "data"), manifest, batch_size=100) as source:
         assert source.prepare() == frame["patient_id"].nunique()
-        assert source.rows == len(frame)
+        assert sum(len(unit) for unit in _grouped_rows(source)) == len(frame)
         assert _grouped_rows(source) == _expected_units(frame)
         # Batches hold whole units and at most batch_size rows unless one unit is larger.
         assert all(batch.size <= 100 for batch in source.batches())
@@ -124,8 +124,8 @@ def test_max_rows_per_unit_keeps_a_random_subset_of_each_patient_chosen_by_the_a
         with _source(spec, manifest, max_rows_per_unit=3, rng=np.random.default_rng(seed)) as source:
             source.prepare()
             grouped = _grouped_rows(source)
-            assert max(len(unit) for unit in grouped) == 3 and source.largest_unit == 3
-            assert source.rows == int(np.minimum(frame.groupby("patient_id").size(), 3).sum())
+            assert max(len(unit) for unit in grouped) == 3
+            assert sum(len(unit) for unit in grouped) == int(np.minimum(frame.groupby("patient_id").size(), 3).sum())
             choices.append(grouped)
             # Every pass reads the same rows: the choice is made once per task.
             assert _grouped_rows(source) == grouped
@@ -224,8 +224,9 @@ def test_one_patient_with_most_rows_is_capped_while_its_partition_is_read(tmp_pa
     options = {"memory_bytes": 96 * 1024, "scratch": scratch, "max_rows_per_unit": 4, "batch_size": 1000}
     with _source(spec, manifest, **options) as source:
         assert source.prepare() == 301
-        assert source.largest_unit == 4
-        assert source.rows == int(np.minimum(frame.groupby("patient_id").size(), 4).sum())
+        grouped = _grouped_rows(source)
+        assert max(len(unit) for unit in grouped) == 4
+        assert sum(len(unit) for unit in grouped) == int(np.minimum(frame.groupby("patient_id").size(), 4).sum())
 
 
 def test_fixed_size_binary_units_group_rows(tmp_path, model_and_manifest) -> None:
