@@ -207,11 +207,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
         row_norms = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, per_piece])])
         scale = _unit_scale(emitter, _unit_squares(emitter, safe, widths, roots, row_norms))
     else:
-        norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])
-        # min(1, C / norm) as C / max(norm, C); 0 for a bad row.
-        scale = emitter.op(
-            "Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])]
-        )
+        scale = _scale(emitter, total, bad)
     weights = emitter.op("Transpose", [scale], perm=[1, 0])  # [1, N]
     sums: list[str] = []
     for first, second in safe:
@@ -321,14 +317,19 @@ def _unit_squares(
     return emitter.op("Reshape", [total, emitter.ints([-1, 1])])
 
 
+def _scale(emitter: Emitter, squares: str, bad: str) -> str:
+    """``C / max(sqrt(squares), C)``, the clipping scale (``min(1, C / norm)`` without a
+    division by 0); 0 where ``bad``."""
+    zero = emitter.constant(np.array(0.0, np.float64))
+    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, squares])])
+    return emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
+
+
 def _unit_scale(emitter: Emitter, squares: str) -> str:
     """``[N, 1]``: each row's unit's clipping scale ``C / max(‖Σ_{i∈unit} g_i‖, C)`` from the
     squared norms ``[N, 1]`` (:func:`_unit_squares`); a unit whose squared norm is not finite
     gets scale 0."""
-    zero = emitter.constant(np.array(0.0, np.float64))
-    bad = emitter.op("Or", [emitter.op("IsNaN", [squares]), emitter.op("IsInf", [squares])])
-    norm = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, squares])])
-    return emitter.op("Where", [bad, zero, emitter.op("Div", [CLIP_NORM, emitter.op("Max", [norm, CLIP_NORM])])])
+    return _scale(emitter, squares, emitter.op("Or", [emitter.op("IsNaN", [squares]), emitter.op("IsInf", [squares])]))
 
 
 def _live(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]) -> list[onnx.NodeProto]:
@@ -379,8 +380,8 @@ def build_batched_wrapper(
 ) -> onnx.ModelProto:
     """The checked batched wrapper for the package's grad (or eval) graph.
 
-    With ``units``, rows are grouped by privacy unit (inputs :data:`UNIT`, and for
-    gradients :data:`PAIR_FIRST` and :data:`PAIR_SECOND`) and the sum is over units: a
+    With ``units``, rows are grouped by privacy unit, laid out in blocks no unit crosses
+    (inputs :data:`UNIT`, :data:`REAL_ROW`, :data:`BLOCK`), and the sum is over units: a
     unit's gradient rows summed, then clipped; a unit's metrics averaged
     (:mod:`agent.runtime.contribution` has the rules).
 

@@ -150,19 +150,29 @@ def _flat_outputs(body: _Body, package: NamespacedGraph, names: Sequence[tuple[s
     return body.op("Cast", joined, to=DOUBLE)
 
 
-def _clip_tail(body: _Body, g: str, state_in: str) -> str:
-    """``state_in + clip(g)``: the security-relevant part of the gradient wrapper."""
+def _finite(body: _Body, g: str) -> tuple[str, str]:
+    """``g`` and its sum of squares, or zeros and 0 where any value of ``g`` is NaN or infinite."""
     zero = body.constant(np.array(0.0, np.float64))
     squares = body.op("ReduceSumSquare", g, keepdims=0)
     # Any NaN makes the sum of squares NaN and any +-Inf makes it Inf (float64 squares of
     # finite float32 values cannot overflow), so this one test covers every element.
     bad = body.op("Or", body.op("IsNaN", squares), body.op("IsInf", squares))
     # A non-finite example becomes all zeros (Where, not a multiply: 0 * NaN is NaN).
-    safe = body.op("Where", bad, zero, g)
-    norm = body.op("Sqrt", body.op("Where", bad, zero, squares))
+    return body.op("Where", bad, zero, g), body.op("Where", bad, zero, squares)
+
+
+def _clip(body: _Body, g: str) -> str:
+    """``clip(g)``: zeros if ``g`` is not finite, else ``g`` scaled to L2 norm at most C."""
+    safe, squares = _finite(body, g)
+    norm = body.op("Sqrt", squares)
     # min(1, C / norm) as C / max(norm, C): exactly 1 when norm <= C, no division by 0.
     scale = body.op("Div", CLIP_NORM, body.op("Max", norm, CLIP_NORM))
-    return body.op("Add", state_in, body.op("Mul", safe, scale))
+    return body.op("Mul", safe, scale)
+
+
+def _clip_tail(body: _Body, g: str, state_in: str) -> str:
+    """``state_in + clip(g)``: the security-relevant part of the gradient wrapper."""
+    return body.op("Add", state_in, _clip(body, g))
 
 
 def _metric_tail(body: _Body, m: str, state_in: str, manifest: Manifest) -> str:
@@ -181,15 +191,8 @@ def _unit_clip_tail(body: _Body, g: str, total_in: str, partial_in: str, end: st
     unit's partial sum; on the unit's last row the partial sum is clipped like one example
     in :func:`_clip_tail` and added to the total, and the partial sum starts again at zero."""
     zero = body.constant(np.array(0.0, np.float64))
-    row_squares = body.op("ReduceSumSquare", g, keepdims=0)
-    row_bad = body.op("Or", body.op("IsNaN", row_squares), body.op("IsInf", row_squares))
-    partial = body.op("Add", partial_in, body.op("Where", row_bad, zero, g))
-    squares = body.op("ReduceSumSquare", partial, keepdims=0)
-    bad = body.op("Or", body.op("IsNaN", squares), body.op("IsInf", squares))
-    norm = body.op("Sqrt", body.op("Where", bad, zero, squares))
-    scale = body.op("Div", CLIP_NORM, body.op("Max", norm, CLIP_NORM))
-    clipped = body.op("Mul", body.op("Where", bad, zero, partial), scale)
-    total = body.op("Add", total_in, body.op("Where", end, clipped, zero))
+    partial = body.op("Add", partial_in, _finite(body, g)[0])
+    total = body.op("Add", total_in, body.op("Where", end, _clip(body, partial), zero))
     return total, body.op("Where", end, zero, partial)
 
 
