@@ -17,10 +17,12 @@ grouped by unit (:attr:`agent.runtime.rows.RowBatch.unit_starts`), both wrappers
 The ``Scan`` wrapper (:func:`agent.runtime.isolation.build_wrapper` with ``units=True``)
 carries the open unit's partial sum from row to row and clips it on the unit's last row.
 The compiled batch (:func:`agent.runtime.batched_wrapper.build_batched_wrapper` with
-``units=True``) takes runs of whole units and never materialises a unit's sum: a unit's
-squared norm is ``Σ_i ‖g_i‖² + 2 Σ_{i<j} g_i·g_j`` over its rows (for an outer-product
-gradient ``g_i·g_j = (u_i·u_j)(v_i·v_j)``), from the row pairs this module lists, and its
-clipped sum is each row scaled by its unit's scale. Tests hold the two to the same numbers.
+``units=True``) takes runs of whole units (:func:`whole_unit_spans`), laid out by
+:class:`UnitBlocks` in blocks no unit crosses, and never materialises a unit's sum: a
+unit's squared norm is ``Σ_{i,j} g_i·g_j`` over its rows (for an outer-product gradient
+``g_i·g_j = (u_i·u_j)(v_i·v_j)``), from each block's Gram matrices, plus a rounding
+margin; its clipped sum is each row scaled by its unit's scale. Tests hold the two
+wrappers to the same numbers (the compiled one may clip a nearly cancelling unit harder).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ to the step's total. Only the noisy totals leave: no sample size, no number of c
 zeroed examples, nothing per example.
 
 Noise and sensitivity (adjacency: one row added or removed, which is what the
-Poisson-subsampled Gaussian accountant assumes):
+Poisson-subsampled Gaussian accountant assumes; where the dataset declares a privacy unit,
+one unit with all its rows, sampled as a whole, with "row" below read as "unit": the
+wrapper bounds each unit's total, see :mod:`agent.runtime.contribution`):
 
 * ``dp_gradient``: the clipped gradient sum has L2 sensitivity ``C``; every coordinate
   gets ``N(0, (sigma*C)^2)``. Accounted as ``Mechanism.dp_gradient(q, sigma, count_sigma)``.
@@ -243,10 +245,10 @@ def _pad(
     would learn it. Each step instead runs the wrapper on padded_row_count(...) rows, a
     size that depends only on the usable rows N (which the full pass over the data
     reveals to a timer anyway), on q and, with privacy units, on the policy's cap on a
-    unit's rows, and that the sample exceeds with probability at most 1e-9.
-    The extra rows repeat the step's own sampled rows, so they cost what sampled rows cost (validated graphs have no
-    data-dependent shapes) and make the step depend on no row outside its sample;
-    their results never reach the released sums.
+    unit's rows, and that the sample exceeds with probability at most 1e-9. The extra
+    rows repeat the step's own sampled rows, so they cost what sampled rows cost
+    (validated graphs have no data-dependent shapes) and make the step depend on no row
+    outside its sample; their results never reach the released sums.
     """
     while rows > 0:
         count = min(rows, _PAD_CHUNK)
