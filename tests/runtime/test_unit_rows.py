@@ -53,6 +53,15 @@ def _write(frame: pd.DataFrame, directory: Path, files: int = 3) -> DatasetSpec:
     )
 
 
+def _one_file(tmp_path: Path, rows: dict[str, object], unit: str, values: pa.Array, dataset_id: str) -> DatasetSpec:
+    """One Parquet file of ``rows`` plus the unit column ``unit``; every other column exposed."""
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table(rows).append_column(unit, values), tmp_path / "data" / "a.parquet")
+    return DatasetSpec(
+        id=dataset_id, path=tmp_path / "data", format=DatasetFormat.PARQUET, columns=tuple(rows), privacy_unit=unit
+    )
+
+
 @pytest.fixture(scope="module")
 def model_and_manifest():  # type: ignore[no-untyped-def]
     model = build_logistic_regression(FEATURES, l2=0.01)
@@ -142,17 +151,8 @@ def test_max_rows_per_unit_keeps_a_random_subset_of_each_patient_chosen_by_the_a
 )
 def test_a_unit_column_that_cannot_group_rows_is_refused(tmp_path, model_and_manifest, values, problem) -> None:
     _, _, manifest = model_and_manifest
-    table = pa.table({**{f"f{i}": [0.1, 0.2, 0.3, 0.4] for i in range(FEATURES)}, "label": [0.0, 1.0, 0.0, 1.0]})
-    table = table.append_column("patient_id", values)
-    (tmp_path / "data").mkdir()
-    pq.write_table(table, tmp_path / "data" / "a.parquet")
-    spec = DatasetSpec(
-        id="bad",
-        path=tmp_path / "data",
-        format=DatasetFormat.PARQUET,
-        columns=(*(f"f{i}" for i in range(FEATURES)), "label"),
-        privacy_unit="patient_id",
-    )
+    rows = {**{f"f{i}": [0.1, 0.2, 0.3, 0.4] for i in range(FEATURES)}, "label": [0.0, 1.0, 0.0, 1.0]}
+    spec = _one_file(tmp_path, rows, "patient_id", values, "bad")
     with pytest.raises(PrivacyUnitError, match=problem):
         _source(spec, manifest).prepare()
 
@@ -232,17 +232,8 @@ def test_one_patient_with_most_rows_is_capped_while_its_partition_is_read(tmp_pa
 def test_fixed_size_binary_units_group_rows(tmp_path, model_and_manifest) -> None:
     _, _, manifest = model_and_manifest
     ids = [bytes([i % 7]) * 16 for i in range(40)]
-    table = pa.table({**{f"f{i}": np.arange(40, dtype=np.float64) for i in range(FEATURES)}, "label": [0.0] * 40})
-    table = table.append_column("patient_uuid", pa.array(ids, pa.binary(16)))
-    (tmp_path / "data").mkdir()
-    pq.write_table(table, tmp_path / "data" / "a.parquet")
-    spec = DatasetSpec(
-        id="uuids",
-        path=tmp_path / "data",
-        format=DatasetFormat.PARQUET,
-        columns=(*(f"f{i}" for i in range(FEATURES)), "label"),
-        privacy_unit="patient_uuid",
-    )
+    rows = {**{f"f{i}": np.arange(40, dtype=np.float64) for i in range(FEATURES)}, "label": [0.0] * 40}
+    spec = _one_file(tmp_path, rows, "patient_uuid", pa.array(ids, pa.binary(16)), "uuids")
     source = UnitRowSource(
         open_dataset(spec, with_unit=True), manifest, "patient_uuid", max_rows_per_unit=64, memory_bytes=2**26
     )
@@ -251,17 +242,8 @@ def test_fixed_size_binary_units_group_rows(tmp_path, model_and_manifest) -> Non
 
 def test_a_refusal_about_the_unit_column_does_not_name_it(tmp_path, model_and_manifest) -> None:
     model, graphs, manifest = model_and_manifest
-    table = pa.table({**{f"f{i}": [0.1, 0.2, 0.3] for i in range(FEATURES)}, "label": [0.0, 1.0, 0.0]})
-    table = table.append_column("secret_mrn", pa.array(["a", None, "b"]))
-    (tmp_path / "data").mkdir()
-    pq.write_table(table, tmp_path / "data" / "a.parquet")
-    spec = DatasetSpec(
-        id="nulls",
-        path=tmp_path / "data",
-        format=DatasetFormat.PARQUET,
-        columns=(*(f"f{i}" for i in range(FEATURES)), "label"),
-        privacy_unit="secret_mrn",
-    )
+    rows = {**{f"f{i}": [0.1, 0.2, 0.3] for i in range(FEATURES)}, "label": [0.0, 1.0, 0.0]}
+    spec = _one_file(tmp_path, rows, "secret_mrn", pa.array(["a", None, "b"]), "nulls")
     job = _job(spec, graphs, manifest, random_parameters(model, np.random.default_rng(0)))
     with pytest.raises(TaskInputError) as refused:
         compute_task(job, lambda fraction, stage: None, WorkerMemory())
