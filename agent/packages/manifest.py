@@ -14,9 +14,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Any
 
 from agent.packages.errors import PackageRejected, RejectionCode
+from agent.packages.json_fields import (
+    JsonObject,
+    array_field,
+    column_field,
+    fail,
+    integer_field,
+    number_field,
+    string_field,
+)
 from agent.packages.semver import SemVer
 
 FORMAT_VERSION = 1
@@ -30,7 +39,6 @@ IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 RESERVED_NAMES = frozenset({"x", "y", "loss"})
 MAX_DESCRIPTION = 8192
-MAX_COLUMN_NAME = 256
 MAX_FEATURES = 4096
 MAX_FEATURE_WIDTH = 1_000_000
 MAX_CATEGORIES = 1024
@@ -259,95 +267,14 @@ def _feature_json(feature: FeatureDecl) -> dict[str, Any]:
 # -- parsing ---------------------------------------------------------------------------
 
 
-def _fail(field: str, problem: str) -> NoReturn:
-    raise PackageRejected(RejectionCode.MANIFEST_INVALID, f"manifest field {field}: {problem}")
-
-
-class _Obj:
-    """A JSON object being read: every key must be consumed, unknown keys are refused."""
-
-    def __init__(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            _fail(path or "(top level)", "must be a JSON object")
-        self.value: dict[str, Any] = value
-        self.path = path
-        self.seen: set[str] = set()
-
-    def field(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def has(self, key: str) -> bool:
-        return key in self.value
-
-    def get(self, key: str) -> Any:
-        if key not in self.value:
-            _fail(self.field(key), "is required")
-        self.seen.add(key)
-        return self.value[key]
-
-    def string(self, key: str, *, max_length: int = 256, pattern: re.Pattern[str] | None = None) -> str:
-        value = self.get(key)
-        return _string(value, self.field(key), max_length=max_length, pattern=pattern)
-
-    def number(self, key: str) -> float:
-        return _number(self.get(key), self.field(key))
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.value) - self.seen)
-        if unknown:
-            _fail(self.field(unknown[0]), "is not part of the format")
-
-
-def _string(value: Any, field: str, *, max_length: int = 256, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str):
-        _fail(field, "must be a string")
-    if not value or len(value) > max_length:
-        _fail(field, f"must have 1 to {max_length} characters")
-    if pattern is not None and not pattern.match(value):
-        _fail(field, f"must match {pattern.pattern}")
-    return value
-
-
-def _column(value: Any, field: str) -> str:
-    text = _string(value, field, max_length=MAX_COLUMN_NAME)
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        _fail(field, "must not contain control characters")
-    return text
-
-
-def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        _fail(field, "must be a number")
-    number = float(value)
-    if not math.isfinite(number):
-        _fail(field, "must be finite")
-    return number
-
-
-def _integer(value: Any, field: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(field, "must be an integer")
-    if not low <= value <= high:
-        _fail(field, f"must be between {low} and {high}")
-    return value
-
-
-def _array(value: Any, field: str, *, min_items: int, max_items: int) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(field, "must be a JSON array")
-    if not min_items <= len(value) <= max_items:
-        _fail(field, f"must have {min_items} to {max_items} items")
-    return value
-
-
 def _shape(value: Any, field: str) -> tuple[int, ...]:
-    dims = _array(value, field, min_items=0, max_items=MAX_RANK)
-    return tuple(_integer(d, f"{field}[{i}]", 1, MAX_PARAMETER_ELEMENTS) for i, d in enumerate(dims))
+    dims = array_field(value, field, min_items=0, max_items=MAX_RANK)
+    return tuple(integer_field(d, f"{field}[{i}]", 1, MAX_PARAMETER_ELEMENTS) for i, d in enumerate(dims))
 
 
 def parse_manifest(value: Any) -> Manifest:
     """Validates a parsed manifest JSON object against format version 1."""
-    top = _Obj(value, "")
+    top = JsonObject(value, "")
     version_field = top.get("format_version")
     if isinstance(version_field, bool) or version_field != FORMAT_VERSION:
         raise PackageRejected(
@@ -358,46 +285,46 @@ def parse_manifest(value: Any) -> Manifest:
     name = top.string("name", max_length=192)
     prefix, _, model = name.partition("/")
     if prefix != publisher or not MODEL_NAME_PATTERN.match(model):
-        _fail("name", f"must be '{publisher}/<model>' with <model> matching {MODEL_NAME_PATTERN.pattern}")
+        fail("name", f"must be '{publisher}/<model>' with <model> matching {MODEL_NAME_PATTERN.pattern}")
     try:
         version = SemVer.parse(top.string("version", max_length=64))
     except ValueError as exc:
-        _fail("version", str(exc))
+        fail("version", str(exc))
     description = top.get("description")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        _fail("description", f"must be a string of at most {MAX_DESCRIPTION} characters")
+        fail("description", f"must be a string of at most {MAX_DESCRIPTION} characters")
 
-    kinds_raw = _array(top.get("task_kinds"), "task_kinds", min_items=1, max_items=len(TaskKind))
+    kinds_raw = array_field(top.get("task_kinds"), "task_kinds", min_items=1, max_items=len(TaskKind))
     kinds: list[TaskKind] = []
     for index, kind in enumerate(kinds_raw):
         try:
             parsed_kind = TaskKind(kind)
         except ValueError:
-            _fail(f"task_kinds[{index}]", f"must be one of {[k.value for k in TaskKind]}")
+            fail(f"task_kinds[{index}]", f"must be one of {[k.value for k in TaskKind]}")
         if parsed_kind in kinds:
-            _fail(f"task_kinds[{index}]", "is listed twice")
+            fail(f"task_kinds[{index}]", "is listed twice")
         kinds.append(parsed_kind)
 
     parameters = _parameters(top.get("parameters"))
-    inputs = _Obj(top.get("inputs"), "inputs")
+    inputs = JsonObject(top.get("inputs"), "inputs")
     features = _features(inputs.get("features"))
-    label = _label(_Obj(inputs.get("label"), "inputs.label"))
+    label = _label(JsonObject(inputs.get("label"), "inputs.label"))
     inputs.finish()
     width = sum(f.preprocessing.width for f in features)
     if width > MAX_FEATURE_WIDTH:
-        _fail("inputs.features", f"give {width} graph features, more than {MAX_FEATURE_WIDTH}")
+        fail("inputs.features", f"give {width} graph features, more than {MAX_FEATURE_WIDTH}")
     used = [f.column for f in features] + list(label.columns)
     for column in used:
         if used.count(column) > 1:
-            _fail("inputs", f"column {column!r} is used more than once")
+            fail("inputs", f"column {column!r} is used more than once")
 
     metrics = _metrics(top.get("metrics"))
-    graphs = _graphs(_Obj(top.get("graphs"), "graphs"))
+    graphs = _graphs(JsonObject(top.get("graphs"), "graphs"))
     if TaskKind.DP_EVALUATE in kinds and "eval" not in graphs:
-        _fail("task_kinds", "dp_evaluate needs an eval graph (graphs.eval)")
+        fail("task_kinds", "dp_evaluate needs an eval graph (graphs.eval)")
     if ("eval" in graphs) != bool(metrics):
-        _fail("metrics", "an eval graph needs at least one metric, and metrics need an eval graph")
-    hyper = _hyperparameters(_Obj(top.get("hyperparameters"), "hyperparameters"))
+        fail("metrics", "an eval graph needs at least one metric, and metrics need an eval graph")
+    hyper = _hyperparameters(JsonObject(top.get("hyperparameters"), "hyperparameters"))
     top.finish()
     return Manifest(
         name=name,
@@ -415,58 +342,58 @@ def parse_manifest(value: Any) -> Manifest:
 
 
 def _parameters(value: Any) -> tuple[ParameterDecl, ...]:
-    items = _array(value, "parameters", min_items=1, max_items=MAX_PARAMETERS)
+    items = array_field(value, "parameters", min_items=1, max_items=MAX_PARAMETERS)
     result: list[ParameterDecl] = []
     total = 0
     for index, item in enumerate(items):
-        obj = _Obj(item, f"parameters[{index}]")
+        obj = JsonObject(item, f"parameters[{index}]")
         name = obj.string("name", max_length=64, pattern=IDENTIFIER_PATTERN)
         if name in RESERVED_NAMES or any(p.name == name for p in result):
-            _fail(obj.field("name"), f"{name!r} is reserved or used twice")
+            fail(obj.field("name"), f"{name!r} is reserved or used twice")
         if obj.get("dtype") != "float32":
-            _fail(obj.field("dtype"), "must be 'float32'")
+            fail(obj.field("dtype"), "must be 'float32'")
         shape = _shape(obj.get("shape"), obj.field("shape"))
         total += math.prod(shape)
         if total > MAX_PARAMETER_ELEMENTS:
-            _fail("parameters", f"more than {MAX_PARAMETER_ELEMENTS} elements in total")
+            fail("parameters", f"more than {MAX_PARAMETER_ELEMENTS} elements in total")
         obj.finish()
         result.append(ParameterDecl(name, shape))
     names = {p.name for p in result}
     for p in result:
         if p.gradient_name in names:
-            _fail("parameters", f"{p.gradient_name!r} would clash with the gradient of {p.name!r}")
+            fail("parameters", f"{p.gradient_name!r} would clash with the gradient of {p.name!r}")
     return tuple(result)
 
 
 def _features(value: Any) -> tuple[FeatureDecl, ...]:
-    items = _array(value, "inputs.features", min_items=1, max_items=MAX_FEATURES)
+    items = array_field(value, "inputs.features", min_items=1, max_items=MAX_FEATURES)
     result: list[FeatureDecl] = []
     for index, item in enumerate(items):
-        obj = _Obj(item, f"inputs.features[{index}]")
-        column = _column(obj.get("column"), obj.field("column"))
+        obj = JsonObject(item, f"inputs.features[{index}]")
+        column = column_field(obj.get("column"), obj.field("column"))
         try:
             dtype = ColumnType(obj.get("dtype"))
         except ValueError:
-            _fail(obj.field("dtype"), f"must be one of {[t.value for t in ColumnType]}")
-        pre = _Obj(obj.get("preprocessing"), obj.field("preprocessing"))
+            fail(obj.field("dtype"), f"must be one of {[t.value for t in ColumnType]}")
+        pre = JsonObject(obj.get("preprocessing"), obj.field("preprocessing"))
         kind = pre.get("kind")
         preprocessing: Preprocessing
         if kind == "none":
             if dtype is ColumnType.STRING:
-                _fail(pre.field("kind"), "a string column needs one_hot")
+                fail(pre.field("kind"), "a string column needs one_hot")
             preprocessing = NoPreprocessing()
         elif kind == "standardise":
             if not dtype.numeric:
-                _fail(pre.field("kind"), "standardise needs a numeric column")
+                fail(pre.field("kind"), "standardise needs a numeric column")
             mean = pre.number("mean")
             std = pre.number("std")
             if std <= 0.0:
-                _fail(pre.field("std"), "must be > 0")
+                fail(pre.field("std"), "must be > 0")
             preprocessing = Standardise(mean, std)
         elif kind == "one_hot":
             preprocessing = OneHot(_categories(pre.get("categories"), pre.field("categories"), dtype))
         else:
-            _fail(pre.field("kind"), "must be 'none', 'standardise' or 'one_hot'")
+            fail(pre.field("kind"), "must be 'none', 'standardise' or 'one_hot'")
         pre.finish()
         obj.finish()
         result.append(FeatureDecl(column, dtype, preprocessing))
@@ -474,22 +401,22 @@ def _features(value: Any) -> tuple[FeatureDecl, ...]:
 
 
 def _categories(value: Any, field: str, dtype: ColumnType) -> tuple[str | int | bool, ...]:
-    items = _array(value, field, min_items=1, max_items=MAX_CATEGORIES)
+    items = array_field(value, field, min_items=1, max_items=MAX_CATEGORIES)
     result: list[str | int | bool] = []
     for index, item in enumerate(items):
         where = f"{field}[{index}]"
         if dtype is ColumnType.STRING:
-            result.append(_string(item, where, max_length=256))
+            result.append(string_field(item, where, max_length=256))
         elif dtype is ColumnType.BOOL:
             if not isinstance(item, bool):
-                _fail(where, "must be true or false")
+                fail(where, "must be true or false")
             result.append(item)
         elif dtype in (ColumnType.INT64, ColumnType.INT32):
-            result.append(_integer(item, where, -(2**53) + 1, 2**53 - 1))
+            result.append(integer_field(item, where, -(2**53) + 1, 2**53 - 1))
         else:
-            _fail(field, "one_hot needs a string, integer or bool column")
+            fail(field, "one_hot needs a string, integer or bool column")
         if result[-1] in result[:-1]:
-            _fail(where, "is listed twice")
+            fail(where, "is listed twice")
     return tuple(result)
 
 
@@ -501,63 +428,63 @@ _LABEL_TYPES: Mapping[LabelKind, tuple[str, tuple[int, ...]]] = {
 }
 
 
-def _label(obj: _Obj) -> LabelDecl:
+def _label(obj: JsonObject) -> LabelDecl:
     try:
         kind = LabelKind(obj.get("kind"))
     except ValueError:
-        _fail(obj.field("kind"), f"must be one of {[k.value for k in LabelKind]}")
+        fail(obj.field("kind"), f"must be one of {[k.value for k in LabelKind]}")
     dtype, shape = _LABEL_TYPES[kind]
     if obj.get("dtype") != dtype:
-        _fail(obj.field("dtype"), f"must be {dtype!r} for a {kind.value} label")
+        fail(obj.field("dtype"), f"must be {dtype!r} for a {kind.value} label")
     if _shape(obj.get("shape"), obj.field("shape")) != shape:
-        _fail(obj.field("shape"), f"must be {list(shape)} for a {kind.value} label")
+        fail(obj.field("shape"), f"must be {list(shape)} for a {kind.value} label")
     if kind is LabelKind.SURVIVAL:
         label = LabelDecl(
             kind,
             dtype,
             shape,
-            time_column=_column(obj.get("time_column"), obj.field("time_column")),
-            event_column=_column(obj.get("event_column"), obj.field("event_column")),
+            time_column=column_field(obj.get("time_column"), obj.field("time_column")),
+            event_column=column_field(obj.get("event_column"), obj.field("event_column")),
         )
     else:
         classes = None
         if kind is LabelKind.CLASS_INDEX:
-            classes = _integer(obj.get("num_classes"), obj.field("num_classes"), 2, 1_000_000)
+            classes = integer_field(obj.get("num_classes"), obj.field("num_classes"), 2, 1_000_000)
         label = LabelDecl(
-            kind, dtype, shape, column=_column(obj.get("column"), obj.field("column")), num_classes=classes
+            kind, dtype, shape, column=column_field(obj.get("column"), obj.field("column")), num_classes=classes
         )
     obj.finish()
     return label
 
 
 def _metrics(value: Any) -> tuple[MetricDecl, ...]:
-    items = _array(value, "metrics", min_items=0, max_items=MAX_METRICS)
+    items = array_field(value, "metrics", min_items=0, max_items=MAX_METRICS)
     result: list[MetricDecl] = []
     for index, item in enumerate(items):
-        obj = _Obj(item, f"metrics[{index}]")
+        obj = JsonObject(item, f"metrics[{index}]")
         name = obj.string("name", max_length=64, pattern=IDENTIFIER_PATTERN)
         if name in ("x", "y") or any(m.name == name for m in result):
-            _fail(obj.field("name"), f"{name!r} is reserved or used twice")
-        bounds = _array(obj.get("range"), obj.field("range"), min_items=2, max_items=2)
-        low = _number(bounds[0], obj.field("range") + "[0]")
-        high = _number(bounds[1], obj.field("range") + "[1]")
+            fail(obj.field("name"), f"{name!r} is reserved or used twice")
+        bounds = array_field(obj.get("range"), obj.field("range"), min_items=2, max_items=2)
+        low = number_field(bounds[0], obj.field("range") + "[0]")
+        high = number_field(bounds[1], obj.field("range") + "[1]")
         if not low < high:
-            _fail(obj.field("range"), "must be [low, high] with low < high")
+            fail(obj.field("range"), "must be [low, high] with low < high")
         obj.finish()
         result.append(MetricDecl(name, low, high))
     return tuple(result)
 
 
-def _graphs(obj: _Obj) -> dict[str, GraphRef]:
+def _graphs(obj: JsonObject) -> dict[str, GraphRef]:
     graphs: dict[str, GraphRef] = {}
     for role, file in GRAPH_FILES.items():
         if not obj.has(role):
             if role == "grad":
-                _fail(obj.field("grad"), "is required")
+                fail(obj.field("grad"), "is required")
             continue
-        entry = _Obj(obj.get(role), obj.field(role))
+        entry = JsonObject(obj.get(role), obj.field(role))
         if entry.get("file") != file:
-            _fail(entry.field("file"), f"must be {file!r}")
+            fail(entry.field("file"), f"must be {file!r}")
         digest = entry.string("sha256", max_length=64, pattern=SHA256_HEX)
         outputs: tuple[OutputDecl, ...] = ()
         if role == "model":
@@ -569,46 +496,47 @@ def _graphs(obj: _Obj) -> dict[str, GraphRef]:
 
 
 def _outputs(value: Any, field: str) -> tuple[OutputDecl, ...]:
-    items = _array(value, field, min_items=1, max_items=MAX_OUTPUTS)
+    items = array_field(value, field, min_items=1, max_items=MAX_OUTPUTS)
     result: list[OutputDecl] = []
     for index, item in enumerate(items):
-        obj = _Obj(item, f"{field}[{index}]")
+        obj = JsonObject(item, f"{field}[{index}]")
         name = obj.string("name", max_length=64, pattern=IDENTIFIER_PATTERN)
         if name == "x" or any(o.name == name for o in result):
-            _fail(obj.field("name"), f"{name!r} is reserved or used twice")
+            fail(obj.field("name"), f"{name!r} is reserved or used twice")
         dtype = obj.get("dtype")
         if dtype not in ("float32", "int64"):
-            _fail(obj.field("dtype"), "must be 'float32' or 'int64'")
-        dims = _array(obj.get("shape"), obj.field("shape"), min_items=1, max_items=MAX_RANK)
+            fail(obj.field("dtype"), "must be 'float32' or 'int64'")
+        dims = array_field(obj.get("shape"), obj.field("shape"), min_items=1, max_items=MAX_RANK)
         if dims[0] != BATCH_DIM:
-            _fail(obj.field("shape") + "[0]", f"must be {BATCH_DIM!r} (the batch dimension)")
+            fail(obj.field("shape") + "[0]", f"must be {BATCH_DIM!r} (the batch dimension)")
         rest = tuple(
-            _integer(d, f"{obj.field('shape')}[{i + 1}]", 1, MAX_PARAMETER_ELEMENTS) for i, d in enumerate(dims[1:])
+            integer_field(d, f"{obj.field('shape')}[{i + 1}]", 1, MAX_PARAMETER_ELEMENTS)
+            for i, d in enumerate(dims[1:])
         )
         obj.finish()
         result.append(OutputDecl(name, dtype, (BATCH_DIM, *rest)))
     return tuple(result)
 
 
-def _hyperparameters(obj: _Obj) -> dict[str, Bounds]:
+def _hyperparameters(obj: JsonObject) -> dict[str, Bounds]:
     result: dict[str, Bounds] = {}
     for name in HYPERPARAMETERS:
-        entry = _Obj(obj.get(name), obj.field(name))
+        entry = JsonObject(obj.get(name), obj.field(name))
         low = entry.number("min")
         high = entry.number("max")
         entry.finish()
         if low > high:
-            _fail(obj.field(name), "min must be <= max")
+            fail(obj.field(name), "min must be <= max")
         if name == "clip_norm" and low <= 0.0:
-            _fail(entry.field("min"), "must be > 0")
+            fail(entry.field("min"), "must be > 0")
         if name == "noise_multiplier" and low < 0.0:
-            _fail(entry.field("min"), "must be >= 0")
+            fail(entry.field("min"), "must be >= 0")
         if name == "sampling_rate" and not (low > 0.0 and high <= 1.0):
-            _fail(obj.field(name), "must lie in (0, 1]")
+            fail(obj.field(name), "must lie in (0, 1]")
         if name == "local_steps" and (low < 1 or not low.is_integer() or not high.is_integer()):
-            _fail(obj.field(name), "must be whole numbers >= 1")
+            fail(obj.field(name), "must be whole numbers >= 1")
         if name == "learning_rate" and low <= 0.0:
-            _fail(entry.field("min"), "must be > 0")
+            fail(entry.field("min"), "must be > 0")
         result[name] = Bounds(low, high)
     obj.finish()
     return result

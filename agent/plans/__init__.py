@@ -1,0 +1,1 @@
+"""Analysis plans: the signed, declarative requests for statistics (format, release layout)."""

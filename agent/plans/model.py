@@ -1,0 +1,359 @@
+"""The analysis plan (format version 1): typed model, strict parser, JSON writer.
+
+A plan is the declarative half of a package: what a statistics task may compute on a
+hospital's dataset, and nothing else. It rides in the signed manifest as its ``plan``
+field (a plan package has no graphs, parameters or inputs), so it is signed, verified,
+trusted, approved and audited as a model package is. The agent, not the plan, computes
+and noises every statistic (:mod:`agent.statistics`); what a task releases is derived
+from the plan by :mod:`agent.plans.release`.
+
+Everything a plan declares is public: the cohort filters, the strata and their
+categories, each variable's bounds, bins or categories, and the survival time grid.
+The agent never looks at the data to choose them (a bound taken from the data would
+leak it); values outside a variable's bounds are clamped into them, values outside
+its categories are counted as "other".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from agent.packages.json_fields import (
+    JsonObject,
+    array_field,
+    column_field,
+    fail,
+    integer_field,
+    number_field,
+    string_field,
+)
+
+# Limits that keep a plan's release and its computation small whatever a publisher writes.
+MAX_FILTERS = 16
+MAX_FILTER_VALUES = 1024
+MAX_STRATA_COLUMNS = 3
+MAX_STRATUM_CATEGORIES = 64
+MAX_STRATA = 256
+MAX_VARIABLES = 64
+MAX_CATEGORIES = 256
+MAX_BINS = 200
+MAX_GRID = 1000
+# Bounds, filter values and grid times: within ±1e9, so that sums of squares over
+# millions of patients stay exact enough in float64 and sensitivities stay finite.
+MAX_MAGNITUDE = 1e9
+
+Category = str | int | bool
+"""A public category value: a JSON string, integer or boolean."""
+
+
+class FilterOp(StrEnum):
+    EQ = "=="
+    NE = "!="
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+    IN = "in"
+    NOT_NULL = "not_null"
+
+
+COMPARISONS = frozenset({FilterOp.LT, FilterOp.LE, FilterOp.GT, FilterOp.GE})
+
+
+@dataclass(frozen=True)
+class CohortFilter:
+    """One condition a patient's row must meet to be in the cohort (a null never meets one)."""
+
+    column: str
+    op: FilterOp
+    # == and != take one value (number, string or boolean); <, <=, >, >= a number;
+    # ``in`` one or more; ``not_null`` none.
+    values: tuple[float | str | bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """A column whose declared categories split the cohort; a patient whose value is null or
+    not listed is in no stratum and so not in the analysis."""
+
+    column: str
+    categories: tuple[Category, ...]
+
+
+class VariableKind(StrEnum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+
+
+@dataclass(frozen=True)
+class NumericVariable:
+    """A number with public bounds (values are clamped into them) and optional histogram bins.
+
+    ``bins`` are edges from ``low`` to ``high``, strictly increasing: bin ``k`` holds
+    ``edges[k] <= v < edges[k+1]``, the last bin also ``v == high``.
+    """
+
+    column: str
+    low: float
+    high: float
+    bins: tuple[float, ...] = ()
+
+    @property
+    def centre(self) -> float:
+        return (self.low + self.high) / 2.0
+
+    @property
+    def half_width(self) -> float:
+        """The most a clamped value lies from the centre: the sensitivity of a centred sum."""
+        return (self.high - self.low) / 2.0
+
+
+@dataclass(frozen=True)
+class CategoricalVariable:
+    """A column whose values are counted per declared category (others as "other")."""
+
+    column: str
+    categories: tuple[Category, ...]
+
+
+Variable = NumericVariable | CategoricalVariable
+
+
+@dataclass(frozen=True)
+class SurvivalSpec:
+    """A time-to-event outcome on a public grid.
+
+    ``grid`` holds times ``t_1 < ... < t_J`` (all > 0). A patient leaves the risk set in
+    exactly one interval: ``[0, t_1]``, ``(t_{j-1}, t_j]``, or after ``t_J``; the event
+    column says whether they left by the event (any non-zero value or true) or were censored.
+    """
+
+    time_column: str
+    event_column: str
+    grid: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    cohort: tuple[CohortFilter, ...]
+    strata: tuple[Stratum, ...]
+    variables: tuple[Variable, ...]
+    survival: SurvivalSpec | None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every dataset column the plan reads, each once, in plan order."""
+        named = [f.column for f in self.cohort] + [s.column for s in self.strata]
+        named += [v.column for v in self.variables]
+        if self.survival is not None:
+            named += [self.survival.time_column, self.survival.event_column]
+        return tuple(dict.fromkeys(named))
+
+    @property
+    def outcome_columns(self) -> tuple[str, ...]:
+        """The columns read as an outcome (time and event), which a policy may restrict."""
+        return () if self.survival is None else (self.survival.time_column, self.survival.event_column)
+
+    @property
+    def stratum_count(self) -> int:
+        """How many strata the release has: the product of the strata's category counts (1 without strata)."""
+        return math.prod(len(s.categories) for s in self.strata)
+
+    def stratum_labels(self) -> tuple[str, ...]:
+        """Each stratum's name (``arm=control, sex=F``), in release order (the last column varies fastest)."""
+        labels = [""]
+        for stratum in self.strata:
+            labels = [
+                f"{prefix}, {stratum.column}={_text(c)}" if prefix else f"{stratum.column}={_text(c)}"
+                for prefix in labels
+                for c in stratum.categories
+            ]
+        return tuple(label or "all" for label in labels)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the manifest's ``plan`` field."""
+        value: dict[str, Any] = {
+            "cohort": [_filter_json(f) for f in self.cohort],
+            "strata": [{"column": s.column, "categories": list(s.categories)} for s in self.strata],
+            "variables": [_variable_json(v) for v in self.variables],
+        }
+        if self.survival is not None:
+            value["survival"] = {
+                "time_column": self.survival.time_column,
+                "event_column": self.survival.event_column,
+                "grid": list(self.survival.grid),
+            }
+        return value
+
+
+def _text(value: Category) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _filter_json(item: CohortFilter) -> dict[str, Any]:
+    value: dict[str, Any] = {"column": item.column, "op": item.op.value}
+    if item.op is FilterOp.IN:
+        value["values"] = list(item.values)
+    elif item.op is not FilterOp.NOT_NULL:
+        value["value"] = item.values[0]
+    return value
+
+
+def _variable_json(variable: Variable) -> dict[str, Any]:
+    if isinstance(variable, CategoricalVariable):
+        return {"column": variable.column, "kind": "categorical", "categories": list(variable.categories)}
+    value: dict[str, Any] = {"column": variable.column, "kind": "numeric", "bounds": [variable.low, variable.high]}
+    if variable.bins:
+        value["bins"] = list(variable.bins)
+    return value
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def parse_plan(value: Any, path: str = "plan") -> AnalysisPlan:
+    """Validates a plan JSON object; PackageRejected (manifest_invalid) names the field at fault."""
+    top = JsonObject(value, path)
+    filters = array_field(top.get("cohort"), top.field("cohort"), min_items=0, max_items=MAX_FILTERS)
+    cohort = tuple(_filter(item, f"{path}.cohort[{i}]") for i, item in enumerate(filters))
+    strata_items = array_field(top.get("strata"), top.field("strata"), min_items=0, max_items=MAX_STRATA_COLUMNS)
+    strata = tuple(_stratum(item, f"{path}.strata[{i}]") for i, item in enumerate(strata_items))
+    count = math.prod(len(s.categories) for s in strata)
+    if count > MAX_STRATA:
+        fail(top.field("strata"), f"make {count} strata, more than {MAX_STRATA}")
+    variable_items = array_field(top.get("variables"), top.field("variables"), min_items=0, max_items=MAX_VARIABLES)
+    variables = tuple(_variable(item, f"{path}.variables[{i}]") for i, item in enumerate(variable_items))
+    survival = _survival(top.get("survival"), top.field("survival")) if top.has("survival") else None
+    top.finish()
+    if not variables and survival is None and not strata:
+        fail(path, "declares nothing to compute: give strata, variables or survival")
+    # A column is one role: a stratum, a variable or an outcome (filters may name any column).
+    roles = [s.column for s in strata] + [v.column for v in variables]
+    if survival is not None:
+        roles += [survival.time_column, survival.event_column]
+    for column in roles:
+        if roles.count(column) > 1:
+            fail(path, f"column {column!r} is used more than once among strata, variables and survival")
+    return AnalysisPlan(cohort, strata, variables, survival)
+
+
+def _bounded(value: Any, field: str) -> float:
+    number = number_field(value, field)
+    if abs(number) > MAX_MAGNITUDE:
+        fail(field, f"must be within ±{MAX_MAGNITUDE:g}")
+    return number
+
+
+def _scalar(value: Any, field: str) -> float | str | bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return string_field(value, field, max_length=256)
+    return _bounded(value, field)
+
+
+def _filter(value: Any, path: str) -> CohortFilter:
+    obj = JsonObject(value, path)
+    column = column_field(obj.get("column"), obj.field("column"))
+    raw_op = obj.get("op")
+    try:
+        op = FilterOp(raw_op)
+    except ValueError:
+        fail(obj.field("op"), f"must be one of {[o.value for o in FilterOp]}")
+    values: tuple[float | str | bool, ...] = ()
+    if op is FilterOp.IN:
+        items = array_field(obj.get("values"), obj.field("values"), min_items=1, max_items=MAX_FILTER_VALUES)
+        values = tuple(_scalar(item, f"{obj.field('values')}[{i}]") for i, item in enumerate(items))
+        if len({type(v) for v in values}) > 1:
+            fail(obj.field("values"), "must all be numbers, all strings or all booleans")
+    elif op in COMPARISONS:
+        values = (_bounded(obj.get("value"), obj.field("value")),)
+    elif op is not FilterOp.NOT_NULL:
+        values = (_scalar(obj.get("value"), obj.field("value")),)
+    obj.finish()
+    return CohortFilter(column, op, values)
+
+
+def _categories(value: Any, field: str, limit: int) -> tuple[Category, ...]:
+    items = array_field(value, field, min_items=1, max_items=limit)
+    result: list[Category] = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        if isinstance(item, bool):
+            result.append(item)
+        elif isinstance(item, int):
+            result.append(integer_field(item, where, -(2**53) + 1, 2**53 - 1))
+        elif isinstance(item, str):
+            result.append(string_field(item, where, max_length=256))
+        else:
+            fail(where, "must be a string, an integer or a boolean")
+        if any(type(result[-1]) is type(other) and result[-1] == other for other in result[:-1]):
+            fail(where, "is listed twice")
+    if len({type(c) for c in result}) > 1:
+        fail(field, "must all be strings, all integers or all booleans")
+    return tuple(result)
+
+
+def _stratum(value: Any, path: str) -> Stratum:
+    obj = JsonObject(value, path)
+    column = column_field(obj.get("column"), obj.field("column"))
+    categories = _categories(obj.get("categories"), obj.field("categories"), MAX_STRATUM_CATEGORIES)
+    obj.finish()
+    return Stratum(column, categories)
+
+
+def _increasing(values: Sequence[float], field: str) -> None:
+    for index in range(1, len(values)):
+        if not values[index] > values[index - 1]:
+            fail(f"{field}[{index}]", "must be greater than the value before it")
+
+
+def _variable(value: Any, path: str) -> Variable:
+    obj = JsonObject(value, path)
+    column = column_field(obj.get("column"), obj.field("column"))
+    kind_raw = obj.get("kind")
+    try:
+        kind = VariableKind(kind_raw)
+    except ValueError:
+        fail(obj.field("kind"), f"must be one of {[k.value for k in VariableKind]}")
+    if kind is VariableKind.CATEGORICAL:
+        categories = _categories(obj.get("categories"), obj.field("categories"), MAX_CATEGORIES)
+        obj.finish()
+        return CategoricalVariable(column, categories)
+    bounds_field = obj.field("bounds")
+    bounds = array_field(obj.get("bounds"), bounds_field, min_items=2, max_items=2)
+    low, high = (_bounded(b, f"{bounds_field}[{i}]") for i, b in enumerate(bounds))
+    if not low < high:
+        fail(bounds_field, "must be [low, high] with low < high")
+    bins: tuple[float, ...] = ()
+    if obj.has("bins"):
+        bins_field = obj.field("bins")
+        edges = array_field(obj.get("bins"), bins_field, min_items=2, max_items=MAX_BINS + 1)
+        bins = tuple(_bounded(e, f"{bins_field}[{i}]") for i, e in enumerate(edges))
+        _increasing(bins, bins_field)
+        if bins[0] != low or bins[-1] != high:
+            fail(bins_field, f"must start at the lower bound {low:g} and end at the upper bound {high:g}")
+    obj.finish()
+    return NumericVariable(column, low, high, bins)
+
+
+def _survival(value: Any, path: str) -> SurvivalSpec:
+    obj = JsonObject(value, path)
+    time_column = column_field(obj.get("time_column"), obj.field("time_column"))
+    event_column = column_field(obj.get("event_column"), obj.field("event_column"))
+    if time_column == event_column:
+        fail(obj.field("event_column"), "must differ from time_column")
+    grid_field = obj.field("grid")
+    grid = tuple(
+        _bounded(t, f"{grid_field}[{i}]")
+        for i, t in enumerate(array_field(obj.get("grid"), grid_field, min_items=1, max_items=MAX_GRID))
+    )
+    if grid[0] <= 0:
+        fail(f"{grid_field}[0]", "must be greater than 0 (the first interval starts at time 0)")
+    _increasing(grid, grid_field)
+    obj.finish()
+    return SurvivalSpec(time_column, event_column, grid)
