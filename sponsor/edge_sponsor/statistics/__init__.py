@@ -1,0 +1,16 @@
+"""The sponsor's estimators on the hospitals' noisy releases, and the report that shows them.
+
+Each hospital's agent releases the blocks of :mod:`agent.plans.release` with Gaussian noise
+of a known standard deviation; these modules pool them over sites and carry that noise,
+next to the sampling error, into every standard error, confidence interval and test.
+
+* :mod:`.releases`: one site's release read as blocks (values and noise variance per number).
+* :mod:`.survival`: grouped Kaplan-Meier per stratum, median survival and follow-up, log-rank.
+* :mod:`.table_one`: the descriptive Table 1 per stratum and overall, per site and pooled.
+* :mod:`.report`: the result tree (JSON) and one self-contained HTML page.
+"""
+
+# agent.plans.model and agent.packages import each other: the cycle resolves only when
+# agent.packages is imported first (importing agent.plans.model first fails). Import it
+# here so that these modules load in any order; harmless once the cycle is gone.
+import agent.packages  # noqa: F401

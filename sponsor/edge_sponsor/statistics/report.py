@@ -1,0 +1,494 @@
+"""The sponsor's statistics report: a result tree that serialises to JSON, and one HTML page.
+
+The page is self-contained (inline CSS and SVG, no script, nothing fetched: its
+Content-Security-Policy forbids it), so it can be archived, mailed and opened offline, as
+the agent's audit report (agent/audit/report.py). Every string from a plan or a release
+(site names, column names, category labels) is escaped: the sponsor's reviewers open
+pages built from what hospitals and publishers wrote.
+
+The Kaplan-Meier chart is drawn at fixed coordinates (``CHART_LEFT_PX``, ``CHART_TOP_PX``
+and the ``PLOT_*`` box) so that a screenshot test can look for its curves and bands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from edge_sponsor.statistics.survival import KmCurve, Median, StratumSurvival, SurvivalAnalysis
+from edge_sponsor.statistics.table_one import (
+    CategoricalSummary,
+    Estimate,
+    NumericSummary,
+    TableOne,
+    TableOneColumn,
+)
+
+HEADER_HEIGHT_PX = 96
+CHART_LEFT_PX = 32
+CHART_TOP_PX = HEADER_HEIGHT_PX
+WIDTH = 960
+PLOT_LEFT = 140
+PLOT_TOP = 24
+PLOT_RIGHT = 940
+PLOT_BOTTOM = 344
+LEGEND_TOP = PLOT_BOTTOM + 64
+LEGEND_ROW = 20
+RISK_ROW = 20
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+OVERALL_COLOUR = "#4b5563"
+BAND_OPACITY = 0.18
+
+
+@dataclass(frozen=True)
+class StatisticsReport:
+    """Everything one report shows: the survival analysis and Table 1 (either may be absent)."""
+
+    title: str
+    generated_at: str
+    survival: SurvivalAnalysis | None = None
+    table_one: TableOne | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree as JSON values: NaN and infinities become null, enums their values."""
+        return {str(k): _clean(v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        """The tree as a JSON document (strict: no NaN literals)."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, indent=1)
+
+
+def new_report(
+    title: str,
+    *,
+    survival: SurvivalAnalysis | None = None,
+    table_one: TableOne | None = None,
+    notes: Sequence[str] = (),
+    generated_at: dt.datetime | None = None,
+) -> StatisticsReport:
+    """A report stamped with ``generated_at`` (now, UTC, when omitted)."""
+    moment = generated_at or dt.datetime.now(dt.UTC)
+    return StatisticsReport(title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+_CSS = """
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2430;
+background:#ffffff}
+header{height:96px;overflow:hidden;padding:18px 32px 0;border-bottom:1px solid #d9dee7}
+header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;color:#4a5568}
+#km-chart-section{margin:0 0 0 32px;width:960px}
+#km-chart{display:block;width:960px}
+#km-chart .grid{stroke:#e6e9ef;stroke-width:1}
+#km-chart .tick,#km-chart .axis{stroke:#1d2430;stroke-width:1}
+#km-chart text{font-size:12px;fill:#1d2430}
+#km-chart .axis-label{font-size:13px;font-weight:600}
+main{padding:8px 32px 48px;max-width:1800px}
+h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d9dee7;padding-bottom:4px}
+table{border-collapse:collapse;margin:6px 0 12px;font-size:13px}
+th,td{border:1px solid #d9dee7;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f5f9}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.variable{font-weight:600;background:#fafbfc}
+.suppressed{color:#6b7280;font-style:italic}
+.note{color:#4a5568}
+"""
+
+
+def render_html(report: StatisticsReport) -> str:
+    """The report as one self-contained HTML page (UTF-8 text).
+
+    Args:
+        report: the results; a part that is None is left out of the page.
+
+    Returns:
+        The page: header, the Kaplan-Meier chart with its bands, legend and numbers at
+        risk, the survival summary and log-rank test, then Table 1.
+    """
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>{escape(report.title)}</title><style>{_CSS}</style></head><body>",
+        f"<header><h1>{escape(report.title)}</h1><p>Generated {escape(report.generated_at)} · every number is "
+        "pooled from differentially private releases; intervals include the privacy noise</p></header>",
+    ]
+    survival = report.survival
+    if survival is not None:
+        curves = [*survival.strata, *([survival.overall] if survival.overall is not None else [])]
+        height = chart_height(len(curves))
+        parts.append(f'<section id="km-chart-section" style="height:{height}px">')
+        parts.append(render_km_chart(curves, survival.grid, survival.confidence))
+        parts.append("</section>")
+    parts.append("<main>")
+    if survival is not None:
+        parts.append(_survival_summary(survival))
+    if report.table_one is not None:
+        parts.append(_table_one(report.table_one))
+    if report.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+def risk_top(curves: int) -> int:
+    """Where the numbers at risk start (under the legend)."""
+    return LEGEND_TOP + curves * LEGEND_ROW + 24
+
+
+def chart_height(curves: int) -> int:
+    """The chart's height in CSS pixels for ``curves`` curves (legend and at-risk table grow with them)."""
+    return risk_top(curves) + (curves + 1) * RISK_ROW + 8
+
+
+def colour_of(index: int, label: str) -> str:
+    """The colour of curve ``index`` (the overall curve is grey)."""
+    return OVERALL_COLOUR if label == "all" and index > 0 else PALETTE[index % len(PALETTE)]
+
+
+def render_km_chart(curves: Sequence[StratumSurvival], grid: Sequence[float], confidence: float) -> str:
+    """The ``<svg id="km-chart">``: step curves, shaded bands, axes, legend and numbers at risk."""
+    end = float(grid[-1]) if grid else 1.0
+    x_step = _nice_step(end / 8)
+
+    def x_of(t: float) -> float:
+        return PLOT_LEFT + min(max(t / end, 0.0), 1.0) * (PLOT_RIGHT - PLOT_LEFT)
+
+    def y_of(s: float) -> float:
+        return PLOT_BOTTOM - min(max(s, 0.0), 1.0) * (PLOT_BOTTOM - PLOT_TOP)
+
+    height = chart_height(len(curves))
+    out = [
+        f'<svg id="km-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-labelledby="km-chart-title">',
+        f'<title id="km-chart-title">Kaplan&#8211;Meier survival per stratum with pointwise {confidence:.0%} '
+        "intervals (sampling and privacy noise)</title>",
+        f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
+    ]
+    for tenth in range(0, 11, 2):
+        y = y_of(tenth / 10)
+        out.append(f'<line class="grid" x1="{PLOT_LEFT}" y1="{y:.1f}" x2="{PLOT_RIGHT}" y2="{y:.1f}"/>')
+        out.append(f'<line class="tick" x1="{PLOT_LEFT - 5}" y1="{y:.1f}" x2="{PLOT_LEFT}" y2="{y:.1f}"/>')
+        out.append(f'<text x="{PLOT_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{tenth / 10:.1f}</text>')
+    ticks = [i * x_step for i in range(int(end / x_step + 1e-9) + 1)]
+    for tick in ticks:
+        x = x_of(tick)
+        out.append(f'<line class="tick" x1="{x:.1f}" y1="{PLOT_BOTTOM}" x2="{x:.1f}" y2="{PLOT_BOTTOM + 5}"/>')
+        out.append(f'<text x="{x:.1f}" y="{PLOT_BOTTOM + 20}" text-anchor="middle">{_number(tick)}</text>')
+    out.append(
+        f'<line class="axis" x1="{PLOT_LEFT}" y1="{PLOT_TOP}" x2="{PLOT_LEFT}" y2="{PLOT_BOTTOM}"/>'
+        f'<line class="axis" x1="{PLOT_LEFT}" y1="{PLOT_BOTTOM}" x2="{PLOT_RIGHT}" y2="{PLOT_BOTTOM}"/>'
+        f'<text class="axis-label" x="{(PLOT_LEFT + PLOT_RIGHT) / 2:.0f}" y="{PLOT_BOTTOM + 40}" '
+        'text-anchor="middle">time (plan grid units)</text>'
+        f'<text class="axis-label" transform="translate(18 {(PLOT_TOP + PLOT_BOTTOM) / 2:.0f}) rotate(-90)" '
+        'text-anchor="middle">survival probability</text>'
+    )
+    # Bands first, then every curve over them.
+    for index, item in enumerate(curves):
+        colour = colour_of(index, item.label)
+        band = _band_path(item.curve, x_of, y_of)
+        if band:
+            out.append(
+                f'<path class="km-band" data-stratum="{escape(item.label)}" d="{band}" fill="{colour}" '
+                f'fill-opacity="{BAND_OPACITY}" stroke="none"/>'
+            )
+    for index, item in enumerate(curves):
+        colour = colour_of(index, item.label)
+        line = _step_path(item.curve.times, item.curve.survival, x_of, y_of)
+        if line:
+            dash = ' stroke-dasharray="8 5"' if item.label == "all" and index > 0 else ""
+            out.append(
+                f'<path class="km-curve" data-stratum="{escape(item.label)}" d="{line}" fill="none" '
+                f'stroke="{colour}" stroke-width="3" shape-rendering="crispEdges"{dash}>'
+                f"<title>{escape(item.label)}: median {escape(_median(item.curve.median))}</title></path>"
+            )
+    # Legend under the axis title, one row per curve.
+    for index, item in enumerate(curves):
+        colour = colour_of(index, item.label)
+        y = LEGEND_TOP + index * LEGEND_ROW
+        x = PLOT_LEFT
+        out.append(
+            f'<g class="legend-item"><rect x="{x}" y="{y - 9}" width="28" height="14" fill="{colour}" '
+            f'fill-opacity="{BAND_OPACITY}"/><line x1="{x}" y1="{y - 2}" x2="{x + 28}" y2="{y - 2}" '
+            f'stroke="{colour}" stroke-width="3"/><text x="{x + 36}" y="{y + 2}">{escape(item.label)} '
+            f"· median survival {escape(_median(item.curve.median))}</text></g>"
+        )
+    # Numbers at risk under the plot, at the axis ticks.
+    top = risk_top(len(curves))
+    out.append(f'<text class="axis-label" x="8" y="{top - 8}">Number at risk</text>')
+    for index, item in enumerate(curves):
+        colour = colour_of(index, item.label)
+        y = top + (index + 1) * RISK_ROW - 6
+        out.append(
+            f'<text x="{PLOT_LEFT - 28}" y="{y}" text-anchor="end" fill="{colour}">{escape(item.label[:16])}</text>'
+        )
+        shown = _at_risk_shown(item.curve)
+        for tick in ticks:
+            out.append(
+                f'<text x="{x_of(tick):.1f}" y="{y}" text-anchor="middle">{escape(_at(shown, item.curve.times, tick))}'
+                "</text>"
+            )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _finite(curve: KmCurve) -> int:
+    """How many leading points of the curve are estimable."""
+    count = 0
+    for value in curve.survival:
+        if not math.isfinite(value):
+            break
+        count += 1
+    return count
+
+
+def _step_path(times: Sequence[float], values: Sequence[float], x_of: Any, y_of: Any) -> str:
+    count = 0
+    for value in values:
+        if not math.isfinite(value):
+            break
+        count += 1
+    if count == 0:
+        return ""
+    path = [f"M{x_of(times[0]):.1f} {y_of(values[0]):.1f}"]
+    for j in range(1, count):
+        path.append(f"H{x_of(times[j]):.1f} V{y_of(values[j]):.1f}")
+    return " ".join(path)
+
+
+def _band_path(curve: KmCurve, x_of: Any, y_of: Any) -> str:
+    count = _finite(curve)
+    if count < 2:
+        return ""
+    times = curve.times[:count]
+    upper = [f"M{x_of(times[0]):.1f} {y_of(curve.upper[0]):.1f}"]
+    for j in range(1, count):
+        upper.append(f"H{x_of(times[j]):.1f} V{y_of(curve.upper[j]):.1f}")
+    lower = [f"V{y_of(curve.lower[count - 1]):.1f}"]
+    for j in range(count - 1, 0, -1):
+        lower.append(f"H{x_of(times[j]):.1f} V{y_of(curve.lower[j - 1]):.1f}")
+    return " ".join(upper + lower) + " Z"
+
+
+def _at_risk_shown(curve: KmCurve) -> list[int | None]:
+    """Numbers at risk as shown: rounded, at least 0 and never rising (noise can make the raw suffix sums rise)."""
+    shown: list[int | None] = []
+    lowest = math.inf
+    for value in curve.at_risk:
+        if not math.isfinite(value):
+            shown.append(None)
+            continue
+        lowest = min(lowest, max(round(value), 0))
+        shown.append(int(lowest))
+    return shown
+
+
+def _at(shown: Sequence[int | None], times: Sequence[float], tick: float) -> str:
+    """At risk at ``tick``: the number still at risk after the last grid time at or before it."""
+    index = max(j for j, t in enumerate(times) if t <= tick + 1e-9)
+    value = shown[index]
+    return "—" if value is None else str(value)
+
+
+def _nice_step(raw: float) -> float:
+    if not raw > 0:
+        return 1.0
+    exponent = math.floor(math.log10(raw))
+    base = 10.0**exponent
+    for multiple in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if raw <= multiple * base:
+            return multiple * base
+    return 10.0 * base
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _time(value: float | None) -> str:
+    return "not reached" if value is None else _number(value)
+
+
+def _median(median: Median) -> str:
+    if median.estimate is None and median.lower is None:
+        return "not reached"
+    return f"{_time(median.estimate)} ({_time(median.lower)} to {_time(median.upper)})"
+
+
+def _survival_summary(survival: SurvivalAnalysis) -> str:
+    level = f"{survival.confidence:.0%}"
+    rows = []
+    items = [*survival.strata, *([survival.overall] if survival.overall is not None else [])]
+    for item in items:
+        cells = [
+            escape(item.label),
+            escape(_count(item.patients)),
+            escape(_median(item.curve.median)),
+            escape(_median(item.median_follow_up)),
+            escape(", ".join(item.sites) or "none"),
+            escape(", ".join(item.sites_left_out) or "none"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{escape(h)}</th>"
+        for h in (
+            "Stratum",
+            "Patients (noisy)",
+            f"Median survival ({level} CI)",
+            f"Median follow-up, reverse KM ({level} CI)",
+            "Sites pooled",
+            "Sites left out (withheld)",
+        )
+    )
+    text = [
+        "<h2>Survival</h2>",
+        f'<p class="note">Grouped Kaplan&#8211;Meier ({escape(survival.method.value)}) on the plan\'s grid of '
+        f"{len(survival.grid)} times; pointwise {level} intervals on the log(&#8722;log) scale, variance = Greenwood + "
+        "privacy noise (delta method).</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",
+    ]
+    test = survival.log_rank
+    if test is not None:
+        text.append(
+            f'<p id="log-rank">Log-rank test between {escape(", ".join(test.strata))}: χ² = '
+            f"{escape(f'{test.statistic:.3f}')} on {test.degrees_of_freedom} df, p = "
+            f"{escape(f'{test.p_value:.4g}')}; privacy noise is {escape(f'{test.noise_share:.0%}')} of the "
+            f"variance of O &#8722; E. Sites: {escape(', '.join(test.sites))}"
+            + (
+                f"; left out (withheld a stratum): {escape(', '.join(test.sites_left_out))}"
+                if test.sites_left_out
+                else ""
+            )
+            + ".</p>"
+        )
+    return "\n".join(text)
+
+
+def _count(value: float) -> str:
+    return "suppressed" if not math.isfinite(value) else f"{value:.0f}"
+
+
+def _estimate(estimate: Estimate, digits: int = 3) -> str:
+    if not math.isfinite(estimate.value):
+        return "—"
+    return f"{estimate.value:.{digits}g} ({estimate.lower:.{digits}g} to {estimate.upper:.{digits}g})"
+
+
+def _percent(estimate: Estimate) -> str:
+    if not math.isfinite(estimate.value):
+        return "—"
+    return f"{100 * estimate.value:.1f}% ({100 * estimate.lower:.1f} to {100 * estimate.upper:.1f})"
+
+
+def _cell(text: str) -> str:
+    if text == "suppressed":
+        return '<td class="num suppressed">suppressed</td>'
+    return f'<td class="num">{escape(text)}</td>'
+
+
+def _table_one(table: TableOne) -> str:
+    columns = table.columns
+    level = f"{table.confidence:.0%}"
+    groups: list[tuple[str, int]] = []
+    for column in columns:
+        if groups and groups[-1][0] == column.stratum:
+            groups[-1] = (column.stratum, groups[-1][1] + 1)
+        else:
+            groups.append((column.stratum, 1))
+    top = "<th></th>" + "".join(f'<th colspan="{n}">{escape(label)}</th>' for label, n in groups)
+    second = "<th></th>" + "".join(f"<th>{escape(c.site)}</th>" for c in columns)
+    rows = [
+        "<tr><td>Patients, N (± noise SD)</td>"
+        + "".join(
+            _cell("suppressed" if c.suppressed else f"{c.patients.value:.0f} ± {c.patients.se:.1f}") for c in columns
+        )
+        + "</tr>"
+    ]
+    for position, first in enumerate(columns[0].variables):
+        if isinstance(first, NumericSummary):
+            rows.append(f'<tr><td class="variable" colspan="{len(columns) + 1}">{escape(first.column)}</td></tr>')
+            for label, read in (
+                (f"mean ({level} CI)", _mean_text),
+                ("SD", _sd_text),
+                ("median [Q1, Q3]", _quartiles_text),
+                ("% missing", _missing_text),
+            ):
+                rows.append(
+                    f"<tr><td>{escape(label)}</td>"
+                    + "".join(_cell(read(_numeric(c, position))) for c in columns)
+                    + "</tr>"
+                )
+        elif isinstance(first, CategoricalSummary):
+            rows.append(
+                f'<tr><td class="variable" colspan="{len(columns) + 1}">{escape(first.column)}, '
+                f"n and % ({escape(level)} CI)</td></tr>"
+            )
+            for index, row in enumerate(first.rows):
+                cells = []
+                for column in columns:
+                    found = _categorical(column, position).rows[index]
+                    cells.append(
+                        _cell("suppressed" if found.suppressed else f"{found.count:.0f}, {_percent(found.proportion)}")
+                    )
+                rows.append(f"<tr><td>{escape(row.label)}</td>" + "".join(cells) + "</tr>")
+    note = (
+        f'<p class="note">Counts are noisy; means and shares with {escape(level)} intervals whose variance adds the '
+        "sampling error and the privacy noise. “suppressed”: withheld by a hospital under its minimum cell size.</p>"
+    )
+    return (
+        "<h2>Table 1</h2>"
+        + note
+        + f'<table id="table-one"><thead><tr>{top}</tr><tr>{second}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def _mean_text(summary: NumericSummary) -> str:
+    return _estimate(summary.mean)
+
+
+def _sd_text(summary: NumericSummary) -> str:
+    return _plain(summary.sd)
+
+
+def _quartiles_text(summary: NumericSummary) -> str:
+    return f"{_plain(summary.median)} [{_plain(summary.q1)}, {_plain(summary.q3)}]"
+
+
+def _missing_text(summary: NumericSummary) -> str:
+    return "suppressed" if summary.missing_suppressed else _plain(summary.missing_percent, "{:.1f}")
+
+
+def _numeric(column: TableOneColumn, position: int) -> NumericSummary:
+    found = column.variables[position]
+    if not isinstance(found, NumericSummary):
+        raise TypeError(f"column {column.site}/{column.stratum}: variable {position} is not numeric")
+    return found
+
+
+def _categorical(column: TableOneColumn, position: int) -> CategoricalSummary:
+    found = column.variables[position]
+    if not isinstance(found, CategoricalSummary):
+        raise TypeError(f"column {column.site}/{column.stratum}: variable {position} is not categorical")
+    return found
+
+
+def _plain(value: float, form: str = "{:.3g}") -> str:
+    return form.format(value) if math.isfinite(value) else "—"
