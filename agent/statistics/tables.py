@@ -1,0 +1,216 @@
+"""The numbers of a release: exact blocks from the patients, then noise and suppression.
+
+:func:`exact_release` computes every block of a :class:`~agent.plans.release.ReleaseLayout`
+from a :class:`~agent.statistics.patients.PatientTable` (one row per patient, so each
+patient lands in one stratum and moves each block by at most its sensitivity);
+:func:`noisy_release` adds the Gaussian noise the layout prescribes and withholds small
+strata and cells. Only the noisy numbers ever leave the agent.
+
+Block contents (cell order as in :mod:`agent.plans.release`):
+
+* ``count``: patients per stratum.
+* ``<col>.n``: present and missing values; ``<col>.sum`` and ``<col>.sumsq``: the sum
+  and the sum of squares of ``clamp(v, low, high) - centre`` over present values;
+  ``<col>.histogram``: clamped values per bin (``edges[k] <= v < edges[k+1]``, the last
+  bin also ``v == high``). Infinite values are present and clamped like any other.
+* ``<col>.counts``: each declared category, "other" (present, not declared), "missing".
+* ``survival.exits``: per interval of the grid (``[0, t_1]``, ``(t_{j-1}, t_j]``,
+  ``(t_J, inf)``) the exits by event and by censoring, then "missing" (time or event
+  missing, or a negative time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
+from agent.plans.release import (
+    COUNT,
+    MISSING,
+    SURVIVAL_EXITS,
+    ReleaseLayout,
+    StatisticsKind,
+    Suppression,
+    numeric_blocks,
+)
+from agent.plans.release import layout as plan_layout
+from agent.statistics.patients import PatientTable
+
+Floats = npt.NDArray[np.float64]
+
+
+def exact_release(plan: AnalysisPlan, layout: ReleaseLayout, patients: PatientTable) -> dict[str, Floats]:
+    """Every block of ``layout`` before noise: block name -> ``[strata, len(block.cells)]`` float64.
+
+    ``layout`` must be ``agent.plans.release.layout(plan, kind)`` and ``patients`` the
+    plan's :func:`~agent.statistics.patients.patient_table`; ValueError otherwise. Only the
+    layout's blocks are computed (a survival task computes no descriptive block).
+    """
+    if layout != plan_layout(plan, layout.kind):
+        raise ValueError("the release layout is not the plan's")
+    if patients.strata != layout.strata:
+        raise ValueError("the patient table was not built for this plan")
+    wanted = {block.name for block in layout.blocks}
+    strata, stratum = layout.strata, patients.stratum
+    computed: dict[str, Floats] = {}
+    if COUNT in wanted:
+        computed[COUNT] = _counts(stratum, np.zeros(patients.size, dtype=np.int64), strata, 1)
+    for variable in plan.variables:
+        if isinstance(variable, CategoricalVariable):
+            name = f"{variable.column}.counts"
+            if name in wanted:
+                cells = len(variable.categories) + 2
+                computed[name] = _counts(stratum, patients.codes[variable.column], strata, cells)
+        elif not wanted.isdisjoint(block.name for block in numeric_blocks(variable)):
+            computed.update(_numeric(variable, patients))
+    if plan.survival is not None and SURVIVAL_EXITS in wanted:
+        computed[SURVIVAL_EXITS] = _exits(plan.survival, patients)
+    result: dict[str, Floats] = {}
+    for block in layout.blocks:
+        values = computed[block.name]
+        # A mismatch here is a bug in this module, never a property of the data.
+        if values.shape != (strata, len(block.cells)):
+            raise ValueError(f"block {block.name!r} computed with shape {values.shape}")
+        result[block.name] = values
+    return result
+
+
+def _counts(stratum: npt.NDArray[np.int64], cell: npt.NDArray[np.int64], strata: int, cells: int) -> Floats:
+    """Patients per (stratum, cell): ``cell`` in ``0..cells-1`` for each patient."""
+    flat = np.bincount(stratum * cells + cell, minlength=strata * cells)
+    return flat.reshape(strata, cells).astype(np.float64)
+
+
+def _sums(stratum: npt.NDArray[np.int64], weights: Floats, strata: int) -> Floats:
+    return np.bincount(stratum, weights=weights, minlength=strata).reshape(strata, 1).astype(np.float64)
+
+
+def _numeric(variable: NumericVariable, patients: PatientTable) -> dict[str, Floats]:
+    """The blocks of :func:`agent.plans.release.numeric_blocks`, in its order."""
+    strata = patients.strata
+    x = patients.numbers[variable.column]
+    present = ~np.isnan(x)
+    stratum = patients.stratum[present]
+    clamped = np.clip(x[present], variable.low, variable.high)
+    h = variable.half_width
+    # Clamped again around the centre: the subtraction rounds, and one ulp beyond h would
+    # exceed the sensitivities h and h² the release declares.
+    centred = np.clip(clamped - variable.centre, -h, h)
+    names = [block.name for block in numeric_blocks(variable)]
+    blocks = {
+        names[0]: _counts(patients.stratum, np.where(present, 0, 1).astype(np.int64), strata, 2),
+        names[1]: _sums(stratum, centred, strata),
+        names[2]: _sums(stratum, centred * centred, strata),
+    }
+    if variable.bins:
+        edges = np.asarray(variable.bins, dtype=np.float64)
+        bins = len(edges) - 1
+        # side="right" puts v == edges[k] in bin k; v == high (index ``bins``) joins the last bin.
+        index = np.minimum(np.searchsorted(edges, clamped, side="right") - 1, bins - 1)
+        blocks[names[3]] = _counts(stratum, index.astype(np.int64), strata, bins)
+    return blocks
+
+
+def _exits(survival: SurvivalSpec, patients: PatientTable) -> Floats:
+    """Each patient's one exit cell: ``2 i`` event or ``2 i + 1`` censored in interval ``i``, else missing."""
+    if patients.time is None or patients.event is None:
+        raise ValueError("the patient table was built without the survival columns")
+    grid = np.asarray(survival.grid, dtype=np.float64)
+    intervals = len(grid) + 1
+    time, event = patients.time, patients.event
+    with np.errstate(invalid="ignore"):
+        usable = (time >= 0) & ~np.isnan(event)  # NaN >= 0 is false: a missing time is not usable
+    # side="left": t == t_j falls in the interval (t_{j-1}, t_j] (index j-1 in 0-based terms).
+    interval = np.searchsorted(grid, time[usable], side="left")
+    cell = np.full(patients.size, 2 * intervals, dtype=np.int64)
+    cell[usable] = 2 * interval + (event[usable] == 0)
+    return _counts(patients.stratum, cell, patients.strata, 2 * intervals + 1)
+
+
+# -- noise and suppression ------------------------------------------------------------------
+
+
+def noisy_release(
+    exact: Mapping[str, Floats],
+    layout: ReleaseLayout,
+    *,
+    noise_multiplier: float,
+    min_cell_size: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """The released numbers: scalar name (:meth:`Block.scalar_name`) -> value, NaN where withheld.
+
+    Adds independent Gaussian noise of standard deviation ``layout.noise_std(block,
+    noise_multiplier)`` to every number of ``exact`` (as :func:`exact_release` returns
+    it), then withholds with ``min_cell_size`` ``m`` (0: nothing withheld):
+
+    * a stratum whose noisy size is below ``m`` (a describe task: its noisy ``count``; a
+      survival task: the sum of its noisy ``survival.exits``): every number of that
+      stratum, in every block;
+    * in a block of :attr:`Suppression.CELL`: each noisy number below ``m``;
+    * a numeric variable's ``.sum``, ``.sumsq`` and ``.histogram`` of a stratum whose
+      ``.n`` "present" count is withheld.
+
+    The keys are exactly ``set(layout.scalar_names())``. ``noise_multiplier`` 0 releases
+    exact numbers: what it costs is the accountant's to say, not this function's. Raises
+    ValueError for a negative or non-finite multiplier, a negative minimum, or ``exact``
+    without the layout's blocks and shapes.
+    """
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise ValueError("noise_multiplier must be finite and >= 0")
+    if isinstance(min_cell_size, bool) or min_cell_size < 0:
+        raise ValueError("min_cell_size must be an integer >= 0")
+    names = {block.name for block in layout.blocks}
+    if set(exact) != names:
+        raise ValueError("the exact values are not the layout's blocks")
+    noisy: dict[str, Floats] = {}
+    for block in layout.blocks:
+        values = np.asarray(exact[block.name], dtype=np.float64)
+        if values.shape != (layout.strata, len(block.cells)):
+            raise ValueError(f"block {block.name!r} has shape {values.shape}")
+        std = layout.noise_std(block, noise_multiplier)
+        noisy[block.name] = values + rng.normal(0.0, std, size=values.shape)
+    if min_cell_size > 0:
+        _suppress(noisy, layout, min_cell_size)
+    released: dict[str, float] = {}
+    for block in layout.blocks:
+        cells = len(block.cells)
+        flat = noisy[block.name].ravel().tolist()
+        # ravel() is stratum-major, cells within: the order of ReleaseLayout.scalar_names().
+        released.update((block.scalar_name(i // cells, i % cells), value) for i, value in enumerate(flat))
+    return released
+
+
+def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> None:
+    """Withholds (NaN) small strata and cells, in place.
+
+    Every decision reads noisy numbers and the public minimum only: it is post-processing
+    of the Gaussian mechanism and costs no privacy. Deciding on the exact counts would
+    not be: a withheld cell would tell that a count was below the minimum, a fact about
+    the data no noise covers.
+    """
+    # A stratum's size: a describe task releases it (count); a survival task's exits add up to it.
+    survival = layout.kind is StatisticsKind.SURVIVAL
+    size = noisy[SURVIVAL_EXITS].sum(axis=1) if survival else noisy[COUNT][:, 0]
+    small = size < minimum
+    for values in noisy.values():
+        values[small, :] = np.nan
+    for block in layout.blocks:
+        if block.suppression is Suppression.CELL:
+            values = noisy[block.name]
+            values[values < minimum] = np.nan  # NaN < minimum is false: withheld stays withheld
+    for block in layout.blocks:
+        # A numeric variable's present values (its ``<col>.n`` block's first cell) too few to
+        # show: its sum, sum of squares and histogram would describe those few patients
+        # (the histogram's cells even add up to the withheld count).
+        if block.name.endswith(".n") and block.cells == ("present", MISSING):
+            column = block.name[: -len(".n")]
+            absent = np.isnan(noisy[block.name][:, 0])
+            for suffix in (".sum", ".sumsq", ".histogram"):
+                dependent = noisy.get(column + suffix)
+                if dependent is not None:
+                    dependent[absent, :] = np.nan
