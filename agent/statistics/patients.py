@@ -3,9 +3,8 @@
 :func:`patient_table` turns a dataset's Arrow table into a :class:`PatientTable`:
 
 1. **Types.** Every column the plan reads is checked against its role before any row is
-   looked at (numbers for numeric variables, comparisons and survival times; strings,
-   integers or booleans matching the declared categories for strata and categorical
-   variables; ...). A mismatch is a :class:`StatisticsInputError` naming the column.
+   looked at (:func:`agent.statistics.columns.check_columns`). A mismatch is a
+   :class:`~agent.statistics.errors.StatisticsInputError` naming the column.
 2. **Cohort.** A row is in the cohort when it meets every filter. A missing value (null,
    or NaN in a float column) meets no filter but ``not_null``, which is exactly "not
    missing": a plan cannot select patients by the absence of a value it cannot see.
@@ -30,9 +29,8 @@ patients take a fraction of a second (``bench/statistics_speed.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -41,22 +39,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent.datasets.inspection import unit_type_supported
-from agent.plans.model import (
-    COMPARISONS,
-    AnalysisPlan,
-    CategoricalVariable,
-    Category,
-    CohortFilter,
-    FilterOp,
-    NumericVariable,
-)
-from agent.statistics.errors import StatisticsInputError
-
-# Codes of a categorical column (see PatientTable.codes) before they are shifted to the
-# release's cells: declared categories are 0..C-1.
-_OTHER = -1
-_MISSING = -2
+from agent.plans.model import AnalysisPlan, CategoricalVariable, CohortFilter, FilterOp, NumericVariable
+from agent.statistics.columns import MISSING, NUMBERS, OTHER, as_floats, category_codes, check_columns, decoded, family
 
 _T = TypeVar("_T", bound=np.generic)
 
@@ -119,14 +103,14 @@ def patient_table_keyed(
     (a random permutation), for the kept row to be uniform among a unit's rows. Raises
     ValueError when they are missing, of the wrong length or not distinct.
     """
-    _check_columns(plan, table, unit_column)
+    check_columns(plan, table, unit_column)
     numbers = _NumberCache(table)
     keep = np.ones(table.num_rows, dtype=bool)
     for item in plan.cohort:
         keep &= _meets(item, table.column(item.column), numbers)
     stratum = np.zeros(table.num_rows, dtype=np.int64)
     for spec in plan.strata:
-        codes = _category_codes(table.column(spec.column), spec.categories)
+        codes = category_codes(table.column(spec.column), spec.categories)
         keep &= codes >= 0
         # Mixed radix, last column fastest: the order of AnalysisPlan.stratum_labels().
         stratum = stratum * len(spec.categories) + np.maximum(codes, 0)
@@ -140,9 +124,9 @@ def patient_table_keyed(
     codes_by_column: dict[str, npt.NDArray[np.int64]] = {}
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
-            raw = _category_codes(table.column(variable.column), variable.categories)[rows]
+            raw = category_codes(table.column(variable.column), variable.categories)[rows]
             count = len(variable.categories)
-            cells = np.where(raw == _OTHER, count, np.where(raw == _MISSING, count + 1, raw))
+            cells = np.where(raw == OTHER, count, np.where(raw == MISSING, count + 1, raw))
             codes_by_column[variable.column] = _read_only(cells.astype(np.int64))
     time: npt.NDArray[np.float64] | None = None
     event: npt.NDArray[np.float64] | None = None
@@ -178,7 +162,7 @@ def _one_row_per_unit(
     if rows.size == 0:
         return rows
     # Dictionaries may differ between chunks; their values identify the units.
-    units = _decoded(units)
+    units = decoded(units)
     if rows.size < row_count:
         units = units.take(rows)
     # One hash pass gives each distinct unit a dense id (no sort of the unit values).
@@ -208,30 +192,14 @@ class _NumberCache:
 
     def get(self, column: str) -> npt.NDArray[np.float64]:
         if column not in self._done:
-            self._done[column] = _as_floats(self._table.column(column))
+            self._done[column] = as_floats(self._table.column(column))
         return self._done[column]
-
-
-def _decoded(column: pa.ChunkedArray[Any]) -> pa.ChunkedArray[Any]:
-    """The column's values (a dictionary column decoded chunk by chunk)."""
-    if not pa.types.is_dictionary(column.type):
-        return column
-    chunks: list[Any] = column.chunks
-    return pa.chunked_array([c.dictionary_decode() for c in chunks], type=column.type.value_type)
-
-
-def _as_floats(column: pa.ChunkedArray[Any]) -> npt.NDArray[np.float64]:
-    # Unsafe casts: integers beyond 2**53 and decimals round to the nearest float64, which
-    # moves no comparison with a plan value (all within ±1e9) and no clamped value.
-    floats: Any = pc.cast(_decoded(column), pa.float64(), safe=False)
-    floats = pc.fill_null(floats, np.nan)
-    return np.asarray(floats, dtype=np.float64)
 
 
 def _meets(item: CohortFilter, column: pa.ChunkedArray[Any], numbers: _NumberCache) -> npt.NDArray[np.bool_]:
     """Whether each row meets ``item``: a missing value meets none but ``not_null``'s negation."""
-    family = _family(column.type)
-    if family in _NUMBERS:
+    kind = family(column.type)
+    if kind in NUMBERS:
         x = numbers.get(item.column)
         value = float(item.values[0]) if item.values else 0.0
         # NumPy's comparisons with NaN are false, as a missing value's must be (!= excepted).
@@ -253,160 +221,16 @@ def _meets(item: CohortFilter, column: pa.ChunkedArray[Any], numbers: _NumberCac
             met = np.isin(x, [float(v) for v in item.values])
         return np.asarray(met, dtype=np.bool_)
     # Strings and booleans: codes against the filter's values (checked to be of the column's type).
-    codes = _category_codes(column, tuple(v for v in item.values if isinstance(v, str | bool)))
+    codes = category_codes(column, tuple(v for v in item.values if isinstance(v, str | bool)))
     if item.op is FilterOp.NOT_NULL:
-        met = codes != _MISSING
+        met = codes != MISSING
     elif item.op is FilterOp.EQ:
         met = codes == 0
     elif item.op is FilterOp.NE:
-        met = codes == _OTHER
+        met = codes == OTHER
     else:
         met = codes >= 0
     return np.asarray(met, dtype=np.bool_)
-
-
-# -- categories ---------------------------------------------------------------------------
-
-
-def _category_codes(column: pa.ChunkedArray[Any], categories: Sequence[Category]) -> npt.NDArray[np.int64]:
-    """Each row's index in ``categories``, ``_OTHER`` for a present value not listed, ``_MISSING`` for null.
-
-    ``categories`` match the column's type (checked in :func:`_check_columns`).
-    """
-    value_type: Any = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
-    if pa.types.is_string_view(value_type):
-        # index_in has no string_view kernel.
-        column = pc.cast(column, pa.large_string())
-        value_type = pa.large_string()
-    positions = list(range(len(categories)))
-    listed: list[Any] = list(categories)
-    if pa.types.is_integer(value_type):
-        # A category outside the column's integer range can match no row, and Arrow
-        # refuses to cast it into the column's type: left out of the value set.
-        limits: Any = np.iinfo(value_type.to_pandas_dtype())
-        positions = [i for i, c in enumerate(categories) if limits.min <= int(c) <= limits.max]
-        listed = [categories[i] for i in positions]
-    value_set = pa.array(listed, type=value_type)
-    found: Any = pc.index_in(column, value_set=value_set)
-    index = np.asarray(pc.fill_null(found, -1), dtype=np.int64)
-    # index -1 (not listed) picks the appended 0, replaced by _OTHER.
-    codes = np.where(index >= 0, np.asarray([*positions, 0], dtype=np.int64)[index], _OTHER)
-    # Logical nulls (a dictionary column's null entries included).
-    codes[np.asarray(pc.is_null(column), dtype=np.bool_)] = _MISSING
-    return codes
-
-
-# -- types --------------------------------------------------------------------------------
-
-
-class _Family(Enum):
-    INTEGER = "integer"
-    FLOAT = "float"
-    BOOL = "boolean"
-    STRING = "string"
-
-
-def _family(arrow_type: pa.DataType) -> _Family | None:
-    """The family of a column's values (a dictionary's value type); None for a type no plan reads."""
-    if pa.types.is_dictionary(arrow_type):
-        return _family(arrow_type.value_type)
-    if pa.types.is_boolean(arrow_type):
-        return _Family.BOOL
-    if pa.types.is_integer(arrow_type):
-        return _Family.INTEGER
-    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
-        return _Family.FLOAT
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
-        return _Family.STRING
-    return None
-
-
-_NUMBERS = frozenset({_Family.INTEGER, _Family.FLOAT})
-_NUMBERS_OR_BOOL = frozenset({_Family.INTEGER, _Family.FLOAT, _Family.BOOL})
-_CATEGORY_COLUMNS = frozenset({_Family.STRING, _Family.INTEGER, _Family.BOOL})
-
-
-def _check_columns(plan: AnalysisPlan, table: pa.Table, unit_column: str | None) -> None:
-    """Refuses a dataset whose columns do not fit the plan, before any row is read."""
-    for name in plan.columns:
-        if table.schema.get_field_index(name) < 0:
-            raise StatisticsInputError(name, "is missing from the dataset")
-    if unit_column is not None:
-        # The unit column is never named in a message (see errors.py).
-        if unit_column in plan.columns:
-            raise StatisticsInputError(None, "is read by the plan; a plan may not read the column identifying patients")
-        if table.schema.get_field_index(unit_column) < 0:
-            raise StatisticsInputError(None, "is missing from the dataset")
-        if not unit_type_supported(table.schema.field(unit_column).type):
-            raise StatisticsInputError(None, "must be an integer, string or binary column")
-        # Logical nulls: a dictionary column may also hold a null in its dictionary.
-        if pc.any(pc.is_null(table.column(unit_column))).as_py():
-            raise StatisticsInputError(None, "holds nulls: every row must name its patient")
-
-    def arrow_type(column: str) -> pa.DataType:
-        found: pa.DataType = table.schema.field(column).type
-        return found
-
-    def need(column: str, families: frozenset[_Family], role: str, wanted: str) -> None:
-        if _family(arrow_type(column)) not in families:
-            raise StatisticsInputError(column, f"{role} needs {wanted} column, found {arrow_type(column)}")
-
-    for item in plan.cohort:
-        role = f"a cohort filter {item.op.value!r}"
-        if item.op in COMPARISONS:
-            need(item.column, _NUMBERS, role, "a number")
-        elif item.op is FilterOp.NOT_NULL:
-            need(item.column, _NUMBERS_OR_BOOL | _CATEGORY_COLUMNS, role, "a number, string or boolean")
-        else:
-            # A JSON number matches any number column, a string a string column, a boolean a boolean one.
-            family = _value_family(item.values[0])
-            if family in _NUMBERS:
-                need(item.column, _NUMBERS, f"{role} with a number value", "a number")
-            else:
-                noun = _NOUNS[family]
-                need(item.column, frozenset({family}), f"{role} with {_article(noun)} value", _article(noun))
-    for spec in plan.strata:
-        _check_categories(spec.column, arrow_type(spec.column), spec.categories, "a stratum")
-    for variable in plan.variables:
-        if isinstance(variable, CategoricalVariable):
-            _check_categories(
-                variable.column, arrow_type(variable.column), variable.categories, "a categorical variable"
-            )
-        else:
-            need(variable.column, _NUMBERS_OR_BOOL, "a numeric variable", "a number (or boolean)")
-    if plan.survival is not None:
-        need(plan.survival.time_column, _NUMBERS, "the survival time", "a number")
-        need(plan.survival.event_column, _NUMBERS_OR_BOOL, "the survival event", "a boolean or number")
-
-
-def _value_family(value: float | str | bool | Category) -> _Family:
-    """The family of a plan value (a filter value or a category)."""
-    if isinstance(value, bool):
-        return _Family.BOOL
-    if isinstance(value, str):
-        return _Family.STRING
-    if isinstance(value, int):
-        return _Family.INTEGER
-    return _Family.FLOAT
-
-
-_NOUNS = {_Family.INTEGER: "integer", _Family.FLOAT: "number", _Family.BOOL: "boolean", _Family.STRING: "string"}
-
-
-def _article(noun: str) -> str:
-    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
-
-
-def _check_categories(column: str, arrow_type: pa.DataType, categories: Sequence[Category], role: str) -> None:
-    family = _family(arrow_type)
-    if family not in _CATEGORY_COLUMNS:
-        raise StatisticsInputError(column, f"{role} needs a string, integer or boolean column, found {arrow_type}")
-    declared = _value_family(categories[0])
-    if declared is not family:
-        noun = _NOUNS[declared]
-        raise StatisticsInputError(
-            column, f"{role} with {noun} categories needs {_article(noun)} column, found {arrow_type}"
-        )
 
 
 def _read_only(array: npt.NDArray[_T]) -> npt.NDArray[_T]:
