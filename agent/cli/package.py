@@ -44,12 +44,13 @@ from agent.packages import (
 from agent.packages.inspection import inspect_package
 from agent.packages.manifest import Manifest
 from agent.packages.verification import read_package_bytes
+from agent.plans.summary import plan_lines
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "package",
-        help="inspect, verify and review model packages",
+        help="inspect, verify and review packages (models and analysis plans)",
         description="Inspect and verify package files; list, approve and reject uploaded packages "
         "(compliance officers). Publishers build and sign packages with `edge-sponsor package`.",
     )
@@ -104,6 +105,14 @@ def _add_reviewer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _summary_lines(manifest: Manifest) -> list[str]:
+    if manifest.plan is not None:
+        return [
+            f"  name:        {manifest.name} {manifest.version} (analysis plan)",
+            f"  publisher:   {manifest.publisher}",
+            f"  tasks:       {', '.join(k.value for k in manifest.task_kinds)}",
+            *plan_lines(manifest),
+            f"  description: {manifest.description.splitlines()[0] if manifest.description else '-'}",
+        ]
     features = ", ".join(
         f"{f.column}({f.preprocessing.kind})" if f.preprocessing.kind != "none" else f.column for f in manifest.features
     )

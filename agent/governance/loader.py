@@ -15,7 +15,9 @@ from agent.config.toml_table import TomlTable, decode_utf8, read_toml_file
 from agent.governance.model import (
     ANY_DATASET,
     DEFAULT_MAX_ROWS_PER_UNIT,
+    DEFAULT_MIN_CELL_SIZE,
     MAX_ROWS_PER_UNIT_RANGE,
+    MIN_CELL_SIZE_RANGE,
     Bounds,
     CoordinatorRule,
     DatasetRule,
@@ -120,6 +122,7 @@ def _dataset(table: TomlTable) -> DatasetRule:
         bounds=_hyperparameter_bounds(table.table("bounds")),
         require_privacy_unit=table.boolean("require_privacy_unit", False),
         max_rows_per_unit=table.integer("max_rows_per_unit", DEFAULT_MAX_ROWS_PER_UNIT, *MAX_ROWS_PER_UNIT_RANGE),
+        min_cell_size=table.integer("min_cell_size", DEFAULT_MIN_CELL_SIZE, *MIN_CELL_SIZE_RANGE),
     )
     table.finish()
     return rule

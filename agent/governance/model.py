@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # The dataset rule that applies to catalog datasets without a rule of their
 # own. Meant for development instances; a production policy names datasets.
@@ -13,6 +13,9 @@ ANY_DATASET = "*"
 # max_rows_per_unit: the default, and the range the policy file may set.
 DEFAULT_MAX_ROWS_PER_UNIT = 64
 MAX_ROWS_PER_UNIT_RANGE = (1, 10_000)
+# min_cell_size: the default (as the usual disclosure-control rule of five), and the range.
+DEFAULT_MIN_CELL_SIZE = 5
+MIN_CELL_SIZE_RANGE = (0, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class DatasetRule:
     # The most rows of one unit a task reads (the agent picks which, at random): bounds
     # how far one patient's many rows can steer a unit's clipped contribution, and the work.
     max_rows_per_unit: int = DEFAULT_MAX_ROWS_PER_UNIT
+    # A statistics task withholds each released count (and each stratum) whose *noisy*
+    # value is below this, in addition to the noise (0: none withheld).
+    min_cell_size: int = DEFAULT_MIN_CELL_SIZE
 
     def column_visible(self, name: str) -> bool:
         if name in self.forbidden_columns:
@@ -141,18 +147,4 @@ class Policy:
         # The wildcard's budget group defaults to one group per dataset, not
         # one shared by every dataset.
         group = dataset_id if default.budget_group == ANY_DATASET else default.budget_group
-        return DatasetRule(
-            dataset_id=dataset_id,
-            exposed_columns=default.exposed_columns,
-            forbidden_columns=default.forbidden_columns,
-            label_columns=default.label_columns,
-            min_cohort_size=default.min_cohort_size,
-            epsilon_budget=default.epsilon_budget,
-            delta=default.delta,
-            budget_group=group,
-            purposes=default.purposes,
-            agreement_expires=default.agreement_expires,
-            bounds=default.bounds,
-            require_privacy_unit=default.require_privacy_unit,
-            max_rows_per_unit=default.max_rows_per_unit,
-        )
+        return replace(default, dataset_id=dataset_id, budget_group=group)

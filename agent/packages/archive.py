@@ -36,7 +36,8 @@ EVAL = "eval.onnx"
 MODEL = "model.onnx"
 SIGNATURES = "signatures.json"
 MEMBER_ORDER: tuple[str, ...] = (MANIFEST, GRAD, EVAL, MODEL, SIGNATURES)
-REQUIRED_MEMBERS = frozenset({MANIFEST, GRAD, SIGNATURES})
+# grad.onnx is required of model packages by their manifest; a plan package has no graph.
+REQUIRED_MEMBERS = frozenset({MANIFEST, SIGNATURES})
 ROLE_OF_MEMBER: Mapping[str, str] = {GRAD: "grad", EVAL: "eval", MODEL: "model"}
 
 # Fixed metadata of every canonical entry.

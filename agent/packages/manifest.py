@@ -27,6 +27,7 @@ from agent.packages.json_fields import (
     string_field,
 )
 from agent.packages.semver import SemVer
+from agent.plans.model import AnalysisPlan, parse_plan
 
 FORMAT_VERSION = 1
 
@@ -55,6 +56,12 @@ class TaskKind(StrEnum):
     DP_GRADIENT = "dp_gradient"
     DP_LOCAL_TRAINING = "dp_local_training"
     DP_EVALUATE = "dp_evaluate"
+    DP_DESCRIBE = "dp_describe"
+    DP_SURVIVAL = "dp_survival"
+
+
+PLAN_KINDS = frozenset({TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL})
+"""The kinds an analysis plan offers: the agent computes them itself, a plan package has no graph."""
 
 
 class ColumnType(StrEnum):
@@ -200,11 +207,21 @@ class Manifest:
     task_kinds: tuple[TaskKind, ...]
     parameters: tuple[ParameterDecl, ...]
     features: tuple[FeatureDecl, ...]
-    label: LabelDecl
+    # None in a plan package: use ``label``, which only a model package has.
+    model_label: LabelDecl | None
     metrics: tuple[MetricDecl, ...]
     graphs: Mapping[str, GraphRef]
     hyperparameters: Mapping[str, Bounds]
+    # A plan package's analysis plan (and then no parameters, inputs, metrics or graphs).
+    plan: AnalysisPlan | None = None
     format_version: int = FORMAT_VERSION
+
+    @property
+    def label(self) -> LabelDecl:
+        """The model's label; ValueError for a plan package (it feeds no graph)."""
+        if self.model_label is None:
+            raise ValueError(f"{self.name} is an analysis plan: it has no label")
+        return self.model_label
 
     @property
     def num_features(self) -> int:
@@ -213,11 +230,29 @@ class Manifest:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """Every dataset column the package reads (features, then label columns)."""
+        """Every dataset column the package reads (features, then label columns; or the plan's)."""
+        if self.plan is not None:
+            return self.plan.columns
         return tuple(f.column for f in self.features) + self.label.columns
+
+    @property
+    def outcome_columns(self) -> tuple[str, ...]:
+        """The columns read as an outcome: the label's, or the plan's survival time and event."""
+        return self.plan.outcome_columns if self.plan is not None else self.label.columns
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object whose canonical bytes are signed."""
+        if self.plan is not None:
+            return {
+                "format_version": self.format_version,
+                "name": self.name,
+                "version": self.version.text,
+                "publisher": self.publisher,
+                "description": self.description,
+                "task_kinds": [kind.value for kind in self.task_kinds],
+                "plan": self.plan.to_json(),
+                "hyperparameters": {name: {"min": b.low, "max": b.high} for name, b in self.hyperparameters.items()},
+            }
         graphs: dict[str, Any] = {}
         for role, ref in self.graphs.items():
             entry: dict[str, Any] = {"file": ref.file, "sha256": ref.sha256}
@@ -305,6 +340,13 @@ def parse_manifest(value: Any) -> Manifest:
             fail(f"task_kinds[{index}]", "is listed twice")
         kinds.append(parsed_kind)
 
+    if top.has("plan"):
+        return _plan_manifest(
+            top, name=name, version=version, publisher=publisher, description=description, kinds=tuple(kinds)
+        )
+    for index, kind in enumerate(kinds):
+        if kind in PLAN_KINDS:
+            fail(f"task_kinds[{index}]", f"{kind.value} is offered by analysis plans (a manifest with a plan field)")
     parameters = _parameters(top.get("parameters"))
     inputs = JsonObject(top.get("inputs"), "inputs")
     features = _features(inputs.get("features"))
@@ -334,10 +376,47 @@ def parse_manifest(value: Any) -> Manifest:
         task_kinds=tuple(kinds),
         parameters=parameters,
         features=features,
-        label=label,
+        model_label=label,
         metrics=metrics,
         graphs=graphs,
         hyperparameters=hyper,
+    )
+
+
+def _plan_manifest(
+    top: JsonObject, *, name: str, version: SemVer, publisher: str, description: str, kinds: tuple[TaskKind, ...]
+) -> Manifest:
+    """A plan package: the plan, and bounds on the one hyperparameter its kinds take (the noise multiplier)."""
+    plan = parse_plan(top.get("plan"))
+    for index, kind in enumerate(kinds):
+        if kind not in PLAN_KINDS:
+            fail(
+                f"task_kinds[{index}]",
+                f"an analysis plan offers only {', '.join(sorted(PLAN_KINDS))}, not {kind.value}",
+            )
+        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
+            fail(f"task_kinds[{index}]", "dp_survival needs the plan's survival outcome (plan.survival)")
+    hyper = JsonObject(top.get("hyperparameters"), "hyperparameters")
+    entry = JsonObject(hyper.get("noise_multiplier"), hyper.field("noise_multiplier"))
+    low, high = entry.number("min"), entry.number("max")
+    entry.finish()
+    hyper.finish()
+    if not 0.0 <= low <= high:
+        fail(hyper.field("noise_multiplier"), "must have 0 <= min <= max")
+    top.finish()
+    return Manifest(
+        name=name,
+        version=version,
+        publisher=publisher,
+        description=description,
+        task_kinds=kinds,
+        parameters=(),
+        features=(),
+        model_label=None,
+        metrics=(),
+        graphs={},
+        hyperparameters={"noise_multiplier": Bounds(low, high)},
+        plan=plan,
     )
 
 

@@ -7,7 +7,8 @@
 3. signatures: at least one valid signature by a trusted, unexpired, unrevoked key
    (others are ignored and listed) -- checked *before* the manifest is parsed;
 4. the manifest: canonical bytes, schema; the signer may sign the manifest's publisher;
-5. every graph file's sha256 against the manifest, and no undeclared graph files;
+5. every graph file's sha256 against the manifest, and no undeclared graph files (a plan
+   package declares none);
 6. ONNX validation of every graph (:mod:`agent.packages.onnx_validation`).
 """
 
@@ -95,7 +96,8 @@ def verify_package(source: bytes | Path, trust: TrustStore, limits: PackageLimit
         )
     ignored += [IgnoredSignature(key.key_id, "not_authorised") for key in signers if key not in authorised]
     _check_graph_files(manifest, contents.graphs)
-    validate_graphs(manifest, contents.graphs, limits)
+    if manifest.plan is None:  # a plan package has no graph (_check_graph_files refused any)
+        validate_graphs(manifest, contents.graphs, limits)
     return VerifiedPackage(
         digest=package_digest(data),
         size=len(data),

@@ -25,16 +25,18 @@ import pyarrow as pa
 from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
 from agent.datasets.inspection import open_dataset
-from agent.governance.model import DEFAULT_MAX_ROWS_PER_UNIT
+from agent.governance.model import DEFAULT_MAX_ROWS_PER_UNIT, DEFAULT_MIN_CELL_SIZE
 from agent.packages.manifest import Manifest
-from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve
+from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve, secure_generator
 from agent.runtime.errors import PrivacyUnitError, RuntimeTaskError
 from agent.runtime.parameters import checked_parameters
 from agent.runtime.rows import ArrowRowSource, MinimumRows
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, Randomness
 from agent.runtime.unit_rows import UnitRowSource
-from agent.tasks.kinds.profile import Computation, TaskProfile
+from agent.statistics.errors import StatisticsInputError
+from agent.statistics.patients import patient_table
+from agent.tasks.kinds.profile import Computation, PlanComputation, TaskProfile
 from agent.tasks.worker import Progress, Released, TaskInputError, WorkerMemory
 
 # The stage the worker reports right before it reads the first row.
@@ -48,8 +50,8 @@ class TaskJob:
     # The kind and its hyperparameters (agent.tasks.kinds).
     profile: TaskProfile
     manifest: Manifest
-    # The package graph the kind runs (profile.graph).
-    graph: bytes
+    # The package graph the kind runs (profile.graph); None for a kind that runs the package's plan.
+    graph: bytes | None
     dataset: DatasetSpec
     parameters: Mapping[str, npt.NDArray[np.generic]]
     # The policy's minimum, applied to the rows this task can use (see compute_task).
@@ -67,6 +69,8 @@ class TaskJob:
     max_rows_per_unit: int = DEFAULT_MAX_ROWS_PER_UNIT
     scratch_dir: Path | None = None
     grouping_bytes: int = 256 * 1024 * 1024
+    # A plan kind withholds released counts and strata whose noisy value is below this.
+    min_cell_size: int = DEFAULT_MIN_CELL_SIZE
 
     def with_parameters(self, parameters: Mapping[str, npt.NDArray[np.generic]]) -> TaskJob:
         return replace(self, parameters=dict(parameters))
@@ -80,6 +84,8 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
     onnxruntime session) costs far more than a small task's computation.
     """
     role = job.profile.graph
+    if role is None or job.graph is None:
+        return _compute_plan(job, progress)
     unit = job.dataset.privacy_unit
     try:
         rows: ArrowRowSource | UnitRowSource
@@ -94,7 +100,8 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
                 memory_bytes=job.grouping_bytes,
                 scratch=job.scratch_dir,
             )
-        wrapper = memory.get_or_create(role, lambda: CompiledWrapper(job.graph, job.manifest, role))
+        graph = job.graph
+        wrapper = memory.get_or_create(role, lambda: CompiledWrapper(graph, job.manifest, role))
         checked_parameters(job.manifest, job.parameters)  # refused here, before any row is read
         # Reads the rows (grouped by unit, when declared) but feeds none to a graph.
         usable = rows.count_usable() if isinstance(rows, ArrowRowSource) else rows.prepare()
@@ -140,3 +147,41 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
     if released.tensors and wrapper.layout.size <= MAX_RESERVED_SIZE:
         reserve.refill(wrapper.layout.size)
     return released
+
+
+def _compute_plan(job: TaskJob, progress: Progress) -> Released:
+    """A plan kind: read the plan's columns, keep one row per patient, then compute the release.
+
+    As for a graph kind, everything up to "computing" may fail and be refunded (the file
+    is unreadable, a column has the wrong type, too few patients); the patients are
+    counted where the rows are read, after the cohort filters and strata.
+    """
+    plan = job.manifest.plan
+    if plan is None:
+        raise TaskInputError(f"package {job.manifest.name} has no analysis plan")
+    unit = job.dataset.privacy_unit
+    try:
+        dataset = open_dataset(job.dataset, with_unit=unit is not None)
+        absent = [column for column in plan.columns if column not in dataset.schema.names]
+        if absent:
+            raise TaskInputError(
+                f"dataset {job.dataset.id!r} has no column {', '.join(map(repr, absent))} that this plan reads"
+            )
+        columns = list(plan.columns) + ([unit] if unit is not None else [])
+        table = dataset.to_table(columns=columns)
+        patients = patient_table(plan, table, unit_column=unit, rng=secure_generator())
+    except (DatasetUnavailableError, OSError, pa.ArrowException):
+        raise TaskInputError("the dataset cannot be read at the moment") from None
+    except StatisticsInputError as exc:
+        # Names a column of the plan and what is wrong with it, never a value, nor the unit
+        # column's name, which coordinators are never told (agent.statistics.errors).
+        raise TaskInputError(f"dataset {job.dataset.id!r} cannot answer this plan: {exc}") from None
+    if patients.size < job.min_cohort_size:
+        raise TaskInputError(
+            f"dataset {job.dataset.id!r} has fewer patients in this plan's cohort and strata than the minimum "
+            f"cohort size of {job.min_cohort_size}",
+            rule=MIN_COHORT_RULE,
+        )
+    progress(0.0, COMPUTING)
+    computation = PlanComputation(plan, patients, job.min_cell_size, secure_generator())
+    return job.profile.compute(computation)

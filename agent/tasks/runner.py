@@ -238,7 +238,7 @@ class TaskRunner:
                 profile=spec.profile,
                 package_name=manifest.name,
                 columns=frozenset(manifest.columns),
-                label_columns=frozenset(manifest.label.columns),
+                label_columns=frozenset(manifest.outcome_columns),
                 purpose=spec.purpose,
                 cohort_size=cohort,
                 privacy_unit=dataset.privacy_unit if dataset is not None else None,
@@ -621,12 +621,13 @@ def _job_template(
     return TaskJob(
         profile=spec.profile,
         manifest=verified.manifest,
-        graph=verified.graphs[spec.profile.graph.value],
+        graph=None if spec.profile.graph is None else verified.graphs[spec.profile.graph.value],
         dataset=dataset,
         parameters={},
         min_cohort_size=rule.min_cohort_size,
         normalising_rows=row_count_bucket(cohort)[0] if cohort is not None else 1,
         max_rows_per_unit=rule.max_rows_per_unit,
+        min_cell_size=rule.min_cell_size,
     )
 
 

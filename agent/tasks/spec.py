@@ -35,7 +35,9 @@ def check_against_package(spec: TaskSpecification, manifest: Manifest) -> None:
         offered = ", ".join(kind.value for kind in manifest.task_kinds)
         raise TaskSpecError(f"package {manifest.name} {manifest.version.text} does not offer {profile.name} "
                             f"(it offers {offered})")
-    if profile.graph.value not in manifest.graphs:
+    if profile.graph is None and manifest.plan is None:
+        raise TaskSpecError(f"package {manifest.name} has no analysis plan, so it cannot run {profile.name}")
+    if profile.graph is not None and profile.graph.value not in manifest.graphs:
         raise TaskSpecError(
             f"package {manifest.name} has no {profile.graph.value} graph, so it cannot run {profile.name}"
         )

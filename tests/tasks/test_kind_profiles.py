@@ -41,12 +41,17 @@ ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
 ANY_STEPS = st.integers(0, 2**32 - 1)
 
 
+# The kinds that run a graph; the plan kinds (q = 1, no separate count) are tested in
+# tests/plans/test_plan_kinds.py.
+GRAPH_KINDS = tuple(profile for profile in registry.PROFILES if profile.graph is not None)
+
+
 def test_every_hyperparameter_is_covered_here() -> None:
     assert {h.name for h in registry.hyperparameters()} == set(ACCEPTED) == set(VALID)
 
 
 @st.composite
-def profiles(draw: st.DrawFn, kinds: tuple[type[TaskProfile], ...] = registry.PROFILES) -> TaskProfile:
+def profiles(draw: st.DrawFn, kinds: tuple[type[TaskProfile], ...] = GRAPH_KINDS) -> TaskProfile:
     kind = draw(st.sampled_from(kinds))
     values = {h.name: draw(VALID[h.name]) for h in kind.declared()}
     return kind.from_values(values, release_noisy_count=draw(st.booleans()))
@@ -58,7 +63,7 @@ def test_what_is_sent_is_what_is_parsed(profile: TaskProfile) -> None:
 
 
 @given(
-    kind=st.sampled_from(registry.PROFILES),
+    kind=st.sampled_from(GRAPH_KINDS),
     sent=st.fixed_dictionaries({name: ANY_STEPS if name in INTEGERS else ANY_FLOAT for name in ACCEPTED}),
 )
 def test_a_value_is_accepted_exactly_when_it_makes_sense(kind: type[TaskProfile], sent: dict[str, float]) -> None:

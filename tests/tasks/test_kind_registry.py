@@ -16,14 +16,14 @@ from agent.cli.main import main
 from agent.governance.decisions import Action, Request, TaskRequest, UsageState, decide
 from agent.governance.loader import parse_policy
 from agent.governance.model import Bounds
-from agent.packages.manifest import GRAPH_FILES, HYPERPARAMETERS, Manifest, TaskKind
+from agent.packages.manifest import GRAPH_FILES, HYPERPARAMETERS, PLAN_KINDS, Manifest, TaskKind
 from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.server.task_endpoints import specification
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds import registry
 from agent.tasks.kinds.hyperparameters import Hyperparameter, Requirement
-from agent.tasks.kinds.profile import NOISY_COUNT, Computation, Release, TaskProfile
+from agent.tasks.kinds.profile import NOISY_COUNT, Computation, PlanComputation, Release, TaskProfile
 from agent.tasks.worker import Released
 from tests.governance.test_governance_loader import MINIMAL
 
@@ -46,9 +46,12 @@ def test_names_numbers_and_hyperparameters_are_unique() -> None:
             assert by_name.setdefault(hyperparameter.name, hyperparameter) is hyperparameter
 
 
-def test_every_kind_runs_a_graph_of_the_package_format_and_packages_can_bound_its_hyperparameters() -> None:
+def test_every_kind_runs_a_graph_or_a_plan_of_the_package_format_and_packages_can_bound_its_hyperparameters() -> None:
     for profile in registry.PROFILES:
-        assert profile.graph.value in GRAPH_FILES
+        if profile.graph is None:
+            assert TaskKind(profile.name) in PLAN_KINDS
+        else:
+            assert profile.graph.value in GRAPH_FILES and TaskKind(profile.name) not in PLAN_KINDS
     assert {h.name for h in registry.hyperparameters()} == set(HYPERPARAMETERS)
 
 
@@ -79,7 +82,7 @@ class DpUnitCount(TaskProfile, name="dp_unit_count", wire=99, graph=GraphRole.EV
     def release(self, manifest: Manifest) -> Release:
         return Release((), frozenset({NOISY_COUNT}))
 
-    def compute(self, computation: Computation) -> Released:
+    def compute(self, computation: Computation | PlanComputation) -> Released:
         return Released({}, {NOISY_COUNT: 0.0})
 
 

@@ -12,7 +12,7 @@ from agent.packages.manifest import Manifest
 from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.runtime.tasks import EvaluationSettings, dp_evaluate
-from agent.tasks.kinds.profile import NOISY_COUNT, Computation, Release, TaskProfile
+from agent.tasks.kinds.profile import NOISY_COUNT, Computation, PlanComputation, Release, TaskProfile, graph_computation
 from agent.tasks.worker import Released
 
 
@@ -27,9 +27,9 @@ class DpEvaluate(TaskProfile, name="dp_evaluate", wire=pb.TASK_KIND_DP_EVALUATE,
         metrics = {metric.name for metric in manifest.metrics}
         return Release((), frozenset(metrics | ({NOISY_COUNT} if self.release_noisy_count else set())))
 
-    def compute(self, computation: Computation) -> Released:
+    def compute(self, computation: Computation | PlanComputation) -> Released:
         settings = EvaluationSettings(self.noise_multiplier, self.sampling_rate, self.count_noise_multiplier)
-        evaluated = computation.run(dp_evaluate, settings)
+        evaluated = graph_computation(computation).run(dp_evaluate, settings)
         scalars = dict(evaluated.sums)
         if evaluated.noisy_count is not None:
             scalars[NOISY_COUNT] = evaluated.noisy_count

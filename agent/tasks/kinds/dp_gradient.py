@@ -14,7 +14,7 @@ from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.runtime.tasks import GradientSettings, dp_gradient
 from agent.tasks.kinds.hyperparameters import CLIP_NORM
-from agent.tasks.kinds.profile import NOISY_COUNT, Computation, Release, TaskProfile
+from agent.tasks.kinds.profile import NOISY_COUNT, Computation, PlanComputation, Release, TaskProfile, graph_computation
 from agent.tasks.worker import Released
 
 
@@ -29,10 +29,10 @@ class DpGradient(TaskProfile, name="dp_gradient", wire=pb.TASK_KIND_DP_GRADIENT,
     def release(self, manifest: Manifest) -> Release:
         return Release(manifest.parameters, frozenset({NOISY_COUNT} if self.release_noisy_count else ()))
 
-    def compute(self, computation: Computation) -> Released:
+    def compute(self, computation: Computation | PlanComputation) -> Released:
         settings = GradientSettings(
             self.clip_norm, self.noise_multiplier, self.sampling_rate, self.count_noise_multiplier
         )
-        gradient = computation.run(dp_gradient, settings)
+        gradient = graph_computation(computation).run(dp_gradient, settings)
         scalars = {} if gradient.noisy_count is None else {NOISY_COUNT: gradient.noisy_count}
         return Released(dict(gradient.sums), scalars)

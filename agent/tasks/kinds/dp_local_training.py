@@ -17,7 +17,7 @@ from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.runtime.tasks import GradientSettings, TrainingSettings, dp_local_training
 from agent.tasks.kinds.hyperparameters import CLIP_NORM, POSITIVE, Hyperparameter, Requirement
-from agent.tasks.kinds.profile import Computation, Release, TaskProfile
+from agent.tasks.kinds.profile import Computation, PlanComputation, Release, TaskProfile, graph_computation
 from agent.tasks.worker import Released
 
 MAX_LOCAL_STEPS = 100_000
@@ -45,10 +45,11 @@ class DpLocalTraining(
     def release(self, manifest: Manifest) -> Release:
         return Release(manifest.parameters, frozenset())
 
-    def compute(self, computation: Computation) -> Released:
+    def compute(self, computation: Computation | PlanComputation) -> Released:
+        prepared = graph_computation(computation)
         step = GradientSettings(self.clip_norm, self.noise_multiplier, self.sampling_rate, self.count_noise_multiplier)
         settings = TrainingSettings(
-            step, self.local_steps, self.learning_rate, expected_rows=max(1, computation.normalising_rows)
+            step, self.local_steps, self.learning_rate, expected_rows=max(1, prepared.normalising_rows)
         )
-        trained = computation.run(dp_local_training, settings)
+        trained = prepared.run(dp_local_training, settings)
         return Released(dict(trained.delta), {})

@@ -42,11 +42,13 @@ import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import Manifest, ParameterDecl
+from agent.plans.model import AnalysisPlan
 from agent.privacy.mechanism import Mechanism, accounting_grid
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowSource
 from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, Randomness
+from agent.statistics.patients import PatientTable
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.hyperparameters import NOISE_MULTIPLIER, SAMPLING_RATE, Hyperparameter
 from agent.tasks.worker import Released
@@ -105,6 +107,32 @@ class Computation:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class PlanComputation:
+    """What the worker has prepared for a kind that computes a plan's statistics: the plan,
+    its patients (read, filtered and one row each: agent.statistics.patients), the policy's
+    minimum cell size and the noise's generator."""
+
+    plan: AnalysisPlan
+    patients: PatientTable
+    min_cell_size: int
+    noise: np.random.Generator
+
+
+def graph_computation(computation: Computation | PlanComputation) -> Computation:
+    """``computation`` as a graph kind's input; TypeError if the worker prepared a plan's."""
+    if not isinstance(computation, Computation):
+        raise TypeError("a graph kind was handed a plan's computation")
+    return computation
+
+
+def plan_computation(computation: Computation | PlanComputation) -> PlanComputation:
+    """``computation`` as a plan kind's input; TypeError if the worker prepared a graph's."""
+    if not isinstance(computation, PlanComputation):
+        raise TypeError("a plan kind was handed a graph's computation")
+    return computation
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskProfile(ABC):
     """One task kind; subclasses are frozen, keyword-only dataclasses that add the kind's own hyperparameters.
@@ -117,8 +145,8 @@ class TaskProfile(ABC):
     """The kind's name in manifests, policies, the CLI and audit entries (``dp_gradient``)."""
     wire: ClassVar[int]
     """Its value of ``edge_agent.v1.TaskKind``."""
-    graph: ClassVar[GraphRole]
-    """The package graph it runs."""
+    graph: ClassVar[GraphRole | None]
+    """The package graph it runs; None for a kind the agent computes itself from the package's analysis plan."""
 
     # Every kind releases Poisson-subsampled sums with Gaussian noise (agent.privacy.mechanism),
     # and may release its sample's size with the same noise multiplier.
@@ -126,7 +154,7 @@ class TaskProfile(ABC):
     sampling_rate: Annotated[float, SAMPLING_RATE]
     release_noisy_count: bool = False
 
-    def __init_subclass__(cls, *, name: str, wire: int, graph: GraphRole, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, name: str, wire: int, graph: GraphRole | None, **kwargs: Any) -> None:
         # Keywords, not class attributes: a kind cannot be defined without them.
         super().__init_subclass__(**kwargs)
         cls.name = name
@@ -201,8 +229,12 @@ class TaskProfile(ABC):
         """What an honest worker returns for this task on a package with ``manifest``."""
 
     @abstractmethod
-    def compute(self, computation: Computation) -> Released:
-        """Runs in the worker process, after it reported "computing": from here on rows are read."""
+    def compute(self, computation: Computation | PlanComputation) -> Released:
+        """Runs in the worker process, after it reported "computing": from here on rows are read.
+
+        The worker prepares a :class:`Computation` for a kind that runs a package graph and a
+        :class:`PlanComputation` for one that runs the package's plan (``graph`` None).
+        """
 
 
 @functools.cache

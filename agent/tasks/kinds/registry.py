@@ -7,18 +7,30 @@ policy loader and the CLI (by name), the policy's hyperparameter bounds and the
 
 from __future__ import annotations
 
+from agent.tasks.kinds.dp_describe import DpDescribe
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.dp_survival import DpSurvival
 from agent.tasks.kinds.hyperparameters import Hyperparameter
 from agent.tasks.kinds.profile import TaskProfile
 
-PROFILES: tuple[type[TaskProfile], ...] = (DpGradient, DpLocalTraining, DpEvaluate)
+PROFILES: tuple[type[TaskProfile], ...] = (DpGradient, DpLocalTraining, DpEvaluate, DpDescribe, DpSurvival)
 
 
 def names() -> tuple[str, ...]:
     """Every kind's name, in registration order."""
     return tuple(profile.name for profile in PROFILES)
+
+
+def graph_kinds() -> tuple[str, ...]:
+    """The names of the kinds that run a model package's graph, in registration order."""
+    return tuple(profile.name for profile in PROFILES if profile.graph is not None)
+
+
+def plan_kinds() -> tuple[str, ...]:
+    """The names of the kinds the agent computes from an analysis plan, in registration order."""
+    return tuple(profile.name for profile in PROFILES if profile.graph is None)
 
 
 def by_name(name: str) -> type[TaskProfile] | None:
@@ -38,4 +50,3 @@ def hyperparameters() -> tuple[Hyperparameter, ...]:
         for hyperparameter in profile.declared():
             seen.setdefault(hyperparameter.name, hyperparameter)
     return tuple(seen.values())
-

@@ -1,7 +1,7 @@
 """Entry point of the `edge-sponsor` command: the sponsor's tools.
 
 ``coordinate`` (the reference coordinator), ``demo`` (what `make demo` runs) and
-``package build|sign`` (publisher tooling). The hospital's commands stay in
+``package build|sign`` and ``plan build|sign`` (publisher tooling). The hospital's commands stay in
 `edge-agent`, which this distribution installs too.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from agent.cli.dispatch import program_parser, run_command
-from edge_sponsor.cli import coordinate, demo, package
+from edge_sponsor.cli import coordinate, demo, package, plan
 from edge_sponsor.coordinator.client import AgentRpcError, CredentialsError
 
 # Beyond agent.cli.dispatch's common ones: input the person can fix, exit code 2 ...
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     return program_parser(
         "edge-sponsor",
         "Edge Agent's sponsor tools: reference coordinator, package publishing, demo.",
-        [coordinate.add_parser, package.add_parser, demo.add_parser],
+        [coordinate.add_parser, package.add_parser, plan.add_parser, demo.add_parser],
     )
 
 

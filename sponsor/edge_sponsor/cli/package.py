@@ -94,7 +94,7 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     zoo.add_argument("--version", help="semantic version, e.g. 1.0.0")
     zoo.add_argument("--publisher", help="publisher id (lowercase), the prefix of the name")
     zoo.add_argument("--description", default=None)
-    zoo.add_argument("--task-kinds", default=",".join(registry.names()))
+    zoo.add_argument("--task-kinds", default=",".join(registry.graph_kinds()))
     zoo.add_argument(
         "--bound",
         action="append",

@@ -49,7 +49,7 @@ DEFAULT_HYPERPARAMETERS: Mapping[str, Mapping[str, float]] = {
     "local_steps": {"min": 1, "max": 1000},
     "learning_rate": {"min": 1e-6, "max": 10.0},
 }
-ALL_TASK_KINDS = registry.names()
+ALL_TASK_KINDS = registry.graph_kinds()
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,14 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """K local DP-SGD steps; returns the parameter delta (DP-FedAvg)."""
     TASK_KIND_DP_EVALUATE: _TaskKind.ValueType  # 3
     """Noisy sums of clipped per-example metrics from the eval graph."""
+    TASK_KIND_DP_DESCRIBE: _TaskKind.ValueType  # 4
+    """A cohort description (counts, bounded means, histograms, missingness per stratum)
+    computed by the agent from the package's analysis plan; released as scalars.
+    """
+    TASK_KIND_DP_SURVIVAL: _TaskKind.ValueType  # 5
+    """Exits from the risk set (events, censorings) per interval of the plan's time grid
+    and per stratum, computed by the agent from the analysis plan; released as scalars.
+    """
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper):
     """---------------------------------------------------------------- tasks"""
@@ -141,6 +149,14 @@ TASK_KIND_DP_LOCAL_TRAINING: TaskKind.ValueType  # 2
 """K local DP-SGD steps; returns the parameter delta (DP-FedAvg)."""
 TASK_KIND_DP_EVALUATE: TaskKind.ValueType  # 3
 """Noisy sums of clipped per-example metrics from the eval graph."""
+TASK_KIND_DP_DESCRIBE: TaskKind.ValueType  # 4
+"""A cohort description (counts, bounded means, histograms, missingness per stratum)
+computed by the agent from the package's analysis plan; released as scalars.
+"""
+TASK_KIND_DP_SURVIVAL: TaskKind.ValueType  # 5
+"""Exits from the risk set (events, censorings) per interval of the plan's time grid
+and per stratum, computed by the agent from the analysis plan; released as scalars.
+"""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final

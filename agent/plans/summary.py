@@ -1,0 +1,62 @@
+"""A plan in words, for the hospital's reviewer: who is counted, and exactly what leaves.
+
+``edge-agent package inspect|verify|pending`` print these lines for a plan package, so a
+reviewer approving it reads the cohort, the strata, each variable with its public
+bounds, and for each task kind how many numbers a task releases and how much noise
+each carries at the smallest noise multiplier the package allows.
+"""
+
+from __future__ import annotations
+
+from agent.packages.manifest import Manifest
+from agent.plans.model import CategoricalVariable, CohortFilter, FilterOp
+from agent.plans.release import ReleaseLayout, StatisticsKind, layout
+
+
+def plan_lines(manifest: Manifest) -> list[str]:
+    """Indented lines describing ``manifest``'s plan and its releases; [] for a model package."""
+    plan = manifest.plan
+    if plan is None:
+        return []
+    lines = [
+        f"  cohort:      {'; '.join(_filter_words(f) for f in plan.cohort) or 'every patient'}",
+        f"  strata:      {', '.join(plan.stratum_labels()) if plan.strata else '-'}",
+    ]
+    for variable in plan.variables:
+        if isinstance(variable, CategoricalVariable):
+            words = f"counts of {', '.join(str(c) for c in variable.categories)}, other, missing"
+        else:
+            words = f"mean and SD within [{variable.low:g}, {variable.high:g}] (values clamped), missing"
+            if variable.bins:
+                words += f", histogram of {len(variable.bins) - 1} bins"
+        lines.append(f"  variable:    {variable.column}: {words}")
+    if plan.survival is not None:
+        survival = plan.survival
+        grid = ", ".join(f"{t:g}" for t in survival.grid)
+        lines.append(
+            f"  survival:    time {survival.time_column}, event {survival.event_column}; "
+            f"exits per interval up to {grid}"
+        )
+    for kind in manifest.task_kinds:
+        release = layout(plan, StatisticsKind(kind.value))
+        numbers = sum(len(block.cells) for block in release.blocks) * release.strata
+        blocks = f"{len(release.blocks)} block" + ("s" if len(release.blocks) != 1 else "")
+        lines.append(
+            f"  releases:    {kind.value}: {numbers} numbers in {blocks} per task, each patient "
+            f"in one stratum; noise SD per unit of noise_multiplier: {_noise_words(release)}"
+        )
+    return lines
+
+
+def _noise_words(release: ReleaseLayout) -> str:
+    shown = [f"{block.name} {release.noise_std(block, 1.0):.3g}" for block in release.blocks[:6]]
+    more = len(release.blocks) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more blocks)" if more > 0 else "")
+
+
+def _filter_words(item: CohortFilter) -> str:
+    if item.op is FilterOp.NOT_NULL:
+        return f"{item.column} present"
+    if item.op is FilterOp.IN:
+        return f"{item.column} in {{{', '.join(str(v) for v in item.values)}}}"
+    return f"{item.column} {item.op.value} {item.values[0]}"

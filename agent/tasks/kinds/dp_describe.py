@@ -1,0 +1,34 @@
+"""``dp_describe``: a cohort's description (the "Table 1"): counts, bounded means and spreads,
+histograms and missingness per variable, per stratum, with Gaussian noise.
+
+The agent computes it from the package's analysis plan (no graph runs): see
+:mod:`agent.tasks.kinds.plan_release` and docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.packages.manifest import Manifest, TaskKind
+from agent.privacy.mechanism import Mechanism
+from agent.tasks.kinds.plan_release import check_whole_cohort, compute_plan, plan_release
+from agent.tasks.kinds.profile import Computation, PlanComputation, Release, TaskProfile, plan_computation
+from agent.tasks.worker import Released
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpDescribe(TaskProfile, name="dp_describe", wire=pb.TASK_KIND_DP_DESCRIBE, graph=None):
+    # noise_multiplier as every kind; sampling_rate must be 1 and release_noisy_count false.
+
+    def __post_init__(self) -> None:
+        check_whole_cohort(self.name, self.sampling_rate, self.release_noisy_count)
+
+    def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
+        return Mechanism(sampling_rate, noise_multiplier)
+
+    def release(self, manifest: Manifest) -> Release:
+        return plan_release(manifest, TaskKind.DP_DESCRIBE)
+
+    def compute(self, computation: Computation | PlanComputation) -> Released:
+        return compute_plan(plan_computation(computation), TaskKind.DP_DESCRIBE, self.noise_multiplier)

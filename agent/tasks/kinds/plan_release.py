@@ -1,0 +1,46 @@
+"""What the plan kinds (``dp_describe``, ``dp_survival``) share: their release and their computation.
+
+Both run the package's analysis plan, not a graph: the agent reads the plan's columns,
+keeps one row per patient (agent.statistics.patients), computes the blocks of the kind's
+release layout (agent.plans.release) and adds the Gaussian noise that makes the whole
+release one mechanism with the task's noise multiplier, accounted at q = 1: a plan's
+statistics describe the whole cohort, so every patient is in the "sample".
+"""
+
+from __future__ import annotations
+
+from agent.packages.manifest import Manifest, TaskKind
+from agent.plans.release import StatisticsKind, layout
+from agent.statistics.tables import exact_release, noisy_release
+from agent.tasks.errors import TaskSpecError
+from agent.tasks.kinds.profile import PlanComputation, Release
+from agent.tasks.worker import Released
+
+
+def check_whole_cohort(kind: str, sampling_rate: float, release_noisy_count: bool) -> None:
+    """TaskSpecError unless the task describes the whole cohort and asks for no separate count."""
+    if sampling_rate != 1.0:
+        raise TaskSpecError(f"{kind} describes the whole cohort: hyperparameters.sampling_rate must be 1")
+    if release_noisy_count:
+        raise TaskSpecError(f"{kind} releases its counts as the plan declares: release_noisy_count must be false")
+
+
+def plan_release(manifest: Manifest, kind: TaskKind) -> Release:
+    """Every scalar the plan's release layout names for ``kind``; nothing for a package without a plan."""
+    if manifest.plan is None:
+        return Release((), frozenset())
+    return Release((), frozenset(layout(manifest.plan, StatisticsKind(kind.value)).scalar_names()))
+
+
+def compute_plan(computation: PlanComputation, kind: TaskKind, noise_multiplier: float) -> Released:
+    """The noisy, suppressed release of ``kind`` on the prepared patients."""
+    release = layout(computation.plan, StatisticsKind(kind.value))
+    exact = exact_release(computation.plan, release, computation.patients)
+    scalars = noisy_release(
+        exact,
+        release,
+        noise_multiplier=noise_multiplier,
+        min_cell_size=computation.min_cell_size,
+        rng=computation.noise,
+    )
+    return Released({}, scalars)

@@ -1,0 +1,329 @@
+"""Analysis plans end to end: real agents over mTLS, a real survival dataset (lifelines' gbsg2)
+with 1 to 3 rows per patient, signed plan packages, dp_describe and dp_survival tasks.
+
+What is checked on what the daemon really returns and writes: the release is exactly the
+plan's; with a tiny noise multiplier its numbers are the pandas ones of one row per
+patient; the ε in GetBudget is dp-accounting's for one Gaussian at q = 1; the audit log
+records the tasks; and every bad request is refused with a clear status, nothing charged.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from lifelines.datasets import load_gbsg2
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.identity.agent_key import AgentKey, generate_key_file
+from agent.packages.manifest import TaskKind
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
+from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
+from edge_sponsor.coordinator.plan_tasks import PlanPackage, run_plan
+from edge_sponsor.publisher.plans import build_plan_package, plan_manifest_fields
+from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
+from tests.packages.package_builders import new_key
+from tests.tasks.test_unit_level_budget import independent_epsilon
+
+GRID = [365.0, 730.0, 1095.0, 1460.0, 1825.0, 2190.0]
+PLAN: dict[str, Any] = {
+    "cohort": [{"column": "age", "op": ">=", "value": 18}],
+    "strata": [{"column": "horTh", "categories": ["no", "yes"]}],
+    "variables": [
+        {"column": "age", "kind": "numeric", "bounds": [20, 90], "bins": [20, 40, 50, 60, 70, 90]},
+        {"column": "tgrade", "kind": "categorical", "categories": ["I", "II", "III"]},
+    ],
+    "survival": {"time_column": "time", "event_column": "cens", "grid": GRID},
+}
+# The policy below allows it (one task costs ε ≈ 19 of its 100): every number is within 5
+# noise SDs of the exact one (describe: count 0.73, age sum 26, sum of squares 900; survival 0.3).
+TINY_SIGMA = 0.3
+
+
+def gbsg2_visits(seed: int) -> pa.Table:
+    """gbsg2 with a patient id, each patient's row repeated 1 to 3 times (the repeats identical), shuffled."""
+    frame = load_gbsg2()
+    frame["patient_id"] = [f"p{i:04d}" for i in range(len(frame))]
+    repeats = 1 + np.arange(len(frame)) % 3
+    visits = frame.loc[frame.index.repeat(repeats)].sample(frac=1.0, random_state=seed)
+    return pa.Table.from_pandas(visits.reset_index(drop=True), preserve_index=False)
+
+
+def policy_text(publisher: AgentKey, *, reviewer: AgentKey | None = None) -> str:
+    key = base64.b64encode(publisher.public_bytes).decode()
+    reviewers = ""
+    if reviewer is not None:
+        listed = base64.b64encode(reviewer.public_bytes).decode()
+        reviewers = f'[[reviewers]]\nname = "Compliance"\npublic_key = "{listed}"\n'
+    require_approval = reviewer is not None
+    return f"""
+[[coordinators]]
+identity = "{COORDINATOR_URI}"
+datasets = ["gbsg2", "no-event"]
+task_kinds = ["dp_describe", "dp_survival", "dp_evaluate"]
+
+[[datasets]]
+id = "*"
+epsilon_budget = 100.0
+delta = 1e-5
+min_cohort_size = 20
+require_privacy_unit = true
+min_cell_size = 5
+exposed_columns = ["age", "horTh", "tgrade", "time", "cens"]
+forbidden_columns = ["patient_id"]
+[datasets.bounds.noise_multiplier]
+min = 0.1
+
+[[publishers]]
+name = "Acme Pharma"
+public_key = "{key}"
+
+{reviewers}
+[packages]
+require_approval = {"true" if require_approval else "false"}
+
+[limits]
+max_concurrent_tasks = 4
+task_seconds = 60
+"""
+
+
+class PlanSite:
+    def __init__(self, directory: Path, pki: Pki, publisher: AgentKey, *, reviewer: AgentKey | None = None) -> None:
+        data = directory / "data"
+        data.mkdir(parents=True)
+        table = gbsg2_visits(seed=1)
+        pq.write_table(table, data / "gbsg2.parquet")
+        pq.write_table(table.drop_columns(["cens"]), data / "no-event.parquet")
+        datasets = (
+            f'\n[[datasets]]\nid = "gbsg2"\npath = "{data / "gbsg2.parquet"}"\n'
+            'columns = ["age", "horTh", "tgrade", "menostat", "time", "cens"]\nprivacy_unit = "patient_id"\n'
+            f'\n[[datasets]]\nid = "no-event"\npath = "{data / "no-event.parquet"}"\n'
+            'columns = ["age", "horTh", "tgrade", "time"]\nprivacy_unit = "patient_id"\n'
+        )
+        policy = policy_text(publisher, reviewer=reviewer)
+        config = write_config(directory, pki, policy=policy, extra=datasets)
+        self.directory = directory
+        self.process: InProcessAgent = start_in_process(config)
+        self.address = f"127.0.0.1:{self.process.port}"
+        self.client = AgentClient(self.address, pki.credentials(), server_name="localhost", timeout=30)
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.stop()
+
+    def spec(self, digest: str, kind: int, dataset: str = "gbsg2", **hyper: Any) -> pb.TaskSpec:
+        values = {"noise_multiplier": TINY_SIGMA, "sampling_rate": 1.0} | hyper
+        return pb.TaskSpec(
+            kind=kind,  # type: ignore[arg-type]
+            package_digest=digest,
+            dataset_id=dataset,
+            hyperparameters=pb.DPHyperparameters(**values),
+            run_id="plan-run",
+            purpose="research",
+        )
+
+    def epsilon_spent(self, dataset: str = "gbsg2") -> float:
+        return self.client.get_budget(dataset).epsilon_spent
+
+
+@pytest.fixture
+def publisher() -> AgentKey:
+    return new_key()
+
+
+@pytest.fixture
+def site(tmp_path: Path, pki: Pki, publisher: AgentKey) -> Iterator[PlanSite]:
+    started = PlanSite(tmp_path, pki, publisher)
+    yield started
+    started.close()
+
+
+def plan_package(
+    publisher: AgentKey | None, plan: dict[str, Any] = PLAN, version: str = "1.0.0", **fields: Any
+) -> bytes:
+    manifest = plan_manifest_fields(
+        plan,
+        name="acme/gbsg2-study",
+        version=version,
+        publisher="acme",
+        noise_multiplier={"min": 0.0, "max": 100.0},
+        **fields,
+    )
+    return build_plan_package(manifest, signers=[publisher] if publisher is not None else [])
+
+
+def one_row_per_patient() -> pd.DataFrame:
+    return load_gbsg2()
+
+
+def test_describe_releases_the_plan_and_matches_pandas(site: PlanSite, publisher: AgentKey) -> None:
+    archive = plan_package(publisher)
+    uploaded = site.client.upload_package(archive)
+    assert list(uploaded.task_kinds) == ["dp_describe", "dp_survival"]
+    assert list(uploaded.parameters) == []
+    run = site.client.run_task(site.spec(uploaded.digest, pb.TASK_KIND_DP_DESCRIBE), [], timeout=60)
+    package = PlanPackage.from_archive(archive)
+    assert package.digest == uploaded.digest
+    layout = package.layout(TaskKind.DP_DESCRIBE)
+    assert set(run.scalars) == set(layout.scalar_names())
+
+    frame = one_row_per_patient()
+    for stratum, arm in enumerate(["no", "yes"]):
+        group = frame[frame.horTh == arm]
+        assert run.scalars[f"count[{stratum}][0]"] == pytest.approx(len(group), abs=3.7)
+        clipped = group.age.clip(20, 90) - 55.0
+        assert run.scalars[f"age.sum[{stratum}][0]"] == pytest.approx(clipped.sum(), abs=130)
+        assert run.scalars[f"age.sumsq[{stratum}][0]"] == pytest.approx((clipped**2).sum(), abs=4500)
+        counts = group.tgrade.value_counts()
+        for cell, grade in enumerate(["I", "II", "III"]):
+            assert run.scalars[f"tgrade.counts[{stratum}][{cell}]"] == pytest.approx(counts.get(grade, 0), abs=3.7)
+    # The ledger charged one Gaussian at q = 1 with the task's σ (accounted on the grid: 3 significant digits).
+    assert site.epsilon_spent() == pytest.approx(independent_epsilon([(1.0, TINY_SIGMA, 1)]), rel=1e-6)
+
+
+def test_survival_exits_count_each_patient_once(site: PlanSite, publisher: AgentKey) -> None:
+    digest = site.client.upload_package(plan_package(publisher)).digest
+    run = site.client.run_task(site.spec(digest, pb.TASK_KIND_DP_SURVIVAL), [], timeout=60)
+    frame = one_row_per_patient()
+    interval = np.searchsorted(np.array(GRID), frame.time.to_numpy(), side="left")
+    for stratum, arm in enumerate(["no", "yes"]):
+        mine = frame.horTh.to_numpy() == arm
+        total = 0.0
+        for j in range(len(GRID) + 1):
+            in_j = mine & (interval == j)
+            events = float(np.sum(in_j & (frame.cens.to_numpy() == 1)))
+            censored = float(np.sum(in_j & (frame.cens.to_numpy() == 0)))
+            assert run.scalars[f"survival.exits[{stratum}][{2 * j}]"] == pytest.approx(events, abs=1.5)
+            assert run.scalars[f"survival.exits[{stratum}][{2 * j + 1}]"] == pytest.approx(censored, abs=1.5)
+            total += (
+                run.scalars[f"survival.exits[{stratum}][{2 * j}]"]
+                + run.scalars[f"survival.exits[{stratum}][{2 * j + 1}]"]
+            )
+        # Patients, not rows: the repeated rows count once.
+        assert total == pytest.approx(int(mine.sum()), abs=5.6)
+
+
+def test_the_sponsor_runs_a_plan_across_three_agents(tmp_path: Path, pki: Pki, publisher: AgentKey) -> None:
+    sites = [PlanSite(tmp_path / f"site-{i}", pki, publisher) for i in range(3)]
+    try:
+        path = tmp_path / "plan.zip"
+        path.write_bytes(plan_package(publisher))
+        package = PlanPackage.from_file(path)
+        federation = Federation(
+            name="gbsg2",
+            ca_file=pki.path("ca.crt"),
+            cert_file=pki.path("coordinator.crt"),
+            key_file=pki.path("coordinator.key"),
+            server_name="localhost",
+            connect_seconds=30,
+            sites=tuple(Site(f"site-{i}", s.address, "gbsg2") for i, s in enumerate(sites)),
+            training=TrainingPlan(purpose="research"),
+            source=tmp_path / "federation.toml",
+        )
+        clients = {f"site-{i}": s.client for i, s in enumerate(sites)}
+        outcomes = run_plan(federation, clients, package, TaskKind.DP_SURVIVAL, 1.0, run_id="km-1")
+        assert [o.status for o in outcomes] == ["ok", "ok", "ok"]
+        assert all(o.release is not None and o.epsilon_charged > 0 for o in outcomes)
+        # A model kind is not a statistics kind: refused before anything is sent.
+        with pytest.raises(ValueError, match="not a statistics task kind"):
+            run_plan(federation, clients, package, TaskKind.DP_EVALUATE, 1.0, run_id="km-2")
+    finally:
+        for started in sites:
+            started.close()
+
+
+def _refusal(site: PlanSite, spec: pb.TaskSpec) -> AgentRpcError:
+    with pytest.raises(AgentRpcError) as caught:
+        site.client.run_task(spec, [], timeout=60)
+    return caught.value
+
+
+def test_bad_requests_are_refused_and_charge_nothing(site: PlanSite, publisher: AgentKey) -> None:
+    digest = site.client.upload_package(plan_package(publisher)).digest
+    refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_DESCRIBE, sampling_rate=0.5))
+    assert refused.code is grpc.StatusCode.INVALID_ARGUMENT and "sampling_rate must be 1" in refused.details
+    # The event column is absent from this dataset: refused before any number is computed.
+    refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_SURVIVAL, dataset="no-event"))
+    assert "cens" in refused.details
+    # A plan reading a column the policy does not expose.
+    hidden = dict(PLAN, variables=[{"column": "menostat", "kind": "categorical", "categories": ["Pre", "Post"]}])
+    other = site.client.upload_package(plan_package(publisher, hidden, "1.0.1", task_kinds=["dp_describe"])).digest
+    refused = _refusal(site, site.spec(other, pb.TASK_KIND_DP_DESCRIBE))
+    assert refused.code is grpc.StatusCode.PERMISSION_DENIED and "menostat" in refused.details
+    # A model kind on a plan package.
+    refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_EVALUATE))
+    assert refused.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert site.epsilon_spent() == 0.0
+    assert site.epsilon_spent("no-event") == 0.0
+
+
+def test_unsigned_and_untrusted_plans_are_not_stored(site: PlanSite) -> None:
+    for archive, words in ((plan_package(None), "no signature"), (plan_package(new_key()), "not trusted")):
+        with pytest.raises(AgentRpcError) as caught:
+            site.client.upload_package(archive)
+        assert words in caught.value.details
+    assert site.client.list_packages() == []
+
+
+def test_a_plan_runs_only_once_the_reviewer_approved_what_it_releases(
+    tmp_path: Path, pki: Pki, publisher: AgentKey
+) -> None:
+    reviewer_key = tmp_path / "reviewer.key"
+    reviewed = PlanSite(tmp_path / "agent", pki, publisher, reviewer=generate_key_file(reviewer_key))
+    try:
+        digest = reviewed.client.upload_package(plan_package(publisher)).digest
+        refused = _refusal(reviewed, reviewed.spec(digest, pb.TASK_KIND_DP_DESCRIBE))
+        assert refused.code is grpc.StatusCode.FAILED_PRECONDITION and "awaits approval" in refused.details
+        assert reviewed.epsilon_spent() == 0.0
+
+        config = str(reviewed.directory / "agent.toml")
+        env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_CONFIG"}
+        pending = subprocess.run(
+            [sys.executable, "-m", "agent", "package", "pending", "--config", config],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        ).stdout
+        # What the reviewer reads before approving: who is counted and exactly what leaves.
+        assert "(analysis plan)" in pending and "cohort:      age >= 18.0" in pending
+        assert "variable:    age: mean and SD within [20, 90] (values clamped), missing, histogram of 5 bins" in pending
+        assert "releases:    dp_survival: 30 numbers in 1 block per task" in pending
+        approved = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "package",
+                "approve",
+                digest,
+                "--config",
+                config,
+                "--reviewer-key",
+                str(reviewer_key),
+                "--reviewer",
+                "Dr. Compliance",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert approved.returncode == 0, approved.stderr
+        run = reviewed.client.run_task(reviewed.spec(digest, pb.TASK_KIND_DP_SURVIVAL), [], timeout=60)
+        assert run.epsilon_charged > 0
+    finally:
+        reviewed.close()
