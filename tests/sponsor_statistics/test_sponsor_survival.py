@@ -56,7 +56,9 @@ def test_grouped_km_on_a_fine_grid_is_lifelines_on_the_pooled_patients(name: str
     _, time, event, column, categories = DATASETS[name]
     frame, plan = _plan(name, _distinct(name))
     shape = layout(plan, StatisticsKind.SURVIVAL)
-    result = analyse_survival(plan, releases(split_sites(frame, 3, 7), plan, shape, TINY, 1))
+    result = analyse_survival(
+        plan, releases(split_sites(frame, 3, 7), plan, shape, TINY, 1), method=KmMethod.PRODUCT_LIMIT
+    )
     assert result.overall is not None
     groups = [(frame[frame[column] == c], result.strata[k]) for k, c in enumerate(categories)]
     for rows, ours in [*groups, (frame, result.overall)]:
@@ -214,7 +216,7 @@ def test_a_withheld_stratum_is_left_out_of_its_pool_and_of_the_log_rank() -> Non
         for i, p in enumerate([*parts[:2], small])
     ]
     assert all(math.isnan(v) for k, v in sites[2].scalars.items() if k.startswith("survival.exits[1]"))
-    result = analyse_survival(plan, sites)
+    result = analyse_survival(plan, sites, method=KmMethod.PRODUCT_LIMIT)
     yes = result.strata[1]
     assert yes.sites == ("site-1", "site-2") and yes.sites_left_out == ("site-3",)
     kept = pd.concat(parts[:2])
