@@ -10,6 +10,7 @@ records the tasks; and every bad request is refused with a clear status, nothing
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -19,18 +20,20 @@ from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_gbsg2
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.identity.agent_key import AgentKey, generate_key_file
 from agent.packages.manifest import TaskKind
+from edge_sponsor.cli.main import main as sponsor_main
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
-from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
-from edge_sponsor.coordinator.plan_tasks import PlanPackage, run_plan
+from edge_sponsor.coordinator.plan_tasks import PlanPackage
 from edge_sponsor.publisher.plans import build_plan_package, plan_manifest_fields
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 from tests.packages.package_builders import new_key
@@ -51,10 +54,13 @@ PLAN: dict[str, Any] = {
 TINY_SIGMA = 0.3
 
 
-def gbsg2_visits(seed: int) -> pa.Table:
-    """gbsg2 with a patient id, each patient's row repeated 1 to 3 times (the repeats identical), shuffled."""
+def gbsg2_visits(seed: int, rows: npt.NDArray[np.int64] | None = None) -> pa.Table:
+    """gbsg2 (or its ``rows``) with a patient id, each patient's row repeated 1 to 3 times (the repeats
+    identical), shuffled."""
     frame = load_gbsg2()
     frame["patient_id"] = [f"p{i:04d}" for i in range(len(frame))]
+    if rows is not None:
+        frame = frame.iloc[np.sort(rows)]
     repeats = 1 + np.arange(len(frame)) % 3
     visits = frame.loc[frame.index.repeat(repeats)].sample(frac=1.0, random_state=seed)
     return pa.Table.from_pandas(visits.reset_index(drop=True), preserve_index=False)
@@ -100,10 +106,18 @@ task_seconds = 60
 
 
 class PlanSite:
-    def __init__(self, directory: Path, pki: Pki, publisher: AgentKey, *, reviewer: AgentKey | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        pki: Pki,
+        publisher: AgentKey,
+        *,
+        reviewer: AgentKey | None = None,
+        rows: npt.NDArray[np.int64] | None = None,
+    ) -> None:
         data = directory / "data"
         data.mkdir(parents=True)
-        table = gbsg2_visits(seed=1)
+        table = gbsg2_visits(seed=1, rows=rows)
         pq.write_table(table, data / "gbsg2.parquet")
         pq.write_table(table.drop_columns(["cens"]), data / "no-event.parquet")
         datasets = (
@@ -215,30 +229,62 @@ def test_survival_exits_count_each_patient_once(site: PlanSite, publisher: Agent
         assert total == pytest.approx(int(mine.sum()), abs=5.6)
 
 
-def test_the_sponsor_runs_a_plan_across_three_agents(tmp_path: Path, pki: Pki, publisher: AgentKey) -> None:
-    sites = [PlanSite(tmp_path / f"site-{i}", pki, publisher) for i in range(3)]
+def federation_file(tmp_path: Path, pki: Pki, sites: list[PlanSite]) -> Path:
+    agents = "".join(
+        f'[[agents]]\nname = "site-{i}"\naddress = "{site.address}"\ndataset = "gbsg2"\n\n'
+        for i, site in enumerate(sites)
+    )
+    path = tmp_path / "federation.toml"
+    path.write_text(
+        f'[federation]\nname = "gbsg2"\nca_file = "{pki.path("ca.crt")}"\ncert_file = "{pki.path("coordinator.crt")}"\n'
+        f'key_file = "{pki.path("coordinator.key")}"\nserver_name = "localhost"\n\n{agents}'
+        '[training]\npurpose = "research"\n'
+    )
+    return path
+
+
+def test_the_sponsor_pools_three_agents_into_km_curves_and_a_table_one(
+    tmp_path: Path, pki: Pki, publisher: AgentKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`edge-sponsor study survival|describe` against three real agents, each holding a third of gbsg2."""
+    frame = load_gbsg2()
+    thirds = np.array_split(np.random.default_rng(5).permutation(len(frame)), 3)
+    sites = [PlanSite(tmp_path / f"site-{i}", pki, publisher, rows=thirds[i]) for i in range(3)]
     try:
-        path = tmp_path / "plan.zip"
-        path.write_bytes(plan_package(publisher))
-        package = PlanPackage.from_file(path)
-        federation = Federation(
-            name="gbsg2",
-            ca_file=pki.path("ca.crt"),
-            cert_file=pki.path("coordinator.crt"),
-            key_file=pki.path("coordinator.key"),
-            server_name="localhost",
-            connect_seconds=30,
-            sites=tuple(Site(f"site-{i}", s.address, "gbsg2") for i, s in enumerate(sites)),
-            training=TrainingPlan(purpose="research"),
-            source=tmp_path / "federation.toml",
-        )
-        clients = {f"site-{i}": s.client for i, s in enumerate(sites)}
-        outcomes = run_plan(federation, clients, package, TaskKind.DP_SURVIVAL, 1.0, run_id="km-1")
-        assert [o.status for o in outcomes] == ["ok", "ok", "ok"]
-        assert all(o.release is not None and o.epsilon_charged > 0 for o in outcomes)
-        # A model kind is not a statistics kind: refused before anything is sent.
-        with pytest.raises(ValueError, match="not a statistics task kind"):
-            run_plan(federation, clients, package, TaskKind.DP_EVALUATE, 1.0, run_id="km-2")
+        plan_file = tmp_path / "plan.zip"
+        plan_file.write_bytes(plan_package(publisher))
+        federation = federation_file(tmp_path, pki, sites)
+        km_json, km_html = tmp_path / "km.json", tmp_path / "km.html"
+        argv = ["study", "survival", str(federation), "--plan", str(plan_file), "--noise-multiplier", "0.3"]
+        assert sponsor_main([*argv, "--json", str(km_json), "--html", str(km_html)]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count(": ok, ε charged") == 3
+        result = json.loads(km_json.read_text())
+        strata = {curve["label"]: curve for curve in result["survival"]["strata"]}
+        fitter = KaplanMeierFitter()
+        for arm in ("no", "yes"):
+            group = frame[frame.horTh == arm]
+            fitter.fit(group.time, group.cens)
+            exact = fitter.survival_function_at_times(GRID).to_numpy()
+            got = np.array(strata[f"horTh={arm}"]["curve"]["survival"][1:])  # at times 0, t_1, ..., t_J
+            # Noise SD 0.3 per exit count at each site, and the grid's own small discretisation error.
+            assert np.max(np.abs(got - exact)) < 0.03
+        assert "<svg" in km_html.read_text()
+
+        table_json = tmp_path / "table1.json"
+        argv = ["study", "describe", str(federation), "--plan", str(plan_file), "--noise-multiplier", "0.3"]
+        assert sponsor_main([*argv, "--json", str(table_json)]) == 0
+        table = json.loads(table_json.read_text())["table_one"]
+        assert table is not None
+        # Bad options are refused before any agent is asked, naming what is at fault.
+        capsys.readouterr()
+        bad = ["study", "survival", str(federation), "--plan", str(plan_file), "--noise-multiplier", "0", "--json", "x"]
+        assert sponsor_main(bad) == 2
+        missing = ["study", "survival", str(federation), "--plan", str(tmp_path / "nope.zip"), "--noise-multiplier",
+                   "1", "--json", "x"]
+        assert sponsor_main(missing) == 2
+        errors = capsys.readouterr().err
+        assert "--noise-multiplier must be a positive number" in errors and "nope.zip: cannot read" in errors
     finally:
         for started in sites:
             started.close()

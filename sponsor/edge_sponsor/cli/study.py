@@ -1,0 +1,115 @@
+"""`edge-sponsor study describe|survival`: run an analysis plan across the federation.
+
+Every site of the federation file runs one statistics task of the plan package on its
+dataset; the releases are pooled into a Table 1 (``describe``) or Kaplan-Meier curves with
+median survival and a log-rank test (``survival``), written as JSON and as one HTML page
+(docs/statistics.md). Exit codes: 0 done (sites that refused are listed); 1 no site
+returned a release; 2 bad federation file, plan package, credentials or options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from agent.cli.exit_codes import ExitCode
+from agent.cli.settings import UsageError
+from agent.durable import write_public
+from agent.packages.manifest import TaskKind
+from edge_sponsor.coordinator.federation import load_federation
+from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, run_plan
+from edge_sponsor.coordinator.study import open_clients
+from edge_sponsor.statistics.report import new_report, render_html
+from edge_sponsor.statistics.survival import analyse_survival
+from edge_sponsor.statistics.table_one import table_one
+
+USAGE_ERRORS: tuple[type[Exception], ...] = (PlanPackageError,)
+
+_KINDS = {"describe": TaskKind.DP_DESCRIBE, "survival": TaskKind.DP_SURVIVAL}
+
+
+class NoReleaseError(Exception):
+    """No site returned a release: there is nothing to estimate (exit code 1)."""
+
+
+FAILURE_ERRORS: tuple[type[Exception], ...] = (NoReleaseError,)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="run an analysis plan across the agents: Table 1, Kaplan-Meier",
+        description="Run a signed analysis plan (edge-sponsor plan build) at every agent of a federation "
+        "file and pool the noisy releases into estimates with confidence intervals that include the noise.",
+    )
+    commands = parser.add_subparsers(dest="study_command", required=True, metavar="COMMAND")
+    for name, words in (
+        ("describe", "the cohort's Table 1: counts, means, SDs, medians, proportions, missingness per stratum"),
+        ("survival", "Kaplan-Meier curves per stratum, median survival and follow-up, log-rank test"),
+    ):
+        command = commands.add_parser(name, help=words, description=f"Run dp_{name} at every site: {words}.")
+        command.add_argument("federation", type=Path, help="federation file (TOML)")
+        command.add_argument("--plan", type=Path, required=True, help="plan package (.zip), signed")
+        command.add_argument(
+            "--noise-multiplier", type=float, required=True, metavar="SIGMA",
+            help="sigma of each site's release (one task costs the ε of one Gaussian at sigma, q = 1)",
+        )
+        command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
+        command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
+        command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
+        command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
+        command.set_defaults(handler=run_study_command, kind=_KINDS[name])
+
+
+def _site_line(outcome: SiteOutcome) -> str:
+    if outcome.release is not None:
+        spent = f"ε charged {outcome.epsilon_charged:.4g} (budget spent {outcome.budget_epsilon_spent:.4g})"
+        return f"  {outcome.site}: ok, {spent}"
+    return f"  {outcome.site}: {outcome.status}: {outcome.detail}"
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    if not args.noise_multiplier > 0:
+        raise UsageError(f"--noise-multiplier must be a positive number, got {args.noise_multiplier}")
+    if args.json is None and args.html is None:
+        raise UsageError("give --json FILE, --html FILE or both: where the results go")
+    federation = load_federation(args.federation)
+    package = PlanPackage.from_file(args.plan)
+    kind: TaskKind = args.kind
+    package.layout(kind)  # refuses a kind the package does not offer before any site is asked
+    run_id = args.run_id or f"{federation.name}-{kind.value}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    clients = open_clients(federation)
+    try:
+        outcomes = run_plan(federation, clients, package, kind, args.noise_multiplier, run_id=run_id)
+    finally:
+        for client in clients.values():
+            client.close()
+    print(f"{kind.value} of {package.manifest.name} {package.manifest.version} (run {run_id}):")
+    for outcome in outcomes:
+        print(_site_line(outcome))
+    releases = [o.release for o in outcomes if o.release is not None]
+    if not releases:
+        raise NoReleaseError("no site returned a release: nothing to estimate")
+    left_out = [f"{o.site}: {o.status}: {o.detail}" for o in outcomes if o.release is None]
+    notes = [
+        f"{len(releases)} of {len(outcomes)} sites pooled; noise multiplier {args.noise_multiplier:g} at each.",
+        *(f"left out {line}" for line in left_out),
+    ]
+    title = args.title or f"{package.manifest.name} {package.manifest.version}"
+    if kind is TaskKind.DP_SURVIVAL:
+        report = new_report(title, survival=analyse_survival(package.plan, releases), notes=notes)
+    else:
+        report = new_report(title, table_one=table_one(package.plan, releases), notes=notes)
+    _write(args.json, report.to_json())
+    _write(args.html, render_html(report))
+    return ExitCode.SUCCESS
+
+
+def _write(path: Path | None, text: str) -> None:
+    if path is None:
+        return
+    write_public(path, text.encode("utf-8"))
+    print(f"wrote {path}", file=sys.stdout)
+
