@@ -124,7 +124,9 @@ def patient_table_keyed(
     codes_by_column: dict[str, npt.NDArray[np.int64]] = {}
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
-            raw = category_codes(table.column(variable.column), variable.categories)[rows]
+            # Coded on the kept rows only (the cohort may be a small part of the table).
+            column = table.column(variable.column)
+            raw = category_codes(column.take(rows) if rows.size < table.num_rows else column, variable.categories)
             count = len(variable.categories)
             cells = np.where(raw == OTHER, count, np.where(raw == MISSING, count + 1, raw))
             codes_by_column[variable.column] = _read_only(cells.astype(np.int64))
