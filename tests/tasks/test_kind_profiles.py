@@ -24,7 +24,7 @@ from tests.packages.package_builders import manifest_and_graphs
 # What a request must satisfy whatever the policy says (written out here, independently of the declarations).
 ACCEPTED: dict[str, Callable[[float], bool]] = {
     "clip_norm": lambda v: math.isfinite(v) and v > 0,
-    "noise_multiplier": lambda v: math.isfinite(v) and v > 0,
+    "noise_multiplier": lambda v: math.isfinite(v) and v >= 0.1,
     "sampling_rate": lambda v: 0 < v <= 1,
     "local_steps": lambda v: 1 <= v <= 100_000,
     "learning_rate": lambda v: math.isfinite(v) and v > 0,
@@ -32,7 +32,7 @@ ACCEPTED: dict[str, Callable[[float], bool]] = {
 INTEGERS = {"local_steps"}
 VALID = {
     "clip_norm": st.floats(1e-6, 1e6),
-    "noise_multiplier": st.floats(1e-3, 1e3),
+    "noise_multiplier": st.floats(0.1, 1e3),
     "sampling_rate": st.floats(1e-6, 1.0, exclude_min=True),
     "local_steps": st.integers(1, 100_000),
     "learning_rate": st.floats(1e-6, 10.0),

@@ -249,7 +249,9 @@ def test_local_training_and_evaluate(agent: Agent) -> None:
     ("change", "status", "text"),
     [
         ({"noise_multiplier": None}, grpc.StatusCode.INVALID_ARGUMENT, "noise_multiplier is required"),
-        ({"noise_multiplier": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "noise_multiplier must be a positive"),
+        ({"noise_multiplier": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "noise_multiplier must be a number >= 0.1"),
+        # So small the accountant would need hundreds of GiB to price it: refused, not attempted.
+        ({"noise_multiplier": 1e-4}, grpc.StatusCode.INVALID_ARGUMENT, "noise_multiplier must be a number >= 0.1"),
         ({"sampling_rate": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "sampling_rate must be in (0, 1]"),
         ({"clip_norm": float("nan")}, grpc.StatusCode.INVALID_ARGUMENT, "clip_norm must be a positive"),
         ({"dataset": "tiny"}, grpc.StatusCode.FAILED_PRECONDITION, "minimum cohort size of 20"),
