@@ -50,11 +50,19 @@ def tables(draw: st.DrawFn) -> pa.Table:
         "y": _masked(rng, rng.integers(-5, 21, rows), 0.1),
         "c": c.dictionary_encode() if draw(st.booleans()) else c,
         "t": _masked(rng, time, 0.05),
-        "e": _masked(rng, rng.random(rows) < 0.5, 0.1)
-        if draw(st.booleans())
-        else _masked(rng, rng.integers(0, 3, rows), 0.1),
+        "e": draw(
+            st.sampled_from(
+                [
+                    _masked(rng, rng.random(rows) < 0.5, 0.1),
+                    _masked(rng, rng.integers(0, 3, rows), 0.1),
+                    pa.array(np.where(rng.random(rows) < 0.1, np.nan, rng.integers(0, 2, rows).astype(float))),
+                ]
+            )
+        ),
     }
-    return pa.table(columns)
+    table = pa.table(columns)
+    # Several record batches, as a dataset read file by file gives them.
+    return pa.Table.from_batches(table.to_batches(max_chunksize=draw(st.integers(1, 80))))
 
 
 def _bounds(draw: st.DrawFn) -> tuple[float, float, list[float]]:
@@ -136,13 +144,18 @@ def test_removing_one_patient_moves_each_block_by_at_most_its_sensitivity(
     assert len({units[r] for r in full.rows}) == full.size  # one row per unit
     assert full.size - neighbour.size in (0, 1)
 
+    # What the removed unit adds: its one kept row, if any, on its own.
+    own = [int(r) for r in full.rows if units[r] == removed]
+    alone = patient_table_keyed(plan, table.take(pa.array(own, pa.int64())), unit_column=None, keys=None)
     for kind in StatisticsKind:
         if kind is StatisticsKind.SURVIVAL and plan.survival is None:
             continue
         release = layout(plan, kind)
         before = exact_release(plan, release, full)
         after = exact_release(plan, release, neighbour)
+        added = exact_release(plan, release, alone)
         for block in release.blocks:
+            np.testing.assert_allclose(before[block.name] - after[block.name], added[block.name], atol=1e-6)
             moved = float(np.linalg.norm(before[block.name] - after[block.name]))
             assert moved <= block.sensitivity * (1 + 1e-9) + 1e-9, (block.name, moved, block.sensitivity)
             # And the patient is in one stratum at most: the other strata do not move.
