@@ -158,7 +158,7 @@ def noisy_release(
     The keys are exactly ``set(layout.scalar_names())``. ``noise_multiplier`` 0 releases
     exact numbers: what it costs is the accountant's to say, not this function's. Raises
     ValueError for a negative or non-finite multiplier, a negative minimum, or ``exact``
-    without the layout's blocks and shapes.
+    without the layout's blocks and shapes or with a value that is not finite.
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise ValueError("noise_multiplier must be finite and >= 0")
@@ -172,6 +172,10 @@ def noisy_release(
         values = np.asarray(exact[block.name], dtype=np.float64)
         if values.shape != (layout.strata, len(block.cells)):
             raise ValueError(f"block {block.name!r} has shape {values.shape}")
+        # exact_release never makes one; a NaN would pass for a withheld number, an infinity
+        # would survive any noise.
+        if not np.isfinite(values).all():
+            raise ValueError(f"block {block.name!r} holds a value that is not finite")
         std = layout.noise_std(block, noise_multiplier)
         noisy[block.name] = values + rng.normal(0.0, std, size=values.shape)
     if min_cell_size > 0:

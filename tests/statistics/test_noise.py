@@ -213,3 +213,7 @@ def test_bad_arguments_are_refused() -> None:
     wrong["age.sum"] = np.zeros((16, 2))
     with pytest.raises(ValueError, match="shape"):
         noisy_release(wrong, release, noise_multiplier=1.0, min_cell_size=0, rng=rng)
+    infinite = zeros(release)
+    infinite["age.sum"][3, 0] = math.inf
+    with pytest.raises(ValueError, match="not finite"):
+        noisy_release(infinite, release, noise_multiplier=1.0, min_cell_size=0, rng=rng)
