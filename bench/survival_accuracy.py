@@ -87,6 +87,7 @@ STUDIES = {
             "quarterly": _every(3 * MONTH, 72 * MONTH),
             "half-yearly": _every(6 * MONTH, 72 * MONTH),
             "yearly": _every(12 * MONTH, 72 * MONTH),
+            "yearly to 5 y": _every(12 * MONTH, 60 * MONTH),
         },
         (
             NumericVariable("age", 20, 80),
@@ -116,6 +117,9 @@ STUDIES = {
             "2-monthly": _every(2 * MONTH, 30 * MONTH),
             "quarterly": _every(3 * MONTH, 30 * MONTH),
             "half-yearly": _every(6 * MONTH, 30 * MONTH),
+            # A shorter horizon: fewer late intervals where a few patients remain per site.
+            "q. to 24 m": _every(3 * MONTH, 24 * MONTH),
+            "h-y to 24 m": _every(6 * MONTH, 24 * MONTH),
         },
         (
             NumericVariable("age", 35, 85),
@@ -217,7 +221,14 @@ def main() -> None:
     for name in args.datasets.split(","):
         study = STUDIES[name]
         # Categories are integers in a plan; lung stores its ECOG score as a float column.
-        frame = study.load().astype({v.column: "Int64" for v in study.variables if isinstance(v, CategoricalVariable)})
+        frame = study.load()
+        frame = frame.astype(
+            {
+                v.column: "Int64"
+                for v in study.variables
+                if isinstance(v, CategoricalVariable) and pd.api.types.is_float_dtype(frame[v.column])
+            }
+        )
         order = rng.permutation(len(frame))
         parts = [frame.iloc[p].reset_index(drop=True) for p in np.array_split(order, SITES)]
         labels = [f"{study.stratum.column}={c}" for c in study.stratum.categories] + ["all"]

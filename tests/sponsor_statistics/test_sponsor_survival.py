@@ -265,3 +265,31 @@ def test_bad_input_is_refused() -> None:
     no_survival = AnalysisPlan((), plan.strata, (), None)
     with pytest.raises(ValueError, match="no survival"):
         analyse_survival(no_survival, [good])
+
+
+def test_the_agents_own_release_is_read_as_the_oracle_reads_it() -> None:
+    """agent.statistics computes the release the sponsor pools: its exact blocks are the oracle's."""
+    tables = pytest.importorskip("agent.statistics.tables")
+    patients_module = pytest.importorskip("agent.statistics.patients")
+    import pyarrow as pa
+
+    frame, plan = _plan("gbsg2", tuple(float(t) for t in np.arange(182.6, 2300, 182.6)))
+    shape = layout(plan, StatisticsKind.SURVIVAL)
+    part = split_sites(frame, 3, 0)[0]
+    patients = patients_module.patient_table(
+        plan, pa.Table.from_pandas(part, preserve_index=False), unit_column=None, rng=np.random.default_rng(0)
+    )
+    exact = tables.exact_release(plan, shape, patients)
+    oracle = exact_blocks(part, plan, shape)
+    assert set(exact) == set(oracle)
+    for name, values in oracle.items():
+        np.testing.assert_array_equal(exact[name], values)
+    scalars = tables.noisy_release(exact, shape, noise_multiplier=TINY, min_cell_size=0, rng=np.random.default_rng(1))
+    result = analyse_survival(plan, [SiteRelease("site-1", scalars, TINY)], method=KmMethod.PRODUCT_LIMIT)
+    expected = _fit(part[part["horTh"] == "no"], "time", "cens")
+    got = np.asarray(result.strata[0].curve.survival[1:])
+    np.testing.assert_allclose(got, expected.survival_function_at_times(list(shape_grid(plan))).to_numpy(), atol=0.05)
+
+
+def shape_grid(plan: AnalysisPlan) -> tuple[float, ...]:
+    return plan.survival.grid if plan.survival else ()
