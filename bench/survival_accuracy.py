@@ -19,6 +19,32 @@ on the pooled patients:
   pooled means (per stratum and overall) and of the category shares, against pandas.
 
 The product's target is a largest KM distance of at most 0.05 at ε = 1.
+
+Measured (defaults: 100 draws, seed 2026, 2 cores, 50 s). σ for one task: 7.03 at ε = 0.5,
+3.73 at ε = 1, 1.39 at ε = 3.
+
+* **Target at ε = 1: not met** for every curve at the 90th percentile on any dataset; at
+  the median only on rossi, quarterly grid, product-limit (worst curve 0.048). Closest on
+  gbsg2: yearly grid to 5 years (median horTh=no 0.036, horTh=yes 0.059, overall 0.035
+  actuarial; worst curve 0.055 product-limit). lung (228 patients: 30 per site and sex) is
+  far off (0.11 to 0.25 on the best grid) and its curves often stop where the noisy risk set
+  vanishes. The error scales like sqrt(intervals · sites) · σ / (number at risk): meeting
+  0.05 at ε = 1 on a yearly grid takes about 300 patients per stratum across 3 sites.
+* **Grid**: the coarsest grid that answers the question wins, and a shorter horizon helps
+  (late intervals, where few remain, carry the most noise). The actuarial discretisation
+  error stays small on coarse grids (gbsg2 yearly 0.012, product-limit 0.058) except when
+  censoring falls on a grid time (rossi: censored at week 52; there product-limit is exact
+  and actuarial is off by 0.073). At ε = 3 the target is met at the median on gbsg2
+  half-yearly and yearly and rossi 4-weekly and quarterly; at p90 on gbsg2 yearly to 5 y
+  (actuarial) and rossi quarterly (product-limit).
+* **Log-rank**: the noise dominates the variance of O - E (57 to 100 % at ε = 1), so the test
+  keeps its level (tests/sponsor_statistics) but loses power: gbsg2 (lifelines χ² 8.6,
+  p 0.003) rejects in 40 to 41 % of draws at ε = 1 on the yearly grids, 34 % half-yearly,
+  9 to 16 % monthly and quarterly; lung (χ² 10.3, p 0.001) in 0 to 19 %.
+* **Table 1** at ε = 1 (pooled, worst stratum, median over draws): gbsg2 age mean 1.6
+  years, tumour size 3.9 mm, grade shares 0.10; rossi age 1.4, priors 1.1, work-experience
+  share 0.13; lung age 4.4, Karnofsky 5.1, ECOG shares 0.32. A describe task's noise per
+  number is σ · sqrt(blocks) · sensitivity: each variable and each unit of bound width costs.
 """
 
 from __future__ import annotations

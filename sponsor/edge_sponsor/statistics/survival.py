@@ -118,7 +118,12 @@ class KmCurve:
 
 @dataclass(frozen=True)
 class StratumSurvival:
-    """One stratum's pooled curve, its median follow-up and which sites it pools."""
+    """One stratum's pooled curve, its median follow-up and which sites it pools.
+
+    ``patients`` is the noisy number with a usable time and event (the sum of the exits;
+    patients counted as ``missing`` are not in the curve). A site listed in
+    ``sites_left_out`` withheld this stratum (its minimum cell size) and is not in the pool.
+    """
 
     label: str
     curve: KmCurve
