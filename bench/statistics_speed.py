@@ -51,9 +51,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import agent.packages  # noqa: F401  # the manifest first: it imports the plan model (import order)
-from agent.plans.model import AnalysisPlan, NumericVariable, parse_plan
-from agent.plans.release import StatisticsKind, layout
+from agent.packages.manifest import PLAN_KINDS
+from agent.packages.plan import AnalysisPlan, NumericVariable, parse_plan
+from agent.plans.release import layout
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import exact_release, noisy_release
 
@@ -118,7 +118,7 @@ def agent_run(plan: AnalysisPlan, table: pa.Table, seed: int, stages: dict[str, 
     patients = patient_table(plan, table, unit_column="patient_id", rng=rng)
     stages["patient_table"] = stages.get("patient_table", 0.0) + time.process_time() - start
     out: dict[str, Any] = {}
-    for kind in StatisticsKind:
+    for kind in PLAN_KINDS:
         release = layout(plan, kind)
         start = time.process_time()
         exact = exact_release(plan, release, patients)

@@ -73,9 +73,9 @@ from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_gbsg2, load_lung, load_rossi
 from lifelines.statistics import logrank_test
 
-import agent.packages  # noqa: F401  (agent.plans.model imports cleanly only after agent.packages)
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec, Variable
-from agent.plans.release import ReleaseLayout, StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec, Variable
+from agent.plans.release import ReleaseLayout, layout
 from agent.privacy.accounting import PldAccountant
 from agent.privacy.mechanism import Mechanism
 from agent.statistics.patients import patient_table
@@ -279,7 +279,7 @@ def main() -> None:
         print(header)
         for grid_name, grid in study.grids.items():
             plan = AnalysisPlan((), (study.stratum,), (), SurvivalSpec(study.time, study.event, grid))
-            shape = layout(plan, StatisticsKind.SURVIVAL)
+            shape = layout(plan, TaskKind.DP_SURVIVAL)
             exact = [site_exact(p, plan, shape) for p in parts]
             reference = km_reference(frame, study, grid)
             for method in KmMethod:
@@ -336,7 +336,7 @@ def log_rank_table(
     )
     for grid_name, grid in study.grids.items():
         plan = AnalysisPlan((), (study.stratum,), (), SurvivalSpec(study.time, study.event, grid))
-        shape = layout(plan, StatisticsKind.SURVIVAL)
+        shape = layout(plan, TaskKind.DP_SURVIVAL)
         exact = [site_exact(p, plan, shape) for p in parts]
         base = analyse_survival(plan, release_all(exact, shape, 0.0, rng)).log_rank
         cells = [f"{grid_name:>12}: exact χ² {base.statistic if base else math.nan:7.3f}"]
@@ -365,7 +365,7 @@ def describe_table(
     rng: np.random.Generator,
 ) -> None:
     plan = AnalysisPlan((), (study.stratum,), study.variables, None)
-    shape = layout(plan, StatisticsKind.DESCRIBE)
+    shape = layout(plan, TaskKind.DP_DESCRIBE)
     exact = [site_exact(p, plan, shape) for p in parts]
     groups = {f"{study.stratum.column}={c}": frame[frame[study.stratum.column] == c] for c in study.stratum.categories}
     groups["all"] = frame

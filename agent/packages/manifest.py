@@ -26,8 +26,8 @@ from agent.packages.json_fields import (
     number_field,
     string_field,
 )
+from agent.packages.plan import AnalysisPlan, parse_plan
 from agent.packages.semver import SemVer
-from agent.plans.model import AnalysisPlan, parse_plan
 
 FORMAT_VERSION = 1
 
@@ -60,7 +60,7 @@ class TaskKind(StrEnum):
     DP_SURVIVAL = "dp_survival"
 
 
-PLAN_KINDS = frozenset({TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL})
+PLAN_KINDS = (TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL)
 """The kinds an analysis plan offers: the agent computes them itself, a plan package has no graph."""
 
 
@@ -392,7 +392,7 @@ def _plan_manifest(
         if kind not in PLAN_KINDS:
             fail(
                 f"task_kinds[{index}]",
-                f"an analysis plan offers only {', '.join(sorted(PLAN_KINDS))}, not {kind.value}",
+                f"an analysis plan offers only {', '.join(PLAN_KINDS)}, not {kind.value}",
             )
         if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
             fail(f"task_kinds[{index}]", "dp_survival needs the plan's survival outcome (plan.survival)")

@@ -1,1 +1,2 @@
-"""Analysis plans: the signed, declarative requests for statistics (format, release layout)."""
+"""What an analysis plan releases (its layout of blocks, sensitivities and noise) and how a reviewer
+reads it; the plan format itself is part of the package format (agent.packages.plan)."""

@@ -14,7 +14,7 @@ accounted as such in the ledger (q = 1: statistics describe the whole cohort).
 
 Scalar names are ``<block>[<stratum>][<cell>]`` with stratum and cell as indexes; the
 labels of both come from :attr:`Block.cells` and
-:meth:`agent.plans.model.AnalysisPlan.stratum_labels`.
+:meth:`agent.packages.plan.AnalysisPlan.stratum_labels`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
-
-
-class StatisticsKind(StrEnum):
-    """The task kinds that run a plan (their profiles live in agent.tasks.kinds)."""
-
-    DESCRIBE = "dp_describe"
-    SURVIVAL = "dp_survival"
+from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
 
 
 class Suppression(StrEnum):
@@ -63,7 +57,7 @@ class Block:
 class ReleaseLayout:
     """Every block a task of ``kind`` releases on ``plan``, in release order."""
 
-    kind: StatisticsKind
+    kind: TaskKind
     blocks: tuple[Block, ...]
     strata: int
 
@@ -92,9 +86,12 @@ EVENT = "event"
 CENSORED = "censored"
 
 
-def layout(plan: AnalysisPlan, kind: StatisticsKind) -> ReleaseLayout:
-    """The release of a ``kind`` task on ``plan``; ValueError when the plan has no survival for dp_survival."""
-    if kind is StatisticsKind.SURVIVAL:
+def layout(plan: AnalysisPlan, kind: TaskKind) -> ReleaseLayout:
+    """The release of a ``kind`` task on ``plan``; ValueError for a kind that runs no plan, or
+    dp_survival on a plan without a survival outcome."""
+    if kind not in PLAN_KINDS:
+        raise ValueError(f"{kind.value} runs no analysis plan")
+    if kind is TaskKind.DP_SURVIVAL:
         if plan.survival is None:
             raise ValueError("the plan declares no survival outcome")
         return ReleaseLayout(kind, (survival_block(plan.survival),), plan.stratum_count)

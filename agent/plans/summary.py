@@ -9,8 +9,8 @@ each carries at the smallest noise multiplier the package allows.
 from __future__ import annotations
 
 from agent.packages.manifest import Manifest
-from agent.plans.model import CategoricalVariable, CohortFilter, FilterOp
-from agent.plans.release import ReleaseLayout, StatisticsKind, layout
+from agent.packages.plan import CategoricalVariable, CohortFilter, FilterOp
+from agent.plans.release import ReleaseLayout, layout
 
 
 def plan_lines(manifest: Manifest) -> list[str]:
@@ -38,7 +38,7 @@ def plan_lines(manifest: Manifest) -> list[str]:
             f"exits per interval up to {grid}"
         )
     for kind in manifest.task_kinds:
-        release = layout(plan, StatisticsKind(kind.value))
+        release = layout(plan, kind)
         numbers = sum(len(block.cells) for block in release.blocks) * release.strata
         blocks = f"{len(release.blocks)} block" + ("s" if len(release.blocks) != 1 else "")
         lines.append(

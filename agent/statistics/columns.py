@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from agent.datasets.inspection import unit_type_supported
-from agent.plans.model import COMPARISONS, AnalysisPlan, CategoricalVariable, Category, FilterOp
+from agent.packages.plan import COMPARISONS, AnalysisPlan, CategoricalVariable, Category, FilterOp
 from agent.statistics.errors import StatisticsInputError
 
 OTHER = -1

@@ -39,7 +39,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent.plans.model import AnalysisPlan, CategoricalVariable, CohortFilter, FilterOp, NumericVariable
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, CohortFilter, FilterOp, NumericVariable
 from agent.statistics.columns import MISSING, NUMBERS, OTHER, as_floats, category_codes, check_columns, decoded, family
 
 _T = TypeVar("_T", bound=np.generic)

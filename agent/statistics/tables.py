@@ -27,13 +27,13 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
 from agent.plans.release import (
     COUNT,
     MISSING,
     SURVIVAL_EXITS,
     ReleaseLayout,
-    StatisticsKind,
     Suppression,
     numeric_blocks,
 )
@@ -198,7 +198,7 @@ def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> 
     the data no noise covers.
     """
     # A stratum's size: a describe task releases it (count); a survival task's exits add up to it.
-    survival = layout.kind is StatisticsKind.SURVIVAL
+    survival = layout.kind is TaskKind.DP_SURVIVAL
     size = noisy[SURVIVAL_EXITS].sum(axis=1) if survival else noisy[COUNT][:, 0]
     small = size < minimum
     for values in noisy.values():

@@ -20,10 +20,22 @@ def write_plan(path: Path, plan: object) -> Path:
 
 
 def build(tmp_path: Path, plan_file: Path, *extra: str) -> int:
-    return sponsor_main([
-        "plan", "build", str(plan_file), "--out", str(tmp_path / "plan.zip"), "--name", "acme/study",
-        "--version", "1.0.0", "--publisher", "acme", *extra,
-    ])
+    return sponsor_main(
+        [
+            "plan",
+            "build",
+            str(plan_file),
+            "--out",
+            str(tmp_path / "plan.zip"),
+            "--name",
+            "acme/study",
+            "--version",
+            "1.0.0",
+            "--publisher",
+            "acme",
+            *extra,
+        ]
+    )
 
 
 def test_build_sign_inspect_and_verify_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,8 +53,18 @@ def test_build_sign_inspect_and_verify_a_plan(tmp_path: Path, capsys: pytest.Cap
     assert "variable:    smoker: counts of True, False, other, missing" in shown
     assert "releases:    dp_describe: " in shown and "releases:    dp_survival: 36 numbers in 1 block" in shown
 
-    assert agent_main(["package", "verify", str(tmp_path / "plan.zip"), "--trusted-key",
-                       str(public_key_path(tmp_path / "publisher.key"))]) == 0
+    assert (
+        agent_main(
+            [
+                "package",
+                "verify",
+                str(tmp_path / "plan.zip"),
+                "--trusted-key",
+                str(public_key_path(tmp_path / "publisher.key")),
+            ]
+        )
+        == 0
+    )
     assert "OK sha256:" in capsys.readouterr().out
     assert agent_main(["package", "inspect", "--json", str(tmp_path / "plan.zip")]) == 0
     manifest = json.loads(capsys.readouterr().out)["manifest"]
@@ -55,8 +77,11 @@ def test_build_sign_inspect_and_verify_a_plan(tmp_path: Path, capsys: pytest.Cap
     [
         ("{not json", (), "plan.json: not valid JSON"),
         ("[1, 2]", (), "plan.json: the plan must be a JSON object"),
-        (json.dumps(dict(PLAN, variables=[{"column": "age", "kind": "numeric", "bounds": [5, 5]}])), (),
-         "plan.json: manifest_invalid: manifest field plan.variables[0].bounds: must be [low, high] with low < high"),
+        (
+            json.dumps(dict(PLAN, variables=[{"column": "age", "kind": "numeric", "bounds": [5, 5]}])),
+            (),
+            "plan.json: manifest_invalid: manifest field plan.variables[0].bounds: must be [low, high] with low < high",
+        ),
         (json.dumps(PLAN), ("--task-kinds", "dp_gradient"), "plan.json: the plan package would be refused"),
         (json.dumps(PLAN), ("--noise-multiplier", "lots"), "--noise-multiplier must be MIN:MAX, got 'lots'"),
     ],

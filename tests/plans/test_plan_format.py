@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.errors import PackageRejected, RejectionCode
 from agent.packages.manifest import PLAN_KINDS, TaskKind, parse_manifest
-from agent.plans.model import MAX_BINS, MAX_GRID, MAX_STRATA, AnalysisPlan, parse_plan
-from agent.plans.release import SURVIVAL_EXITS, StatisticsKind, layout
+from agent.packages.plan import MAX_BINS, MAX_GRID, MAX_STRATA, AnalysisPlan, parse_plan
+from agent.plans.release import SURVIVAL_EXITS, layout
 from agent.tasks.kinds import registry
 
 PLAN: dict[str, Any] = {
@@ -58,8 +58,12 @@ def test_a_plan_reads_and_writes_back() -> None:
     assert plan.columns == ("age", "stage", "arm", "sex", "smoker", "months", "died")
     assert plan.outcome_columns == ("months", "died")
     assert plan.stratum_count == 4
-    assert plan.stratum_labels() == ("arm=control, sex=F", "arm=control, sex=M", "arm=treatment, sex=F",
-                                     "arm=treatment, sex=M")
+    assert plan.stratum_labels() == (
+        "arm=control, sex=F",
+        "arm=control, sex=M",
+        "arm=treatment, sex=F",
+        "arm=treatment, sex=M",
+    )
     assert parse_plan(parse_strict_json(canonical_json(plan.to_json()))) == plan
 
 
@@ -105,7 +109,7 @@ def test_a_plan_must_ask_for_something() -> None:
 
 def test_the_release_gives_each_patient_one_cell_per_block() -> None:
     plan = parse_plan(PLAN)
-    describe = layout(plan, StatisticsKind.DESCRIBE)
+    describe = layout(plan, TaskKind.DP_DESCRIBE)
     names = [block.name for block in describe.blocks]
     assert names == ["count", "age.n", "age.sum", "age.sumsq", "age.histogram", "smoker.counts"]
     assert describe.block("age.sum").sensitivity == 41.0  # half of [18, 100]
@@ -113,7 +117,7 @@ def test_the_release_gives_each_patient_one_cell_per_block() -> None:
     assert describe.block("smoker.counts").cells == ("true", "false", "other", "missing")
     # k blocks: each number's noise is sigma * sqrt(k) * sensitivity.
     assert describe.noise_std(describe.block("count"), 2.0) == pytest.approx(2.0 * 6**0.5)
-    survival = layout(plan, StatisticsKind.SURVIVAL)
+    survival = layout(plan, TaskKind.DP_SURVIVAL)
     (exits,) = survival.blocks
     assert exits.name == SURVIVAL_EXITS and exits.sensitivity == 1.0
     assert exits.cells[:2] == ("[0, 6] event", "[0, 6] censored") and exits.cells[-1] == "missing"
@@ -123,13 +127,18 @@ def test_the_release_gives_each_patient_one_cell_per_block() -> None:
 
 def test_the_plan_kinds_are_the_registry_s_graphless_kinds() -> None:
     assert {kind.value for kind in PLAN_KINDS} == set(registry.plan_kinds())
-    assert {kind.value for kind in StatisticsKind} == set(registry.plan_kinds())
+    assert {kind.value for kind in PLAN_KINDS} == set(registry.plan_kinds())
 
 
 def manifest(**changes: Any) -> dict[str, Any]:
     value: dict[str, Any] = {
-        "format_version": 1, "name": "acme/study", "version": "1.0.0", "publisher": "acme", "description": "",
-        "task_kinds": ["dp_describe", "dp_survival"], "plan": PLAN,
+        "format_version": 1,
+        "name": "acme/study",
+        "version": "1.0.0",
+        "publisher": "acme",
+        "description": "",
+        "task_kinds": ["dp_describe", "dp_survival"],
+        "plan": PLAN,
         "hyperparameters": {"noise_multiplier": {"min": 0.5, "max": 10}},
     }
     value.update(changes)
@@ -173,8 +182,10 @@ scalars = st.one_of(st.integers(-1000, 1000), st.text(min_size=1, max_size=5), s
 def plans(draw: st.DrawFn) -> dict[str, Any]:
     columns = iter(f"c{i}" for i in range(100))
     strata = [
-        {"column": next(columns), "categories": draw(st.lists(st.text(min_size=1, max_size=4), min_size=1,
-                                                              max_size=4, unique=True))}
+        {
+            "column": next(columns),
+            "categories": draw(st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=4, unique=True)),
+        }
         for _ in range(draw(st.integers(0, 2)))
     ]
     variables: list[dict[str, Any]] = []
@@ -201,8 +212,8 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
 def test_every_valid_plan_round_trips_and_its_layout_is_consistent(raw: dict[str, Any]) -> None:
     plan: AnalysisPlan = parse_plan(raw)
     assert parse_plan(parse_strict_json(canonical_json(plan.to_json()))) == plan
-    for kind in StatisticsKind:
-        if kind is StatisticsKind.SURVIVAL and plan.survival is None:
+    for kind in PLAN_KINDS:
+        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
             with pytest.raises(ValueError, match="no survival"):
                 layout(plan, kind)
             continue

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import TaskKind, parse_manifest
-from agent.plans.release import StatisticsKind, layout
+from agent.plans.release import layout
 from agent.privacy.mechanism import Mechanism, accounting_grid
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.dp_describe import DpDescribe
@@ -18,11 +18,11 @@ from agent.tasks.kinds.profile import TaskProfile
 from tests.packages.package_builders import manifest_and_graphs
 from tests.plans.test_plan_format import manifest
 
-PLAN_KINDS: tuple[type[TaskProfile], ...] = (DpDescribe, DpSurvival)
+PLAN_PROFILES: tuple[type[TaskProfile], ...] = (DpDescribe, DpSurvival)
 SIGMAS = st.floats(0.1, 1e3)
 
 
-@given(kind=st.sampled_from(PLAN_KINDS), sigma=SIGMAS)
+@given(kind=st.sampled_from(PLAN_PROFILES), sigma=SIGMAS)
 def test_a_plan_task_is_parsed_from_what_is_sent_and_charged_as_one_gaussian(
     kind: type[TaskProfile], sigma: float
 ) -> None:
@@ -32,7 +32,7 @@ def test_a_plan_task_is_parsed_from_what_is_sent_and_charged_as_one_gaussian(
     assert profile.audit_fields() == {"noise_multiplier": sigma, "sampling_rate": 1.0, "release_noisy_count": False}
 
 
-@pytest.mark.parametrize("kind", PLAN_KINDS, ids=lambda kind: kind.name)
+@pytest.mark.parametrize("kind", PLAN_PROFILES, ids=lambda kind: kind.name)
 def test_a_plan_task_describes_the_whole_cohort_and_asks_for_no_separate_count(kind: type[TaskProfile]) -> None:
     with pytest.raises(TaskSpecError, match=rf"^{kind.name} describes the whole cohort: .*sampling_rate must be 1$"):
         kind.from_wire(pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=0.5))
@@ -45,7 +45,7 @@ def test_a_plan_task_describes_the_whole_cohort_and_asks_for_no_separate_count(k
 def test_the_release_is_the_plan_layout_and_nothing_on_a_model_package() -> None:
     plan_manifest = parse_manifest(manifest())
     assert plan_manifest.plan is not None
-    for kind, statistics in ((DpDescribe, StatisticsKind.DESCRIBE), (DpSurvival, StatisticsKind.SURVIVAL)):
+    for kind, statistics in ((DpDescribe, TaskKind.DP_DESCRIBE), (DpSurvival, TaskKind.DP_SURVIVAL)):
         profile = kind.from_values({"noise_multiplier": 1.0, "sampling_rate": 1.0})
         release = profile.release(plan_manifest)
         assert release.tensors == ()

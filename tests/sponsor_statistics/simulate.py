@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-import agent.packages  # noqa: F401  (agent.plans.model imports cleanly only after agent.packages)
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable
-from agent.plans.release import COUNT, SURVIVAL_EXITS, ReleaseLayout, StatisticsKind, Suppression
+import agent.packages  # noqa: F401  (agent.packages.plan imports cleanly only after agent.packages)
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable
+from agent.plans.release import COUNT, SURVIVAL_EXITS, ReleaseLayout, Suppression
 from edge_sponsor.statistics.releases import SiteRelease
 
 
@@ -44,7 +45,7 @@ def exact_blocks(frame: pd.DataFrame, plan: AnalysisPlan, layout: ReleaseLayout)
     out: dict[str, np.ndarray] = {b.name: np.zeros((layout.strata, len(b.cells))) for b in layout.blocks}
     for k in range(layout.strata):
         rows = frame[strata == k]
-        if layout.kind is StatisticsKind.SURVIVAL:
+        if layout.kind is TaskKind.DP_SURVIVAL:
             assert plan.survival is not None
             time, event = rows[plan.survival.time_column], rows[plan.survival.event_column]
             usable = time.notna() & event.notna()

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from lifelines.datasets import load_gbsg2
 
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec
-from agent.plans.release import StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec
+from agent.plans.release import layout
 from edge_sponsor.statistics.report import (
     BAND_OPACITY,
     CHART_LEFT_PX,
@@ -48,12 +49,10 @@ PLAN = AnalysisPlan(
 
 def _report(*, survival: bool = True, site: str = "site-1") -> StatisticsReport:
     parts = split_sites(load_gbsg2(), 3, 0)
-    describe = releases(parts, PLAN, layout(PLAN, StatisticsKind.DESCRIBE), 1.0, 1, min_cell_size=10)
+    describe = releases(parts, PLAN, layout(PLAN, TaskKind.DP_DESCRIBE), 1.0, 1, min_cell_size=10)
     described = [type(r)(site if i == 0 else r.site, r.scalars, r.noise_multiplier) for i, r in enumerate(describe)]
     curves = (
-        analyse_survival(PLAN, releases(parts, PLAN, layout(PLAN, StatisticsKind.SURVIVAL), 1.0, 2))
-        if survival
-        else None
+        analyse_survival(PLAN, releases(parts, PLAN, layout(PLAN, TaskKind.DP_SURVIVAL), 1.0, 2)) if survival else None
     )
     return new_report(
         "GBSG2 & friends",

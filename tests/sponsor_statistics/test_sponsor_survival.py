@@ -13,8 +13,9 @@ from lifelines.statistics import logrank_test, multivariate_logrank_test
 from lifelines.utils import median_survival_times
 from scipy import stats
 
-from agent.plans.model import AnalysisPlan, Stratum, SurvivalSpec
-from agent.plans.release import StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, Stratum, SurvivalSpec
+from agent.plans.release import layout
 from edge_sponsor.statistics.releases import SiteRelease
 from edge_sponsor.statistics.survival import (
     KmMethod,
@@ -55,7 +56,7 @@ def _fit(frame: pd.DataFrame, time: str, event: str, *, reverse: bool = False) -
 def test_grouped_km_on_a_fine_grid_is_lifelines_on_the_pooled_patients(name: str) -> None:
     _, time, event, column, categories = DATASETS[name]
     frame, plan = _plan(name, _distinct(name))
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     result = analyse_survival(
         plan, releases(split_sites(frame, 3, 7), plan, shape, TINY, 1), method=KmMethod.PRODUCT_LIMIT
     )
@@ -88,7 +89,7 @@ def test_log_rank_on_a_fine_grid_is_lifelines(name: str) -> None:
     _, time, event, column, categories = DATASETS[name]
     frame, plan = _plan(name, _distinct(name))
     result = analyse_survival(
-        plan, releases(split_sites(frame, 3, 3), plan, layout(plan, StatisticsKind.SURVIVAL), TINY, 2)
+        plan, releases(split_sites(frame, 3, 3), plan, layout(plan, TaskKind.DP_SURVIVAL), TINY, 2)
     )
     a, b = (frame[frame[column] == c] for c in categories)
     expected = logrank_test(a[time], b[time], a[event], b[event])
@@ -105,7 +106,7 @@ def test_log_rank_of_three_strata_is_lifelines_multivariate() -> None:
         (), (Stratum("tgrade", ("I", "II", "III")),), (), SurvivalSpec("time", "cens", _distinct("gbsg2"))
     )
     result = analyse_survival(
-        plan, releases(split_sites(frame, 3, 5), plan, layout(plan, StatisticsKind.SURVIVAL), TINY, 2)
+        plan, releases(split_sites(frame, 3, 5), plan, layout(plan, TaskKind.DP_SURVIVAL), TINY, 2)
     )
     expected = multivariate_logrank_test(frame["time"], frame["tgrade"], frame["cens"])
     assert result.log_rank is not None
@@ -121,7 +122,7 @@ def test_chi_square_tail_is_scipy() -> None:
 
 def test_actuarial_is_closer_than_product_limit_on_a_quarterly_grid_with_spread_censoring() -> None:
     frame, plan = _plan("gbsg2", tuple(float(t) for t in np.arange(91.3, 2600, 91.3)))
-    parts = releases(split_sites(frame, 3, 1), plan, layout(plan, StatisticsKind.SURVIVAL), TINY, 1)
+    parts = releases(split_sites(frame, 3, 1), plan, layout(plan, TaskKind.DP_SURVIVAL), TINY, 1)
     fitted = _fit(frame, "time", "cens").survival_function_at_times(list(plan.survival.grid if plan.survival else []))
     errors = {}
     for method in KmMethod:
@@ -134,14 +135,14 @@ def test_actuarial_is_closer_than_product_limit_on_a_quarterly_grid_with_spread_
 @pytest.fixture(scope="module")
 def gbsg2_quarterly() -> tuple[AnalysisPlan, list[dict[str, np.ndarray]]]:
     frame, plan = _plan("gbsg2", tuple(float(t) for t in np.arange(91.3, 2300, 91.3)))
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     return plan, [exact_blocks(part, plan, shape) for part in split_sites(frame, 3, 0)]
 
 
 def _noisy(
     plan: AnalysisPlan, exact: list[dict[str, np.ndarray]], sigma: float, rng: np.random.Generator
 ) -> list[SiteRelease]:
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     return [noisy_release(f"site-{i}", blocks, shape, sigma, rng) for i, blocks in enumerate(exact)]
 
 
@@ -185,7 +186,7 @@ def test_log_rank_keeps_its_level_under_the_null_with_noise() -> None:
     frame = load_gbsg2()
     grid = tuple(float(t) for t in np.arange(182.6, 2300, 182.6))
     plan = AnalysisPlan((), (Stratum("arm", (0, 1)),), (), SurvivalSpec("time", "cens", grid))
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     rng = np.random.default_rng(3)
     rejected = naive_rejected = 0
     repeats = 150
@@ -206,7 +207,7 @@ def test_log_rank_keeps_its_level_under_the_null_with_noise() -> None:
 
 def test_a_withheld_stratum_is_left_out_of_its_pool_and_of_the_log_rank() -> None:
     frame, plan = _plan("rossi", tuple(float(t) for t in range(4, 53, 4)))
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     parts = split_sites(frame, 3, 2)
     # site-3 has only 20 patients of fin=1: under the minimum cell size of 30, withheld.
     small = pd.concat([parts[2][parts[2]["fin"] == 0], parts[2][parts[2]["fin"] == 1].head(20)])
@@ -248,7 +249,7 @@ def test_noisy_counts_give_a_monotone_curve_in_the_unit_interval() -> None:
 
 def test_bad_input_is_refused() -> None:
     frame, plan = _plan("rossi", (10.0, 20.0))
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     good = releases([frame], plan, shape, TINY, 0)[0]
     with pytest.raises(ValueError, match="share a site name"):
         analyse_survival(plan, [good, good])
@@ -274,7 +275,7 @@ def test_the_agents_own_release_is_read_as_the_oracle_reads_it() -> None:
     import pyarrow as pa
 
     frame, plan = _plan("gbsg2", tuple(float(t) for t in np.arange(182.6, 2300, 182.6)))
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     part = split_sites(frame, 3, 0)[0]
     patients = patients_module.patient_table(
         plan, pa.Table.from_pandas(part, preserve_index=False), unit_column=None, rng=np.random.default_rng(0)

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from lifelines.datasets import load_gbsg2, load_lung
 
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum
-from agent.plans.release import StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum
+from agent.plans.release import layout
 from edge_sponsor.statistics.table_one import (
     CategoricalSummary,
     NumericSummary,
@@ -50,7 +51,7 @@ def _categorical(column: TableOneColumn, name: str) -> CategoricalSummary:
 def test_means_sds_and_shares_are_pandas_per_site_per_stratum_and_pooled() -> None:
     frame = load_gbsg2()
     parts = split_sites(frame, 3, 4)
-    table = table_one(GBSG2, releases(parts, GBSG2, layout(GBSG2, StatisticsKind.DESCRIBE), TINY, 0))
+    table = table_one(GBSG2, releases(parts, GBSG2, layout(GBSG2, TaskKind.DP_DESCRIBE), TINY, 0))
     assert [(c.site, c.stratum) for c in table.columns[:4]] == [
         ("pooled", "horTh=no"),
         ("site-1", "horTh=no"),
@@ -91,7 +92,7 @@ def test_missing_values_are_counted_and_the_interval_includes_the_noise() -> Non
         None,
     )
     parts = split_sites(frame, 3, 1)
-    shape = layout(plan, StatisticsKind.DESCRIBE)
+    shape = layout(plan, TaskKind.DP_DESCRIBE)
     exact = table_one(plan, releases(parts, plan, shape, TINY, 0))
     pooled = _numeric(_column(exact, "pooled", "all"), "wt.loss")
     assert pooled.missing_percent == pytest.approx(100 * frame["wt.loss"].isna().mean(), abs=1e-4)
@@ -111,7 +112,7 @@ def test_missing_values_are_counted_and_the_interval_includes_the_noise() -> Non
 def test_share_intervals_cover_the_exact_share_at_about_their_level() -> None:
     frame = load_gbsg2()
     plan = AnalysisPlan((), (), (CategoricalVariable("tgrade", ("I", "II", "III")),), None)
-    shape = layout(plan, StatisticsKind.DESCRIBE)
+    shape = layout(plan, TaskKind.DP_DESCRIBE)
     exact = [exact_blocks(p, plan, shape) for p in split_sites(frame, 3, 0)]
     truth = frame["tgrade"].value_counts(normalize=True)
     rng = np.random.default_rng(8)
@@ -133,7 +134,7 @@ def test_share_intervals_cover_the_exact_share_at_about_their_level() -> None:
 def test_withheld_cells_and_strata_are_shown_suppressed_and_left_out_of_the_pool() -> None:
     frame = load_gbsg2()
     parts = split_sites(frame, 3, 4)
-    shape = layout(GBSG2, StatisticsKind.DESCRIBE)
+    shape = layout(GBSG2, TaskKind.DP_DESCRIBE)
     # site-3 keeps 6 patients on hormone therapy: its whole stratum falls under the minimum of 20;
     # grade I of horTh=no is rare at every site.
     small = pd.concat([parts[2][parts[2].horTh == "no"], parts[2][parts[2].horTh == "yes"].head(6)])

@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 
 import agent.packages  # noqa: F401  # imported before the plan model, which the manifest imports
-from agent.plans.model import AnalysisPlan, CategoricalVariable, FilterOp, parse_plan
-from agent.plans.release import COUNT, SURVIVAL_EXITS, StatisticsKind, layout
+from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, FilterOp, parse_plan
+from agent.plans.release import COUNT, SURVIVAL_EXITS, layout
 from agent.statistics.patients import PatientTable, patient_table
 from agent.statistics.tables import exact_release
 
@@ -42,8 +43,8 @@ def exact_blocks(
 
 def blocks_of(plan: AnalysisPlan, patients: PatientTable) -> dict[str, np.ndarray]:
     blocks: dict[str, np.ndarray] = {}
-    for kind in StatisticsKind:
-        if kind is StatisticsKind.SURVIVAL and plan.survival is None:
+    for kind in PLAN_KINDS:
+        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
             continue
         blocks.update(exact_release(plan, layout(plan, kind), patients))
     return blocks

@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from agent.plans.release import SURVIVAL_EXITS, StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.plans.release import SURVIVAL_EXITS, layout
 from agent.statistics.errors import StatisticsInputError
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import exact_release
@@ -362,7 +363,7 @@ def test_a_filter_selecting_one_patient_still_computes() -> None:
     plan = plan_of({"cohort": [{"column": "id_like", "op": "==", "value": 417}], "variables": [numeric("v")]})
     patients = patient_table(plan, table, unit_column=None, rng=np.random.default_rng(0))
     assert patients.size == 1
-    blocks = exact_release(plan, layout(plan, StatisticsKind.DESCRIBE), patients)
+    blocks = exact_release(plan, layout(plan, TaskKind.DP_DESCRIBE), patients)
     assert blocks["count"].tolist() == [[1.0]]
 
 
@@ -419,7 +420,7 @@ def test_a_layout_of_another_plan_is_refused() -> None:
     other = plan_of({"variables": [numeric("v", 0, 20)]})
     patients = patient_table(plan, pa.table({"v": [1.0]}), unit_column=None, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="layout"):
-        exact_release(plan, layout(other, StatisticsKind.DESCRIBE), patients)
+        exact_release(plan, layout(other, TaskKind.DP_DESCRIBE), patients)
 
 
 def test_patient_arrays_are_read_only() -> None:

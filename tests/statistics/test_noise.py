@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from agent.plans.release import COUNT, SURVIVAL_EXITS, ReleaseLayout, StatisticsKind, layout
+from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.plans.release import COUNT, SURVIVAL_EXITS, ReleaseLayout, layout
 from agent.statistics.tables import noisy_release
 
 from .helpers import exact_blocks, plan_of
@@ -32,8 +33,8 @@ def zeros(release: ReleaseLayout) -> dict[str, np.ndarray]:
     return {block.name: np.zeros((release.strata, len(block.cells))) for block in release.blocks}
 
 
-@pytest.mark.parametrize("kind", list(StatisticsKind))
-def test_the_noise_has_the_layouts_standard_deviation(kind: StatisticsKind) -> None:
+@pytest.mark.parametrize("kind", list(PLAN_KINDS))
+def test_the_noise_has_the_layouts_standard_deviation(kind: TaskKind) -> None:
     release = layout(PLAN, kind)
     rng = np.random.default_rng(2026)
     draws: dict[str, list[float]] = {block.name: [] for block in release.blocks}
@@ -51,7 +52,7 @@ def test_the_noise_has_the_layouts_standard_deviation(kind: StatisticsKind) -> N
 
 
 def test_noise_is_independent_across_numbers() -> None:
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     rng = np.random.default_rng(3)
     released = [
         noisy_release(zeros(release), release, noise_multiplier=1.0, min_cell_size=0, rng=rng) for _ in range(500)
@@ -62,8 +63,8 @@ def test_noise_is_independent_across_numbers() -> None:
     assert np.abs(off_diagonal).max() < 0.25  # 500 draws: |r| of independent pairs stays below ~0.2
 
 
-@pytest.mark.parametrize("kind", list(StatisticsKind))
-def test_the_keys_are_the_layouts_scalar_names(kind: StatisticsKind) -> None:
+@pytest.mark.parametrize("kind", list(PLAN_KINDS))
+def test_the_keys_are_the_layouts_scalar_names(kind: TaskKind) -> None:
     release = layout(PLAN, kind)
     released = noisy_release(
         zeros(release), release, noise_multiplier=1.0, min_cell_size=5, rng=np.random.default_rng(0)
@@ -72,7 +73,7 @@ def test_the_keys_are_the_layouts_scalar_names(kind: StatisticsKind) -> None:
 
 
 def test_sigma_zero_releases_the_exact_values() -> None:
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     exact = {name: np.arange(values.size, dtype=float).reshape(values.shape) for name, values in zeros(release).items()}
     released = noisy_release(exact, release, noise_multiplier=0.0, min_cell_size=0, rng=np.random.default_rng(0))
     for block in release.blocks:
@@ -106,7 +107,7 @@ def _stratum(arm: str, site: int) -> int:
 
 
 def test_small_strata_and_small_cells_are_withheld() -> None:
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     exact = exact_blocks(PLAN, _table())
     released = noisy_release(
         {b.name: exact[b.name] for b in release.blocks},
@@ -137,7 +138,7 @@ def test_small_strata_and_small_cells_are_withheld() -> None:
 
 
 def test_a_withheld_present_count_withholds_the_variables_sums_and_histogram() -> None:
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     exact = {name: values.copy() for name, values in zeros(release).items()}
     exact[COUNT][:, 0] = 100.0
     exact["age.n"][:, :] = [97.0, 3.0]  # present 97, missing 3
@@ -159,7 +160,7 @@ def test_a_withheld_present_count_withholds_the_variables_sums_and_histogram() -
 
 
 def test_survival_strata_are_sized_by_their_exits() -> None:
-    release = layout(PLAN, StatisticsKind.SURVIVAL)
+    release = layout(PLAN, TaskKind.DP_SURVIVAL)
     exact = {SURVIVAL_EXITS: np.zeros((16, 7))}
     exact[SURVIVAL_EXITS][0] = [1, 1, 1, 1, 1, 1, 0]  # 6 patients: below 8
     exact[SURVIVAL_EXITS][1] = [2, 0, 3, 0, 1, 2, 1]  # 9 patients, every cell below 8: kept
@@ -169,7 +170,7 @@ def test_survival_strata_are_sized_by_their_exits() -> None:
 
 
 def test_minimum_zero_withholds_nothing() -> None:
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     released = noisy_release(
         zeros(release), release, noise_multiplier=0.0, min_cell_size=0, rng=np.random.default_rng(0)
     )
@@ -179,7 +180,7 @@ def test_minimum_zero_withholds_nothing() -> None:
 def test_suppression_reads_the_noisy_values_not_the_exact_ones() -> None:
     # Every stratum has exactly 20 patients; with noise about half fall below 20 and are
     # withheld: exactly those whose noisy count (seen with the minimum off) is below 20.
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     exact = zeros(release)
     exact[COUNT][:, 0] = 20.0
     exact["grade.counts"][:, 0] = 20.0
@@ -198,7 +199,7 @@ def test_suppression_reads_the_noisy_values_not_the_exact_ones() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    release = layout(PLAN, StatisticsKind.DESCRIBE)
+    release = layout(PLAN, TaskKind.DP_DESCRIBE)
     rng = np.random.default_rng(0)
     for sigma in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="noise_multiplier"):

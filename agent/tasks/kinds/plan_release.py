@@ -10,7 +10,7 @@ statistics describe the whole cohort, so every patient is in the "sample".
 from __future__ import annotations
 
 from agent.packages.manifest import Manifest, TaskKind
-from agent.plans.release import StatisticsKind, layout
+from agent.plans.release import layout
 from agent.statistics.tables import exact_release, noisy_release
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.profile import PlanComputation, Release
@@ -29,12 +29,12 @@ def plan_release(manifest: Manifest, kind: TaskKind) -> Release:
     """Every scalar the plan's release layout names for ``kind``; nothing for a package without a plan."""
     if manifest.plan is None:
         return Release((), frozenset())
-    return Release((), frozenset(layout(manifest.plan, StatisticsKind(kind.value)).scalar_names()))
+    return Release((), frozenset(layout(manifest.plan, kind).scalar_names()))
 
 
 def compute_plan(computation: PlanComputation, kind: TaskKind, noise_multiplier: float) -> Released:
     """The noisy, suppressed release of ``kind`` on the prepared patients."""
-    release = layout(computation.plan, StatisticsKind(kind.value))
+    release = layout(computation.plan, kind)
     exact = exact_release(computation.plan, release, computation.patients)
     scalars = noisy_release(
         exact,

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import Manifest, ParameterDecl
-from agent.plans.model import AnalysisPlan
+from agent.packages.plan import AnalysisPlan
 from agent.privacy.mechanism import Mechanism, accounting_grid
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowSource

@@ -20,9 +20,9 @@ from agent.packages.errors import PackageRejected
 from agent.packages.inspection import inspect_package
 from agent.packages.limits import PackageLimits
 from agent.packages.manifest import Manifest, TaskKind
+from agent.packages.plan import AnalysisPlan
 from agent.packages.verification import package_digest
-from agent.plans.model import AnalysisPlan
-from agent.plans.release import ReleaseLayout, StatisticsKind, layout
+from agent.plans.release import ReleaseLayout, layout
 from agent.tasks.kinds import registry
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from edge_sponsor.coordinator.federation import Federation, Site
@@ -72,7 +72,7 @@ class PlanPackage:
         if kind not in self.manifest.task_kinds:
             offered = ", ".join(k.value for k in self.manifest.task_kinds)
             raise PlanPackageError(f"{self.manifest.name} does not offer {kind.value} (it offers {offered})")
-        return layout(self.plan, StatisticsKind(kind.value))
+        return layout(self.plan, kind)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from agent.identity.agent_key import AgentKey
 from agent.packages.canonical import CanonicalJsonError, canonical_json, parse_strict_json
 from agent.packages.errors import PackageInputError, PackageRejected
 from agent.packages.manifest import FORMAT_VERSION, Manifest, parse_manifest
-from agent.plans.model import parse_plan
+from agent.packages.plan import parse_plan
 from agent.tasks.kinds import registry
 from edge_sponsor.publisher.packaging import assemble_package
 

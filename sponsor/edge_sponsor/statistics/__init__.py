@@ -9,8 +9,3 @@ next to the sampling error, into every standard error, confidence interval and t
 * :mod:`.table_one`: the descriptive Table 1 per stratum and overall, per site and pooled.
 * :mod:`.report`: the result tree (JSON) and one self-contained HTML page.
 """
-
-# agent.plans.model and agent.packages import each other: the cycle resolves only when
-# agent.packages is imported first (importing agent.plans.model first fails). Import it
-# here so that these modules load in any order; harmless once the cycle is gone.
-import agent.packages  # noqa: F401

@@ -70,8 +70,9 @@ from statistics import NormalDist
 
 import numpy as np
 
-from agent.plans.model import AnalysisPlan
-from agent.plans.release import SURVIVAL_EXITS, StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan
+from agent.plans.release import SURVIVAL_EXITS, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, SiteRelease, pool, read_block
 
 
@@ -398,7 +399,7 @@ def _site_blocks(plan: AnalysisPlan, releases: Sequence[SiteRelease]) -> list[tu
     names = [r.site for r in releases]
     if len(set(names)) != len(names):
         raise ValueError(f"two releases share a site name: {names}")
-    shape = layout(plan, StatisticsKind.SURVIVAL)
+    shape = layout(plan, TaskKind.DP_SURVIVAL)
     return [(r.site, read_block(r, shape, SURVIVAL_EXITS)) for r in releases]
 
 

@@ -33,8 +33,9 @@ from statistics import NormalDist
 
 import numpy as np
 
-from agent.plans.model import AnalysisPlan, CategoricalVariable, NumericVariable
-from agent.plans.release import COUNT, ReleaseLayout, StatisticsKind, layout
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable
+from agent.plans.release import COUNT, ReleaseLayout, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, Pooled, SiteRelease, pool, read_block
 
 POOLED = "pooled"
@@ -135,7 +136,7 @@ def table_one(plan: AnalysisPlan, releases: Sequence[SiteRelease], *, confidence
         raise ValueError(f"two releases share a site name: {names}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    shape = layout(plan, StatisticsKind.DESCRIBE)
+    shape = layout(plan, TaskKind.DP_DESCRIBE)
     blocks = {r.site: {b.name: read_block(r, shape, b.name) for b in shape.blocks} for r in releases}
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
     labels = plan.stratum_labels()
