@@ -46,6 +46,10 @@ MAX_GRID = 1000
 # millions of patients stay exact enough in float64 and sensitivities stay finite.
 MAX_MAGNITUDE = 1e9
 
+# The labels a release gives the cells that no declared category fills (agent.plans.release):
+# reserved, so that a table's labels are distinct.
+RESERVED_LABELS = frozenset({"(other)", "(missing)"})
+
 Category = str | int | bool
 """A public category value: a JSON string, integer or boolean."""
 
@@ -168,7 +172,7 @@ class AnalysisPlan:
         labels = [""]
         for stratum in self.strata:
             labels = [
-                f"{prefix}, {stratum.column}={_text(c)}" if prefix else f"{stratum.column}={_text(c)}"
+                f"{prefix}, {stratum.column}={category_label(c)}" if prefix else f"{stratum.column}={category_label(c)}"
                 for prefix in labels
                 for c in stratum.categories
             ]
@@ -190,7 +194,8 @@ class AnalysisPlan:
         return value
 
 
-def _text(value: Category) -> str:
+def category_label(value: Category) -> str:
+    """A declared category as a label (booleans as JSON writes them)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -289,6 +294,8 @@ def _categories(value: Any, field: str, limit: int) -> tuple[Category, ...]:
             result.append(integer_field(item, where, -(2**53) + 1, 2**53 - 1))
         elif isinstance(item, str):
             result.append(string_field(item, where, max_length=256))
+            if item in RESERVED_LABELS:
+                fail(where, f"{item!r} labels the cells no declared category fills; name the category otherwise")
         else:
             fail(where, "must be a string, an integer or a boolean")
         if any(type(result[-1]) is type(other) and result[-1] == other for other in result[:-1]):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.packages.manifest import PLAN_KINDS, TaskKind
-from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec, category_label
 
 
 class Suppression(StrEnum):
@@ -38,16 +38,43 @@ class Suppression(StrEnum):
     STRATUM = "stratum"
 
 
+class Statistic(StrEnum):
+    """What a block holds; its name is ``<column>.<statistic>`` (``count`` and ``survival.exits`` alone)."""
+
+    COUNT = "count"  # patients per stratum
+    PRESENCE = "n"  # a numeric variable's present and missing values
+    SUM = "sum"  # Σ (clamped value - centre of the bounds)
+    SUMSQ = "sumsq"  # Σ (clamped value - centre)²
+    HISTOGRAM = "histogram"  # clamped values per bin
+    COUNTS = "counts"  # a categorical variable's categories, then other and missing
+    EXITS = "exits"  # survival: events and censorings per interval, then missing
+
+
+def block_name(statistic: Statistic, column: str | None = None) -> str:
+    """The name of the block of ``statistic`` (of ``column`` for a variable's blocks)."""
+    if statistic is Statistic.COUNT:
+        return "count"
+    if statistic is Statistic.EXITS:
+        return "survival.exits"
+    if column is None:
+        raise ValueError(f"a {statistic.value} block is a variable's: give its column")
+    return f"{column}.{statistic.value}"
+
+
 @dataclass(frozen=True)
 class Block:
-    name: str
-    """``count``, ``<column>.n``, ``<column>.sum``, ``<column>.sumsq``, ``<column>.histogram``,
-    ``<column>.counts`` or ``survival.exits``."""
+    statistic: Statistic
+    column: str | None
+    """The variable's column; None for ``count`` and ``survival.exits``."""
     cells: tuple[str, ...]
-    """The labels of one stratum's cells."""
+    """The labels of one stratum's cells (distinct)."""
     sensitivity: float
     """The most one patient moves the block, in L2 norm (all strata together)."""
     suppression: Suppression
+
+    @property
+    def name(self) -> str:
+        return block_name(self.statistic, self.column)
 
     def scalar_name(self, stratum: int, cell: int) -> str:
         return f"{self.name}[{stratum}][{cell}]"
@@ -77,11 +104,30 @@ class ReleaseLayout:
                 return block
         raise KeyError(name)
 
+    @property
+    def size_block(self) -> Block:
+        """The block whose cells, summed per stratum, count the stratum's patients (``count``, or
+        ``survival.exits``, where each patient leaves the risk set once): a stratum is withheld
+        when its noisy size is below the minimum cell size."""
+        return self.blocks[0]
 
-COUNT = "count"
-SURVIVAL_EXITS = "survival.exits"
-MISSING = "missing"
-OTHER = "other"
+    def withheld_with(self, block: Block) -> tuple[Block, ...]:
+        """The blocks withheld in a stratum where ``block``'s cells are: a numeric variable's sum,
+        sum of squares and histogram go with its count of present values (a mean or a histogram
+        of a withheld count would tell it)."""
+        if block.statistic is not Statistic.PRESENCE:
+            return ()
+        following = (Statistic.SUM, Statistic.SUMSQ, Statistic.HISTOGRAM)
+        return tuple(other for other in self.blocks if other.column == block.column and other.statistic in following)
+
+
+COUNT = block_name(Statistic.COUNT)
+SURVIVAL_EXITS = block_name(Statistic.EXITS)
+# The labels of the cells no declared category fills: agent.packages.plan.RESERVED_LABELS, which
+# no category may be, so a table's labels are distinct.
+MISSING = "(missing)"
+OTHER = "(other)"
+PRESENT = "present"
 EVENT = "event"
 CENSORED = "censored"
 
@@ -95,11 +141,11 @@ def layout(plan: AnalysisPlan, kind: TaskKind) -> ReleaseLayout:
         if plan.survival is None:
             raise ValueError("the plan declares no survival outcome")
         return ReleaseLayout(kind, (survival_block(plan.survival),), plan.stratum_count)
-    blocks = [Block(COUNT, ("patients",), 1.0, Suppression.CELL)]
+    blocks = [Block(Statistic.COUNT, None, ("patients",), 1.0, Suppression.CELL)]
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
-            cells = (*(_label(c) for c in variable.categories), OTHER, MISSING)
-            blocks.append(Block(f"{variable.column}.counts", cells, 1.0, Suppression.CELL))
+            cells = (*(category_label(c) for c in variable.categories), OTHER, MISSING)
+            blocks.append(Block(Statistic.COUNTS, variable.column, cells, 1.0, Suppression.CELL))
             continue
         blocks += numeric_blocks(variable)
     return ReleaseLayout(kind, tuple(blocks), plan.stratum_count)
@@ -109,31 +155,31 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
     """Counts of present and missing values, the sum and the sum of squares of the clamped values
     minus the bounds' centre (each at most the half-width ``h`` from it: sensitivities ``h`` and
     ``h²``), and the histogram when bins are declared."""
-    h = variable.half_width
+    h, column = variable.half_width, variable.column
     blocks = [
-        Block(f"{variable.column}.n", ("present", MISSING), 1.0, Suppression.CELL),
-        Block(f"{variable.column}.sum", ("sum",), h, Suppression.STRATUM),
-        Block(f"{variable.column}.sumsq", ("sumsq",), h * h, Suppression.STRATUM),
+        Block(Statistic.PRESENCE, column, (PRESENT, MISSING), 1.0, Suppression.CELL),
+        Block(Statistic.SUM, column, ("sum",), h, Suppression.STRATUM),
+        Block(Statistic.SUMSQ, column, ("sumsq",), h * h, Suppression.STRATUM),
     ]
     if variable.bins:
-        edges = variable.bins
-        cells = tuple(
-            f"[{edges[k]:g}, {edges[k + 1]:g}{']' if k == len(edges) - 2 else ')'}" for k in range(len(edges) - 1)
-        )
-        blocks.append(Block(f"{variable.column}.histogram", cells, 1.0, Suppression.STRATUM))
+        edges = [_number(edge) for edge in variable.bins]
+        last = len(edges) - 2
+        cells = tuple(f"[{edges[k]}, {edges[k + 1]}{']' if k == last else ')'}" for k in range(len(edges) - 1))
+        blocks.append(Block(Statistic.HISTOGRAM, column, cells, 1.0, Suppression.STRATUM))
     return blocks
 
 
 def survival_block(survival: SurvivalSpec) -> Block:
     """Exits per interval of the grid: ``event`` and ``censored`` for ``[0, t_1]``, ``(t_{j-1}, t_j]``
     and after ``t_J``, then ``missing`` (no usable time or event). Each patient is in one cell."""
-    grid = survival.grid
-    intervals = [f"[0, {grid[0]:g}]"]
-    intervals += [f"({grid[j - 1]:g}, {grid[j]:g}]" for j in range(1, len(grid))]
-    intervals.append(f"({grid[-1]:g}, inf)")
+    grid = [_number(t) for t in survival.grid]
+    intervals = [f"[0, {grid[0]}]"]
+    intervals += [f"({grid[j - 1]}, {grid[j]}]" for j in range(1, len(grid))]
+    intervals.append(f"({grid[-1]}, inf)")
     cells = tuple(f"{interval} {outcome}" for interval in intervals for outcome in (EVENT, CENSORED))
-    return Block(SURVIVAL_EXITS, (*cells, MISSING), 1.0, Suppression.STRATUM)
+    return Block(Statistic.EXITS, None, (*cells, MISSING), 1.0, Suppression.STRATUM)
 
 
-def _label(value: str | int | bool) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def _number(value: float) -> str:
+    # Shortest form, but never two distinct edges with one label (":g" keeps 6 digits).
+    return f"{value:.15g}"

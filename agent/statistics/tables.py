@@ -27,14 +27,14 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
 from agent.plans.release import (
     COUNT,
-    MISSING,
     SURVIVAL_EXITS,
     ReleaseLayout,
+    Statistic,
     Suppression,
+    block_name,
     numeric_blocks,
 )
 from agent.plans.release import layout as plan_layout
@@ -61,7 +61,7 @@ def exact_release(plan: AnalysisPlan, layout: ReleaseLayout, patients: PatientTa
         computed[COUNT] = _counts(stratum, np.zeros(patients.size, dtype=np.int64), strata, 1)
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
-            name = f"{variable.column}.counts"
+            name = block_name(Statistic.COUNTS, variable.column)
             if name in wanted:
                 cells = len(variable.categories) + 2
                 computed[name] = _counts(stratum, patients.codes[variable.column], strata, cells)
@@ -100,18 +100,20 @@ def _numeric(variable: NumericVariable, patients: PatientTable) -> dict[str, Flo
     # Clamped again around the centre: the subtraction rounds, and one ulp beyond h would
     # exceed the sensitivities h and h² the release declares.
     centred = np.clip(clamped - variable.centre, -h, h)
-    names = [block.name for block in numeric_blocks(variable)]
+    column = variable.column
     blocks = {
-        names[0]: _counts(patients.stratum, np.where(present, 0, 1).astype(np.int64), strata, 2),
-        names[1]: _sums(stratum, centred, strata),
-        names[2]: _sums(stratum, centred * centred, strata),
+        block_name(Statistic.PRESENCE, column): _counts(
+            patients.stratum, np.where(present, 0, 1).astype(np.int64), strata, 2
+        ),
+        block_name(Statistic.SUM, column): _sums(stratum, centred, strata),
+        block_name(Statistic.SUMSQ, column): _sums(stratum, centred * centred, strata),
     }
     if variable.bins:
         edges = np.asarray(variable.bins, dtype=np.float64)
         bins = len(edges) - 1
         # side="right" puts v == edges[k] in bin k; v == high (index ``bins``) joins the last bin.
         index = np.minimum(np.searchsorted(edges, clamped, side="right") - 1, bins - 1)
-        blocks[names[3]] = _counts(stratum, index.astype(np.int64), strata, bins)
+        blocks[block_name(Statistic.HISTOGRAM, column)] = _counts(stratum, index.astype(np.int64), strata, bins)
     return blocks
 
 
@@ -197,10 +199,7 @@ def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> 
     not be: a withheld cell would tell that a count was below the minimum, a fact about
     the data no noise covers.
     """
-    # A stratum's size: a describe task releases it (count); a survival task's exits add up to it.
-    survival = layout.kind is TaskKind.DP_SURVIVAL
-    size = noisy[SURVIVAL_EXITS].sum(axis=1) if survival else noisy[COUNT][:, 0]
-    small = size < minimum
+    small = noisy[layout.size_block.name].sum(axis=1) < minimum
     for values in noisy.values():
         values[small, :] = np.nan
     for block in layout.blocks:
@@ -208,13 +207,9 @@ def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> 
             values = noisy[block.name]
             values[values < minimum] = np.nan  # NaN < minimum is false: withheld stays withheld
     for block in layout.blocks:
-        # A numeric variable's present values (its ``<col>.n`` block's first cell) too few to
+        # A numeric variable's present values (its presence block's first cell) too few to
         # show: its sum, sum of squares and histogram would describe those few patients
         # (the histogram's cells even add up to the withheld count).
-        if block.name.endswith(".n") and block.cells == ("present", MISSING):
-            column = block.name[: -len(".n")]
-            absent = np.isnan(noisy[block.name][:, 0])
-            for suffix in (".sum", ".sumsq", ".histogram"):
-                dependent = noisy.get(column + suffix)
-                if dependent is not None:
-                    dependent[absent, :] = np.nan
+        withheld = np.isnan(noisy[block.name][:, 0])
+        for dependent in layout.withheld_with(block):
+            noisy[dependent.name][withheld, :] = np.nan

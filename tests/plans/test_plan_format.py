@@ -79,6 +79,7 @@ def test_a_plan_reads_and_writes_back() -> None:
         ("variables[1].categories", ["a", 1], "must all be strings, all integers or all booleans"),
         ("variables[1].categories", [True, True], "plan.variables[1].categories[1]: is listed twice"),
         ("variables[1].categories", [1.5], "must be a string, an integer or a boolean"),
+        ("variables[1].categories", ["yes", "(other)"], "plan.variables[1].categories[1]: '(other)' labels the cells"),
         ("survival.grid", [0, 12], "plan.survival.grid[0]: must be greater than 0"),
         ("survival.grid", [12, 6], "plan.survival.grid[1]: must be greater than the value before it"),
         ("survival.grid", [float(t) for t in range(1, MAX_GRID + 2)], "plan.survival.grid: must have 1 to 1000"),
@@ -114,15 +115,33 @@ def test_the_release_gives_each_patient_one_cell_per_block() -> None:
     assert names == ["count", "age.n", "age.sum", "age.sumsq", "age.histogram", "smoker.counts"]
     assert describe.block("age.sum").sensitivity == 41.0  # half of [18, 100]
     assert describe.block("age.sumsq").sensitivity == 41.0**2
-    assert describe.block("smoker.counts").cells == ("true", "false", "other", "missing")
+    assert describe.block("smoker.counts").cells == ("true", "false", "(other)", "(missing)")
     # k blocks: each number's noise is sigma * sqrt(k) * sensitivity.
     assert describe.noise_std(describe.block("count"), 2.0) == pytest.approx(2.0 * 6**0.5)
     survival = layout(plan, TaskKind.DP_SURVIVAL)
     (exits,) = survival.blocks
     assert exits.name == SURVIVAL_EXITS and exits.sensitivity == 1.0
-    assert exits.cells[:2] == ("[0, 6] event", "[0, 6] censored") and exits.cells[-1] == "missing"
+    assert exits.cells[:2] == ("[0, 6] event", "[0, 6] censored") and exits.cells[-1] == "(missing)"
     assert len(exits.cells) == 2 * 4 + 1
     assert len(list(survival.scalar_names())) == 4 * 9
+
+
+def test_every_table_s_labels_are_distinct() -> None:
+    # Edges that ":g" would both print as "1", and a category spelled like the reserved cells.
+    plan = parse_plan(
+        {
+            "cohort": [],
+            "strata": [],
+            "variables": [
+                {"column": "x", "kind": "numeric", "bounds": [1, 2], "bins": [1, 1.0000001, 1.0000002, 2]},
+                {"column": "c", "kind": "categorical", "categories": ["other", "missing", "Other"]},
+            ],
+        }
+    )
+    for block in layout(plan, TaskKind.DP_DESCRIBE).blocks:
+        assert len(set(block.cells)) == len(block.cells), block.cells
+    histogram = layout(plan, TaskKind.DP_DESCRIBE).block("x.histogram")
+    assert histogram.cells == ("[1, 1.0000001)", "[1.0000001, 1.0000002)", "[1.0000002, 2]")
 
 
 def test_the_plan_kinds_are_the_registry_s_graphless_kinds() -> None:

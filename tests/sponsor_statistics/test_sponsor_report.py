@@ -73,7 +73,7 @@ def test_json_is_strict_and_complete() -> None:
     # Withheld numbers are NaN in the tree and null in JSON (JSON has no NaN).
     assert "NaN" not in report.to_json()
     other = value["table_one"]["columns"][0]["variables"][1]["rows"][3]
-    assert other["label"] == "other" and other["suppressed"] is True and other["count"] is None
+    assert other["label"] == "(other)" and other["suppressed"] is True and other["count"] is None
 
 
 def test_every_string_is_escaped_and_nothing_is_fetched() -> None:

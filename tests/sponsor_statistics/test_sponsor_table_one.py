@@ -98,7 +98,7 @@ def test_missing_values_are_counted_and_the_interval_includes_the_noise() -> Non
     assert pooled.missing_percent == pytest.approx(100 * frame["wt.loss"].isna().mean(), abs=1e-4)
     assert pooled.n == pytest.approx(frame["wt.loss"].notna().sum(), abs=1e-3)
     ecog = _categorical(_column(exact, "pooled", "all"), "ph.ecog")
-    assert [r.label for r in ecog.rows] == ["0", "1", "2", "3", "other", "missing"]
+    assert [r.label for r in ecog.rows] == ["0", "1", "2", "3", "(other)", "(missing)"]
     assert ecog.rows[-1].proportion.value == pytest.approx(frame["ph.ecog"].isna().mean(), abs=1e-6)
     assert ecog.rows[1].proportion.value == pytest.approx((frame["ph.ecog"] == 1).mean(), abs=1e-6)
     # With noise, the standard error is larger than the sampling one by the noise's own share.
@@ -158,7 +158,7 @@ def test_withheld_cells_and_strata_are_shown_suppressed_and_left_out_of_the_pool
     assert age.sites_left_out == ("site-3",)
     # "other" and "missing" are empty everywhere: withheld cell by cell, shown as suppressed.
     other = _categorical(pooled, "tgrade").rows[3]
-    assert other.label == "other" and other.suppressed
+    assert other.label == "(other)" and other.suppressed
     # A share pools only the sites that released both the cell and their count.
     column = _column(table, "pooled", "horTh=no")
     grade = _categorical(column, "tgrade").rows[0]

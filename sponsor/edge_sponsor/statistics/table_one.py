@@ -35,7 +35,7 @@ import numpy as np
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable
-from agent.plans.release import COUNT, ReleaseLayout, layout
+from agent.plans.release import COUNT, ReleaseLayout, Statistic, block_name, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, Pooled, SiteRelease, pool, read_block
 
 POOLED = "pooled"
@@ -199,18 +199,22 @@ def _numeric(
     z: float,
 ) -> NumericSummary:
     name = variable.column
+    presence, sum_name, sumsq_name, histogram_name = (
+        block_name(statistic, name)
+        for statistic in (Statistic.PRESENCE, Statistic.SUM, Statistic.SUMSQ, Statistic.HISTOGRAM)
+    )
 
     def released(key: Contributor) -> bool:
         site, k = key
-        return all(np.isfinite(blocks[site][f"{name}.{part}"].values[k, 0]) for part in ("n", "sum", "sumsq"))
+        return all(np.isfinite(blocks[site][part].values[k, 0]) for part in (presence, sum_name, sumsq_name))
 
     usable = [key for key in contributors if released(key)]
     left_out = [key for key in contributors if not released(key)]
     mean, sd, n = UNAVAILABLE, math.nan, math.nan
     if usable:
-        counts = pool(_parts(blocks, f"{name}.n", usable), whole=False)
-        sums = pool(_parts(blocks, f"{name}.sum", usable), whole=True)
-        squares = pool(_parts(blocks, f"{name}.sumsq", usable), whole=True)
+        counts = pool(_parts(blocks, presence, usable), whole=False)
+        sums = pool(_parts(blocks, sum_name, usable), whole=True)
+        squares = pool(_parts(blocks, sumsq_name, usable), whole=True)
         n, total, squared = float(counts.values[0]), float(sums.values[0]), float(squares.values[0])
         if n > 1:
             centred = total / n
@@ -220,16 +224,16 @@ def _numeric(
             se = math.sqrt(sd * sd / n + noise)
             value = variable.centre + centred
             mean = Estimate(value, se, value - z * se, value + z * se)
-    both = [k for k in contributors if bool(np.all(np.isfinite(blocks[k[0]][f"{name}.n"].values[k[1]])))]
+    both = [k for k in contributors if bool(np.all(np.isfinite(blocks[k[0]][presence].values[k[1]])))]
     missing_percent = math.nan
     if both:
-        cells = pool(_parts(blocks, f"{name}.n", both), whole=True).values
+        cells = pool(_parts(blocks, presence, both), whole=True).values
         present, missing = max(float(cells[0]), 0.0), max(float(cells[1]), 0.0)
         if present + missing > 0:
             missing_percent = 100.0 * missing / (present + missing)
     q1 = median = q3 = math.nan
     if variable.bins:
-        histogram = pool(_parts(blocks, f"{name}.histogram", contributors), whole=True)
+        histogram = pool(_parts(blocks, histogram_name, contributors), whole=True)
         left_out += list(histogram.left_out)
         if histogram.contributors:
             q1, median, q3 = (histogram_quantile(histogram.values, variable.bins, q) for q in (0.25, 0.5, 0.75))
@@ -272,7 +276,7 @@ def _categorical(
     blocks: Mapping[str, Mapping[str, BlockValues]],
     z: float,
 ) -> CategoricalSummary:
-    name = f"{variable.column}.counts"
+    name = block_name(Statistic.COUNTS, variable.column)
     block = shape.block(name)
     rows: list[CategoryRow] = []
     for cell, label in enumerate(block.cells):
