@@ -148,6 +148,12 @@ class PlanSite:
             purpose="research",
         )
 
+    def audit(self, kind: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        for path in sorted((self.directory / "state" / "audit").glob("*.jsonl")):
+            entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [entry for entry in entries if entry["kind"] == kind]
+
     def epsilon_spent(self, dataset: str = "gbsg2") -> float:
         return self.client.get_budget(dataset).epsilon_spent
 
@@ -205,6 +211,13 @@ def test_describe_releases_the_plan_and_matches_pandas(site: PlanSite, publisher
             assert run.scalars[f"tgrade.counts[{stratum}][{cell}]"] == pytest.approx(counts.get(grade, 0), abs=3.7)
     # The ledger charged one Gaussian at q = 1 with the task's σ (accounted on the grid: 3 significant digits).
     assert site.epsilon_spent() == pytest.approx(independent_epsilon([(1.0, TINY_SIGMA, 1)]), rel=1e-6)
+    # Audited as any task: the kind, the plan package, σ, the ε charged and what it protects (a patient).
+    (started,) = site.audit("task.started")
+    (finished,) = site.audit("task.finished")
+    assert started["task_kind"] == "dp_describe" and started["package_digest"] == uploaded.digest
+    assert started["hyperparameters"] == {"noise_multiplier": TINY_SIGMA, "sampling_rate": 1.0,
+                                          "release_noisy_count": False}
+    assert started["privacy_unit"] == "patient_id" and finished["task_id"] == started["task_id"]
 
 
 def test_survival_exits_count_each_patient_once(site: PlanSite, publisher: AgentKey) -> None:
@@ -311,6 +324,16 @@ def test_bad_requests_are_refused_and_charge_nothing(site: PlanSite, publisher: 
     # A model kind on a plan package.
     refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_EVALUATE))
     assert refused.code is grpc.StatusCode.INVALID_ARGUMENT
+    # A filter that selects one patient: below the cohort minimum, refused before anything is computed.
+    one = dict(PLAN, cohort=[{"column": "age", "op": "==", "value": 21}])
+    lone = site.client.upload_package(plan_package(publisher, one, "1.0.2")).digest
+    refused = _refusal(site, site.spec(lone, pb.TASK_KIND_DP_SURVIVAL))
+    assert refused.code is grpc.StatusCode.FAILED_PRECONDITION and "minimum cohort size of 20" in refused.details
+    # A category of the wrong type for its column (tgrade holds strings).
+    typed = dict(PLAN, variables=[{"column": "tgrade", "kind": "categorical", "categories": [1, 2, 3]}])
+    wrong = site.client.upload_package(plan_package(publisher, typed, "1.0.3", task_kinds=["dp_describe"])).digest
+    refused = _refusal(site, site.spec(wrong, pb.TASK_KIND_DP_DESCRIBE))
+    assert refused.code is grpc.StatusCode.FAILED_PRECONDITION and "column 'tgrade'" in refused.details
     assert site.epsilon_spent() == 0.0
     assert site.epsilon_spent("no-event") == 0.0
 
