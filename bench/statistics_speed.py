@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.packages.manifest import PLAN_KINDS
 from agent.packages.plan import AnalysisPlan, NumericVariable, parse_plan
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import exact_release, noisy_release
 

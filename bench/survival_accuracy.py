@@ -81,7 +81,7 @@ from lifelines.statistics import logrank_test
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec, Variable
-from agent.plans.release import ReleaseLayout, layout
+from agent.packages.release_layout import ReleaseLayout, layout
 from agent.privacy.accounting import PldAccountant
 from agent.privacy.mechanism import Mechanism
 from agent.statistics.patients import patient_table

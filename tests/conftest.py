@@ -25,6 +25,7 @@ from agent.server.assembly import assemble_service
 from agent.server.daemon import AgentDaemon
 from agent.server.tls import load_server_tls
 from edge_sponsor.coordinator.client import AgentClient, ClientCredentials
+from tests.headless_chromium import chromium_or_skip
 
 REPO = Path(__file__).resolve().parent.parent
 COORDINATOR_URI = "spiffe://pharma.example/coordinator/eu-1"
@@ -239,3 +240,9 @@ def spawned_agent(tmp_path: Path, pki: Pki) -> Iterator[RunningAgent]:
         if agent.process is not None and agent.process.poll() is None:
             agent.process.kill()
             agent.process.wait()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the report tests (installed from Debian as root when missing)."""
+    return chromium_or_skip()

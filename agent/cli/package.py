@@ -43,8 +43,8 @@ from agent.packages import (
 )
 from agent.packages.inspection import inspect_package
 from agent.packages.manifest import Manifest
+from agent.packages.plan_summary import plan_lines
 from agent.packages.verification import read_package_bytes
-from agent.plans.summary import plan_lines
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any, NoReturn
 
 from agent.packages.errors import PackageRejected, RejectionCode
@@ -66,9 +67,21 @@ def string_field(value: Any, field: str, *, max_length: int = 256, pattern: re.P
 
 
 def column_field(value: Any, field: str) -> str:
-    text = string_field(value, field, max_length=MAX_COLUMN_NAME)
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        fail(field, "must not contain control characters")
+    return printable_field(value, field, max_length=MAX_COLUMN_NAME)
+
+
+# Control (Cc), format (Cf: bidirectional overrides, zero-width characters) and line or
+# paragraph separators (Zl, Zp): characters that can make a reviewer's terminal show other
+# text than the signed document holds.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def printable_field(value: Any, field: str, *, max_length: int = 256) -> str:
+    """A string shown to people (a column, a category, a filter value): no character that
+    could rewrite what a terminal or a report displays."""
+    text = string_field(value, field, max_length=max_length)
+    if any(unicodedata.category(ch) in _UNPRINTABLE for ch in text):
+        fail(field, "must not contain control, format or separator characters")
     return text
 
 

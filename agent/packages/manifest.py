@@ -242,17 +242,17 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object whose canonical bytes are signed."""
+        common = {
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version.text,
+            "publisher": self.publisher,
+            "description": self.description,
+            "task_kinds": [kind.value for kind in self.task_kinds],
+            "hyperparameters": {name: {"min": b.low, "max": b.high} for name, b in self.hyperparameters.items()},
+        }
         if self.plan is not None:
-            return {
-                "format_version": self.format_version,
-                "name": self.name,
-                "version": self.version.text,
-                "publisher": self.publisher,
-                "description": self.description,
-                "task_kinds": [kind.value for kind in self.task_kinds],
-                "plan": self.plan.to_json(),
-                "hyperparameters": {name: {"min": b.low, "max": b.high} for name, b in self.hyperparameters.items()},
-            }
+            return common | {"plan": self.plan.to_json()}
         graphs: dict[str, Any] = {}
         for role, ref in self.graphs.items():
             entry: dict[str, Any] = {"file": ref.file, "sha256": ref.sha256}
@@ -271,13 +271,7 @@ class Manifest:
             label["column"] = self.label.column
         if self.label.kind is LabelKind.CLASS_INDEX:
             label["num_classes"] = self.label.num_classes
-        return {
-            "format_version": self.format_version,
-            "name": self.name,
-            "version": self.version.text,
-            "publisher": self.publisher,
-            "description": self.description,
-            "task_kinds": [kind.value for kind in self.task_kinds],
+        return common | {
             "parameters": [{"name": p.name, "dtype": p.dtype, "shape": list(p.shape)} for p in self.parameters],
             "inputs": {
                 "features": [_feature_json(f) for f in self.features],
@@ -285,7 +279,6 @@ class Manifest:
             },
             "metrics": [{"name": m.name, "range": [m.low, m.high]} for m in self.metrics],
             "graphs": graphs,
-            "hyperparameters": {name: {"min": b.low, "max": b.high} for name, b in self.hyperparameters.items()},
         }
 
 

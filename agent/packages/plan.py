@@ -5,7 +5,7 @@ hospital's dataset, and nothing else. It rides in the signed manifest as its ``p
 field (a plan package has no graphs, parameters or inputs), so it is signed, verified,
 trusted, approved and audited as a model package is. The agent, not the plan, computes
 and noises every statistic (:mod:`agent.statistics`); what a task releases is derived
-from the plan by :mod:`agent.plans.release`.
+from the plan by :mod:`agent.packages.release_layout`.
 
 Everything a plan declares is public: the cohort filters, the strata and their
 categories, each variable's bounds, bins or categories, and the survival time grid.
@@ -29,7 +29,7 @@ from agent.packages.json_fields import (
     fail,
     integer_field,
     number_field,
-    string_field,
+    printable_field,
 )
 
 # Limits that keep a plan's release and its computation small whatever a publisher writes.
@@ -46,9 +46,11 @@ MAX_GRID = 1000
 # millions of patients stay exact enough in float64 and sensitivities stay finite.
 MAX_MAGNITUDE = 1e9
 
-# The labels a release gives the cells that no declared category fills (agent.plans.release):
-# reserved, so that a table's labels are distinct.
-RESERVED_LABELS = frozenset({"(other)", "(missing)"})
+# The labels a release gives the cells that no declared category fills
+# (agent.packages.release_layout): reserved, so that a table's labels are distinct.
+OTHER_LABEL = "(other)"
+MISSING_LABEL = "(missing)"
+RESERVED_LABELS = frozenset({OTHER_LABEL, MISSING_LABEL})
 
 Category = str | int | bool
 """A public category value: a JSON string, integer or boolean."""
@@ -199,6 +201,13 @@ def category_label(value: Category) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def number_label(value: float) -> str:
+    """A public number (a bound, a bin edge, a grid time, a filter value) as a label: the
+    shortest text that reads back as the same float, so two distinct numbers never share one."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _filter_json(item: CohortFilter) -> dict[str, Any]:
     value: dict[str, Any] = {"column": item.column, "op": item.op.value}
     if item.op is FilterOp.IN:
@@ -257,7 +266,7 @@ def _scalar(value: Any, field: str) -> float | str | bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return string_field(value, field, max_length=256)
+        return printable_field(value, field)
     return _bounded(value, field)
 
 
@@ -293,7 +302,7 @@ def _categories(value: Any, field: str, limit: int) -> tuple[Category, ...]:
         elif isinstance(item, int):
             result.append(integer_field(item, where, -(2**53) + 1, 2**53 - 1))
         elif isinstance(item, str):
-            result.append(string_field(item, where, max_length=256))
+            result.append(printable_field(item, where))
             if item in RESERVED_LABELS:
                 fail(where, f"{item!r} labels the cells no declared category fills; name the category otherwise")
         else:

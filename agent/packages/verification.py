@@ -9,7 +9,8 @@
 4. the manifest: canonical bytes, schema; the signer may sign the manifest's publisher;
 5. every graph file's sha256 against the manifest, and no undeclared graph files (a plan
    package declares none);
-6. ONNX validation of every graph (:mod:`agent.packages.onnx_validation`).
+6. ONNX validation of every graph (:mod:`agent.packages.onnx_validation`); for a plan
+   package, that each task's release fits (:func:`agent.packages.release_layout.check_release_size`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from agent.packages.errors import PackageRejected, RejectionCode
 from agent.packages.limits import PackageLimits
 from agent.packages.manifest import GRAPH_FILES, Manifest, parse_manifest
 from agent.packages.onnx_validation import validate_graphs
+from agent.packages.release_layout import check_release_size
 from agent.packages.trust import KeyStatus, TrustedKey, TrustStore
 
 
@@ -96,8 +98,10 @@ def verify_package(source: bytes | Path, trust: TrustStore, limits: PackageLimit
         )
     ignored += [IgnoredSignature(key.key_id, "not_authorised") for key in signers if key not in authorised]
     _check_graph_files(manifest, contents.graphs)
-    if manifest.plan is None:  # a plan package has no graph (_check_graph_files refused any)
+    if manifest.plan is None:
         validate_graphs(manifest, contents.graphs, limits)
+    else:  # a plan package has no graph (_check_graph_files refused any); its release must fit
+        check_release_size(manifest.plan, manifest.task_kinds)
     return VerifiedPackage(
         digest=package_digest(data),
         size=len(data),

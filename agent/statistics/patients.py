@@ -14,7 +14,7 @@
 4. **One row per patient.** With a privacy-unit column, each unit keeps ONE of its
    remaining rows, chosen uniformly at random by the agent. This is what bounds a
    patient's contribution to every block to one row, whatever the table holds: the
-   sensitivities of :mod:`agent.plans.release` assume it.
+   sensitivities of :mod:`agent.packages.release_layout` assume it.
 
 The choice is made with a key per row of the whole table, drawn before any filter (a
 random permutation of the row indices): a unit keeps its remaining row of least key.

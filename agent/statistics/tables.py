@@ -1,12 +1,12 @@
 """The numbers of a release: exact blocks from the patients, then noise and suppression.
 
-:func:`exact_release` computes every block of a :class:`~agent.plans.release.ReleaseLayout`
+:func:`exact_release` computes every block of a :class:`~agent.packages.release_layout.ReleaseLayout`
 from a :class:`~agent.statistics.patients.PatientTable` (one row per patient, so each
 patient lands in one stratum and moves each block by at most its sensitivity);
 :func:`noisy_release` adds the Gaussian noise the layout prescribes and withholds small
 strata and cells. Only the noisy numbers ever leave the agent.
 
-Block contents (cell order as in :mod:`agent.plans.release`):
+Block contents (cell order as in :mod:`agent.packages.release_layout`):
 
 * ``count``: patients per stratum.
 * ``<col>.n``: present and missing values; ``<col>.sum`` and ``<col>.sumsq``: the sum
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec
-from agent.plans.release import (
+from agent.packages.release_layout import (
     COUNT,
     SURVIVAL_EXITS,
     ReleaseLayout,
@@ -37,7 +37,7 @@ from agent.plans.release import (
     block_name,
     numeric_blocks,
 )
-from agent.plans.release import layout as plan_layout
+from agent.packages.release_layout import layout as plan_layout
 from agent.statistics.patients import PatientTable
 
 Floats = npt.NDArray[np.float64]
@@ -46,7 +46,7 @@ Floats = npt.NDArray[np.float64]
 def exact_release(plan: AnalysisPlan, layout: ReleaseLayout, patients: PatientTable) -> dict[str, Floats]:
     """Every block of ``layout`` before noise: block name -> ``[strata, len(block.cells)]`` float64.
 
-    ``layout`` must be ``agent.plans.release.layout(plan, kind)`` and ``patients`` the
+    ``layout`` must be ``agent.packages.release_layout.layout(plan, kind)`` and ``patients`` the
     plan's :func:`~agent.statistics.patients.patient_table`; ValueError otherwise. Only the
     layout's blocks are computed (a survival task computes no descriptive block).
     """
@@ -90,7 +90,7 @@ def _sums(stratum: npt.NDArray[np.int64], weights: Floats, strata: int) -> Float
 
 
 def _numeric(variable: NumericVariable, patients: PatientTable) -> dict[str, Floats]:
-    """The blocks of :func:`agent.plans.release.numeric_blocks`, in its order."""
+    """The blocks of :func:`agent.packages.release_layout.numeric_blocks`, in its order."""
     strata = patients.strata
     x = patients.numbers[variable.column]
     present = ~np.isnan(x)
@@ -143,6 +143,7 @@ def noisy_release(
     noise_multiplier: float,
     min_cell_size: int,
     rng: np.random.Generator,
+    min_cohort_size: int = 0,
 ) -> dict[str, float]:
     """The released numbers: scalar name (:meth:`Block.scalar_name`) -> value, NaN where withheld.
 
@@ -155,7 +156,13 @@ def noisy_release(
       stratum, in every block;
     * in a block of :attr:`Suppression.CELL`: each noisy number below ``m``;
     * a numeric variable's ``.sum``, ``.sumsq`` and ``.histogram`` of a stratum whose
-      ``.n`` "present" count is withheld.
+      ``.n`` "present" count is withheld;
+
+    and everything when the noisy size of the whole cohort (all strata) is below
+    ``min_cohort_size``. The cohort minimum is applied here, to a noisy number, and not by
+    refusing the task on the exact cohort: a plan's filters are the author's to choose, and
+    a free exact answer to "do at least m patients meet this filter?" would be an oracle
+    that binary search turns into any order statistic of any column.
 
     The keys are exactly ``set(layout.scalar_names())``. ``noise_multiplier`` 0 releases
     exact numbers: what it costs is the accountant's to say, not this function's. Raises
@@ -166,6 +173,8 @@ def noisy_release(
         raise ValueError("noise_multiplier must be finite and >= 0")
     if isinstance(min_cell_size, bool) or min_cell_size < 0:
         raise ValueError("min_cell_size must be an integer >= 0")
+    if isinstance(min_cohort_size, bool) or min_cohort_size < 0:
+        raise ValueError("min_cohort_size must be an integer >= 0")
     names = {block.name for block in layout.blocks}
     if set(exact) != names:
         raise ValueError("the exact values are not the layout's blocks")
@@ -180,8 +189,13 @@ def noisy_release(
             raise ValueError(f"block {block.name!r} holds a value that is not finite")
         std = layout.noise_std(block, noise_multiplier)
         noisy[block.name] = values + rng.normal(0.0, std, size=values.shape)
+    # The whole cohort's noisy size, taken before any stratum is withheld.
+    cohort = float(noisy[layout.size_block.name].sum())
     if min_cell_size > 0:
         _suppress(noisy, layout, min_cell_size)
+    if min_cohort_size > 0 and cohort < min_cohort_size:
+        for values in noisy.values():
+            values[...] = np.nan
     released: dict[str, float] = {}
     for block in layout.blocks:
         cells = len(block.cells)

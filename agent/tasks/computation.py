@@ -153,8 +153,9 @@ def _compute_plan(job: TaskJob, progress: Progress) -> Released:
     """A plan kind: read the plan's columns, keep one row per patient, then compute the release.
 
     As for a graph kind, everything up to "computing" may fail and be refunded (the file
-    is unreadable, a column has the wrong type, too few patients); the patients are
-    counted where the rows are read, after the cohort filters and strata.
+    is unreadable, a column is missing or has the wrong type: facts about the schema, not
+    the rows). The dataset's patients were counted against the cohort minimum at admission;
+    the plan's own cohort is held to it on its noisy size only.
     """
     plan = job.manifest.plan
     if plan is None:
@@ -162,13 +163,9 @@ def _compute_plan(job: TaskJob, progress: Progress) -> Released:
     unit = job.dataset.privacy_unit
     try:
         dataset = open_dataset(job.dataset, with_unit=unit is not None)
-        absent = [column for column in plan.columns if column not in dataset.schema.names]
-        if absent:
-            raise TaskInputError(
-                f"dataset {job.dataset.id!r} has no column {', '.join(map(repr, absent))} that this plan reads"
-            )
-        columns = list(plan.columns) + ([unit] if unit is not None else [])
-        table = dataset.to_table(columns=columns)
+        # The columns the dataset has; patient_table names any other the plan reads.
+        exposed = [column for column in plan.columns if column in dataset.schema.names and column != unit]
+        table = dataset.to_table(columns=exposed + ([unit] if unit is not None else []))
         patients = patient_table(plan, table, unit_column=unit, rng=secure_generator())
     except (DatasetUnavailableError, OSError, pa.ArrowException):
         raise TaskInputError("the dataset cannot be read at the moment") from None
@@ -176,12 +173,8 @@ def _compute_plan(job: TaskJob, progress: Progress) -> Released:
         # Names a column of the plan and what is wrong with it, never a value, nor the unit
         # column's name, which coordinators are never told (agent.statistics.errors).
         raise TaskInputError(f"dataset {job.dataset.id!r} cannot answer this plan: {exc}") from None
-    if patients.size < job.min_cohort_size:
-        raise TaskInputError(
-            f"dataset {job.dataset.id!r} has fewer patients in this plan's cohort and strata than the minimum "
-            f"cohort size of {job.min_cohort_size}",
-            rule=MIN_COHORT_RULE,
-        )
     progress(0.0, COMPUTING)
-    computation = PlanComputation(plan, patients, job.min_cell_size, secure_generator())
+    # No refusal on the cohort's exact size here (agent.statistics.tables.noisy_release says why):
+    # the minimum withholds the release on its noisy size, charged like any release.
+    computation = PlanComputation(plan, patients, job.min_cell_size, job.min_cohort_size, secure_generator())
     return job.profile.compute(computation)

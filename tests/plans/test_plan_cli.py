@@ -48,9 +48,9 @@ def test_build_sign_inspect_and_verify_a_plan(tmp_path: Path, capsys: pytest.Cap
     assert agent_main(["package", "inspect", str(tmp_path / "plan.zip")]) == 0
     shown = capsys.readouterr().out
     assert "acme/study 1.0.0 (analysis plan)" in shown and "tasks:       dp_describe, dp_survival" in shown
-    assert "cohort:      age >= 18.0; stage in {II, III}" in shown
+    assert "cohort:      age >= 18; stage in {II, III}" in shown
     assert "strata:      arm=control, sex=F, arm=control, sex=M" in shown
-    assert "variable:    smoker: counts of True, False, other, missing" in shown
+    assert "variable:    smoker: counts of true, false, other, missing" in shown
     assert "releases:    dp_describe: " in shown and "releases:    dp_survival: 36 numbers in 1 block" in shown
 
     assert (

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import TaskKind, parse_manifest
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from agent.privacy.mechanism import Mechanism, accounting_grid
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.dp_describe import DpDescribe

@@ -1,7 +1,7 @@
 """Exact per-site releases built with pandas (an oracle independent of agent.statistics), and noise.
 
 ``exact_blocks`` computes, for one site's patients, every block of a plan's layout the way
-agent.plans.release defines them; ``noisy_release`` adds the layout's Gaussian noise and
+agent.packages.release_layout defines them; ``noisy_release`` adds the layout's Gaussian noise and
 applies a minimum cell size; ``split_sites`` splits a dataset's patients at random.
 """
 
@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-import agent.packages  # noqa: F401  (agent.packages.plan imports cleanly only after agent.packages)
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable
-from agent.plans.release import COUNT, SURVIVAL_EXITS, ReleaseLayout, Suppression
+from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, ReleaseLayout, Suppression
 from edge_sponsor.statistics.releases import SiteRelease
 
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from lifelines.datasets import load_gbsg2
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from edge_sponsor.statistics.report import (
     BAND_OPACITY,
     CHART_LEFT_PX,
@@ -33,6 +27,7 @@ from edge_sponsor.statistics.report import (
 )
 from edge_sponsor.statistics.survival import analyse_survival
 from edge_sponsor.statistics.table_one import table_one
+from tests.headless_chromium import WHITE, decode_png, rgb, screenshot
 from tests.sponsor_statistics.simulate import releases, split_sites
 
 HOSTILE = '<script>alert("x")</script>'
@@ -93,107 +88,18 @@ def test_a_report_without_survival_has_no_chart() -> None:
 
 # -- the page in a real browser ----------------------------------------------------------
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-WHITE = (255, 255, 255)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    for candidate in CHROMIUM_CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("chromium is not installed (tests/audit/test_audit_screenshot.py installs it as root)")
-    return found
-
-
-def _screenshot(chromium: str, page: Path, out: Path, profile: Path) -> None:
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        "--force-device-scale-factor=1",
-        f"--user-data-dir={profile}",
-        f"--screenshot={out}",
-        "--window-size=1280,1200",
-        page.as_uri(),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
-    assert out.exists(), f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
-
-
-def _decode_png(data: bytes) -> tuple[int, int, list[bytearray], int]:
-    """Width, height, rows and bytes per pixel of an 8-bit RGB/RGBA non-interlaced PNG."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    position, idat, header = 8, b"", b""
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        position += 12 + length
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"IEND":
-            break
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    assert depth == 8 and colour in (2, 6) and interlace == 0, (depth, colour, interlace)
-    bpp = 3 if colour == 2 else 4
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    rows: list[bytearray] = []
-    previous = bytearray(stride)
-    for y in range(height):
-        offset = y * (stride + 1)
-        kind = raw[offset]
-        row = bytearray(raw[offset + 1 : offset + 1 + stride])
-        for x in range(stride):
-            left = row[x - bpp] if x >= bpp else 0
-            up = previous[x]
-            corner = previous[x - bpp] if x >= bpp else 0
-            if kind == 1:
-                row[x] = (row[x] + left) & 0xFF
-            elif kind == 2:
-                row[x] = (row[x] + up) & 0xFF
-            elif kind == 3:
-                row[x] = (row[x] + ((left + up) >> 1)) & 0xFF
-            elif kind == 4:
-                estimate = left + up - corner
-                pa, pb, pc = abs(estimate - left), abs(estimate - up), abs(estimate - corner)
-                predictor = left if pa <= pb and pa <= pc else up if pb <= pc else corner
-                row[x] = (row[x] + predictor) & 0xFF
-            else:
-                assert kind == 0, f"unknown PNG filter {kind}"
-        rows.append(row)
-        previous = row
-    return width, height, rows, bpp
-
-
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    return int(hex_colour[1:3], 16), int(hex_colour[3:5], 16), int(hex_colour[5:7], 16)
-
-
 def _tint(hex_colour: str) -> tuple[int, int, int]:
     """The band's colour over white: the palette colour at BAND_OPACITY."""
-    return tuple(round(255 + BAND_OPACITY * (c - 255)) for c in _rgb(hex_colour))  # type: ignore[return-value]
+    return tuple(round(255 + BAND_OPACITY * (c - 255)) for c in rgb(hex_colour))  # type: ignore[return-value]
 
 
 def test_the_curves_and_their_bands_are_drawn_in_chromium(tmp_path: Path, chromium: str) -> None:
     page = tmp_path / "report.html"
     page.write_text(render_html(_report()), encoding="utf-8")
     out = tmp_path / "shot.png"
-    _screenshot(chromium, page, out, tmp_path / "profile")
-    width, height, rows, bpp = _decode_png(out.read_bytes())
-    assert (width, height) == (1280, 1200)
+    screenshot(chromium, page, out, tmp_path / "profile")
+    width, height, rows, bpp = decode_png(out.read_bytes())
+    assert (width, height) == (1280, 1600)
     left, top = CHART_LEFT_PX + PLOT_LEFT + 2, CHART_TOP_PX + PLOT_TOP
     right, bottom = CHART_LEFT_PX + PLOT_RIGHT, CHART_TOP_PX + PLOT_BOTTOM - 2
     counts: dict[tuple[int, int, int], int] = {}
@@ -206,7 +112,7 @@ def test_the_curves_and_their_bands_are_drawn_in_chromium(tmp_path: Path, chromi
     assert total - counts.get(WHITE, 0) > 0.05 * total, "the plot region is nearly blank"
     for colour in PALETTE[:2]:
         # Step lines are crisp horizontal and vertical runs: their exact colour shows.
-        assert counts.get(_rgb(colour), 0) > 200, f"curve colour {colour} missing from the plot"
+        assert counts.get(rgb(colour), 0) > 200, f"curve colour {colour} missing from the plot"
         # Where a band is alone over the white plot its tint shows (±2 for rounding in the compositor).
         tint = _tint(colour)
         near = sum(n for pixel, n in counts.items() if all(abs(a - b) <= 2 for a, b in zip(pixel, tint, strict=True)))

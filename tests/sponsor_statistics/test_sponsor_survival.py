@@ -15,7 +15,7 @@ from scipy import stats
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, Stratum, SurvivalSpec
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from edge_sponsor.statistics.releases import SiteRelease
 from edge_sponsor.statistics.survival import (
     KmMethod,

@@ -11,7 +11,7 @@ from lifelines.datasets import load_gbsg2, load_lung
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from edge_sponsor.statistics.table_one import (
     CategoricalSummary,
     NumericSummary,

@@ -1,6 +1,6 @@
 """An independent pandas computation of a plan's exact blocks, and small builders for the tests.
 
-The oracle reads the plan and the spec of the blocks (agent/plans/release.py), not the
+The oracle reads the plan and the spec of the blocks (agent/packages/release_layout.py), not the
 agent's code: filters with pandas comparisons, strata by their labels
 (:meth:`AnalysisPlan.stratum_labels`), clamping with ``Series.clip``, bins with
 ``pd.cut``, categories with ``value_counts``-style mapping, survival intervals with
@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-import agent.packages  # noqa: F401  # imported before the plan model, which the manifest imports
 from agent.packages.manifest import PLAN_KINDS, TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, FilterOp, parse_plan
-from agent.plans.release import COUNT, SURVIVAL_EXITS, layout
+from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, layout
 from agent.statistics.patients import PatientTable, patient_table
 from agent.statistics.tables import exact_release
 

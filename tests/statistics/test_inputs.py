@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from agent.packages.manifest import TaskKind
-from agent.plans.release import SURVIVAL_EXITS, layout
+from agent.packages.release_layout import SURVIVAL_EXITS, layout
 from agent.statistics.errors import StatisticsInputError
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import exact_release
@@ -161,9 +161,11 @@ def test_other_unit_column_problems_are_refused_without_its_name() -> None:
     assert "integer, string or binary" in str(error) and "pid" not in str(error)
     error = refused({"variables": [numeric("age")]}, table, unit_column="patient")
     assert "missing" in str(error) and "patient" not in str(error)
-    # A plan may not read the column that identifies patients.
+    # A plan may not read the column that identifies patients, and is told what it is told of
+    # a column the dataset does not have: the refusal does not single the unit column out.
     error = refused({"variables": [categorical("pid", ["p1"])]}, BASE, unit_column="pid")
-    assert error.column is None and "may not read" in str(error)
+    unexposed = refused({"variables": [categorical("nope", ["p1"])]}, BASE, unit_column="pid")
+    assert str(error) == str(unexposed).replace("nope", "pid") == "column 'pid': is missing from the dataset"
 
 
 def test_the_error_survives_pickling() -> None:

@@ -1,6 +1,6 @@
 """Removing one patient moves every block by at most its sensitivity (random tables and plans).
 
-The sensitivities of agent/plans/release.py hold only because the agent keeps one row
+The sensitivities of agent/packages/release_layout.py hold only because the agent keeps one row
 per patient. The row is chosen with a key per row drawn before any filter, so that the
 neighbouring table (all of one unit's rows removed, with their keys) leaves every other
 unit's choice unchanged: the two tables' patients differ in that unit's one row only.
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.packages.manifest import PLAN_KINDS, TaskKind
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from agent.statistics.patients import patient_table, patient_table_keyed
 from agent.statistics.tables import exact_release
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from agent.packages.manifest import PLAN_KINDS, TaskKind
-from agent.plans.release import COUNT, SURVIVAL_EXITS, ReleaseLayout, layout
+from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, ReleaseLayout, layout
 from agent.statistics.tables import noisy_release
 
 from .helpers import exact_blocks, plan_of
@@ -218,3 +218,23 @@ def test_bad_arguments_are_refused() -> None:
     infinite["age.sum"][3, 0] = math.inf
     with pytest.raises(ValueError, match="not finite"):
         noisy_release(infinite, release, noise_multiplier=1.0, min_cell_size=0, rng=rng)
+
+
+def test_a_cohort_below_the_minimum_is_withheld_on_its_noisy_size() -> None:
+    """The cohort minimum looks at the noisy total (post-processing), never at the exact one: with
+    noise, an exact total just above the minimum is sometimes withheld and one just below it
+    sometimes released; without noise it is a plain threshold."""
+    release = layout(PLAN, TaskKind.DP_SURVIVAL)
+    size = release.size_block
+
+    def released(total: int, sigma: float, rng: np.random.Generator) -> bool:
+        exact = zeros(release)
+        exact[size.name][0, 0] = float(total)  # every patient in one cell of one stratum
+        values = noisy_release(exact, release, noise_multiplier=sigma, min_cell_size=0, rng=rng, min_cohort_size=20)
+        return not all(math.isnan(v) for v in values.values())
+
+    rng = np.random.default_rng(7)
+    assert not released(19, 0.0, rng) and released(20, 0.0, rng)
+    above = [released(21, 1.0, rng) for _ in range(400)]
+    below = [released(19, 1.0, rng) for _ in range(400)]
+    assert 0 < sum(below) < sum(above) < 400

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from lifelines.datasets import load_gbsg2, load_lung, load_rossi
 
-from agent.plans.release import SURVIVAL_EXITS
+from agent.packages.release_layout import SURVIVAL_EXITS
 from agent.statistics.patients import patient_table
 
 from .helpers import assert_blocks_equal, exact_blocks, oracle, plan_of

@@ -218,6 +218,9 @@ def test_describe_releases_the_plan_and_matches_pandas(site: PlanSite, publisher
     assert started["hyperparameters"] == {"noise_multiplier": TINY_SIGMA, "sampling_rate": 1.0,
                                           "release_noisy_count": False}
     assert started["privacy_unit"] == "patient_id" and finished["task_id"] == started["task_id"]
+    # What left, block by block (strata by cells), not thousands of scalar names.
+    assert finished["released"] == ["count[2][1]", "age.n[2][2]", "age.sum[2][1]", "age.sumsq[2][1]",
+                                    "age.histogram[2][5]", "tgrade.counts[2][5]"]
 
 
 def test_survival_exits_count_each_patient_once(site: PlanSite, publisher: AgentKey) -> None:
@@ -324,11 +327,6 @@ def test_bad_requests_are_refused_and_charge_nothing(site: PlanSite, publisher: 
     # A model kind on a plan package.
     refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_EVALUATE))
     assert refused.code is grpc.StatusCode.INVALID_ARGUMENT
-    # A filter that selects one patient: below the cohort minimum, refused before anything is computed.
-    one = dict(PLAN, cohort=[{"column": "age", "op": "==", "value": 21}])
-    lone = site.client.upload_package(plan_package(publisher, one, "1.0.2")).digest
-    refused = _refusal(site, site.spec(lone, pb.TASK_KIND_DP_SURVIVAL))
-    assert refused.code is grpc.StatusCode.FAILED_PRECONDITION and "minimum cohort size of 20" in refused.details
     # A category of the wrong type for its column (tgrade holds strings).
     typed = dict(PLAN, variables=[{"column": "tgrade", "kind": "categorical", "categories": [1, 2, 3]}])
     wrong = site.client.upload_package(plan_package(publisher, typed, "1.0.3", task_kinds=["dp_describe"])).digest
@@ -336,6 +334,20 @@ def test_bad_requests_are_refused_and_charge_nothing(site: PlanSite, publisher: 
     assert refused.code is grpc.StatusCode.FAILED_PRECONDITION and "column 'tgrade'" in refused.details
     assert site.epsilon_spent() == 0.0
     assert site.epsilon_spent("no-event") == 0.0
+
+
+def test_a_cohort_below_the_minimum_is_withheld_on_its_noisy_size_not_refused(
+    site: PlanSite, publisher: AgentKey
+) -> None:
+    """A refusal decided on the exact size of a cohort the plan's author filters would be a free,
+    exact oracle ("do at least 20 patients meet this filter?"), and binary search on a bound
+    would read any order statistic. So the task runs, is charged, and withholds everything
+    because its noisy cohort size is below the minimum."""
+    one = dict(PLAN, cohort=[{"column": "age", "op": "==", "value": 21}])
+    lone = site.client.upload_package(plan_package(publisher, one, "1.0.2")).digest
+    run = site.client.run_task(site.spec(lone, pb.TASK_KIND_DP_SURVIVAL), [], timeout=60)
+    assert run.scalars and all(np.isnan(value) for value in run.scalars.values())
+    assert run.epsilon_charged > 0 and site.epsilon_spent() == pytest.approx(run.budget_epsilon_spent)
 
 
 def test_unsigned_and_untrusted_plans_are_not_stored(site: PlanSite) -> None:
@@ -368,7 +380,7 @@ def test_a_plan_runs_only_once_the_reviewer_approved_what_it_releases(
             check=True,
         ).stdout
         # What the reviewer reads before approving: who is counted and exactly what leaves.
-        assert "(analysis plan)" in pending and "cohort:      age >= 18.0" in pending
+        assert "(analysis plan)" in pending and "cohort:      age >= 18" in pending
         assert "variable:    age: mean and SD within [20, 90] (values clamped), missing, histogram of 5 bins" in pending
         assert "releases:    dp_survival: 30 numbers in 1 block per task" in pending
         approved = subprocess.run(

@@ -2,7 +2,7 @@
 
 Both run the package's analysis plan, not a graph: the agent reads the plan's columns,
 keeps one row per patient (agent.statistics.patients), computes the blocks of the kind's
-release layout (agent.plans.release) and adds the Gaussian noise that makes the whole
+release layout (agent.packages.release_layout) and adds the Gaussian noise that makes the whole
 release one mechanism with the task's noise multiplier, accounted at q = 1: a plan's
 statistics describe the whole cohort, so every patient is in the "sample".
 """
@@ -10,7 +10,7 @@ statistics describe the whole cohort, so every patient is in the "sample".
 from __future__ import annotations
 
 from agent.packages.manifest import Manifest, TaskKind
-from agent.plans.release import layout
+from agent.packages.release_layout import layout
 from agent.statistics.tables import exact_release, noisy_release
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.profile import PlanComputation, Release
@@ -29,7 +29,9 @@ def plan_release(manifest: Manifest, kind: TaskKind) -> Release:
     """Every scalar the plan's release layout names for ``kind``; nothing for a package without a plan."""
     if manifest.plan is None:
         return Release((), frozenset())
-    return Release((), frozenset(layout(manifest.plan, kind).scalar_names()))
+    release = layout(manifest.plan, kind)
+    blocks = tuple(f"{block.name}[{release.strata}][{len(block.cells)}]" for block in release.blocks)
+    return Release((), frozenset(release.scalar_names()), audited=blocks)
 
 
 def compute_plan(computation: PlanComputation, kind: TaskKind, noise_multiplier: float) -> Released:
@@ -42,5 +44,6 @@ def compute_plan(computation: PlanComputation, kind: TaskKind, noise_multiplier:
         noise_multiplier=noise_multiplier,
         min_cell_size=computation.min_cell_size,
         rng=computation.noise,
+        min_cohort_size=computation.min_cohort_size,
     )
     return Released({}, scalars)

@@ -82,6 +82,14 @@ class Release:
 
     tensors: tuple[ParameterDecl, ...]
     scalars: frozenset[str]
+    # What the audit log names of the result (a plan's thousands of numbers, block by block);
+    # None: every tensor and scalar by name.
+    audited: tuple[str, ...] | None = None
+
+    def audit_names(self) -> tuple[str, ...]:
+        if self.audited is not None:
+            return self.audited
+        return tuple(sorted([*(tensor.name for tensor in self.tensors), *self.scalars]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,11 +119,13 @@ class Computation:
 class PlanComputation:
     """What the worker has prepared for a kind that computes a plan's statistics: the plan,
     its patients (read, filtered and one row each: agent.statistics.patients), the policy's
-    minimum cell size and the noise's generator."""
+    minimum cell and cohort sizes and the noise's generator."""
 
     plan: AnalysisPlan
     patients: PatientTable
     min_cell_size: int
+    # Everything is withheld when the cohort's noisy size is below it (agent.statistics.tables).
+    min_cohort_size: int
     noise: np.random.Generator
 
 

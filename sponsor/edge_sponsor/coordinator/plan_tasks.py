@@ -21,8 +21,8 @@ from agent.packages.inspection import inspect_package
 from agent.packages.limits import PackageLimits
 from agent.packages.manifest import Manifest, TaskKind
 from agent.packages.plan import AnalysisPlan
+from agent.packages.release_layout import ReleaseLayout, layout
 from agent.packages.verification import package_digest
-from agent.plans.release import ReleaseLayout, layout
 from agent.tasks.kinds import registry
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from edge_sponsor.coordinator.federation import Federation, Site

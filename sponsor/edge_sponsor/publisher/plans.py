@@ -15,6 +15,7 @@ from agent.packages.canonical import CanonicalJsonError, canonical_json, parse_s
 from agent.packages.errors import PackageInputError, PackageRejected
 from agent.packages.manifest import FORMAT_VERSION, Manifest, parse_manifest
 from agent.packages.plan import parse_plan
+from agent.packages.release_layout import check_release_size
 from agent.tasks.kinds import registry
 from edge_sponsor.publisher.packaging import assemble_package
 
@@ -71,4 +72,8 @@ def checked_plan_manifest(fields: Mapping[str, Any]) -> Manifest:
         raise PackageInputError(f"the plan package would be refused: {exc}") from None
     if manifest.plan is None:
         raise PackageInputError("the manifest has no plan")
+    try:
+        check_release_size(manifest.plan, manifest.task_kinds)
+    except PackageRejected as exc:
+        raise PackageInputError(f"the plan package would be refused: {exc}") from None
     return manifest

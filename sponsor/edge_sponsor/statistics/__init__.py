@@ -1,6 +1,6 @@
 """The sponsor's estimators on the hospitals' noisy releases, and the report that shows them.
 
-Each hospital's agent releases the blocks of :mod:`agent.plans.release` with Gaussian noise
+Each hospital's agent releases the blocks of :mod:`agent.packages.release_layout` with Gaussian noise
 of a known standard deviation; these modules pool them over sites and carry that noise,
 next to the sampling error, into every standard error, confidence interval and test.
 

@@ -1,7 +1,7 @@
 """One hospital's release as the sponsor receives it, read back as blocks.
 
 A release is a flat mapping of scalar names (``<block>[<stratum>][<cell>]``, see
-:mod:`agent.plans.release`) to noisy numbers; NaN marks a number the hospital withheld
+:mod:`agent.packages.release_layout`) to noisy numbers; NaN marks a number the hospital withheld
 under its minimum cell size. The layout says how noisy each number is: the noise is
 Gaussian, independent between numbers, with standard deviation
 ``layout.noise_std(block, noise_multiplier)`` for the site's own noise multiplier.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.plans.release import Block, ReleaseLayout
+from agent.packages.release_layout import Block, ReleaseLayout
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -2,7 +2,7 @@
 
 Each site releases, per stratum, how many patients left the risk set in each interval of
 the plan's public grid ``[0, t_1], (t_1, t_2], ..., (t_J, inf)`` by the event and by
-censoring (:func:`agent.plans.release.survival_block`), each number with independent
+censoring (:func:`agent.packages.release_layout.survival_block`), each number with independent
 Gaussian noise of a known variance ``v``. Pooling adds the sites' numbers and their
 variances; a site that withheld a stratum is left out of that stratum's pool and named.
 
@@ -72,7 +72,7 @@ import numpy as np
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan
-from agent.plans.release import SURVIVAL_EXITS, layout
+from agent.packages.release_layout import SURVIVAL_EXITS, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, SiteRelease, pool, read_block
 
 

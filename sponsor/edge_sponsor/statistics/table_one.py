@@ -35,7 +35,7 @@ import numpy as np
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable
-from agent.plans.release import COUNT, ReleaseLayout, Statistic, block_name, layout
+from agent.packages.release_layout import COUNT, ReleaseLayout, Statistic, block_name, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, Pooled, SiteRelease, pool, read_block
 
 POOLED = "pooled"

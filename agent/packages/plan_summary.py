@@ -3,14 +3,16 @@
 ``edge-agent package inspect|verify|pending`` print these lines for a plan package, so a
 reviewer approving it reads the cohort, the strata, each variable with its public
 bounds, and for each task kind how many numbers a task releases and how much noise
-each carries at the smallest noise multiplier the package allows.
+each carries per unit of the noise multiplier. Values are shown at full precision and
+booleans as the release labels them; the plan format refuses characters that could make
+a terminal show something else (agent.packages.json_fields.printable_field).
 """
 
 from __future__ import annotations
 
 from agent.packages.manifest import Manifest
-from agent.packages.plan import CategoricalVariable, CohortFilter, FilterOp
-from agent.plans.release import ReleaseLayout, layout
+from agent.packages.plan import CategoricalVariable, CohortFilter, FilterOp, category_label, number_label
+from agent.packages.release_layout import ReleaseLayout, layout
 
 
 def plan_lines(manifest: Manifest) -> list[str]:
@@ -24,15 +26,16 @@ def plan_lines(manifest: Manifest) -> list[str]:
     ]
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
-            words = f"counts of {', '.join(str(c) for c in variable.categories)}, other, missing"
+            words = f"counts of {', '.join(category_label(c) for c in variable.categories)}, other, missing"
         else:
-            words = f"mean and SD within [{variable.low:g}, {variable.high:g}] (values clamped), missing"
+            bounds = f"[{number_label(variable.low)}, {number_label(variable.high)}]"
+            words = f"mean and SD within {bounds} (values clamped), missing"
             if variable.bins:
                 words += f", histogram of {len(variable.bins) - 1} bins"
         lines.append(f"  variable:    {variable.column}: {words}")
     if plan.survival is not None:
         survival = plan.survival
-        grid = ", ".join(f"{t:g}" for t in survival.grid)
+        grid = ", ".join(number_label(t) for t in survival.grid)
         lines.append(
             f"  survival:    time {survival.time_column}, event {survival.event_column}; "
             f"exits per interval up to {grid}"
@@ -58,5 +61,11 @@ def _filter_words(item: CohortFilter) -> str:
     if item.op is FilterOp.NOT_NULL:
         return f"{item.column} present"
     if item.op is FilterOp.IN:
-        return f"{item.column} in {{{', '.join(str(v) for v in item.values)}}}"
-    return f"{item.column} {item.op.value} {item.values[0]}"
+        return f"{item.column} in {{{', '.join(_value(v) for v in item.values)}}}"
+    return f"{item.column} {item.op.value} {_value(item.values[0])}"
+
+
+def _value(value: float | str | bool) -> str:
+    if isinstance(value, str):
+        return value
+    return category_label(value) if isinstance(value, bool) else number_label(value)

@@ -20,12 +20,22 @@ labels of both come from :attr:`Block.cells` and
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from agent.packages.errors import PackageRejected, RejectionCode
 from agent.packages.manifest import PLAN_KINDS, TaskKind
-from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, SurvivalSpec, category_label
+from agent.packages.plan import (
+    MISSING_LABEL,
+    OTHER_LABEL,
+    AnalysisPlan,
+    CategoricalVariable,
+    NumericVariable,
+    SurvivalSpec,
+    category_label,
+    number_label,
+)
 
 
 class Suppression(StrEnum):
@@ -123,10 +133,9 @@ class ReleaseLayout:
 
 COUNT = block_name(Statistic.COUNT)
 SURVIVAL_EXITS = block_name(Statistic.EXITS)
-# The labels of the cells no declared category fills: agent.packages.plan.RESERVED_LABELS, which
-# no category may be, so a table's labels are distinct.
-MISSING = "(missing)"
-OTHER = "(other)"
+# The labels of the cells no declared category fills, which no category may be.
+MISSING = MISSING_LABEL
+OTHER = OTHER_LABEL
 PRESENT = "present"
 EVENT = "event"
 CENSORED = "censored"
@@ -162,7 +171,7 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
         Block(Statistic.SUMSQ, column, ("sumsq",), h * h, Suppression.STRATUM),
     ]
     if variable.bins:
-        edges = [_number(edge) for edge in variable.bins]
+        edges = [number_label(edge) for edge in variable.bins]
         last = len(edges) - 2
         cells = tuple(f"[{edges[k]}, {edges[k + 1]}{']' if k == last else ')'}" for k in range(len(edges) - 1))
         blocks.append(Block(Statistic.HISTOGRAM, column, cells, 1.0, Suppression.STRATUM))
@@ -172,7 +181,7 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
 def survival_block(survival: SurvivalSpec) -> Block:
     """Exits per interval of the grid: ``event`` and ``censored`` for ``[0, t_1]``, ``(t_{j-1}, t_j]``
     and after ``t_J``, then ``missing`` (no usable time or event). Each patient is in one cell."""
-    grid = [_number(t) for t in survival.grid]
+    grid = [number_label(t) for t in survival.grid]
     intervals = [f"[0, {grid[0]}]"]
     intervals += [f"({grid[j - 1]}, {grid[j]}]" for j in range(1, len(grid))]
     intervals.append(f"({grid[-1]}, inf)")
@@ -180,6 +189,30 @@ def survival_block(survival: SurvivalSpec) -> Block:
     return Block(Statistic.EXITS, None, (*cells, MISSING), 1.0, Suppression.STRATUM)
 
 
-def _number(value: float) -> str:
-    # Shortest form, but never two distinct edges with one label (":g" keeps 6 digits).
-    return f"{value:.15g}"
+# What one task may release: its scalars travel in the worker's result header (1 MiB) and in
+# the RunTask result header, name and value each; half the worker's header leaves room for
+# the values. A plan over it is refused when its package is built or uploaded, never charged
+# and then lost.
+MAX_RELEASE_BYTES = 512 * 1024
+# Per number beyond its name: JSON quotes, separators and a float's 24 characters.
+_BYTES_PER_VALUE = 32
+
+
+def release_bytes(release: ReleaseLayout) -> int:
+    """An upper bound on the bytes a task's scalars take in a JSON header."""
+    return sum(len(name.encode()) + _BYTES_PER_VALUE for name in release.scalar_names())
+
+
+def check_release_size(plan: AnalysisPlan, kinds: Iterable[TaskKind]) -> None:
+    """PackageRejected (manifest_invalid) when a task of one of ``kinds`` would release more than
+    MAX_RELEASE_BYTES."""
+    for kind in kinds:
+        release = layout(plan, kind)
+        size = release_bytes(release)
+        if size > MAX_RELEASE_BYTES:
+            numbers = sum(1 for _ in release.scalar_names())
+            raise PackageRejected(
+                RejectionCode.MANIFEST_INVALID,
+                f"manifest field plan: a {kind.value} task would release {numbers} numbers ({size} bytes), more "
+                f"than one task may ({MAX_RELEASE_BYTES} bytes); use fewer strata, categories, bins or grid times",
+            )
