@@ -383,6 +383,34 @@ class PrivacyLedger:
             for task_id, group, dataset, coordinator, correlation, reserved_at in rows
         ]
 
+    def projected(
+        self, budget_group: str, planned: Sequence[Mechanism], *, delta: float, max_settings: int | None = None
+    ) -> float:
+        """The group's ε once ``planned`` is charged as well: privacy planning, nothing written.
+
+        Args:
+            budget_group: the group whose committed and in-flight tasks the plan adds to.
+            planned: the tasks a run would add (each Mechanism may stand for many tasks).
+            delta: the δ at which the group is held to its limit, in (0, 1).
+            max_settings: the most distinct (q, sigma) the projection may hold, as for a
+                reservation: composing is what it protects.
+
+        Returns:
+            ε of the group's committed, reserved and planned tasks, composed at ``delta``.
+
+        Raises:
+            MechanismError: ``delta`` is not in (0, 1).
+            AccountingSettingsError: the projection would hold more than ``max_settings`` settings.
+            LedgerError: the ledger cannot be read.
+        """
+        with self._read() as conn:
+            active = [] if conn is None else self._mechanisms(conn, budget_group, _ACTIVE)
+        history = list(active)
+        for mechanism in planned:
+            _check_settings(budget_group, history, mechanism, max_settings)
+            history.append(mechanism)
+        return self._accountant.epsilon(history, delta)
+
     def spent(self, budget_group: str, delta: float) -> float:
         """ε of the group's committed tasks at ``delta``."""
         with self._read() as conn:

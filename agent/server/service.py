@@ -37,12 +37,15 @@ from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore
+from agent.privacy.errors import AccountingSettingsError
 from agent.privacy.ledger import PrivacyLedger
 from agent.server.package_endpoints import PackageEndpoints
 from agent.server.peer import caller_identity
 from agent.server.status import refuse
 from agent.server.task_endpoints import TaskEndpoints
+from agent.tasks.errors import TaskSpecError
 from agent.tasks.parameter_cache import ParameterCache
+from agent.tasks.planning import planned_mechanisms
 from agent.tasks.runner import TaskRunner
 
 CAPABILITIES = ("budget", "datasets", "health", "packages", "reflection", "tasks", "transport-probe")
@@ -287,6 +290,10 @@ class AgentService(pb_grpc.AgentServicer):
         rule = self._policy.current().dataset_rule(dataset_id)
         if rule is None:  # the decision refuses datasets without a rule (reloaded since: told the same way)
             context.abort(grpc.StatusCode.NOT_FOUND, dataset_not_found(dataset_id))
+        try:
+            planned = planned_mechanisms(request.planned)
+        except TaskSpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         status = self._ledger.status(rule.budget_group, limit_epsilon=rule.epsilon_budget, delta=rule.delta)
         budget = pb.Budget(
             dataset_id=dataset_id,
@@ -298,6 +305,16 @@ class AgentService(pb_grpc.AgentServicer):
             tasks_charged=status.tasks_committed,
             accountant=self._ledger.accountant.kind.value,
         )
+        if planned:
+            try:
+                budget.epsilon_projected = self._ledger.projected(
+                    rule.budget_group,
+                    planned,
+                    delta=rule.delta,
+                    max_settings=self._policy.current().limits.max_accounting_settings,
+                )
+            except AccountingSettingsError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the planned tasks cannot be accounted: {exc}")
         try:
             inspection = self._catalog.inspect(dataset_id)
         except UnknownDatasetError:

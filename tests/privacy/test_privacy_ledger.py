@@ -10,6 +10,7 @@ import pytest
 
 from agent.privacy.accounting import AccountantKind, RdpAccountant
 from agent.privacy.errors import (
+    AccountingSettingsError,
     BudgetExceededError,
     DuplicateTaskError,
     LedgerError,
@@ -235,3 +236,17 @@ def test_a_tampered_row_is_reported_not_accounted(ledger: PrivacyLedger) -> None
         conn.execute("UPDATE tasks SET noise_multiplier = 0")
     with pytest.raises(LedgerError, match="invalid task"):
         ledger.status("cohort")
+
+
+def test_a_projection_composes_the_plan_with_the_history_and_writes_nothing(ledger: PrivacyLedger) -> None:
+    reserve(ledger, "t1")
+    ledger.commit("t1")
+    reserve(ledger, "t2")  # in flight: counted, as a reservation would count it
+    before = ledger.status("cohort")
+    planned = [TASK, TASK, TASK]  # three more of the same tasks
+    assert ledger.projected("cohort", planned, delta=DELTA) == pytest.approx(epsilon_of(5))
+    assert ledger.status("cohort") == before
+    # A new (q, sigma) beyond the cap is refused, as a reservation's would be.
+    with pytest.raises(AccountingSettingsError):
+        ledger.projected("cohort", [Mechanism(0.5, 2.0)], delta=DELTA, max_settings=1)
+    assert ledger.projected("cohort", planned, delta=DELTA, max_settings=1) == pytest.approx(epsilon_of(5))

@@ -16,8 +16,17 @@ from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
+from agent.privacy.accounting import PldAccountant
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units, dataset_format_name
 from edge_sponsor.coordinator.federation import Federation, Site, load_federation
+from edge_sponsor.coordinator.privacy_plan import (
+    PlanningError,
+    SiteProjection,
+    evaluation_rounds,
+    noise_for_epsilon,
+    project,
+    training_tasks,
+)
 from edge_sponsor.coordinator.progress import observer_for
 from edge_sponsor.coordinator.study import open_clients, run_study
 from edge_sponsor.coordinator.study_package import StudyPackage, StudyPackageError
@@ -42,6 +51,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     check.add_argument("federation", type=Path, help="federation file (TOML)")
     check.set_defaults(handler=run_check)
+
+    plan = commands.add_parser(
+        "plan",
+        help="what the run will cost each site in ε, before anything is spent",
+        description="Ask every agent where its budget group would stand after this run's training and "
+        "evaluation tasks, by the agent's own accounting (nothing is reserved or spent). Exit 1 if the run "
+        "would take any site over its limit, or a site cannot say. With --target-epsilon, also the smallest "
+        "training noise multiplier at which the run alone costs at most that ε at each site's δ.",
+    )
+    plan.add_argument("federation", type=Path, help="federation file (TOML)")
+    plan.add_argument("--rounds", type=int, default=None, help="override [training] rounds")
+    plan.add_argument("--target-epsilon", type=float, default=None, metavar="EPS", help="solve for sigma")
+    plan.set_defaults(handler=run_plan_command)
 
     train = commands.add_parser(
         "train",
@@ -91,7 +113,7 @@ def run_check(args: argparse.Namespace) -> int:
     return ExitCode.FAILURE if any(": UNUSABLE: " in line for line in lines) else ExitCode.SUCCESS
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _federation(args: argparse.Namespace) -> Federation:
     federation: Federation = load_federation(args.federation)
     if args.rounds is not None:
         if not 1 <= args.rounds <= 100_000:
@@ -99,7 +121,69 @@ def run_train(args: argparse.Namespace) -> int:
         federation = dataclasses.replace(
             federation, training=dataclasses.replace(federation.training, rounds=args.rounds)
         )
+    return federation
+
+
+def _projections(federation: Federation) -> list[SiteProjection]:
+    clients = open_clients(federation)
+    try:
+        return project(federation, clients, training_tasks(federation.training))
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _projection_line(projection: SiteProjection) -> str:
+    if projection.problem:
+        return f"{projection.site}: cannot say: {projection.problem}"
+    verdict = "fits" if projection.fits else "DOES NOT FIT"
+    return (
+        f"{projection.site}: ε {projection.epsilon_spent:.3f} spent "
+        f"(+{projection.epsilon_reserved - projection.epsilon_spent:.3f} in flight) -> "
+        f"{projection.epsilon_projected:.3f} after this run, limit {projection.epsilon_limit:g} at "
+        f"δ {projection.delta:g}: {verdict}"
+    )
+
+
+def run_plan_command(args: argparse.Namespace) -> int:
+    federation = _federation(args)
+    plan = federation.training
+    print(
+        f"{plan.rounds} rounds of {plan.algorithm.value} (sigma {plan.noise_multiplier:g}, q {plan.sampling_rate:g}) "
+        f"and {evaluation_rounds(plan)} evaluations (sigma {plan.evaluation_noise_multiplier:g}) per site"
+    )
+    projections = _projections(federation)
+    for projection in projections:
+        print(_projection_line(projection))
+    if args.target_epsilon is not None:
+        deltas = sorted({p.delta for p in projections if not p.problem}) or [1e-5]
+        accountant = PldAccountant()
+        try:
+            sigma = max(noise_for_epsilon(plan, args.target_epsilon, delta, accountant) for delta in deltas)
+        except PlanningError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            accountant.close()
+        print(
+            f"noise_multiplier = {sigma:g} makes this run alone cost at most ε = {args.target_epsilon:g} at every "
+            f"site's δ ({', '.join(f'{d:g}' for d in deltas)})"
+        )
+    # A site that cannot say is not known to fit: the plan is not confirmed.
+    return ExitCode.SUCCESS if all(p.fits for p in projections) else ExitCode.FAILURE
+
+
+def run_train(args: argparse.Namespace) -> int:
+    federation = _federation(args)
     package = StudyPackage.from_file(args.package)
+    # Before anything is spent: a run that cannot finish at some site is not started.
+    over = [p for p in _projections(federation) if not p.problem and not p.fits]
+    if over:
+        for projection in over:
+            print(_projection_line(projection), file=sys.stderr)
+        raise FederationError(
+            f"the run would take {', '.join(p.site for p in over)} over the privacy budget; nothing was spent "
+            "(edge-sponsor coordinate plan shows each site's figures; fewer rounds or more noise would fit)"
+        )
     with observer_for(sys.stdout, federation.training.rounds) as observer:
         outcome = run_study(federation, package, args.out, observer, run_id=args.run_id)
     for site in outcome.report.sites:

@@ -286,9 +286,14 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise self._error("GetPackage", exc) from None
 
-    def get_budget(self, dataset_id: str, timeout: float | None = None) -> pb.Budget:
+    def get_budget(
+        self, dataset_id: str, timeout: float | None = None, *, planned: Sequence[pb.PlannedTasks] = ()
+    ) -> pb.Budget:
+        """The dataset's budget; with ``planned``, also ``epsilon_projected``: the group's ε once
+        those tasks are charged too, by the agent's own accounting (nothing is reserved)."""
+        request = pb.GetBudgetRequest(dataset_id=dataset_id, planned=list(planned))
         try:
-            return self._stub.GetBudget(pb.GetBudgetRequest(dataset_id=dataset_id), timeout=self._deadline(timeout))
+            return self._stub.GetBudget(request, timeout=self._deadline(timeout))
         except grpc.RpcError as exc:
             raise self._error("GetBudget", exc) from None
 

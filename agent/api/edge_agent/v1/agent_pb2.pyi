@@ -975,19 +975,55 @@ class GetBudgetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_ID_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
+    @_builtins.property
+    def planned(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedTasks]:
+        """Tasks a run would add (privacy planning): the agent composes them with what the
+        budget group has spent and reserved, with its own accountant, and answers
+        Budget.epsilon_projected. Nothing is reserved or charged.
+        """
+
     def __init__(
         self,
         *,
         dataset_id: _builtins.str = ...,
+        planned: _abc.Iterable[Global___PlannedTasks] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "planned", b"planned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBudgetRequest: _TypeAlias = GetBudgetRequest  # noqa: Y015
+
+@_typing.final
+class PlannedTasks(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    kind: Global___TaskKind.ValueType
+    count: _builtins.int
+    """How many such tasks (1 to 1,000,000)."""
+    @_builtins.property
+    def hyperparameters(self) -> Global___DPHyperparameters: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___TaskKind.ValueType = ...,
+        hyperparameters: Global___DPHyperparameters | None = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "hyperparameters", b"hyperparameters", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedTasks: _TypeAlias = PlannedTasks  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):
@@ -1003,6 +1039,7 @@ class Budget(_message.Message):
     ACCOUNTANT_FIELD_NUMBER: _builtins.int
     PRIVACY_UNIT_DECLARED_FIELD_NUMBER: _builtins.int
     UNIT_COUNT_FIELD_NUMBER: _builtins.int
+    EPSILON_PROJECTED_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     budget_group: _builtins.str
     """Datasets over the same patients share one budget group."""
@@ -1017,6 +1054,10 @@ class Budget(_message.Message):
     privacy_unit_declared: _builtins.bool
     """ε above is per unit: per patient when the dataset declares a privacy unit,
     per row otherwise (then a patient with k rows is protected at about k·ε).
+    """
+    epsilon_projected: _builtins.float
+    """With GetBudgetRequest.planned: the group's ε once those tasks are charged too
+    (composed, at this δ); compare with epsilon_limit before a run starts.
     """
     @_builtins.property
     def unit_count(self) -> Global___RowCountBucket:
@@ -1037,12 +1078,15 @@ class Budget(_message.Message):
         accountant: _builtins.str = ...,
         privacy_unit_declared: _builtins.bool = ...,
         unit_count: Global___RowCountBucket | None = ...,
+        epsilon_projected: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["unit_count", b"unit_count"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon_projected", b"_epsilon_projected", "epsilon_projected", b"epsilon_projected", "unit_count", b"unit_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountant", b"accountant", "budget_group", b"budget_group", "dataset_id", b"dataset_id", "delta", b"delta", "epsilon_limit", b"epsilon_limit", "epsilon_reserved", b"epsilon_reserved", "epsilon_spent", b"epsilon_spent", "privacy_unit_declared", b"privacy_unit_declared", "tasks_charged", b"tasks_charged", "unit_count", b"unit_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon_projected", b"_epsilon_projected", "accountant", b"accountant", "budget_group", b"budget_group", "dataset_id", b"dataset_id", "delta", b"delta", "epsilon_limit", b"epsilon_limit", "epsilon_projected", b"epsilon_projected", "epsilon_reserved", b"epsilon_reserved", "epsilon_spent", b"epsilon_spent", "privacy_unit_declared", b"privacy_unit_declared", "tasks_charged", b"tasks_charged", "unit_count", b"unit_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__epsilon_projected: _TypeAlias = _typing.Literal["epsilon_projected"]  # noqa: Y015
+    _WhichOneofArgType__epsilon_projected: _TypeAlias = _typing.Literal["_epsilon_projected", b"_epsilon_projected"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon_projected) -> _WhichOneofReturnType__epsilon_projected | None: ...
 
 Global___Budget: _TypeAlias = Budget  # noqa: Y015
 
