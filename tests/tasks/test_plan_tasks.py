@@ -292,6 +292,13 @@ def test_the_sponsor_pools_three_agents_into_km_curves_and_a_table_one(
         assert sponsor_main([*argv, "--json", str(table_json)]) == 0
         table = json.loads(table_json.read_text())["table_one"]
         assert table is not None
+        # Two tasks at σ 0.3 spent about 38 of each site's 100; one at σ 0.1 (ε 92) would go over: refused first.
+        spent = [site.epsilon_spent() for site in sites]
+        capsys.readouterr()
+        greedy = ["study", "survival", str(federation), "--plan", str(plan_file), "--noise-multiplier", "0.1"]
+        assert sponsor_main([*greedy, "--json", str(tmp_path / "greedy.json")]) == 1
+        assert "over the privacy budget; nothing was spent" in capsys.readouterr().err
+        assert [site.epsilon_spent() for site in sites] == spent and not (tmp_path / "greedy.json").exists()
         # Bad options are refused before any agent is asked, naming what is at fault.
         capsys.readouterr()
         bad = ["study", "survival", str(federation), "--plan", str(plan_file), "--noise-multiplier", "0", "--json", "x"]

@@ -19,7 +19,8 @@ from agent.cli.settings import UsageError
 from agent.durable import write_public
 from agent.packages.manifest import TaskKind
 from edge_sponsor.coordinator.federation import load_federation
-from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, run_plan
+from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
+from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
 from edge_sponsor.statistics.report import new_report, render_html
 from edge_sponsor.statistics.survival import analyse_survival
@@ -82,6 +83,12 @@ def run_study_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"{federation.name}-{kind.value}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     clients = open_clients(federation)
     try:
+        # Before anything is spent: a study that would take a site over its budget is not started.
+        task = PlannedTask(plan_profile(kind, args.noise_multiplier), 1)
+        over = [p for p in project(federation, clients, [task]) if not p.problem and not p.fits]
+        if over:
+            names = ", ".join(f"{p.site} ({p.epsilon_projected:.3g} > {p.epsilon_limit:g})" for p in over)
+            raise NoReleaseError(f"the study would take {names} over the privacy budget; nothing was spent")
         outcomes = run_plan(federation, clients, package, kind, args.noise_multiplier, run_id=run_id)
     finally:
         for client in clients.values():

@@ -24,6 +24,7 @@ from agent.packages.plan import AnalysisPlan
 from agent.packages.release_layout import ReleaseLayout, layout
 from agent.packages.verification import package_digest
 from agent.tasks.kinds import registry
+from agent.tasks.kinds.profile import TaskProfile
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from edge_sponsor.coordinator.federation import Federation, Site
 from edge_sponsor.statistics.releases import SiteRelease
@@ -115,15 +116,11 @@ def run_plan(
         PlanPackageError: the package does not offer ``kind``.
         ValueError: ``kind`` is not a plan kind or ``noise_multiplier`` is not positive.
     """
-    if kind.value not in registry.plan_kinds():
-        raise ValueError(f"{kind.value} is not a statistics task kind ({', '.join(registry.plan_kinds())})")
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
+    profile = plan_profile(kind, noise_multiplier)
     release_layout = package.layout(kind)
-    profile = registry.by_name(kind.value)
-    if profile is None:  # plan_kinds() comes from the registry
-        raise ValueError(f"unknown task kind {kind.value}")
-    hyperparameters = profile.from_values({"noise_multiplier": noise_multiplier, "sampling_rate": 1.0}).to_wire()
+    hyperparameters = profile.to_wire()
 
     def one(site: Site) -> SiteOutcome:
         spec = pb.TaskSpec(
@@ -145,6 +142,15 @@ def run_plan(
 
     with ThreadPoolExecutor(max_workers=max(1, len(federation.sites))) as pool:
         return list(pool.map(one, federation.sites))
+
+
+def plan_profile(kind: TaskKind, noise_multiplier: float) -> TaskProfile:
+    """The task a site runs for ``kind`` of a plan at ``noise_multiplier`` (q = 1); ValueError
+    for a kind that runs no plan."""
+    profile = registry.by_name(kind.value)
+    if profile is None or profile.graph is not None:
+        raise ValueError(f"{kind.value} is not a statistics task kind ({', '.join(registry.plan_kinds())})")
+    return profile.from_values({"noise_multiplier": noise_multiplier, "sampling_rate": 1.0})
 
 
 def _run_site(  # noqa: PLR0917 (one task's inputs)
