@@ -300,7 +300,10 @@ class RpcDecision(AuditEvent):
 @dataclass(frozen=True, kw_only=True)
 class PackageUploaded(AuditEvent):
     kind = "package.uploaded"
-    when = "a coordinator uploaded a package; its signatures, trust and graph passed every check"
+    when = (
+        "a package was stored, uploaded by a coordinator or by the hospital (`edge-agent package upload`, "
+        "coordinator `local operator`); its signatures, trust and graphs passed every check"
+    )
     coordinator: Annotated[str, COORDINATOR]
     package_digest: Annotated[str, PACKAGE_DIGEST]
     package_name: Annotated[str, PACKAGE_NAME]

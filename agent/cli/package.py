@@ -26,6 +26,7 @@ from agent.governance.approvals import approval_in_force, listed_reviewer, revie
 from agent.governance.development import development_policy
 from agent.governance.loader import load_policy
 from agent.governance.model import Policy
+from agent.governance.publishers import check_package_name, trust_store
 from agent.identity.agent_key import load_key_file
 from agent.packages import (
     DecisionError,
@@ -75,6 +76,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="publisher public key (PEM or base64 file); repeat for several",
     )
     verify.set_defaults(handler=run_verify)
+
+    upload = commands.add_parser(
+        "upload",
+        help="store a package file on this agent (it then awaits review, as if a coordinator had uploaded it)",
+        description="Verify a package (or analysis plan) file against the policy in force and store it, so that "
+        "the hospital's reviewer can approve it before any coordinator runs it. Audited as package.uploaded "
+        "by the local operator.",
+    )
+    upload.add_argument("file", type=Path, metavar="FILE")
+    add_config_arguments(upload)
+    upload.set_defaults(handler=run_upload)
 
     for name, text in (("pending", "packages awaiting review"), ("list", "every stored package")):
         listing = commands.add_parser(name, help=f"list {text}", description=f"List {text} on this agent.")
@@ -235,6 +247,49 @@ def run_list(args: argparse.Namespace) -> int:
         for problem in ignored:
             print(f"  ignored:     {problem}")
         print()
+    return ExitCode.SUCCESS
+
+
+LOCAL_OPERATOR = "local operator"
+"""Who a package stored with `edge-agent package upload` was uploaded by, in the audit log."""
+
+
+def run_upload(args: argparse.Namespace) -> int:
+    """Verifies FILE as UploadPackage does and stores it; the audit log is opened first, as for a review."""
+    config = resolve_config(args)
+    agent_key, _ = identity_key(config)
+    check_identity_pin(config, agent_key)
+    policy = _policy(config)
+    limits = PackageLimits()
+    data = read_package_bytes(args.file, limits)
+    store = PackageStore(config.state_dir / "packages")
+    audit_log = AuditLog.open(config.audit.directory, agent_key, checkpoint_every=config.audit.checkpoint_every)
+    with closing(audit_log) as audit:
+        stored = store.add(
+            data,
+            trust_store(policy),
+            limits,
+            datetime.now(UTC),
+            policy.packages.require_approval,
+            check=lambda verified: check_package_name(verified, policy),
+        )
+        audit.record(
+            events.PackageUploaded(
+                coordinator=LOCAL_OPERATOR,
+                package_digest=stored.digest,
+                package_name=stored.name,
+                package_version=stored.version,
+                publisher=stored.manifest.publisher,
+                signer_key_ids=tuple(stored.signer_key_ids),
+                package_status=stored.status.value,
+                size_bytes=stored.size,
+                policy_digest=policy.digest,
+            )
+        )
+    print(f"{stored.digest}  {stored.status.value.upper()}")
+    print("\n".join(_summary_lines(stored.manifest)))
+    if stored.status is PackageStatus.PENDING:
+        print(f"approve with: edge-agent package approve {stored.digest} --reviewer-key KEY --reviewer NAME")
     return ExitCode.SUCCESS
 
 

@@ -19,18 +19,15 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.tensor_dtypes import CODE_BY_DTYPE
 from agent.audit.events import PackageRefused, PackageUploaded
 from agent.audit.sink import AuditSink
-from agent.governance.decisions import package_name_allowed
 from agent.governance.model import Policy
-from agent.governance.publishers import trust_store
+from agent.governance.publishers import check_package_name, trust_store
 from agent.packages import (
     PackageLimits,
     PackageRejected,
     PackageStatus,
     PackageStore,
-    RejectionCode,
     StagedUpload,
     StoredPackage,
-    VerifiedPackage,
 )
 from agent.packages.store import parse_digest
 from agent.server.status import refuse
@@ -115,7 +112,7 @@ class PackageEndpoints:
                     self._limits,
                     self._clock(),
                     policy.packages.require_approval,
-                    check=lambda verified: _check_name(verified, policy),
+                    check=lambda verified: check_package_name(verified, policy),
                 )
             except PackageRejected as exc:
                 self._refuse(context, caller, exc, received)
@@ -199,9 +196,3 @@ class PackageEndpoints:
         self._logger.info("package.refused", caller=caller, code=exc.code.value, reason=exc.message)
         # str(exc) is "<code>: <message>": the code is stable, the message names what is at fault.
         refuse(context, exc.code.refusal, str(exc))
-
-
-def _check_name(verified: VerifiedPackage, policy: Policy) -> None:
-    decision = package_name_allowed(verified.manifest.name, policy)
-    if not decision.allowed:
-        raise PackageRejected(RejectionCode.NAME_NOT_ALLOWED, decision.reason)

@@ -3,6 +3,7 @@ entry points: exit codes, and errors that name the file and the field at fault."
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from agent.cli.main import main as agent_main
 from agent.identity.agent_key import generate_key_file, public_key_path
 from edge_sponsor.cli.main import main as sponsor_main
+from tests.conftest import DEFAULT_POLICY, Pki, write_config
 from tests.plans.test_plan_format import PLAN
 
 
@@ -100,3 +102,63 @@ def test_a_bad_plan_is_refused_naming_the_file_and_field(
 def test_a_missing_plan_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert build(tmp_path, tmp_path / "absent.json") == 2
     assert "absent.json: cannot read the plan" in capsys.readouterr().err
+
+
+def test_the_hospital_uploads_a_plan_itself_and_approves_it(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`edge-agent package upload`: no coordinator needed to put a package before the reviewer; what
+    the policy does not trust is refused with its code, and nothing is stored."""
+    publisher = generate_key_file(tmp_path / "publisher.key")
+    reviewer = generate_key_file(tmp_path / "reviewer.key")
+    assert build(tmp_path, write_plan(tmp_path / "plan.json", PLAN), "--sign-key", str(tmp_path / "publisher.key")) == 0
+    agent = tmp_path / "agent"
+    (agent / "state").mkdir(parents=True)
+    keys = {name: base64.b64encode(key.public_bytes).decode() for name, key in (("p", publisher), ("r", reviewer))}
+    policy = (
+        DEFAULT_POLICY
+        + f'\n[[publishers]]\nname = "Acme"\npublic_key = "{keys["p"]}"\n'
+        + f'\n[[reviewers]]\nname = "Erin Ward"\npublic_key = "{keys["r"]}"\n'
+        + "\n[packages]\nrequire_approval = true\n"
+    )
+    config = ["--config", str(write_config(agent, pki, policy=policy))]
+    capsys.readouterr()
+    assert agent_main(["package", "upload", str(tmp_path / "plan.zip"), *config]) == 0
+    shown = capsys.readouterr().out
+    assert "PENDING" in shown and "(analysis plan)" in shown and "approve with: edge-agent package approve" in shown
+    digest = shown.split()[0]
+    assert (
+        agent_main(
+            [
+                "package",
+                "approve",
+                digest,
+                "--reviewer-key",
+                str(tmp_path / "reviewer.key"),
+                "--reviewer",
+                "Dr. Erin Ward",
+                *config,
+            ]
+        )
+        == 0
+    )
+    entries = [
+        json.loads(line)
+        for f in sorted((agent / "state" / "audit").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    uploaded = [e for e in entries if e["kind"] == "package.uploaded"]
+    assert [(e["coordinator"], e["package_digest"]) for e in uploaded] == [("local operator", digest)]
+    assert [e["kind"] for e in entries if e["kind"].startswith("package.")] == ["package.uploaded", "package.approved"]
+
+    # Signed by a key the policy does not list: refused (exit 1), nothing stored.
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    generate_key_file(stranger / "k.key")
+    other = dict(PLAN, cohort=[])
+    assert build(stranger, write_plan(stranger / "plan.json", other), "--sign-key", str(stranger / "k.key")) == 0
+    capsys.readouterr()
+    assert agent_main(["package", "upload", str(stranger / "plan.zip"), *config]) == 1
+    assert "unknown_key" in capsys.readouterr().err
+    assert agent_main(["package", "list", "--json", *config]) == 0
+    assert [p["digest"] for p in json.loads(capsys.readouterr().out)] == [digest]
