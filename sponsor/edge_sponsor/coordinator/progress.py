@@ -5,6 +5,7 @@ Both print the same line per round, so a log file and a terminal tell one story.
 
 from __future__ import annotations
 
+import math
 from types import TracebackType
 from typing import TextIO
 
@@ -14,13 +15,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edge_sponsor.coordinator.report import RoundRecord, SiteTask
 
 
+def noisy(name: str, value: float, sd: float | None) -> str:
+    """``name value ±sd``: a DP metric is shown with its noise, never as an exact-looking number."""
+    if sd is None or not math.isfinite(sd):
+        return f"{name} {value:.3f} (noisy)"
+    return f"{name} {value:.3f} ±{sd:.3f}"
+
+
 def round_line(record: RoundRecord, rounds: int) -> str:
     sites = len(record.training)
     returned = sites - len(record.missing_sites)
     parts = [f"round {record.round}/{rounds}", f"{returned}/{sites} sites", f"{record.seconds:.1f} s"]
     if not record.updated:
         parts.append("no quorum, model unchanged")
-    parts += [f"{name} {value:.3f}" for name, value in record.metrics.items()]
+    parts += [noisy(name, value, record.metrics_noise_sd.get(name)) for name, value in record.metrics.items()]
     line = "  ".join(parts)
     failures = [t for t in record.training + record.evaluation if t.status != "ok"]
     for task in failures:

@@ -41,6 +41,10 @@ class RoundRecord:
     # Federated evaluation: sum of noisy metric sums over sum of noisy counts.
     metrics: Mapping[str, float] = field(default_factory=dict)
     site_metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # The standard deviation of each pooled metric's DP noise (delta method over the sites'
+    # noisy sums and counts, whose noise the coordinator knows): a metric is never shown
+    # without it, as if it were exact.
+    metrics_noise_sd: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def missing_sites(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ a server-side Adam absorbs; with SGD it acts as a larger learning rate.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -317,7 +318,12 @@ class FederatedTraining:
                 totals[m] = totals.get(m, 0.0) + v
             total_count += count
         metrics = {m: mean(m, v, total_count) for m, v in totals.items()}
-        evaluated = replace(record, evaluation=tasks, metrics=metrics, site_metrics=site_metrics)
+        noise_sd = metric_noise_sd(
+            ranges, metrics, total_count, sites=len(outcomes), noise_multiplier=self.plan.evaluation_noise_multiplier
+        )
+        evaluated = replace(
+            record, evaluation=tasks, metrics=metrics, site_metrics=site_metrics, metrics_noise_sd=noise_sd
+        )
         result.rounds[pending.index] = evaluated
         self.observer.round_finished(evaluated)
 
@@ -499,6 +505,34 @@ class _Outcome:
 class _PendingEvaluation:
     index: int  # of the round record it belongs to
     futures: Mapping[str, Future[_Outcome]]
+
+
+def metric_noise_sd(
+    ranges: Mapping[str, tuple[float, float]],
+    means: Mapping[str, float],
+    count: float,
+    *,
+    sites: int,
+    noise_multiplier: float,
+) -> dict[str, float]:
+    """The DP noise's standard deviation of each pooled metric mean ``sum / count``.
+
+    Each site adds N(0, (σ·√M·B_m)²) to metric m's sum (B_m = max(|low|, |high|), M metrics)
+    and N(0, σ²) to its count (agent.runtime.tasks.dp_evaluate); by the delta method the
+    ratio's variance is (var(sum) + mean²·var(count)) / count². Sampling error is not in it:
+    this is what the privacy costs in precision.
+    """
+    if sites == 0 or count <= 0:
+        return {metric: math.nan for metric in means}
+    metrics = len(ranges)
+    result = {}
+    for metric, value in means.items():
+        low, high = ranges[metric]
+        bound = max(abs(low), abs(high))
+        sum_variance = sites * (noise_multiplier * math.sqrt(metrics) * bound) ** 2
+        count_variance = sites * noise_multiplier**2
+        result[metric] = math.sqrt(sum_variance + value * value * count_variance) / count
+    return result
 
 
 class SiteUnsuitableError(Exception):

@@ -33,7 +33,7 @@ from agent.audit.verify import verify_log
 from agent.identity.agent_key import AgentKey, generate_key_file, load_key_file
 from agent.identity.development_pki import DEV_COORDINATOR_URI, DevelopmentPki, ensure_development_pki
 from edge_sponsor.coordinator.federation import Algorithm, Federation, ServerOptimizerKind, Site, TrainingPlan
-from edge_sponsor.coordinator.progress import observer_for
+from edge_sponsor.coordinator.progress import noisy, observer_for
 from edge_sponsor.coordinator.report import RoundRecord, SiteTask
 from edge_sponsor.coordinator.study import StudyOutcome, run_study
 from edge_sponsor.coordinator.study_package import StudyPackage
@@ -446,7 +446,7 @@ def _print_summary(out: TextIO, result: FederatedDemoResult, seconds: float) -> 
         if accuracy is not None:
             print(
                 f"  (federated DP evaluation on the hospitals' own data after round {last.round}: "
-                f"accuracy {accuracy:.3f})",
+                f"{noisy('accuracy', accuracy, last.metrics_noise_sd.get('correct'))}, the DP noise's SD)",
                 file=out,
             )
     print("\nPrivacy spent per hospital (from each agent's ledger, via GetBudget):", file=out)
