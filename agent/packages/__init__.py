@@ -1,4 +1,5 @@
-"""Signed model packages: format, signatures, trust, ONNX validation, store and review.
+"""Signed packages (models, and analysis plans: agent.packages.plan): format, signatures, trust,
+ONNX validation, store and review.
 
 Public entry points (see ``docs/package-format.md``):
 
