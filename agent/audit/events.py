@@ -318,7 +318,10 @@ class PackageUploaded(AuditEvent):
 @dataclass(frozen=True, kw_only=True)
 class PackageRefused(AuditEvent):
     kind = "package.refused"
-    when = "an upload was refused by an automatic check (size, digest, signature, trust, graph, name); nothing stored"
+    when = (
+        "an upload (a coordinator's, or `edge-agent package upload`) was refused by an automatic check "
+        "(size, digest, signature, trust, graph, name); nothing stored"
+    )
     coordinator: Annotated[str, COORDINATOR]
     outcome: Annotated[str, OUTCOME]
     rule: Annotated[str, RULE]

@@ -265,14 +265,27 @@ def run_upload(args: argparse.Namespace) -> int:
     store = PackageStore(config.state_dir / "packages")
     audit_log = AuditLog.open(config.audit.directory, agent_key, checkpoint_every=config.audit.checkpoint_every)
     with closing(audit_log) as audit:
-        stored = store.add(
-            data,
-            trust_store(policy),
-            limits,
-            datetime.now(UTC),
-            policy.packages.require_approval,
-            check=lambda verified: check_package_name(verified, policy),
-        )
+        try:
+            stored = store.add(
+                data,
+                trust_store(policy),
+                limits,
+                datetime.now(UTC),
+                policy.packages.require_approval,
+                check=lambda verified: check_package_name(verified, policy),
+            )
+        except PackageRejected as exc:
+            # Audited as a coordinator's refused upload is: the compliance officer sees every attempt.
+            audit.record(
+                events.PackageRefused(
+                    coordinator=LOCAL_OPERATOR,
+                    outcome=exc.code.refusal.value,
+                    rule=exc.code.value,
+                    reason=exc.message,
+                    bytes_received=len(data),
+                )
+            )
+            raise
         audit.record(
             events.PackageUploaded(
                 coordinator=LOCAL_OPERATOR,

@@ -200,6 +200,13 @@ class Accountant(abc.ABC):
     def _compute(self, counts: StepCounts, delta: float) -> float:
         """ε for the canonical counts; only called on a cache miss."""
 
+    def uncached_epsilon(self, mechanisms: Iterable[Mechanism], delta: float) -> float:
+        """epsilon() of ``mechanisms`` without keeping anything: for what-if questions (privacy
+        planning) that must not displace the budget groups' real histories or cached ε."""
+        _check_delta(delta)
+        counts = step_counts(mechanisms)
+        return self._compute(counts, delta) if counts else 0.0
+
     def _speculative_epsilon(self, slot: str, history: StepCounts, counts: StepCounts, delta: float) -> float:
         """ε of ``counts`` computed by the speculation thread; accountants that keep state may say so."""
         return float(self._cached_epsilon(counts, delta))
@@ -330,6 +337,11 @@ class PldAccountant(Accountant):
 
     def _compute(self, counts: StepCounts, delta: float) -> float:
         return max(epsilon_for_delta(self._history(counts), delta), 0.0)
+
+    def uncached_epsilon(self, mechanisms: Iterable[Mechanism], delta: float) -> float:
+        _check_delta(delta)
+        counts = step_counts(mechanisms)
+        return max(epsilon_for_delta(self.fresh(counts), delta), 0.0) if counts else 0.0
 
     def _speculative_epsilon(self, slot: str, history: StepCounts, counts: StepCounts, delta: float) -> float:
         with self._histories_lock:

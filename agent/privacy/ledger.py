@@ -400,16 +400,20 @@ class PrivacyLedger:
 
         Raises:
             MechanismError: ``delta`` is not in (0, 1).
-            AccountingSettingsError: the projection would hold more than ``max_settings`` settings.
+            AccountingSettingsError: the plan itself holds more than ``max_settings`` settings (the
+                group's own are not counted: the answer must not tell which settings others used).
             LedgerError: the ledger cannot be read.
         """
+        # The cap counts the plan's own settings, not the group's: whether a setting is accepted
+        # must not tell a coordinator which settings others have used.
+        seen: list[Mechanism] = []
+        for mechanism in planned:
+            _check_settings(budget_group, seen, mechanism, max_settings)
+            seen.append(mechanism)
         with self._read() as conn:
             active = [] if conn is None else self._mechanisms(conn, budget_group, _ACTIVE)
-        history = list(active)
-        for mechanism in planned:
-            _check_settings(budget_group, history, mechanism, max_settings)
-            history.append(mechanism)
-        return self._accountant.epsilon(history, delta)
+        # Composed afresh and kept nowhere: a what-if must not displace the group's real history.
+        return self._accountant.uncached_epsilon([*active, *planned], delta)
 
     def spent(self, budget_group: str, delta: float) -> float:
         """ε of the group's committed tasks at ``delta``."""

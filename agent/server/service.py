@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ CAPABILITIES = ("budget", "datasets", "health", "packages", "reflection", "tasks
 
 # A client-streaming call that "ends" this close to its deadline ended by it.
 _DEADLINE_SLACK_SECONDS = 0.05
+# How long a GetBudget with planned tasks waits for another projection to finish.
+_PROJECTION_WAIT_SECONDS = 30.0
 
 _FORMATS = {
     DatasetFormat.PARQUET: pb.DATASET_FORMAT_PARQUET,
@@ -115,6 +118,7 @@ class AgentService(pb_grpc.AgentServicer):
         self._logger = logger
         self._clock = clock
         self._max_probe_bytes = max_probe_bytes
+        self._projecting = threading.Lock()
 
     # ------------------------------------------------------------ policy
 
@@ -291,7 +295,7 @@ class AgentService(pb_grpc.AgentServicer):
         if rule is None:  # the decision refuses datasets without a rule (reloaded since: told the same way)
             context.abort(grpc.StatusCode.NOT_FOUND, dataset_not_found(dataset_id))
         try:
-            planned = planned_mechanisms(request.planned)
+            planned = planned_mechanisms(request.planned, rule.bounds)
         except TaskSpecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         status = self._ledger.status(rule.budget_group, limit_epsilon=rule.epsilon_budget, delta=rule.delta)
@@ -306,6 +310,10 @@ class AgentService(pb_grpc.AgentServicer):
             accountant=self._ledger.accountant.kind.value,
         )
         if planned:
+            # One projection at a time: each composes a plan afresh (seconds, tens of megabytes at
+            # the caps), and a burst of them must not starve the reservations tasks wait on.
+            if not self._projecting.acquire(timeout=_PROJECTION_WAIT_SECONDS):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the agent is projecting another plan; try again")
             try:
                 budget.epsilon_projected = self._ledger.projected(
                     rule.budget_group,
@@ -315,6 +323,10 @@ class AgentService(pb_grpc.AgentServicer):
                 )
             except AccountingSettingsError as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the planned tasks cannot be accounted: {exc}")
+            except MemoryError:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the planned tasks are too large to account here")
+            finally:
+                self._projecting.release()
         try:
             inspection = self._catalog.inspect(dataset_id)
         except UnknownDatasetError:

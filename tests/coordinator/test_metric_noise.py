@@ -31,4 +31,4 @@ def test_the_reported_sd_is_the_spread_of_the_pooled_metric() -> None:
     # Never printed as exact: with its SD, or marked noisy when there is none.
     assert noisy("correct", 0.9, expected["correct"]).startswith("correct 0.900 ±")
     assert noisy("correct", 0.9, None) == "correct 0.900 (noisy)"
-    assert all(math.isnan(v) for v in metric_noise_sd(ranges, means, 0.0, sites=0, noise_multiplier=sigma).values())
+    assert metric_noise_sd(ranges, means, 0.0, sites=3, noise_multiplier=sigma) == {}

@@ -5,6 +5,7 @@ solved for a target ε; bad planned tasks get a clear status."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,13 +23,30 @@ from edge_sponsor.coordinator.privacy_plan import (
     training_tasks,
 )
 from tests.conftest import Pki
-from tests.tasks.test_unit_level_budget import PARAMETERS, Site, independent_epsilon, site  # noqa: F401
-
-PLAN = TrainingPlan(rounds=3, noise_multiplier=1.0, sampling_rate=0.1, evaluate_every=2,
-                    evaluation_noise_multiplier=5.0, evaluation_sampling_rate=1.0)
+from tests.packages.package_builders import new_key
+from tests.tasks.test_unit_level_budget import Site, independent_epsilon
 
 
-def test_the_projection_is_what_the_agent_then_charges(site: Site) -> None:  # noqa: F811
+@pytest.fixture
+def site(tmp_path: Path, pki: Pki) -> Iterator[Site]:
+    """A real agent over mTLS with the "visits" dataset (1 to 6 rows per patient) and ε 50."""
+    started = Site(tmp_path / "agent", pki, new_key())
+    yield started
+    started.channel.close()
+    started.process.stop()
+
+
+PLAN = TrainingPlan(
+    rounds=3,
+    noise_multiplier=1.0,
+    sampling_rate=0.1,
+    evaluate_every=2,
+    evaluation_noise_multiplier=5.0,
+    evaluation_sampling_rate=1.0,
+)
+
+
+def test_the_projection_is_what_the_agent_then_charges(site: Site) -> None:
     tasks = training_tasks(PLAN)
     # 3 gradient rounds; evaluations after round 2 and after the last.
     assert [(task.profile.name, task.count) for task in tasks] == [("dp_gradient", 3), ("dp_evaluate", 2)]
@@ -54,27 +72,44 @@ def test_the_projection_is_what_the_agent_then_charges(site: Site) -> None:  # n
 @pytest.mark.parametrize(
     ("planned", "words"),
     [
-        (pb.PlannedTasks(kind=pb.TASK_KIND_DP_GRADIENT, count=1,
-                         hyperparameters=pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=0.1)),
-         "planned[0]: hyperparameters.clip_norm is required for dp_gradient"),
-        (pb.PlannedTasks(kind=pb.TASK_KIND_DP_EVALUATE, count=0,
-                         hyperparameters=pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=1.0)),
-         "planned[0].count must be between 1 and 1000000, got 0"),
-        (pb.PlannedTasks(kind=pb.TASK_KIND_DP_EVALUATE, count=1,
-                         hyperparameters=pb.DPHyperparameters(noise_multiplier=0.01, sampling_rate=1.0)),
-         "planned[0]: hyperparameters.noise_multiplier must be a number >= 0.1"),
+        (
+            pb.PlannedTasks(
+                kind=pb.TASK_KIND_DP_GRADIENT,
+                count=1,
+                hyperparameters=pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=0.1),
+            ),
+            "planned[0]: hyperparameters.clip_norm is required for dp_gradient",
+        ),
+        (
+            pb.PlannedTasks(
+                kind=pb.TASK_KIND_DP_EVALUATE,
+                count=0,
+                hyperparameters=pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=1.0),
+            ),
+            "planned[0].count must be between 1 and 1000000, got 0",
+        ),
+        (
+            pb.PlannedTasks(
+                kind=pb.TASK_KIND_DP_EVALUATE,
+                count=1,
+                hyperparameters=pb.DPHyperparameters(noise_multiplier=0.01, sampling_rate=1.0),
+            ),
+            "planned[0]: hyperparameters.noise_multiplier must be a number >= 0.1",
+        ),
         (pb.PlannedTasks(kind=pb.TaskKind.Value("TASK_KIND_UNSPECIFIED"), count=1), "planned[0].kind: must be one of"),
     ],
 )
 def test_bad_planned_tasks_are_refused_naming_the_field(
-    site: Site, planned: pb.PlannedTasks, words: str  # noqa: F811
+    site: Site,
+    planned: pb.PlannedTasks,
+    words: str,
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         site.stub.GetBudget(pb.GetBudgetRequest(dataset_id="visits", planned=[planned]), timeout=60)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and words in caught.value.details()
 
 
-def federation_file(tmp_path: Path, pki: Pki, site: Site, name: str = "federation", **training: object) -> Path:  # noqa: F811
+def federation_file(tmp_path: Path, pki: Pki, site: Site, name: str = "federation", **training: object) -> Path:
     lines = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in training.items())
     path = tmp_path / f"{name}.toml"
     path.write_text(
@@ -86,7 +121,10 @@ def federation_file(tmp_path: Path, pki: Pki, site: Site, name: str = "federatio
 
 
 def test_coordinate_plan_says_what_fits_and_train_refuses_what_does_not(
-    tmp_path: Path, pki: Pki, site: Site, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    tmp_path: Path,
+    pki: Pki,
+    site: Site,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fits = federation_file(tmp_path, pki, site, rounds=3, noise_multiplier=1.0, sampling_rate=0.1)
     assert sponsor_main(["coordinate", "plan", str(fits)]) == 0
@@ -94,7 +132,9 @@ def test_coordinate_plan_says_what_fits_and_train_refuses_what_does_not(
     assert "hospital: ε 0.000 spent (+0.000 in flight) -> " in out and "limit 50 at δ 1e-05: fits" in out
 
     # 2000 rounds at σ 0.5 and q 0.5: far over the site's ε of 50.
-    over = federation_file(tmp_path, pki, site, "over", rounds=2000, noise_multiplier=0.5, sampling_rate=0.5)
+    over = federation_file(
+        tmp_path, pki, site, "over", rounds=2000, noise_multiplier=0.5, sampling_rate=0.5, evaluate_every=0
+    )
     assert sponsor_main(["coordinate", "plan", str(over)]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
     package = tmp_path / "package.zip"
@@ -104,7 +144,8 @@ def test_coordinate_plan_says_what_fits_and_train_refuses_what_does_not(
     code = sponsor_main(["coordinate", "train", str(over), "--package", str(package), "--out", str(tmp_path / "run")])
     assert code == 1
     errors = capsys.readouterr().err
-    assert "over the privacy budget; nothing was spent" in errors and "Traceback" not in errors
+    assert "over the privacy budget, or its policy refuses the run's tasks; nothing was spent" in errors
+    assert "Traceback" not in errors
     assert site.stub.GetBudget(pb.GetBudgetRequest(dataset_id="visits"), timeout=60).tasks_charged == 0
     assert not (tmp_path / "run").exists()
 
@@ -138,7 +179,10 @@ def test_a_target_no_noise_meets_is_a_clear_error() -> None:
 
 
 def test_an_unreachable_site_is_reported_and_fails_the_plan(
-    tmp_path: Path, pki: Pki, site: Site, capsys: pytest.CaptureFixture[str]  # noqa: F811
+    tmp_path: Path,
+    pki: Pki,
+    site: Site,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = federation_file(tmp_path, pki, site, rounds=1)
     text = path.read_text().replace(site.address, "127.0.0.1:9")
@@ -146,3 +190,31 @@ def test_an_unreachable_site_is_reported_and_fails_the_plan(
     path.write_text(text)
     assert sponsor_main(["coordinate", "plan", str(path)]) == 1
     assert "hospital: cannot say: UNAVAILABLE: no connection to 127.0.0.1:9 within 1" in capsys.readouterr().out
+
+
+def test_planned_tasks_are_held_to_the_policy_and_to_what_can_be_composed(site: Site) -> None:
+    """What a RunTask would be refused is refused in a plan too, and no plan can make the agent
+    compose for minutes: the dataset's bounds, a total step cap, and the σ floor after composition."""
+
+    def refused(*planned: pb.PlannedTasks) -> str:
+        with pytest.raises(grpc.RpcError) as caught:
+            site.stub.GetBudget(pb.GetBudgetRequest(dataset_id="visits", planned=list(planned)), timeout=60)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        return str(caught.value.details())
+
+    def evaluate(sigma: float, count: int) -> pb.PlannedTasks:
+        hyper = pb.DPHyperparameters(noise_multiplier=sigma, sampling_rate=1.0)
+        return pb.PlannedTasks(kind=pb.TASK_KIND_DP_EVALUATE, hyperparameters=hyper, count=count)
+
+    # The policy's default lower bound on σ is 0.5.
+    assert "noise_multiplier = 0.2 is outside the range [0.5, inf]" in refused(evaluate(0.2, 1))
+    # 10,000 unsampled evaluations at σ 5 compose to one Gaussian at σ 0.05.
+    assert "compose to one below 0.1" in refused(evaluate(5.0, 10_000))
+    training = pb.PlannedTasks(
+        kind=pb.TASK_KIND_DP_LOCAL_TRAINING,
+        count=100_000,
+        hyperparameters=pb.DPHyperparameters(
+            clip_norm=1.0, noise_multiplier=1.0, sampling_rate=0.01, local_steps=100, learning_rate=0.1
+        ),
+    )
+    assert "10000000 steps in all, more than 1000000" in refused(training)

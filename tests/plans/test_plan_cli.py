@@ -160,5 +160,12 @@ def test_the_hospital_uploads_a_plan_itself_and_approves_it(
     capsys.readouterr()
     assert agent_main(["package", "upload", str(stranger / "plan.zip"), *config]) == 1
     assert "unknown_key" in capsys.readouterr().err
+    entries = [
+        json.loads(line)
+        for f in sorted((agent / "state" / "audit").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    (refusal,) = [e for e in entries if e["kind"] == "package.refused"]
+    assert (refusal["coordinator"], refusal["rule"]) == ("local operator", "unknown_key")
     assert agent_main(["package", "list", "--json", *config]) == 0
     assert [p["digest"] for p in json.loads(capsys.readouterr().out)] == [digest]

@@ -246,7 +246,9 @@ def test_a_projection_composes_the_plan_with_the_history_and_writes_nothing(ledg
     planned = [TASK, TASK, TASK]  # three more of the same tasks
     assert ledger.projected("cohort", planned, delta=DELTA) == pytest.approx(epsilon_of(5))
     assert ledger.status("cohort") == before
-    # A new (q, sigma) beyond the cap is refused, as a reservation's would be.
+    # The cap counts the plan's own settings only: whether a plan is refused must not tell which
+    # settings the group's history (other coordinators' tasks) holds.
     with pytest.raises(AccountingSettingsError):
-        ledger.projected("cohort", [Mechanism(0.5, 2.0)], delta=DELTA, max_settings=1)
+        ledger.projected("cohort", [Mechanism(0.5, 2.0), Mechanism(0.5, 3.0)], delta=DELTA, max_settings=1)
+    ledger.projected("cohort", [Mechanism(0.5, 2.0)], delta=DELTA, max_settings=1)
     assert ledger.projected("cohort", planned, delta=DELTA, max_settings=1) == pytest.approx(epsilon_of(5))

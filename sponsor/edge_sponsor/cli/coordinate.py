@@ -125,9 +125,13 @@ def _federation(args: argparse.Namespace) -> Federation:
 
 
 def _projections(federation: Federation) -> list[SiteProjection]:
+    try:
+        tasks = training_tasks(federation.training)
+    except PlanningError as exc:
+        raise UsageError(f"{federation.source}: {exc}") from None
     clients = open_clients(federation)
     try:
-        return project(federation, clients, training_tasks(federation.training))
+        return project(federation, clients, tasks)
     finally:
         for client in clients.values():
             client.close()
@@ -135,7 +139,8 @@ def _projections(federation: Federation) -> list[SiteProjection]:
 
 def _projection_line(projection: SiteProjection) -> str:
     if projection.problem:
-        return f"{projection.site}: cannot say: {projection.problem}"
+        said = "refused the run's tasks" if projection.refused else "cannot say"
+        return f"{projection.site}: {said}: {projection.problem}"
     verdict = "fits" if projection.fits else "DOES NOT FIT"
     return (
         f"{projection.site}: ε {projection.epsilon_spent:.3f} spent "
@@ -175,14 +180,19 @@ def run_plan_command(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     federation = _federation(args)
     package = StudyPackage.from_file(args.package)
-    # Before anything is spent: a run that cannot finish at some site is not started.
-    over = [p for p in _projections(federation) if not p.problem and not p.fits]
+    # Before anything is spent: a run that some site's budget or policy cannot take is not started.
+    # A site that cannot be reached now is left to the run's own quorum rules, and said so.
+    projections = _projections(federation)
+    for projection in projections:
+        if projection.problem and not projection.refused:
+            print(f"edge-sponsor: warning: {_projection_line(projection)}", file=sys.stderr)
+    over = [p for p in projections if p.refused or (not p.problem and not p.fits)]
     if over:
         for projection in over:
             print(_projection_line(projection), file=sys.stderr)
         raise FederationError(
-            f"the run would take {', '.join(p.site for p in over)} over the privacy budget; nothing was spent "
-            "(edge-sponsor coordinate plan shows each site's figures; fewer rounds or more noise would fit)"
+            f"the run would take {', '.join(p.site for p in over)} over the privacy budget, or its policy refuses "
+            "the run's tasks; nothing was spent (edge-sponsor coordinate plan shows each site's figures)"
         )
     with observer_for(sys.stdout, federation.training.rounds) as observer:
         outcome = run_study(federation, package, args.out, observer, run_id=args.run_id)

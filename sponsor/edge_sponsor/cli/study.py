@@ -85,10 +85,19 @@ def run_study_command(args: argparse.Namespace) -> int:
     try:
         # Before anything is spent: a study that would take a site over its budget is not started.
         task = PlannedTask(plan_profile(kind, args.noise_multiplier), 1)
-        over = [p for p in project(federation, clients, [task]) if not p.problem and not p.fits]
+        projections = project(federation, clients, [task])
+        for projection in projections:
+            if projection.problem and not projection.refused:
+                print(f"edge-sponsor: warning: {projection.site}: cannot say: {projection.problem}", file=sys.stderr)
+        over = [p for p in projections if p.refused or (not p.problem and not p.fits)]
         if over:
-            names = ", ".join(f"{p.site} ({p.epsilon_projected:.3g} > {p.epsilon_limit:g})" for p in over)
-            raise NoReleaseError(f"the study would take {names} over the privacy budget; nothing was spent")
+            names = ", ".join(
+                f"{p.site} ({p.problem if p.refused else f'{p.epsilon_projected:.3g} > {p.epsilon_limit:g}'})"
+                for p in over
+            )
+            raise NoReleaseError(
+                f"the study would take {names} over the privacy budget or out of its policy; nothing was spent"
+            )
         outcomes = run_plan(federation, clients, package, kind, args.noise_multiplier, run_id=run_id)
     finally:
         for client in clients.values():

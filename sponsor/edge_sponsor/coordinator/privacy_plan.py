@@ -16,12 +16,15 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+import grpc
+
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.privacy.accounting import PldAccountant
 from agent.privacy.mechanism import Mechanism
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.hyperparameters import MIN_NOISE_MULTIPLIER
 from agent.tasks.kinds.profile import TaskProfile
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from edge_sponsor.coordinator.federation import Algorithm, Federation, TrainingPlan
@@ -57,6 +60,9 @@ class SiteProjection:
     epsilon_limit: float = math.nan
     delta: float = math.nan
     problem: str = ""
+    # The agent answered and refused the planned tasks (out of its policy's bounds, not
+    # accountable): the run would be refused there too. Otherwise a problem is one of reach.
+    refused: bool = False
 
     @property
     def fits(self) -> bool:
@@ -65,7 +71,16 @@ class SiteProjection:
 
 
 def training_tasks(plan: TrainingPlan) -> list[PlannedTask]:
-    """The tasks a run of ``plan`` sends each site: its training rounds and its evaluations."""
+    """The tasks a run of ``plan`` sends each site: its training rounds and its evaluations.
+
+    Raises PlanningError for a noise multiplier no agent accepts (below MIN_NOISE_MULTIPLIER).
+    """
+    for name, sigma in (
+        ("noise_multiplier", plan.noise_multiplier),
+        ("evaluation_noise_multiplier", plan.evaluation_noise_multiplier),
+    ):
+        if not (math.isfinite(sigma) and sigma >= MIN_NOISE_MULTIPLIER):
+            raise PlanningError(f"[training] {name} = {sigma:g}: agents refuse tasks below {MIN_NOISE_MULTIPLIER:g}")
     training: TaskProfile
     if plan.algorithm is Algorithm.FEDSGD:
         training = DpGradient(
@@ -114,7 +129,8 @@ def project(
             clients[name].wait_until_ready(federation.connect_seconds)
             budget = clients[name].get_budget(dataset, planned=planned)
         except AgentRpcError as exc:
-            return SiteProjection(name, problem=f"{exc.code.name}: {exc.details}")
+            refused = exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+            return SiteProjection(name, problem=f"{exc.code.name}: {exc.details}", refused=refused)
         if not budget.HasField("epsilon_projected"):
             return SiteProjection(name, problem="the agent does not project planned tasks (an older version)")
         return SiteProjection(

@@ -523,7 +523,7 @@ def metric_noise_sd(
     this is what the privacy costs in precision.
     """
     if sites == 0 or count <= 0:
-        return {metric: math.nan for metric in means}
+        return {}  # no positive count: no ratio, no SD (the metric is shown as noisy, without one)
     metrics = len(ranges)
     result = {}
     for metric, value in means.items():
