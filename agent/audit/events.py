@@ -23,10 +23,13 @@ import enum
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Protocol, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, TypedDict
 
 from agent.refusal import Refusal
 from agent.tasks.failure import FailureKind
+
+if TYPE_CHECKING:  # only read, never built here: the store imports nothing of the audit log
+    from agent.packages.store import StoredPackage
 
 if typing.TYPE_CHECKING:
     from agent.audit.record import AuditRecord
@@ -313,6 +316,21 @@ class PackageUploaded(AuditEvent):
     package_status: Annotated[str, PACKAGE_STATUS]
     size_bytes: Annotated[int, SIZE_BYTES]
     policy_digest: Annotated[str, POLICY_DIGEST]
+
+    @classmethod
+    def of(cls, package: StoredPackage, *, coordinator: str, policy_digest: str) -> PackageUploaded:
+        """The entry for ``package`` as stored, uploaded by ``coordinator`` under the policy ``policy_digest``."""
+        return cls(
+            coordinator=coordinator,
+            package_digest=package.digest,
+            package_name=package.name,
+            package_version=package.version,
+            publisher=package.manifest.publisher,
+            signer_key_ids=tuple(package.signer_key_ids),
+            package_status=package.status.value,
+            size_bytes=package.size,
+            policy_digest=policy_digest,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -286,19 +286,7 @@ def run_upload(args: argparse.Namespace) -> int:
                 )
             )
             raise
-        audit.record(
-            events.PackageUploaded(
-                coordinator=LOCAL_OPERATOR,
-                package_digest=stored.digest,
-                package_name=stored.name,
-                package_version=stored.version,
-                publisher=stored.manifest.publisher,
-                signer_key_ids=tuple(stored.signer_key_ids),
-                package_status=stored.status.value,
-                size_bytes=stored.size,
-                policy_digest=policy.digest,
-            )
-        )
+        audit.record(events.PackageUploaded.of(stored, coordinator=LOCAL_OPERATOR, policy_digest=policy.digest))
     print(f"{stored.digest}  {stored.status.value.upper()}")
     print("\n".join(_summary_lines(stored.manifest)))
     if stored.status is PackageStatus.PENDING:

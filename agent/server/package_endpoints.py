@@ -116,19 +116,7 @@ class PackageEndpoints:
                 )
             except PackageRejected as exc:
                 self._refuse(context, caller, exc, received)
-        self._audit.record(
-            PackageUploaded(
-                coordinator=caller,
-                package_digest=stored.digest,
-                package_name=stored.name,
-                package_version=stored.version,
-                publisher=stored.manifest.publisher,
-                signer_key_ids=tuple(stored.signer_key_ids),
-                package_status=stored.status.value,
-                size_bytes=stored.size,
-                policy_digest=policy.digest,
-            )
-        )
+        self._audit.record(PackageUploaded.of(stored, coordinator=caller, policy_digest=policy.digest))
         return package_message(stored)
 
     def list(self) -> pb.ListPackagesResponse:
