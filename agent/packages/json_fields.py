@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from typing import Any, NoReturn
+from enum import StrEnum
+from typing import Any, NoReturn, TypeVar
 
 from agent.packages.errors import PackageRejected, RejectionCode
 
 MAX_COLUMN_NAME = 256
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
 
 
 def fail(field: str, problem: str) -> NoReturn:
@@ -108,3 +111,11 @@ def array_field(value: Any, field: str, *, min_items: int, max_items: int) -> li
     if not min_items <= len(value) <= max_items:
         fail(field, f"must have {min_items} to {max_items} items")
     return value
+
+
+def enum_field(value: Any, field: str, choices: type[_Choice]) -> _Choice:
+    """``value`` as a member of the string enum ``choices``; the refusal lists the values it takes."""
+    try:
+        return choices(value)
+    except ValueError:
+        fail(field, f"must be one of {[choice.value for choice in choices]}")

@@ -21,6 +21,7 @@ from agent.packages.json_fields import (
     JsonObject,
     array_field,
     column_field,
+    enum_field,
     fail,
     integer_field,
     number_field,
@@ -325,10 +326,7 @@ def parse_manifest(value: Any) -> Manifest:
     kinds_raw = array_field(top.get("task_kinds"), "task_kinds", min_items=1, max_items=len(TaskKind))
     kinds: list[TaskKind] = []
     for index, kind in enumerate(kinds_raw):
-        try:
-            parsed_kind = TaskKind(kind)
-        except ValueError:
-            fail(f"task_kinds[{index}]", f"must be one of {[k.value for k in TaskKind]}")
+        parsed_kind = enum_field(kind, f"task_kinds[{index}]", TaskKind)
         if parsed_kind in kinds:
             fail(f"task_kinds[{index}]", "is listed twice")
         kinds.append(parsed_kind)
@@ -443,10 +441,7 @@ def _features(value: Any) -> tuple[FeatureDecl, ...]:
     for index, item in enumerate(items):
         obj = JsonObject(item, f"inputs.features[{index}]")
         column = column_field(obj.get("column"), obj.field("column"))
-        try:
-            dtype = ColumnType(obj.get("dtype"))
-        except ValueError:
-            fail(obj.field("dtype"), f"must be one of {[t.value for t in ColumnType]}")
+        dtype = enum_field(obj.get("dtype"), obj.field("dtype"), ColumnType)
         pre = JsonObject(obj.get("preprocessing"), obj.field("preprocessing"))
         kind = pre.get("kind")
         preprocessing: Preprocessing
@@ -501,10 +496,7 @@ _LABEL_TYPES: Mapping[LabelKind, tuple[str, tuple[int, ...]]] = {
 
 
 def _label(obj: JsonObject) -> LabelDecl:
-    try:
-        kind = LabelKind(obj.get("kind"))
-    except ValueError:
-        fail(obj.field("kind"), f"must be one of {[k.value for k in LabelKind]}")
+    kind = enum_field(obj.get("kind"), obj.field("kind"), LabelKind)
     dtype, shape = _LABEL_TYPES[kind]
     if obj.get("dtype") != dtype:
         fail(obj.field("dtype"), f"must be {dtype!r} for a {kind.value} label")

@@ -26,6 +26,7 @@ from agent.packages.json_fields import (
     JsonObject,
     array_field,
     column_field,
+    enum_field,
     fail,
     integer_field,
     number_field,
@@ -273,11 +274,7 @@ def _scalar(value: Any, field: str) -> float | str | bool:
 def _filter(value: Any, path: str) -> CohortFilter:
     obj = JsonObject(value, path)
     column = column_field(obj.get("column"), obj.field("column"))
-    raw_op = obj.get("op")
-    try:
-        op = FilterOp(raw_op)
-    except ValueError:
-        fail(obj.field("op"), f"must be one of {[o.value for o in FilterOp]}")
+    op = enum_field(obj.get("op"), obj.field("op"), FilterOp)
     values: tuple[float | str | bool, ...] = ()
     if op is FilterOp.IN:
         items = array_field(obj.get("values"), obj.field("values"), min_items=1, max_items=MAX_FILTER_VALUES)
@@ -331,11 +328,7 @@ def _increasing(values: Sequence[float], field: str) -> None:
 def _variable(value: Any, path: str) -> Variable:
     obj = JsonObject(value, path)
     column = column_field(obj.get("column"), obj.field("column"))
-    kind_raw = obj.get("kind")
-    try:
-        kind = VariableKind(kind_raw)
-    except ValueError:
-        fail(obj.field("kind"), f"must be one of {[k.value for k in VariableKind]}")
+    kind = enum_field(obj.get("kind"), obj.field("kind"), VariableKind)
     if kind is VariableKind.CATEGORICAL:
         categories = _categories(obj.get("categories"), obj.field("categories"), MAX_CATEGORIES)
         obj.finish()
