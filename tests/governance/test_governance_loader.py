@@ -135,6 +135,8 @@ revoked = true
          "expected an integer, got str 'ten'"),
         (MINIMAL + "max_rows_per_unit = 2.5\n", "datasets[0].max_rows_per_unit", "expected an integer"),
         (MINIMAL + "max_rows_per_unit = true\n", "datasets[0].max_rows_per_unit", "got a boolean"),
+        (MINIMAL + "min_cell_size = -1\n", "datasets[0].min_cell_size", "between 0 and 1000000, got -1"),
+        (MINIMAL + 'min_cell_size = "five"\n', "datasets[0].min_cell_size", "expected an integer"),
         (MINIMAL + 'require_privacy_unit = "yes"\n', "datasets[0].require_privacy_unit", "true or false"),
     ],
 )
