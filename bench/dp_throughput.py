@@ -39,8 +39,9 @@ which wrapper summed the units (``CompiledWrapper.unit_mode``): ``batched`` is t
 compiled per-unit graph, ``scan`` a fallback that the figures then measure.
 
 Each figure is the median of ``--repeats`` runs, the paths taking turns (one epoch of
-each per round); on a shared machine they are noisy, so compare ratios measured in the
-same run (the 1-minute load average at the end of each thread count is printed). Each
+each per round, the per-unit layouts right after the per-row compiled epoch); on a shared
+machine they are noisy, so each ratio is taken round by round and the median over the
+rounds printed (the 1-minute load average at the end of each thread count is printed). Each
 rate is also given per CPU second of the benchmark's process (``ex/cpu-s``, median of the
 same runs), which other processes' load hardly moves at one thread. Issue 20's
 target, at one thread: per-unit >= 0.8x per-row compiled and
@@ -242,6 +243,16 @@ class Rate:
     wall: float
     runs: list[float]
     cpu: float
+    cpu_runs: list[float]
+
+    def over(self, other: Rate) -> tuple[float, float]:
+        """This rate over ``other``, round by round (the two ran in the same round, close in
+        time), median over the rounds: wall and CPU figures. A machine whose speed drifts
+        between rounds moves both runs of a round alike, and the ratio hardly."""
+        return (
+            statistics.median(a / b for a, b in zip(self.runs, other.runs, strict=True)),
+            statistics.median(a / b for a, b in zip(self.cpu_runs, other.cpu_runs, strict=True)),
+        )
 
 
 def median_rates(rows: int, repeats: int, runs: dict[str, Callable[[], object]]) -> dict[str, Rate]:
@@ -255,7 +266,9 @@ def median_rates(rows: int, repeats: int, runs: dict[str, Callable[[], object]])
             run()
             wall[name].append(rows / (time.perf_counter() - t0))
             cpu[name].append(rows / max(time.process_time() - c0, 1e-9))
-    return {name: Rate(statistics.median(wall[name]), wall[name], statistics.median(cpu[name])) for name in runs}
+    return {
+        name: Rate(statistics.median(wall[name]), wall[name], statistics.median(cpu[name]), cpu[name]) for name in runs
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -319,17 +332,19 @@ def main() -> None:
             check_units(compiled, scan, params, x=x, y=y, layouts=layouts, batch=args.batch) if layouts else {}
         )
         warm = 2048 // args.batch + 1
+        # Per-row compiled, then the per-unit layouts right after it: a round's ratios compare
+        # runs seconds apart (Scan, the slowest, comes last).
         runs: dict[str, Callable[[], object]] = {
             "compiled": lambda w=compiled: agent_epoch(w, params, x, y, steps=per_row, seed=1),
-            "scan": lambda w=scan: agent_epoch(w, params, x, y, steps=per_row, seed=1),
         }
         agent_epoch(compiled, params, x, y, steps=per_row[:warm], seed=0)  # warm-up
-        if opacus_run is not None:
-            opacus_run.epoch(x[:2048], y[:2048], args.batch)  # warm-up
-            runs["opacus"] = lambda o=opacus_run: o.epoch(x, y, args.batch)
         for label, steps in layouts.items():
             agent_epoch(compiled, params, x, y, steps=steps[:warm], seed=0)  # warm-up
             runs[f"units {label}"] = lambda w=compiled, s=steps: agent_epoch(w, params, x, y, steps=s, seed=1)
+        if opacus_run is not None:
+            opacus_run.epoch(x[:2048], y[:2048], args.batch)  # warm-up
+            runs["opacus"] = lambda o=opacus_run: o.epoch(x, y, args.batch)
+        runs["scan"] = lambda w=scan: agent_epoch(w, params, x, y, steps=per_row, seed=1)
         measured = median_rates(args.rows, args.repeats, runs)
         rates: dict[str, Rate] = {name: measured[name] for name in ("compiled", "scan", "opacus") if name in measured}
         unit_rates = {label: measured[f"units {label}"] for label in layouts}
@@ -343,10 +358,9 @@ def main() -> None:
                 f"(runs: {', '.join(f'{r:,.0f}' for r in rate.runs)})"
             )
         fast = rates["compiled"]
-        print(f"  compiled / scan   {fast.wall / rates['scan'].wall:.1f}x  (cpu {fast.cpu / rates['scan'].cpu:.1f}x)")
+        print("  compiled / scan   {:.1f}x  (cpu {:.1f}x)".format(*fast.over(rates["scan"])))
         if "opacus" in rates:
-            opacus = rates["opacus"]
-            print(f"  compiled / opacus {fast.wall / opacus.wall:.2f}x  (cpu {fast.cpu / opacus.cpu:.2f}x)")
+            print("  compiled / opacus {:.2f}x  (cpu {:.2f}x)".format(*fast.over(rates["opacus"])))
         else:
             print("  opacus: torch/opacus not importable here (run `make bench`)")
         if not layouts:
@@ -376,10 +390,8 @@ def print_units(
         )
         for other in ("compiled", "opacus"):
             if other in rates:
-                print(
-                    f"    per-unit / {other:<8} {rate.wall / rates[other].wall:.2f}x  "
-                    f"(cpu {rate.cpu / rates[other].cpu:.2f}x)"
-                )
+                wall, cpu = rate.over(rates[other])
+                print(f"    per-unit / {other:<8} {wall:.2f}x  (cpu {cpu:.2f}x)")
 
 
 if __name__ == "__main__":

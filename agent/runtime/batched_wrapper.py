@@ -40,15 +40,17 @@ INT64 = TensorProto.INT64
 ROW_INPUTS = frozenset({"x", "y"})
 ROWS_PER_RUN = 256
 """Rows per run of a batched wrapper (the session layer feeds at most this many)."""
-# With units=True the agent lays a run of whole privacy units out in blocks of BLOCK rows
+# With units=True the agent lays a run of whole privacy units out in blocks (BLOCKS)
 # (agent.runtime.contribution.UnitBlocks): no unit crosses a block, and rows that fill a
 # block up are padding rows whose results count as zeros.
-UNIT = AGENT_PREFIX + "unit"
-"""int64 ``[N]``: each row's unit number within the run (any number for padding rows)."""
-REAL_ROW = AGENT_PREFIX + "real_row"
-"""bool ``[N]``: false on the padding rows."""
-BLOCK = AGENT_PREFIX + "block"
-"""int64 ``[1]``: rows per block; ``N`` is a multiple of it."""
+SAME_UNIT = AGENT_PREFIX + "same_unit"
+"""float64 ``[blocks, B, B]``: 1 where two rows of a block belong to one unit, else 0 (0
+throughout for a padding row). A matrix product with it sums over each row's unit."""
+PADDING = AGENT_PREFIX + "padding"
+"""bool ``[N, 1]``: true on the padding rows."""
+BLOCKS = AGENT_PREFIX + "blocks"
+"""int64 ``[3]``: ``(blocks, rows per block, -1)``, the shape that lays an ``[N, w]`` value
+out in blocks (``N`` is blocks times rows per block)."""
 
 MAX_BATCHED_BYTES = 512 * 1024 * 1024
 """Upper bound on the batched values of one run (float64-sized, all alive at once, which
@@ -196,15 +198,14 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
         bad = emitter.op("Or", [bad, overflow])
     if units:
         # The padding rows that fill the blocks up count as zeros.
-        bad = emitter.op("Or", [bad, emitter.op("Reshape", [emitter.op("Not", [REAL_ROW]), emitter.ints([-1, 1])])])
+        bad = emitter.op("Or", [bad, PADDING])
     # Where, not a multiply: 0 * NaN is NaN.
     safe = [
         (emitter.op("Where", [bad, zero, first]), None if second is None else emitter.op("Where", [bad, zero, second]))
         for first, second in pieces
     ]
     if units:
-        per_piece = squares[0] if len(squares) == 1 else emitter.op("Concat", squares, axis=1)  # [N, pieces]
-        row_norms = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, per_piece])])
+        row_norms = emitter.op("Sqrt", [emitter.op("Where", [bad, zero, total])])  # [N, 1]
         scale = _unit_scale(emitter, _unit_squares(emitter, safe, widths, roots, row_norms))
     else:
         scale = _scale(emitter, total, bad)
@@ -221,7 +222,7 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
 
 
 # How far the computed squared norm of a unit's summed piece may fall below its true value,
-# relative to (Σ_i ‖g_i‖)² over the unit's rows: rounding in the k-by-k Gram sums, the dot
+# relative to (Σ_i ‖g_i‖)² over the unit's rows (g_i: the row's piece): rounding in the k-by-k Gram sums, the dot
 # products of r and c values and the final reduction, each at most n·2^-53 relative to
 # the sum of absolute terms (Higham, "Accuracy and Stability", §3.1), with room to spare.
 # Without it, rows built to cancel could make a large unit sum measure as small.
@@ -229,25 +230,14 @@ def _rounding_margin(widths: Sequence[tuple[int, int]]) -> float:
     return float(max(rows + cols for rows, cols in widths) + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
 
 
-def _blocks(emitter: Emitter, values: str, width: int) -> str:
-    """``values`` ``[N, width]`` as ``[N / BLOCK, BLOCK, width]``."""
-    shape = emitter.op("Concat", [emitter.ints([-1]), BLOCK, emitter.ints([width])], axis=0)
-    return emitter.op("Reshape", [values, shape])
+def _blocks(emitter: Emitter, values: str) -> str:
+    """``values`` ``[N, w]`` as ``[blocks, B, w]`` (:data:`BLOCKS`)."""
+    return emitter.op("Reshape", [values, BLOCKS])
 
 
 def _gram(emitter: Emitter, stacked: str) -> str:
     """``[blocks, B, B]``: the dot products of the rows of each block of ``stacked`` ``[blocks, B, w]``."""
     return emitter.op("MatMul", [stacked, emitter.op("Transpose", [stacked], perm=[0, 2, 1])])
-
-
-def _same_unit(emitter: Emitter) -> str:
-    """``[N / BLOCK, BLOCK, BLOCK]`` float64: 1 where two rows of a block belong to one unit.
-
-    A matrix product with it sums over each row's unit: no unit crosses a block."""
-    column_shape = emitter.op("Concat", [emitter.ints([-1]), BLOCK, emitter.ints([1])], axis=0)
-    column = emitter.op("Reshape", [UNIT, column_shape])
-    row = emitter.op("Reshape", [UNIT, emitter.op("Concat", [emitter.ints([-1, 1]), BLOCK], axis=0)])
-    return emitter.op("Cast", [emitter.op("Equal", [column, row])], to=DOUBLE)
 
 
 def _root(batched: BatchedGraph, value: str) -> str:
@@ -271,49 +261,46 @@ def _unit_squares(
 ) -> str:
     """``[N, 1]``: for each row, an upper bound on ``‖Σ_{i∈unit} g_i‖²``, the squared norm of
     its unit's summed gradient (``pieces`` with bad and padding rows zeroed, of ``widths``
-    values per row, each the reshaped ``roots``; ``row_norms`` ``[N, pieces]`` each row's
-    norm of each piece, zero likewise).
+    values per row, each the reshaped ``roots``; ``row_norms`` ``[N, 1]`` each row's norm
+    over all pieces, zero likewise).
 
-    Within a block, with ``S`` its "same unit" mask (:func:`_same_unit`): a dense piece's
+    Within a block, with ``S`` its "same unit" mask (:data:`SAME_UNIT`): a dense piece's
     part is ``Σ_{i,j∈g} d_i·d_j``, its Gram matrix ``D Dᵀ`` masked by ``S``; an
     outer-product piece's unit sum ``U_gᵀ V_g`` is never materialised: its squared Frobenius
     norm is ``Σ_{i,j∈g} (U Uᵀ)_{ij} (V Vᵀ)_{ij}``, from the block's two Gram matrices masked
     by ``S``. A Gram matrix is computed once per root (a bias gradient reuses its weight
     gradient's factor's); dense pieces without a factor of their own share one, of their
     concatenation. The total is raised by :func:`_rounding_margin` times
-    ``Σ_pieces (Σ_{i∈g} ‖g_i‖)²``: clipping by an upper bound keeps the unit's contribution
-    within ``C`` whatever the rounding.
+    ``(Σ_{i∈g} ‖g_i‖)²``, at least ``Σ_pieces (Σ_{i∈g} ‖g_i^piece‖)²`` (Minkowski's
+    inequality), to which the margin is relative: clipping by an upper bound keeps the
+    unit's contribution within ``C`` whatever the rounding.
     """
-    same = _same_unit(emitter)
     grams: dict[str, str] = {}
 
-    def gram(value: str, root: str, width: int) -> str:
+    def gram(value: str, root: str) -> str:
         if root not in grams:
-            grams[root] = _gram(emitter, _blocks(emitter, value, width))
+            grams[root] = _gram(emitter, _blocks(emitter, value))
         return grams[root]
 
     products: list[str] = []
-    for (first, second), (rows, cols), (first_root, second_root) in zip(pieces, widths, roots, strict=True):
+    for (first, second), (first_root, second_root) in zip(pieces, roots, strict=True):
         if second is not None and second_root is not None:
-            products.append(emitter.op("Mul", [gram(first, first_root, rows), gram(second, second_root, cols)]))
+            products.append(emitter.op("Mul", [gram(first, first_root), gram(second, second_root)]))
     alone = [
-        (first, rows)
-        for (first, second), (rows, _), (root, _) in zip(pieces, widths, roots, strict=True)
-        if second is None and root not in grams
+        first for (first, second), (root, _) in zip(pieces, roots, strict=True) if second is None and root not in grams
     ]
     products += [
         grams[root] for (_, second), (root, _) in zip(pieces, roots, strict=True) if second is None and root in grams
     ]
     if alone:
         # The other dense pieces together: Σ_{i,j∈g} d_i·d_j, one Gram matrix of their concatenation.
-        joined = alone[0][0] if len(alone) == 1 else emitter.op("Concat", [value for value, _ in alone], axis=1)
-        products.append(_gram(emitter, _blocks(emitter, joined, sum(width for _, width in alone))))
-    masked = emitter.op("Mul", [same, products[0] if len(products) == 1 else emitter.op("Sum", products)])
-    squares = [emitter.op("MatMul", [same, _reduce(emitter, "ReduceSum", masked, [2], keepdims=1)])]  # [blocks, B, 1]
-    bounds = emitter.op("MatMul", [same, _blocks(emitter, row_norms, len(pieces))])  # Σ_{i∈g} ‖g_i‖ per piece
+        joined = alone[0] if len(alone) == 1 else emitter.op("Concat", alone, axis=1)
+        products.append(_gram(emitter, _blocks(emitter, joined)))
+    # The rounding margin as one more product: Σ_{i,j∈g} m·n_i·n_j is m·(Σ_{i∈g} ‖g_i‖)².
     margin = emitter.constant(np.array(_rounding_margin(widths), np.float64))
-    squares.append(emitter.op("Mul", [margin, _reduce(emitter, "ReduceSumSquare", bounds, [2], keepdims=1)]))
-    total = squares[0] if len(squares) == 1 else emitter.op("Sum", squares)
+    products.append(emitter.op("Mul", [margin, _gram(emitter, _blocks(emitter, row_norms))]))
+    masked = emitter.op("Mul", [SAME_UNIT, emitter.op("Sum", products)])
+    total = emitter.op("MatMul", [SAME_UNIT, _reduce(emitter, "ReduceSum", masked, [2], keepdims=1)])  # [blocks, B, 1]
     return emitter.op("Reshape", [total, emitter.ints([-1, 1])])
 
 
@@ -356,9 +343,9 @@ def _metric_rows(emitter: Emitter, m: str, manifest: Manifest, *, units: bool = 
     if units:
         one = emitter.constant(np.array(1.0, np.float64))
         # Each real row weighs one over its unit's real rows: the sum of the units' means.
-        real = emitter.op("Reshape", [emitter.op("Cast", [REAL_ROW], to=DOUBLE), emitter.ints([-1, 1])])  # [N, 1]
-        unit_rows = emitter.op("MatMul", [_same_unit(emitter), _blocks(emitter, real, 1)])  # [blocks, B, 1]
-        # Padding rows (all of unit -1 in a block, none real) divide 0 by 1.
+        real = emitter.op("Cast", [emitter.op("Not", [PADDING])], to=DOUBLE)  # [N, 1]
+        unit_rows = _reduce(emitter, "ReduceSum", SAME_UNIT, [2], keepdims=1)  # [blocks, B, 1]
+        # Padding rows (of no unit) divide 0 by 1.
         counted = emitter.op("Max", [emitter.op("Reshape", [unit_rows, emitter.ints([-1, 1])]), one])
         weight = emitter.op("Div", [real, counted])
         clamped = emitter.op("Mul", [clamped, weight])
@@ -381,7 +368,7 @@ def build_batched_wrapper(
     """The checked batched wrapper for the package's grad (or eval) graph.
 
     With ``units``, rows are grouped by privacy unit, laid out in blocks no unit crosses
-    (inputs :data:`UNIT`, :data:`REAL_ROW`, :data:`BLOCK`), and the sum is over units: a
+    (inputs :data:`SAME_UNIT`, :data:`PADDING`, :data:`BLOCKS`), and the sum is over units: a
     unit's gradient rows summed, then clipped; a unit's metrics averaged
     (:mod:`agent.runtime.contribution` has the rules).
 
@@ -427,9 +414,9 @@ def build_batched_wrapper(
     ]
     if units:
         inputs += [
-            helper.make_tensor_value_info(UNIT, INT64, [BATCH_DIM]),
-            helper.make_tensor_value_info(REAL_ROW, TensorProto.BOOL, [BATCH_DIM]),
-            helper.make_tensor_value_info(BLOCK, INT64, [1]),
+            helper.make_tensor_value_info(SAME_UNIT, DOUBLE, ["blocks", "block", "block"]),
+            helper.make_tensor_value_info(PADDING, TensorProto.BOOL, [BATCH_DIM, 1]),
+            helper.make_tensor_value_info(BLOCKS, INT64, [3]),
         ]
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))

@@ -60,6 +60,10 @@ def unit_sizes(unit_starts: IndexArray, rows: int) -> IndexArray:
 def whole_unit_spans(unit_starts: IndexArray, rows: int, limit: int) -> Iterator[tuple[int, int, int, int]]:
     """Consecutive runs of whole units, each of at most ``limit`` rows unless one unit alone
     has more, in order: ``(first unit, last unit + 1, first row, last row + 1)`` of each."""
+    if rows <= limit:  # the common case, one run: no search
+        if unit_starts.size:
+            yield 0, int(unit_starts.size), 0, rows
+        return
     ends = np.append(unit_starts[1:], rows)
     first = 0
     while first < unit_starts.size:
@@ -78,9 +82,9 @@ class UnitBlocks:
     ``order`` ``[blocks·block]``: for each position, the run's row placed there, or -1 for
     padding. ``unit``: each position's unit number (-1 for padding). Units are packed
     largest first (few padding rows) into blocks of the largest unit's size or of 16 rows,
-    whichever costs less (units of one size: blocks of a multiple of it): every position
-    costs a row of the package graph, each row's share of its block's Gram matrices grows
-    with the block, and every block adds small matrix products of its own.
+    whichever costs less (units of one size: blocks of a multiple of it, in their order):
+    every position costs a row of the package graph, each row's share of its block's Gram
+    matrices grows with the block, and every block adds small matrix products of its own.
     """
 
     order: IndexArray
@@ -91,44 +95,67 @@ class UnitBlocks:
     def real(self) -> npt.NDArray[np.bool_]:
         return self.order >= 0
 
-    @classmethod
-    def of(cls, unit_starts: IndexArray, rows: int) -> UnitBlocks:
-        """The layout of least estimated cost among a few block sizes (see the class doc)."""
-        check_unit_starts(unit_starts, rows)
-        sizes = unit_sizes(unit_starts, rows)
-        largest = int(sizes.max(initial=1))
-        if np.all(sizes == largest):  # units of one size fill blocks of a multiple of it exactly
-            block = largest * max(1, _BLOCK // largest)
-            return cls._laid_out(unit_starts, sizes, _first_fit_decreasing(sizes, block), block)
-        best: tuple[float, int, IndexArray] | None = None
-        # Blocks of fewer than 8 rows make many tiny products: never cheaper than 16 rows.
-        for block in sorted({max(largest, _BLOCK)} | ({largest} if largest >= 8 else set())):
-            placed = _first_fit_decreasing(sizes, block)
-            blocks = int(placed.max(initial=-1)) + 1
-            cost = blocks * block * (1.0 + block / _GRAM_ROWS) + blocks * _BLOCK_ROWS
-            if best is None or cost < best[0]:
-                best = (cost, block, placed)
-        if best is None:
-            raise ValueError("no block size")  # unreachable: the set above is never empty
-        return cls._laid_out(unit_starts, sizes, best[2], best[1])
+    @property
+    def blocks(self) -> int:
+        return self.order.size // self.block
+
+    def same_unit(self) -> npt.NDArray[np.float64]:
+        """``[blocks, block, block]``: 1 where two positions of a block hold rows of one unit, else 0."""
+        unit = self.unit.reshape(self.blocks, self.block)
+        same: npt.NDArray[np.bool_] = (unit[:, :, None] == unit[:, None, :]) & (unit >= 0)[:, :, None]
+        return same.astype(np.float64)
 
     @classmethod
-    def _laid_out(cls, unit_starts: IndexArray, sizes: IndexArray, placed: IndexArray, block: int) -> UnitBlocks:
-        """Units block by block (``placed``: each unit's block), each after those placed before it."""
+    def of(cls, sizes: IndexArray) -> UnitBlocks:
+        """The layout of least estimated cost among a few block sizes (see the class doc) for
+        units of ``sizes`` rows, in that order.
+
+        A run holds at most a few hundred units: plain Python lists pack them faster than
+        NumPy calls would, whose fixed cost dominates at this size."""
+        listed: list[int] = sizes.tolist() if sizes.ndim == 1 else []
+        if not listed or min(listed) < 1:
+            raise ValueError("unit sizes must be a non-empty 1-D array of positive row counts")
+        rows, largest, smallest = sum(listed), max(listed), min(listed)
+        if smallest == largest:
+            # Units of one size fill blocks of a multiple of it exactly, in their own order.
+            block = largest * max(1, _BLOCK // largest)
+            order = np.full(-(-rows // block) * block, -1, np.int64)
+            order[:rows] = np.arange(rows, dtype=np.int64)
+            unit = np.full(order.size, -1, np.int64)
+            unit[:rows] = np.repeat(np.arange(len(listed), dtype=np.int64), largest)
+            return cls(order, unit, block)
+        by_size = sorted(range(len(listed)), key=listed.__getitem__, reverse=True)  # stable: ties keep their order
+        # Blocks of fewer than 8 rows make many tiny products: never cheaper than 16 rows.
+        candidates = {max(largest, _BLOCK)} | ({largest} if largest >= 8 else set())
+        # A lower bound on each block size's cost: no two units of more than half a block
+        # share one. Packed in that order, a block size whose bound is no better than a
+        # packing already found is skipped: mostly, one packing is all it takes.
+        bounds = {
+            block: _cost(max(-(-rows // block), sum(1 for size in listed if 2 * size > block)), block)
+            for block in candidates
+        }
+        best: tuple[float, int, int, list[int]] | None = None
+        for block in sorted(candidates, key=lambda block: (bounds[block], block)):
+            if best is not None and bounds[block] >= best[0]:
+                continue
+            blocks, position = _first_fit_decreasing(listed, by_size, block)
+            cost = _cost(blocks, block)
+            if best is None or cost < best[0]:
+                best = (cost, blocks, block, position)
+        if best is None:
+            raise ValueError("no block size")  # unreachable: the first block size is always packed
+        _, blocks, block, position = best
+        return cls._laid_out(sizes, blocks, block, np.asarray(position, np.int64))
+
+    @classmethod
+    def _laid_out(cls, sizes: IndexArray, blocks: int, block: int, position: IndexArray) -> UnitBlocks:
+        """Each unit's rows one after another from its first ``position`` on."""
         rows = int(sizes.sum())
-        blocks = int(placed.max(initial=-1)) + 1
-        members = np.lexsort((np.arange(sizes.size), placed)).astype(np.int64)
-        member_sizes = sizes[members]
-        block_of = placed[members]
-        before = np.concatenate(([0], np.cumsum(member_sizes)[:-1]))
-        first_in_block = np.concatenate(([0], np.flatnonzero(np.diff(block_of)) + 1))
-        within = before - np.repeat(before[first_in_block], np.diff(np.append(first_in_block, members.size)))
-        steps = np.arange(rows, dtype=np.int64) - np.repeat(before, member_sizes)  # row index within its unit
-        destination = np.repeat(block_of * block + within, member_sizes) + steps
+        destination = np.repeat(position - (np.cumsum(sizes) - sizes), sizes) + np.arange(rows, dtype=np.int64)
         order = np.full(blocks * block, -1, np.int64)
         unit = np.full(blocks * block, -1, np.int64)
-        order[destination] = np.repeat(unit_starts[members], member_sizes) + steps
-        unit[destination] = np.repeat(members, member_sizes)
+        order[destination] = np.arange(rows, dtype=np.int64)
+        unit[destination] = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
         return cls(order, unit, block)
 
 
@@ -142,34 +169,42 @@ _GRAM_ROWS = 48.0
 _BLOCK_ROWS = 3.0
 
 
-def _first_fit_decreasing(sizes: IndexArray, block: int) -> IndexArray:
-    """Each unit's block when packed into blocks of ``block`` rows, largest units first.
+def _cost(blocks: int, block: int) -> float:
+    """The estimated cost of ``blocks`` blocks of ``block`` rows, in rows of the package graph."""
+    return blocks * block * (1.0 + block / _GRAM_ROWS) + blocks * _BLOCK_ROWS
+
+
+def _first_fit_decreasing(sizes: list[int], by_size: list[int], block: int) -> tuple[int, list[int]]:
+    """Units packed into blocks of ``block`` rows, largest first (``by_size``: the units by
+    decreasing size): the number of blocks, and each unit's first position.
 
     Blocks are filled one at a time, each with the largest units that still fit (by size
     class, so the work grows with blocks times distinct sizes, not with units squared);
     units of one size keep their order.
     """
-    if sizes.size and np.all(sizes == sizes[0]):
-        return np.arange(sizes.size, dtype=np.int64) // max(1, block // int(sizes[0]))
-    by_size: dict[int, list[int]] = {}
-    for member, size in enumerate(sizes.tolist()):
-        by_size.setdefault(size, []).append(member)
-    classes = sorted(by_size, reverse=True)
-    placed = [0] * sizes.size
-    remaining, current = sizes.size, 0
-    while remaining:
-        room = block
-        for size in classes:
-            waiting = by_size[size]
-            if size > room or not waiting:
+    classes: list[list[int]] = []  # [size, next unplaced, end] of each run of one size in by_size
+    for index, member in enumerate(by_size):
+        if classes and classes[-1][0] == sizes[member]:
+            classes[-1][2] = index + 1
+        else:
+            classes.append([sizes[member], index, index + 1])
+    smallest = classes[-1][0]
+    position = [0] * len(sizes)
+    left, blocks = len(sizes), 0
+    while left:
+        room, at = block, blocks * block
+        for entry in classes:
+            size, first, end = entry
+            if size > room or first == end:
                 continue
-            count = min(len(waiting), room // size)
-            for member in waiting[:count]:
-                placed[member] = current
-            del waiting[:count]
-            remaining -= count
+            count = min(end - first, room // size)
+            for member in by_size[first : first + count]:
+                position[member] = at
+                at += size
+            entry[1] = first + count
+            left -= count
             room -= count * size
-            if room == 0:
+            if room < smallest:
                 break
-        current += 1
-    return np.array(placed, np.int64)
+        blocks += 1
+    return blocks, position

@@ -24,10 +24,10 @@ import onnxruntime as ort
 
 from agent.packages.manifest import Manifest
 from agent.runtime.batched_wrapper import (
-    BLOCK,
-    REAL_ROW,
+    BLOCKS,
+    PADDING,
     ROWS_PER_RUN,
-    UNIT,
+    SAME_UNIT,
     build_batched_wrapper,
 )
 from agent.runtime.batching import BatchingRefused
@@ -184,36 +184,35 @@ class CompiledWrapper:
         if batch.unit_starts is None:
             raise ValueError("the batch is not grouped by unit")
         starts = batch.unit_starts
+        sizes = batch.unit_sizes()
         batched = self._unit_batched_session()
         limit = ROWS_PER_RUN if batched is not None else batch.size
         shared = {name: value for name, value in feeds.items() if name not in (X, Y)}
         total = np.zeros(self.layout.size, np.float64)
         for first, last, begin, end in whole_unit_spans(starts, batch.size, limit):
-            rows = end - begin
-            run_starts = (starts[first:last] - begin).astype(np.int64)
             run = shared | {X: batch.x[begin:end], Y: batch.y[begin:end]}
-            if batched is not None and rows <= ROWS_PER_RUN:
-                total += self._unit_batched_sum(batched, run, run_starts, rows)
+            if batched is not None and end - begin <= ROWS_PER_RUN:
+                total += self._unit_batched_sum(batched, run, sizes[first:last])
             else:
-                total += self._unit_scan_sum(run, run_starts, rows)
+                total += self._unit_scan_sum(run, starts[first:last] - begin, end - begin)
         return total
 
     def _unit_batched_sum(
-        self, session: ort.InferenceSession, feeds: dict[str, object], unit_starts: npt.NDArray[np.int64], rows: int
+        self, session: ort.InferenceSession, feeds: dict[str, object], sizes: npt.NDArray[np.int64]
     ) -> Float64Array:
-        blocks = UnitBlocks.of(unit_starts, rows)
+        blocks = UnitBlocks.of(sizes)
         x, y = np.asarray(feeds[X]), np.asarray(feeds[Y])
         real = blocks.real
-        if not real.all() or np.any(blocks.order != np.arange(rows)):
+        if not real.all() or np.any(blocks.order != np.arange(x.shape[0])):
             # Position -1 (padding) takes the appended row of zeros; the graph counts it as zeros.
             x = np.concatenate([x, np.zeros_like(x[:1])])[blocks.order]
             y = np.concatenate([y, np.zeros_like(y[:1])])[blocks.order]
         feeds = feeds | {
             X: x,
             Y: y,
-            UNIT: blocks.unit,
-            REAL_ROW: real,
-            BLOCK: np.array([blocks.block], np.int64),
+            SAME_UNIT: blocks.same_unit(),
+            PADDING: ~real[:, None],
+            BLOCKS: np.array([blocks.blocks, blocks.block, -1], np.int64),
         }
         (result,) = session.run([SUM], feeds)
         return self._checked(result)

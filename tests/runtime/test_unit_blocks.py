@@ -1,0 +1,75 @@
+"""The compiled per-unit wrapper's layout (:class:`agent.runtime.contribution.UnitBlocks`):
+every row placed once, no unit across a block, padding marked as such and kept small.
+
+The wrapper's sums rest on these invariants (its "same unit" mask only looks within a
+block), so they are checked on their own for any unit sizes, not only through the sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.runtime.contribution import UnitBlocks, whole_unit_spans
+
+
+def _check_layout(sizes: list[int]) -> UnitBlocks:
+    blocks = UnitBlocks.of(np.array(sizes, np.int64))
+    rows = sum(sizes)
+    real = blocks.real
+    assert blocks.order.shape == blocks.unit.shape == (blocks.blocks * blocks.block,)
+    assert blocks.block >= max(sizes)
+    # Every row placed exactly once; padding positions hold no row and no unit.
+    assert sorted(blocks.order[real].tolist()) == list(range(rows))
+    assert np.all(blocks.unit[~real] == -1)
+    row_unit = np.repeat(np.arange(len(sizes)), sizes)
+    np.testing.assert_array_equal(blocks.unit[real], row_unit[blocks.order[real]])
+    block_of = np.arange(blocks.order.size) // blocks.block
+    for unit, size in enumerate(sizes):
+        positions = np.flatnonzero(blocks.unit == unit)
+        assert positions.size == size
+        assert np.unique(block_of[positions]).size == 1, f"unit {unit} crosses a block"
+        # A unit's rows stay together and in order.
+        assert np.all(np.diff(positions) == 1) and np.all(np.diff(blocks.order[positions]) == 1)
+    # First fit leaves at most one block half empty or less: the padding stays bounded.
+    assert blocks.blocks <= 2 * -(-rows // blocks.block) + 1
+    return blocks
+
+
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=300))
+def test_any_unit_sizes_are_laid_out_whole_in_blocks(sizes: list[int]) -> None:
+    _check_layout(sizes)
+
+
+def test_units_of_one_size_keep_their_order_without_padding_between_them() -> None:
+    blocks = _check_layout([4] * 10)
+    assert blocks.block == 16
+    np.testing.assert_array_equal(blocks.order[:40], np.arange(40))
+    assert not blocks.real[40:].any()
+
+
+def test_units_of_mixed_sizes_fill_blocks_largest_first() -> None:
+    # 10+6 fill one block of 16 and 9+7 another: no padding at all.
+    blocks = _check_layout([6, 9, 10, 7])
+    assert blocks.block == 16
+    assert blocks.real.all()
+
+
+@given(st.lists(st.integers(1, 40), max_size=60), st.integers(1, 100))
+def test_runs_of_whole_units_cover_every_unit_once_within_the_limit(sizes: list[int], limit: int) -> None:
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes else np.zeros(0, np.int64)
+    spans = list(whole_unit_spans(starts, sum(sizes), limit))
+    assert [first for first, *_ in spans] == [0, *[last for _, last, *_ in spans]][: len(spans)]
+    assert (spans[-1][1] if spans else 0) == len(sizes)
+    for first, last, begin, end in spans:
+        assert (begin, end) == (int(starts[first]), int(starts[first]) + sum(sizes[first:last]))
+        assert end - begin <= limit or last - first == 1  # only a unit alone may exceed the limit
+        # Greedy: the next unit would not have fitted.
+        assert last == len(sizes) or end - begin + sizes[last] > limit
+
+
+@pytest.mark.parametrize("sizes", [[], [0, 3], [2, -1]])
+def test_empty_or_non_positive_units_are_refused(sizes: list[int]) -> None:
+    with pytest.raises(ValueError, match="positive row counts"):
+        UnitBlocks.of(np.array(sizes, np.int64))
