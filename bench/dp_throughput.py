@@ -38,10 +38,10 @@ per-row compiled sum; a difference beyond float tolerance stops the run. The lin
 which wrapper summed the units (``CompiledWrapper.unit_mode``): ``batched`` is the
 compiled per-unit graph, ``scan`` a fallback that the figures then measure.
 
-Each figure is the median of ``--repeats`` runs, the paths taking turns (one epoch of
-each per round, the per-unit layouts right after the per-row compiled epoch); on a shared
-machine they are noisy, so each ratio is taken round by round and the median over the
-rounds printed (the 1-minute load average at the end of each thread count is printed). Each
+Each figure is the median of ``--repeats`` rounds; in a round every path runs one epoch,
+the paths taking turns every 16 steps, so that a shared machine whose speed drifts slows
+them alike; each ratio is taken round by round and the median over the rounds printed
+(the 1-minute load average at the end of each thread count is printed too). Each
 rate is also given per CPU second of the benchmark's process (``ex/cpu-s``, median of the
 same runs), which other processes' load hardly moves at one thread. Issue 20's
 target, at one thread: per-unit >= 0.8x per-row compiled and
@@ -56,7 +56,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,8 @@ from edge_sponsor.publisher.zoo import ZooModel, build_mlp_classifier
 CLIP = 1.0
 SIGMA = 1.1
 LEARNING_RATE = 0.05
+CHUNK = 16
+"""Steps each path runs before the next takes its turn (see median_rates)."""
 NAMES = ("W1", "b1", "W2", "b2", "Wout", "bout")
 
 
@@ -130,16 +132,22 @@ def agent_epoch(
     *,
     steps: list[Step],
     seed: int,
-) -> dict[str, np.ndarray]:
-    """One DP-SGD epoch through the agent's wrapper; returns the final parameters."""
+) -> Iterator[None]:
+    """One DP-SGD epoch through the agent's wrapper, pausing every CHUNK steps."""
     rng = np.random.default_rng(seed)
     current = {k: v.copy() for k, v in params.items()}
-    for start, stop, unit_starts in steps:
+    for index, (start, stop, unit_starts) in enumerate(steps, 1):
         total = wrapper.clipped_sum(current, RowBatch(x[start:stop], y[start:stop], unit_starts), CLIP)
         noisy = total + rng.normal(0.0, SIGMA * CLIP, total.shape)
         for name, grad in wrapper.unflatten(noisy).items():
             current[name] = (current[name] - LEARNING_RATE * grad / (stop - start)).astype(np.float32)
-    return current
+        if index % CHUNK == 0:
+            yield
+
+
+def run_through(epoch: Iterator[None]) -> None:
+    for _ in epoch:
+        pass
 
 
 def max_difference(got: np.ndarray, expected: np.ndarray, what: str) -> float:
@@ -225,13 +233,16 @@ class OpacusRun:
         self.optimizer.expected_batch_size = 256
         return total
 
-    def epoch(self, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+    def epoch(self, x: np.ndarray, y: np.ndarray, batch: int) -> Iterator[None]:
+        """One epoch, pausing every CHUNK steps."""
         torch = self.torch
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        for start in range(0, x.shape[0], batch):
+        for index, start in enumerate(range(0, x.shape[0], batch), 1):
             self.optimizer.zero_grad()
             self.loss(self.model(xt[start : start + batch]), yt[start : start + batch]).backward()
             self.optimizer.step()
+            if index % CHUNK == 0:
+                yield
 
 
 @dataclass(frozen=True)
@@ -255,17 +266,26 @@ class Rate:
         )
 
 
-def median_rates(rows: int, repeats: int, runs: dict[str, Callable[[], object]]) -> dict[str, Rate]:
-    """Rows/s of each run, median of ``repeats``; the runs take turns (round robin), so that
-    a burst of load from elsewhere on a shared machine slows every path, not one."""
+def median_rates(rows: int, repeats: int, runs: dict[str, Callable[[], Iterator[None]]]) -> dict[str, Rate]:
+    """Rows/s of each run, median of ``repeats`` rounds. Within a round the epochs advance
+    CHUNK steps each in turn (a fraction of a second), so a machine whose speed changes
+    from one second to the next slows every path alike, and each round's ratios hold."""
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, run in runs.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            run()
-            wall[name].append(rows / (time.perf_counter() - t0))
-            cpu[name].append(rows / max(time.process_time() - c0, 1e-9))
+        active = {name: make() for name, make in runs.items()}
+        seconds = dict.fromkeys(runs, 0.0)
+        cpu_seconds = dict.fromkeys(runs, 0.0)
+        while active:
+            for name, epoch in list(active.items()):
+                t0, c0 = time.perf_counter(), time.process_time()
+                if next(epoch, StopIteration) is StopIteration:
+                    del active[name]
+                seconds[name] += time.perf_counter() - t0
+                cpu_seconds[name] += time.process_time() - c0
+        for name in runs:
+            wall[name].append(rows / seconds[name])
+            cpu[name].append(rows / max(cpu_seconds[name], 1e-9))
     return {
         name: Rate(statistics.median(wall[name]), wall[name], statistics.median(cpu[name]), cpu[name]) for name in runs
     }
@@ -332,17 +352,15 @@ def main() -> None:
             check_units(compiled, scan, params, x=x, y=y, layouts=layouts, batch=args.batch) if layouts else {}
         )
         warm = 2048 // args.batch + 1
-        # Per-row compiled, then the per-unit layouts right after it: a round's ratios compare
-        # runs seconds apart (Scan, the slowest, comes last).
-        runs: dict[str, Callable[[], object]] = {
+        runs: dict[str, Callable[[], Iterator[None]]] = {
             "compiled": lambda w=compiled: agent_epoch(w, params, x, y, steps=per_row, seed=1),
         }
-        agent_epoch(compiled, params, x, y, steps=per_row[:warm], seed=0)  # warm-up
+        run_through(agent_epoch(compiled, params, x, y, steps=per_row[:warm], seed=0))  # warm-up
         for label, steps in layouts.items():
-            agent_epoch(compiled, params, x, y, steps=steps[:warm], seed=0)  # warm-up
+            run_through(agent_epoch(compiled, params, x, y, steps=steps[:warm], seed=0))  # warm-up
             runs[f"units {label}"] = lambda w=compiled, s=steps: agent_epoch(w, params, x, y, steps=s, seed=1)
         if opacus_run is not None:
-            opacus_run.epoch(x[:2048], y[:2048], args.batch)  # warm-up
+            run_through(opacus_run.epoch(x[:2048], y[:2048], args.batch))  # warm-up
             runs["opacus"] = lambda o=opacus_run: o.epoch(x, y, args.batch)
         runs["scan"] = lambda w=scan: agent_epoch(w, params, x, y, steps=per_row, seed=1)
         measured = median_rates(args.rows, args.repeats, runs)

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 IndexArray = npt.NDArray[np.int64]
+_Value = TypeVar("_Value", bound=np.generic)
 
 # fl32(p) is infinite exactly when |p| >= 2^128 * (1 - 2^-25) (round to nearest even): the
 # float32 outer product the package would have materialised overflows exactly there.
@@ -90,6 +92,9 @@ class UnitBlocks:
     order: IndexArray
     unit: IndexArray
     block: int
+    in_order: bool = False
+    """Whether the rows keep their own order, padding only after the last: ``order`` starts
+    with ``0, 1, …, rows - 1``."""
 
     @property
     def real(self) -> npt.NDArray[np.bool_]:
@@ -98,6 +103,18 @@ class UnitBlocks:
     @property
     def blocks(self) -> int:
         return self.order.size // self.block
+
+    def laid_out(self, values: npt.NDArray[_Value]) -> npt.NDArray[_Value]:
+        """``values`` (one row per row of the run) in this layout, zeros on the padding rows."""
+        padding = self.order.size - values.shape[0]
+        if self.in_order:
+            return (
+                values
+                if padding == 0
+                else np.concatenate([values, np.zeros((padding, *values.shape[1:]), values.dtype)])
+            )
+        # Position -1 (padding) takes the appended row of zeros.
+        return np.concatenate([values, np.zeros_like(values[:1])])[self.order]
 
     def same_unit(self) -> npt.NDArray[np.float64]:
         """``[blocks, block, block]``: 1 where two positions of a block hold rows of one unit, else 0."""
@@ -123,7 +140,7 @@ class UnitBlocks:
             order[:rows] = np.arange(rows, dtype=np.int64)
             unit = np.full(order.size, -1, np.int64)
             unit[:rows] = np.repeat(np.arange(len(listed), dtype=np.int64), largest)
-            return cls(order, unit, block)
+            return cls(order, unit, block, in_order=True)
         by_size = sorted(range(len(listed)), key=listed.__getitem__, reverse=True)  # stable: ties keep their order
         # Blocks of fewer than 8 rows make many tiny products: never cheaper than 16 rows.
         candidates = {max(largest, _BLOCK)} | ({largest} if largest >= 8 else set())

@@ -201,17 +201,12 @@ class CompiledWrapper:
         self, session: ort.InferenceSession, feeds: dict[str, object], sizes: npt.NDArray[np.int64]
     ) -> Float64Array:
         blocks = UnitBlocks.of(sizes)
-        x, y = np.asarray(feeds[X]), np.asarray(feeds[Y])
-        real = blocks.real
-        if not real.all() or np.any(blocks.order != np.arange(x.shape[0])):
-            # Position -1 (padding) takes the appended row of zeros; the graph counts it as zeros.
-            x = np.concatenate([x, np.zeros_like(x[:1])])[blocks.order]
-            y = np.concatenate([y, np.zeros_like(y[:1])])[blocks.order]
+        # The graph counts the padding rows' results as zeros, whatever their values.
         feeds = feeds | {
-            X: x,
-            Y: y,
+            X: blocks.laid_out(np.asarray(feeds[X])),
+            Y: blocks.laid_out(np.asarray(feeds[Y])),
             SAME_UNIT: blocks.same_unit(),
-            PADDING: ~real[:, None],
+            PADDING: (blocks.order < 0)[:, None],
             BLOCKS: np.array([blocks.blocks, blocks.block, -1], np.int64),
         }
         (result,) = session.run([SUM], feeds)

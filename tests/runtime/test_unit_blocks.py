@@ -34,6 +34,13 @@ def _check_layout(sizes: list[int]) -> UnitBlocks:
         assert np.all(np.diff(positions) == 1) and np.all(np.diff(blocks.order[positions]) == 1)
     # First fit leaves at most one block half empty or less: the padding stays bounded.
     assert blocks.blocks <= 2 * -(-rows // blocks.block) + 1
+    if blocks.in_order:
+        np.testing.assert_array_equal(blocks.order[:rows], np.arange(rows))
+    # Values laid out: each row's values where its row is placed, zeros on the padding.
+    values = np.arange(1, 2 * rows + 1, dtype=np.float32).reshape(rows, 2)
+    laid = blocks.laid_out(values)
+    np.testing.assert_array_equal(laid[real], values[blocks.order[real]])
+    assert not laid[~real].any()
     return blocks
 
 
