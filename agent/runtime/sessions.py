@@ -187,14 +187,20 @@ class CompiledWrapper:
         sizes = batch.unit_sizes()
         batched = self._unit_batched_session()
         limit = ROWS_PER_RUN if batched is not None else batch.size
-        shared = {name: value for name, value in feeds.items() if name not in (X, Y)}
-        total = np.zeros(self.layout.size, np.float64)
+        total: Float64Array | None = None
         for first, last, begin, end in whole_unit_spans(starts, batch.size, limit):
-            run = shared | {X: batch.x[begin:end], Y: batch.y[begin:end]}
+            run = feeds | {X: batch.x[begin:end], Y: batch.y[begin:end]}
             if batched is not None and end - begin <= ROWS_PER_RUN:
-                total += self._unit_batched_sum(batched, run, sizes[first:last])
+                part = self._unit_batched_sum(batched, run, sizes[first:last])
             else:
-                total += self._unit_scan_sum(run, starts[first:last] - begin, end - begin)
+                part = self._unit_scan_sum(run, starts[first:last] - begin, end - begin)
+            # The first run's output (a fresh array) is the running total, as in the per-row path.
+            if total is None:
+                total = part
+            else:
+                total += part
+        if total is None:
+            raise ValueError("a batch with rows has units")  # unreachable: clipped_sum returns early on 0 rows
         return total
 
     def _unit_batched_sum(
@@ -226,7 +232,9 @@ class CompiledWrapper:
         array = np.asarray(output)
         if array.shape != (self.layout.size,):
             raise ValueError(f"an output has shape {list(array.shape)}, the layout {self.layout.size} values")
-        return np.require(array, np.float64, ["C", "W"])
+        if array.dtype != np.float64 or not (array.flags.c_contiguous and array.flags.writeable):
+            return np.array(array, np.float64)  # a copy of ours (np.require costs more, for the common case)
+        return array
 
     def unflatten(self, flat: npt.NDArray[np.floating]) -> dict[str, npt.NDArray[np.floating]]:
         """``flat`` cut into the layout's named, shaped tensors (views)."""
