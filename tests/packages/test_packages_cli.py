@@ -22,6 +22,7 @@ from agent.packages import (
     verify_decision,
 )
 from edge_sponsor.cli import package as sponsor_package_cli
+from edge_sponsor.cli.package import PackageCommandError
 from tests.conftest import DEFAULT_POLICY, Pki, write_config
 
 
@@ -46,6 +47,8 @@ def test_publisher_and_reviewer_flow(tmp_path: Path, pki: Pki, capsys: pytest.Ca
             "build",
             "--model",
             "weibull",
+            "--time-scale",
+            "365",
             "--features",
             "age,sex,bmi",
             "--standardise",
@@ -199,3 +202,14 @@ def test_build_from_own_graph(tmp_path: Path) -> None:
             "--out",
             str(out),
         )
+
+
+def test_a_weibull_package_needs_its_time_scale(tmp_path: Path) -> None:
+    out = tmp_path / "weibull.zip"
+    arguments = ["package", "build", "--model", "weibull", "--features", "age", "--label", "time,event"]
+    arguments += ["--name", "acme/survival", "--version", "0.3.0", "--publisher", "acme", "--out", str(out)]
+    with pytest.raises(PackageCommandError, match="--time-scale"):
+        run(*arguments)
+    with pytest.raises(PackageCommandError, match="time_scale must be finite and >= 0"):
+        run(*arguments, "--time-scale", "inf")
+    assert not out.exists()

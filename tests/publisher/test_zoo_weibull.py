@@ -189,3 +189,41 @@ def test_inference_outputs_the_median_and_scale() -> None:
     )
     survival_at_median = np.exp(-((outputs["median_time"] / np.exp(mu)) ** shape))
     np.testing.assert_allclose(survival_at_median, 0.5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 30.0, 365.0, 3650.0])
+def test_the_starting_model_puts_its_median_at_the_declared_time_scale(time_scale: float) -> None:
+    built = build_weibull_survival(F, time_scale=time_scale)
+    start = built.init_parameters(np.random.default_rng(0))
+    outputs = run(session(built.inference_model(start)), {"x": np.zeros((3, F), np.float32)})
+    np.testing.assert_allclose(outputs["median_time"], time_scale, rtol=1e-5)
+    assert not start["w"].any() and float(start["log_shape"]) == 0.0
+
+
+def test_started_at_the_data_time_scale_the_first_gradients_are_not_all_about_the_unit() -> None:
+    """Follow-up in days (median about a year): started at 1 day, every row's gradient is
+    dominated by the time unit (|grad b| about k·t/λ, hundreds); started at the time scale,
+    they are ten times smaller and about the covariates (the features' own scale, ‖x‖ ≈ 2)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.0, (200, F)).astype(np.float32)
+    times = rng.exponential(365.0 / math.log(2.0), 200)
+    y = np.stack([times, rng.integers(0, 2, 200)], axis=1).astype(np.float32)
+
+    def median_gradient_norm(time_scale: float) -> float:
+        built = build_weibull_survival(F, time_scale=time_scale)
+        start = built.init_parameters(rng)
+        grads = session(built.grad_graph)
+        norms = []
+        for row in range(200):
+            out = run(grads, {**start, "x": x[row], "y": y[row]})
+            norms.append(math.sqrt(sum(float(np.sum(np.square(v))) for v in out.values() if v.dtype.kind == "f")))
+        return float(np.median(norms))
+
+    at_unit, at_scale = median_gradient_norm(1.0), median_gradient_norm(365.0)
+    assert at_unit > 10 * at_scale, (at_unit, at_scale)
+
+
+@pytest.mark.parametrize("time_scale", [0.0, -1.0, math.inf, math.nan])
+def test_a_time_scale_that_is_not_a_positive_time_is_refused(time_scale: float) -> None:
+    with pytest.raises(ValueError, match="time_scale"):
+        build_weibull_survival(F, time_scale=time_scale)

@@ -90,6 +90,13 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     zoo.add_argument("--classes", type=int, default=2, help="mlp: number of classes (default 2)")
     zoo.add_argument("--activation", default="relu", choices=("relu", "tanh"), help="mlp activation")
     zoo.add_argument("--l2", type=float, default=0.0, help="weight decay baked into the gradient")
+    zoo.add_argument(
+        "--time-scale",
+        type=float,
+        metavar="TIME",
+        help="weibull (required): a typical follow-up time in the data's own unit (e.g. 365 for a year in days); "
+        "the starting model puts its median survival time there",
+    )
     zoo.add_argument("--name", help="package name, <publisher>/<model>")
     zoo.add_argument("--version", help="semantic version, e.g. 1.0.0")
     zoo.add_argument("--publisher", help="publisher id (lowercase), the prefix of the name")
@@ -197,7 +204,12 @@ def _zoo_model(args: argparse.Namespace, num_features: int) -> ZooModel:
         if args.model == "linear":
             return zoo.build_linear_regression(num_features, args.l2)
         if args.model == "weibull":
-            return zoo.build_weibull_survival(num_features, args.l2)
+            if args.time_scale is None:
+                raise PackageCommandError(
+                    "--model weibull needs --time-scale: a typical follow-up time in the data's own unit "
+                    "(e.g. 365 for a year in days; `edge-sponsor study survival` estimates it privately)"
+                )
+            return zoo.build_weibull_survival(num_features, args.l2, time_scale=args.time_scale)
         hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
         return zoo.build_mlp_classifier(num_features, hidden, args.classes, args.activation, args.l2)
     except ValueError as exc:

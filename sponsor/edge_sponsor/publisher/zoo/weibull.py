@@ -29,6 +29,13 @@ lies far in the tail, ``exp(u)`` is continued linearly beyond ``u = U_LINEAR``:
 consistent. This changes the likelihood only where the survival probability is below
 ``exp(-exp(U))`` (about ``exp(-1e13)``).
 
+Starting values: ``w = 0``, shape 1 (``log_shape = 0``) and ``b = log(time_scale / ln 2)``,
+so that the starting model's median survival time is ``time_scale``, a typical time in
+the data's own unit (the median follow-up, say 365 for a year in days). Started at the
+time unit instead (``b = 0``), every follow-up of many units puts ``u = log t`` far
+above zero: each first gradient is dominated by the unit, not the covariates, and is
+clipped at the DP clipping norm, so the first rounds spend budget learning the scale.
+
 Eval metrics: ``neg_log_likelihood`` clamped to ``nll_range``; ``event`` (``d`` in
 [0, 1]); ``event_abs_log_time_error`` = ``d * min(|log t - log median|, B)`` in
 ``[0, B]`` with ``B = log_time_error_bound`` (divide its sum by the sum of ``event``).
@@ -41,6 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import onnx
 
 from edge_sponsor.publisher.zoo.graph import (
@@ -75,17 +83,21 @@ def build_weibull_survival(
     num_features: int,
     l2: float = 0.0,
     *,
+    time_scale: float = 1.0,
     nll_range: tuple[float, float] = (-10.0, 30.0),
     log_time_error_bound: float = 5.0,
 ) -> ZooModel:
     """Builds Weibull AFT survival regression over ``num_features`` features.
 
+    ``time_scale``: a typical time in the data's unit, where the starting model puts its
+    median survival time (see the module docstring);
     ``l2`` is the weight-decay coefficient baked into the grad graph (on ``w`` only);
     ``nll_range`` and ``log_time_error_bound`` set the declared ranges of the eval
     metrics (the negative log-likelihood depends on the time unit: choose accordingly).
     """
     num_features = positive_int("num_features", num_features)
     l2 = non_negative_float("l2", l2)
+    intercept = math.log(positive_float("time_scale", time_scale) / math.log(2.0))
     ranges = {
         "neg_log_likelihood": metric_range("nll_range", nll_range),
         "event": (0.0, 1.0),
@@ -112,7 +124,7 @@ def build_weibull_survival(
         eval_metric_ranges=ranges,
         inference_outputs=("median_time", "scale"),
         _build_inference=lambda params: _inference_graph(num_features, params),
-        _initialize=lambda rng: zero_parameters(parameters),
+        _initialize=lambda rng: zero_parameters(parameters) | {"b": np.array(intercept, np.float32)},
     )
 
 
