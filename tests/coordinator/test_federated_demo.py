@@ -17,6 +17,16 @@ import pytest
 from agent.audit.verify import verify_log
 from agent.identity.agent_key import load_key_file
 from edge_sponsor.coordinator.federation import Algorithm, load_federation
+from edge_sponsor.coordinator.run_page import (
+    BAR_COLOUR,
+    CHARTS_TOP_PX,
+    LINE_COLOUR,
+    PLOT_BOTTOM,
+    PLOT_LEFT,
+    PLOT_RIGHT,
+    PLOT_TOP,
+)
+from edge_sponsor.coordinator.study import REPORT_PAGE
 from edge_sponsor.demo.federated import (
     DEMO_PLAN,
     FederatedDemoResult,
@@ -26,6 +36,8 @@ from edge_sponsor.demo.federated import (
     run_federated_demo,
     running_hospitals,
 )
+from edge_sponsor.html_page import PAGE_LEFT_PX
+from tests.headless_chromium import decode_png, rgb, screenshot
 
 
 def cli(*args: str, program: str = "edge_sponsor") -> subprocess.CompletedProcess[str]:
@@ -111,6 +123,38 @@ def test_the_exported_model_is_a_working_onnx_model(demo: tuple[FederatedDemoRes
     assert [r["round"] for r in evaluated] == [6, 12]
     assert set(evaluated[-1]["metrics"]) == {"loss", "correct", "brier"}
     assert 0.0 <= evaluated[-1]["metrics"]["correct"] <= 1.0
+
+
+def test_the_run_page_shows_the_metrics_with_their_noise_the_sites_and_the_coefficients(
+    demo: tuple[FederatedDemoResult, str], tmp_path: Path, chromium: str
+) -> None:
+    """report.html as the run wrote it: every pooled metric charted with ±1.96 SD bars, each
+    site's ε from its ledger, the logistic model's coefficients with odds ratios; and
+    Chromium draws the first metric's line and its noise bars where the page says."""
+    result, _ = demo
+    page = result.outcome.report_path.with_name(REPORT_PAGE)
+    html = page.read_text(encoding="utf-8")
+    report = json.loads(result.outcome.report_path.read_text())
+    evaluated = [r for r in report["rounds"] if r["metrics"]]
+    assert evaluated, "the demo plan evaluates"
+    for name in evaluated[-1]["metrics"]:
+        assert f"{name} (±1.96 SD of the DP noise)" in html
+    for site in report["sites"]:
+        assert f"<td>{site['site']}</td>" in html
+        assert f"{site['epsilon_spent']:.3f}" in html
+    assert "<th>odds ratio</th>" in html and "(intercept)" in html
+    assert "<script" not in html and "default-src 'none'" in html
+
+    shot = tmp_path / "shot.png"
+    screenshot(chromium, page, shot, tmp_path / "profile")
+    _, _, rows, bpp = decode_png(shot.read_bytes())
+    counts: dict[tuple[int, int, int], int] = {}
+    for y in range(CHARTS_TOP_PX + PLOT_TOP, CHARTS_TOP_PX + PLOT_BOTTOM + 1):
+        for x in range(PAGE_LEFT_PX + PLOT_LEFT, PAGE_LEFT_PX + PLOT_RIGHT + 1):
+            pixel = (rows[y][x * bpp], rows[y][x * bpp + 1], rows[y][x * bpp + 2])
+            counts[pixel] = counts.get(pixel, 0) + 1
+    assert counts.get(rgb(LINE_COLOUR), 0) > 100, "the first metric's line is not drawn in its chart"
+    assert counts.get(rgb(BAR_COLOUR), 0) > 20, "the first metric's noise bars are not drawn in its chart"
 
 
 def test_a_site_killed_mid_training_is_reported_and_the_run_finishes(tmp_path: Path) -> None:

@@ -10,14 +10,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.durable import write_public
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials, Units
 from edge_sponsor.coordinator.federation import Federation
 from edge_sponsor.coordinator.report import RunReport, SiteSummary
+from edge_sponsor.coordinator.run_page import coefficients_of, render_run_page
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.training import FederatedTraining, ReadySite, RunObserver, TrainingResult
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+REPORT_PAGE = "report.html"
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def run_study(
     run_id: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> StudyOutcome:
-    """Trains ``package`` across the federation and writes model.onnx and report.json to ``out_dir``.
+    """Trains ``package`` across the federation and writes model.onnx, report.json and report.html to ``out_dir``.
 
     Raises FederationError when too few agents are usable; a site lost during
     the run is reported, not raised.
@@ -63,7 +66,9 @@ def run_study(
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / REPORT_FILE
 
-    def report(result: TrainingResult, sites: list[SiteSummary], model: Path | None) -> RunReport:
+    def report(
+        result: TrainingResult, sites: list[SiteSummary], model: Path | None, *, finished: bool = False
+    ) -> RunReport:
         written = RunReport(
             federation=federation.name,
             run_id=run_id,
@@ -79,6 +84,9 @@ def run_study(
             extra={**(extra or {}), **({"stopped_early": result.stopped_early} if result.stopped_early else {})},
         )
         written.write(report_path)
+        # The trained model's coefficients: a run that stopped early has none to show.
+        coefficients = coefficients_of(package.manifest, result.parameters) if finished else None
+        write_public(out_dir / REPORT_PAGE, render_run_page(written, coefficients).encode())
         return written
 
     clients = open_clients(federation)
@@ -110,7 +118,7 @@ def run_study(
     if package.inference_model is not None:
         model_path = out_dir / MODEL_FILE
         package.export(result.parameters, model_path)
-    written = report(result, summaries + left_out, model_path)
+    written = report(result, summaries + left_out, model_path, finished=True)
     return StudyOutcome(written, result, report_path, model_path)
 
 
