@@ -59,6 +59,21 @@ class Quiet:
         pass
 
 
+def one_site_federation(name: str, tmp_path: Path, pki: Pki, address: str, plan: TrainingPlan) -> Federation:
+    """A federation of one site, "hospital", whose dataset is "cohort", on the test PKI."""
+    return Federation(
+        name=name,
+        ca_file=pki.path("ca.crt"),
+        cert_file=pki.path("coordinator.crt"),
+        key_file=pki.path("coordinator.key"),
+        server_name="localhost",
+        connect_seconds=10.0,
+        sites=(Site("hospital", address, "cohort"),),
+        training=plan,
+        source=tmp_path / "federation.toml",
+    )
+
+
 def test_an_evaluation_reuses_the_parameters_the_next_round_sent(tmp_path: Path, pki: Pki) -> None:
     publisher = new_key()
     agent = start(tmp_path, pki, publisher)
@@ -72,17 +87,7 @@ def test_an_evaluation_reuses_the_parameters_the_next_round_sent(tmp_path: Path,
         task_stall_seconds=60.0,
         purpose="research",
     )
-    federation = Federation(
-        name="reuse",
-        ca_file=pki.path("ca.crt"),
-        cert_file=pki.path("coordinator.crt"),
-        key_file=pki.path("coordinator.key"),
-        server_name="localhost",
-        connect_seconds=10.0,
-        sites=(Site("hospital", agent.address, "cohort"),),
-        training=plan,
-        source=tmp_path / "federation.toml",
-    )
+    federation = one_site_federation("reuse", tmp_path, pki, agent.address, plan)
     client = RecordingClient(agent.address, pki.credentials(), server_name="localhost", timeout=30)
     package = StudyPackage.from_archive(good_package(publisher))
     training = FederatedTraining(federation, {"hospital": client}, package, Quiet(), run_id="reuse-1")

@@ -1,4 +1,5 @@
-"""Federated training across agents: DP-FedSGD and DP-FedAvg, with federated evaluation.
+"""Federated training across agents: the rounds of a strategy (DP-FedSGD, DP-FedAvg or the
+caller's own, :mod:`edge_sponsor.coordinator.strategies`), with federated evaluation.
 
 Each round every site gets one task at the same parameters, concurrently. A
 task on which nothing moves for ``task_stall_seconds`` (or that exceeds the
@@ -29,18 +30,16 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
-from agent.tasks.kinds.dp_gradient import DpGradient
-from agent.tasks.kinds.dp_local_training import DpLocalTraining
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units
-from edge_sponsor.coordinator.federation import Algorithm, Federation, Site, TrainingPlan
-from edge_sponsor.coordinator.optimizer import Parameters, ServerOptimizer
+from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
+from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
+from edge_sponsor.coordinator.strategies import SiteResult, Strategy, strategy_for
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
@@ -113,10 +112,13 @@ class FederatedTraining:
         observer: RunObserver,
         *,
         run_id: str,
+        strategy: Strategy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``strategy``: the algorithm; by default the one the federation file names."""
         self.federation = federation
         self.plan: TrainingPlan = federation.training
+        self.strategy = strategy or strategy_for(federation.training, package.manifest.parameters)
         self.clients = clients
         self.package = package
         self.observer = observer
@@ -196,7 +198,6 @@ class FederatedTraining:
 
     def train(self, ready: Sequence[ReadySite], parameters: Parameters) -> TrainingResult:
         plan = self.plan
-        optimizer = ServerOptimizer(plan.server_optimizer, plan.server_learning_rate, momentum=plan.momentum)
         result = TrainingResult(
             parameters=dict(parameters),
             rounds=[],
@@ -212,12 +213,18 @@ class FederatedTraining:
         # The round record whose model (the current parameters) is still to be evaluated.
         evaluate: int | None = None
         pending: _PendingEvaluation | None = None
-        task = self._training_task()
         for round_number in range(1, plan.rounds + 1):
             started = self._clock()
             taken = {r.site.name: threading.Event() for r in ready}
             training = {
-                r.site.name: self._submit(r.site, task, "train", round_number, prepared, taken=taken[r.site.name])
+                r.site.name: self._submit(
+                    r.site,
+                    self.strategy.configure(round_number, r.site.name),
+                    "train",
+                    round_number,
+                    prepared,
+                    taken=taken[r.site.name],
+                )
                 for r in ready
             }
             if evaluate is not None:
@@ -231,18 +238,20 @@ class FederatedTraining:
                 pending = None
             updated = len(outcomes) >= plan.quorum
             if updated:
-                state = optimizer.state()
-                stepped = optimizer.step(result.parameters, self._average(ready, outcomes))
-                updated = all(bool(np.all(np.isfinite(value))) for value in stepped.values())
-                if updated:
+                results = {name: _site_result(run, by_name[name]) for name, run in outcomes.items()}
+                stepped = self.strategy.aggregate(result.parameters, results)
+                updated = stepped is not None
+                if stepped is not None:
                     result.parameters = stepped
                     prepared = ParameterSet.of(self.package.ordered(stepped))
                     for name in outcomes:
                         result.charged[name].rounds_contributed += 1
                     failed_in_a_row = 0
                 else:
-                    optimizer.restore(state)
-                    self.observer.note(f"round {round_number}: the update overflowed; the model is unchanged")
+                    self.observer.note(
+                        f"round {round_number}: no usable update (not finite, or the strategy made none); "
+                        "the model is unchanged"
+                    )
             else:
                 self.observer.note(
                     f"round {round_number}: only {len(outcomes)} of {len(ready)} sites returned, quorum is "
@@ -378,21 +387,6 @@ class FederatedTraining:
             if taken is not None:
                 taken.set()
 
-    def _training_task(self) -> TaskProfile:
-        """The plan's training task: a gradient sum (FedSGD) or local DP-SGD steps (FedAvg)."""
-        plan = self.plan
-        if plan.algorithm is Algorithm.FEDSGD:
-            return DpGradient(
-                clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate
-            )
-        return DpLocalTraining(
-            clip_norm=plan.clip_norm,
-            noise_multiplier=plan.noise_multiplier,
-            sampling_rate=plan.sampling_rate,
-            local_steps=plan.local_steps,
-            learning_rate=plan.local_learning_rate,
-        )
-
     def _evaluation_task(self) -> DpEvaluate:
         """The plan's evaluation task; its noisy count weighs each site's metrics."""
         plan = self.plan
@@ -461,35 +455,12 @@ class FederatedTraining:
                     return f"tensor {decl.name!r} holds non-finite values"
         if not all(np.isfinite([*values, run.epsilon_charged, run.budget_epsilon_spent])):
             return "a scalar or the reported ε is not finite"
-        if kind == "train" and self.plan.algorithm is Algorithm.FEDSGD and site.units_upper:
-            # A sum of at most units_upper clipped gradients (one per unit) plus noise: anything far beyond
-            # (6 standard deviations of the noise's norm) no honest agent sends.
-            size = sum(int(np.prod(d.shape)) for d in self.package.manifest.parameters)
-            plan = self.plan
-            bound = site.units_upper * plan.clip_norm + 6 * plan.noise_multiplier * plan.clip_norm * np.sqrt(size)
-            norm = float(np.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in run.tensors.values())))
-            if norm > bound:
-                return f"the gradient sum's norm {norm:.4g} exceeds what {site.units_upper} clipped units can give"
+        if kind == "train":
+            return self.strategy.release_problem(_site_result(run, site))
         return ""
 
-    def _average(
-        self, ready: Sequence[ReadySite], outcomes: Mapping[str, TaskRun]
-    ) -> dict[str, npt.NDArray[np.float64]]:
-        """The round's update direction (a gradient: the optimizer steps against it)."""
-        weights = {r.site.name: float(r.units_lower) for r in ready if r.site.name in outcomes}
-        if self.plan.algorithm is Algorithm.FEDSGD:
-            # Noisy clipped sums over Poisson samples of expected size q * units (one clipped sum per unit).
-            scale = {name: 1.0 / (self.plan.sampling_rate * sum(weights.values())) for name in outcomes}
-        else:
-            # The weighted mean delta, negated: FedAvg's pseudo-gradient.
-            scale = {name: -weights[name] / sum(weights.values()) for name in outcomes}
-        update: dict[str, npt.NDArray[np.float64]] = {}
-        for decl in self.package.manifest.parameters:
-            total = np.zeros(decl.shape, np.float64)
-            for name, run in outcomes.items():
-                total += scale[name] * np.asarray(run.tensors[decl.name], np.float64)
-            update[decl.name] = total
-        return update
+def _site_result(run: TaskRun, site: ReadySite) -> SiteResult:
+    return SiteResult(site.site.name, run, site.units_lower, site.units_upper)
 
 
 @dataclass(frozen=True)

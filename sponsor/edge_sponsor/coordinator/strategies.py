@@ -1,0 +1,166 @@
+"""Federated algorithms as strategies: what each site is asked in a round, and how the
+sites' results become the next parameters.
+
+:class:`~edge_sponsor.coordinator.training.FederatedTraining` runs the rounds (sites
+concurrently, quorum, stalls, retries of nothing, federated evaluation, the report) and
+asks its strategy three things:
+
+* :meth:`Strategy.configure`: the task (a kind and its DP hyperparameters) one site
+  runs in a round, at the round's parameters;
+* :meth:`Strategy.release_problem`: why a site's result cannot be used, beyond the
+  shapes and finiteness every result is checked for ("" when it can);
+* :meth:`Strategy.aggregate`: the next parameters from the results of the sites that
+  returned (at least the quorum), or None to leave the model unchanged.
+
+The agents enforce privacy whatever a strategy asks: they clip, add noise, charge
+their ledgers and refuse tasks their policy does not allow. A strategy decides only
+what the coordinator does with noisy results, so a new algorithm is a class here (or
+in the caller's own code), not a fork of the round loop. :class:`FedSgd` and
+:class:`FedAvg` are the two the federation file names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.packages.manifest import ParameterDecl
+from agent.tasks.kinds.dp_gradient import DpGradient
+from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.profile import TaskProfile
+from edge_sponsor.coordinator.federation import Algorithm, TrainingPlan
+from edge_sponsor.coordinator.optimizer import Parameters, ServerOptimizer
+from edge_sponsor.coordinator.tasks import TaskRun
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    """One site's usable result in a round, with the public figures a strategy may weigh it by."""
+
+    site: str
+    run: TaskRun
+    # The lower and upper edges of the site's privacy-unit bucket (ListDatasets/GetDataset;
+    # upper 0 for the open top bucket): public, unlike the exact count, which would cost budget.
+    units_lower: int
+    units_upper: int
+
+
+class Strategy(Protocol):
+    """One federated training algorithm (see the module docstring)."""
+
+    def configure(self, round_number: int, site: str) -> TaskProfile:
+        """The task ``site`` runs in round ``round_number``."""
+        ...
+
+    def release_problem(self, result: SiteResult) -> str:
+        """Why ``result`` cannot be used (a broken or hostile agent's), or ""."""
+        ...
+
+    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
+        """The next parameters from ``results`` (by site); None leaves the model unchanged
+        (the round then counts as one without an update)."""
+        ...
+
+
+class _ServerStep:
+    """A server optimizer stepping along an update, undone when the step would not be finite."""
+
+    def __init__(self, plan: TrainingPlan, parameters: tuple[ParameterDecl, ...]) -> None:
+        self.optimizer = ServerOptimizer(plan.server_optimizer, plan.server_learning_rate, momentum=plan.momentum)
+        self.parameters = parameters
+
+    def step(self, parameters: Parameters, update: Mapping[str, npt.NDArray[np.float64]]) -> Parameters | None:
+        state = self.optimizer.state()
+        stepped = self.optimizer.step(parameters, update)
+        if all(bool(np.all(np.isfinite(value))) for value in stepped.values()):
+            return stepped
+        self.optimizer.restore(state)
+        return None
+
+    def weighted(
+        self, results: Mapping[str, SiteResult], scale: Mapping[str, float]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        """Σ_sites scale[site] · the site's tensor, for every parameter."""
+        update: dict[str, npt.NDArray[np.float64]] = {}
+        for decl in self.parameters:
+            total = np.zeros(decl.shape, np.float64)
+            for name, result in results.items():
+                total += scale[name] * np.asarray(result.run.tensors[decl.name], np.float64)
+            update[decl.name] = total
+        return update
+
+
+class FedSgd:
+    """DP-FedSGD: each site returns one noisy clipped gradient sum over a Poisson sample of
+    its units; the server divides by the expected sample size (q times the units' public
+    lower bound, summed over the sites that returned) and steps its optimizer."""
+
+    def __init__(self, plan: TrainingPlan, parameters: tuple[ParameterDecl, ...]) -> None:
+        self.plan = plan
+        self.server = _ServerStep(plan, parameters)
+        self.size = sum(int(np.prod(decl.shape)) for decl in parameters)
+
+    def configure(self, round_number: int, site: str) -> TaskProfile:
+        plan = self.plan
+        return DpGradient(
+            clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate
+        )
+
+    def release_problem(self, result: SiteResult) -> str:
+        if not result.units_upper:
+            return ""
+        # A sum of at most units_upper clipped gradients (one per unit) plus noise: anything far
+        # beyond (6 standard deviations of the noise's norm) no honest agent sends.
+        plan = self.plan
+        bound = result.units_upper * plan.clip_norm + 6 * plan.noise_multiplier * plan.clip_norm * np.sqrt(self.size)
+        norm = float(np.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in result.run.tensors.values())))
+        if norm > bound:
+            return f"the gradient sum's norm {norm:.4g} exceeds what {result.units_upper} clipped units can give"
+        return ""
+
+    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
+        expected = self.plan.sampling_rate * sum(float(r.units_lower) for r in results.values())
+        if expected <= 0:
+            return None  # no site reports a unit: no public size to average by
+        return self.server.step(parameters, self.server.weighted(results, dict.fromkeys(results, 1.0 / expected)))
+
+
+class FedAvg:
+    """DP-FedAvg: each site runs local DP-SGD steps and returns its noisy parameter delta; the
+    server steps its optimizer along the negated mean delta, weighted by the sites' public
+    unit bounds (SGD at learning rate 1 without momentum is plain FedAvg)."""
+
+    def __init__(self, plan: TrainingPlan, parameters: tuple[ParameterDecl, ...]) -> None:
+        self.plan = plan
+        self.server = _ServerStep(plan, parameters)
+
+    def configure(self, round_number: int, site: str) -> TaskProfile:
+        plan = self.plan
+        return DpLocalTraining(
+            clip_norm=plan.clip_norm,
+            noise_multiplier=plan.noise_multiplier,
+            sampling_rate=plan.sampling_rate,
+            local_steps=plan.local_steps,
+            learning_rate=plan.local_learning_rate,
+        )
+
+    def release_problem(self, result: SiteResult) -> str:
+        return ""
+
+    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
+        total = sum(float(r.units_lower) for r in results.values())
+        if total <= 0:
+            return None
+        scale = {name: -float(r.units_lower) / total for name, r in results.items()}
+        return self.server.step(parameters, self.server.weighted(results, scale))
+
+
+def strategy_for(plan: TrainingPlan, parameters: tuple[ParameterDecl, ...]) -> Strategy:
+    """The strategy the federation file's ``algorithm`` names."""
+    if plan.algorithm is Algorithm.FEDSGD:
+        return FedSgd(plan, parameters)
+    return FedAvg(plan, parameters)
