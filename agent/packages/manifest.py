@@ -59,10 +59,29 @@ class TaskKind(StrEnum):
     DP_EVALUATE = "dp_evaluate"
     DP_DESCRIBE = "dp_describe"
     DP_SURVIVAL = "dp_survival"
+    DP_GLM = "dp_glm"
 
 
-PLAN_KINDS = (TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL)
+PLAN_KINDS = (TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL, TaskKind.DP_GLM)
 """The kinds an analysis plan offers: the agent computes them itself, a plan package has no graph."""
+
+COEFFICIENTS = "coefficients"
+"""The one parameter tensor of a ``dp_glm`` task: the model's coefficients β, shape ``[p]``
+(``ModelSpec.width``), on the design's scale (agent.packages.plan.ModelSpec)."""
+
+
+def plan_lacks(plan: AnalysisPlan, kind: TaskKind) -> str | None:
+    """What ``plan`` lacks to serve the plan kind ``kind``, in words; None when it can serve it."""
+    if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
+        return "the plan's survival outcome (plan.survival)"
+    if kind is TaskKind.DP_GLM and plan.model is None:
+        return "the plan's model (plan.model)"
+    return None
+
+
+def served_kinds(plan: AnalysisPlan) -> tuple[TaskKind, ...]:
+    """The plan kinds ``plan`` can serve, in PLAN_KINDS order (what a plan package offers by default)."""
+    return tuple(kind for kind in PLAN_KINDS if plan_lacks(plan, kind) is None)
 
 
 class ColumnType(StrEnum):
@@ -99,6 +118,12 @@ class ParameterDecl:
     @property
     def gradient_name(self) -> str:
         return f"grad_{self.name}"
+
+    def accepts(self, dtype: str) -> bool:
+        """Whether a task may send this tensor in ``dtype``: the declared one, or float32 where
+        float64 is declared (widening is exact; narrowing would round, so float64 is never
+        taken for a float32 parameter)."""
+        return dtype == self.dtype or (self.dtype == "float64" and dtype == "float32")
 
 
 @dataclass(frozen=True)
@@ -238,8 +263,22 @@ class Manifest:
 
     @property
     def outcome_columns(self) -> tuple[str, ...]:
-        """The columns read as an outcome: the label's, or the plan's survival time and event."""
+        """The columns read as an outcome: the label's, or the plan's survival time and event and model outcome."""
         return self.plan.outcome_columns if self.plan is not None else self.label.columns
+
+    def task_parameters(self, kind: TaskKind) -> tuple[ParameterDecl, ...]:
+        """The parameter tensors a task of ``kind`` sends with this package, in order.
+
+        A model package's graphs take its ``parameters`` whatever the kind. A plan package's
+        ``dp_glm`` takes the model's coefficients (float64; float32 accepted), derived from the
+        signed plan rather than declared beside it, so the two cannot disagree; its other kinds
+        take none.
+        """
+        if self.plan is None:
+            return self.parameters
+        if kind is TaskKind.DP_GLM and self.plan.model is not None:
+            return (ParameterDecl(COEFFICIENTS, (self.plan.model.width,), "float64"),)
+        return ()
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object whose canonical bytes are signed."""
@@ -385,8 +424,9 @@ def _plan_manifest(
                 f"task_kinds[{index}]",
                 f"an analysis plan offers only {', '.join(PLAN_KINDS)}, not {kind.value}",
             )
-        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
-            fail(f"task_kinds[{index}]", "dp_survival needs the plan's survival outcome (plan.survival)")
+        lacking = plan_lacks(plan, kind)
+        if lacking is not None:
+            fail(f"task_kinds[{index}]", f"{kind.value} needs {lacking}")
     hyper = JsonObject(top.get("hyperparameters"), "hyperparameters")
     entry = JsonObject(hyper.get("noise_multiplier"), hyper.field("noise_multiplier"))
     low, high = entry.number("min"), entry.number("max")

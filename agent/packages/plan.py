@@ -8,7 +8,8 @@ and noises every statistic (:mod:`agent.statistics`); what a task releases is de
 from the plan by :mod:`agent.packages.release_layout`.
 
 Everything a plan declares is public: the cohort filters, the strata and their
-categories, each variable's bounds, bins or categories, and the survival time grid.
+categories, each variable's bounds, bins or categories, the survival time grid and the
+regression model (its outcome column and which variables are its covariates).
 The agent never looks at the data to choose them (a bound taken from the data would
 leak it); values outside a variable's bounds are clamped into them, values outside
 its categories are counted as "other".
@@ -43,6 +44,11 @@ MAX_VARIABLES = 64
 MAX_CATEGORIES = 256
 MAX_BINS = 200
 MAX_GRID = 1000
+# A regression model: its covariates and the width of its design row (the intercept, one
+# column per numeric covariate, one per non-reference category). The information block
+# releases p (p + 1) / 2 numbers: 2080 at the cap.
+MAX_COVARIATES = 32
+MAX_DESIGN_WIDTH = 64
 # Bounds, filter values and grid times: within ±1e9, so that sums of squares over
 # millions of patients stay exact enough in float64 and sensitivities stay finite.
 MAX_MAGNITUDE = 1e9
@@ -52,6 +58,9 @@ MAX_MAGNITUDE = 1e9
 OTHER_LABEL = "(other)"
 MISSING_LABEL = "(missing)"
 RESERVED_LABELS = frozenset({OTHER_LABEL, MISSING_LABEL})
+# The name of the design's first column (ModelSpec.design_names; a model whose columns would
+# repeat a name is refused).
+INTERCEPT_LABEL = "(intercept)"
 
 Category = str | int | bool
 """A public category value: a JSON string, integer or boolean."""
@@ -144,26 +153,85 @@ class SurvivalSpec:
     grid: tuple[float, ...]
 
 
+class ModelFamily(StrEnum):
+    LOGISTIC = "logistic"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A regression of ``outcome`` on some of the plan's variables (``dp_glm``).
+
+    Each patient's **design row** (docs/statistics.md, "dp_glm"): 1 for the intercept, then
+    for each covariate in order ``(clamp(v, low, high) - centre) / half_width`` (a numeric
+    variable, in [-1, 1]) or one indicator per category but the first (a categorical one;
+    the first is the reference). The bounds and categories are the variables' own, public,
+    so one patient's row has a public bound on its norm and the score and information sums
+    need no clipping.
+    """
+
+    family: ModelFamily
+    outcome: str
+    covariates: tuple[Variable, ...]
+    """The plan's variables the model uses, in model order."""
+
+    @property
+    def design_names(self) -> tuple[str, ...]:
+        """The design's columns: ``(intercept)``, a numeric covariate's column, a categorical
+        one's ``<column>=<category>`` for each category but the reference (the first)."""
+        names = [INTERCEPT_LABEL]
+        for variable in self.covariates:
+            if isinstance(variable, CategoricalVariable):
+                names += [f"{variable.column}={category_label(c)}" for c in variable.categories[1:]]
+            else:
+                names.append(variable.column)
+        return tuple(names)
+
+    @property
+    def width(self) -> int:
+        """``p``: the length of a design row and of the coefficients a task sends."""
+        return len(self.design_names)
+
+    @property
+    def max_row_norm_squared(self) -> float:
+        """The most a design row's squared L2 norm can be: 1 for the intercept, 1 per numeric
+        covariate (a centred, scaled value lies in [-1, 1]) and 1 per categorical one (a patient
+        has at most one of its indicators)."""
+        return float(1 + len(self.covariates))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "family": self.family.value,
+            "outcome": self.outcome,
+            "covariates": [variable.column for variable in self.covariates],
+        }
+
+
 @dataclass(frozen=True)
 class AnalysisPlan:
     cohort: tuple[CohortFilter, ...]
     strata: tuple[Stratum, ...]
     variables: tuple[Variable, ...]
     survival: SurvivalSpec | None
+    model: ModelSpec | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every dataset column the plan reads, each once, in plan order."""
         named = [f.column for f in self.cohort] + [s.column for s in self.strata]
         named += [v.column for v in self.variables]
-        if self.survival is not None:
-            named += [self.survival.time_column, self.survival.event_column]
+        named += self.outcome_columns
         return tuple(dict.fromkeys(named))
 
     @property
     def outcome_columns(self) -> tuple[str, ...]:
-        """The columns read as an outcome (time and event), which a policy may restrict."""
-        return () if self.survival is None else (self.survival.time_column, self.survival.event_column)
+        """The columns read as an outcome (survival time and event, the model's outcome), which a
+        policy may restrict."""
+        named: tuple[str, ...] = ()
+        if self.survival is not None:
+            named += (self.survival.time_column, self.survival.event_column)
+        if self.model is not None:
+            named += (self.model.outcome,)
+        return named
 
     @property
     def stratum_count(self) -> int:
@@ -194,6 +262,8 @@ class AnalysisPlan:
                 "event_column": self.survival.event_column,
                 "grid": list(self.survival.grid),
             }
+        if self.model is not None:
+            value["model"] = self.model.to_json()
         return value
 
 
@@ -243,17 +313,21 @@ def parse_plan(value: Any, path: str = "plan") -> AnalysisPlan:
     variable_items = array_field(top.get("variables"), top.field("variables"), min_items=0, max_items=MAX_VARIABLES)
     variables = tuple(_variable(item, f"{path}.variables[{i}]") for i, item in enumerate(variable_items))
     survival = _survival(top.get("survival"), top.field("survival")) if top.has("survival") else None
+    model = _model(top.get("model"), top.field("model"), variables) if top.has("model") else None
     top.finish()
     if not variables and survival is None and not strata:
         fail(path, "declares nothing to compute: give strata, variables or survival")
-    # A column is one role: a stratum, a variable or an outcome (filters may name any column).
+    # A column is one role: a stratum, a variable or an outcome (filters may name any column;
+    # the model's covariates are variables already).
     roles = [s.column for s in strata] + [v.column for v in variables]
     if survival is not None:
         roles += [survival.time_column, survival.event_column]
+    if model is not None:
+        roles.append(model.outcome)
     for column in roles:
         if roles.count(column) > 1:
-            fail(path, f"column {column!r} is used more than once among strata, variables and survival")
-    return AnalysisPlan(cohort, strata, variables, survival)
+            fail(path, f"column {column!r} is used more than once among strata, variables, survival and model outcome")
+    return AnalysisPlan(cohort, strata, variables, survival, model)
 
 
 def _bounded(value: Any, field: str) -> float:
@@ -366,3 +440,38 @@ def _survival(value: Any, path: str) -> SurvivalSpec:
     _increasing(grid, grid_field)
     obj.finish()
     return SurvivalSpec(time_column, event_column, grid)
+
+
+def _model(value: Any, path: str, variables: Sequence[Variable]) -> ModelSpec:
+    obj = JsonObject(value, path)
+    family = enum_field(obj.get("family"), obj.field("family"), ModelFamily)
+    outcome = column_field(obj.get("outcome"), obj.field("outcome"))
+    field = obj.field("covariates")
+    items = array_field(obj.get("covariates"), field, min_items=1, max_items=MAX_COVARIATES)
+    declared = {variable.column: variable for variable in variables}
+    covariates: list[Variable] = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        column = column_field(item, where)
+        if column == outcome:
+            fail(where, f"{column!r} is the model's outcome; an outcome cannot be its own covariate")
+        if column not in declared:
+            # The bounds or categories that make a design row bounded are the variable's.
+            fail(where, f"{column!r} is not a variable of the plan; declare it in plan.variables")
+        if any(other.column == column for other in covariates):
+            fail(where, f"{column!r} is listed twice")
+        covariates.append(declared[column])
+    obj.finish()
+    model = ModelSpec(family, outcome, tuple(covariates))
+    if model.width > MAX_DESIGN_WIDTH:
+        fail(
+            field,
+            f"make a design of {model.width} columns, more than {MAX_DESIGN_WIDTH}; use fewer covariates or categories",
+        )
+    names = model.design_names
+    for name in names:
+        # Reports name each coefficient by its column: a numeric column called "sex=F" next to
+        # sex's category F would make two coefficients indistinguishable.
+        if names.count(name) > 1:
+            fail(field, f"make two design columns named {name!r}; rename a column or category")
+    return model

@@ -2,15 +2,15 @@
 
 ``edge-agent package inspect|verify|pending`` print these lines for a plan package, so a
 reviewer approving it reads the cohort, the strata, each variable with its public
-bounds, and for each task kind how many numbers a task releases and how much noise
-each carries per unit of the noise multiplier. Values are shown at full precision and
+bounds, the regression model and its design, and for each task kind how many numbers a
+task releases and how much noise each carries per unit of the noise multiplier. Values are shown at full precision and
 booleans as the release labels them; the plan format refuses characters that could make
 a terminal show something else (agent.packages.json_fields.printable_field).
 """
 
 from __future__ import annotations
 
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import Manifest, TaskKind
 from agent.packages.plan import CategoricalVariable, CohortFilter, FilterOp, category_label, number_label
 from agent.packages.release_layout import ReleaseLayout, layout
 
@@ -40,6 +40,13 @@ def plan_lines(manifest: Manifest) -> list[str]:
             f"  survival:    time {survival.time_column}, event {survival.event_column}; "
             f"exits per interval up to {grid}"
         )
+    if plan.model is not None:
+        model = plan.model
+        covariates = ", ".join(variable.column for variable in model.covariates)
+        lines.append(
+            f"  model:       {model.family.value} regression of {model.outcome} (0 or 1) on {covariates}; "
+            f"{model.width} design columns: {', '.join(model.design_names)}; the plan's strata are pooled"
+        )
     for kind in manifest.task_kinds:
         release = layout(plan, kind)
         numbers = sum(len(block.cells) for block in release.blocks) * release.strata
@@ -48,6 +55,12 @@ def plan_lines(manifest: Manifest) -> list[str]:
             f"  releases:    {kind.value}: {numbers} numbers in {blocks} per task, each patient "
             f"in one stratum; noise SD per unit of noise_multiplier: {_noise_words(release)}"
         )
+        if kind is TaskKind.DP_GLM:
+            # What a reviewer must weigh: the coordinator chooses how many steps to run.
+            lines.append(
+                "               dp_glm: the score and information at coefficients the coordinator sends; "
+                "one task per Newton-Raphson step, each charged"
+            )
     return lines
 
 

@@ -14,23 +14,26 @@ accounted as such in the ledger (q = 1: statistics describe the whole cohort).
 
 Scalar names are ``<block>[<stratum>][<cell>]`` with stratum and cell as indexes; the
 labels of both come from :attr:`Block.cells` and
-:meth:`agent.packages.plan.AnalysisPlan.stratum_labels`.
+:meth:`agent.packages.plan.AnalysisPlan.stratum_labels` (a ``dp_glm`` release has one
+stratum, labelled ``all``: the regression pools the plan's strata, see :func:`analysed`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.packages.errors import PackageRejected, RejectionCode
-from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.manifest import PLAN_KINDS, TaskKind, plan_lacks
 from agent.packages.plan import (
     MISSING_LABEL,
     OTHER_LABEL,
     AnalysisPlan,
     CategoricalVariable,
+    ModelSpec,
     NumericVariable,
     SurvivalSpec,
     category_label,
@@ -49,7 +52,8 @@ class Suppression(StrEnum):
 
 
 class Statistic(StrEnum):
-    """What a block holds; its name is ``<column>.<statistic>`` (``count`` and ``survival.exits`` alone)."""
+    """What a block holds; its name is ``<column>.<statistic>`` (``count``, ``survival.exits`` and
+    the model's ``glm.*`` blocks alone)."""
 
     COUNT = "count"  # patients per stratum
     PRESENCE = "n"  # a numeric variable's present and missing values
@@ -58,14 +62,27 @@ class Statistic(StrEnum):
     HISTOGRAM = "histogram"  # clamped values per bin
     COUNTS = "counts"  # a categorical variable's categories, then other and missing
     EXITS = "exits"  # survival: events and censorings per interval, then missing
+    # The model (dp_glm): patients included in and excluded from the regression; the score
+    # Σ x (y - μ); the upper triangle of the Fisher information Σ μ (1 - μ) x xᵀ.
+    MODEL_COUNT = "glm.count"
+    SCORE = "glm.score"
+    INFORMATION = "glm.information"
+
+
+# The statistics of the whole release, not of one variable: each names its block alone.
+_RELEASE_BLOCKS = {
+    Statistic.COUNT: "count",
+    Statistic.EXITS: "survival.exits",
+    Statistic.MODEL_COUNT: Statistic.MODEL_COUNT.value,
+    Statistic.SCORE: Statistic.SCORE.value,
+    Statistic.INFORMATION: Statistic.INFORMATION.value,
+}
 
 
 def block_name(statistic: Statistic, column: str | None = None) -> str:
     """The name of the block of ``statistic`` (of ``column`` for a variable's blocks)."""
-    if statistic is Statistic.COUNT:
-        return "count"
-    if statistic is Statistic.EXITS:
-        return "survival.exits"
+    if statistic in _RELEASE_BLOCKS:
+        return _RELEASE_BLOCKS[statistic]
     if column is None:
         raise ValueError(f"a {statistic.value} block is a variable's: give its column")
     return f"{column}.{statistic.value}"
@@ -97,6 +114,9 @@ class ReleaseLayout:
     kind: TaskKind
     blocks: tuple[Block, ...]
     strata: int
+    size_cells: tuple[int, ...] | None = None
+    """The cells of :attr:`size_block` that count the patients the release describes (None: all);
+    a dp_glm release describes its included patients, not those it counts as excluded."""
 
     def noise_std(self, block: Block, noise_multiplier: float) -> float:
         """The standard deviation of the Gaussian noise on each number of ``block``."""
@@ -116,9 +136,10 @@ class ReleaseLayout:
 
     @property
     def size_block(self) -> Block:
-        """The block whose cells, summed per stratum, count the stratum's patients (``count``, or
-        ``survival.exits``, where each patient leaves the risk set once): a stratum is withheld
-        when its noisy size is below the minimum cell size."""
+        """The block whose cells (:attr:`size_cells`), summed per stratum, count the stratum's
+        patients (``count``; ``survival.exits``, where each patient leaves the risk set once;
+        ``glm.count``'s included patients): a stratum is withheld when its noisy size is below
+        the minimum cell size, the release when its noisy total is below the cohort minimum."""
         return self.blocks[0]
 
     def withheld_with(self, block: Block) -> tuple[Block, ...]:
@@ -133,23 +154,32 @@ class ReleaseLayout:
 
 COUNT = block_name(Statistic.COUNT)
 SURVIVAL_EXITS = block_name(Statistic.EXITS)
+GLM_COUNT = block_name(Statistic.MODEL_COUNT)
+GLM_SCORE = block_name(Statistic.SCORE)
+GLM_INFORMATION = block_name(Statistic.INFORMATION)
 # The labels of the cells no declared category fills, which no category may be.
 MISSING = MISSING_LABEL
 OTHER = OTHER_LABEL
 PRESENT = "present"
 EVENT = "event"
 CENSORED = "censored"
+INCLUDED = "included"
+EXCLUDED = "excluded"
 
 
 def layout(plan: AnalysisPlan, kind: TaskKind) -> ReleaseLayout:
     """The release of a ``kind`` task on ``plan``; ValueError for a kind that runs no plan, or
-    dp_survival on a plan without a survival outcome."""
+    one the plan cannot serve (dp_survival without a survival outcome, dp_glm without a model)."""
     if kind not in PLAN_KINDS:
         raise ValueError(f"{kind.value} runs no analysis plan")
-    if kind is TaskKind.DP_SURVIVAL:
-        if plan.survival is None:
-            raise ValueError("the plan declares no survival outcome")
+    lacking = plan_lacks(plan, kind)
+    if lacking is not None:
+        raise ValueError(f"{kind.value} needs {lacking}")
+    if kind is TaskKind.DP_SURVIVAL and plan.survival is not None:
         return ReleaseLayout(kind, (survival_block(plan.survival),), plan.stratum_count)
+    if kind is TaskKind.DP_GLM and plan.model is not None:
+        # One stratum: the whole analysed cohort (see analysed()); size: the included patients.
+        return ReleaseLayout(kind, model_blocks(plan.model), 1, size_cells=(0,))
     blocks = [Block(Statistic.COUNT, None, ("patients",), 1.0, Suppression.CELL)]
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
@@ -176,6 +206,35 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
         cells = tuple(f"[{edges[k]}, {edges[k + 1]}{']' if k == last else ')'}" for k in range(len(edges) - 1))
         blocks.append(Block(Statistic.HISTOGRAM, column, cells, 1.0, Suppression.STRATUM))
     return blocks
+
+
+def model_blocks(model: ModelSpec) -> tuple[Block, ...]:
+    """``glm.count`` (included, excluded), ``glm.score`` (one cell per design column) and
+    ``glm.information`` (the upper triangle, row-major: cells ``"i,j"`` for ``i <= j``).
+
+    One patient's design row ``x`` has ``‖x‖² <= R² = model.max_row_norm_squared``; with the
+    logistic link ``|y - μ| <= 1`` and ``μ (1 - μ) <= 1/4``. So adding or removing a patient
+    moves the counts by 1 (one cell), the score by ``‖x (y - μ)‖ <= R``, and the information by
+    at most ``‖x xᵀ‖_F / 4 = ‖x‖² / 4 <= R² / 4`` (the triangle is part of the matrix). These
+    hold for every β and every value, so nothing is clipped: the sums are the exact ones.
+    The score and information are not counts: the minimum cell size withholds them only with
+    their stratum (when the noisy included count is below it).
+    """
+    width = model.width
+    bound = model.max_row_norm_squared
+    pairs = tuple(f"{i},{j}" for i in range(width) for j in range(i, width))
+    return (
+        Block(Statistic.MODEL_COUNT, None, (INCLUDED, EXCLUDED), 1.0, Suppression.CELL),
+        Block(Statistic.SCORE, None, tuple(str(i) for i in range(width)), math.sqrt(bound), Suppression.STRATUM),
+        Block(Statistic.INFORMATION, None, pairs, bound / 4.0, Suppression.STRATUM),
+    )
+
+
+def analysed(plan: AnalysisPlan, kind: TaskKind) -> AnalysisPlan:
+    """The plan whose patients a ``kind`` release describes: ``plan``, but for dp_glm, which pools
+    the strata: the regression neither splits the cohort by them nor leaves out a patient
+    whose stratum value is missing or not listed (cohort filters restrict it)."""
+    return dataclasses.replace(plan, strata=()) if kind is TaskKind.DP_GLM else plan
 
 
 def survival_block(survival: SurvivalSpec) -> Block:

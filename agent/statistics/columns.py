@@ -1,8 +1,9 @@
 """A plan's columns read from Arrow: checked against their roles, then as numbers or category codes.
 
 :func:`check_columns` refuses a dataset whose columns do not fit the plan before any row
-is read: numbers (integer, float or decimal; booleans as 0 and 1 where a numeric variable
-or an event allows them) for numeric variables, comparisons and survival; strings,
+is read: numbers (integer, float or decimal; booleans as 0 and 1 where a numeric variable,
+an event or a model's outcome allows them) for numeric variables, comparisons, survival
+and the model's outcome; strings,
 integers or booleans for strata and categorical variables, whose declared categories
 must be of the column's JSON type (a string category never matches an integer column);
 filter values of the column's family. Timestamps, dates, lists, structs and the like
@@ -113,6 +114,8 @@ def check_columns(plan: AnalysisPlan, table: pa.Table, unit_column: str | None) 
     if plan.survival is not None:
         need(plan.survival.time_column, NUMBERS, "the survival time", "a number")
         need(plan.survival.event_column, NUMBERS_OR_BOOL, "the survival event", "a boolean or number")
+    if plan.model is not None:
+        need(plan.model.outcome, NUMBERS_OR_BOOL, "the model's outcome", "a boolean or number")
 
 
 def _value_family(value: float | str | bool | Category) -> Family:

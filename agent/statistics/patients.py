@@ -71,6 +71,8 @@ class PatientTable:
     """The survival time, NaN where missing (None without survival)."""
     event: npt.NDArray[np.float64] | None
     """1.0 for an event, 0.0 for censored, NaN where missing (None without survival)."""
+    outcome: npt.NDArray[np.float64] | None = None
+    """The model's outcome as given (booleans 0 and 1), NaN where missing (None without a model)."""
 
 
 def patient_table(
@@ -137,6 +139,8 @@ def patient_table_keyed(
         flags = numbers.get(plan.survival.event_column)[rows]
         # Any non-zero value is an event; NaN stays missing (NaN != 0 would say "event").
         event = _read_only(np.where(np.isnan(flags), np.nan, (flags != 0).astype(np.float64)))
+    # As given: which values make a usable outcome is the model's to say (agent.statistics.glm).
+    outcome = None if plan.model is None else _read_only(numbers.get(plan.model.outcome)[rows])
     return PatientTable(
         size=int(rows.size),
         strata=plan.stratum_count,
@@ -146,6 +150,7 @@ def patient_table_keyed(
         codes=MappingProxyType(codes_by_column),
         time=time,
         event=event,
+        outcome=outcome,
     )
 
 

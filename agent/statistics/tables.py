@@ -152,8 +152,9 @@ def noisy_release(
     it), then withholds with ``min_cell_size`` ``m`` (0: nothing withheld):
 
     * a stratum whose noisy size is below ``m`` (a describe task: its noisy ``count``; a
-      survival task: the sum of its noisy ``survival.exits``): every number of that
-      stratum, in every block;
+      survival task: the sum of its noisy ``survival.exits``; a glm task: its noisy
+      included count, :attr:`ReleaseLayout.size_cells`): every number of that stratum, in
+      every block;
     * in a block of :attr:`Suppression.CELL`: each noisy number below ``m``;
     * a numeric variable's ``.sum``, ``.sumsq`` and ``.histogram`` of a stratum whose
       ``.n`` "present" count is withheld;
@@ -190,7 +191,7 @@ def noisy_release(
         std = layout.noise_std(block, noise_multiplier)
         noisy[block.name] = values + rng.normal(0.0, std, size=values.shape)
     # The whole cohort's noisy size, taken before any stratum is withheld.
-    cohort = float(noisy[layout.size_block.name].sum())
+    cohort = float(_sizes(noisy, layout).sum())
     if min_cell_size > 0:
         _suppress(noisy, layout, min_cell_size)
     if min_cohort_size > 0 and cohort < min_cohort_size:
@@ -213,7 +214,7 @@ def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> 
     not be: a withheld cell would tell that a count was below the minimum, a fact about
     the data no noise covers.
     """
-    small = noisy[layout.size_block.name].sum(axis=1) < minimum
+    small = _sizes(noisy, layout) < minimum
     for values in noisy.values():
         values[small, :] = np.nan
     for block in layout.blocks:
@@ -227,3 +228,12 @@ def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> 
         withheld = np.isnan(noisy[block.name][:, 0])
         for dependent in layout.withheld_with(block):
             noisy[dependent.name][withheld, :] = np.nan
+
+
+def _sizes(noisy: Mapping[str, Floats], layout: ReleaseLayout) -> Floats:
+    """Each stratum's noisy size: the sum of its size cells (ReleaseLayout.size_cells)."""
+    values = noisy[layout.size_block.name]
+    if layout.size_cells is not None:
+        values = values[:, list(layout.size_cells)]
+    sizes: Floats = values.sum(axis=1)
+    return sizes

@@ -26,9 +26,11 @@ from agent.datasets import DatasetSpec
 from agent.datasets.errors import DatasetUnavailableError
 from agent.datasets.inspection import open_dataset
 from agent.governance.model import DEFAULT_MAX_ROWS_PER_UNIT, DEFAULT_MIN_CELL_SIZE
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import Manifest, ParameterDecl, TaskKind
+from agent.packages.plan import MAX_MAGNITUDE
+from agent.packages.release_layout import analysed
 from agent.privacy.noise import MAX_RESERVED_SIZE, NoiseReserve, secure_generator
-from agent.runtime.errors import PrivacyUnitError, RuntimeTaskError
+from agent.runtime.errors import ParameterError, PrivacyUnitError, RuntimeTaskError
 from agent.runtime.parameters import checked_parameters
 from agent.runtime.rows import ArrowRowSource, MinimumRows
 from agent.runtime.sessions import CompiledWrapper
@@ -160,13 +162,19 @@ def _compute_plan(job: TaskJob, progress: Progress) -> Released:
     plan = job.manifest.plan
     if plan is None:
         raise TaskInputError(f"package {job.manifest.name} has no analysis plan")
+    kind = TaskKind(job.profile.name)
+    try:
+        # Refused here, before a file is opened (refunded, as every failure before "computing").
+        parameters = checked_plan_parameters(job.manifest.task_parameters(kind), job.parameters)
+    except ParameterError as exc:
+        raise TaskInputError(str(exc)) from None
     unit = job.dataset.privacy_unit
     try:
         dataset = open_dataset(job.dataset, with_unit=unit is not None)
         # The columns the dataset has; patient_table names any other the plan reads.
         exposed = [column for column in plan.columns if column in dataset.schema.names and column != unit]
         table = dataset.to_table(columns=exposed + ([unit] if unit is not None else []))
-        patients = patient_table(plan, table, unit_column=unit, rng=secure_generator())
+        patients = patient_table(analysed(plan, kind), table, unit_column=unit, rng=secure_generator())
     except (DatasetUnavailableError, OSError, pa.ArrowException):
         raise TaskInputError("the dataset cannot be read at the moment") from None
     except StatisticsInputError as exc:
@@ -176,5 +184,40 @@ def _compute_plan(job: TaskJob, progress: Progress) -> Released:
     progress(0.0, COMPUTING)
     # No refusal on the cohort's exact size here (agent.statistics.tables.noisy_release says why):
     # the minimum withholds the release on its noisy size, charged like any release.
-    computation = PlanComputation(plan, patients, job.min_cell_size, job.min_cohort_size, secure_generator())
+    computation = PlanComputation(
+        plan, patients, job.min_cell_size, job.min_cohort_size, secure_generator(), parameters=parameters
+    )
     return job.profile.compute(computation)
+
+
+def checked_plan_parameters(
+    declared: tuple[ParameterDecl, ...], parameters: Mapping[str, npt.NDArray[np.generic]]
+) -> dict[str, npt.NDArray[np.float64]]:
+    """A plan kind's parameter tensors (Manifest.task_parameters) as float64, in declared order.
+
+    Raises :class:`ParameterError` naming the first tensor that is missing, not declared, of a
+    dtype the declaration does not accept, of another shape, not finite, or beyond ±MAX_MAGNITUDE
+    (the plan's own limit on numbers: a dp_glm linear predictor of 64 such terms stays finite,
+    where one of 1e308s could overflow to inf - inf).
+    """
+    names = {decl.name for decl in declared}
+    for name in parameters:
+        if name not in names:
+            raise ParameterError(name, "is not a parameter of this task kind on this package")
+    checked: dict[str, npt.NDArray[np.float64]] = {}
+    for decl in declared:
+        if decl.name not in parameters:
+            raise ParameterError(decl.name, "is missing")
+        value = np.asarray(parameters[decl.name])
+        if not decl.accepts(str(value.dtype)):
+            raise ParameterError(decl.name, f"has dtype {value.dtype}, the package declares {decl.dtype}")
+        if value.shape != decl.shape:
+            raise ParameterError(decl.name, f"has shape {list(value.shape)}, the package declares {list(decl.shape)}")
+        floats = value.astype(np.float64)  # a copy: widening float32 is exact
+        if not np.isfinite(floats).all():
+            raise ParameterError(decl.name, "holds NaN or infinite values")
+        if np.abs(floats).max(initial=0.0) > MAX_MAGNITUDE:
+            raise ParameterError(decl.name, f"holds values beyond ±{MAX_MAGNITUDE:g}")
+        floats.flags.writeable = False
+        checked[decl.name] = floats
+    return checked

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent.packages.canonical import canonical_json, parse_strict_json
 from agent.packages.errors import PackageInputError, PackageRejected, RejectionCode
-from agent.packages.manifest import PLAN_KINDS, TaskKind, parse_manifest
+from agent.packages.manifest import PLAN_KINDS, TaskKind, parse_manifest, plan_lacks
 from agent.packages.plan import MAX_BINS, MAX_GRID, MAX_STRATA, AnalysisPlan, parse_plan
 from agent.packages.release_layout import SURVIVAL_EXITS, layout
 from agent.tasks.kinds import registry
@@ -229,6 +230,9 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()) or not (strata or variables):
         grid = sorted(set(draw(st.lists(st.floats(0.5, 1e4, allow_nan=False), min_size=1, max_size=8))))
         plan["survival"] = {"time_column": next(columns), "event_column": next(columns), "grid": grid}
+    if variables and draw(st.booleans()):
+        covariates = draw(st.lists(st.sampled_from([v["column"] for v in variables]), min_size=1, unique=True))
+        plan["model"] = {"family": "logistic", "outcome": next(columns), "covariates": covariates}
     return plan
 
 
@@ -238,8 +242,9 @@ def test_every_valid_plan_round_trips_and_its_layout_is_consistent(raw: dict[str
     plan: AnalysisPlan = parse_plan(raw)
     assert parse_plan(parse_strict_json(canonical_json(plan.to_json()))) == plan
     for kind in PLAN_KINDS:
-        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
-            with pytest.raises(ValueError, match="no survival"):
+        lacking = plan_lacks(plan, kind)
+        if lacking is not None:
+            with pytest.raises(ValueError, match=re.escape(lacking)):
                 layout(plan, kind)
             continue
         release = layout(plan, kind)

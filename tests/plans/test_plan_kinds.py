@@ -12,13 +12,16 @@ from agent.packages.manifest import TaskKind, parse_manifest
 from agent.packages.release_layout import layout
 from agent.privacy.mechanism import Mechanism, accounting_grid
 from agent.tasks.errors import TaskSpecError
+from agent.tasks.kinds import registry
 from agent.tasks.kinds.dp_describe import DpDescribe
+from agent.tasks.kinds.dp_glm import DpGlm
 from agent.tasks.kinds.dp_survival import DpSurvival
 from agent.tasks.kinds.profile import TaskProfile
 from tests.packages.package_builders import manifest_and_graphs
+from tests.plans.test_glm_plan import PLAN as GLM_PLAN
 from tests.plans.test_plan_format import manifest
 
-PLAN_PROFILES: tuple[type[TaskProfile], ...] = (DpDescribe, DpSurvival)
+PLAN_PROFILES: tuple[type[TaskProfile], ...] = tuple(profile for profile in registry.PROFILES if profile.graph is None)
 SIGMAS = st.floats(0.1, 1e3)
 
 
@@ -54,3 +57,18 @@ def test_the_release_is_the_plan_layout_and_nothing_on_a_model_package() -> None
         assert profile.release(model).scalars == frozenset()
     assert {DpDescribe.name, DpSurvival.name} == {TaskKind.DP_DESCRIBE.value, TaskKind.DP_SURVIVAL.value}
     assert DpDescribe.graph is None and DpSurvival.graph is None
+    assert set(PLAN_PROFILES) == {DpDescribe, DpSurvival, DpGlm}
+
+
+def test_dp_glm_releases_its_layout_only_on_a_plan_with_a_model() -> None:
+    glm = DpGlm.from_values({"noise_multiplier": 1.0, "sampling_rate": 1.0})
+    with_model = parse_manifest(manifest(plan=GLM_PLAN, task_kinds=["dp_glm"]))
+    assert with_model.plan is not None
+    release = glm.release(with_model)
+    assert release.tensors == ()
+    assert release.scalars == frozenset(layout(with_model.plan, TaskKind.DP_GLM).scalar_names())
+    assert release.audit_names() == ("glm.count[1][2]", "glm.score[1][6]", "glm.information[1][21]")
+    # No model (the manifest refuses to offer dp_glm then), no plan: nothing may leave.
+    assert glm.release(parse_manifest(manifest())).scalars == frozenset()
+    assert glm.release(parse_manifest(manifest_and_graphs()[0])).scalars == frozenset()
+    assert glm.mechanism() == Mechanism(1.0, 1.0)

@@ -15,11 +15,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.manifest import PLAN_KINDS, TaskKind, plan_lacks
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, FilterOp, parse_plan
 from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, layout
 from agent.statistics.patients import PatientTable, patient_table
 from agent.statistics.tables import exact_release
+
+# The plan kinds whose exact blocks agent.statistics.tables computes (dp_glm's need coefficients:
+# agent.statistics.glm).
+TABLE_KINDS = tuple(kind for kind in PLAN_KINDS if kind is not TaskKind.DP_GLM)
 
 
 def plan_of(value: dict[str, Any]) -> AnalysisPlan:
@@ -42,10 +46,9 @@ def exact_blocks(
 
 def blocks_of(plan: AnalysisPlan, patients: PatientTable) -> dict[str, np.ndarray]:
     blocks: dict[str, np.ndarray] = {}
-    for kind in PLAN_KINDS:
-        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
-            continue
-        blocks.update(exact_release(plan, layout(plan, kind), patients))
+    for kind in TABLE_KINDS:
+        if plan_lacks(plan, kind) is None:
+            blocks.update(exact_release(plan, layout(plan, kind), patients))
     return blocks
 
 

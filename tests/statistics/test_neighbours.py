@@ -15,12 +15,12 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.manifest import plan_lacks
 from agent.packages.release_layout import layout
 from agent.statistics.patients import patient_table, patient_table_keyed
 from agent.statistics.tables import exact_release
 
-from .helpers import plan_of
+from .helpers import TABLE_KINDS, plan_of
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -148,8 +148,8 @@ def test_removing_one_patient_moves_each_block_by_at_most_its_sensitivity(
     # What the removed unit adds: its one kept row, if any, on its own.
     own = [int(r) for r in full.rows if units[r] == removed]
     alone = patient_table_keyed(plan, table.take(pa.array(own, pa.int64())), unit_column=None, keys=None)
-    for kind in PLAN_KINDS:
-        if kind is TaskKind.DP_SURVIVAL and plan.survival is None:
+    for kind in TABLE_KINDS:
+        if plan_lacks(plan, kind) is not None:
             continue
         release = layout(plan, kind)
         before = exact_release(plan, release, full)

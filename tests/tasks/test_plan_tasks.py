@@ -1,5 +1,5 @@
 """Analysis plans end to end: real agents over mTLS, a real survival dataset (lifelines' gbsg2)
-with 1 to 3 rows per patient, signed plan packages, dp_describe and dp_survival tasks.
+with 1 to 3 rows per patient, signed plan packages, dp_describe, dp_survival and dp_glm tasks.
 
 What is checked on what the daemon really returns and writes: the release is exactly the
 plan's; with a tiny noise multiplier its numbers are the pandas ones of one row per
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_gbsg2
+from scipy.special import expit
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.identity.agent_key import AgentKey, generate_key_file
@@ -77,7 +78,7 @@ def policy_text(publisher: AgentKey, *, reviewer: AgentKey | None = None) -> str
 [[coordinators]]
 identity = "{COORDINATOR_URI}"
 datasets = ["gbsg2", "no-event"]
-task_kinds = ["dp_describe", "dp_survival", "dp_evaluate"]
+task_kinds = ["dp_describe", "dp_survival", "dp_evaluate", "dp_glm"]
 
 [[datasets]]
 id = "*"
@@ -415,3 +416,109 @@ def test_a_plan_runs_only_once_the_reviewer_approved_what_it_releases(
         assert run.epsilon_charged > 0
     finally:
         reviewed.close()
+
+
+GLM_PLAN: dict[str, Any] = {
+    "cohort": [{"column": "age", "op": ">=", "value": 18}],
+    # Pooled by the regression: every patient of the cohort is in it, whatever their arm.
+    "strata": [{"column": "horTh", "categories": ["no"]}],
+    "variables": [
+        {"column": "age", "kind": "numeric", "bounds": [20, 90]},
+        {"column": "tgrade", "kind": "categorical", "categories": ["I", "II", "III"]},
+        {"column": "time", "kind": "numeric", "bounds": [0, 2000]},
+    ],
+    "model": {"family": "logistic", "outcome": "cens", "covariates": ["age", "tgrade", "time"]},
+}
+GLM_KINDS = ["dp_describe", "dp_glm"]
+# The design: (intercept), age, tgrade=II, tgrade=III, time.
+BETA = np.array([-0.4, 0.3, 0.2, -0.1, 0.8])
+
+
+def gbsg2_design() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """GLM_PLAN's design rows and outcomes of gbsg2's patients, with pandas (every one is included)."""
+    frame = load_gbsg2()
+    design = np.column_stack(
+        [
+            np.ones(len(frame)),
+            (frame.age.clip(20, 90) - 55.0) / 35.0,
+            frame.tgrade == "II",
+            frame.tgrade == "III",
+            (frame.time.clip(0, 2000) - 1000.0) / 1000.0,
+        ]
+    ).astype(float)
+    return design, frame.cens.to_numpy(dtype=float)
+
+
+def test_dp_glm_releases_the_score_and_information_at_the_coefficients_sent(
+    site: PlanSite, publisher: AgentKey
+) -> None:
+    uploaded = site.client.upload_package(plan_package(publisher, GLM_PLAN, task_kinds=GLM_KINDS))
+    assert list(uploaded.task_kinds) == GLM_KINDS
+    spec = site.spec(uploaded.digest, pb.TASK_KIND_DP_GLM)
+    x, y = gbsg2_design()
+    rows, columns = np.triu_indices(5)
+    # float64 as the coordinator keeps β; float32 is taken too (widened exactly).
+    for beta in (BETA, BETA.astype(np.float32)):
+        run = site.client.run_task(spec, [("coefficients", beta)], timeout=60)
+        package = PlanPackage.from_archive(plan_package(publisher, GLM_PLAN, task_kinds=GLM_KINDS))
+        assert set(run.scalars) == set(package.layout(TaskKind.DP_GLM).scalar_names())
+        mu = expit(x @ beta.astype(np.float64))
+        score = x.T @ (y - mu)
+        information = ((x * (mu * (1 - mu))[:, None]).T @ x)[rows, columns]
+        # Noise SDs at σ 0.3 with 3 blocks: counts 0.52, score 1.04 (‖x‖ <= 2), information 0.52; 5 SDs.
+        assert run.scalars["glm.count[0][0]"] == pytest.approx(len(x), abs=2.6)  # patients, not rows
+        assert run.scalars["glm.count[0][1]"] < 5 or np.isnan(run.scalars["glm.count[0][1]"])
+        got_score = [run.scalars[f"glm.score[0][{i}]"] for i in range(5)]
+        got_information = [run.scalars[f"glm.information[0][{i}]"] for i in range(15)]
+        np.testing.assert_allclose(got_score, score, rtol=0, atol=5.2)
+        np.testing.assert_allclose(got_information, information, rtol=0, atol=2.6)
+    # Two tasks, each one Gaussian at q = 1 with the task's σ.
+    assert site.epsilon_spent() == pytest.approx(independent_epsilon([(1.0, TINY_SIGMA, 2)]), rel=1e-6)
+    started = site.audit("task.started")
+    finished = site.audit("task.finished")
+    assert [entry["task_kind"] for entry in started] == ["dp_glm", "dp_glm"]
+    assert finished[0]["released"] == ["glm.count[1][2]", "glm.score[1][5]", "glm.information[1][15]"]
+
+
+def test_a_bad_dp_glm_task_is_refused_and_charges_nothing(site: PlanSite, publisher: AgentKey) -> None:
+    digest = site.client.upload_package(plan_package(publisher, GLM_PLAN, task_kinds=GLM_KINDS)).digest
+    spec = site.spec(digest, pb.TASK_KIND_DP_GLM)
+
+    def refusal(parameters: list[tuple[str, npt.NDArray[Any]]], task: pb.TaskSpec = spec) -> AgentRpcError:
+        with pytest.raises(AgentRpcError) as caught:
+            site.client.run_task(task, parameters, timeout=60)
+        return caught.value
+
+    # Checked against the plan's model before the task is admitted: nothing is reserved.
+    for parameters, words in (
+        ([], "the package declares 1 parameters for dp_glm (coefficients float64[5]), the task sent 0"),
+        ([("coefficients", np.zeros(4))], "expected coefficients float64[5], got coefficients float64[4]"),
+        ([("coefficients", np.zeros((5, 1)))], "got coefficients float64[5, 1]"),
+        ([("beta", np.zeros(5))], "expected coefficients float64[5], got beta float64[5]"),
+        ([("coefficients", np.zeros(5, dtype=np.int64))], "got coefficients int64[5]"),
+    ):
+        refused = refusal(parameters)
+        assert refused.code is grpc.StatusCode.INVALID_ARGUMENT and words in refused.details, refused.details
+    # Values are checked when they have arrived, before a row is read: refunded.
+    for bad in (np.array([0.0, np.nan, 0, 0, 0]), np.array([np.inf, 0, 0, 0, 0])):
+        refused = refusal([("coefficients", bad)])
+        assert refused.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert "parameter 'coefficients': holds NaN or infinite values" in refused.details
+    failed = site.audit("task.failed")
+    assert len(failed) == 2 and not any(entry["charged"] for entry in failed)
+    # The other kinds of the package take no coefficients.
+    describe = site.spec(digest, pb.TASK_KIND_DP_DESCRIBE)
+    refused = refusal([("coefficients", BETA)], describe)
+    assert "the package declares 0 parameters for dp_describe (none), the task sent 1" in refused.details
+    refused = refusal([("coefficients", BETA)], site.spec(digest, pb.TASK_KIND_DP_GLM, sampling_rate=0.5))
+    assert "dp_glm describes the whole cohort: hyperparameters.sampling_rate must be 1" in refused.details
+    # A plan without a model offers no dp_glm.
+    plain = site.client.upload_package(plan_package(publisher, PLAN, "1.0.1", task_kinds=["dp_describe"])).digest
+    refused = refusal([("coefficients", BETA)], site.spec(plain, pb.TASK_KIND_DP_GLM))
+    assert refused.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not offer dp_glm (it offers dp_describe); it needs the plan's model (plan.model)" in refused.details
+    assert site.epsilon_spent() == 0.0
+    # A plan whose outcome the dataset lacks is refused naming it, before a number is computed.
+    refused = refusal([("coefficients", BETA)], site.spec(digest, pb.TASK_KIND_DP_GLM, dataset="no-event"))
+    assert refused.code is grpc.StatusCode.FAILED_PRECONDITION and "column 'cens'" in refused.details
+    assert site.epsilon_spent() == 0.0 and site.epsilon_spent("no-event") == 0.0

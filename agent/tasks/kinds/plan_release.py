@@ -1,6 +1,6 @@
-"""What the plan kinds (``dp_describe``, ``dp_survival``) share: their release and their computation.
+"""What the plan kinds (``dp_describe``, ``dp_survival``, ``dp_glm``) share: their release and their computation.
 
-Both run the package's analysis plan, not a graph: the agent reads the plan's columns,
+They run the package's analysis plan, not a graph: the agent reads the plan's columns,
 keeps one row per patient (agent.statistics.patients), computes the blocks of the kind's
 release layout (agent.packages.release_layout) and adds the Gaussian noise that makes the whole
 release one mechanism with the task's noise multiplier, accounted at q = 1: a plan's
@@ -9,8 +9,13 @@ statistics describe the whole cohort, so every patient is in the "sample".
 
 from __future__ import annotations
 
-from agent.packages.manifest import Manifest, TaskKind
-from agent.packages.release_layout import layout
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.packages.manifest import Manifest, TaskKind, plan_lacks
+from agent.packages.release_layout import ReleaseLayout, layout
 from agent.statistics.tables import exact_release, noisy_release
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.profile import PlanComputation, Release
@@ -26,8 +31,9 @@ def check_whole_cohort(kind: str, sampling_rate: float, release_noisy_count: boo
 
 
 def plan_release(manifest: Manifest, kind: TaskKind) -> Release:
-    """Every scalar the plan's release layout names for ``kind``; nothing for a package without a plan."""
-    if manifest.plan is None:
+    """Every scalar the plan's release layout names for ``kind``; nothing for a package without a
+    plan, or whose plan cannot serve ``kind`` (no survival outcome, no model)."""
+    if manifest.plan is None or plan_lacks(manifest.plan, kind) is not None:
         return Release((), frozenset())
     release = layout(manifest.plan, kind)
     blocks = tuple(f"{block.name}[{release.strata}][{len(block.cells)}]" for block in release.blocks)
@@ -35,9 +41,20 @@ def plan_release(manifest: Manifest, kind: TaskKind) -> Release:
 
 
 def compute_plan(computation: PlanComputation, kind: TaskKind, noise_multiplier: float) -> Released:
-    """The noisy, suppressed release of ``kind`` on the prepared patients."""
+    """The noisy, suppressed release of ``kind`` (a kind of agent.statistics.tables) on the prepared patients."""
     release = layout(computation.plan, kind)
     exact = exact_release(computation.plan, release, computation.patients)
+    return noised(computation, release, exact, noise_multiplier)
+
+
+def noised(
+    computation: PlanComputation,
+    release: ReleaseLayout,
+    exact: Mapping[str, npt.NDArray[np.float64]],
+    noise_multiplier: float,
+) -> Released:
+    """The ``exact`` blocks of ``release`` with the noise, the minimum cell size and the cohort
+    minimum every plan kind applies."""
     scalars = noisy_release(
         exact,
         release,

@@ -119,14 +119,18 @@ class Computation:
 class PlanComputation:
     """What the worker has prepared for a kind that computes a plan's statistics: the plan,
     its patients (read, filtered and one row each: agent.statistics.patients), the policy's
-    minimum cell and cohort sizes and the noise's generator."""
+    minimum cell and cohort sizes, the noise's generator and the task's parameter tensors."""
 
     plan: AnalysisPlan
+    # Built for agent.packages.release_layout.analysed(plan, kind).
     patients: PatientTable
     min_cell_size: int
     # Everything is withheld when the cohort's noisy size is below it (agent.statistics.tables).
     min_cohort_size: int
     noise: np.random.Generator
+    # The tensors Manifest.task_parameters declares for the kind, checked (shape, finite) and
+    # as float64; none for dp_describe and dp_survival.
+    parameters: Mapping[str, npt.NDArray[np.float64]] = dataclasses.field(default_factory=dict)
 
 
 def graph_computation(computation: Computation | PlanComputation) -> Computation:

@@ -138,6 +138,11 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """Exits from the risk set (events, censorings) per interval of the plan's time grid
     and per stratum, computed by the agent from the analysis plan; released as scalars.
     """
+    TASK_KIND_DP_GLM: _TaskKind.ValueType  # 6
+    """A logistic regression's score vector and Fisher information at the coefficients the
+    task sends (one tensor, `coefficients`), over the plan's model's design rows; computed
+    by the agent from the analysis plan; released as scalars (no clipping: bounded design).
+    """
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper):
     """---------------------------------------------------------------- tasks"""
@@ -156,6 +161,11 @@ computed by the agent from the package's analysis plan; released as scalars.
 TASK_KIND_DP_SURVIVAL: TaskKind.ValueType  # 5
 """Exits from the risk set (events, censorings) per interval of the plan's time grid
 and per stratum, computed by the agent from the analysis plan; released as scalars.
+"""
+TASK_KIND_DP_GLM: TaskKind.ValueType  # 6
+"""A logistic regression's score vector and Fisher information at the coefficients the
+task sends (one tensor, `coefficients`), over the plan's model's design rows; computed
+by the agent from the analysis plan; released as scalars (no clipping: bounded design).
 """
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 

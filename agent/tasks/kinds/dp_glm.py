@@ -1,0 +1,44 @@
+"""``dp_glm``: a logistic regression's score vector and Fisher information at the coefficients
+the task sends, over the plan's model's design rows, with Gaussian noise; no clipping.
+
+The coordinator sends β (the one tensor ``coefficients``, shape ``[p]``), adds the sites'
+noisy score and information and takes a Newton-Raphson step; each step is one task per
+site, each charged. Every covariate has public bounds or categories, so one patient's
+contribution to each block has a public bound for every β
+(:func:`agent.packages.release_layout.model_blocks`): the sums are released as they are,
+with no clipping bias. The agent computes them from the package's analysis plan (no
+graph runs): see :mod:`agent.statistics.glm` and docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.packages.manifest import COEFFICIENTS, Manifest, TaskKind
+from agent.packages.release_layout import layout
+from agent.privacy.mechanism import Mechanism
+from agent.statistics.glm import exact_model_release
+from agent.tasks.kinds.plan_release import check_whole_cohort, noised, plan_release
+from agent.tasks.kinds.profile import Computation, PlanComputation, Release, TaskProfile, plan_computation
+from agent.tasks.worker import Released
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpGlm(TaskProfile, name="dp_glm", wire=pb.TASK_KIND_DP_GLM, graph=None):
+    # noise_multiplier as every kind; sampling_rate must be 1 and release_noisy_count false.
+
+    def __post_init__(self) -> None:
+        check_whole_cohort(self.name, self.sampling_rate, self.release_noisy_count)
+
+    def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
+        return Mechanism(sampling_rate, noise_multiplier)
+
+    def release(self, manifest: Manifest) -> Release:
+        return plan_release(manifest, TaskKind.DP_GLM)
+
+    def compute(self, computation: Computation | PlanComputation) -> Released:
+        prepared = plan_computation(computation)
+        release = layout(prepared.plan, TaskKind.DP_GLM)
+        exact = exact_model_release(prepared.plan, prepared.patients, prepared.parameters[COEFFICIENTS])
+        return noised(prepared, release, exact, self.noise_multiplier)
