@@ -306,6 +306,7 @@ class AgentClient:
         stall_seconds: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
         expected: Sequence[TensorDecl] | None = None,
+        on_call: Callable[[Callable[[], None]], None] | None = None,
     ) -> TaskRun:
         """Runs one task (see edge_sponsor.coordinator.tasks.run_task); a refusal, a broken or stalled
         stream raises AgentRpcError.
@@ -323,6 +324,7 @@ class AgentClient:
                 stall_seconds=stall_seconds,
                 on_progress=on_progress,
                 expected=expected,
+                on_call=on_call,
             )
         except grpc.RpcError as exc:
             raise self._error("RunTask", exc) from None

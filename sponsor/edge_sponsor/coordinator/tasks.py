@@ -122,6 +122,7 @@ def run_task(
     stall_seconds: float | None = None,
     on_progress: Callable[[float, str], None] | None = None,
     expected: Sequence[TensorDecl] | None = None,
+    on_call: Callable[[Callable[[], None]], None] | None = None,
 ) -> TaskRun:
     """Runs one task; ``parameters`` in the package's order. Raises grpc.RpcError on a refusal.
 
@@ -135,6 +136,9 @@ def run_task(
 
     With ``expected``, a result header that declares other tensors is a TaskProtocolError
     before any memory is set aside for it (a hostile agent could declare terabytes).
+
+    ``on_call`` is handed, once the call has started, a function that cancels it (from any
+    thread): the call then ends with CANCELLED, and the agent stops the task.
     """
     outgoing = parameters if isinstance(parameters, ParameterSet) else ParameterSet.of(parameters)
     message = pb.TaskSpec()
@@ -150,6 +154,9 @@ def run_task(
 
     def cut_off() -> None:
         call.cancel()
+
+    if on_call is not None:
+        on_call(cut_off)
 
     watch: IdleTimer | None = None
     if stall_seconds:
