@@ -114,9 +114,17 @@ def test_the_exported_model_is_a_working_onnx_model(demo: tuple[FederatedDemoRes
     result, _ = demo
     assert result.outcome.model_path is not None
     session = ort.InferenceSession(str(result.outcome.model_path), providers=["CPUExecutionProvider"])
-    (probability,) = session.run(None, {"x": np.zeros((4, 30), np.float32)})
-    assert probability.shape == (4,)
+    # It scores raw columns by name, as the agent preprocesses them: the same risks as the
+    # trained parameters give on the agent's own standardised matrix.
+    cohorts = result.cohorts
+    assert [i.name for i in session.get_inputs()] == list(cohorts.feature_columns)
+    raw = {name: cohorts.test_x[:, j].astype(np.float64) for j, name in enumerate(cohorts.feature_columns)}
+    (probability,) = session.run(None, raw)
+    assert probability.shape == (len(cohorts.test_y),)
     assert np.all((probability >= 0) & (probability <= 1))
+    z = cohorts.standardised(cohorts.test_x) @ result.outcome.result.parameters["w"].astype(np.float64)
+    expected = 1.0 / (1.0 + np.exp(-(z + float(result.outcome.result.parameters["b"]))))
+    np.testing.assert_allclose(probability, expected, rtol=1e-4, atol=1e-6)
     report = json.loads(result.outcome.report_path.read_text())
     assert [r["round"] for r in report["rounds"]] == list(range(1, 13))
     evaluated = [r for r in report["rounds"] if r["metrics"]]

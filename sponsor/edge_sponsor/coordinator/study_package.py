@@ -24,6 +24,7 @@ from agent.packages.limits import PackageLimits
 from agent.packages.manifest import Manifest
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
+from edge_sponsor.publisher.raw_columns import ScoringModelError, scoring_model
 
 Parameters = dict[str, npt.NDArray[np.float32]]
 
@@ -71,13 +72,21 @@ class StudyPackage:
         """Raises StudyPackageError now if the trained parameters could not be exported later."""
         if self.inference_model is None:
             return
-        names = {init.name for init in _parse(self.inference_model).graph.initializer}
+        model = _parse(self.inference_model)
+        names = {init.name for init in model.graph.initializer}
         missing = {p.name for p in self.manifest.parameters} - names
         if missing:
             raise StudyPackageError(
                 f"model.onnx of {self.manifest.name} has no initializer for {', '.join(sorted(missing))}; "
                 "the trained model could not be exported"
             )
+        self._scoring(model)
+
+    def _scoring(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        try:
+            return scoring_model(model, self.manifest)
+        except (ScoringModelError, onnx.checker.ValidationError) as exc:
+            raise StudyPackageError(f"model.onnx of {self.manifest.name} cannot take raw columns: {exc}") from None
 
     def initial_parameters(self) -> Parameters:
         """The initializers of ``model.onnx`` named like the parameters; zeros otherwise.
@@ -99,7 +108,9 @@ class StudyPackage:
         return parameters
 
     def export(self, parameters: Mapping[str, npt.NDArray[np.float32]], path: Path) -> None:
-        """Writes ``model.onnx`` with ``parameters`` in place of its initializers."""
+        """Writes ``model.onnx`` with ``parameters`` in place of its initializers, behind the
+        manifest's preprocessing: it scores raw columns, one input per feature column
+        (:func:`edge_sponsor.publisher.raw_columns.scoring_model`)."""
         if self.inference_model is None:
             raise StudyPackageError(f"{self.manifest.name} ships no model.onnx to export the parameters into")
         model = _parse(self.inference_model)
@@ -113,8 +124,7 @@ class StudyPackage:
             raise StudyPackageError(
                 f"model.onnx of {self.manifest.name} has no initializer for {', '.join(sorted(missing))}"
             )
-        onnx.checker.check_model(model)
-        write_public(path, model.SerializeToString())
+        write_public(path, self._scoring(model).SerializeToString())
 
 
 def _parse(data: bytes) -> onnx.ModelProto:

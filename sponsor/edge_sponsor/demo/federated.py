@@ -269,9 +269,9 @@ def score_onnx(model_path: Path, cohorts: Cohorts) -> Scores:
     import onnxruntime as ort  # noqa: PLC0415 (heavy; only the demo's summary needs it here)
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    # The agent standardises before the graph; the exported graph takes standardised x.
-    x = cohorts.standardised(cohorts.test_x).astype(np.float32)
-    (probability,) = session.run(None, {"x": x})
+    # The exported model takes the raw columns by name and standardises them as the agent does.
+    columns = {name: cohorts.test_x[:, j].astype(np.float64) for j, name in enumerate(cohorts.feature_columns)}
+    (probability,) = session.run(None, columns)
     p = np.asarray(probability, np.float64)
     return Scores(float(np.mean((p > 0.5) == (cohorts.test_y > 0.5))), _auc(cohorts.test_y, p))
 

@@ -1,0 +1,126 @@
+"""An inference model that scores raw patient columns: the manifest's preprocessing, in ONNX.
+
+A package's ``model.onnx`` takes ``x``, the matrix the agent builds from the dataset's
+columns (:mod:`agent.runtime.preprocessing`): each feature in manifest order,
+standardised or one-hot encoded as declared. Scoring a new patient with it means
+redoing that by hand, and a wrong column order silently gives wrong risks.
+:func:`scoring_model` puts the same preprocessing in front of the model, so that it takes
+one named input per feature column instead:
+
+* a numeric column (``none`` or ``standardise``): float64 ``[N]``, read as the agent
+  reads it (float64, standardised in float64, then float32);
+* a ``bool`` column without preprocessing: bool ``[N]`` (1.0 / 0.0);
+* a one-hot column: string, int64 or bool ``[N]`` as its categories are, encoded by
+  ``ai.onnx.ml.OneHotEncoder``: a value outside the categories gives all zeros, as in
+  the agent.
+
+The agent trains only on complete rows (a null, NaN or infinity in any column it reads
+drops the row); a NaN passed here gives a NaN score, not a guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from agent.packages.manifest import ColumnType, FeatureDecl, Manifest, OneHot, Standardise
+
+PREFIX = "preprocess::"
+ML_DOMAIN = "ai.onnx.ml"
+ML_OPSET = 2
+_MATRIX = PREFIX + "x"
+
+
+class ScoringModelError(ValueError):
+    """The inference model cannot take the manifest's preprocessing (its input is not ``x``)."""
+
+
+def input_type(feature: FeatureDecl) -> int:
+    """The ONNX element type of the scoring model's input for ``feature``."""
+    if isinstance(feature.preprocessing, OneHot) or feature.dtype is ColumnType.BOOL:
+        return {ColumnType.STRING: TensorProto.STRING, ColumnType.BOOL: TensorProto.BOOL}.get(
+            feature.dtype, TensorProto.INT64
+        )
+    return TensorProto.DOUBLE
+
+
+def scoring_model(inference: onnx.ModelProto, manifest: Manifest) -> onnx.ModelProto:
+    """``inference`` (input ``x`` float32 ``[N, F]``) behind the manifest's preprocessing:
+    one input per feature column, by the column's name, checked with onnx.checker."""
+    names = [value.name for value in inference.graph.input]
+    if names != ["x"]:
+        raise ScoringModelError(f"the inference model's inputs are {names}, not one input named x")
+    columns = [feature.column for feature in manifest.features]
+    if len(set(columns)) != len(columns):
+        raise ScoringModelError("a feature column is listed twice; its preprocessing cannot become one input")
+    model = onnx.ModelProto()
+    model.CopyFrom(inference)
+    graph = model.graph
+    # The model's own x becomes an inner value, so that a feature column may be called "x".
+    _rename_input(graph, "x", _MATRIX)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    nodes: list[onnx.NodeProto] = []
+    slots = [
+        _encoded(feature, f"{PREFIX}{index}::", nodes, graph, opset) for index, feature in enumerate(manifest.features)
+    ]
+    nodes.append(helper.make_node("Concat", slots, [_MATRIX], name=PREFIX + "concat", axis=1))
+    inner = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *inner])
+    del graph.input[:]
+    graph.input.extend(
+        helper.make_tensor_value_info(feature.column, input_type(feature), ["N"]) for feature in manifest.features
+    )
+    if not any(opset.domain == ML_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every use of the value ``old`` as ``new``, in subgraphs (If, Loop, Scan bodies) too,
+    except where a subgraph defines a value of that name itself."""
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            if name == old:
+                node.input[position] = new
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                defined = {v.name for v in body.input} | {o for n in body.node for o in n.output}
+                if old not in defined:
+                    _rename_input(body, old, new)
+
+
+def _encoded(feature: FeatureDecl, prefix: str, nodes: list[onnx.NodeProto], graph: onnx.GraphProto, opset: int) -> str:
+    """Appends to ``nodes`` what turns the column ``feature.column`` into its float32 slots
+    ``[N, width]`` (constants into ``graph``'s initializers); returns the slots' name."""
+
+    def constant(name: str, value: np.ndarray) -> str:
+        graph.initializer.append(numpy_helper.from_array(value, prefix + name))
+        return prefix + name
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [prefix + output], name=prefix + output, **attributes))
+        return prefix + output
+
+    pre = feature.preprocessing
+    if isinstance(pre, OneHot):
+        column = feature.column
+        if feature.dtype is ColumnType.STRING:
+            strings = [str(c) for c in pre.categories]
+            return node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_strings=strings)
+        if feature.dtype is ColumnType.BOOL:
+            column = node("Cast", [column], "as_int", to=TensorProto.INT64)
+        integers = [int(c) for c in pre.categories]
+        return node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_int64s=integers)
+    value = node("Cast", [feature.column], "float64", to=TensorProto.DOUBLE)
+    if isinstance(pre, Standardise):
+        value = node("Sub", [value, constant("mean", np.array(pre.mean, np.float64))], "centred")
+        value = node("Div", [value, constant("std", np.array(pre.std, np.float64))], "standardised")
+    value = node("Cast", [value], "float32", to=TensorProto.FLOAT)
+    if opset >= 13:
+        return node("Unsqueeze", [value, constant("axis", np.array([1], np.int64))], "slot")
+    return node("Unsqueeze", [value], "slot", axes=[1])

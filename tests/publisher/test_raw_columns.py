@@ -1,0 +1,128 @@
+"""The exported model scores raw columns (edge_sponsor.publisher.raw_columns): one input per
+feature column, by name, preprocessed exactly as the agent preprocesses a dataset
+(agent.runtime.preprocessing), so a model trained at the hospitals scores a new patient
+without hand-written preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.packages.canonical import canonical_json, parse_strict_json
+from agent.packages.manifest import Manifest, parse_manifest
+from agent.runtime.preprocessing import features
+from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
+from edge_sponsor.publisher.raw_columns import ScoringModelError, scoring_model
+from edge_sponsor.publisher.zoo import build_logistic_regression
+
+COLUMNS = (
+    FeatureColumn("x", "float64", "standardise", mean=61.5, std=12.25),  # a column called x, like the model's input
+    FeatureColumn("sex", "string", "one_hot", categories=("F", "M")),
+    FeatureColumn("stage", "int64", "one_hot", categories=(1, 2, 3)),
+    FeatureColumn("smoker", "bool", "one_hot", categories=(True, False)),
+    FeatureColumn("bmi", "float32"),
+    FeatureColumn("treated", "bool"),
+)
+WIDTH = 1 + 2 + 3 + 2 + 1 + 1
+
+
+def _package() -> tuple[Manifest, onnx.ModelProto]:
+    model = build_logistic_regression(WIDTH)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=COLUMNS, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
+    weights = np.linspace(-1.5, 1.5, WIDTH).astype(np.float32)
+    return manifest, model.inference_model({"w": weights, "b": np.array(0.25, np.float32)})
+
+
+MANIFEST, INFERENCE = _package()
+SCORING = ort.InferenceSession(scoring_model(INFERENCE, MANIFEST).SerializeToString())
+MATRIX = ort.InferenceSession(INFERENCE.SerializeToString())
+
+
+def _both(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The agent's way (its preprocessing, then the matrix model) and the raw-column model's."""
+    (expected,) = MATRIX.run(None, {"x": features(table.to_batches()[0], MANIFEST)})
+    raw = {
+        "x": table["x"].to_numpy().astype(np.float64),
+        "sex": np.array(table["sex"].to_pylist(), object),
+        "stage": table["stage"].to_numpy().astype(np.int64),
+        "smoker": table["smoker"].to_numpy(zero_copy_only=False).astype(bool),
+        "bmi": table["bmi"].to_numpy().astype(np.float64),
+        "treated": table["treated"].to_numpy(zero_copy_only=False).astype(bool),
+    }
+    (got,) = SCORING.run(None, raw)
+    return expected, got
+
+
+def _table(rows: list[tuple[float, str, int, bool, float, bool]]) -> pa.Table:
+    x, sex, stage, smoker, bmi, treated = zip(*rows, strict=True)
+    return pa.table(
+        {
+            "x": pa.array(x, pa.float64()),
+            "sex": pa.array(sex, pa.string()),
+            "stage": pa.array(stage, pa.int64()),
+            "smoker": pa.array(smoker, pa.bool_()),
+            "bmi": pa.array(bmi, pa.float32()),
+            "treated": pa.array(treated, pa.bool_()),
+        }
+    )
+
+
+def test_the_inputs_are_the_feature_columns_by_name_and_type() -> None:
+    assert [(i.name, i.type) for i in SCORING.get_inputs()] == [
+        ("x", "tensor(double)"),
+        ("sex", "tensor(string)"),
+        ("stage", "tensor(int64)"),
+        ("smoker", "tensor(bool)"),
+        ("bmi", "tensor(double)"),
+        ("treated", "tensor(bool)"),
+    ]
+
+
+def test_values_outside_the_categories_score_as_the_agent_scores_them() -> None:
+    rows = [(40.0, "F", 1, True, 22.5, False), (80.0, "X", 7, False, 31.0, True), (61.5, "", -1, True, 0.0, True)]
+    expected, got = _both(_table(rows))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(-1e6, 1e6),
+            st.sampled_from(["F", "M", "f", "other"]),
+            st.integers(-5, 5),
+            st.booleans(),
+            st.floats(-1e4, 1e4, width=32),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_any_raw_rows_score_exactly_as_the_agent_preprocesses_them(
+    rows: list[tuple[float, str, int, bool, float, bool]],
+) -> None:
+    expected, got = _both(_table(rows))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_missing_column_at_scoring_time_is_named() -> None:
+    raw = {"x": np.zeros(2), "sex": np.array(["F", "M"], object), "stage": np.ones(2, np.int64)}
+    with pytest.raises(Exception, match="smoker"):
+        SCORING.run(None, raw)
+
+
+def test_an_inference_model_without_an_x_input_is_refused() -> None:
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(INFERENCE)
+    renamed.graph.input[0].name = "features"
+    with pytest.raises(ScoringModelError, match="not one input named x"):
+        scoring_model(renamed, MANIFEST)
