@@ -13,16 +13,28 @@ sigma keeps the noise within the first-order covariance's reach (noise_to_inform
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import statsmodels.api as sm
 from lifelines.datasets import load_rossi
 
-from agent.packages.plan import CategoricalVariable, NumericVariable, Variable
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import CategoricalVariable, NumericVariable, Variable, parse_plan
+from agent.packages.release_layout import GLM_INFORMATION, GLM_SCORE, analysed, layout
+from agent.statistics.glm import exact_model_release
+from agent.statistics.patients import patient_table
+from agent.statistics.tables import noisy_release
+from edge_sponsor.coordinator.glm_tasks import site_sums
 from edge_sponsor.statistics import glm
+from edge_sponsor.statistics.releases import SiteRelease
+from edge_sponsor.statistics.report import new_report, render_html
 
 COVARIATES = ("age", "prio", "fin", "race", "wexp", "mar", "paro")
 VARIABLES: tuple[Variable, ...] = (
@@ -33,7 +45,7 @@ VARIABLES: tuple[Variable, ...] = (
 SITES = 3
 
 
-def oracle_design(frame: pd.DataFrame, variables: tuple[Variable, ...], covariates: tuple[str, ...]) -> np.ndarray:
+def oracle_design(frame: pd.DataFrame, variables: Sequence[Variable], covariates: Sequence[str]) -> np.ndarray:
     """The design matrix as the spec defines it, built with pandas."""
     by_column = {v.column: v for v in variables}
     columns = [pd.Series(1.0, index=frame.index)]
@@ -256,6 +268,35 @@ def test_reported_noise_se_matches_the_spread_of_the_estimates(rossi: tuple[np.n
     assert (np.abs(beta - mle) <= 1.959964 * total).mean() >= covered.mean()
 
 
+def test_averaging_the_last_rounds_divides_the_noise_and_says_so(rossi: tuple[np.ndarray, np.ndarray, list]) -> None:
+    """The mean of the last 3 of 6 rounds' one-step estimates: its reported noise SE matches its spread
+    over 200 draws (15 %), is about 1/√3 of one step's, and its intervals still cover the MLE ~95 %."""
+    x, y, sites = rossi
+    d = design()
+    mle = sm.Logit(y, x).fit(disp=0, tol=1e-12).params
+    exact = glm.newton_raphson(d, rounds_of(x, y, sites, 0.0, None), 6)
+    # Without noise every converged round's one-step estimate is the MLE: so is their mean.
+    averaged_exact = glm.fit_averaged(d, exact, 3)
+    np.testing.assert_allclose([c.estimate for c in averaged_exact.design.coefficients], mle, rtol=1e-6)
+    assert averaged_exact.averaged_rounds == 3
+    assert glm.fit_averaged(d, exact, 1) == glm.fit_from_last_step(d, exact[-1])
+    with pytest.raises(ValueError, match="1 to 6 rounds"):
+        glm.fit_averaged(d, exact, 7)
+    estimates, averaged_se, single_se = [], [], []
+    for draw in range(DRAWS):
+        steps = glm.newton_raphson(d, rounds_of(x, y, sites, SIGMA, np.random.default_rng([13, draw])), 6)
+        result = glm.fit_averaged(d, steps, 3)
+        estimates.append([c.estimate for c in result.design.coefficients])
+        averaged_se.append([c.se_noise for c in result.design.coefficients])
+        single_se.append([c.se_noise for c in glm.fit_from_last_step(d, steps[-1]).design.coefficients])
+    beta, noise = np.array(estimates), np.array(averaged_se)
+    ratio = beta.std(axis=0, ddof=1) / np.sqrt(np.mean(noise**2, axis=0))
+    assert np.all(np.abs(ratio - 1.0) < 0.15), ratio
+    shrink = np.sqrt(np.mean(noise**2, axis=0) / np.mean(np.array(single_se) ** 2, axis=0))
+    np.testing.assert_allclose(shrink, 1 / np.sqrt(3), rtol=0.1)
+    assert 0.92 <= (np.abs(beta - mle) <= 1.959964 * noise).mean() <= 0.98
+
+
 def test_total_interval_covers_the_true_coefficients(rossi: tuple[np.ndarray, np.ndarray, list]) -> None:
     """Sampling and noise together: outcomes redrawn from a logistic model on rossi's own covariates
     (true β = rossi's MLE), each fitted with fresh noise; β ± 1.96 SE_total covers the true β ~95 %."""
@@ -280,3 +321,86 @@ def test_too_much_noise_for_the_data_is_flagged(rossi: tuple[np.ndarray, np.ndar
     x, y, sites = rossi
     flagged = [not fit(rounds_of(x, y, sites, 0.6, np.random.default_rng([5, d]))).reliable for d in range(20)]
     assert all(flagged)
+
+
+# -- the agent's plan, layout and release, read by the sponsor ----------------------------
+
+ROSSI_PLAN: dict[str, object] = {
+    "cohort": [],
+    "strata": [{"column": "fin", "categories": [0, 1]}],
+    "variables": [
+        {"column": "age", "kind": "numeric", "bounds": [17, 45]},
+        {"column": "prio", "kind": "numeric", "bounds": [0, 20]},
+        *({"column": c, "kind": "categorical", "categories": [0, 1]} for c in ("race", "wexp", "mar", "paro")),
+    ],
+    "model": {"family": "logistic", "outcome": "arrest", "covariates": ["age", "prio", "race", "wexp", "mar", "paro"]},
+}
+
+
+def test_the_design_is_the_agents_model_and_layout() -> None:
+    plan = parse_plan(ROSSI_PLAN)
+    assert plan.model is not None
+    d = glm.Design.of_model(plan.model)
+    assert d.names == plan.model.design_names
+    assert d.norm_sq_max == plan.model.max_row_norm_squared
+    shape = layout(plan, TaskKind.DP_GLM)
+    assert len(shape.blocks) == glm.GLM_BLOCKS and shape.strata == 1
+    assert shape.block(GLM_SCORE).sensitivity == pytest.approx(d.score_sensitivity)
+    assert shape.block(GLM_INFORMATION).sensitivity == pytest.approx(d.information_sensitivity)
+    assert shape.block(GLM_INFORMATION).cells == glm.triangle_labels(d.p)
+    assert shape.noise_std(shape.block(GLM_SCORE), 0.7) == pytest.approx(glm.score_noise_sd(d, 0.7))
+    assert shape.noise_std(shape.block(GLM_INFORMATION), 0.7) == pytest.approx(glm.information_noise_sd(d, 0.7))
+
+
+def test_site_sums_read_the_agents_release_as_the_oracle_computes_it() -> None:
+    """The agent's own computation of one site's release (its strata pooled, as dp_glm does), read
+    back by the sponsor, equals the numpy oracle's sums on the same patients."""
+    plan = analysed(parse_plan(ROSSI_PLAN), TaskKind.DP_GLM)
+    assert plan.model is not None
+    shape = layout(plan, TaskKind.DP_GLM)
+    frame = load_rossi().iloc[:150]
+    patients = patient_table(plan, pa.Table.from_pandas(frame, preserve_index=False), unit_column=None,
+                             rng=np.random.default_rng(0))  # fmt: skip
+    beta = np.linspace(-0.5, 0.5, plan.model.width)
+    exact = exact_model_release(plan, patients, beta)
+    scalars = noisy_release(exact, shape, noise_multiplier=0.0, min_cell_size=5, rng=np.random.default_rng(1))
+    sums = site_sums(SiteRelease("site-a", scalars, 0.0), shape, plan.model.width)
+    assert sums is not None
+    x = oracle_design(frame, plan.model.covariates, tuple(v.column for v in plan.model.covariates))
+    score, information = exact_site_sums(x, frame["arrest"].to_numpy(float), beta)
+    np.testing.assert_allclose(sums.score, score, rtol=1e-10)
+    np.testing.assert_allclose(sums.information, information, rtol=1e-10)
+    assert sums.included == 150
+    # Nobody is excluded: a count of 0 is below the minimum cell size, withheld on its own.
+    assert np.isnan(sums.excluded)
+    # A release withheld whole (the site's noisy cohort below its minimum) gives no sums.
+    withheld = {name: math.nan for name in scalars}
+    assert site_sums(SiteRelease("site-a", withheld, 0.0), shape, plan.model.width) is None
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def test_report_shows_the_regression_as_json_and_html(rossi: tuple[np.ndarray, np.ndarray, list]) -> None:
+    x, y, sites = rossi
+    noisy = fit(rounds_of(x, y, sites, 0.6, np.random.default_rng(2)))
+    analysis = glm.GlmAnalysis(
+        fit=noisy,
+        rounds=(glm.GlmRound(0, ("<site>",), 432.0, (0.0,) * 8, 1),),
+        sites=(glm.GlmSite("<site>", rounds_charged=6, epsilon_charged=12.5, budget_epsilon_spent=20.0),),
+        noise_multiplier=0.6,
+        rounds_planned=6,
+    )
+    report = new_report("rossi <glm>", glm=analysis)
+    tree = json.loads(report.to_json())["glm"]
+    assert tree["fit"]["names"][6] == "mar=1"
+    coefficient = tree["fit"]["original"]["coefficients"][1]
+    assert set(coefficient) >= {"estimate", "se_sampling", "se_noise", "se", "lower", "upper", "odds_ratio"}
+    assert tree["sites"][0]["epsilon_charged"] == 12.5 and tree["fit"]["excluded"] == 0.0
+    page = render_html(report)
+    assert "&lt;site&gt;" in page and "<site>" not in page
+    assert 'id="glm-original"' in page and 'id="glm-design"' in page and "SE privacy noise" in page
+    # σ = 0.6 on 432 patients: the information is mostly noise, and the page says so.
+    assert not noisy.reliable and 'id="glm-unreliable"' in page
+    exact = fit(rounds_of(x, y, sites, 0.0, None))
+    assert 'id="glm-unreliable"' not in render_html(new_report("rossi", glm=replace(analysis, fit=exact)))

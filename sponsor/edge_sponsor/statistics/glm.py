@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from statistics import NormalDist
 
 import numpy as np
 
-from agent.packages.plan import CategoricalVariable, NumericVariable, Variable, category_label
+from agent.packages.plan import CategoricalVariable, ModelSpec, NumericVariable, Variable, category_label
 from edge_sponsor.statistics.releases import FloatArray
 
 INTERCEPT = "(intercept)"
@@ -123,6 +123,11 @@ class Design:
         if len(columns) > MAX_DESIGN_COLUMNS:
             raise ValueError(f"the design has {len(columns)} columns, more than {MAX_DESIGN_COLUMNS}")
         return cls(tuple(columns), numeric, categorical)
+
+    @classmethod
+    def of_model(cls, model: ModelSpec) -> Design:
+        """The design of a plan's model (its covariates are the plan's variables, in model order)."""
+        return cls.of(model.covariates, [v.column for v in model.covariates])
 
     @property
     def p(self) -> int:
@@ -208,6 +213,7 @@ class PooledSums:
 
     included: float
     excluded: float
+    """NaN when a site withheld its excluded count (below its minimum cell size)."""
     score: FloatArray
     information: FloatArray
     score_noise_variance: float
@@ -347,6 +353,9 @@ class GlmFit:
     fails outright (estimates thrown far by a near-singular step) beyond ~1.5. Above
     UNRELIABLE_NOISE the report says the intervals are not to be trusted."""
 
+    averaged_rounds: int = 1
+    """How many rounds' one-step estimates the coefficients average (1: the last step, :func:`fit_averaged`)."""
+
     @property
     def reliable(self) -> bool:
         return self.noise_to_information <= UNRELIABLE_NOISE
@@ -383,6 +392,46 @@ def fit_from_last_step(design: Design, last: NewtonStep, confidence: float = 0.9
         floored_eigenvalues=last.information.floored,
         noise_to_information=_noise_to_information(last),
     )
+
+
+def fit_averaged(design: Design, steps: Sequence[NewtonStep], last: int, confidence: float = 0.95) -> GlmFit:
+    """The mean of the last ``last`` rounds' one-step estimates, each from its round's start and score
+    with the information averaged over those rounds; ``last`` = 1 is :func:`fit_from_last_step`.
+
+    Why: once the iterates are near the MLE, each round's one-step estimate ``β_r + H̄⁻¹ U_r`` is
+    the MLE plus ``H̄⁻¹ e_r``, with ``e_r`` that round's own score noise, independent between
+    rounds; the information moves little between them. Their mean has 1/``last`` of the noise
+    variance (the noise part of the covariance is ``H̄⁻¹ (Σ s_r² / last²) H̄⁻¹``), and the
+    averaged information has 1/``last`` of the noise variance of one round's. It is
+    post-processing of releases already paid for: no ε. It needs the averaged rounds to
+    have converged (start them after the first 3 or so of Newton from 0) and to pool the
+    same sites; a suffix whose sites differ is cut to the rounds that share the last one's.
+
+    Raises:
+        ValueError: ``last`` not in 1..len(steps), or the widths disagree.
+    """
+    if not 1 <= last <= len(steps):
+        raise ValueError(f"can average 1 to {len(steps)} rounds, not {last}")
+    chosen = [step for step in steps[-last:] if step.sums.sites == steps[-1].sums.sites]
+    if len(chosen) == 1:
+        return fit_from_last_step(design, steps[-1], confidence)
+    count = len(chosen)
+    information = np.mean([step.sums.information for step in chosen], axis=0)
+    information_variance = sum(step.sums.information_noise_variance for step in chosen) / count**2
+    projected = positive_definite(information, math.sqrt(information_variance))
+    estimates = [step.start + np.linalg.solve(projected.matrix, step.sums.score) for step in chosen]
+    final = chosen[-1].sums
+    pooled = PooledSums(
+        included=final.included,
+        excluded=final.excluded,
+        score=np.mean([step.sums.score for step in chosen], axis=0),
+        information=information,
+        score_noise_variance=sum(step.sums.score_noise_variance for step in chosen) / count**2,
+        information_noise_variance=information_variance,
+        sites=final.sites,
+    )
+    averaged = NewtonStep(chosen[0].start, np.mean(estimates, axis=0), projected, pooled)
+    return replace(fit_from_last_step(design, averaged, confidence), averaged_rounds=count)
 
 
 def _noise_to_information(last: NewtonStep) -> float:
@@ -456,3 +505,47 @@ def score_noise_sd(design: Design, noise_multiplier: float, blocks: int = GLM_BL
 def information_noise_sd(design: Design, noise_multiplier: float, blocks: int = GLM_BLOCKS) -> float:
     """The SD of the noise on each ``glm.information`` number of one site: σ·√k·‖x‖²_max/4."""
     return noise_multiplier * math.sqrt(blocks) * design.information_sensitivity
+
+
+# -- a run over the federation, as the report shows it -------------------------------
+
+OK = "ok"
+WITHHELD = "WITHHELD"
+
+
+@dataclass(frozen=True)
+class GlmSite:
+    """One site over the run: how many rounds it was charged for, the ε charged, and why it left."""
+
+    site: str
+    status: str = OK
+    """``ok``; ``WITHHELD`` (its noisy cohort was below the minimum); a gRPC code name; ``INVALID_RESULT``."""
+    detail: str = ""
+    rounds_charged: int = 0
+    epsilon_charged: float = 0.0
+    """The sum of the run's tasks' shares of the site's budget group ε (shares add up to the group's ε)."""
+    budget_epsilon_spent: float = 0.0
+    """The group's ε after the site's last task of the run."""
+
+
+@dataclass(frozen=True)
+class GlmRound:
+    """One round: who was pooled, the noisy patients included, and β after the step."""
+
+    index: int
+    sites: tuple[str, ...]
+    included: float
+    coefficients: tuple[float, ...]
+    floored_eigenvalues: int
+
+
+@dataclass(frozen=True)
+class GlmAnalysis:
+    """A run of dp_glm rounds: the final fit (None when no round had a release), each round, each site."""
+
+    fit: GlmFit | None
+    rounds: tuple[GlmRound, ...]
+    sites: tuple[GlmSite, ...]
+    noise_multiplier: float
+    rounds_planned: int
+    stopped_early: str = ""

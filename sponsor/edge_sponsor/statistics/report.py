@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmScale
 from edge_sponsor.statistics.survival import KmCurve, Median, StratumSurvival, SurvivalAnalysis
 from edge_sponsor.statistics.table_one import (
     CategoricalSummary,
@@ -48,13 +49,14 @@ BAND_OPACITY = 0.18
 
 @dataclass(frozen=True)
 class StatisticsReport:
-    """Everything one report shows: the survival analysis and Table 1 (either may be absent)."""
+    """Everything one report shows: the survival analysis, Table 1, the regression (any may be absent)."""
 
     title: str
     generated_at: str
     survival: SurvivalAnalysis | None = None
     table_one: TableOne | None = None
     notes: tuple[str, ...] = ()
+    glm: GlmAnalysis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The tree as JSON values: NaN and infinities become null, enums their values."""
@@ -72,10 +74,11 @@ def new_report(
     table_one: TableOne | None = None,
     notes: Sequence[str] = (),
     generated_at: dt.datetime | None = None,
+    glm: GlmAnalysis | None = None,
 ) -> StatisticsReport:
     """A report stamped with ``generated_at`` (now, UTC, when omitted)."""
     moment = generated_at or dt.datetime.now(dt.UTC)
-    return StatisticsReport(title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes))
+    return StatisticsReport(title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes), glm)
 
 
 def _clean(value: Any) -> Any:
@@ -110,6 +113,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.variable{font-weight:600;background:#fafbfc}
 .suppressed{color:#6b7280;font-style:italic}
 .note{color:#4a5568}
+.warning{color:#9b1c1c;font-weight:600}
 """
 
 
@@ -143,6 +147,8 @@ def render_html(report: StatisticsReport) -> str:
         parts.append(_survival_summary(survival))
     if report.table_one is not None:
         parts.append(_table_one(report.table_one))
+    if report.glm is not None:
+        parts.append(_glm_section(report.glm))
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append("</main></body></html>")
@@ -492,3 +498,103 @@ def _categorical(column: TableOneColumn, position: int) -> CategoricalSummary:
 
 def _plain(value: float, form: str = "{:.3g}") -> str:
     return form.format(value) if math.isfinite(value) else "—"
+
+
+def _glm_section(analysis: GlmAnalysis) -> str:
+    """The regression: coefficients on both scales, the rounds and what each site was charged."""
+    text = ["<h2>Logistic regression (DP Newton&#8211;Raphson)</h2>"]
+    fit = analysis.fit
+    done = len(analysis.rounds)
+    text.append(
+        f'<p class="note">{done} of {analysis.rounds_planned} rounds at noise multiplier '
+        f"{escape(f'{analysis.noise_multiplier:g}')}; each round is one dp_glm task per site, each charged. "
+        "Standard errors: sampling (inverse information) and the privacy noise of the last round's score, "
+        "independent, so the total is their root sum of squares; intervals are the estimate ± z·SE total, "
+        "odds ratios their exponentials.</p>"
+    )
+    if fit is not None and fit.averaged_rounds > 1:
+        text.append(
+            f'<p class="note">The coefficients are the mean of the last {fit.averaged_rounds} rounds\' one-step '
+            "estimates, with the information averaged over them: their noise variance is that of one step divided "
+            "by the rounds averaged.</p>"
+        )
+    if analysis.stopped_early:
+        text.append(f'<p class="warning">The run stopped early: {escape(analysis.stopped_early)}.</p>')
+    if fit is not None:
+        level = f"{fit.confidence:.0%}"
+        text.append(
+            f"<p>Patients in the model (noisy, summed over {escape(', '.join(fit.sites))}): "
+            f"{escape(f'{fit.included:.0f}')}; excluded (a covariate missing or not a listed category, "
+            f"or the outcome not 0/1): {escape(_count(fit.excluded))}.</p>"
+        )
+        if not fit.reliable:
+            text.append(
+                '<p class="warning" id="glm-unreliable">The released information is mostly noise for these '
+                f"patients (noise/information {escape(f'{fit.noise_to_information:.2g}')} &gt; 1): the intervals "
+                "understate the uncertainty and the estimates may be far off. Use a smaller noise multiplier "
+                "(a larger ε) or more patients.</p>"
+            )
+        text.append("<h3>Per unit of each covariate</h3>")
+        text.append(_coefficient_table("glm-original", fit.original, level))
+        text.append(
+            '<h3>Design scale</h3><p class="note">Numeric covariates centred at their bounds\' midpoint and '
+            "divided by their half-width (per half-range); the intercept is the log-odds at the midpoints and "
+            "reference categories.</p>"
+        )
+        text.append(_coefficient_table("glm-design", fit.design, level))
+    rows = "".join(
+        f"<tr><td>{r.index + 1}</td><td>{escape(', '.join(r.sites))}</td>"
+        f'<td class="num">{escape(f"{r.included:.0f}")}</td><td class="num">{r.floored_eigenvalues}</td></tr>'
+        for r in analysis.rounds
+    )
+    text.append(
+        '<h3>Rounds</h3><table id="glm-rounds"><thead><tr><th>Round</th><th>Sites pooled</th>'
+        "<th>Patients (noisy)</th><th>Eigenvalues floored</th></tr></thead><tbody>" + rows + "</tbody></table>"
+    )
+    sites = "".join(
+        f"<tr><td>{escape(s.site)}</td><td>{escape(s.status)}{escape(': ' + s.detail if s.detail else '')}</td>"
+        f'<td class="num">{s.rounds_charged}</td><td class="num">{escape(f"{s.epsilon_charged:.4g}")}</td>'
+        f'<td class="num">{escape(f"{s.budget_epsilon_spent:.4g}")}</td></tr>'
+        for s in analysis.sites
+    )
+    text.append(
+        '<h3>Sites</h3><table id="glm-sites"><thead><tr><th>Site</th><th>Status</th><th>Rounds charged</th>'
+        "<th>ε charged by the run</th><th>Budget ε spent</th></tr></thead><tbody>" + sites + "</tbody></table>"
+    )
+    return "\n".join(text)
+
+
+def _coefficient_table(identifier: str, scale: GlmScale, level: str) -> str:
+    head = "".join(
+        f"<th>{escape(h)}</th>"
+        for h in (
+            "Coefficient",
+            "Estimate",
+            "SE sampling",
+            "SE privacy noise",
+            "SE total",
+            f"{level} CI",
+            "Odds ratio",
+            f"{level} CI (odds ratio)",
+        )
+    )
+    return (
+        f'<table id="{escape(identifier)}"><thead><tr>{head}</tr></thead><tbody>'
+        + "".join(_coefficient_row(c) for c in scale.coefficients)
+        + "</tbody></table>"
+    )
+
+
+def _coefficient_row(c: Coefficient) -> str:
+    cells = [
+        f"<td>{escape(c.name)}</td>",
+        *(f'<td class="num">{escape(_g(v))}</td>' for v in (c.estimate, c.se_sampling, c.se_noise, c.se)),
+        f'<td class="num">{escape(_g(c.lower))} to {escape(_g(c.upper))}</td>',
+        f'<td class="num">{escape(_g(c.odds_ratio))}</td>',
+        f'<td class="num">{escape(_g(c.odds_ratio_lower))} to {escape(_g(c.odds_ratio_upper))}</td>',
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _g(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "—"
