@@ -1,10 +1,12 @@
-"""`edge-sponsor study describe|survival`: run an analysis plan across the federation.
+"""`edge-sponsor study describe|survival|glm`: run an analysis plan across the federation.
 
 Every site of the federation file runs one statistics task of the plan package on its
 dataset; the releases are pooled into a Table 1 (``describe``) or Kaplan-Meier curves with
 median survival and a log-rank test (``survival``), written as JSON and as one HTML page
-(docs/statistics.md). Exit codes: 0 done (sites that refused are listed); 1 no site
-returned a release; 2 bad federation file, plan package, credentials or options.
+(docs/statistics.md). ``glm`` runs ``--rounds`` dp_glm tasks per site, one per
+Newton-Raphson step of the plan's logistic model, and reports its coefficients.
+Exit codes: 0 done (sites that refused are listed); 1 no site returned a release;
+2 bad federation file, plan package, credentials or options.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
 from agent.cli.settings import UsageError
 from agent.durable import write_public
 from agent.packages.manifest import TaskKind
-from edge_sponsor.coordinator.federation import load_federation
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.federation import Federation, load_federation
+from edge_sponsor.coordinator.glm_tasks import DEFAULT_ROUNDS, MAX_ROUNDS, glm_design, run_glm
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
 from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
+from edge_sponsor.statistics.glm import GlmRound, GlmSite
 from edge_sponsor.statistics.report import new_report, render_html
 from edge_sponsor.statistics.survival import analyse_survival
 from edge_sponsor.statistics.table_one import table_one
@@ -41,7 +47,7 @@ FAILURE_ERRORS: tuple[type[Exception], ...] = (NoReleaseError,)
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "study",
-        help="run an analysis plan across the agents: Table 1, Kaplan-Meier",
+        help="run an analysis plan across the agents: Table 1, Kaplan-Meier, logistic regression",
         description="Run a signed analysis plan (edge-sponsor plan build) at every agent of a federation "
         "file and pool the noisy releases into estimates with confidence intervals that include the noise.",
     )
@@ -62,6 +68,33 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
         command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
         command.set_defaults(handler=run_study_command, kind=_KINDS[name])
+    words = "logistic regression of the plan's model by DP Newton-Raphson: coefficients, odds ratios, 95 % CIs"
+    command = commands.add_parser(
+        "glm",
+        help=words,
+        description=f"Run --rounds dp_glm tasks at every site, each with the current coefficients: {words}. "
+        "Every round is charged at every site.",
+    )
+    command.add_argument("federation", type=Path, help="federation file (TOML)")
+    command.add_argument("--plan", type=Path, required=True, help="plan package (.zip) with a model, signed")
+    command.add_argument(
+        "--noise-multiplier", type=float, required=True, metavar="SIGMA",
+        help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
+    )
+    command.add_argument(
+        "--rounds", type=int, default=DEFAULT_ROUNDS, metavar="T",
+        help=f"Newton-Raphson steps, each one task per site (default {DEFAULT_ROUNDS})",
+    )
+    command.add_argument(
+        "--average-last", type=int, default=1, metavar="K",
+        help="report the mean of the last K rounds' one-step estimates (less noise, no extra ε; the rounds "
+        "averaged must have converged); default 1: the last step",
+    )
+    command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
+    command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
+    command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
+    command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
+    command.set_defaults(handler=run_glm_command)
 
 
 def _site_line(outcome: SiteOutcome) -> str:
@@ -83,21 +116,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"{federation.name}-{kind.value}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     clients = open_clients(federation)
     try:
-        # Before anything is spent: a study that would take a site over its budget is not started.
-        task = PlannedTask(plan_profile(kind, args.noise_multiplier), 1)
-        projections = project(federation, clients, [task])
-        for projection in projections:
-            if projection.problem and not projection.refused:
-                print(f"edge-sponsor: warning: {projection.site}: cannot say: {projection.problem}", file=sys.stderr)
-        over = [p for p in projections if p.refused or (not p.problem and not p.fits)]
-        if over:
-            names = ", ".join(
-                f"{p.site} ({p.problem if p.refused else f'{p.epsilon_projected:.3g} > {p.epsilon_limit:g}'})"
-                for p in over
-            )
-            raise NoReleaseError(
-                f"the study would take {names} over the privacy budget or out of its policy; nothing was spent"
-            )
+        _check_budgets(federation, clients, PlannedTask(plan_profile(kind, args.noise_multiplier), 1))
         outcomes = run_plan(federation, clients, package, kind, args.noise_multiplier, run_id=run_id)
     finally:
         for client in clients.values():
@@ -118,6 +137,93 @@ def run_study_command(args: argparse.Namespace) -> int:
         report = new_report(title, survival=analyse_survival(package.plan, releases), notes=notes)
     else:
         report = new_report(title, table_one=table_one(package.plan, releases), notes=notes)
+    _write(args.json, report.to_json())
+    _write(args.html, render_html(report))
+    return ExitCode.SUCCESS
+
+
+def _check_budgets(federation: Federation, clients: Mapping[str, AgentClient], task: PlannedTask) -> None:
+    """Before anything is spent: a study that would take a site over its budget is not started
+    (NoReleaseError naming the sites); a site that cannot say is warned about."""
+    projections = project(federation, clients, [task])
+    for projection in projections:
+        if projection.problem and not projection.refused:
+            print(f"edge-sponsor: warning: {projection.site}: cannot say: {projection.problem}", file=sys.stderr)
+    over = [p for p in projections if p.refused or (not p.problem and not p.fits)]
+    if over:
+        names = ", ".join(
+            f"{p.site} ({p.problem if p.refused else f'{p.epsilon_projected:.3g} > {p.epsilon_limit:g}'})"
+            for p in over
+        )
+        raise NoReleaseError(
+            f"the study would take {names} over the privacy budget or out of its policy; nothing was spent"
+        )
+
+
+def run_glm_command(args: argparse.Namespace) -> int:
+    if not args.noise_multiplier > 0:
+        raise UsageError(f"--noise-multiplier must be a positive number, got {args.noise_multiplier}")
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
+    if not 1 <= args.average_last <= args.rounds:
+        raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
+    if args.json is None and args.html is None:
+        raise UsageError("give --json FILE, --html FILE or both: where the results go")
+    federation = load_federation(args.federation)
+    package = PlanPackage.from_file(args.plan)
+    # Refuses a package without a model before any site is asked.
+    package.layout(TaskKind.DP_GLM)
+    glm_design(package)
+    run_id = args.run_id or f"{federation.name}-dp_glm-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    clients = open_clients(federation)
+
+    def progress(done: GlmRound, sites: Sequence[GlmSite]) -> None:
+        left = [s.site for s in sites if s.status != "ok"]
+        print(
+            f"round {done.index + 1}/{args.rounds}: {len(done.sites)} sites pooled, "
+            f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),
+            flush=True,
+        )
+
+    try:
+        # All rounds are planned at once: the agents compose them with what each group has spent.
+        planned = PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds)
+        _check_budgets(federation, clients, planned)
+        analysis = run_glm(
+            federation, clients, package, args.noise_multiplier, rounds=args.rounds, run_id=run_id,
+            average_last=args.average_last, on_round=progress,
+        )
+    finally:
+        for client in clients.values():
+            client.close()
+    print(f"dp_glm of {package.manifest.name} {package.manifest.version} (run {run_id}):")
+    for site in analysis.sites:
+        state = "ok" if site.status == "ok" else f"{site.status}: {site.detail}"
+        print(
+            f"  {site.site}: {state}; {site.rounds_charged} rounds, ε charged {site.epsilon_charged:.4g} "
+            f"(budget spent {site.budget_epsilon_spent:.4g})"
+        )
+    fit = analysis.fit
+    if fit is None:
+        raise NoReleaseError(f"no round was completed: {analysis.stopped_early or 'no site returned its sums'}")
+    notes = [
+        f"{len(fit.sites)} of {len(analysis.sites)} sites in the last round; {len(analysis.rounds)} rounds at noise "
+        f"multiplier {args.noise_multiplier:g} at each"
+        + (f"; coefficients averaged over the last {fit.averaged_rounds} rounds." if fit.averaged_rounds > 1 else "."),
+        *(f"left out {s.site}: {s.status}: {s.detail}" for s in analysis.sites if s.status != "ok"),
+    ]
+    if analysis.stopped_early:
+        notes.append(f"stopped early: {analysis.stopped_early}")
+    if not fit.reliable:
+        print(
+            f"edge-sponsor: warning: the released information is mostly noise for these patients "
+            f"(noise/information {fit.noise_to_information:.2g}): the intervals understate the uncertainty",
+            file=sys.stderr,
+        )
+    for c in fit.original.coefficients:
+        print(f"  {c.name}: {c.estimate:.4g} (SE {c.se:.3g}; {c.lower:.4g} to {c.upper:.4g}), OR {c.odds_ratio:.4g}")
+    title = args.title or f"{package.manifest.name} {package.manifest.version}"
+    report = new_report(title, glm=analysis, notes=notes)
     _write(args.json, report.to_json())
     _write(args.html, render_html(report))
     return ExitCode.SUCCESS

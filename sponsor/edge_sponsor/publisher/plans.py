@@ -13,10 +13,9 @@ from typing import Any
 from agent.identity.agent_key import AgentKey
 from agent.packages.canonical import CanonicalJsonError, canonical_json, parse_strict_json
 from agent.packages.errors import PackageInputError, PackageRejected
-from agent.packages.manifest import FORMAT_VERSION, Manifest, parse_manifest
+from agent.packages.manifest import FORMAT_VERSION, Manifest, parse_manifest, served_kinds
 from agent.packages.plan import parse_plan
 from agent.packages.release_layout import check_release_size
-from agent.tasks.kinds import registry
 from edge_sponsor.publisher.packaging import assemble_package
 
 # The noise multipliers a plan package allows by default; the hospital's policy narrows them.
@@ -36,14 +35,14 @@ def plan_manifest_fields(
     """The manifest of a plan package.
 
     ``task_kinds`` defaults to every plan kind the plan can serve (``dp_survival`` only
-    with a survival outcome). Raises PackageInputError naming the plan field at fault.
+    with a survival outcome, ``dp_glm`` only with a model). Raises PackageInputError naming the plan field at fault.
     """
     try:
         parsed = parse_plan(plan)
     except PackageRejected as exc:
         raise PackageInputError(str(exc)) from None
     if task_kinds is None:
-        task_kinds = [k for k in registry.plan_kinds() if k != "dp_survival" or parsed.survival is not None]
+        task_kinds = [kind.value for kind in served_kinds(parsed)]
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
