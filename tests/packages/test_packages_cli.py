@@ -213,3 +213,22 @@ def test_a_weibull_package_needs_its_time_scale(tmp_path: Path) -> None:
     with pytest.raises(PackageCommandError, match="time_scale must be finite and >= 0"):
         run(*arguments, "--time-scale", "inf")
     assert not out.exists()
+
+
+def test_private_standardisation_constants_need_a_readable_describe_report(tmp_path: Path) -> None:
+    out = tmp_path / "risk.zip"
+    arguments = ["package", "build", "--model", "logistic", "--features", "age", "--label", "outcome", "--name"]
+    arguments += ["acme/risk", "--version", "1.0.0", "--publisher", "acme", "--out", str(out), "--standardise", "age"]
+    with pytest.raises(PackageCommandError, match="needs --standardise-from REPORT"):
+        run(*arguments)
+    with pytest.raises(PackageCommandError, match="cannot read the report"):
+        run(*arguments, "--standardise-from", str(tmp_path / "missing.json"))
+    (tmp_path / "other.json").write_text('{"survival": {}}')
+    with pytest.raises(PackageCommandError, match="not the JSON report of `edge-sponsor study describe`"):
+        run(*arguments, "--standardise-from", str(tmp_path / "other.json"))
+    withheld = {"table_one": {"columns": [{"site": "pooled", "stratum": "all", "variables": [
+        {"column": "age", "mean": {"value": None}, "sd": None}]}]}}
+    (tmp_path / "withheld.json").write_text(json.dumps(withheld))
+    with pytest.raises(PackageCommandError, match="withheld or not positive; declare MEAN:STD"):
+        run(*arguments, "--standardise-from", str(tmp_path / "withheld.json"))
+    assert not out.exists()

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,23 @@ def test_the_sponsor_pools_three_agents_into_km_curves_and_a_table_one(
         assert sponsor_main([*argv, "--json", str(table_json)]) == 0
         table = json.loads(table_json.read_text())["table_one"]
         assert table is not None
+        # Its pooled mean and SD standardise a model's column: private constants, already paid for.
+        model_zip = tmp_path / "model.zip"
+        build = ["package", "build", "--model", "logistic", "--features", "age", "--label", "cens"]
+        build += ["--standardise", "age", "--standardise-from", str(table_json), "--name", "acme/risk"]
+        build += ["--version", "1.0.0", "--publisher", "acme", "--out", str(model_zip)]
+        assert sponsor_main(build) == 0
+        pooled = next(c for c in table["columns"] if (c["site"], c["stratum"]) == ("pooled", "all"))
+        age = next(v for v in pooled["variables"] if v["column"] == "age")
+        with zipfile.ZipFile(model_zip) as archive:
+            [feature] = json.loads(archive.read("manifest.json"))["inputs"]["features"]
+        assert feature["preprocessing"] == {"kind": "standardise", "mean": age["mean"]["value"], "std": age["sd"]}
+        assert abs(age["mean"]["value"] - load_gbsg2().age.mean()) < 1.0 and 5 < age["sd"] < 15
+        capsys.readouterr()
+        categorical = ["tgrade" if arg == "age" else arg for arg in build[:-1]] + [str(tmp_path / "x.zip")]
+        assert sponsor_main(categorical) == 2
+        assert "Table 1 has no numeric variable 'tgrade'" in capsys.readouterr().err
+        assert not (tmp_path / "x.zip").exists()
         # Two tasks at σ 0.3 spent about 38 of each site's 100; one at σ 0.1 (ε 92) would go over: refused first.
         spent = [site.epsilon_spent() for site in sites]
         capsys.readouterr()

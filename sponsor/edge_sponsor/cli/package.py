@@ -10,6 +10,8 @@ Exit codes: 0 done; 2 the command line, a key or the package is at fault
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from edge_sponsor.publisher.packaging import (
     zoo_manifest_fields,
 )
 from edge_sponsor.publisher.zoo import ZooModel
+from edge_sponsor.statistics.table_one import OVERALL, POOLED
 
 MODELS = ("logistic", "linear", "mlp", "weibull")
 COLUMN_TYPES = ("float64", "float32", "int64", "int32", "bool", "string")
@@ -77,7 +80,19 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     zoo = build.add_argument_group("zoo models")
     zoo.add_argument("--features", help="comma-separated feature columns, in graph order")
     zoo.add_argument("--label", help="label column (weibull: time,event)")
-    zoo.add_argument("--standardise", action="append", default=[], metavar="COL=MEAN:STD")
+    zoo.add_argument(
+        "--standardise",
+        action="append",
+        default=[],
+        metavar="COL=MEAN:STD|COL",
+        help="standardise COL with these constants, or (COL alone) with the pooled mean and SD of --standardise-from",
+    )
+    zoo.add_argument(
+        "--standardise-from",
+        type=Path,
+        metavar="REPORT",
+        help="the JSON report of `edge-sponsor study describe` (Table 1): private constants, already paid for",
+    )
     zoo.add_argument("--one-hot", action="append", default=[], metavar="COL=CAT1,CAT2,...")
     zoo.add_argument(
         "--feature-type",
@@ -133,6 +148,36 @@ def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
     return result
 
 
+def _constants_from(report: Path | None, columns: Sequence[str]) -> dict[str, str]:
+    """``MEAN:STD`` for each of ``columns`` from a study describe report's pooled Table 1 column
+    over all strata: the noisy mean and the SD derived from the noisy sums (post-processing
+    of releases already charged; nothing more is spent)."""
+    if report is None:
+        raise PackageCommandError(f"--standardise {columns[0]} without MEAN:STD needs --standardise-from REPORT")
+    try:
+        table = json.loads(report.read_text(encoding="utf-8"))["table_one"]
+        pooled = next(c for c in table["columns"] if c["site"] == POOLED and c["stratum"] == OVERALL)
+        summaries = {v["column"]: v for v in pooled["variables"] if "sd" in v}
+    except OSError as exc:
+        raise PackageCommandError(f"{report}: cannot read the report: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, StopIteration):
+        raise PackageCommandError(
+            f"{report}: not the JSON report of `edge-sponsor study describe` with a pooled Table 1"
+        ) from None
+    constants: dict[str, str] = {}
+    for column in columns:
+        summary = summaries.get(column)
+        if summary is None:
+            raise PackageCommandError(f"{report}: Table 1 has no numeric variable {column!r}")
+        mean, sd = (summary.get("mean") or {}).get("value"), summary.get("sd")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (mean, sd)) or not sd > 0:
+            raise PackageCommandError(
+                f"{report}: the pooled mean or SD of {column!r} is withheld or not positive; declare MEAN:STD"
+            )
+        constants[column] = f"{mean!r}:{sd!r}"
+    return constants
+
+
 def _split(text: str | None, option: str) -> list[str]:
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     if not items:
@@ -143,7 +188,10 @@ def _split(text: str | None, option: str) -> list[str]:
 def _feature_columns(args: argparse.Namespace) -> list[FeatureColumn]:
 
     columns = _split(args.features, "--features")
-    standardise = _pairs(args.standardise, "--standardise")
+    from_report = [value for value in args.standardise if "=" not in value]
+    standardise = _pairs([value for value in args.standardise if "=" in value], "--standardise")
+    if from_report:
+        standardise |= _constants_from(args.standardise_from, from_report)
     one_hot = _pairs(args.one_hot, "--one-hot")
     types = _pairs(args.feature_type, "--feature-type")
     unknown = (set(standardise) | set(one_hot) | set(types)) - set(columns)
