@@ -25,8 +25,11 @@ import pytest
 import statsmodels.api as sm
 
 from agent.identity.agent_key import AgentKey
+from agent.packages.manifest import TaskKind
 from edge_sponsor.cli.main import main as sponsor_main
 from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.glm_tasks import glm_design
+from edge_sponsor.coordinator.plan_tasks import PlanPackage
 from edge_sponsor.publisher.plans import build_plan_package, plan_manifest_fields
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 from tests.packages.package_builders import new_key
@@ -228,3 +231,28 @@ def test_study_glm_refuses_a_plan_without_a_model(
     assert sponsor_main(argv) == 2
     assert "does not offer dp_glm" in capsys.readouterr().err
     assert all(site.client.get_budget("fair").epsilon_spent == 0.0 for site in sites)
+
+
+def test_plan_build_offers_dp_glm_for_a_plan_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edge-sponsor plan build` on a plan file with a model section: the package offers dp_glm and
+    carries the model; a model naming a column that is not a variable is refused, naming the field."""
+    plan_json = tmp_path / "plan.json"
+    plan_json.write_text(json.dumps(PLAN))
+    out = tmp_path / "plan.zip"
+    argv = ["plan", "build", str(plan_json), "--out", str(out), "--name", "acme/fair-glm", "--version", "1.0.0"]
+    assert sponsor_main([*argv, "--publisher", "acme"]) == 0
+    package = PlanPackage.from_file(out)
+    assert package.manifest.task_kinds == (TaskKind.DP_DESCRIBE, TaskKind.DP_GLM)
+    assert package.plan.model is not None
+    assert glm_design(package).names == (
+        "(intercept)", "rate_marriage", "age", "yrs_married", "educ", "religious=2", "religious=3", "religious=4",
+    )  # fmt: skip
+    bad = json.loads(json.dumps(PLAN))
+    bad["model"]["covariates"] = ["age", "occupation"]
+    plan_json.write_text(json.dumps(bad))
+    refused = tmp_path / "refused.zip"
+    argv = ["plan", "build", str(plan_json), "--out", str(refused), "--name", "acme/fair-glm", "--version", "1.0.0"]
+    capsys.readouterr()
+    assert sponsor_main([*argv, "--publisher", "acme"]) == 2
+    assert "plan.model.covariates[1]" in capsys.readouterr().err
+    assert not refused.exists()

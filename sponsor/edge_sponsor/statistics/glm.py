@@ -349,8 +349,8 @@ class GlmFit:
     """≈ ‖noise of the pooled information‖ / its smallest eigenvalue: 2·√p·τ / λ_min, with τ the SD
     of the noise on each pooled entry (a symmetric Gaussian matrix's spectral norm is about
     2√p·τ). The covariance above is first order in the noise; measured on rossi (3 sites), it
-    matches the spread of the estimates within ~7 % at 0.6, understates it by ~15 % at 1.2 and
-    fails outright (estimates thrown far by a near-singular step) beyond ~1.5. Above
+    matches the spread of the estimates within 7 % at 0.6, understates it by up to 16 % at 1.2
+    and fails outright at 1.8 (estimates thrown far by near-singular steps). Above
     UNRELIABLE_NOISE the report says the intervals are not to be trusted."""
 
     averaged_rounds: int = 1
