@@ -284,7 +284,7 @@ FAIR_COVARIATES = ("rate_marriage", "age", "yrs_married", "educ", "religious")
 
 
 def test_at_a_sigma_the_agent_accepts_on_6366_patients() -> None:
-    """statsmodels' fair (6366 women, any affair) over 3 sites at σ = 1 (ε ≈ 1.9 per round), a noise
+    """statsmodels' fair (6366 women, any affair) over 3 sites at σ = 1 (ε ≈ 4.4 per round), a noise
     the agent accepts: the reported noise SE matches the spread over 200 draws within 15 %, and
     β ± 1.96 SE_noise covers the MLE about 95 % of the time."""
     frame = sm.datasets.fair.load_pandas().data
