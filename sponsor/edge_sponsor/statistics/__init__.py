@@ -7,5 +7,7 @@ next to the sampling error, into every standard error, confidence interval and t
 * :mod:`.releases`: one site's release read as blocks (values and noise variance per number).
 * :mod:`.survival`: grouped Kaplan-Meier per stratum, median survival and follow-up, log-rank.
 * :mod:`.table_one`: the descriptive Table 1 per stratum and overall, per site and pooled.
+* :mod:`.glm`: logistic regression by DP Newton-Raphson on the sites' score and information
+  (dp_glm), with sampling and noise standard errors on the design's and the covariates' scales.
 * :mod:`.report`: the result tree (JSON) and one self-contained HTML page.
 """
