@@ -256,3 +256,38 @@ def test_plan_build_offers_dp_glm_for_a_plan_with_a_model(tmp_path: Path, capsys
     assert sponsor_main([*argv, "--publisher", "acme"]) == 2
     assert "plan.model.covariates[1]" in capsys.readouterr().err
     assert not refused.exists()
+
+
+def test_a_site_that_cannot_take_part_is_named_and_the_others_are_pooled(
+    tmp_path: Path, pki: Pki, three_sites: tuple[list[GlmSite], AgentKey, pd.DataFrame],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A fourth hospital holding 15 patients, below its policy's cohort minimum of 20: its agent refuses
+    the first round's task (nothing charged), it is asked nothing more and named in the report; the
+    three others make the estimate."""
+    sites, publisher, frame = three_sites
+    small = GlmSite(tmp_path / "site-3", pki, publisher, frame.iloc[:15])
+    try:
+        fields = plan_manifest_fields(
+            PLAN, name="acme/fair-glm", version="1.0.0", publisher="acme", noise_multiplier={"min": 0.0, "max": 100.0}
+        )
+        plan_file = tmp_path / "plan.zip"
+        plan_file.write_bytes(build_plan_package(fields, signers=[publisher]))
+        federation = federation_file(tmp_path, pki, [*sites, small])
+        out_json = tmp_path / "glm.json"
+        argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
+        assert sponsor_main([*argv, "--rounds", "5", "--json", str(out_json)]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("ok; 5 rounds, ε charged") == 3
+        result = json.loads(out_json.read_text())["glm"]
+        left = result["sites"][3]
+        assert left["site"] == "site-3" and left["status"] != "ok" and left["rounds_charged"] == 0
+        assert left["detail"] and f"site-3: {left['status']}" in printed
+        assert small.client.get_budget("fair").epsilon_spent == 0.0
+        assert all(r["sites"] == ["site-0", "site-1", "site-2"] for r in result["rounds"])
+        assert result["fit"]["sites"] == ["site-0", "site-1", "site-2"]
+        reference = statsmodels_fit(frame)
+        for row, mle in zip(result["fit"]["original"]["coefficients"], reference.params, strict=True):
+            assert row["lower"] <= mle <= row["upper"]
+    finally:
+        small.close()
