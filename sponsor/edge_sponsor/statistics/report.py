@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from edge_sponsor.html_page import HEADER_HEIGHT_PX, PAGE_LEFT_PX, render_page
 from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmScale
 from edge_sponsor.statistics.survival import KmCurve, Median, StratumSurvival, SurvivalAnalysis
 from edge_sponsor.statistics.table_one import (
@@ -31,8 +32,7 @@ from edge_sponsor.statistics.table_one import (
     TableOneColumn,
 )
 
-HEADER_HEIGHT_PX = 96
-CHART_LEFT_PX = 32
+CHART_LEFT_PX = PAGE_LEFT_PX
 CHART_TOP_PX = HEADER_HEIGHT_PX
 WIDTH = 960
 PLOT_LEFT = 140
@@ -91,29 +91,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
-_CSS = """
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2430;
-background:#ffffff}
-header{height:96px;overflow:hidden;padding:18px 32px 0;border-bottom:1px solid #d9dee7}
-header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;color:#4a5568}
-#km-chart-section{margin:0 0 0 32px;width:960px}
-#km-chart{display:block;width:960px}
-#km-chart .grid{stroke:#e6e9ef;stroke-width:1}
-#km-chart .tick,#km-chart .axis{stroke:#1d2430;stroke-width:1}
-#km-chart text{font-size:12px;fill:#1d2430}
-#km-chart .axis-label{font-size:13px;font-weight:600}
-main{padding:8px 32px 48px;max-width:1800px}
-h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d9dee7;padding-bottom:4px}
-table{border-collapse:collapse;margin:6px 0 12px;font-size:13px}
-th,td{border:1px solid #d9dee7;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f5f9}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.variable{font-weight:600;background:#fafbfc}
-.suppressed{color:#6b7280;font-style:italic}
-.note{color:#4a5568}
-.warning{color:#9b1c1c;font-weight:600}
+# The page's own rules; the shell and the base style are edge_sponsor.html_page's.
+_CSS = f"""
+#km-chart-section{{margin:0 0 0 {CHART_LEFT_PX}px;width:960px}}
+#km-chart{{display:block;width:960px}}
+#km-chart .grid{{stroke:#e6e9ef;stroke-width:1}}
+#km-chart .tick,#km-chart .axis{{stroke:#1d2430;stroke-width:1}}
+#km-chart text{{font-size:12px;fill:#1d2430}}
+#km-chart .axis-label{{font-size:13px;font-weight:600}}
+td.variable{{font-weight:600;background:#fafbfc}}
+.suppressed{{color:#6b7280;font-style:italic}}
 """
 
 
@@ -127,14 +114,7 @@ def render_html(report: StatisticsReport) -> str:
         The page: header, the Kaplan-Meier chart with its bands, legend and numbers at
         risk, the survival summary and log-rank test, then Table 1.
     """
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
-        f"<title>{escape(report.title)}</title><style>{_CSS}</style></head><body>",
-        f"<header><h1>{escape(report.title)}</h1><p>Generated {escape(report.generated_at)} · every number is "
-        "pooled from differentially private releases; intervals include the privacy noise</p></header>",
-    ]
+    parts: list[str] = []
     survival = report.survival
     if survival is not None:
         curves = [*survival.strata, *([survival.overall] if survival.overall is not None else [])]
@@ -151,8 +131,12 @@ def render_html(report: StatisticsReport) -> str:
         parts.append(_glm_section(report.glm))
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
-    parts.append("</main></body></html>")
-    return "\n".join(parts)
+    parts.append("</main>")
+    subtitle = (
+        f"Generated {report.generated_at} · every number is pooled from differentially private releases; "
+        "intervals include the privacy noise"
+    )
+    return render_page(report.title, subtitle, parts, css=_CSS)
 
 
 def risk_top(curves: int) -> int:
