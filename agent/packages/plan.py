@@ -399,6 +399,20 @@ def _increasing(values: Sequence[float], field: str) -> None:
             fail(f"{field}[{index}]", "must be greater than the value before it")
 
 
+# The release's noise is σ times a sensitivity computed from the bounds (half the width, its
+# square); the values it covers are centred on (low + high) / 2 and, for a model, divided by
+# half the width. Bounds closer than this make those numbers round to nothing, or to denormal
+# floats with a few bits of precision, where the noise no longer hides one patient (or a
+# division by zero fails a task on one patient's value): they are refused.
+MIN_WIDTH_RELATIVE = 1e-12
+MIN_WIDTH = 1e-150
+
+
+def _wide_enough(low: float, high: float) -> bool:
+    width = high - low
+    return width >= MIN_WIDTH and width >= MIN_WIDTH_RELATIVE * max(abs(low), abs(high))
+
+
 def _variable(value: Any, path: str) -> Variable:
     obj = JsonObject(value, path)
     column = column_field(obj.get("column"), obj.field("column"))
@@ -412,6 +426,12 @@ def _variable(value: Any, path: str) -> Variable:
     low, high = (_bounded(b, f"{bounds_field}[{i}]") for i, b in enumerate(bounds))
     if not low < high:
         fail(bounds_field, "must be [low, high] with low < high")
+    if not _wide_enough(low, high):
+        fail(
+            bounds_field,
+            f"[{low!r}, {high!r}] are too close: high - low must be at least {MIN_WIDTH_RELATIVE:g} of their "
+            f"magnitude and at least {MIN_WIDTH:g}",
+        )
     bins: tuple[float, ...] = ()
     if obj.has("bins"):
         bins_field = obj.field("bins")

@@ -231,6 +231,16 @@ def test_study_glm_refuses_a_plan_without_a_model(
     assert sponsor_main(argv) == 2
     assert "does not offer dp_glm" in capsys.readouterr().err
     assert all(site.client.get_budget("fair").epsilon_spent == 0.0 for site in sites)
+    # σ that is not finite, or an output that could not be written once the ε is spent, is
+    # refused before any site is asked.
+    for bad, words in (
+        (["--noise-multiplier", "inf", "--json", "x"], "--noise-multiplier must be a positive number, got inf"),
+        (["--noise-multiplier", "1", "--json", str(tmp_path)], "is a directory, not a file to write"),
+        (["--noise-multiplier", "1", "--html", str(tmp_path / "no" / "page.html")], "does not exist or cannot be"),
+    ):
+        assert sponsor_main(["study", "glm", str(federation), "--plan", str(plan_file), *bad]) == 2
+        assert words in capsys.readouterr().err
+    assert all(site.client.get_budget("fair").epsilon_spent == 0.0 for site in sites)
 
 
 def test_plan_build_offers_dp_glm_for_a_plan_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,6 +294,8 @@ def test_a_site_that_cannot_take_part_is_named_and_the_others_are_pooled(
         assert left["site"] == "site-3" and left["status"] != "ok" and left["rounds_charged"] == 0
         assert left["detail"] and f"site-3: {left['status']}" in printed
         assert small.client.get_budget("fair").epsilon_spent == 0.0
+        # After a failed task the report quotes the site's own budget (GetBudget), charged or not.
+        assert left["budget_epsilon_spent"] == 0.0 and result["not_converged"] == ""
         assert all(r["sites"] == ["site-0", "site-1", "site-2"] for r in result["rounds"])
         assert result["fit"]["sites"] == ["site-0", "site-1", "site-2"]
         reference = statsmodels_fit(frame)

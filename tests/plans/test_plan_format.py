@@ -74,6 +74,11 @@ def test_a_plan_reads_and_writes_back() -> None:
     [
         ("variables[0].bounds", [0, 1e300], "plan.variables[0].bounds[1]: must be within ±1e+09"),
         ("variables[0].bounds", [5, 5], "plan.variables[0].bounds: must be [low, high] with low < high"),
+        # Half a width that rounds to 0 (0/0 would fail a task on one patient's value) or to a
+        # denormal (the noise's few bits of precision would not hide a patient): refused.
+        ("variables[0].bounds", [0, 5e-324], "plan.variables[0].bounds: [0.0, 5e-324] are too close"),
+        ("variables[0].bounds", [-1e-160, 1e-160], "are too close: high - low must be at least"),
+        ("variables[0].bounds", [1e6, 1e6 + 1e-7], "are too close"),
         ("variables[0].bins", list(range(18, 18 + MAX_BINS + 2)), "plan.variables[0].bins: must have 2 to 201"),
         ("variables[0].bins", [18, 50, 40, 100], "plan.variables[0].bins[2]: must be greater"),
         ("variables[0].bins", [20, 60, 100], "must start at the lower bound 18"),

@@ -31,7 +31,7 @@ from agent.packages.release_layout import GLM_INFORMATION, GLM_SCORE, analysed, 
 from agent.statistics.glm import exact_model_release
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import noisy_release
-from edge_sponsor.coordinator.glm_tasks import site_sums
+from edge_sponsor.coordinator.glm_tasks import site_sums, unsettled
 from edge_sponsor.statistics import glm
 from edge_sponsor.statistics.releases import SiteRelease
 from edge_sponsor.statistics.report import new_report, render_html
@@ -446,3 +446,14 @@ def test_report_shows_the_regression_as_json_and_html(rossi: tuple[np.ndarray, n
     assert not noisy.reliable and 'id="glm-unreliable"' in page
     exact = fit(rounds_of(x, y, sites, 0.0, None))
     assert 'id="glm-unreliable"' not in render_html(new_report("rossi", glm=replace(analysis, fit=exact)))
+
+
+def test_an_estimate_after_the_sites_changed_in_the_last_round_is_flagged_asunsettled() -> None:
+    def rounds(*pooled: tuple[str, ...]) -> list[glm.GlmRound]:
+        return [glm.GlmRound(i, sites, 100.0, (0.0,), 0) for i, sites in enumerate(pooled)]
+
+    assert unsettled(rounds(("a", "b"), ("a", "b"), ("a", "b"))) == ""
+    # A site that left earlier: the last two steps pooled the same sites, the estimate settled.
+    assert unsettled(rounds(("a", "b"), ("a",), ("a",))) == ""
+    assert "b left" in unsettled(rounds(("a", "b"), ("a", "b"), ("a",)))
+    assert unsettled(rounds(("a",))) == ""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -104,11 +106,25 @@ def _site_line(outcome: SiteOutcome) -> str:
     return f"  {outcome.site}: {outcome.status}: {outcome.detail}"
 
 
-def run_study_command(args: argparse.Namespace) -> int:
-    if not args.noise_multiplier > 0:
+def _check_common(args: argparse.Namespace) -> None:
+    """What every study command refuses before any site is asked: a σ that is not a positive
+    finite number, and outputs that could not be written once the ε is spent."""
+    if not (math.isfinite(args.noise_multiplier) and args.noise_multiplier > 0):
         raise UsageError(f"--noise-multiplier must be a positive number, got {args.noise_multiplier}")
     if args.json is None and args.html is None:
         raise UsageError("give --json FILE, --html FILE or both: where the results go")
+    for option, path in (("--json", args.json), ("--html", args.html)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError(f"{option} {path}: is a directory, not a file to write")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path}: its folder {folder} does not exist or cannot be written")
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    _check_common(args)
     federation = load_federation(args.federation)
     package = PlanPackage.from_file(args.plan)
     kind: TaskKind = args.kind
@@ -161,14 +177,11 @@ def _check_budgets(federation: Federation, clients: Mapping[str, AgentClient], t
 
 
 def run_glm_command(args: argparse.Namespace) -> int:
-    if not args.noise_multiplier > 0:
-        raise UsageError(f"--noise-multiplier must be a positive number, got {args.noise_multiplier}")
+    _check_common(args)
     if not 1 <= args.rounds <= MAX_ROUNDS:
         raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
     if not 1 <= args.average_last <= args.rounds:
         raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
-    if args.json is None and args.html is None:
-        raise UsageError("give --json FILE, --html FILE or both: where the results go")
     federation = load_federation(args.federation)
     package = PlanPackage.from_file(args.plan)
     # Refuses a package without a model before any site is asked.
@@ -214,6 +227,9 @@ def run_glm_command(args: argparse.Namespace) -> int:
     ]
     if analysis.stopped_early:
         notes.append(f"stopped early: {analysis.stopped_early}")
+    if analysis.not_converged:
+        notes.append(f"may not have converged: {analysis.not_converged}")
+        print(f"edge-sponsor: warning: the estimate may not have converged: {analysis.not_converged}", file=sys.stderr)
     if not fit.reliable:
         print(
             f"edge-sponsor: warning: the released information is mostly noise for these patients "

@@ -52,7 +52,10 @@ def glm_design(package: PlanPackage) -> glm.Design:
     model = package.plan.model
     if model is None:
         raise PlanPackageError(f"{package.manifest.name} declares no model (plan.model): it offers no dp_glm")
-    return glm.Design.of_model(model)
+    try:
+        return glm.Design.of_model(model)
+    except ValueError as exc:
+        raise PlanPackageError(f"{package.manifest.name}: plan.model: {exc}") from None
 
 
 def site_sums(release: SiteRelease, release_layout: ReleaseLayout, p: int) -> glm.SiteSums | None:
@@ -158,6 +161,21 @@ def run_glm(
         noise_multiplier=noise_multiplier,
         rounds_planned=rounds,
         stopped_early=stopped,
+        not_converged=unsettled(history),
+    )
+
+
+def unsettled(history: Sequence[glm.GlmRound]) -> str:
+    """Why the estimate may be far from the pooled sites' optimum, or "": when the sites
+    pooled changed in the last round, the estimate is one Newton step from the optimum of
+    other sites (a step that starts far away lands far away under noise); two steps with
+    the same sites bring it back."""
+    if len(history) < 2 or history[-1].sites == history[-2].sites:
+        return ""
+    left = sorted(set(history[-2].sites) - set(history[-1].sites))
+    return (
+        f"the sites pooled changed in the last round ({', '.join(left) or 'a site'} left): the estimate is one "
+        "step from the previous sites' optimum; run it again with the sites that remain"
     )
 
 
@@ -192,6 +210,13 @@ class _Sites:
             detail = f"the agent stored digest {uploaded.digest}, expected {self.package.digest}"
             self.state[site.name] = replace(self.state[site.name], status="INVALID_RESULT", detail=detail)
 
+    def _spent(self, site: Site) -> float | None:
+        """The site's budget group ε now (GetBudget); None if it cannot say."""
+        try:
+            return self.clients[site.name].get_budget(site.dataset).epsilon_spent
+        except AgentRpcError:
+            return None
+
     def task(self, site: Site, *, index: int, beta: FloatArray) -> glm.SiteSums | None:
         """Round ``index``'s task at ``site`` with coefficients ``beta``: its sums, or None (and why, in state)."""
         spec = pb.TaskSpec(
@@ -210,7 +235,14 @@ class _Sites:
                 spec, [(COEFFICIENTS, beta.astype(np.float64))], stall_seconds=TASK_STALL_SECONDS
             )
         except AgentRpcError as exc:
-            self.state[site.name] = replace(before, status=exc.code.name, detail=exc.details)
+            # A task that fails after it read rows is charged by the agent: its budget says so.
+            spent = self._spent(site)
+            self.state[site.name] = replace(
+                before,
+                status=exc.code.name,
+                detail=exc.details,
+                budget_epsilon_spent=before.budget_epsilon_spent if spent is None else spent,
+            )
             return None
         charged = replace(
             before,

@@ -549,3 +549,5 @@ class GlmAnalysis:
     noise_multiplier: float
     rounds_planned: int
     stopped_early: str = ""
+    not_converged: str = ""
+    """Why the estimate may not have converged (the sites pooled changed in the last round), or ""."""

@@ -504,6 +504,8 @@ def _glm_section(analysis: GlmAnalysis) -> str:
         )
     if analysis.stopped_early:
         text.append(f'<p class="warning">The run stopped early: {escape(analysis.stopped_early)}.</p>')
+    if analysis.not_converged:
+        text.append(f'<p class="warning">The estimate may not have converged: {escape(analysis.not_converged)}.</p>')
     if fit is not None:
         level = f"{fit.confidence:.0%}"
         text.append(
