@@ -227,7 +227,10 @@ def _clip_rows(emitter: Emitter, batched: BatchedGraph, layout: WrapperLayout, *
 # the sum of absolute terms (Higham, "Accuracy and Stability", §3.1), with room to spare.
 # Without it, rows built to cancel could make a large unit sum measure as small.
 def _rounding_margin(widths: Sequence[tuple[int, int]]) -> float:
-    return float(max(rows + cols for rows, cols in widths) + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
+    # The longest dot product: a factor's, or the dense pieces' joined Gram matrix (their
+    # widths together, cols 0), whichever is longer.
+    longest = max(*(rows + cols for rows, cols in widths), sum(rows for rows, cols in widths if cols == 0))
+    return float(longest + ROWS_PER_RUN * ROWS_PER_RUN + 64) * 2.0**-51
 
 
 def _blocks(emitter: Emitter, values: str) -> str:

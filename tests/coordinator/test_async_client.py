@@ -87,3 +87,37 @@ def test_a_refusal_raises_the_agents_status(agent: Agent, pki: Pki) -> None:
     with pytest.raises(AgentRpcError) as refused:
         asyncio.run(main())
     assert refused.value.code.name == "NOT_FOUND"
+
+
+def test_a_queued_task_cancelled_never_reaches_the_agent(agent: Agent, pki: Pki) -> None:
+    long_task = spec(agent, pb.TASK_KIND_DP_LOCAL_TRAINING, local_steps=1000, sampling_rate=1.0, noise_multiplier=20.0)
+
+    async def main() -> float:
+        client = AsyncAgentClient(agent.address, pki.credentials(), server_name="localhost", max_concurrent_calls=1)
+        try:
+            computing = asyncio.Event()
+            first = asyncio.create_task(
+                client.run_task(long_task, PARAMETERS, stall_seconds=60, on_progress=lambda _f, _s: computing.set())
+            )
+            await asyncio.wait_for(computing.wait(), timeout=30)
+            queued = asyncio.create_task(client.run_task(spec(agent), PARAMETERS, stall_seconds=60))
+            await asyncio.sleep(0.2)
+            cancelled_at = time.monotonic()
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            waited = time.monotonic() - cancelled_at
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            return waited
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) < 1.0  # withdrawn from the queue, not waited for
+    # The first task ends as cancelled at the agent; the queued one never started there.
+    deadline = time.monotonic() + 10
+    while not agent.audit("task.failed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [entry["failure"] for entry in agent.audit("task.failed")] == ["cancelled"]
+    assert len(agent.audit("task.started")) == 1

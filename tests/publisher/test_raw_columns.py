@@ -126,3 +126,54 @@ def test_an_inference_model_without_an_x_input_is_refused() -> None:
     renamed.graph.input[0].name = "features"
     with pytest.raises(ScoringModelError, match="not one input named x"):
         scoring_model(renamed, MANIFEST)
+
+
+@pytest.mark.parametrize("column", ["w", "b", "add_2", "x"])
+def test_a_column_named_like_a_value_of_the_model_scores_as_any_other(column: str) -> None:
+    """A weight, an intermediate value or the model's own x may share a feature column's
+    name (a PyTorch export's "weight"): the model's values are renamed, not the column."""
+    inner = {o for n in INFERENCE.graph.node for o in n.output} | {i.name for i in INFERENCE.graph.initializer}
+    assert column in inner | {"x"}
+    renamed_columns = tuple(
+        FeatureColumn(column, "float64", "standardise", mean=61.5, std=12.25) if c.column == "x" else c for c in COLUMNS
+    )
+    model = build_logistic_regression(WIDTH)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=renamed_columns, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
+    scoring = ort.InferenceSession(scoring_model(INFERENCE, manifest).SerializeToString())
+    rows = [(40.0, "F", 1, True, 22.5, False), (80.0, "M", 3, False, 31.0, True)]
+    table = _table(rows)
+    (expected,) = MATRIX.run(
+        None,
+        {
+            "x": features(
+                table.rename_columns([column if n == "x" else n for n in table.column_names]).to_batches()[0], manifest
+            )
+        },
+    )
+    raw = {
+        column: table["x"].to_numpy().astype(np.float64),
+        "sex": np.array(table["sex"].to_pylist(), object),
+        "stage": table["stage"].to_numpy().astype(np.int64),
+        "smoker": table["smoker"].to_numpy(zero_copy_only=False).astype(bool),
+        "bmi": table["bmi"].to_numpy().astype(np.float64),
+        "treated": table["treated"].to_numpy(zero_copy_only=False).astype(bool),
+    }
+    (got,) = scoring.run(None, raw)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_column_named_like_the_models_output_is_refused() -> None:
+    renamed_columns = tuple(
+        FeatureColumn("probability", "float64", "standardise", mean=61.5, std=12.25) if c.column == "x" else c
+        for c in COLUMNS
+    )
+    model = build_logistic_regression(WIDTH)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=renamed_columns, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
+    with pytest.raises(ScoringModelError, match="'probability' has the name of the inference model's output"):
+        scoring_model(INFERENCE, manifest)

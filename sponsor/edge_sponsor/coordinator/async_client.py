@@ -4,15 +4,18 @@ Each call runs the synchronous :class:`~edge_sponsor.coordinator.client.AgentCli
 implementation of the protocol: chunked parameters sent on the agent's request, stall
 detection, result checks) in this client's own thread pool, so that awaiting the tasks
 of many sites at once runs them concurrently, without blocking the event loop.
-Cancelling a coroutine that awaits :meth:`AsyncAgentClient.run_task` cancels the gRPC
-call: the agent stops the task (what it had charged before stays charged, as for any
-cancelled call). Progress callbacks run on the event loop, not in the pool's threads.
+Cancelling a coroutine that awaits :meth:`AsyncAgentClient.run_task` withdraws the task
+if it is still queued, and otherwise cancels the gRPC call (at once, or the moment it
+opens): the agent stops the task (what it had charged before stays charged, as for any
+cancelled call). A task that completed just as it was cancelled has been charged, and its
+result is not returned. Progress callbacks run on the event loop, not in the pool's threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -56,7 +59,9 @@ class AsyncAgentClient:
         await self.close()
 
     async def close(self) -> None:
-        """Closes the channel (ending calls still open) and the pool."""
+        """Cancels the calls still queued, then closes the channel (which ends the calls in
+        progress: they raise AgentRpcError CANCELLED) and waits for the pool's threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.sync.close()
         await asyncio.get_running_loop().run_in_executor(None, functools.partial(self._pool.shutdown, wait=True))
 
@@ -101,7 +106,7 @@ class AsyncAgentClient:
     ) -> TaskRun:
         """Runs one task (AgentClient.run_task); cancelling the awaiting coroutine cancels the call."""
         loop = asyncio.get_running_loop()
-        cancels: list[Callable[[], None]] = []
+        cancel = _CallCancel()
 
         def progress(fraction: float, stage: str) -> None:
             if on_progress is not None:
@@ -115,15 +120,55 @@ class AsyncAgentClient:
             stall_seconds=stall_seconds,
             on_progress=progress,
             expected=expected,
-            on_call=cancels.append,
+            on_call=cancel.opened,
         )
-        running = loop.run_in_executor(self._pool, call)
+        job = self._pool.submit(call)
+        waiter = asyncio.wrap_future(job)
         try:
-            return await asyncio.shield(running)
+            return await asyncio.shield(waiter)
         except asyncio.CancelledError:
-            for cancel in cancels:
+            # Queued: withdrawn, it never reaches the agent. Started: its call is cancelled as
+            # soon as it is open (now, or the moment it opens), and the agent stops the task.
+            if not job.cancel():
                 cancel()
-            # The thread ends with the cancelled call's error; wait for it, so that nothing of
-            # this task is left running when the cancellation reaches the caller.
-            await asyncio.gather(running, return_exceptions=True)
+                await _ended(waiter)
             raise
+
+
+async def _ended(waiter: asyncio.Future[TaskRun]) -> None:
+    """Waits until ``waiter``'s job has ended, however it ends (its result and error are
+    taken, not wanted), so that nothing of a cancelled task runs on once the cancellation
+    reaches the caller; a second cancellation meanwhile does not cut the wait short."""
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            continue
+        except Exception:  # the cancelled call's own error: the end waited for
+            return
+    if not waiter.cancelled():
+        waiter.exception()  # taken: an error nobody asks for would be logged when collected
+
+
+class _CallCancel:
+    """Cancels one RunTask call, whether it is open yet or not: a cancellation that comes
+    before the call opens cancels it the moment it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancel: Callable[[], None] | None = None
+        self._cancelled = False
+
+    def opened(self, cancel: Callable[[], None]) -> None:
+        with self._lock:
+            self._cancel = cancel
+            now = self._cancelled
+        if now:
+            cancel()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()

@@ -85,7 +85,7 @@ class StudyPackage:
     def _scoring(self, model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             return scoring_model(model, self.manifest)
-        except (ScoringModelError, onnx.checker.ValidationError) as exc:
+        except (ScoringModelError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise StudyPackageError(f"model.onnx of {self.manifest.name} cannot take raw columns: {exc}") from None
 
     def initial_parameters(self) -> Parameters:

@@ -115,10 +115,12 @@ class FederatedTraining:
         strategy: Strategy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``strategy``: the algorithm; by default the one the federation file names."""
+        """``strategy``: the algorithm; by default the one the federation file names, afresh
+        for each :meth:`train` (a server optimizer's moments belong to one run)."""
         self.federation = federation
         self.plan: TrainingPlan = federation.training
-        self.strategy = strategy or strategy_for(federation.training, package.manifest.parameters)
+        self._given_strategy = strategy
+        self.strategy: Strategy = strategy or strategy_for(federation.training, package.manifest.parameters)
         self.clients = clients
         self.package = package
         self.observer = observer
@@ -198,6 +200,8 @@ class FederatedTraining:
 
     def train(self, ready: Sequence[ReadySite], parameters: Parameters) -> TrainingResult:
         plan = self.plan
+        if self._given_strategy is None:
+            self.strategy = strategy_for(plan, self.package.manifest.parameters)
         result = TrainingResult(
             parameters=dict(parameters),
             rounds=[],

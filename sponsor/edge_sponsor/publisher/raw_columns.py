@@ -56,11 +56,18 @@ def scoring_model(inference: onnx.ModelProto, manifest: Manifest) -> onnx.ModelP
     columns = [feature.column for feature in manifest.features]
     if len(set(columns)) != len(columns):
         raise ScoringModelError("a feature column is listed twice; its preprocessing cannot become one input")
+    outputs = {value.name for value in inference.graph.output}
+    clash = sorted(set(columns) & outputs)
+    if clash:
+        raise ScoringModelError(f"the feature column {clash[0]!r} has the name of the inference model's output")
     model = onnx.ModelProto()
     model.CopyFrom(inference)
     graph = model.graph
-    # The model's own x becomes an inner value, so that a feature column may be called "x".
-    _rename_input(graph, "x", _MATRIX)
+    # The model's own x, and any value of its own a feature column is named like (a weight
+    # called "weight", an intermediate "add_2"), become inner names: the columns are the inputs.
+    defined = {"x"} | {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    renamed = {name: f"{PREFIX}model::{name}" for name in defined & set(columns)} | {"x": _MATRIX}
+    _rename(graph, renamed)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     nodes: list[onnx.NodeProto] = []
     slots = [
@@ -80,18 +87,30 @@ def scoring_model(inference: onnx.ModelProto, manifest: Manifest) -> onnx.ModelP
     return model
 
 
-def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Every use of the value ``old`` as ``new``, in subgraphs (If, Loop, Scan bodies) too,
-    except where a subgraph defines a value of that name itself."""
+def _rename(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
+    """Every value of ``graph`` named in ``renamed`` (an initializer, a node's output) under its
+    new name, and every use of it (:func:`_uses`)."""
+    for initializer in graph.initializer:
+        initializer.name = renamed.get(initializer.name, initializer.name)
+    for info in graph.value_info:
+        info.name = renamed.get(info.name, info.name)
     for node in graph.node:
-        for position, name in enumerate(node.input):
-            if name == old:
-                node.input[position] = new
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    _uses(graph, renamed)
+
+
+def _uses(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
+    """The uses in ``graph``'s nodes of the values in ``renamed``, renamed; in subgraphs (If,
+    Loop, Scan bodies) too, except where a subgraph defines a value of that name itself."""
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
         for attribute in node.attribute:
             for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                defined = {v.name for v in body.input} | {o for n in body.node for o in n.output}
-                if old not in defined:
-                    _rename_input(body, old, new)
+                local = {v.name for v in body.input} | {i.name for i in body.initializer}
+                local |= {o for n in body.node for o in n.output}
+                outer = {old: new for old, new in renamed.items() if old not in local}
+                if outer:
+                    _uses(body, outer)
 
 
 def _encoded(feature: FeatureDecl, prefix: str, nodes: list[onnx.NodeProto], graph: onnx.GraphProto, opset: int) -> str:
