@@ -49,16 +49,20 @@ MATRIX = ort.InferenceSession(INFERENCE.SerializeToString())
 def _both(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """The agent's way (its preprocessing, then the matrix model) and the raw-column model's."""
     (expected,) = MATRIX.run(None, {"x": features(table.to_batches()[0], MANIFEST)})
-    raw = {
-        "x": table["x"].to_numpy().astype(np.float64),
+    (got,) = SCORING.run(None, _raw(table))
+    return expected, got
+
+
+def _raw(table: pa.Table, first: str = "x") -> dict[str, np.ndarray]:
+    """The table's columns as the scoring model's inputs (the first feature column called ``first``)."""
+    return {
+        first: table["x"].to_numpy().astype(np.float64),
         "sex": np.array(table["sex"].to_pylist(), object),
         "stage": table["stage"].to_numpy().astype(np.int64),
         "smoker": table["smoker"].to_numpy(zero_copy_only=False).astype(bool),
         "bmi": table["bmi"].to_numpy().astype(np.float64),
         "treated": table["treated"].to_numpy(zero_copy_only=False).astype(bool),
     }
-    (got,) = SCORING.run(None, raw)
-    return expected, got
 
 
 def _table(rows: list[tuple[float, str, int, bool, float, bool]]) -> pa.Table:
@@ -153,15 +157,7 @@ def test_a_column_named_like_a_value_of_the_model_scores_as_any_other(column: st
             )
         },
     )
-    raw = {
-        column: table["x"].to_numpy().astype(np.float64),
-        "sex": np.array(table["sex"].to_pylist(), object),
-        "stage": table["stage"].to_numpy().astype(np.int64),
-        "smoker": table["smoker"].to_numpy(zero_copy_only=False).astype(bool),
-        "bmi": table["bmi"].to_numpy().astype(np.float64),
-        "treated": table["treated"].to_numpy(zero_copy_only=False).astype(bool),
-    }
-    (got,) = scoring.run(None, raw)
+    (got,) = scoring.run(None, _raw(table, column))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
