@@ -53,7 +53,6 @@ at ε = 8 for a 6-round run, several thousand patients; at ε = 1 tens of thousa
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -66,13 +65,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import statsmodels.api as sm
+from gaussian_calibration import sigma_for  # bench/, beside this script
 from lifelines.datasets import load_rossi
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, parse_plan
 from agent.packages.release_layout import analysed, layout
 from agent.privacy.accounting import PldAccountant
-from agent.privacy.mechanism import Mechanism
 from agent.statistics.glm import exact_model_release
 from agent.statistics.patients import PatientTable, patient_table
 from agent.statistics.tables import noisy_release
@@ -131,18 +130,8 @@ DATASETS = {"rossi": rossi, "fair": fair}
 
 
 def calibrate(epsilon: float, rounds: int, accountant: PldAccountant) -> float:
-    """The σ at which ``rounds`` unsampled Gaussian tasks cost ``epsilon`` at DELTA (bisection on log σ)."""
-    low, high = 0.05, 1000.0
-    for _ in range(60):
-        middle = math.sqrt(low * high)
-        spent = accountant.epsilon([Mechanism(sampling_rate=1.0, noise_multiplier=middle, steps=rounds)], DELTA)
-        if spent > epsilon:
-            low = middle
-        else:
-            high = middle
-        if high / low < 1.0005:
-            break
-    return high  # the side that costs at most ε
+    """The σ at which ``rounds`` unsampled Gaussian tasks cost ``epsilon`` at DELTA."""
+    return sigma_for(epsilon, rounds, accountant, delta=DELTA, high=1000.0)
 
 
 def sites_of(data: Dataset, seed: int) -> list[PatientTable]:

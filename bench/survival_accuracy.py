@@ -75,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sponsor"))
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from gaussian_calibration import sigma_for  # bench/, beside this script
 from lifelines import KaplanMeierFitter
 from lifelines.datasets import load_gbsg2, load_lung, load_rossi
 from lifelines.statistics import logrank_test
@@ -83,7 +84,6 @@ from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, Stratum, SurvivalSpec, Variable
 from agent.packages.release_layout import ReleaseLayout, layout
 from agent.privacy.accounting import PldAccountant
-from agent.privacy.mechanism import Mechanism
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import exact_release, noisy_release
 from edge_sponsor.statistics.releases import SiteRelease
@@ -169,18 +169,8 @@ STUDIES = {
 
 
 def calibrate(epsilon: float, accountant: PldAccountant) -> float:
-    """The σ at which one unsampled Gaussian task costs ``epsilon`` at DELTA (bisection on log σ)."""
-    low, high = 0.05, 100.0
-    for _ in range(40):
-        middle = math.sqrt(low * high)
-        spent = accountant.epsilon([Mechanism(sampling_rate=1.0, noise_multiplier=middle, steps=1)], DELTA)
-        if spent > epsilon:
-            low = middle
-        else:
-            high = middle
-        if high / low < 1.0005:
-            break
-    return high  # the side that costs at most ε
+    """The σ at which one unsampled Gaussian task costs ``epsilon`` at DELTA."""
+    return sigma_for(epsilon, 1, accountant, delta=DELTA, high=100.0)
 
 
 def site_exact(frame: pd.DataFrame, plan: AnalysisPlan, shape: ReleaseLayout) -> dict[str, np.ndarray]:
