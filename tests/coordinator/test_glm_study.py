@@ -33,6 +33,7 @@ from edge_sponsor.coordinator.plan_tasks import PlanPackage
 from edge_sponsor.publisher.plans import build_plan_package, plan_manifest_fields
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 from tests.packages.package_builders import new_key
+from tests.tasks.test_plan_tasks import federation_file
 from tests.tasks.test_unit_level_budget import independent_epsilon
 
 BOUNDS = {
@@ -134,20 +135,6 @@ def three_sites(tmp_path: Path, pki: Pki) -> Iterator[tuple[list[GlmSite], Agent
             site.close()
 
 
-def federation_file(tmp_path: Path, pki: Pki, sites: list[GlmSite]) -> Path:
-    agents = "".join(
-        f'[[agents]]\nname = "site-{i}"\naddress = "{site.address}"\ndataset = "fair"\n\n'
-        for i, site in enumerate(sites)
-    )
-    path = tmp_path / "federation.toml"
-    path.write_text(
-        f'[federation]\nname = "fair"\nca_file = "{pki.path("ca.crt")}"\ncert_file = "{pki.path("coordinator.crt")}"\n'
-        f'key_file = "{pki.path("coordinator.key")}"\nserver_name = "localhost"\n\n{agents}'
-        '[training]\npurpose = "research"\n'
-    )
-    return path
-
-
 def statsmodels_fit(frame: pd.DataFrame) -> Any:
     """Logit on the covariates' own units, religious 1 the reference (the plan's first category)."""
     design = pd.DataFrame({"(intercept)": 1.0}, index=frame.index)
@@ -169,7 +156,7 @@ def test_study_glm_matches_statsmodels_within_its_intervals(
     assert "dp_glm" in fields["task_kinds"]
     plan_file = tmp_path / "plan.zip"
     plan_file.write_bytes(build_plan_package(fields, signers=[publisher]))
-    federation = federation_file(tmp_path, pki, sites)
+    federation = federation_file(tmp_path, pki, sites, dataset="fair")
     out_json, out_html = tmp_path / "glm.json", tmp_path / "glm.html"
     argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
     assert sponsor_main([*argv, "--rounds", str(ROUNDS), "--json", str(out_json), "--html", str(out_html)]) == 0
@@ -226,7 +213,7 @@ def test_study_glm_refuses_a_plan_without_a_model(
     assert fields["task_kinds"] == ["dp_describe"]
     plan_file = tmp_path / "plan.zip"
     plan_file.write_bytes(build_plan_package(fields, signers=[publisher]))
-    federation = federation_file(tmp_path, pki, sites)
+    federation = federation_file(tmp_path, pki, sites, dataset="fair")
     argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", "1", "--json", "x"]
     assert sponsor_main(argv) == 2
     assert "does not offer dp_glm" in capsys.readouterr().err
@@ -283,7 +270,7 @@ def test_a_site_that_cannot_take_part_is_named_and_the_others_are_pooled(
         )
         plan_file = tmp_path / "plan.zip"
         plan_file.write_bytes(build_plan_package(fields, signers=[publisher]))
-        federation = federation_file(tmp_path, pki, [*sites, small])
+        federation = federation_file(tmp_path, pki, [*sites, small], dataset="fair")
         out_json = tmp_path / "glm.json"
         argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
         assert sponsor_main([*argv, "--rounds", "5", "--json", str(out_json)]) == 0

@@ -15,9 +15,9 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -247,15 +247,21 @@ def test_survival_exits_count_each_patient_once(site: PlanSite, publisher: Agent
         assert total == pytest.approx(int(mine.sum()), abs=5.6)
 
 
-def federation_file(tmp_path: Path, pki: Pki, sites: list[PlanSite]) -> Path:
+class Addressed(Protocol):
+    address: str
+
+
+def federation_file(tmp_path: Path, pki: Pki, sites: Sequence[Addressed], dataset: str = "gbsg2") -> Path:
+    """A federation file (named like ``dataset``) of ``sites``, "site-0", "site-1", …, each holding ``dataset``."""
     agents = "".join(
-        f'[[agents]]\nname = "site-{i}"\naddress = "{site.address}"\ndataset = "gbsg2"\n\n'
+        f'[[agents]]\nname = "site-{i}"\naddress = "{site.address}"\ndataset = "{dataset}"\n\n'
         for i, site in enumerate(sites)
     )
     path = tmp_path / "federation.toml"
     path.write_text(
-        f'[federation]\nname = "gbsg2"\nca_file = "{pki.path("ca.crt")}"\ncert_file = "{pki.path("coordinator.crt")}"\n'
-        f'key_file = "{pki.path("coordinator.key")}"\nserver_name = "localhost"\n\n{agents}'
+        f'[federation]\nname = "{dataset}"\nca_file = "{pki.path("ca.crt")}"\n'
+        f'cert_file = "{pki.path("coordinator.crt")}"\nkey_file = "{pki.path("coordinator.key")}"\n'
+        f'server_name = "localhost"\n\n{agents}'
         '[training]\npurpose = "research"\n'
     )
     return path
