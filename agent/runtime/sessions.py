@@ -212,7 +212,7 @@ class CompiledWrapper:
             X: blocks.laid_out(np.asarray(feeds[X])),
             Y: blocks.laid_out(np.asarray(feeds[Y])),
             SAME_UNIT: blocks.same_unit(),
-            PADDING: (blocks.order < 0)[:, None],
+            PADDING: ~blocks.real[:, None],
             BLOCKS: np.array([blocks.blocks, blocks.block, -1], np.int64),
         }
         (result,) = session.run([SUM], feeds)
