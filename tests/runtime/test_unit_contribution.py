@@ -81,12 +81,47 @@ def _assert_close(got: np.ndarray, expected: np.ndarray, bound: float, what: str
     np.testing.assert_allclose(got, expected, rtol=tolerance, atol=(1e-5 if loose else 1e-9) * bound, err_msg=what)
 
 
+# The compiled per-unit path clips by an upper bound on a unit's squared norm: the exact
+# value plus m·(Σ_i ‖g_i‖)² over its rows, m the wrapper's rounding margin (below this
+# for the test graphs' widths). So a unit whose rows nearly cancel is clipped harder, by
+# design; its contribution, of norm at most C, shrinks by at most m·(Σ‖g_i‖)²/(2‖Σ g_i‖²)
+# of itself.
+MARGIN = (ROWS_PER_RUN**2 + 4 * WIDE + 64) * 2.0**-51
+
+
+def _harder_clip_allowance(per_example_values: np.ndarray, sizes: list[int], clip_norm: float) -> float:
+    """How far the compiled per-unit sum may lie from the exact one (L2), by that margin."""
+    allowance = 0.0
+    for rows in unit_slices(sizes):
+        block = per_example_values[rows]
+        block = block[np.all(np.isfinite(block), axis=1)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            summed = float(np.linalg.norm(block.sum(axis=0)))
+            spread = float(np.linalg.norm(block, axis=1).sum())
+        if summed > 0 and np.isfinite(summed) and np.isfinite(spread):
+            allowance += min(summed, clip_norm) * min(1.0, MARGIN * spread**2 / (2 * summed**2))
+    return allowance
+
+
+def _assert_within(
+    got: np.ndarray, expected: np.ndarray, allowance: float, bound: float, what: str, *, loose: bool
+) -> None:
+    """``got`` within ``allowance`` of ``expected`` (L2), plus the float tolerance of :func:`_assert_close`."""
+    distance = float(np.linalg.norm(got - expected))
+    relative, absolute = (1e-5, 1e-5) if loose else (RTOL, 1e-9)
+    assert distance <= allowance + absolute * bound + relative * float(np.linalg.norm(expected)), (
+        f"{what}: {distance:.3g} apart, {allowance:.3g} allowed"
+    )
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(gradient_cases())), data=st.data())
 def test_removing_one_unit_moves_the_clipped_gradient_sum_by_at_most_c(name: str, data: st.DataObject) -> None:
     case = gradient_cases()[name]
     sizes, x, y = data.draw(unit_rows(case), label="units")
-    expected = unit_clipped_reference(per_example(case, x, y), sizes, C)
+    values = per_example(case, x, y)
+    expected = unit_clipped_reference(values, sizes, C)
+    allowance = _harder_clip_allowance(values, sizes, C)
     results = {}
     for mode, wrapper in wrappers(name, GraphRole.GRADIENT).items():
         full = wrapper.clipped_sum(case.params, unit_batch(x, y, sizes), C)
@@ -95,11 +130,20 @@ def test_removing_one_unit_moves_the_clipped_gradient_sum_by_at_most_c(name: str
         for unit in range(len(sizes)):
             moved = np.linalg.norm(full - wrapper.clipped_sum(case.params, without_unit(x, y, sizes, unit), C))
             assert moved <= C * (1 + slack), f"{mode}: unit {unit} of {sizes} moves the sum by {moved / C:.6g} C"
-        _assert_close(full, expected, C, f"{mode} against the per-unit reference", loose=case.float32_products)
+        what = f"{mode} against the per-unit reference"
+        if mode is RuntimeMode.BATCHED:
+            _assert_within(full, expected, allowance, C, what, loose=case.float32_products)
+        else:
+            _assert_close(full, expected, C, what, loose=case.float32_products)
         results[mode] = full
     if RuntimeMode.BATCHED in results:
-        _assert_close(
-            results[RuntimeMode.BATCHED], results[RuntimeMode.SCAN], C, "BATCHED vs SCAN", loose=case.float32_products
+        _assert_within(
+            results[RuntimeMode.BATCHED],
+            results[RuntimeMode.SCAN],
+            allowance,
+            C,
+            "BATCHED vs SCAN",
+            loose=case.float32_products,
         )
 
 
