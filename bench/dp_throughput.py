@@ -27,8 +27,9 @@ step's clipped sum, an SGD update of the parameters after every step:
   one unit, which then takes them all (with ``10``, each 256-row step is 25 units of 10
   and one of 6). So per-unit and per-row compiled steps feed the same rows, and their
   ex/s (rows/s) compare directly; ``units/s`` is also printed. ``--no-units`` skips them.
-  (The wrapper may send a run of one-row units to the per-row graph, which bounds them
-  alike; ``1`` then measures that routing, ``10`` and ``1-10`` the per-unit graph.)
+  Every layout runs the per-unit graph; with ``1`` every step's units have one size, and
+  the wrapper lays such a run out once and reuses it (``UnitLayouts``), as it would for
+  any dataset with one row per patient.
 
 Before timing, the clipped sums of one batch are compared across the three paths at
 sigma = 0 (equal work). For the per-unit figures, also before timing and at sigma 0: the

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
@@ -96,6 +97,10 @@ class UnitBlocks:
     """Whether the rows keep their own order, padding only after the last: ``order`` starts
     with ``0, 1, …, rows - 1``."""
 
+    def __post_init__(self) -> None:
+        _read_only(self.order)
+        _read_only(self.unit)
+
     @property
     def real(self) -> npt.NDArray[np.bool_]:
         return self.order >= 0
@@ -116,11 +121,23 @@ class UnitBlocks:
         # Position -1 (padding) takes the appended row of zeros.
         return np.concatenate([values, np.zeros_like(values[:1])])[self.order]
 
+    @cached_property
     def same_unit(self) -> npt.NDArray[np.float64]:
-        """``[blocks, block, block]``: 1 where two positions of a block hold rows of one unit, else 0."""
+        """``[blocks, block, block]``: 1 where two positions of a block hold rows of one unit,
+        else 0 (computed once per layout, read-only)."""
         unit = self.unit.reshape(self.blocks, self.block)
         same: npt.NDArray[np.bool_] = (unit[:, :, None] == unit[:, None, :]) & (unit >= 0)[:, :, None]
-        return same.astype(np.float64)
+        return _read_only(same.astype(np.float64))
+
+    @cached_property
+    def padding(self) -> npt.NDArray[np.bool_]:
+        """``[blocks·block, 1]``: true on the padding positions (computed once per layout, read-only)."""
+        return _read_only(~self.real[:, None])
+
+    @cached_property
+    def shape(self) -> npt.NDArray[np.int64]:
+        """``[blocks, block, -1]``: how the wrapper reshapes a ``[positions, w]`` value into blocks."""
+        return _read_only(np.array([self.blocks, self.block, -1], np.int64))
 
     @classmethod
     def of(cls, sizes: IndexArray) -> UnitBlocks:
@@ -174,6 +191,44 @@ class UnitBlocks:
         order[destination] = np.arange(rows, dtype=np.int64)
         unit[destination] = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
         return cls(order, unit, block)
+
+
+class UnitLayouts:
+    """The layouts of one wrapper's runs (:meth:`UnitBlocks.of`), remembering those of runs
+    whose units all have one size.
+
+    A dataset with one row per patient gives every step the same layout, and the layout's
+    feeds (``same_unit``, ``padding``, ``shape``) are most of a step's work outside the
+    graph. Only runs of units of one size are remembered, at most ``capacity`` of them
+    (then all are forgotten): keyed by (size, units), there are few.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._capacity = capacity
+        self._uniform: dict[tuple[int, int], UnitBlocks] = {}
+
+    def of(self, sizes: IndexArray) -> UnitBlocks:
+        """:meth:`UnitBlocks.of` ``(sizes)``, the remembered layout when ``sizes`` are all one size."""
+        if sizes.ndim != 1 or sizes.size == 0:
+            return UnitBlocks.of(sizes)  # which refuses them
+        first = int(sizes[0])
+        if first < 1 or not bool((sizes == first).all()):
+            return UnitBlocks.of(sizes)
+        key = (first, int(sizes.size))
+        layout = self._uniform.get(key)
+        if layout is None:
+            if len(self._uniform) >= self._capacity:
+                self._uniform.clear()
+            layout = self._uniform[key] = UnitBlocks.of(sizes)
+        return layout
+
+
+def _read_only(values: npt.NDArray[_Value]) -> npt.NDArray[_Value]:
+    """``values``, no longer writeable: a layout may be reused for many steps."""
+    values.flags.writeable = False
+    return values
 
 
 # Rows per block where units are smaller: fewer would make many tiny matrix products, more

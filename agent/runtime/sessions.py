@@ -31,7 +31,7 @@ from agent.runtime.batched_wrapper import (
     build_batched_wrapper,
 )
 from agent.runtime.batching import BatchingRefused
-from agent.runtime.contribution import UnitBlocks, whole_unit_spans
+from agent.runtime.contribution import UnitLayouts, whole_unit_spans
 from agent.runtime.errors import GraphExecutionError, WrapperBuildError
 from agent.runtime.isolation import (
     CLIP_NORM,
@@ -82,6 +82,7 @@ class CompiledWrapper:
         # Whether a unit may have more rows than a compiled run holds (set_max_rows_per_unit).
         self._units_in_scan = False
         self._unit_scan: ort.InferenceSession | None = None
+        self._unit_layouts = UnitLayouts()
         self.fallback_reason: str | None = None
         """Why ``AUTO`` runs the ``Scan`` wrapper (``None``: it runs the compiled batch)."""
         self.mode = RuntimeMode.SCAN
@@ -206,14 +207,14 @@ class CompiledWrapper:
     def _unit_batched_sum(
         self, session: ort.InferenceSession, feeds: dict[str, object], sizes: npt.NDArray[np.int64]
     ) -> Float64Array:
-        blocks = UnitBlocks.of(sizes)
+        blocks = self._unit_layouts.of(sizes)
         # The graph counts the padding rows' results as zeros, whatever their values.
         feeds = feeds | {
             X: blocks.laid_out(np.asarray(feeds[X])),
             Y: blocks.laid_out(np.asarray(feeds[Y])),
-            SAME_UNIT: blocks.same_unit(),
-            PADDING: ~blocks.real[:, None],
-            BLOCKS: np.array([blocks.blocks, blocks.block, -1], np.int64),
+            SAME_UNIT: blocks.same_unit,
+            PADDING: blocks.padding,
+            BLOCKS: blocks.shape,
         }
         (result,) = session.run([SUM], feeds)
         return self._checked(result)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.runtime.contribution import UnitBlocks, whole_unit_spans
+from agent.runtime.contribution import UnitBlocks, UnitLayouts, whole_unit_spans
 
 
 def _check_layout(sizes: list[int]) -> UnitBlocks:
@@ -80,3 +80,44 @@ def test_runs_of_whole_units_cover_every_unit_once_within_the_limit(sizes: list[
 def test_empty_or_non_positive_units_are_refused(sizes: list[int]) -> None:
     with pytest.raises(ValueError, match="positive row counts"):
         UnitBlocks.of(np.array(sizes, np.int64))
+
+
+def test_a_layout_feeds_the_same_unit_mask_padding_and_block_shape_read_only() -> None:
+    blocks = UnitBlocks.of(np.array([3, 2, 5, 1], np.int64))
+    unit = blocks.unit.reshape(blocks.blocks, blocks.block)
+    for b in range(blocks.blocks):
+        for i in range(blocks.block):
+            for j in range(blocks.block):
+                expected = unit[b, i] >= 0 and unit[b, i] == unit[b, j]
+                assert blocks.same_unit[b, i, j] == float(expected)
+    np.testing.assert_array_equal(blocks.padding[:, 0], blocks.order < 0)
+    np.testing.assert_array_equal(blocks.shape, [blocks.blocks, blocks.block, -1])
+    # A layout serves many steps: nothing may change what the next step is fed.
+    for array in (blocks.order, blocks.unit, blocks.same_unit, blocks.padding, blocks.shape):
+        with pytest.raises(ValueError, match="read-only"):
+            array[...] = 0
+
+
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=60))
+def test_remembered_layouts_are_those_of_the_sizes_asked_for(sizes: list[int]) -> None:
+    layouts = UnitLayouts(capacity=2)
+    for _ in range(2):
+        got = layouts.of(np.array(sizes, np.int64))
+        expected = UnitBlocks.of(np.array(sizes, np.int64))
+        np.testing.assert_array_equal(got.order, expected.order)
+        np.testing.assert_array_equal(got.unit, expected.unit)
+        assert got.block == expected.block
+
+
+def test_only_runs_of_one_unit_size_are_remembered_and_the_memory_is_bounded() -> None:
+    layouts = UnitLayouts(capacity=2)
+    ones = np.ones(256, np.int64)
+    assert layouts.of(ones) is layouts.of(ones.copy())
+    mixed = np.array([1, 2, 3], np.int64)
+    assert layouts.of(mixed) is not layouts.of(mixed)
+    fours = layouts.of(np.full(10, 4, np.int64))  # the second remembered: the capacity
+    assert fours is layouts.of(np.full(10, 4, np.int64))
+    assert layouts.of(np.full(11, 4, np.int64)) is not fours  # a third: all are forgotten
+    assert layouts.of(np.full(10, 4, np.int64)) is not fours
+    with pytest.raises(ValueError, match="positive row counts"):
+        layouts.of(np.array([0, 0], np.int64))
