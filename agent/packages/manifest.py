@@ -196,6 +196,25 @@ class MetricDecl:
     name: str
     low: float
     high: float
+    # Metrics of one group are bounded together: each example's vector of them has L2 norm
+    # at most the group's bound (agent.runtime.contribution), e.g. a one-hot histogram of
+    # scores, which then costs the noise of one metric instead of one per cell.
+    group: str | None = None
+
+    @property
+    def bound(self) -> float:
+        """``max(|low|, |high|)``: how far one example (or patient) moves this metric's sum."""
+        return max(abs(self.low), abs(self.high))
+
+
+@dataclass(frozen=True)
+class MetricGroup:
+    """Metrics bounded together: one example's values of ``members`` (indices into the
+    manifest's metrics, each clamped into the group's range) are scaled to L2 norm at most ``bound``."""
+
+    name: str
+    members: tuple[int, ...]
+    bound: float
 
 
 @dataclass(frozen=True)
@@ -266,6 +285,26 @@ class Manifest:
         """The columns read as an outcome: the label's, or the plan's survival time and event and model outcome."""
         return self.plan.outcome_columns if self.plan is not None else self.label.columns
 
+    @property
+    def metric_groups(self) -> tuple[MetricGroup, ...]:
+        """The groups of metrics bounded together, in order of their first member."""
+        members: dict[str, list[int]] = {}
+        for index, metric in enumerate(self.metrics):
+            if metric.group is not None:
+                members.setdefault(metric.group, []).append(index)
+        return tuple(
+            MetricGroup(name, tuple(indices), self.metrics[indices[0]].bound) for name, indices in members.items()
+        )
+
+    def metric_noise_scales(self) -> tuple[float, ...]:
+        """Per metric, the standard deviation of ``dp_evaluate``'s noise on its sum per unit of
+        noise multiplier σ: ``sqrt(B) · bound``, with B the number of blocks, a group or an
+        ungrouped metric each. Divided by its bound, each block moves by at most 1 in L2 when a
+        patient is removed, so the whole release by at most ``sqrt(B)``: noise of ``σ·sqrt(B)``
+        per normalised coordinate is the Gaussian mechanism at multiplier σ."""
+        blocks = len(self.metric_groups) + sum(1 for metric in self.metrics if metric.group is None)
+        return tuple(math.sqrt(blocks) * metric.bound for metric in self.metrics)
+
     def task_parameters(self, kind: TaskKind) -> tuple[ParameterDecl, ...]:
         """The parameter tensors a task of ``kind`` sends with this package, in order.
 
@@ -317,7 +356,10 @@ class Manifest:
                 "features": [_feature_json(f) for f in self.features],
                 "label": label,
             },
-            "metrics": [{"name": m.name, "range": [m.low, m.high]} for m in self.metrics],
+            "metrics": [
+                {"name": m.name, "range": [m.low, m.high]} | ({} if m.group is None else {"group": m.group})
+                for m in self.metrics
+            ],
             "graphs": graphs,
         }
 
@@ -574,8 +616,16 @@ def _metrics(value: Any) -> tuple[MetricDecl, ...]:
         high = number_field(bounds[1], obj.field("range") + "[1]")
         if not low < high:
             fail(obj.field("range"), "must be [low, high] with low < high")
+        group = obj.string("group", max_length=64, pattern=IDENTIFIER_PATTERN) if obj.has("group") else None
+        first = next((m for m in result if group is not None and m.group == group), None)
+        if first is not None and (first.low, first.high) != (low, high):
+            fail(
+                obj.field("range"),
+                f"must equal the range of {first.name!r}, [{first.low!r}, {first.high!r}]: "
+                f"the metrics of group {group!r} share one bound",
+            )
         obj.finish()
-        result.append(MetricDecl(name, low, high))
+        result.append(MetricDecl(name, low, high, group))
     return tuple(result)
 
 

@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.packages.manifest import Manifest
 from agent.runtime.batching import BATCH_DIM, BatchedGraph, BatchingRefused, Emitter, batch_graph, check_layout
-from agent.runtime.contribution import FLOAT32_OVERFLOW
+from agent.runtime.contribution import FLOAT32_OVERFLOW, bounded_metric_groups
 from agent.runtime.errors import WrapperBuildError
 from agent.runtime.isolation import CLIP_NORM, SUM, GraphRole, WrapperLayout, X, Y, layout_for, parameter_input
 from agent.runtime.namespace import AGENT_PREFIX
@@ -105,8 +105,6 @@ def _flat_rows(emitter: Emitter, batched: BatchedGraph, names: Iterable[tuple[st
     joined = pieces[0] if len(pieces) == 1 else emitter.op("Concat", pieces, axis=1)
     # float64 from here on, as in the Scan wrapper.
     return emitter.op("Cast", [joined], to=DOUBLE)
-
-
 
 
 @dataclass(frozen=True)
@@ -343,6 +341,13 @@ def _metric_rows(emitter: Emitter, m: str, manifest: Manifest, *, units: bool = 
     bad = emitter.op("Or", [emitter.op("IsNaN", [m]), emitter.op("IsInf", [m])])
     finite = emitter.op("Where", [bad, zero, m])
     clamped = emitter.op("Min", [emitter.op("Max", [finite, low]), high])
+    clamped = bounded_metric_groups(
+        emitter.op,
+        emitter.constant,
+        clamped,
+        len(manifest.metrics),
+        manifest.metric_groups,
+    )
     if units:
         one = emitter.constant(np.array(1.0, np.float64))
         # Each real row weighs one over its unit's real rows: the sum of the units' means.

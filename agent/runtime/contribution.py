@@ -12,7 +12,11 @@ grouped by unit (:attr:`agent.runtime.rows.RowBatch.unit_starts`), both wrappers
 * metrics: each row's metric, non-finite made 0 and clamped into ``[low, high]``, averaged
   over the unit's rows; the unit averages are summed. A unit average lies in
   ``[low, high]``, so one unit moves metric ``m``'s sum by at most ``max(|low|, |high|)``,
-  as one row did before, and the sum weighs patients equally.
+  as one row did before, and the sum weighs patients equally. The metrics of a declared
+  group (:class:`agent.packages.manifest.MetricGroup`, e.g. the cells of a histogram of
+  scores) are, after clamping, scaled together to L2 norm at most the group's bound in
+  each row (:func:`bounded_metric_groups`); a mean of such rows is within it too, so one
+  unit moves the group's sums by at most the bound in L2.
 
 The ``Scan`` wrapper (:func:`agent.runtime.isolation.build_wrapper` with ``units=True``)
 carries the open unit's partial sum from row to row and clips it on the unit's last row.
@@ -27,7 +31,7 @@ wrappers to the same numbers (the compiled one may clip a nearly cancelling unit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
@@ -35,12 +39,46 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from agent.packages.manifest import MetricGroup
+
 IndexArray = npt.NDArray[np.int64]
 _Value = TypeVar("_Value", bound=np.generic)
 
 # fl32(p) is infinite exactly when |p| >= 2^128 * (1 - 2^-25) (round to nearest even): the
 # float32 outer product the package would have materialised overflows exactly there.
 FLOAT32_OVERFLOW = 2.0**128 * (1.0 - 2.0**-25)
+
+
+def bounded_metric_groups(
+    op: Callable[[str, list[str]], str],
+    constant: Callable[[npt.NDArray[np.float64]], str],
+    clamped: str,
+    metrics: int,
+    groups: Sequence[MetricGroup],
+) -> str:
+    """Nodes (made with ``op(op_type, inputs)`` and ``constant(value)``) that scale each
+    group's values in ``clamped`` (float64 ``[..., metrics]``, every value finite and in its
+    metric's range) to L2 norm at most the group's bound; other metrics pass unchanged.
+    Without groups, ``clamped`` itself.
+
+    A group whose squares overflow float64 (a bound beyond 1e154) is scaled to zeros: its
+    norm is infinite, its scale ``bound / inf`` is 0.
+    """
+    if not groups:
+        return clamped
+    membership = np.zeros((metrics, len(groups)), np.float64)
+    for index, group in enumerate(groups):
+        membership[list(group.members), index] = 1.0
+    bound = constant(np.array([group.bound for group in groups], np.float64))
+    norms = op("Sqrt", [op("MatMul", [op("Mul", [clamped, clamped]), constant(membership)])])  # [..., groups]
+    # bound / max(norm, bound): exactly 1 within the bound, no division by 0.
+    scale = op("Div", [bound, op("Max", [norms, bound])])
+    # Each metric's factor: its group's scale, or 1 for a metric of no group.
+    factor = op(
+        "Add",
+        [op("MatMul", [scale, constant(np.ascontiguousarray(membership.T))]), constant(1.0 - membership.sum(axis=1))],
+    )
+    return op("Mul", [clamped, factor])
 
 
 def check_unit_starts(unit_starts: IndexArray, rows: int) -> None:

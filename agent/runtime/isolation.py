@@ -35,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.packages.manifest import Manifest
+from agent.runtime.contribution import bounded_metric_groups
 from agent.runtime.errors import WrapperBuildError
 from agent.runtime.namespace import AGENT_PREFIX, NamespacedGraph, namespaced
 
@@ -183,7 +184,15 @@ def _metric_tail(body: _Body, m: str, state_in: str, manifest: Manifest) -> str:
     bad = body.op("Or", body.op("IsNaN", m), body.op("IsInf", m))
     # NaN is replaced before Max/Min, whose NaN handling is not specified by ONNX.
     finite = body.op("Where", bad, zero, m)
-    return body.op("Add", state_in, body.op("Min", body.op("Max", finite, low), high))
+    clamped = body.op("Min", body.op("Max", finite, low), high)
+    bounded = bounded_metric_groups(
+        lambda op_type, inputs: body.op(op_type, *inputs),
+        body.constant,
+        clamped,
+        len(manifest.metrics),
+        manifest.metric_groups,
+    )
+    return body.op("Add", state_in, bounded)
 
 
 def _unit_clip_tail(body: _Body, g: str, total_in: str, partial_in: str, end: str) -> tuple[str, str]:

@@ -22,8 +22,11 @@ wrapper bounds each unit's total, see :mod:`agent.runtime.contribution`):
   ``theta_K - theta_0``. Accounted as ``Mechanism.dp_local_training(q, sigma, K)``.
 * ``dp_evaluate``: metric ``m`` is clipped into ``[low_m, high_m]``, so one row moves its
   sum by at most ``S_m = max(|low_m|, |high_m|)`` (not ``high_m - low_m``: removing a row
-  removes its whole value). One row moves the vector of sums ``(sum_m / S_m)`` by at most
-  ``sqrt(M)`` in L2, so metric ``m`` gets ``N(0, (sigma * sqrt(M) * S_m)^2)``: a Gaussian
+  removes its whole value); the metrics of a group are bounded together, by their common
+  ``S_m`` in L2 (``Manifest.metric_groups``). One row moves the vector of sums
+  ``(sum_m / S_m)`` by at most ``sqrt(B)`` in L2, ``B`` the number of blocks (a group, or
+  a metric of none; ``M`` without groups), so metric ``m`` gets
+  ``N(0, (sigma * sqrt(B) * S_m)^2)`` (``Manifest.metric_noise_scales``): a Gaussian
   mechanism with noise multiplier exactly ``sigma``, accounted as
   ``Mechanism.dp_evaluate(sigma, q, count_sigma)``.
 * Optional noisy count (``count_noise_multiplier`` = ``sigma_c``): the number of sampled
@@ -339,11 +342,6 @@ def dp_local_training(
     return TrainingRelease(_float32(wrapper.unflatten(theta - theta0)), settings.local_steps)
 
 
-def metric_sensitivities(wrapper: CompiledWrapper) -> Float64Array:
-    """``max(|low|, |high|)`` per metric: how far one row can move that metric's sum."""
-    return np.array([max(abs(m.low), abs(m.high)) for m in wrapper.manifest.metrics], np.float64)
-
-
 def dp_evaluate(
     wrapper: CompiledWrapper,
     rows: RowSource,
@@ -361,10 +359,9 @@ def dp_evaluate(
     sampler = PoissonSampler(settings.sampling_rate, randomness.sampling)
     noise = GaussianNoise(randomness.noise, randomness.normals)
     step = _sampled_pass(wrapper, rows, params, sampler=sampler, clip_norm=None, controls=controls)
-    sensitivity = metric_sensitivities(wrapper)
-    # Unit-variance noise scaled per metric: std_m = sigma * sqrt(M) * S_m (see module doc).
-    unit = noise.perturb(np.zeros_like(step.total), settings.noise_multiplier * math.sqrt(len(sensitivity)))
-    noisy = step.total + unit * sensitivity
+    # Noise scaled per metric: std_m = sigma * sqrt(blocks) * bound_m (Manifest.metric_noise_scales).
+    scales = np.array(wrapper.manifest.metric_noise_scales(), np.float64)
+    noisy = step.total + noise.perturb(np.zeros_like(step.total), settings.noise_multiplier) * scales
     count = _noisy_count(noise, step.sampled, settings.count_noise_multiplier)
     _report(controls, 1.0)
     return EvaluationRelease(

@@ -25,10 +25,11 @@ def test_the_reported_sd_is_the_spread_of_the_pooled_metric() -> None:
             total = sum(true_sums[name] + rng.normal(0.0, scale * bound) for _ in range(sites))
             draws[name].append(total / count)
     means = {name: true_sums[name] / per_site for name in ranges}
-    expected = metric_noise_sd(ranges, means, sites * per_site, sites=sites, noise_multiplier=sigma)
+    scales = {name: math.sqrt(len(ranges)) * max(abs(low), abs(high)) for name, (low, high) in ranges.items()}
+    expected = metric_noise_sd(scales, means, sites * per_site, sites=sites, noise_multiplier=sigma)
     for name in ranges:
         assert abs(float(np.std(draws[name])) / expected[name] - 1) < 0.05, (name, np.std(draws[name]), expected)
     # Never printed as exact: with its SD, or marked noisy when there is none.
     assert noisy("correct", 0.9, expected["correct"]).startswith("correct 0.900 ±")
     assert noisy("correct", 0.9, None) == "correct 0.900 (noisy)"
-    assert metric_noise_sd(ranges, means, 0.0, sites=3, noise_multiplier=sigma) == {}
+    assert metric_noise_sd(scales, means, 0.0, sites=3, noise_multiplier=sigma) == {}

@@ -94,6 +94,11 @@ def test_semver_precedence() -> None:
             "inputs.features[1].preprocessing.categories[1]",
         ),
         (lambda m: m["metrics"][0].update(range=[1, 0]), "metrics[0].range"),
+        (lambda m: m["metrics"][0].update(group="bad name"), "metrics[0].group"),
+        (
+            lambda m: [m["metrics"][0].update(group="g"), m["metrics"][1].update(group="g", range=[0, 2])],
+            "metrics[1].range",
+        ),
         (lambda m: m["hyperparameters"]["sampling_rate"].update(max=2), "hyperparameters.sampling_rate"),
         (lambda m: m["hyperparameters"].pop("clip_norm"), "hyperparameters.clip_norm"),
         (lambda m: m["graphs"]["grad"].update(file="../grad.onnx"), "graphs.grad.file"),
@@ -134,3 +139,23 @@ def test_unsupported_format_version() -> None:
     with pytest.raises(PackageRejected) as refused:
         parse_manifest(manifest)
     assert refused.value.code is RejectionCode.UNSUPPORTED_FORMAT_VERSION
+
+
+def test_metric_groups_are_signed_and_bound_their_members_together() -> None:
+    manifest, _ = manifest_and_graphs()
+    ranges = [metric["range"] for metric in manifest["metrics"]]
+    manifest["metrics"][1].update(group="cells", range=[0, 2])
+    manifest["metrics"][0].update(group="cells", range=[-2, 1])  # the same bound, another range
+    with pytest.raises(PackageRejected, match="share one bound"):
+        parse_manifest(json.loads(json.dumps(manifest)))
+    manifest["metrics"][0].update(range=[0, 2])
+    parsed = parse_manifest(json.loads(json.dumps(manifest)))
+    # The group travels in the signed bytes, so a reviewer approves it.
+    assert parse_manifest(parse_strict_json(canonical_json(parsed.to_json()))) == parsed
+    (group,) = parsed.metric_groups
+    assert (group.name, group.members, group.bound) == ("cells", (0, 1), 2.0)
+    others = len(parsed.metrics) - 2
+    # One block for the group and one per other metric: sqrt(blocks) times each metric's bound.
+    blocks = 1 + others
+    bounds = [2.0, 2.0] + [max(abs(low), abs(high)) for low, high in ranges[2:]]
+    assert parsed.metric_noise_scales() == tuple(math.sqrt(blocks) * bound for bound in bounds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,7 +30,6 @@ from agent.runtime.tasks import (
     dp_evaluate,
     dp_gradient,
     dp_local_training,
-    metric_sensitivities,
 )
 from edge_sponsor.publisher.packaging import zoo_graphs
 from edge_sponsor.publisher.zoo import build_logistic_regression, build_mlp_classifier
@@ -139,12 +139,24 @@ def test_poisson_sample_of_each_pass_feeds_the_wrapper() -> None:
     assert 100 < mask.sum() < 200
 
 
-def test_evaluation_noise_per_metric_is_sigma_sqrt_m_times_max_abs_bound() -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_evaluation_noise_per_metric_is_sigma_sqrt_blocks_times_max_abs_bound(grouped: bool) -> None:
     _, evaluation = logistic()
+    blocks = len(evaluation.manifest.metrics)  # no groups: every metric its own block
+    if grouped:
+        # correct and brier (both in [0, 1]) bounded together: one block instead of two.
+        manifest = evaluation.manifest
+        metrics = tuple(replace(m, group="g") if m.name in ("correct", "brier") else m for m in manifest.metrics)
+        evaluation = CompiledWrapper(
+            zoo_graphs(build_logistic_regression(F))["eval"],
+            replace(manifest, metrics=metrics),
+            GraphRole.EVALUATION,
+        )
+        blocks -= 1
     x, y = data(4)
-    sensitivity = metric_sensitivities(evaluation)
     ranges = [(m.low, m.high) for m in evaluation.manifest.metrics]
-    assert sensitivity.tolist() == [max(abs(lo), abs(hi)) for lo, hi in ranges]
+    sensitivity = np.array([max(abs(lo), abs(hi)) for lo, hi in ranges])
+    assert evaluation.manifest.metric_noise_scales() == tuple(np.sqrt(blocks) * sensitivity)
     exact = evaluation.clipped_sum(start(), RowBatch(x, y))
     sigma = 0.7
     noise = np.random.default_rng(3)
@@ -163,7 +175,7 @@ def test_evaluation_noise_per_metric_is_sigma_sqrt_m_times_max_abs_bound() -> No
         ]
     )
     std = (draws - exact).std(axis=0)
-    expected = sigma * math.sqrt(len(sensitivity)) * sensitivity
+    expected = sigma * math.sqrt(blocks) * sensitivity
     np.testing.assert_allclose(std, expected, rtol=0.08)
 
 

@@ -161,6 +161,10 @@ def test_removing_one_unit_moves_each_metric_sum_by_at_most_its_bound(name: str,
         for unit in range(len(sizes)):
             moved = np.abs(full - wrapper.clipped_sum(case.params, without_unit(x, y, sizes, unit)))
             assert np.all(moved <= bounds * (1 + SLACK)), f"{mode}: unit {unit} of {sizes} moves {moved} > {bounds}"
+            for group in case.manifest.metric_groups:
+                # A group together: by at most its bound in L2, not one bound per metric.
+                shift = float(np.linalg.norm(moved[list(group.members)]))
+                assert shift <= group.bound * (1 + SLACK), f"{mode}: unit {unit} moves group {group.name} by {shift}"
         _assert_close(full, expected, float(bounds.max()), f"{mode} vs reference", loose=case.float32_products)
         results[mode] = full
     if RuntimeMode.BATCHED in results:

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -97,7 +97,24 @@ def unit_metric_reference(per_example: np.ndarray, sizes: Sequence[int], manifes
     low = np.array([m.low for m in manifest.metrics])
     high = np.array([m.high for m in manifest.metrics])
     values = np.clip(np.where(np.isfinite(per_example), per_example, 0.0), low, high)
+    for group in manifest.metric_groups:
+        # Each row's group scaled to L2 norm at most the group's bound.
+        members = list(group.members)
+        with np.errstate(over="ignore"):
+            norms = np.sqrt(np.sum(values[:, members] ** 2, axis=1, keepdims=True))
+        values[:, members] *= group.bound / np.maximum(norms, group.bound)
     return np.array([values[rows].mean(axis=0) for rows in unit_slices(sizes)]).sum(axis=0)
+
+
+def grouped_manifest() -> Manifest:
+    """The hostile manifest with ``correct`` and ``brier`` (both in [0, 1]) one group, as the
+    cells of a histogram are: bounded together, by 1 in L2."""
+    manifest = hostile_manifest()
+    metrics = tuple(
+        replace(metric, group="cells") if metric.name in ("correct", "brier") else metric
+        for metric in manifest.metrics
+    )
+    return replace(manifest, metrics=metrics)
 
 
 @functools.cache
@@ -302,8 +319,13 @@ def evaluation_cases() -> dict[str, GraphCase]:
     manifest = hostile_manifest()
     params = hostile_params(np.random.default_rng(0))
     cases = {
-        name: GraphCase(name, GraphRole.EVALUATION, eval_graph(nodes), manifest, params, _small_labels)
-        for name, nodes in (("malicious/pick", PICK), ("new/huge_metrics", HUGE_METRICS))
+        name: GraphCase(name, GraphRole.EVALUATION, eval_graph(nodes), chosen, params, _small_labels)
+        for name, nodes, chosen in (
+            ("malicious/pick", PICK, manifest),
+            ("new/huge_metrics", HUGE_METRICS, manifest),
+            ("grouped/pick", PICK, grouped_manifest()),
+            ("grouped/huge_metrics", HUGE_METRICS, grouped_manifest()),
+        )
     }
     for name, model, labels in (
         ("zoo/logistic", build_logistic_regression(F, l2=0.01), _binary),

@@ -331,8 +331,10 @@ class FederatedTraining:
                 totals[m] = totals.get(m, 0.0) + v
             total_count += count
         metrics = {m: mean(m, v, total_count) for m, v in totals.items()}
+        manifest = self.package.manifest
+        scales = dict(zip((m.name for m in manifest.metrics), manifest.metric_noise_scales(), strict=True))
         noise_sd = metric_noise_sd(
-            ranges, metrics, total_count, sites=len(outcomes), noise_multiplier=self.plan.evaluation_noise_multiplier
+            scales, metrics, total_count, sites=len(outcomes), noise_multiplier=self.plan.evaluation_noise_multiplier
         )
         evaluated = replace(
             record, evaluation=tasks, metrics=metrics, site_metrics=site_metrics, metrics_noise_sd=noise_sd
@@ -483,7 +485,7 @@ class _PendingEvaluation:
 
 
 def metric_noise_sd(
-    ranges: Mapping[str, tuple[float, float]],
+    scales: Mapping[str, float],
     means: Mapping[str, float],
     count: float,
     *,
@@ -492,19 +494,17 @@ def metric_noise_sd(
 ) -> dict[str, float]:
     """The DP noise's standard deviation of each pooled metric mean ``sum / count``.
 
-    Each site adds N(0, (σ·√M·B_m)²) to metric m's sum (B_m = max(|low|, |high|), M metrics)
-    and N(0, σ²) to its count (agent.runtime.tasks.dp_evaluate); by the delta method the
-    ratio's variance is (var(sum) + mean²·var(count)) / count². Sampling error is not in it:
-    this is what the privacy costs in precision.
+    Each site adds N(0, (σ·scale_m)²) to metric m's sum (``scales``: the package's
+    ``Manifest.metric_noise_scales``, as agent.runtime.tasks.dp_evaluate adds it) and
+    N(0, σ²) to its count; by the delta method the ratio's variance is
+    (var(sum) + mean²·var(count)) / count². Sampling error is not in it: this is what the
+    privacy costs in precision.
     """
     if sites == 0 or count <= 0:
         return {}  # no positive count: no ratio, no SD (the metric is shown as noisy, without one)
-    metrics = len(ranges)
     result = {}
     for metric, value in means.items():
-        low, high = ranges[metric]
-        bound = max(abs(low), abs(high))
-        sum_variance = sites * (noise_multiplier * math.sqrt(metrics) * bound) ** 2
+        sum_variance = sites * (noise_multiplier * scales[metric]) ** 2
         count_variance = sites * noise_multiplier**2
         result[metric] = math.sqrt(sum_variance + value * value * count_variance) / count
     return result
