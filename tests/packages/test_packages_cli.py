@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,22 @@ def test_a_weibull_package_needs_its_time_scale(tmp_path: Path) -> None:
     with pytest.raises(PackageCommandError, match="time_scale must be finite and >= 0"):
         run(*arguments, "--time-scale", "inf")
     assert not out.exists()
+
+
+def test_a_score_histogram_is_built_into_a_logistic_package_only_with_a_sensible_bin_count(tmp_path: Path) -> None:
+    out = tmp_path / "risk.zip"
+    arguments = ["package", "build", "--features", "age", "--label", "outcome", "--name", "acme/risk"]
+    arguments += ["--version", "1.0.0", "--publisher", "acme", "--out", str(out)]
+    with pytest.raises(PackageCommandError, match="--score-bins: only --model logistic"):
+        run(*arguments, "--model", "linear", "--score-bins", "10")
+    with pytest.raises(PackageCommandError, match="--score-bins: score_bins must be a whole number from 2 to 30"):
+        run(*arguments, "--model", "logistic", "--score-bins", "40")
+    assert not out.exists()
+    assert run(*arguments, "--model", "logistic", "--score-bins", "10") == 0
+    with zipfile.ZipFile(out) as archive:
+        metrics = json.loads(archive.read("manifest.json"))["metrics"]
+    cells = [metric for metric in metrics if metric.get("group") == "score_histogram"]
+    assert len(cells) == 20 and all(metric["range"] == [0, 1] for metric in cells)
 
 
 def test_private_standardisation_constants_need_a_readable_describe_report(tmp_path: Path) -> None:

@@ -54,6 +54,11 @@ CASES = [
         lambda rng: np.array(rng.integers(0, 2), np.float32),
     ),
     Case(
+        "logistic-score-bins",
+        build_logistic_regression(NUM_FEATURES, score_bins=7),
+        lambda rng: np.array(rng.integers(0, 2), np.float32),
+    ),
+    Case(
         "linear",
         build_linear_regression(NUM_FEATURES, l2=0.05),
         lambda rng: np.array(rng.normal(0.0, 2.0), np.float32),

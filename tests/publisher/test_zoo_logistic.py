@@ -18,7 +18,12 @@ from zoo_checks import (
     session,
 )
 
-from edge_sponsor.publisher.zoo import ZooModel, build_logistic_regression
+from agent.runtime.isolation import GraphRole
+from agent.runtime.rows import RowBatch
+from agent.runtime.sessions import CompiledWrapper, RuntimeMode
+from edge_sponsor.publisher.packaging import zoo_graphs
+from edge_sponsor.publisher.zoo import ZooModel, build_logistic_regression, score_histogram
+from tests.runtime.helpers import manifest_for
 
 F = 5
 L2 = 0.1
@@ -142,3 +147,33 @@ def test_inference_matches_numpy_for_a_batch() -> None:
     assert np.abs(z).max() > 20
     # Relative accuracy in both tails (onnxruntime's Sigmoid kernel would fail this).
     np.testing.assert_allclose(probability, 1.0 / (1.0 + np.exp(-z)), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("mode", [RuntimeMode.BATCHED, RuntimeMode.SCAN])
+def test_the_score_histogram_counts_each_patient_once_in_the_cell_of_its_risk_and_outcome(mode: RuntimeMode) -> None:
+    bins = 10
+    zoo_model = build_logistic_regression(F, score_bins=bins)
+    graphs = zoo_graphs(zoo_model)
+    manifest = manifest_for(zoo_model, graphs)
+    (group,) = manifest.metric_groups
+    assert group.name == score_histogram.GROUP and group.bound == 1.0
+    assert [manifest.metrics[i].name for i in group.members] == list(score_histogram.cell_names(bins))
+    assert score_histogram.bins_of([m.name for m in manifest.metrics]) == bins
+    wrapper = CompiledWrapper(graphs["eval"], manifest, GraphRole.EVALUATION, mode=mode)
+    assert wrapper.mode is mode
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.5, (400, F)).astype(np.float32)
+    y = rng.choice(np.array([0.0, 0.3, 0.7, 1.0], np.float32), 400)  # soft labels: positive above 0.5
+    params = random_parameters(zoo_model, rng, scale=1.0)
+    sums = dict(zip((m.name for m in manifest.metrics), wrapper.clipped_sum(params, RowBatch(x, y)), strict=True))
+    got = score_histogram.histogram(sums, bins)
+    probability = 1.0 / (1.0 + np.exp(-(x.astype(np.float64) @ params["w"] + params["b"])))
+    expected = np.zeros((2, bins))
+    np.add.at(expected, ((y > 0.5).astype(int), np.minimum(np.floor(probability * bins), bins - 1).astype(int)), 1.0)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("bins", [1, 31, True, 2.5])
+def test_score_bins_out_of_range_are_refused(bins: object) -> None:
+    with pytest.raises(ValueError, match="score_bins must be a whole number from 2 to 30"):
+        build_logistic_regression(F, score_bins=bins)  # type: ignore[arg-type]

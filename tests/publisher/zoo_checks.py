@@ -24,7 +24,7 @@ ALLOWED_OPS = frozenset(
         "Relu", "Tanh", "Softmax", "LogSoftmax", "Reshape", "Transpose", "Unsqueeze",
         "Squeeze", "ReduceSum", "ReduceMean", "Where", "Greater", "Less", "Cast", "Abs",
         "Pow", "Sqrt", "Clip", "Max", "Min", "Identity", "Constant", "OneHot", "Concat",
-        "Expand", "Shape",
+        "Expand", "Shape", "Floor", "Equal",
     }
 )  # fmt: skip
 

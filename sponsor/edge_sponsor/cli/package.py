@@ -32,7 +32,7 @@ from edge_sponsor.publisher.packaging import (
     zoo_graphs,
     zoo_manifest_fields,
 )
-from edge_sponsor.publisher.zoo import ZooModel
+from edge_sponsor.publisher.zoo import ZooModel, score_histogram
 from edge_sponsor.statistics.table_one import OVERALL, POOLED
 
 MODELS = ("logistic", "linear", "mlp", "weibull")
@@ -105,6 +105,14 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     zoo.add_argument("--classes", type=int, default=2, help="mlp: number of classes (default 2)")
     zoo.add_argument("--activation", default="relu", choices=("relu", "tanh"), help="mlp activation")
     zoo.add_argument("--l2", type=float, default=0.0, help="weight decay baked into the gradient")
+    zoo.add_argument(
+        "--score-bins",
+        type=int,
+        default=0,
+        metavar="K",
+        help="logistic: evaluate with a histogram of the predicted risk in K bins per outcome (2-30), "
+        "from which the coordinator reports AUC and calibration with their DP error (default: none)",
+    )
     zoo.add_argument(
         "--time-scale",
         type=float,
@@ -247,8 +255,15 @@ def _bounds(values: Sequence[str]) -> dict[str, dict[str, float]]:
 def _zoo_model(args: argparse.Namespace, num_features: int) -> ZooModel:
 
     try:
+        if args.score_bins and args.model != "logistic":
+            raise PackageCommandError(f"--score-bins: only --model logistic has a score histogram, not {args.model}")
+        if args.score_bins:
+            try:
+                score_histogram.checked_bins(args.score_bins)
+            except ValueError as exc:
+                raise PackageCommandError(f"--score-bins: {exc}") from None
         if args.model == "logistic":
-            return zoo.build_logistic_regression(num_features, args.l2)
+            return zoo.build_logistic_regression(num_features, args.l2, score_bins=args.score_bins)
         if args.model == "linear":
             return zoo.build_linear_regression(num_features, args.l2)
         if args.model == "weibull":

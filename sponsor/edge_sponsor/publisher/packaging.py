@@ -139,7 +139,11 @@ def zoo_manifest_fields(
         "task_kinds": list(task_kinds),
         "parameters": [{"name": p.name, "dtype": p.dtype, "shape": list(p.shape)} for p in model.parameters],
         "inputs": {"features": [f.to_json() for f in features], "label": label},
-        "metrics": [{"name": m, "range": [lo, hi]} for m, (lo, hi) in model.eval_metric_ranges.items()],
+        "metrics": [
+            {"name": m, "range": [lo, hi]}
+            | ({"group": model.eval_metric_groups[m]} if m in model.eval_metric_groups else {})
+            for m, (lo, hi) in model.eval_metric_ranges.items()
+        ],
         "hyperparameters": {k: dict(v) for k, v in (hyperparameters or DEFAULT_HYPERPARAMETERS).items()},
     }
 

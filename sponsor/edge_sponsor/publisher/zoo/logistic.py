@@ -17,8 +17,10 @@ Its gradient uses ``dloss/dz = sigmoid(z) - y``, evaluated as
 
 Eval metrics (weight decay excluded): ``loss`` (the cross-entropy clamped to
 ``[0, loss_bound]``), ``correct`` (``z > 0`` agrees with ``y > 0.5``; in [0, 1]) and
-``brier`` (``(sigmoid(z) - y)^2`` clamped to [0, 1]). The inference model outputs
-``probability`` [N] = ``sigmoid(x @ w + b)``.
+``brier`` (``(sigmoid(z) - y)^2`` clamped to [0, 1]); with ``score_bins``, also the
+cells of a histogram of ``sigmoid(z)`` per outcome (``y > 0.5``), for AUC and
+calibration (:mod:`~edge_sponsor.publisher.zoo.score_histogram`). The inference model
+outputs ``probability`` [N] = ``sigmoid(x @ w + b)``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Mapping
 
 import onnx
 
+from edge_sponsor.publisher.zoo import score_histogram
 from edge_sponsor.publisher.zoo.graph import (
     FLOAT,
     GraphBuilder,
@@ -51,17 +54,22 @@ NAME = "logistic_regression"
 
 
 def build_logistic_regression(
-    num_features: int, l2: float = 0.0, *, loss_bound: float = 10.0
+    num_features: int, l2: float = 0.0, *, loss_bound: float = 10.0, score_bins: int = 0
 ) -> ZooModel:
     """Builds binary logistic regression over ``num_features`` features.
 
     ``l2`` is the weight-decay coefficient baked into the grad graph (on ``w``, not ``b``);
-    ``loss_bound`` is the upper end of the eval ``loss`` metric's declared range.
+    ``loss_bound`` is the upper end of the eval ``loss`` metric's declared range;
+    ``score_bins`` (0: none, else 2 to 30) adds a histogram of the predicted probability
+    per outcome to the eval metrics.
     """
     num_features = positive_int("num_features", num_features)
     l2 = non_negative_float("l2", l2)
     loss_bound = positive_float("loss_bound", loss_bound)
+    if score_bins != 0:
+        score_bins = score_histogram.checked_bins(score_bins)
     ranges = {"loss": (0.0, loss_bound), "correct": (0.0, 1.0), "brier": (0.0, 1.0)}
+    eval_graph, cells = _eval_graph(num_features, ranges, score_bins)
     parameters = (ParameterSpec("w", (num_features,)), ParameterSpec("b", ()))
     return ZooModel(
         name=NAME,
@@ -70,11 +78,12 @@ def build_logistic_regression(
         parameters=parameters,
         label_spec=LabelSpec("float32", (), "1.0 positive, 0.0 negative; [0, 1] soft labels"),
         grad_graph=_grad_graph(num_features, l2),
-        eval_graph=_eval_graph(num_features, ranges),
-        eval_metric_ranges=ranges,
+        eval_graph=eval_graph,
+        eval_metric_ranges=ranges | cells,
         inference_outputs=("probability",),
         _build_inference=lambda params: _inference_graph(num_features, params),
         _initialize=lambda rng: zero_parameters(parameters),
+        eval_metric_groups=dict.fromkeys(cells, score_histogram.GROUP),
     )
 
 
@@ -112,7 +121,10 @@ def _grad_graph(num_features: int, l2: float) -> onnx.ModelProto:
     return g.to_model({"zoo.model": NAME, "zoo.graph": "grad"})
 
 
-def _eval_graph(num_features: int, ranges: Mapping[str, tuple[float, float]]) -> onnx.ModelProto:
+def _eval_graph(
+    num_features: int, ranges: Mapping[str, tuple[float, float]], score_bins: int
+) -> tuple[onnx.ModelProto, dict[str, tuple[float, float]]]:
+    """The eval graph, and the ranges of the score histogram's cells (none without ``score_bins``)."""
     g = GraphBuilder(f"{NAME}_eval", __doc__ or NAME)
     w, b, x, y = _single_example_inputs(g, num_features)
     z = linear_score(g, x, w, b)
@@ -123,10 +135,12 @@ def _eval_graph(num_features: int, ranges: Mapping[str, tuple[float, float]]) ->
         "Sub", g.constant(1.0), g.op("Abs", g.op("Sub", predicted, actual)), out="correct"
     )
     g.add_output(correct, "correct", FLOAT, [])
-    residual = g.op("Sub", logistic_pair(g, z)[0], y)
+    probability = logistic_pair(g, z)[0]
+    residual = g.op("Sub", probability, y)
     brier = clipped(g, g.op("Mul", residual, residual), ranges["brier"], out="brier")
     g.add_output(brier, "brier", FLOAT, [])
-    return g.to_model({"zoo.model": NAME, "zoo.graph": "eval"})
+    cells = score_histogram.add_cells(g, probability, actual, score_bins) if score_bins else {}
+    return g.to_model({"zoo.model": NAME, "zoo.graph": "eval"}), cells
 
 
 def _inference_graph(num_features: int, params: Mapping[str, FloatArray]) -> onnx.ModelProto:

@@ -64,11 +64,12 @@ class ZooModel:
     inference_outputs: tuple[str, ...]
     _build_inference: InferenceBuilder = field(repr=False)
     _initialize: ParameterInitializer = field(repr=False)
+    eval_metric_groups: Mapping[str, str] = field(default_factory=dict)
+    """The group of each eval metric that has one (``MetricDecl.group``): bounded together by the agent."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "eval_metric_ranges", MappingProxyType(dict(self.eval_metric_ranges))
-        )
+        object.__setattr__(self, "eval_metric_ranges", MappingProxyType(dict(self.eval_metric_ranges)))
+        object.__setattr__(self, "eval_metric_groups", MappingProxyType(dict(self.eval_metric_groups)))
 
     def init_parameters(self, rng: np.random.Generator) -> dict[str, FloatArray]:
         """Fresh starting values, float32, keyed and shaped as ``parameters``."""
@@ -92,10 +93,7 @@ class ZooModel:
         for spec in self.parameters:
             value = np.asarray(params[spec.name], dtype=np.float32)
             if value.shape != spec.shape:
-                raise ValueError(
-                    f"{self.name}: parameter {spec.name!r} has shape {value.shape},"
-                    f" expected {spec.shape}"
-                )
+                raise ValueError(f"{self.name}: parameter {spec.name!r} has shape {value.shape}, expected {spec.shape}")
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{self.name}: parameter {spec.name!r} has non-finite values")
             checked[spec.name] = value
