@@ -48,7 +48,7 @@ MAX_PARAMETERS = 256
 # 2^28 float32 values: a 1 GiB model. What a task may use is the policy's task_memory_mb.
 MAX_PARAMETER_ELEMENTS = 2**28
 MAX_RANK = 8
-MAX_METRICS = 64
+MAX_METRICS = 256
 MAX_OUTPUTS = 16
 BATCH_DIM = "N"
 

@@ -220,10 +220,17 @@ def test_a_score_histogram_is_built_into_a_logistic_package_only_with_a_sensible
     out = tmp_path / "risk.zip"
     arguments = ["package", "build", "--features", "age", "--label", "outcome", "--name", "acme/risk"]
     arguments += ["--version", "1.0.0", "--publisher", "acme", "--out", str(out)]
-    with pytest.raises(PackageCommandError, match="--score-bins: only --model logistic"):
+    with pytest.raises(PackageCommandError, match="--score-bins: only --model logistic and weibull"):
         run(*arguments, "--model", "linear", "--score-bins", "10")
-    with pytest.raises(PackageCommandError, match="--score-bins: score_bins must be a whole number from 2 to 30"):
+    with pytest.raises(PackageCommandError, match="score_bins must be a whole number from 2 to 30"):
         run(*arguments, "--model", "logistic", "--score-bins", "40")
+    with pytest.raises(PackageCommandError, match="--time-bins and --horizon go with --model weibull"):
+        run(*arguments, "--model", "logistic", "--score-bins", "10", "--time-bins", "4")
+    weibull = [*arguments, "--model", "weibull", "--time-scale", "365", "--score-bins", "8"]
+    with pytest.raises(PackageCommandError, match="time_bins must be a whole number"):
+        run(*weibull)
+    with pytest.raises(PackageCommandError, match="at most 240 cells"):
+        run(*weibull, "--time-bins", "20")
     assert not out.exists()
     assert run(*arguments, "--model", "logistic", "--score-bins", "10") == 0
     with zipfile.ZipFile(out) as archive:

@@ -227,3 +227,54 @@ def test_started_at_the_data_time_scale_the_first_gradients_are_not_all_about_th
 def test_a_time_scale_that_is_not_a_positive_time_is_refused(time_scale: float) -> None:
     with pytest.raises(ValueError, match="time_scale"):
         build_weibull_survival(F, time_scale=time_scale)
+
+
+@pytest.mark.parametrize("mode", ["batched", "scan"])
+def test_the_survival_score_histogram_puts_each_patient_in_its_event_time_and_risk_cell(mode: str) -> None:
+    from agent.runtime.isolation import GraphRole
+    from agent.runtime.rows import RowBatch
+    from agent.runtime.sessions import CompiledWrapper, RuntimeMode
+    from edge_sponsor.publisher.packaging import zoo_graphs
+    from edge_sponsor.publisher.zoo import score_histogram
+    from tests.runtime.helpers import manifest_for
+
+    time_bins, bins, scale = 4, 6, 10.0
+    zoo_model = build_weibull_survival(F, time_scale=scale, score_bins=bins, time_bins=time_bins)
+    graphs = zoo_graphs(zoo_model)
+    manifest = manifest_for(zoo_model, graphs)
+    (group,) = manifest.metric_groups
+    assert len(group.members) == 2 * time_bins * bins == 48
+    assert score_histogram.survival_grid_of([m.name for m in manifest.metrics]) == (time_bins, bins)
+    wrapper = CompiledWrapper(graphs["eval"], manifest, GraphRole.EVALUATION, mode=RuntimeMode(mode))
+    rng = np.random.default_rng(8)
+    n = 300
+    x = rng.normal(0.0, 1.0, (n, F)).astype(np.float32)
+    # Times up to past the horizon (2 x scale = 20) and a few at or below 0.
+    time = np.concatenate([rng.uniform(0.0, 30.0, n - 3), [0.0, -1.0, 20.0]]).astype(np.float32)
+    event = rng.integers(0, 2, n).astype(np.float32)
+    params = {
+        "w": rng.normal(0.0, 0.5, F).astype(np.float32),
+        "b": np.array(math.log(scale), np.float32),
+        "log_shape": np.array(0.3, np.float32),
+    }
+    sums = wrapper.clipped_sum(params, RowBatch(x, np.stack([time, event], axis=1)))
+    got = score_histogram.survival_histogram(dict(zip((m.name for m in manifest.metrics), sums, strict=True)), 4, 6)
+    mu = x.astype(np.float64) @ params["w"] + float(params["b"])
+    risk = 1.0 - np.exp(-np.exp(math.exp(0.3) * (math.log(scale) - mu)))
+    score_bin = np.minimum(np.floor(risk * bins), bins - 1).astype(int)
+    time_bin = np.clip(np.floor(time.astype(np.float64) / 20.0 * time_bins), 0, time_bins - 1).astype(int)
+    expected = np.zeros((2, time_bins, bins))
+    np.add.at(expected, (event.astype(int), time_bin, score_bin), 1.0)
+    # float32 risk may land across a bin edge from the float64 reference for a rare patient.
+    assert np.abs(got - expected).sum() <= 2 and got.sum() == n
+
+
+def test_a_survival_score_histogram_needs_a_sensible_grid() -> None:
+    with pytest.raises(ValueError, match="time_bins must be a whole number"):
+        build_weibull_survival(F, score_bins=8)
+    with pytest.raises(ValueError, match="at most 240 cells"):
+        build_weibull_survival(F, score_bins=30, time_bins=30)
+    with pytest.raises(ValueError, match="horizon needs time_bins"):
+        build_weibull_survival(F, horizon=5.0)
+    with pytest.raises(ValueError, match="horizon"):
+        build_weibull_survival(F, score_bins=4, time_bins=4, horizon=-1.0)

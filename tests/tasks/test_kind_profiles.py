@@ -19,6 +19,7 @@ from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
 from agent.tasks.kinds.profile import NOISY_COUNT, TaskProfile
+from edge_sponsor.publisher.zoo import build_logistic_regression
 from tests.packages.package_builders import manifest_and_graphs
 
 # What a request must satisfy whatever the policy says (written out here, independently of the declarations).
@@ -134,3 +135,12 @@ def test_the_release_is_declared_by_the_package(profile: TaskProfile) -> None:
         assert ({p.name: p.shape for p in release.tensors}, release.scalars) == (parameters, set())
     else:
         assert ({p.name: p.shape for p in release.tensors}, release.scalars) == (parameters, count)
+
+
+def test_an_evaluation_release_names_a_metric_group_once_in_the_audit_log() -> None:
+    fields, _ = manifest_and_graphs(build_logistic_regression(4, score_bins=10))
+    manifest = parse_manifest(fields)
+    release = DpEvaluate(noise_multiplier=1.0, sampling_rate=1.0, release_noisy_count=True).release(manifest)
+    # Every cell is released; the log names the group with its size, and the other metrics.
+    assert len(release.scalars) == 3 + 20 + 1
+    assert release.audit_names() == ("brier", "correct", "loss", NOISY_COUNT, "score_histogram[20]")

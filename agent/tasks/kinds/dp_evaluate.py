@@ -25,7 +25,14 @@ class DpEvaluate(TaskProfile, name="dp_evaluate", wire=pb.TASK_KIND_DP_EVALUATE,
 
     def release(self, manifest: Manifest) -> Release:
         metrics = {metric.name for metric in manifest.metrics}
-        return Release((), frozenset(metrics | ({NOISY_COUNT} if self.release_noisy_count else set())))
+        count = {NOISY_COUNT} if self.release_noisy_count else set()
+        # The audit log names a group once (a histogram's cells are many), other metrics one by one.
+        groups = manifest.metric_groups
+        audited = None
+        if groups:
+            ungrouped = {metric.name for metric in manifest.metrics if metric.group is None}
+            audited = tuple(sorted([*ungrouped, *count, *(f"{g.name}[{len(g.members)}]" for g in groups)]))
+        return Release((), frozenset(metrics | count), audited)
 
     def compute(self, computation: Computation | PlanComputation) -> Released:
         settings = EvaluationSettings(self.noise_multiplier, self.sampling_rate, self.count_noise_multiplier)

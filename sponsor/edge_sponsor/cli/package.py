@@ -111,7 +111,23 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0,
         metavar="K",
         help="logistic: evaluate with a histogram of the predicted risk in K bins per outcome (2-30), "
-        "from which the coordinator reports AUC and calibration with their DP error (default: none)",
+        "from which the coordinator reports AUC and calibration with their DP error; weibull (with "
+        "--time-bins): of the risk of the event by --time-scale, for Harrell's C-index (default: none)",
+    )
+    zoo.add_argument(
+        "--time-bins",
+        type=int,
+        default=0,
+        metavar="T",
+        help="weibull, with --score-bins: the C-index's time grid, T equal bins of [0, --horizon) "
+        "(2 x T x K at most 240 cells)",
+    )
+    zoo.add_argument(
+        "--horizon",
+        type=float,
+        metavar="TIME",
+        help="weibull, with --time-bins: where the time grid's last bin starts to hold all later times "
+        "(default 2 x --time-scale)",
     )
     zoo.add_argument(
         "--time-scale",
@@ -255,13 +271,19 @@ def _bounds(values: Sequence[str]) -> dict[str, dict[str, float]]:
 def _zoo_model(args: argparse.Namespace, num_features: int) -> ZooModel:
 
     try:
-        if args.score_bins and args.model != "logistic":
-            raise PackageCommandError(f"--score-bins: only --model logistic has a score histogram, not {args.model}")
-        if args.score_bins:
-            try:
+        if args.score_bins and args.model not in ("logistic", "weibull"):
+            raise PackageCommandError(
+                f"--score-bins: only --model logistic and weibull have a score histogram, not {args.model}"
+            )
+        if (args.time_bins or args.horizon is not None) and not (args.model == "weibull" and args.score_bins):
+            raise PackageCommandError("--time-bins and --horizon go with --model weibull and --score-bins")
+        try:
+            if args.score_bins and args.model == "weibull":
+                score_histogram.checked_survival_grid(args.time_bins, args.score_bins)
+            elif args.score_bins:
                 score_histogram.checked_bins(args.score_bins)
-            except ValueError as exc:
-                raise PackageCommandError(f"--score-bins: {exc}") from None
+        except ValueError as exc:
+            raise PackageCommandError(f"--score-bins/--time-bins: {exc}") from None
         if args.model == "logistic":
             return zoo.build_logistic_regression(num_features, args.l2, score_bins=args.score_bins)
         if args.model == "linear":
@@ -272,7 +294,14 @@ def _zoo_model(args: argparse.Namespace, num_features: int) -> ZooModel:
                     "--model weibull needs --time-scale: a typical follow-up time in the data's own unit "
                     "(e.g. 365 for a year in days; `edge-sponsor study survival` estimates it privately)"
                 )
-            return zoo.build_weibull_survival(num_features, args.l2, time_scale=args.time_scale)
+            return zoo.build_weibull_survival(
+                num_features,
+                args.l2,
+                time_scale=args.time_scale,
+                score_bins=args.score_bins,
+                time_bins=args.time_bins,
+                horizon=args.horizon,
+            )
         hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
         return zoo.build_mlp_classifier(num_features, hidden, args.classes, args.activation, args.l2)
     except ValueError as exc:

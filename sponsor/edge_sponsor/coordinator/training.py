@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
@@ -40,11 +39,10 @@ from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units
 from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
+from edge_sponsor.coordinator.score_evaluation import ScoreHistogram
 from edge_sponsor.coordinator.strategies import SiteResult, Strategy, strategy_for
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
-from edge_sponsor.publisher.zoo import score_histogram
-from edge_sponsor.statistics.evaluation import NoisyEstimate, auc, calibration_in_the_large, with_dp_error
 
 NOISY_COUNT = "noisy_count"
 # A package upload without task_deadline_seconds: uploads are one call, not a stream that reports progress.
@@ -328,27 +326,25 @@ class FederatedTraining:
 
         manifest = self.package.manifest
         scales = dict(zip((m.name for m in manifest.metrics), manifest.metric_noise_scales(), strict=True))
-        bins = score_histogram.bins_of(list(ranges))
-        # A score histogram's cells are read as AUC and calibration, not shown one by one.
-        cells = frozenset(score_histogram.cell_names(bins)) if bins else frozenset()
+        histogram = ScoreHistogram.of(list(ranges))
+        # A score histogram's cells are read as figures (AUC, C-index...), not shown one by one.
+        cells = frozenset(histogram.cells) if histogram else frozenset()
         sigma = self.plan.evaluation_noise_multiplier
         # Every cell has the same noise: one group, one bound (Manifest.metric_noise_scales).
-        cell_sd = sigma * scales[score_histogram.cell_names(bins)[0]] if bins else 0.0
+        cell_sd = sigma * scales[histogram.cells[0]] if histogram else 0.0
         for name, run in outcomes.items():
             count = run.scalars[NOISY_COUNT]
             sums = {m: v for m, v in run.scalars.items() if m != NOISY_COUNT}
             site_metrics[name] = {m: mean(m, v, count) for m, v in sums.items() if m not in cells}
-            if bins:
-                site_metrics[name] |= {
-                    m: e.estimate for m, e in score_metrics(sums, bins, cell_sd).items()
-                }
+            if histogram:
+                site_metrics[name] |= {m: e.estimate for m, e in histogram.figures(sums, cell_sd).items()}
             for m, v in sums.items():
                 totals[m] = totals.get(m, 0.0) + v
             total_count += count
         metrics = {m: mean(m, v, total_count) for m, v in totals.items() if m not in cells}
         noise_sd = metric_noise_sd(scales, metrics, total_count, sites=len(outcomes), noise_multiplier=sigma)
-        if bins and outcomes:
-            pooled = score_metrics(totals, bins, math.sqrt(len(outcomes)) * cell_sd)
+        if histogram and outcomes:
+            pooled = histogram.figures(totals, math.sqrt(len(outcomes)) * cell_sd)
             metrics |= {m: e.estimate for m, e in pooled.items()}
             noise_sd |= {m: e.dp_sd for m, e in pooled.items()}
         evaluated = replace(
@@ -497,32 +493,6 @@ class _Outcome:
 class _PendingEvaluation:
     index: int  # of the round record it belongs to
     futures: Mapping[str, Future[_Outcome]]
-
-
-SCORE_METRICS = ("auc", "calibration_points")
-"""What a score histogram is read as: the AUC, and calibration-in-the-large (the observed
-rate minus the mean predicted risk, in percentage points)."""
-
-
-def score_metrics(sums: Mapping[str, float], bins: int, cell_sd: float) -> dict[str, NoisyEstimate]:
-    """:data:`SCORE_METRICS` of the noisy score histogram in ``sums`` (cells of ``bins``
-    bins, each with noise of SD ``cell_sd``), each with its DP error
-    (:func:`edge_sponsor.statistics.evaluation.with_dp_error`); a statistic the noisy
-    histogram leaves undefined (no mass in a class) is left out."""
-    histogram = score_histogram.histogram(sums, bins)
-    statistics: dict[str, Callable[[npt.NDArray[np.float64]], float]] = {
-        "auc": auc,
-        "calibration_points": calibration_in_the_large,
-    }
-    estimates = {
-        name: with_dp_error(statistic, histogram, cell_sd, draws=_SCORE_DRAWS, rng=np.random.default_rng(index))
-        for index, (name, statistic) in enumerate(statistics.items())
-    }
-    return {name: e for name, e in estimates.items() if math.isfinite(e.estimate) and math.isfinite(e.dp_sd)}
-
-
-# Bootstrap draws behind a score metric's DP error: its SD to a few per cent.
-_SCORE_DRAWS = 1000
 
 
 def metric_noise_sd(

@@ -39,6 +39,10 @@ clipped at the DP clipping norm, so the first rounds spend budget learning the s
 Eval metrics: ``neg_log_likelihood`` clamped to ``nll_range``; ``event`` (``d`` in
 [0, 1]); ``event_abs_log_time_error`` = ``d * min(|log t - log median|, B)`` in
 ``[0, B]`` with ``B = log_time_error_bound`` (divide its sum by the sum of ``event``).
+With ``score_bins`` and ``time_bins``, the eval metrics also hold a histogram of the
+risk ``1 - S(time_scale)`` (the predicted probability of the event by ``time_scale``) per
+event indicator and time bin on ``[0, horizon)`` (:mod:`~edge_sponsor.publisher.zoo.score_histogram`),
+from which the coordinator computes Harrell's C-index on that grid.
 The inference model outputs ``median_time`` [N] = ``lambda * (ln 2)^(1/k)`` and
 ``scale`` [N] = ``lambda``.
 """
@@ -51,6 +55,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from edge_sponsor.publisher.zoo import score_histogram
 from edge_sponsor.publisher.zoo.graph import (
     FLOAT,
     GraphBuilder,
@@ -86,6 +91,9 @@ def build_weibull_survival(
     time_scale: float = 1.0,
     nll_range: tuple[float, float] = (-10.0, 30.0),
     log_time_error_bound: float = 5.0,
+    score_bins: int = 0,
+    time_bins: int = 0,
+    horizon: float | None = None,
 ) -> ZooModel:
     """Builds Weibull AFT survival regression over ``num_features`` features.
 
@@ -93,11 +101,19 @@ def build_weibull_survival(
     median survival time (see the module docstring);
     ``l2`` is the weight-decay coefficient baked into the grad graph (on ``w`` only);
     ``nll_range`` and ``log_time_error_bound`` set the declared ranges of the eval
-    metrics (the negative log-likelihood depends on the time unit: choose accordingly).
+    metrics (the negative log-likelihood depends on the time unit: choose accordingly);
+    ``score_bins`` and ``time_bins`` (both or neither; 2·T·K at most 240 cells) add the
+    survival score histogram, its time grid on ``[0, horizon)`` (default ``2 * time_scale``).
     """
     num_features = positive_int("num_features", num_features)
     l2 = non_negative_float("l2", l2)
     intercept = math.log(positive_float("time_scale", time_scale) / math.log(2.0))
+    grid: tuple[int, int, float] | None = None
+    if score_bins or time_bins:
+        time_bins, score_bins = score_histogram.checked_survival_grid(time_bins, score_bins)
+        grid = (time_bins, score_bins, positive_float("horizon", 2.0 * time_scale if horizon is None else horizon))
+    elif horizon is not None:
+        raise ValueError("horizon needs time_bins and score_bins")
     ranges = {
         "neg_log_likelihood": metric_range("nll_range", nll_range),
         "event": (0.0, 1.0),
@@ -111,6 +127,7 @@ def build_weibull_survival(
         ParameterSpec("b", ()),
         ParameterSpec("log_shape", ()),
     )
+    eval_graph, cells = _eval_graph(num_features, ranges, time_scale, grid)
     return ZooModel(
         name=NAME,
         description=__doc__ or NAME,
@@ -120,11 +137,12 @@ def build_weibull_survival(
             "float32", (2,), "(time > 0, event: 1.0 observed, 0.0 right-censored)"
         ),
         grad_graph=_grad_graph(num_features, l2),
-        eval_graph=_eval_graph(num_features, ranges),
-        eval_metric_ranges=ranges,
+        eval_graph=eval_graph,
+        eval_metric_ranges=ranges | cells,
         inference_outputs=("median_time", "scale"),
         _build_inference=lambda params: _inference_graph(num_features, params),
         _initialize=lambda rng: zero_parameters(parameters) | {"b": np.array(intercept, np.float32)},
+        eval_metric_groups=dict.fromkeys(cells, score_histogram.GROUP),
     )
 
 
@@ -140,6 +158,7 @@ class _Likelihood:
 
         time = g.op("ReduceSum", g.op("Mul", y, g.constant([1.0, 0.0])), keepdims=0)
         event = g.op("ReduceSum", g.op("Mul", y, g.constant([0.0, 1.0])), keepdims=0)
+        self.time = time
         self.event = g.op("Clip", event, g.constant(0.0), g.constant(1.0))
         self.log_time = g.op("Log", g.op("Max", time, g.constant(TIME_FLOOR)))
         self.shape = g.op("Exp", self.log_shape)
@@ -172,7 +191,14 @@ def _log_median(g: GraphBuilder, mu: str, log_shape: str) -> str:
     return g.op("Add", mu, g.op("Mul", g.constant(LOG_LOG_2), g.op("Exp", g.op("Neg", log_shape))))
 
 
-def _eval_graph(num_features: int, ranges: Mapping[str, tuple[float, float]]) -> onnx.ModelProto:
+def _eval_graph(
+    num_features: int,
+    ranges: Mapping[str, tuple[float, float]],
+    time_scale: float,
+    grid: tuple[int, int, float] | None,
+) -> tuple[onnx.ModelProto, dict[str, tuple[float, float]]]:
+    """The eval graph, and the ranges of the survival score histogram's cells (none without ``grid``:
+    time bins, score bins, horizon)."""
     g = GraphBuilder(f"{NAME}_eval", __doc__ or NAME)
     lik = _Likelihood(g, num_features)
     nll = clipped(g, lik.nll, ranges["neg_log_likelihood"], out="neg_log_likelihood")
@@ -182,7 +208,16 @@ def _eval_graph(num_features: int, ranges: Mapping[str, tuple[float, float]]) ->
     capped = g.op("Min", error, g.constant(ranges["event_abs_log_time_error"][1]))
     event_error = g.op("Mul", lik.event, capped, out="event_abs_log_time_error")
     g.add_output(event_error, "event_abs_log_time_error", FLOAT, [])
-    return g.to_model({"zoo.model": NAME, "zoo.graph": "eval"})
+    cells: dict[str, tuple[float, float]] = {}
+    if grid is not None:
+        time_bins, bins, horizon = grid
+        # 1 - S(time_scale) = 1 - exp(-exp(k (log time_scale - mu))): higher, the event sooner.
+        u = g.op("Mul", lik.shape, g.op("Sub", g.constant(math.log(time_scale)), lik.mu))
+        risk = g.op("Sub", g.constant(1.0), g.op("Exp", g.op("Neg", g.op("Exp", u))))
+        cells = score_histogram.add_survival_cells(
+            g, risk, lik.time, lik.event, horizon=horizon, time_bins=time_bins, bins=bins
+        )
+    return g.to_model({"zoo.model": NAME, "zoo.graph": "eval"}), cells
 
 
 def _inference_graph(num_features: int, params: Mapping[str, FloatArray]) -> onnx.ModelProto:

@@ -1,0 +1,65 @@
+"""How the coordinator reads a package's score histogram: as model-evaluation figures with their DP error.
+
+A package's eval graph may output a histogram of its scores as one metric group
+(:mod:`edge_sponsor.publisher.zoo.score_histogram`): per outcome for a classifier, per
+event indicator and time bin for a survival model. The coordinator adds the sites'
+noisy cells and reports, instead of the cells, what they are read as
+(:data:`CLASSIFIER_METRICS`, :data:`SURVIVAL_METRICS`), each with its DP standard
+deviation by parametric bootstrap of the release noise
+(:func:`edge_sponsor.statistics.evaluation.with_dp_error`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_sponsor.publisher.zoo import score_histogram
+from edge_sponsor.statistics.evaluation import NoisyEstimate, auc, c_index, calibration_in_the_large, with_dp_error
+
+Statistic = Callable[[npt.NDArray[np.float64]], float]
+
+CLASSIFIER_METRICS: Mapping[str, Statistic] = {"auc": auc, "calibration_points": calibration_in_the_large}
+"""A classifier's histogram: the AUC, and calibration-in-the-large (the observed rate minus
+the mean predicted risk, in percentage points)."""
+
+SURVIVAL_METRICS: Mapping[str, Statistic] = {"c_index": c_index}
+"""A survival model's histogram: Harrell's C-index on the histogram's time grid."""
+
+# Bootstrap draws behind a figure's DP error: its SD to a few per cent.
+_DRAWS = 1000
+
+
+@dataclass(frozen=True)
+class ScoreHistogram:
+    """The cells of a package's score histogram and how they are read."""
+
+    cells: tuple[str, ...]
+    shape: tuple[int, ...]
+    statistics: Mapping[str, Statistic]
+
+    @classmethod
+    def of(cls, metrics: Sequence[str]) -> ScoreHistogram | None:
+        """The histogram among a package's metric names; None if it has none."""
+        bins = score_histogram.bins_of(metrics)
+        if bins:
+            return cls(score_histogram.cell_names(bins), (2, bins), CLASSIFIER_METRICS)
+        grid = score_histogram.survival_grid_of(metrics)
+        if grid is not None:
+            return cls(score_histogram.survival_cell_names(*grid), (2, *grid), SURVIVAL_METRICS)
+        return None
+
+    def figures(self, sums: Mapping[str, float], cell_sd: float) -> dict[str, NoisyEstimate]:
+        """The figures of the noisy cells in ``sums`` (each with noise of SD ``cell_sd``), with
+        their DP error; a figure the noisy histogram leaves undefined (a class without mass,
+        no comparable pair) is left out."""
+        histogram = np.asarray([sums[name] for name in self.cells], np.float64).reshape(self.shape)
+        estimates = {
+            name: with_dp_error(statistic, histogram, cell_sd, draws=_DRAWS, rng=np.random.default_rng(index))
+            for index, (name, statistic) in enumerate(self.statistics.items())
+        }
+        return {name: e for name, e in estimates.items() if math.isfinite(e.estimate) and math.isfinite(e.dp_sd)}
