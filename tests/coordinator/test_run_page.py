@@ -109,3 +109,32 @@ def test_a_model_that_is_not_linear_in_its_features_shows_no_coefficients() -> N
     # Parameters of the wrong shape for the manifest are not shown as if they fitted.
     logistic = _manifest(build_logistic_regression(NUM_FEATURES))
     assert coefficients_of(logistic, {"w": np.zeros(3, np.float32), "b": np.float32(0)}) is None
+
+
+def test_the_last_score_histogram_is_drawn_as_an_roc_curve_and_a_calibration_table() -> None:
+    from dataclasses import replace
+
+    from edge_sponsor.publisher.zoo import score_histogram
+    from edge_sponsor.statistics.evaluation import auc
+
+    bins = 4
+    # Negatives mostly in the low-risk bins, positives in the high ones; bin 2 nearly empty.
+    histogram = np.array([[50.0, 30.0, 0.4, 5.0], [5.0, 10.0, -0.6, 40.0]])
+    cells = dict(zip(score_histogram.cell_names(bins), histogram.ravel().tolist(), strict=True))
+    report = _report()
+    last = replace(
+        report.rounds[-1],
+        metrics={"auc": auc(histogram), "calibration_points": -3.2},
+        metrics_noise_sd={"auc": 0.02, "calibration_points": 1.1},
+        score_cells=cells,
+        score_cell_sd=1.5,
+    )
+    html = render_run_page(replace(report, rounds=(*report.rounds[:-1], last)))
+    assert "Discrimination and calibration (after round 6)" in html
+    assert f"AUC {auc(histogram):.3f} ± 0.020 (DP SD)" in html and "-3.2 ± 1.1 points" in html
+    assert 'aria-label="ROC curve of the model after round 6"' in html
+    # Bin 2's noisy total (-0.2) is below 3 noise SDs of a bin total: no observed rate.
+    assert html.count("withheld: too few") == 1
+    assert "<td class='num'>0.125</td><td class='num'>55.0</td><td class='num'>0.091</td>" in html
+    # Without a score histogram, no such section.
+    assert "Discrimination and calibration" not in render_run_page(report)

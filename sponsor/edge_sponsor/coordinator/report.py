@@ -45,6 +45,11 @@ class RoundRecord:
     # noisy sums and counts, whose noise the coordinator knows): a metric is never shown
     # without it, as if it were exact.
     metrics_noise_sd: Mapping[str, float] = field(default_factory=dict)
+    # A package's score histogram (edge_sponsor.coordinator.score_evaluation): the sites'
+    # noisy cells added, by metric name, and the noise SD of one pooled cell; the run page
+    # draws the ROC curve and the calibration from them.
+    score_cells: Mapping[str, float] = field(default_factory=dict)
+    score_cell_sd: float = 0.0
 
     @property
     def missing_sites(self) -> tuple[str, ...]:

@@ -23,7 +23,9 @@ import numpy.typing as npt
 
 from agent.packages.manifest import LabelKind, Manifest, OneHot, Standardise
 from edge_sponsor.coordinator.report import RoundRecord, RunReport, SiteSummary
+from edge_sponsor.coordinator.score_evaluation import CLASSIFIER_METRICS, ScoreHistogram
 from edge_sponsor.html_page import HEADER_HEIGHT_PX, PAGE_LEFT_PX, render_page
+from edge_sponsor.statistics.evaluation import calibration, roc_from_histogram
 
 CHART_WIDTH = 960
 CHART_HEIGHT = 240
@@ -117,6 +119,9 @@ def render_run_page(report: RunReport, coefficients: Coefficients | None = None)
     body.append("</section><main>")
     if not series:
         body.append('<p class="note">No federated evaluation ran: no metric to show.</p>')
+    scored = next((record for record in reversed(report.rounds) if record.score_cells), None)
+    if scored is not None:
+        body.append(_discrimination(scored))
     body.append(_sites(report.sites))
     if coefficients is not None:
         body.append(_coefficients(coefficients))
@@ -252,6 +257,62 @@ def _coefficients(table: Coefficients) -> str:
         "For estimates with confidence intervals that include the privacy noise, run "
         "<code>edge-sponsor study glm</code> on an analysis plan.</p>"
         f"<table><tr><th>term</th><th>coefficient</th>{ratio}</tr>{rows}</table>"
+    )
+
+
+ROC_SIZE = 320
+"""The ROC chart's plot square, in pixels."""
+
+
+def _discrimination(record: RoundRecord) -> str:
+    """The ROC curve and the calibration by risk bin of the last evaluated model, from the
+    pooled noisy score histogram (a survival model's: its C-index is among the charts)."""
+    histogram = ScoreHistogram.of(list(record.score_cells))
+    if histogram is None or not histogram.classifier:
+        return ""
+    cells = histogram.array(record.score_cells)
+    roc = roc_from_histogram(cells)
+    figures = {name: (record.metrics.get(name), record.metrics_noise_sd.get(name)) for name in CLASSIFIER_METRICS}
+    auc_value, auc_sd = figures["auc"]
+    margin = 40
+    side = ROC_SIZE + 2 * margin
+
+    def point(fpr: float, tpr: float) -> str:
+        return f"{margin + fpr * ROC_SIZE:.1f},{margin + (1 - tpr) * ROC_SIZE:.1f}"
+
+    curve = " ".join(point(f, t) for f, t in zip(roc.false_positive_rate, roc.true_positive_rate, strict=True))
+    label = "" if auc_value is None else f"AUC {_number(auc_value)} ± {_number(auc_sd)} (DP SD)"
+    chart = (
+        f'<svg class="roc" width="{side}" height="{side}" viewBox="0 0 {side} {side}" role="img" '
+        f'aria-label="ROC curve of the model after round {record.round}">'
+        f'<rect x="{margin}" y="{margin}" width="{ROC_SIZE}" height="{ROC_SIZE}" fill="none" stroke="#1d2430"/>'
+        f'<line x1="{margin}" y1="{margin + ROC_SIZE}" x2="{margin + ROC_SIZE}" y2="{margin}" stroke="#e6e9ef"/>'
+        f'<polyline points="{curve}" fill="none" stroke="{LINE_COLOUR}" stroke-width="2"/>'
+        f'<text x="{margin}" y="{margin - 10}">{escape(label)}</text>'
+        f'<text x="{margin + ROC_SIZE / 2}" y="{side - 8}" text-anchor="middle">false positive rate</text>'
+        f'<text x="12" y="{margin + ROC_SIZE / 2}" transform="rotate(-90 12 {margin + ROC_SIZE / 2})" '
+        'text-anchor="middle">true positive rate</text></svg>'
+    )
+    table = calibration(cells, sd=record.score_cell_sd)
+    rows = "".join(
+        f"<tr><td class='num'>{_number(predicted, 3)}</td><td class='num'>{_number(total, 1)}</td>"
+        f"<td class='num'>{'withheld: too few' if math.isnan(observed) else _number(observed, 3)}</td></tr>"
+        for predicted, observed, total in zip(table.predicted, table.observed, table.totals, strict=True)
+    )
+    calibration_value, calibration_sd = figures["calibration_points"]
+    overall = (
+        ""
+        if calibration_value is None
+        else f" Calibration-in-the-large: {_number(calibration_value, 1)} ± {_number(calibration_sd, 1)} points "
+        "(observed rate minus mean predicted risk)."
+    )
+    return (
+        f"<h2>Discrimination and calibration (after round {record.round})</h2><p class='note'>From the sites' "
+        f"noisy histograms of the predicted risk, added: each cell carries Gaussian noise of SD "
+        f"{_number(record.score_cell_sd, 2)} patients, negative cells count as none, and a risk bin with fewer "
+        f"patients than {_number(table.min_total, 1)} (3 noise SDs) shows no observed rate.{overall}</p>"
+        f"{chart}<table><tr><th>predicted risk (bin midpoint)</th><th>patients (noisy)</th>"
+        f"<th>observed rate (noisy)</th></tr>{rows}</table>"
     )
 
 

@@ -53,11 +53,20 @@ class ScoreHistogram:
             return cls(score_histogram.survival_cell_names(*grid), (2, *grid), SURVIVAL_METRICS)
         return None
 
+    @property
+    def classifier(self) -> bool:
+        """Whether the histogram is a classifier's ``[2, K]`` (else a survival model's ``[2, T, K]``)."""
+        return len(self.shape) == 2
+
+    def array(self, sums: Mapping[str, float]) -> npt.NDArray[np.float64]:
+        """The cells of ``sums`` as the histogram's array, of :attr:`shape`."""
+        return np.asarray([sums[name] for name in self.cells], np.float64).reshape(self.shape)
+
     def figures(self, sums: Mapping[str, float], cell_sd: float) -> dict[str, NoisyEstimate]:
         """The figures of the noisy cells in ``sums`` (each with noise of SD ``cell_sd``), with
         their DP error; a figure the noisy histogram leaves undefined (a class without mass,
         no comparable pair) is left out."""
-        histogram = np.asarray([sums[name] for name in self.cells], np.float64).reshape(self.shape)
+        histogram = self.array(sums)
         estimates = {
             name: with_dp_error(statistic, histogram, cell_sd, draws=_DRAWS, rng=np.random.default_rng(index))
             for index, (name, statistic) in enumerate(self.statistics.items())

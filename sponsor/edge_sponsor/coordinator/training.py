@@ -343,12 +343,21 @@ class FederatedTraining:
             total_count += count
         metrics = {m: mean(m, v, total_count) for m, v in totals.items() if m not in cells}
         noise_sd = metric_noise_sd(scales, metrics, total_count, sites=len(outcomes), noise_multiplier=sigma)
+        score_cells: dict[str, float] = {}
+        pooled_sd = math.sqrt(len(outcomes)) * cell_sd
         if histogram and outcomes:
-            pooled = histogram.figures(totals, math.sqrt(len(outcomes)) * cell_sd)
+            pooled = histogram.figures(totals, pooled_sd)
             metrics |= {m: e.estimate for m, e in pooled.items()}
             noise_sd |= {m: e.dp_sd for m, e in pooled.items()}
+            score_cells = {m: totals[m] for m in histogram.cells}
         evaluated = replace(
-            record, evaluation=tasks, metrics=metrics, site_metrics=site_metrics, metrics_noise_sd=noise_sd
+            record,
+            evaluation=tasks,
+            metrics=metrics,
+            site_metrics=site_metrics,
+            metrics_noise_sd=noise_sd,
+            score_cells=score_cells,
+            score_cell_sd=pooled_sd if score_cells else 0.0,
         )
         result.rounds[pending.index] = evaluated
         self.observer.round_finished(evaluated)
@@ -475,6 +484,7 @@ class FederatedTraining:
         if kind == "train":
             return self.strategy.release_problem(_site_result(run, site))
         return ""
+
 
 def _site_result(run: TaskRun, site: ReadySite) -> SiteResult:
     return SiteResult(site.site.name, run, site.units_lower, site.units_upper)
