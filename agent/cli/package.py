@@ -135,10 +135,23 @@ def _summary_lines(manifest: Manifest) -> list[str]:
         f"  parameters:  {', '.join(f'{p.name}{list(p.shape)}' for p in manifest.parameters)}",
         f"  features:    {features}",
         f"  label:       {manifest.label.kind.value} from {', '.join(manifest.label.columns)}",
-        f"  metrics:     {', '.join(f'{m.name}[{m.low:g}, {m.high:g}]' for m in manifest.metrics) or '-'}",
+        f"  metrics:     {_metrics(manifest) or '-'}",
         f"  graphs:      {', '.join(ref.file for ref in manifest.graphs.values())}",
         f"  description: {manifest.description.splitlines()[0] if manifest.description else '-'}",
     ]
+
+
+def _metrics(manifest: Manifest) -> str:
+    """The metrics as a reviewer reads them: each range, and a group once, as one bound on
+    all its metrics together (and one block of noise)."""
+    parts = [f"{m.name}[{m.low!r}, {m.high!r}]" for m in manifest.metrics if m.group is None]
+    for group in manifest.metric_groups:
+        first, last = manifest.metrics[group.members[0]], manifest.metrics[group.members[-1]]
+        parts.append(
+            f"group {group.name}: {len(group.members)} metrics {first.name} ... {last.name} "
+            f"in [{first.low!r}, {first.high!r}], L2 norm at most {group.bound!r} per patient together"
+        )
+    return ", ".join(parts)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

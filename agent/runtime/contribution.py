@@ -61,18 +61,24 @@ def bounded_metric_groups(
     metric's range) to L2 norm at most the group's bound; other metrics pass unchanged.
     Without groups, ``clamped`` itself.
 
-    A group whose squares overflow float64 (a bound beyond 1e154) is scaled to zeros: its
-    norm is infinite, its scale ``bound / inf`` is 0.
+    The norm is taken of the values divided by their bound (``|ratio| <= 1``, a group's
+    bound at least MIN_GROUP_BOUND): squares of the values themselves could underflow to 0
+    for a tiny bound, leaving a group unscaled, or overflow to inf for a huge one, and
+    inf · 0 in the membership product would make every metric NaN. Metrics of no group
+    enter as ratio 0 (a finite value times 0).
     """
     if not groups:
         return clamped
     membership = np.zeros((metrics, len(groups)), np.float64)
+    inverse_bound = np.zeros(metrics, np.float64)
     for index, group in enumerate(groups):
         membership[list(group.members), index] = 1.0
-    bound = constant(np.array([group.bound for group in groups], np.float64))
-    norms = op("Sqrt", [op("MatMul", [op("Mul", [clamped, clamped]), constant(membership)])])  # [..., groups]
-    # bound / max(norm, bound): exactly 1 within the bound, no division by 0.
-    scale = op("Div", [bound, op("Max", [norms, bound])])
+        inverse_bound[list(group.members)] = 1.0 / group.bound
+    ratio = op("Mul", [clamped, constant(inverse_bound)])
+    norms = op("Sqrt", [op("MatMul", [op("Mul", [ratio, ratio]), constant(membership)])])  # [..., groups], <= sqrt(k)
+    one = constant(np.array(1.0, np.float64))
+    # 1 / max(norm, 1): exactly 1 within the bound, no division by 0.
+    scale = op("Div", [one, op("Max", [norms, one])])
     # Each metric's factor: its group's scale, or 1 for a metric of no group.
     factor = op(
         "Add",

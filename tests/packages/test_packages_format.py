@@ -95,6 +95,8 @@ def test_semver_precedence() -> None:
         ),
         (lambda m: m["metrics"][0].update(range=[1, 0]), "metrics[0].range"),
         (lambda m: m["metrics"][0].update(group="bad name"), "metrics[0].group"),
+        (lambda m: m["metrics"][0].update(range=[0, 1e101]), "metrics[0].range"),
+        (lambda m: m["metrics"][0].update(group="g", range=[-1e-101, 1e-101]), "metrics[0].range"),
         (
             lambda m: [m["metrics"][0].update(group="g"), m["metrics"][1].update(group="g", range=[0, 2])],
             "metrics[1].range",
@@ -159,3 +161,14 @@ def test_metric_groups_are_signed_and_bound_their_members_together() -> None:
     blocks = 1 + others
     bounds = [2.0, 2.0] + [max(abs(low), abs(high)) for low, high in ranges[2:]]
     assert parsed.metric_noise_scales() == tuple(math.sqrt(blocks) * bound for bound in bounds)
+
+
+def test_a_reviewer_sees_a_metric_group_once_with_its_joint_bound() -> None:
+    from agent.cli.package import _summary_lines
+    from edge_sponsor.publisher.zoo import build_logistic_regression
+
+    fields, _ = manifest_and_graphs(build_logistic_regression(4, score_bins=10))
+    (line,) = [line for line in _summary_lines(parse_manifest(fields)) if line.lstrip().startswith("metrics:")]
+    assert "loss[0.0, 10.0], correct[0.0, 1.0], brier[0.0, 1.0]" in line
+    assert "group score_histogram: 20 metrics score_neg_00 ... score_pos_09 in [0.0, 1.0]" in line
+    assert "L2 norm at most 1.0 per patient together" in line and line.count("score_") == 3

@@ -24,7 +24,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from agent.packages.manifest import Manifest
+from agent.packages.canonical import canonical_json, parse_strict_json
+from agent.packages.manifest import Manifest, parse_manifest
 from agent.runtime.batching import BatchingRefused
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowBatch
@@ -106,15 +107,21 @@ def unit_metric_reference(per_example: np.ndarray, sizes: Sequence[int], manifes
     return np.array([values[rows].mean(axis=0) for rows in unit_slices(sizes)]).sum(axis=0)
 
 
-def grouped_manifest() -> Manifest:
-    """The hostile manifest with ``correct`` and ``brier`` (both in [0, 1]) one group, as the
-    cells of a histogram are: bounded together, by 1 in L2."""
+def grouped_manifest(cells: tuple[float, float] = (0.0, 1.0), loss: tuple[float, float] | None = None) -> Manifest:
+    """The hostile manifest with ``correct`` and ``brier`` one group in range ``cells``, as the
+    cells of a histogram are: bounded together, by their bound in L2; ``loss`` another range.
+
+    A tiny group bound and a huge ungrouped range are where a review found a group left
+    unbounded (squares underflowing) or every metric NaN (squares overflowing) before the
+    manifest's limits and the norm of the ratios to the bound."""
     manifest = hostile_manifest()
     metrics = tuple(
-        replace(metric, group="cells") if metric.name in ("correct", "brier") else metric
+        replace(metric, group="cells", low=cells[0], high=cells[1])
+        if metric.name in ("correct", "brier")
+        else (metric if loss is None else replace(metric, low=loss[0], high=loss[1]))
         for metric in manifest.metrics
     )
-    return replace(manifest, metrics=metrics)
+    return parse_manifest(parse_strict_json(canonical_json(replace(manifest, metrics=metrics).to_json())))
 
 
 @functools.cache
@@ -325,6 +332,9 @@ def evaluation_cases() -> dict[str, GraphCase]:
             ("new/huge_metrics", HUGE_METRICS, manifest),
             ("grouped/pick", PICK, grouped_manifest()),
             ("grouped/huge_metrics", HUGE_METRICS, grouped_manifest()),
+            # The extremes a manifest may declare (MIN_GROUP_BOUND, MAX_METRIC_BOUND).
+            ("grouped/tiny_bound", PICK, grouped_manifest(cells=(-1e-100, 1e-100))),
+            ("grouped/huge_ungrouped", HUGE_METRICS, grouped_manifest(loss=(5e99, 1e100))),
         )
     }
     for name, model, labels in (
