@@ -1,9 +1,9 @@
 """`edge-sponsor study glm` end to end: three real agents over loopback mTLS, each holding a third of
-a real dataset, a signed plan with a logistic model, six rounds of dp_glm tasks.
+a real dataset, a signed plan with a logistic model, 16 rounds of dp_glm tasks (lower-bound steps).
 
 The dataset is statsmodels' ``fair`` (Fair 1978: 6366 married women; outcome: any extramarital
-affair, 32 %), not rossi: the agent's budget is at most ε = 100 per dataset, so six rounds need
-σ ≥ about 0.25, and on rossi's 432 patients that much noise swamps the information
+affair, 32 %), not rossi: the agent's budget is at most ε = 100 per dataset, so 16 rounds need
+σ ≥ about 0.35 (0.5 costs ε 65), and on rossi's 432 patients that much noise swamps the information
 (tests/sponsor_statistics/test_sponsor_glm.py). On fair at σ = 0.5 the release's noise is small
 beside the information (noise/information ≈ 0.4), and the coefficients must land within the
 reported intervals of statsmodels' Logit on the pooled patients.
@@ -28,9 +28,10 @@ from agent.identity.agent_key import AgentKey
 from agent.packages.manifest import TaskKind
 from edge_sponsor.cli.main import main as sponsor_main
 from edge_sponsor.coordinator.client import AgentClient
-from edge_sponsor.coordinator.glm_tasks import glm_design
+from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, glm_design
 from edge_sponsor.coordinator.plan_tasks import PlanPackage
 from edge_sponsor.publisher.plans import build_plan_package, plan_manifest_fields
+from edge_sponsor.statistics.glm import UNCONVERGED
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 from tests.packages.package_builders import new_key
 from tests.tasks.test_plan_tasks import federation_file
@@ -54,7 +55,7 @@ PLAN: dict[str, Any] = {
     "model": {"family": "logistic", "outcome": "affair", "covariates": [*BOUNDS, "religious"]},
 }
 SIGMA = 0.5
-ROUNDS = 6
+ROUNDS = BOUND_ROUNDS
 COLUMNS = [*BOUNDS, "religious", "affair"]
 
 
@@ -159,7 +160,8 @@ def test_study_glm_matches_statsmodels_within_its_intervals(
     federation = federation_file(tmp_path, pki, sites, dataset="fair")
     out_json, out_html = tmp_path / "glm.json", tmp_path / "glm.html"
     argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
-    assert sponsor_main([*argv, "--rounds", str(ROUNDS), "--json", str(out_json), "--html", str(out_html)]) == 0
+    # The defaults: lower-bound steps, BOUND_ROUNDS rounds, the mean of the last half.
+    assert sponsor_main([*argv, "--json", str(out_json), "--html", str(out_html)]) == 0
     printed = capsys.readouterr()
     assert printed.out.count(f"ok; {ROUNDS} rounds, ε charged") == 3
     assert "mostly noise" not in printed.err
@@ -170,6 +172,9 @@ def test_study_glm_matches_statsmodels_within_its_intervals(
     assert fit["names"] == list(reference.params.index)
     assert fit["sites"] == ["site-0", "site-1", "site-2"]
     assert fit["noise_to_information"] < 1.0
+    # Lower-bound steps by default, the mean of the last half of the rounds, converged.
+    assert fit["method"] == "bound" and fit["averaged_rounds"] == ROUNDS // 2
+    assert fit["transient"] < UNCONVERGED and "may not have converged" not in printed.err
     # The included patients: all of them (no value missing), noisy (SD σ·√3 per site).
     assert fit["included"] == pytest.approx(len(frame), abs=6 * SIGMA * np.sqrt(3) * np.sqrt(3))
     for row, (name, mle) in zip(fit["original"]["coefficients"], reference.params.items(), strict=True):
@@ -181,7 +186,7 @@ def test_study_glm_matches_statsmodels_within_its_intervals(
         assert row["se_sampling"] == pytest.approx(reference.bse[name], rel=0.1)
         assert row["odds_ratio"] == pytest.approx(np.exp(row["estimate"]))
     assert len(result["rounds"]) == ROUNDS and all(len(r["sites"]) == 3 for r in result["rounds"])
-    # Each site was charged six Gaussians at σ, q = 1, as dp-accounting composes them; the report says so.
+    # Each site was charged ROUNDS Gaussians at σ, q = 1, as dp-accounting composes them; the report says so.
     expected = independent_epsilon([(1.0, SIGMA, ROUNDS)])
     for site, charged in zip(sites, result["sites"], strict=True):
         assert site.client.get_budget("fair").epsilon_spent == pytest.approx(expected, rel=1e-3)
@@ -273,7 +278,8 @@ def test_a_site_that_cannot_take_part_is_named_and_the_others_are_pooled(
         federation = federation_file(tmp_path, pki, [*sites, small], dataset="fair")
         out_json = tmp_path / "glm.json"
         argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
-        assert sponsor_main([*argv, "--rounds", "5", "--json", str(out_json)]) == 0
+        # Newton steps here (the first test runs the default, lower-bound steps).
+        assert sponsor_main([*argv, "--method", "newton", "--rounds", "5", "--json", str(out_json)]) == 0
         printed = capsys.readouterr().out
         assert printed.count("ok; 5 rounds, ε charged") == 3
         result = json.loads(out_json.read_text())["glm"]
@@ -284,7 +290,7 @@ def test_a_site_that_cannot_take_part_is_named_and_the_others_are_pooled(
         # After a failed task the report quotes the site's own budget (GetBudget), charged or not.
         assert left["budget_epsilon_spent"] == 0.0 and result["not_converged"] == ""
         assert all(r["sites"] == ["site-0", "site-1", "site-2"] for r in result["rounds"])
-        assert result["fit"]["sites"] == ["site-0", "site-1", "site-2"]
+        assert result["fit"]["sites"] == ["site-0", "site-1", "site-2"] and result["fit"]["method"] == "newton"
         reference = statsmodels_fit(frame)
         for row, mle in zip(result["fit"]["original"]["coefficients"], reference.params, strict=True):
             assert row["lower"] <= mle <= row["upper"]

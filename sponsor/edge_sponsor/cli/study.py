@@ -3,8 +3,9 @@
 Every site of the federation file runs one statistics task of the plan package on its
 dataset; the releases are pooled into a Table 1 (``describe``) or Kaplan-Meier curves with
 median survival and a log-rank test (``survival``), written as JSON and as one HTML page
-(docs/statistics.md). ``glm`` runs ``--rounds`` dp_glm tasks per site, one per
-Newton-Raphson step of the plan's logistic model, and reports its coefficients.
+(docs/statistics.md). ``glm`` runs ``--rounds`` dp_glm tasks per site, one per step
+(lower-bound or Newton-Raphson, ``--method``) of the plan's logistic model, and reports its
+coefficients.
 Exit codes: 0 done (sites that refused are listed); 1 no site returned a release;
 2 bad federation file, plan package, credentials or options.
 """
@@ -25,11 +26,11 @@ from agent.durable import write_public
 from agent.packages.manifest import TaskKind
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.federation import Federation, load_federation
-from edge_sponsor.coordinator.glm_tasks import DEFAULT_ROUNDS, MAX_ROUNDS, glm_design, run_glm
+from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, DEFAULT_ROUNDS, MAX_ROUNDS, glm_design, run_glm
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
 from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
-from edge_sponsor.statistics.glm import GlmRound, GlmSite
+from edge_sponsor.statistics.glm import GlmMethod, GlmRound, GlmSite
 from edge_sponsor.statistics.report import new_report, render_html
 from edge_sponsor.statistics.survival import analyse_survival
 from edge_sponsor.statistics.table_one import table_one
@@ -70,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
         command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
         command.set_defaults(handler=run_study_command, kind=_KINDS[name])
-    words = "logistic regression of the plan's model by DP Newton-Raphson: coefficients, odds ratios, 95 % CIs"
+    words = "logistic regression of the plan's model by DP lower-bound or Newton steps: coefficients, odds ratios, CIs"
     command = commands.add_parser(
         "glm",
         help=words,
@@ -84,13 +85,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
     )
     command.add_argument(
-        "--rounds", type=int, default=DEFAULT_ROUNDS, metavar="T",
-        help=f"Newton-Raphson steps, each one task per site (default {DEFAULT_ROUNDS})",
+        "--method", choices=[m.value for m in GlmMethod], default=GlmMethod.BOUND.value,
+        help="bound (default): every round steps on the information released in the first round, at β = 0, "
+        "which bounds it everywhere, and the estimate is the mean of the last iterates; newton: a Newton step "
+        "on each round's noisy information (needs far more patients or ε: bench/glm_accuracy.py)",
     )
     command.add_argument(
-        "--average-last", type=int, default=1, metavar="K",
-        help="report the mean of the last K rounds' one-step estimates (less noise, no extra ε; the rounds "
-        "averaged must have converged); default 1: the last step",
+        "--rounds", type=int, default=None, metavar="T",
+        help=f"steps, each one task per site (default {BOUND_ROUNDS} for bound, {DEFAULT_ROUNDS} for newton)",
+    )
+    command.add_argument(
+        "--average-last", type=int, default=None, metavar="K",
+        help="report the mean of the last K rounds' estimates (less noise, no extra ε; the rounds averaged must "
+        "have converged); default: the last half of the rounds for bound, 1 (the last step) for newton",
     )
     command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
     command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
@@ -178,6 +185,11 @@ def _check_budgets(federation: Federation, clients: Mapping[str, AgentClient], t
 
 def run_glm_command(args: argparse.Namespace) -> int:
     _check_common(args)
+    method = GlmMethod(args.method)
+    if args.rounds is None:
+        args.rounds = BOUND_ROUNDS if method is GlmMethod.BOUND else DEFAULT_ROUNDS
+    if args.average_last is None:
+        args.average_last = max(1, args.rounds // 2) if method is GlmMethod.BOUND else 1
     if not 1 <= args.rounds <= MAX_ROUNDS:
         raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
     if not 1 <= args.average_last <= args.rounds:
@@ -204,7 +216,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
         _check_budgets(federation, clients, planned)
         analysis = run_glm(
             federation, clients, package, args.noise_multiplier, rounds=args.rounds, run_id=run_id,
-            average_last=args.average_last, on_round=progress,
+            average_last=args.average_last, method=method, on_round=progress,
         )
     finally:
         for client in clients.values():
@@ -230,12 +242,8 @@ def run_glm_command(args: argparse.Namespace) -> int:
     if analysis.not_converged:
         notes.append(f"may not have converged: {analysis.not_converged}")
         print(f"edge-sponsor: warning: the estimate may not have converged: {analysis.not_converged}", file=sys.stderr)
-    if not fit.reliable:
-        print(
-            f"edge-sponsor: warning: the released information is mostly noise for these patients "
-            f"(noise/information {fit.noise_to_information:.2g}): the intervals understate the uncertainty",
-            file=sys.stderr,
-        )
+    if fit.unreliable:
+        print(f"edge-sponsor: warning: {fit.unreliable}", file=sys.stderr)
     for c in fit.original.coefficients:
         print(f"  {c.name}: {c.estimate:.4g} (SE {c.se:.3g}; {c.lower:.4g} to {c.upper:.4g}), OR {c.odds_ratio:.4g}")
     title = args.title or f"{package.manifest.name} {package.manifest.version}"

@@ -22,7 +22,7 @@ from html import escape
 from typing import Any
 
 from edge_sponsor.html_page import HEADER_HEIGHT_PX, PAGE_LEFT_PX, render_page
-from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmScale
+from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmMethod, GlmScale
 from edge_sponsor.statistics.survival import KmCurve, Median, StratumSurvival, SurvivalAnalysis
 from edge_sponsor.statistics.table_one import (
     CategoricalSummary,
@@ -486,8 +486,9 @@ def _plain(value: float, form: str = "{:.3g}") -> str:
 
 def _glm_section(analysis: GlmAnalysis) -> str:
     """The regression: coefficients on both scales, the rounds and what each site was charged."""
-    text = ["<h2>Logistic regression (DP Newton&#8211;Raphson)</h2>"]
     fit = analysis.fit
+    method = "lower-bound steps" if fit is not None and fit.method is GlmMethod.BOUND else "Newton&#8211;Raphson"
+    text = [f"<h2>Logistic regression (DP {method})</h2>"]
     done = len(analysis.rounds)
     text.append(
         f'<p class="note">{done} of {analysis.rounds_planned} rounds at noise multiplier '
@@ -496,7 +497,15 @@ def _glm_section(analysis: GlmAnalysis) -> str:
         "independent, so the total is their root sum of squares; intervals are the estimate ± z·SE total, "
         "odds ratios their exponentials.</p>"
     )
-    if fit is not None and fit.averaged_rounds > 1:
+    if fit is not None and fit.method is GlmMethod.BOUND:
+        text.append(
+            '<p class="note">Lower-bound steps (Böhning and Lindsay): every round steps by the score over the '
+            "information released in the first round, at β = 0 (XᵀX/4, which bounds the information at every β), so "
+            "each round's noisy information only enters the standard errors. The coefficients are the mean of the "
+            f"last {fit.averaged_rounds} iterates (each round keeps {escape(f'{fit.contraction:.2g}')} of the "
+            "error); their noise covariance is that of this linear recursion's average.</p>"
+        )
+    elif fit is not None and fit.averaged_rounds > 1:
         text.append(
             f'<p class="note">The coefficients are the mean of the last {fit.averaged_rounds} rounds\' one-step '
             "estimates, with the information averaged over them: their noise variance is that of one step divided "
@@ -513,12 +522,9 @@ def _glm_section(analysis: GlmAnalysis) -> str:
             f"{escape(f'{fit.included:.0f}')}; excluded (a covariate missing or not a listed category, "
             f"or the outcome not 0/1): {escape(_count(fit.excluded))}.</p>"
         )
-        if not fit.reliable:
+        if fit.unreliable:
             text.append(
-                '<p class="warning" id="glm-unreliable">The released information is mostly noise for these '
-                f"patients (noise/information {escape(f'{fit.noise_to_information:.2g}')} &gt; 1): the intervals "
-                "understate the uncertainty and the estimates may be far off. Use a smaller noise multiplier "
-                "(a larger ε) or more patients.</p>"
+                f'<p class="warning" id="glm-unreliable">Not to be trusted: {escape(fit.unreliable)}.</p>'
             )
         text.append("<h3>Per unit of each covariate</h3>")
         text.append(_coefficient_table("glm-original", fit.original, level))
