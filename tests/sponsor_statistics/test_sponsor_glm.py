@@ -284,17 +284,25 @@ FAIR_VARIABLES: tuple[Variable, ...] = (
 FAIR_COVARIATES = ("rate_marriage", "age", "yrs_married", "educ", "religious")
 
 
-def test_at_a_sigma_the_agent_accepts_on_6366_patients() -> None:
-    """statsmodels' fair (6366 women, any affair) over 3 sites at σ = 1 (ε ≈ 4.4 per round), a noise
-    the agent accepts: the reported noise SE matches the spread over 200 draws within 15 %, and
-    β ± 1.96 SE_noise covers the MLE about 95 % of the time."""
+FairData = tuple[np.ndarray, np.ndarray, list[np.ndarray], glm.Design, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def fair() -> FairData:
+    """statsmodels' fair over 3 sites: design, outcome, sites, the design and the MLE (statsmodels)."""
     frame = sm.datasets.fair.load_pandas().data
     frame["religious"] = frame["religious"].round().astype(int)
     x = oracle_design(frame, FAIR_VARIABLES, FAIR_COVARIATES)
     y = (frame["affairs"] > 0).to_numpy(dtype=float)
     sites = np.array_split(np.random.default_rng(20261207).permutation(len(frame)), SITES)
-    d = glm.Design.of(FAIR_VARIABLES, FAIR_COVARIATES)
-    mle = sm.Logit(y, x).fit(disp=0, tol=1e-12).params
+    return x, y, sites, glm.Design.of(FAIR_VARIABLES, FAIR_COVARIATES), sm.Logit(y, x).fit(disp=0, tol=1e-12).params
+
+
+def test_at_a_sigma_the_agent_accepts_on_6366_patients(fair: FairData) -> None:
+    """statsmodels' fair (6366 women, any affair) over 3 sites at σ = 1 (ε ≈ 4.4 per round), a noise
+    the agent accepts: the reported noise SE matches the spread over 200 draws within 15 %, and
+    β ± 1.96 SE_noise covers the MLE about 95 % of the time."""
+    x, y, sites, d, mle = fair
     estimates, se_noise, reliable = [], [], []
     for draw in range(DRAWS):
         result = fit(rounds_of(x, y, sites, 1.0, np.random.default_rng([17, draw]), d), d=d)
@@ -487,18 +495,12 @@ def test_lower_bound_steps_converge_on_the_mle_without_noise(rossi: tuple[np.nda
         glm.fit_iterates(d, steps[:4], 5)
 
 
-def test_lower_bound_noise_covariance_matches_the_spread_where_newton_fails() -> None:
+def test_lower_bound_noise_covariance_matches_the_spread_where_newton_fails(fair: FairData) -> None:
     """fair over 3 sites at σ = 4 per round (16 rounds: ε ≈ 4.4 per site for the run), where Newton's
     steps on each round's noisy information throw the estimate off (bench/glm_accuracy.py): the
     lower-bound fit's reported noise SE matches the spread over 200 draws within 20 %, and its total
     interval covers the MLE at least 93 % of the time for every coefficient."""
-    frame = sm.datasets.fair.load_pandas().data
-    frame["religious"] = frame["religious"].round().astype(int)
-    x = oracle_design(frame, FAIR_VARIABLES, FAIR_COVARIATES)
-    y = (frame["affairs"] > 0).to_numpy(dtype=float)
-    sites = np.array_split(np.random.default_rng(20261207).permutation(len(frame)), SITES)
-    d = glm.Design.of(FAIR_VARIABLES, FAIR_COVARIATES)
-    mle = sm.Logit(y, x).fit(disp=0, tol=1e-12).params
+    x, y, sites, d, mle = fair
     estimates, se_noise, se_total = [], [], []
     for draw in range(DRAWS):
         steps = glm.lower_bound_iterations(d, rounds_of(x, y, sites, 4.0, np.random.default_rng([23, draw]), d), 16)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -427,19 +428,41 @@ def fit_from_last_step(design: Design, last: NewtonStep, confidence: float = 0.9
     inverse = (inverse + inverse.T) / 2.0
     sampling = inverse
     noise = last.sums.score_noise_variance * (inverse @ inverse)
+    return _fit(
+        design,
+        last.coefficients,
+        sampling,
+        noise,
+        confidence=confidence,
+        final=last.sums,
+        floored_eigenvalues=last.information.floored,
+        noise_to_information=_noise_to_information(last),
+    )
+
+
+def _fit(
+    design: Design,
+    beta: FloatArray,
+    sampling: FloatArray,
+    noise: FloatArray,
+    *,
+    confidence: float,
+    final: PooledSums,
+    **about: Any,
+) -> GlmFit:
+    """The fit of ``beta`` with these covariances (design scale), on both scales; ``final``: the
+    last round's pooled sums (its patients and sites); ``about``: the method's own fields."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
     a = design.to_original()
-    beta = last.coefficients
     return GlmFit(
         names=design.names,
         design=_scale(design.names, beta, sampling, noise, z),
         original=_scale(design.names, a @ beta, a @ sampling @ a.T, a @ noise @ a.T, z),
         confidence=confidence,
-        included=last.sums.included,
-        excluded=last.sums.excluded,
-        sites=last.sums.sites,
-        floored_eigenvalues=last.information.floored,
-        noise_to_information=_noise_to_information(last),
+        included=final.included,
+        excluded=final.excluded,
+        sites=final.sites,
+        **about,
     )
 
 
@@ -584,8 +607,6 @@ def fit_iterates(design: Design, steps: Sequence[NewtonStep], last: int, confide
     sampling = np.linalg.inv(projected.matrix)
     sampling = (sampling + sampling.T) / 2.0
     beta = np.mean([step.coefficients for step in chosen], axis=0)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    a = design.to_original()
     final = chosen[-1].sums
     # The iterate after n steps from 0 keeps -Aⁿ β* of the start's error (linearised), so the mean
     # of the chosen ones is (I - M) β* with M the mean of their Aⁿ: β* ≈ (I - M)⁻¹ β̂, and the
@@ -605,14 +626,13 @@ def fit_iterates(design: Design, steps: Sequence[NewtonStep], last: int, confide
         transient = math.inf
     if not math.isfinite(transient):
         transient = math.inf
-    return GlmFit(
-        names=design.names,
-        design=_scale(design.names, beta, sampling, noise, z),
-        original=_scale(design.names, a @ beta, a @ sampling @ a.T, a @ noise @ a.T, z),
+    return _fit(
+        design,
+        beta,
+        sampling,
+        noise,
         confidence=confidence,
-        included=final.included,
-        excluded=final.excluded,
-        sites=final.sites,
+        final=final,
         floored_eigenvalues=projected.floored,
         noise_to_information=2.0 * math.sqrt(p) * math.sqrt(information_variance) / float(
             np.linalg.eigvalsh(projected.matrix)[0]
