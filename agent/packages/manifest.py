@@ -170,10 +170,39 @@ Preprocessing = NoPreprocessing | Standardise | OneHot
 
 
 @dataclass(frozen=True)
+class Missing:
+    """What becomes of a row whose value of a feature is missing: null, or NaN or an infinity
+    in a floating column (how pandas, Spark and R often write a value that was not measured).
+
+    The default drops the row: it feeds no graph and counts in no sum. ``impute`` (numeric
+    columns, ``none`` or ``standardise``) feeds ``value`` instead, in the column's own units,
+    before standardisation; ``indicator`` adds one slot after the feature's, 1.0 where the
+    value was missing and 0.0 elsewhere.
+    """
+
+    impute: bool = False
+    value: float = 0.0
+    indicator: bool = False
+
+    @property
+    def drops(self) -> bool:
+        return not self.impute
+
+
+DROP = Missing()
+
+
+@dataclass(frozen=True)
 class FeatureDecl:
     column: str
     dtype: ColumnType
     preprocessing: Preprocessing
+    missing: Missing = DROP
+
+    @property
+    def width(self) -> int:
+        """Slots of ``x``: the preprocessing's, and one for a missing indicator."""
+        return self.preprocessing.width + (1 if self.missing.indicator else 0)
 
 
 @dataclass(frozen=True)
@@ -275,7 +304,7 @@ class Manifest:
     @property
     def num_features(self) -> int:
         """``F``: the length of the graphs' ``x`` input."""
-        return sum(feature.preprocessing.width for feature in self.features)
+        return sum(feature.width for feature in self.features)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -283,6 +312,14 @@ class Manifest:
         if self.plan is not None:
             return self.plan.columns
         return tuple(f.column for f in self.features) + self.label.columns
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """The columns a row must have a value in to be used: features whose missing values
+        drop the row, and the label's (or every column of a plan's, which handles its own)."""
+        if self.plan is not None:
+            return self.plan.columns
+        return tuple(f.column for f in self.features if f.missing.drops) + self.label.columns
 
     @property
     def outcome_columns(self) -> tuple[str, ...]:
@@ -375,7 +412,11 @@ def _feature_json(feature: FeatureDecl) -> dict[str, Any]:
         preprocessing.update(mean=pre.mean, std=pre.std)
     elif isinstance(pre, OneHot):
         preprocessing["categories"] = list(pre.categories)
-    return {"column": feature.column, "dtype": feature.dtype.value, "preprocessing": preprocessing}
+    result = {"column": feature.column, "dtype": feature.dtype.value, "preprocessing": preprocessing}
+    # Absent when rows are dropped (the default): a package without it signs the same bytes.
+    if feature.missing.impute:
+        result["missing"] = {"value": feature.missing.value, "indicator": feature.missing.indicator}
+    return result
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -428,7 +469,7 @@ def parse_manifest(value: Any) -> Manifest:
     features = _features(inputs.get("features"))
     label = _label(JsonObject(inputs.get("label"), "inputs.label"))
     inputs.finish()
-    width = sum(f.preprocessing.width for f in features)
+    width = sum(f.width for f in features)
     if width > MAX_FEATURE_WIDTH:
         fail("inputs.features", f"give {width} graph features, more than {MAX_FEATURE_WIDTH}")
     used = [f.column for f in features] + list(label.columns)
@@ -548,9 +589,26 @@ def _features(value: Any) -> tuple[FeatureDecl, ...]:
         else:
             fail(pre.field("kind"), "must be 'none', 'standardise' or 'one_hot'")
         pre.finish()
+        missing = DROP
+        if obj.has("missing"):
+            missing = _missing(obj.get("missing"), obj.field("missing"), dtype, preprocessing)
         obj.finish()
-        result.append(FeatureDecl(column, dtype, preprocessing))
+        result.append(FeatureDecl(column, dtype, preprocessing, missing))
     return tuple(result)
+
+
+def _missing(value: Any, field: str, dtype: ColumnType, preprocessing: Preprocessing) -> Missing:
+    """``{"value": V, "indicator": bool}``: impute the number V (in the column's own units) in a
+    numeric column."""
+    obj = JsonObject(value, field)
+    if isinstance(preprocessing, OneHot) or not dtype.numeric:
+        fail(field, "missing values can be imputed in numeric columns only (preprocessing none or standardise)")
+    imputed = number_field(obj.get("value"), obj.field("value"))
+    indicator = obj.get("indicator")
+    if not isinstance(indicator, bool):
+        fail(obj.field("indicator"), "must be true or false")
+    obj.finish()
+    return Missing(True, imputed, indicator)
 
 
 def _categories(value: Any, field: str, dtype: ColumnType) -> tuple[str | int | bool, ...]:

@@ -15,10 +15,13 @@ Accepted Arrow types (dictionary-encoded columns are judged by their value type)
 * labels: ``binary`` numeric or bool, ``regression`` numeric, ``class_index`` integer,
   ``survival`` numeric time and numeric or bool event (``y = (time, event)``).
 
-A missing value never reaches a graph (:func:`drop_rows_with_nulls`): a null, and in a
-floating column NaN or an infinity too, which is how pandas, Spark and R often write a
-value that was not measured. So the rows a task can use, which the cohort minimum
-counts, are the rows that contribute something.
+A missing value never reaches a graph: a null, and in a floating column NaN or an
+infinity too, which is how pandas, Spark and R often write a value that was not measured.
+By default the row is dropped (:func:`drop_rows_with_nulls` over
+``Manifest.required_columns``), so the rows a task can use, which the cohort minimum
+counts, are the rows that contribute something. A feature whose manifest declares
+``missing`` (:class:`agent.packages.manifest.Missing`) feeds the declared value instead,
+and with ``indicator`` one more slot, 1.0 where the value was missing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from agent.packages.manifest import ColumnType, FeatureDecl, LabelKind, Manifest, NoPreprocessing, OneHot, Standardise
+from agent.packages.manifest import (
+    ColumnType,
+    FeatureDecl,
+    LabelKind,
+    Manifest,
+    Missing,
+    NoPreprocessing,
+    OneHot,
+    Standardise,
+)
 from agent.runtime.errors import ColumnMissingError, ColumnTypeError
 
 Float32Array = npt.NDArray[np.float32]
@@ -159,8 +171,25 @@ def _one_hot(column: Any, pre: OneHot, dtype: ColumnType) -> Float32Array:
     return np.equal(positions[:, None], np.arange(len(pre.categories))).astype(np.float32)
 
 
+def _numeric(column: Any, missing: Missing) -> npt.NDArray[np.float64]:
+    """The column as float64, a missing value (null, NaN, ±inf) replaced by the imputed one."""
+    values = _float64(column)
+    if missing.impute:
+        values = np.where(np.isfinite(values), values, missing.value)
+    return values
+
+
+def _is_missing(batch: pa.RecordBatch, column: str) -> npt.NDArray[np.bool_]:
+    """Where ``column`` has no value, as :func:`drop_rows_with_nulls` judges it."""
+    valid = _usable(batch, (column,))
+    if valid is None:
+        return np.zeros(batch.num_rows, np.bool_)
+    present: npt.NDArray[np.bool_] = np.asarray(valid.to_numpy(zero_copy_only=False), dtype=np.bool_)
+    return ~present
+
+
 def features(batch: pa.RecordBatch, manifest: Manifest) -> Float32Array:
-    """``x`` float32 ``[rows, F]`` for a batch without nulls in the feature columns."""
+    """``x`` float32 ``[rows, F]`` for a batch without missing values in ``manifest.required_columns``."""
     x = np.empty((batch.num_rows, manifest.num_features), np.float32)
     start = 0
     with np.errstate(over="ignore", invalid="ignore"):
@@ -170,10 +199,13 @@ def features(batch: pa.RecordBatch, manifest: Manifest) -> Float32Array:
             if isinstance(pre, OneHot):
                 x[:, start : start + pre.width] = _one_hot(column, pre, feature.dtype)
             elif isinstance(pre, Standardise):
-                x[:, start] = ((_float64(column) - pre.mean) / pre.std).astype(np.float32)
+                x[:, start] = ((_numeric(column, feature.missing) - pre.mean) / pre.std).astype(np.float32)
             elif isinstance(pre, NoPreprocessing):
-                x[:, start] = _float64(column).astype(np.float32)
+                x[:, start] = _numeric(column, feature.missing).astype(np.float32)
             start += pre.width
+            if feature.missing.indicator:
+                x[:, start] = _is_missing(batch, feature.column).astype(np.float32)
+                start += 1
     return x
 
 
@@ -193,6 +225,6 @@ def labels(batch: pa.RecordBatch, manifest: Manifest) -> npt.NDArray[Any]:
 
 
 def to_arrays(batch: pa.RecordBatch, manifest: Manifest) -> tuple[Float32Array, npt.NDArray[Any]]:
-    """``(x, y)`` for the rows of ``batch`` without nulls in the used columns."""
-    usable = drop_rows_with_nulls(batch, manifest.columns)
+    """``(x, y)`` for the rows of ``batch`` with a value in every required column."""
+    usable = drop_rows_with_nulls(batch, manifest.required_columns)
     return features(usable, manifest), labels(usable, manifest)

@@ -116,7 +116,7 @@ class ArrowRowSource:
     def count_usable(self) -> int:
         """How many rows a pass would yield now: a scan of the used columns' validity,
         with nothing preprocessed and nothing fed to a graph."""
-        return sum(count_usable(batch, self._manifest.columns) for batch in self._records())
+        return sum(count_usable(batch, self._manifest.required_columns) for batch in self._records())
 
     def _records(self) -> Iterator[pa.RecordBatch]:
         return self._dataset.to_batches(

@@ -178,7 +178,7 @@ class UnitRowSource:
             fragment_scan_options=scan_options(self._dataset),
             use_threads=False,
         ):
-            usable = drop_rows_with_nulls(batch, self._manifest.columns)
+            usable = drop_rows_with_nulls(batch, self._manifest.required_columns)
             if usable.num_rows == 0:
                 continue
             unit = usable.column(self._unit)

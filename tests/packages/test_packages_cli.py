@@ -239,6 +239,32 @@ def test_a_score_histogram_is_built_into_a_logistic_package_only_with_a_sensible
     assert len(cells) == 20 and all(metric["range"] == [0, 1] for metric in cells)
 
 
+def test_missing_values_are_imputed_only_as_declared_and_each_mistake_names_its_option(tmp_path: Path) -> None:
+    out = tmp_path / "risk.zip"
+    arguments = ["package", "build", "--model", "logistic", "--features", "age,bmi,sex", "--label", "outcome"]
+    arguments += ["--one-hot", "sex=F,M", "--name", "acme/risk", "--version", "1.0.0", "--publisher", "acme"]
+    arguments += ["--out", str(out)]
+    with pytest.raises(PackageCommandError, match="--impute age: 'sixty' is not a number"):
+        run(*arguments, "--impute", "age=sixty")
+    with pytest.raises(PackageCommandError, match="--impute age: the value must be finite"):
+        run(*arguments, "--impute", "age=nan")
+    with pytest.raises(PackageCommandError, match="--impute sex: missing values can be imputed in numeric columns"):
+        run(*arguments, "--impute", "sex=F")
+    with pytest.raises(PackageCommandError, match="--missing-indicator bmi: needs --impute bmi=VALUE"):
+        run(*arguments, "--impute", "age=60", "--missing-indicator", "bmi")
+    with pytest.raises(PackageCommandError, match="columns not in --features: weight"):
+        run(*arguments, "--impute", "weight=70")
+    assert not out.exists()
+    assert run(*arguments, "--impute", "age=60", "--missing-indicator", "age", "--impute", "bmi=27.5") == 0
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+    features = {f["column"]: f.get("missing") for f in manifest["inputs"]["features"]}
+    assert features["age"] == {"value": 60, "indicator": True} and features["sex"] is None
+    assert features["bmi"] == {"value": 27.5, "indicator": False}
+    # x: age, its indicator, bmi, and sex's two categories.
+    assert manifest["parameters"][0]["shape"] == [5]
+
+
 def test_private_standardisation_constants_need_a_readable_describe_report(tmp_path: Path) -> None:
     out = tmp_path / "risk.zip"
     arguments = ["package", "build", "--model", "logistic", "--features", "age", "--label", "outcome", "--name"]

@@ -173,3 +173,40 @@ def test_a_column_named_like_the_models_output_is_refused() -> None:
     manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
     with pytest.raises(ScoringModelError, match="'probability' has the name of the inference model's output"):
         scoring_model(INFERENCE, manifest)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from([np.nan, np.inf, -np.inf]), st.floats(-1e3, 1e3)),
+            st.one_of(st.none(), st.floats(10, 60, width=32)),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_imputed_columns_score_missing_values_as_the_agent_imputes_them(rows: list[tuple[float | None, ...]]) -> None:
+    """A declared imputation (age: value 61.5 with an indicator; bmi: 27, no indicator) in the
+    exported model equals the agent's own preprocessing, a null passed as NaN."""
+    columns = (
+        FeatureColumn("age", "float64", "standardise", mean=50.0, std=10.0, impute=61.5, indicator=True),
+        FeatureColumn("bmi", "float32", impute=27.0),
+    )
+    model = build_logistic_regression(3)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=columns, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
+    assert [f.missing.indicator for f in manifest.features] == [True, False] and manifest.num_features == 3
+    inference = model.inference_model({"w": np.array([0.8, -1.2, 0.3], np.float32), "b": np.array(0.1, np.float32)})
+    age, bmi = zip(*rows, strict=True)
+    table = pa.table({"age": pa.array(age, pa.float64()), "bmi": pa.array(bmi, pa.float32())})
+    (expected,) = ort.InferenceSession(inference.SerializeToString()).run(
+        None, {"x": features(table.to_batches()[0], manifest)}
+    )
+    raw = {name: table[name].to_numpy(zero_copy_only=False).astype(np.float64) for name in ("age", "bmi")}
+    scoring = ort.InferenceSession(scoring_model(inference, manifest).SerializeToString())
+    (got,) = scoring.run(None, raw)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)

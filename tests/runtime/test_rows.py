@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,92 @@ def test_preprocessing_matches_a_per_row_reference(rows: list[dict[str, Any]], b
     expected = np.array([reference_row(r) for r in used], np.float32).reshape(-1, 9)
     np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(y, np.array([r["outcome"] for r in used], np.float32))
+
+
+IMPUTED = manifest_with(
+    [
+        {
+            **feature("age", "float64", "standardise", mean=50.0, std=10.0),
+            "missing": {"value": 60.0, "indicator": True},
+        },
+        feature("sex", "string", "one_hot", categories=["F", "M"]),
+        feature("smoker", "bool"),
+        {**feature("stage", "int64"), "missing": {"value": 2, "indicator": False}},
+        {**feature("bmi", "float32"), "missing": {"value": 27.5, "indicator": True}},
+        feature("flag", "bool", "one_hot", categories=[True]),
+    ],
+    BINARY,
+)
+
+
+def imputed_reference_row(row: dict[str, Any]) -> list[float]:
+    def value(name: str, imputed: float) -> float:
+        present = row[name] is not None and math.isfinite(row[name])
+        return float(row[name]) if present else imputed
+
+    return [
+        (value("age", 60.0) - 50.0) / 10.0,
+        float(value("age", math.nan) != value("age", math.nan)),  # 1.0 where age was missing
+        float(row["sex"] == "F"),
+        float(row["sex"] == "M"),
+        float(row["smoker"]),
+        value("stage", 2.0),
+        float(np.float32(value("bmi", 27.5))),
+        float(value("bmi", math.nan) != value("bmi", math.nan)),
+        float(row["flag"] is True),
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "age": maybe(st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 44.5, 71.0])),
+                "sex": maybe(st.sampled_from(["F", "M", "X"])),
+                "smoker": maybe(st.booleans()),
+                "stage": maybe(st.integers(0, 4)),
+                "bmi": maybe(st.sampled_from([math.nan, 19.5, 31.25])),
+                "flag": maybe(st.booleans()),
+                "outcome": maybe(st.integers(0, 1)),
+                "secret": st.none(),
+            }
+        ),
+        max_size=30,
+    ),
+    batch_size=st.integers(1, 16),
+)
+def test_declared_missing_values_are_imputed_with_an_indicator_and_only_undeclared_ones_drop_the_row(
+    rows: list[dict[str, Any]], batch_size: int
+) -> None:
+    assert IMPUTED.required_columns == ("sex", "smoker", "flag", "outcome")
+    assert IMPUTED.num_features == 9
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    batches = list(ArrowRowSource(ds.dataset(table), IMPUTED, batch_size=batch_size).batches())
+    x = np.concatenate([b.x for b in batches]) if batches else np.zeros((0, 9), np.float32)
+    used = [r for r in rows if all(r[c] is not None for c in IMPUTED.required_columns)]
+    expected = np.array([imputed_reference_row(r) for r in used], np.float32).reshape(-1, 9)
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("column", "missing", "field"),
+    [
+        (feature("age", "float64"), {"value": "sixty", "indicator": False}, "inputs.features[0].missing.value"),
+        (feature("age", "float64"), {"value": 1.0, "indicator": 1}, "inputs.features[0].missing.indicator"),
+        (feature("age", "float64"), {"value": 1.0}, "inputs.features[0].missing.indicator"),
+        (feature("age", "float64"), {"value": 1.0, "indicator": False, "how": "mean"}, "missing.how"),
+        (feature("sex", "string", "one_hot", categories=["F"]), {"value": 0, "indicator": False}, "[0].missing"),
+        (feature("smoker", "bool"), {"value": 0, "indicator": False}, "inputs.features[0].missing"),
+    ],
+)
+def test_a_missing_declaration_that_cannot_be_fed_names_its_field(
+    column: dict[str, Any], missing: dict[str, Any], field: str
+) -> None:
+    from agent.packages import PackageRejected
+
+    with pytest.raises(PackageRejected, match=re.escape(field)):
+        manifest_with([{**column, "missing": missing}], BINARY)
 
 
 def test_only_the_manifest_columns_are_read(tmp_path: Path) -> None:

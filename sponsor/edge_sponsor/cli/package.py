@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
@@ -94,6 +95,21 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the JSON report of `edge-sponsor study describe` (Table 1): private constants, already paid for",
     )
     zoo.add_argument("--one-hot", action="append", default=[], metavar="COL=CAT1,CAT2,...")
+    zoo.add_argument(
+        "--impute",
+        action="append",
+        default=[],
+        metavar="COL=VALUE",
+        help="a numeric column's missing value (null, NaN, infinity) becomes VALUE, in the column's own units "
+        "(default: the row is dropped)",
+    )
+    zoo.add_argument(
+        "--missing-indicator",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="with --impute COL: one more feature, 1 where COL was missing",
+    )
     zoo.add_argument(
         "--feature-type",
         action="append",
@@ -218,9 +234,17 @@ def _feature_columns(args: argparse.Namespace) -> list[FeatureColumn]:
         standardise |= _constants_from(args.standardise_from, from_report)
     one_hot = _pairs(args.one_hot, "--one-hot")
     types = _pairs(args.feature_type, "--feature-type")
-    unknown = (set(standardise) | set(one_hot) | set(types)) - set(columns)
+    imputations = _pairs(args.impute, "--impute")
+    unknown = (set(standardise) | set(one_hot) | set(types) | set(imputations)) - set(columns)
     if unknown:
         raise PackageCommandError(f"columns not in --features: {', '.join(sorted(unknown))}")
+    for column in args.missing_indicator:
+        if column not in imputations:
+            raise PackageCommandError(f"--missing-indicator {column}: needs --impute {column}=VALUE")
+    for column in imputations:
+        if column in one_hot or types.get(column, "float64") in ("string", "bool"):
+            raise PackageCommandError(f"--impute {column}: missing values can be imputed in numeric columns only")
+    imputed = {column: _imputed_value(column, text) for column, text in imputations.items()}
     features = []
     for column in columns:
         dtype = types.get(column, "string" if column in one_hot else "float64")
@@ -249,7 +273,22 @@ def _feature_columns(args: argparse.Namespace) -> list[FeatureColumn]:
             features.append(FeatureColumn(column, dtype, "one_hot", categories=tuple(categories)))
         else:
             features.append(FeatureColumn(column, dtype))
+        if column in imputed:
+            features[-1] = replace(
+                features[-1], impute=imputed[column], indicator=column in args.missing_indicator
+            )
     return features
+
+
+def _imputed_value(column: str, text: str) -> float:
+    """The VALUE of ``--impute COL=VALUE``: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise PackageCommandError(f"--impute {column}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise PackageCommandError(f"--impute {column}: the value must be finite, got {text}")
+    return value
 
 
 def _bounds(values: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -62,10 +62,14 @@ class FeatureColumn:
     mean: float = 0.0
     std: float = 1.0
     categories: tuple[str | int | bool, ...] = ()
+    impute: float | None = None
+    """A missing value's replacement (the column's own units); None: a row missing it is dropped."""
+    indicator: bool = False
+    """With ``impute``: one more slot of ``x``, 1.0 where the value was missing."""
 
     @property
     def width(self) -> int:
-        return len(self.categories) if self.preprocessing == "one_hot" else 1
+        return (len(self.categories) if self.preprocessing == "one_hot" else 1) + (1 if self.indicator else 0)
 
     def to_json(self) -> dict[str, Any]:
         pre: dict[str, Any] = {"kind": self.preprocessing}
@@ -73,7 +77,10 @@ class FeatureColumn:
             pre.update(mean=float(self.mean), std=float(self.std))
         elif self.preprocessing == "one_hot":
             pre["categories"] = list(self.categories)
-        return {"column": self.column, "dtype": self.dtype, "preprocessing": pre}
+        result = {"column": self.column, "dtype": self.dtype, "preprocessing": pre}
+        if self.impute is not None:
+            result["missing"] = {"value": float(self.impute), "indicator": self.indicator}
+        return result
 
 
 def feature_width(features: Sequence[FeatureColumn]) -> int:

@@ -14,12 +14,17 @@ one named input per feature column instead:
   ``ai.onnx.ml.OneHotEncoder``: a value outside the categories gives all zeros, as in
   the agent.
 
-The agent trains only on complete rows (a null, NaN or infinity in any column it reads
-drops the row); a NaN passed here gives a NaN score, not a guess.
+A numeric column whose manifest declares how a missing value is imputed
+(:class:`agent.packages.manifest.Missing`) takes NaN (or an infinity) for a missing value
+here: it is replaced by the declared value, and with ``indicator`` the extra slot is 1.0,
+as in the agent. Otherwise the agent trains only on rows with a value (a null, NaN or
+infinity in such a column drops the row), and a NaN passed here gives a NaN score, not a
+guess.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -136,10 +141,31 @@ def _encoded(feature: FeatureDecl, prefix: str, nodes: list[onnx.NodeProto], gra
         integers = [int(c) for c in pre.categories]
         return node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_int64s=integers)
     value = node("Cast", [feature.column], "float64", to=TensorProto.DOUBLE)
+    missing = ""
+    if feature.missing.impute:
+        # Missing as the agent judges it in a float column: NaN or an infinity.
+        missing = node("Or", [node("IsNaN", [value], "is_nan"), node("IsInf", [value], "is_inf")], "missing")
+        imputed = constant("imputed_value", np.array(feature.missing.value, np.float64))
+        value = node("Where", [missing, imputed, value], "imputed")
     if isinstance(pre, Standardise):
         value = node("Sub", [value, constant("mean", np.array(pre.mean, np.float64))], "centred")
         value = node("Div", [value, constant("std", np.array(pre.std, np.float64))], "standardised")
     value = node("Cast", [value], "float32", to=TensorProto.FLOAT)
+    slot = _column(value, "slot", node, constant, opset)
+    if not feature.missing.indicator:
+        return slot
+    flag = _column(node("Cast", [missing], "missing_float", to=TensorProto.FLOAT), "indicator", node, constant, opset)
+    return node("Concat", [slot, flag], "slots", axis=1)
+
+
+def _column(
+    value: str,
+    output: str,
+    node: Callable[..., str],
+    constant: Callable[[str, np.ndarray], str],
+    opset: int,
+) -> str:
+    """``value`` ``[N]`` as a column ``[N, 1]``."""
     if opset >= 13:
-        return node("Unsqueeze", [value, constant("axis", np.array([1], np.int64))], "slot")
-    return node("Unsqueeze", [value], "slot", axes=[1])
+        return node("Unsqueeze", [value, constant(output + "_axis", np.array([1], np.int64))], output)
+    return node("Unsqueeze", [value], output, axes=[1])
