@@ -43,7 +43,7 @@ from agent.packages import (
     verify_package,
 )
 from agent.packages.inspection import inspect_package
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import FeatureDecl, Manifest
 from agent.packages.plan_summary import plan_lines
 from agent.packages.verification import read_package_bytes
 
@@ -125,9 +125,7 @@ def _summary_lines(manifest: Manifest) -> list[str]:
             *plan_lines(manifest),
             f"  description: {manifest.description.splitlines()[0] if manifest.description else '-'}",
         ]
-    features = ", ".join(
-        f"{f.column}({f.preprocessing.kind})" if f.preprocessing.kind != "none" else f.column for f in manifest.features
-    )
+    features = ", ".join(_feature(f) for f in manifest.features)
     return [
         f"  name:        {manifest.name} {manifest.version}",
         f"  publisher:   {manifest.publisher}",
@@ -139,6 +137,16 @@ def _summary_lines(manifest: Manifest) -> list[str]:
         f"  graphs:      {', '.join(ref.file for ref in manifest.graphs.values())}",
         f"  description: {manifest.description.splitlines()[0] if manifest.description else '-'}",
     ]
+
+
+def _feature(feature: FeatureDecl) -> str:
+    """A feature as a reviewer reads it: its column, its preprocessing, and what a missing value
+    becomes when not the default (the row dropped)."""
+    text = feature.column if feature.preprocessing.kind == "none" else f"{feature.column}({feature.preprocessing.kind})"
+    if feature.missing.impute:
+        indicator = " and a missing indicator" if feature.missing.indicator else ""
+        text += f" [missing: {feature.missing.value!r}{indicator}]"
+    return text
 
 
 def _metrics(manifest: Manifest) -> str:

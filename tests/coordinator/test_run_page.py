@@ -138,3 +138,17 @@ def test_the_last_score_histogram_is_drawn_as_an_roc_curve_and_a_calibration_tab
     assert "<td class='num'>0.125</td><td class='num'>55.0</td><td class='num'>0.091</td>" in html
     # Without a score histogram, no such section.
     assert "Discrimination and calibration" not in render_run_page(report)
+
+
+def test_a_missing_indicator_has_its_own_coefficient() -> None:
+    from edge_sponsor.publisher.packaging import FeatureColumn
+
+    columns = (FeatureColumn("age", "float64", impute=60.0, indicator=True), FeatureColumn("bmi", "float64"))
+    model = build_logistic_regression(3)
+    fields = zoo_manifest_fields(
+        model, name="acme/model", version="1.0.0", publisher="acme", features=columns, label_columns=("outcome",)
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
+    assert design_columns(manifest) == ("age", "age missing", "bmi")
+    table = coefficients_of(manifest, {"w": np.array([0.5, 1.0, -0.25], np.float32), "b": np.zeros((), np.float32)})
+    assert table is not None and [row.name for row in table.rows] == ["(intercept)", "age", "age missing", "bmi"]

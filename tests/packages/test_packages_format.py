@@ -172,3 +172,23 @@ def test_a_reviewer_sees_a_metric_group_once_with_its_joint_bound() -> None:
     assert "loss[0.0, 10.0], correct[0.0, 1.0], brier[0.0, 1.0]" in line
     assert "group score_histogram: 20 metrics score_neg_00 ... score_pos_09 in [0.0, 1.0]" in line
     assert "L2 norm at most 1.0 per patient together" in line and line.count("score_") == 3
+
+
+def test_a_reviewer_sees_what_a_missing_value_becomes() -> None:
+    from agent.cli.package import _summary_lines
+    from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
+    from edge_sponsor.publisher.zoo import build_logistic_regression
+
+    columns = (
+        FeatureColumn("age", "float64", "standardise", mean=50.0, std=10.0, impute=61.5, indicator=True),
+        FeatureColumn("bmi", "float64", impute=27.0),
+        FeatureColumn("sex", "string", "one_hot", categories=("F", "M")),
+    )
+    model = build_logistic_regression(5)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=columns, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(complete_manifest(fields, zoo_graphs(model)))
+    (line,) = [line for line in _summary_lines(manifest) if line.lstrip().startswith("features:")]
+    assert "age(standardise) [missing: 61.5 and a missing indicator]" in line
+    assert "bmi [missing: 27.0]" in line and "sex(one_hot)," not in line and line.rstrip().endswith("sex(one_hot)")

@@ -210,3 +210,10 @@ def test_imputed_columns_score_missing_values_as_the_agent_imputes_them(rows: li
     (got,) = scoring.run(None, raw)
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_feature_column_refuses_an_indicator_without_a_value_and_imputing_a_category() -> None:
+    with pytest.raises(ValueError, match="a missing indicator needs an imputed value"):
+        FeatureColumn("age", "float64", indicator=True)
+    with pytest.raises(ValueError, match="numeric columns only"):
+        FeatureColumn("sex", "string", "one_hot", categories=("F",), impute=0.0)

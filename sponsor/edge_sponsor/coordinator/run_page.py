@@ -74,6 +74,8 @@ def design_columns(manifest: Manifest) -> tuple[str, ...]:
             names.append(f"{feature.column} (per SD, {preprocessing.std:g})")
         else:
             names.append(feature.column)
+        if feature.missing.indicator:
+            names.append(f"{feature.column} missing")
     return tuple(names)
 
 

@@ -67,6 +67,12 @@ class FeatureColumn:
     indicator: bool = False
     """With ``impute``: one more slot of ``x``, 1.0 where the value was missing."""
 
+    def __post_init__(self) -> None:
+        if self.indicator and self.impute is None:
+            raise ValueError(f"{self.column}: a missing indicator needs an imputed value")
+        if self.impute is not None and (self.preprocessing == "one_hot" or self.dtype in ("string", "bool")):
+            raise ValueError(f"{self.column}: missing values can be imputed in numeric columns only")
+
     @property
     def width(self) -> int:
         return (len(self.categories) if self.preprocessing == "one_hot" else 1) + (1 if self.indicator else 0)
