@@ -57,11 +57,13 @@ Measured (200 draws, 6 rounds, seed 2026, 17 s each way), ε for the whole run p
 noise max |Δβ| 1.8e-4 on rossi, 3.5e-5 on fair):
 
 * **fair at ε = 3: median |Δβ| 0.64 to 1.35 SE, each coefficient's total interval holds the
-  MLE in 96 to 100 % of fits (noise interval 92 to 95 %), every one at once in 91 %;** SD/SE
-  dp 0.87 to 0.96; calibration-in-the-large 0.001 (p90 0.003); 28 % of fits flagged. At
-  ε = 8: 0.26 to 0.53 SE, 100 % all; at ε = 1: 1.4 to 3.3 SE, 60 % all, 63 % flagged.
-* **rossi**: at ε = 8, 0.70 to 1.04 SE, each interval 95 to 100 %, all at once 86 %; at ε = 3,
-  0.85 to 1.63 SE, each 79 to 98 %, all 54 % (51 % flagged); at ε = 1, 16 % (66 % flagged).
+  MLE in 96 to 100 % of fits (noise interval 91 to 95 %), every one at once in 90 %;** SD/SE
+  dp 0.90 to 0.98; calibration-in-the-large 0.001 (p90 0.003); 28 % of fits flagged. At
+  ε = 8: 0.26 to 0.53 SE, 100 % all, none flagged; at ε = 1: 1.4 to 3.3 SE, 50 % all, 90 %
+  flagged.
+* **rossi**: every fit flagged (its information is mostly noise at every ε: eigenvalues
+  floored). At ε = 8, 0.70 to 1.04 SE, each interval 94 to 100 %, all at once 80 %; at
+  ε = 3, each 74 to 98 %, all 39 %; at ε = 1, all 6 %.
 
 The noise that hurts Newton is the information's: σ·√3·‖x‖²_max/4 per entry and site, against
 an information that grows with the patients. Lower-bound steps never invert a noisy

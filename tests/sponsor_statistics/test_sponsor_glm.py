@@ -513,3 +513,41 @@ def test_lower_bound_noise_covariance_matches_the_spread_where_newton_fails(fair
     assert np.all(np.abs(ratio - 1.0) < 0.2), ratio
     covered = (np.abs(beta - mle) <= 1.959964 * total).mean(axis=0)
     assert np.all(covered >= 0.93), covered
+
+
+def test_a_site_leaving_late_leaves_an_estimate_that_is_flagged_not_reported_as_converged() -> None:
+    """A large site whose patients follow other coefficients leaves after round 13 of 16: the last
+    three iterates have not reached the remaining sites' MLE, and the fit measures the error left
+    from where their stretch began (not from β = 0, which would call it converged)."""
+    rng = np.random.default_rng(3)
+    variables = tuple(NumericVariable(f"v{j}", -1.0, 1.0) for j in range(3))
+    d = glm.Design.of(variables, [v.column for v in variables])
+
+    def patients(n: int, beta: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.column_stack([np.ones(n), rng.uniform(-1, 1, (n, 3))])
+        return x, (rng.uniform(size=n) < 1 / (1 + np.exp(-x @ np.array(beta)))).astype(float)
+
+    sites = [
+        patients(6000, [-1.0, 1.5, -1.0, 0.5]),
+        patients(1000, [1.0, -0.5, 0.8, 0.0]),
+        patients(1000, [1.0, -0.5, 0.8, 0.0]),
+    ]
+    done = [0]
+
+    def one(beta: np.ndarray) -> glm.PooledSums:
+        pooled = range(3) if done[0] < 13 else range(1, 3)
+        done[0] += 1
+        parts = []
+        for index in pooled:
+            score, information = exact_site_sums(*sites[index], beta)
+            parts.append(glm.SiteSums(f"site-{index}", 1000.0, 0.0, score, information, 0.0, 0.0))
+        return glm.pool_sums(parts)
+
+    steps = glm.lower_bound_iterations(d, one, 16)
+    result = glm.fit_iterates(d, steps, 8)
+    assert result.averaged_rounds == 3 and result.sites == ("site-1", "site-2")
+    x = np.vstack([sites[1][0], sites[2][0]])
+    mle = sm.Logit(np.concatenate([sites[1][1], sites[2][1]]), x).fit(disp=0, tol=1e-12).params
+    off = max(abs(c.estimate - m) / c.se for c, m in zip(result.design.coefficients, mle, strict=True))
+    assert off > 5  # far from the remaining sites' MLE, and
+    assert result.transient > glm.UNCONVERGED and "may not have converged" in result.unreliable

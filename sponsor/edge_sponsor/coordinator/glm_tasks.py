@@ -180,7 +180,8 @@ def run_glm(
         noise_multiplier=noise_multiplier,
         rounds_planned=rounds,
         stopped_early=stopped,
-        not_converged=unsettled(history),
+        # Lower-bound fits measure the error left since the sites last changed themselves (GlmFit.transient).
+        not_converged=unsettled(history) if method is glm.GlmMethod.NEWTON else "",
     )
 
 
