@@ -15,12 +15,13 @@ from agent.tasks.tensors import TensorDecl
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.report import RoundRecord, SiteTask
+from edge_sponsor.coordinator.strategies import Strategy
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
-from edge_sponsor.coordinator.training import FederatedTraining
+from edge_sponsor.coordinator.training import FederatedTraining, TrainingResult
 from tests.conftest import Pki
 from tests.packages.package_builders import good_package, new_key
-from tests.tasks.test_run_task_rpc import start
+from tests.tasks.test_run_task_rpc import Agent, start
 
 
 class RecordingClient(AgentClient):
@@ -74,6 +75,33 @@ def one_site_federation(name: str, tmp_path: Path, pki: Pki, address: str, plan:
     )
 
 
+def train_one_site(
+    agent: Agent,
+    client: AgentClient,
+    package: StudyPackage,
+    plan: TrainingPlan,
+    *,
+    name: str,
+    pki: Pki,
+    tmp_path: Path,
+    strategy: Strategy | None = None,
+) -> TrainingResult:
+    """Trains ``package`` from its initial parameters over a federation of ``agent`` alone (through
+    ``client``), then closes the client and stops the agent, whatever happened."""
+    federation = one_site_federation(name, tmp_path, pki, agent.address, plan)
+    training = FederatedTraining(
+        federation, {"hospital": client}, package, Quiet(), run_id=f"{name}-1", strategy=strategy
+    )
+    try:
+        ready, _ = training.prepare()
+        return training.train(ready, package.initial_parameters())
+    finally:
+        training.close()
+        client.close()
+        agent.channel.close()
+        agent.process.stop()
+
+
 def test_an_evaluation_reuses_the_parameters_the_next_round_sent(tmp_path: Path, pki: Pki) -> None:
     publisher = new_key()
     agent = start(tmp_path, pki, publisher)
@@ -87,18 +115,9 @@ def test_an_evaluation_reuses_the_parameters_the_next_round_sent(tmp_path: Path,
         task_stall_seconds=60.0,
         purpose="research",
     )
-    federation = one_site_federation("reuse", tmp_path, pki, agent.address, plan)
     client = RecordingClient(agent.address, pki.credentials(), server_name="localhost", timeout=30)
     package = StudyPackage.from_archive(good_package(publisher))
-    training = FederatedTraining(federation, {"hospital": client}, package, Quiet(), run_id="reuse-1")
-    try:
-        ready, _ = training.prepare()
-        result = training.train(ready, package.initial_parameters())
-    finally:
-        training.close()
-        client.close()
-        agent.channel.close()
-        agent.process.stop()
+    result = train_one_site(agent, client, package, plan, name="reuse", pki=pki, tmp_path=tmp_path)
     assert [r.updated for r in result.rounds] == [True, True, True]
     everything = ("w", "b")
     assert sorted(client.sent) == [

@@ -18,12 +18,11 @@ from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.federation import TrainingPlan
 from edge_sponsor.coordinator.score_evaluation import CLASSIFIER_METRICS, SURVIVAL_METRICS, ScoreHistogram
 from edge_sponsor.coordinator.study_package import StudyPackage
-from edge_sponsor.coordinator.training import FederatedTraining
 from edge_sponsor.publisher.packaging import zoo_graphs
 from edge_sponsor.publisher.zoo import build_logistic_regression, build_weibull_survival, score_histogram
 from edge_sponsor.statistics.evaluation import auc, calibration_in_the_large
 from tests.conftest import Pki
-from tests.coordinator.test_parameter_reuse import Quiet, one_site_federation
+from tests.coordinator.test_parameter_reuse import train_one_site
 from tests.packages.package_builders import NUM_FEATURES, good_package, new_key
 from tests.runtime.helpers import ArrayRowSource, manifest_for
 from tests.tasks.test_run_task_rpc import start
@@ -42,19 +41,10 @@ def test_a_score_histogram_is_reported_as_auc_and_calibration_with_their_dp_erro
         purpose="research",
         evaluation_noise_multiplier=1.0,
     )
-    federation = one_site_federation("scores", tmp_path, pki, agent.address, plan)
     client = AgentClient(agent.address, pki.credentials(), server_name="localhost", timeout=30)
     model = build_logistic_regression(NUM_FEATURES, score_bins=BINS)
     package = StudyPackage.from_archive(good_package(publisher, version="1.1.0", model=model))
-    training = FederatedTraining(federation, {"hospital": client}, package, Quiet(), run_id="scores-1")
-    try:
-        ready, _ = training.prepare()
-        result = training.train(ready, package.initial_parameters())
-    finally:
-        training.close()
-        client.close()
-        agent.channel.close()
-        agent.process.stop()
+    result = train_one_site(agent, client, package, plan, name="scores", pki=pki, tmp_path=tmp_path)
     (record,) = result.rounds
     cells = set(score_histogram.cell_names(BINS))
     assert not cells & set(record.metrics) and not cells & set(record.site_metrics["hospital"])

@@ -17,9 +17,8 @@ from edge_sponsor.coordinator.federation import Algorithm, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.strategies import FedAvg, FedSgd, SiteResult, strategy_for
 from edge_sponsor.coordinator.study_package import StudyPackage
-from edge_sponsor.coordinator.training import FederatedTraining
 from tests.conftest import Pki
-from tests.coordinator.test_parameter_reuse import Quiet, one_site_federation
+from tests.coordinator.test_parameter_reuse import train_one_site
 from tests.packages.package_builders import good_package, new_key
 from tests.tasks.test_run_task_rpc import start
 
@@ -52,20 +51,13 @@ def test_a_strategy_of_ones_own_runs_the_rounds_against_a_real_agent(tmp_path: P
     publisher = new_key()
     agent = start(tmp_path, pki, publisher)
     plan = TrainingPlan(rounds=3, evaluate_every=0, quorum=1, task_stall_seconds=60.0, purpose="research")
-    federation = one_site_federation("strategy", tmp_path, pki, agent.address, plan)
     client = AgentClient(agent.address, pki.credentials(), server_name="localhost", timeout=30)
     package = StudyPackage.from_archive(good_package(publisher))
     strategy = SignSgd()
-    training = FederatedTraining(federation, {"hospital": client}, package, Quiet(), run_id="sign-1", strategy=strategy)
-    try:
-        ready, _ = training.prepare()
-        start_parameters = package.initial_parameters()
-        result = training.train(ready, start_parameters)
-    finally:
-        training.close()
-        client.close()
-        agent.channel.close()
-        agent.process.stop()
+    start_parameters = package.initial_parameters()
+    result = train_one_site(
+        agent, client, package, plan, name="strategy", pki=pki, tmp_path=tmp_path, strategy=strategy
+    )
     assert strategy.configured == [(1, "hospital", 1.0), (2, "hospital", 0.5), (3, "hospital", 1.0 / 3)]
     assert strategy.aggregated == [(1, ("hospital",)), (2, ("hospital",)), (3, ("hospital",))]
     assert [r.updated for r in result.rounds] == [True, True, True]
