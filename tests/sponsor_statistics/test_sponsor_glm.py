@@ -112,6 +112,16 @@ def rounds_of(
     return one
 
 
+def coefficient_draws(fits: Sequence[glm.GlmFit]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[draws, p]`` arrays of the fits' design-scale estimates, noise SEs and total SEs."""
+    rows = [result.design.coefficients for result in fits]
+    return (
+        np.array([[c.estimate for c in row] for row in rows]),
+        np.array([[c.se_noise for c in row] for row in rows]),
+        np.array([[c.se for c in row] for row in rows]),
+    )
+
+
 def fit(rounds: Callable[[np.ndarray], glm.PooledSums], count: int = 6, d: glm.Design | None = None) -> glm.GlmFit:
     steps = glm.newton_raphson(d or design(), rounds, count)
     return glm.fit_from_last_step(d or design(), steps[-1])
@@ -254,14 +264,9 @@ def test_reported_noise_se_matches_the_spread_of_the_estimates(rossi: tuple[np.n
     DP-noise SE within 15 %, and β ± 1.96 SE_noise covers the (noise-free) MLE about 95 % of the time."""
     x, y, sites = rossi
     mle = sm.Logit(y, x).fit(disp=0, tol=1e-12).params
-    estimates, se_noise, se_total = [], [], []
-    for draw in range(DRAWS):
-        result = fit(rounds_of(x, y, sites, SIGMA, np.random.default_rng([11, draw])))
-        assert result.reliable
-        estimates.append([c.estimate for c in result.design.coefficients])
-        se_noise.append([c.se_noise for c in result.design.coefficients])
-        se_total.append([c.se for c in result.design.coefficients])
-    beta, noise, total = np.array(estimates), np.array(se_noise), np.array(se_total)
+    fits = [fit(rounds_of(x, y, sites, SIGMA, np.random.default_rng([11, draw]))) for draw in range(DRAWS)]
+    assert all(result.reliable for result in fits)
+    beta, noise, total = coefficient_draws(fits)
     ratio = beta.std(axis=0, ddof=1) / np.sqrt(np.mean(noise**2, axis=0))
     assert np.all(np.abs(ratio - 1.0) < 0.15), ratio
     # No bias beyond what the noise explains: the mean is within 4 standard errors of the mean.
@@ -303,13 +308,9 @@ def test_at_a_sigma_the_agent_accepts_on_6366_patients(fair: FairData) -> None:
     the agent accepts: the reported noise SE matches the spread over 200 draws within 15 %, and
     β ± 1.96 SE_noise covers the MLE about 95 % of the time."""
     x, y, sites, d, mle = fair
-    estimates, se_noise, reliable = [], [], []
-    for draw in range(DRAWS):
-        result = fit(rounds_of(x, y, sites, 1.0, np.random.default_rng([17, draw]), d), d=d)
-        estimates.append([c.estimate for c in result.design.coefficients])
-        se_noise.append([c.se_noise for c in result.design.coefficients])
-        reliable.append(result.reliable)
-    beta, noise = np.array(estimates), np.array(se_noise)
+    fits = [fit(rounds_of(x, y, sites, 1.0, np.random.default_rng([17, draw]), d), d=d) for draw in range(DRAWS)]
+    reliable = [result.reliable for result in fits]
+    beta, noise, _ = coefficient_draws(fits)
     ratio = beta.std(axis=0, ddof=1) / np.sqrt(np.mean(noise**2, axis=0))
     assert np.all(np.abs(ratio - 1.0) < 0.15), ratio
     covered = np.abs(beta - mle) <= 1.959964 * noise
@@ -501,14 +502,13 @@ def test_lower_bound_noise_covariance_matches_the_spread_where_newton_fails(fair
     lower-bound fit's reported noise SE matches the spread over 200 draws within 20 %, and its total
     interval covers the MLE at least 93 % of the time for every coefficient."""
     x, y, sites, d, mle = fair
-    estimates, se_noise, se_total = [], [], []
-    for draw in range(DRAWS):
-        steps = glm.lower_bound_iterations(d, rounds_of(x, y, sites, 4.0, np.random.default_rng([23, draw]), d), 16)
-        result = glm.fit_iterates(d, steps, 8)
-        estimates.append([c.estimate for c in result.design.coefficients])
-        se_noise.append([c.se_noise for c in result.design.coefficients])
-        se_total.append([c.se for c in result.design.coefficients])
-    beta, noise, total = np.array(estimates), np.array(se_noise), np.array(se_total)
+    fits = [
+        glm.fit_iterates(
+            d, glm.lower_bound_iterations(d, rounds_of(x, y, sites, 4.0, np.random.default_rng([23, draw]), d), 16), 8
+        )
+        for draw in range(DRAWS)
+    ]
+    beta, noise, total = coefficient_draws(fits)
     ratio = beta.std(axis=0, ddof=1) / np.sqrt(np.mean(noise**2, axis=0))
     assert np.all(np.abs(ratio - 1.0) < 0.2), ratio
     covered = (np.abs(beta - mle) <= 1.959964 * total).mean(axis=0)
