@@ -431,10 +431,8 @@ def fit_from_last_step(design: Design, last: NewtonStep, confidence: float = 0.9
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if last.coefficients.shape != (design.p,):
         raise ValueError(f"the step has {last.coefficients.shape[0]} coefficients, the design {design.p}")
-    inverse = np.linalg.inv(last.information.matrix)
-    inverse = (inverse + inverse.T) / 2.0
-    sampling = inverse
-    noise = last.sums.score_noise_variance * (inverse @ inverse)
+    sampling = _symmetric_inverse(last.information.matrix)
+    noise = last.sums.score_noise_variance * (sampling @ sampling)
     return _fit(
         design,
         last.coefficients,
@@ -443,7 +441,7 @@ def fit_from_last_step(design: Design, last: NewtonStep, confidence: float = 0.9
         confidence=confidence,
         final=last.sums,
         floored_eigenvalues=last.information.floored,
-        noise_to_information=_noise_to_information(last),
+        noise_to_information=_noise_to_information(last.information.matrix, last.sums.information_noise_variance),
     )
 
 
@@ -495,9 +493,7 @@ def fit_averaged(design: Design, steps: Sequence[NewtonStep], last: int, confide
     if len(chosen) == 1:
         return fit_from_last_step(design, steps[-1], confidence)
     count = len(chosen)
-    information = np.mean([step.sums.information for step in chosen], axis=0)
-    information_variance = sum(step.sums.information_noise_variance for step in chosen) / count**2
-    projected = positive_definite(information, math.sqrt(information_variance))
+    information, information_variance, projected = _averaged_information(chosen)
     estimates = [step.start + np.linalg.solve(projected.matrix, step.sums.score) for step in chosen]
     final = chosen[-1].sums
     pooled = PooledSums(
@@ -513,10 +509,25 @@ def fit_averaged(design: Design, steps: Sequence[NewtonStep], last: int, confide
     return replace(fit_from_last_step(design, averaged, confidence), averaged_rounds=count)
 
 
-def _noise_to_information(last: NewtonStep) -> float:
-    smallest = float(np.linalg.eigvalsh(last.information.matrix)[0])
-    tau = math.sqrt(last.sums.information_noise_variance)
-    return 2.0 * math.sqrt(last.coefficients.shape[0]) * tau / smallest
+def _noise_to_information(information: FloatArray, noise_variance: float) -> float:
+    """``2·√p·τ / λ_min``: about the spectral norm of the noise on ``information`` (τ² per entry)
+    over its smallest eigenvalue (:attr:`GlmFit.noise_to_information`)."""
+    smallest = float(np.linalg.eigvalsh(information)[0])
+    return 2.0 * math.sqrt(information.shape[0] * noise_variance) / smallest
+
+
+def _averaged_information(chosen: Sequence[NewtonStep]) -> tuple[FloatArray, float, Projected]:
+    """The information averaged over the ``chosen`` rounds, the noise variance of each of its
+    entries (the rounds' added, over K²), and the average made positive definite."""
+    count = len(chosen)
+    information = np.mean([step.sums.information for step in chosen], axis=0)
+    variance = sum(step.sums.information_noise_variance for step in chosen) / count**2
+    return information, variance, positive_definite(information, math.sqrt(variance))
+
+
+def _symmetric_inverse(matrix: FloatArray) -> FloatArray:
+    inverse = np.linalg.inv(matrix)
+    return (inverse + inverse.T) / 2.0
 
 
 def _scale(names: Sequence[str], beta: FloatArray, sampling: FloatArray, noise: FloatArray, z: float) -> GlmScale:
@@ -606,9 +617,7 @@ def fit_iterates(design: Design, steps: Sequence[NewtonStep], last: int, confide
     chosen = list(steps[max(first, len(steps) - last) :])
     count = len(chosen)
     p = design.p
-    information = np.mean([step.sums.information for step in chosen], axis=0)
-    information_variance = sum(step.sums.information_noise_variance for step in chosen) / count**2
-    projected = positive_definite(information, math.sqrt(information_variance))
+    _, information_variance, projected = _averaged_information(chosen)
     bound_inverse = np.linalg.inv(chosen[-1].information.matrix)
     contraction = np.eye(p) - bound_inverse @ projected.matrix
     radius = float(np.max(np.abs(np.linalg.eigvals(contraction))))
@@ -617,9 +626,7 @@ def fit_iterates(design: Design, steps: Sequence[NewtonStep], last: int, confide
         [step.sums.score_noise_variance * (bound_inverse @ bound_inverse.T) for step in steps],
         count,
     )
-    sampling = np.linalg.inv(projected.matrix)
-    sampling = (sampling + sampling.T) / 2.0
-    smallest = float(np.linalg.eigvalsh(projected.matrix)[0])
+    sampling = _symmetric_inverse(projected.matrix)
     beta = np.mean([step.coefficients for step in chosen], axis=0)
     kept = np.zeros((p, p))
     power = np.eye(p)
@@ -645,7 +652,7 @@ def fit_iterates(design: Design, steps: Sequence[NewtonStep], last: int, confide
         confidence=confidence,
         final=chosen[-1].sums,
         floored_eigenvalues=projected.floored,
-        noise_to_information=2.0 * math.sqrt(p * information_variance) / smallest,
+        noise_to_information=_noise_to_information(projected.matrix, information_variance),
         averaged_rounds=count,
         method=GlmMethod.BOUND,
         contraction=radius,
