@@ -678,11 +678,12 @@ def _metrics(value: Any) -> tuple[MetricDecl, ...]:
         high = number_field(bounds[1], obj.field("range") + "[1]")
         if not low < high:
             fail(obj.field("range"), "must be [low, high] with low < high")
-        if max(abs(low), abs(high)) > MAX_METRIC_BOUND:
+        bound = MetricDecl(name, low, high).bound
+        if bound > MAX_METRIC_BOUND:
             # A sum over many patients, and its noise scale sqrt(blocks)·bound, must stay finite.
             fail(obj.field("range"), f"must lie within [-{MAX_METRIC_BOUND:g}, {MAX_METRIC_BOUND:g}]")
         group = obj.string("group", max_length=64, pattern=IDENTIFIER_PATTERN) if obj.has("group") else None
-        if group is not None and max(abs(low), abs(high)) < MIN_GROUP_BOUND:
+        if group is not None and bound < MIN_GROUP_BOUND:
             # The agent divides a group's values by its bound: 1 / bound must be finite and exact enough.
             fail(obj.field("range"), f"of a grouped metric must reach at least {MIN_GROUP_BOUND:g} in absolute value")
         first = next((m for m in result if group is not None and m.group == group), None)
