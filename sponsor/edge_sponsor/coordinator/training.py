@@ -317,14 +317,14 @@ class FederatedTraining:
         site_metrics: dict[str, dict[str, float]] = {}
         totals: dict[str, float] = {}
         total_count = 0.0
-        ranges = {m.name: (m.low, m.high) for m in self.package.manifest.metrics}
+        manifest = self.package.manifest
+        ranges = {m.name: (m.low, m.high) for m in manifest.metrics}
 
         def mean(metric: str, total: float, count: float) -> float:
             # Noise can push a ratio outside the metric's range; clamping is free post-processing.
             low, high = ranges[metric]
             return min(high, max(low, total / max(count, 1.0)))
 
-        manifest = self.package.manifest
         scales = dict(zip((m.name for m in manifest.metrics), manifest.metric_noise_scales(), strict=True))
         histogram = ScoreHistogram.of(list(ranges))
         # A score histogram's cells are read as figures (AUC, C-index...), not shown one by one.
@@ -337,7 +337,7 @@ class FederatedTraining:
             sums = {m: v for m, v in run.scalars.items() if m != NOISY_COUNT}
             site_metrics[name] = {m: mean(m, v, count) for m, v in sums.items() if m not in cells}
             if histogram:
-                site_metrics[name] |= {m: e.estimate for m, e in histogram.figures(sums, cell_sd).items()}
+                site_metrics[name] |= histogram.estimates(sums)
             for m, v in sums.items():
                 totals[m] = totals.get(m, 0.0) + v
             total_count += count
