@@ -204,6 +204,10 @@ def test_study_glm_matches_statsmodels_within_its_intervals(
     # Bad options are refused before any agent is asked.
     assert sponsor_main([*argv, "--rounds", "0", "--json", "x"]) == 2
     assert "--rounds must be between 1 and 50" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        sponsor_main([*argv, "--method", "gradient", "--json", "x"])
+    assert refused.value.code == 2
+    assert "argument --method: invalid choice: 'gradient'" in capsys.readouterr().err
 
 
 def test_study_glm_refuses_a_plan_without_a_model(
