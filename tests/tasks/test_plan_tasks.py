@@ -291,8 +291,11 @@ def test_the_sponsor_pools_three_agents_into_km_curves_and_a_table_one(
             fitter.fit(group.time, group.cens)
             exact = fitter.survival_function_at_times(GRID).to_numpy()
             got = np.array(strata[f"horTh={arm}"]["curve"]["survival"][1:])  # at times 0, t_1, ..., t_J
-            # Noise SD 0.3 per exit count at each site, and the grid's own small discretisation error.
-            assert np.max(np.abs(got - exact)) < 0.03
+            # Noise SD 0.3 per exit count at each site: each point within 4 of the noise SDs the report
+            # gives it (0.001 at a year, 0.013-0.015 at six) plus the grid's own discretisation (up to
+            # about 0.004). A flat 0.03 was 2 SDs at six years and failed now and then.
+            noise_sd = np.sqrt(strata[f"horTh={arm}"]["curve"]["variance_noise"][1:])
+            assert np.all(np.abs(got - exact) < 4.0 * noise_sd + 0.005), (got - exact, noise_sd)
         assert "<svg" in km_html.read_text()
 
         table_json = tmp_path / "table1.json"
