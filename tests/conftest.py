@@ -94,6 +94,7 @@ def write_config(
     extra: str = "",
     grace_seconds: float = 10.0,
     policy: str = DEFAULT_POLICY,
+    agent_id: str = "hospital-test",
 ) -> Path:
     """A production-style agent.toml and policy.toml, with an identity key created beforehand."""
     (directory / "policy.toml").write_text(policy)
@@ -105,7 +106,7 @@ def write_config(
     config.write_text(
         f"""
 [agent]
-id = "hospital-test"
+id = "{agent_id}"
 state_dir = "{state}"
 
 [identity]

@@ -111,7 +111,8 @@ class GlmSite:
             f'\n[[datasets]]\nid = "fair"\npath = "{data / "fair.parquet"}"\n'
             f'columns = [{columns}]\nprivacy_unit = "patient_id"\n'
         )
-        config = write_config(directory, pki, policy=policy_text(publisher), extra=datasets)
+        # Each hospital its own agent: the coordinator leaves out a second entry for one agent.
+        config = write_config(directory, pki, policy=policy_text(publisher), extra=datasets, agent_id=directory.name)
         self.process: InProcessAgent = start_in_process(config)
         self.address = f"127.0.0.1:{self.process.port}"
         self.client = AgentClient(self.address, pki.credentials(), server_name="localhost", timeout=30)

@@ -14,7 +14,7 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.tasks.tensors import TensorDecl
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
-from edge_sponsor.coordinator.report import RoundRecord, SiteTask
+from edge_sponsor.coordinator.progress import QuietObserver
 from edge_sponsor.coordinator.strategies import Strategy
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
@@ -49,17 +49,6 @@ class RecordingClient(AgentClient):
         return run
 
 
-class Quiet:
-    def note(self, message: str) -> None:
-        pass
-
-    def task_finished(self, round_number: int, task: SiteTask) -> None:
-        pass
-
-    def round_finished(self, record: RoundRecord) -> None:
-        pass
-
-
 def one_site_federation(name: str, tmp_path: Path, pki: Pki, address: str, plan: TrainingPlan) -> Federation:
     """A federation of one site, "hospital", whose dataset is "cohort", on the test PKI."""
     return Federation(
@@ -90,7 +79,7 @@ def train_one_site(
     ``client``), then closes the client and stops the agent, whatever happened."""
     federation = one_site_federation(name, tmp_path, pki, agent.address, plan)
     training = FederatedTraining(
-        federation, {"hospital": client}, package, Quiet(), run_id=f"{name}-1", strategy=strategy
+        federation, {"hospital": client}, package, QuietObserver(), run_id=f"{name}-1", strategy=strategy
     )
     try:
         ready, _ = training.prepare()

@@ -129,7 +129,8 @@ class PlanSite:
             'columns = ["age", "horTh", "tgrade", "time"]\nprivacy_unit = "patient_id"\n'
         )
         policy = policy_text(publisher, reviewer=reviewer)
-        config = write_config(directory, pki, policy=policy, extra=datasets)
+        # Each hospital its own agent: the coordinator leaves out a second entry for one agent.
+        config = write_config(directory, pki, policy=policy, extra=datasets, agent_id=directory.name)
         self.directory = directory
         self.process: InProcessAgent = start_in_process(config)
         self.address = f"127.0.0.1:{self.process.port}"
@@ -218,7 +219,7 @@ def test_describe_releases_the_plan_and_matches_pandas(site: PlanSite, publisher
     (finished,) = site.audit("task.finished")
     assert started["task_kind"] == "dp_describe" and started["package_digest"] == uploaded.digest
     assert started["hyperparameters"] == {"noise_multiplier": TINY_SIGMA, "sampling_rate": 1.0,
-                                          "release_noisy_count": False}
+                                          "release_noisy_count": False, "release_dropped_units": False}
     assert started["privacy_unit"] == "patient_id" and finished["task_id"] == started["task_id"]
     # What left, block by block (strata by cells), not thousands of scalar names.
     assert finished["released"] == ["count[2][1]", "age.n[2][2]", "age.sum[2][1]", "age.sumsq[2][1]",

@@ -30,7 +30,7 @@ from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, DEFAULT_ROUNDS, MAX
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
 from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
-from edge_sponsor.statistics.glm import GlmMethod, GlmRound, GlmSite
+from edge_sponsor.statistics.glm import GlmMethod, GlmRound
 from edge_sponsor.statistics.report import new_report, render_html
 from edge_sponsor.statistics.survival import analyse_survival
 from edge_sponsor.statistics.table_one import table_one
@@ -202,8 +202,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"{federation.name}-dp_glm-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     clients = open_clients(federation)
 
-    def progress(done: GlmRound, sites: Sequence[GlmSite]) -> None:
-        left = [s.site for s in sites if s.status != "ok"]
+    def progress(done: GlmRound, left: Sequence[str]) -> None:
         print(
             f"round {done.index + 1}/{args.rounds}: {len(done.sites)} sites pooled, "
             f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),

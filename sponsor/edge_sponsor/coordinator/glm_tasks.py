@@ -16,28 +16,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 
-from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import COEFFICIENTS, TaskKind
 from agent.packages.plan import MAX_MAGNITUDE
 from agent.packages.release_layout import GLM_COUNT, GLM_INFORMATION, GLM_SCORE, ReleaseLayout
+from agent.tasks.kinds.profile import TaskProfile
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
 from edge_sponsor.coordinator.federation import Federation, Site
+from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.plan_tasks import (
-    TASK_STALL_SECONDS,
-    UPLOAD_SECONDS,
     PlanPackage,
     PlanPackageError,
     plan_profile,
     release_problem,
+    run_rounds,
 )
+from edge_sponsor.coordinator.report import SiteTask
+from edge_sponsor.coordinator.strategies import SiteResult, StopRunError
+from edge_sponsor.coordinator.training import TrainingResult
 from edge_sponsor.statistics import glm
-from edge_sponsor.statistics.releases import FloatArray, SiteRelease, read_block
+from edge_sponsor.statistics.releases import SiteRelease, read_block
 
 # The spec's default: Newton from β = 0 reaches a logistic MLE to float precision in about
 # 5 steps on a well-posed design (tests/sponsor_statistics: rossi in 6); each round costs ε.
@@ -95,10 +96,12 @@ def run_glm(
     confidence: float = 0.95,
     average_last: int = 1,
     method: glm.GlmMethod = glm.GlmMethod.NEWTON,
-    on_round: Callable[[glm.GlmRound, Sequence[glm.GlmSite]], None] | None = None,
+    on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
 ) -> glm.GlmAnalysis:
     """Fits the plan's logistic model over the federation by ``rounds`` DP steps: Newton-Raphson,
     or lower-bound steps on the first round's information (``method``; :mod:`edge_sponsor.statistics.glm`).
+
+    The rounds are :class:`GlmSteps` in the coordinator's round loop (:func:`run_rounds`), as any strategy.
 
     Args:
         federation: the sites, their datasets and the purpose recorded in every audit log.
@@ -106,13 +109,13 @@ def run_glm(
         package: the plan package (with a model); every site must hold it approved.
         noise_multiplier: σ of every task (each costs the ε of one Gaussian mechanism at σ, q = 1).
         rounds: Newton steps, 1 to MAX_ROUNDS; every round is one charged task per site.
-        run_id: recorded in every agent's audit log; each round is its ``round``.
+        run_id: recorded in every agent's audit log; each round is its ``round`` (from 1).
         confidence: the level of the intervals.
         average_last: Newton: the coefficients are the mean of the last rounds' one-step estimates
             (:func:`edge_sponsor.statistics.glm.fit_averaged`), 1 the last step; bound: the mean
             of the last iterates (:func:`edge_sponsor.statistics.glm.fit_iterates`).
         method: newton, or bound (the first round is at β = 0, its information the bound).
-        on_round: called after each round's step.
+        on_round: called after each round's step with the round and the sites that have left.
 
     Returns:
         The fit on the last round's sums, the rounds and each site's charges; a run in which
@@ -128,61 +131,32 @@ def run_glm(
         raise ValueError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
     if not 1 <= average_last <= rounds:
         raise ValueError(f"average_last must be between 1 and the rounds ({rounds}), got {average_last}")
-    sites = _Sites(federation, clients, package, noise_multiplier, run_id)
-    design = sites.design
-    with ThreadPoolExecutor(max_workers=max(1, len(federation.sites))) as pool:
-        list(pool.map(sites.upload, federation.sites))
-        beta = np.zeros(design.p, dtype=np.float64)
-        history: list[glm.GlmRound] = []
-        steps: list[glm.NewtonStep] = []
-        bound: glm.Projected | None = None
-        stopped = ""
-        for index in range(rounds):
-            if not np.all(np.abs(beta) <= MAX_COEFFICIENT):
-                # The agents refuse such coefficients (and would charge nothing); a step this far
-                # out means the noise has swamped the information.
-                stopped = f"round {index}: the coefficients left ±{MAX_COEFFICIENT:g}"
-                break
-            active = [site for site in federation.sites if sites.state[site.name].status == glm.OK]
-            sums = [s for s in pool.map(partial(sites.task, index=index, beta=beta), active) if s is not None]
-            if not sums:
-                stopped = f"no site returned its sums in round {index}"
-                break
-            try:
-                pooled = glm.pool_sums(sums)
-                if method is glm.GlmMethod.BOUND:
-                    # The first round's sums (at β = 0) give the bound every step uses.
-                    bound = bound if bound is not None else glm.curvature_bound(pooled)
-                    step = glm.bound_step(beta, pooled, bound)
-                else:
-                    step = glm.newton_step(beta, pooled)
-            except ValueError as exc:
-                stopped = f"round {index}: {exc}"
-                break
-            steps.append(step)
-            beta = step.coefficients
-            history.append(
-                glm.GlmRound(
-                    index, step.sums.sites, step.sums.included, tuple(float(b) for b in beta), step.information.floored
-                )
-            )
-            if on_round is not None:
-                on_round(history[-1], [sites.state[site.name] for site in federation.sites])
+    steps = GlmSteps(package, noise_multiplier, method, on_round)
+    initial: Parameters = {COEFFICIENTS: np.zeros(steps.design.p, np.float64)}
+    result, left_out = run_rounds(federation, clients, package, steps, rounds=rounds, run_id=run_id, initial=initial)
     fit: glm.GlmFit | None = None
-    if steps and method is glm.GlmMethod.BOUND:
-        fit = glm.fit_iterates(design, steps, min(average_last, len(steps)), confidence)
-    elif steps:
-        fit = glm.fit_averaged(design, steps, min(average_last, len(steps)), confidence)
+    if steps.steps and method is glm.GlmMethod.BOUND:
+        fit = glm.fit_iterates(steps.design, steps.steps, min(average_last, len(steps.steps)), confidence)
+    elif steps.steps:
+        fit = glm.fit_averaged(steps.design, steps.steps, min(average_last, len(steps.steps)), confidence)
     return glm.GlmAnalysis(
         fit=fit,
-        rounds=tuple(history),
-        sites=tuple(sites.state[site.name] for site in federation.sites),
+        rounds=tuple(steps.history),
+        sites=tuple(steps.site_states(federation, clients, left_out, result)),
         noise_multiplier=noise_multiplier,
         rounds_planned=rounds,
-        stopped_early=stopped,
+        stopped_early=_stopped(result) if result is not None else "no site could take part",
         # Lower-bound fits measure the error left since the sites last changed themselves (GlmFit.transient).
-        not_converged=unsettled(history) if method is glm.GlmMethod.NEWTON else "",
+        not_converged=unsettled(steps.history) if method is glm.GlmMethod.NEWTON else "",
     )
+
+
+def _stopped(result: TrainingResult) -> str:
+    """Why the run ended before its last round, or ""."""
+    last = result.rounds[-1] if result.rounds else None
+    if result.stopped_early and last is not None and all(task.status != "ok" for task in last.training):
+        return f"round {last.round}: no site returned its sums"
+    return result.stopped_early
 
 
 def unsettled(history: Sequence[glm.GlmRound]) -> str:
@@ -199,86 +173,148 @@ def unsettled(history: Sequence[glm.GlmRound]) -> str:
     )
 
 
-class _Sites:
-    """The run's calls to the sites and what each has been charged so far."""
+class GlmSteps:
+    """The plan's logistic model by DP Newton-Raphson or lower-bound steps, as a strategy
+    (:mod:`edge_sponsor.coordinator.strategies`): every site still in the run gets a
+    ``dp_glm`` task at the current coefficients; the sites' noisy score and information are
+    added and one step taken (:mod:`edge_sponsor.statistics.glm`).
+
+    A site that refuses, fails or withholds its release (its noisy cohort below the
+    minimum) is asked nothing more: its sums would be missing from every later round
+    anyway, and each further task would spend its ε for nothing.
+    """
 
     def __init__(
         self,
-        federation: Federation,
-        clients: Mapping[str, AgentClient],
         package: PlanPackage,
         noise_multiplier: float,
-        run_id: str,
+        method: glm.GlmMethod,
+        on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
     ) -> None:
-        self.federation, self.clients, self.package = federation, clients, package
-        self.noise_multiplier, self.run_id = noise_multiplier, run_id
         self.design = glm_design(package)
         self.layout = package.layout(TaskKind.DP_GLM)
         self.profile = plan_profile(TaskKind.DP_GLM, noise_multiplier)
-        # Written by one pool thread per site (each its own key), read between rounds.
-        self.state = {site.name: glm.GlmSite(site.name) for site in federation.sites}
+        self.noise_multiplier = noise_multiplier
+        self.method = method
+        self.on_round = on_round
+        self.steps: list[glm.NewtonStep] = []
+        self.history: list[glm.GlmRound] = []
+        # The sites asked nothing more, and those that withheld their release (with the round's words).
+        self.left: list[str] = []
+        self.withheld: dict[str, str] = {}
+        # The round being configured and the sites asked in it.
+        self._round = 0
+        self._asked: list[str] = []
+        self._coefficients = np.zeros(self.design.p, np.float64)
+        self._bound: glm.Projected | None = None
 
-    def upload(self, site: Site) -> None:
-        client = self.clients[site.name]
-        try:
-            client.wait_until_ready(self.federation.connect_seconds)
-            uploaded = client.upload_package(self.package.archive, timeout=UPLOAD_SECONDS)
-        except AgentRpcError as exc:
-            self.state[site.name] = replace(self.state[site.name], status=exc.code.name, detail=exc.details)
-            return
-        if uploaded.digest != self.package.digest:
-            detail = f"the agent stored digest {uploaded.digest}, expected {self.package.digest}"
-            self.state[site.name] = replace(self.state[site.name], status="INVALID_RESULT", detail=detail)
-
-    def _spent(self, site: Site) -> float | None:
-        """The site's budget group ε now (GetBudget); None if it cannot say."""
-        try:
-            return self.clients[site.name].get_budget(site.dataset).epsilon_spent
-        except AgentRpcError:
+    def configure(self, round_number: int, site: str) -> TaskProfile | None:
+        if not np.all(np.abs(self._coefficients) <= MAX_COEFFICIENT):
+            # The agents refuse such coefficients (and would charge nothing); a step this far
+            # out means the noise has swamped the information.
+            raise StopRunError(f"the coefficients left ±{MAX_COEFFICIENT:g}")
+        if round_number != self._round:
+            self._round, self._asked = round_number, []
+        if site in self.left:
             return None
+        self._asked.append(site)
+        return self.profile
 
-    def task(self, site: Site, *, index: int, beta: FloatArray) -> glm.SiteSums | None:
-        """Round ``index``'s task at ``site`` with coefficients ``beta``: its sums, or None (and why, in state)."""
-        spec = pb.TaskSpec(
-            kind=self.profile.wire,  # type: ignore[arg-type]
-            package_digest=self.package.digest,
-            dataset_id=site.dataset,
-            hyperparameters=self.profile.to_wire(),
-            run_id=self.run_id,
-            round=index,
-            correlation_id=f"{self.run_id}/{site.name}/dp_glm/{index}",
-            purpose=self.federation.training.purpose,
-        )
-        before = self.state[site.name]
-        try:
-            run = self.clients[site.name].run_task(
-                spec, [(COEFFICIENTS, beta.astype(np.float64))], stall_seconds=TASK_STALL_SECONDS
+    def release_problem(self, result: SiteResult) -> str:
+        return release_problem(result.run.scalars, self.layout)
+
+    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
+        index = len(self.history)
+        sums: list[glm.SiteSums] = []
+        for name, result in results.items():
+            summed = site_sums(
+                SiteRelease(name, dict(result.run.scalars), self.noise_multiplier), self.layout, self.design.p
             )
-        except AgentRpcError as exc:
-            # A task that fails after it read rows is charged by the agent: its budget says so.
-            spent = self._spent(site)
-            self.state[site.name] = replace(
-                before,
-                status=exc.code.name,
-                detail=exc.details,
-                budget_epsilon_spent=before.budget_epsilon_spent if spent is None else spent,
+            if summed is None:
+                self.withheld[name] = (
+                    f"round {index + 1}: the release was withheld (the site's noisy cohort is below its minimum)"
+                )
+            else:
+                sums.append(summed)
+        # Whoever was asked and gave no sums (failed, refused, withheld, invalid) is asked nothing more.
+        self.left += [name for name in self._asked if name not in {s.site for s in sums}]
+        if not sums:
+            raise StopRunError("no site returned its sums")
+        try:
+            pooled = glm.pool_sums(sums)
+            if self.method is glm.GlmMethod.BOUND:
+                # The first round's sums (at β = 0) give the bound every step uses.
+                self._bound = self._bound if self._bound is not None else glm.curvature_bound(pooled)
+                step = glm.bound_step(self._coefficients, pooled, self._bound)
+            else:
+                step = glm.newton_step(self._coefficients, pooled)
+        except ValueError as exc:
+            raise StopRunError(str(exc)) from None
+        self.steps.append(step)
+        self._coefficients = step.coefficients
+        self.history.append(
+            glm.GlmRound(
+                index,
+                step.sums.sites,
+                step.sums.included,
+                tuple(float(b) for b in step.coefficients),
+                step.information.floored,
             )
-            return None
-        charged = replace(
-            before,
-            rounds_charged=before.rounds_charged + 1,
-            epsilon_charged=before.epsilon_charged + run.epsilon_charged,
-            budget_epsilon_spent=run.budget_epsilon_spent,
         )
-        problem = release_problem(run.scalars, self.layout)
-        if problem:
-            self.state[site.name] = replace(charged, status="INVALID_RESULT", detail=problem)
-            return None
-        release = SiteRelease(site.name, dict(run.scalars), self.noise_multiplier)
-        sums = site_sums(release, self.layout, self.design.p)
-        if sums is None:
-            detail = f"round {index}: the release was withheld (the site's noisy cohort is below its minimum)"
-            self.state[site.name] = replace(charged, status=glm.WITHHELD, detail=detail)
-            return None
-        self.state[site.name] = charged
-        return sums
+        if self.on_round is not None:
+            self.on_round(self.history[-1], tuple(self.left))
+        return {COEFFICIENTS: step.coefficients.copy()}
+
+    def site_states(
+        self,
+        federation: Federation,
+        clients: Mapping[str, AgentClient],
+        left_out: Mapping[str, tuple[str, str]],
+        result: TrainingResult | None,
+    ) -> list[glm.GlmSite]:
+        """Each site over the run: its charges (as its agent reported them per task) and why it left."""
+        states = []
+        for site in federation.sites:
+            if site.name in left_out:
+                status, detail = left_out[site.name]
+                states.append(glm.GlmSite(site.name, status, detail, budget_epsilon_spent=_spent(clients, site) or 0.0))
+                continue
+            ledger = result.charged.get(site.name) if result is not None else None
+            state = glm.GlmSite(site.name)
+            if ledger is not None:
+                state = replace(
+                    state,
+                    rounds_charged=ledger.tasks_charged,
+                    epsilon_charged=ledger.epsilon,
+                    budget_epsilon_spent=ledger.budget_epsilon,
+                )
+            failed = _last_failure(result, site.name) if result is not None else None
+            if site.name in self.withheld:
+                state = replace(state, status=glm.WITHHELD, detail=self.withheld[site.name])
+            elif failed is not None:
+                # A task that failed after it read rows is charged by the agent: its budget says so.
+                spent = _spent(clients, site)
+                state = replace(
+                    state,
+                    status=failed.status,
+                    detail=failed.detail,
+                    budget_epsilon_spent=state.budget_epsilon_spent if spent is None else spent,
+                )
+            states.append(state)
+        return states
+
+
+def _last_failure(result: TrainingResult, site: str) -> SiteTask | None:
+    for record in reversed(result.rounds):
+        for task in record.training:
+            if task.site == site:
+                return None if task.status == "ok" else task
+    return None
+
+
+def _spent(clients: Mapping[str, AgentClient], site: Site) -> float | None:
+    """The site's budget group ε now (GetBudget); None if it cannot say."""
+    try:
+        return clients[site.name].get_budget(site.dataset).epsilon_spent
+    except AgentRpcError:
+        return None

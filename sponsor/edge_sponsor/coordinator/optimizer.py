@@ -10,13 +10,15 @@ Works in float64 and hands back the parameters' own dtypes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_sponsor.coordinator.federation import ServerOptimizerKind
 
-Parameters = dict[str, npt.NDArray[np.float32]]
+Parameters = dict[str, npt.NDArray[np.floating[Any]]]
+"""A model's parameters by name: float32 for a model package's graphs, float64 for a plan model's coefficients."""
 OptimizerState = tuple[dict[str, npt.NDArray[np.float64]], dict[str, npt.NDArray[np.float64]], int]
 
 
@@ -53,7 +55,9 @@ class ServerOptimizer:
         self._first, self._second, self._steps = dict(state[0]), dict(state[1]), state[2]
 
     def step(
-        self, parameters: Mapping[str, npt.NDArray[np.float32]], gradient: Mapping[str, npt.NDArray[np.floating]]
+        self,
+        parameters: Mapping[str, npt.NDArray[np.floating[Any]]],
+        gradient: Mapping[str, npt.NDArray[np.floating[Any]]],
     ) -> Parameters:
         """New parameters after one step along ``-gradient``; ``gradient`` has every parameter's name."""
         missing = set(parameters) - set(gradient)

@@ -10,12 +10,10 @@ it. A site that refuses or fails is reported with the agent's words; the others 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.errors import PackageRejected
 from agent.packages.inspection import inspect_package
 from agent.packages.limits import PackageLimits
@@ -25,12 +23,16 @@ from agent.packages.release_layout import ReleaseLayout, layout
 from agent.packages.verification import package_digest
 from agent.tasks.kinds import registry
 from agent.tasks.kinds.profile import TaskProfile
-from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
-from edge_sponsor.coordinator.federation import Federation, Site
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.federation import Federation
+from edge_sponsor.coordinator.optimizer import Parameters
+from edge_sponsor.coordinator.progress import QuietObserver
+from edge_sponsor.coordinator.strategies import SiteResult, Strategy
+from edge_sponsor.coordinator.study_package import StudyPackage
+from edge_sponsor.coordinator.training import FederatedTraining, FederationError, TrainingResult
 from edge_sponsor.statistics.releases import SiteRelease
 
-# Uploading a plan is a short call; the task itself reads the whole dataset once.
-UPLOAD_SECONDS = 60.0
+# The task reads the whole dataset once; the agent reports progress every 10 s while it works.
 TASK_STALL_SECONDS = 120.0
 
 
@@ -68,6 +70,10 @@ class PlanPackage:
             raise PlanPackageError(f"{path}: cannot read the package: {exc.strerror}") from None
         return cls.from_archive(archive, str(path))
 
+    def study_package(self) -> StudyPackage:
+        """The package as the round loop runs it (no model.onnx to export into)."""
+        return StudyPackage(self.archive, self.digest, self.manifest, None)
+
     def layout(self, kind: TaskKind) -> ReleaseLayout:
         """What a task of ``kind`` releases; PlanPackageError if the package does not offer ``kind``."""
         if kind not in self.manifest.task_kinds:
@@ -96,9 +102,9 @@ def run_plan(
     noise_multiplier: float,
     *,
     run_id: str,
-    on_site: Callable[[SiteOutcome], None] | None = None,
 ) -> list[SiteOutcome]:
-    """Runs one ``kind`` task of ``package`` at every site of ``federation``, all at once.
+    """Runs one ``kind`` task of ``package`` at every site of ``federation``, all at once: one
+    round of :class:`PlanReleases` in the coordinator's round loop, as any strategy.
 
     Args:
         federation: the sites, their datasets and the purpose recorded in every audit log.
@@ -107,7 +113,6 @@ def run_plan(
         kind: ``dp_describe`` or ``dp_survival``, offered by the package.
         noise_multiplier: sigma of the release (each number's noise: ReleaseLayout.noise_std).
         run_id: recorded in every agent's audit log.
-        on_site: called as each site finishes.
 
     Returns:
         One outcome per site, in federation order; a failed site has no release.
@@ -118,30 +123,79 @@ def run_plan(
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
-    profile = plan_profile(kind, noise_multiplier)
-    release_layout = package.layout(kind)
-    hyperparameters = profile.to_wire()
+    releases = PlanReleases(package, kind, noise_multiplier)
+    result, left_out = run_rounds(federation, clients, package, releases, rounds=1, run_id=run_id)
+    outcomes = []
+    for site in federation.sites:
+        if site.name in left_out:
+            status, detail = left_out[site.name]
+            outcomes.append(SiteOutcome(site.name, None, status, detail))
+            continue
+        task = next((t for r in result.rounds for t in r.training if t.site == site.name), None) if result else None
+        release = releases.releases.get(site.name)
+        ledger = result.charged[site.name] if result is not None else None
+        charged = (ledger.epsilon, ledger.budget_epsilon) if ledger is not None else (0.0, 0.0)
+        if task is None:
+            outcomes.append(SiteOutcome(site.name, None, "UNKNOWN", "the site was not asked"))
+        else:
+            outcomes.append(SiteOutcome(site.name, release, task.status, task.detail, *charged))
+    return outcomes
 
-    def one(site: Site) -> SiteOutcome:
-        spec = pb.TaskSpec(
-            kind=profile.wire,  # type: ignore[arg-type]
-            package_digest=package.digest,
-            dataset_id=site.dataset,
-            hyperparameters=hyperparameters,
-            run_id=run_id,
-            round=0,
-            correlation_id=f"{run_id}/{site.name}/{kind.value}",
-            purpose=federation.training.purpose,
-        )
-        outcome = _run_site(
-            clients[site.name], site.name, package, spec, release_layout, noise_multiplier, federation.connect_seconds
-        )
-        if on_site is not None:
-            on_site(outcome)
-        return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, len(federation.sites))) as pool:
-        return list(pool.map(one, federation.sites))
+def run_rounds(
+    federation: Federation,
+    clients: Mapping[str, AgentClient],
+    package: PlanPackage,
+    strategy: Strategy,
+    *,
+    rounds: int,
+    run_id: str,
+    initial: Parameters | None = None,
+) -> tuple[TrainingResult | None, dict[str, tuple[str, str]]]:
+    """``rounds`` rounds of ``strategy`` on ``package`` in the coordinator's round loop, every
+    round going on with whichever sites the strategy asks (quorum 1), no federated evaluation.
+
+    Returns the loop's result (None when no site could take part) and each site it left out
+    before the first round: its status and why.
+    """
+    plan = replace(
+        federation.training, rounds=rounds, quorum=1, evaluate_every=0, max_failed_rounds=1,
+        task_stall_seconds=TASK_STALL_SECONDS,
+    )  # fmt: skip
+    training = FederatedTraining(
+        replace(federation, training=plan), clients, package.study_package(), QuietObserver(),
+        run_id=run_id, strategy=strategy,
+    )  # fmt: skip
+    try:
+        try:
+            ready, _ = training.prepare()
+        except FederationError:
+            return None, training.left_out
+        return training.train(ready, initial or {}), training.left_out
+    finally:
+        training.close()
+
+
+class PlanReleases:
+    """A plan's one-task analysis (``dp_describe``, ``dp_survival``) as a strategy: every site
+    gets the task once; each release that is the plan's is kept, by site."""
+
+    def __init__(self, package: PlanPackage, kind: TaskKind, noise_multiplier: float) -> None:
+        self.profile = plan_profile(kind, noise_multiplier)
+        self.layout = package.layout(kind)
+        self.noise_multiplier = noise_multiplier
+        self.releases: dict[str, SiteRelease] = {}
+
+    def configure(self, round_number: int, site: str) -> TaskProfile | None:
+        return self.profile
+
+    def release_problem(self, result: SiteResult) -> str:
+        return release_problem(result.run.scalars, self.layout)
+
+    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
+        for name, result in results.items():
+            self.releases[name] = SiteRelease(name, dict(result.run.scalars), self.noise_multiplier)
+        return parameters
 
 
 def plan_profile(kind: TaskKind, noise_multiplier: float) -> TaskProfile:
@@ -151,31 +205,6 @@ def plan_profile(kind: TaskKind, noise_multiplier: float) -> TaskProfile:
     if profile is None or profile.graph is not None:
         raise ValueError(f"{kind.value} is not a statistics task kind ({', '.join(registry.plan_kinds())})")
     return profile.from_values({"noise_multiplier": noise_multiplier, "sampling_rate": 1.0})
-
-
-def _run_site(  # noqa: PLR0917 (one task's inputs)
-    client: AgentClient,
-    site: str,
-    package: PlanPackage,
-    spec: pb.TaskSpec,
-    release_layout: ReleaseLayout,
-    noise_multiplier: float,
-    connect_seconds: float,
-) -> SiteOutcome:
-    try:
-        client.wait_until_ready(connect_seconds)
-        uploaded = client.upload_package(package.archive, timeout=UPLOAD_SECONDS)
-        if uploaded.digest != package.digest:
-            detail = f"the agent stored digest {uploaded.digest}, expected {package.digest}"
-            return SiteOutcome(site, None, "INVALID_RESULT", detail)
-        run = client.run_task(spec, [], stall_seconds=TASK_STALL_SECONDS)
-    except AgentRpcError as exc:
-        return SiteOutcome(site, None, exc.code.name, exc.details)
-    problem = release_problem(run.scalars, release_layout)
-    if problem:
-        return SiteOutcome(site, None, "INVALID_RESULT", problem, run.epsilon_charged, run.budget_epsilon_spent)
-    release = SiteRelease(site, dict(run.scalars), noise_multiplier)
-    return SiteOutcome(site, release, "ok", "", run.epsilon_charged, run.budget_epsilon_spent)
 
 
 def release_problem(scalars: Mapping[str, float], release_layout: ReleaseLayout) -> str:

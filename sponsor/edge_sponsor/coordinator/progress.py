@@ -104,3 +104,16 @@ def observer_for(out: TextIO, rounds: int) -> LineObserver | BarObserver:
     if out.isatty():
         return BarObserver(Console(file=out), rounds)
     return LineObserver(out, rounds)
+
+
+class QuietObserver:
+    """Shows nothing: for a caller that prints its own lines (the study commands) or none (tests)."""
+
+    def note(self, message: str) -> None:
+        pass
+
+    def task_finished(self, round_number: int, task: SiteTask) -> None:
+        pass
+
+    def round_finished(self, record: RoundRecord) -> None:
+        pass

@@ -6,17 +6,24 @@ concurrently, quorum, stalls, retries of nothing, federated evaluation, the repo
 asks its strategy three things:
 
 * :meth:`Strategy.configure`: the task (a kind and its DP hyperparameters) one site
-  runs in a round, at the round's parameters;
+  runs in a round, at the round's parameters, or None to leave the site out of it;
 * :meth:`Strategy.release_problem`: why a site's result cannot be used, beyond the
-  shapes and finiteness every result is checked for ("" when it can);
+  tensors every result is checked for (those its kind declares, shapes and finiteness;
+  "" when it can);
 * :meth:`Strategy.aggregate`: the next parameters from the results of the sites that
   returned (at least the quorum), or None to leave the model unchanged.
+
+Either of the first and last may raise :class:`StopRunError` to end the run there (the
+results so far are kept and reported); a round in which the strategy asks no site at
+all ends it too.
 
 The agents enforce privacy whatever a strategy asks: they clip, add noise, charge
 their ledgers and refuse tasks their policy does not allow. A strategy decides only
 what the coordinator does with noisy results, so a new algorithm is a class here (or
 in the caller's own code), not a fork of the round loop. :class:`FedSgd` and
-:class:`FedAvg` are the two the federation file names.
+:class:`FedAvg` are the two the federation file names; the study commands' logistic
+regression (:class:`edge_sponsor.coordinator.glm_tasks.GlmSteps`) and one-task analyses
+(:class:`edge_sponsor.coordinator.plan_tasks.PlanReleases`) are strategies too.
 """
 
 from __future__ import annotations
@@ -49,11 +56,15 @@ class SiteResult:
     units_upper: int
 
 
-class Strategy(Protocol):
-    """One federated training algorithm (see the module docstring)."""
+class StopRunError(Exception):
+    """Raised by a strategy to end the run after the rounds so far; the message says why."""
 
-    def configure(self, round_number: int, site: str) -> TaskProfile:
-        """The task ``site`` runs in round ``round_number``."""
+
+class Strategy(Protocol):
+    """One federated algorithm (see the module docstring)."""
+
+    def configure(self, round_number: int, site: str) -> TaskProfile | None:
+        """The task ``site`` runs in round ``round_number`` (counted from 1), or None to leave it out."""
         ...
 
     def release_problem(self, result: SiteResult) -> str:

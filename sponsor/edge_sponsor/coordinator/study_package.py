@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,12 +22,11 @@ from agent.packages.archive import read_archive
 from agent.packages.errors import PackageRejected
 from agent.packages.inspection import inspect_package
 from agent.packages.limits import PackageLimits
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import Manifest, TaskKind
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
+from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.publisher.raw_columns import ScoringModelError, scoring_model
-
-Parameters = dict[str, npt.NDArray[np.float32]]
 
 
 class StudyPackageError(Exception):
@@ -59,9 +59,13 @@ class StudyPackage:
             raise StudyPackageError(f"{path}: cannot read the package: {exc.strerror}") from None
         return cls.from_archive(archive, str(path))
 
-    def ordered(self, parameters: Mapping[str, npt.NDArray[np.float32]]) -> list[tuple[str, npt.NDArray[np.generic]]]:
-        """``parameters`` in the manifest's order, as RunTask wants them."""
-        return [(p.name, parameters[p.name]) for p in self.manifest.parameters]
+    def ordered(
+        self, parameters: Mapping[str, npt.NDArray[np.floating[Any]]], task: TaskProfile
+    ) -> list[tuple[str, npt.NDArray[np.generic]]]:
+        """The ``parameters`` ``task`` takes, in the manifest's order, as RunTask wants them: a
+        model package's parameters for every kind, a plan model's coefficients for dp_glm only
+        (``Manifest.task_parameters``)."""
+        return [(p.name, parameters[p.name]) for p in self.manifest.task_parameters(TaskKind(task.name))]
 
     def result_declarations(self, task: TaskProfile) -> list[TensorDecl]:
         """The tensors an honest agent returns for ``task``, as its kind declares them: every
@@ -107,7 +111,7 @@ class StudyPackage:
                 parameters[decl.name] = np.zeros(decl.shape, np.float32)
         return parameters
 
-    def export(self, parameters: Mapping[str, npt.NDArray[np.float32]], path: Path) -> None:
+    def export(self, parameters: Parameters, path: Path) -> None:
         """Writes ``model.onnx`` with ``parameters`` in place of its initializers, behind the
         manifest's preprocessing: it scores raw columns, one input per feature column
         (:func:`edge_sponsor.publisher.raw_columns.scoring_model`)."""

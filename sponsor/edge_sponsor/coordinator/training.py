@@ -1,11 +1,11 @@
 """Federated training across agents: the rounds of a strategy (DP-FedSGD, DP-FedAvg or the
 caller's own, :mod:`edge_sponsor.coordinator.strategies`), with federated evaluation.
 
-Each round every site gets one task at the same parameters, concurrently. A
-task on which nothing moves for ``task_stall_seconds`` (or that exceeds the
-optional overall ``task_deadline_seconds``) is cancelled; a site that is down,
-stalled or refuses is left out of that round (and reported); the model moves
-only when at least ``quorum`` sites returned.
+Each round every site the strategy asks gets one task at the same parameters,
+concurrently. A task on which nothing moves for ``task_stall_seconds`` (or that
+exceeds the optional overall ``task_deadline_seconds``) is cancelled; a site that
+is down, stalled or refuses is left out of that round (and reported); the model
+moves only when at least ``quorum`` sites returned.
 
 Parameters are hashed once per set of values, and an agent keeps the last
 parameters of the run: the evaluation of a model and the next round's
@@ -40,7 +40,7 @@ from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
 from edge_sponsor.coordinator.score_evaluation import ScoreHistogram
-from edge_sponsor.coordinator.strategies import SiteResult, Strategy, strategy_for
+from edge_sponsor.coordinator.strategies import SiteResult, StopRunError, Strategy, strategy_for
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
@@ -82,6 +82,8 @@ class SiteLedger:
     """What the run did at one site."""
 
     rounds_contributed: int = 0
+    # Tasks the agent answered with a result, and so charged (usable here or not).
+    tasks_charged: int = 0
     # Sum of the tasks' shares of the budget group's ε, as the agent reported them.
     epsilon: float = 0.0
     # The budget group's ε after the site's latest task, as the agent reported it.
@@ -130,6 +132,9 @@ class FederatedTraining:
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * len(federation.sites)), thread_name_prefix="site")
         self._closed = threading.Event()
         self.result: TrainingResult | None = None
+        # Each site :meth:`prepare` left out: its status (a gRPC code name, ``unsuitable`` or
+        # ``duplicate``) and why.
+        self.left_out: dict[str, tuple[str, str]] = {}
 
     def close(self) -> None:
         self._closed.set()
@@ -152,6 +157,7 @@ class FederatedTraining:
             except (AgentRpcError, SiteUnsuitableError) as exc:
                 status, detail = _failure(exc) if isinstance(exc, AgentRpcError) else ("unsuitable", str(exc))
                 self.observer.note(f"{site.name} ({site.address}) is left out: {status}: {detail}")
+                self.left_out[site.name] = (status, detail)
                 left_out.append(SiteSummary(site.name, site.address, site.dataset, status=f"{status}: {detail}"))
         seen: dict[str, str] = {}
         for candidate in list(ready):
@@ -162,6 +168,7 @@ class FederatedTraining:
                 where = candidate.site
                 detail = f"agent {candidate.agent_id} is also listed as {other}"
                 self.observer.note(f"{where.name} ({where.address}) is left out: {detail}")
+                self.left_out[where.name] = ("duplicate", detail)
                 left_out.append(SiteSummary(where.name, where.address, where.dataset, status=f"duplicate: {detail}"))
         if len(ready) < self.plan.quorum:
             raise FederationError(
@@ -175,10 +182,7 @@ class FederatedTraining:
         info = client.get_info()
         dataset = client.get_dataset(site.dataset)
         columns = {column.name for column in dataset.columns}
-        label = self.package.manifest.label
-        needed = [f.column for f in self.package.manifest.features]
-        needed += [c for c in (label.column, label.time_column, label.event_column) if c]
-        absent = [c for c in needed if c not in columns]
+        absent = [c for c in self.package.manifest.columns if c not in columns]
         if absent:
             raise SiteUnsuitableError(f"dataset {site.dataset!r} does not offer column(s) {', '.join(absent)}")
         # An upload can be large and the link slow: it gets a task's deadline, not a short call's.
@@ -213,60 +217,50 @@ class FederatedTraining:
         self.result = result
         failed_in_a_row = 0
         by_name = {r.site.name: r for r in ready}
-        # Wire bytes and sha256 once per set of values, for every site and task that sends it.
-        prepared = ParameterSet.of(self.package.ordered(result.parameters))
+        outgoing = _Outgoing(self.package, result.parameters)
         # The round record whose model (the current parameters) is still to be evaluated.
         evaluate: int | None = None
         pending: _PendingEvaluation | None = None
         for round_number in range(1, plan.rounds + 1):
             started = self._clock()
-            taken = {r.site.name: threading.Event() for r in ready}
+            asked, why_not = self._configure(round_number, ready)
+            if why_not:
+                result.stopped_early = why_not
+                break
+            taken = {name: threading.Event() for name in asked}
             training = {
-                r.site.name: self._submit(
-                    r.site,
-                    self.strategy.configure(round_number, r.site.name),
-                    "train",
-                    round_number,
-                    prepared,
-                    taken=taken[r.site.name],
+                name: self._submit(
+                    by_name[name].site, task, "train", round_number, outgoing.of(task), taken=taken[name]
                 )
-                for r in ready
+                for name, task in asked.items()
             }
             if evaluate is not None:
                 # The evaluated model is this round's starting point: each site's evaluation waits
                 # until its training has taken the parameters, so that the agent holds them.
-                pending = self._evaluation(evaluate, result, ready, prepared, after=taken)
+                pending = self._evaluation(evaluate, result, ready, outgoing, after=taken)
                 evaluate = None
-            tasks, outcomes = self._collect(round_number, "train", training, result.charged, by_name)
+            tasks, outcomes = self._collect(
+                round_number, "train", training, asked=asked, charged=result.charged, ready=by_name
+            )
             if pending is not None:
                 self._attach_evaluation(result, pending)
                 pending = None
-            updated = len(outcomes) >= plan.quorum
-            if updated:
-                results = {name: _site_result(run, by_name[name]) for name, run in outcomes.items()}
-                stepped = self.strategy.aggregate(result.parameters, results)
-                updated = stepped is not None
-                if stepped is not None:
-                    result.parameters = stepped
-                    prepared = ParameterSet.of(self.package.ordered(stepped))
-                    for name in outcomes:
-                        result.charged[name].rounds_contributed += 1
-                    failed_in_a_row = 0
-                else:
-                    self.observer.note(
-                        f"round {round_number}: no usable update (not finite, or the strategy made none); "
-                        "the model is unchanged"
-                    )
+            stepped, stop = self._aggregate(round_number, result, outcomes, asked, by_name)
+            updated = stepped is not None
+            if stepped is not None:
+                result.parameters = stepped
+                outgoing = _Outgoing(self.package, stepped)
+                for name in outcomes:
+                    result.charged[name].rounds_contributed += 1
+                failed_in_a_row = 0
             else:
-                self.observer.note(
-                    f"round {round_number}: only {len(outcomes)} of {len(ready)} sites returned, quorum is "
-                    f"{plan.quorum}; the model is unchanged"
-                )
-            if not updated:
                 failed_in_a_row += 1
             result.rounds.append(RoundRecord(round_number, self._clock() - started, updated, tasks))
-            if failed_in_a_row >= plan.max_failed_rounds:
-                result.stopped_early = f"{failed_in_a_row} rounds in a row without an update (quorum or overflow)"
+            if stop or failed_in_a_row >= plan.max_failed_rounds:
+                result.stopped_early = stop or (
+                    f"{failed_in_a_row} round(s) in a row without an update (too few sites returned, "
+                    "or the update was not finite)"
+                )
                 self.observer.round_finished(result.rounds[-1])
                 break
             # ε is not spent on evaluating a model that did not move (except the final one).
@@ -275,29 +269,68 @@ class FederatedTraining:
             else:
                 self.observer.round_finished(result.rounds[-1])
         if evaluate is not None:
-            self._attach_evaluation(result, self._evaluation(evaluate, result, ready, prepared, after=None))
+            self._attach_evaluation(result, self._evaluation(evaluate, result, ready, outgoing, after=None))
         return result
+
+    def _configure(self, round_number: int, ready: Sequence[ReadySite]) -> tuple[dict[str, TaskProfile], str]:
+        """The task of each site the strategy asks in this round, or why the run ends here."""
+        try:
+            asked = {
+                r.site.name: task
+                for r in ready
+                if (task := self.strategy.configure(round_number, r.site.name)) is not None
+            }
+        except StopRunError as stop:
+            return {}, f"round {round_number}: {stop}"
+        return asked, "" if asked else f"round {round_number}: the strategy asked no site"
+
+    def _aggregate(
+        self,
+        round_number: int,
+        result: TrainingResult,
+        outcomes: Mapping[str, TaskRun],
+        asked: Mapping[str, TaskProfile],
+        by_name: Mapping[str, ReadySite],
+    ) -> tuple[Parameters | None, str]:
+        """The strategy's next parameters from the round's usable results (None when there are
+        too few or it made none), and why the run ends here ("" if it goes on)."""
+        if len(outcomes) < self.plan.quorum:
+            self.observer.note(
+                f"round {round_number}: only {len(outcomes)} of {len(asked)} sites returned, quorum is "
+                f"{self.plan.quorum}; the model is unchanged"
+            )
+            return None, ""
+        results = {name: _site_result(run, by_name[name]) for name, run in outcomes.items()}
+        try:
+            stepped = self.strategy.aggregate(result.parameters, results)
+        except StopRunError as stop:
+            return None, f"round {round_number}: {stop}"
+        if stepped is None:
+            self.observer.note(
+                f"round {round_number}: no usable update (not finite, or the strategy made none); "
+                "the model is unchanged"
+            )
+        return stepped, ""
 
     def _evaluation(
         self,
         index: int,
         result: TrainingResult,
         ready: Sequence[ReadySite],
-        prepared: ParameterSet,
+        outgoing: _Outgoing,
         *,
         after: Mapping[str, threading.Event] | None,
     ) -> _PendingEvaluation:
         round_number = result.rounds[index].round
+        task = self._evaluation_task()
+        # Only the sites that trained this round have taken the parameters; the others evaluate at once.
+        waits = after or {}
         return _PendingEvaluation(
             index,
+            task,
             {
                 r.site.name: self._submit(
-                    r.site,
-                    self._evaluation_task(),
-                    "evaluate",
-                    round_number,
-                    prepared,
-                    after=after[r.site.name] if after is not None else None,
+                    r.site, task, "evaluate", round_number, outgoing.of(task), after=waits.get(r.site.name)
                 )
                 for r in ready
             },
@@ -313,7 +346,10 @@ class FederatedTraining:
         """Adds the federated evaluation of the model after a round to that round's record."""
         record = result.rounds[pending.index]
         by_name = {r.site.name: r for r in result.ready}
-        tasks, outcomes = self._collect(record.round, "evaluate", pending.futures, result.charged, by_name)
+        asked = dict.fromkeys(pending.futures, pending.task)
+        tasks, outcomes = self._collect(
+            record.round, "evaluate", pending.futures, asked=asked, charged=result.charged, ready=by_name
+        )
         site_metrics: dict[str, dict[str, float]] = {}
         totals: dict[str, float] = {}
         total_count = 0.0
@@ -440,6 +476,8 @@ class FederatedTraining:
         round_number: int,
         kind: str,
         futures: Mapping[str, Future[_Outcome]],
+        *,
+        asked: Mapping[str, TaskProfile],
         charged: dict[str, SiteLedger],
         ready: Mapping[str, ReadySite],
     ) -> tuple[tuple[SiteTask, ...], dict[str, TaskRun]]:
@@ -451,20 +489,25 @@ class FederatedTraining:
             if run is None:
                 status, detail = _failure(outcome.error) if outcome.error else ("UNKNOWN", "")
                 task = SiteTask(name, kind, status, outcome.seconds, detail=detail)
+                tasks.append(task)
+                self.observer.task_finished(round_number, task)
+                continue
+            # The agent charged the task whether or not its result is usable here.
+            if math.isfinite(run.epsilon_charged) and math.isfinite(run.budget_epsilon_spent):
+                charged[name].tasks_charged += 1
+                charged[name].epsilon += run.epsilon_charged
+                charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.budget_epsilon_spent)
+            problem = self._release_problem(run, kind, asked[name], ready[name])
+            if problem:
+                task = SiteTask(name, kind, "INVALID_RESULT", outcome.seconds, run.epsilon_charged, detail=problem)
             else:
-                problem = self._release_problem(run, kind, ready[name])
-                if problem:
-                    task = SiteTask(name, kind, "INVALID_RESULT", outcome.seconds, detail=problem)
-                else:
-                    charged[name].epsilon += run.epsilon_charged
-                    charged[name].budget_epsilon = max(charged[name].budget_epsilon, run.budget_epsilon_spent)
-                    outcomes[name] = run
-                    task = SiteTask(name, kind, "ok", outcome.seconds, run.epsilon_charged)
+                outcomes[name] = run
+                task = SiteTask(name, kind, "ok", outcome.seconds, run.epsilon_charged)
             tasks.append(task)
             self.observer.task_finished(round_number, task)
         return tuple(tasks), outcomes
 
-    def _release_problem(self, run: TaskRun, kind: str, site: ReadySite) -> str:
+    def _release_problem(self, run: TaskRun, kind: str, task: TaskProfile, site: ReadySite) -> str:
         """Why a result cannot be used (a broken or hostile agent), or ""."""
         if kind == "evaluate":
             values = list(run.scalars.values())
@@ -472,8 +515,10 @@ class FederatedTraining:
             if set(run.scalars) != expected:
                 return f"expected scalars {sorted(expected)}, got {sorted(run.scalars)}"
         else:
+            # The tensors the task's kind releases; its scalars (a plan's, which may be withheld
+            # as NaN) are the strategy's to judge.
             values = []
-            for decl in self.package.manifest.parameters:
+            for decl in self.package.result_declarations(task):
                 tensor = run.tensors.get(decl.name)
                 if tensor is None or tuple(tensor.shape) != decl.shape:
                     return f"no tensor {decl.name!r} of shape {list(decl.shape)} in the result"
@@ -502,7 +547,25 @@ class _Outcome:
 @dataclass(frozen=True)
 class _PendingEvaluation:
     index: int  # of the round record it belongs to
+    task: TaskProfile
     futures: Mapping[str, Future[_Outcome]]
+
+
+class _Outgoing:
+    """One set of parameter values ready to send: the wire bytes and hashes of the tensors a task
+    takes (``StudyPackage.ordered``), built once per list of tensors and shared by every site."""
+
+    def __init__(self, package: StudyPackage, parameters: Parameters) -> None:
+        self._package, self._parameters = package, parameters
+        self._sets: dict[tuple[str, ...], ParameterSet] = {}
+
+    def of(self, task: TaskProfile) -> ParameterSet:
+        ordered = self._package.ordered(self._parameters, task)
+        key = tuple(name for name, _ in ordered)
+        found = self._sets.get(key)
+        if found is None:
+            found = self._sets[key] = ParameterSet.of(ordered)
+        return found
 
 
 def metric_noise_sd(
