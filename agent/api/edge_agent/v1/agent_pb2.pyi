@@ -638,6 +638,7 @@ class DPHyperparameters(_message.Message):
     LOCAL_STEPS_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     RELEASE_NOISY_COUNT_FIELD_NUMBER: _builtins.int
+    RELEASE_DROPPED_UNITS_FIELD_NUMBER: _builtins.int
     clip_norm: _builtins.float
     """Per-example L2 clipping bound C (dp_gradient, dp_local_training)."""
     noise_multiplier: _builtins.float
@@ -650,6 +651,14 @@ class DPHyperparameters(_message.Message):
     """Learning rate eta (dp_local_training)."""
     release_noisy_count: _builtins.bool
     """Release a noisy example count as well (charged to the budget)."""
+    release_dropped_units: _builtins.bool
+    """Release "dropped_units" as well: the number of privacy units (patients; rows
+    without a unit column) with at least one row left out for a missing value
+    (null, NaN or infinite) in a column the package reads, plus Gaussian noise
+    of standard deviation noise_multiplier (charged to the budget). Only for a
+    task that reads the whole cohort (sampling_rate 1) of a kind that releases
+    it (dp_evaluate); refused otherwise.
+    """
     def __init__(
         self,
         *,
@@ -659,10 +668,11 @@ class DPHyperparameters(_message.Message):
         local_steps: _builtins.int | None = ...,
         learning_rate: _builtins.float | None = ...,
         release_noisy_count: _builtins.bool = ...,
+        release_dropped_units: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "_local_steps", b"_local_steps", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "noise_multiplier", b"noise_multiplier", "sampling_rate", b"sampling_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "_local_steps", b"_local_steps", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "noise_multiplier", b"noise_multiplier", "release_noisy_count", b"release_noisy_count", "sampling_rate", b"sampling_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "_local_steps", b"_local_steps", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "noise_multiplier", b"noise_multiplier", "release_dropped_units", b"release_dropped_units", "release_noisy_count", b"release_noisy_count", "sampling_rate", b"sampling_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__clip_norm: _TypeAlias = _typing.Literal["clip_norm"]  # noqa: Y015
     _WhichOneofArgType__clip_norm: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm"]  # noqa: Y015
