@@ -144,6 +144,15 @@ def drop_rows_with_nulls(batch: pa.RecordBatch, columns: tuple[str, ...]) -> pa.
     return batch if valid is None else batch.filter(valid)
 
 
+def split_usable(batch: pa.RecordBatch, columns: tuple[str, ...]) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """``(kept, dropped)``: the rows :func:`drop_rows_with_nulls` keeps, and the others (for a
+    caller that counts whose rows were dropped: agent.runtime.unit_rows)."""
+    valid = _usable(batch, columns)
+    if valid is None:
+        return batch, batch.slice(0, 0)
+    return batch.filter(valid), batch.filter(pc.invert(valid))
+
+
 def count_usable(batch: pa.RecordBatch, columns: tuple[str, ...]) -> int:
     """How many rows :func:`drop_rows_with_nulls` keeps."""
     valid = _usable(batch, columns)

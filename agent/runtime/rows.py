@@ -11,14 +11,16 @@ groups, which Arrow decodes whole), never by the dataset. Rows holding a null in
 used column are dropped before preprocessing (``docs/package-format.md``: such rows
 are not fed to a graph); the rows that remain are the dataset's *usable* rows, which
 :meth:`ArrowRowSource.count_usable` counts and :class:`MinimumRows` holds to the policy's
-minimum cohort size.
+minimum cohort size. A source that can also say how many privacy units lost a row that
+way (:class:`CountsDroppedUnits`; here each row is its own unit) lets a task release that
+number (:func:`dropped_units`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +31,7 @@ from agent.datasets.inspection import open_dataset
 from agent.datasets.spec import DatasetSpec
 from agent.packages.manifest import Manifest
 from agent.runtime.contribution import check_unit_starts, unit_sizes
-from agent.runtime.errors import CohortTooSmallError
+from agent.runtime.errors import CohortTooSmallError, RuntimeTaskError
 from agent.runtime.preprocessing import check_schema, count_usable, to_arrays
 
 DEFAULT_BATCH_SIZE = 16_384
@@ -87,6 +89,34 @@ class RowSource(Protocol):
         ...
 
 
+class DroppedUnitsError(RuntimeTaskError):
+    """A task asked for the units dropped for a missing value from rows that did not count them."""
+
+
+@runtime_checkable
+class CountsDroppedUnits(Protocol):
+    """A row source that counts, as it reads, the units it leaves out for a missing value."""
+
+    def dropped_units(self) -> int | None:
+        """How many privacy units (rows, without a unit column) had at least one row dropped for
+        a null, NaN or infinity in a column the package reads, in the reading of the rows the
+        last pass yielded; None before any such reading is complete."""
+        ...
+
+
+def dropped_units(rows: RowSource) -> int:
+    """``rows``' count of the units it dropped for a missing value in its last complete pass.
+
+    Raises :class:`DroppedUnitsError` when ``rows`` does not count them or has not finished a pass.
+    """
+    if not isinstance(rows, CountsDroppedUnits):
+        raise DroppedUnitsError("this row source does not count the units it drops")
+    count = rows.dropped_units()
+    if count is None:
+        raise DroppedUnitsError("the rows hold no count of the units they dropped (no complete pass was made)")
+    return count
+
+
 class ArrowRowSource:
     """Streams a ``pyarrow.dataset`` through the manifest's preprocessing."""
 
@@ -97,6 +127,7 @@ class ArrowRowSource:
         self._dataset = dataset
         self._manifest = manifest
         self._batch_size = batch_size
+        self._dropped: int | None = None
 
     @classmethod
     def open(cls, spec: DatasetSpec, manifest: Manifest, *, batch_size: int = DEFAULT_BATCH_SIZE) -> ArrowRowSource:
@@ -108,10 +139,18 @@ class ArrowRowSource:
         return cls(open_dataset(spec), manifest, batch_size=batch_size)
 
     def batches(self) -> Iterator[RowBatch]:
+        dropped = 0
         for record_batch in self._records():
             x, y = to_arrays(record_batch, self._manifest)
+            # Each row is its own unit here: the rows to_arrays left out, in this very reading.
+            dropped += record_batch.num_rows - x.shape[0]
             if x.shape[0] > 0:
                 yield RowBatch(x, y)
+        self._dropped = dropped
+
+    def dropped_units(self) -> int | None:
+        """Rows the last complete pass dropped for a missing value (see :class:`CountsDroppedUnits`)."""
+        return self._dropped
 
     def count_usable(self) -> int:
         """How many rows a pass would yield now: a scan of the used columns' validity,
@@ -142,6 +181,10 @@ class MinimumRows:
     def __init__(self, rows: RowSource, minimum: int) -> None:
         self._rows = rows
         self._minimum = minimum
+
+    def dropped_units(self) -> int | None:
+        """The wrapped source's count (see :class:`CountsDroppedUnits`), if it keeps one."""
+        return self._rows.dropped_units() if isinstance(self._rows, CountsDroppedUnits) else None
 
     def batches(self) -> Iterator[RowBatch]:
         usable = 0

@@ -33,6 +33,13 @@ wrapper bounds each unit's total, see :mod:`agent.runtime.contribution`):
   usable rows plus ``N(0, sigma_c^2)`` (sensitivity 1). It shares the step's sample with
   the sums, so the accountant combines both into one Gaussian
   (``agent.privacy.mechanism.combined_noise_multiplier``).
+* Optional dropped units (``dropped_noise_multiplier`` = ``sigma_d``, ``dp_evaluate`` at
+  ``q = 1`` only): how many units lost at least one row to a missing value in a used
+  column, as the row source counted them in this task's reading of the rows
+  (:func:`agent.runtime.rows.dropped_units`), plus ``N(0, sigma_d^2)``. One unit moves it
+  by at most 1 however many of its rows were dropped. A unit all of whose rows were dropped
+  is in no sample, hence ``q = 1``: the count is of the whole cohort, as the sums then are,
+  and the accountant combines it with them like the noisy count.
 
 ``sigma = 0`` is accepted here (tests, benchmarks); the request checks refuse it.
 """
@@ -52,7 +59,7 @@ from agent.privacy.sampling import PoissonSampler, padded_row_count
 from agent.runtime.errors import HyperparameterError, NoUsableRowsError, TaskCancelledError
 from agent.runtime.isolation import GraphRole
 from agent.runtime.parameters import checked_parameters
-from agent.runtime.rows import RowBatch, RowSource
+from agent.runtime.rows import RowBatch, RowSource, dropped_units
 from agent.runtime.sessions import CompiledWrapper
 
 Float32Array = npt.NDArray[np.float32]
@@ -113,12 +120,21 @@ class EvaluationSettings:
     noise_multiplier: float
     sampling_rate: float = 1.0
     count_noise_multiplier: float | None = None
+    dropped_noise_multiplier: float | None = None
+    """Release the units dropped for a missing value with this noise multiplier (``None``: not)."""
 
     def __post_init__(self) -> None:
         _finite("noise_multiplier", self.noise_multiplier, minimum=0.0, strict=False)
         _rate(self.sampling_rate)
         if self.count_noise_multiplier is not None:
             _finite("count_noise_multiplier", self.count_noise_multiplier, minimum=0.0, strict=False)
+        if self.dropped_noise_multiplier is not None:
+            _finite("dropped_noise_multiplier", self.dropped_noise_multiplier, minimum=0.0, strict=False)
+            # The task profile refuses it first; this holds for every other caller too.
+            if self.sampling_rate != 1.0:
+                raise HyperparameterError(
+                    "sampling_rate", "must be 1 to release the dropped units (a sample does not read them all)"
+                )
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,8 @@ class EvaluationRelease:
     sums: Mapping[str, float]
     """Noisy sum of each clipped metric, in manifest order."""
     noisy_count: float | None = None
+    dropped_units: float | None = None
+    """Units with a row dropped for a missing value, plus noise (``None``: not asked for)."""
 
 
 @dataclass
@@ -363,7 +381,13 @@ def dp_evaluate(
     scales = np.array(wrapper.manifest.metric_noise_scales(), np.float64)
     noisy = step.total + noise.perturb(np.zeros_like(step.total), settings.noise_multiplier) * scales
     count = _noisy_count(noise, step.sampled, settings.count_noise_multiplier)
+    noisy_dropped = None
+    if settings.dropped_noise_multiplier is not None:
+        # Read after the pass: the row source counted them in the reading this pass made (or prepared).
+        noisy_dropped = noise.scalar(float(dropped_units(rows)), settings.dropped_noise_multiplier)
     _report(controls, 1.0)
     return EvaluationRelease(
-        MappingProxyType({slot.name: float(noisy[slot.offset]) for slot in wrapper.layout.slots}), count
+        MappingProxyType({slot.name: float(noisy[slot.offset]) for slot in wrapper.layout.slots}),
+        count,
+        noisy_dropped,
     )

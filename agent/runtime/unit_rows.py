@@ -24,6 +24,16 @@ capped as it is read); measured by ``bench/unit_grouping_memory.py``, grouping h
 four times ``memory_bytes`` above what the worker held before, as the sorts and the
 preprocessed arrays copy what they work on. The disk holds the used columns of the usable
 rows (inside the agent's state directory, removed when the task ends).
+
+Dropped units. The same reading counts the units that lost at least one row to a missing
+value in a used column (:meth:`UnitRowSource.dropped_units`, which a task may release with
+noise): each batch's dropped rows leave one *marker* row per unit, which travels with the
+usable rows (in memory or through the same partitions, so the count needs no memory of its
+own beyond them) and sorts before them; capping keeps one marker per unit and never counts
+markers against ``max_rows_per_unit``; grouping counts the markers and removes them. A unit
+with some rows dropped and a unit with all of them dropped count once each. A dropped row
+whose unit value is null belongs to no unit and is not counted (a usable row with a null
+unit refuses the task).
 """
 
 from __future__ import annotations
@@ -51,11 +61,15 @@ from agent.governance.model import MAX_ROWS_PER_UNIT_RANGE
 from agent.packages.manifest import Manifest
 from agent.runtime.contribution import whole_unit_spans
 from agent.runtime.errors import PrivacyUnitError
-from agent.runtime.preprocessing import check_schema, drop_rows_with_nulls, features, labels
+from agent.runtime.preprocessing import check_schema, features, labels, split_usable
 from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch, scan_options
 
 # The column holding each row's random key (never a dataset column: agent:: names are reserved).
 _ORDER = "agent::order"
+# True on a dropped-unit marker row (see the module doc); its key is _MARKER_KEY, below every
+# row's random key in [0, 1), so a unit's marker sorts first.
+_DROPPED = "agent::dropped"
+_MARKER_KEY = -1.0
 # Raw partitions written at once: each holds an open file (the service allows 16384).
 _MAX_PARTITIONS = 512
 
@@ -118,6 +132,7 @@ class UnitRowSource:
         self._directory: Path | None = None
         self.units = 0
         """Units with at least one usable row (after :meth:`prepare`)."""
+        self._dropped = 0
 
     def prepare(self) -> int:
         """Reads the dataset once and groups it; returns the number of units. Call once, before :meth:`batches`."""
@@ -136,8 +151,14 @@ class UnitRowSource:
                 partitions = min(_MAX_PARTITIONS, max(2, math.ceil(2 * estimate / self._memory)))
                 self._groups = self._partition(partitions, itertools.chain(held, tables))
                 return self.units
-        self._groups = [self._group(pa.concat_tables(held))] if held else []
+        group = self._group(pa.concat_tables(held)) if held else None
+        self._groups = [group] if group is not None else []
         return self.units
+
+    def dropped_units(self) -> int | None:
+        """Units with at least one row dropped for a missing value in a used column, in the one
+        reading of the dataset every pass uses (see the module doc); None before :meth:`prepare`."""
+        return self._dropped if self._groups is not None else None
 
     def batches(self) -> Iterator[RowBatch]:
         """Whole units, at most ``batch_size`` rows per batch (a larger unit is a batch of its own)."""
@@ -168,7 +189,8 @@ class UnitRowSource:
         self.close()
 
     def _usable_tables(self) -> Iterator[pa.Table]:
-        """Usable rows with their unit and random key, one record batch at a time."""
+        """Usable rows with their unit and random key, one record batch at a time, and the
+        batch's dropped-unit markers (one row per unit that lost a row here)."""
         columns = [*self._manifest.columns, self._unit]
         for batch in self._dataset.to_batches(
             columns=columns,
@@ -178,26 +200,52 @@ class UnitRowSource:
             fragment_scan_options=scan_options(self._dataset),
             use_threads=False,
         ):
-            usable = drop_rows_with_nulls(batch, self._manifest.required_columns)
+            usable, dropped = split_usable(batch, self._manifest.required_columns)
+            if dropped.num_rows:
+                markers = self._markers(dropped)
+                if markers is not None:
+                    yield markers
             if usable.num_rows == 0:
                 continue
             unit = usable.column(self._unit)
             if unit.null_count:
                 raise PrivacyUnitError(f"the privacy-unit column {self._unit!r} holds nulls")
-            if pa.types.is_dictionary(unit.type):
-                unit = unit.cast(unit.type.value_type)
-            position = usable.schema.get_field_index(self._unit)
-            table = pa.Table.from_batches([usable]).set_column(position, self._unit, unit)
-            yield table.append_column(_ORDER, pa.array(self._rng.random(table.num_rows)))
+            yield self._keyed(usable, unit, self._rng.random(usable.num_rows), dropped=False)
 
-    def _group(self, table: pa.Table) -> _Group:
-        """Keeps each unit's ``max_rows_per_unit`` rows of smallest key, grouped, and preprocesses them."""
+    def _markers(self, dropped: pa.RecordBatch) -> pa.Table | None:
+        """One marker row per unit among ``dropped`` (the batch's first row of each), or None if
+        none of them has a unit value."""
+        unit = dropped.column(self._unit)
+        if unit.null_count:
+            has_unit = pc.is_valid(unit)
+            dropped, unit = dropped.filter(has_unit), unit.filter(has_unit)
+        if len(unit) == 0:
+            return None
+        encoded: Any = pc.dictionary_encode(_plain(unit))
+        _, firsts = np.unique(np.asarray(encoded.indices, dtype=np.int64), return_index=True)
+        firsts = firsts.astype(np.int64)
+        return self._keyed(dropped.take(firsts), unit.take(firsts), np.full(firsts.size, _MARKER_KEY), dropped=True)
+
+    def _keyed(self, rows: pa.RecordBatch, unit: Any, keys: npt.NDArray[np.float64], *, dropped: bool) -> pa.Table:
+        """``rows`` as a table with the unit column's plain values, the keys and the marker flag."""
+        position = rows.schema.get_field_index(self._unit)
+        table = pa.Table.from_batches([rows]).set_column(position, self._unit, _plain(unit))
+        flags = pa.array(np.full(table.num_rows, dropped, np.bool_))
+        return table.append_column(_ORDER, pa.array(keys)).append_column(_DROPPED, flags)
+
+    def _group(self, table: pa.Table) -> _Group | None:
+        """Keeps each unit's ``max_rows_per_unit`` rows of smallest key, grouped, and preprocesses
+        them; counts and removes the markers. None when no usable row is left (markers only)."""
         capped = self._cap_rows(table).combine_chunks()
-        starts = _unit_starts(capped.column(self._unit))
+        marker = np.asarray(capped.column(_DROPPED).to_numpy(zero_copy_only=False), dtype=np.bool_)
+        # One marker per unit is left after capping, and no unit is in two groups (partitions).
+        self._dropped += int(marker.sum())
+        kept = capped.filter(pa.array(~marker)).combine_chunks()
+        starts = _unit_starts(kept.column(self._unit))
         self.units += int(starts.size)
-        batches = capped.to_batches()
-        if not batches:
-            raise PrivacyUnitError("no usable rows")  # unreachable: only tables with rows are grouped
+        batches = kept.to_batches()
+        if kept.num_rows == 0 or not batches:
+            return None
         return _Group(features(batches[0], self._manifest), labels(batches[0], self._manifest), starts)
 
     def _partition(self, partitions: int, tables: Iterator[pa.Table]) -> list[_Group | Path]:
@@ -226,7 +274,8 @@ class UnitRowSource:
         for index in sorted(writers):
             group = self._group(self._capped_partition(paths[index]))
             paths[index].unlink()
-            groups.append(_save(group, self._directory / f"group-{index}"))
+            if group is not None:
+                groups.append(_save(group, self._directory / f"group-{index}"))
         return groups
 
     def _capped_partition(self, path: Path) -> pa.Table:
@@ -251,11 +300,26 @@ class UnitRowSource:
 
     def _cap_rows(self, table: pa.Table) -> pa.Table:
         """The rows of ``table`` with one of their unit's ``max_rows_per_unit`` smallest keys,
-        sorted by unit and key."""
+        sorted by unit and key, each unit's markers reduced to one (first) that is not counted
+        against the cap."""
         ordered = table.sort_by([(self._unit, "ascending"), (_ORDER, "ascending")])
+        if ordered.num_rows == 0:
+            return ordered
         starts = _unit_starts(ordered.column(self._unit))
-        rank = np.arange(ordered.num_rows) - np.repeat(starts, np.diff(np.append(starts, ordered.num_rows)))
-        return ordered.filter(pa.array(rank < self._cap))
+        sizes = np.diff(np.append(starts, ordered.num_rows))
+        rank = np.arange(ordered.num_rows) - np.repeat(starts, sizes)
+        marker = np.asarray(ordered.column(_DROPPED).to_numpy(zero_copy_only=False), dtype=np.bool_)
+        # Markers sort first in their unit (_MARKER_KEY): a usable row's rank among usable rows
+        # is its rank less its unit's markers.
+        markers = np.add.reduceat(marker.astype(np.int64), starts)
+        keep = np.where(marker, rank == 0, rank - np.repeat(markers, sizes) < self._cap)
+        return ordered.filter(pa.array(keep))
+
+
+def _plain(unit: Any) -> Any:
+    """A unit column as its plain values (a dictionary-encoded one decoded: sorting and hashing
+    need the values)."""
+    return unit.cast(unit.type.value_type) if pa.types.is_dictionary(unit.type) else unit
 
 
 def _unit_starts(unit: pa.ChunkedArray[Any] | pa.Array[Any]) -> npt.NDArray[np.int64]:

@@ -32,7 +32,9 @@ def test_a_plan_task_is_parsed_from_what_is_sent_and_charged_as_one_gaussian(
     profile = kind.from_wire(pb.DPHyperparameters(noise_multiplier=sigma, sampling_rate=1.0))
     assert kind.from_wire(profile.to_wire()) == profile
     assert profile.mechanism() == Mechanism(1.0, accounting_grid(sigma, up=False))
-    assert profile.audit_fields() == {"noise_multiplier": sigma, "sampling_rate": 1.0, "release_noisy_count": False}
+    assert profile.audit_fields() == {
+        "noise_multiplier": sigma, "sampling_rate": 1.0, "release_noisy_count": False, "release_dropped_units": False
+    }
 
 
 @pytest.mark.parametrize("kind", PLAN_PROFILES, ids=lambda kind: kind.name)
@@ -41,6 +43,10 @@ def test_a_plan_task_describes_the_whole_cohort_and_asks_for_no_separate_count(k
         kind.from_wire(pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=0.5))
     with pytest.raises(TaskSpecError, match="release_noisy_count must be false"):
         kind.from_wire(pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=1.0, release_noisy_count=True))
+    # The plan's own release says who was left out; the graph kinds' count does not apply.
+    with pytest.raises(TaskSpecError, match=rf"^{kind.name} releases its counts as the plan declares .*"
+                       r"release_dropped_units must be false$"):
+        kind.from_wire(pb.DPHyperparameters(noise_multiplier=1.0, sampling_rate=1.0, release_dropped_units=True))
     with pytest.raises(TaskSpecError, match=r"noise_multiplier must be a number >= 0\.1"):
         kind.from_wire(pb.DPHyperparameters(noise_multiplier=0.0, sampling_rate=1.0))
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from agent.privacy.accounting import AccountantKind, PldAccountant, RdpAccountant, make_accountant
 from agent.privacy.errors import MechanismError
 from agent.privacy.mechanism import Mechanism, StepCounts, combined_noise_multiplier, step_counts
+from agent.tasks.kinds.dp_evaluate import DpEvaluate
 
 # Abadi et al. / TF-Privacy MNIST settings: N=60000, batch 256, sigma 1.1, 60 epochs, delta 1e-5.
 MNIST = Mechanism.dp_local_training(256 / 60000, 1.1, int(60 * 60000 / 256))
@@ -113,6 +114,32 @@ def test_noisy_count_on_the_same_sample_is_one_gaussian() -> None:
     without = Mechanism.dp_gradient(0.01, 1.0)
     accountant = RdpAccountant()
     assert accountant.epsilon([with_count], DELTA) > accountant.epsilon([without], DELTA)
+
+
+@pytest.mark.parametrize("release_noisy_count", [False, True])
+def test_the_dropped_units_count_is_charged_as_one_more_gaussian_on_the_whole_cohort(
+    release_noisy_count: bool,
+) -> None:
+    """dp_evaluate at q = 1 with release_dropped_units: the sums' Gaussian (sigma), the dropped
+    units' (sigma, sensitivity 1) and the noisy count's if asked, composed by dp-accounting
+    itself as separate Gaussian events, give the ε the ledger charges for the profile."""
+    sigma = 2.0  # on the accounting grid: charged at exactly this sigma
+    asked = DpEvaluate(
+        noise_multiplier=sigma, sampling_rate=1.0, release_noisy_count=release_noisy_count, release_dropped_units=True
+    )
+    not_asked = DpEvaluate(noise_multiplier=sigma, sampling_rate=1.0, release_noisy_count=release_noisy_count)
+    # A task that does not ask is charged exactly as before the count existed.
+    assert not_asked.mechanism() == Mechanism.dp_evaluate(sigma, 1.0, sigma if release_noisy_count else None)
+    gaussians = 2 + int(release_noisy_count)
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=FAST_PLD)
+    rdp = dp_accounting.rdp.RdpAccountant()
+    for _ in range(gaussians):
+        pld.compose(dp_accounting.GaussianDpEvent(sigma))
+        rdp.compose(dp_accounting.GaussianDpEvent(sigma))
+    with_count = PldAccountant(FAST_PLD).epsilon([asked.mechanism()], DELTA)
+    assert with_count == pytest.approx(pld.get_epsilon(DELTA), rel=2e-3)
+    assert RdpAccountant().epsilon([asked.mechanism()], DELTA) == pytest.approx(rdp.get_epsilon(DELTA), rel=1e-9)
+    assert with_count > PldAccountant(FAST_PLD).epsilon([not_asked.mechanism()], DELTA)
 
 
 def test_task_kinds() -> None:

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import parse_manifest
-from agent.privacy.mechanism import Mechanism, accounting_grid
+from agent.privacy.mechanism import Mechanism, accounting_grid, combined_noise_multiplier
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds import registry
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
-from agent.tasks.kinds.profile import NOISY_COUNT, TaskProfile
+from agent.tasks.kinds.profile import DROPPED_UNITS, NOISY_COUNT, TaskProfile
 from edge_sponsor.publisher.zoo import build_logistic_regression
 from tests.packages.package_builders import manifest_and_graphs
 
@@ -55,7 +55,11 @@ def test_every_hyperparameter_is_covered_here() -> None:
 def profiles(draw: st.DrawFn, kinds: tuple[type[TaskProfile], ...] = GRAPH_KINDS) -> TaskProfile:
     kind = draw(st.sampled_from(kinds))
     values = {h.name: draw(VALID[h.name]) for h in kind.declared()}
-    return kind.from_values(values, release_noisy_count=draw(st.booleans()))
+    # Only a kind that can release the dropped units' count, and only at q = 1 (refused otherwise).
+    dropped = kind.releases_dropped_units and draw(st.booleans())
+    if dropped:
+        values["sampling_rate"] = 1.0
+    return kind.from_values(values, release_noisy_count=draw(st.booleans()), release_dropped_units=dropped)
 
 
 @given(profiles())
@@ -105,14 +109,20 @@ def test_from_values_wants_exactly_the_kinds_hyperparameters() -> None:
 
 @given(profiles())
 def test_the_audit_fields_are_the_profiles_fields(profile: TaskProfile) -> None:
-    assert profile.audit_fields() == {**profile.values(), "release_noisy_count": profile.release_noisy_count}
+    assert profile.audit_fields() == {
+        **profile.values(),
+        "release_noisy_count": profile.release_noisy_count,
+        "release_dropped_units": profile.release_dropped_units,
+    }
 
 
 @given(profiles())
 def test_the_mechanism_is_accounted_on_the_grid(profile: TaskProfile) -> None:
     q = min(1.0, accounting_grid(profile.sampling_rate, up=True))
     sigma = accounting_grid(profile.noise_multiplier, up=False)
-    count = sigma if profile.release_noisy_count else None
+    # The counts (each sensitivity 1, noise sigma) as one Gaussian: sigma / sqrt(number of counts).
+    counts = [sigma for asked in (profile.release_noisy_count, profile.release_dropped_units) if asked]
+    count = combined_noise_multiplier(*counts) if counts else None
     expected = {
         DpGradient: lambda: Mechanism.dp_gradient(q, sigma, count),
         DpLocalTraining: lambda: Mechanism.dp_local_training(q, sigma, profile.values()["local_steps"], count),
@@ -129,6 +139,7 @@ def test_the_release_is_declared_by_the_package(profile: TaskProfile) -> None:
     metrics = {metric.name for metric in manifest.metrics}
     count = {NOISY_COUNT} if profile.release_noisy_count else set()
     if isinstance(profile, DpEvaluate):
+        count |= {DROPPED_UNITS} if profile.release_dropped_units else set()
         assert (release.tensors, release.scalars) == ((), metrics | count)
     elif isinstance(profile, DpLocalTraining):
         # Only the delta leaves; a count, if asked for, is charged but not released.

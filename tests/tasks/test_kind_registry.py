@@ -55,10 +55,11 @@ def test_every_kind_runs_a_graph_or_a_plan_of_the_package_format_and_packages_ca
     assert {h.name for h in registry.hyperparameters()} == set(HYPERPARAMETERS)
 
 
-def test_every_field_but_the_count_switch_is_a_declared_hyperparameter() -> None:
+def test_every_field_but_the_count_switches_is_a_declared_hyperparameter() -> None:
     for profile in registry.PROFILES:
         fields = {field.name for field in dataclasses.fields(profile)}
-        assert fields == {h.name for h in profile.declared()} | {"release_noisy_count"}, profile.name
+        switches = {"release_noisy_count", "release_dropped_units"}
+        assert fields == {h.name for h in profile.declared()} | switches, profile.name
 
 
 # -- a new kind, defined here: one module's worth of code ----------------------------------------
@@ -155,6 +156,7 @@ def test_the_cli_offers_a_registered_kind_and_its_hyperparameters(
 def test_the_profile_derives_its_audit_fields_and_mechanism() -> None:
     counted = DpUnitCount(noise_multiplier=2.0, sampling_rate=0.5, max_rows_per_unit=4, release_noisy_count=True)
     assert counted.audit_fields() == {
-        "noise_multiplier": 2.0, "sampling_rate": 0.5, "max_rows_per_unit": 4, "release_noisy_count": True
+        "noise_multiplier": 2.0, "sampling_rate": 0.5, "max_rows_per_unit": 4, "release_noisy_count": True,
+        "release_dropped_units": False,
     }
     assert counted.mechanism() == Mechanism.dp_evaluate(2.0, 0.5)

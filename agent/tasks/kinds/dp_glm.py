@@ -26,10 +26,12 @@ from agent.tasks.worker import Released
 
 @dataclass(frozen=True, kw_only=True)
 class DpGlm(TaskProfile, name="dp_glm", wire=pb.TASK_KIND_DP_GLM, graph=None):
-    # noise_multiplier as every kind; sampling_rate must be 1 and release_noisy_count false.
+    # noise_multiplier as every kind; sampling_rate must be 1, release_noisy_count and
+    # release_dropped_units false.
 
     def __post_init__(self) -> None:
-        check_whole_cohort(self.name, self.sampling_rate, self.release_noisy_count)
+        check_whole_cohort(self.name, self.sampling_rate, self.release_noisy_count, self.release_dropped_units)
+        super().__post_init__()
 
     def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
         return Mechanism(sampling_rate, noise_multiplier)

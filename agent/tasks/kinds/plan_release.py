@@ -22,12 +22,22 @@ from agent.tasks.kinds.profile import PlanComputation, Release
 from agent.tasks.worker import Released
 
 
-def check_whole_cohort(kind: str, sampling_rate: float, release_noisy_count: bool) -> None:
-    """TaskSpecError unless the task describes the whole cohort and asks for no separate count."""
+def check_whole_cohort(kind: str, sampling_rate: float, release_noisy_count: bool, release_dropped_units: bool) -> None:
+    """TaskSpecError unless the task describes the whole cohort and asks for no separate count.
+
+    A plan's release says itself who was left out (by the plan's own filters and rules for
+    missing values, as its layout declares: docs/statistics.md), so neither the sample's count
+    nor the graph kinds' dropped-units count applies.
+    """
     if sampling_rate != 1.0:
         raise TaskSpecError(f"{kind} describes the whole cohort: hyperparameters.sampling_rate must be 1")
     if release_noisy_count:
         raise TaskSpecError(f"{kind} releases its counts as the plan declares: release_noisy_count must be false")
+    if release_dropped_units:
+        raise TaskSpecError(
+            f"{kind} releases its counts as the plan declares (who was left out included): "
+            "release_dropped_units must be false"
+        )
 
 
 def plan_release(manifest: Manifest, kind: TaskKind) -> Release:

@@ -43,7 +43,7 @@ import numpy.typing as npt
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.packages.manifest import Manifest, ParameterDecl
 from agent.packages.plan import AnalysisPlan
-from agent.privacy.mechanism import Mechanism, accounting_grid
+from agent.privacy.mechanism import Mechanism, accounting_grid, combined_noise_multiplier
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowSource
 from agent.runtime.sessions import CompiledWrapper
@@ -55,6 +55,9 @@ from agent.tasks.worker import Released
 
 NOISY_COUNT = "noisy_count"
 """The scalar a task with ``release_noisy_count`` releases: its sample's size plus noise."""
+DROPPED_UNITS = "dropped_units"
+"""The scalar a task with ``release_dropped_units`` releases: how many privacy units (rows, without
+a unit column) had at least one row left out for a missing value in a used column, plus noise."""
 
 _Settings_contra = TypeVar("_Settings_contra", contravariant=True)
 _Result_co = TypeVar("_Result_co", covariant=True)
@@ -163,10 +166,16 @@ class TaskProfile(ABC):
     """The package graph it runs; None for a kind the agent computes itself from the package's analysis plan."""
 
     # Every kind releases Poisson-subsampled sums with Gaussian noise (agent.privacy.mechanism),
-    # and may release its sample's size with the same noise multiplier.
+    # and may release its sample's size with the same noise multiplier; a kind that reads the
+    # whole cohort may also release how many units lost a row to a missing value (DROPPED_UNITS).
     noise_multiplier: Annotated[float, NOISE_MULTIPLIER]
     sampling_rate: Annotated[float, SAMPLING_RATE]
     release_noisy_count: bool = False
+    release_dropped_units: bool = False
+
+    releases_dropped_units: ClassVar[bool] = False
+    """Whether the kind can release DROPPED_UNITS (it reads rows through the agent's data path,
+    where they are dropped, and releases scalars); a kind that can sets it in its class body."""
 
     def __init_subclass__(cls, *, name: str, wire: int, graph: GraphRole | None, **kwargs: Any) -> None:
         # Keywords, not class attributes: a kind cannot be defined without them.
@@ -175,18 +184,40 @@ class TaskProfile(ABC):
         cls.wire = wire
         cls.graph = graph
 
+    def __post_init__(self) -> None:
+        # Refused when the profile is built from the wire: before anything is reserved or charged.
+        if not self.release_dropped_units:
+            return
+        if not self.releases_dropped_units:
+            raise TaskSpecError(f"{self.name} does not release {DROPPED_UNITS}: release_dropped_units must be false")
+        if self.sampling_rate != 1.0:
+            # A unit all of whose rows were dropped is in no Poisson sample, so a count "of the
+            # sample" cannot include it; the count is of the whole cohort, which only q = 1 reads.
+            raise TaskSpecError(
+                f"release_dropped_units counts the units of the whole cohort that lost a row to a missing value, "
+                f"and a sampled task does not read the whole cohort: hyperparameters.sampling_rate must be 1 "
+                f"(got {self.sampling_rate!r})"
+            )
+
     @classmethod
     def declared(cls) -> tuple[Hyperparameter, ...]:
         """The hyperparameters the kind takes, in field order: each field annotated with one."""
         return _declared(cls)
 
     @classmethod
-    def from_values(cls, values: Mapping[str, float], *, release_noisy_count: bool = False) -> Self:
-        """The profile with these values, by hyperparameter name; not checked (see :meth:`from_wire`)."""
+    def from_values(
+        cls, values: Mapping[str, float], *, release_noisy_count: bool = False, release_dropped_units: bool = False
+    ) -> Self:
+        """The profile with these values, by hyperparameter name; only the kind's own consistency
+        is checked (TaskSpecError), not each value's range (see :meth:`from_wire`)."""
         known = {hyperparameter.name for hyperparameter in cls.declared()}
         if set(values) != known:
             raise TaskSpecError(f"{cls.name} takes {', '.join(sorted(known))}; got {', '.join(sorted(values))}")
-        arguments: dict[str, Any] = {**values, "release_noisy_count": release_noisy_count}
+        arguments: dict[str, Any] = {
+            **values,
+            "release_noisy_count": release_noisy_count,
+            "release_dropped_units": release_dropped_units,
+        }
         return cls(**arguments)
 
     @classmethod
@@ -201,11 +232,17 @@ class TaskProfile(ABC):
             if hyperparameter.name not in present:
                 raise TaskSpecError(f"spec.hyperparameters.{hyperparameter.name} is required for {cls.name}")
         values = {h.name: h.checked(getattr(message, h.name)) for h in declared}
-        return cls.from_values(values, release_noisy_count=message.release_noisy_count)
+        return cls.from_values(
+            values,
+            release_noisy_count=message.release_noisy_count,
+            release_dropped_units=message.release_dropped_units,
+        )
 
     def to_wire(self) -> pb.DPHyperparameters:
         """The message :meth:`from_wire` reads back as this profile."""
-        message = pb.DPHyperparameters(release_noisy_count=self.release_noisy_count)
+        message = pb.DPHyperparameters(
+            release_noisy_count=self.release_noisy_count, release_dropped_units=self.release_dropped_units
+        )
         for name, value in self.values().items():
             setattr(message, name, value)
         return message
@@ -223,20 +260,33 @@ class TaskProfile(ABC):
         """The noisy count's noise multiplier, or None when the task releases no count."""
         return self.noise_multiplier if self.release_noisy_count else None
 
+    @property
+    def dropped_noise_multiplier(self) -> float | None:
+        """DROPPED_UNITS's noise multiplier (sensitivity 1), or None when the task does not release it."""
+        return self.noise_multiplier if self.release_dropped_units else None
+
     def mechanism(self) -> Mechanism:
         """What the ledger charges for the task.
 
         Accounted on the grid of :func:`accounting_grid`: q rounded up and sigma
         down (epsilon only grows), so that a coordinator cannot make every
         reservation slow with settings that differ by 1e-9.
+
+        The counts released beside the sums (NOISY_COUNT, DROPPED_UNITS), each with
+        sensitivity 1 and noise sigma, are handed to :meth:`accounted_as` as the one
+        Gaussian they make together (sigma / sqrt(2) for both): the kind then composes
+        it with its sums' (:func:`combined_noise_multiplier` is associative). A task
+        that asks for neither is charged exactly as it was before DROPPED_UNITS existed.
         """
         q = min(1.0, accounting_grid(self.sampling_rate, up=True))
         sigma = accounting_grid(self.noise_multiplier, up=False)
-        return self.accounted_as(q, sigma, sigma if self.release_noisy_count else None)
+        counts = [sigma for asked in (self.release_noisy_count, self.release_dropped_units) if asked]
+        return self.accounted_as(q, sigma, combined_noise_multiplier(*counts) if counts else None)
 
     @abstractmethod
     def accounted_as(self, sampling_rate: float, noise_multiplier: float, count: float | None) -> Mechanism:
-        """The kind's mechanism at these (accounting) values of q, sigma and the count's sigma."""
+        """The kind's mechanism at these (accounting) values of q, sigma and ``count``: the noise
+        multiplier of the counts released with the sums, as one Gaussian (None: no count)."""
 
     @abstractmethod
     def release(self, manifest: Manifest) -> Release:
