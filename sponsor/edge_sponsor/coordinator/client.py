@@ -29,6 +29,27 @@ from edge_sponsor.coordinator.tasks import (
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
+# The names of the counts a task releases beside its sums, in TaskRun.scalars (the agent's
+# agent.tasks.kinds.profile names them the same; a test holds the two together).
+NOISY_COUNT = "noisy_count"
+"""With ``DPHyperparameters.release_noisy_count``: the size of the task's Poisson sample, in units,
+plus Gaussian noise of SD ``noise_multiplier``."""
+DROPPED_UNITS = "dropped_units"
+"""With ``DPHyperparameters.release_dropped_units`` (dp_evaluate at ``sampling_rate`` 1 only): how
+many units (patients where the dataset declares a unit column, rows otherwise) had at least one row
+left out for a missing value (null, NaN, infinite) in a column the package reads, plus Gaussian
+noise of SD ``noise_multiplier``. Noisy: it can be negative or fractional."""
+
+
+def dropped_units(run: TaskRun) -> float | None:
+    """The noisy DROPPED_UNITS a task released, or None when it released none: the task did not
+    ask, or the agent predates the field (proto3 ignores a field it does not know, so such an
+    agent runs the task, and charges it, without the count).
+
+    Takes a finished task's :class:`TaskRun` (from :meth:`AgentClient.run_task`); raises nothing.
+    """
+    return run.scalars.get(DROPPED_UNITS)
+
 
 @dataclass(frozen=True)
 class Units:

@@ -74,6 +74,9 @@ class TrainingPlan:
     evaluate_every: int = 1
     evaluation_noise_multiplier: float = 5.0
     evaluation_sampling_rate: float = 1.0
+    # Each evaluation also asks for the noisy count of units that lost a row to a missing value
+    # (DPHyperparameters.release_dropped_units, charged); needs evaluation_sampling_rate = 1.
+    evaluation_release_dropped_units: bool = False
     # A round updates the model only with results from at least this many sites
     # (the federation file's default is a majority of its agents).
     quorum: int = 1
@@ -135,6 +138,9 @@ def _training(table: TomlTable, site_count: int) -> TrainingPlan:
             "evaluation_noise_multiplier", default.evaluation_noise_multiplier, 0.0, 1e6
         ),
         evaluation_sampling_rate=table.number("evaluation_sampling_rate", default.evaluation_sampling_rate, 1e-9, 1.0),
+        evaluation_release_dropped_units=table.boolean(
+            "evaluation_release_dropped_units", default.evaluation_release_dropped_units
+        ),
         quorum=table.integer("quorum", site_count // 2 + 1, 1, 10_000),
         task_stall_seconds=table.number("task_stall_seconds", default.task_stall_seconds, MIN_STALL_SECONDS, 86_400.0),
         task_deadline_seconds=table.optional_number("task_deadline_seconds", 0.1, 7 * 86_400.0),
@@ -143,6 +149,12 @@ def _training(table: TomlTable, site_count: int) -> TrainingPlan:
     )
     if plan.quorum > site_count:
         raise table.error("quorum", f"is {plan.quorum} but the federation lists only {site_count} agents")
+    if plan.evaluation_release_dropped_units and plan.evaluation_sampling_rate != 1.0:
+        # Every agent would refuse the evaluations (agent.tasks.kinds.profile): said here, before any is sent.
+        raise table.error(
+            "evaluation_release_dropped_units",
+            "needs evaluation_sampling_rate = 1: a unit dropped for a missing value is in no sample",
+        )
     table.finish()
     return plan
 
