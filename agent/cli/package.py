@@ -43,7 +43,7 @@ from agent.packages import (
     verify_package,
 )
 from agent.packages.inspection import inspect_package
-from agent.packages.manifest import FeatureDecl, Manifest
+from agent.packages.manifest import FeatureDecl, Manifest, OneHot
 from agent.packages.plan_summary import plan_lines
 from agent.packages.verification import read_package_bytes
 
@@ -143,7 +143,9 @@ def _feature(feature: FeatureDecl) -> str:
     """A feature as a reviewer reads it: its column, its preprocessing, and what a missing value
     becomes when not the default (the row dropped)."""
     text = feature.column if feature.preprocessing.kind == "none" else f"{feature.column}({feature.preprocessing.kind})"
-    if feature.missing.impute:
+    if feature.missing.impute and isinstance(feature.preprocessing, OneHot):
+        text += " [missing: a category of its own, with a missing indicator]"
+    elif feature.missing.impute:
         indicator = " and a missing indicator" if feature.missing.indicator else ""
         text += f" [missing: {feature.missing.value!r}{indicator}]"
     return text

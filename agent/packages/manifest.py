@@ -174,10 +174,12 @@ class Missing:
     """What becomes of a row whose value of a feature is missing: null, or NaN or an infinity
     in a floating column (how pandas, Spark and R often write a value that was not measured).
 
-    The default drops the row: it feeds no graph and counts in no sum. ``impute`` (numeric
-    columns, ``none`` or ``standardise``) feeds ``value`` instead, in the column's own units,
-    before standardisation; ``indicator`` adds one slot after the feature's, 1.0 where the
-    value was missing and 0.0 elsewhere.
+    The default drops the row: it feeds no graph and counts in no sum. ``impute`` keeps it:
+    a numeric column (``none`` or ``standardise``) feeds ``value`` instead, in the column's own
+    units, before standardisation; a one-hot column's category slots are all 0.0, and it must
+    have the indicator, so that a missing value is its own category rather than the one a
+    row outside the categories also gets. ``indicator`` adds one slot after the feature's,
+    1.0 where the value was missing and 0.0 elsewhere.
     """
 
     impute: bool = False
@@ -414,7 +416,9 @@ def _feature_json(feature: FeatureDecl) -> dict[str, Any]:
         preprocessing["categories"] = list(pre.categories)
     result = {"column": feature.column, "dtype": feature.dtype.value, "preprocessing": preprocessing}
     # Absent when rows are dropped (the default): a package without it signs the same bytes.
-    if feature.missing.impute:
+    if feature.missing.impute and isinstance(pre, OneHot):
+        result["missing"] = {"indicator": True}
+    elif feature.missing.impute:
         result["missing"] = {"value": feature.missing.value, "indicator": feature.missing.indicator}
     return result
 
@@ -599,9 +603,17 @@ def _features(value: Any) -> tuple[FeatureDecl, ...]:
 
 def _missing(value: Any, field: str, dtype: ColumnType, preprocessing: Preprocessing) -> Missing:
     """``{"value": V, "indicator": bool}``: impute the number V (in the column's own units) in a
-    numeric column."""
+    numeric column; ``{"indicator": true}``: a one-hot column's missing value is a category of
+    its own (:class:`Missing`)."""
     obj = JsonObject(value, field)
-    if isinstance(preprocessing, OneHot) or not dtype.numeric:
+    if isinstance(preprocessing, OneHot):
+        if obj.has("value"):
+            fail(obj.field("value"), "a one-hot column imputes no value: a missing one is its own category")
+        if obj.get("indicator") is not True:
+            fail(obj.field("indicator"), "must be true: a one-hot column keeps a row missing it only with an indicator")
+        obj.finish()
+        return Missing(True, 0.0, True)
+    if not dtype.numeric:
         fail(field, "missing values can be imputed in numeric columns only (preprocessing none or standardise)")
     imputed = number_field(obj.get("value"), obj.field("value"))
     indicator = obj.get("indicator")

@@ -250,7 +250,7 @@ def test_missing_values_are_imputed_only_as_declared_and_each_mistake_names_its_
         run(*arguments, "--impute", "age=nan")
     with pytest.raises(PackageCommandError, match="--impute sex: missing values can be imputed in numeric columns"):
         run(*arguments, "--impute", "sex=F")
-    with pytest.raises(PackageCommandError, match="--missing-indicator bmi: needs --impute bmi=VALUE"):
+    with pytest.raises(PackageCommandError, match="--missing-indicator bmi: needs --impute bmi=VALUE, or --one-hot"):
         run(*arguments, "--impute", "age=60", "--missing-indicator", "bmi")
     with pytest.raises(PackageCommandError, match="columns not in --features: weight"):
         run(*arguments, "--impute", "weight=70")
@@ -262,6 +262,13 @@ def test_missing_values_are_imputed_only_as_declared_and_each_mistake_names_its_
     assert features["age"] == {"value": 60, "indicator": True} and features["sex"] is None
     assert features["bmi"] == {"value": 27.5, "indicator": False}
     # x: age, its indicator, bmi, and sex's two categories.
+    assert manifest["parameters"][0]["shape"] == [5]
+    # A one-hot column's missing value as a category of its own: the indicator alone.
+    assert run(*arguments, "--missing-indicator", "sex") == 0
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+    features = {f["column"]: f.get("missing") for f in manifest["inputs"]["features"]}
+    assert features == {"age": None, "bmi": None, "sex": {"indicator": True}}
     assert manifest["parameters"][0]["shape"] == [5]
 
 

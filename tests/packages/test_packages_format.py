@@ -192,3 +192,13 @@ def test_a_reviewer_sees_what_a_missing_value_becomes() -> None:
     (line,) = [line for line in _summary_lines(manifest) if line.lstrip().startswith("features:")]
     assert "age(standardise) [missing: 61.5 and a missing indicator]" in line
     assert "bmi [missing: 27.0]" in line and "sex(one_hot)," not in line and line.rstrip().endswith("sex(one_hot)")
+    # A one-hot column that keeps a missing value as its own category says so; the manifest reads back the same.
+    kept = (*columns[:2], FeatureColumn("sex", "string", "one_hot", categories=("F", "M"), indicator=True))
+    model = build_logistic_regression(6)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=kept, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(complete_manifest(fields, zoo_graphs(model)))
+    assert parse_manifest(manifest.to_json()).features == manifest.features
+    (line,) = [line for line in _summary_lines(manifest) if line.lstrip().startswith("features:")]
+    assert line.rstrip().endswith("sex(one_hot) [missing: a category of its own, with a missing indicator]")

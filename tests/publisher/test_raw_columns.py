@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.packages.canonical import canonical_json, parse_strict_json
+from agent.packages.errors import PackageRejected
 from agent.packages.manifest import Manifest, parse_manifest
 from agent.runtime.preprocessing import features
 from edge_sponsor.publisher.packaging import FeatureColumn, complete_manifest, zoo_graphs, zoo_manifest_fields
@@ -217,3 +218,103 @@ def test_a_feature_column_refuses_an_indicator_without_a_value_and_imputing_a_ca
         FeatureColumn("age", "float64", indicator=True)
     with pytest.raises(ValueError, match="numeric columns only"):
         FeatureColumn("sex", "string", "one_hot", categories=("F",), impute=0.0)
+
+
+_CATEGORICAL = (
+    FeatureColumn("sex", "string", "one_hot", categories=("F", "M"), indicator=True),
+    FeatureColumn("stage", "int64", "one_hot", categories=(1, 2, 3), indicator=True),
+    FeatureColumn("smoker", "bool", "one_hot", categories=(True,), indicator=True),
+    FeatureColumn("grade", "int64", "one_hot", categories=(1, 2)),  # no indicator: a missing grade drops the row
+)
+
+
+def _categorical_package() -> tuple[Manifest, onnx.ModelProto]:
+    model = build_logistic_regression(3 + 4 + 2 + 2)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=_CATEGORICAL, label_columns=["outcome"]
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(model)))))
+    weights = np.linspace(-1.0, 2.0, manifest.num_features).astype(np.float32)
+    return manifest, model.inference_model({"w": weights, "b": np.array(-0.5, np.float32)})
+
+
+CATEGORICAL_MANIFEST, CATEGORICAL_INFERENCE = _categorical_package()
+CATEGORICAL_SCORING = ort.InferenceSession(
+    scoring_model(CATEGORICAL_INFERENCE, CATEGORICAL_MANIFEST).SerializeToString()
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from(["F", "M", "X", ""])),
+            st.one_of(st.none(), st.integers(0, 4)),
+            st.one_of(st.none(), st.booleans()),
+            st.integers(1, 3),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_a_missing_category_scores_as_the_agent_encodes_it(rows: list[tuple[object, ...]]) -> None:
+    """A one-hot column whose missing value is a category of its own: the agent keeps the row
+    (category slots 0, indicator 1) and the exported model, given the missing flags, scores
+    it the same, whatever value the column's own input holds there; a value outside the
+    categories (not missing) gives zeros and indicator 0 in both."""
+    manifest = CATEGORICAL_MANIFEST
+    assert [f.missing.indicator for f in manifest.features] == [True, True, True, False]
+    assert manifest.required_columns == ("grade", "outcome")
+    sex, stage, smoker, grade = zip(*rows, strict=True)
+    table = pa.table({
+        "sex": pa.array(sex, pa.string()), "stage": pa.array(stage, pa.int64()),
+        "smoker": pa.array(smoker, pa.bool_()), "grade": pa.array(grade, pa.int64()),
+    })  # fmt: skip
+    (expected,) = ort.InferenceSession(CATEGORICAL_INFERENCE.SerializeToString()).run(
+        None, {"x": features(table.to_batches()[0], manifest)}
+    )
+    raw = {
+        # A missing value's own input is anything: here a real category, which must not count.
+        "sex": np.array([v if v is not None else "M" for v in sex], object),
+        "stage": np.array([v if v is not None else 2 for v in stage], np.int64),
+        "smoker": np.array([v if v is not None else True for v in smoker], np.bool_),
+        "grade": np.array(grade, np.int64),
+        "missing::sex": np.array([v is None for v in sex]),
+        "missing::stage": np.array([v is None for v in stage]),
+        "missing::smoker": np.array([v is None for v in smoker]),
+    }
+    (got,) = CATEGORICAL_SCORING.run(None, raw)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    x = features(table.to_batches()[0], manifest)
+    # The indicator slots (after each kept column's categories) are exactly the nulls.
+    np.testing.assert_array_equal(x[:, 2], [v is None for v in sex])
+    np.testing.assert_array_equal(x[:, 6], [v is None for v in stage])
+    np.testing.assert_array_equal(x[:, 8], [v is None for v in smoker])
+    assert not x[[v is None for v in sex], 0:2].any()
+
+
+def test_a_one_hot_columns_missing_value_is_declared_as_an_indicator_alone() -> None:
+    """The manifest takes ``{"indicator": true}`` for a one-hot column and nothing else; a missing
+    flags input named like a feature column is refused at export."""
+    model = build_logistic_regression(3)
+    fields = zoo_manifest_fields(
+        model, name="acme/risk", version="1.0.0", publisher="acme", features=_CATEGORICAL[:1], label_columns=["y"]
+    )
+    complete = complete_manifest(fields, zoo_graphs(model))
+    for missing, words in (
+        ({"value": 1.0, "indicator": True}, r"missing\.value: a one-hot column imputes no value"),
+        ({"indicator": False}, "indicator: must be true: a one-hot column keeps a row missing it only with an indic"),
+        ({}, r"inputs\.features\[0\]\.missing\.indicator: is required"),
+    ):
+        complete["inputs"]["features"][0]["missing"] = missing
+        with pytest.raises(PackageRejected, match=words):
+            parse_manifest(parse_strict_json(canonical_json(complete)))
+    clash = (*_CATEGORICAL[:1], FeatureColumn("missing::sex"))
+    wider = build_logistic_regression(4)
+    fields = zoo_manifest_fields(
+        wider, name="acme/risk", version="1.0.0", publisher="acme", features=clash, label_columns=["y"]
+    )
+    manifest = parse_manifest(parse_strict_json(canonical_json(complete_manifest(fields, zoo_graphs(wider)))))
+    inference = wider.inference_model({"w": np.zeros(4, np.float32), "b": np.array(0.0, np.float32)})
+    with pytest.raises(ScoringModelError, match="'missing::sex' has the name of another column's missing flags"):
+        scoring_model(inference, manifest)

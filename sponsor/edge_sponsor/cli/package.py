@@ -108,7 +108,8 @@ def _add_build(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="COL",
-        help="with --impute COL: one more feature, 1 where COL was missing",
+        help="with --impute COL: one more feature, 1 where COL was missing; alone for a --one-hot COL: its "
+        "missing value becomes a category of its own (the row is kept, its category slots 0, the indicator 1)",
     )
     zoo.add_argument(
         "--feature-type",
@@ -239,8 +240,10 @@ def _feature_columns(args: argparse.Namespace) -> list[FeatureColumn]:
     if unknown:
         raise PackageCommandError(f"columns not in --features: {', '.join(sorted(unknown))}")
     for column in args.missing_indicator:
-        if column not in imputations:
-            raise PackageCommandError(f"--missing-indicator {column}: needs --impute {column}=VALUE")
+        if column not in imputations and column not in one_hot:
+            raise PackageCommandError(
+                f"--missing-indicator {column}: needs --impute {column}=VALUE, or --one-hot {column}=CATEGORIES"
+            )
     for column in imputations:
         if column in one_hot or types.get(column, "float64") in ("string", "bool"):
             raise PackageCommandError(f"--impute {column}: missing values can be imputed in numeric columns only")
@@ -270,7 +273,8 @@ def _feature_columns(args: argparse.Namespace) -> list[FeatureColumn]:
                     raise PackageCommandError(f"--one-hot {column}: categories must be integers") from None
             elif dtype == "bool":
                 categories = [c.lower() == "true" for c in raw]
-            features.append(FeatureColumn(column, dtype, "one_hot", categories=tuple(categories)))
+            indicator = column in args.missing_indicator
+            features.append(FeatureColumn(column, dtype, "one_hot", categories=tuple(categories), indicator=indicator))
         else:
             features.append(FeatureColumn(column, dtype))
         if column in imputed:

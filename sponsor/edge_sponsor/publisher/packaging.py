@@ -65,13 +65,18 @@ class FeatureColumn:
     impute: float | None = None
     """A missing value's replacement (the column's own units); None: a row missing it is dropped."""
     indicator: bool = False
-    """With ``impute``: one more slot of ``x``, 1.0 where the value was missing."""
+    """One more slot of ``x``, 1.0 where the value was missing: with ``impute`` in a numeric
+    column; alone in a one-hot column, whose missing value is then a category of its own."""
 
     def __post_init__(self) -> None:
-        if self.indicator and self.impute is None:
+        one_hot = self.preprocessing == "one_hot"
+        if self.indicator and self.impute is None and not one_hot:
             raise ValueError(f"{self.column}: a missing indicator needs an imputed value")
-        if self.impute is not None and (self.preprocessing == "one_hot" or self.dtype in ("string", "bool")):
-            raise ValueError(f"{self.column}: missing values can be imputed in numeric columns only")
+        if self.impute is not None and (one_hot or self.dtype in ("string", "bool")):
+            raise ValueError(
+                f"{self.column}: missing values can be imputed in numeric columns only "
+                "(a one-hot column takes an indicator alone)"
+            )
 
     @property
     def width(self) -> int:
@@ -86,6 +91,8 @@ class FeatureColumn:
         result = {"column": self.column, "dtype": self.dtype, "preprocessing": pre}
         if self.impute is not None:
             result["missing"] = {"value": float(self.impute), "indicator": self.indicator}
+        elif self.indicator:
+            result["missing"] = {"indicator": True}
         return result
 
 

@@ -17,9 +17,12 @@ one named input per feature column instead:
 A numeric column whose manifest declares how a missing value is imputed
 (:class:`agent.packages.manifest.Missing`) takes NaN (or an infinity) for a missing value
 here: it is replaced by the declared value, and with ``indicator`` the extra slot is 1.0,
-as in the agent. Otherwise the agent trains only on rows with a value (a null, NaN or
-infinity in such a column drops the row), and a NaN passed here gives a NaN score, not a
-guess.
+as in the agent. A one-hot column whose missing value is a category of its own takes a
+second input, ``missing::COLUMN`` (bool ``[N]``), true where the value is missing: its
+category slots are then 0 whatever the column's input holds, and the indicator 1 (a
+string, integer or bool input has no NaN to say so). Otherwise the agent trains only on
+rows with a value (a null, NaN or infinity in such a column drops the row), and a NaN
+passed here gives a NaN score, not a guess.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.packages.manifest import ColumnType, FeatureDecl, Manifest, OneHot, Standardise
 
 PREFIX = "preprocess::"
+MISSING = "missing::"
+"""The prefix of a one-hot column's second input, its missing flags (see the module docstring)."""
 ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 2
 _MATRIX = PREFIX + "x"
@@ -52,15 +57,29 @@ def input_type(feature: FeatureDecl) -> int:
     return TensorProto.DOUBLE
 
 
+def missing_input(feature: FeatureDecl) -> str | None:
+    """The name of ``feature``'s missing flags input: a one-hot column whose missing value is a
+    category of its own has one; any other column has none."""
+    if isinstance(feature.preprocessing, OneHot) and feature.missing.indicator:
+        return MISSING + feature.column
+    return None
+
+
 def scoring_model(inference: onnx.ModelProto, manifest: Manifest) -> onnx.ModelProto:
     """``inference`` (input ``x`` float32 ``[N, F]``) behind the manifest's preprocessing:
-    one input per feature column, by the column's name, checked with onnx.checker."""
+    one input per feature column, by the column's name (and the missing flags of a one-hot
+    column that keeps missing values: :func:`missing_input`), checked with onnx.checker."""
     names = [value.name for value in inference.graph.input]
     if names != ["x"]:
         raise ScoringModelError(f"the inference model's inputs are {names}, not one input named x")
+    flags = [name for name in map(missing_input, manifest.features) if name is not None]
     columns = [feature.column for feature in manifest.features]
     if len(set(columns)) != len(columns):
         raise ScoringModelError("a feature column is listed twice; its preprocessing cannot become one input")
+    taken = sorted(set(columns) & set(flags))
+    if taken:
+        raise ScoringModelError(f"the feature column {taken[0]!r} has the name of another column's missing flags")
+    columns += flags
     outputs = {value.name for value in inference.graph.output}
     clash = sorted(set(columns) & outputs)
     if clash:
@@ -86,6 +105,7 @@ def scoring_model(inference: onnx.ModelProto, manifest: Manifest) -> onnx.ModelP
     graph.input.extend(
         helper.make_tensor_value_info(feature.column, input_type(feature), ["N"]) for feature in manifest.features
     )
+    graph.input.extend(helper.make_tensor_value_info(name, TensorProto.BOOL, ["N"]) for name in flags)
     if not any(opset.domain == ML_DOMAIN for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     onnx.checker.check_model(model, full_check=True)
@@ -135,11 +155,20 @@ def _encoded(feature: FeatureDecl, prefix: str, nodes: list[onnx.NodeProto], gra
         column = feature.column
         if feature.dtype is ColumnType.STRING:
             strings = [str(c) for c in pre.categories]
-            return node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_strings=strings)
-        if feature.dtype is ColumnType.BOOL:
-            column = node("Cast", [column], "as_int", to=TensorProto.INT64)
-        integers = [int(c) for c in pre.categories]
-        return node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_int64s=integers)
+            encoded = node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_strings=strings)
+        else:
+            if feature.dtype is ColumnType.BOOL:
+                column = node("Cast", [column], "as_int", to=TensorProto.INT64)
+            integers = [int(c) for c in pre.categories]
+            encoded = node("OneHotEncoder", [column], "one_hot", domain=ML_DOMAIN, cats_int64s=integers)
+        flags = missing_input(feature)
+        if flags is None:
+            return encoded
+        # A missing value: no category (whatever the column's input holds there), the indicator 1.
+        present = node("Cast", [node("Not", [flags], "present")], "present_float", to=TensorProto.FLOAT)
+        kept = node("Mul", [encoded, _column(present, "present_column", node, constant, opset)], "kept")
+        flag = _column(node("Cast", [flags], "missing_float", to=TensorProto.FLOAT), "indicator", node, constant, opset)
+        return node("Concat", [kept, flag], "slots", axis=1)
     value = node("Cast", [feature.column], "float64", to=TensorProto.DOUBLE)
     missing = ""
     if feature.missing.impute:
