@@ -15,6 +15,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -280,14 +281,21 @@ def test_a_site_that_cannot_take_part_is_named_and_the_others_are_pooled(
         )
         plan_file = tmp_path / "plan.zip"
         plan_file.write_bytes(build_plan_package(fields, signers=[publisher]))
-        federation = federation_file(tmp_path, pki, [*sites, small], dataset="fair")
+        # A fifth entry dials site-0's agent again, by another name: left out before the first round.
+        alias = SimpleNamespace(address=f"localhost:{sites[0].process.port}")
+        federation = federation_file(tmp_path, pki, [*sites, small, alias], dataset="fair")
         out_json = tmp_path / "glm.json"
         argv = ["study", "glm", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
         # Newton steps here (the first test runs the default, lower-bound steps).
         assert sponsor_main([*argv, "--method", "newton", "--rounds", "5", "--json", str(out_json)]) == 0
         printed = capsys.readouterr().out
         assert printed.count("ok; 5 rounds, ε charged") == 3
+        # Every round's progress names both sites that are not in it.
+        assert printed.count("; left: site-3, site-4") == 5
         result = json.loads(out_json.read_text())["glm"]
+        duplicate = result["sites"][4]
+        assert duplicate["status"] == "duplicate" and "is also listed as site-0" in duplicate["detail"]
+        assert duplicate["rounds_charged"] == 0
         left = result["sites"][3]
         assert left["site"] == "site-3" and left["status"] != "ok" and left["rounds_charged"] == 0
         assert left["detail"] and f"site-3: {left['status']}" in printed

@@ -131,7 +131,7 @@ def run_glm(
         raise ValueError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
     if not 1 <= average_last <= rounds:
         raise ValueError(f"average_last must be between 1 and the rounds ({rounds}), got {average_last}")
-    steps = GlmSteps(package, noise_multiplier, method, on_round)
+    steps = GlmSteps(package, noise_multiplier, method, on_round, sites=[site.name for site in federation.sites])
     initial: Parameters = {COEFFICIENTS: np.zeros(steps.design.p, np.float64)}
     result, left_out = run_rounds(federation, clients, package, steps, rounds=rounds, run_id=run_id, initial=initial)
     fit: glm.GlmFit | None = None
@@ -190,7 +190,13 @@ class GlmSteps:
         noise_multiplier: float,
         method: glm.GlmMethod,
         on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
+        *,
+        sites: Sequence[str] = (),
     ) -> None:
+        """``on_round``: called after each step with the round and the sites that are not in it:
+        those asked nothing more, and those of ``sites`` (the federation's) never asked (left out
+        before the first round: down, unsuitable, listed twice)."""
+        self.sites = tuple(sites)
         self.design = glm_design(package)
         self.layout = package.layout(TaskKind.DP_GLM)
         self.profile = plan_profile(TaskKind.DP_GLM, noise_multiplier)
@@ -202,9 +208,10 @@ class GlmSteps:
         # The sites asked nothing more, and those that withheld their release (with the round's words).
         self.left: list[str] = []
         self.withheld: dict[str, str] = {}
-        # The round being configured and the sites asked in it.
+        # The round being configured, the sites asked in it, and every site asked so far.
         self._round = 0
         self._asked: list[str] = []
+        self._ever: set[str] = set()
         self._coefficients = np.zeros(self.design.p, np.float64)
         self._bound: glm.Projected | None = None
 
@@ -218,6 +225,7 @@ class GlmSteps:
         if site in self.left:
             return None
         self._asked.append(site)
+        self._ever.add(site)
         return self.profile
 
     def release_problem(self, result: SiteResult) -> str:
@@ -262,7 +270,8 @@ class GlmSteps:
             )
         )
         if self.on_round is not None:
-            self.on_round(self.history[-1], tuple(self.left))
+            out = [name for name in self.sites if name not in self._ever or name in self.left]
+            self.on_round(self.history[-1], out + [name for name in self.left if name not in self.sites])
         return {COEFFICIENTS: step.coefficients.copy()}
 
     def site_states(

@@ -158,14 +158,25 @@ def run_rounds(
     Returns the loop's result (None when no site could take part) and each site it left out
     before the first round: its status and why.
     """
+    # A statistics task reads the whole cohort once, reporting progress as it goes: it is held
+    # to the stall limit, not to the federation file's deadline for training tasks.
     plan = replace(
-        federation.training, rounds=rounds, quorum=1, evaluate_every=0, max_failed_rounds=1,
+        federation.training,
+        rounds=rounds,
+        quorum=1,
+        evaluate_every=0,
+        max_failed_rounds=1,
         task_stall_seconds=TASK_STALL_SECONDS,
-    )  # fmt: skip
+        task_deadline_seconds=None,
+    )
     training = FederatedTraining(
-        replace(federation, training=plan), clients, package.study_package(), QuietObserver(),
-        run_id=run_id, strategy=strategy,
-    )  # fmt: skip
+        replace(federation, training=plan),
+        clients,
+        package.study_package(),
+        QuietObserver(),
+        run_id=run_id,
+        strategy=strategy,
+    )
     try:
         try:
             ready, _ = training.prepare()

@@ -82,7 +82,8 @@ class SiteLedger:
     """What the run did at one site."""
 
     rounds_contributed: int = 0
-    # Tasks the agent answered with a result, and so charged (usable here or not).
+    # Tasks (training and evaluation) the agent answered with a result, and so charged (usable
+    # here or not).
     tasks_charged: int = 0
     # Sum of the tasks' shares of the budget group's ε, as the agent reported them.
     epsilon: float = 0.0
@@ -159,14 +160,15 @@ class FederatedTraining:
                 self.observer.note(f"{site.name} ({site.address}) is left out: {status}: {detail}")
                 self.left_out[site.name] = (status, detail)
                 left_out.append(SiteSummary(site.name, site.address, site.dataset, status=f"{status}: {detail}"))
-        seen: dict[str, str] = {}
+        seen: dict[tuple[str, str], str] = {}
         for candidate in list(ready):
-            other = seen.setdefault(candidate.agent_id, candidate.site.name)
+            other = seen.setdefault((candidate.agent_id, candidate.site.dataset), candidate.site.name)
             if other != candidate.site.name:
-                # Two entries dialling one agent would count it twice in the quorum and the average.
+                # Two entries for one dataset of one agent (two addresses of it, or two agents
+                # configured with one id) would count its patients twice.
                 ready.remove(candidate)
                 where = candidate.site
-                detail = f"agent {candidate.agent_id} is also listed as {other}"
+                detail = f"agent {candidate.agent_id}'s dataset {where.dataset!r} is also listed as {other}"
                 self.observer.note(f"{where.name} ({where.address}) is left out: {detail}")
                 self.left_out[where.name] = ("duplicate", detail)
                 left_out.append(SiteSummary(where.name, where.address, where.dataset, status=f"duplicate: {detail}"))
@@ -229,9 +231,7 @@ class FederatedTraining:
                 break
             taken = {name: threading.Event() for name in asked}
             training = {
-                name: self._submit(
-                    by_name[name].site, task, "train", round_number, outgoing.of(task), taken=taken[name]
-                )
+                name: self._submit(by_name[name].site, task, round_number, outgoing.of(task), taken=taken[name])
                 for name, task in asked.items()
             }
             if evaluate is not None:
@@ -329,9 +329,7 @@ class FederatedTraining:
             index,
             task,
             {
-                r.site.name: self._submit(
-                    r.site, task, "evaluate", round_number, outgoing.of(task), after=waits.get(r.site.name)
-                )
+                r.site.name: self._submit(r.site, task, round_number, outgoing.of(task), after=waits.get(r.site.name))
                 for r in ready
             },
         )
@@ -402,17 +400,16 @@ class FederatedTraining:
         self,
         site: Site,
         task: TaskProfile,
-        label: str,
         round_number: int,
         prepared: ParameterSet,
         *,
         taken: threading.Event | None = None,
         after: threading.Event | None = None,
     ) -> Future[_Outcome]:
-        """Starts one task in the pool (``label`` names it in its correlation id). ``taken`` is set once
+        """Starts one task in the pool (its kind named in its correlation id). ``taken`` is set once
         the agent has the parameters (its first progress) or the task ended; the task waits for
         ``after`` before it starts."""
-        spec = self._spec(site, task, label, round_number)
+        spec = self._spec(site, task, round_number)
         client = self.clients[site.name]
         expected = self.package.result_declarations(task)
         return self._pool.submit(self._timed, client, spec, prepared, expected, taken, after)
@@ -458,7 +455,7 @@ class FederatedTraining:
             release_noisy_count=True,
         )
 
-    def _spec(self, site: Site, task: TaskProfile, label: str, round_number: int) -> pb.TaskSpec:
+    def _spec(self, site: Site, task: TaskProfile, round_number: int) -> pb.TaskSpec:
         plan = self.plan
         return pb.TaskSpec(
             kind=task.wire,  # type: ignore[arg-type]
@@ -467,7 +464,7 @@ class FederatedTraining:
             hyperparameters=task.to_wire(),
             run_id=self.run_id,
             round=round_number,
-            correlation_id=f"{self.run_id}/{round_number}/{site.name}/{label}",
+            correlation_id=f"{self.run_id}/{round_number}/{site.name}/{task.name}",
             purpose=plan.purpose,
         )
 
