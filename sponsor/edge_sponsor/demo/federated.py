@@ -234,7 +234,10 @@ def federation_toml(federation: Federation) -> str:
     for key, value in vars(plan).items():
         if value is None:  # an optional key left out (TOML has no null)
             continue
-        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        else:
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
     return "\n".join(lines) + "\n"
 
 
