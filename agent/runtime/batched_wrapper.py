@@ -42,15 +42,22 @@ ROWS_PER_RUN = 256
 """Rows per run of a batched wrapper (the session layer feeds at most this many)."""
 # With units=True the agent lays a run of whole privacy units out in blocks (BLOCKS)
 # (agent.runtime.contribution.UnitBlocks): no unit crosses a block, and rows that fill a
-# block up are padding rows whose results count as zeros.
+# block up are padding rows whose results count as zeros. The wrapper takes the run's rows
+# as they are and lays them out itself (ORDER, _unit_head): a Gather in the graph costs
+# less than the NumPy copies a step would otherwise make.
+ORDER = AGENT_PREFIX + "order"
+"""int64 ``[N]``: the run's row at each position of the blocks, -1 on padding (which
+then holds a copy of the run's last row, whose results count as zeros)."""
 SAME_UNIT = AGENT_PREFIX + "same_unit"
 """float64 ``[blocks, B, B]``: 1 where two rows of a block belong to one unit, else 0 (0
 throughout for a padding row). A matrix product with it sums over each row's unit."""
-PADDING = AGENT_PREFIX + "padding"
-"""bool ``[N, 1]``: true on the padding rows."""
 BLOCKS = AGENT_PREFIX + "blocks"
 """int64 ``[3]``: ``(blocks, rows per block, -1)``, the shape that lays an ``[N, w]`` value
 out in blocks (``N`` is blocks times rows per block)."""
+PADDING = AGENT_PREFIX + "padding"
+"""bool ``[N, 1]`` (computed from ORDER): true on the padding rows."""
+RUN_ROWS = "run_rows"
+"""The symbolic number of rows of ``agent::x`` and ``agent::y`` with units (``N``: positions)."""
 
 MAX_BATCHED_BYTES = 512 * 1024 * 1024
 """Upper bound on the batched values of one run (float64-sized, all alive at once, which
@@ -66,6 +73,19 @@ def _load(data: bytes) -> onnx.ModelProto:
     except Exception as exc:  # protobuf raises DecodeError and friends on hostile bytes
         raise WrapperBuildError(f"the package graph is not an ONNX model ({type(exc).__name__})") from None
     return model
+
+
+def _unit_head(opset: int) -> tuple[list[onnx.NodeProto], str, str]:
+    """Nodes that lay the run's rows out (:data:`ORDER`) and mark the padding rows
+    (:data:`PADDING`); with the laid-out ``x`` and ``y``."""
+    emitter = Emitter(opset, "", AGENT_PREFIX + "units::")
+    # Gather takes -1 as the last row: a padding row is a copy of a real row, its results
+    # zeroed by PADDING (and row i of the package graph depends on row i alone).
+    x = emitter.op("Gather", [X, ORDER], axis=0)
+    y = emitter.op("Gather", [Y, ORDER], axis=0)
+    padding = emitter.op("Less", [ORDER, emitter.constant(np.array(0, np.int64))])
+    emitter.op("Reshape", [padding, emitter.ints([-1, 1])], PADDING)
+    return emitter.nodes, x, y
 
 
 def _batch_size(emitter: Emitter, x: str) -> list[onnx.NodeProto]:
@@ -376,7 +396,7 @@ def build_batched_wrapper(
     """The checked batched wrapper for the package's grad (or eval) graph.
 
     With ``units``, rows are grouped by privacy unit, laid out in blocks no unit crosses
-    (inputs :data:`SAME_UNIT`, :data:`PADDING`, :data:`BLOCKS`), and the sum is over units: a
+    (inputs :data:`ORDER`, :data:`SAME_UNIT`, :data:`BLOCKS`), and the sum is over units: a
     unit's gradient rows summed, then clipped; a unit's metrics averaged
     (:mod:`agent.runtime.contribution` has the rules).
 
@@ -394,7 +414,11 @@ def build_batched_wrapper(
     emitter = Emitter(0, AGENT_PREFIX + "rows", AGENT_PREFIX + "tail::")
     batched = batch_graph(package_model, ROW_INPUTS, emitter.batch_size)
     emitter.opset = batched.opset
-    head = _batch_size(emitter, X)
+    head: list[onnx.NodeProto] = []
+    if units:
+        head, laid_x, laid_y = _unit_head(batched.opset)
+        feeds |= {"x": laid_x, "y": laid_y}
+    head += _batch_size(emitter, feeds["x"])
     head += [
         helper.make_node("Identity", [source], [batched.inputs[name]], name=f"{AGENT_PREFIX}feed::{name}")
         for name, source in feeds.items()
@@ -416,14 +440,15 @@ def build_batched_wrapper(
 
     label = INT64 if manifest.label.dtype == "int64" else FLOAT
     inputs = [helper.make_tensor_value_info(parameter_input(p.name), FLOAT, list(p.shape)) for p in manifest.parameters]
+    rows = RUN_ROWS if units else BATCH_DIM
     inputs += [
-        helper.make_tensor_value_info(X, FLOAT, [BATCH_DIM, manifest.num_features]),
-        helper.make_tensor_value_info(Y, label, [BATCH_DIM, *manifest.label.shape]),
+        helper.make_tensor_value_info(X, FLOAT, [rows, manifest.num_features]),
+        helper.make_tensor_value_info(Y, label, [rows, *manifest.label.shape]),
     ]
     if units:
         inputs += [
+            helper.make_tensor_value_info(ORDER, INT64, [BATCH_DIM]),
             helper.make_tensor_value_info(SAME_UNIT, DOUBLE, ["blocks", "block", "block"]),
-            helper.make_tensor_value_info(PADDING, TensorProto.BOOL, [BATCH_DIM, 1]),
             helper.make_tensor_value_info(BLOCKS, INT64, [3]),
         ]
     if role is GraphRole.GRADIENT:

@@ -95,13 +95,19 @@ def check_unit_starts(unit_starts: IndexArray, rows: int) -> None:
         return
     if unit_starts.ndim != 1 or unit_starts.size == 0 or unit_starts[0] != 0:
         raise ValueError("unit_starts must be a 1-D array starting at 0")
-    if unit_starts[-1] >= rows or np.any(np.diff(unit_starts) <= 0):
+    # Neighbours compared directly: np.diff's own checks cost more than the comparison (every step).
+    if unit_starts[-1] >= rows or bool((unit_starts[1:] <= unit_starts[:-1]).any()):
         raise ValueError("unit_starts must increase strictly and stay below the number of rows")
 
 
 def unit_sizes(unit_starts: IndexArray, rows: int) -> IndexArray:
     """Rows per unit."""
-    return np.diff(np.append(unit_starts, rows)).astype(np.int64)
+    sizes = np.empty(unit_starts.size, np.int64)
+    if sizes.size:
+        # One subtraction into place: np.diff of np.append copies twice (every step).
+        np.subtract(unit_starts[1:], unit_starts[:-1], out=sizes[:-1])
+        sizes[-1] = rows - unit_starts[-1]
+    return sizes
 
 
 def whole_unit_spans(unit_starts: IndexArray, rows: int, limit: int) -> Iterator[tuple[int, int, int, int]]:
@@ -137,9 +143,6 @@ class UnitBlocks:
     order: IndexArray
     unit: IndexArray
     block: int
-    in_order: bool = False
-    """Whether the rows keep their own order, padding only after the last: ``order`` starts
-    with ``0, 1, …, rows - 1``."""
 
     def __post_init__(self) -> None:
         _read_only(self.order)
@@ -153,18 +156,6 @@ class UnitBlocks:
     def blocks(self) -> int:
         return self.order.size // self.block
 
-    def laid_out(self, values: npt.NDArray[_Value]) -> npt.NDArray[_Value]:
-        """``values`` (one row per row of the run) in this layout, zeros on the padding rows."""
-        padding = self.order.size - values.shape[0]
-        if self.in_order:
-            return (
-                values
-                if padding == 0
-                else np.concatenate([values, np.zeros((padding, *values.shape[1:]), values.dtype)])
-            )
-        # Position -1 (padding) takes the appended row of zeros.
-        return np.concatenate([values, np.zeros_like(values[:1])])[self.order]
-
     @cached_property
     def same_unit(self) -> npt.NDArray[np.float64]:
         """``[blocks, block, block]``: 1 where two positions of a block hold rows of one unit,
@@ -172,11 +163,6 @@ class UnitBlocks:
         unit = self.unit.reshape(self.blocks, self.block)
         same: npt.NDArray[np.bool_] = (unit[:, :, None] == unit[:, None, :]) & (unit >= 0)[:, :, None]
         return _read_only(same.astype(np.float64))
-
-    @cached_property
-    def padding(self) -> npt.NDArray[np.bool_]:
-        """``[blocks·block, 1]``: true on the padding positions (computed once per layout, read-only)."""
-        return _read_only(~self.real[:, None])
 
     @cached_property
     def shape(self) -> npt.NDArray[np.int64]:
@@ -201,38 +187,44 @@ class UnitBlocks:
             order[:rows] = np.arange(rows, dtype=np.int64)
             unit = np.full(order.size, -1, np.int64)
             unit[:rows] = np.repeat(np.arange(len(listed), dtype=np.int64), largest)
-            return cls(order, unit, block, in_order=True)
-        by_size = sorted(range(len(listed)), key=listed.__getitem__, reverse=True)  # stable: ties keep their order
+            return cls(order, unit, block)
         # Blocks of fewer than 8 rows make many tiny products: never cheaper than 16 rows.
         candidates = {max(largest, _BLOCK)} | ({largest} if largest >= 8 else set())
         # A lower bound on each block size's cost: no two units of more than half a block
         # share one. Packed in that order, a block size whose bound is no better than a
         # packing already found is skipped: mostly, one packing is all it takes.
-        bounds = {
-            block: _cost(max(-(-rows // block), sum(1 for size in listed if 2 * size > block)), block)
-            for block in candidates
-        }
-        best: tuple[float, int, int, list[int]] | None = None
+        alone = {block: sum(1 for size in listed if 2 * size > block) for block in candidates}
+        bounds = {block: _cost(max(-(-rows // block), alone[block]), block) for block in candidates}
+        by_size: list[int] | None = None
+        best: tuple[float, int, int, IndexArray] | None = None
         for block in sorted(candidates, key=lambda block: (bounds[block], block)):
-            if best is not None and bounds[block] >= best[0]:
+            # Another packing (a Python loop) only where it may well be cheaper, not by a few rows.
+            if best is not None and bounds[block] >= best[0] * (1.0 - _REPACK):
                 continue
-            blocks, position = _first_fit_decreasing(listed, by_size, block)
+            if alone[block] == len(listed):
+                # No two units share a block: each has one of its own, in order (no packing).
+                blocks, position = len(listed), np.arange(len(listed), dtype=np.int64) * block
+            else:
+                if by_size is None:  # largest first; stable: ties keep their order
+                    by_size = sorted(range(len(listed)), key=listed.__getitem__, reverse=True)
+                blocks, first = _first_fit_decreasing(listed, by_size, block)
+                position = np.asarray(first, np.int64)
             cost = _cost(blocks, block)
             if best is None or cost < best[0]:
                 best = (cost, blocks, block, position)
         if best is None:
             raise ValueError("no block size")  # unreachable: the first block size is always packed
         _, blocks, block, position = best
-        return cls._laid_out(sizes, blocks, block, np.asarray(position, np.int64))
+        return cls._laid_out(sizes, rows, blocks, block, position)
 
     @classmethod
-    def _laid_out(cls, sizes: IndexArray, blocks: int, block: int, position: IndexArray) -> UnitBlocks:
-        """Each unit's rows one after another from its first ``position`` on."""
-        rows = int(sizes.sum())
-        destination = np.repeat(position - (np.cumsum(sizes) - sizes), sizes) + np.arange(rows, dtype=np.int64)
+    def _laid_out(cls, sizes: IndexArray, rows: int, blocks: int, block: int, position: IndexArray) -> UnitBlocks:
+        """Each unit's rows (``rows`` in all) one after another from its first ``position`` on."""
+        row = np.arange(rows, dtype=np.int64)
+        destination = np.repeat(position - (np.cumsum(sizes) - sizes), sizes) + row
         order = np.full(blocks * block, -1, np.int64)
         unit = np.full(blocks * block, -1, np.int64)
-        order[destination] = np.arange(rows, dtype=np.int64)
+        order[destination] = row
         unit[destination] = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
         return cls(order, unit, block)
 
@@ -283,6 +275,9 @@ _BLOCK = 16
 # (block / _GRAM_ROWS rows), and each block's small matrix products _BLOCK_ROWS rows more.
 _GRAM_ROWS = 48.0
 _BLOCK_ROWS = 3.0
+# A second block size is packed only if its lower bound is this much below the first's
+# cost: a packing costs about as much as a few rows' share of the graph.
+_REPACK = 0.03
 
 
 def _cost(blocks: int, block: int) -> float:

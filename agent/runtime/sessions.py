@@ -25,7 +25,7 @@ import onnxruntime as ort
 from agent.packages.manifest import Manifest
 from agent.runtime.batched_wrapper import (
     BLOCKS,
-    PADDING,
+    ORDER,
     ROWS_PER_RUN,
     SAME_UNIT,
     build_batched_wrapper,
@@ -208,14 +208,8 @@ class CompiledWrapper:
         self, session: ort.InferenceSession, feeds: dict[str, object], sizes: npt.NDArray[np.int64]
     ) -> Float64Array:
         blocks = self._unit_layouts.of(sizes)
-        # The graph counts the padding rows' results as zeros, whatever their values.
-        feeds = feeds | {
-            X: blocks.laid_out(np.asarray(feeds[X])),
-            Y: blocks.laid_out(np.asarray(feeds[Y])),
-            SAME_UNIT: blocks.same_unit,
-            PADDING: blocks.padding,
-            BLOCKS: blocks.shape,
-        }
+        # The graph lays the rows out itself and counts the padding rows' results as zeros.
+        feeds = feeds | {ORDER: blocks.order, SAME_UNIT: blocks.same_unit, BLOCKS: blocks.shape}
         (result,) = session.run([SUM], feeds)
         return self._checked(result)
 

@@ -34,13 +34,12 @@ def _check_layout(sizes: list[int]) -> UnitBlocks:
         assert np.all(np.diff(positions) == 1) and np.all(np.diff(blocks.order[positions]) == 1)
     # First fit leaves at most one block half empty or less: the padding stays bounded.
     assert blocks.blocks <= 2 * -(-rows // blocks.block) + 1
-    if blocks.in_order:
-        np.testing.assert_array_equal(blocks.order[:rows], np.arange(rows))
-    # Values laid out: each row's values where its row is placed, zeros on the padding.
+    # The wrapper lays the rows out with a Gather of ``order`` (-1, padding: a copy of the
+    # last row, which the wrapper's padding mask zeroes): each real position gets its row.
     values = np.arange(1, 2 * rows + 1, dtype=np.float32).reshape(rows, 2)
-    laid = blocks.laid_out(values)
+    laid = np.take(values, blocks.order, axis=0)
     np.testing.assert_array_equal(laid[real], values[blocks.order[real]])
-    assert not laid[~real].any()
+    assert np.all(blocks.order[~real] == -1)
     return blocks
 
 
@@ -63,6 +62,14 @@ def test_units_of_mixed_sizes_fill_blocks_largest_first() -> None:
     assert blocks.real.all()
 
 
+def test_units_of_more_than_half_a_block_each_take_one_in_their_order() -> None:
+    # No two of these units fit one block of 10: each has its own, without any packing.
+    blocks = _check_layout([10, 10, 6, 10, 9])
+    assert (blocks.block, blocks.blocks) == (10, 5)
+    np.testing.assert_array_equal(blocks.unit.reshape(5, 10)[:, 0], np.arange(5))
+    assert blocks.real.sum() == 45
+
+
 @given(st.lists(st.integers(1, 40), max_size=60), st.integers(1, 100))
 def test_runs_of_whole_units_cover_every_unit_once_within_the_limit(sizes: list[int], limit: int) -> None:
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes else np.zeros(0, np.int64)
@@ -82,7 +89,7 @@ def test_empty_or_non_positive_units_are_refused(sizes: list[int]) -> None:
         UnitBlocks.of(np.array(sizes, np.int64))
 
 
-def test_a_layout_feeds_the_same_unit_mask_padding_and_block_shape_read_only() -> None:
+def test_a_layout_feeds_the_same_unit_mask_order_and_block_shape_read_only() -> None:
     blocks = UnitBlocks.of(np.array([3, 2, 5, 1], np.int64))
     unit = blocks.unit.reshape(blocks.blocks, blocks.block)
     for b in range(blocks.blocks):
@@ -90,10 +97,9 @@ def test_a_layout_feeds_the_same_unit_mask_padding_and_block_shape_read_only() -
             for j in range(blocks.block):
                 expected = unit[b, i] >= 0 and unit[b, i] == unit[b, j]
                 assert blocks.same_unit[b, i, j] == float(expected)
-    np.testing.assert_array_equal(blocks.padding[:, 0], blocks.order < 0)
     np.testing.assert_array_equal(blocks.shape, [blocks.blocks, blocks.block, -1])
     # A layout serves many steps: nothing may change what the next step is fed.
-    for array in (blocks.order, blocks.unit, blocks.same_unit, blocks.padding, blocks.shape):
+    for array in (blocks.order, blocks.unit, blocks.same_unit, blocks.shape):
         with pytest.raises(ValueError, match="read-only"):
             array[...] = 0
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.runtime.batched_wrapper import ROWS_PER_RUN
+from agent.runtime.contribution import UnitBlocks
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import RowBatch
 from agent.runtime.sessions import CompiledWrapper, RuntimeMode
@@ -237,6 +238,21 @@ def test_a_non_finite_row_counts_as_zeros_and_the_rest_of_its_unit_still_counts(
     y = np.zeros(4, np.float32)
     got = wrapper.clipped_sum(_echo().params, unit_batch(x, y, [3, 1]), C)
     np.testing.assert_allclose(got, [0.1, 0.2, 0, 0, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("last", [np.nan, np.inf, 3e38, 1e20, 5.0])
+def test_the_padding_rows_copy_the_last_row_and_add_nothing(last: float) -> None:
+    """The compiled wrapper fills its blocks up with copies of the run's last row (a Gather
+    of position -1): whatever that row holds, the copies add nothing, and the sum is Scan's."""
+    by_mode = wrappers("new/echo", GraphRole.GRADIENT)
+    x = (np.random.default_rng(5).normal(size=(5, F)) * 0.3 * C).astype(np.float32)
+    x[-1, 0] = last
+    y = np.zeros(5, np.float32)
+    assert (UnitBlocks.of(np.array([3, 2], np.int64)).order < 0).sum() == 11  # 5 rows in a block of 16
+    batch = unit_batch(x, y, [3, 2])
+    expected = by_mode[RuntimeMode.SCAN].clipped_sum(_echo().params, batch, C)
+    got = by_mode[RuntimeMode.BATCHED].clipped_sum(_echo().params, batch, C)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * C)
 
 
 def _assert_shrunk_copy(got: np.ndarray, exact: np.ndarray, what: str) -> float:
