@@ -30,6 +30,7 @@ from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
 from agent.identity.agent_key import generate_key_file
 from agent.identity.development_pki import DEV_COORDINATOR_URI
+from agent.tasks.kinds.dp_gradient import DpGradient
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, ClientCredentials
 from edge_sponsor.coordinator.progress import observer_for
 from edge_sponsor.coordinator.study import run_study
@@ -61,7 +62,8 @@ def run_scenario(root: Path) -> Scenario:
         credentials = ClientCredentials.from_files(
             setup.pki.ca_cert, setup.pki.coordinator_cert, setup.pki.coordinator_key
         )
-        parameters = setup.package.ordered(setup.package.initial_parameters())
+        gradient = DpGradient(clip_norm=1.0, noise_multiplier=3.0, sampling_rate=0.5)
+        parameters = setup.package.ordered(setup.package.initial_parameters(), gradient)
         with AgentClient(f"127.0.0.1:{first.port}", credentials, server_name="localhost", timeout=60) as client:
             archive = bytearray(setup.package_path.read_bytes())
             archive[len(archive) // 2] ^= 0xFF
@@ -72,7 +74,7 @@ def run_scenario(root: Path) -> Scenario:
                     kind=pb.TASK_KIND_DP_GRADIENT,
                     package_digest=setup.package.digest,
                     dataset_id=DATASET_ID,
-                    hyperparameters=pb.DPHyperparameters(clip_norm=1.0, noise_multiplier=3.0, sampling_rate=0.5),
+                    hyperparameters=gradient.to_wire(),
                     run_id=RUN_ID,
                     round=99,
                     correlation_id=correlation_id,

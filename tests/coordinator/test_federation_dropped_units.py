@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.config.errors import ConfigError
-from edge_sponsor.coordinator.federation import parse_federation
+from agent.tasks.kinds.dp_evaluate import DpEvaluate
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.federation import TrainingPlan, parse_federation
+from edge_sponsor.coordinator.privacy_plan import training_tasks
+from edge_sponsor.coordinator.study_package import StudyPackage
+from tests.conftest import Pki
 from tests.coordinator.test_federation_file import GOOD
+from tests.coordinator.test_parameter_reuse import train_one_site
+from tests.packages.package_builders import good_package, new_key
+from tests.tasks.test_run_task_rpc import start
 
 
 def test_evaluations_ask_for_the_dropped_units_only_when_told(tmp_path: Path) -> None:
@@ -32,3 +41,35 @@ def test_a_setting_every_agent_would_refuse_names_the_key(tmp_path: Path, lines:
         parse_federation(GOOD + lines, tmp_path / "federation.toml")
     assert caught.value.key == "training.evaluation_release_dropped_units"
     assert problem in caught.value.problem
+
+
+def test_a_training_run_that_asks_evaluates_with_the_count_and_plans_its_cost(tmp_path: Path, pki: Pki) -> None:
+    """With evaluation_release_dropped_units, each evaluation asks for the count (the run's
+    evaluations are usable, the count is not taken for a metric) and the privacy plan
+    projects the extra Gaussian: more ε than the same run without it."""
+    publisher = new_key()
+    agent = start(tmp_path, pki, publisher)
+    plan = TrainingPlan(
+        rounds=2,
+        noise_multiplier=8.0,
+        sampling_rate=0.5,
+        evaluate_every=1,
+        evaluation_noise_multiplier=20.0,
+        quorum=1,
+        task_stall_seconds=60.0,
+        purpose="research",
+        evaluation_release_dropped_units=True,
+    )
+    client = AgentClient(agent.address, pki.credentials(), server_name="localhost", timeout=30)
+    package = StudyPackage.from_archive(good_package(publisher))
+    result = train_one_site(agent, client, package, plan, name="dropped", pki=pki, tmp_path=tmp_path)
+    evaluations = [task for record in result.rounds for task in record.evaluation]
+    assert [task.status for task in evaluations] == ["ok", "ok"]
+    assert all("dropped_units" not in record.metrics for record in result.rounds)
+    (_, asked), (_, plain) = (
+        training_tasks(plan),
+        training_tasks(replace(plan, evaluation_release_dropped_units=False)),
+    )
+    assert isinstance(asked.profile, DpEvaluate) and isinstance(plain.profile, DpEvaluate)
+    assert asked.profile.release_dropped_units and not plain.profile.release_dropped_units
+    assert asked.profile.mechanism().noise_multiplier < plain.profile.mechanism().noise_multiplier

@@ -21,13 +21,11 @@ import grpc
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.privacy.accounting import PldAccountant
 from agent.privacy.mechanism import Mechanism
-from agent.tasks.kinds.dp_evaluate import DpEvaluate
-from agent.tasks.kinds.dp_gradient import DpGradient
-from agent.tasks.kinds.dp_local_training import DpLocalTraining
 from agent.tasks.kinds.hyperparameters import MIN_NOISE_MULTIPLIER
 from agent.tasks.kinds.profile import TaskProfile
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
-from edge_sponsor.coordinator.federation import Algorithm, Federation, TrainingPlan
+from edge_sponsor.coordinator.federation import Federation, TrainingPlan
+from edge_sponsor.coordinator.strategies import evaluation_task, strategy_for
 
 
 class PlanningError(Exception):
@@ -81,28 +79,14 @@ def training_tasks(plan: TrainingPlan) -> list[PlannedTask]:
     ):
         if not (math.isfinite(sigma) and sigma >= MIN_NOISE_MULTIPLIER):
             raise PlanningError(f"[training] {name} = {sigma:g}: agents refuse tasks below {MIN_NOISE_MULTIPLIER:g}")
-    training: TaskProfile
-    if plan.algorithm is Algorithm.FEDSGD:
-        training = DpGradient(
-            clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate
-        )
-    else:
-        training = DpLocalTraining(
-            clip_norm=plan.clip_norm,
-            noise_multiplier=plan.noise_multiplier,
-            sampling_rate=plan.sampling_rate,
-            local_steps=plan.local_steps,
-            learning_rate=plan.local_learning_rate,
-        )
+    # The task the federation file's strategy sends every site in every round.
+    training = strategy_for(plan, ()).configure(1, "")
+    if training is None:
+        raise PlanningError("the federation file's strategy asks no site")  # unreachable: FedSGD, FedAvg ask all
     tasks = [PlannedTask(training, plan.rounds)]
     evaluations = evaluation_rounds(plan)
     if evaluations:
-        evaluation = DpEvaluate(
-            noise_multiplier=plan.evaluation_noise_multiplier,
-            sampling_rate=plan.evaluation_sampling_rate,
-            release_noisy_count=True,
-        )
-        tasks.append(PlannedTask(evaluation, evaluations))
+        tasks.append(PlannedTask(evaluation_task(plan), evaluations))
     return tasks
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.packages.manifest import ParameterDecl
+from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
 from agent.tasks.kinds.profile import TaskProfile
@@ -168,6 +169,18 @@ class FedAvg:
             return None
         scale = {name: -float(r.units_lower) / total for name, r in results.items()}
         return self.server.step(parameters, self.server.weighted(results, scale))
+
+
+def evaluation_task(plan: TrainingPlan) -> DpEvaluate:
+    """The federated evaluation a run of ``plan`` sends every site (whatever its strategy): its
+    noisy count weighs each site's metrics; the count of patients who lost a row to a missing
+    value when the federation file asks for it."""
+    return DpEvaluate(
+        noise_multiplier=plan.evaluation_noise_multiplier,
+        sampling_rate=plan.evaluation_sampling_rate,
+        release_noisy_count=True,
+        release_dropped_units=plan.evaluation_release_dropped_units,
+    )
 
 
 def strategy_for(plan: TrainingPlan, parameters: tuple[ParameterDecl, ...]) -> Strategy:

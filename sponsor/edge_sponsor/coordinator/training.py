@@ -32,19 +32,17 @@ from typing import Protocol
 import numpy as np
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
-from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units
+from edge_sponsor.coordinator.client import DROPPED_UNITS, NOISY_COUNT, AgentClient, AgentRpcError, Units
 from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
 from edge_sponsor.coordinator.score_evaluation import ScoreHistogram
-from edge_sponsor.coordinator.strategies import SiteResult, StopRunError, Strategy, strategy_for
+from edge_sponsor.coordinator.strategies import SiteResult, StopRunError, Strategy, evaluation_task, strategy_for
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
-NOISY_COUNT = "noisy_count"
 # A package upload without task_deadline_seconds: uploads are one call, not a stream that reports progress.
 PACKAGE_UPLOAD_SECONDS = 600.0
 
@@ -322,7 +320,7 @@ class FederatedTraining:
         after: Mapping[str, threading.Event] | None,
     ) -> _PendingEvaluation:
         round_number = result.rounds[index].round
-        task = self._evaluation_task()
+        task = evaluation_task(self.plan)
         # Only the sites that trained this round have taken the parameters; the others evaluate at once.
         waits = after or {}
         return _PendingEvaluation(
@@ -368,7 +366,8 @@ class FederatedTraining:
         cell_sd = sigma * scales[histogram.cells[0]] if histogram else 0.0
         for name, run in outcomes.items():
             count = run.scalars[NOISY_COUNT]
-            sums = {m: v for m, v in run.scalars.items() if m != NOISY_COUNT}
+            # The counts are not metrics (the dropped units, when asked for, are read by the caller).
+            sums = {m: v for m, v in run.scalars.items() if m not in (NOISY_COUNT, DROPPED_UNITS)}
             site_metrics[name] = {m: mean(m, v, count) for m, v in sums.items() if m not in cells}
             if histogram:
                 site_metrics[name] |= histogram.estimates(sums)
@@ -446,15 +445,6 @@ class FederatedTraining:
             if taken is not None:
                 taken.set()
 
-    def _evaluation_task(self) -> DpEvaluate:
-        """The plan's evaluation task; its noisy count weighs each site's metrics."""
-        plan = self.plan
-        return DpEvaluate(
-            noise_multiplier=plan.evaluation_noise_multiplier,
-            sampling_rate=plan.evaluation_sampling_rate,
-            release_noisy_count=True,
-        )
-
     def _spec(self, site: Site, task: TaskProfile, round_number: int) -> pb.TaskSpec:
         plan = self.plan
         return pb.TaskSpec(
@@ -509,6 +499,8 @@ class FederatedTraining:
         if kind == "evaluate":
             values = list(run.scalars.values())
             expected = {m.name for m in self.package.manifest.metrics} | {NOISY_COUNT}
+            if task.release_dropped_units:
+                expected.add(DROPPED_UNITS)
             if set(run.scalars) != expected:
                 return f"expected scalars {sorted(expected)}, got {sorted(run.scalars)}"
         else:
