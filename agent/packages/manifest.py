@@ -69,6 +69,18 @@ class TaskKind(StrEnum):
 PLAN_KINDS = (TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL, TaskKind.DP_GLM)
 """The kinds an analysis plan offers: the agent computes them itself, a plan package has no graph."""
 
+NOISY_COUNT = "noisy_count"
+"""The scalar a task with ``release_noisy_count`` releases beside its sums: the size of its
+Poisson sample, in units, plus Gaussian noise of SD ``noise_multiplier``."""
+DROPPED_UNITS = "dropped_units"
+"""The scalar a task with ``release_dropped_units`` (dp_evaluate at ``sampling_rate`` 1 only)
+releases: how many privacy units (patients where the dataset declares a unit column, rows
+otherwise) had at least one row left out for a missing value (null, NaN, infinite) in a column
+the package reads, plus Gaussian noise of SD ``noise_multiplier``. Noisy: it can be negative or
+fractional."""
+RELEASED_COUNTS = (NOISY_COUNT, DROPPED_UNITS)
+"""Names a task's counts take among its released scalars: no metric may be named so."""
+
 COEFFICIENTS = "coefficients"
 """The one parameter tensor of a ``dp_glm`` task: the model's coefficients β, shape ``[p]``
 (``ModelSpec.width``), on the design's scale (agent.packages.plan.ModelSpec)."""
@@ -683,7 +695,7 @@ def _metrics(value: Any) -> tuple[MetricDecl, ...]:
     for index, item in enumerate(items):
         obj = JsonObject(item, f"metrics[{index}]")
         name = obj.string("name", max_length=64, pattern=IDENTIFIER_PATTERN)
-        if name in ("x", "y") or any(m.name == name for m in result):
+        if name in ("x", "y", *RELEASED_COUNTS) or any(m.name == name for m in result):
             fail(obj.field("name"), f"{name!r} is reserved or used twice")
         bounds = array_field(obj.get("range"), obj.field("range"), min_items=2, max_items=2)
         low = number_field(bounds[0], obj.field("range") + "[0]")

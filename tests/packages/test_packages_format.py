@@ -163,6 +163,16 @@ def test_metric_groups_are_signed_and_bound_their_members_together() -> None:
     assert parsed.metric_noise_scales() == tuple(math.sqrt(blocks) * bound for bound in bounds)
 
 
+@pytest.mark.parametrize("name", ["noisy_count", "dropped_units", "x", "y"])
+def test_a_metric_may_not_take_the_name_of_a_released_count(name: str) -> None:
+    """A task releases its counts as scalars beside the metric sums: a metric named like one
+    would be read as the count (or hide it)."""
+    manifest, _ = manifest_and_graphs()
+    manifest["metrics"][0]["name"] = name
+    with pytest.raises(PackageRejected, match=rf"metrics\[0\]\.name: '{name}' is reserved or used twice"):
+        parse_manifest(json.loads(json.dumps(manifest)))
+
+
 def test_a_reviewer_sees_a_metric_group_once_with_its_joint_bound() -> None:
     from agent.cli.package import _summary_lines
     from edge_sponsor.publisher.zoo import build_logistic_regression

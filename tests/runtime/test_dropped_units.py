@@ -18,7 +18,7 @@ import pytest
 
 from agent.datasets.inspection import open_dataset
 from agent.datasets.spec import DatasetFormat, DatasetSpec
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT, Manifest
 from agent.runtime.errors import HyperparameterError
 from agent.runtime.isolation import GraphRole
 from agent.runtime.rows import ArrowRowSource, DroppedUnitsError, MinimumRows, RowBatch, dropped_units
@@ -27,7 +27,6 @@ from agent.runtime.tasks import EvaluationSettings, Randomness, dp_evaluate
 from agent.runtime.unit_rows import UnitRowSource
 from agent.tasks.computation import TaskJob, compute_task
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
-from agent.tasks.kinds.profile import DROPPED_UNITS, NOISY_COUNT
 from agent.tasks.worker import WorkerMemory
 from edge_sponsor.publisher.packaging import zoo_graphs
 from edge_sponsor.publisher.zoo import ZooModel, build_logistic_regression

@@ -29,8 +29,8 @@ from dp_accounting.privacy_accountant import NeighboringRelation  # type: ignore
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.identity.agent_key import AgentKey
-from agent.tasks.kinds import profile
-from edge_sponsor.coordinator.client import DROPPED_UNITS, NOISY_COUNT, AgentClient, AgentRpcError, dropped_units
+from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, dropped_units
 from tests.conftest import COORDINATOR_URI, InProcessAgent, Pki, start_in_process, write_config
 from tests.packages.package_builders import good_package, new_key
 from tests.tasks.test_run_task_rpc import cohort_table
@@ -169,10 +169,6 @@ def independent_epsilon(gaussians: int) -> float:
     )
     accountant.compose(ComposedDpEvent([GaussianDpEvent(SIGMA)] * gaussians))
     return float(accountant.get_epsilon(DELTA))
-
-
-def test_the_client_names_the_agents_scalars() -> None:
-    assert (DROPPED_UNITS, NOISY_COUNT) == (profile.DROPPED_UNITS, profile.NOISY_COUNT)
 
 
 @pytest.mark.parametrize("dataset", ["visits", "rows"])

@@ -11,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.packages.manifest import parse_manifest
+from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT, parse_manifest
 from agent.privacy.mechanism import Mechanism, accounting_grid, combined_noise_multiplier
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds import registry
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
-from agent.tasks.kinds.profile import DROPPED_UNITS, NOISY_COUNT, TaskProfile
+from agent.tasks.kinds.profile import TaskProfile
 from edge_sponsor.publisher.zoo import build_logistic_regression
 from tests.packages.package_builders import manifest_and_graphs
 

@@ -16,14 +16,14 @@ from agent.cli.main import main
 from agent.governance.decisions import Action, Request, TaskRequest, UsageState, decide
 from agent.governance.loader import parse_policy
 from agent.governance.model import Bounds
-from agent.packages.manifest import GRAPH_FILES, HYPERPARAMETERS, PLAN_KINDS, Manifest, TaskKind
+from agent.packages.manifest import GRAPH_FILES, HYPERPARAMETERS, NOISY_COUNT, PLAN_KINDS, Manifest, TaskKind
 from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.server.task_endpoints import specification
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds import registry
 from agent.tasks.kinds.hyperparameters import Hyperparameter, Requirement
-from agent.tasks.kinds.profile import NOISY_COUNT, Computation, PlanComputation, Release, TaskProfile
+from agent.tasks.kinds.profile import Computation, PlanComputation, Release, TaskProfile
 from agent.tasks.worker import Released
 from tests.governance.test_governance_loader import MINIMAL
 

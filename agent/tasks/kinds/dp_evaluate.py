@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT, Manifest
 from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.runtime.tasks import EvaluationSettings, dp_evaluate
 from agent.tasks.kinds.profile import (
-    DROPPED_UNITS,
-    NOISY_COUNT,
     Computation,
     PlanComputation,
     Release,

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.packages.manifest import Manifest
+from agent.packages.manifest import NOISY_COUNT, Manifest
 from agent.privacy.mechanism import Mechanism
 from agent.runtime.isolation import GraphRole
 from agent.runtime.tasks import GradientSettings, dp_gradient
 from agent.tasks.kinds.hyperparameters import CLIP_NORM
-from agent.tasks.kinds.profile import NOISY_COUNT, Computation, PlanComputation, Release, TaskProfile, graph_computation
+from agent.tasks.kinds.profile import Computation, PlanComputation, Release, TaskProfile, graph_computation
 from agent.tasks.worker import Released
 
 

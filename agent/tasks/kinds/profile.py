@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.packages.manifest import Manifest, ParameterDecl
+from agent.packages.manifest import DROPPED_UNITS, Manifest, ParameterDecl
 from agent.packages.plan import AnalysisPlan
 from agent.privacy.mechanism import Mechanism, accounting_grid, combined_noise_multiplier
 from agent.runtime.isolation import GraphRole
@@ -52,12 +52,6 @@ from agent.statistics.patients import PatientTable
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.hyperparameters import NOISE_MULTIPLIER, SAMPLING_RATE, Hyperparameter
 from agent.tasks.worker import Released
-
-NOISY_COUNT = "noisy_count"
-"""The scalar a task with ``release_noisy_count`` releases: its sample's size plus noise."""
-DROPPED_UNITS = "dropped_units"
-"""The scalar a task with ``release_dropped_units`` releases: how many privacy units (rows, without
-a unit column) had at least one row left out for a missing value in a used column, plus noise."""
 
 _Settings_contra = TypeVar("_Settings_contra", contravariant=True)
 _Result_co = TypeVar("_Result_co", covariant=True)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
 from agent.api.edge_agent.v1 import agent_pb2_grpc as pb_grpc
+from agent.packages.manifest import DROPPED_UNITS
 from agent.tasks.tensors import TensorDecl
 from edge_sponsor.coordinator.tasks import (
     FastRunTask,
@@ -28,17 +29,6 @@ from edge_sponsor.coordinator.tasks import (
 )
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-
-# The names of the counts a task releases beside its sums, in TaskRun.scalars (the agent's
-# agent.tasks.kinds.profile names them the same; a test holds the two together).
-NOISY_COUNT = "noisy_count"
-"""With ``DPHyperparameters.release_noisy_count``: the size of the task's Poisson sample, in units,
-plus Gaussian noise of SD ``noise_multiplier``."""
-DROPPED_UNITS = "dropped_units"
-"""With ``DPHyperparameters.release_dropped_units`` (dp_evaluate at ``sampling_rate`` 1 only): how
-many units (patients where the dataset declares a unit column, rows otherwise) had at least one row
-left out for a missing value (null, NaN, infinite) in a column the package reads, plus Gaussian
-noise of SD ``noise_multiplier``. Noisy: it can be negative or fractional."""
 
 
 def dropped_units(run: TaskRun) -> float | None:

@@ -32,9 +32,10 @@ from typing import Protocol
 import numpy as np
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
+from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
-from edge_sponsor.coordinator.client import DROPPED_UNITS, NOISY_COUNT, AgentClient, AgentRpcError, Units
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units
 from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
