@@ -12,6 +12,8 @@ from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.federation import TrainingPlan, parse_federation
 from edge_sponsor.coordinator.privacy_plan import training_tasks
+from edge_sponsor.coordinator.report import RunReport
+from edge_sponsor.coordinator.run_page import render_run_page
 from edge_sponsor.coordinator.study_package import StudyPackage
 from tests.conftest import Pki
 from tests.coordinator.test_federation_file import GOOD
@@ -66,6 +68,11 @@ def test_a_training_run_that_asks_evaluates_with_the_count_and_plans_its_cost(tm
     evaluations = [task for record in result.rounds for task in record.evaluation]
     assert [task.status for task in evaluations] == ["ok", "ok"]
     assert all("dropped_units" not in record.metrics for record in result.rounds)
+    # Each evaluation's count, per site with its noise SD, and the run page shows the last one.
+    assert all(set(r.dropped_units) == {"hospital"} and r.dropped_units_sd == 20.0 for r in result.rounds)
+    report = RunReport("f", "run", "fedsgd", "p", "d", "", "", {}, tuple(result.rounds), ())
+    page = render_run_page(report)
+    assert 'id="dropped-units"' in page and "Evaluation after round 2" in page and "±20" in page
     (_, asked), (_, plain) = (
         training_tasks(plan),
         training_tasks(replace(plan, evaluation_release_dropped_units=False)),

@@ -50,6 +50,10 @@ class RoundRecord:
     # draws the ROC curve and the calibration from them.
     score_cells: Mapping[str, float] = field(default_factory=dict)
     score_cell_sd: float = 0.0
+    # With [training] evaluation_release_dropped_units: each site's noisy count of the patients
+    # (rows, without a unit column) who lost a row to a missing value, and its noise SD (σ).
+    dropped_units: Mapping[str, float] = field(default_factory=dict)
+    dropped_units_sd: float = 0.0
 
     @property
     def missing_sites(self) -> tuple[str, ...]:

@@ -125,6 +125,9 @@ def render_run_page(report: RunReport, coefficients: Coefficients | None = None)
     if scored is not None:
         body.append(_discrimination(scored))
     body.append(_sites(report.sites))
+    counted = next((record for record in reversed(report.rounds) if record.dropped_units), None)
+    if counted is not None:
+        body.append(_dropped_units(counted))
     if coefficients is not None:
         body.append(_coefficients(coefficients))
     body.append(_rounds(report))
@@ -315,6 +318,25 @@ def _discrimination(record: RoundRecord) -> str:
         f"patients than {_number(table.min_total, 1)} (3 noise SDs) shows no observed rate.{overall}</p>"
         f"{chart}<table><tr><th>predicted risk (bin midpoint)</th><th>patients (noisy)</th>"
         f"<th>observed rate (noisy)</th></tr>{rows}</table>"
+    )
+
+
+def _dropped_units(record: RoundRecord) -> str:
+    """The last evaluation's noisy counts of patients who lost a row to a missing value, per site
+    and added up, each with the SD of its noise."""
+    sd = record.dropped_units_sd
+    rows = [
+        f"<tr><td>{escape(site)}</td><td class='num'>{count:.0f} ±{sd:.2g}</td></tr>"
+        for site, count in record.dropped_units.items()
+    ]
+    total, total_sd = sum(record.dropped_units.values()), sd * math.sqrt(len(record.dropped_units))
+    rows.append(f"<tr><th>all sites</th><td class='num'>{total:.0f} ±{total_sd:.2g}</td></tr>")
+    return (
+        '<h2 id="dropped-units">Patients left out for a missing value</h2>'
+        f"<p class='note'>Evaluation after round {record.round}: at each site, the patients (rows, where the "
+        "dataset declares no patient column) with at least one row dropped for a missing value in a column the "
+        "package reads, released with Gaussian noise (± one SD), so a count may be negative or off by a few.</p>"
+        "<table><tr><th>site</th><th>patients (noisy)</th></tr>" + "".join(rows) + "</table>"
     )
 
 

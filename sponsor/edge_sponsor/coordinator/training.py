@@ -392,6 +392,8 @@ class FederatedTraining:
             metrics_noise_sd=noise_sd,
             score_cells=score_cells,
             score_cell_sd=pooled_sd if score_cells else 0.0,
+            dropped_units={n: r.scalars[DROPPED_UNITS] for n, r in outcomes.items() if DROPPED_UNITS in r.scalars},
+            dropped_units_sd=sigma if pending.task.release_dropped_units else 0.0,
         )
         result.rounds[pending.index] = evaluated
         self.observer.round_finished(evaluated)
