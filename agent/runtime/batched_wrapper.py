@@ -49,11 +49,14 @@ ORDER = AGENT_PREFIX + "order"
 """int64 ``[N]``: the run's row at each position of the blocks, -1 on padding (which
 then holds a copy of the run's last row, whose results count as zeros)."""
 SAME_UNIT = AGENT_PREFIX + "same_unit"
-"""float64 ``[blocks, B, B]``: 1 where two rows of a block belong to one unit, else 0 (0
-throughout for a padding row). A matrix product with it sums over each row's unit."""
+"""bool ``[blocks, B, B]``: true where two rows of a block belong to one unit (false
+throughout for a padding row)."""
+MASK = AGENT_PREFIX + "same_unit_mask"
+"""float64 (computed from SAME_UNIT): 1 where it is true, else 0. A matrix product with it
+sums over each row's unit."""
 BLOCKS = AGENT_PREFIX + "blocks"
-"""int64 ``[3]``: ``(blocks, rows per block, -1)``, the shape that lays an ``[N, w]`` value
-out in blocks (``N`` is blocks times rows per block)."""
+"""int64 ``[3]`` (computed from SAME_UNIT's shape): ``(blocks, rows per block, -1)``, the
+shape that lays an ``[N, w]`` value out in blocks (``N`` is blocks times rows per block)."""
 PADDING = AGENT_PREFIX + "padding"
 """bool ``[N, 1]`` (computed from ORDER): true on the padding rows."""
 RUN_ROWS = "run_rows"
@@ -76,9 +79,16 @@ def _load(data: bytes) -> onnx.ModelProto:
 
 
 def _unit_head(opset: int) -> tuple[list[onnx.NodeProto], str, str]:
-    """Nodes that lay the run's rows out (:data:`ORDER`) and mark the padding rows
-    (:data:`PADDING`); with the laid-out ``x`` and ``y``."""
+    """Nodes that lay the run's rows out (:data:`ORDER`), mark the padding rows
+    (:data:`PADDING`) and derive :data:`MASK` and :data:`BLOCKS` from :data:`SAME_UNIT`;
+    with the laid-out ``x`` and ``y``.
+
+    Each operator here replaces NumPy calls that every step would make (the layout's
+    arrays are new each step): a few small operators cost less."""
     emitter = Emitter(opset, "", AGENT_PREFIX + "units::")
+    emitter.op("Cast", [SAME_UNIT], MASK, to=DOUBLE)
+    blocks = emitter.op("Slice", [emitter.op("Shape", [SAME_UNIT]), emitter.ints([0]), emitter.ints([2])])
+    emitter.op("Concat", [blocks, emitter.ints([-1])], BLOCKS, axis=0)
     # Gather takes -1 as the last row: a padding row is a copy of a real row, its results
     # zeroed by PADDING (and row i of the package graph depends on row i alone).
     x = emitter.op("Gather", [X, ORDER], axis=0)
@@ -285,7 +295,7 @@ def _unit_squares(
     values per row, each the reshaped ``roots``; ``row_norms`` ``[N, 1]`` each row's norm
     over all pieces, zero likewise).
 
-    Within a block, with ``S`` its "same unit" mask (:data:`SAME_UNIT`): a dense piece's
+    Within a block, with ``S`` its "same unit" mask (:data:`MASK`): a dense piece's
     part is ``Σ_{i,j∈g} d_i·d_j``, its Gram matrix ``D Dᵀ`` masked by ``S``; an
     outer-product piece's unit sum ``U_gᵀ V_g`` is never materialised: its squared Frobenius
     norm is ``Σ_{i,j∈g} (U Uᵀ)_{ij} (V Vᵀ)_{ij}``, from the block's two Gram matrices masked
@@ -320,8 +330,8 @@ def _unit_squares(
     # The rounding margin as one more product: Σ_{i,j∈g} m·n_i·n_j is m·(Σ_{i∈g} ‖g_i‖)².
     margin = emitter.constant(np.array(_rounding_margin(widths), np.float64))
     products.append(emitter.op("Mul", [margin, _gram(emitter, _blocks(emitter, row_norms))]))
-    masked = emitter.op("Mul", [SAME_UNIT, emitter.op("Sum", products)])
-    total = emitter.op("MatMul", [SAME_UNIT, _reduce(emitter, "ReduceSum", masked, [2], keepdims=1)])  # [blocks, B, 1]
+    masked = emitter.op("Mul", [MASK, emitter.op("Sum", products)])
+    total = emitter.op("MatMul", [MASK, _reduce(emitter, "ReduceSum", masked, [2], keepdims=1)])  # [blocks, B, 1]
     return emitter.op("Reshape", [total, emitter.ints([-1, 1])])
 
 
@@ -372,7 +382,7 @@ def _metric_rows(emitter: Emitter, m: str, manifest: Manifest, *, units: bool = 
         one = emitter.constant(np.array(1.0, np.float64))
         # Each real row weighs one over its unit's real rows: the sum of the units' means.
         real = emitter.op("Cast", [emitter.op("Not", [PADDING])], to=DOUBLE)  # [N, 1]
-        unit_rows = _reduce(emitter, "ReduceSum", SAME_UNIT, [2], keepdims=1)  # [blocks, B, 1]
+        unit_rows = _reduce(emitter, "ReduceSum", MASK, [2], keepdims=1)  # [blocks, B, 1]
         # Padding rows (of no unit) divide 0 by 1.
         counted = emitter.op("Max", [emitter.op("Reshape", [unit_rows, emitter.ints([-1, 1])]), one])
         weight = emitter.op("Div", [real, counted])
@@ -396,7 +406,7 @@ def build_batched_wrapper(
     """The checked batched wrapper for the package's grad (or eval) graph.
 
     With ``units``, rows are grouped by privacy unit, laid out in blocks no unit crosses
-    (inputs :data:`ORDER`, :data:`SAME_UNIT`, :data:`BLOCKS`), and the sum is over units: a
+    (inputs :data:`ORDER`, :data:`SAME_UNIT`), and the sum is over units: a
     unit's gradient rows summed, then clipped; a unit's metrics averaged
     (:mod:`agent.runtime.contribution` has the rules).
 
@@ -448,8 +458,7 @@ def build_batched_wrapper(
     if units:
         inputs += [
             helper.make_tensor_value_info(ORDER, INT64, [BATCH_DIM]),
-            helper.make_tensor_value_info(SAME_UNIT, DOUBLE, ["blocks", "block", "block"]),
-            helper.make_tensor_value_info(BLOCKS, INT64, [3]),
+            helper.make_tensor_value_info(SAME_UNIT, TensorProto.BOOL, ["blocks", "block", "block"]),
         ]
     if role is GraphRole.GRADIENT:
         inputs.append(helper.make_tensor_value_info(CLIP_NORM, DOUBLE, []))

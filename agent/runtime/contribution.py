@@ -31,6 +31,7 @@ wrappers to the same numbers (the compiled one may clip a nearly cancelling unit
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -133,7 +134,8 @@ class UnitBlocks:
     wrapper takes it: no unit crosses a block; the rows that fill a block up are padding.
 
     ``order`` ``[blocks·block]``: for each position, the run's row placed there, or -1 for
-    padding. ``unit``: each position's unit number (-1 for padding). Units are packed
+    padding. ``unit``: each position's unit number, float64 and NaN for padding (NaN equals
+    nothing, itself included: the same-unit mask is one comparison). Units are packed
     largest first (few padding rows) into blocks of the largest unit's size or of 16 rows,
     whichever costs less (units of one size: blocks of a multiple of it, in their order):
     every position costs a row of the package graph, each row's share of its block's Gram
@@ -141,7 +143,7 @@ class UnitBlocks:
     """
 
     order: IndexArray
-    unit: IndexArray
+    unit: npt.NDArray[np.float64]
     block: int
 
     def __post_init__(self) -> None:
@@ -157,22 +159,16 @@ class UnitBlocks:
         return self.order.size // self.block
 
     @cached_property
-    def same_unit(self) -> npt.NDArray[np.float64]:
-        """``[blocks, block, block]``: 1 where two positions of a block hold rows of one unit,
-        else 0 (computed once per layout, read-only)."""
+    def same_unit(self) -> npt.NDArray[np.bool_]:
+        """``[blocks, block, block]``: true where two positions of a block hold rows of one
+        unit, false throughout for padding (computed once per layout, read-only)."""
         unit = self.unit.reshape(self.blocks, self.block)
-        same: npt.NDArray[np.bool_] = (unit[:, :, None] == unit[:, None, :]) & (unit >= 0)[:, :, None]
-        return _read_only(same.astype(np.float64))
-
-    @cached_property
-    def shape(self) -> npt.NDArray[np.int64]:
-        """``[blocks, block, -1]``: how the wrapper reshapes a ``[positions, w]`` value into blocks."""
-        return _read_only(np.array([self.blocks, self.block, -1], np.int64))
+        return _read_only(np.equal(unit[:, :, None], unit[:, None, :]))
 
     @classmethod
-    def of(cls, sizes: IndexArray) -> UnitBlocks:
+    def of(cls, sizes: IndexArray, starts: IndexArray | None = None) -> UnitBlocks:
         """The layout of least estimated cost among a few block sizes (see the class doc) for
-        units of ``sizes`` rows, in that order.
+        units of ``sizes`` rows, in that order (``starts``: where each begins, if known).
 
         A run holds at most a few hundred units: plain Python lists pack them faster than
         NumPy calls would, whose fixed cost dominates at this size."""
@@ -185,15 +181,16 @@ class UnitBlocks:
             block = largest * max(1, _BLOCK // largest)
             order = np.full(-(-rows // block) * block, -1, np.int64)
             order[:rows] = np.arange(rows, dtype=np.int64)
-            unit = np.full(order.size, -1, np.int64)
-            unit[:rows] = np.repeat(np.arange(len(listed), dtype=np.int64), largest)
+            unit = np.full(order.size, np.nan)
+            unit[:rows] = np.repeat(np.arange(len(listed), dtype=np.float64), largest)
             return cls(order, unit, block)
         # Blocks of fewer than 8 rows make many tiny products: never cheaper than 16 rows.
         candidates = {max(largest, _BLOCK)} | ({largest} if largest >= 8 else set())
         # A lower bound on each block size's cost: no two units of more than half a block
         # share one. Packed in that order, a block size whose bound is no better than a
         # packing already found is skipped: mostly, one packing is all it takes.
-        alone = {block: sum(1 for size in listed if 2 * size > block) for block in candidates}
+        ascending = sorted(listed)
+        alone = {block: len(listed) - bisect_right(ascending, block // 2) for block in candidates}
         bounds = {block: _cost(max(-(-rows // block), alone[block]), block) for block in candidates}
         by_size: list[int] | None = None
         best: tuple[float, int, int, IndexArray] | None = None
@@ -215,17 +212,23 @@ class UnitBlocks:
         if best is None:
             raise ValueError("no block size")  # unreachable: the first block size is always packed
         _, blocks, block, position = best
-        return cls._laid_out(sizes, rows, blocks, block, position)
+        if starts is None:
+            starts = np.cumsum(sizes) - sizes
+        return cls._laid_out(sizes, starts, rows, (blocks, block), position)
 
     @classmethod
-    def _laid_out(cls, sizes: IndexArray, rows: int, blocks: int, block: int, position: IndexArray) -> UnitBlocks:
-        """Each unit's rows (``rows`` in all) one after another from its first ``position`` on."""
+    def _laid_out(
+        cls, sizes: IndexArray, starts: IndexArray, rows: int, shape: tuple[int, int], position: IndexArray
+    ) -> UnitBlocks:
+        """Each unit's rows (``rows`` in all, from ``starts``) one after another from its
+        first ``position`` on, in ``shape`` (blocks, rows per block)."""
+        blocks, block = shape
         row = np.arange(rows, dtype=np.int64)
-        destination = np.repeat(position - (np.cumsum(sizes) - sizes), sizes) + row
+        destination = np.repeat(position - starts, sizes) + row
         order = np.full(blocks * block, -1, np.int64)
-        unit = np.full(blocks * block, -1, np.int64)
+        unit = np.full(blocks * block, np.nan)
         order[destination] = row
-        unit[destination] = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+        unit[destination] = np.repeat(np.arange(sizes.size, dtype=np.float64), sizes)
         return cls(order, unit, block)
 
 
@@ -245,13 +248,13 @@ class UnitLayouts:
         self._capacity = capacity
         self._uniform: dict[tuple[int, int], UnitBlocks] = {}
 
-    def of(self, sizes: IndexArray) -> UnitBlocks:
-        """:meth:`UnitBlocks.of` ``(sizes)``, the remembered layout when ``sizes`` are all one size."""
+    def of(self, sizes: IndexArray, starts: IndexArray | None = None) -> UnitBlocks:
+        """:meth:`UnitBlocks.of` ``(sizes, starts)``, the remembered layout when ``sizes`` are all one size."""
         if sizes.ndim != 1 or sizes.size == 0:
             return UnitBlocks.of(sizes)  # which refuses them
         first = int(sizes[0])
         if first < 1 or not bool((sizes == first).all()):
-            return UnitBlocks.of(sizes)
+            return UnitBlocks.of(sizes, starts)
         key = (first, int(sizes.size))
         layout = self._uniform.get(key)
         if layout is None:

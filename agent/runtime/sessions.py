@@ -24,7 +24,6 @@ import onnxruntime as ort
 
 from agent.packages.manifest import Manifest
 from agent.runtime.batched_wrapper import (
-    BLOCKS,
     ORDER,
     ROWS_PER_RUN,
     SAME_UNIT,
@@ -192,7 +191,7 @@ class CompiledWrapper:
         for first, last, begin, end in whole_unit_spans(starts, batch.size, limit):
             run = feeds | {X: batch.x[begin:end], Y: batch.y[begin:end]}
             if batched is not None and end - begin <= ROWS_PER_RUN:
-                part = self._unit_batched_sum(batched, run, sizes[first:last])
+                part = self._unit_batched_sum(batched, run, sizes[first:last], starts[first:last] - begin)
             else:
                 part = self._unit_scan_sum(run, starts[first:last] - begin, end - begin)
             # The first run's output (a fresh array) is the running total, as in the per-row path.
@@ -205,11 +204,15 @@ class CompiledWrapper:
         return total
 
     def _unit_batched_sum(
-        self, session: ort.InferenceSession, feeds: dict[str, object], sizes: npt.NDArray[np.int64]
+        self,
+        session: ort.InferenceSession,
+        feeds: dict[str, object],
+        sizes: npt.NDArray[np.int64],
+        starts: npt.NDArray[np.int64],
     ) -> Float64Array:
-        blocks = self._unit_layouts.of(sizes)
+        blocks = self._unit_layouts.of(sizes, starts)
         # The graph lays the rows out itself and counts the padding rows' results as zeros.
-        feeds = feeds | {ORDER: blocks.order, SAME_UNIT: blocks.same_unit, BLOCKS: blocks.shape}
+        feeds = feeds | {ORDER: blocks.order, SAME_UNIT: blocks.same_unit}
         (result,) = session.run([SUM], feeds)
         return self._checked(result)
 

@@ -16,13 +16,17 @@ from agent.runtime.contribution import UnitBlocks, UnitLayouts, whole_unit_spans
 
 def _check_layout(sizes: list[int]) -> UnitBlocks:
     blocks = UnitBlocks.of(np.array(sizes, np.int64))
+    # The session passes the units' starts it already has: the same layout.
+    given_starts = UnitBlocks.of(np.array(sizes, np.int64), np.cumsum([0, *sizes[:-1]]).astype(np.int64))
+    np.testing.assert_array_equal(given_starts.order, blocks.order)
+    np.testing.assert_array_equal(given_starts.unit, blocks.unit)
     rows = sum(sizes)
     real = blocks.real
     assert blocks.order.shape == blocks.unit.shape == (blocks.blocks * blocks.block,)
     assert blocks.block >= max(sizes)
     # Every row placed exactly once; padding positions hold no row and no unit.
     assert sorted(blocks.order[real].tolist()) == list(range(rows))
-    assert np.all(blocks.unit[~real] == -1)
+    assert np.all(np.isnan(blocks.unit[~real])) and not np.isnan(blocks.unit[real]).any()
     row_unit = np.repeat(np.arange(len(sizes)), sizes)
     np.testing.assert_array_equal(blocks.unit[real], row_unit[blocks.order[real]])
     block_of = np.arange(blocks.order.size) // blocks.block
@@ -89,17 +93,21 @@ def test_empty_or_non_positive_units_are_refused(sizes: list[int]) -> None:
         UnitBlocks.of(np.array(sizes, np.int64))
 
 
-def test_a_layout_feeds_the_same_unit_mask_order_and_block_shape_read_only() -> None:
-    blocks = UnitBlocks.of(np.array([3, 2, 5, 1], np.int64))
-    unit = blocks.unit.reshape(blocks.blocks, blocks.block)
+@pytest.mark.parametrize("sizes", [[3, 2, 5, 1], [4, 4, 4], [10, 6, 10]])
+def test_a_layout_feeds_the_same_unit_mask_and_order_read_only(sizes: list[int]) -> None:
+    blocks = UnitBlocks.of(np.array(sizes, np.int64))
+    assert blocks.same_unit.shape == (blocks.blocks, blocks.block, blocks.block)
+    assert blocks.same_unit.dtype == np.bool_
+    unit = blocks.order.reshape(blocks.blocks, blocks.block).copy()
+    unit[unit >= 0] = np.repeat(np.arange(len(sizes)), sizes)[unit[unit >= 0]]
     for b in range(blocks.blocks):
         for i in range(blocks.block):
             for j in range(blocks.block):
+                # Padding (order -1) is of no unit: false throughout, its diagonal too.
                 expected = unit[b, i] >= 0 and unit[b, i] == unit[b, j]
-                assert blocks.same_unit[b, i, j] == float(expected)
-    np.testing.assert_array_equal(blocks.shape, [blocks.blocks, blocks.block, -1])
+                assert blocks.same_unit[b, i, j] == expected
     # A layout serves many steps: nothing may change what the next step is fed.
-    for array in (blocks.order, blocks.unit, blocks.same_unit, blocks.shape):
+    for array in (blocks.order, blocks.unit, blocks.same_unit):
         with pytest.raises(ValueError, match="read-only"):
             array[...] = 0
 
