@@ -49,7 +49,18 @@ from agent.tasks.parameter_cache import ParameterCache
 from agent.tasks.planning import planned_mechanisms
 from agent.tasks.runner import TaskRunner
 
-CAPABILITIES = ("budget", "datasets", "health", "packages", "reflection", "tasks", "transport-probe")
+# "dropped-units": dp_evaluate honours DPHyperparameters.release_dropped_units (an agent without it
+# ignores the field, as proto3 does, and charges the task without releasing the count).
+CAPABILITIES = (
+    "budget",
+    "datasets",
+    "dropped-units",
+    "health",
+    "packages",
+    "reflection",
+    "tasks",
+    "transport-probe",
+)
 
 # A client-streaming call that "ends" this close to its deadline ended by it.
 _DEADLINE_SLACK_SECONDS = 0.05
@@ -67,8 +78,6 @@ _FORMATS = {
 UNAVAILABLE_FOR_CALLER = (
     "the dataset cannot be read at the moment; the hospital's operators can see why in the agent log"
 )
-
-
 
 
 @dataclass(frozen=True)
@@ -139,9 +148,7 @@ class AgentService(pb_grpc.AgentServicer):
         request = Request(caller, action, self._clock(), dataset_id=dataset_id, dataset_known=known)
         decision = decide(request, policy, UsageState())
         self._audit.record(
-            RpcDecision.of(
-                decision, method=method, coordinator=caller, dataset=dataset_id, policy_digest=policy.digest
-            )
+            RpcDecision.of(decision, method=method, coordinator=caller, dataset=dataset_id, policy_digest=policy.digest)
         )
         if decision.refusal is not None:
             refuse(context, decision.refusal, decision.message)

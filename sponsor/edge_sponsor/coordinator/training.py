@@ -44,6 +44,8 @@ from edge_sponsor.coordinator.strategies import SiteResult, StopRunError, Strate
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
+# What an agent that releases the dropped-units count lists in GetInfo.capabilities.
+DROPPED_UNITS_CAPABILITY = "dropped-units"
 # A package upload without task_deadline_seconds: uploads are one call, not a stream that reports progress.
 PACKAGE_UPLOAD_SECONDS = 600.0
 
@@ -181,6 +183,12 @@ class FederatedTraining:
         client = self.clients[site.name]
         client.wait_until_ready(self.federation.connect_seconds)
         info = client.get_info()
+        if self.plan.evaluation_release_dropped_units and DROPPED_UNITS_CAPABILITY not in info.capabilities:
+            # Its evaluations would be charged and their results refused here: ask it nothing.
+            raise SiteUnsuitableError(
+                f"agent {info.agent_id} does not release {DROPPED_UNITS} (no {DROPPED_UNITS_CAPABILITY!r} capability): "
+                "upgrade it, or set [training] evaluation_release_dropped_units = false"
+            )
         dataset = client.get_dataset(site.dataset)
         columns = {column.name for column in dataset.columns}
         absent = [c for c in self.package.manifest.columns if c not in columns]
