@@ -237,8 +237,9 @@ class UnitLayouts:
     whose units all have one size.
 
     A dataset with one row per patient gives every step the same layout, and the layout's
-    feeds (``order``, ``same_unit``) are most of a step's work outside the graph. Only runs of units of one size are remembered, at most ``capacity`` of them
-    (then all are forgotten): keyed by (size, units), there are few.
+    feeds (``order``, ``same_unit``) are most of a step's work outside the graph. Only runs
+    of units of one size are remembered, at most ``capacity`` of them (then all are
+    forgotten): keyed by (size, units), there are few.
     """
 
     def __init__(self, capacity: int = 64) -> None:
