@@ -10,6 +10,10 @@ from pathlib import Path
 from agent.datasets.errors import DatasetSpecError
 from agent.datasets.files import list_data_files
 
+RESERVED_COLUMN_PREFIX = "agent::"
+"""Column names the agent adds to a dataset's rows while it reads them (agent.runtime.unit_rows):
+a privacy-unit column may not start with it."""
+
 # Ids travel in RPCs, audit entries and budget-ledger keys; keeping them short,
 # lowercase and free of '/' or spaces avoids quoting and case-folding surprises
 # in all of those places.
@@ -89,6 +93,12 @@ class DatasetSpec:
         if self.privacy_unit is not None and (not isinstance(self.privacy_unit, str) or not self.privacy_unit):
             raise DatasetSpecError(
                 f"dataset {self.id!r}: privacy_unit must be a non-empty column name, got {self.privacy_unit!r}"
+            )
+        if self.privacy_unit is not None and self.privacy_unit.startswith(RESERVED_COLUMN_PREFIX):
+            # The grouping adds columns of its own under this prefix beside the unit's.
+            raise DatasetSpecError(
+                f"dataset {self.id!r}: privacy_unit {self.privacy_unit!r}: column names starting with "
+                f"{RESERVED_COLUMN_PREFIX!r} are the agent's own; rename the column in the source"
             )
         if not self.path.is_absolute():
             # A relative path would resolve against whatever directory the

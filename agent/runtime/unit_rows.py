@@ -23,17 +23,19 @@ written at once: beyond 256 times the grouping memory a partition is larger, and
 capped as it is read); measured by ``bench/unit_grouping_memory.py``, grouping holds about
 four times ``memory_bytes`` above what the worker held before, as the sorts and the
 preprocessed arrays copy what they work on. The disk holds the used columns of the usable
-rows (inside the agent's state directory, removed when the task ends).
+rows, and for a task that releases the dropped units their markers (below), inside the
+agent's state directory, removed when the task ends.
 
-Dropped units. The same reading counts the units that lost at least one row to a missing
-value in a used column (:meth:`UnitRowSource.dropped_units`, which a task may release with
-noise): each batch's dropped rows leave one *marker* row per unit, which travels with the
-usable rows (in memory or through the same partitions, so the count needs no memory of its
-own beyond them) and sorts before them; capping keeps one marker per unit and never counts
-markers against ``max_rows_per_unit``; grouping counts the markers and removes them. A unit
-with some rows dropped and a unit with all of them dropped count once each. A dropped row
-whose unit value is null belongs to no unit and is not counted (a usable row with a null
-unit refuses the task).
+Dropped units. For a task that asks (``count_dropped``), the same reading counts the units
+that lost at least one row to a missing value in a used column
+(:meth:`UnitRowSource.dropped_units`, which a task may release with noise): each batch's
+dropped rows leave one *marker* row per unit, which travels with the usable rows (in memory
+or through the same partitions, so the count needs no memory of its own beyond them) and
+sorts before them; capping keeps one marker per unit and never counts markers against
+``max_rows_per_unit``; grouping counts the markers and removes them. A unit with some rows
+dropped and a unit with all of them dropped count once each. A dropped row whose unit value
+is null belongs to no unit and is not counted (a usable row with a null unit refuses the
+task).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import pyarrow.dataset as ds
 from pyarrow import ipc
 
 from agent.datasets.inspection import unit_type_supported
+from agent.datasets.spec import RESERVED_COLUMN_PREFIX
 from agent.governance.model import MAX_ROWS_PER_UNIT_RANGE
 from agent.packages.manifest import Manifest
 from agent.runtime.contribution import whole_unit_spans
@@ -64,11 +67,11 @@ from agent.runtime.errors import PrivacyUnitError
 from agent.runtime.preprocessing import check_schema, features, labels, split_usable
 from agent.runtime.rows import DEFAULT_BATCH_SIZE, RowBatch, scan_options
 
-# The column holding each row's random key (never a dataset column: agent:: names are reserved).
-_ORDER = "agent::order"
+# The column holding each row's random key (never the unit column: DatasetSpec reserves the prefix).
+_ORDER = RESERVED_COLUMN_PREFIX + "order"
 # True on a dropped-unit marker row (see the module doc); its key is _MARKER_KEY, below every
 # row's random key in [0, 1), so a unit's marker sorts first.
-_DROPPED = "agent::dropped"
+_DROPPED = RESERVED_COLUMN_PREFIX + "dropped"
 _MARKER_KEY = -1.0
 # Raw partitions written at once: each holds an open file (the service allows 16384).
 _MAX_PARTITIONS = 512
@@ -105,6 +108,7 @@ class UnitRowSource:
         scratch: Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         rng: np.random.Generator | None = None,
+        count_dropped: bool = False,
     ) -> None:
         low, high = MAX_ROWS_PER_UNIT_RANGE
         if isinstance(max_rows_per_unit, bool) or not low <= max_rows_per_unit <= high:
@@ -132,6 +136,9 @@ class UnitRowSource:
         self._directory: Path | None = None
         self.units = 0
         """Units with at least one usable row (after :meth:`prepare`)."""
+        # Markers are built only for a task that releases the count: otherwise the reading's
+        # work would depend on how many units lost rows, which nothing else pads.
+        self._count_dropped = count_dropped
         self._dropped = 0
 
     def prepare(self) -> int:
@@ -157,8 +164,9 @@ class UnitRowSource:
 
     def dropped_units(self) -> int | None:
         """Units with at least one row dropped for a missing value in a used column, in the one
-        reading of the dataset every pass uses (see the module doc); None before :meth:`prepare`."""
-        return self._dropped if self._groups is not None else None
+        reading of the dataset every pass uses (see the module doc); None before :meth:`prepare`
+        or when the source was not asked to count them (``count_dropped``)."""
+        return self._dropped if self._groups is not None and self._count_dropped else None
 
     def batches(self) -> Iterator[RowBatch]:
         """Whole units, at most ``batch_size`` rows per batch (a larger unit is a batch of its own)."""
@@ -201,13 +209,14 @@ class UnitRowSource:
             use_threads=False,
         ):
             usable, dropped = split_usable(batch, self._manifest.required_columns)
-            if dropped.num_rows:
+            if dropped.num_rows and self._count_dropped:
                 markers = self._markers(dropped)
                 if markers is not None:
                     yield markers
             if usable.num_rows == 0:
                 continue
-            unit = usable.column(self._unit)
+            # Decoded first: a dictionary column's null_count misses a null stored in its dictionary.
+            unit = _plain(usable.column(self._unit))
             if unit.null_count:
                 raise PrivacyUnitError(f"the privacy-unit column {self._unit!r} holds nulls")
             yield self._keyed(usable, unit, self._rng.random(usable.num_rows), dropped=False)
@@ -215,7 +224,7 @@ class UnitRowSource:
     def _markers(self, dropped: pa.RecordBatch) -> pa.Table | None:
         """One marker row per unit among ``dropped`` (the batch's first row of each), or None if
         none of them has a unit value."""
-        unit = dropped.column(self._unit)
+        unit = _plain(dropped.column(self._unit))  # decoded first, as in _usable_tables
         if unit.null_count:
             has_unit = pc.is_valid(unit)
             dropped, unit = dropped.filter(has_unit), unit.filter(has_unit)

@@ -101,6 +101,7 @@ def compute_task(job: TaskJob, progress: Progress, memory: WorkerMemory) -> Rele
                 max_rows_per_unit=job.max_rows_per_unit,
                 memory_bytes=job.grouping_bytes,
                 scratch=job.scratch_dir,
+                count_dropped=job.profile.release_dropped_units,
             )
         graph = job.graph
         wrapper = memory.get_or_create(role, lambda: CompiledWrapper(graph, job.manifest, role))

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
+from agent.datasets.errors import DatasetSpecError
 from agent.datasets.inspection import open_dataset
 from agent.datasets.spec import DatasetFormat, DatasetSpec
 from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT, Manifest
@@ -91,7 +93,7 @@ def _write(frame: pd.DataFrame, directory: Path, *, unit: bool = True, files: in
 
 
 def _grouped(spec: DatasetSpec, manifest: Manifest, **options: Any) -> UnitRowSource:
-    settings: dict[str, Any] = {"max_rows_per_unit": 64, "memory_bytes": 256 * 2**20} | options
+    settings: dict[str, Any] = {"max_rows_per_unit": 64, "memory_bytes": 256 * 2**20, "count_dropped": True} | options
     return UnitRowSource(open_dataset(spec, with_unit=True), manifest, "patient_id", **settings)
 
 
@@ -214,7 +216,10 @@ def test_dp_evaluate_releases_the_count_only_over_the_whole_cohort(
     parameters = random_parameters(model, rng)
     settings = EvaluationSettings(1e-9, 1.0, None, 1e-9)
     released = dp_evaluate(
-        wrapper, ArrowRowSource.open(spec, manifest), parameters, settings,
+        wrapper,
+        ArrowRowSource.open(spec, manifest),
+        parameters,
+        settings,
         randomness=Randomness(noise=np.random.default_rng(0)),
     )
     assert released.dropped_units == pytest.approx(int(_dropped(frame).sum()), abs=1e-3)
@@ -247,3 +252,49 @@ def test_a_task_on_grouped_rows_releases_the_patients_with_a_dropped_row(
     assert set(released.scalars) == {m.name for m in manifest.metrics} | {NOISY_COUNT, DROPPED_UNITS}
     assert released.scalars[DROPPED_UNITS] == pytest.approx(frame.loc[dropped, "patient_id"].nunique(), abs=1.0)
     assert released.scalars[NOISY_COUNT] == pytest.approx(frame.loc[~dropped, "patient_id"].nunique(), abs=1.0)
+
+
+@pytest.mark.parametrize("memory", [256 * 2**20, 4 * 1024], ids=["in-memory", "spilled"])
+@pytest.mark.parametrize("count", [True, False], ids=["counting", "not-counting"])
+def test_a_null_unit_stored_in_a_dictionary_is_no_unit_and_the_cap_holds(
+    tmp_path: Path, model_and_manifest: tuple[ZooModel, dict[str, bytes], Manifest], memory: int, count: bool
+) -> None:
+    """A dictionary-encoded unit column may store its null as a dictionary value (pyarrow's
+    null_encoding="encode"), which the array's null_count does not see: a dropped row with it
+    belongs to no patient, and every patient keeps at most max_rows_per_unit rows."""
+    _, _, manifest = model_and_manifest
+    patients = 300
+    ids: list[str | None] = [f"p{i:04d}" for i in np.repeat(np.arange(patients), 4)]
+    f0 = np.ones(len(ids))
+    f0[::4] = np.nan  # every patient loses its first row
+    ids += [None] * 3  # three rows without a patient, all dropped
+    f0 = np.concatenate([f0, [np.nan] * 3])
+    unit = pa.array(ids).dictionary_encode(null_encoding="encode")
+    assert unit.null_count == 0 and unit.dictionary.null_count == 1
+    ones = np.ones(len(ids))
+    table = pa.table({"f0": f0, "f1": ones, "f2": ones, "label": np.zeros(len(ids)), "patient_id": unit})
+    data = tmp_path / "data"
+    data.mkdir()
+    # Arrow IPC keeps such a dictionary (Parquet cannot write it).
+    feather.write_feather(table, data / "part.arrow", compression="uncompressed", chunksize=97)
+    spec = DatasetSpec(
+        id="cohort",
+        path=data,
+        format=DatasetFormat.ARROW_IPC,
+        columns=(*FEATURE_COLUMNS, "label"),
+        privacy_unit="patient_id",
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    options: dict[str, Any] = {"max_rows_per_unit": 2, "memory_bytes": memory, "count_dropped": count}
+    with _grouped(spec, manifest, scratch=scratch, batch_size=97, **options) as source:
+        assert source.prepare() == patients
+        assert source.dropped_units() == (patients if count else None)
+        sizes = [size for batch in source.batches() for size in batch.unit_sizes()]
+    assert len(sizes) == patients and max(sizes) == 2
+
+
+def test_a_unit_column_named_like_the_agents_own_is_refused_at_registration(tmp_path: Path) -> None:
+    for name in ("agent::dropped", "agent::order"):
+        with pytest.raises(DatasetSpecError, match=f"privacy_unit '{name}': column names starting with 'agent::'"):
+            DatasetSpec(id="cohort", path=tmp_path, format=DatasetFormat.PARQUET, privacy_unit=name)

@@ -18,7 +18,9 @@ from agent.tasks.kinds import registry
 from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.hyperparameters import MIN_NOISE_MULTIPLIER
 from agent.tasks.kinds.profile import TaskProfile
+from agent.tasks.planning import planned_mechanisms
 from edge_sponsor.publisher.zoo import build_logistic_regression
 from tests.packages.package_builders import manifest_and_graphs
 
@@ -64,7 +66,31 @@ def profiles(draw: st.DrawFn, kinds: tuple[type[TaskProfile], ...] = GRAPH_KINDS
 
 @given(profiles())
 def test_what_is_sent_is_what_is_parsed(profile: TaskProfile) -> None:
-    assert type(profile).from_wire(profile.to_wire()) == profile
+    one = profile.mechanism()
+    if one.sampling_rate == 1.0 and one.noise_multiplier / math.sqrt(one.steps) < MIN_NOISE_MULTIPLIER:
+        # Its releases over the whole cohort compose below the floor: refused, as planning refuses it.
+        with pytest.raises(TaskSpecError, match=r"compose to one Gaussian at noise multiplier .* below 0\.1"):
+            type(profile).from_wire(profile.to_wire())
+    else:
+        assert type(profile).from_wire(profile.to_wire()) == profile
+
+
+@pytest.mark.parametrize(("noisy_count", "dropped_units"), [(True, False), (True, True), (False, True)])
+def test_counts_that_take_the_release_below_the_noise_floor_are_refused_as_planning_refuses_them(
+    noisy_count: bool, dropped_units: bool
+) -> None:
+    """σ 0.12 alone is allowed; with one or two counts at q = 1 it composes below 0.1 (ε above 90):
+    RunTask refuses it, as GetBudget's planning does (agent.tasks.planning)."""
+    plain = DpEvaluate(noise_multiplier=0.12, sampling_rate=1.0)
+    assert DpEvaluate.from_wire(plain.to_wire()) == plain
+    counted = DpEvaluate(
+        noise_multiplier=0.12, sampling_rate=1.0, release_noisy_count=noisy_count, release_dropped_units=dropped_units
+    )
+    with pytest.raises(TaskSpecError, match=r"raise hyperparameters\.noise_multiplier or release fewer counts"):
+        DpEvaluate.from_wire(counted.to_wire())
+    planned = pb.PlannedTasks(kind=pb.TASK_KIND_DP_EVALUATE, hyperparameters=counted.to_wire(), count=1)
+    with pytest.raises(TaskSpecError):
+        planned_mechanisms([planned], {})
 
 
 @given(
@@ -96,7 +122,11 @@ def test_each_kind_takes_its_own_hyperparameters() -> None:
     # Every kind takes noise_multiplier and sampling_rate (TaskProfile's fields), then its own.
     assert [h.name for h in DpGradient.declared()] == ["noise_multiplier", "sampling_rate", "clip_norm"]
     assert [h.name for h in DpLocalTraining.declared()] == [
-        "noise_multiplier", "sampling_rate", "clip_norm", "local_steps", "learning_rate"
+        "noise_multiplier",
+        "sampling_rate",
+        "clip_norm",
+        "local_steps",
+        "learning_rate",
     ]
     # Metrics are clipped to their declared ranges: no clipping norm.
     assert [h.name for h in DpEvaluate.declared()] == ["noise_multiplier", "sampling_rate"]

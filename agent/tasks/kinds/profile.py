@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ from agent.runtime.sessions import CompiledWrapper
 from agent.runtime.tasks import Controls, Randomness
 from agent.statistics.patients import PatientTable
 from agent.tasks.errors import TaskSpecError
-from agent.tasks.kinds.hyperparameters import NOISE_MULTIPLIER, SAMPLING_RATE, Hyperparameter
+from agent.tasks.kinds.hyperparameters import MIN_NOISE_MULTIPLIER, NOISE_MULTIPLIER, SAMPLING_RATE, Hyperparameter
 from agent.tasks.worker import Released
 
 _Settings_contra = TypeVar("_Settings_contra", contravariant=True)
@@ -226,11 +227,23 @@ class TaskProfile(ABC):
             if hyperparameter.name not in present:
                 raise TaskSpecError(f"spec.hyperparameters.{hyperparameter.name} is required for {cls.name}")
         values = {h.name: h.checked(getattr(message, h.name)) for h in declared}
-        return cls.from_values(
+        profile = cls.from_values(
             values,
             release_noisy_count=message.release_noisy_count,
             release_dropped_units=message.release_dropped_units,
         )
+        # The floor on σ holds for what the task releases as a whole: with its counts, or its
+        # steps over the whole cohort, it composes to one Gaussian (as GetBudget's planning
+        # holds a plan's unsampled tasks to the same floor, so that both refuse alike).
+        one = profile.mechanism()
+        composed = one.noise_multiplier / math.sqrt(one.steps)
+        if one.sampling_rate == 1.0 and composed < MIN_NOISE_MULTIPLIER:
+            raise TaskSpecError(
+                f"{cls.name}: its releases (sums, counts, steps) over the whole cohort compose to one Gaussian at "
+                f"noise multiplier {composed:.3g}, below {MIN_NOISE_MULTIPLIER:g} (ε above 90): raise "
+                "hyperparameters.noise_multiplier or release fewer counts"
+            )
+        return profile
 
     def to_wire(self) -> pb.DPHyperparameters:
         """The message :meth:`from_wire` reads back as this profile."""
