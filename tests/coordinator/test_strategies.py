@@ -101,7 +101,8 @@ class Scripted:
     def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
         if len(self.rounds_configured) == self.stop_at:
             raise StopRunError("the estimate has converged")
-        return {name: value + np.float32(0.5) for name, value in parameters.items()}
+        # float64, as a strategy's own arithmetic easily makes it: the loop sends the declared float32.
+        return {name: value.astype(np.float64) + 0.5 for name, value in parameters.items()}
 
 
 @pytest.mark.parametrize(

@@ -62,10 +62,14 @@ class StudyPackage:
     def ordered(
         self, parameters: Mapping[str, npt.NDArray[np.floating[Any]]], task: TaskProfile
     ) -> list[tuple[str, npt.NDArray[np.generic]]]:
-        """The ``parameters`` ``task`` takes, in the manifest's order, as RunTask wants them: a
-        model package's parameters for every kind, a plan model's coefficients for dp_glm only
-        (``Manifest.task_parameters``)."""
-        return [(p.name, parameters[p.name]) for p in self.manifest.task_parameters(TaskKind(task.name))]
+        """The ``parameters`` ``task`` takes, in the manifest's order and declared dtypes, as RunTask
+        wants them: a model package's parameters for every kind, a plan model's coefficients for
+        dp_glm only (``Manifest.task_parameters``). A strategy's float64 step of a float32 model is
+        cast here rather than refused by the agent."""
+        return [
+            (p.name, np.asarray(parameters[p.name], p.dtype))
+            for p in self.manifest.task_parameters(TaskKind(task.name))
+        ]
 
     def result_declarations(self, task: TaskProfile) -> list[TensorDecl]:
         """The tensors an honest agent returns for ``task``, as its kind declares them: every
