@@ -94,7 +94,12 @@ def _unit_head(opset: int) -> tuple[list[onnx.NodeProto], str, str]:
     x = emitter.op("Gather", [X, ORDER], axis=0)
     y = emitter.op("Gather", [Y, ORDER], axis=0)
     padding = emitter.op("Less", [ORDER, emitter.constant(np.array(0, np.int64))])
-    emitter.op("Reshape", [padding, emitter.ints([-1, 1])], PADDING)
+    # Defence in depth: a position whose SAME_UNIT row is all false (no unit, not even itself)
+    # would measure its unit's norm as 0 and pass unclipped; it counts as padding instead. The
+    # layout never feeds one for a real row (UnitBlocks), and this holds if it ever did.
+    alone = emitter.op("Equal", [_reduce(emitter, "ReduceMax", MASK, [2], keepdims=0), emitter.constant(np.array(0.0))])
+    unmarked = emitter.op("Reshape", [alone, emitter.ints([-1])])
+    emitter.op("Reshape", [emitter.op("Or", [padding, unmarked]), emitter.ints([-1, 1])], PADDING)
     return emitter.nodes, x, y
 
 
@@ -445,7 +450,10 @@ def build_batched_wrapper(
     batched_elements = sum(
         math.prod(shape) for name, (is_batched, shape) in batched.layout.items() if is_batched and name in computed
     )
-    if batched_elements * ROWS_PER_RUN * 8 > MAX_BATCHED_BYTES:
+    # With units a run of ROWS_PER_RUN rows takes more positions: first-fit decreasing fills
+    # every block but one more than half, so fewer than 2 * rows + one block <= 3 * rows.
+    positions = (3 if units else 1) * ROWS_PER_RUN
+    if batched_elements * positions * 8 > MAX_BATCHED_BYTES:
         raise BatchingRefused(f"per-example values of {batched_elements} elements are too large to batch")
 
     label = INT64 if manifest.label.dtype == "int64" else FLOAT

@@ -15,13 +15,14 @@ most its bound.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.runtime.batched_wrapper import ROWS_PER_RUN
+from agent.runtime.batched_wrapper import ORDER, ROWS_PER_RUN, SAME_UNIT, build_batched_wrapper
 from agent.runtime.contribution import UnitBlocks
-from agent.runtime.isolation import GraphRole
+from agent.runtime.isolation import CLIP_NORM, SUM, GraphRole, X, Y, parameter_input
 from agent.runtime.rows import RowBatch
 from agent.runtime.sessions import CompiledWrapper, RuntimeMode
 from agent.runtime.tasks import Controls, GradientRelease, GradientSettings, Randomness, dp_gradient
@@ -253,6 +254,30 @@ def test_the_padding_rows_copy_the_last_row_and_add_nothing(last: float) -> None
     expected = by_mode[RuntimeMode.SCAN].clipped_sum(_echo().params, batch, C)
     got = by_mode[RuntimeMode.BATCHED].clipped_sum(_echo().params, batch, C)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * C)
+
+
+def test_a_real_row_fed_without_a_unit_counts_as_padding_not_unclipped() -> None:
+    """Defence in depth against a layout bug: a real position whose same-unit row is all false
+    (as a NaN unit id would give) would measure its unit's norm as 0 and pass unclipped; the
+    graph counts it as padding instead. The layout never feeds one (UnitBlocks)."""
+    case = gradient_cases()["new/echo"]
+    model = build_batched_wrapper(case.graph, case.manifest, GraphRole.GRADIENT, units=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {parameter_input(name): np.asarray(value) for name, value in case.params.items()}
+    x = np.zeros((2, F), np.float32)
+    x[0, 0], x[1, 1] = 100.0, 100.0
+    order = np.array([0, 1] + [-1] * 14, np.int64)
+    mask = np.zeros((1, 16, 16), np.bool_)
+    mask[0, 0, 0] = mask[0, 1, 1] = True
+    (consistent,) = session.run(
+        [SUM], feeds | {X: x, Y: np.zeros(2, np.float32), ORDER: order, SAME_UNIT: mask, CLIP_NORM: np.array(C)}
+    )
+    assert np.linalg.norm(consistent) == pytest.approx(np.sqrt(2) * C, rel=1e-6)  # two orthogonal units, each at C
+    mask[0, 1, 1] = False
+    (broken,) = session.run(
+        [SUM], feeds | {X: x, Y: np.zeros(2, np.float32), ORDER: order, SAME_UNIT: mask, CLIP_NORM: np.array(C)}
+    )
+    assert np.linalg.norm(broken) == pytest.approx(C, rel=1e-6)  # the unmarked row adds nothing
 
 
 def _assert_shrunk_copy(got: np.ndarray, exact: np.ndarray, what: str) -> float:
