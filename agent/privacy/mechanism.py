@@ -19,6 +19,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from agent.privacy.errors import MechanismError
 
@@ -91,7 +92,10 @@ def combined_noise_multiplier(*noise_multipliers: float | None) -> float:
             raise MechanismError(f"noise multiplier sigma must be a finite number > 0, got {sigma!r}")
     if len(sigmas) == 1:
         return float(sigmas[0])
-    return 1.0 / math.sqrt(sum(1.0 / (s * s) for s in sigmas))
+    # (Σ 1/σ²)^(-1/2), scaled by the smallest σ so that no square overflows or underflows
+    # (σ = 1e300 is a valid, if useless, setting): every ratio is at most 1, one is exactly 1.
+    smallest = min(sigmas)
+    return float(smallest / math.sqrt(sum((smallest / s) ** 2 for s in sigmas)))
 
 
 def accounting_grid(value: float, *, up: bool, digits: int = 3) -> float:
@@ -103,8 +107,15 @@ def accounting_grid(value: float, *, up: bool, digits: int = 3) -> float:
     and leaves at most 900 settings per decade.
     """
     exponent = math.floor(math.log10(value))
-    scale = 10.0 ** (digits - 1 - exponent)
-    rounded = (math.ceil(value * scale) if up else math.floor(value * scale)) / scale
+    if digits - 1 - exponent > 300:
+        # 10**scale would overflow a float (a q of 1e-322 is a valid, if useless, rate):
+        # round the exact decimal value instead.
+        exact = Decimal(value)
+        quantum = Decimal(1).scaleb(exact.adjusted() - digits + 1)
+        rounded = float(exact.quantize(quantum, rounding=ROUND_CEILING if up else ROUND_FLOOR))
+    else:
+        scale = 10.0 ** (digits - 1 - exponent)
+        rounded = (math.ceil(value * scale) if up else math.floor(value * scale)) / scale
     # Float rounding must not undo the direction.
     if up and rounded < value:
         rounded = math.nextafter(rounded, math.inf)
