@@ -78,6 +78,9 @@ releases: how many privacy units (patients where the dataset declares a unit col
 otherwise) had at least one row left out for a missing value (null, NaN, infinite) in a column
 the package reads, plus Gaussian noise of SD ``noise_multiplier``. Noisy: it can be negative or
 fractional."""
+DROPPED_UNITS_CAPABILITY = "dropped-units"
+"""What an agent whose dp_evaluate releases DROPPED_UNITS lists in GetInfo.capabilities (one
+without it ignores the switch, as proto3 does, and charges the task without the count)."""
 RELEASED_COUNTS = (NOISY_COUNT, DROPPED_UNITS)
 """Names a task's counts take among its released scalars: no metric may be named so."""
 

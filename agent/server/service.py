@@ -38,6 +38,7 @@ from agent.governance.in_force import PolicyInForce
 from agent.governance.model import DatasetRule
 from agent.identity.agent_key import AgentKey
 from agent.packages import PackageStore
+from agent.packages.manifest import DROPPED_UNITS_CAPABILITY
 from agent.privacy.errors import AccountingSettingsError
 from agent.privacy.ledger import PrivacyLedger
 from agent.server.package_endpoints import PackageEndpoints
@@ -49,12 +50,10 @@ from agent.tasks.parameter_cache import ParameterCache
 from agent.tasks.planning import planned_mechanisms
 from agent.tasks.runner import TaskRunner
 
-# "dropped-units": dp_evaluate honours DPHyperparameters.release_dropped_units (an agent without it
-# ignores the field, as proto3 does, and charges the task without releasing the count).
 CAPABILITIES = (
     "budget",
     "datasets",
-    "dropped-units",
+    DROPPED_UNITS_CAPABILITY,
     "health",
     "packages",
     "reflection",

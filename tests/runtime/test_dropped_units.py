@@ -238,7 +238,8 @@ def test_a_task_on_grouped_rows_releases_the_patients_with_a_dropped_row(
     frame = _frame(rng, patients=300, most_rows=5, missing=0.05)
     dropped = _dropped(frame)
     spec = _write(frame, tmp_path / "data")
-    # The smallest σ a request may carry: the count's noise SD is 0.1.
+    # σ 0.1, so that the count's noise SD is 0.1 (a job built here, not a request: a request
+    # with both counts needs σ >= 0.1·√3, the floor on what the task releases as a whole).
     profile = DpEvaluate(noise_multiplier=0.1, sampling_rate=1.0, release_noisy_count=True, release_dropped_units=True)
     job = TaskJob(
         profile=profile,

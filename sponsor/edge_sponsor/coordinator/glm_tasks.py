@@ -34,7 +34,6 @@ from edge_sponsor.coordinator.plan_tasks import (
     release_problem,
     run_rounds,
 )
-from edge_sponsor.coordinator.report import SiteTask
 from edge_sponsor.coordinator.strategies import SiteResult, StopRunError
 from edge_sponsor.coordinator.training import TrainingResult
 from edge_sponsor.statistics import glm
@@ -191,7 +190,7 @@ class GlmSteps:
         method: glm.GlmMethod,
         on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
         *,
-        sites: Sequence[str] = (),
+        sites: Sequence[str],
     ) -> None:
         """``on_round``: called after each step with the round and the sites that are not in it:
         those asked nothing more, and those of ``sites`` (the federation's) never asked (left out
@@ -270,8 +269,9 @@ class GlmSteps:
             )
         )
         if self.on_round is not None:
-            out = [name for name in self.sites if name not in self._ever or name in self.left]
-            self.on_round(self.history[-1], out + [name for name in self.left if name not in self.sites])
+            self.on_round(
+                self.history[-1], [name for name in self.sites if name not in self._ever or name in self.left]
+            )
         return {COEFFICIENTS: step.coefficients.copy()}
 
     def site_states(
@@ -297,10 +297,10 @@ class GlmSteps:
                     epsilon_charged=ledger.epsilon,
                     budget_epsilon_spent=ledger.budget_epsilon,
                 )
-            failed = _last_failure(result, site.name) if result is not None else None
+            failed = result.last_task(site.name) if result is not None else None
             if site.name in self.withheld:
                 state = replace(state, status=glm.WITHHELD, detail=self.withheld[site.name])
-            elif failed is not None:
+            elif failed is not None and failed.status != "ok":
                 # A task that failed after it read rows is charged by the agent: its budget says so.
                 spent = _spent(clients, site)
                 state = replace(
@@ -311,14 +311,6 @@ class GlmSteps:
                 )
             states.append(state)
         return states
-
-
-def _last_failure(result: TrainingResult, site: str) -> SiteTask | None:
-    for record in reversed(result.rounds):
-        for task in record.training:
-            if task.site == site:
-                return None if task.status == "ok" else task
-    return None
 
 
 def _spent(clients: Mapping[str, AgentClient], site: Site) -> float | None:

@@ -131,7 +131,7 @@ def run_plan(
             status, detail = left_out[site.name]
             outcomes.append(SiteOutcome(site.name, None, status, detail))
             continue
-        task = next((t for r in result.rounds for t in r.training if t.site == site.name), None) if result else None
+        task = result.last_task(site.name) if result is not None else None
         release = releases.releases.get(site.name)
         ledger = result.charged[site.name] if result is not None else None
         charged = (ledger.epsilon, ledger.budget_epsilon) if ledger is not None else (0.0, 0.0)

@@ -32,10 +32,10 @@ from typing import Protocol
 import numpy as np
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.packages.manifest import DROPPED_UNITS, NOISY_COUNT
+from agent.packages.manifest import DROPPED_UNITS, DROPPED_UNITS_CAPABILITY, NOISY_COUNT
 from agent.tasks.kinds.profile import TaskProfile
 from agent.tasks.tensors import TensorDecl
-from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units
+from edge_sponsor.coordinator.client import AgentClient, AgentRpcError, Units, dropped_units
 from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
@@ -44,8 +44,6 @@ from edge_sponsor.coordinator.strategies import SiteResult, StopRunError, Strate
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
-# What an agent that releases the dropped-units count lists in GetInfo.capabilities.
-DROPPED_UNITS_CAPABILITY = "dropped-units"
 # A package upload without task_deadline_seconds: uploads are one call, not a stream that reports progress.
 PACKAGE_UPLOAD_SECONDS = 600.0
 
@@ -100,6 +98,14 @@ class TrainingResult:
     # Why the run stopped early, or "" when it ran every round.
     stopped_early: str = ""
     ready: list[ReadySite] = field(default_factory=list)
+
+    def last_task(self, site: str) -> SiteTask | None:
+        """``site``'s training task in the last round that asked it; None if no round did."""
+        for record in reversed(self.rounds):
+            for task in record.training:
+                if task.site == site:
+                    return task
+        return None
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -375,7 +381,7 @@ class FederatedTraining:
         cell_sd = sigma * scales[histogram.cells[0]] if histogram else 0.0
         for name, run in outcomes.items():
             count = run.scalars[NOISY_COUNT]
-            # The counts are not metrics (the dropped units, when asked for, are read by the caller).
+            # The counts are not metrics (the dropped units, when asked for, are kept below).
             sums = {m: v for m, v in run.scalars.items() if m not in (NOISY_COUNT, DROPPED_UNITS)}
             site_metrics[name] = {m: mean(m, v, count) for m, v in sums.items() if m not in cells}
             if histogram:
@@ -400,7 +406,7 @@ class FederatedTraining:
             metrics_noise_sd=noise_sd,
             score_cells=score_cells,
             score_cell_sd=pooled_sd if score_cells else 0.0,
-            dropped_units={n: r.scalars[DROPPED_UNITS] for n, r in outcomes.items() if DROPPED_UNITS in r.scalars},
+            dropped_units={n: lost for n, r in outcomes.items() if (lost := dropped_units(r)) is not None},
             dropped_units_sd=sigma if pending.task.release_dropped_units else 0.0,
         )
         result.rounds[pending.index] = evaluated
