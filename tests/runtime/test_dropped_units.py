@@ -299,3 +299,39 @@ def test_a_unit_column_named_like_the_agents_own_is_refused_at_registration(tmp_
     for name in ("agent::dropped", "agent::order"):
         with pytest.raises(DatasetSpecError, match=f"privacy_unit '{name}': column names starting with 'agent::'"):
             DatasetSpec(id="cohort", path=tmp_path, format=DatasetFormat.PARQUET, privacy_unit=name)
+
+
+@pytest.mark.parametrize("memory", [256 * 2**20, 48 * 1024], ids=["in-memory", "spilled"])
+def test_removing_one_patient_moves_the_count_by_at_most_one(
+    tmp_path: Path, model_and_manifest: tuple[ZooModel, dict[str, bytes], Manifest], memory: int
+) -> None:
+    """The released count's sensitivity is 1: removing every row of one patient (whatever they
+    hold: several dropped rows, all rows dropped, none) moves the count the agent reads by at
+    most 1, in memory and through the spill partitions."""
+    _, _, manifest = model_and_manifest
+    frame = _frame(np.random.default_rng(21), patients=400, most_rows=6, missing=0.08)
+    dropped = _dropped(frame)
+    lost = frame.loc[dropped].groupby("patient_id").size()
+    kept = frame.loc[~dropped].groupby("patient_id").size()
+    removed = [
+        str(lost.idxmax()),  # the most dropped rows
+        str(next(p for p in lost.index if p not in kept.index)),  # every row dropped
+        str(next(p for p in kept.index if p not in lost.index)),  # none dropped
+    ]
+
+    def count(data: pd.DataFrame, name: str) -> int:
+        scratch = tmp_path / f"scratch-{name}"
+        scratch.mkdir()
+        spec = _write(data.reset_index(drop=True), tmp_path / f"data-{name}")
+        with _grouped(spec, manifest, memory_bytes=memory, scratch=scratch, batch_size=300) as source:
+            source.prepare()
+            released = source.dropped_units()
+        assert released is not None
+        return released
+
+    everyone = count(frame, "all")
+    assert everyone == frame.loc[dropped, "patient_id"].nunique()
+    for patient in removed:
+        without = count(frame[frame["patient_id"] != patient], patient)
+        assert abs(everyone - without) <= 1
+        assert everyone - without == int(patient in lost.index)
