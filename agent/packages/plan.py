@@ -44,9 +44,9 @@ MAX_VARIABLES = 64
 MAX_CATEGORIES = 256
 MAX_BINS = 200
 MAX_GRID = 1000
-# A regression model: its covariates and the width of its design row (the intercept, one
-# column per numeric covariate, one per non-reference category). The information block
-# releases p (p + 1) / 2 numbers: 2080 at the cap.
+# A regression model: its covariates and its coefficients (the intercept or a Cox model's
+# baseline intervals, one per numeric covariate, one per non-reference category). The
+# information releases at most p (p + 1) / 2 numbers: 2080 at the cap.
 MAX_COVARIATES = 32
 MAX_DESIGN_WIDTH = 64
 # Bounds, filter values and grid times: within ±1e9, so that sums of squares over
@@ -61,6 +61,8 @@ RESERVED_LABELS = frozenset({OTHER_LABEL, MISSING_LABEL})
 # The name of the design's first column (ModelSpec.design_names; a model whose columns would
 # repeat a name is refused).
 INTERCEPT_LABEL = "(intercept)"
+# What a Cox model's baseline columns' names start with (before the interval).
+BASELINE_LABEL = "(baseline)"
 
 Category = str | int | bool
 """A public category value: a JSON string, integer or boolean."""
@@ -152,33 +154,74 @@ class SurvivalSpec:
     event_column: str
     grid: tuple[float, ...]
 
+    def interval_labels(self) -> tuple[str, ...]:
+        """``[0, t_1]``, ``(t_1, t_2]``, …, ``(t_{J-1}, t_J]``: the grid's intervals (the time after
+        ``t_J``, which only dp_survival counts, is not among them)."""
+        grid = [number_label(t) for t in self.grid]
+        return (f"[0, {grid[0]}]", *(f"({grid[j - 1]}, {grid[j]}]" for j in range(1, len(grid))))
+
 
 class ModelFamily(StrEnum):
     LOGISTIC = "logistic"
+    """A 0/1 outcome: log odds linear in the design row, which starts with an intercept."""
+    COX = "cox"
+    """The plan's survival outcome: proportional hazards, with a baseline hazard constant on
+    each interval of the survival grid (a piecewise-exponential model; follow-up ends at the
+    grid's last time)."""
+
+
+# A Cox model's default cap on one patient's cumulative hazard over their follow-up
+# (ModelSpec.max_cumulative_hazard): every sensitivity of the release grows with it.
+DEFAULT_MAX_CUMULATIVE_HAZARD = 2.0
+MAX_CUMULATIVE_HAZARD = 1000.0
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A regression of ``outcome`` on some of the plan's variables (``dp_glm``).
+    """A regression on some of the plan's variables (``dp_glm``): of the 0/1 ``outcome``
+    (logistic), or of the plan's survival outcome (Cox).
 
-    Each patient's **design row** (docs/statistics.md, "dp_glm"): 1 for the intercept, then
-    for each covariate in order ``(clamp(v, low, high) - centre) / half_width`` (a numeric
-    variable, in [-1, 1]) or one indicator per category but the first (a categorical one;
-    the first is the reference). The bounds and categories are the variables' own, public,
-    so one patient's row has a public bound on its norm and the score and information sums
-    need no clipping.
+    Each patient's **design row** (docs/statistics.md, "dp_glm"): for each covariate in
+    order ``(clamp(v, low, high) - centre) / half_width`` (a numeric variable, in [-1, 1])
+    or one indicator per category but the first (a categorical one; the first is the
+    reference). A logistic model's row starts with 1 for the intercept; a Cox model has a
+    baseline log-hazard per interval of the survival grid instead, whose columns come
+    first. The bounds and categories are the variables' own, public, so one patient's row
+    has a public bound on its norm; a Cox model also caps each patient's cumulative hazard
+    at ``max_cumulative_hazard`` (public), so the released sums need no other clipping.
     """
 
     family: ModelFamily
-    outcome: str
+    outcome: str | None
+    """The logistic model's 0/1 column; None for Cox, whose outcome is :attr:`survival`."""
     covariates: tuple[Variable, ...]
     """The plan's variables the model uses, in model order."""
+    survival: SurvivalSpec | None = None
+    """Cox: the plan's survival outcome and grid; None for logistic."""
+    max_cumulative_hazard: float = DEFAULT_MAX_CUMULATIVE_HAZARD
+    """Cox: the most hazard one patient's follow-up may carry in the release (a larger one is
+    scaled down to it); unused for logistic."""
+
+    def __post_init__(self) -> None:
+        if (self.family is ModelFamily.LOGISTIC) != (self.outcome is not None):
+            raise ValueError("a logistic model has an outcome column, a Cox model none")
+        if (self.family is ModelFamily.COX) != (self.survival is not None):
+            raise ValueError("a Cox model has the plan's survival outcome, a logistic model none")
+        if not 0.0 < self.max_cumulative_hazard <= MAX_CUMULATIVE_HAZARD:
+            raise ValueError(f"max_cumulative_hazard must be in (0, {MAX_CUMULATIVE_HAZARD:g}]")
 
     @property
-    def design_names(self) -> tuple[str, ...]:
-        """The design's columns: ``(intercept)``, a numeric covariate's column, a categorical
-        one's ``<column>=<category>`` for each category but the reference (the first)."""
-        names = [INTERCEPT_LABEL]
+    def baseline_names(self) -> tuple[str, ...]:
+        """Cox: ``(baseline) <interval>`` for each interval of the grid; () for logistic."""
+        if self.survival is None:
+            return ()
+        return tuple(f"{BASELINE_LABEL} {interval}" for interval in self.survival.interval_labels())
+
+    @property
+    def covariate_names(self) -> tuple[str, ...]:
+        """A numeric covariate's column, a categorical one's ``<column>=<category>`` for each
+        category but the reference (the first)."""
+        names: list[str] = []
         for variable in self.covariates:
             if isinstance(variable, CategoricalVariable):
                 names += [f"{variable.column}={category_label(c)}" for c in variable.categories[1:]]
@@ -187,23 +230,38 @@ class ModelSpec:
         return tuple(names)
 
     @property
+    def design_names(self) -> tuple[str, ...]:
+        """The coefficients' names, in the order a task sends them: ``(intercept)`` and the
+        covariates' (logistic), or the baseline intervals' and the covariates' (Cox)."""
+        if self.family is ModelFamily.COX:
+            return self.baseline_names + self.covariate_names
+        return (INTERCEPT_LABEL, *self.covariate_names)
+
+    @property
     def width(self) -> int:
-        """``p``: the length of a design row and of the coefficients a task sends."""
+        """``p``: the length of the coefficients a task sends (a logistic design row's, too)."""
         return len(self.design_names)
 
     @property
+    def max_covariate_norm_squared(self) -> float:
+        """The most a row of covariate columns' squared L2 norm can be: 1 per numeric covariate
+        (a centred, scaled value lies in [-1, 1]) and 1 per categorical one (a patient has at
+        most one of its indicators)."""
+        return float(len(self.covariates))
+
+    @property
     def max_row_norm_squared(self) -> float:
-        """The most a design row's squared L2 norm can be: 1 for the intercept, 1 per numeric
-        covariate (a centred, scaled value lies in [-1, 1]) and 1 per categorical one (a patient
-        has at most one of its indicators)."""
-        return float(1 + len(self.covariates))
+        """Logistic: the most a design row's squared L2 norm can be, the intercept's 1 included."""
+        return 1.0 + self.max_covariate_norm_squared
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "family": self.family.value,
-            "outcome": self.outcome,
-            "covariates": [variable.column for variable in self.covariates],
-        }
+        value: dict[str, Any] = {"family": self.family.value}
+        if self.outcome is not None:
+            value["outcome"] = self.outcome
+        value["covariates"] = [variable.column for variable in self.covariates]
+        if self.family is ModelFamily.COX:
+            value["max_cumulative_hazard"] = self.max_cumulative_hazard
+        return value
 
 
 @dataclass(frozen=True)
@@ -229,7 +287,7 @@ class AnalysisPlan:
         named: tuple[str, ...] = ()
         if self.survival is not None:
             named += (self.survival.time_column, self.survival.event_column)
-        if self.model is not None:
+        if self.model is not None and self.model.outcome is not None:
             named += (self.model.outcome,)
         return named
 
@@ -313,7 +371,7 @@ def parse_plan(value: Any, path: str = "plan") -> AnalysisPlan:
     variable_items = array_field(top.get("variables"), top.field("variables"), min_items=0, max_items=MAX_VARIABLES)
     variables = tuple(_variable(item, f"{path}.variables[{i}]") for i, item in enumerate(variable_items))
     survival = _survival(top.get("survival"), top.field("survival")) if top.has("survival") else None
-    model = _model(top.get("model"), top.field("model"), variables) if top.has("model") else None
+    model = _model(top.get("model"), top.field("model"), variables, survival) if top.has("model") else None
     top.finish()
     if not variables and survival is None and not strata:
         fail(path, "declares nothing to compute: give strata, variables or survival")
@@ -322,7 +380,7 @@ def parse_plan(value: Any, path: str = "plan") -> AnalysisPlan:
     roles = [s.column for s in strata] + [v.column for v in variables]
     if survival is not None:
         roles += [survival.time_column, survival.event_column]
-    if model is not None:
+    if model is not None and model.outcome is not None:
         roles.append(model.outcome)
     for column in roles:
         if roles.count(column) > 1:
@@ -462,10 +520,25 @@ def _survival(value: Any, path: str) -> SurvivalSpec:
     return SurvivalSpec(time_column, event_column, grid)
 
 
-def _model(value: Any, path: str, variables: Sequence[Variable]) -> ModelSpec:
+def _model(value: Any, path: str, variables: Sequence[Variable], survival: SurvivalSpec | None) -> ModelSpec:
     obj = JsonObject(value, path)
     family = enum_field(obj.get("family"), obj.field("family"), ModelFamily)
-    outcome = column_field(obj.get("outcome"), obj.field("outcome"))
+    outcome: str | None = None
+    cox_survival: SurvivalSpec | None = None
+    max_hazard = DEFAULT_MAX_CUMULATIVE_HAZARD
+    if family is ModelFamily.LOGISTIC:
+        outcome = column_field(obj.get("outcome"), obj.field("outcome"))
+    else:
+        if obj.has("outcome"):
+            fail(obj.field("outcome"), "a cox model's outcome is the plan's survival (time and event): remove it")
+        if survival is None:
+            fail(obj.field("family"), "cox needs the plan's survival outcome: declare plan.survival")
+        cox_survival = survival
+        if obj.has("max_cumulative_hazard"):
+            hazard_field = obj.field("max_cumulative_hazard")
+            max_hazard = number_field(obj.get("max_cumulative_hazard"), hazard_field)
+            if not 0.0 < max_hazard <= MAX_CUMULATIVE_HAZARD:
+                fail(hazard_field, f"must be greater than 0 and at most {MAX_CUMULATIVE_HAZARD:g}")
     field = obj.field("covariates")
     items = array_field(obj.get("covariates"), field, min_items=1, max_items=MAX_COVARIATES)
     declared = {variable.column: variable for variable in variables}
@@ -482,11 +555,15 @@ def _model(value: Any, path: str, variables: Sequence[Variable]) -> ModelSpec:
             fail(where, f"{column!r} is listed twice")
         covariates.append(declared[column])
     obj.finish()
-    model = ModelSpec(family, outcome, tuple(covariates))
+    model = ModelSpec(family, outcome, tuple(covariates), cox_survival, max_hazard)
+    if family is ModelFamily.COX and not model.covariate_names:
+        # A hazard ratio needs a column to be the ratio of (a one-category covariate makes none).
+        fail(field, "make no design column for a covariate (a categorical covariate needs two or more categories)")
     if model.width > MAX_DESIGN_WIDTH:
         fail(
             field,
-            f"make a design of {model.width} columns, more than {MAX_DESIGN_WIDTH}; use fewer covariates or categories",
+            f"make a design of {model.width} columns, more than {MAX_DESIGN_WIDTH}; use fewer covariates or categories"
+            + (" or survival grid times" if family is ModelFamily.COX else ""),
         )
     names = model.design_names
     for name in names:

@@ -43,9 +43,16 @@ def plan_lines(manifest: Manifest) -> list[str]:
     if plan.model is not None:
         model = plan.model
         covariates = ", ".join(variable.column for variable in model.covariates)
+        if model.outcome is not None:
+            regression = f"{model.family.value} regression of {model.outcome} (0 or 1)"
+        else:
+            regression = (
+                f"{model.family.value} proportional hazards of the survival outcome, a baseline hazard per grid "
+                f"interval, each patient's cumulative hazard capped at {number_label(model.max_cumulative_hazard)}"
+            )
         lines.append(
-            f"  model:       {model.family.value} regression of {model.outcome} (0 or 1) on {covariates}; "
-            f"{model.width} design columns: {', '.join(model.design_names)}; the plan's strata are pooled"
+            f"  model:       {regression} on {covariates}; "
+            f"{model.width} coefficients: {', '.join(model.design_names)}; the plan's strata are pooled"
         )
     for kind in manifest.task_kinds:
         release = layout(plan, kind)

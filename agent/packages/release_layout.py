@@ -33,6 +33,7 @@ from agent.packages.plan import (
     OTHER_LABEL,
     AnalysisPlan,
     CategoricalVariable,
+    ModelFamily,
     ModelSpec,
     NumericVariable,
     SurvivalSpec,
@@ -67,6 +68,13 @@ class Statistic(StrEnum):
     MODEL_COUNT = "glm.count"
     SCORE = "glm.score"
     INFORMATION = "glm.information"
+    # A Cox model's baseline (one log-hazard per grid interval): its score Σ (d - μ) per
+    # interval, its information's diagonal Σ μ (the rest of the baseline's block is 0), and
+    # the information between baseline and covariates Σ μ x. glm.score and glm.information
+    # are then the covariates' alone.
+    BASELINE_SCORE = "glm.baseline.score"
+    BASELINE_INFORMATION = "glm.baseline.information"
+    BASELINE_CROSS = "glm.baseline.cross"
 
 
 # The statistics of the whole release, not of one variable: each names its block alone.
@@ -76,6 +84,9 @@ _RELEASE_BLOCKS = {
     Statistic.MODEL_COUNT: Statistic.MODEL_COUNT.value,
     Statistic.SCORE: Statistic.SCORE.value,
     Statistic.INFORMATION: Statistic.INFORMATION.value,
+    Statistic.BASELINE_SCORE: Statistic.BASELINE_SCORE.value,
+    Statistic.BASELINE_INFORMATION: Statistic.BASELINE_INFORMATION.value,
+    Statistic.BASELINE_CROSS: Statistic.BASELINE_CROSS.value,
 }
 
 
@@ -157,6 +168,9 @@ SURVIVAL_EXITS = block_name(Statistic.EXITS)
 GLM_COUNT = block_name(Statistic.MODEL_COUNT)
 GLM_SCORE = block_name(Statistic.SCORE)
 GLM_INFORMATION = block_name(Statistic.INFORMATION)
+GLM_BASELINE_SCORE = block_name(Statistic.BASELINE_SCORE)
+GLM_BASELINE_INFORMATION = block_name(Statistic.BASELINE_INFORMATION)
+GLM_BASELINE_CROSS = block_name(Statistic.BASELINE_CROSS)
 # The labels of the cells no declared category fills, which no category may be.
 MISSING = MISSING_LABEL
 OTHER = OTHER_LABEL
@@ -165,6 +179,7 @@ EVENT = "event"
 CENSORED = "censored"
 INCLUDED = "included"
 EXCLUDED = "excluded"
+CLAMPED = "included, hazard clamped"
 
 
 def layout(plan: AnalysisPlan, kind: TaskKind) -> ReleaseLayout:
@@ -178,8 +193,10 @@ def layout(plan: AnalysisPlan, kind: TaskKind) -> ReleaseLayout:
     if kind is TaskKind.DP_SURVIVAL and plan.survival is not None:
         return ReleaseLayout(kind, (survival_block(plan.survival),), plan.stratum_count)
     if kind is TaskKind.DP_GLM and plan.model is not None:
-        # One stratum: the whole analysed cohort (see analysed()); size: the included patients.
-        return ReleaseLayout(kind, model_blocks(plan.model), 1, size_cells=(0,))
+        # One stratum: the whole analysed cohort (see analysed()); size: the included patients
+        # (a Cox model's with their hazard as released and clamped).
+        size = (0, 1) if plan.model.family is ModelFamily.COX else (0,)
+        return ReleaseLayout(kind, model_blocks(plan.model), 1, size_cells=size)
     blocks = [Block(Statistic.COUNT, None, ("patients",), 1.0, Suppression.CELL)]
     for variable in plan.variables:
         if isinstance(variable, CategoricalVariable):
@@ -209,6 +226,11 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
 
 
 def model_blocks(model: ModelSpec) -> tuple[Block, ...]:
+    """The blocks of a dp_glm release: :func:`logistic_blocks` or :func:`cox_blocks`."""
+    return cox_blocks(model) if model.family is ModelFamily.COX else logistic_blocks(model)
+
+
+def logistic_blocks(model: ModelSpec) -> tuple[Block, ...]:
     """``glm.count`` (included, excluded), ``glm.score`` (one cell per design column) and
     ``glm.information`` (the upper triangle, row-major: cells ``"i,j"`` for ``i <= j``).
 
@@ -222,12 +244,55 @@ def model_blocks(model: ModelSpec) -> tuple[Block, ...]:
     """
     width = model.width
     bound = model.max_row_norm_squared
-    pairs = tuple(f"{i},{j}" for i in range(width) for j in range(i, width))
     return (
         Block(Statistic.MODEL_COUNT, None, (INCLUDED, EXCLUDED), 1.0, Suppression.CELL),
         Block(Statistic.SCORE, None, tuple(str(i) for i in range(width)), math.sqrt(bound), Suppression.STRATUM),
-        Block(Statistic.INFORMATION, None, pairs, bound / 4.0, Suppression.STRATUM),
+        Block(Statistic.INFORMATION, None, _triangle_cells(width), bound / 4.0, Suppression.STRATUM),
     )
+
+
+def cox_blocks(model: ModelSpec) -> tuple[Block, ...]:
+    """A Cox model's release (agent.statistics.glm): ``glm.count`` (included, included with
+    the hazard clamped, excluded), then for the ``J`` baseline intervals and ``p`` covariate
+    columns: ``glm.baseline.score`` (J), ``glm.score`` (p), ``glm.baseline.information`` (J),
+    ``glm.baseline.cross`` (J·p, cells ``"j,k"`` row-major) and ``glm.information`` (the
+    covariates' upper triangle).
+
+    One patient has ``d_j`` (1 in the interval of their event, else 0: at most one 1) and
+    ``μ_j >= 0`` with ``Σ_j μ_j <= Λ`` (the agent scales a larger cumulative hazard down to
+    ``Λ = model.max_cumulative_hazard``), and a covariate row with ``‖x‖² <= R²``
+    (``model.max_covariate_norm_squared``). So they move, in L2 norm: the counts by 1 (one
+    cell); the baseline score ``(d_j - μ_j)_j`` by ``√(1 + Λ²)`` (the cross term
+    ``-2 d_j μ_j`` is never positive); the covariates' score ``x (Σ d - Σ μ)`` by
+    ``R · max(1, Λ)``; the baseline information ``(μ_j)_j`` by ``Λ``; the cross block
+    ``μ xᵀ`` by ``‖μ‖ ‖x‖ <= Λ R``; the covariates' information ``(Σ μ) x xᵀ`` by ``Λ R²``.
+    These hold for every coefficient and every value, so the sums need no clipping beyond
+    the cap. Blocks of their own (rather than one score and one information) keep the
+    baseline's small sensitivities from taking the covariates' large ones.
+    """
+    hazard = model.max_cumulative_hazard
+    covariates = model.max_covariate_norm_squared
+    root = math.sqrt(covariates)
+    intervals = len(model.baseline_names)
+    p = model.width - intervals
+    return (
+        Block(Statistic.MODEL_COUNT, None, (INCLUDED, CLAMPED, EXCLUDED), 1.0, Suppression.CELL),
+        Block(Statistic.BASELINE_SCORE, None, model.baseline_names, math.hypot(1.0, hazard), Suppression.STRATUM),
+        Block(Statistic.SCORE, None, model.covariate_names, root * max(1.0, hazard), Suppression.STRATUM),
+        Block(Statistic.BASELINE_INFORMATION, None, model.baseline_names, hazard, Suppression.STRATUM),
+        Block(
+            Statistic.BASELINE_CROSS,
+            None,
+            tuple(f"{j},{k}" for j in range(intervals) for k in range(p)),
+            hazard * root,
+            Suppression.STRATUM,
+        ),
+        Block(Statistic.INFORMATION, None, _triangle_cells(p), hazard * covariates, Suppression.STRATUM),
+    )
+
+
+def _triangle_cells(width: int) -> tuple[str, ...]:
+    return tuple(f"{i},{j}" for i in range(width) for j in range(i, width))
 
 
 def analysed(plan: AnalysisPlan, kind: TaskKind) -> AnalysisPlan:
@@ -240,10 +305,7 @@ def analysed(plan: AnalysisPlan, kind: TaskKind) -> AnalysisPlan:
 def survival_block(survival: SurvivalSpec) -> Block:
     """Exits per interval of the grid: ``event`` and ``censored`` for ``[0, t_1]``, ``(t_{j-1}, t_j]``
     and after ``t_J``, then ``missing`` (no usable time or event). Each patient is in one cell."""
-    grid = [number_label(t) for t in survival.grid]
-    intervals = [f"[0, {grid[0]}]"]
-    intervals += [f"({grid[j - 1]}, {grid[j]}]" for j in range(1, len(grid))]
-    intervals.append(f"({grid[-1]}, inf)")
+    intervals = [*survival.interval_labels(), f"({number_label(survival.grid[-1])}, inf)"]
     cells = tuple(f"{interval} {outcome}" for interval in intervals for outcome in (EVENT, CENSORED))
     return Block(Statistic.EXITS, None, (*cells, MISSING), 1.0, Suppression.STRATUM)
 

@@ -114,7 +114,7 @@ def check_columns(plan: AnalysisPlan, table: pa.Table, unit_column: str | None) 
     if plan.survival is not None:
         need(plan.survival.time_column, NUMBERS, "the survival time", "a number")
         need(plan.survival.event_column, NUMBERS_OR_BOOL, "the survival event", "a boolean or number")
-    if plan.model is not None:
+    if plan.model is not None and plan.model.outcome is not None:
         need(plan.model.outcome, NUMBERS_OR_BOOL, "the model's outcome", "a boolean or number")
 
 

@@ -21,6 +21,21 @@ contribution, which :func:`agent.packages.release_layout.model_blocks` bounds.
 
 The sums are taken over chunks of rows, so that a million patients need a few MiB of
 design rows at a time, not ``patients x p`` floats.
+
+**A Cox model** (:attr:`ModelFamily.COX`) is fitted as a piecewise-exponential model on the
+plan's survival grid ``0 = t_0 < t_1 < … < t_J``, which is Cox's proportional hazards with a
+baseline hazard constant on each interval: a Poisson log-likelihood
+``Σ_i Σ_j d_ij (α_j + x_i·β) - E_ij exp(α_j + x_i·β)``, a sum over patients, unlike Cox's
+partial likelihood, whose risk sets tie every patient's term to the others'. Here ``x_i``
+is the covariate row (no intercept: the baselines ``α`` take its place), ``E_ij`` the time
+patient ``i`` spent in interval ``j`` (follow-up ends at ``t_J``) and ``d_ij`` 1 in the
+interval of their event. The task sends ``(α, β)`` and the agent releases the score and
+information of that likelihood with each patient's expected events
+``μ_ij = E_ij exp(α_j + x_i·β)`` scaled down together, where they add up to more than the
+public cap ``Λ``, to add up to ``Λ``: that bounds what one patient moves
+(:func:`agent.packages.release_layout.cox_blocks`), and the count of clamped patients says
+how many it touched. A Cox patient is included when every covariate is present, the time
+is a number at least 0 (not NaN) and the event is known.
 """
 
 from __future__ import annotations
@@ -30,8 +45,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.packages.plan import AnalysisPlan, CategoricalVariable, ModelSpec
-from agent.packages.release_layout import GLM_COUNT, GLM_INFORMATION, GLM_SCORE
+from agent.packages.plan import AnalysisPlan, CategoricalVariable, ModelFamily, ModelSpec
+from agent.packages.release_layout import (
+    GLM_BASELINE_CROSS,
+    GLM_BASELINE_INFORMATION,
+    GLM_BASELINE_SCORE,
+    GLM_COUNT,
+    GLM_INFORMATION,
+    GLM_SCORE,
+)
 from agent.statistics.patients import PatientTable
 
 Floats = npt.NDArray[np.float64]
@@ -42,11 +64,18 @@ CHUNK_ROWS = 65536
 
 
 def included(model: ModelSpec, patients: PatientTable) -> Flags:
-    """Which of ``patients`` the regression uses: every covariate present, the outcome 0 or 1."""
-    if patients.outcome is None:
-        raise ValueError("the patient table was built without the model's outcome")
-    y = patients.outcome
-    keep: Flags = (y == 0.0) | (y == 1.0)  # NaN equals neither: a missing outcome excludes
+    """Which of ``patients`` the regression uses: every covariate present, and the outcome 0 or 1
+    (logistic) or a survival time at least 0 and a known event (Cox)."""
+    if model.family is ModelFamily.COX:
+        if patients.time is None or patients.event is None:
+            raise ValueError("the patient table was built without the plan's survival outcome")
+        # NaN compares false: a missing time excludes; a missing event is NaN as well.
+        keep: Flags = (patients.time >= 0.0) & ~np.isnan(patients.event)
+    else:
+        if patients.outcome is None:
+            raise ValueError("the patient table was built without the model's outcome")
+        y = patients.outcome
+        keep = (y == 0.0) | (y == 1.0)  # NaN equals neither: a missing outcome excludes
     for variable in model.covariates:
         if isinstance(variable, CategoricalVariable):
             # Codes below the category count are declared categories; "other" and "missing" exclude.
@@ -56,12 +85,12 @@ def included(model: ModelSpec, patients: PatientTable) -> Flags:
     return keep
 
 
-def design_rows(model: ModelSpec, patients: PatientTable, rows: npt.NDArray[np.intp]) -> Floats:
-    """The design rows ``[len(rows), model.width]`` of the patients at ``rows`` (included ones:
-    a row of an excluded patient holds NaN or no indicator where its value is missing)."""
-    x = np.zeros((rows.size, model.width), dtype=np.float64)
-    x[:, 0] = 1.0
-    column = 1
+def covariate_rows(model: ModelSpec, patients: PatientTable, rows: npt.NDArray[np.intp]) -> Floats:
+    """The covariate columns ``[len(rows), len(model.covariate_names)]`` of the patients at
+    ``rows`` (included ones: a row of an excluded patient holds NaN or no indicator where its
+    value is missing)."""
+    x = np.zeros((rows.size, len(model.covariate_names)), dtype=np.float64)
+    column = 0
     for variable in model.covariates:
         if isinstance(variable, CategoricalVariable):
             codes = patients.codes[variable.column][rows]
@@ -75,6 +104,21 @@ def design_rows(model: ModelSpec, patients: PatientTable, rows: npt.NDArray[np.i
             x[:, column] = np.clip((values - variable.centre) / variable.half_width, -1.0, 1.0)
             column += 1
     return x
+
+
+def design_rows(model: ModelSpec, patients: PatientTable, rows: npt.NDArray[np.intp]) -> Floats:
+    """A logistic model's design rows ``[len(rows), model.width]``: 1, then :func:`covariate_rows`."""
+    return np.hstack([np.ones((rows.size, 1), dtype=np.float64), covariate_rows(model, patients, rows)])
+
+
+def checked_coefficients(model: ModelSpec, coefficients: npt.ArrayLike) -> Floats:
+    """``coefficients`` as float64 ``[model.width]``; ValueError for another shape or a value not finite."""
+    values = np.asarray(coefficients, dtype=np.float64)
+    if values.shape != (model.width,):
+        raise ValueError(f"the coefficients must have shape [{model.width}], not {list(values.shape)}")
+    if not np.isfinite(values).all():
+        raise ValueError("the coefficients must be finite")
+    return values
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,12 +136,8 @@ class ModelSums:
 def model_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLike) -> ModelSums:
     """The score and information at ``coefficients`` (β, ``[model.width]``, finite) over the
     included patients of ``patients``; ValueError for coefficients of another shape or not finite."""
-    beta = np.asarray(coefficients, dtype=np.float64)
+    beta = checked_coefficients(model, coefficients)
     width = model.width
-    if beta.shape != (width,):
-        raise ValueError(f"the coefficients must have shape [{width}], not {list(beta.shape)}")
-    if not np.isfinite(beta).all():
-        raise ValueError("the coefficients must be finite")
     keep = included(model, patients)
     index = np.flatnonzero(keep)
     if patients.outcome is None:  # included() refused it already; for the type checker
@@ -139,9 +179,128 @@ def exact_model_release(plan: AnalysisPlan, patients: PatientTable, coefficients
         raise ValueError("the plan declares no model")
     if patients.strata != 1:
         raise ValueError("a dp_glm release pools the strata: build the patients for the plan without them")
+    if model.family is ModelFamily.COX:
+        cox = cox_sums(model, patients, coefficients)
+        return {
+            GLM_COUNT: np.array([[cox.included, cox.clamped, cox.excluded]], dtype=np.float64),
+            GLM_BASELINE_SCORE: cox.baseline_score.reshape(1, -1),
+            GLM_SCORE: cox.score.reshape(1, -1),
+            GLM_BASELINE_INFORMATION: cox.baseline_information.reshape(1, -1),
+            GLM_BASELINE_CROSS: cox.cross.reshape(1, -1),
+            GLM_INFORMATION: upper_triangle(cox.information).reshape(1, -1),
+        }
     sums = model_sums(model, patients, coefficients)
     return {
         GLM_COUNT: np.array([[sums.included, sums.excluded]], dtype=np.float64),
         GLM_SCORE: sums.score.reshape(1, -1),
         GLM_INFORMATION: upper_triangle(sums.information).reshape(1, -1),
     }
+
+
+@dataclass(frozen=True, eq=False)
+class CoxSums:
+    """The exact sums of one Cox task, before noise (``J`` intervals, ``p`` covariate columns)."""
+
+    included: int
+    """Included patients whose cumulative hazard was at most the cap."""
+    clamped: int
+    """Included patients whose expected events were scaled down to the cap."""
+    excluded: int
+    baseline_score: Floats
+    """``[J]``: Σ (d_j - μ_j)."""
+    score: Floats
+    """``[p]``: Σ x (Σ_j d_j - Σ_j μ_j)."""
+    baseline_information: Floats
+    """``[J]``: Σ μ_j, the diagonal of the baselines' block (the rest of it is 0)."""
+    cross: Floats
+    """``[J, p]``: Σ μ_j x."""
+    information: Floats
+    """``[p, p]``: Σ (Σ_j μ_j) x xᵀ (symmetric)."""
+
+
+# A linear predictor is clamped into ±this before exp: any value near it already puts a
+# patient's hazard far beyond (or, below, far under) every cap, so the clamp changes no
+# release, and the log-space arithmetic below stays finite for any finite coefficients.
+_LOG_HAZARD_LIMIT = 1e4
+# Scaling a patient's expected events to the cap Λ rounds; this much below it, their sum is
+# at most Λ in floating point too, as the sensitivities assume.
+_CAP_MARGIN = 1.0 - 2.0**-40
+
+
+def cox_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLike) -> CoxSums:
+    """A Cox model's score and information at ``coefficients`` ((α, β): ``[J + p]``, finite)
+    over the included patients of ``patients``; ValueError for coefficients of another shape
+    or not finite, or a model that is not Cox."""
+    survival = model.survival
+    if model.family is not ModelFamily.COX or survival is None:
+        raise ValueError("cox_sums needs a Cox model")
+    if patients.time is None or patients.event is None:
+        raise ValueError("the patient table was built without the plan's survival outcome")
+    theta = checked_coefficients(model, coefficients)
+    intervals = len(survival.grid)
+    alpha, beta = theta[:intervals], theta[intervals:]
+    p = beta.size
+    log_cap = float(np.log(model.max_cumulative_hazard * _CAP_MARGIN))
+    keep = included(model, patients)
+    index = np.flatnonzero(keep)
+    baseline_score = np.zeros(intervals, dtype=np.float64)
+    score = np.zeros(p, dtype=np.float64)
+    baseline_information = np.zeros(intervals, dtype=np.float64)
+    cross = np.zeros((intervals, p), dtype=np.float64)
+    information = np.zeros((p, p), dtype=np.float64)
+    clamped = 0
+    for first in range(0, index.size, CHUNK_ROWS):
+        rows = index[first : first + CHUNK_ROWS]
+        x = covariate_rows(model, patients, rows)
+        exposure, dead = _exposure_and_events(survival.grid, patients.time[rows], patients.event[rows])
+        eta = np.clip(alpha[None, :] + (x @ beta)[:, None], -_LOG_HAZARD_LIMIT, _LOG_HAZARD_LIMIT)
+        with np.errstate(divide="ignore"):
+            log_mu = np.log(exposure) + eta  # -inf where there was no exposure
+        mu, over = _capped(log_mu, log_cap)
+        clamped += int(np.count_nonzero(over))
+        total = mu.sum(axis=1)
+        baseline_score += (dead - mu).sum(axis=0)
+        score += x.T @ (dead.sum(axis=1) - total)
+        baseline_information += mu.sum(axis=0)
+        cross += mu.T @ x
+        information += (x * total[:, None]).T @ x
+    information = (information + information.T) / 2.0
+    return CoxSums(
+        included=int(index.size) - clamped,
+        clamped=clamped,
+        excluded=int(patients.size - index.size),
+        baseline_score=baseline_score,
+        score=score,
+        baseline_information=baseline_information,
+        cross=cross,
+        information=information,
+    )
+
+
+def _exposure_and_events(grid: tuple[float, ...], time: Floats, event: Floats) -> tuple[Floats, Floats]:
+    """``[n, J]`` each: the time each patient spent in each interval of ``grid`` (follow-up
+    ends at its last time; an infinite time spends every interval whole), and 1 in the
+    interval of an event at or before the grid's last time (an event at time 0 is in the first)."""
+    ends = np.asarray(grid, dtype=np.float64)
+    starts = np.concatenate([[0.0], ends[:-1]])
+    exposure = np.clip(time[:, None] - starts[None, :], 0.0, (ends - starts)[None, :])
+    # searchsorted "left": t_{j-1} < time <= t_j lands in interval j (0-based j - 1).
+    where = np.searchsorted(ends, time, side="left")
+    dead = np.zeros_like(exposure)
+    hit = np.flatnonzero((event == 1.0) & (where < ends.size))
+    dead[hit, where[hit]] = 1.0
+    return exposure, dead
+
+
+def _capped(log_mu: Floats, log_cap: float) -> tuple[Floats, Flags]:
+    """Each patient's expected events ``exp(log_mu)`` (a row each), scaled down together where
+    they add up to more than ``exp(log_cap)`` to add up to it, and which rows were; in log
+    space, so that no finite coefficient overflows."""
+    top = np.max(log_mu, axis=1)
+    anchor = np.where(np.isfinite(top), top, 0.0)  # a row of -inf (no exposure) adds up to 0
+    with np.errstate(divide="ignore"):
+        log_total = anchor + np.log(np.sum(np.exp(log_mu - anchor[:, None]), axis=1))
+    over: Flags = log_total > log_cap
+    shift = np.where(over, log_cap - log_total, 0.0)
+    mu: Floats = np.exp(log_mu + shift[:, None])  # exp(-inf) = 0 where there was no exposure
+    return mu, over

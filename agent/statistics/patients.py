@@ -140,7 +140,8 @@ def patient_table_keyed(
         # Any non-zero value is an event; NaN stays missing (NaN != 0 would say "event").
         event = _read_only(np.where(np.isnan(flags), np.nan, (flags != 0).astype(np.float64)))
     # As given: which values make a usable outcome is the model's to say (agent.statistics.glm).
-    outcome = None if plan.model is None else _read_only(numbers.get(plan.model.outcome)[rows])
+    outcome_column = None if plan.model is None else plan.model.outcome
+    outcome = None if outcome_column is None else _read_only(numbers.get(outcome_column)[rows])
     return PatientTable(
         size=int(rows.size),
         strata=plan.stratum_count,

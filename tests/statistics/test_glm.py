@@ -290,7 +290,14 @@ def test_removing_one_patient_moves_each_block_by_at_most_its_sensitivity(
 ) -> None:
     plan = plan_of(plan_json)
     assert plan.model is not None
-    beta = data.draw(coefficients(plan.model.width))
+    check_one_patients_contribution(plan, table, data.draw(coefficients(plan.model.width)), data)
+
+
+def check_one_patients_contribution(
+    plan: AnalysisPlan, table: pa.Table, theta: np.ndarray, data: st.DataObject
+) -> None:
+    """Removing one unit (drawn from ``data``) of ``table`` moves each block of the plan's dp_glm
+    release at ``theta`` by that patient's own contribution, within the block's sensitivity."""
     glm_plan = analysed(plan, TaskKind.DP_GLM)
     keys = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).permutation(table.num_rows)
     units = table.column("u").to_pylist()
@@ -302,15 +309,15 @@ def test_removing_one_patient_moves_each_block_by_at_most_its_sensitivity(
     alone = patient_table_keyed(glm_plan, table.take(pa.array(own, pa.int64())), unit_column=None, keys=None)
 
     release = layout(plan, TaskKind.DP_GLM)
-    before = exact_model_release(plan, full, beta)
-    after = exact_model_release(plan, neighbour, beta)
-    added = exact_model_release(plan, alone, beta)
+    before = exact_model_release(plan, full, theta)
+    after = exact_model_release(plan, neighbour, theta)
+    added = exact_model_release(plan, alone, theta)
     for block in release.blocks:
         moved = before[block.name] - after[block.name]
         # What moved is the removed patient's own contribution, computed on their row alone...
         scale = max(1.0, float(np.abs(before[block.name]).max()))
         np.testing.assert_allclose(moved, added[block.name], rtol=0, atol=1e-9 * scale)
-        # ... and that is within the block's sensitivity, whatever β and the row hold.
+        # ... and that is within the block's sensitivity, whatever the coefficients and the row hold.
         assert float(np.linalg.norm(added[block.name])) <= block.sensitivity * (1 + 1e-12), block.name
     count = added[GLM_COUNT][0]
     assert count.sum() in (0.0, 1.0) and set(count.tolist()) <= {0.0, 1.0}

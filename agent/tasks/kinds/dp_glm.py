@@ -1,13 +1,15 @@
-"""``dp_glm``: a logistic regression's score vector and Fisher information at the coefficients
-the task sends, over the plan's model's design rows, with Gaussian noise; no clipping.
+"""``dp_glm``: a regression's score vector and Fisher information at the coefficients the
+task sends, over the plan's model's design rows, with Gaussian noise; no clipping.
 
-The coordinator sends β (the one tensor ``coefficients``, shape ``[p]``), adds the sites'
-noisy score and information and takes a Newton-Raphson step; each step is one task per
-site, each charged. Every covariate has public bounds or categories, so one patient's
-contribution to each block has a public bound for every β
-(:func:`agent.packages.release_layout.model_blocks`): the sums are released as they are,
-with no clipping bias. The agent computes them from the package's analysis plan (no
-graph runs): see :mod:`agent.statistics.glm` and docs/statistics.md.
+The model is logistic (a 0/1 outcome) or Cox (the plan's survival outcome, a baseline
+hazard per interval of its grid). The coordinator sends the coefficients (the one tensor
+``coefficients``: β, or a Cox model's baselines then β), adds the sites' noisy score and
+information and takes a Newton-Raphson step; each step is one task per site, each charged.
+Every covariate has public bounds or categories, and a Cox patient's cumulative hazard a
+public cap, so one patient's contribution to each block has a public bound for every
+coefficient (:func:`agent.packages.release_layout.model_blocks`): the sums are released as
+they are. The agent computes them from the package's analysis plan (no graph runs): see
+:mod:`agent.statistics.glm` and docs/statistics.md.
 """
 
 from __future__ import annotations
