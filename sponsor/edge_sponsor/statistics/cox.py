@@ -579,8 +579,13 @@ def joint_information(sums: CoxRoundSums) -> CoxInformation:
     v_cross = sums.variances("cross_noise_variance")[:, None, None]
     v_d = sums.variances("baseline_information_noise_variance")[:, None, None]
     column = np.sum(v_cross * g2, axis=(0, 1))
+    # (On the diagonal the two cross terms are one draw twice: 4 Σ τ_C² G², not 2.)
     variance = (
-        sums.information_noise_variance + column[:, None] + column[None, :] + np.einsum("sjk,sjl->kl", v_d * g2, g2)
+        sums.information_noise_variance
+        + column[:, None]
+        + column[None, :]
+        + np.diag(2.0 * column)
+        + np.einsum("sjk,sjl->kl", v_d * g2, g2)
     )
     tau_s = math.sqrt(float(np.mean(variance)))
     if not float(np.linalg.eigvalsh(schur)[-1]) > 0.0:
