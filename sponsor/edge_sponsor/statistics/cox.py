@@ -707,6 +707,45 @@ def cox_iterations(
     return steps
 
 
+@dataclass(frozen=True)
+class CoxOptions:
+    """The statistician's choices for a DP Cox run (the defaults are the bench's best method).
+
+    baseline:
+        ``"stratified"``: each site its own baseline log-hazard per interval (no assumption
+        across sites); ``"proportional"``: one shared baseline α_j per interval and a log-hazard
+        offset o_s per site (o of the first site 0), i.e. the sites' baselines are assumed
+        proportional (the same shape, different levels).
+    profile_first:
+        the first round of a run (no previous steps) is the per-interval profile step
+        (:func:`profile_step`), not a Newton step: for a cold start.
+    """
+
+    baseline: str = "stratified"
+    profile_first: bool = True
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("stratified", "proportional"):
+            raise ValueError(f"baseline must be 'stratified' or 'proportional', got {self.baseline!r}")
+
+
+def cox_round(
+    design: CoxDesign, options: CoxOptions, steps: Sequence[CoxStep], sums: CoxRoundSums, start: CoxParameters
+) -> CoxStep:
+    """The next step of a run: from ``start`` on this round's pooled ``sums`` (released at
+    ``start``), given the run's previous ``steps`` (oldest first; empty for the first round).
+
+    The coordinator's single per-round entry point: every method choice (``options``) stays here.
+    """
+    if start.baseline.shape != (len(start.sites), design.intervals) or start.beta.shape != (design.p,):
+        raise ValueError(
+            f"the start must hold J = {design.intervals} baselines per site and p = {design.p} coefficients"
+        )
+    if not steps and options.profile_first:
+        return profile_step(start, sums)
+    return newton_step(start, sums)
+
+
 # -- the fit -------------------------------------------------------------------------------
 
 
@@ -831,7 +870,13 @@ class CoxFit:
         return not self.unreliable
 
 
-def fit_cox(design: CoxDesign, steps: Sequence[CoxStep], last: int = 1, confidence: float = 0.95) -> CoxFit:
+def fit_cox(
+    design: CoxDesign,
+    steps: Sequence[CoxStep],
+    last: int = 1,
+    confidence: float = 0.95,
+    options: CoxOptions | None = None,
+) -> CoxFit:
     """The final fit: the mean of the last ``last`` rounds' one-step estimates (``last`` = 1: the
     last step's result, as glm.fit_from_last_step), with its covariance.
 
