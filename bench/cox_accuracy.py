@@ -118,7 +118,14 @@ def _plan(
     )
 
 
-def rossi(treatment_only: bool) -> Dataset:
+def coarse(grid: list[float], intervals: int | None) -> list[float]:
+    """``intervals`` equal-width intervals up to the grid's last time (None: the grid as is)."""
+    if intervals is None:
+        return grid
+    return [round(grid[-1] * (j + 1) / intervals) for j in range(intervals)]
+
+
+def rossi(treatment_only: bool, intervals: int | None = None) -> Dataset:
     binary = ["fin", "race", "wexp", "mar", "paro"]
     variables = [
         {"column": "age", "kind": "numeric", "bounds": [17, 45]},
@@ -126,13 +133,13 @@ def rossi(treatment_only: bool) -> Dataset:
         *({"column": c, "kind": "categorical", "categories": [0, 1]} for c in binary),
     ]
     covariates = ["fin"] if treatment_only else ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
-    grid = [8.0, 16.0, 24.0, 32.0, 40.0, 52.0]
+    grid = coarse([8.0, 16.0, 24.0, 32.0, 40.0, 52.0], intervals)
     return Dataset(
         load_rossi(), _plan(variables, "week", "arrest", grid=grid, covariates=covariates, hazard=2.0), "fin=1"
     )
 
 
-def gbsg2(treatment_only: bool) -> Dataset:
+def gbsg2(treatment_only: bool, intervals: int | None = None) -> Dataset:
     variables = [
         {"column": "horTh", "kind": "categorical", "categories": ["no", "yes"]},
         {"column": "age", "kind": "numeric", "bounds": [20, 80]},
@@ -141,7 +148,7 @@ def gbsg2(treatment_only: bool) -> Dataset:
         {"column": "tgrade", "kind": "categorical", "categories": ["I", "II", "III"]},
     ]
     covariates = ["horTh"] if treatment_only else ["horTh", "age", "tsize", "pnodes", "tgrade"]
-    grid = [365.0, 730.0, 1095.0, 1460.0, 1825.0, 2190.0, 2700.0]
+    grid = coarse([365.0, 730.0, 1095.0, 1460.0, 1825.0, 2190.0, 2700.0], intervals)
     frame = load_gbsg2()
     for column in ("horTh", "tgrade"):
         frame[column] = frame[column].astype(str)
@@ -170,7 +177,14 @@ def sites_of(data: Dataset, parts: list[np.ndarray]) -> list[PatientTable]:
 
 
 def fit_once(
-    data: Dataset, sites: list[PatientTable], sigma: float, *, rounds: int, average: int, rng: np.random.Generator
+    data: Dataset,
+    sites: list[PatientTable],
+    sigma: float,
+    *,
+    rounds: int,
+    average: int,
+    rng: np.random.Generator,
+    options: cox.CoxOptions | None = None,
 ) -> cox.CoxFit:
     plan = analysed(data.plan, TaskKind.DP_GLM)
     shape = layout(plan, TaskKind.DP_GLM)
@@ -190,8 +204,8 @@ def fit_once(
             parts.append(cox.site_sums_from_blocks(design, name, blocks, sigma))
         return cox.pool_round(design, parts)
 
-    steps = cox.cox_iterations(design, names, one_round, rounds)
-    return cox.fit_cox(design, steps, last=average)
+    steps = cox.cox_iterations(design, names, one_round, rounds, options=options)
+    return cox.fit_cox(design, steps, last=average, options=options)
 
 
 def reference(data: Dataset, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +234,16 @@ def reference(data: Dataset, parts: list[np.ndarray]) -> tuple[np.ndarray, np.nd
     return fitted.params_[names].to_numpy(), fitted.standard_errors_[names].to_numpy()
 
 
+def parse_config(text: str) -> tuple[str, cox.CoxOptions, int | None]:
+    """``baseline[:settle[:intervals]]``, e.g. ``proportional:2:4``."""
+    parts = text.split(":")
+    options = cox.CoxOptions(
+        baseline=parts[0], settle=int(parts[1]) if len(parts) > 1 and parts[1] else cox.CoxOptions().settle
+    )
+    intervals = int(parts[2]) if len(parts) > 2 and parts[2] else None
+    return text, options, intervals
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=200)
@@ -229,47 +253,71 @@ def main() -> int:
     parser.add_argument("--datasets", default="rossi,gbsg2")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--treatment-only", action="store_true", help="the treatment as the only covariate")
+    parser.add_argument(
+        "--configs",
+        default="stratified:0,proportional",
+        help="comma-separated baseline[:settle[:intervals]] (CoxOptions; intervals: an equal-width grid)",
+    )
+    parser.add_argument("--all-coefficients", action="store_true", help="every coefficient, not the treatment only")
     args = parser.parse_args()
     accountant = PldAccountant()
     started = time.perf_counter()
+    configs = [parse_config(c) for c in args.configs.split(",")]
     for name in args.datasets.split(","):
-        data = DATASETS[name](args.treatment_only)
-        parts = split(data, args.seed)
-        sites = sites_of(data, parts)
-        truth, truth_se = reference(data, parts)
-        exact = fit_once(data, sites, 0.0, rounds=args.rounds + 4, average=1, rng=np.random.default_rng(0))
-        gap = np.abs(np.array([c.estimate for c in exact.original.coefficients]) - truth) / truth_se
         print(
-            f"\n== {name}: {len(data.frame)} patients, {SITES} sites, {args.rounds} rounds, the last "
-            f"{args.average_last} averaged; σ = 0: |log HR - lifelines| max {gap.max():.3f} SE, "
-            f"clamped {exact.clamped:.0f}"
+            f"\n== {name}{' (treatment alone)' if args.treatment_only else ''}: {args.rounds} rounds, "
+            f"the last {args.average_last} averaged, {args.draws} draws"
         )
-        names = exact.names
-        for epsilon in (float(e) for e in args.epsilons.split(",")):
-            sigma = sigma_for(epsilon, args.rounds, accountant, delta=DELTA, high=1000.0)
-            rng = np.random.default_rng([args.seed, int(epsilon * 1000)])
-            estimates, se_noise, se_total, nti, flagged, clamped = [], [], [], [], [], []
-            for _ in range(args.draws):
-                result = fit_once(data, sites, sigma, rounds=args.rounds, average=args.average_last, rng=rng)
-                estimates.append([c.estimate for c in result.original.coefficients])
-                se_noise.append([c.se_noise for c in result.original.coefficients])
-                se_total.append([c.se for c in result.original.coefficients])
-                nti.append(result.noise_to_information)
-                flagged.append(not result.reliable)
-                clamped.append(result.clamped)
-            b, n, t = np.array(estimates), np.array(se_noise), np.array(se_total)
-            error = np.median(np.abs(b - truth), axis=0) / truth_se
-            covered = (np.abs(b - truth) <= Z * t).mean(axis=0)
-            spread = b.std(axis=0, ddof=1) / np.sqrt(np.mean(n**2, axis=0))
-            print(
-                f"ε = {epsilon:g} per site for the run (σ = {sigma:.3g} per round): noise/information median "
-                f"{np.median(nti):.2g}, flagged unreliable {np.mean(flagged):.0%}, clamped median "
-                f"{np.median(clamped):.1f} (p90 {np.quantile(clamped, 0.9):.1f})"
+        print(
+            f"  {'config':<22}{'ε':>4}{'coefficient':>14}{'|Δ|/SE':>8}{'cover':>7}{'width':>7}"
+            f"{'SD/SE':>7}{'flag':>6}{'clamp':>6}"
+        )
+        for label, options, intervals in configs:
+            data = DATASETS[name](args.treatment_only, intervals)
+            parts = split(data, args.seed)
+            sites = sites_of(data, parts)
+            truth, truth_se = reference(data, parts)
+            exact = fit_once(
+                data, sites, 0.0, rounds=args.rounds + 4, average=1, rng=np.random.default_rng(0), options=options
             )
-            print(f"  {'coefficient':<16}{'|Δ|/SE':>8}{'coverage':>10}{'SD/SE dp':>10}")
-            for j, column in enumerate(names):
-                mark = " (treatment)" if column == data.treatment else ""
-                print(f"  {column:<16}{error[j]:>8.2f}{covered[j]:>10.0%}{spread[j]:>10.2f}{mark}")
+            gap = np.abs(np.array([c.estimate for c in exact.original.coefficients]) - truth) / truth_se
+            print(
+                f"  {label:<22}{'∞':>4}  σ = 0: |log HR - lifelines| max {gap.max():.3f} SE, J = "
+                f"{len(data.plan.model.survival.grid) if data.plan.model and data.plan.model.survival else 0}"
+            )
+            names = exact.names
+            for epsilon in (float(e) for e in args.epsilons.split(",")):
+                sigma = sigma_for(epsilon, args.rounds, accountant, delta=DELTA, high=1000.0)
+                rng = np.random.default_rng([args.seed, int(epsilon * 1000)])
+                estimates, se_noise, se_total, flagged, clamped = [], [], [], [], []
+                for _ in range(args.draws):
+                    result = fit_once(
+                        data, sites, sigma, rounds=args.rounds, average=args.average_last, rng=rng, options=options
+                    )
+                    estimates.append([c.estimate for c in result.original.coefficients])
+                    se_noise.append([c.se_noise for c in result.original.coefficients])
+                    se_total.append([c.se for c in result.original.coefficients])
+                    flagged.append(
+                        ("mostly noise" in result.unreliable)
+                        + 2 * ("clamped" in result.unreliable)
+                        + 4 * (not result.reliable)
+                    )
+                    clamped.append(result.clamped)
+                b, n, t = np.array(estimates), np.array(se_noise), np.array(se_total)
+                f = np.array(flagged)
+                error = np.median(np.abs(b - truth), axis=0) / truth_se
+                covered = (np.abs(b - truth) <= Z * t).mean(axis=0)
+                width = np.median(t, axis=0) / truth_se
+                spread = b.std(axis=0, ddof=1) / np.sqrt(np.mean(n**2, axis=0))
+                for j, column in enumerate(names):
+                    if column != data.treatment and not args.all_coefficients:
+                        continue
+                    print(
+                        f"  {label:<22}{epsilon:>4g}{column:>14}{error[j]:>8.2f}{covered[j]:>7.0%}{width[j]:>7.1f}"
+                        f"{spread[j]:>7.2f}{np.mean(f >= 4):>6.0%}{np.mean(f % 2 == 1):>6.0%}"
+                        f"{np.mean(f % 4 >= 2):>6.0%}"
+                        f"{np.median(clamped):>6.0f}"
+                    )
     print(f"\n{time.perf_counter() - started:.0f} s")
     return 0
 

@@ -31,6 +31,9 @@ from edge_sponsor.statistics import cox
 
 SITES = 3
 SEED = 20261207
+# The stratified model with the first-order covariance, each round on its own information.
+STRATIFIED = cox.CoxOptions(baseline="stratified", settle=0, bootstrap=0)
+PROPORTIONAL = cox.CoxOptions()
 ROSSI_GRID = (8.0, 16.0, 24.0, 32.0, 40.0, 52.0)
 ROSSI_COVARIATES = ("fin", "age", "race", "wexp", "mar", "paro", "prio")
 ROSSI_VARIABLES: tuple[Variable, ...] = (
@@ -153,10 +156,15 @@ class Cohort:
         return one
 
     def fit(
-        self, sigma: float = 0.0, rounds: int = 10, rng: np.random.Generator | None = None, last: int = 1
+        self,
+        sigma: float = 0.0,
+        rounds: int = 10,
+        rng: np.random.Generator | None = None,
+        last: int = 1,
+        options: cox.CoxOptions = STRATIFIED,
     ) -> cox.CoxFit:
-        steps = cox.cox_iterations(self.design, self.sites, self.one_round(sigma, rng), rounds)
-        return cox.fit_cox(self.design, steps, last=last)
+        steps = cox.cox_iterations(self.design, self.sites, self.one_round(sigma, rng), rounds, options=options)
+        return cox.fit_cox(self.design, steps, last=last, options=options)
 
     def statsmodels_fit(self) -> tuple[np.ndarray, np.ndarray]:
         """Poisson GLM on the person-period rows (site x interval indicators, covariates, offset log E)."""
@@ -541,3 +549,88 @@ def test_noise_scale_and_cold_start() -> None:
     )
     theta = cox.CoxParameters.cold(d, ["a", "b"])
     assert theta.site_vector("b").shape == (d.width,) and theta.vector.shape == (2 * 2 + 3,)
+
+
+# -- proportional baselines, the per-round entry point, the bootstrap ---------------------------
+
+
+def _proportional_statsmodels(cohort: Cohort) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Poisson GLM on the person-period rows with interval indicators, site indicators (all but
+    the first; no interaction) and the covariates, offset log E: (β, SE, α_j, the sites' offsets)."""
+    n, j = cohort.exposure.shape
+    patient = np.repeat(np.arange(n), j)
+    interval = np.tile(np.arange(j), n)
+    keep = cohort.exposure.ravel() > 0
+    intervals = np.zeros((n * j, j))
+    intervals[np.arange(n * j), interval] = 1.0
+    sites = np.column_stack([(cohort.site_of[patient] == s).astype(float) for s in range(1, SITES)])
+    exog = np.hstack([intervals, sites, cohort.x[patient]])[keep]
+    result = sm.GLM(
+        cohort.events.ravel()[keep], exog, family=sm.families.Poisson(), offset=np.log(cohort.exposure.ravel()[keep])
+    ).fit(tol=1e-13, maxiter=200)
+    params, bse = np.asarray(result.params), np.asarray(result.bse)
+    p = cohort.design.p
+    return params[-p:], bse[-p:], params[:j], np.concatenate([[0.0], params[j : j + SITES - 1]])
+
+
+@pytest.mark.parametrize("name", ["rossi", "gbsg"])
+def test_proportional_baselines_converge_to_statsmodels_poisson(name: str, request: pytest.FixtureRequest) -> None:
+    cohort: Cohort = request.getfixturevalue(name)
+    fit = cohort.fit(rounds=12, options=PROPORTIONAL)
+    beta = np.array([c.estimate for c in fit.design.coefficients])
+    se = np.array([c.se_sampling for c in fit.design.coefficients])
+    expected_beta, expected_se, alpha, offsets = _proportional_statsmodels(cohort)
+    # Measured on rossi: |Δβ| 7e-15, SE relative 1e-14, baselines 3e-14.
+    assert np.max(np.abs(beta - expected_beta)) < 1e-6
+    assert np.max(np.abs(se / expected_se - 1.0)) < 1e-4
+    got = np.array([[i.log_hazard for i in b.intervals] for b in fit.baselines])
+    assert np.max(np.abs(got - (alpha[None, :] + offsets[:, None]))) < 1e-6
+    assert fit.reliable and not fit.bootstrapped and all(c.se_noise == 0.0 for c in fit.design.coefficients)
+
+
+def test_cox_round_is_the_run_and_keeps_baselines_proportional(rossi: Cohort) -> None:
+    """The coordinator's per-round entry point, called round by round, is cox_iterations' run."""
+    one_round = rossi.one_round(0.3, np.random.default_rng(11))
+    theta = cox.CoxParameters.cold(rossi.design, rossi.sites)
+    steps: list[cox.CoxStep] = []
+    for _ in range(6):
+        step = cox.cox_round(rossi.design, PROPORTIONAL, steps, one_round(theta), theta)
+        steps.append(step)
+        theta = step.parameters
+        # Every site's baseline is the first's plus a constant (the sites' offsets).
+        spread = np.ptp(theta.baseline - theta.baseline[0][None, :], axis=1)
+        assert np.max(spread) < 1e-9
+    again = cox.cox_iterations(
+        rossi.design, rossi.sites, rossi.one_round(0.3, np.random.default_rng(11)), 6, options=PROPORTIONAL
+    )
+    np.testing.assert_array_equal(again[-1].parameters.beta, theta.beta)
+    assert steps[0].profile and not any(s.profile for s in steps[1:])
+    fit = cox.fit_cox(rossi.design, steps, last=3, options=PROPORTIONAL)
+    assert fit.bootstrapped and fit.averaged_rounds == 3
+    with pytest.raises(ValueError, match="baseline must be"):
+        cox.CoxOptions(baseline="shared")
+    with pytest.raises(ValueError, match="bootstrap must be"):
+        cox.CoxOptions(bootstrap=5)
+
+
+def test_bootstrap_intervals_hold_the_spread_the_first_order_misses(rossi: Cohort) -> None:
+    """Simulated noise at σ = 0.05 on rossi (Λmax 5, 7 covariates), 60 draws of 8 rounds.
+
+    Measured: the first-order noise SE (the information taken as exact) is 1.5 to 2.3-fold
+    short of the spread; the bootstrap's is 0.54 to 0.83 of it (conservative), and its
+    intervals hold the noiseless fit in at least 93 % of draws, each coefficient.
+    """
+    mle = np.array([c.estimate for c in rossi.fit(rounds=12, options=PROPORTIONAL).design.coefficients])
+    spreads, coverages = [], []
+    for options in (cox.CoxOptions(bootstrap=0), PROPORTIONAL):
+        rng = np.random.default_rng(5)
+        fits = [rossi.fit(sigma=0.05, rounds=8, rng=rng, last=3, options=options) for _ in range(60)]
+        estimates = np.array([[c.estimate for c in f.design.coefficients] for f in fits])
+        se_noise = np.array([[c.se_noise for c in f.design.coefficients] for f in fits])
+        se = np.array([[c.se for c in f.design.coefficients] for f in fits])
+        spreads.append(estimates.std(axis=0) / np.sqrt(np.mean(se_noise**2, axis=0)))
+        coverages.append(np.mean(np.abs(estimates - mle) <= 1.96 * se, axis=0))
+    first_order, bootstrap = spreads
+    assert np.all(first_order > 1.3), first_order
+    assert np.all((bootstrap > 0.45) & (bootstrap < 1.2)), bootstrap
+    assert np.all(coverages[1] >= 0.93), coverages[1]
