@@ -91,7 +91,10 @@ def printable_field(value: Any, field: str, *, max_length: int = 256) -> str:
 def number_field(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         fail(field, "must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range (JSON allows 10**400)
+        fail(field, "must be finite")
     if not math.isfinite(number):
         fail(field, "must be finite")
     return number

@@ -174,6 +174,9 @@ class ModelFamily(StrEnum):
 # (ModelSpec.max_cumulative_hazard): every sensitivity of the release grows with it.
 DEFAULT_MAX_CUMULATIVE_HAZARD = 2.0
 MAX_CUMULATIVE_HAZARD = 1000.0
+# A cap this small would round the scaled hazards by more than the margin the release keeps
+# below it (at a subnormal cap each rounds to a whole subnormal step).
+MIN_CUMULATIVE_HAZARD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -207,8 +210,10 @@ class ModelSpec:
             raise ValueError("a logistic model has an outcome column, a Cox model none")
         if (self.family is ModelFamily.COX) != (self.survival is not None):
             raise ValueError("a Cox model has the plan's survival outcome, a logistic model none")
-        if not 0.0 < self.max_cumulative_hazard <= MAX_CUMULATIVE_HAZARD:
-            raise ValueError(f"max_cumulative_hazard must be in (0, {MAX_CUMULATIVE_HAZARD:g}]")
+        if not MIN_CUMULATIVE_HAZARD <= self.max_cumulative_hazard <= MAX_CUMULATIVE_HAZARD:
+            raise ValueError(
+                f"max_cumulative_hazard must be in [{MIN_CUMULATIVE_HAZARD:g}, {MAX_CUMULATIVE_HAZARD:g}]"
+            )
 
     @property
     def baseline_names(self) -> tuple[str, ...]:
@@ -537,8 +542,8 @@ def _model(value: Any, path: str, variables: Sequence[Variable], survival: Survi
         if obj.has("max_cumulative_hazard"):
             hazard_field = obj.field("max_cumulative_hazard")
             max_hazard = number_field(obj.get("max_cumulative_hazard"), hazard_field)
-            if not 0.0 < max_hazard <= MAX_CUMULATIVE_HAZARD:
-                fail(hazard_field, f"must be greater than 0 and at most {MAX_CUMULATIVE_HAZARD:g}")
+            if not MIN_CUMULATIVE_HAZARD <= max_hazard <= MAX_CUMULATIVE_HAZARD:
+                fail(hazard_field, f"must be at least {MIN_CUMULATIVE_HAZARD:g} and at most {MAX_CUMULATIVE_HAZARD:g}")
     field = obj.field("covariates")
     items = array_field(obj.get("covariates"), field, min_items=1, max_items=MAX_COVARIATES)
     declared = {variable.column: variable for variable in variables}

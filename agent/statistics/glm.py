@@ -218,12 +218,8 @@ class CoxSums:
     """``[p, p]``: Σ (Σ_j μ_j) x xᵀ (symmetric)."""
 
 
-# A linear predictor is clamped into ±this before exp: any value near it already puts a
-# patient's hazard far beyond (or, below, far under) every cap, so the clamp changes no
-# release, and the log-space arithmetic below stays finite for any finite coefficients.
-_LOG_HAZARD_LIMIT = 1e4
-# Scaling a patient's expected events to the cap Λ rounds; this much below it, their sum is
-# at most Λ in floating point too, as the sensitivities assume.
+# Scaling a patient's expected events to the cap Λ rounds (by about (J + 4) ulps, J <= 64);
+# this much below it, their sum is at most Λ in floating point too, as the sensitivities assume.
 _CAP_MARGIN = 1.0 - 2.0**-40
 
 
@@ -240,7 +236,7 @@ def cox_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLi
     intervals = len(survival.grid)
     alpha, beta = theta[:intervals], theta[intervals:]
     p = beta.size
-    log_cap = float(np.log(model.max_cumulative_hazard * _CAP_MARGIN))
+    cap = model.max_cumulative_hazard * _CAP_MARGIN
     keep = included(model, patients)
     index = np.flatnonzero(keep)
     baseline_score = np.zeros(intervals, dtype=np.float64)
@@ -253,10 +249,11 @@ def cox_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLi
         rows = index[first : first + CHUNK_ROWS]
         x = covariate_rows(model, patients, rows)
         exposure, dead = _exposure_and_events(survival.grid, patients.time[rows], patients.event[rows])
-        eta = np.clip(alpha[None, :] + (x @ beta)[:, None], -_LOG_HAZARD_LIMIT, _LOG_HAZARD_LIMIT)
+        # Finite for any coefficients a task may send (within ±1e9, 64 columns of |x| <= 1).
+        eta = alpha[None, :] + (x @ beta)[:, None]
         with np.errstate(divide="ignore"):
             log_mu = np.log(exposure) + eta  # -inf where there was no exposure
-        mu, over = _capped(log_mu, log_cap)
+        mu, over = _capped(log_mu, cap)
         clamped += int(np.count_nonzero(over))
         total = mu.sum(axis=1)
         baseline_score += (dead - mu).sum(axis=0)
@@ -292,15 +289,21 @@ def _exposure_and_events(grid: tuple[float, ...], time: Floats, event: Floats) -
     return exposure, dead
 
 
-def _capped(log_mu: Floats, log_cap: float) -> tuple[Floats, Flags]:
+def _capped(log_mu: Floats, cap: float) -> tuple[Floats, Flags]:
     """Each patient's expected events ``exp(log_mu)`` (a row each), scaled down together where
-    they add up to more than ``exp(log_cap)`` to add up to it, and which rows were; in log
-    space, so that no finite coefficient overflows."""
+    they add up to more than ``cap`` to add up to it, and which rows were.
+
+    A clamped row is its entries relative to its largest (each at most 1, their sum ``s`` in
+    [1, J]) times ``cap / s``: a few roundings of numbers near 1, however large the linear
+    predictor, so the sum stays within ``(J + 4)`` ulps of ``cap``. (Shifting in log space
+    instead would round at the predictor's magnitude, 2⁻⁴⁰ relative near 1e4.)"""
     top = np.max(log_mu, axis=1)
     anchor = np.where(np.isfinite(top), top, 0.0)  # a row of -inf (no exposure) adds up to 0
+    relative = np.exp(log_mu - anchor[:, None])
+    total = relative.sum(axis=1)
     with np.errstate(divide="ignore"):
-        log_total = anchor + np.log(np.sum(np.exp(log_mu - anchor[:, None]), axis=1))
-    over: Flags = log_total > log_cap
-    shift = np.where(over, log_cap - log_total, 0.0)
-    mu: Floats = np.exp(log_mu + shift[:, None])  # exp(-inf) = 0 where there was no exposure
+        over: Flags = anchor + np.log(total) > np.log(cap)
+    scale = np.where(over, cap / np.where(over, total, 1.0), 1.0)
+    # Unclamped rows: their own values (at most cap each, since their sum is).
+    mu: Floats = np.where(over[:, None], relative * scale[:, None], np.exp(np.minimum(log_mu, np.log(cap))))
     return mu, over

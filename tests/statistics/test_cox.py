@@ -86,7 +86,7 @@ def test_a_cox_plan_names_its_baseline_then_its_covariates_and_round_trips() -> 
         (
             {"model": {"family": "cox", "covariates": ["age"], "max_cumulative_hazard": 0}},
             "plan.model.max_cumulative_hazard",
-            "greater than 0",
+            "at least 0.001",
         ),
         (
             {"model": {"family": "cox", "covariates": ["age"], "max_cumulative_hazard": 1e6}},
