@@ -211,9 +211,7 @@ class ModelSpec:
         if (self.family is ModelFamily.COX) != (self.survival is not None):
             raise ValueError("a Cox model has the plan's survival outcome, a logistic model none")
         if not MIN_CUMULATIVE_HAZARD <= self.max_cumulative_hazard <= MAX_CUMULATIVE_HAZARD:
-            raise ValueError(
-                f"max_cumulative_hazard must be in [{MIN_CUMULATIVE_HAZARD:g}, {MAX_CUMULATIVE_HAZARD:g}]"
-            )
+            raise ValueError(f"max_cumulative_hazard must be in [{MIN_CUMULATIVE_HAZARD:g}, {MAX_CUMULATIVE_HAZARD:g}]")
 
     @property
     def baseline_names(self) -> tuple[str, ...]:
