@@ -189,9 +189,7 @@ def fit_once(
         for index, patients in enumerate(sites):
             exact = exact_model_release(plan, patients, beta)
             scalars = noisy_release(exact, shape, noise_multiplier=sigma, min_cell_size=0, rng=rng)
-            sums = site_sums(SiteRelease(f"site-{index}", scalars, sigma), shape, design.p)
-            assert sums is not None
-            parts.append(sums)
+            parts.append(site_sums(SiteRelease(f"site-{index}", scalars, sigma), shape, design.p))
         return glm.pool_sums(parts)
 
     if method == "bound":

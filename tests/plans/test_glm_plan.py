@@ -97,8 +97,8 @@ def test_categories_are_labelled_as_the_release_labels_them() -> None:
         (with_model(covariates=[]), "manifest field plan.model.covariates: must have 1 to 32 items"),
         (with_model(covariates="age"), "manifest field plan.model.covariates: must be a JSON array"),
         (with_model(covariates=["age", 3]), "manifest field plan.model.covariates[1]: must be a string"),
-        (with_model(family="probit"), "manifest field plan.model.family: must be one of ['logistic']"),
-        (with_model(family=None), "manifest field plan.model.family: must be one of ['logistic']"),
+        (with_model(family="probit"), "manifest field plan.model.family: must be one of ['logistic', 'cox']"),
+        (with_model(family=None), "manifest field plan.model.family: must be one of ['logistic', 'cox']"),
         (with_model(outcome=""), "manifest field plan.model.outcome: must have 1 to 256 characters"),
         (with_model(outcome="died\u202e"), "manifest field plan.model.outcome: must not contain control"),
         (with_model(link="logit"), "manifest field plan.model.link: is not part of the format"),
@@ -217,7 +217,7 @@ def test_dp_glm_needs_the_plans_model() -> None:
 def test_the_reviewer_reads_the_model_and_what_dp_glm_releases() -> None:
     lines = plan_lines(parse_manifest(manifest(PLAN, ["dp_describe", "dp_glm"])))
     assert (
-        "  model:       logistic regression of death_1y (0 or 1) on age, sex, stage; 6 design columns: "
+        "  model:       logistic regression of death_1y (0 or 1) on age, sex, stage; 6 coefficients: "
         "(intercept), age, sex=M, stage=II, stage=III, stage=IV; the plan's strata are pooled"
     ) in lines
     releases = [line for line in lines if line.startswith("  releases:    dp_glm")]

@@ -32,7 +32,7 @@ from agent.packages.release_layout import GLM_INFORMATION, GLM_SCORE, analysed, 
 from agent.statistics.glm import exact_model_release
 from agent.statistics.patients import patient_table
 from agent.statistics.tables import noisy_release
-from edge_sponsor.coordinator.glm_tasks import site_sums, unsettled
+from edge_sponsor.coordinator.glm_tasks import site_sums, unsettled, withheld
 from edge_sponsor.statistics import glm
 from edge_sponsor.statistics.releases import SiteRelease
 from edge_sponsor.statistics.report import new_report, render_html
@@ -416,8 +416,8 @@ def test_site_sums_read_the_agents_release_as_the_oracle_computes_it() -> None:
     beta = np.linspace(-0.5, 0.5, plan.model.width)
     exact = exact_model_release(plan, patients, beta)
     scalars = noisy_release(exact, shape, noise_multiplier=0.0, min_cell_size=5, rng=np.random.default_rng(1))
+    assert not withheld(SiteRelease("site-a", scalars, 0.0), shape)
     sums = site_sums(SiteRelease("site-a", scalars, 0.0), shape, plan.model.width)
-    assert sums is not None
     x = oracle_design(frame, plan.model.covariates, tuple(v.column for v in plan.model.covariates))
     score, information = exact_site_sums(x, frame["arrest"].to_numpy(float), beta)
     np.testing.assert_allclose(sums.score, score, rtol=1e-10)
@@ -426,8 +426,8 @@ def test_site_sums_read_the_agents_release_as_the_oracle_computes_it() -> None:
     # Nobody is excluded: a count of 0 is below the minimum cell size, withheld on its own.
     assert np.isnan(sums.excluded)
     # A release withheld whole (the site's noisy cohort below its minimum) gives no sums.
-    withheld = {name: math.nan for name in scalars}
-    assert site_sums(SiteRelease("site-a", withheld, 0.0), shape, plan.model.width) is None
+    nothing = {name: math.nan for name in scalars}
+    assert withheld(SiteRelease("site-a", nothing, 0.0), shape)
 
 
 # -- the report -------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""`edge-sponsor study describe|survival|glm`: run an analysis plan across the federation.
+"""`edge-sponsor study describe|survival|glm|cox`: run an analysis plan across the federation.
 
 Every site of the federation file runs one statistics task of the plan package on its
 dataset; the releases are pooled into a Table 1 (``describe``) or Kaplan-Meier curves with
 median survival and a log-rank test (``survival``), written as JSON and as one HTML page
 (docs/statistics.md). ``glm`` runs ``--rounds`` dp_glm tasks per site, one per step
 (lower-bound or Newton-Raphson, ``--method``) of the plan's logistic model, and reports its
-coefficients.
+coefficients; ``cox`` does the same for a Cox model, each site with its own baseline, and
+reports hazard ratios with a forest plot.
 Exit codes: 0 done (sites that refused are listed); 1 no site returned a release;
 2 bad federation file, plan package, credentials or options.
 """
@@ -25,12 +26,16 @@ from agent.cli.settings import UsageError
 from agent.durable import write_public
 from agent.packages.manifest import TaskKind
 from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.cox_tasks import DEFAULT_ROUNDS as COX_ROUNDS
+from edge_sponsor.coordinator.cox_tasks import cox_design, run_cox
 from edge_sponsor.coordinator.federation import Federation, load_federation
 from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, DEFAULT_ROUNDS, MAX_ROUNDS, glm_design, run_glm
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
 from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
-from edge_sponsor.statistics.glm import GlmMethod, GlmRound
+from edge_sponsor.statistics.cox import CoxOptions
+from edge_sponsor.statistics.cox_analysis import CoxAnalysis, CoxRound
+from edge_sponsor.statistics.glm import GlmAnalysis, GlmMethod, GlmRound
 from edge_sponsor.statistics.report import new_report, render_html
 from edge_sponsor.statistics.survival import analyse_survival
 from edge_sponsor.statistics.table_one import table_one
@@ -104,6 +109,38 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
     command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
     command.set_defaults(handler=run_glm_command)
+    words = "Cox proportional hazards of the plan's survival outcome, a baseline per site: hazard ratios, CIs"
+    command = commands.add_parser(
+        "cox",
+        help=words,
+        description=f"Run --rounds dp_glm tasks at every site, each with the site's own coefficients: {words}. "
+        "Every round is charged at every site.",
+    )
+    command.add_argument("federation", type=Path, help="federation file (TOML)")
+    command.add_argument("--plan", type=Path, required=True, help="plan package (.zip) with a Cox model, signed")
+    command.add_argument(
+        "--noise-multiplier", type=float, required=True, metavar="SIGMA",
+        help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
+    )
+    command.add_argument(
+        "--rounds", type=int, default=COX_ROUNDS, metavar="T",
+        help=f"steps, each one task per site (default {COX_ROUNDS})",
+    )
+    command.add_argument(
+        "--average-last", type=int, default=None, metavar="K",
+        help="report the mean of the last K rounds' one-step estimates (less noise, no extra ε; the rounds "
+        "averaged must have converged); default: the last third of the rounds",
+    )
+    command.add_argument(
+        "--baseline", choices=["stratified", "proportional"], default=CoxOptions().baseline,
+        help="stratified: each site its own baseline hazard per interval; proportional: one baseline shape, "
+        "a level per site (fewer numbers to estimate, assumes the sites' baselines proportional)",
+    )
+    command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
+    command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
+    command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
+    command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
+    command.set_defaults(handler=run_cox_command)
 
 
 def _site_line(outcome: SiteOutcome) -> str:
@@ -220,7 +257,73 @@ def run_glm_command(args: argparse.Namespace) -> int:
     finally:
         for client in clients.values():
             client.close()
-    print(f"dp_glm of {package.manifest.name} {package.manifest.version} (run {run_id}):")
+    fit = analysis.fit
+    notes = _model_notes(f"dp_glm of {package.manifest.name} {package.manifest.version} (run {run_id})", analysis, "")
+    if fit is None:  # _model_notes refused it already; for the type checker
+        raise NoReleaseError("no round was completed")
+    for c in fit.original.coefficients:
+        print(f"  {c.name}: {c.estimate:.4g} (SE {c.se:.3g}; {c.lower:.4g} to {c.upper:.4g}), OR {c.odds_ratio:.4g}")
+    title = args.title or f"{package.manifest.name} {package.manifest.version}"
+    report = new_report(title, glm=analysis, notes=notes)
+    _write(args.json, report.to_json())
+    _write(args.html, render_html(report))
+    return ExitCode.SUCCESS
+
+
+def run_cox_command(args: argparse.Namespace) -> int:
+    _check_common(args)
+    if args.average_last is None:
+        args.average_last = max(1, args.rounds // 3)
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
+    if not 1 <= args.average_last <= args.rounds:
+        raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
+    federation = load_federation(args.federation)
+    package = PlanPackage.from_file(args.plan)
+    # Refuses a package without a Cox model before any site is asked.
+    package.layout(TaskKind.DP_GLM)
+    cox_design(package)
+    run_id = args.run_id or f"{federation.name}-cox-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    clients = open_clients(federation)
+
+    def progress(done: CoxRound, left: Sequence[str]) -> None:
+        print(
+            f"round {done.index + 1}/{args.rounds}: {len(done.sites)} sites pooled, "
+            f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),
+            flush=True,
+        )
+
+    try:
+        planned = PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds)
+        _check_budgets(federation, clients, planned)
+        analysis = run_cox(
+            federation, clients, package, args.noise_multiplier, rounds=args.rounds, run_id=run_id,
+            options=CoxOptions(baseline=args.baseline), average_last=args.average_last, on_round=progress,
+        )
+    finally:
+        for client in clients.values():
+            client.close()
+    fit = analysis.fit
+    title = f"cox of {package.manifest.name} {package.manifest.version} (run {run_id})"
+    notes = _model_notes(title, analysis, f"; baseline {args.baseline}")
+    if fit is None:  # _model_notes refused it already; for the type checker
+        raise NoReleaseError("no round was completed")
+    for c in fit.original.coefficients:
+        print(
+            f"  {c.name}: HR {c.hazard_ratio:.4g} ({c.hazard_ratio_lower:.4g} to {c.hazard_ratio_upper:.4g}); "
+            f"log HR {c.estimate:.4g} (SE {c.se:.3g})"
+        )
+    title = args.title or f"{package.manifest.name} {package.manifest.version}"
+    report = new_report(title, cox=analysis, notes=notes)
+    _write(args.json, report.to_json())
+    _write(args.html, render_html(report))
+    return ExitCode.SUCCESS
+
+
+def _model_notes(title: str, analysis: GlmAnalysis | CoxAnalysis, run_words: str) -> list[str]:
+    """Prints what each site was charged and the fit's warnings; the report's notes. NoReleaseError
+    when no round was completed."""
+    print(f"{title}:")
     for site in analysis.sites:
         state = "ok" if site.status == "ok" else f"{site.status}: {site.detail}"
         print(
@@ -232,8 +335,8 @@ def run_glm_command(args: argparse.Namespace) -> int:
         raise NoReleaseError(f"no round was completed: {analysis.stopped_early or 'no site returned its sums'}")
     notes = [
         f"{len(fit.sites)} of {len(analysis.sites)} sites in the last round; {len(analysis.rounds)} rounds at noise "
-        f"multiplier {args.noise_multiplier:g} at each"
-        + (f"; coefficients averaged over the last {fit.averaged_rounds} rounds." if fit.averaged_rounds > 1 else "."),
+        f"multiplier {analysis.noise_multiplier:g} at each{run_words}"
+        + (f"; estimates averaged over the last {fit.averaged_rounds} rounds." if fit.averaged_rounds > 1 else "."),
         *(f"left out {s.site}: {s.status}: {s.detail}" for s in analysis.sites if s.status != "ok"),
     ]
     if analysis.stopped_early:
@@ -243,13 +346,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
         print(f"edge-sponsor: warning: the estimate may not have converged: {analysis.not_converged}", file=sys.stderr)
     if fit.unreliable:
         print(f"edge-sponsor: warning: {fit.unreliable}", file=sys.stderr)
-    for c in fit.original.coefficients:
-        print(f"  {c.name}: {c.estimate:.4g} (SE {c.se:.3g}; {c.lower:.4g} to {c.upper:.4g}), OR {c.odds_ratio:.4g}")
-    title = args.title or f"{package.manifest.name} {package.manifest.version}"
-    report = new_report(title, glm=analysis, notes=notes)
-    _write(args.json, report.to_json())
-    _write(args.html, render_html(report))
-    return ExitCode.SUCCESS
+    return notes
 
 
 def _write(path: Path | None, text: str) -> None:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
 from agent.packages.manifest import COEFFICIENTS, TaskKind
-from agent.packages.plan import MAX_MAGNITUDE
+from agent.packages.plan import MAX_MAGNITUDE, ModelFamily, ModelSpec
 from agent.packages.release_layout import GLM_COUNT, GLM_INFORMATION, GLM_SCORE, ReleaseLayout
 from agent.tasks.kinds.profile import TaskProfile
 from edge_sponsor.coordinator.client import AgentClient, AgentRpcError
@@ -52,27 +53,38 @@ MAX_COEFFICIENT = MAX_MAGNITUDE
 
 
 def glm_design(package: PlanPackage) -> glm.Design:
-    """The design of ``package``'s model; PlanPackageError when the plan has none."""
-    model = package.plan.model
-    if model is None:
-        raise PlanPackageError(f"{package.manifest.name} declares no model (plan.model): it offers no dp_glm")
+    """The design of ``package``'s logistic model; PlanPackageError when the plan has none."""
+    model = model_of(package, ModelFamily.LOGISTIC)
     try:
         return glm.Design.of_model(model)
     except ValueError as exc:
         raise PlanPackageError(f"{package.manifest.name}: plan.model: {exc}") from None
 
 
-def site_sums(release: SiteRelease, release_layout: ReleaseLayout, p: int) -> glm.SiteSums | None:
-    """One site's sums read from its release; None when the site withheld them (NaN: cohort below the minimum).
+# The study command that runs each family's model.
+STUDY_COMMANDS = {ModelFamily.LOGISTIC: "study glm", ModelFamily.COX: "study cox"}
 
-    ``excluded`` is NaN where the site withheld that count alone (below its minimum cell size)."""
+
+def model_of(package: PlanPackage, family: ModelFamily) -> ModelSpec:
+    """``package``'s model, which must be of ``family``; PlanPackageError (naming the command that
+    runs it) when the plan has no model or one of another family."""
+    model = package.plan.model
+    if model is None:
+        raise PlanPackageError(f"{package.manifest.name} declares no model (plan.model): it offers no dp_glm")
+    if model.family is not family:
+        raise PlanPackageError(
+            f"{package.manifest.name}'s model is a {model.family.value} model, not {family.value}: "
+            f"run it with {STUDY_COMMANDS[model.family]}"
+        )
+    return model
+
+
+def site_sums(release: SiteRelease, release_layout: ReleaseLayout, p: int) -> glm.SiteSums:
+    """One site's sums read from its release (one that was not :func:`withheld`); ``excluded``
+    is NaN where the site withheld that count alone (below its minimum cell size)."""
     count = read_block(release, release_layout, GLM_COUNT)
     score = read_block(release, release_layout, GLM_SCORE)
     information = read_block(release, release_layout, GLM_INFORMATION)
-    # The excluded count is a count like any other: below the minimum cell size it is withheld
-    # on its own (NaN, kept as such), and the sums are no less usable for it.
-    if not (math.isfinite(count.values[0, 0]) and score.released(0) and information.released(0)):
-        return None
     return glm.SiteSums(
         site=release.site,
         included=float(count.values[0, 0]),
@@ -144,13 +156,13 @@ def run_glm(
         sites=tuple(steps.site_states(federation, clients, left_out, result)),
         noise_multiplier=noise_multiplier,
         rounds_planned=rounds,
-        stopped_early=_stopped(result) if result is not None else "no site could take part",
+        stopped_early=stopped_early(result) if result is not None else "no site could take part",
         # Lower-bound fits measure the error left since the sites last changed themselves (GlmFit.transient).
         not_converged=unsettled(steps.history) if method is glm.GlmMethod.NEWTON else "",
     )
 
 
-def _stopped(result: TrainingResult) -> str:
+def stopped_early(result: TrainingResult) -> str:
     """Why the run ended before its last round, or ""."""
     last = result.rounds[-1] if result.rounds else None
     if result.stopped_early and last is not None and all(task.status != "ok" for task in last.training):
@@ -158,7 +170,7 @@ def _stopped(result: TrainingResult) -> str:
     return result.stopped_early
 
 
-def unsettled(history: Sequence[glm.GlmRound]) -> str:
+def unsettled(history: Sequence[PooledRound]) -> str:
     """Why the estimate may be far from the pooled sites' optimum, or "": when the sites
     pooled changed in the last round, the estimate is one Newton step from the optimum of
     other sites (a step that starts far away lands far away under noise); two steps with
@@ -172,38 +184,27 @@ def unsettled(history: Sequence[glm.GlmRound]) -> str:
     )
 
 
-class GlmSteps:
-    """The plan's logistic model by DP Newton-Raphson or lower-bound steps, as a strategy
-    (:mod:`edge_sponsor.coordinator.strategies`): every site still in the run gets a
-    ``dp_glm`` task at the current coefficients; the sites' noisy score and information are
-    added and one step taken (:mod:`edge_sponsor.statistics.glm`).
+class PooledRound(Protocol):
+    """A round of a dp_glm run: the sites whose sums it pooled."""
 
-    A site that refuses, fails or withholds its release (its noisy cohort below the
-    minimum) is asked nothing more: its sums would be missing from every later round
-    anyway, and each further task would spend its ε for nothing.
+    @property
+    def sites(self) -> tuple[str, ...]: ...
+
+
+class ModelRounds:
+    """What every ``dp_glm`` run does with its sites, whatever the model: every site still in
+    the run gets a ``dp_glm`` task each round (:meth:`configure`); one that refuses, fails or
+    withholds its release (its noisy cohort below the minimum) is asked nothing more
+    (:meth:`usable`): its sums would be missing from every later round anyway, and each
+    further task would spend its ε for nothing. A model's strategy adds its ``aggregate``.
     """
 
-    def __init__(
-        self,
-        package: PlanPackage,
-        noise_multiplier: float,
-        method: glm.GlmMethod,
-        on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
-        *,
-        sites: Sequence[str],
-    ) -> None:
-        """``on_round``: called after each step with the round and the sites that are not in it:
-        those asked nothing more, and those of ``sites`` (the federation's) never asked (left out
-        before the first round: down, unsuitable, listed twice)."""
+    def __init__(self, package: PlanPackage, noise_multiplier: float, *, sites: Sequence[str]) -> None:
+        """``sites``: the federation's (those never asked are reported as left out before round 1)."""
         self.sites = tuple(sites)
-        self.design = glm_design(package)
         self.layout = package.layout(TaskKind.DP_GLM)
         self.profile = plan_profile(TaskKind.DP_GLM, noise_multiplier)
         self.noise_multiplier = noise_multiplier
-        self.method = method
-        self.on_round = on_round
-        self.steps: list[glm.NewtonStep] = []
-        self.history: list[glm.GlmRound] = []
         # The sites asked nothing more, and those that withheld their release (with the round's words).
         self.left: list[str] = []
         self.withheld: dict[str, str] = {}
@@ -211,11 +212,13 @@ class GlmSteps:
         self._round = 0
         self._asked: list[str] = []
         self._ever: set[str] = set()
-        self._coefficients = np.zeros(self.design.p, np.float64)
-        self._bound: glm.Projected | None = None
+
+    def coefficients_in_range(self) -> bool:
+        """Whether every coefficient the next round sends is within what the agents take."""
+        raise NotImplementedError
 
     def configure(self, round_number: int, site: str) -> TaskProfile | None:
-        if not np.all(np.abs(self._coefficients) <= MAX_COEFFICIENT):
+        if not self.coefficients_in_range():
             # The agents refuse such coefficients (and would charge nothing); a step this far
             # out means the noise has swamped the information.
             raise StopRunError(f"the coefficients left ±{MAX_COEFFICIENT:g}")
@@ -230,49 +233,26 @@ class GlmSteps:
     def release_problem(self, result: SiteResult) -> str:
         return release_problem(result.run.scalars, self.layout)
 
-    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
-        index = len(self.history)
-        sums: list[glm.SiteSums] = []
+    def usable(self, results: Mapping[str, SiteResult], index: int) -> dict[str, SiteRelease]:
+        """The releases of round ``index`` (from 0) whose sums were released, by site; the
+        sites asked that gave none leave the run. StopRunError when none gave any."""
+        releases: dict[str, SiteRelease] = {}
         for name, result in results.items():
-            summed = site_sums(
-                SiteRelease(name, dict(result.run.scalars), self.noise_multiplier), self.layout, self.design.p
-            )
-            if summed is None:
+            release = SiteRelease(name, dict(result.run.scalars), self.noise_multiplier)
+            if withheld(release, self.layout):
                 self.withheld[name] = (
                     f"round {index + 1}: the release was withheld (the site's noisy cohort is below its minimum)"
                 )
             else:
-                sums.append(summed)
-        # Whoever was asked and gave no sums (failed, refused, withheld, invalid) is asked nothing more.
-        self.left += [name for name in self._asked if name not in {s.site for s in sums}]
-        if not sums:
+                releases[name] = release
+        self.left += [name for name in self._asked if name not in releases]
+        if not releases:
             raise StopRunError("no site returned its sums")
-        try:
-            pooled = glm.pool_sums(sums)
-            if self.method is glm.GlmMethod.BOUND:
-                # The first round's sums (at β = 0) give the bound every step uses.
-                self._bound = self._bound if self._bound is not None else glm.curvature_bound(pooled)
-                step = glm.bound_step(self._coefficients, pooled, self._bound)
-            else:
-                step = glm.newton_step(self._coefficients, pooled)
-        except ValueError as exc:
-            raise StopRunError(str(exc)) from None
-        self.steps.append(step)
-        self._coefficients = step.coefficients
-        self.history.append(
-            glm.GlmRound(
-                index,
-                step.sums.sites,
-                step.sums.included,
-                tuple(float(b) for b in step.coefficients),
-                step.information.floored,
-            )
-        )
-        if self.on_round is not None:
-            self.on_round(
-                self.history[-1], [name for name in self.sites if name not in self._ever or name in self.left]
-            )
-        return {COEFFICIENTS: step.coefficients.copy()}
+        return releases
+
+    def not_in_run(self) -> list[str]:
+        """The sites not in the round just aggregated: those asked nothing more, and those never asked."""
+        return [name for name in self.sites if name not in self._ever or name in self.left]
 
     def site_states(
         self,
@@ -311,6 +291,80 @@ class GlmSteps:
                 )
             states.append(state)
         return states
+
+
+def withheld(release: SiteRelease, release_layout: ReleaseLayout) -> bool:
+    """Whether a site withheld its dp_glm sums (its noisy cohort below the minimum: NaN). The
+    counts of the excluded (and clamped) patients may be withheld on their own, below the
+    minimum cell size: counts like any other, and the sums are no less usable for them."""
+    count = read_block(release, release_layout, GLM_COUNT)
+    if not math.isfinite(count.values[0, 0]):
+        return True
+    return any(
+        not read_block(release, release_layout, block.name).released(0)
+        for block in release_layout.blocks
+        if block.name != GLM_COUNT
+    )
+
+
+class GlmSteps(ModelRounds):
+    """The plan's logistic model by DP Newton-Raphson or lower-bound steps, as a strategy
+    (:mod:`edge_sponsor.coordinator.strategies`): every site still in the run gets a
+    ``dp_glm`` task at the current coefficients; the sites' noisy score and information are
+    added and one step taken (:mod:`edge_sponsor.statistics.glm`).
+    """
+
+    def __init__(
+        self,
+        package: PlanPackage,
+        noise_multiplier: float,
+        method: glm.GlmMethod,
+        on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
+        *,
+        sites: Sequence[str],
+    ) -> None:
+        """``on_round``: called after each step with the round and the sites that are not in it:
+        those asked nothing more, and those of ``sites`` (the federation's) never asked (left out
+        before the first round: down, unsuitable, listed twice)."""
+        self.design = glm_design(package)
+        super().__init__(package, noise_multiplier, sites=sites)
+        self.method = method
+        self.on_round = on_round
+        self.steps: list[glm.NewtonStep] = []
+        self.history: list[glm.GlmRound] = []
+        self._coefficients = np.zeros(self.design.p, np.float64)
+        self._bound: glm.Projected | None = None
+
+    def coefficients_in_range(self) -> bool:
+        return bool(np.all(np.abs(self._coefficients) <= MAX_COEFFICIENT))
+
+    def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
+        index = len(self.history)
+        sums = [site_sums(release, self.layout, self.design.p) for release in self.usable(results, index).values()]
+        try:
+            pooled = glm.pool_sums(sums)
+            if self.method is glm.GlmMethod.BOUND:
+                # The first round's sums (at β = 0) give the bound every step uses.
+                self._bound = self._bound if self._bound is not None else glm.curvature_bound(pooled)
+                step = glm.bound_step(self._coefficients, pooled, self._bound)
+            else:
+                step = glm.newton_step(self._coefficients, pooled)
+        except ValueError as exc:
+            raise StopRunError(str(exc)) from None
+        self.steps.append(step)
+        self._coefficients = step.coefficients
+        self.history.append(
+            glm.GlmRound(
+                index,
+                step.sums.sites,
+                step.sums.included,
+                tuple(float(b) for b in step.coefficients),
+                step.information.floored,
+            )
+        )
+        if self.on_round is not None:
+            self.on_round(self.history[-1], self.not_in_run())
+        return {COEFFICIENTS: step.coefficients.copy()}
 
 
 def _spent(clients: Mapping[str, AgentClient], site: Site) -> float | None:

@@ -15,7 +15,9 @@ asks its strategy three things:
 
 Either of the first and last may raise :class:`StopRunError` to end the run there (the
 results so far are kept and reported); a round in which the strategy asks no site at
-all ends it too.
+all ends it too. A strategy whose model has a part of its own at each site (a Cox
+model's baseline hazard, stratified by site) also offers
+:meth:`SiteParameters.parameters_for`: each site's task then takes its own parameters.
 
 The agents enforce privacy whatever a strategy asks: they clip, add noise, charge
 their ledgers and refuse tasks their policy does not allow. A strategy decides only
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +61,15 @@ class SiteResult:
 
 class StopRunError(Exception):
     """Raised by a strategy to end the run after the rounds so far; the message says why."""
+
+
+@runtime_checkable
+class SiteParameters(Protocol):
+    """A strategy whose sites do not all take the round's parameters as they are."""
+
+    def parameters_for(self, site: str, parameters: Parameters) -> Parameters:
+        """The parameters ``site``'s task takes in a round whose parameters are ``parameters``."""
+        ...
 
 
 class Strategy(Protocol):

@@ -40,7 +40,14 @@ from edge_sponsor.coordinator.federation import Federation, Site, TrainingPlan
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.report import RoundRecord, SiteSummary, SiteTask
 from edge_sponsor.coordinator.score_evaluation import ScoreHistogram
-from edge_sponsor.coordinator.strategies import SiteResult, StopRunError, Strategy, evaluation_task, strategy_for
+from edge_sponsor.coordinator.strategies import (
+    SiteParameters,
+    SiteResult,
+    StopRunError,
+    Strategy,
+    evaluation_task,
+    strategy_for,
+)
 from edge_sponsor.coordinator.study_package import StudyPackage
 from edge_sponsor.coordinator.tasks import ParameterSet, TaskRun
 
@@ -232,7 +239,7 @@ class FederatedTraining:
         self.result = result
         failed_in_a_row = 0
         by_name = {r.site.name: r for r in ready}
-        outgoing = _Outgoing(self.package, result.parameters)
+        outgoing = _Outgoing(self.package, result.parameters, self.strategy)
         # The round record whose model (the current parameters) is still to be evaluated.
         evaluate: int | None = None
         pending: _PendingEvaluation | None = None
@@ -244,7 +251,7 @@ class FederatedTraining:
                 break
             taken = {name: threading.Event() for name in asked}
             training = {
-                name: self._submit(by_name[name].site, task, round_number, outgoing.of(task), taken=taken[name])
+                name: self._submit(by_name[name].site, task, round_number, outgoing.of(task, name), taken=taken[name])
                 for name, task in asked.items()
             }
             if evaluate is not None:
@@ -262,7 +269,7 @@ class FederatedTraining:
             updated = stepped is not None
             if stepped is not None:
                 result.parameters = stepped
-                outgoing = _Outgoing(self.package, stepped)
+                outgoing = _Outgoing(self.package, stepped, self.strategy)
                 for name in outcomes:
                     result.charged[name].rounds_contributed += 1
                 failed_in_a_row = 0
@@ -559,13 +566,18 @@ class _PendingEvaluation:
 
 class _Outgoing:
     """One set of parameter values ready to send: the wire bytes and hashes of the tensors a task
-    takes (``StudyPackage.ordered``), built once per list of tensors and shared by every site."""
+    takes (``StudyPackage.ordered``), built once per list of tensors and shared by every site
+    (but for a strategy that gives a site parameters of its own: :class:`SiteParameters`)."""
 
-    def __init__(self, package: StudyPackage, parameters: Parameters) -> None:
+    def __init__(self, package: StudyPackage, parameters: Parameters, strategy: Strategy | None = None) -> None:
         self._package, self._parameters = package, parameters
+        self._strategy = strategy if isinstance(strategy, SiteParameters) else None
         self._sets: dict[tuple[str, ...], ParameterSet] = {}
 
-    def of(self, task: TaskProfile) -> ParameterSet:
+    def of(self, task: TaskProfile, site: str | None = None) -> ParameterSet:
+        """The parameters of ``task``; ``site``: the site a training task goes to."""
+        if site is not None and self._strategy is not None:
+            return ParameterSet.of(self._package.ordered(self._strategy.parameters_for(site, self._parameters), task))
         ordered = self._package.ordered(self._parameters, task)
         key = tuple(name for name, _ in ordered)
         found = self._sets.get(key)

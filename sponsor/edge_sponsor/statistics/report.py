@@ -22,7 +22,9 @@ from html import escape
 from typing import Any
 
 from edge_sponsor.html_page import HEADER_HEIGHT_PX, PAGE_LEFT_PX, render_page
-from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmMethod, GlmScale
+from edge_sponsor.statistics.cox import CoxFit, CoxScale, HazardRatio
+from edge_sponsor.statistics.cox_analysis import CoxAnalysis
+from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmMethod, GlmScale, GlmSite
 from edge_sponsor.statistics.survival import KmCurve, Median, StratumSurvival, SurvivalAnalysis
 from edge_sponsor.statistics.table_one import (
     CategoricalSummary,
@@ -57,6 +59,7 @@ class StatisticsReport:
     table_one: TableOne | None = None
     notes: tuple[str, ...] = ()
     glm: GlmAnalysis | None = None
+    cox: CoxAnalysis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The tree as JSON values: NaN and infinities become null, enums their values."""
@@ -75,10 +78,11 @@ def new_report(
     notes: Sequence[str] = (),
     generated_at: dt.datetime | None = None,
     glm: GlmAnalysis | None = None,
+    cox: CoxAnalysis | None = None,
 ) -> StatisticsReport:
     """A report stamped with ``generated_at`` (now, UTC, when omitted)."""
     moment = generated_at or dt.datetime.now(dt.UTC)
-    return StatisticsReport(title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes), glm)
+    return StatisticsReport(title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes), glm, cox)
 
 
 def _clean(value: Any) -> Any:
@@ -99,6 +103,12 @@ _CSS = f"""
 #km-chart .tick,#km-chart .axis{{stroke:#1d2430;stroke-width:1}}
 #km-chart text{{font-size:12px;fill:#1d2430}}
 #km-chart .axis-label{{font-size:13px;font-weight:600}}
+#forest-plot{{display:block}}
+#forest-plot text{{font-size:12px;fill:#1d2430}}
+#forest-plot .grid{{stroke:#e6e9ef;stroke-width:1}}
+#forest-plot .null{{stroke:#1d2430;stroke-width:1;stroke-dasharray:4 3}}
+#forest-plot .ci{{stroke:#1f77b4;stroke-width:2}}
+#forest-plot .point{{fill:#1f77b4}}
 td.variable{{font-weight:600;background:#fafbfc}}
 .suppressed{{color:#6b7280;font-style:italic}}
 """
@@ -129,6 +139,8 @@ def render_html(report: StatisticsReport) -> str:
         parts.append(_table_one(report.table_one))
     if report.glm is not None:
         parts.append(_glm_section(report.glm))
+    if report.cox is not None:
+        parts.append(_cox_section(report.cox))
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append("</main>")
@@ -523,9 +535,7 @@ def _glm_section(analysis: GlmAnalysis) -> str:
             f"or the outcome not 0/1): {escape(_count(fit.excluded))}.</p>"
         )
         if fit.unreliable:
-            text.append(
-                f'<p class="warning" id="glm-unreliable">Not to be trusted: {escape(fit.unreliable)}.</p>'
-            )
+            text.append(f'<p class="warning" id="glm-unreliable">Not to be trusted: {escape(fit.unreliable)}.</p>')
         text.append("<h3>Per unit of each covariate</h3>")
         text.append(_coefficient_table("glm-original", fit.original, level))
         text.append(
@@ -543,17 +553,180 @@ def _glm_section(analysis: GlmAnalysis) -> str:
         '<h3>Rounds</h3><table id="glm-rounds"><thead><tr><th>Round</th><th>Sites pooled</th>'
         "<th>Patients (noisy)</th><th>Eigenvalues floored</th></tr></thead><tbody>" + rows + "</tbody></table>"
     )
-    sites = "".join(
+    text.append(_sites_table("glm-sites", analysis.sites))
+    return "\n".join(text)
+
+
+def _sites_table(identifier: str, sites: Sequence[GlmSite]) -> str:
+    """Each site of a dp_glm run: its status, the rounds and ε charged, its budget group's ε."""
+    rows = "".join(
         f"<tr><td>{escape(s.site)}</td><td>{escape(s.status)}{escape(': ' + s.detail if s.detail else '')}</td>"
         f'<td class="num">{s.rounds_charged}</td><td class="num">{escape(f"{s.epsilon_charged:.4g}")}</td>'
         f'<td class="num">{escape(f"{s.budget_epsilon_spent:.4g}")}</td></tr>'
-        for s in analysis.sites
+        for s in sites
+    )
+    return (
+        f'<h3>Sites</h3><table id="{escape(identifier)}"><thead><tr><th>Site</th><th>Status</th>'
+        "<th>Rounds charged</th><th>ε charged by the run</th><th>Budget ε spent</th></tr></thead><tbody>"
+        + rows
+        + "</tbody></table>"
+    )
+
+
+def _cox_section(analysis: CoxAnalysis) -> str:
+    """The Cox model: the forest plot and table of hazard ratios, the baselines, rounds and sites."""
+    fit = analysis.fit
+    text = ["<h2>Cox proportional hazards (DP, piecewise-exponential baseline)</h2>"]
+    text.append(
+        f'<p class="note">{len(analysis.rounds)} of {analysis.rounds_planned} rounds at noise multiplier '
+        f"{escape(f'{analysis.noise_multiplier:g}')}; each round is one dp_glm task per site, each charged. "
+        "The baseline hazard is constant on each interval of the plan's survival grid and follow-up ends at its "
+        "last time. Standard errors: sampling (inverse information, the baselines profiled out) and the "
+        "privacy noise, independent, so the total is their root sum of squares; intervals are the log hazard "
+        "ratio ± z·SE total, hazard ratios their exponentials.</p>"
+    )
+    if analysis.stopped_early:
+        text.append(f'<p class="warning">The run stopped early: {escape(analysis.stopped_early)}.</p>')
+    if analysis.not_converged:
+        text.append(f'<p class="warning">The estimate may not have converged: {escape(analysis.not_converged)}.</p>')
+    if fit is not None:
+        text += _cox_fit(fit)
+    rows = "".join(
+        f"<tr><td>{r.index + 1}</td><td>{escape(', '.join(r.sites))}</td>"
+        f'<td class="num">{escape(f"{r.included:.0f}")}</td></tr>'
+        for r in analysis.rounds
     )
     text.append(
-        '<h3>Sites</h3><table id="glm-sites"><thead><tr><th>Site</th><th>Status</th><th>Rounds charged</th>'
-        "<th>ε charged by the run</th><th>Budget ε spent</th></tr></thead><tbody>" + sites + "</tbody></table>"
+        '<h3>Rounds</h3><table id="cox-rounds"><thead><tr><th>Round</th><th>Sites pooled</th>'
+        "<th>Patients (noisy)</th></tr></thead><tbody>" + rows + "</tbody></table>"
     )
+    text.append(_sites_table("cox-sites", analysis.sites))
     return "\n".join(text)
+
+
+def _cox_fit(fit: CoxFit) -> list[str]:
+    level = f"{fit.confidence:.0%}"
+    text = [
+        f"<p>Patients in the model (noisy, summed over {escape(', '.join(fit.sites))}): "
+        f"{escape(f'{fit.included:.0f}')}, of whom about {escape(_count(fit.clamped))} had their cumulative "
+        f"hazard clamped at {escape(f'{fit.max_cumulative_hazard:g}')}; excluded (a covariate missing or not a "
+        f"listed category, or no usable time or event): {escape(_count(fit.excluded))}.</p>"
+    ]
+    if fit.unreliable:
+        text.append(f'<p class="warning" id="cox-unreliable">Not to be trusted: {escape(fit.unreliable)}.</p>')
+    text.append(f"<h3>Hazard ratios per unit of each covariate ({level} intervals)</h3>")
+    text.append(forest_plot(fit.original))
+    text.append(_hazard_table("cox-original", fit.original, level))
+    text.append(
+        '<h3>Design scale</h3><p class="note">Numeric covariates divided by their half-width (per half-range).</p>'
+    )
+    text.append(_hazard_table("cox-design", fit.design, level))
+    rows = "".join(
+        f"<tr><td>{escape(site.site)}</td><td>{escape(interval.name)}</td>"
+        f'<td class="num">{escape(_g(interval.hazard))}</td>'
+        f'<td class="num">{escape(_g(interval.lower))} to {escape(_g(interval.upper))}</td>'
+        f'<td class="num">{escape(_g(interval.events))}</td><td>{escape(interval.note)}</td></tr>'
+        for site in fit.baselines
+        for interval in site.intervals
+    )
+    text.append(
+        '<h3>Baseline hazards</h3><p class="note">Per site and interval, per unit of time, at the numeric '
+        "covariates' midpoints and the reference categories; events are noisy.</p>"
+        '<table id="cox-baselines"><thead><tr><th>Site</th><th>Interval</th><th>Hazard</th>'
+        f"<th>{escape(level)} CI</th><th>Events</th><th>Note</th></tr></thead><tbody>" + rows + "</tbody></table>"
+    )
+    return text
+
+
+def _hazard_table(identifier: str, scale: CoxScale, level: str) -> str:
+    heads = ("Covariate", "Log HR", "SE sampling", "SE privacy noise", "SE total", "Hazard ratio", f"{level} CI")
+    head = "".join(f"<th>{escape(h)}</th>" for h in heads)
+    return (
+        f'<table id="{escape(identifier)}"><thead><tr>{head}</tr></thead><tbody>'
+        + "".join(_hazard_row(c) for c in scale.coefficients)
+        + "</tbody></table>"
+    )
+
+
+def _hazard_row(c: HazardRatio) -> str:
+    cells = [
+        f"<td>{escape(c.name)}</td>",
+        *(f'<td class="num">{escape(_g(v))}</td>' for v in (c.estimate, c.se_sampling, c.se_noise, c.se)),
+        f'<td class="num">{escape(_g(c.hazard_ratio))}</td>',
+        f'<td class="num">{escape(_g(c.hazard_ratio_lower))} to {escape(_g(c.hazard_ratio_upper))}</td>',
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+# The forest plot: one row per covariate, the hazard ratio on a log axis.
+FOREST_LABELS = 220
+FOREST_PLOT = 520
+FOREST_ROW = 26
+FOREST_TOP = 28
+# A log axis spans at most this many factors of 10 each side of 1: an interval beyond it is
+# drawn to the edge with an arrow (a DP interval can be very wide).
+FOREST_DECADES = 3.0
+
+
+def forest_plot(scale: CoxScale) -> str:
+    """An SVG forest plot of ``scale``'s hazard ratios with their intervals, on a log axis with a
+    dashed line at 1; a ratio or bound beyond the axis is drawn at its edge with an arrowhead."""
+    finite = [
+        math.log10(v)
+        for c in scale.coefficients
+        for v in (c.hazard_ratio_lower, c.hazard_ratio_upper)
+        if math.isfinite(v) and v > 0
+    ]
+    reach = min(FOREST_DECADES, max([0.3, *(abs(v) for v in finite)]))
+    reach = math.ceil(reach * 2) / 2  # ticks at half decades
+
+    def x_of(ratio: float) -> float:
+        if not ratio > 0:
+            position = -reach
+        elif not math.isfinite(ratio):
+            position = reach
+        else:
+            position = max(-reach, min(reach, math.log10(ratio)))
+        return FOREST_LABELS + (position + reach) / (2 * reach) * FOREST_PLOT
+
+    height = FOREST_TOP + FOREST_ROW * len(scale.coefficients) + 40
+    width = FOREST_LABELS + FOREST_PLOT + 120
+    parts = [
+        f'<svg id="forest-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="Forest plot of hazard ratios">'
+    ]
+    bottom = FOREST_TOP + FOREST_ROW * len(scale.coefficients)
+    tick = -reach
+    while tick <= reach + 1e-9:
+        x = x_of(10.0**tick)
+        parts.append(f'<line class="grid" x1="{x:.1f}" y1="{FOREST_TOP - 8}" x2="{x:.1f}" y2="{bottom}"/>')
+        parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{escape(f"{10.0**tick:.3g}")}</text>')
+        tick += 0.5
+    one = x_of(1.0)
+    parts.append(f'<line class="null" x1="{one:.1f}" y1="{FOREST_TOP - 8}" x2="{one:.1f}" y2="{bottom}"/>')
+    parts.append(
+        f'<text x="{FOREST_LABELS + FOREST_PLOT / 2:.1f}" y="{bottom + 34}" text-anchor="middle">'
+        "hazard ratio (log scale)</text>"
+    )
+    for row, c in enumerate(scale.coefficients):
+        y = FOREST_TOP + FOREST_ROW * row + FOREST_ROW / 2
+        low, high, point = x_of(c.hazard_ratio_lower), x_of(c.hazard_ratio_upper), x_of(c.hazard_ratio)
+        parts.append(f'<text x="{FOREST_LABELS - 10}" y="{y + 4:.1f}" text-anchor="end">{escape(c.name)}</text>')
+        parts.append(f'<line class="ci" x1="{low:.1f}" y1="{y:.1f}" x2="{high:.1f}" y2="{y:.1f}"/>')
+        for edge, bound, sign in ((low, c.hazard_ratio_lower, -1), (high, c.hazard_ratio_upper, 1)):
+            beyond = not (bound > 0 and math.isfinite(bound)) or abs(math.log10(bound)) > reach
+            if beyond:  # an arrowhead: the interval goes on past the axis
+                tip = edge + 6 * sign
+                parts.append(
+                    f'<path class="point" d="M{tip:.1f},{y:.1f} L{edge:.1f},{y - 4:.1f} L{edge:.1f},{y + 4:.1f} Z"/>'
+                )
+        parts.append(f'<rect class="point" x="{point - 4:.1f}" y="{y - 4:.1f}" width="8" height="8"/>')
+        parts.append(
+            f'<text x="{FOREST_LABELS + FOREST_PLOT + 12}" y="{y + 4:.1f}">{escape(_g(c.hazard_ratio))} '
+            f"({escape(_g(c.hazard_ratio_lower))}, {escape(_g(c.hazard_ratio_upper))})</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def _coefficient_table(identifier: str, scale: GlmScale, level: str) -> str:
