@@ -616,13 +616,14 @@ def test_cox_round_is_the_run_and_keeps_baselines_proportional(rossi: Cohort) ->
 def test_bootstrap_intervals_hold_the_spread_the_first_order_misses(rossi: Cohort) -> None:
     """Simulated noise at σ = 0.05 on rossi (Λmax 5, 7 covariates), 60 draws of 8 rounds.
 
-    Measured: the first-order noise SE (the information taken as exact) is 1.5 to 2.3-fold
-    short of the spread; the bootstrap's is 0.54 to 0.83 of it (conservative), and its
-    intervals hold the noiseless fit in at least 93 % of draws, each coefficient.
+    Measured: undamped, the first-order noise SE (the information taken as exact) is 1.5 to
+    2.3-fold short of the spread; with the defaults (steps damped to 0.3 once the information
+    is averaged, the bootstrap's covariance) the spread is 0.77 to 1.01 of the reported noise
+    SE, and the intervals hold the noiseless fit in 98 to 100 % of draws, each coefficient.
     """
     mle = np.array([c.estimate for c in rossi.fit(rounds=12, options=PROPORTIONAL).design.coefficients])
     spreads, coverages = [], []
-    for options in (cox.CoxOptions(bootstrap=0), PROPORTIONAL):
+    for options in (cox.CoxOptions(bootstrap=0, damping=1.0), PROPORTIONAL):
         rng = np.random.default_rng(5)
         fits = [rossi.fit(sigma=0.05, rounds=8, rng=rng, last=3, options=options) for _ in range(60)]
         estimates = np.array([[c.estimate for c in f.design.coefficients] for f in fits])
@@ -632,5 +633,13 @@ def test_bootstrap_intervals_hold_the_spread_the_first_order_misses(rossi: Cohor
         coverages.append(np.mean(np.abs(estimates - mle) <= 1.96 * se, axis=0))
     first_order, bootstrap = spreads
     assert np.all(first_order > 1.3), first_order
-    assert np.all((bootstrap > 0.45) & (bootstrap < 1.2)), bootstrap
+    assert np.all((bootstrap > 0.6) & (bootstrap < 1.25)), bootstrap
     assert np.all(coverages[1] >= 0.93), coverages[1]
+
+
+def test_proportional_fit_under_heavy_noise_is_flagged(rossi: Cohort) -> None:
+    fit = rossi.fit(sigma=5.0, rounds=6, rng=np.random.default_rng(4), last=3, options=PROPORTIONAL)
+    assert fit.bootstrapped and "mostly noise" in fit.unreliable
+    assert fit.noise_to_information > cox.UNRELIABLE_BOOTSTRAP_NOISE
+    assert all(math.isfinite(c.estimate) and math.isfinite(c.se) for c in fit.design.coefficients)
+    assert all(math.isfinite(i.log_hazard) for b in fit.baselines for i in b.intervals)
