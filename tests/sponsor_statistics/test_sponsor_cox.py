@@ -617,9 +617,9 @@ def test_bootstrap_intervals_hold_the_spread_the_first_order_misses(rossi: Cohor
     """Simulated noise at σ = 0.05 on rossi (Λmax 5, 7 covariates), 60 draws of 8 rounds.
 
     Measured: undamped, the first-order noise SE (the information taken as exact) is 1.5 to
-    2.3-fold short of the spread; with the defaults (steps damped to 0.3 once the information
-    is averaged, the bootstrap's covariance) the spread is 0.77 to 1.01 of the reported noise
-    SE, and the intervals hold the noiseless fit in 98 to 100 % of draws, each coefficient.
+    2.3-fold short of the spread; with the defaults (steps damped to 0.15 once the information
+    is averaged, the bootstrap's covariance) the spread is 0.71 to 0.96 of the reported noise
+    SE, and the intervals hold the noiseless fit in 97 to 100 % of draws, each coefficient.
     """
     mle = np.array([c.estimate for c in rossi.fit(rounds=12, options=PROPORTIONAL).design.coefficients])
     spreads, coverages = [], []
