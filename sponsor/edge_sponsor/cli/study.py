@@ -26,6 +26,7 @@ from agent.cli.settings import UsageError
 from agent.durable import write_public
 from agent.packages.manifest import TaskKind
 from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.cox_tasks import AVERAGE_LAST as COX_AVERAGE_LAST
 from edge_sponsor.coordinator.cox_tasks import DEFAULT_ROUNDS as COX_ROUNDS
 from edge_sponsor.coordinator.cox_tasks import cox_design, run_cox
 from edge_sponsor.coordinator.federation import Federation, load_federation
@@ -33,7 +34,7 @@ from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, DEFAULT_ROUNDS, MAX
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
 from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
-from edge_sponsor.statistics.cox import CoxOptions
+from edge_sponsor.statistics.cox import CoxBaseline, CoxOptions
 from edge_sponsor.statistics.cox_analysis import CoxAnalysis, CoxRound
 from edge_sponsor.statistics.glm import GlmAnalysis, GlmMethod, GlmRound
 from edge_sponsor.statistics.report import new_report, render_html
@@ -129,10 +130,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     command.add_argument(
         "--average-last", type=int, default=None, metavar="K",
         help="report the mean of the last K rounds' one-step estimates (less noise, no extra ε; the rounds "
-        "averaged must have converged); default: the last third of the rounds",
+        f"averaged must have converged); default: {COX_AVERAGE_LAST}, or all the rounds if fewer",
     )
     command.add_argument(
-        "--baseline", choices=["stratified", "proportional"], default=CoxOptions().baseline,
+        "--baseline", choices=[b.value for b in CoxBaseline], default=CoxOptions().baseline.value,
         help="stratified: each site its own baseline hazard per interval; proportional: one baseline shape, "
         "a level per site (fewer numbers to estimate, assumes the sites' baselines proportional)",
     )
@@ -273,7 +274,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
 def run_cox_command(args: argparse.Namespace) -> int:
     _check_common(args)
     if args.average_last is None:
-        args.average_last = max(1, args.rounds // 3)
+        args.average_last = max(1, min(COX_AVERAGE_LAST, args.rounds))
     if not 1 <= args.rounds <= MAX_ROUNDS:
         raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
     if not 1 <= args.average_last <= args.rounds:
@@ -298,7 +299,7 @@ def run_cox_command(args: argparse.Namespace) -> int:
         _check_budgets(federation, clients, planned)
         analysis = run_cox(
             federation, clients, package, args.noise_multiplier, rounds=args.rounds, run_id=run_id,
-            options=CoxOptions(baseline=args.baseline), average_last=args.average_last, on_round=progress,
+            options=CoxOptions(baseline=CoxBaseline(args.baseline)), average_last=args.average_last, on_round=progress,
         )
     finally:
         for client in clients.values():

@@ -37,7 +37,10 @@ from edge_sponsor.statistics.cox_analysis import CoxAnalysis, CoxRound
 from edge_sponsor.statistics.releases import SiteRelease, read_block
 
 DEFAULT_ROUNDS = 8
-"""Rounds when none are asked for: a profile step, Newton steps, the last ones averaged."""
+"""Rounds when none are asked for: a profile step, Newton steps, the last ones averaged
+(bench/cox_accuracy.py: 12 rounds at the same ε were worse, more noise per round)."""
+AVERAGE_LAST = 3
+"""The rounds whose one-step estimates the fit averages when not told (bench/cox_accuracy.py)."""
 
 
 def cox_design(package: PlanPackage) -> cox.CoxDesign:
@@ -114,7 +117,7 @@ def run_cox(
     run_id: str,
     options: cox.CoxOptions | None = None,
     confidence: float = 0.95,
-    average_last: int = 1,
+    average_last: int | None = None,
     on_round: Callable[[CoxRound, Sequence[str]], None] | None = None,
 ) -> CoxAnalysis:
     """Fits the plan's Cox model over the federation by ``rounds`` DP steps.
@@ -128,7 +131,8 @@ def run_cox(
         run_id: recorded in every agent's audit log; each round is its ``round`` (from 1).
         options: how the steps and the fit use the releases (:class:`edge_sponsor.statistics.cox.CoxOptions`).
         confidence: the level of the intervals.
-        average_last: the estimate is the mean of the last rounds' one-step estimates (1: the last step).
+        average_last: the estimate is the mean of the last rounds' one-step estimates (1: the last step;
+            None: AVERAGE_LAST, or all the rounds if fewer).
         on_round: called after each round's step with the round and the sites that have left.
 
     Raises:
@@ -139,6 +143,8 @@ def run_cox(
         raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
     if not 1 <= rounds <= MAX_ROUNDS:
         raise ValueError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
+    if average_last is None:
+        average_last = min(AVERAGE_LAST, rounds)
     if not 1 <= average_last <= rounds:
         raise ValueError(f"average_last must be between 1 and the rounds ({rounds}), got {average_last}")
     steps = CoxSteps(

@@ -95,12 +95,24 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
 
-from agent.packages.plan import ModelSpec, Variable, number_label
+from agent.packages.manifest import TaskKind
+from agent.packages.plan import ModelFamily, ModelSpec, SurvivalSpec, Variable, number_label
+from agent.packages.release_layout import (
+    GLM_BASELINE_CROSS,
+    GLM_BASELINE_INFORMATION,
+    GLM_BASELINE_SCORE,
+    GLM_COUNT,
+    GLM_INFORMATION,
+    GLM_SCORE,
+    ReleaseLayout,
+    cox_blocks,
+)
 from edge_sponsor.statistics.glm import (
     RELATIVE_FLOOR,
     ColumnKind,
@@ -115,13 +127,13 @@ from edge_sponsor.statistics.releases import FloatArray
 
 BASELINE = "(baseline)"
 # The release's blocks, in the agent's names and order; each number's noise is σ·√6·Δ of its block.
-COUNT = "glm.count"
-BASELINE_SCORE = "glm.baseline.score"
-SCORE = "glm.score"
-BASELINE_INFORMATION = "glm.baseline.information"
-CROSS = "glm.baseline.cross"
-INFORMATION = "glm.information"
-COX_BLOCKS = 6
+# The release's blocks, as the agent names them (agent.packages.release_layout.cox_blocks).
+COUNT = GLM_COUNT
+BASELINE_SCORE = GLM_BASELINE_SCORE
+SCORE = GLM_SCORE
+BASELINE_INFORMATION = GLM_BASELINE_INFORMATION
+CROSS = GLM_BASELINE_CROSS
+INFORMATION = GLM_INFORMATION
 # Trust region: no Newton step moves a baseline log-hazard, or a log hazard ratio per design
 # unit (|x| ≤ 1 per column), by more than this: a hazard changes at most e² ≈ 7.4-fold per
 # round. Newton on a log link overshoots from far below (the step is events/expected - 1,
@@ -158,7 +170,7 @@ def interval_labels(grid: Sequence[float]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class CoxNoise:
-    """The SD of the noise on each number of one site's blocks (σ·√6·Δ_k)."""
+    """One number per block of a site's release: its sensitivity, or its noise SD (σ·√6·Δ_k)."""
 
     count: float
     baseline_score: float
@@ -166,6 +178,17 @@ class CoxNoise:
     baseline_information: float
     cross: float
     information: float
+
+
+def _by_block(values: Mapping[str, float]) -> CoxNoise:
+    return CoxNoise(
+        values[COUNT],
+        values[BASELINE_SCORE],
+        values[SCORE],
+        values[BASELINE_INFORMATION],
+        values[CROSS],
+        values[INFORMATION],
+    )
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,8 @@ class CoxDesign:
     max_cumulative_hazard: float
     covariates: int
     """The number of covariates: R², the bound on ‖x‖² (each numeric |x| ≤ 1, each categorical one 1)."""
+    variables: tuple[Variable, ...]
+    """The covariates' plan variables, in model order."""
 
     @classmethod
     def of(
@@ -203,7 +228,9 @@ class CoxDesign:
         if not (math.isfinite(max_cumulative_hazard) and max_cumulative_hazard > 0.0):
             raise ValueError(f"max_cumulative_hazard must be positive and finite, got {max_cumulative_hazard}")
         design = Design.of(variables, covariates)
-        return cls(times, design.columns[1:], float(max_cumulative_hazard), len(covariates))
+        declared = {variable.column: variable for variable in variables}
+        chosen = tuple(declared[column] for column in covariates)
+        return cls(times, design.columns[1:], float(max_cumulative_hazard), len(covariates), chosen)
 
     @classmethod
     def of_model(cls, model: ModelSpec) -> CoxDesign:
@@ -248,22 +275,29 @@ class CoxDesign:
         """The intervals' lengths t_j - t_{j-1}."""
         return np.diff(np.concatenate([[0.0], np.asarray(self.grid)]))
 
+    def release(self) -> ReleaseLayout:
+        """What one site's task releases for this design: the agent's own layout, whose blocks
+        carry each sensitivity and whose noise_std is the noise the agent adds."""
+        model = ModelSpec(
+            ModelFamily.COX,
+            None,
+            self.variables,
+            SurvivalSpec("time", "event", self.grid),
+            self.max_cumulative_hazard,
+        )
+        return ReleaseLayout(TaskKind.DP_GLM, cox_blocks(model), 1)
+
     def sensitivities(self) -> CoxNoise:
-        """Δ of each block (the L2 change one patient can make to it)."""
-        lam, r2 = self.max_cumulative_hazard, float(self.covariates)
-        r = math.sqrt(r2)
-        return CoxNoise(1.0, math.sqrt(1.0 + lam**2), r * max(1.0, lam), lam, lam * r, lam * r2)
+        """Δ of each block (the L2 change one patient can make to it), as the agent's layout declares."""
+        blocks = {block.name: block.sensitivity for block in self.release().blocks}
+        return _by_block(blocks)
 
     def noise(self, noise_multiplier: float) -> CoxNoise:
-        """The SD of the noise on each number of one site's release: σ·√6·Δ_k."""
+        """The SD of the noise on each number of one site's release, as the agent adds it."""
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0.0):
             raise ValueError(f"the noise multiplier must be finite and >= 0, got {noise_multiplier}")
-        scale = noise_multiplier * math.sqrt(COX_BLOCKS)
-        d = self.sensitivities()
-        return CoxNoise(
-            scale * d.count, scale * d.baseline_score, scale * d.score,
-            scale * d.baseline_information, scale * d.cross, scale * d.information,
-        )  # fmt: skip
+        release = self.release()
+        return _by_block({block.name: release.noise_std(block, noise_multiplier) for block in release.blocks})
 
     def to_original(self) -> FloatArray:
         """The diagonal A with β_orig = A β: per unit of a numeric covariate (1/half-width); an
@@ -781,6 +815,15 @@ def cox_iterations(
     return steps
 
 
+class CoxBaseline(StrEnum):
+    """How the sites' baseline hazards relate (:class:`CoxOptions`)."""
+
+    STRATIFIED = "stratified"
+    """Each site its own baseline log-hazard per interval: no assumption across sites."""
+    PROPORTIONAL = "proportional"
+    """One baseline shape shared by the sites, a log-hazard level per site."""
+
+
 @dataclass(frozen=True)
 class CoxOptions:
     """The statistician's choices for a DP Cox run (the defaults are the bench's best method).
@@ -806,15 +849,19 @@ class CoxOptions:
         covariance of the estimate (:func:`_bootstrap_noise`); 0: the first-order covariance.
     """
 
-    baseline: str = "proportional"
+    baseline: CoxBaseline = CoxBaseline.PROPORTIONAL
     profile_first: bool = True
     settle: int = 2
     damping: float = 0.15
     bootstrap: int = 200
 
     def __post_init__(self) -> None:
-        if self.baseline not in ("stratified", "proportional"):
-            raise ValueError(f"baseline must be 'stratified' or 'proportional', got {self.baseline!r}")
+        try:
+            object.__setattr__(self, "baseline", CoxBaseline(self.baseline))
+        except ValueError:
+            raise ValueError(
+                f"baseline must be one of {[b.value for b in CoxBaseline]}, got {self.baseline!r}"
+            ) from None
         if self.settle < 0:
             raise ValueError(f"settle must be >= 0, got {self.settle}")
         if not 0.0 < self.damping <= 1.0:
@@ -835,7 +882,7 @@ def cox_round(
         raise ValueError(
             f"the start must hold J = {design.intervals} baselines per site and p = {design.p} coefficients"
         )
-    proportional = options.baseline == "proportional"
+    proportional = options.baseline is CoxBaseline.PROPORTIONAL
     if not steps and options.profile_first:
         step = proportional_profile_step(start, sums) if proportional else profile_step(start, sums)
     else:
@@ -1275,7 +1322,7 @@ def fit_cox(
         if len(settled) > len(pool):
             pool = settled
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    if chosen_options.baseline == "proportional":
+    if chosen_options.baseline is CoxBaseline.PROPORTIONAL:
         return _fit_proportional(
             design, final, chosen, pool, confidence=confidence, z=z, steps=steps, options=chosen_options, last=last
         )
