@@ -18,7 +18,7 @@ import datetime as dt
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from agent.cli.exit_codes import ExitCode
@@ -228,10 +228,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
         args.rounds = BOUND_ROUNDS if method is GlmMethod.BOUND else DEFAULT_ROUNDS
     if args.average_last is None:
         args.average_last = max(1, args.rounds // 2) if method is GlmMethod.BOUND else 1
-    if not 1 <= args.rounds <= MAX_ROUNDS:
-        raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
-    if not 1 <= args.average_last <= args.rounds:
-        raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
+    _check_rounds(args)
     federation = load_federation(args.federation)
     package = PlanPackage.from_file(args.plan)
     # Refuses a package without a model before any site is asked.
@@ -240,12 +237,7 @@ def run_glm_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"{federation.name}-dp_glm-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     clients = open_clients(federation)
 
-    def progress(done: GlmRound, left: Sequence[str]) -> None:
-        print(
-            f"round {done.index + 1}/{args.rounds}: {len(done.sites)} sites pooled, "
-            f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),
-            flush=True,
-        )
+    progress = _progress(args.rounds)
 
     try:
         # All rounds are planned at once: the agents compose them with what each group has spent.
@@ -275,10 +267,7 @@ def run_cox_command(args: argparse.Namespace) -> int:
     _check_common(args)
     if args.average_last is None:
         args.average_last = max(1, min(COX_AVERAGE_LAST, args.rounds))
-    if not 1 <= args.rounds <= MAX_ROUNDS:
-        raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
-    if not 1 <= args.average_last <= args.rounds:
-        raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
+    _check_rounds(args)
     federation = load_federation(args.federation)
     package = PlanPackage.from_file(args.plan)
     # Refuses a package without a Cox model before any site is asked.
@@ -287,12 +276,7 @@ def run_cox_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"{federation.name}-cox-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     clients = open_clients(federation)
 
-    def progress(done: CoxRound, left: Sequence[str]) -> None:
-        print(
-            f"round {done.index + 1}/{args.rounds}: {len(done.sites)} sites pooled, "
-            f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),
-            flush=True,
-        )
+    progress = _progress(args.rounds)
 
     try:
         planned = PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds)
@@ -319,6 +303,26 @@ def run_cox_command(args: argparse.Namespace) -> int:
     _write(args.json, report.to_json())
     _write(args.html, render_html(report))
     return ExitCode.SUCCESS
+
+
+def _check_rounds(args: argparse.Namespace) -> None:
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
+    if not 1 <= args.average_last <= args.rounds:
+        raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
+
+
+def _progress(rounds: int) -> Callable[[GlmRound | CoxRound, Sequence[str]], None]:
+    """Prints each round of a dp_glm run as it ends: the sites pooled, the patients, who left."""
+
+    def progress(done: GlmRound | CoxRound, left: Sequence[str]) -> None:
+        print(
+            f"round {done.index + 1}/{rounds}: {len(done.sites)} sites pooled, "
+            f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),
+            flush=True,
+        )
+
+    return progress
 
 
 def _model_notes(title: str, analysis: GlmAnalysis | CoxAnalysis, run_words: str) -> list[str]:
