@@ -10,7 +10,9 @@ value to a sum, leaves the risk set in one interval). A task releasing ``k`` blo
 Gaussian noise of standard deviation ``sigma * sqrt(k) * sensitivity`` to every number
 of each block: the whole release, each block divided by ``sqrt(k) * sensitivity``, has
 L2 sensitivity 1, so it is one Gaussian mechanism with noise multiplier ``sigma``,
-accounted as such in the ledger (q = 1: statistics describe the whole cohort).
+accounted as such in the ledger (q = 1: statistics describe the whole cohort). A layout
+may weigh its blocks unequally (:attr:`Block.weight`, :meth:`ReleaseLayout.noise_std`):
+the same budget, spent more on some blocks than on others.
 
 Scalar names are ``<block>[<stratum>][<cell>]`` with stratum and cell as indexes; the
 labels of both come from :attr:`Block.cells` and
@@ -109,6 +111,12 @@ class Block:
     sensitivity: float
     """The most one patient moves the block, in L2 norm (all strata together)."""
     suppression: Suppression
+    weight: float = 1.0
+    """The block's share of the release's budget, relative to the others' (:meth:`ReleaseLayout.noise_std`)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight > 0.0):
+            raise ValueError(f"a block's weight must be a positive number, got {self.weight!r}")
 
     @property
     def name(self) -> str:
@@ -130,8 +138,17 @@ class ReleaseLayout:
     a dp_glm release describes its included patients, not those it counts as excluded."""
 
     def noise_std(self, block: Block, noise_multiplier: float) -> float:
-        """The standard deviation of the Gaussian noise on each number of ``block``."""
-        return noise_multiplier * math.sqrt(len(self.blocks)) * block.sensitivity
+        """The standard deviation of the Gaussian noise on each number of ``block``:
+        ``σ · Δ · √(W / w)``, ``w`` the block's weight and ``W`` all blocks' together.
+
+        Each block divided by ``Δ·√(W/w)`` moves by at most ``√(w/W)`` for one patient, so the
+        whole release so divided has L2 sensitivity ``√(Σ w / W) = 1``: one Gaussian mechanism
+        at σ, whatever the weights. Equal weights give every block ``σ · √k · Δ``; unequal ones
+        spend more of the same budget where the estimate needs it (less noise there, more
+        elsewhere).
+        """
+        total = math.fsum(b.weight for b in self.blocks)
+        return noise_multiplier * block.sensitivity * math.sqrt(total / block.weight)
 
     def scalar_names(self) -> Iterator[str]:
         for block in self.blocks:
@@ -268,14 +285,15 @@ def cox_blocks(model: ModelSpec) -> tuple[Block, ...]:
     ``μ xᵀ`` by ``‖μ‖ ‖x‖ <= Λ R``; the covariates' information ``(Σ μ) x xᵀ`` by ``Λ R²``.
     These hold for every coefficient and every value, so the sums need no clipping beyond
     the cap. Blocks of their own (rather than one score and one information) keep the
-    baseline's small sensitivities from taking the covariates' large ones.
+    baseline's small sensitivities from taking the covariates' large ones, and the blocks
+    share the release's budget unequally (:data:`COX_WEIGHTS`).
     """
     hazard = model.max_cumulative_hazard
     covariates = model.max_covariate_norm_squared
     root = math.sqrt(covariates)
     intervals = len(model.baseline_names)
     p = model.width - intervals
-    return (
+    blocks = (
         Block(Statistic.MODEL_COUNT, None, (INCLUDED, CLAMPED, EXCLUDED), 1.0, Suppression.CELL),
         Block(Statistic.BASELINE_SCORE, None, model.baseline_names, math.hypot(1.0, hazard), Suppression.STRATUM),
         Block(Statistic.SCORE, None, model.covariate_names, root * max(1.0, hazard), Suppression.STRATUM),
@@ -289,6 +307,24 @@ def cox_blocks(model: ModelSpec) -> tuple[Block, ...]:
         ),
         Block(Statistic.INFORMATION, None, _triangle_cells(p), hazard * covariates, Suppression.STRATUM),
     )
+    return tuple(dataclasses.replace(block, weight=COX_WEIGHTS[block.statistic]) for block in blocks)
+
+
+# How a Cox release shares its budget among its blocks (relative weights, Block.weight),
+# measured with bench/cox_accuracy.py (rossi and gbsg2, 3 hospitals, ε = 1, 3, 8, 200 draws):
+# the counts need next to nothing; the covariates' score sets the intervals' width; noise on
+# the cross and covariates' information shrinks the estimate toward 0 through the
+# information's noise floor and costs coverage. Against equal shares, at ε = 3 the full models'
+# intervals cover the non-private estimate in 93 and 92 % of fits (88 and 92 %), as narrow or
+# narrower.
+COX_WEIGHTS = {
+    Statistic.MODEL_COUNT: 1.0,
+    Statistic.BASELINE_SCORE: 15.0,
+    Statistic.SCORE: 30.0,
+    Statistic.BASELINE_INFORMATION: 10.0,
+    Statistic.BASELINE_CROSS: 14.0,
+    Statistic.INFORMATION: 30.0,
+}
 
 
 def _triangle_cells(width: int) -> tuple[str, ...]:

@@ -226,3 +226,24 @@ def test_the_reviewer_reads_the_model_and_what_dp_glm_releases() -> None:
         "of noise_multiplier: glm.count 1.73, glm.score 3.46, glm.information 1.73"
     ]
     assert any("one task per Newton-Raphson step, each charged" in line for line in lines)
+
+
+def test_the_reviewer_reads_a_cox_model_its_cap_and_what_it_releases() -> None:
+    plan = copy.deepcopy(PLAN)
+    plan["survival"] = {"time_column": "days", "event_column": "died", "grid": [180, 365]}
+    plan["model"] = {"family": "cox", "covariates": ["age", "sex"], "max_cumulative_hazard": 1.5}
+    lines = plan_lines(parse_manifest(manifest(plan, ["dp_describe", "dp_survival", "dp_glm"])))
+    assert (
+        "  model:       cox proportional hazards of the survival outcome, a baseline hazard per grid interval, "
+        "each patient's cumulative hazard capped at 1.5 on age, sex; 4 coefficients: (baseline) [0, 180], "
+        "(baseline) (180, 365], age, sex=M; the plan's strata are pooled"
+    ) in lines
+    releases = [line for line in lines if line.startswith("  releases:    dp_glm")]
+    # Six blocks at σ·Δ·√(100/w), weights 1, 15, 30, 10, 14, 30: counts 1, baseline score
+    # √(1 + 1.5²), covariates' score √2·1.5, baseline information 1.5, cross 1.5·√2, covariates'
+    # information 1.5·2.
+    assert releases == [
+        "  releases:    dp_glm: 16 numbers in 6 blocks per task, each patient in one stratum; noise SD per unit "
+        "of noise_multiplier: glm.count 10, glm.baseline.score 4.65, glm.score 3.87, glm.baseline.information "
+        "4.74, glm.baseline.cross 5.67, glm.information 5.48"
+    ]

@@ -536,13 +536,13 @@ def test_bad_designs_are_refused(
 def test_noise_scale_and_cold_start() -> None:
     d = cox.CoxDesign.of((1.0, 4.0), ROSSI_VARIABLES, ("age", "fin", "prio"), 2.0)
     noise = d.noise(0.5)
-    scale = 0.5 * math.sqrt(6.0)
-    assert noise.count == pytest.approx(scale)
-    assert noise.baseline_score == pytest.approx(scale * math.sqrt(5.0))
-    assert noise.score == pytest.approx(scale * math.sqrt(3.0) * 2.0)
-    assert noise.baseline_information == pytest.approx(scale * 2.0)
-    assert noise.cross == pytest.approx(scale * 2.0 * math.sqrt(3.0))
-    assert noise.information == pytest.approx(scale * 2.0 * 3.0)
+    # σ·Δ_k·√(100 / w_k): the agent's weights (1, 15, 30, 10, 14, 30 of 100) and sensitivities.
+    assert noise.count == pytest.approx(0.5 * 10.0)
+    assert noise.baseline_score == pytest.approx(0.5 * math.sqrt(5.0) * math.sqrt(100 / 15))
+    assert noise.score == pytest.approx(0.5 * math.sqrt(3.0) * 2.0 * math.sqrt(100 / 30))
+    assert noise.baseline_information == pytest.approx(0.5 * 2.0 * math.sqrt(100 / 10))
+    assert noise.cross == pytest.approx(0.5 * 2.0 * math.sqrt(3.0) * math.sqrt(100 / 14))
+    assert noise.information == pytest.approx(0.5 * 2.0 * 3.0 * math.sqrt(100 / 30))
     np.testing.assert_allclose(d.cold_start(), [-math.log(4.0)] * 2)
     assert cox.CoxDesign.of((1.0, 4.0), ROSSI_VARIABLES, ("age",), 0.5).cold_start()[0] == pytest.approx(
         math.log(0.5 / 4.0)

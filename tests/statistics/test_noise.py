@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -51,6 +52,25 @@ def test_the_noise_has_the_layouts_standard_deviation(kind: TaskKind) -> None:
         assert values.size >= 6400
         assert abs(values.std() / expected - 1) < 0.03, (block.name, values.std(), expected)
         assert abs(values.mean()) < 4 * expected / math.sqrt(values.size)
+
+
+def test_weighted_blocks_spend_one_gaussian_budget() -> None:
+    """Whatever the blocks' weights, the release divided by each block's noise has L2
+    sensitivity 1/σ for one patient (Σ (Δ/sd)² σ² = 1): one Gaussian mechanism at σ. Equal
+    weights give σ·√k·Δ; a heavier block gets less noise at the others' expense."""
+    equal = layout(PLAN, TaskKind.DP_DESCRIBE)
+    heavy = dataclasses.replace(equal.blocks[1], weight=5.0)
+    weighted = dataclasses.replace(equal, blocks=(equal.blocks[0], heavy, *equal.blocks[2:]))
+    k = len(equal.blocks)
+    for release in (equal, weighted):
+        spent = math.fsum((b.sensitivity / release.noise_std(b, 1.7)) ** 2 for b in release.blocks) * 1.7**2
+        assert spent == pytest.approx(1.0, rel=1e-12)
+    assert all(equal.noise_std(b, 1.7) == pytest.approx(1.7 * math.sqrt(k) * b.sensitivity) for b in equal.blocks)
+    assert weighted.noise_std(heavy, 1.7) < equal.noise_std(equal.blocks[1], 1.7)
+    assert weighted.noise_std(weighted.blocks[0], 1.7) > equal.noise_std(equal.blocks[0], 1.7)
+    for weight in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="weight must be a positive number"):
+            dataclasses.replace(heavy, weight=weight)
 
 
 def test_noise_is_independent_across_numbers() -> None:
