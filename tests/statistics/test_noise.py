@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.plan import AnalysisPlan
 from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, ReleaseLayout, layout
 from agent.statistics.tables import noisy_release
 
@@ -35,9 +36,19 @@ def zeros(release: ReleaseLayout) -> dict[str, np.ndarray]:
     return {block.name: np.zeros((release.strata, len(block.cells))) for block in release.blocks}
 
 
-@pytest.mark.parametrize("kind", list(PLAN_KINDS))
-def test_the_noise_has_the_layouts_standard_deviation(kind: TaskKind) -> None:
-    release = layout(PLAN, kind)
+COX_PLAN = plan_of(
+    {
+        "variables": [{"column": "age", "kind": "numeric", "bounds": [20, 80]}],
+        "survival": {"time_column": "time", "event_column": "event", "grid": [10, 20]},
+        "model": {"family": "cox", "covariates": ["age"]},
+    }
+)
+
+
+@pytest.mark.parametrize(("plan", "kind"), [*((PLAN, kind) for kind in PLAN_KINDS), (COX_PLAN, TaskKind.DP_GLM)])
+def test_the_noise_has_the_layouts_standard_deviation(plan: AnalysisPlan, kind: TaskKind) -> None:
+    """Also for a Cox release, whose blocks share the budget unequally."""
+    release = layout(plan, kind)
     rng = np.random.default_rng(2026)
     draws: dict[str, list[float]] = {block.name: [] for block in release.blocks}
     # 16 strata give 16 draws per cell and release; dp_glm's one stratum needs 16 times the releases.
