@@ -158,7 +158,10 @@ def test_study_cox_matches_lifelines_stratified_by_site_within_its_intervals(
         assert sponsor_main([*as_glm, "--json", str(tmp_path / "y.json")]) == 2
         assert "is a cox model, not logistic: run it with study cox" in capsys.readouterr().err
         assert sponsor_main([*argv, "--rounds", "0", "--json", str(tmp_path / "z.json")]) == 2
-        assert "--rounds must be between 1 and 50" in capsys.readouterr().err
+        assert "--rounds must be between 4 and 50" in capsys.readouterr().err
+        # Fewer rounds than the profile step and the averaged Newton steps need: an unconverged estimate.
+        assert sponsor_main([*argv, "--rounds", "3", "--json", str(tmp_path / "z.json")]) == 2
+        assert "--rounds must be between 4 and 50, got 3" in capsys.readouterr().err
         assert [site.client.get_budget("gbsg2").epsilon_spent for site in sites] == spent
     finally:
         for site in sites:

@@ -11,6 +11,7 @@ release's own scale, the reported noise SE must match the spread of the estimate
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -379,6 +380,25 @@ def test_clamped_patients_are_reported(rossi: Cohort) -> None:
     clamped = {c.name: c.estimate for c in fit.design.coefficients}
     full = {c.name: c.estimate for c in exact.design.coefficients}
     assert clamped["prio"] > full["prio"] + 0.1 and clamped["age"] < full["age"]
+
+
+def test_a_sites_withheld_clamped_count_leaves_the_others_and_their_warning() -> None:
+    """A site's clamped count below its minimum cell size is withheld (NaN): the other sites'
+    counts still add up and still raise the warning (a NaN total silenced it)."""
+    small = Cohort(load_rossi(), ROSSI_VARIABLES, ROSSI_COVARIATES, "week", "arrest", ROSSI_GRID, 0.7)
+    exact = small.one_round(0.0, None)
+    withheld: list[float] = []
+
+    def one(theta: cox.CoxParameters) -> cox.CoxRoundSums:
+        sums = exact(theta)
+        withheld.append(sums.parts[0].clamped)
+        parts = [dataclasses.replace(sums.parts[0], clamped=math.nan), *sums.parts[1:]]
+        return cox.pool_round(small.design, parts)
+
+    steps = cox.cox_iterations(small.design, small.sites, one, 12, options=STRATIFIED)
+    fit = cox.fit_cox(small.design, steps, options=STRATIFIED)
+    assert fit.clamped_withheld == 1 and fit.clamped == 18.0 - withheld[-1] > 0.5
+    assert "away from the null" in fit.unreliable
 
 
 def test_site_with_an_empty_interval(rossi: Cohort) -> None:

@@ -28,6 +28,7 @@ from agent.packages.manifest import TaskKind
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.cox_tasks import AVERAGE_LAST as COX_AVERAGE_LAST
 from edge_sponsor.coordinator.cox_tasks import DEFAULT_ROUNDS as COX_ROUNDS
+from edge_sponsor.coordinator.cox_tasks import MIN_ROUNDS as COX_MIN_ROUNDS
 from edge_sponsor.coordinator.cox_tasks import cox_design, run_cox
 from edge_sponsor.coordinator.federation import Federation, load_federation
 from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, DEFAULT_ROUNDS, MAX_ROUNDS, glm_design, run_glm
@@ -69,7 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         command.add_argument("federation", type=Path, help="federation file (TOML)")
         command.add_argument("--plan", type=Path, required=True, help="plan package (.zip), signed")
         command.add_argument(
-            "--noise-multiplier", type=float, required=True, metavar="SIGMA",
+            "--noise-multiplier",
+            type=float,
+            required=True,
+            metavar="SIGMA",
             help="sigma of each site's release (one task costs the ε of one Gaussian at sigma, q = 1)",
         )
         command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
@@ -87,21 +91,32 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     command.add_argument("federation", type=Path, help="federation file (TOML)")
     command.add_argument("--plan", type=Path, required=True, help="plan package (.zip) with a model, signed")
     command.add_argument(
-        "--noise-multiplier", type=float, required=True, metavar="SIGMA",
+        "--noise-multiplier",
+        type=float,
+        required=True,
+        metavar="SIGMA",
         help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
     )
     command.add_argument(
-        "--method", choices=[m.value for m in GlmMethod], default=GlmMethod.BOUND.value,
+        "--method",
+        choices=[m.value for m in GlmMethod],
+        default=GlmMethod.BOUND.value,
         help="bound (default): every round steps on the information released in the first round, at β = 0, "
         "which bounds it everywhere, and the estimate is the mean of the last iterates; newton: a Newton step "
         "on each round's noisy information (needs far more patients or ε: bench/glm_accuracy.py)",
     )
     command.add_argument(
-        "--rounds", type=int, default=None, metavar="T",
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="T",
         help=f"steps, each one task per site (default {BOUND_ROUNDS} for bound, {DEFAULT_ROUNDS} for newton)",
     )
     command.add_argument(
-        "--average-last", type=int, default=None, metavar="K",
+        "--average-last",
+        type=int,
+        default=None,
+        metavar="K",
         help="report the mean of the last K rounds' estimates (less noise, no extra ε; the rounds averaged must "
         "have converged); default: the last half of the rounds for bound, 1 (the last step) for newton",
     )
@@ -120,20 +135,31 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     command.add_argument("federation", type=Path, help="federation file (TOML)")
     command.add_argument("--plan", type=Path, required=True, help="plan package (.zip) with a Cox model, signed")
     command.add_argument(
-        "--noise-multiplier", type=float, required=True, metavar="SIGMA",
+        "--noise-multiplier",
+        type=float,
+        required=True,
+        metavar="SIGMA",
         help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
     )
     command.add_argument(
-        "--rounds", type=int, default=COX_ROUNDS, metavar="T",
-        help=f"steps, each one task per site (default {COX_ROUNDS})",
+        "--rounds",
+        type=int,
+        default=COX_ROUNDS,
+        metavar="T",
+        help=f"steps, each one task per site, {COX_MIN_ROUNDS} or more (default {COX_ROUNDS})",
     )
     command.add_argument(
-        "--average-last", type=int, default=None, metavar="K",
+        "--average-last",
+        type=int,
+        default=None,
+        metavar="K",
         help="report the mean of the last K rounds' one-step estimates (less noise, no extra ε; the rounds "
         f"averaged must have converged); default: {COX_AVERAGE_LAST}, or all the rounds if fewer",
     )
     command.add_argument(
-        "--baseline", choices=[b.value for b in CoxBaseline], default=CoxOptions().baseline.value,
+        "--baseline",
+        choices=[b.value for b in CoxBaseline],
+        default=CoxOptions().baseline.value,
         help="stratified: each site its own baseline hazard per interval; proportional: one baseline shape, "
         "a level per site (fewer numbers to estimate, assumes the sites' baselines proportional)",
     )
@@ -213,8 +239,7 @@ def _check_budgets(federation: Federation, clients: Mapping[str, AgentClient], t
     over = [p for p in projections if p.refused or (not p.problem and not p.fits)]
     if over:
         names = ", ".join(
-            f"{p.site} ({p.problem if p.refused else f'{p.epsilon_projected:.3g} > {p.epsilon_limit:g}'})"
-            for p in over
+            f"{p.site} ({p.problem if p.refused else f'{p.epsilon_projected:.3g} > {p.epsilon_limit:g}'})" for p in over
         )
         raise NoReleaseError(
             f"the study would take {names} over the privacy budget or out of its policy; nothing was spent"
@@ -244,8 +269,15 @@ def run_glm_command(args: argparse.Namespace) -> int:
         planned = PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds)
         _check_budgets(federation, clients, planned)
         analysis = run_glm(
-            federation, clients, package, args.noise_multiplier, rounds=args.rounds, run_id=run_id,
-            average_last=args.average_last, method=method, on_round=progress,
+            federation,
+            clients,
+            package,
+            args.noise_multiplier,
+            rounds=args.rounds,
+            run_id=run_id,
+            average_last=args.average_last,
+            method=method,
+            on_round=progress,
         )
     finally:
         for client in clients.values():
@@ -267,7 +299,7 @@ def run_cox_command(args: argparse.Namespace) -> int:
     _check_common(args)
     if args.average_last is None:
         args.average_last = max(1, min(COX_AVERAGE_LAST, args.rounds))
-    _check_rounds(args)
+    _check_rounds(args, COX_MIN_ROUNDS)
     federation = load_federation(args.federation)
     package = PlanPackage.from_file(args.plan)
     # Refuses a package without a Cox model before any site is asked.
@@ -282,8 +314,15 @@ def run_cox_command(args: argparse.Namespace) -> int:
         planned = PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds)
         _check_budgets(federation, clients, planned)
         analysis = run_cox(
-            federation, clients, package, args.noise_multiplier, rounds=args.rounds, run_id=run_id,
-            options=CoxOptions(baseline=CoxBaseline(args.baseline)), average_last=args.average_last, on_round=progress,
+            federation,
+            clients,
+            package,
+            args.noise_multiplier,
+            rounds=args.rounds,
+            run_id=run_id,
+            options=CoxOptions(baseline=CoxBaseline(args.baseline)),
+            average_last=args.average_last,
+            on_round=progress,
         )
     finally:
         for client in clients.values():
@@ -305,9 +344,9 @@ def run_cox_command(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
-def _check_rounds(args: argparse.Namespace) -> None:
-    if not 1 <= args.rounds <= MAX_ROUNDS:
-        raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
+def _check_rounds(args: argparse.Namespace, fewest: int = 1) -> None:
+    if not fewest <= args.rounds <= MAX_ROUNDS:
+        raise UsageError(f"--rounds must be between {fewest} and {MAX_ROUNDS}, got {args.rounds}")
     if not 1 <= args.average_last <= args.rounds:
         raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
 
@@ -350,6 +389,7 @@ def _model_notes(title: str, analysis: GlmAnalysis | CoxAnalysis, run_words: str
         notes.append(f"may not have converged: {analysis.not_converged}")
         print(f"edge-sponsor: warning: the estimate may not have converged: {analysis.not_converged}", file=sys.stderr)
     if fit.unreliable:
+        notes.append(f"not to be trusted: {fit.unreliable}")
         print(f"edge-sponsor: warning: {fit.unreliable}", file=sys.stderr)
     return notes
 
@@ -359,4 +399,3 @@ def _write(path: Path | None, text: str) -> None:
         return
     write_public(path, text.encode("utf-8"))
     print(f"wrote {path}", file=sys.stdout)
-

@@ -39,6 +39,10 @@ from edge_sponsor.statistics.releases import SiteRelease, read_block
 DEFAULT_ROUNDS = 8
 """Rounds when none are asked for: a profile step, Newton steps, the last ones averaged
 (bench/cox_accuracy.py: 12 rounds at the same ε were worse, more noise per round)."""
+MIN_ROUNDS = 4
+"""The fewest rounds a Cox run takes: the profile step, then Newton steps until the information
+is averaged (CoxOptions.settle) and one more to average; fewer report an unconverged estimate
+(one round leaves every log hazard ratio at its start, 0)."""
 AVERAGE_LAST = 3
 """The rounds whose one-step estimates the fit averages when not told (bench/cox_accuracy.py)."""
 
@@ -127,7 +131,7 @@ def run_cox(
         clients: an open client per site name.
         package: the plan package (with a Cox model); every site must hold it approved.
         noise_multiplier: σ of every task (each costs the ε of one Gaussian mechanism at σ, q = 1).
-        rounds: steps, 1 to MAX_ROUNDS; every round is one charged task per site.
+        rounds: steps, MIN_ROUNDS to MAX_ROUNDS; every round is one charged task per site.
         run_id: recorded in every agent's audit log; each round is its ``round`` (from 1).
         options: how the steps and the fit use the releases (:class:`edge_sponsor.statistics.cox.CoxOptions`).
         confidence: the level of the intervals.
@@ -141,8 +145,8 @@ def run_cox(
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
-    if not 1 <= rounds <= MAX_ROUNDS:
-        raise ValueError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
+    if not MIN_ROUNDS <= rounds <= MAX_ROUNDS:
+        raise ValueError(f"rounds must be between {MIN_ROUNDS} and {MAX_ROUNDS}, got {rounds}")
     if average_last is None:
         average_last = min(AVERAGE_LAST, rounds)
     if not 1 <= average_last <= rounds:

@@ -349,7 +349,9 @@ class FederatedTraining:
             index,
             task,
             {
-                r.site.name: self._submit(r.site, task, round_number, outgoing.of(task), after=waits.get(r.site.name))
+                r.site.name: self._submit(
+                    r.site, task, round_number, outgoing.of(task, r.site.name), after=waits.get(r.site.name)
+                )
                 for r in ready
             },
         )
@@ -575,7 +577,8 @@ class _Outgoing:
         self._sets: dict[tuple[str, ...], ParameterSet] = {}
 
     def of(self, task: TaskProfile, site: str | None = None) -> ParameterSet:
-        """The parameters of ``task``; ``site``: the site a training task goes to."""
+        """The parameters of ``task`` for ``site`` (its own where the strategy gives each site
+        its own: the model a site trains from is the one it is evaluated at)."""
         if site is not None and self._strategy is not None:
             return ParameterSet.of(self._package.ordered(self._strategy.parameters_for(site, self._parameters), task))
         ordered = self._package.ordered(self._parameters, task)

@@ -511,11 +511,20 @@ class CoxRoundSums:
 
     @property
     def clamped(self) -> float:
-        return sum(part.clamped for part in self.parts)
+        """The clamped patients of the sites that released the count (a site's count below its
+        minimum cell size is withheld, NaN: :attr:`clamped_withheld`)."""
+        return float(np.nansum([part.clamped for part in self.parts]))
+
+    @property
+    def clamped_withheld(self) -> int:
+        """The sites whose clamped count was withheld (each below that site's minimum cell size)."""
+        return sum(1 for part in self.parts if math.isnan(part.clamped))
 
     @property
     def excluded(self) -> float:
-        return sum(part.excluded for part in self.parts)
+        """The excluded patients of the sites that released the count (NaN when none did)."""
+        released = [part.excluded for part in self.parts if not math.isnan(part.excluded)]
+        return float(sum(released)) if released else math.nan
 
     @property
     def noisy(self) -> bool:
@@ -1237,6 +1246,8 @@ class CoxFit:
     bootstrapped: bool = False
     """The noise covariance is the parametric bootstrap's (CoxOptions.bootstrap), which carries
     the information's noise: the first-order ``noise_to_information`` rule does not apply."""
+    clamped_withheld: int = 0
+    """Sites whose clamped count was withheld (below their minimum cell size): not in :attr:`clamped`."""
 
     @property
     def unreliable(self) -> str:
@@ -1545,7 +1556,8 @@ def _fit(
         confidence=confidence,
         included=sums.included,
         clamped=sums.clamped,
-        clamped_sd=math.sqrt(float(np.sum(sums.variances("count_noise_variance")))),
+        clamped_sd=math.sqrt(sum(part.count_noise_variance for part in sums.parts if not math.isnan(part.clamped))),
+        clamped_withheld=sums.clamped_withheld,
         excluded=sums.excluded,
         sites=sums.sites,
         baselines=baselines,

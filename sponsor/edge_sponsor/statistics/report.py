@@ -609,7 +609,13 @@ def _cox_fit(fit: CoxFit) -> list[str]:
     text = [
         f"<p>Patients in the model (noisy, summed over {escape(', '.join(fit.sites))}): "
         f"{escape(f'{fit.included:.0f}')}, of whom about {escape(_count(fit.clamped))} had their cumulative "
-        f"hazard clamped at {escape(f'{fit.max_cumulative_hazard:g}')}; excluded (a covariate missing or not a "
+        f"hazard clamped at {escape(f'{fit.max_cumulative_hazard:g}')}"
+        + (
+            f" (and fewer than the minimum cell size at each of {fit.clamped_withheld} more sites)"
+            if fit.clamped_withheld
+            else ""
+        )
+        + "; excluded (a covariate missing or not a "
         f"listed category, or no usable time or event): {escape(_count(fit.excluded))}.</p>"
     ]
     if fit.unreliable:
@@ -659,10 +665,14 @@ def _hazard_row(c: HazardRatio) -> str:
 
 
 # The forest plot: one row per covariate, the hazard ratio on a log axis.
-FOREST_LABELS = 220
+FOREST_LABELS = 260
 FOREST_PLOT = 520
 FOREST_ROW = 26
 FOREST_TOP = 28
+# A name longer than this is cut with an ellipsis (the whole name in its tooltip and the table).
+FOREST_NAME_CHARACTERS = 34
+# Room for "1.123 (0.0001234, 1.235e+04)" in 12 px text.
+FOREST_VALUES = 240
 # A log axis spans at most this many factors of 10 each side of 1: an interval beyond it is
 # drawn to the edge with an arrow (a DP interval can be very wide).
 FOREST_DECADES = 3.0
@@ -670,7 +680,8 @@ FOREST_DECADES = 3.0
 
 def forest_plot(scale: CoxScale) -> str:
     """An SVG forest plot of ``scale``'s hazard ratios with their intervals, on a log axis with a
-    dashed line at 1; a ratio or bound beyond the axis is drawn at its edge with an arrowhead."""
+    dashed line at 1. A bound past the axis on its own side is drawn at that edge with an
+    arrowhead; a row whose ratio is not a number says "not estimable"."""
     finite = [
         math.log10(v)
         for c in scale.coefficients
@@ -680,17 +691,19 @@ def forest_plot(scale: CoxScale) -> str:
     reach = min(FOREST_DECADES, max([0.3, *(abs(v) for v in finite)]))
     reach = math.ceil(reach * 2) / 2  # ticks at half decades
 
-    def x_of(ratio: float) -> float:
+    def position(ratio: float) -> float:
+        """log10(ratio) within the axis (0 and below: its left end; infinite: its right end)."""
         if not ratio > 0:
-            position = -reach
-        elif not math.isfinite(ratio):
-            position = reach
-        else:
-            position = max(-reach, min(reach, math.log10(ratio)))
-        return FOREST_LABELS + (position + reach) / (2 * reach) * FOREST_PLOT
+            return -reach
+        if not math.isfinite(ratio):
+            return reach
+        return max(-reach, min(reach, math.log10(ratio)))
+
+    def x_of(ratio: float) -> float:
+        return FOREST_LABELS + (position(ratio) + reach) / (2 * reach) * FOREST_PLOT
 
     height = FOREST_TOP + FOREST_ROW * len(scale.coefficients) + 40
-    width = FOREST_LABELS + FOREST_PLOT + 120
+    width = FOREST_LABELS + FOREST_PLOT + FOREST_VALUES
     parts = [
         f'<svg id="forest-plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="Forest plot of hazard ratios">'
@@ -710,12 +723,23 @@ def forest_plot(scale: CoxScale) -> str:
     )
     for row, c in enumerate(scale.coefficients):
         y = FOREST_TOP + FOREST_ROW * row + FOREST_ROW / 2
+        name = c.name if len(c.name) <= FOREST_NAME_CHARACTERS else c.name[: FOREST_NAME_CHARACTERS - 1] + "…"
+        parts.append(
+            f'<text x="{FOREST_LABELS - 10}" y="{y + 4:.1f}" text-anchor="end"><title>{escape(c.name)}</title>'
+            f"{escape(name)}</text>"
+        )
+        values = (c.hazard_ratio, c.hazard_ratio_lower, c.hazard_ratio_upper)
+        if any(math.isnan(v) for v in values):
+            parts.append(f'<text x="{one + 8:.1f}" y="{y + 4:.1f}">not estimable</text>')
+            continue
         low, high, point = x_of(c.hazard_ratio_lower), x_of(c.hazard_ratio_upper), x_of(c.hazard_ratio)
-        parts.append(f'<text x="{FOREST_LABELS - 10}" y="{y + 4:.1f}" text-anchor="end">{escape(c.name)}</text>')
         parts.append(f'<line class="ci" x1="{low:.1f}" y1="{y:.1f}" x2="{high:.1f}" y2="{y:.1f}"/>')
-        for edge, bound, sign in ((low, c.hazard_ratio_lower, -1), (high, c.hazard_ratio_upper, 1)):
-            beyond = not (bound > 0 and math.isfinite(bound)) or abs(math.log10(bound)) > reach
-            if beyond:  # an arrowhead: the interval goes on past the axis
+        # An arrowhead where a bound is past the axis on its own side: the interval goes on.
+        for edge, beyond, sign in (
+            (low, not c.hazard_ratio_lower > 0 or math.log10(c.hazard_ratio_lower) < -reach, -1),
+            (high, not math.isfinite(c.hazard_ratio_upper) or math.log10(c.hazard_ratio_upper) > reach, 1),
+        ):
+            if beyond:
                 tip = edge + 6 * sign
                 parts.append(
                     f'<path class="point" d="M{tip:.1f},{y:.1f} L{edge:.1f},{y - 4:.1f} L{edge:.1f},{y + 4:.1f} Z"/>'
