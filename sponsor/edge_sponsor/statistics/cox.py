@@ -119,6 +119,9 @@ from edge_sponsor.statistics.glm import (
     Design,
     DesignColumn,
     Projected,
+    exp_or_inf,
+    interval_rows,
+    matrix_rows,
     positive_definite,
     symmetric_from_triangle,
     triangle_size,
@@ -198,10 +201,13 @@ class CoxDesign:
     grid: tuple[float, ...]
     columns: tuple[DesignColumn, ...]
     max_cumulative_hazard: float
-    covariates: int
-    """The number of covariates: R², the bound on ‖x‖² (each numeric |x| ≤ 1, each categorical one 1)."""
     variables: tuple[Variable, ...]
     """The covariates' plan variables, in model order."""
+
+    @property
+    def covariates(self) -> int:
+        """The number of covariates: R², the bound on ‖x‖² (each numeric |x| ≤ 1, each categorical one 1)."""
+        return len(self.variables)
 
     @classmethod
     def of(
@@ -230,7 +236,7 @@ class CoxDesign:
         design = Design.of(variables, covariates)
         declared = {variable.column: variable for variable in variables}
         chosen = tuple(declared[column] for column in covariates)
-        return cls(times, design.columns[1:], float(max_cumulative_hazard), len(covariates), chosen)
+        return cls(times, design.columns[1:], float(max_cumulative_hazard), chosen)
 
     @classmethod
     def of_model(cls, model: ModelSpec) -> CoxDesign:
@@ -1616,7 +1622,8 @@ def _baselines(
                 note = f"events not distinguishable from 0 (noisy count {count:.1f}, noise SD {sd:.1f}): no estimate"
             intervals.append(
                 BaselineInterval(
-                    name, log_hazard, se, _exp(log_hazard), _exp(log_hazard - z * se), _exp(log_hazard + z * se),
+                    name, log_hazard, se, exp_or_inf(log_hazard),
+                    exp_or_inf(log_hazard - z * se), exp_or_inf(log_hazard + z * se),
                     count, float(sd), note,
                 )
             )  # fmt: skip
@@ -1625,25 +1632,5 @@ def _baselines(
 
 
 def _scale(names: Sequence[str], beta: FloatArray, sampling: FloatArray, noise: FloatArray, z: float) -> CoxScale:
-    coefficients = []
-    for j, name in enumerate(names):
-        se_sampling = math.sqrt(max(float(sampling[j, j]), 0.0))
-        se_noise = math.sqrt(max(float(noise[j, j]), 0.0))
-        se = math.hypot(se_sampling, se_noise)
-        estimate = float(beta[j])
-        lower, upper = estimate - z * se, estimate + z * se
-        coefficients.append(
-            HazardRatio(
-                name, estimate, se_sampling, se_noise, se, lower, upper, _exp(estimate), _exp(lower), _exp(upper)
-            )
-        )
-    return CoxScale(tuple(coefficients), _rows(sampling), _rows(noise))
-
-
-def _exp(value: float) -> float:
-    # A hazard (ratio) beyond float range is reported as infinite (JSON null), never an OverflowError.
-    return math.exp(value) if value < 709.0 else math.inf
-
-
-def _rows(matrix: FloatArray) -> tuple[tuple[float, ...], ...]:
-    return tuple(tuple(float(v) for v in row) for row in matrix)
+    rows = interval_rows(names, beta, sampling, noise, z)
+    return CoxScale(tuple(HazardRatio(*row) for row in rows), matrix_rows(sampling), matrix_rows(noise))

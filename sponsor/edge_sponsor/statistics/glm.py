@@ -531,28 +531,41 @@ def _symmetric_inverse(matrix: FloatArray) -> FloatArray:
 
 
 def _scale(names: Sequence[str], beta: FloatArray, sampling: FloatArray, noise: FloatArray, z: float) -> GlmScale:
-    coefficients = []
+    rows = interval_rows(names, beta, sampling, noise, z)
+    return GlmScale(tuple(Coefficient(*row) for row in rows), matrix_rows(sampling), matrix_rows(noise))
+
+
+IntervalRow = tuple[str, float, float, float, float, float, float, float, float, float]
+"""name, estimate, SE sampling, SE noise, SE total, lower, upper, and the exponentials of the
+estimate and of both bounds (an odds or hazard ratio and its interval)."""
+
+
+def interval_rows(
+    names: Sequence[str], beta: FloatArray, sampling: FloatArray, noise: FloatArray, z: float
+) -> list[IntervalRow]:
+    """Each coefficient's standard errors (the sampling and noise variances independent: they
+    add) and its interval estimate ± z·SE, on the log scale and exponentiated."""
+    rows: list[IntervalRow] = []
     for j, name in enumerate(names):
         se_sampling = math.sqrt(max(float(sampling[j, j]), 0.0))
         se_noise = math.sqrt(max(float(noise[j, j]), 0.0))
         se = math.hypot(se_sampling, se_noise)
         estimate = float(beta[j])
         lower, upper = estimate - z * se, estimate + z * se
-        coefficients.append(
-            Coefficient(
-                name, estimate, se_sampling, se_noise, se, lower, upper,
-                _exp(estimate), _exp(lower), _exp(upper),
-            )
+        rows.append(
+            (name, estimate, se_sampling, se_noise, se, lower, upper,
+             exp_or_inf(estimate), exp_or_inf(lower), exp_or_inf(upper))
         )  # fmt: skip
-    return GlmScale(tuple(coefficients), _rows(sampling), _rows(noise))
+    return rows
 
 
-def _exp(value: float) -> float:
-    # An odds ratio beyond float range is reported as infinite (JSON null), never an OverflowError.
+def exp_or_inf(value: float) -> float:
+    """exp(value); a ratio beyond float range is reported as infinite (JSON null), never an OverflowError."""
     return math.exp(value) if value < 709.0 else math.inf
 
 
-def _rows(matrix: FloatArray) -> tuple[tuple[float, ...], ...]:
+def matrix_rows(matrix: FloatArray) -> tuple[tuple[float, ...], ...]:
+    """A matrix as nested tuples of floats (a frozen, JSON-ready value)."""
     return tuple(tuple(float(v) for v in row) for row in matrix)
 
 
