@@ -162,6 +162,10 @@ def test_study_cox_matches_lifelines_stratified_by_site_within_its_intervals(
         # Fewer rounds than the profile step and the averaged Newton steps need: an unconverged estimate.
         assert sponsor_main([*argv, "--rounds", "3", "--json", str(tmp_path / "z.json")]) == 2
         assert "--rounds must be between 4 and 50, got 3" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as refused:
+            sponsor_main([*argv, "--baseline", "shared", "--json", str(tmp_path / "z.json")])
+        assert refused.value.code == 2
+        assert "argument --baseline: invalid choice: 'shared'" in capsys.readouterr().err
         assert [site.client.get_budget("gbsg2").epsilon_spent for site in sites] == spent
     finally:
         for site in sites:
