@@ -64,9 +64,10 @@ class TaskKind(StrEnum):
     DP_DESCRIBE = "dp_describe"
     DP_SURVIVAL = "dp_survival"
     DP_GLM = "dp_glm"
+    DP_PROPENSITY = "dp_propensity"
 
 
-PLAN_KINDS = (TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL, TaskKind.DP_GLM)
+PLAN_KINDS = (TaskKind.DP_DESCRIBE, TaskKind.DP_SURVIVAL, TaskKind.DP_GLM, TaskKind.DP_PROPENSITY)
 """The kinds an analysis plan offers: the agent computes them itself, a plan package has no graph."""
 
 NOISY_COUNT = "noisy_count"
@@ -86,7 +87,12 @@ RELEASED_COUNTS = (NOISY_COUNT, DROPPED_UNITS)
 
 COEFFICIENTS = "coefficients"
 """The one parameter tensor of a ``dp_glm`` task: the model's coefficients β, shape ``[p]``
-(``ModelSpec.width``), on the design's scale (agent.packages.plan.ModelSpec)."""
+(``ModelSpec.width``), on the design's scale (agent.packages.plan.ModelSpec); of a
+``dp_propensity`` task, the propensity model's (``WeightingSpec.propensity_model``)."""
+PROPENSITY = "propensity"
+"""The parameter tensor every task on a weighted plan (one with ``weighting``) sends but
+``dp_propensity``: the propensity model's coefficients, from which the agent computes each
+patient's weight (agent.statistics.weighting)."""
 
 
 def plan_lacks(plan: AnalysisPlan, kind: TaskKind) -> str | None:
@@ -95,6 +101,8 @@ def plan_lacks(plan: AnalysisPlan, kind: TaskKind) -> str | None:
         return "the plan's survival outcome (plan.survival)"
     if kind is TaskKind.DP_GLM and plan.model is None:
         return "the plan's model (plan.model)"
+    if kind is TaskKind.DP_PROPENSITY and plan.weighting is None:
+        return "the plan's weighting (plan.weighting)"
     return None
 
 
@@ -367,15 +375,23 @@ class Manifest:
         """The parameter tensors a task of ``kind`` sends with this package, in order.
 
         A model package's graphs take its ``parameters`` whatever the kind. A plan package's
-        ``dp_glm`` takes the model's coefficients (float64; float32 accepted), derived from the
-        signed plan rather than declared beside it, so the two cannot disagree; its other kinds
-        take none.
+        tensors are derived from the signed plan rather than declared beside it, so the two
+        cannot disagree (float64; float32 accepted): ``dp_glm`` takes the model's coefficients,
+        ``dp_propensity`` the propensity model's; on a weighted plan every kind but
+        ``dp_propensity`` also takes the propensity model's coefficients, as ``propensity``.
         """
-        if self.plan is None:
+        plan = self.plan
+        if plan is None:
             return self.parameters
-        if kind is TaskKind.DP_GLM and self.plan.model is not None:
-            return (ParameterDecl(COEFFICIENTS, (self.plan.model.width,), "float64"),)
-        return ()
+        declared: tuple[ParameterDecl, ...] = ()
+        if kind is TaskKind.DP_GLM and plan.model is not None:
+            declared = (ParameterDecl(COEFFICIENTS, (plan.model.width,), "float64"),)
+        if plan.weighting is not None:
+            width = (plan.weighting.propensity_model.width,)
+            if kind is TaskKind.DP_PROPENSITY:
+                return (ParameterDecl(COEFFICIENTS, width, "float64"),)
+            declared += (ParameterDecl(PROPENSITY, width, "float64"),)
+        return declared
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object whose canonical bytes are signed."""

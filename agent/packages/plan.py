@@ -267,6 +267,67 @@ class ModelSpec:
         return value
 
 
+class Estimand(StrEnum):
+    """Whose treatment effect a weighted analysis estimates (:class:`WeightingSpec`)."""
+
+    ATE = "ate"
+    """The whole cohort's: treated patients weigh 1/e(x), controls 1/(1 - e(x))."""
+    ATT = "att"
+    """The treated patients': they weigh 1, controls e(x)/(1 - e(x)) (an external control arm
+    made to look like the trial's)."""
+
+
+# A weighted plan's default cap on one patient's weight (WeightingSpec.max_weight): every
+# weighted block's sensitivity is its unweighted one times the cap.
+DEFAULT_MAX_WEIGHT = 10.0
+MAX_WEIGHT = 1000.0
+
+
+@dataclass(frozen=True)
+class WeightingSpec:
+    """Inverse probability of treatment weighting: which column is the treatment, the
+    propensity model's covariates, the estimand and the public cap on a weight.
+
+    ``treatment`` is a categorical variable of the plan with exactly two categories: the
+    first is the control (the reference), the second the treated arm. The propensity
+    ``e(x)`` is the probability of the treated arm given the covariates, a logistic model
+    on their design row (:attr:`propensity_model`) whose coefficients the coordinator fits
+    (``dp_propensity``) and then sends with each weighted task. Each patient's weight
+    (:class:`Estimand`) is cut to ``max_weight``: public, so one patient moves a weighted sum
+    by at most the cap times what they move the unweighted one.
+    """
+
+    treatment: CategoricalVariable
+    covariates: tuple[Variable, ...]
+    estimand: Estimand
+    max_weight: float = DEFAULT_MAX_WEIGHT
+
+    def __post_init__(self) -> None:
+        if len(self.treatment.categories) != 2:
+            raise ValueError("a treatment has exactly two categories: control, then treated")
+        if not 1.0 <= self.max_weight <= MAX_WEIGHT:
+            raise ValueError(f"max_weight must be in [1, {MAX_WEIGHT:g}]")
+
+    @property
+    def arm(self) -> Stratum:
+        """The treatment as a stratum (control, then treated): weighted releases are per arm."""
+        return Stratum(self.treatment.column, self.treatment.categories)
+
+    @property
+    def propensity_model(self) -> ModelSpec:
+        """The logistic model of the treated arm on the covariates (its outcome is the treatment
+        column, read as 0 for the control category and 1 for the treated one)."""
+        return ModelSpec(ModelFamily.LOGISTIC, self.treatment.column, self.covariates)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "treatment": self.treatment.column,
+            "covariates": [variable.column for variable in self.covariates],
+            "estimand": self.estimand.value,
+            "max_weight": self.max_weight,
+        }
+
+
 @dataclass(frozen=True)
 class AnalysisPlan:
     cohort: tuple[CohortFilter, ...]
@@ -274,6 +335,7 @@ class AnalysisPlan:
     variables: tuple[Variable, ...]
     survival: SurvivalSpec | None
     model: ModelSpec | None = None
+    weighting: WeightingSpec | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -325,6 +387,8 @@ class AnalysisPlan:
             }
         if self.model is not None:
             value["model"] = self.model.to_json()
+        if self.weighting is not None:
+            value["weighting"] = self.weighting.to_json()
         return value
 
 
@@ -375,6 +439,7 @@ def parse_plan(value: Any, path: str = "plan") -> AnalysisPlan:
     variables = tuple(_variable(item, f"{path}.variables[{i}]") for i, item in enumerate(variable_items))
     survival = _survival(top.get("survival"), top.field("survival")) if top.has("survival") else None
     model = _model(top.get("model"), top.field("model"), variables, survival) if top.has("model") else None
+    weighting = _weighting(top.get("weighting"), top.field("weighting"), variables) if top.has("weighting") else None
     top.finish()
     if not variables and survival is None and not strata:
         fail(path, "declares nothing to compute: give strata, variables or survival")
@@ -388,7 +453,7 @@ def parse_plan(value: Any, path: str = "plan") -> AnalysisPlan:
     for column in roles:
         if roles.count(column) > 1:
             fail(path, f"column {column!r} is used more than once among strata, variables, survival and model outcome")
-    return AnalysisPlan(cohort, strata, variables, survival, model)
+    return AnalysisPlan(cohort, strata, variables, survival, model, weighting)
 
 
 def _bounded(value: Any, field: str) -> float:
@@ -523,6 +588,71 @@ def _survival(value: Any, path: str) -> SurvivalSpec:
     return SurvivalSpec(time_column, event_column, grid)
 
 
+def _declared_covariates(
+    value: Any, field: str, variables: Sequence[Variable], outcome: str | None
+) -> tuple[Variable, ...]:
+    """The plan variables a model's ``covariates`` array names, in its order (each once, not the outcome)."""
+    items = array_field(value, field, min_items=1, max_items=MAX_COVARIATES)
+    declared = {variable.column: variable for variable in variables}
+    covariates: list[Variable] = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        column = column_field(item, where)
+        if column == outcome:
+            fail(where, f"{column!r} is the model's outcome; an outcome cannot be its own covariate")
+        if column not in declared:
+            # The bounds or categories that make a design row bounded are the variable's.
+            fail(where, f"{column!r} is not a variable of the plan; declare it in plan.variables")
+        if any(other.column == column for other in covariates):
+            fail(where, f"{column!r} is listed twice")
+        covariates.append(declared[column])
+    return tuple(covariates)
+
+
+def _check_design(model: ModelSpec, field: str) -> None:
+    """Refuses a design wider than MAX_DESIGN_WIDTH, or with two columns of one name."""
+    if model.width > MAX_DESIGN_WIDTH:
+        fail(
+            field,
+            f"make a design of {model.width} columns, more than {MAX_DESIGN_WIDTH}; use fewer covariates or categories"
+            + (" or survival grid times" if model.family is ModelFamily.COX else ""),
+        )
+    names = model.design_names
+    for name in names:
+        # Reports name each coefficient by its column: a numeric column called "sex=F" next to
+        # sex's category F would make two coefficients indistinguishable.
+        if names.count(name) > 1:
+            fail(field, f"make two design columns named {name!r}; rename a column or category")
+
+
+def _weighting(value: Any, path: str, variables: Sequence[Variable]) -> WeightingSpec:
+    obj = JsonObject(value, path)
+    treatment_field = obj.field("treatment")
+    column = column_field(obj.get("treatment"), treatment_field)
+    treatment = next((variable for variable in variables if variable.column == column), None)
+    if treatment is None:
+        fail(treatment_field, f"{column!r} is not a variable of the plan; declare it in plan.variables")
+    if not isinstance(treatment, CategoricalVariable) or len(treatment.categories) != 2:
+        fail(
+            treatment_field,
+            f"{column!r} is not binary: the treatment must be a categorical variable with exactly two "
+            "categories (the control first, then the treated arm)",
+        )
+    estimand = enum_field(obj.get("estimand"), obj.field("estimand"), Estimand)
+    max_weight = DEFAULT_MAX_WEIGHT
+    if obj.has("max_weight"):
+        weight_field = obj.field("max_weight")
+        max_weight = number_field(obj.get("max_weight"), weight_field)
+        if not 1.0 <= max_weight <= MAX_WEIGHT:
+            fail(weight_field, f"must be at least 1 and at most {MAX_WEIGHT:g}")
+    covariates_field = obj.field("covariates")
+    covariates = _declared_covariates(obj.get("covariates"), covariates_field, variables, column)
+    obj.finish()
+    weighting = WeightingSpec(treatment, covariates, estimand, max_weight)
+    _check_design(weighting.propensity_model, covariates_field)
+    return weighting
+
+
 def _model(value: Any, path: str, variables: Sequence[Variable], survival: SurvivalSpec | None) -> ModelSpec:
     obj = JsonObject(value, path)
     family = enum_field(obj.get("family"), obj.field("family"), ModelFamily)
@@ -543,35 +673,11 @@ def _model(value: Any, path: str, variables: Sequence[Variable], survival: Survi
             if not MIN_CUMULATIVE_HAZARD <= max_hazard <= MAX_CUMULATIVE_HAZARD:
                 fail(hazard_field, f"must be at least {MIN_CUMULATIVE_HAZARD:g} and at most {MAX_CUMULATIVE_HAZARD:g}")
     field = obj.field("covariates")
-    items = array_field(obj.get("covariates"), field, min_items=1, max_items=MAX_COVARIATES)
-    declared = {variable.column: variable for variable in variables}
-    covariates: list[Variable] = []
-    for index, item in enumerate(items):
-        where = f"{field}[{index}]"
-        column = column_field(item, where)
-        if column == outcome:
-            fail(where, f"{column!r} is the model's outcome; an outcome cannot be its own covariate")
-        if column not in declared:
-            # The bounds or categories that make a design row bounded are the variable's.
-            fail(where, f"{column!r} is not a variable of the plan; declare it in plan.variables")
-        if any(other.column == column for other in covariates):
-            fail(where, f"{column!r} is listed twice")
-        covariates.append(declared[column])
+    covariates = _declared_covariates(obj.get("covariates"), field, variables, outcome)
     obj.finish()
-    model = ModelSpec(family, outcome, tuple(covariates), cox_survival, max_hazard)
+    model = ModelSpec(family, outcome, covariates, cox_survival, max_hazard)
     if family is ModelFamily.COX and not model.covariate_names:
         # A hazard ratio needs a column to be the ratio of (a one-category covariate makes none).
         fail(field, "make no design column for a covariate (a categorical covariate needs two or more categories)")
-    if model.width > MAX_DESIGN_WIDTH:
-        fail(
-            field,
-            f"make a design of {model.width} columns, more than {MAX_DESIGN_WIDTH}; use fewer covariates or categories"
-            + (" or survival grid times" if family is ModelFamily.COX else ""),
-        )
-    names = model.design_names
-    for name in names:
-        # Reports name each coefficient by its column: a numeric column called "sex=F" next to
-        # sex's category F would make two coefficients indistinguishable.
-        if names.count(name) > 1:
-            fail(field, f"make two design columns named {name!r}; rename a column or category")
+    _check_design(model, field)
     return model

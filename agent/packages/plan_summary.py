@@ -54,6 +54,16 @@ def plan_lines(manifest: Manifest) -> list[str]:
             f"  model:       {regression} on {covariates}; "
             f"{model.width} coefficients: {', '.join(model.design_names)}; the plan's strata are pooled"
         )
+    if plan.weighting is not None:
+        weighting = plan.weighting
+        control, treated = (category_label(c) for c in weighting.treatment.categories)
+        covariates = ", ".join(variable.column for variable in weighting.covariates)
+        lines.append(
+            f"  weighting:   by {weighting.treatment.column} (control {control}, treated {treated}); propensity: "
+            f"logistic regression on {covariates}; estimand {weighting.estimand.value.upper()}; each weight cut "
+            f"at {number_label(weighting.max_weight)}, so a patient moves a weighted number at most that many "
+            "times an unweighted one; describe and survival are per arm"
+        )
     for kind in manifest.task_kinds:
         release = layout(plan, kind)
         numbers = sum(len(block.cells) for block in release.blocks) * release.strata
@@ -62,11 +72,12 @@ def plan_lines(manifest: Manifest) -> list[str]:
             f"  releases:    {kind.value}: {numbers} numbers in {blocks} per task, each patient "
             f"in one stratum; noise SD per unit of noise_multiplier: {_noise_words(release)}"
         )
-        if kind is TaskKind.DP_GLM:
+        if kind in (TaskKind.DP_GLM, TaskKind.DP_PROPENSITY):
             # What a reviewer must weigh: the coordinator chooses how many steps to run.
+            whose = "the propensity model's" if kind is TaskKind.DP_PROPENSITY else "the"
             lines.append(
-                "               dp_glm: the score and information at coefficients the coordinator sends; "
-                "one task per Newton-Raphson step, each charged"
+                f"               {kind.value}: {whose} score and information at coefficients the coordinator "
+                "sends; one task per Newton-Raphson step, each charged"
             )
     return lines
 

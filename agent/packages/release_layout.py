@@ -77,6 +77,17 @@ class Statistic(StrEnum):
     BASELINE_SCORE = "glm.baseline.score"
     BASELINE_INFORMATION = "glm.baseline.information"
     BASELINE_CROSS = "glm.baseline.cross"
+    # A weighted plan's releases (per arm): patients with and without a weight (a missing
+    # propensity covariate leaves one without), the sum of the weights, and the weighted
+    # twins of a variable's blocks and of the survival exits: each patient's contribution
+    # times their weight.
+    WEIGHT_COUNT = "weights.count"
+    WEIGHT_SUM = "weights.sum"
+    WEIGHTED_PRESENCE = "weighted.n"
+    WEIGHTED_SUM = "weighted.sum"
+    WEIGHTED_SUMSQ = "weighted.sumsq"
+    WEIGHTED_COUNTS = "weighted.counts"
+    WEIGHTED_EXITS = "survival.weighted.exits"
 
 
 # The statistics of the whole release, not of one variable: each names its block alone.
@@ -89,6 +100,9 @@ _RELEASE_BLOCKS = {
     Statistic.BASELINE_SCORE: Statistic.BASELINE_SCORE.value,
     Statistic.BASELINE_INFORMATION: Statistic.BASELINE_INFORMATION.value,
     Statistic.BASELINE_CROSS: Statistic.BASELINE_CROSS.value,
+    Statistic.WEIGHT_COUNT: Statistic.WEIGHT_COUNT.value,
+    Statistic.WEIGHT_SUM: Statistic.WEIGHT_SUM.value,
+    Statistic.WEIGHTED_EXITS: Statistic.WEIGHTED_EXITS.value,
 }
 
 
@@ -171,17 +185,36 @@ class ReleaseLayout:
         return self.blocks[0]
 
     def withheld_with(self, block: Block) -> tuple[Block, ...]:
-        """The blocks withheld in a stratum where ``block``'s cells are: a numeric variable's sum,
-        sum of squares and histogram go with its count of present values (a mean or a histogram
-        of a withheld count would tell it)."""
-        if block.statistic is not Statistic.PRESENCE:
-            return ()
-        following = (Statistic.SUM, Statistic.SUMSQ, Statistic.HISTOGRAM)
+        """The blocks withheld where ``block``'s cells are (a mean, a histogram or a weighted sum
+        of a withheld count would tell it): a block with the same cells cell by cell, any other
+        in the stratum whose first cell of ``block`` is withheld.
+
+        A numeric variable's sum, sum of squares, histogram and weighted blocks go with its
+        count of present values; a categorical one's weighted counts with its counts; the sum
+        of the weights with the count of weighted patients."""
+        following = _FOLLOWING.get(block.statistic, ())
         return tuple(other for other in self.blocks if other.column == block.column and other.statistic in following)
 
 
+# ReleaseLayout.withheld_with: the statistics of a column (or of the release) that go with one of its counts.
+_FOLLOWING = {
+    Statistic.PRESENCE: (
+        Statistic.SUM,
+        Statistic.SUMSQ,
+        Statistic.HISTOGRAM,
+        Statistic.WEIGHTED_PRESENCE,
+        Statistic.WEIGHTED_SUM,
+        Statistic.WEIGHTED_SUMSQ,
+    ),
+    Statistic.COUNTS: (Statistic.WEIGHTED_COUNTS,),
+    Statistic.WEIGHT_COUNT: (Statistic.WEIGHT_SUM,),
+}
+
 COUNT = block_name(Statistic.COUNT)
 SURVIVAL_EXITS = block_name(Statistic.EXITS)
+WEIGHTED_EXITS = block_name(Statistic.WEIGHTED_EXITS)
+WEIGHT_COUNT = block_name(Statistic.WEIGHT_COUNT)
+WEIGHT_SUM = block_name(Statistic.WEIGHT_SUM)
 GLM_COUNT = block_name(Statistic.MODEL_COUNT)
 GLM_SCORE = block_name(Statistic.SCORE)
 GLM_INFORMATION = block_name(Statistic.INFORMATION)
@@ -196,32 +229,58 @@ EVENT = "event"
 CENSORED = "censored"
 INCLUDED = "included"
 EXCLUDED = "excluded"
+WEIGHTED = "weighted"
+UNWEIGHTED = "unweighted"
 CLAMPED = "included, hazard clamped"
 
 
 def layout(plan: AnalysisPlan, kind: TaskKind) -> ReleaseLayout:
     """The release of a ``kind`` task on ``plan``; ValueError for a kind that runs no plan, or
-    one the plan cannot serve (dp_survival without a survival outcome, dp_glm without a model)."""
+    one the plan cannot serve (dp_survival without a survival outcome, dp_glm without a model,
+    dp_propensity without weighting).
+
+    Its strata are those of :func:`analysed` (``analysed(plan, kind).stratum_labels()``): a
+    weighted plan's dp_describe and dp_survival split each of the plan's strata by arm."""
     if kind not in PLAN_KINDS:
         raise ValueError(f"{kind.value} runs no analysis plan")
     lacking = plan_lacks(plan, kind)
     if lacking is not None:
         raise ValueError(f"{kind.value} needs {lacking}")
+    weighting = plan.weighting
+    strata = analysed(plan, kind).stratum_count
+    if kind is TaskKind.DP_PROPENSITY and weighting is not None:
+        return ReleaseLayout(kind, logistic_blocks(weighting.propensity_model), 1, size_cells=(0,))
+    # The most one patient's weight can be: each weighted block's sensitivity is its
+    # unweighted twin's times this (1 on a plan without weighting).
+    cap = 1.0 if weighting is None else weighting.max_weight
     if kind is TaskKind.DP_SURVIVAL and plan.survival is not None:
-        return ReleaseLayout(kind, (survival_block(plan.survival),), plan.stratum_count)
+        exits = survival_block(plan.survival)
+        if weighting is None:
+            return ReleaseLayout(kind, (exits,), strata)
+        weighted = dataclasses.replace(exits, statistic=Statistic.WEIGHTED_EXITS, sensitivity=cap)
+        return ReleaseLayout(kind, (exits, weighted), strata)
     if kind is TaskKind.DP_GLM and plan.model is not None:
         # One stratum: the whole analysed cohort (see analysed()); size: the included patients
         # (a Cox model's with their hazard as released and clamped).
         size = (0, 1) if plan.model.family is ModelFamily.COX else (0,)
-        return ReleaseLayout(kind, model_blocks(plan.model), 1, size_cells=size)
+        return ReleaseLayout(kind, model_blocks(plan.model, cap), 1, size_cells=size)
     blocks = [Block(Statistic.COUNT, None, ("patients",), 1.0, Suppression.CELL)]
-    for variable in plan.variables:
+    if weighting is not None:
+        blocks += [
+            Block(Statistic.WEIGHT_COUNT, None, (WEIGHTED, UNWEIGHTED), 1.0, Suppression.CELL),
+            Block(Statistic.WEIGHT_SUM, None, ("sum",), cap, Suppression.STRATUM),
+        ]
+    for variable in analysed(plan, kind).variables:
         if isinstance(variable, CategoricalVariable):
             cells = (*(category_label(c) for c in variable.categories), OTHER, MISSING)
             blocks.append(Block(Statistic.COUNTS, variable.column, cells, 1.0, Suppression.CELL))
+            if weighting is not None:
+                blocks.append(Block(Statistic.WEIGHTED_COUNTS, variable.column, cells, cap, Suppression.STRATUM))
             continue
         blocks += numeric_blocks(variable)
-    return ReleaseLayout(kind, tuple(blocks), plan.stratum_count)
+        if weighting is not None:
+            blocks += weighted_numeric_blocks(variable, cap)
+    return ReleaseLayout(kind, tuple(blocks), strata)
 
 
 def numeric_blocks(variable: NumericVariable) -> list[Block]:
@@ -242,9 +301,30 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
     return blocks
 
 
-def model_blocks(model: ModelSpec) -> tuple[Block, ...]:
-    """The blocks of a dp_glm release: :func:`logistic_blocks` or :func:`cox_blocks`."""
-    return cox_blocks(model) if model.family is ModelFamily.COX else logistic_blocks(model)
+def weighted_numeric_blocks(variable: NumericVariable, cap: float) -> list[Block]:
+    """A weighted plan's twins of :func:`numeric_blocks` but the histogram: the weights of the
+    present and missing values, the weighted sum and sum of squares of the clamped values minus
+    the centre; each patient's contribution times their weight (at most ``cap``)."""
+    h, column = variable.half_width, variable.column
+    return [
+        Block(Statistic.WEIGHTED_PRESENCE, column, (PRESENT, MISSING), cap, Suppression.STRATUM),
+        Block(Statistic.WEIGHTED_SUM, column, ("sum",), cap * h, Suppression.STRATUM),
+        Block(Statistic.WEIGHTED_SUMSQ, column, ("sumsq",), cap * h * h, Suppression.STRATUM),
+    ]
+
+
+def model_blocks(model: ModelSpec, cap: float = 1.0) -> tuple[Block, ...]:
+    """The blocks of a dp_glm release: :func:`logistic_blocks` or :func:`cox_blocks`; on a
+    weighted plan (``cap``, the most a patient's weight can be, above 1) each patient's
+    contribution to the sums is multiplied by their weight, and so the sums' sensitivities by
+    ``cap`` (the counts stay counts)."""
+    blocks = cox_blocks(model) if model.family is ModelFamily.COX else logistic_blocks(model)
+    return tuple(
+        block
+        if block.statistic is Statistic.MODEL_COUNT
+        else dataclasses.replace(block, sensitivity=block.sensitivity * cap)
+        for block in blocks
+    )
 
 
 def logistic_blocks(model: ModelSpec) -> tuple[Block, ...]:
@@ -332,10 +412,30 @@ def _triangle_cells(width: int) -> tuple[str, ...]:
 
 
 def analysed(plan: AnalysisPlan, kind: TaskKind) -> AnalysisPlan:
-    """The plan whose patients a ``kind`` release describes: ``plan``, but for dp_glm, which pools
-    the strata: the regression neither splits the cohort by them nor leaves out a patient
-    whose stratum value is missing or not listed (cohort filters restrict it)."""
-    return dataclasses.replace(plan, strata=()) if kind is TaskKind.DP_GLM else plan
+    """The plan whose patients a ``kind`` release describes.
+
+    * dp_glm and dp_propensity pool the strata: the regression neither splits the cohort by
+      them nor leaves out a patient whose stratum value is missing or not listed (cohort
+      filters restrict it). dp_propensity also drops the plan's model: it fits the
+      weighting's propensity model, whose outcome is the treatment's category.
+    * On a weighted plan, dp_describe and dp_survival are per arm: the treatment is the last
+      stratum (each of the plan's strata split into control and treated) and no longer a
+      variable. A patient whose treatment is missing or neither category is in no stratum.
+    * Otherwise: ``plan``.
+    """
+    if kind is TaskKind.DP_PROPENSITY:
+        return dataclasses.replace(plan, strata=(), model=None)
+    if kind is TaskKind.DP_GLM:
+        return dataclasses.replace(plan, strata=())
+    weighting = plan.weighting
+    if weighting is None:
+        return plan
+    treatment = weighting.treatment.column
+    return dataclasses.replace(
+        plan,
+        strata=(*plan.strata, weighting.arm),
+        variables=tuple(variable for variable in plan.variables if variable.column != treatment),
+    )
 
 
 def survival_block(survival: SurvivalSpec) -> Block:

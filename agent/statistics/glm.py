@@ -1,16 +1,14 @@
-"""The plan's regression model (``dp_glm``): design rows, who is included, the score and the information.
+"""The plan's regression models: who is included, the score and the information (``dp_glm``,
+and ``dp_propensity``'s propensity model).
 
 A ``dp_glm`` task sends the current coefficients β; the agent returns, with Gaussian noise,
 the logistic log-likelihood's score ``Σ x_i (y_i - μ_i)`` and Fisher information
 ``Σ μ_i (1 - μ_i) x_i x_iᵀ`` (``μ_i = sigmoid(x_i · β)``) over its included patients, and how
 many patients it included and excluded. The coordinator adds the sites' sums and takes a
-Newton-Raphson step.
-
-**Design row** (:class:`agent.packages.plan.ModelSpec`, the same on the sponsor's side):
-1 for the intercept; for each covariate in model order, a numeric one's
-``(clamp(v, low, high) - centre) / half_width`` (in [-1, 1]) and a categorical one's
-indicators of its categories but the first (the reference). Its columns are
-:attr:`ModelSpec.design_names`.
+Newton-Raphson step. ``x_i`` is the patient's design row (:mod:`agent.statistics.design`).
+On a weighted plan each patient's terms are multiplied by their weight
+(:mod:`agent.statistics.weighting`), and ``dp_propensity`` releases the same sums for the
+propensity model, whose outcome is the treatment arm.
 
 **Included** patients have every covariate present (a numeric value that is not null or
 NaN, infinite values being clamped like any other; a categorical value among the declared
@@ -45,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.packages.plan import AnalysisPlan, CategoricalVariable, ModelFamily, ModelSpec
+from agent.packages.plan import AnalysisPlan, ModelFamily, ModelSpec
 from agent.packages.release_layout import (
     GLM_BASELINE_CROSS,
     GLM_BASELINE_INFORMATION,
@@ -54,71 +52,40 @@ from agent.packages.release_layout import (
     GLM_INFORMATION,
     GLM_SCORE,
 )
+from agent.statistics.design import (
+    CHUNK_ROWS,
+    checked_coefficients,
+    covariate_rows,
+    covariates_present,
+    design_rows,
+)
 from agent.statistics.patients import PatientTable
+from agent.statistics.weighting import checked_weights, treatment_arm
 
 Floats = npt.NDArray[np.float64]
 Flags = npt.NDArray[np.bool_]
 
-# Design rows built at a time: 65536 x 64 float64 is 32 MiB at the widest design.
-CHUNK_ROWS = 65536
 
-
-def included(model: ModelSpec, patients: PatientTable) -> Flags:
+def included(
+    model: ModelSpec, patients: PatientTable, *, outcome: Floats | None = None, weights: Floats | None = None
+) -> Flags:
     """Which of ``patients`` the regression uses: every covariate present, and the outcome 0 or 1
-    (logistic) or a survival time at least 0 and a known event (Cox)."""
+    (logistic: ``outcome``, by default the table's) or a survival time at least 0 and a known
+    event (Cox); on a weighted plan, also a weight (``weights`` not NaN)."""
     if model.family is ModelFamily.COX:
         if patients.time is None or patients.event is None:
             raise ValueError("the patient table was built without the plan's survival outcome")
         # NaN compares false: a missing time excludes; a missing event is NaN as well.
         keep: Flags = (patients.time >= 0.0) & ~np.isnan(patients.event)
     else:
-        if patients.outcome is None:
+        y = patients.outcome if outcome is None else outcome
+        if y is None:
             raise ValueError("the patient table was built without the model's outcome")
-        y = patients.outcome
         keep = (y == 0.0) | (y == 1.0)  # NaN equals neither: a missing outcome excludes
-    for variable in model.covariates:
-        if isinstance(variable, CategoricalVariable):
-            # Codes below the category count are declared categories; "other" and "missing" exclude.
-            keep &= patients.codes[variable.column] < len(variable.categories)
-        else:
-            keep &= ~np.isnan(patients.numbers[variable.column])
+    keep &= covariates_present(model, patients)
+    if weights is not None:
+        keep &= ~np.isnan(weights)
     return keep
-
-
-def covariate_rows(model: ModelSpec, patients: PatientTable, rows: npt.NDArray[np.intp]) -> Floats:
-    """The covariate columns ``[len(rows), len(model.covariate_names)]`` of the patients at
-    ``rows`` (included ones: a row of an excluded patient holds NaN or no indicator where its
-    value is missing)."""
-    x = np.zeros((rows.size, len(model.covariate_names)), dtype=np.float64)
-    column = 0
-    for variable in model.covariates:
-        if isinstance(variable, CategoricalVariable):
-            codes = patients.codes[variable.column][rows]
-            for k in range(1, len(variable.categories)):
-                x[:, column] = codes == k
-                column += 1
-        else:
-            values = np.clip(patients.numbers[variable.column][rows], variable.low, variable.high)
-            # Clamped again: the subtraction and division round, and one ulp beyond 1 would
-            # exceed the row norm the release's sensitivities assume.
-            x[:, column] = np.clip((values - variable.centre) / variable.half_width, -1.0, 1.0)
-            column += 1
-    return x
-
-
-def design_rows(model: ModelSpec, patients: PatientTable, rows: npt.NDArray[np.intp]) -> Floats:
-    """A logistic model's design rows ``[len(rows), model.width]``: 1, then :func:`covariate_rows`."""
-    return np.hstack([np.ones((rows.size, 1), dtype=np.float64), covariate_rows(model, patients, rows)])
-
-
-def checked_coefficients(model: ModelSpec, coefficients: npt.ArrayLike) -> Floats:
-    """``coefficients`` as float64 ``[model.width]``; ValueError for another shape or a value not finite."""
-    values = np.asarray(coefficients, dtype=np.float64)
-    if values.shape != (model.width,):
-        raise ValueError(f"the coefficients must have shape [{model.width}], not {list(values.shape)}")
-    if not np.isfinite(values).all():
-        raise ValueError("the coefficients must be finite")
-    return values
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,29 +100,41 @@ class ModelSums:
     """``[p, p]``: Σ μ (1 - μ) x xᵀ over the included patients (symmetric)."""
 
 
-def model_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLike) -> ModelSums:
+def model_sums(
+    model: ModelSpec,
+    patients: PatientTable,
+    coefficients: npt.ArrayLike,
+    *,
+    outcome: Floats | None = None,
+    weights: Floats | None = None,
+) -> ModelSums:
     """The score and information at ``coefficients`` (β, ``[model.width]``, finite) over the
-    included patients of ``patients``; ValueError for coefficients of another shape or not finite."""
+    included patients of ``patients``; ValueError for coefficients of another shape or not finite.
+
+    ``outcome`` replaces the table's (the propensity model's is the treatment arm); with
+    ``weights`` (each at most the plan's cap, NaN for a patient without one) each included
+    patient's terms are multiplied by their weight."""
     beta = checked_coefficients(model, coefficients)
     width = model.width
-    keep = included(model, patients)
+    keep = included(model, patients, outcome=outcome, weights=weights)
     index = np.flatnonzero(keep)
-    if patients.outcome is None:  # included() refused it already; for the type checker
+    y = patients.outcome if outcome is None else outcome
+    if y is None:  # included() refused it already; for the type checker
         raise ValueError("the patient table was built without the model's outcome")
-    outcome = patients.outcome
     score = np.zeros(width, dtype=np.float64)
     information = np.zeros((width, width), dtype=np.float64)
     for start in range(0, index.size, CHUNK_ROWS):
         rows = index[start : start + CHUNK_ROWS]
         x = design_rows(model, patients, rows)
+        w = np.ones(rows.size) if weights is None else weights[rows]
         # sigmoid(η) = (1 + tanh(η / 2)) / 2 never overflows, and μ (1 - μ) = (1 - tanh²) / 4
         # keeps its precision where μ is near 0 or 1 (1 - μ would cancel). Both stay within
         # [0, 1] and [0, 1/4] in floating point, as the sensitivities assume.
         t = np.tanh((x @ beta) / 2.0)
         mu = 0.5 * (1.0 + t)
-        weight = 0.25 * (1.0 - t * t)
-        score += x.T @ (outcome[rows] - mu)
-        information += (x * weight[:, None]).T @ x
+        curvature = 0.25 * (1.0 - t * t)
+        score += x.T @ (w * (y[rows] - mu))
+        information += (x * (w * curvature)[:, None]).T @ x
     # The product above is symmetric up to rounding; made exactly so, as the mathematics is.
     information = (information + information.T) / 2.0
     return ModelSums(int(index.size), int(patients.size - index.size), score, information)
@@ -168,19 +147,25 @@ def upper_triangle(matrix: Floats) -> Floats:
     return triangle
 
 
-def exact_model_release(plan: AnalysisPlan, patients: PatientTable, coefficients: npt.ArrayLike) -> dict[str, Floats]:
+def exact_model_release(
+    plan: AnalysisPlan, patients: PatientTable, coefficients: npt.ArrayLike, weights: Floats | None = None
+) -> dict[str, Floats]:
     """The blocks of a dp_glm release before noise: block name -> ``[1, cells]`` float64.
 
     ``patients`` must be built for :func:`agent.packages.release_layout.analysed` (the plan
-    without its strata: one stratum). ValueError for a plan without a model or another table.
+    without its strata: one stratum). On a weighted plan ``weights`` holds each patient's
+    weight (:func:`agent.statistics.weighting.plan_weights`; NaN: none, excluded), which
+    multiplies their terms. ValueError for a plan without a model, another table, or weights
+    missing on a weighted plan or given to one without weighting.
     """
     model = plan.model
     if model is None:
         raise ValueError("the plan declares no model")
     if patients.strata != 1:
         raise ValueError("a dp_glm release pools the strata: build the patients for the plan without them")
+    weights = checked_weights(plan, weights, patients.size)
     if model.family is ModelFamily.COX:
-        cox = cox_sums(model, patients, coefficients)
+        cox = cox_sums(model, patients, coefficients, weights=weights)
         return {
             GLM_COUNT: np.array([[cox.included, cox.clamped, cox.excluded]], dtype=np.float64),
             GLM_BASELINE_SCORE: cox.baseline_score.reshape(1, -1),
@@ -189,7 +174,29 @@ def exact_model_release(plan: AnalysisPlan, patients: PatientTable, coefficients
             GLM_BASELINE_CROSS: cox.cross.reshape(1, -1),
             GLM_INFORMATION: upper_triangle(cox.information).reshape(1, -1),
         }
-    sums = model_sums(model, patients, coefficients)
+    return logistic_release(model_sums(model, patients, coefficients, weights=weights))
+
+
+def exact_propensity_release(
+    plan: AnalysisPlan, patients: PatientTable, coefficients: npt.ArrayLike
+) -> dict[str, Floats]:
+    """The blocks of a dp_propensity release before noise: the logistic regression of the
+    treated arm on the weighting's covariates (``glm.count``, ``glm.score``, ``glm.information``,
+    as a logistic dp_glm's), unweighted.
+
+    ``patients`` must be built for ``analysed(plan, DP_PROPENSITY)`` (one stratum); a patient
+    whose treatment is missing or neither category is excluded. ValueError for a plan without
+    weighting or another table."""
+    weighting = plan.weighting
+    if weighting is None:
+        raise ValueError("the plan declares no weighting")
+    if patients.strata != 1:
+        raise ValueError("a dp_propensity release pools the strata: build the patients for the plan without them")
+    arm = treatment_arm(weighting, patients)
+    return logistic_release(model_sums(weighting.propensity_model, patients, coefficients, outcome=arm))
+
+
+def logistic_release(sums: ModelSums) -> dict[str, Floats]:
     return {
         GLM_COUNT: np.array([[sums.included, sums.excluded]], dtype=np.float64),
         GLM_SCORE: sums.score.reshape(1, -1),
@@ -223,10 +230,13 @@ class CoxSums:
 _CAP_MARGIN = 1.0 - 2.0**-40
 
 
-def cox_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLike) -> CoxSums:
+def cox_sums(
+    model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLike, *, weights: Floats | None = None
+) -> CoxSums:
     """A Cox model's score and information at ``coefficients`` ((α, β): ``[J + p]``, finite)
     over the included patients of ``patients``; ValueError for coefficients of another shape
-    or not finite, or a model that is not Cox."""
+    or not finite, or a model that is not Cox. With ``weights`` (NaN: no weight, excluded) each
+    included patient's events and capped expected events are multiplied by their weight."""
     survival = model.survival
     if model.family is not ModelFamily.COX or survival is None:
         raise ValueError("cox_sums needs a Cox model")
@@ -237,7 +247,7 @@ def cox_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLi
     alpha, beta = theta[:intervals], theta[intervals:]
     p = beta.size
     cap = model.max_cumulative_hazard * _CAP_MARGIN
-    keep = included(model, patients)
+    keep = included(model, patients, weights=weights)
     index = np.flatnonzero(keep)
     baseline_score = np.zeros(intervals, dtype=np.float64)
     score = np.zeros(p, dtype=np.float64)
@@ -255,6 +265,10 @@ def cox_sums(model: ModelSpec, patients: PatientTable, coefficients: npt.ArrayLi
             log_mu = np.log(exposure) + eta  # -inf where there was no exposure
         mu, over = _capped(log_mu, cap)
         clamped += int(np.count_nonzero(over))
+        if weights is not None:
+            # After the cap: a patient's weighted terms are their weight times bounded ones.
+            w = weights[rows][:, None]
+            mu, dead = w * mu, w * dead
         total = mu.sum(axis=1)
         baseline_score += (dead - mu).sum(axis=0)
         score += x.T @ (dead.sum(axis=1) - total)

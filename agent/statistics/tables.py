@@ -17,6 +17,11 @@ Block contents (cell order as in :mod:`agent.packages.release_layout`):
 * ``survival.exits``: per interval of the grid (``[0, t_1]``, ``(t_{j-1}, t_j]``,
   ``(t_J, inf)``) the exits by event and by censoring, then "missing" (time or event
   missing, or a negative time).
+* A weighted plan's (per arm; agent.statistics.weighting): ``weights.count`` (patients
+  with a weight, without one), ``weights.sum``, and the weighted twins of ``<col>.n``,
+  ``<col>.sum``, ``<col>.sumsq``, ``<col>.counts`` and ``survival.exits``
+  (``<col>.weighted.n`` …, ``survival.weighted.exits``): the same cells, each patient
+  counted with their weight (0 without one).
 """
 
 from __future__ import annotations
@@ -31,44 +36,64 @@ from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariab
 from agent.packages.release_layout import (
     COUNT,
     SURVIVAL_EXITS,
+    WEIGHT_COUNT,
+    WEIGHT_SUM,
+    WEIGHTED_EXITS,
     ReleaseLayout,
     Statistic,
     Suppression,
+    analysed,
     block_name,
     numeric_blocks,
 )
 from agent.packages.release_layout import layout as plan_layout
 from agent.statistics.patients import PatientTable
+from agent.statistics.weighting import checked_weights
 
 Floats = npt.NDArray[np.float64]
 
 
-def exact_release(plan: AnalysisPlan, layout: ReleaseLayout, patients: PatientTable) -> dict[str, Floats]:
+def exact_release(
+    plan: AnalysisPlan, layout: ReleaseLayout, patients: PatientTable, weights: Floats | None = None
+) -> dict[str, Floats]:
     """Every block of ``layout`` before noise: block name -> ``[strata, len(block.cells)]`` float64.
 
     ``layout`` must be ``agent.packages.release_layout.layout(plan, kind)`` and ``patients`` the
-    plan's :func:`~agent.statistics.patients.patient_table`; ValueError otherwise. Only the
-    layout's blocks are computed (a survival task computes no descriptive block).
+    table of ``analysed(plan, kind)``; ValueError otherwise. Only the layout's blocks are
+    computed (a survival task computes no descriptive block). On a weighted plan ``weights``
+    holds each patient's weight (:func:`agent.statistics.weighting.plan_weights`; NaN where
+    none), which the weighted blocks sum; ValueError when they are missing there or given to an
+    unweighted plan.
     """
     if layout != plan_layout(plan, layout.kind):
         raise ValueError("the release layout is not the plan's")
     if patients.strata != layout.strata:
         raise ValueError("the patient table was not built for this plan")
+    weights = checked_weights(plan, weights, patients.size)
     wanted = {block.name for block in layout.blocks}
     strata, stratum = layout.strata, patients.stratum
+    # A patient without a weight weighs 0 in the weighted blocks.
+    weight = np.zeros(patients.size) if weights is None else np.nan_to_num(weights, nan=0.0)
     computed: dict[str, Floats] = {}
     if COUNT in wanted:
         computed[COUNT] = _counts(stratum, np.zeros(patients.size, dtype=np.int64), strata, 1)
-    for variable in plan.variables:
+    if weights is not None and WEIGHT_COUNT in wanted:
+        computed[WEIGHT_COUNT] = _counts(stratum, np.isnan(weights).astype(np.int64), strata, 2)
+        computed[WEIGHT_SUM] = _sums(stratum, weight, strata)
+    for variable in analysed(plan, layout.kind).variables:
         if isinstance(variable, CategoricalVariable):
-            name = block_name(Statistic.COUNTS, variable.column)
-            if name in wanted:
-                cells = len(variable.categories) + 2
-                computed[name] = _counts(stratum, patients.codes[variable.column], strata, cells)
+            cells = len(variable.categories) + 2
+            codes = patients.codes[variable.column]
+            for statistic, by in ((Statistic.COUNTS, None), (Statistic.WEIGHTED_COUNTS, weight)):
+                name = block_name(statistic, variable.column)
+                if name in wanted:
+                    computed[name] = _counts(stratum, codes, strata, cells, by)
         elif not wanted.isdisjoint(block.name for block in numeric_blocks(variable)):
-            computed.update(_numeric(variable, patients))
+            computed.update(_numeric(variable, patients, weight if weights is not None else None))
     if plan.survival is not None and SURVIVAL_EXITS in wanted:
         computed[SURVIVAL_EXITS] = _exits(plan.survival, patients)
+        if WEIGHTED_EXITS in wanted:
+            computed[WEIGHTED_EXITS] = _exits(plan.survival, patients, weight)
     result: dict[str, Floats] = {}
     for block in layout.blocks:
         values = computed[block.name]
@@ -79,9 +104,16 @@ def exact_release(plan: AnalysisPlan, layout: ReleaseLayout, patients: PatientTa
     return result
 
 
-def _counts(stratum: npt.NDArray[np.int64], cell: npt.NDArray[np.int64], strata: int, cells: int) -> Floats:
-    """Patients per (stratum, cell): ``cell`` in ``0..cells-1`` for each patient."""
-    flat = np.bincount(stratum * cells + cell, minlength=strata * cells)
+def _counts(
+    stratum: npt.NDArray[np.int64],
+    cell: npt.NDArray[np.int64],
+    strata: int,
+    cells: int,
+    weights: Floats | None = None,
+) -> Floats:
+    """Patients per (stratum, cell), or the sum of their ``weights``: ``cell`` in ``0..cells-1``
+    for each patient."""
+    flat = np.bincount(stratum * cells + cell, weights=weights, minlength=strata * cells)
     return flat.reshape(strata, cells).astype(np.float64)
 
 
@@ -89,8 +121,9 @@ def _sums(stratum: npt.NDArray[np.int64], weights: Floats, strata: int) -> Float
     return np.bincount(stratum, weights=weights, minlength=strata).reshape(strata, 1).astype(np.float64)
 
 
-def _numeric(variable: NumericVariable, patients: PatientTable) -> dict[str, Floats]:
-    """The blocks of :func:`agent.packages.release_layout.numeric_blocks`, in its order."""
+def _numeric(variable: NumericVariable, patients: PatientTable, weight: Floats | None) -> dict[str, Floats]:
+    """The blocks of :func:`agent.packages.release_layout.numeric_blocks`, in its order, and with
+    ``weight`` (each patient's, 0 for none) those of ``weighted_numeric_blocks``."""
     strata = patients.strata
     x = patients.numbers[variable.column]
     present = ~np.isnan(x)
@@ -101,10 +134,9 @@ def _numeric(variable: NumericVariable, patients: PatientTable) -> dict[str, Flo
     # exceed the sensitivities h and h² the release declares.
     centred = np.clip(clamped - variable.centre, -h, h)
     column = variable.column
+    missing = np.where(present, 0, 1).astype(np.int64)
     blocks = {
-        block_name(Statistic.PRESENCE, column): _counts(
-            patients.stratum, np.where(present, 0, 1).astype(np.int64), strata, 2
-        ),
+        block_name(Statistic.PRESENCE, column): _counts(patients.stratum, missing, strata, 2),
         block_name(Statistic.SUM, column): _sums(stratum, centred, strata),
         block_name(Statistic.SUMSQ, column): _sums(stratum, centred * centred, strata),
     }
@@ -114,11 +146,17 @@ def _numeric(variable: NumericVariable, patients: PatientTable) -> dict[str, Flo
         # side="right" puts v == edges[k] in bin k; v == high (index ``bins``) joins the last bin.
         index = np.minimum(np.searchsorted(edges, clamped, side="right") - 1, bins - 1)
         blocks[block_name(Statistic.HISTOGRAM, column)] = _counts(stratum, index.astype(np.int64), strata, bins)
+    if weight is not None:
+        w = weight[present]
+        blocks[block_name(Statistic.WEIGHTED_PRESENCE, column)] = _counts(patients.stratum, missing, strata, 2, weight)
+        blocks[block_name(Statistic.WEIGHTED_SUM, column)] = _sums(stratum, w * centred, strata)
+        blocks[block_name(Statistic.WEIGHTED_SUMSQ, column)] = _sums(stratum, w * centred * centred, strata)
     return blocks
 
 
-def _exits(survival: SurvivalSpec, patients: PatientTable) -> Floats:
-    """Each patient's one exit cell: ``2 i`` event or ``2 i + 1`` censored in interval ``i``, else missing."""
+def _exits(survival: SurvivalSpec, patients: PatientTable, weights: Floats | None = None) -> Floats:
+    """Each patient's one exit cell: ``2 i`` event or ``2 i + 1`` censored in interval ``i``, else
+    missing; counted, or with ``weights`` their weights summed."""
     if patients.time is None or patients.event is None:
         raise ValueError("the patient table was built without the survival columns")
     grid = np.asarray(survival.grid, dtype=np.float64)
@@ -130,7 +168,7 @@ def _exits(survival: SurvivalSpec, patients: PatientTable) -> Floats:
     interval = np.searchsorted(grid, time[usable], side="left")
     cell = np.full(patients.size, 2 * intervals, dtype=np.int64)
     cell[usable] = 2 * interval + (event[usable] == 0)
-    return _counts(patients.stratum, cell, patients.strata, 2 * intervals + 1)
+    return _counts(patients.stratum, cell, patients.strata, 2 * intervals + 1, weights)
 
 
 # -- noise and suppression ------------------------------------------------------------------
@@ -224,10 +262,14 @@ def _suppress(noisy: dict[str, Floats], layout: ReleaseLayout, minimum: int) -> 
     for block in layout.blocks:
         # A numeric variable's present values (its presence block's first cell) too few to
         # show: its sum, sum of squares and histogram would describe those few patients
-        # (the histogram's cells even add up to the withheld count).
-        withheld = np.isnan(noisy[block.name][:, 0])
+        # (the histogram's cells even add up to the withheld count); a weighted count of a
+        # withheld cell would tell about as much as the count.
+        withheld = np.isnan(noisy[block.name])
         for dependent in layout.withheld_with(block):
-            noisy[dependent.name][withheld, :] = np.nan
+            if dependent.cells == block.cells:
+                noisy[dependent.name][withheld] = np.nan
+            else:
+                noisy[dependent.name][withheld[:, 0], :] = np.nan
 
 
 def _sizes(noisy: Mapping[str, Floats], layout: ReleaseLayout) -> Floats:

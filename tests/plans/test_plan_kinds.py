@@ -15,6 +15,7 @@ from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds import registry
 from agent.tasks.kinds.dp_describe import DpDescribe
 from agent.tasks.kinds.dp_glm import DpGlm
+from agent.tasks.kinds.dp_propensity import DpPropensity
 from agent.tasks.kinds.dp_survival import DpSurvival
 from agent.tasks.kinds.profile import TaskProfile
 from tests.packages.package_builders import manifest_and_graphs
@@ -63,7 +64,7 @@ def test_the_release_is_the_plan_layout_and_nothing_on_a_model_package() -> None
         assert profile.release(model).scalars == frozenset()
     assert {DpDescribe.name, DpSurvival.name} == {TaskKind.DP_DESCRIBE.value, TaskKind.DP_SURVIVAL.value}
     assert DpDescribe.graph is None and DpSurvival.graph is None
-    assert set(PLAN_PROFILES) == {DpDescribe, DpSurvival, DpGlm}
+    assert set(PLAN_PROFILES) == {DpDescribe, DpSurvival, DpGlm, DpPropensity}
 
 
 def test_dp_glm_releases_its_layout_only_on_a_plan_with_a_model() -> None:

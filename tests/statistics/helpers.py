@@ -21,9 +21,9 @@ from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, layout
 from agent.statistics.patients import PatientTable, patient_table
 from agent.statistics.tables import exact_release
 
-# The plan kinds whose exact blocks agent.statistics.tables computes (dp_glm's need coefficients:
-# agent.statistics.glm).
-TABLE_KINDS = tuple(kind for kind in PLAN_KINDS if kind is not TaskKind.DP_GLM)
+# The plan kinds whose exact blocks agent.statistics.tables computes (dp_glm's and dp_propensity's
+# need coefficients: agent.statistics.glm, agent.statistics.weighting).
+TABLE_KINDS = tuple(kind for kind in PLAN_KINDS if kind not in (TaskKind.DP_GLM, TaskKind.DP_PROPENSITY))
 
 
 def plan_of(value: dict[str, Any]) -> AnalysisPlan:

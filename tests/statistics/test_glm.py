@@ -28,7 +28,8 @@ from agent.packages.plan import AnalysisPlan
 from agent.packages.release_layout import GLM_COUNT, GLM_INFORMATION, GLM_SCORE, analysed, layout
 from agent.runtime.errors import ParameterError
 from agent.statistics import glm
-from agent.statistics.glm import design_rows, exact_model_release, included, model_sums, upper_triangle
+from agent.statistics.design import design_rows
+from agent.statistics.glm import exact_model_release, included, model_sums, upper_triangle
 from agent.statistics.patients import PatientTable, patient_table, patient_table_keyed
 from agent.statistics.tables import noisy_release
 from agent.tasks.computation import checked_plan_parameters

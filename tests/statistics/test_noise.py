@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from agent.packages.manifest import PLAN_KINDS, TaskKind
+from agent.packages.manifest import TaskKind, served_kinds
 from agent.packages.plan import AnalysisPlan
 from agent.packages.release_layout import COUNT, SURVIVAL_EXITS, ReleaseLayout, layout
 from agent.statistics.tables import noisy_release
@@ -45,14 +45,37 @@ COX_PLAN = plan_of(
 )
 
 
-@pytest.mark.parametrize(("plan", "kind"), [*((PLAN, kind) for kind in PLAN_KINDS), (COX_PLAN, TaskKind.DP_GLM)])
+# Weighted: per arm (8 strata for describe and survival), weighted twins of the blocks.
+WEIGHTED_PLAN = plan_of(
+    {
+        "strata": [{"column": "site", "categories": [1, 2, 3, 4]}],
+        "variables": [
+            {"column": "treated", "kind": "categorical", "categories": [False, True]},
+            {"column": "age", "kind": "numeric", "bounds": [20, 80], "bins": [20, 50, 80]},
+            {"column": "grade", "kind": "categorical", "categories": ["I", "II"]},
+        ],
+        "survival": {"time_column": "time", "event_column": "event", "grid": [10, 20]},
+        "model": {"family": "cox", "covariates": ["treated"]},
+        "weighting": {"treatment": "treated", "covariates": ["age", "grade"], "estimand": "ate", "max_weight": 8},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("plan", "kind"),
+    [
+        *((PLAN, kind) for kind in served_kinds(PLAN)),
+        (COX_PLAN, TaskKind.DP_GLM),
+        *((WEIGHTED_PLAN, kind) for kind in served_kinds(WEIGHTED_PLAN)),
+    ],
+)
 def test_the_noise_has_the_layouts_standard_deviation(plan: AnalysisPlan, kind: TaskKind) -> None:
-    """Also for a Cox release, whose blocks share the budget unequally."""
+    """Also for a Cox release, whose blocks share the budget unequally, and a weighted plan's."""
     release = layout(plan, kind)
     rng = np.random.default_rng(2026)
     draws: dict[str, list[float]] = {block.name: [] for block in release.blocks}
     # 16 strata give 16 draws per cell and release; dp_glm's one stratum needs 16 times the releases.
-    for _ in range(400 * 16 // release.strata):
+    for _ in range(-(-400 * 16 // release.strata)):
         released = noisy_release(zeros(release), release, noise_multiplier=1.7, min_cell_size=0, rng=rng)
         for name, value in released.items():
             draws[name.split("[")[0]].append(value)
@@ -96,7 +119,7 @@ def test_noise_is_independent_across_numbers() -> None:
     assert np.abs(off_diagonal).max() < 0.25  # 500 draws: |r| of independent pairs stays below ~0.2
 
 
-@pytest.mark.parametrize("kind", list(PLAN_KINDS))
+@pytest.mark.parametrize("kind", served_kinds(PLAN))
 def test_the_keys_are_the_layouts_scalar_names(kind: TaskKind) -> None:
     release = layout(PLAN, kind)
     released = noisy_release(

@@ -79,7 +79,7 @@ def policy_text(publisher: AgentKey, *, reviewer: AgentKey | None = None) -> str
 [[coordinators]]
 identity = "{COORDINATOR_URI}"
 datasets = ["gbsg2", "no-event"]
-task_kinds = ["dp_describe", "dp_survival", "dp_evaluate", "dp_glm"]
+task_kinds = ["dp_describe", "dp_survival", "dp_evaluate", "dp_glm", "dp_propensity"]
 
 [[datasets]]
 id = "*"
@@ -88,7 +88,7 @@ delta = 1e-5
 min_cohort_size = 20
 require_privacy_unit = true
 min_cell_size = 5
-exposed_columns = ["age", "horTh", "tgrade", "time", "cens"]
+exposed_columns = ["age", "horTh", "tgrade", "menostat", "time", "cens"]
 forbidden_columns = ["patient_id"]
 [datasets.bounds.noise_multiplier]
 min = 0.1
@@ -124,7 +124,7 @@ class PlanSite:
         pq.write_table(table.drop_columns(["cens"]), data / "no-event.parquet")
         datasets = (
             f'\n[[datasets]]\nid = "gbsg2"\npath = "{data / "gbsg2.parquet"}"\n'
-            'columns = ["age", "horTh", "tgrade", "menostat", "time", "cens"]\nprivacy_unit = "patient_id"\n'
+            'columns = ["age", "horTh", "tgrade", "menostat", "tsize", "time", "cens"]\nprivacy_unit = "patient_id"\n'
             f'\n[[datasets]]\nid = "no-event"\npath = "{data / "no-event.parquet"}"\n'
             'columns = ["age", "horTh", "tgrade", "time"]\nprivacy_unit = "patient_id"\n'
         )
@@ -356,10 +356,10 @@ def test_bad_requests_are_refused_and_charge_nothing(site: PlanSite, publisher: 
     refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_SURVIVAL, dataset="no-event"))
     assert "cens" in refused.details
     # A plan reading a column the policy does not expose.
-    hidden = dict(PLAN, variables=[{"column": "menostat", "kind": "categorical", "categories": ["Pre", "Post"]}])
+    hidden = dict(PLAN, variables=[{"column": "tsize", "kind": "numeric", "bounds": [0, 120]}])
     other = site.client.upload_package(plan_package(publisher, hidden, "1.0.1", task_kinds=["dp_describe"])).digest
     refused = _refusal(site, site.spec(other, pb.TASK_KIND_DP_DESCRIBE))
-    assert refused.code is grpc.StatusCode.PERMISSION_DENIED and "menostat" in refused.details
+    assert refused.code is grpc.StatusCode.PERMISSION_DENIED and "tsize" in refused.details
     # A model kind on a plan package.
     refused = _refusal(site, site.spec(digest, pb.TASK_KIND_DP_EVALUATE))
     assert refused.code is grpc.StatusCode.INVALID_ARGUMENT

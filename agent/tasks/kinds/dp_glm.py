@@ -8,7 +8,10 @@ information and takes a Newton-Raphson step; each step is one task per site, eac
 Every covariate has public bounds or categories, and a Cox patient's cumulative hazard a
 public cap, so one patient's contribution to each block has a public bound for every
 coefficient (:func:`agent.packages.release_layout.model_blocks`): the sums are released as
-they are. The agent computes them from the package's analysis plan (no graph runs): see
+they are. On a weighted plan the task also sends the propensity model's coefficients
+(``propensity``) and each patient's terms are multiplied by their weight, at most the
+plan's public cap (:mod:`agent.statistics.weighting`): a weighted Cox model's hazard ratio.
+The agent computes them from the package's analysis plan (no graph runs): see
 :mod:`agent.statistics.glm` and docs/statistics.md.
 """
 
@@ -17,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.api.edge_agent.v1 import agent_pb2 as pb
-from agent.packages.manifest import COEFFICIENTS, Manifest, TaskKind
+from agent.packages.manifest import COEFFICIENTS, PROPENSITY, Manifest, TaskKind
 from agent.packages.release_layout import layout
 from agent.privacy.mechanism import Mechanism
 from agent.statistics.glm import exact_model_release
+from agent.statistics.weighting import plan_weights
 from agent.tasks.kinds.plan_release import check_whole_cohort, noised, plan_release
 from agent.tasks.kinds.profile import Computation, PlanComputation, Release, TaskProfile, plan_computation
 from agent.tasks.worker import Released
@@ -44,5 +48,6 @@ class DpGlm(TaskProfile, name="dp_glm", wire=pb.TASK_KIND_DP_GLM, graph=None):
     def compute(self, computation: Computation | PlanComputation) -> Released:
         prepared = plan_computation(computation)
         release = layout(prepared.plan, TaskKind.DP_GLM)
-        exact = exact_model_release(prepared.plan, prepared.patients, prepared.parameters[COEFFICIENTS])
+        weights = plan_weights(prepared.plan, prepared.patients, prepared.parameters.get(PROPENSITY))
+        exact = exact_model_release(prepared.plan, prepared.patients, prepared.parameters[COEFFICIENTS], weights)
         return noised(prepared, release, exact, self.noise_multiplier)

@@ -1,4 +1,5 @@
-"""What the plan kinds (``dp_describe``, ``dp_survival``, ``dp_glm``) share: their release and their computation.
+"""What the plan kinds (``dp_describe``, ``dp_survival``, ``dp_glm``, ``dp_propensity``) share: their
+release and their computation.
 
 They run the package's analysis plan, not a graph: the agent reads the plan's columns,
 keeps one row per patient (agent.statistics.patients), computes the blocks of the kind's
@@ -14,9 +15,10 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from agent.packages.manifest import Manifest, TaskKind, plan_lacks
+from agent.packages.manifest import PROPENSITY, Manifest, TaskKind, plan_lacks
 from agent.packages.release_layout import ReleaseLayout, layout
 from agent.statistics.tables import exact_release, noisy_release
+from agent.statistics.weighting import plan_weights
 from agent.tasks.errors import TaskSpecError
 from agent.tasks.kinds.profile import PlanComputation, Release
 from agent.tasks.worker import Released
@@ -51,9 +53,11 @@ def plan_release(manifest: Manifest, kind: TaskKind) -> Release:
 
 
 def compute_plan(computation: PlanComputation, kind: TaskKind, noise_multiplier: float) -> Released:
-    """The noisy, suppressed release of ``kind`` (a kind of agent.statistics.tables) on the prepared patients."""
+    """The noisy, suppressed release of ``kind`` (a kind of agent.statistics.tables) on the prepared
+    patients, weighted as a weighted plan says at the task's propensity coefficients."""
     release = layout(computation.plan, kind)
-    exact = exact_release(computation.plan, release, computation.patients)
+    weights = plan_weights(computation.plan, computation.patients, computation.parameters.get(PROPENSITY))
+    exact = exact_release(computation.plan, release, computation.patients, weights)
     return noised(computation, release, exact, noise_multiplier)
 
 

@@ -12,11 +12,20 @@ from agent.tasks.kinds.dp_evaluate import DpEvaluate
 from agent.tasks.kinds.dp_glm import DpGlm
 from agent.tasks.kinds.dp_gradient import DpGradient
 from agent.tasks.kinds.dp_local_training import DpLocalTraining
+from agent.tasks.kinds.dp_propensity import DpPropensity
 from agent.tasks.kinds.dp_survival import DpSurvival
 from agent.tasks.kinds.hyperparameters import Hyperparameter
 from agent.tasks.kinds.profile import TaskProfile
 
-PROFILES: tuple[type[TaskProfile], ...] = (DpGradient, DpLocalTraining, DpEvaluate, DpDescribe, DpSurvival, DpGlm)
+PROFILES: tuple[type[TaskProfile], ...] = (
+    DpGradient,
+    DpLocalTraining,
+    DpEvaluate,
+    DpDescribe,
+    DpSurvival,
+    DpGlm,
+    DpPropensity,
+)
 
 
 def names() -> tuple[str, ...]:

@@ -139,9 +139,14 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     and per stratum, computed by the agent from the analysis plan; released as scalars.
     """
     TASK_KIND_DP_GLM: _TaskKind.ValueType  # 6
-    """A logistic regression's score vector and Fisher information at the coefficients the
-    task sends (one tensor, `coefficients`), over the plan's model's design rows; computed
-    by the agent from the analysis plan; released as scalars (no clipping: bounded design).
+    """A regression's (logistic, or Cox on the plan's survival grid) score vector and Fisher
+    information at the coefficients the task sends (`coefficients`), over the plan's model's
+    design rows; computed by the agent from the analysis plan; released as scalars (no
+    clipping: bounded design). On a weighted plan each patient's terms are weighted.
+    """
+    TASK_KIND_DP_PROPENSITY: _TaskKind.ValueType  # 7
+    """A weighted plan's propensity model: the logistic regression of the treated arm on the
+    weighting's covariates, released as TASK_KIND_DP_GLM releases a logistic model's sums.
     """
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper):
@@ -163,9 +168,14 @@ TASK_KIND_DP_SURVIVAL: TaskKind.ValueType  # 5
 and per stratum, computed by the agent from the analysis plan; released as scalars.
 """
 TASK_KIND_DP_GLM: TaskKind.ValueType  # 6
-"""A logistic regression's score vector and Fisher information at the coefficients the
-task sends (one tensor, `coefficients`), over the plan's model's design rows; computed
-by the agent from the analysis plan; released as scalars (no clipping: bounded design).
+"""A regression's (logistic, or Cox on the plan's survival grid) score vector and Fisher
+information at the coefficients the task sends (`coefficients`), over the plan's model's
+design rows; computed by the agent from the analysis plan; released as scalars (no
+clipping: bounded design). On a weighted plan each patient's terms are weighted.
+"""
+TASK_KIND_DP_PROPENSITY: TaskKind.ValueType  # 7
+"""A weighted plan's propensity model: the logistic regression of the treated arm on the
+weighting's covariates, released as TASK_KIND_DP_GLM releases a logistic model's sums.
 """
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
