@@ -18,7 +18,7 @@ Block contents (cell order as in :mod:`agent.packages.release_layout`):
   ``(t_J, inf)``) the exits by event and by censoring, then "missing" (time or event
   missing, or a negative time).
 * A weighted plan's (per arm; agent.statistics.weighting): ``weights.count`` (patients
-  with a weight, without one), ``weights.sum``, and the weighted twins of ``<col>.n``,
+  with a weight, without one), ``weights.sum`` and ``weights.sumsq`` (Σ w, Σ w²), and the weighted twins of ``<col>.n``,
   ``<col>.sum``, ``<col>.sumsq``, ``<col>.counts`` and ``survival.exits``
   (``<col>.weighted.n`` …, ``survival.weighted.exits``): the same cells, each patient
   counted with their weight (0 without one).
@@ -38,6 +38,7 @@ from agent.packages.release_layout import (
     SURVIVAL_EXITS,
     WEIGHT_COUNT,
     WEIGHT_SUM,
+    WEIGHT_SUMSQ,
     WEIGHTED_EXITS,
     ReleaseLayout,
     Statistic,
@@ -80,6 +81,8 @@ def exact_release(
     if weights is not None and WEIGHT_COUNT in wanted:
         computed[WEIGHT_COUNT] = _counts(stratum, np.isnan(weights).astype(np.int64), strata, 2)
         computed[WEIGHT_SUM] = _sums(stratum, weight, strata)
+    if weights is not None and WEIGHT_SUMSQ in wanted:
+        computed[WEIGHT_SUMSQ] = _sums(stratum, weight * weight, strata)
     for variable in analysed(plan, layout.kind).variables:
         if isinstance(variable, CategoricalVariable):
             cells = len(variable.categories) + 2

@@ -132,7 +132,12 @@ def test_the_propensity_model_then_the_weighted_releases_per_arm(site: PlanSite,
     started = site.audit("task.started")
     assert [entry["task_kind"] for entry in started] == ["dp_propensity", "dp_describe", "dp_survival", "dp_glm"]
     finished = site.audit("task.finished")
-    assert finished[2]["released"] == ["survival.exits[2][15]", "survival.weighted.exits[2][15]"]
+    assert finished[2]["released"] == [
+        "survival.exits[2][15]",
+        "survival.weighted.exits[2][15]",
+        "weights.sumsq[2][1]",
+    ]
+    assert finished[3]["released"][-3:] == ["glm.meat.baseline[1][21]", "glm.meat.cross[1][6]", "glm.meat[1][1]"]
 
 
 def test_a_weighted_task_without_usable_propensity_coefficients_is_refused_and_charges_nothing(
