@@ -50,9 +50,6 @@ from agent.packages.release_layout import (
     GLM_BASELINE_SCORE,
     GLM_COUNT,
     GLM_INFORMATION,
-    GLM_MEAT,
-    GLM_MEAT_BASELINE,
-    GLM_MEAT_CROSS,
     GLM_SCORE,
 )
 from agent.statistics.design import (
@@ -101,8 +98,6 @@ class ModelSums:
     """``[p]``: Σ x (y - μ) over the included patients."""
     information: Floats
     """``[p, p]``: Σ μ (1 - μ) x xᵀ over the included patients (symmetric)."""
-    meat: Floats
-    """``[p, p]``: Σ g gᵀ, ``g = w x (y - μ)`` each included patient's score term (symmetric)."""
 
 
 def model_sums(
@@ -128,7 +123,6 @@ def model_sums(
         raise ValueError("the patient table was built without the model's outcome")
     score = np.zeros(width, dtype=np.float64)
     information = np.zeros((width, width), dtype=np.float64)
-    meat = np.zeros((width, width), dtype=np.float64)
     for start in range(0, index.size, CHUNK_ROWS):
         rows = index[start : start + CHUNK_ROWS]
         x = design_rows(model, patients, rows)
@@ -139,14 +133,11 @@ def model_sums(
         t = np.tanh((x @ beta) / 2.0)
         mu = 0.5 * (1.0 + t)
         curvature = 0.25 * (1.0 - t * t)
-        terms = x * (w * (y[rows] - mu))[:, None]
-        score += terms.sum(axis=0)
+        score += x.T @ (w * (y[rows] - mu))
         information += (x * (w * curvature)[:, None]).T @ x
-        meat += terms.T @ terms
-    # The products above are symmetric up to rounding; made exactly so, as the mathematics is.
+    # The product above is symmetric up to rounding; made exactly so, as the mathematics is.
     information = (information + information.T) / 2.0
-    meat = (meat + meat.T) / 2.0
-    return ModelSums(int(index.size), int(patients.size - index.size), score, information, meat)
+    return ModelSums(int(index.size), int(patients.size - index.size), score, information)
 
 
 def upper_triangle(matrix: Floats) -> Floats:
@@ -175,7 +166,7 @@ def exact_model_release(
     weights = checked_weights(plan, weights, patients.size)
     if model.family is ModelFamily.COX:
         cox = cox_sums(model, patients, coefficients, weights=weights)
-        blocks = {
+        return {
             GLM_COUNT: np.array([[cox.included, cox.clamped, cox.excluded]], dtype=np.float64),
             GLM_BASELINE_SCORE: cox.baseline_score.reshape(1, -1),
             GLM_SCORE: cox.score.reshape(1, -1),
@@ -183,17 +174,7 @@ def exact_model_release(
             GLM_BASELINE_CROSS: cox.cross.reshape(1, -1),
             GLM_INFORMATION: upper_triangle(cox.information).reshape(1, -1),
         }
-        if weights is None:
-            return blocks
-        return blocks | {
-            GLM_MEAT_BASELINE: upper_triangle(cox.meat_baseline).reshape(1, -1),
-            GLM_MEAT_CROSS: cox.meat_cross.reshape(1, -1),
-            GLM_MEAT: upper_triangle(cox.meat).reshape(1, -1),
-        }
-    sums = model_sums(model, patients, coefficients, weights=weights)
-    if weights is None:
-        return logistic_release(sums)
-    return logistic_release(sums) | {GLM_MEAT: upper_triangle(sums.meat).reshape(1, -1)}
+    return logistic_release(model_sums(model, patients, coefficients, weights=weights))
 
 
 def exact_propensity_release(
@@ -242,12 +223,6 @@ class CoxSums:
     """``[J, p]``: Σ μ_j x."""
     information: Floats
     """``[p, p]``: Σ (Σ_j μ_j) x xᵀ (symmetric)."""
-    meat_baseline: Floats
-    """``[J, J]``: Σ g_α g_αᵀ, ``g_α = (d_j - μ_j)_j`` a patient's baseline score terms (symmetric)."""
-    meat_cross: Floats
-    """``[J, p]``: Σ g_α g_βᵀ, ``g_β = x (Σ_j d_j - Σ_j μ_j)`` their covariates' score terms."""
-    meat: Floats
-    """``[p, p]``: Σ g_β g_βᵀ (symmetric). With weights, every g is the weighted one."""
 
 
 # Scaling a patient's expected events to the cap Λ rounds (by about (J + 4) ulps, J <= 64);
@@ -279,9 +254,6 @@ def cox_sums(
     baseline_information = np.zeros(intervals, dtype=np.float64)
     cross = np.zeros((intervals, p), dtype=np.float64)
     information = np.zeros((p, p), dtype=np.float64)
-    meat_baseline = np.zeros((intervals, intervals), dtype=np.float64)
-    meat_cross = np.zeros((intervals, p), dtype=np.float64)
-    meat = np.zeros((p, p), dtype=np.float64)
     clamped = 0
     for first in range(0, index.size, CHUNK_ROWS):
         rows = index[first : first + CHUNK_ROWS]
@@ -298,16 +270,11 @@ def cox_sums(
             w = weights[rows][:, None]
             mu, dead = w * mu, w * dead
         total = mu.sum(axis=1)
-        baseline_terms = dead - mu
-        covariate_terms = x * (dead.sum(axis=1) - total)[:, None]
-        baseline_score += baseline_terms.sum(axis=0)
-        score += covariate_terms.sum(axis=0)
+        baseline_score += (dead - mu).sum(axis=0)
+        score += x.T @ (dead.sum(axis=1) - total)
         baseline_information += mu.sum(axis=0)
         cross += mu.T @ x
         information += (x * total[:, None]).T @ x
-        meat_baseline += baseline_terms.T @ baseline_terms
-        meat_cross += baseline_terms.T @ covariate_terms
-        meat += covariate_terms.T @ covariate_terms
     information = (information + information.T) / 2.0
     return CoxSums(
         included=int(index.size) - clamped,
@@ -318,9 +285,6 @@ def cox_sums(
         baseline_information=baseline_information,
         cross=cross,
         information=information,
-        meat_baseline=(meat_baseline + meat_baseline.T) / 2.0,
-        meat_cross=meat_cross,
-        meat=(meat + meat.T) / 2.0,
     )
 
 

@@ -1,4 +1,4 @@
-"""`edge-sponsor study describe|survival|glm|cox`: run an analysis plan across the federation.
+"""`edge-sponsor study describe|survival|glm|cox|iptw`: run an analysis plan across the federation.
 
 Every site of the federation file runs one statistics task of the plan package on its
 dataset; the releases are pooled into a Table 1 (``describe``) or Kaplan-Meier curves with
@@ -6,7 +6,9 @@ median survival and a log-rank test (``survival``), written as JSON and as one H
 (docs/statistics.md). ``glm`` runs ``--rounds`` dp_glm tasks per site, one per step
 (lower-bound or Newton-Raphson, ``--method``) of the plan's logistic model, and reports its
 coefficients; ``cox`` does the same for a Cox model, each site with its own baseline, and
-reports hazard ratios with a forest plot.
+reports hazard ratios with a forest plot. ``iptw`` runs a weighted plan: the propensity model,
+the balance before and after weighting (a love plot), weighted Kaplan-Meier curves per arm and
+the weighted Cox model.
 Exit codes: 0 done (sites that refused are listed); 1 no site returned a release;
 2 bad federation file, plan package, credentials or options.
 """
@@ -32,12 +34,14 @@ from edge_sponsor.coordinator.cox_tasks import MIN_ROUNDS as COX_MIN_ROUNDS
 from edge_sponsor.coordinator.cox_tasks import cox_design, run_cox
 from edge_sponsor.coordinator.federation import Federation, load_federation
 from edge_sponsor.coordinator.glm_tasks import BOUND_ROUNDS, DEFAULT_ROUNDS, MAX_ROUNDS, glm_design, run_glm
+from edge_sponsor.coordinator.iptw_tasks import PROPENSITY_ROUNDS, check_weighted, run_iptw
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, plan_profile, run_plan
 from edge_sponsor.coordinator.privacy_plan import PlannedTask, project
 from edge_sponsor.coordinator.study import open_clients
 from edge_sponsor.statistics.cox import CoxBaseline, CoxOptions
 from edge_sponsor.statistics.cox_analysis import CoxAnalysis, CoxRound
 from edge_sponsor.statistics.glm import GlmAnalysis, GlmMethod, GlmRound
+from edge_sponsor.statistics.iptw_analysis import IptwAnalysis
 from edge_sponsor.statistics.report import new_report, render_html
 from edge_sponsor.statistics.survival import analyse_survival
 from edge_sponsor.statistics.table_one import table_one
@@ -67,19 +71,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ("survival", "Kaplan-Meier curves per stratum, median survival and follow-up, log-rank test"),
     ):
         command = commands.add_parser(name, help=words, description=f"Run dp_{name} at every site: {words}.")
-        command.add_argument("federation", type=Path, help="federation file (TOML)")
-        command.add_argument("--plan", type=Path, required=True, help="plan package (.zip), signed")
-        command.add_argument(
-            "--noise-multiplier",
-            type=float,
-            required=True,
-            metavar="SIGMA",
-            help="sigma of each site's release (one task costs the ε of one Gaussian at sigma, q = 1)",
+        _plan_arguments(
+            command,
+            "plan package (.zip), signed",
+            "sigma of each site's release (one task costs the ε of one Gaussian at sigma, q = 1)",
         )
-        command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
-        command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
-        command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
-        command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
+        _output_arguments(command)
         command.set_defaults(handler=run_study_command, kind=_KINDS[name])
     words = "logistic regression of the plan's model by DP lower-bound or Newton steps: coefficients, odds ratios, CIs"
     command = commands.add_parser(
@@ -88,14 +85,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=f"Run --rounds dp_glm tasks at every site, each with the current coefficients: {words}. "
         "Every round is charged at every site.",
     )
-    command.add_argument("federation", type=Path, help="federation file (TOML)")
-    command.add_argument("--plan", type=Path, required=True, help="plan package (.zip) with a model, signed")
-    command.add_argument(
-        "--noise-multiplier",
-        type=float,
-        required=True,
-        metavar="SIGMA",
-        help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
+    _plan_arguments(
+        command,
+        "plan package (.zip) with a model, signed",
+        "sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
     )
     command.add_argument(
         "--method",
@@ -120,10 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="report the mean of the last K rounds' estimates (less noise, no extra ε; the rounds averaged must "
         "have converged); default: the last half of the rounds for bound, 1 (the last step) for newton",
     )
-    command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
-    command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
-    command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
-    command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
+    _output_arguments(command)
     command.set_defaults(handler=run_glm_command)
     words = "Cox proportional hazards of the plan's survival outcome, a baseline per site: hazard ratios, CIs"
     command = commands.add_parser(
@@ -132,14 +122,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=f"Run --rounds dp_glm tasks at every site, each with the site's own coefficients: {words}. "
         "Every round is charged at every site.",
     )
-    command.add_argument("federation", type=Path, help="federation file (TOML)")
-    command.add_argument("--plan", type=Path, required=True, help="plan package (.zip) with a Cox model, signed")
-    command.add_argument(
-        "--noise-multiplier",
-        type=float,
-        required=True,
-        metavar="SIGMA",
-        help="sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
+    _plan_arguments(
+        command,
+        "plan package (.zip) with a Cox model, signed",
+        "sigma of each site's release in each round (one round costs the ε of one Gaussian at sigma, q = 1)",
     )
     command.add_argument(
         "--rounds",
@@ -163,11 +149,69 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="stratified: each site its own baseline hazard per interval; proportional: one baseline shape, "
         "a level per site (fewer numbers to estimate, assumes the sites' baselines proportional)",
     )
+    _output_arguments(command)
+    command.set_defaults(handler=run_cox_command)
+    words = (
+        "propensity-weighted comparison of the plan's treatment arms: the propensity model, balance before and "
+        "after weighting, weighted Kaplan-Meier curves per arm and the weighted Cox hazard ratio"
+    )
+    command = commands.add_parser(
+        "iptw",
+        help=words,
+        description=f"Run a weighted plan (plan.weighting) at every site: {words}. Every task is charged at every "
+        "site: the propensity model's rounds, one weighted description, one weighted survival task (a plan with "
+        "survival) and the Cox model's rounds (a plan whose model is Cox).",
+    )
+    _plan_arguments(
+        command,
+        "plan package (.zip) with weighting, signed",
+        "sigma of each site's release in every task (each costs the ε of one Gaussian at sigma, q = 1)",
+    )
+    command.add_argument(
+        "--propensity-rounds",
+        type=int,
+        default=PROPENSITY_ROUNDS,
+        metavar="T",
+        help=f"the propensity model's lower-bound steps, each one task per site (default {PROPENSITY_ROUNDS}; "
+        "the last half averaged)",
+    )
+    command.add_argument(
+        "--rounds",
+        type=int,
+        default=COX_ROUNDS,
+        metavar="T",
+        help=f"the weighted Cox model's steps, {COX_MIN_ROUNDS} or more (default {COX_ROUNDS})",
+    )
+    command.add_argument(
+        "--average-last",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"the Cox fit averages the last K rounds' one-step estimates (default {COX_AVERAGE_LAST})",
+    )
+    command.add_argument(
+        "--baseline",
+        choices=[b.value for b in CoxBaseline],
+        default=CoxOptions().baseline.value,
+        help="the Cox model's baselines: stratified (each site its own) or proportional (one shape, a level per site)",
+    )
+    _output_arguments(command)
+    command.set_defaults(handler=run_iptw_command)
+
+
+def _plan_arguments(command: argparse.ArgumentParser, plan_words: str, sigma_words: str) -> None:
+    """What every study command runs: the federation, the plan package and the noise multiplier."""
+    command.add_argument("federation", type=Path, help="federation file (TOML)")
+    command.add_argument("--plan", type=Path, required=True, help=plan_words)
+    command.add_argument("--noise-multiplier", type=float, required=True, metavar="SIGMA", help=sigma_words)
+
+
+def _output_arguments(command: argparse.ArgumentParser) -> None:
+    """Where every study command writes its results, and how it names its run."""
     command.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the results as JSON")
     command.add_argument("--html", type=Path, default=None, metavar="FILE", help="write the HTML report")
     command.add_argument("--title", default=None, help="the report's title (default: the plan's name)")
     command.add_argument("--run-id", default=None, help="run id recorded in every agent's audit log")
-    command.set_defaults(handler=run_cox_command)
 
 
 def _site_line(outcome: SiteOutcome) -> str:
@@ -200,6 +244,11 @@ def run_study_command(args: argparse.Namespace) -> int:
     package = PlanPackage.from_file(args.plan)
     kind: TaskKind = args.kind
     package.layout(kind)  # refuses a kind the package does not offer before any site is asked
+    if package.plan.weighting is not None:
+        raise PlanPackageError(
+            f"{package.manifest.name} is a weighted plan (plan.weighting): its tasks take the propensity model's "
+            "coefficients; run it with study iptw"
+        )
     run_id = args.run_id or f"{federation.name}-{kind.value}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     clients = open_clients(federation)
     try:
@@ -229,10 +278,12 @@ def run_study_command(args: argparse.Namespace) -> int:
     return ExitCode.SUCCESS
 
 
-def _check_budgets(federation: Federation, clients: Mapping[str, AgentClient], task: PlannedTask) -> None:
-    """Before anything is spent: a study that would take a site over its budget is not started
-    (NoReleaseError naming the sites); a site that cannot say is warned about."""
-    projections = project(federation, clients, [task])
+def _check_budgets(
+    federation: Federation, clients: Mapping[str, AgentClient], task: PlannedTask | Sequence[PlannedTask]
+) -> None:
+    """Before anything is spent: a study that would take a site over its budget (all its tasks
+    composed) is not started (NoReleaseError naming the sites); a site that cannot say is warned about."""
+    projections = project(federation, clients, [task] if isinstance(task, PlannedTask) else list(task))
     for projection in projections:
         if projection.problem and not projection.refused:
             print(f"edge-sponsor: warning: {projection.site}: cannot say: {projection.problem}", file=sys.stderr)
@@ -342,6 +393,114 @@ def run_cox_command(args: argparse.Namespace) -> int:
     _write(args.json, report.to_json())
     _write(args.html, render_html(report))
     return ExitCode.SUCCESS
+
+
+def run_iptw_command(args: argparse.Namespace) -> int:
+    _check_common(args)
+    if args.average_last is None:
+        args.average_last = max(1, min(COX_AVERAGE_LAST, args.rounds))
+    _check_rounds(args, COX_MIN_ROUNDS)
+    if not 2 <= args.propensity_rounds <= MAX_ROUNDS:
+        raise UsageError(f"--propensity-rounds must be between 2 and {MAX_ROUNDS}, got {args.propensity_rounds}")
+    federation = load_federation(args.federation)
+    package = PlanPackage.from_file(args.plan)
+    # Refuses a plan without weighting, or whose model is not Cox, before any site is asked.
+    check_weighted(package)
+    plan = package.plan
+    run_id = args.run_id or f"{federation.name}-iptw-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    planned = [PlannedTask(plan_profile(TaskKind.DP_PROPENSITY, args.noise_multiplier), args.propensity_rounds)]
+    planned.append(PlannedTask(plan_profile(TaskKind.DP_DESCRIBE, args.noise_multiplier), 1))
+    if plan.survival is not None:
+        planned.append(PlannedTask(plan_profile(TaskKind.DP_SURVIVAL, args.noise_multiplier), 1))
+    if plan.model is not None:
+        planned.append(PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds))
+    clients = open_clients(federation)
+
+    def stage(name: str) -> None:
+        print(f"{name}:", flush=True)
+
+    try:
+        _check_budgets(federation, clients, planned)
+        analysis = run_iptw(
+            federation,
+            clients,
+            package,
+            args.noise_multiplier,
+            run_id=run_id,
+            propensity_rounds=args.propensity_rounds,
+            cox_rounds=args.rounds,
+            options=CoxOptions(baseline=CoxBaseline(args.baseline)),
+            average_last=args.average_last,
+            on_stage=stage,
+            on_round=_progress_any(),
+        )
+    finally:
+        for client in clients.values():
+            client.close()
+    name = f"{package.manifest.name} {package.manifest.version} (run {run_id})"
+    notes = _iptw_notes(name, analysis)
+    title = args.title or f"{package.manifest.name} {package.manifest.version}"
+    report = new_report(title, iptw=analysis, notes=notes)
+    _write(args.json, report.to_json())
+    _write(args.html, render_html(report))
+    return ExitCode.SUCCESS
+
+
+def _progress_any() -> Callable[[GlmRound | CoxRound, Sequence[str]], None]:
+    """Prints each round of a model run as it ends (the rounds planned differ by stage)."""
+
+    def progress(done: GlmRound | CoxRound, left: Sequence[str]) -> None:
+        print(
+            f"  round {done.index + 1}: {len(done.sites)} sites pooled, {done.included:.0f} patients (noisy)"
+            + (f"; left: {', '.join(left)}" if left else ""),
+            flush=True,
+        )
+
+    return progress
+
+
+def _iptw_notes(name: str, analysis: IptwAnalysis) -> list[str]:
+    """Prints the study's results and warnings; the report's notes. NoReleaseError when the
+    propensity model or the balance could not be estimated."""
+    print(f"iptw of {name}: treatment {analysis.treatment} ({analysis.arms[1]} vs {analysis.arms[0]}), "
+          f"estimand {analysis.estimand.upper()}, weights cut at {analysis.max_weight:g}")  # fmt: skip
+    notes = [
+        f"noise multiplier {analysis.noise_multiplier:g} in every task; the propensity model in "
+        f"{len(analysis.propensity.rounds)} rounds.",
+        *(f"propensity model: left out {s.site}: {s.status}: {s.detail}" for s in analysis.propensity.sites
+          if s.status != "ok"),
+    ]  # fmt: skip
+    propensity = analysis.propensity.fit
+    if propensity is not None and propensity.unreliable:
+        notes.append(f"propensity model not to be trusted: {propensity.unreliable}")
+        print(f"edge-sponsor: warning: the propensity model: {propensity.unreliable}", file=sys.stderr)
+    if analysis.stopped:
+        raise NoReleaseError(f"the study stopped: {analysis.stopped}")
+    for stage, sites in (("balance", analysis.balance_sites), ("survival", analysis.survival_sites)):
+        notes += [f"{stage}: left out {s.site}: {s.status}: {s.detail}" for s in sites if s.status != "ok"]
+    balance = analysis.balance
+    if balance is not None:
+        for row in balance.rows:
+            print(f"  {row.name}: SMD {row.smd_before:+.3f} before, {row.smd_after:+.3f} after weighting")
+        off = [row.name for row in balance.rows if row.imbalanced_after]
+        if off:
+            notes.append(f"still imbalanced after weighting (|SMD| > {balance.threshold:g}): {', '.join(off)}")
+            print(f"edge-sponsor: warning: still imbalanced after weighting: {', '.join(off)}", file=sys.stderr)
+    cox_analysis = analysis.cox
+    if cox_analysis is not None:
+        fit = cox_analysis.fit
+        if fit is None:
+            notes.append(f"the weighted Cox model was not fitted: {cox_analysis.stopped_early}")
+        else:
+            for c in fit.original.coefficients:
+                print(
+                    f"  {c.name}: HR {c.hazard_ratio:.4g} ({c.hazard_ratio_lower:.4g} to {c.hazard_ratio_upper:.4g}); "
+                    f"log HR {c.estimate:.4g} (SE {c.se:.3g})"
+                )
+            if fit.unreliable:
+                notes.append(f"weighted Cox model not to be trusted: {fit.unreliable}")
+                print(f"edge-sponsor: warning: {fit.unreliable}", file=sys.stderr)
+    return notes
 
 
 def _check_rounds(args: argparse.Namespace, fewest: int = 1) -> None:

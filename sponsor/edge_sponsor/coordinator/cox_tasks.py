@@ -16,8 +16,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
-from agent.packages.manifest import COEFFICIENTS
+from agent.packages.manifest import COEFFICIENTS, PROPENSITY
 from agent.packages.plan import ModelFamily
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.federation import Federation
@@ -47,11 +48,13 @@ AVERAGE_LAST = 3
 """The rounds whose one-step estimates the fit averages when not told (bench/cox_accuracy.py)."""
 
 
-def cox_design(package: PlanPackage) -> cox.CoxDesign:
-    """The design of ``package``'s Cox model; PlanPackageError when the plan has none."""
-    model = model_of(package, ModelFamily.COX)
+def cox_design(package: PlanPackage, *, weighted: bool = False) -> cox.CoxDesign:
+    """The design of ``package``'s Cox model, weighted by the plan's propensity weights when
+    ``weighted``; PlanPackageError when the plan has none, or is (not) weighted otherwise."""
+    model = model_of(package, ModelFamily.COX, weighted=weighted)
+    weighting = package.plan.weighting
     try:
-        return cox.CoxDesign.of_model(model)
+        return cox.CoxDesign.of_model(model, None if weighting is None else weighting.max_weight)
     except ValueError as exc:
         raise PlanPackageError(f"{package.manifest.name}: plan.model: {exc}") from None
 
@@ -69,9 +72,12 @@ class CoxSteps(ModelRounds):
         on_round: Callable[[CoxRound, Sequence[str]], None] | None = None,
         *,
         sites: Sequence[str],
+        propensity: npt.NDArray[np.float64] | None = None,
     ) -> None:
-        """``on_round``: called after each step with the round and the sites not in it."""
-        self.design = cox_design(package)
+        """``on_round``: called after each step with the round and the sites not in it;
+        ``propensity``: a weighted plan's fitted propensity coefficients, sent with every task."""
+        self.design = cox_design(package, weighted=propensity is not None)
+        self.propensity = propensity
         super().__init__(package, noise_multiplier, sites=sites)
         self.options = options
         self.on_round = on_round
@@ -85,7 +91,12 @@ class CoxSteps(ModelRounds):
         )
 
     def parameters_for(self, site: str, parameters: Parameters) -> Parameters:
-        return {COEFFICIENTS: self.current.site_vector(site)}
+        return self._parameters(self.current.site_vector(site))
+
+    def _parameters(self, coefficients: npt.NDArray[np.float64]) -> Parameters:
+        if self.propensity is None:
+            return {COEFFICIENTS: coefficients}
+        return {COEFFICIENTS: coefficients, PROPENSITY: self.propensity}
 
     def aggregate(self, parameters: Parameters, results: Mapping[str, SiteResult]) -> Parameters | None:
         index = len(self.history)
@@ -105,7 +116,7 @@ class CoxSteps(ModelRounds):
         if self.on_round is not None:
             self.on_round(self.history[-1], self.not_in_run())
         # The round's shared parameters are never sent as they are (parameters_for gives each site its own).
-        return {COEFFICIENTS: self.current.site_vector(self.current.sites[0])}
+        return self._parameters(self.current.site_vector(self.current.sites[0]))
 
     def _blocks(self, release: SiteRelease) -> dict[str, np.ndarray]:
         return {block.name: read_block(release, self.layout, block.name).values[0] for block in self.layout.blocks}
@@ -123,6 +134,8 @@ def run_cox(
     confidence: float = 0.95,
     average_last: int | None = None,
     on_round: Callable[[CoxRound, Sequence[str]], None] | None = None,
+    propensity: npt.NDArray[np.float64] | None = None,
+    weights: cox.EffectiveSizes | None = None,
 ) -> CoxAnalysis:
     """Fits the plan's Cox model over the federation by ``rounds`` DP steps.
 
@@ -138,9 +151,13 @@ def run_cox(
         average_last: the estimate is the mean of the last rounds' one-step estimates (1: the last step;
             None: AVERAGE_LAST, or all the rounds if fewer).
         on_round: called after each round's step with the round and the sites that have left.
+        propensity: a weighted plan's propensity coefficients (the fit is then weighted); None
+            for an unweighted plan.
+        weights: a weighted fit's arms' sums of weights, which correct its sampling covariance
+            (:class:`edge_sponsor.statistics.cox.EffectiveSizes`); None: uncorrected.
 
     Raises:
-        PlanPackageError: the package offers no Cox model.
+        PlanPackageError: the package offers no Cox model, or is weighted and no propensity is given.
         ValueError: σ not positive, rounds or average_last out of range.
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
@@ -152,12 +169,19 @@ def run_cox(
     if not 1 <= average_last <= rounds:
         raise ValueError(f"average_last must be between 1 and the rounds ({rounds}), got {average_last}")
     steps = CoxSteps(
-        package, noise_multiplier, options or cox.CoxOptions(), on_round, sites=[site.name for site in federation.sites]
+        package,
+        noise_multiplier,
+        options or cox.CoxOptions(),
+        on_round,
+        sites=[site.name for site in federation.sites],
+        propensity=propensity,
     )
-    initial: Parameters = {COEFFICIENTS: steps.current.site_vector(steps.current.sites[0])}
+    initial = steps.parameters_for(steps.current.sites[0], {})
     result, left_out = run_rounds(federation, clients, package, steps, rounds=rounds, run_id=run_id, initial=initial)
     fit = (
-        cox.fit_cox(steps.design, steps.steps, min(average_last, len(steps.steps)), confidence) if steps.steps else None
+        cox.fit_cox(steps.design, steps.steps, min(average_last, len(steps.steps)), confidence, weights=weights)
+        if steps.steps
+        else None
     )
     return CoxAnalysis(
         fit=fit,

@@ -61,16 +61,37 @@ def glm_design(package: PlanPackage) -> glm.Design:
         raise PlanPackageError(f"{package.manifest.name}: plan.model: {exc}") from None
 
 
+def propensity_design(package: PlanPackage) -> glm.Design:
+    """The design of ``package``'s propensity model (plan.weighting); PlanPackageError when the plan has none."""
+    weighting = package.plan.weighting
+    if weighting is None:
+        raise PlanPackageError(
+            f"{package.manifest.name} declares no weighting (plan.weighting): it offers no dp_propensity"
+        )
+    try:
+        return glm.Design.of_model(weighting.propensity_model)
+    except ValueError as exc:
+        raise PlanPackageError(f"{package.manifest.name}: plan.weighting: {exc}") from None
+
+
 # The study command that runs each family's model.
 STUDY_COMMANDS = {ModelFamily.LOGISTIC: "study glm", ModelFamily.COX: "study cox"}
 
 
-def model_of(package: PlanPackage, family: ModelFamily) -> ModelSpec:
+def model_of(package: PlanPackage, family: ModelFamily, *, weighted: bool = False) -> ModelSpec:
     """``package``'s model, which must be of ``family``; PlanPackageError (naming the command that
-    runs it) when the plan has no model or one of another family."""
+    runs it) when the plan has no model or one of another family, or when it is weighted (plan.weighting)
+    and ``weighted`` is not asked (its tasks then take the propensity model's coefficients too)."""
     model = package.plan.model
     if model is None:
         raise PlanPackageError(f"{package.manifest.name} declares no model (plan.model): it offers no dp_glm")
+    if (package.plan.weighting is not None) != weighted:
+        if weighted:
+            raise PlanPackageError(f"{package.manifest.name} declares no weighting (plan.weighting)")
+        raise PlanPackageError(
+            f"{package.manifest.name} is a weighted plan (plan.weighting): its model is fitted with each patient's "
+            "propensity weight; run it with study iptw"
+        )
     if model.family is not family:
         raise PlanPackageError(
             f"{package.manifest.name}'s model is a {model.family.value} model, not {family.value}: "
@@ -108,6 +129,7 @@ def run_glm(
     average_last: int = 1,
     method: glm.GlmMethod = glm.GlmMethod.NEWTON,
     on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
+    kind: TaskKind = TaskKind.DP_GLM,
 ) -> glm.GlmAnalysis:
     """Fits the plan's logistic model over the federation by ``rounds`` DP steps: Newton-Raphson,
     or lower-bound steps on the first round's information (``method``; :mod:`edge_sponsor.statistics.glm`).
@@ -127,6 +149,7 @@ def run_glm(
             of the last iterates (:func:`edge_sponsor.statistics.glm.fit_iterates`).
         method: newton, or bound (the first round is at β = 0, its information the bound).
         on_round: called after each round's step with the round and the sites that have left.
+        kind: dp_glm (the plan's logistic model) or dp_propensity (a weighted plan's propensity model).
 
     Returns:
         The fit on the last round's sums, the rounds and each site's charges; a run in which
@@ -142,7 +165,9 @@ def run_glm(
         raise ValueError(f"rounds must be between 1 and {MAX_ROUNDS}, got {rounds}")
     if not 1 <= average_last <= rounds:
         raise ValueError(f"average_last must be between 1 and the rounds ({rounds}), got {average_last}")
-    steps = GlmSteps(package, noise_multiplier, method, on_round, sites=[site.name for site in federation.sites])
+    steps = GlmSteps(
+        package, noise_multiplier, method, on_round, sites=[site.name for site in federation.sites], kind=kind
+    )
     initial: Parameters = {COEFFICIENTS: np.zeros(steps.design.p, np.float64)}
     result, left_out = run_rounds(federation, clients, package, steps, rounds=rounds, run_id=run_id, initial=initial)
     fit: glm.GlmFit | None = None
@@ -192,18 +217,21 @@ class PooledRound(Protocol):
 
 
 class ModelRounds:
-    """What every ``dp_glm`` run does with its sites, whatever the model: every site still in
-    the run gets a ``dp_glm`` task each round (:meth:`configure`); one that refuses, fails or
+    """What every ``dp_glm`` (or ``dp_propensity``) run does with its sites, whatever the model:
+    every site still in the run gets a task each round (:meth:`configure`); one that refuses, fails or
     withholds its release (its noisy cohort below the minimum) is asked nothing more
     (:meth:`usable`): its sums would be missing from every later round anyway, and each
     further task would spend its ε for nothing. A model's strategy adds its ``aggregate``.
     """
 
-    def __init__(self, package: PlanPackage, noise_multiplier: float, *, sites: Sequence[str]) -> None:
-        """``sites``: the federation's (those never asked are reported as left out before round 1)."""
+    def __init__(
+        self, package: PlanPackage, noise_multiplier: float, *, sites: Sequence[str], kind: TaskKind = TaskKind.DP_GLM
+    ) -> None:
+        """``sites``: the federation's (those never asked are reported as left out before round 1);
+        ``kind``: dp_glm, or dp_propensity (a weighted plan's propensity model)."""
         self.sites = tuple(sites)
-        self.layout = package.layout(TaskKind.DP_GLM)
-        self.profile = plan_profile(TaskKind.DP_GLM, noise_multiplier)
+        self.layout = package.layout(kind)
+        self.profile = plan_profile(kind, noise_multiplier)
         self.noise_multiplier = noise_multiplier
         # The sites asked nothing more, and those that withheld their release (with the round's words).
         self.left: list[str] = []
@@ -322,12 +350,14 @@ class GlmSteps(ModelRounds):
         on_round: Callable[[glm.GlmRound, Sequence[str]], None] | None = None,
         *,
         sites: Sequence[str],
+        kind: TaskKind = TaskKind.DP_GLM,
     ) -> None:
         """``on_round``: called after each step with the round and the sites that are not in it:
         those asked nothing more, and those of ``sites`` (the federation's) never asked (left out
-        before the first round: down, unsuitable, listed twice)."""
-        self.design = glm_design(package)
-        super().__init__(package, noise_multiplier, sites=sites)
+        before the first round: down, unsuitable, listed twice). ``kind``: dp_glm fits the plan's
+        logistic model, dp_propensity a weighted plan's propensity model."""
+        self.design = propensity_design(package) if kind is TaskKind.DP_PROPENSITY else glm_design(package)
+        super().__init__(package, noise_multiplier, sites=sites, kind=kind)
         self.method = method
         self.on_round = on_round
         self.steps: list[glm.NewtonStep] = []

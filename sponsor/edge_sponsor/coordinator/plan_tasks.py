@@ -102,6 +102,7 @@ def run_plan(
     noise_multiplier: float,
     *,
     run_id: str,
+    parameters: Parameters | None = None,
 ) -> list[SiteOutcome]:
     """Runs one ``kind`` task of ``package`` at every site of ``federation``, all at once: one
     round of :class:`PlanReleases` in the coordinator's round loop, as any strategy.
@@ -113,6 +114,8 @@ def run_plan(
         kind: ``dp_describe`` or ``dp_survival``, offered by the package.
         noise_multiplier: sigma of the release (each number's noise: ReleaseLayout.noise_std).
         run_id: recorded in every agent's audit log.
+        parameters: the tensors the kind takes on this package (a weighted plan's: the
+            propensity coefficients, ``propensity``); None for none.
 
     Returns:
         One outcome per site, in federation order; a failed site has no release.
@@ -124,7 +127,7 @@ def run_plan(
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
     releases = PlanReleases(package, kind, noise_multiplier)
-    result, left_out = run_rounds(federation, clients, package, releases, rounds=1, run_id=run_id)
+    result, left_out = run_rounds(federation, clients, package, releases, rounds=1, run_id=run_id, initial=parameters)
     outcomes = []
     for site in federation.sites:
         if site.name in left_out:

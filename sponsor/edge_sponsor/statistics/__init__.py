@@ -9,5 +9,7 @@ next to the sampling error, into every standard error, confidence interval and t
 * :mod:`.table_one`: the descriptive Table 1 per stratum and overall, per site and pooled.
 * :mod:`.glm`: logistic regression by DP Newton-Raphson on the sites' score and information
   (dp_glm), with sampling and noise standard errors on the design's and the covariates' scales.
+* :mod:`.cox`: a Cox model over sites (dp_glm on the plan's survival grid), weighted or not.
+* :mod:`.iptw`: a weighted plan's balance before and after weighting and its adjusted survival.
 * :mod:`.report`: the result tree (JSON) and one self-contained HTML page.
 """

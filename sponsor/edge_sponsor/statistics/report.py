@@ -25,6 +25,9 @@ from edge_sponsor.html_page import HEADER_HEIGHT_PX, PAGE_LEFT_PX, render_page
 from edge_sponsor.statistics.cox import CoxFit, CoxScale, HazardRatio
 from edge_sponsor.statistics.cox_analysis import CoxAnalysis
 from edge_sponsor.statistics.glm import Coefficient, GlmAnalysis, GlmMethod, GlmScale, GlmSite
+from edge_sponsor.statistics.iptw import WeightedSurvival
+from edge_sponsor.statistics.iptw_analysis import IptwAnalysis
+from edge_sponsor.statistics.iptw_report import LOVE_CSS, balance_html, iptw_intro
 from edge_sponsor.statistics.survival import KmCurve, Median, StratumSurvival, SurvivalAnalysis
 from edge_sponsor.statistics.table_one import (
     CategoricalSummary,
@@ -60,6 +63,7 @@ class StatisticsReport:
     notes: tuple[str, ...] = ()
     glm: GlmAnalysis | None = None
     cox: CoxAnalysis | None = None
+    iptw: IptwAnalysis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The tree as JSON values: NaN and infinities become null, enums their values."""
@@ -79,10 +83,13 @@ def new_report(
     generated_at: dt.datetime | None = None,
     glm: GlmAnalysis | None = None,
     cox: CoxAnalysis | None = None,
+    iptw: IptwAnalysis | None = None,
 ) -> StatisticsReport:
     """A report stamped with ``generated_at`` (now, UTC, when omitted)."""
     moment = generated_at or dt.datetime.now(dt.UTC)
-    return StatisticsReport(title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes), glm, cox)
+    return StatisticsReport(
+        title, moment.isoformat(timespec="seconds"), survival, table_one, tuple(notes), glm, cox, iptw
+    )
 
 
 def _clean(value: Any) -> Any:
@@ -126,11 +133,17 @@ def render_html(report: StatisticsReport) -> str:
     """
     parts: list[str] = []
     survival = report.survival
+    chart: tuple[list[StratumSurvival], Sequence[float], float] | None = None
     if survival is not None:
-        curves = [*survival.strata, *([survival.overall] if survival.overall is not None else [])]
+        chart = ([*survival.strata, *([survival.overall] if survival.overall is not None else [])],
+                 survival.grid, survival.confidence)  # fmt: skip
+    elif report.iptw is not None and report.iptw.survival is not None:
+        chart = _iptw_curves(report.iptw.treatment, report.iptw.survival)
+    if chart is not None:
+        curves, grid, confidence = chart
         height = chart_height(len(curves))
         parts.append(f'<section id="km-chart-section" style="height:{height}px">')
-        parts.append(render_km_chart(curves, survival.grid, survival.confidence))
+        parts.append(render_km_chart(curves, grid, confidence))
         parts.append("</section>")
     parts.append("<main>")
     if survival is not None:
@@ -141,6 +154,8 @@ def render_html(report: StatisticsReport) -> str:
         parts.append(_glm_section(report.glm))
     if report.cox is not None:
         parts.append(_cox_section(report.cox))
+    if report.iptw is not None:
+        parts.append(_iptw_section(report.iptw))
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append("</main>")
@@ -148,7 +163,43 @@ def render_html(report: StatisticsReport) -> str:
         f"Generated {report.generated_at} · every number is pooled from differentially private releases; "
         "intervals include the privacy noise"
     )
-    return render_page(report.title, subtitle, parts, css=_CSS)
+    return render_page(report.title, subtitle, parts, css=_CSS + LOVE_CSS)
+
+
+def _iptw_curves(treatment: str, survival: WeightedSurvival) -> tuple[list[StratumSurvival], Sequence[float], float]:
+    """The chart's curves for a weighted study: each arm weighted, then as observed (unweighted)."""
+    curves = [
+        dataclasses.replace(arm.weighted, label=f"{treatment}={arm.label}, weighted") for arm in survival.arms
+    ] + [dataclasses.replace(arm.unweighted, label=f"{treatment}={arm.label}, unweighted") for arm in survival.arms]
+    return curves, survival.grid, survival.confidence
+
+
+def _iptw_section(analysis: IptwAnalysis) -> str:
+    """The weighted study: what was compared, the balance and love plot, the weighted survival's
+    summary, the propensity model and the weighted Cox model."""
+    text = [iptw_intro(analysis)]
+    if analysis.balance is not None:
+        text.append(balance_html(analysis.balance))
+    if analysis.survival is not None:
+        rows = "".join(
+            f"<tr><td>{escape(arm.label)}</td><td>{escape(kind)}</td>"
+            f'<td class="num">{escape(_count(curve.patients))}</td><td>{escape(_median(curve.curve.median))}</td></tr>'
+            for arm in analysis.survival.arms
+            for kind, curve in (("weighted", arm.weighted), ("unweighted", arm.unweighted))
+        )
+        text.append(
+            "<h3>Survival per arm</h3>"
+            '<p class="note">The chart above: each arm\'s Kaplan-Meier curve weighted by the propensity weights '
+            "(adjusted for the covariates: what each arm's survival would be in the same population) and as "
+            "observed. The weighted curve's band uses effective numbers at risk (Xie and Liu 2005) and the privacy "
+            "noise. Patients: the weighted curve's effective number, the unweighted curve's noisy count.</p>"
+            '<table id="iptw-survival"><thead><tr><th>Arm</th><th>Curve</th><th>Patients</th>'
+            "<th>Median survival (CI)</th></tr></thead><tbody>" + rows + "</tbody></table>"
+        )
+    text.append(_glm_section(analysis.propensity, heading="Propensity model (logistic regression of the treatment)"))
+    if analysis.cox is not None:
+        text.append(_cox_section(analysis.cox, weighted=True))
+    return "\n".join(text)
 
 
 def risk_top(curves: int) -> int:
@@ -496,11 +547,11 @@ def _plain(value: float, form: str = "{:.3g}") -> str:
     return form.format(value) if math.isfinite(value) else "—"
 
 
-def _glm_section(analysis: GlmAnalysis) -> str:
+def _glm_section(analysis: GlmAnalysis, heading: str = "Logistic regression") -> str:
     """The regression: coefficients on both scales, the rounds and what each site was charged."""
     fit = analysis.fit
     method = "lower-bound steps" if fit is not None and fit.method is GlmMethod.BOUND else "Newton&#8211;Raphson"
-    text = [f"<h2>Logistic regression (DP {method})</h2>"]
+    text = [f"<h2>{escape(heading)} (DP {method})</h2>"]
     done = len(analysis.rounds)
     text.append(
         f'<p class="note">{done} of {analysis.rounds_planned} rounds at noise multiplier '
@@ -573,10 +624,19 @@ def _sites_table(identifier: str, sites: Sequence[GlmSite]) -> str:
     )
 
 
-def _cox_section(analysis: CoxAnalysis) -> str:
+def _cox_section(analysis: CoxAnalysis, *, weighted: bool = False) -> str:
     """The Cox model: the forest plot and table of hazard ratios, the baselines, rounds and sites."""
     fit = analysis.fit
-    text = ["<h2>Cox proportional hazards (DP, piecewise-exponential baseline)</h2>"]
+    title = "Weighted Cox proportional hazards" if weighted else "Cox proportional hazards"
+    text = [f"<h2>{title} (DP, piecewise-exponential baseline)</h2>"]
+    if fit is not None and fit.weighted_variance:
+        text.append(
+            '<p class="note">Each patient\'s terms carry their propensity weight. The inverse information alone '
+            "would be too narrow for weighted data (it counts the sum of the weights as patients); the sampling SE "
+            f"is instead the model-based one with {escape(fit.weighted_variance)} (Σw)²/Σw², from the weighted "
+            "description's sums of weights: within 2 to 4 % of the robust sandwich (lifelines' robust=True) on "
+            "gbsg2. It leaves out the propensity model's own uncertainty, as the sandwich does.</p>"
+        )
     text.append(
         f'<p class="note">{len(analysis.rounds)} of {analysis.rounds_planned} rounds at noise multiplier '
         f"{escape(f'{analysis.noise_multiplier:g}')}; each round is one dp_glm task per site, each charged. "

@@ -72,7 +72,7 @@ import numpy as np
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan
-from agent.packages.release_layout import SURVIVAL_EXITS, layout
+from agent.packages.release_layout import SURVIVAL_EXITS, analysed, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, SiteRelease, pool, read_block
 
 
@@ -381,7 +381,8 @@ def analyse_survival(
         raise ValueError("the plan declares no survival outcome")
     blocks = _site_blocks(plan, releases)
     grid = plan.survival.grid
-    labels = plan.stratum_labels()
+    # A weighted plan's release is per arm (the treatment its last stratum): these are its unweighted curves.
+    labels = analysed(plan, TaskKind.DP_SURVIVAL).stratum_labels()
     strata = tuple(
         _stratum(labels[k], [((site, k), block) for site, block in blocks], grid, method, confidence)
         for k in range(len(labels))

@@ -35,7 +35,7 @@ import numpy as np
 
 from agent.packages.manifest import TaskKind
 from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable
-from agent.packages.release_layout import COUNT, ReleaseLayout, Statistic, block_name, layout
+from agent.packages.release_layout import COUNT, ReleaseLayout, Statistic, analysed, block_name, layout
 from edge_sponsor.statistics.releases import BlockValues, FloatArray, Pooled, SiteRelease, pool, read_block
 
 POOLED = "pooled"
@@ -123,7 +123,8 @@ def table_one(plan: AnalysisPlan, releases: Sequence[SiteRelease], *, confidence
 
     Returns:
         For each stratum and then for all strata together (when there are several): the
-        pooled column, then one column per site.
+        pooled column, then one column per site. A weighted plan's strata are per arm (its
+        unweighted description: the balance before weighting is edge_sponsor.statistics.iptw's).
 
     Raises:
         ValueError: no releases, two releases share a site name, or ``confidence`` is out of (0, 1).
@@ -139,6 +140,8 @@ def table_one(plan: AnalysisPlan, releases: Sequence[SiteRelease], *, confidence
     shape = layout(plan, TaskKind.DP_DESCRIBE)
     blocks = {r.site: {b.name: read_block(r, shape, b.name) for b in shape.blocks} for r in releases}
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    # A weighted plan's release is per arm (the treatment the last stratum, no longer a variable).
+    plan = analysed(plan, TaskKind.DP_DESCRIBE)
     labels = plan.stratum_labels()
     groups: list[tuple[str, list[int]]] = [(label, [k]) for k, label in enumerate(labels)]
     if len(labels) > 1:

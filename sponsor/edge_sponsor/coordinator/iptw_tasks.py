@@ -1,0 +1,211 @@
+"""A propensity-weighted comparison across the federation (``study iptw``): an external or
+observational control arm weighted to resemble the treated patients, with the agents
+enforcing the privacy budget at every step.
+
+Four stages, each a set of charged tasks at every site, all at the same noise multiplier:
+
+1. **The propensity model** (``dp_propensity``): the plan's weighting's logistic model of the
+   treated arm, fitted over the sites by DP lower-bound or Newton steps
+   (:func:`edge_sponsor.coordinator.glm_tasks.run_glm`). Its coefficients are then public
+   (noisy) and are sent with every later task: each agent weighs its own patients.
+2. **Balance** (``dp_describe`` with the weights): each covariate's standardised mean
+   difference between the arms before and after weighting, and each arm's effective sample
+   size (:func:`edge_sponsor.statistics.iptw.balance`).
+3. **Weighted survival** (``dp_survival`` with the weights; a plan with survival): each arm's
+   Kaplan-Meier curve, unweighted and weighted (:func:`edge_sponsor.statistics.iptw.weighted_survival`).
+4. **The weighted Cox model** (``dp_glm`` with the weights; a plan whose model is Cox): the
+   hazard ratio of the treatment, its sampling variance the model-based one at weights
+   rescaled to each arm's effective sample size (:class:`edge_sponsor.statistics.cox.EffectiveSizes`,
+   from the balance stage's sums of weights).
+
+A site that fails a stage is left out of it (and named); the study goes on with the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from agent.packages.manifest import PROPENSITY, TaskKind
+from agent.packages.plan import ModelFamily, category_label
+from edge_sponsor.coordinator.client import AgentClient
+from edge_sponsor.coordinator.cox_tasks import DEFAULT_ROUNDS as COX_ROUNDS
+from edge_sponsor.coordinator.cox_tasks import run_cox
+from edge_sponsor.coordinator.federation import Federation
+from edge_sponsor.coordinator.glm_tasks import model_of, run_glm
+from edge_sponsor.coordinator.optimizer import Parameters
+from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, run_plan
+from edge_sponsor.statistics import cox, glm, iptw
+from edge_sponsor.statistics.cox_analysis import CoxRound
+from edge_sponsor.statistics.iptw_analysis import IptwAnalysis, StageSite
+
+PROPENSITY_ROUNDS = 10
+"""The propensity model's rounds when none are asked for (lower-bound steps, the last half averaged)."""
+
+
+def check_weighted(package: PlanPackage) -> None:
+    """PlanPackageError unless ``package``'s plan is weighted and its model, when it has one, Cox."""
+    if package.plan.weighting is None:
+        raise PlanPackageError(
+            f"{package.manifest.name} declares no weighting (plan.weighting): study iptw needs a treatment, the "
+            "propensity model's covariates and a cap on the weights"
+        )
+    if package.plan.model is not None:
+        model_of(package, ModelFamily.COX, weighted=True)
+
+
+def run_iptw(
+    federation: Federation,
+    clients: Mapping[str, AgentClient],
+    package: PlanPackage,
+    noise_multiplier: float,
+    *,
+    run_id: str,
+    propensity_rounds: int = PROPENSITY_ROUNDS,
+    propensity_method: glm.GlmMethod = glm.GlmMethod.BOUND,
+    cox_rounds: int = COX_ROUNDS,
+    options: cox.CoxOptions | None = None,
+    confidence: float = 0.95,
+    average_last: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_round: Callable[[glm.GlmRound | CoxRound, Sequence[str]], None] | None = None,
+) -> IptwAnalysis:
+    """Runs the four stages (see the module doc) of ``package``'s weighted plan.
+
+    Args:
+        propensity_rounds: the propensity model's steps (each one task per site).
+        propensity_method: its steps' method (:class:`edge_sponsor.statistics.glm.GlmMethod`).
+        cox_rounds: the weighted Cox model's steps (a plan whose model is Cox).
+        options: the Cox fit's (:class:`edge_sponsor.statistics.cox.CoxOptions`).
+        average_last: the Cox fit averages the last rounds' estimates (None: its default).
+        on_stage: called with each stage's name as it starts.
+        on_round: called after each round of the propensity model and of the Cox model.
+
+    Raises:
+        PlanPackageError: the plan is not weighted, or its model is not Cox.
+        ValueError: σ not positive, or rounds out of range.
+    """
+    check_weighted(package)
+    weighting = package.plan.weighting
+    if weighting is None:  # check_weighted refused it; for the type checker
+        raise PlanPackageError(f"{package.manifest.name} declares no weighting")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
+
+    def stage(name: str) -> None:
+        if on_stage is not None:
+            on_stage(name)
+
+    arms = tuple(category_label(c) for c in weighting.treatment.categories)
+    stage("propensity model (dp_propensity)")
+    averaged = max(1, propensity_rounds // 2) if propensity_method is glm.GlmMethod.BOUND else 1
+    propensity = run_glm(
+        federation,
+        clients,
+        package,
+        noise_multiplier,
+        rounds=propensity_rounds,
+        run_id=f"{run_id}-propensity",
+        confidence=confidence,
+        average_last=averaged,
+        method=propensity_method,
+        on_round=on_round,
+        kind=TaskKind.DP_PROPENSITY,
+    )
+    record = IptwAnalysis(
+        treatment=weighting.treatment.column,
+        arms=(arms[0], arms[1]),
+        estimand=weighting.estimand.value,
+        max_weight=weighting.max_weight,
+        noise_multiplier=noise_multiplier,
+        propensity=propensity,
+        propensity_coefficients=(),
+    )
+    if propensity.fit is None:
+        return replace(record, stopped=f"the propensity model was not fitted: {propensity.stopped_early}")
+    gamma = np.array([c.estimate for c in propensity.fit.design.coefficients], dtype=np.float64)
+    record = replace(record, propensity_coefficients=tuple(float(g) for g in gamma))
+    sent: Parameters = {PROPENSITY: gamma}
+
+    stage("balance (dp_describe, weighted)")
+    outcomes = run_plan(
+        federation,
+        clients,
+        package,
+        TaskKind.DP_DESCRIBE,
+        noise_multiplier,
+        run_id=f"{run_id}-balance",
+        parameters=sent,
+    )
+    releases = [o.release for o in outcomes if o.release is not None]
+    record = replace(record, balance_sites=_stage_sites(outcomes))
+    if not releases:
+        return replace(record, stopped="no site returned its weighted description")
+    record = replace(record, balance=iptw.balance(package.plan, releases))
+
+    if package.plan.survival is not None:
+        stage("weighted survival (dp_survival, weighted)")
+        outcomes = run_plan(
+            federation,
+            clients,
+            package,
+            TaskKind.DP_SURVIVAL,
+            noise_multiplier,
+            run_id=f"{run_id}-survival",
+            parameters=sent,
+        )
+        releases = [o.release for o in outcomes if o.release is not None]
+        record = replace(record, survival_sites=_stage_sites(outcomes))
+        if releases:
+            record = replace(record, survival=iptw.weighted_survival(package.plan, releases, confidence=confidence))
+
+    model = package.plan.model
+    if model is not None:
+        stage("weighted Cox model (dp_glm, weighted)")
+        analysis = run_cox(
+            federation,
+            clients,
+            package,
+            noise_multiplier,
+            rounds=cox_rounds,
+            run_id=f"{run_id}-cox",
+            options=options,
+            confidence=confidence,
+            average_last=average_last,
+            on_round=on_round,
+            propensity=gamma,
+            weights=effective_sizes(
+                record.balance,
+                weighting.max_weight,
+                per_arm=[variable.column for variable in model.covariates] == [record.treatment],
+            ),
+        )
+        record = replace(record, cox=analysis)
+    return record
+
+
+def effective_sizes(balance: iptw.Balance | None, max_weight: float, *, per_arm: bool) -> cox.EffectiveSizes | None:
+    """The arms' sums of weights from the weighted description, which correct the weighted Cox
+    fit's sampling covariance, Σ w² kept within what weights up to the cap could give
+    (:func:`edge_sponsor.statistics.iptw.effective_scale`); None when an arm's were withheld or
+    are not positive (noisy)."""
+    if balance is None:
+        return None
+    control, treated = (
+        (
+            arm.weight_sum,
+            arm.weight_sum / iptw.effective_scale(arm.weight_sum, arm.weight_sumsq, arm.with_weight, max_weight),
+        )
+        for arm in balance.arms
+    )
+    try:
+        return cox.EffectiveSizes(control[0], control[1], treated[0], treated[1], per_arm=per_arm)
+    except ValueError:
+        return None
+
+
+def _stage_sites(outcomes: Sequence[SiteOutcome]) -> tuple[StageSite, ...]:
+    return tuple(StageSite(o.site, o.status, o.detail, o.epsilon_charged, o.budget_epsilon_spent) for o in outcomes)
