@@ -19,7 +19,7 @@ Block contents (cell order as in :mod:`agent.packages.release_layout`):
   missing, or a negative time).
 * A weighted plan's (per arm; agent.statistics.weighting): ``weights.count`` (patients
   with a weight, without one), ``weights.sum`` and ``weights.sumsq`` (Σ w, Σ w²), and the weighted twins of ``<col>.n``,
-  ``<col>.sum``, ``<col>.sumsq``, ``<col>.counts`` and ``survival.exits``
+  ``<col>.sum``, ``<col>.counts`` and ``survival.exits``
   (``<col>.weighted.n`` …, ``survival.weighted.exits``): the same cells, each patient
   counted with their weight (0 without one).
 """
@@ -153,7 +153,6 @@ def _numeric(variable: NumericVariable, patients: PatientTable, weight: Floats |
         w = weight[present]
         blocks[block_name(Statistic.WEIGHTED_PRESENCE, column)] = _counts(patients.stratum, missing, strata, 2, weight)
         blocks[block_name(Statistic.WEIGHTED_SUM, column)] = _sums(stratum, w * centred, strata)
-        blocks[block_name(Statistic.WEIGHTED_SUMSQ, column)] = _sums(stratum, w * centred * centred, strata)
     return blocks
 
 

@@ -231,6 +231,12 @@ def test_study_iptw_refuses_plans_it_cannot_run_and_charges_nothing(
             return capsys.readouterr().err
 
         assert "declares no weighting (plan.weighting): study iptw needs a treatment" in refused("iptw", plain)
+        logistic = tmp_path / "logistic.zip"
+        outcome = {"family": "logistic", "outcome": "cens", "covariates": ["horTh"]}
+        no_survival = {key: value for key, value in IPTW_PLAN.items() if key != "survival"}
+        logistic.write_bytes(plan_package(publisher, {**no_survival, "model": outcome}, "3.0.0"))
+        assert "study iptw fits a weighted Cox model" in refused("iptw", logistic)
+        assert "no study command does yet" in refused("glm", logistic)
         for command in ("cox", "describe", "survival"):
             assert "is a weighted plan (plan.weighting)" in refused(command, weighted), command
             assert "run it with study iptw" in refused(command, weighted)

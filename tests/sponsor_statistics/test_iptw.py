@@ -106,9 +106,11 @@ def cohort() -> Cohort:
 # -- balance -----------------------------------------------------------------------------------------
 
 
-def pandas_rows(frame: pd.DataFrame) -> dict[str, tuple[float, float, float, float, float, float]]:
+def pandas_rows(
+    frame: pd.DataFrame, *, att: bool = False
+) -> dict[str, tuple[float, float, float, float, float, float]]:
     """Per row name: control and treated means before, after, and the SMDs before and after (each
-    divided by the unweighted arms' pooled SD), with pandas."""
+    divided by the unweighted arms' pooled SD, or the treated arm's for the ATT), with pandas."""
     arms = [frame[frame.treated == a] for a in (0, 1)]
     rows = {}
     values: list[tuple[str, list[pd.Series]]] = [
@@ -123,9 +125,10 @@ def pandas_rows(frame: pd.DataFrame) -> dict[str, tuple[float, float, float, flo
         before = [x0.mean(), x1.mean()]
         after = [np.average(x0, weights=arms[0].w), np.average(x1, weights=arms[1].w)]
         if "=" in name:  # a share's variance p (1 - p)
-            scale = np.sqrt((before[0] * (1 - before[0]) + before[1] * (1 - before[1])) / 2)
+            variances = [before[0] * (1 - before[0]), before[1] * (1 - before[1])]
         else:  # the sample variance
-            scale = np.sqrt((x0.var(ddof=1) + x1.var(ddof=1)) / 2)
+            variances = [x0.var(ddof=1), x1.var(ddof=1)]
+        scale = np.sqrt(variances[1] if att else (variances[0] + variances[1]) / 2)
         rows[name] = (*before, *after, (before[1] - before[0]) / scale, (after[1] - after[0]) / scale)
     return rows
 
@@ -136,7 +139,7 @@ def test_balance_at_sigma_zero_is_pandas_on_the_pooled_patients(estimand: str, c
     if estimand == "att":
         assert (data.frame.w == cap).any()  # the cap cuts some controls' weights
     result = balance(data.plan, data.releases(data.describe, TaskKind.DP_DESCRIBE, 0.0, np.random.default_rng(0)))
-    expected = pandas_rows(data.frame)
+    expected = pandas_rows(data.frame, att=estimand == "att")
     assert [row.name for row in result.rows] == [
         "age",
         "menostat=Pre",

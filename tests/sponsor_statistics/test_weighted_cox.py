@@ -7,6 +7,7 @@ against lifelines' robust (sandwich) one, where the uncorrected model-based SE i
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,9 @@ from agent.packages.release_layout import analysed
 from agent.statistics.glm import exact_model_release
 from agent.statistics.patients import patient_table
 from agent.statistics.weighting import plan_weights
-from edge_sponsor.statistics import cox
+from edge_sponsor.coordinator.cox_tasks import run_cox
+from edge_sponsor.coordinator.iptw_tasks import effective_sizes
+from edge_sponsor.statistics import cox, iptw
 from tests.statistics.helpers import plan_of
 from tests.statistics.test_weighting import GBSG2_IPTW, propensity_design
 
@@ -87,7 +90,8 @@ def test_a_weighted_design_is_the_agents_weighted_layout(cohort: WeightedCohort)
     plain = dataclasses.replace(cohort.design, max_weight=None)
     weighted = {block.name: block.sensitivity for block in cohort.design.release().blocks}
     unweighted = {block.name: block.sensitivity for block in plain.release().blocks}
-    assert weighted == {name: value * (1 if name == "glm.count" else 20) for name, value in unweighted.items()}
+    expected = {name: value * (1 if name == "glm.count" else 20) for name, value in unweighted.items()}
+    assert weighted == pytest.approx(expected, rel=1e-15)
 
 
 def test_the_weighted_hazard_ratio_is_lifelines_and_its_corrected_se_the_robust_one(cohort: WeightedCohort) -> None:
@@ -128,3 +132,27 @@ def test_bad_sums_of_weights_are_refused() -> None:
     for values in ((0.0, 1.0, 1.0, 1.0), (1.0, float("nan"), 1.0, 1.0), (1.0, 1.0, -2.0, 1.0)):
         with pytest.raises(ValueError, match="must be positive"):
             cox.EffectiveSizes(*values, per_arm=True)
+
+
+def arm(weight_sum: float, weight_sumsq: float, with_weight: float = 300.0) -> iptw.ArmWeights:
+    return iptw.ArmWeights("arm", with_weight, with_weight, 0.0, weight_sum, weight_sumsq, 0.0, 0.0, ())
+
+
+def test_the_sums_of_weights_fall_back_to_the_conservative_cap_never_to_no_correction() -> None:
+    """A noisy Σw² at or below 0, or an arm withheld everywhere, gives that arm the factor 1/W (every
+    weight the cap: the widest interval it could need) and says so; a usable one is kept within
+    [1/W, n/Σw]; no sums at all still correct (conservatively) rather than report H⁻¹."""
+    usable = iptw.Balance(0.1, (arm(600.0, 1200.0), arm(400.0, 1000.0)), (), (), ())
+    sizes = effective_sizes(usable, None, 10.0, per_arm=True)
+    assert (sizes.control, sizes.treated, sizes.conservative) == (0.5, 0.4, False)
+    noisy = iptw.Balance(0.1, (arm(600.0, -40.0), arm(400.0, math.nan)), (), (), ())
+    sizes = effective_sizes(noisy, None, 10.0, per_arm=True)
+    assert (sizes.control, sizes.treated, sizes.conservative) == (0.1, 0.1, True)
+    assert "as if its every weight were the cap" in sizes.words
+    # Σw² too small for n patients (an effective size above the arm's size): kept at n / Σw.
+    small = iptw.Balance(0.1, (arm(600.0, 100.0), arm(400.0, 1000.0)), (), (), ())
+    assert effective_sizes(small, None, 10.0, per_arm=False).control == pytest.approx(300.0 / 600.0)
+    assert effective_sizes(None, None, 10.0, per_arm=True).conservative
+    # A weighted Cox run is refused before any task without its correction.
+    with pytest.raises(ValueError, match="propensity coefficients and the arms' sums of weights together"):
+        run_cox(None, {}, None, 1.0, run_id="x", propensity=np.zeros(3))  # type: ignore[arg-type]

@@ -116,9 +116,11 @@ def test_the_weighted_releases_sensitivities_are_the_unweighted_ones_times_the_c
     weighted = plan_of(GBSG2_IPTW)
     plain = plan_of({key: value for key, value in GBSG2_IPTW.items() if key != "weighting"})
     glm = {b.name: b.sensitivity for b in layout(weighted, TaskKind.DP_GLM).blocks}
-    assert glm == {
-        b.name: b.sensitivity * (1 if b.name == GLM_COUNT else 20) for b in layout(plain, TaskKind.DP_GLM).blocks
-    }
+    # Times the cap, rounded up where the float product would fall below the exact one.
+    assert glm == pytest.approx(
+        {b.name: b.sensitivity * (1 if b.name == GLM_COUNT else 20) for b in layout(plain, TaskKind.DP_GLM).blocks},
+        rel=1e-15,
+    )
     survival = layout(weighted, TaskKind.DP_SURVIVAL)
     assert [(b.name, b.sensitivity) for b in survival.blocks] == [
         (SURVIVAL_EXITS, 1.0),
@@ -129,10 +131,10 @@ def test_the_weighted_releases_sensitivities_are_the_unweighted_ones_times_the_c
     describe = {b.name: b.sensitivity for b in layout(weighted, TaskKind.DP_DESCRIBE).blocks}
     assert describe[WEIGHT_COUNT] == 1.0 and describe[WEIGHT_SUM] == 20.0 and describe[WEIGHT_SUMSQ] == 400.0
     assert describe["age.sum"] == 30.0 and describe["age.weighted.sum"] == 600.0
-    assert describe["age.weighted.sumsq"] == 20 * 900.0 and describe["tgrade.weighted.counts"] == 20.0
+    assert "age.weighted.sumsq" not in describe and describe["tgrade.weighted.counts"] == 20.0
     assert "horTh.counts" not in describe
     propensity = layout(weighted, TaskKind.DP_PROPENSITY)
-    assert [b.sensitivity for b in propensity.blocks] == [1.0, np.sqrt(6.0), 6.0 / 4]
+    assert [b.sensitivity for b in propensity.blocks] == pytest.approx([1.0, np.sqrt(6.0), 6.0 / 4], rel=1e-15)
 
 
 @pytest.mark.parametrize(
@@ -263,9 +265,6 @@ def test_the_weighted_description_is_pandas_weighted_sums_per_arm() -> None:
     for column, low, high in (("age", 20, 80), ("tsize", 0, 120), ("pnodes", 0, 60)):
         centred = frame[column].clip(low, high) - (low + high) / 2
         np.testing.assert_allclose(blocks[f"{column}.weighted.sum"][:, 0], (centred * frame.w).groupby(frame.arm).sum())
-        np.testing.assert_allclose(
-            blocks[f"{column}.weighted.sumsq"][:, 0], (centred**2 * frame.w).groupby(frame.arm).sum(), rtol=1e-12
-        )
         np.testing.assert_allclose(blocks[f"{column}.weighted.n"][:, 0], by_arm.w.sum(), rtol=1e-12)
     counts = frame.pivot_table(index="arm", columns="tgrade", values="w", aggfunc="sum", observed=False)
     np.testing.assert_allclose(blocks["tgrade.weighted.counts"][:, :3], counts[["I", "II", "III"]].to_numpy())

@@ -17,6 +17,7 @@ weighted twins of withheld counts; and inputs that must be refused.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,8 @@ from agent.packages.release_layout import (
     Statistic,
     analysed,
     layout,
+    product_up,
+    root_up,
 )
 from agent.statistics.design import covariates_present
 from agent.statistics.glm import exact_model_release, exact_propensity_release, upper_triangle
@@ -54,7 +57,6 @@ WEIGHTED_STATISTICS = {
     Statistic.WEIGHT_SUM,
     Statistic.WEIGHTED_PRESENCE,
     Statistic.WEIGHTED_SUM,
-    Statistic.WEIGHTED_SUMSQ,
     Statistic.WEIGHTED_COUNTS,
     Statistic.WEIGHTED_EXITS,
 }
@@ -345,7 +347,7 @@ def check_withheld_together(release: ReleaseLayout, released: dict[str, float]) 
                     if withheld(block.name, stratum, cell):
                         assert withheld(f"{block.column}.weighted.counts", stratum, cell), (block.name, stratum, cell)
             if block.statistic is Statistic.PRESENCE and withheld(block.name, stratum, 0):
-                for statistic in ("weighted.n", "weighted.sum", "weighted.sumsq"):
+                for statistic in ("weighted.n", "weighted.sum"):
                     assert withheld(f"{block.column}.{statistic}", stratum, 0), (block.column, statistic, stratum)
             if block.name == WEIGHT_COUNT and withheld(WEIGHT_COUNT, stratum, 0):
                 assert withheld(WEIGHT_SUM, stratum, 0), stratum
@@ -429,3 +431,15 @@ def test_wrong_weights_and_coefficients_are_refused() -> None:
     with pytest.raises(ValueError, match="outside"):
         exact_model_release(plan, glm, [0.0, 0.0], np.full(glm.size, 1e6))
     exact_release(plan, release, describe, np.where(np.arange(describe.size) % 2 == 0, 10.0, np.nan))
+
+
+@given(st.integers(1, 64), st.floats(1.0, 1000.0), st.floats(0.001, 1000.0))
+def test_the_sensitivities_never_round_below_the_exact_bounds(covariates: int, cap: float, hazard: float) -> None:
+    """√R², √(1 + Λ²) and the products with the cap are declared at or above their exact real
+    values (a float √3 is below √3: a patient at the bounds would move the score by an ulp more)."""
+    root = root_up(covariates)
+    assert Fraction(root) ** 2 >= covariates and Fraction(math.nextafter(root, 0.0)) ** 2 < covariates
+    baseline = root_up(1 + Fraction(hazard) ** 2)
+    assert Fraction(baseline) ** 2 >= 1 + Fraction(hazard) ** 2
+    assert Fraction(product_up(root, cap)) >= Fraction(root) * Fraction(cap)
+    assert product_up(2.0, 3.0) == 6.0 and root_up(4) == 2.0  # exact ones stay exact

@@ -441,8 +441,12 @@ def run_iptw_command(args: argparse.Namespace) -> int:
     notes = _iptw_notes(name, analysis)
     title = args.title or f"{package.manifest.name} {package.manifest.version}"
     report = new_report(title, iptw=analysis, notes=notes)
+    # Written even when the study stopped: its stages so far were charged, and the report says
+    # what each site did.
     _write(args.json, report.to_json())
     _write(args.html, render_html(report))
+    if analysis.stopped:
+        raise NoReleaseError(f"the study stopped: {analysis.stopped}")
     return ExitCode.SUCCESS
 
 
@@ -460,8 +464,7 @@ def _progress_any() -> Callable[[GlmRound | CoxRound, Sequence[str]], None]:
 
 
 def _iptw_notes(name: str, analysis: IptwAnalysis) -> list[str]:
-    """Prints the study's results and warnings; the report's notes. NoReleaseError when the
-    propensity model or the balance could not be estimated."""
+    """Prints the study's results and warnings, and why each site left a stage; the report's notes."""
     print(f"iptw of {name}: treatment {analysis.treatment} ({analysis.arms[1]} vs {analysis.arms[0]}), "
           f"estimand {analysis.estimand.upper()}, weights cut at {analysis.max_weight:g}")  # fmt: skip
     notes = [
@@ -474,10 +477,13 @@ def _iptw_notes(name: str, analysis: IptwAnalysis) -> list[str]:
     if propensity is not None and propensity.unreliable:
         notes.append(f"propensity model not to be trusted: {propensity.unreliable}")
         print(f"edge-sponsor: warning: the propensity model: {propensity.unreliable}", file=sys.stderr)
-    if analysis.stopped:
-        raise NoReleaseError(f"the study stopped: {analysis.stopped}")
     for stage, sites in (("balance", analysis.balance_sites), ("survival", analysis.survival_sites)):
-        notes += [f"{stage}: left out {s.site}: {s.status}: {s.detail}" for s in sites if s.status != "ok"]
+        for site in sites:
+            if site.status != "ok":
+                notes.append(f"{stage}: left out {site.site}: {site.status}: {site.detail}")
+                print(f"  {stage}: {site.site}: {site.status}: {site.detail}")
+    if analysis.stopped:
+        notes.append(f"the study stopped: {analysis.stopped}")
     balance = analysis.balance
     if balance is not None:
         for row in balance.rows:

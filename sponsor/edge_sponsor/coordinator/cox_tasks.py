@@ -164,6 +164,9 @@ def run_cox(
         raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
     if not MIN_ROUNDS <= rounds <= MAX_ROUNDS:
         raise ValueError(f"rounds must be between {MIN_ROUNDS} and {MAX_ROUNDS}, got {rounds}")
+    if (propensity is None) != (weights is None):
+        # Before any task: a weighted fit without its correction would report a far too narrow SE.
+        raise ValueError("a weighted Cox run takes the propensity coefficients and the arms' sums of weights together")
     if average_last is None:
         average_last = min(AVERAGE_LAST, rounds)
     if not 1 <= average_last <= rounds:

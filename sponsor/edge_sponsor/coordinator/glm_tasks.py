@@ -88,9 +88,15 @@ def model_of(package: PlanPackage, family: ModelFamily, *, weighted: bool = Fals
     if (package.plan.weighting is not None) != weighted:
         if weighted:
             raise PlanPackageError(f"{package.manifest.name} declares no weighting (plan.weighting)")
+        if model.family is ModelFamily.COX:
+            raise PlanPackageError(
+                f"{package.manifest.name} is a weighted plan (plan.weighting): its model is fitted with each "
+                "patient's propensity weight; run it with study iptw"
+            )
         raise PlanPackageError(
-            f"{package.manifest.name} is a weighted plan (plan.weighting): its model is fitted with each patient's "
-            "propensity weight; run it with study iptw"
+            f"{package.manifest.name} is a weighted plan (plan.weighting) with a logistic model: the agents fit it "
+            "weighted (dp_glm with the propensity coefficients), but no study command does yet; study iptw fits a "
+            "weighted Cox model: declare the model as family cox"
         )
     if model.family is not family:
         raise PlanPackageError(

@@ -16,7 +16,7 @@ Four stages, each a set of charged tasks at every site, all at the same noise mu
 4. **The weighted Cox model** (``dp_glm`` with the weights; a plan whose model is Cox): the
    hazard ratio of the treatment, its sampling variance the model-based one at weights
    rescaled to each arm's effective sample size (:class:`edge_sponsor.statistics.cox.EffectiveSizes`,
-   from the balance stage's sums of weights).
+   from the survival or balance stage's sums of weights: :func:`effective_sizes`).
 
 A site that fails a stage is left out of it (and named); the study goes on with the others.
 """
@@ -53,7 +53,13 @@ def check_weighted(package: PlanPackage) -> None:
             f"{package.manifest.name} declares no weighting (plan.weighting): study iptw needs a treatment, the "
             "propensity model's covariates and a cap on the weights"
         )
-    if package.plan.model is not None:
+    model = package.plan.model
+    if model is not None and model.family is not ModelFamily.COX:
+        raise PlanPackageError(
+            f"{package.manifest.name}'s model is {model.family.value}: study iptw fits a weighted Cox model (the "
+            "treatment's hazard ratio); declare plan.model with family cox, or no model for the balance and curves only"
+        )
+    if model is not None:
         model_of(package, ModelFamily.COX, weighted=True)
 
 
@@ -179,6 +185,7 @@ def run_iptw(
             propensity=gamma,
             weights=effective_sizes(
                 record.balance,
+                record.survival,
                 weighting.max_weight,
                 per_arm=[variable.column for variable in model.covariates] == [record.treatment],
             ),
@@ -187,24 +194,31 @@ def run_iptw(
     return record
 
 
-def effective_sizes(balance: iptw.Balance | None, max_weight: float, *, per_arm: bool) -> cox.EffectiveSizes | None:
-    """The arms' sums of weights from the weighted description, which correct the weighted Cox
-    fit's sampling covariance, Σ w² kept within what weights up to the cap could give
-    (:func:`edge_sponsor.statistics.iptw.effective_scale`); None when an arm's were withheld or
-    are not positive (noisy)."""
-    if balance is None:
-        return None
-    control, treated = (
-        (
-            arm.weight_sum,
-            arm.weight_sum / iptw.effective_scale(arm.weight_sum, arm.weight_sumsq, arm.with_weight, max_weight),
-        )
-        for arm in balance.arms
-    )
-    try:
-        return cox.EffectiveSizes(control[0], control[1], treated[0], treated[1], per_arm=per_arm)
-    except ValueError:
-        return None
+def effective_sizes(
+    balance: iptw.Balance | None, survival: iptw.WeightedSurvival | None, max_weight: float, *, per_arm: bool
+) -> cox.EffectiveSizes:
+    """Each arm's Σ w and Σ w², which correct the weighted Cox fit's sampling covariance.
+
+    From the weighted survival release when it has them (three blocks share its budget, so its
+    Σ w² is far less noisy than the description's, which shares it with every variable's
+    blocks), else from the description; each kept within what weights up to the cap could give
+    (:func:`edge_sponsor.statistics.iptw.effective_scale`). An arm with neither usable (withheld,
+    or a noisy sum not positive) gets the factor ``1 / max_weight``, as if every weight were the
+    cap: the widest its interval could need to be (``EffectiveSizes.conservative``)."""
+    sums: list[float] = []
+    conservative = False
+    for index in range(2):
+        total, scale = math.nan, math.nan
+        if survival is not None:
+            total, scale = survival.arms[index].weight_sum, survival.arms[index].scale
+        if not (total > 0.0 and math.isfinite(scale)) and balance is not None:
+            arm = balance.arms[index]
+            total = arm.weight_sum
+            scale = iptw.effective_scale(arm.weight_sum, arm.weight_sumsq, arm.with_weight, max_weight)
+        if not (total > 0.0 and math.isfinite(scale)):
+            total, scale, conservative = 1.0, 1.0 / max_weight, True
+        sums += [total, total / scale]
+    return cox.EffectiveSizes(sums[0], sums[1], sums[2], sums[3], per_arm=per_arm, conservative=conservative)
 
 
 def _stage_sites(outcomes: Sequence[SiteOutcome]) -> tuple[StageSite, ...]:

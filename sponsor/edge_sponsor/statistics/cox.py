@@ -1327,8 +1327,10 @@ class EffectiveSizes:
     treated arm's baseline information is the cross block) and rescaled exactly; with other
     covariates the whole covariance is scaled by the cohort's ``Σ w² / Σ w``. Measured on
     gbsg2 against lifelines' robust SE: per arm 0.1352 against 0.1377 (-1.8 %), overall
-    0.1328 (-3.5 %). The weights' sums come from the weighted description's release (noisy,
-    their noise ignored here: it is small beside the sums).
+    0.1328 (-3.5 %). The sums are released numbers, noisy (Σ w²'s sensitivity is the cap
+    squared): at σ = 0.5 on gbsg2 the factor on the SE spread 0.95 to 1.22 over noise draws;
+    that spread is not in the interval, though beside the privacy noise's share of the SE it
+    is small (edge_sponsor.coordinator.iptw_tasks.effective_sizes says where they come from).
     """
 
     control_sum: float
@@ -1336,6 +1338,8 @@ class EffectiveSizes:
     treated_sum: float
     treated_sumsq: float
     per_arm: bool
+    conservative: bool = False
+    """An arm's sums were not usable and its factor is the cap's (every weight the cap): wider than needed."""
 
     def __post_init__(self) -> None:
         values = (self.control_sum, self.control_sumsq, self.treated_sum, self.treated_sumsq)
@@ -1357,9 +1361,14 @@ class EffectiveSizes:
 
     @property
     def words(self) -> str:
-        if self.per_arm:
-            return "each arm's weights rescaled to its effective sample size"
-        return "the covariance scaled by the cohort's effective sample size"
+        words = (
+            "each arm's weights rescaled to its effective sample size"
+            if self.per_arm
+            else "the covariance scaled by the cohort's effective sample size"
+        )
+        if self.conservative:
+            words += " (an arm's sums of weights were withheld or too noisy: as if its every weight were the cap)"
+        return words
 
     def scaled(self, sums: CoxRoundSums) -> CoxRoundSums:
         """``sums`` with each arm's part of every block rescaled (``per_arm`` models: p = 1, the

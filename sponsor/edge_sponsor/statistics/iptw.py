@@ -16,11 +16,12 @@ estimate's noise standard deviation by the delta method.
 
 **Balance** (:func:`balance`). Per numeric variable and per category of each categorical one,
 each arm's mean (or proportion) before weighting and after, and the standardised mean
-difference (SMD) treated - control of both. Both SMDs divide by the **same** denominator,
-the square root of the average of the two arms' **unweighted** variances,
-``sqrt((s_0² + s_1²) / 2)``: Austin's pooled-variance SMD (Austin 2009, Stat Med 28:3083),
-its denominator held fixed after weighting, as Stuart (2010, Stat Sci 25:1) advises for
-comparing balance before and after an adjustment and as R's cobalt does by default. A change
+difference (SMD) treated - control of both. Both SMDs divide by the **same** denominator, an
+**unweighted** spread: for the ATE the square root of the average of the two arms' variances,
+``sqrt((s_0² + s_1²) / 2)`` (Austin's pooled-variance SMD, Austin 2009, Stat Med 28:3083), for
+the ATT the treated arm's ``s_1`` (the population the ATT describes); held fixed after
+weighting, as Stuart (2010, Stat Sci 25:1) advises for comparing balance before and after an
+adjustment and as R's cobalt does by default for each estimand. A change
 of the SMD is then a change of the means alone, never weighting's effect on the spread. A
 covariate is commonly taken as balanced when ``|SMD| <= 0.1``. What goes in:
 
@@ -66,7 +67,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.packages.manifest import TaskKind
-from agent.packages.plan import AnalysisPlan, CategoricalVariable, NumericVariable, WeightingSpec, category_label
+from agent.packages.plan import (
+    AnalysisPlan,
+    CategoricalVariable,
+    Estimand,
+    NumericVariable,
+    WeightingSpec,
+    category_label,
+)
 from agent.packages.release_layout import (
     COUNT,
     SURVIVAL_EXITS,
@@ -237,16 +245,19 @@ def balance(plan: AnalysisPlan, releases: Sequence[SiteRelease], *, threshold: f
     blocks = {r.site: {b.name: read_block(r, shape, b.name) for b in shape.blocks} for r in releases}
     arms = _arm_contributors(names, shape.strata)
     covariates = {variable.column for variable in weighting.covariates}
+    att = weighting.estimand is Estimand.ATT
     rows: list[BalanceRow] = []
     used: list[Contributor] = []
     left_out: list[Contributor] = []
     for variable in analysed(plan, TaskKind.DP_DESCRIBE).variables:
         model = variable.column in covariates
         if isinstance(variable, NumericVariable):
-            new, keys, dropped = _numeric_row(variable, arms, blocks, threshold, model)
+            new, keys, dropped = _numeric_row(variable, arms, blocks, threshold=threshold, model=model, att=att)
             rows.append(new)
         else:
-            new_rows, keys, dropped = _categorical_rows(variable, arms, blocks, threshold, model)
+            new_rows, keys, dropped = _categorical_rows(
+                variable, arms, blocks, threshold=threshold, model=model, att=att
+            )
             rows += new_rows
         used += keys
         left_out += dropped
@@ -452,11 +463,13 @@ def _share_moments(cell: int, x: FloatArray, noise: FloatArray) -> _Moments:
     return _Moments(mean, mean_grad, variance, variance_grad, weighted_mean, weighted_grad, noise)
 
 
-def _smd(control: _Moments, treated: _Moments, *, weighted: bool) -> tuple[float, float]:
-    """The SMD treated - control (weighted means or not) over ``sqrt((s_0² + s_1²) / 2)`` of the
-    unweighted variances, and its noise SD by the delta method: the arms' numbers are
-    independent, each with its own noise variances."""
-    half = (control.variance + treated.variance) / 2.0
+def _smd(control: _Moments, treated: _Moments, *, weighted: bool, att: bool) -> tuple[float, float]:
+    """The SMD treated - control (weighted means or not) over the unweighted spread, and its noise
+    SD by the delta method (the arms' numbers are independent, each with its own noise variances).
+
+    The spread is ``sqrt((s_0² + s_1²) / 2)`` for the ATE and the treated arm's ``s_1`` for the
+    ATT (the population the ATT is about; cobalt's defaults for each estimand)."""
+    square = treated.variance if att else (control.variance + treated.variance) / 2.0
     if weighted:
         m0, g0, m1, g1 = (
             control.weighted_mean,
@@ -467,13 +480,14 @@ def _smd(control: _Moments, treated: _Moments, *, weighted: bool) -> tuple[float
     else:
         m0, g0, m1, g1 = control.mean, control.mean_grad, treated.mean, treated.mean_grad
     difference = m1 - m0
-    if not (half > 0.0 and math.isfinite(half) and math.isfinite(difference)):
+    if not (square > 0.0 and math.isfinite(square) and math.isfinite(difference)):
         return math.nan, math.nan
-    scale = math.sqrt(half)
-    # SMD = Δ / D with D² = (s_0² + s_1²) / 2: dSMD = dΔ / D - Δ d(s_a²) / (4 D³).
-    curvature = difference / (4.0 * scale**3)
-    grad1 = g1 / scale - curvature * treated.variance_grad
-    grad0 = -g0 / scale - curvature * control.variance_grad
+    scale = math.sqrt(square)
+    # SMD = Δ / D: dSMD = dΔ / D - Δ dD² / (2 D³), with dD² = (d s_0² + d s_1²) / 2 (ATE) or d s_1² (ATT).
+    curvature = difference / (2.0 * scale**3)
+    share = 1.0 if att else 0.5
+    grad1 = g1 / scale - curvature * share * treated.variance_grad
+    grad0 = -g0 / scale - (0.0 if att else curvature * share) * control.variance_grad
     noise = float(np.sum(grad1 * grad1 * treated.noise) + np.sum(grad0 * grad0 * control.noise))
     return difference / scale, math.sqrt(noise)
 
@@ -487,13 +501,14 @@ def _row(
     moments: Sequence[_Moments | None],
     threshold: float,
     left_out: tuple[str, ...],
+    att: bool,
 ) -> BalanceRow:
     control, treated = moments
     nan = math.nan
     before = after = (nan, nan)
     if control is not None and treated is not None:
-        before = _smd(control, treated, weighted=False)
-        after = _smd(control, treated, weighted=True)
+        before = _smd(control, treated, weighted=False, att=att)
+        after = _smd(control, treated, weighted=True, att=att)
     return BalanceRow(
         name=name,
         column=column,
@@ -516,8 +531,10 @@ def _numeric_row(
     variable: NumericVariable,
     arms: Sequence[Sequence[Contributor]],
     blocks: Blocks,
+    *,
     threshold: float,
     model: bool,
+    att: bool,
 ) -> tuple[BalanceRow, list[Contributor], list[Contributor]]:
     column = variable.column
     presence, total, squares, weighted_presence, weighted_total = (
@@ -556,15 +573,21 @@ def _numeric_row(
         noise = np.array([float(p.noise_variance[0]) for p in pooled])
         moments.append(_numeric_moments(variable, x, noise))
     names = tuple(dict.fromkeys(site for site, _ in left_out))
-    return _row(column, column, None, model=model, moments=moments, threshold=threshold, left_out=names), used, left_out
+    return (
+        _row(column, column, None, model=model, moments=moments, threshold=threshold, left_out=names, att=att),
+        used,
+        left_out,
+    )
 
 
 def _categorical_rows(
     variable: CategoricalVariable,
     arms: Sequence[Sequence[Contributor]],
     blocks: Blocks,
+    *,
     threshold: float,
     model: bool,
+    att: bool,
 ) -> tuple[list[BalanceRow], list[Contributor], list[Contributor]]:
     counts = block_name(Statistic.COUNTS, variable.column)
     weighted = block_name(Statistic.WEIGHTED_COUNTS, variable.column)
@@ -602,6 +625,7 @@ def _categorical_rows(
                 moments=moments,
                 threshold=threshold,
                 left_out=names,
+                att=att,
             )
         )
     return rows, used, left_out
