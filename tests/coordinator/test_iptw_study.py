@@ -60,6 +60,8 @@ IPTW_PLAN: dict[str, Any] = {
     },
 }
 SIGMA = 0.5
+# The balance task alone at a smaller σ: a less noisy love plot for a small share of the budget.
+BALANCE_SIGMA = 0.25
 PROPENSITY_ROUNDS = 10
 COX_ROUNDS = 8
 
@@ -147,13 +149,15 @@ def test_study_iptw_balances_the_arms_and_matches_lifelines_weighted_cox(
         federation = federation_file(tmp_path, pki, sites)
         out_json, out_html = tmp_path / "iptw.json", tmp_path / "iptw.html"
         argv = ["study", "iptw", str(federation), "--plan", str(plan_file), "--noise-multiplier", str(SIGMA)]
-        assert sponsor_main([*argv, "--json", str(out_json), "--html", str(out_html)]) == 0
+        balance = ["--balance-noise-multiplier", str(BALANCE_SIGMA)]
+        assert sponsor_main([*argv, *balance, "--json", str(out_json), "--html", str(out_html)]) == 0
         printed = capsys.readouterr().out
         for stage in ("propensity model", "balance", "weighted survival", "weighted Cox model"):
             assert f"{stage} (" in printed, printed
         result = json.loads(out_json.read_text())["iptw"]
         assert result["treatment"] == "horTh" and result["arms"] == ["no", "yes"] and result["estimand"] == "ate"
         assert len(result["propensity_coefficients"]) == 5 and not result["stopped"]
+        assert (result["noise_multiplier"], result["balance_noise_multiplier"]) == (SIGMA, BALANCE_SIGMA)
         reference_fit, weighted = reference(frame, [np.sort(rows) for rows in thirds])
 
         # Balance: gbsg2's treated patients are older and post-menopausal; the weights remove it
@@ -191,8 +195,8 @@ def test_study_iptw_balances_the_arms_and_matches_lifelines_weighted_cox(
         assert 0.6 * se <= row["se_sampling"] <= 1.6 * se, (row, se)
         assert result["cox"]["fit"]["weighted_variance"] == "each arm's weights rescaled to its effective sample size"
 
-        # Every task charged: 10 propensity rounds, one description, one survival task, 8 Cox rounds.
-        expected = independent_epsilon([(1.0, SIGMA, PROPENSITY_ROUNDS + 2 + COX_ROUNDS)])
+        # Every task charged: 10 propensity rounds, one survival task, 8 Cox rounds at σ, the description at its own.
+        expected = independent_epsilon([(1.0, SIGMA, PROPENSITY_ROUNDS + 1 + COX_ROUNDS), (1.0, BALANCE_SIGMA, 1)])
         for site in sites:
             assert site.client.get_budget("gbsg2").epsilon_spent == pytest.approx(expected, rel=1e-3)
 
@@ -244,6 +248,9 @@ def test_study_iptw_refuses_plans_it_cannot_run_and_charges_nothing(
             "iptw", weighted, "--propensity-rounds", "1"
         )
         assert "--rounds must be between 4 and 50, got 2" in refused("iptw", weighted, "--rounds", "2")
+        assert "--balance-noise-multiplier must be a positive number, got -1.0" in refused(
+            "iptw", weighted, "--balance-noise-multiplier", "-1"
+        )
         assert sites[0].client.get_budget("gbsg2").epsilon_spent == 0.0
     finally:
         for site in sites:

@@ -167,6 +167,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "plan package (.zip) with weighting, signed",
         "sigma of each site's release in every task (each costs the ε of one Gaussian at sigma, q = 1)",
     )
+    for stage, words in (("balance", "the weighted description"), ("survival", "the weighted survival task")):
+        command.add_argument(
+            f"--{stage}-noise-multiplier",
+            type=float,
+            default=None,
+            metavar="SIGMA",
+            help=f"sigma of {words} alone (one task: a smaller one buys a far less noisy {stage} for a small share "
+            "of the budget; default: --noise-multiplier)",
+        )
     command.add_argument(
         "--propensity-rounds",
         type=int,
@@ -408,10 +417,18 @@ def run_iptw_command(args: argparse.Namespace) -> int:
     check_weighted(package)
     plan = package.plan
     run_id = args.run_id or f"{federation.name}-iptw-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+    balance_sigma = args.noise_multiplier if args.balance_noise_multiplier is None else args.balance_noise_multiplier
+    survival_sigma = args.noise_multiplier if args.survival_noise_multiplier is None else args.survival_noise_multiplier
+    for option, sigma in (
+        ("--balance-noise-multiplier", balance_sigma),
+        ("--survival-noise-multiplier", survival_sigma),
+    ):
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise UsageError(f"{option} must be a positive number, got {sigma}")
     planned = [PlannedTask(plan_profile(TaskKind.DP_PROPENSITY, args.noise_multiplier), args.propensity_rounds)]
-    planned.append(PlannedTask(plan_profile(TaskKind.DP_DESCRIBE, args.noise_multiplier), 1))
+    planned.append(PlannedTask(plan_profile(TaskKind.DP_DESCRIBE, balance_sigma), 1))
     if plan.survival is not None:
-        planned.append(PlannedTask(plan_profile(TaskKind.DP_SURVIVAL, args.noise_multiplier), 1))
+        planned.append(PlannedTask(plan_profile(TaskKind.DP_SURVIVAL, survival_sigma), 1))
     if plan.model is not None:
         planned.append(PlannedTask(plan_profile(TaskKind.DP_GLM, args.noise_multiplier), args.rounds))
     clients = open_clients(federation)
@@ -433,6 +450,8 @@ def run_iptw_command(args: argparse.Namespace) -> int:
             average_last=args.average_last,
             on_stage=stage,
             on_round=_progress_any(),
+            balance_noise_multiplier=balance_sigma,
+            survival_noise_multiplier=survival_sigma,
         )
     finally:
         for client in clients.values():

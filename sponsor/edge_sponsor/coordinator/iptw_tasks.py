@@ -2,7 +2,9 @@
 observational control arm weighted to resemble the treated patients, with the agents
 enforcing the privacy budget at every step.
 
-Four stages, each a set of charged tasks at every site, all at the same noise multiplier:
+Four stages, each a set of charged tasks at every site, at one noise multiplier but for the
+balance and the survival tasks, which may each have their own (one task each: a smaller σ
+there buys a far more informative balance for a small share of the study's budget):
 
 1. **The propensity model** (``dp_propensity``): the plan's weighting's logistic model of the
    treated arm, fitted over the sites by DP lower-bound or Newton steps
@@ -78,6 +80,8 @@ def run_iptw(
     average_last: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_round: Callable[[glm.GlmRound | CoxRound, Sequence[str]], None] | None = None,
+    balance_noise_multiplier: float | None = None,
+    survival_noise_multiplier: float | None = None,
 ) -> IptwAnalysis:
     """Runs the four stages (see the module doc) of ``package``'s weighted plan.
 
@@ -89,6 +93,8 @@ def run_iptw(
         average_last: the Cox fit averages the last rounds' estimates (None: its default).
         on_stage: called with each stage's name as it starts.
         on_round: called after each round of the propensity model and of the Cox model.
+        balance_noise_multiplier, survival_noise_multiplier: σ of the weighted description and
+            of the weighted survival task (None: ``noise_multiplier``).
 
     Raises:
         PlanPackageError: the plan is not weighted, or its model is not Cox.
@@ -98,8 +104,11 @@ def run_iptw(
     weighting = package.plan.weighting
     if weighting is None:  # check_weighted refused it; for the type checker
         raise PlanPackageError(f"{package.manifest.name} declares no weighting")
-    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
-        raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
+    balance_sigma = noise_multiplier if balance_noise_multiplier is None else balance_noise_multiplier
+    survival_sigma = noise_multiplier if survival_noise_multiplier is None else survival_noise_multiplier
+    for sigma in (noise_multiplier, balance_sigma, survival_sigma):
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"every noise multiplier must be a positive number, got {sigma!r}")
 
     def stage(name: str) -> None:
         if on_stage is not None:
@@ -127,6 +136,8 @@ def run_iptw(
         estimand=weighting.estimand.value,
         max_weight=weighting.max_weight,
         noise_multiplier=noise_multiplier,
+        balance_noise_multiplier=balance_sigma,
+        survival_noise_multiplier=survival_sigma,
         propensity=propensity,
         propensity_coefficients=(),
     )
@@ -142,7 +153,7 @@ def run_iptw(
         clients,
         package,
         TaskKind.DP_DESCRIBE,
-        noise_multiplier,
+        balance_sigma,
         run_id=f"{run_id}-balance",
         parameters=sent,
     )
@@ -159,7 +170,7 @@ def run_iptw(
             clients,
             package,
             TaskKind.DP_SURVIVAL,
-            noise_multiplier,
+            survival_sigma,
             run_id=f"{run_id}-survival",
             parameters=sent,
         )

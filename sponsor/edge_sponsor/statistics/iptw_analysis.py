@@ -32,6 +32,9 @@ class IptwAnalysis:
     estimand: str
     max_weight: float
     noise_multiplier: float
+    """σ of the propensity model's and the Cox model's tasks."""
+    balance_noise_multiplier: float
+    survival_noise_multiplier: float
     propensity: GlmAnalysis
     propensity_coefficients: tuple[float, ...]
     """What every weighted task was sent (the propensity model's design scale)."""

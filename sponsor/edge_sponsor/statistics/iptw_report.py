@@ -40,8 +40,11 @@ def iptw_intro(analysis: IptwAnalysis) -> str:
         f"{escape(control)}. Each hospital weighs its own patients by the propensity model below (e, the "
         f"probability of {escape(treated)} given the covariates), to estimate {escape(estimand)}; every weight is "
         f"cut at {escape(f'{analysis.max_weight:g}')}. The propensity coefficients sent were "
-        f"{escape(', '.join(f'{g:.4g}' for g in analysis.propensity_coefficients))} (design scale). Every "
-        f"task ran at noise multiplier {escape(f'{analysis.noise_multiplier:g}')} and was charged at its site.</p>"
+        f"{escape(', '.join(f'{g:.4g}' for g in analysis.propensity_coefficients))} (design scale). Noise "
+        f"multipliers: {escape(f'{analysis.noise_multiplier:g}')} for the propensity and Cox models' rounds, "
+        f"{escape(f'{analysis.balance_noise_multiplier:g}')} for the balance, "
+        f"{escape(f'{analysis.survival_noise_multiplier:g}')} for the survival curves; every task was charged at "
+        "its site.</p>"
         + (f'<p class="warning">The study stopped: {escape(analysis.stopped)}.</p>' if analysis.stopped else "")
     )
 
