@@ -24,10 +24,14 @@ from agent.statistics.glm import exact_model_release
 from agent.statistics.patients import patient_table
 from agent.statistics.weighting import plan_weights
 from edge_sponsor.coordinator.cox_tasks import run_cox
-from edge_sponsor.coordinator.iptw_tasks import effective_sizes
+from edge_sponsor.coordinator.iptw_tasks import effective_sizes, run_iptw
+from edge_sponsor.coordinator.plan_tasks import PlanPackage
 from edge_sponsor.statistics import cox, iptw
+from tests.coordinator.test_iptw_study import IPTW_PLAN
+from tests.packages.package_builders import new_key
 from tests.statistics.helpers import plan_of
 from tests.statistics.test_weighting import GBSG2_IPTW, propensity_design
+from tests.tasks.test_plan_tasks import plan_package
 
 SITES = 3
 STRATIFIED = cox.CoxOptions(baseline="stratified", settle=0, bootstrap=0)
@@ -156,3 +160,17 @@ def test_the_sums_of_weights_fall_back_to_the_conservative_cap_never_to_no_corre
     # A weighted Cox run is refused before any task without its correction.
     with pytest.raises(ValueError, match="propensity coefficients and the arms' sums of weights together"):
         run_cox(None, {}, None, 1.0, run_id="x", propensity=np.zeros(3))  # type: ignore[arg-type]
+
+
+def test_a_study_with_bad_rounds_or_noise_is_refused_before_its_first_task() -> None:
+    """The Cox stage comes last: its rounds are checked before the propensity model spends anything."""
+    package = PlanPackage.from_archive(plan_package(new_key(), IPTW_PLAN))
+    for options, words in (
+        ({"cox_rounds": 2}, "cox_rounds must be between 4 and 50, got 2"),
+        ({"propensity_rounds": 1}, "propensity_rounds must be between 2 and 50, got 1"),
+        ({"average_last": 9}, "average_last must be between 1 and cox_rounds (8), got 9"),
+        ({"balance_noise_multiplier": 0.0}, "every noise multiplier must be a positive number, got 0.0"),
+    ):
+        with pytest.raises(ValueError) as caught:
+            run_iptw(None, {}, package, 1.0, run_id="x", **options)  # type: ignore[arg-type]
+        assert words in str(caught.value)

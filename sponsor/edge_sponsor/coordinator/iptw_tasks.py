@@ -35,9 +35,10 @@ from agent.packages.manifest import PROPENSITY, TaskKind
 from agent.packages.plan import ModelFamily, category_label
 from edge_sponsor.coordinator.client import AgentClient
 from edge_sponsor.coordinator.cox_tasks import DEFAULT_ROUNDS as COX_ROUNDS
+from edge_sponsor.coordinator.cox_tasks import MIN_ROUNDS as COX_MIN_ROUNDS
 from edge_sponsor.coordinator.cox_tasks import run_cox
 from edge_sponsor.coordinator.federation import Federation
-from edge_sponsor.coordinator.glm_tasks import model_of, run_glm
+from edge_sponsor.coordinator.glm_tasks import MAX_ROUNDS, model_of, run_glm
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, run_plan
 from edge_sponsor.statistics import cox, glm, iptw
@@ -98,7 +99,7 @@ def run_iptw(
 
     Raises:
         PlanPackageError: the plan is not weighted, or its model is not Cox.
-        ValueError: σ not positive, or rounds out of range.
+        ValueError: a σ not positive, or rounds out of range (before any task).
     """
     check_weighted(package)
     weighting = package.plan.weighting
@@ -109,6 +110,13 @@ def run_iptw(
     for sigma in (noise_multiplier, balance_sigma, survival_sigma):
         if not (math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"every noise multiplier must be a positive number, got {sigma!r}")
+    # Refused here, before the first stage spends anything, not when the last stage starts.
+    if not 2 <= propensity_rounds <= MAX_ROUNDS:
+        raise ValueError(f"propensity_rounds must be between 2 and {MAX_ROUNDS}, got {propensity_rounds}")
+    if package.plan.model is not None and not COX_MIN_ROUNDS <= cox_rounds <= MAX_ROUNDS:
+        raise ValueError(f"cox_rounds must be between {COX_MIN_ROUNDS} and {MAX_ROUNDS}, got {cox_rounds}")
+    if average_last is not None and not 1 <= average_last <= cox_rounds:
+        raise ValueError(f"average_last must be between 1 and cox_rounds ({cox_rounds}), got {average_last}")
 
     def stage(name: str) -> None:
         if on_stage is not None:
