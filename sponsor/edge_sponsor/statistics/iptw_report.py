@@ -164,7 +164,8 @@ def love_plot(balance: Balance) -> str:
         if not (math.isfinite(row.smd_before) or math.isfinite(row.smd_after)):
             parts.append(f'<text x="{zero + 8:.1f}" y="{y + 4:.1f}">not estimable</text>')
             continue
-        for value, kind in ((row.smd_before, "before"), (row.smd_after, "after")):
+        # The filled 'after' dot first, the open 'before' ring over it: both stay visible when they meet.
+        for value, kind in ((row.smd_after, "after"), (row.smd_before, "before")):
             if not math.isfinite(value):
                 continue
             x = x_of(value)
@@ -189,7 +190,7 @@ LOVE_CSS = """
 #love-plot .grid{stroke:#e6e9ef;stroke-width:1}
 #love-plot .null{stroke:#1d2430;stroke-width:1}
 #love-plot .threshold{stroke:#d62728;stroke-width:1;stroke-dasharray:4 3}
-#love-plot .before{fill:#ffffff;stroke:#6b7280;stroke-width:2}
+#love-plot .before{fill:none;stroke:#6b7280;stroke-width:2}
 #love-plot .after{fill:#1f77b4;stroke:#1f77b4;stroke-width:1}
 td.warning{color:#b42318;font-weight:600}
 """
