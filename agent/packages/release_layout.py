@@ -296,7 +296,7 @@ def numeric_blocks(variable: NumericVariable) -> list[Block]:
     blocks = [
         Block(Statistic.PRESENCE, column, (PRESENT, MISSING), 1.0, Suppression.CELL),
         Block(Statistic.SUM, column, ("sum",), h, Suppression.STRATUM),
-        Block(Statistic.SUMSQ, column, ("sumsq",), h * h, Suppression.STRATUM),
+        Block(Statistic.SUMSQ, column, ("sumsq",), product_up(h, h), Suppression.STRATUM),
     ]
     if variable.bins:
         edges = [number_label(edge) for edge in variable.bins]
@@ -318,14 +318,14 @@ def weighted_numeric_blocks(variable: NumericVariable, cap: float) -> list[Block
     h, column = variable.half_width, variable.column
     return [
         Block(Statistic.WEIGHTED_PRESENCE, column, (PRESENT, MISSING), cap, Suppression.STRATUM),
-        Block(Statistic.WEIGHTED_SUM, column, ("sum",), cap * h, Suppression.STRATUM),
+        Block(Statistic.WEIGHTED_SUM, column, ("sum",), product_up(cap, h), Suppression.STRATUM),
     ]
 
 
 def weight_sumsq_block(cap: float) -> Block:
     """``weights.sumsq``: Σ w² per stratum (with ``weights.sum``, the arm's effective sample size
     (Σ w)² / Σ w², which a weighted estimate's variance needs); one patient moves it by ``cap²``."""
-    return Block(Statistic.WEIGHT_SUMSQ, None, ("sumsq",), cap * cap, Suppression.STRATUM)
+    return Block(Statistic.WEIGHT_SUMSQ, None, ("sumsq",), product_up(cap, cap), Suppression.STRATUM)
 
 
 def model_blocks(model: ModelSpec, cap: float | None = None) -> tuple[Block, ...]:

@@ -169,8 +169,16 @@ def test_a_study_with_bad_rounds_or_noise_is_refused_before_its_first_task() -> 
         ({"cox_rounds": 2}, "cox_rounds must be between 4 and 50, got 2"),
         ({"propensity_rounds": 1}, "propensity_rounds must be between 2 and 50, got 1"),
         ({"average_last": 9}, "average_last must be between 1 and cox_rounds (8), got 9"),
-        ({"balance_noise_multiplier": 0.0}, "every noise multiplier must be a positive number, got 0.0"),
+        ({"balance_noise_multiplier": 0.0}, "balance_noise_multiplier must be a positive number, got 0.0"),
     ):
         with pytest.raises(ValueError) as caught:
             run_iptw(None, {}, package, 1.0, run_id="x", **options)  # type: ignore[arg-type]
         assert words in str(caught.value)
+
+
+def test_a_conservative_arm_weighs_in_the_overall_factor_with_its_own_sum() -> None:
+    """The cohort's factor (a model with other covariates) treats the fallen-back arm as all at the
+    cap with its own Σw, not as one patient: (600 + 400) / (10·600 + 1000), not about the other arm's."""
+    noisy = iptw.Balance(0.1, (arm(600.0, -40.0), arm(400.0, 1000.0)), (), (), ())
+    sizes = effective_sizes(noisy, None, 10.0, per_arm=False)
+    assert sizes.conservative and sizes.overall == pytest.approx(1000.0 / 7000.0)

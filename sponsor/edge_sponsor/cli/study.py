@@ -507,10 +507,23 @@ def _iptw_notes(name: str, analysis: IptwAnalysis) -> list[str]:
     if balance is not None:
         for row in balance.rows:
             print(f"  {row.name}: SMD {row.smd_before:+.3f} before, {row.smd_after:+.3f} after weighting")
+        beyond = f"|SMD| above {balance.threshold:g} by more than two noise SDs"
         off = [row.name for row in balance.rows if row.imbalanced_after]
         if off:
-            notes.append(f"still imbalanced after weighting (|SMD| > {balance.threshold:g}): {', '.join(off)}")
-            print(f"edge-sponsor: warning: still imbalanced after weighting: {', '.join(off)}", file=sys.stderr)
+            notes.append(f"still imbalanced after weighting ({beyond}): {', '.join(off)}")
+            print(
+                f"edge-sponsor: warning: still imbalanced after weighting ({beyond}): {', '.join(off)}", file=sys.stderr
+            )
+        unclear = [
+            row.name
+            for row in balance.rows
+            if not row.imbalanced_after and not abs(row.smd_after) <= balance.threshold  # NaN: not estimable
+        ]
+        if unclear:
+            notes.append(
+                f"balance after weighting cannot be told from the noise (|SMD| above {balance.threshold:g} within two "
+                f"noise SDs, or not estimable): {', '.join(unclear)}; a smaller --balance-noise-multiplier tells more"
+            )
     cox_analysis = analysis.cox
     if cox_analysis is not None:
         fit = cox_analysis.fit

@@ -154,7 +154,8 @@ def run_cox(
         propensity: a weighted plan's propensity coefficients (the fit is then weighted); None
             for an unweighted plan.
         weights: a weighted fit's arms' sums of weights, which correct its sampling covariance
-            (:class:`edge_sponsor.statistics.cox.EffectiveSizes`); None: uncorrected.
+            (:class:`edge_sponsor.statistics.cox.EffectiveSizes`); given with ``propensity`` and
+            only with it (ValueError before any task otherwise).
 
     Raises:
         PlanPackageError: the package offers no Cox model, or is weighted and no propensity is given.

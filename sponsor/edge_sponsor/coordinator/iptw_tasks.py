@@ -107,9 +107,13 @@ def run_iptw(
         raise PlanPackageError(f"{package.manifest.name} declares no weighting")
     balance_sigma = noise_multiplier if balance_noise_multiplier is None else balance_noise_multiplier
     survival_sigma = noise_multiplier if survival_noise_multiplier is None else survival_noise_multiplier
-    for sigma in (noise_multiplier, balance_sigma, survival_sigma):
+    for name, sigma in (
+        ("noise_multiplier", noise_multiplier),
+        ("balance_noise_multiplier", balance_sigma),
+        ("survival_noise_multiplier", survival_sigma),
+    ):
         if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"every noise multiplier must be a positive number, got {sigma!r}")
+            raise ValueError(f"{name} must be a positive number, got {sigma!r}")
     # Refused here, before the first stage spends anything, not when the last stage starts.
     if not 2 <= propensity_rounds <= MAX_ROUNDS:
         raise ValueError(f"propensity_rounds must be between 2 and {MAX_ROUNDS}, got {propensity_rounds}")
@@ -235,9 +239,23 @@ def effective_sizes(
             total = arm.weight_sum
             scale = iptw.effective_scale(arm.weight_sum, arm.weight_sumsq, arm.with_weight, max_weight)
         if not (total > 0.0 and math.isfinite(scale)):
-            total, scale, conservative = 1.0, 1.0 / max_weight, True
+            # Σ w² = W Σ w: every weight at the cap. The arm keeps its own Σ w where one was
+            # released (else its patients, else 1), so that it weighs in the cohort's overall
+            # factor as much as it should, not as one patient.
+            scale, conservative = 1.0 / max_weight, True
+            total = next((t for t in _arm_totals(balance, survival, index) if t > 0.0), 1.0)
         sums += [total, total / scale]
     return cox.EffectiveSizes(sums[0], sums[1], sums[2], sums[3], per_arm=per_arm, conservative=conservative)
+
+
+def _arm_totals(balance: iptw.Balance | None, survival: iptw.WeightedSurvival | None, index: int) -> list[float]:
+    """An arm's Σ w as either release gave it, then its noisy patient counts (NaN where absent)."""
+    totals = []
+    if survival is not None:
+        totals.append(survival.arms[index].weight_sum)
+    if balance is not None:
+        totals += [balance.arms[index].weight_sum, balance.arms[index].with_weight, balance.arms[index].count]
+    return [t for t in totals if math.isfinite(t)]
 
 
 def _stage_sites(outcomes: Sequence[SiteOutcome]) -> tuple[StageSite, ...]:

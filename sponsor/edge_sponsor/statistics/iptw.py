@@ -143,9 +143,10 @@ class BalanceRow:
     """One numeric variable (``category`` None) or one category of a categorical variable.
 
     ``control_before`` … ``treated_after`` are each arm's mean (numeric) or proportion of the
-    patients with a present value (category), unweighted and weighted. ``smd_before`` and
+    patients in a declared category (category), unweighted and weighted. ``smd_before`` and
     ``smd_after`` are the standardised mean differences treated - control, both divided by
-    the unweighted arms' pooled SD (module doc); ``*_noise_sd`` their standard deviation under
+    the same unweighted spread: the arms' pooled SD for the ATE, the treated arm's for the
+    ATT (module doc); ``*_noise_sd`` their standard deviation under
     the DP noise (not their sampling error). ``imbalanced_after``: ``|smd_after|`` above the
     threshold by more than NOISE_MARGIN noise SDs, so beyond what the noise explains (False
     where it is NaN). ``in_propensity_model``: the variable is one of the
