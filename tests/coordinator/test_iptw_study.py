@@ -255,3 +255,27 @@ def test_study_iptw_refuses_plans_it_cannot_run_and_charges_nothing(
     finally:
         for site in sites:
             site.close()
+
+
+def test_study_iptw_without_a_model_gives_the_balance_and_curves_and_charges_only_them(
+    tmp_path: Path, pki: Pki, publisher: AgentKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A weighted plan with no model: the propensity model, the balance and the curves; no Cox
+    stage, none of its tasks charged."""
+    sites = [PlanSite(tmp_path / "site-0", pki, publisher)]
+    try:
+        federation = federation_file(tmp_path, pki, sites)
+        plan_file = tmp_path / "curves.zip"
+        plan_file.write_bytes(plan_package(publisher, {k: v for k, v in IPTW_PLAN.items() if k != "model"}))
+        out_json = tmp_path / "curves.json"
+        argv = ["study", "iptw", str(federation), "--plan", str(plan_file), "--noise-multiplier", "2"]
+        assert sponsor_main([*argv, "--propensity-rounds", "4", "--json", str(out_json)]) == 0
+        assert "weighted Cox model" not in capsys.readouterr().out
+        result = json.loads(out_json.read_text())["iptw"]
+        assert result["cox"] is None and result["balance"] is not None
+        assert [arm["label"] for arm in result["survival"]["arms"]] == ["no", "yes"]
+        expected = independent_epsilon([(1.0, 2.0, 4 + 1 + 1)])
+        assert sites[0].client.get_budget("gbsg2").epsilon_spent == pytest.approx(expected, rel=1e-3)
+    finally:
+        for site in sites:
+            site.close()
