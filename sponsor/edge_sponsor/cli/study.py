@@ -449,7 +449,7 @@ def run_iptw_command(args: argparse.Namespace) -> int:
             options=CoxOptions(baseline=CoxBaseline(args.baseline)),
             average_last=args.average_last,
             on_stage=stage,
-            on_round=_progress_any(),
+            on_round=_progress(None),
             balance_noise_multiplier=balance_sigma,
             survival_noise_multiplier=survival_sigma,
         )
@@ -467,19 +467,6 @@ def run_iptw_command(args: argparse.Namespace) -> int:
     if analysis.stopped:
         raise NoReleaseError(f"the study stopped: {analysis.stopped}")
     return ExitCode.SUCCESS
-
-
-def _progress_any() -> Callable[[GlmRound | CoxRound, Sequence[str]], None]:
-    """Prints each round of a model run as it ends (the rounds planned differ by stage)."""
-
-    def progress(done: GlmRound | CoxRound, left: Sequence[str]) -> None:
-        print(
-            f"  round {done.index + 1}: {len(done.sites)} sites pooled, {done.included:.0f} patients (noisy)"
-            + (f"; left: {', '.join(left)}" if left else ""),
-            flush=True,
-        )
-
-    return progress
 
 
 def _iptw_notes(name: str, analysis: IptwAnalysis) -> list[str]:
@@ -548,12 +535,14 @@ def _check_rounds(args: argparse.Namespace, fewest: int = 1) -> None:
         raise UsageError(f"--average-last must be between 1 and --rounds ({args.rounds}), got {args.average_last}")
 
 
-def _progress(rounds: int) -> Callable[[GlmRound | CoxRound, Sequence[str]], None]:
-    """Prints each round of a dp_glm run as it ends: the sites pooled, the patients, who left."""
+def _progress(rounds: int | None) -> Callable[[GlmRound | CoxRound, Sequence[str]], None]:
+    """Prints each round of a dp_glm run as it ends: the sites pooled, the patients, who left.
+    ``rounds`` None: a stage of a study whose stages plan different rounds (indented under its name)."""
 
     def progress(done: GlmRound | CoxRound, left: Sequence[str]) -> None:
+        which = f"round {done.index + 1}/{rounds}" if rounds is not None else f"  round {done.index + 1}"
         print(
-            f"round {done.index + 1}/{rounds}: {len(done.sites)} sites pooled, "
+            f"{which}: {len(done.sites)} sites pooled, "
             f"{done.included:.0f} patients (noisy)" + (f"; left: {', '.join(left)}" if left else ""),
             flush=True,
         )

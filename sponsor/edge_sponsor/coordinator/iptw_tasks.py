@@ -38,12 +38,13 @@ from edge_sponsor.coordinator.cox_tasks import DEFAULT_ROUNDS as COX_ROUNDS
 from edge_sponsor.coordinator.cox_tasks import MIN_ROUNDS as COX_MIN_ROUNDS
 from edge_sponsor.coordinator.cox_tasks import run_cox
 from edge_sponsor.coordinator.federation import Federation
-from edge_sponsor.coordinator.glm_tasks import MAX_ROUNDS, model_of, run_glm
+from edge_sponsor.coordinator.glm_tasks import MAX_ROUNDS, run_glm
 from edge_sponsor.coordinator.optimizer import Parameters
 from edge_sponsor.coordinator.plan_tasks import PlanPackage, PlanPackageError, SiteOutcome, run_plan
 from edge_sponsor.statistics import cox, glm, iptw
 from edge_sponsor.statistics.cox_analysis import CoxRound
 from edge_sponsor.statistics.iptw_analysis import IptwAnalysis, StageSite
+from edge_sponsor.statistics.releases import SiteRelease
 
 PROPENSITY_ROUNDS = 10
 """The propensity model's rounds when none are asked for (lower-bound steps, the last half averaged)."""
@@ -62,8 +63,6 @@ def check_weighted(package: PlanPackage) -> None:
             f"{package.manifest.name}'s model is {model.family.value}: study iptw fits a weighted Cox model (the "
             "treatment's hazard ratio); declare plan.model with family cox, or no model for the balance and curves only"
         )
-    if model is not None:
-        model_of(package, ModelFamily.COX, weighted=True)
 
 
 def run_iptw(
@@ -159,35 +158,22 @@ def run_iptw(
     record = replace(record, propensity_coefficients=tuple(float(g) for g in gamma))
     sent: Parameters = {PROPENSITY: gamma}
 
+    def one_task(kind: TaskKind, sigma: float, name: str) -> tuple[list[SiteRelease], tuple[StageSite, ...]]:
+        """A weighted one-task stage at every site: the releases, and each site's outcome."""
+        outcomes = run_plan(federation, clients, package, kind, sigma, run_id=f"{run_id}-{name}", parameters=sent)
+        return [o.release for o in outcomes if o.release is not None], _stage_sites(outcomes)
+
     stage("balance (dp_describe, weighted)")
-    outcomes = run_plan(
-        federation,
-        clients,
-        package,
-        TaskKind.DP_DESCRIBE,
-        balance_sigma,
-        run_id=f"{run_id}-balance",
-        parameters=sent,
-    )
-    releases = [o.release for o in outcomes if o.release is not None]
-    record = replace(record, balance_sites=_stage_sites(outcomes))
+    releases, sites = one_task(TaskKind.DP_DESCRIBE, balance_sigma, "balance")
+    record = replace(record, balance_sites=sites)
     if not releases:
         return replace(record, stopped="no site returned its weighted description")
     record = replace(record, balance=iptw.balance(package.plan, releases))
 
     if package.plan.survival is not None:
         stage("weighted survival (dp_survival, weighted)")
-        outcomes = run_plan(
-            federation,
-            clients,
-            package,
-            TaskKind.DP_SURVIVAL,
-            survival_sigma,
-            run_id=f"{run_id}-survival",
-            parameters=sent,
-        )
-        releases = [o.release for o in outcomes if o.release is not None]
-        record = replace(record, survival_sites=_stage_sites(outcomes))
+        releases, sites = one_task(TaskKind.DP_SURVIVAL, survival_sigma, "survival")
+        record = replace(record, survival_sites=sites)
         if releases:
             record = replace(record, survival=iptw.weighted_survival(package.plan, releases, confidence=confidence))
 
